@@ -1,0 +1,547 @@
+//! The bitmask frame format (protocol v1), specified byte by byte in
+//! `docs/PROTOCOL.md`.
+//!
+//! A stream is an optional [`Hello`] followed by frames. A frame is a fixed
+//! 40-byte [`Header`] (little-endian) followed by `payload_len` payload bytes.
+//! The header's last field is a CRC-32 (IEEE, as zlib's `crc32`) over the
+//! first 36 header bytes and the payload.
+//!
+//! The crate does no I/O of its own: it encodes into byte slices and reads
+//! from any [`std::io::Read`]. [`FrameReader`] treats its input as hostile:
+//! every field is validated before anything is allocated, the payload buffer
+//! never grows past [`Limits::max_payload`], and a clean end of stream is told
+//! apart from a truncated frame.
+//!
+//! ```
+//! use bitmask_wire::{encode_frame, FrameReader, Header, Limits, CODEC_RAW};
+//!
+//! let payload = [0b1010_0000u8, 0b0100_0000]; // a 3x2 mask, rows padded to a byte
+//! let header = Header::new(3, 2, 7, CODEC_RAW, payload.len() as u32);
+//! let mut stream = Vec::new();
+//! encode_frame(&header, &payload, &mut stream);
+//!
+//! let mut reader = FrameReader::new(&stream[..], Limits::default());
+//! let frame = reader.read_frame().unwrap().expect("one frame");
+//! assert_eq!((frame.header.width, frame.header.sequence), (3, 7));
+//! assert_eq!(frame.payload, payload);
+//! assert!(reader.read_frame().unwrap().is_none()); // clean end of stream
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read};
+
+/// The first four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"BMSK";
+/// The first four bytes of the optional stream handshake.
+pub const HELLO_MAGIC: [u8; 4] = *b"BMHI";
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 40;
+/// Longest sender name in a [`Hello`], in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Codec id 0: the payload is the packed mask itself, `ceil(width/8) * height` bytes.
+pub const CODEC_RAW: u8 = 0;
+
+/// Header flag bit 0: the payload is coded relative to an earlier frame of
+/// the same stream (which one is named inside the codec's payload). Frames
+/// without it decode on their own (key frames).
+pub const FLAG_DELTA: u8 = 0b0000_0001;
+/// All flag bits defined in v1; any other bit set is rejected.
+pub const KNOWN_FLAGS: u8 = FLAG_DELTA;
+
+/// Errors of the wire format. Each carries the offending values.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The underlying reader failed (timeouts included).
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame's {part}: got {got} of {expected} bytes")]
+    Truncated {
+        /// `"header"`, `"payload"` or `"hello"`.
+        part: &'static str,
+        /// Bytes that were needed.
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
+    /// The frame does not start with `BMSK`.
+    #[error("bad magic {found:02x?} (expected \"BMSK\")")]
+    BadMagic {
+        /// The four bytes found.
+        found: [u8; 4],
+    },
+    /// A version this crate does not speak.
+    #[error("unsupported protocol version {found} (this build speaks {VERSION})")]
+    UnsupportedVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// Flag bits that v1 does not define.
+    #[error("unknown flag bits {flags:#04x}")]
+    UnknownFlags {
+        /// The flags byte found.
+        flags: u8,
+    },
+    /// Zero dimensions, or larger than the reader's limits.
+    #[error("invalid dimensions {width}x{height} (limit {max_width}x{max_height})")]
+    InvalidDimensions {
+        /// Width in the header.
+        width: u32,
+        /// Height in the header.
+        height: u32,
+        /// The reader's width limit.
+        max_width: u32,
+        /// The reader's height limit.
+        max_height: u32,
+    },
+    /// The payload length does not fit the dimensions and codec.
+    #[error(
+        "payload length {len} B does not fit a {width}x{height} frame with codec {codec}: {rule}"
+    )]
+    PayloadLength {
+        /// Length in the header.
+        len: u32,
+        /// Width in the header.
+        width: u32,
+        /// Height in the header.
+        height: u32,
+        /// Codec id in the header.
+        codec: u8,
+        /// What was expected, in words.
+        rule: String,
+    },
+    /// The CRC over header and payload does not match.
+    #[error(
+        "CRC mismatch on frame {sequence}: header says {stored:#010x}, data gives {computed:#010x}"
+    )]
+    CrcMismatch {
+        /// Sequence number in the (possibly damaged) header.
+        sequence: u64,
+        /// CRC in the header.
+        stored: u32,
+        /// CRC computed.
+        computed: u32,
+    },
+    /// A malformed stream handshake.
+    #[error("bad hello: {0}")]
+    BadHello(String),
+}
+
+impl WireError {
+    /// True when the whole frame was consumed and the stream is still in step,
+    /// so a reader may go on to the next frame (only a CRC mismatch).
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, WireError::CrcMismatch { .. })
+    }
+}
+
+/// A frame header. The CRC is not stored here: it is computed on encode and
+/// checked on decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Flag bits ([`FLAG_DELTA`]).
+    pub flags: u8,
+    /// Codec id ([`CODEC_RAW`] or a codec's own id).
+    pub codec: u8,
+    /// Mask width in pixels, >= 1.
+    pub width: u32,
+    /// Mask height in pixels, >= 1.
+    pub height: u32,
+    /// Frame number in the stream, from 0; gaps mean frames were lost or dropped.
+    pub sequence: u64,
+    /// Capture time, microseconds since the Unix epoch (0 if unknown).
+    pub timestamp_us: u64,
+    /// Bytes of payload that follow the header.
+    pub payload_len: u32,
+}
+
+impl Header {
+    /// A header with no flags and a zero timestamp.
+    pub fn new(width: u32, height: u32, sequence: u64, codec: u8, payload_len: u32) -> Self {
+        Header {
+            flags: 0,
+            codec,
+            width,
+            height,
+            sequence,
+            timestamp_us: 0,
+            payload_len,
+        }
+    }
+
+    /// Bytes of the packed (raw) mask: `ceil(width/8) * height`.
+    pub fn raw_len(&self) -> u64 {
+        (self.width as u64).div_ceil(8) * self.height as u64
+    }
+
+    /// The 36 bytes before the CRC.
+    fn encode_fields(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
+        b[5] = self.flags;
+        b[6] = self.codec;
+        b[7] = 0; // reserved
+        b[8..12].copy_from_slice(&self.width.to_le_bytes());
+        b[12..16].copy_from_slice(&self.height.to_le_bytes());
+        b[16..24].copy_from_slice(&self.sequence.to_le_bytes());
+        b[24..32].copy_from_slice(&self.timestamp_us.to_le_bytes());
+        b[32..36].copy_from_slice(&self.payload_len.to_le_bytes());
+        b
+    }
+
+    /// Encodes the header for `payload`, CRC included.
+    ///
+    /// # Panics
+    /// If `payload.len()` differs from `payload_len` (a caller bug, not bad input).
+    pub fn encode(&self, payload: &[u8]) -> [u8; HEADER_LEN] {
+        assert_eq!(
+            payload.len(),
+            self.payload_len as usize,
+            "payload_len must match the payload"
+        );
+        let mut b = self.encode_fields();
+        let crc = crc(&b[..36], payload);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses and validates the 40 header bytes against `limits`. The CRC
+    /// cannot be checked until the payload is read; it is returned as well.
+    pub fn decode(b: &[u8; HEADER_LEN], limits: &Limits) -> Result<(Header, u32), WireError> {
+        let magic: [u8; 4] = b[0..4].try_into().unwrap();
+        if magic != MAGIC {
+            return Err(WireError::BadMagic { found: magic });
+        }
+        if b[4] != VERSION {
+            return Err(WireError::UnsupportedVersion { found: b[4] });
+        }
+        if b[5] & !KNOWN_FLAGS != 0 {
+            return Err(WireError::UnknownFlags { flags: b[5] });
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let h = Header {
+            flags: b[5],
+            codec: b[6],
+            width: u32_at(8),
+            height: u32_at(12),
+            sequence: u64_at(16),
+            timestamp_us: u64_at(24),
+            payload_len: u32_at(32),
+        };
+        limits.check(&h)?;
+        Ok((h, u32_at(36)))
+    }
+}
+
+/// CRC-32 (IEEE) over the header's first 36 bytes then the payload.
+pub fn crc(header36: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header36);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Appends a whole frame (header, then payload) to `out`.
+pub fn encode_frame(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&header.encode(payload));
+    out.extend_from_slice(payload);
+}
+
+/// Writes the header into `buf[..HEADER_LEN]` for the payload already in
+/// `buf[HEADER_LEN..]`, so a sender can encode straight into one buffer and
+/// send it with a single write. Sets `header.payload_len` from the buffer.
+///
+/// # Panics
+/// If `buf` is shorter than [`HEADER_LEN`] or the payload is over 4 GiB.
+pub fn finish_frame_in_place(header: &mut Header, buf: &mut [u8]) {
+    let (head, payload) = buf.split_at_mut(HEADER_LEN);
+    header.payload_len = u32::try_from(payload.len()).expect("payload over 4 GiB");
+    head.copy_from_slice(&header.encode(payload));
+}
+
+/// What a reader accepts. Nothing larger is ever allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest width accepted.
+    pub max_width: u32,
+    /// Largest height accepted.
+    pub max_height: u32,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: u32,
+}
+
+impl Default for Limits {
+    /// 4096x4096: a 2 MiB raw payload.
+    fn default() -> Self {
+        Limits::for_dimensions(4096, 4096)
+    }
+}
+
+impl Limits {
+    /// Limits that admit frames up to `max_width` x `max_height`.
+    pub fn for_dimensions(max_width: u32, max_height: u32) -> Self {
+        let raw = (max_width as u64).div_ceil(8) * max_height as u64;
+        Limits {
+            max_width,
+            max_height,
+            max_payload: raw.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// Checks a header's dimensions and payload length.
+    ///
+    /// Rule for the payload length: with [`CODEC_RAW`] it is exactly
+    /// `ceil(width/8) * height`; with any other codec it is from 1 to that
+    /// many bytes (a sender sends raw whenever compression does not pay).
+    pub fn check(&self, h: &Header) -> Result<(), WireError> {
+        if h.width == 0 || h.height == 0 || h.width > self.max_width || h.height > self.max_height {
+            return Err(WireError::InvalidDimensions {
+                width: h.width,
+                height: h.height,
+                max_width: self.max_width,
+                max_height: self.max_height,
+            });
+        }
+        let raw = h.raw_len();
+        let bad = |rule: String| WireError::PayloadLength {
+            len: h.payload_len,
+            width: h.width,
+            height: h.height,
+            codec: h.codec,
+            rule,
+        };
+        let len = h.payload_len as u64;
+        if h.codec == CODEC_RAW {
+            if len != raw {
+                return Err(bad(format!("raw needs exactly {raw} B")));
+            }
+        } else if len == 0 || len > raw {
+            return Err(bad(format!("a compressed payload is 1..={raw} B")));
+        }
+        if h.payload_len > self.max_payload {
+            return Err(bad(format!(
+                "over this reader's cap of {} B",
+                self.max_payload
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The optional first message of a stream: who is sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's name (UTF-8, 1..=255 bytes, no `/`, `\`, NUL or control
+    /// characters, not `.` or `..`, so it is safe as a directory name).
+    pub name: String,
+}
+
+impl Hello {
+    /// A hello for `name`, validated.
+    pub fn new(name: &str) -> Result<Self, WireError> {
+        validate_name(name)?;
+        Ok(Hello {
+            name: name.to_owned(),
+        })
+    }
+
+    /// `BMHI`, version, reserved 0, name length (u16 LE), name.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.name.len());
+        v.extend_from_slice(&HELLO_MAGIC);
+        v.push(VERSION);
+        v.push(0);
+        v.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
+        v.extend_from_slice(self.name.as_bytes());
+        v
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), WireError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(WireError::BadHello(format!(
+            "name length {} is not 1..={MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        return Err(WireError::BadHello(format!(
+            "name {name:?} is not usable as a directory name"
+        )));
+    }
+    Ok(())
+}
+
+/// A frame borrowed from a [`FrameReader`]'s buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    /// The validated header.
+    pub header: Header,
+    /// The payload, its CRC checked.
+    pub payload: &'a [u8],
+}
+
+/// Reads whole frames from a byte stream, reusing one buffer.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    limits: Limits,
+    buf: Vec<u8>,
+    /// Bytes already read of the next header (after a hello probe).
+    pending: [u8; 4],
+    pending_len: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader of `inner` that accepts frames within `limits`.
+    pub fn new(inner: R, limits: Limits) -> Self {
+        FrameReader {
+            inner,
+            limits,
+            buf: Vec::new(),
+            pending: [0; 4],
+            pending_len: 0,
+        }
+    }
+
+    /// The reader's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Reads the stream's optional [`Hello`]. Call once, before the first
+    /// frame: returns `Ok(None)` when the stream starts straight with a frame
+    /// (whose bytes are kept for [`read_frame`](Self::read_frame)) or is empty.
+    pub fn read_hello(&mut self) -> Result<Option<Hello>, WireError> {
+        let mut magic = [0u8; 4];
+        let got = read_full(&mut self.inner, &mut magic)?;
+        if got < 4 {
+            self.pending[..got].copy_from_slice(&magic[..got]);
+            self.pending_len = got;
+            return Ok(None);
+        }
+        if magic != HELLO_MAGIC {
+            self.pending = magic;
+            self.pending_len = 4;
+            return Ok(None);
+        }
+        let mut rest = [0u8; 4];
+        let got = read_full(&mut self.inner, &mut rest)?;
+        if got < 4 {
+            return Err(WireError::Truncated {
+                part: "hello",
+                expected: 8,
+                got: 4 + got,
+            });
+        }
+        if rest[0] != VERSION {
+            return Err(WireError::UnsupportedVersion { found: rest[0] });
+        }
+        let n = u16::from_le_bytes([rest[2], rest[3]]) as usize;
+        if n == 0 || n > MAX_NAME_LEN {
+            return Err(WireError::BadHello(format!(
+                "name length {n} is not 1..={MAX_NAME_LEN}"
+            )));
+        }
+        let mut name = [0u8; MAX_NAME_LEN];
+        let got = read_full(&mut self.inner, &mut name[..n])?;
+        if got < n {
+            return Err(WireError::Truncated {
+                part: "hello",
+                expected: 8 + n,
+                got: 8 + got,
+            });
+        }
+        let name = std::str::from_utf8(&name[..n])
+            .map_err(|e| WireError::BadHello(format!("name is not UTF-8: {e}")))?;
+        validate_name(name)?;
+        Ok(Some(Hello {
+            name: name.to_owned(),
+        }))
+    }
+
+    /// Reads the next frame. `Ok(None)` is a clean end of stream (it ended
+    /// exactly between frames); a stream that ends inside a frame is
+    /// [`WireError::Truncated`]. After an error only
+    /// [`WireError::is_recoverable`] ones leave the stream in step.
+    pub fn read_frame(&mut self) -> Result<Option<FrameRef<'_>>, WireError> {
+        let mut head = [0u8; HEADER_LEN];
+        let p = self.pending_len;
+        head[..p].copy_from_slice(&self.pending[..p]);
+        self.pending_len = 0;
+        let got = p + read_full(&mut self.inner, &mut head[p..])?;
+        if got == 0 {
+            return Ok(None);
+        }
+        // A bad magic is reported as soon as its 4 bytes are in, even if the rest is missing.
+        if got >= 4 && head[..4] != MAGIC {
+            return Err(WireError::BadMagic {
+                found: head[..4].try_into().unwrap(),
+            });
+        }
+        if got < HEADER_LEN {
+            return Err(WireError::Truncated {
+                part: "header",
+                expected: HEADER_LEN,
+                got,
+            });
+        }
+        let (header, stored) = Header::decode(&head, &self.limits)?;
+        let len = header.payload_len as usize; // <= limits.max_payload, checked
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        let got = read_full(&mut self.inner, &mut self.buf[..len])?;
+        if got < len {
+            return Err(WireError::Truncated {
+                part: "payload",
+                expected: len,
+                got,
+            });
+        }
+        let payload = &self.buf[..len];
+        let computed = crc(&head[..36], payload);
+        if computed != stored {
+            return Err(WireError::CrcMismatch {
+                sequence: header.sequence,
+                stored,
+                computed,
+            });
+        }
+        Ok(Some(FrameRef { header, payload }))
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+/// Interrupted reads are retried; other errors (timeouts too) are returned.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;

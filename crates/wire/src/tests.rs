@@ -1,0 +1,245 @@
+use super::*;
+use proptest::prelude::*;
+
+fn frame(w: u32, h: u32, seq: u64) -> (Header, Vec<u8>) {
+    let len = (w as usize).div_ceil(8) * h as usize;
+    let payload: Vec<u8> = (0..len).map(|i| (i * 31 + seq as usize) as u8).collect();
+    let mut hd = Header::new(w, h, seq, CODEC_RAW, len as u32);
+    hd.timestamp_us = 1_700_000_000_000_000 + seq;
+    (hd, payload)
+}
+
+#[test]
+fn roundtrip_many_frames_and_clean_eof() {
+    let mut s = Vec::new();
+    for (i, (w, h)) in [(1, 1), (7, 3), (9, 2), (1024, 768)].iter().enumerate() {
+        let (hd, p) = frame(*w, *h, i as u64);
+        encode_frame(&hd, &p, &mut s);
+    }
+    let mut r = FrameReader::new(&s[..], Limits::default());
+    for (i, (w, h)) in [(1, 1), (7, 3), (9, 2), (1024, 768)].iter().enumerate() {
+        let (hd, p) = frame(*w, *h, i as u64);
+        let f = r.read_frame().unwrap().unwrap();
+        assert_eq!(f.header, hd);
+        assert_eq!(f.payload, &p[..]);
+    }
+    assert!(r.read_frame().unwrap().is_none());
+    assert!(r.read_frame().unwrap().is_none());
+}
+
+#[test]
+fn in_place_equals_encode_frame() {
+    let (mut hd, p) = frame(13, 5, 3);
+    let mut a = Vec::new();
+    encode_frame(&hd, &p, &mut a);
+    let mut b = vec![0u8; HEADER_LEN];
+    b.extend_from_slice(&p);
+    finish_frame_in_place(&mut hd, &mut b);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn truncation_at_every_offset_is_reported() {
+    let (hd, p) = frame(9, 2, 0);
+    let mut s = Vec::new();
+    encode_frame(&hd, &p, &mut s);
+    for cut in 1..s.len() {
+        let mut r = FrameReader::new(&s[..cut], Limits::default());
+        match r.read_frame() {
+            Err(WireError::Truncated {
+                part,
+                expected,
+                got,
+            }) => {
+                if cut < HEADER_LEN {
+                    assert_eq!((part, expected, got), ("header", HEADER_LEN, cut));
+                } else {
+                    assert_eq!(
+                        (part, expected, got),
+                        ("payload", p.len(), cut - HEADER_LEN)
+                    );
+                }
+            }
+            other => panic!("cut {cut}: {other:?}"),
+        }
+    }
+}
+
+fn header_bytes(mutate: impl FnOnce(&mut [u8; HEADER_LEN])) -> Vec<u8> {
+    let (hd, p) = frame(16, 2, 5);
+    let mut s = Vec::new();
+    encode_frame(&hd, &p, &mut s);
+    let mut h: [u8; HEADER_LEN] = s[..HEADER_LEN].try_into().unwrap();
+    mutate(&mut h);
+    s[..HEADER_LEN].copy_from_slice(&h);
+    s
+}
+
+fn first_err(s: &[u8]) -> WireError {
+    FrameReader::new(s, Limits::default())
+        .read_frame()
+        .map(|_| ())
+        .unwrap_err()
+}
+
+#[test]
+fn each_bad_field_has_its_error() {
+    assert!(
+        matches!(first_err(&header_bytes(|h| h[0] = b'X')), WireError::BadMagic { found } if &found == b"XMSK")
+    );
+    assert!(matches!(
+        first_err(&header_bytes(|h| h[4] = 9)),
+        WireError::UnsupportedVersion { found: 9 }
+    ));
+    assert!(matches!(
+        first_err(&header_bytes(|h| h[5] = 0x80)),
+        WireError::UnknownFlags { flags: 0x80 }
+    ));
+    assert!(matches!(
+        first_err(&header_bytes(
+            |h| h[8..12].copy_from_slice(&0u32.to_le_bytes())
+        )),
+        WireError::InvalidDimensions {
+            width: 0,
+            height: 2,
+            ..
+        }
+    ));
+    assert!(matches!(
+        first_err(&header_bytes(
+            |h| h[12..16].copy_from_slice(&100_000u32.to_le_bytes())
+        )),
+        WireError::InvalidDimensions {
+            height: 100_000,
+            max_height: 4096,
+            ..
+        }
+    ));
+    // raw payload must be exact
+    assert!(matches!(
+        first_err(&header_bytes(
+            |h| h[32..36].copy_from_slice(&5u32.to_le_bytes())
+        )),
+        WireError::PayloadLength {
+            len: 5,
+            width: 16,
+            height: 2,
+            codec: 0,
+            ..
+        }
+    ));
+    // a header claiming a 4 GB payload is refused before anything is allocated
+    assert!(matches!(
+        first_err(&header_bytes(
+            |h| h[32..36].copy_from_slice(&u32::MAX.to_le_bytes())
+        )),
+        WireError::PayloadLength { len: u32::MAX, .. }
+    ));
+    // compressed payload may not exceed raw
+    assert!(matches!(
+        first_err(&header_bytes(|h| {
+            h[6] = 1;
+            h[32..36].copy_from_slice(&5u32.to_le_bytes());
+        })),
+        WireError::PayloadLength {
+            codec: 1,
+            len: 5,
+            ..
+        }
+    ));
+    let e = first_err(&header_bytes(|h| h[20] ^= 1));
+    assert!(
+        matches!(e, WireError::CrcMismatch { .. }) && e.is_recoverable(),
+        "{e}"
+    );
+}
+
+#[test]
+fn crc_error_leaves_stream_in_step() {
+    let (hd, p) = frame(16, 2, 1);
+    let mut s = Vec::new();
+    encode_frame(&hd, &p, &mut s);
+    s[HEADER_LEN + 1] ^= 0x10; // damage the payload
+    encode_frame(&hd, &p, &mut s);
+    let mut r = FrameReader::new(&s[..], Limits::default());
+    assert!(r.read_frame().unwrap_err().is_recoverable());
+    assert_eq!(r.read_frame().unwrap().unwrap().payload, &p[..]);
+}
+
+#[test]
+fn hello_is_optional() {
+    let (hd, p) = frame(8, 1, 0);
+    let mut with = Hello::new("pi-cam").unwrap().encode();
+    encode_frame(&hd, &p, &mut with);
+    let mut r = FrameReader::new(&with[..], Limits::default());
+    assert_eq!(r.read_hello().unwrap().unwrap().name, "pi-cam");
+    assert_eq!(r.read_frame().unwrap().unwrap().header, hd);
+
+    let mut without = Vec::new();
+    encode_frame(&hd, &p, &mut without);
+    let mut r = FrameReader::new(&without[..], Limits::default());
+    assert!(r.read_hello().unwrap().is_none());
+    assert_eq!(r.read_frame().unwrap().unwrap().header, hd);
+    // an empty stream and a 2-byte one
+    assert!(FrameReader::new(&[][..], Limits::default())
+        .read_hello()
+        .unwrap()
+        .is_none());
+    let mut r = FrameReader::new(&b"BM"[..], Limits::default());
+    assert!(r.read_hello().unwrap().is_none());
+    assert!(matches!(
+        r.read_frame(),
+        Err(WireError::Truncated {
+            part: "header",
+            got: 2,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn bad_names_are_refused() {
+    for n in ["", ".", "..", "a/b", "a\\b", "a\nb"] {
+        assert!(Hello::new(n).is_err(), "{n:?}");
+    }
+    assert!(Hello::new(&"x".repeat(256)).is_err());
+    let mut raw = HELLO_MAGIC.to_vec();
+    raw.extend_from_slice(&[1, 0, 2, 0, b'.', b'.']);
+    assert!(matches!(
+        FrameReader::new(&raw[..], Limits::default()).read_hello(),
+        Err(WireError::BadHello(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Arbitrary bytes never panic, and never make the reader hold more than its cap.
+    #[test]
+    fn hostile_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300), magic in any::<bool>()) {
+        let mut data = data;
+        if magic && data.len() >= 5 { data[..4].copy_from_slice(&MAGIC); data[4] = VERSION; }
+        let limits = Limits::for_dimensions(64, 64);
+        let mut r = FrameReader::new(&data[..], limits);
+        let _ = r.read_hello();
+        for _ in 0..4 {
+            match r.read_frame() {
+                Ok(Some(f)) => prop_assert!(f.payload.len() <= limits.max_payload as usize),
+                Ok(None) => break,
+                Err(e) if e.is_recoverable() => {}
+                Err(_) => break,
+            }
+        }
+        prop_assert!(r.buf.len() <= limits.max_payload as usize);
+    }
+
+    /// Any single flipped bit in a frame is caught.
+    #[test]
+    fn any_bit_flip_is_detected(bit in 0usize..((HEADER_LEN + 4) * 8)) {
+        let (hd, p) = frame(32, 1, 77);
+        let mut s = Vec::new();
+        encode_frame(&hd, &p, &mut s);
+        s[bit / 8] ^= 1 << (bit % 8);
+        let res = FrameReader::new(&s[..], Limits::default()).read_frame().map(|f| f.map(|f| f.header));
+        prop_assert!(res.is_err(), "flip of bit {} went unnoticed: {:?}", bit, res);
+    }
+}

@@ -1,0 +1,614 @@
+//! Codec 1, "bilevel": 2-D run coding relative to a reference row in the
+//! spirit of CCITT G4 (READ), with a per-row choice of reference (the row
+//! above or the co-located row of the previous frame), and static per-frame
+//! rANS over context-split models. The format is specified in `docs/CODEC.md`.
+//!
+//! Every row is turned into its list of *transitions* (the columns where a
+//! pixel differs from the one on its left, pixel -1 being 0) with XOR, shift
+//! and leading-zero counts on 64-bit words. Rows are coded as transition
+//! lists and rendered back with byte fills.
+
+use crate::bits::{get_varint, put_varint, BitReader, BitWriter};
+use crate::rans::{normalize, write_model, DecModel, EncSym, RansDec, RansEnc, MAX_ALPHABET};
+
+/// Largest |a1 - b1| coded as a vertical mode.
+const VMAX: i32 = 7;
+/// Mode symbols: `0..=2*VMAX` vertical with offset `sym - VMAX`, then pass and horizontal.
+const SYM_PASS: u32 = 2 * VMAX as u32 + 1;
+const SYM_HORIZ: u32 = SYM_PASS + 1;
+const MODE_ALPHABET: usize = SYM_HORIZ as usize + 1;
+/// Run-length classes: 0..=15 literal, then two classes per octave.
+const RUN_ALPHABET: usize = 50;
+/// Row modes.
+const ROW_SPATIAL: u32 = 0;
+const ROW_TEMPORAL: u32 = 1;
+const ROW_COPY_PREV: u32 = 2;
+const ROW_COPY_ABOVE: u32 = 3;
+const ROW_ALPHABET: usize = 4;
+
+/// Model indices: 4 row-mode contexts, 4 spatial mode contexts, 4 temporal
+/// mode contexts, white runs, black runs.
+const M_ROW: usize = 0;
+const M_MODE_S: usize = 4;
+const M_MODE_T: usize = 8;
+const M_RUN: usize = 12; // + colour of the run (0 white, 1 black)
+pub(crate) const N_MODELS: usize = 14;
+
+fn alphabet(model: usize) -> usize {
+    match model {
+        M_ROW..M_MODE_S => ROW_ALPHABET,
+        M_MODE_S..M_RUN => MODE_ALPHABET,
+        _ => RUN_ALPHABET,
+    }
+}
+
+/// Payload kinds (first byte).
+const KIND_KEY: u8 = 0;
+const KIND_DELTA: u8 = 1;
+
+/// Context after a mode symbol: 1 after V0, 2 after V+-1, 3 after anything else (0 at row start).
+#[inline]
+fn next_ctx(sym: u32) -> usize {
+    match sym {
+        s if s == VMAX as u32 => 1,
+        s if s == VMAX as u32 - 1 || s == VMAX as u32 + 1 => 2,
+        _ => 3,
+    }
+}
+
+/// A symbol record: model (4 bits), symbol (6 bits), extra-bit value (22 bits).
+#[inline]
+fn rec(model: usize, sym: u32, extra: u32) -> u32 {
+    ((model as u32) << 28) | (sym << 22) | extra
+}
+
+/// Run length -> (class, extra bit count, extra bits).
+#[inline]
+fn run_class(v: u32) -> (u32, u32, u32) {
+    if v < 16 {
+        (v, 0, 0)
+    } else {
+        let nb = 32 - v.leading_zeros(); // >= 5
+        let sub = (v >> (nb - 2)) & 1;
+        (16 + (nb - 5) * 2 + sub, nb - 2, v & ((1 << (nb - 2)) - 1))
+    }
+}
+
+/// Extra bits of a run class.
+#[inline]
+fn run_extra_bits(class: u32) -> u32 {
+    if class < 16 {
+        0
+    } else {
+        (class - 16) / 2 + 3
+    }
+}
+
+/// Run length from class and extra bits.
+#[inline]
+fn run_value(class: u32, extra: u32) -> u32 {
+    if class < 16 {
+        class
+    } else {
+        let k = class - 16;
+        let nb = k / 2 + 5;
+        (1 << (nb - 1)) | ((k & 1) << (nb - 2)) | extra
+    }
+}
+
+/// Rough cost in 1/16 bit of a mode symbol, used only to choose a row's reference.
+#[inline]
+fn est_mode_cost(sym: u32) -> u32 {
+    match sym {
+        s if s == VMAX as u32 => 12,
+        s if s == VMAX as u32 - 1 || s == VMAX as u32 + 1 => 48,
+        SYM_PASS => 64,
+        SYM_HORIZ => 48,
+        s => 80 + 16 * (s as i32 - VMAX).unsigned_abs(),
+    }
+}
+
+#[inline]
+fn est_run_cost(v: u32) -> u32 {
+    let (_, nb, _) = run_class(v);
+    64 + 16 * nb
+}
+
+/// Transition lists of all rows of a frame. Each row's list is followed by
+/// three sentinels equal to the width.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Transitions {
+    pub(crate) tr: Vec<u32>,
+    /// `off[y]..off[y + 1]` is row `y` (sentinels included).
+    pub(crate) off: Vec<usize>,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+}
+
+impl Transitions {
+    #[inline]
+    pub(crate) fn row(&self, y: usize) -> &[u32] {
+        &self.tr[self.off[y]..self.off[y + 1]]
+    }
+
+    /// Extracts the transitions of every row of a packed frame.
+    pub(crate) fn extract(&mut self, packed: &[u8], width: u32, height: u32) {
+        let stride = (width as usize).div_ceil(8);
+        self.tr.clear();
+        self.off.clear();
+        self.off.push(0);
+        self.width = width;
+        self.height = height;
+        for row in packed.chunks_exact(stride).take(height as usize) {
+            row_transitions(row, width, &mut self.tr);
+            push_sentinels(&mut self.tr, width);
+            self.off.push(self.tr.len());
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.tr.clear();
+        self.off.clear();
+        self.off.push(0);
+    }
+}
+
+#[inline]
+fn push_sentinels(v: &mut Vec<u32>, width: u32) {
+    v.extend_from_slice(&[width, width, width]);
+}
+
+/// Appends the transitions of one packed row (positions `< width`).
+pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
+    let mut carry = 0u64;
+    let mut base = 0u32;
+    let mut chunks = row.chunks_exact(8);
+    for ch in &mut chunks {
+        let w = u64::from_be_bytes(ch.try_into().unwrap());
+        let mut x = w ^ ((w >> 1) | (carry << 63));
+        carry = w & 1;
+        while x != 0 {
+            let lz = x.leading_zeros();
+            let pos = base + lz;
+            if pos >= width {
+                return;
+            }
+            out.push(pos);
+            x ^= (1u64 << 63) >> lz;
+        }
+        base += 64;
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rem.len()].copy_from_slice(rem);
+        let w = u64::from_be_bytes(b);
+        let mut x = w ^ ((w >> 1) | (carry << 63));
+        while x != 0 {
+            let lz = x.leading_zeros();
+            let pos = base + lz;
+            if pos >= width {
+                return;
+            }
+            out.push(pos);
+            x ^= (1u64 << 63) >> lz;
+        }
+    }
+}
+
+/// Sets pixels `s..e` of a zeroed packed row.
+#[inline]
+fn set_range(row: &mut [u8], s: usize, e: usize) {
+    if s >= e {
+        return;
+    }
+    let sb = s / 8;
+    let eb = (e - 1) / 8;
+    let head = 0xFFu8 >> (s % 8);
+    let tail = 0xFFu8 << (7 - (e - 1) % 8);
+    if sb == eb {
+        row[sb] |= head & tail;
+    } else {
+        row[sb] |= head;
+        row[sb + 1..eb].fill(0xFF);
+        row[eb] |= tail;
+    }
+}
+
+/// Renders a transition list (sentinels allowed at the end) into a packed row.
+pub(crate) fn render_row(tr: &[u32], width: u32, row: &mut [u8]) {
+    row.fill(0);
+    let w = width as usize;
+    let mut i = 0;
+    while i < tr.len() && (tr[i] as usize) < w {
+        let s = tr[i] as usize;
+        let e = tr.get(i + 1).map_or(w, |&e| (e as usize).min(w));
+        set_range(row, s, e);
+        i += 2;
+    }
+}
+
+/// Codes the transitions `c` of a row against the reference `r` (both with
+/// sentinels). Appends records, returns the estimated cost.
+fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u32>) -> u32 {
+    let w = width as i32;
+    let mut a0: i32 = -1;
+    let mut color = 0usize;
+    let mut ia = 0usize;
+    let mut kb = 0usize;
+    let mut ctx = 0usize;
+    let mut cost = 0u32;
+    loop {
+        while r[kb] as i32 <= a0 {
+            kb += 1;
+        }
+        let k1 = kb + ((kb ^ color) & 1);
+        let b1 = r[k1] as i32;
+        let b2 = r[k1 + 1] as i32;
+        let a1 = c[ia] as i32;
+        let sym;
+        if b2 < a1 {
+            sym = SYM_PASS;
+            recs.push(rec(mode_base + ctx, sym, 0));
+            a0 = b2;
+        } else {
+            let d = a1 - b1;
+            if (-VMAX..=VMAX).contains(&d) {
+                sym = (d + VMAX) as u32;
+                recs.push(rec(mode_base + ctx, sym, 0));
+                a0 = a1;
+                color ^= 1;
+                ia += 1;
+            } else {
+                sym = SYM_HORIZ;
+                recs.push(rec(mode_base + ctx, sym, 0));
+                let a2 = c[ia + 1] as i32;
+                let r1 = (a1 - a0.max(0)) as u32;
+                let r2 = (a2 - a1) as u32;
+                let (c1, _, e1) = run_class(r1);
+                let (c2, _, e2) = run_class(r2);
+                recs.push(rec(M_RUN + color, c1, e1));
+                recs.push(rec(M_RUN + (color ^ 1), c2, e2));
+                cost += est_run_cost(r1) + est_run_cost(r2);
+                a0 = a2;
+                ia += 2;
+            }
+        }
+        cost += est_mode_cost(sym);
+        ctx = next_ctx(sym);
+        if a0 >= w {
+            return cost;
+        }
+    }
+}
+
+/// Why a payload was rejected.
+pub(crate) type Reason = &'static str;
+
+/// Decodes one coded row against `r` (validated, with sentinels) into `out`
+/// (without sentinels).
+fn decode_row(
+    r: &[u32],
+    width: u32,
+    mode_base: usize,
+    models: &[DecModel],
+    dec: &mut RansDec<'_>,
+    bits: &mut BitReader<'_>,
+    out: &mut Vec<u32>,
+) -> Result<(), Reason> {
+    let w = width as i32;
+    let mut a0: i32 = -1;
+    let mut color = 0usize;
+    let mut kb = 0usize;
+    let mut ctx = 0usize;
+    loop {
+        while r[kb] as i32 <= a0 {
+            kb += 1;
+        }
+        let k1 = kb + ((kb ^ color) & 1);
+        let b1 = r[k1] as i32;
+        let b2 = r[k1 + 1] as i32;
+        let m = &models[mode_base + ctx];
+        if !m.used {
+            return Err("mode symbol from an empty model");
+        }
+        let sym = dec.get(m) as u32;
+        if sym == SYM_PASS {
+            if b2 >= w {
+                return Err("pass mode past the end of the row");
+            }
+            a0 = b2;
+        } else if sym == SYM_HORIZ {
+            let mut run = |col: usize| -> Result<u32, Reason> {
+                let m = &models[M_RUN + col];
+                if !m.used {
+                    return Err("run from an empty model");
+                }
+                let class = dec.get(m) as u32;
+                let nb = run_extra_bits(class);
+                Ok(run_value(class, bits.get(nb)))
+            };
+            let r1 = run(color)? as i32;
+            let r2 = run(color ^ 1)? as i32;
+            if a0 >= 0 && r1 == 0 {
+                return Err("zero first run in horizontal mode");
+            }
+            let a1 = a0.max(0) + r1;
+            let a2 = a1 + r2;
+            if a2 > w || (r2 == 0 && a1 < w) {
+                return Err("horizontal mode runs past the end of the row");
+            }
+            if a1 < w {
+                out.push(a1 as u32);
+            }
+            if a2 < w {
+                out.push(a2 as u32);
+            }
+            a0 = a2;
+        } else {
+            let a1 = b1 + sym as i32 - VMAX;
+            if a1 <= a0 || a1 > w {
+                return Err("vertical mode out of order");
+            }
+            if a1 < w {
+                out.push(a1 as u32);
+            }
+            a0 = a1;
+            color ^= 1;
+        }
+        ctx = next_ctx(sym);
+        if a0 >= w {
+            return Ok(());
+        }
+    }
+}
+
+/// Encoder state of the bilevel codec (buffers reused across frames).
+#[derive(Debug, Default)]
+pub(crate) struct BilevelEncoder {
+    recs: Vec<u32>,
+    tmp_s: Vec<u32>,
+    tmp_t: Vec<u32>,
+    rans: Vec<u8>,
+    bits: BitWriter,
+    empty: Vec<u32>,
+}
+
+impl BilevelEncoder {
+    /// Appends the payload of `cur` to `out`, as a delta frame against
+    /// `(prev, prev_seq)` when given.
+    pub(crate) fn encode(
+        &mut self,
+        cur: &Transitions,
+        prev: Option<(&Transitions, u64)>,
+        out: &mut Vec<u8>,
+    ) {
+        let w = cur.width;
+        self.recs.clear();
+        self.empty.clear();
+        push_sentinels(&mut self.empty, w);
+        let mut row_ctx = 0usize;
+        for y in 0..cur.height as usize {
+            let c = cur.row(y);
+            let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
+            let mode = match prev {
+                Some((p, _)) => {
+                    let pr = p.row(y);
+                    if c == pr {
+                        ROW_COPY_PREV
+                    } else if c == above {
+                        ROW_COPY_ABOVE
+                    } else {
+                        self.tmp_s.clear();
+                        self.tmp_t.clear();
+                        let cs = code_row(above, c, w, M_MODE_S, &mut self.tmp_s);
+                        let ct = code_row(pr, c, w, M_MODE_T, &mut self.tmp_t);
+                        if ct < cs {
+                            ROW_TEMPORAL
+                        } else {
+                            ROW_SPATIAL
+                        }
+                    }
+                }
+                None => {
+                    if c == above {
+                        ROW_COPY_ABOVE
+                    } else {
+                        ROW_SPATIAL
+                    }
+                }
+            };
+            self.recs.push(rec(M_ROW + row_ctx, mode, 0));
+            row_ctx = mode as usize;
+            match (mode, prev) {
+                (ROW_TEMPORAL, _) => self.recs.extend_from_slice(&self.tmp_t),
+                (ROW_SPATIAL, Some(_)) => self.recs.extend_from_slice(&self.tmp_s),
+                (ROW_SPATIAL, None) => {
+                    code_row(above, c, w, M_MODE_S, &mut self.recs);
+                }
+                _ => {}
+            }
+        }
+
+        // Header.
+        match prev {
+            Some((_, seq)) => {
+                out.push(KIND_DELTA);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            None => out.push(KIND_KEY),
+        }
+        // Histograms and extra bits (forward).
+        let mut counts = [[0u32; MAX_ALPHABET]; N_MODELS];
+        self.bits.clear();
+        for &r in &self.recs {
+            let model = (r >> 28) as usize;
+            let sym = (r >> 22) & 63;
+            counts[model][sym as usize] += 1;
+            if model >= M_RUN {
+                self.bits.put(r & 0x3F_FFFF, run_extra_bits(sym));
+            }
+        }
+        self.bits.finish();
+        let mut syms = [[EncSym::default(); MAX_ALPHABET]; N_MODELS];
+        let mut freq = [0u32; MAX_ALPHABET];
+        for (m, cnt) in counts.iter().enumerate() {
+            let n = alphabet(m);
+            normalize(&cnt[..n], &mut freq[..n]);
+            write_model(out, &freq[..n]);
+            let mut start = 0;
+            for s in 0..n {
+                if freq[s] > 0 {
+                    syms[m][s] = EncSym::new(start, freq[s]);
+                    start += freq[s];
+                }
+            }
+        }
+        // rANS, backwards.
+        self.rans.clear();
+        let mut enc = RansEnc::new();
+        for &r in self.recs.iter().rev() {
+            let model = (r >> 28) as usize;
+            let sym = ((r >> 22) & 63) as usize;
+            enc.put(&mut self.rans, &syms[model][sym]);
+        }
+        enc.flush(&mut self.rans);
+        self.rans.reverse();
+        put_varint(out, self.rans.len() as u64);
+        out.extend_from_slice(&self.rans);
+        out.extend_from_slice(&self.bits.buf);
+    }
+}
+
+/// What a bilevel payload says about its reference.
+pub(crate) fn payload_reference(payload: &[u8]) -> Result<Option<u64>, Reason> {
+    match payload.first() {
+        Some(&KIND_KEY) => Ok(None),
+        Some(&KIND_DELTA) => {
+            let b: [u8; 8] = payload
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("truncated reference sequence")?;
+            Ok(Some(u64::from_le_bytes(b)))
+        }
+        Some(_) => Err("unknown payload kind"),
+        None => Err("empty payload"),
+    }
+}
+
+/// Decoder state of the bilevel codec.
+#[derive(Debug)]
+pub(crate) struct BilevelDecoder {
+    models: Vec<DecModel>,
+    row: Vec<u32>,
+    above: Vec<u32>,
+}
+
+impl Default for BilevelDecoder {
+    fn default() -> Self {
+        BilevelDecoder {
+            models: vec![DecModel::default(); N_MODELS],
+            row: Vec::new(),
+            above: Vec::new(),
+        }
+    }
+}
+
+impl BilevelDecoder {
+    /// Decodes `payload` into `out` (packed rows) and `cur` (transitions).
+    /// `prev` must be given for delta payloads (checked by the caller).
+    pub(crate) fn decode(
+        &mut self,
+        payload: &[u8],
+        width: u32,
+        height: u32,
+        prev: Option<&Transitions>,
+        cur: &mut Transitions,
+        out: &mut [u8],
+    ) -> Result<(), (usize, Reason)> {
+        let mut pos = match payload.first() {
+            Some(&KIND_KEY) => 1,
+            Some(&KIND_DELTA) => 9,
+            _ => return Err((0, "unknown payload kind")),
+        };
+        if payload[0] == KIND_DELTA && prev.is_none() {
+            return Err((0, "delta payload without a reference"));
+        }
+        for (m, model) in self.models.iter_mut().enumerate() {
+            model
+                .read(payload, &mut pos, alphabet(m))
+                .map_err(|e| (pos, e))?;
+        }
+        let rans_len = get_varint(payload, &mut pos).ok_or((pos, "truncated rANS length"))?;
+        let rest = &payload[pos.min(payload.len())..];
+        if rans_len > rest.len() as u64 {
+            return Err((pos, "rANS length past the end of the payload"));
+        }
+        let (rans, extra) = rest.split_at(rans_len as usize);
+        let mut dec = RansDec::new(rans).map_err(|e| (pos, e))?;
+        let mut bits = BitReader::new(extra);
+
+        let stride = (width as usize).div_ceil(8);
+        cur.clear();
+        cur.width = width;
+        cur.height = height;
+        self.above.clear();
+        push_sentinels(&mut self.above, width);
+        let mut row_ctx = 0usize;
+        for (y, dst) in out.chunks_exact_mut(stride).take(height as usize).enumerate() {
+            let m = &self.models[M_ROW + row_ctx];
+            if !m.used {
+                return Err((pos, "row mode from an empty model"));
+            }
+            let mode = dec.get(m) as u32;
+            self.row.clear();
+            match mode {
+                ROW_SPATIAL => decode_row(
+                    &self.above,
+                    width,
+                    M_MODE_S,
+                    &self.models,
+                    &mut dec,
+                    &mut bits,
+                    &mut self.row,
+                )
+                .map_err(|e| (pos, e))?,
+                ROW_TEMPORAL => {
+                    let p = prev.ok_or((pos, "temporal row in a key frame"))?;
+                    decode_row(
+                        p.row(y),
+                        width,
+                        M_MODE_T,
+                        &self.models,
+                        &mut dec,
+                        &mut bits,
+                        &mut self.row,
+                    )
+                    .map_err(|e| (pos, e))?
+                }
+                ROW_COPY_PREV => {
+                    let p = prev.ok_or((pos, "copied row in a key frame"))?;
+                    let r = p.row(y);
+                    self.row.extend_from_slice(&r[..r.len() - 3]);
+                }
+                _ => {
+                    let a = &self.above;
+                    self.row.extend_from_slice(&a[..a.len() - 3]);
+                }
+            }
+            push_sentinels(&mut self.row, width);
+            render_row(&self.row, width, dst);
+            cur.tr.extend_from_slice(&self.row);
+            cur.off.push(cur.tr.len());
+            std::mem::swap(&mut self.row, &mut self.above);
+            row_ctx = mode as usize;
+        }
+        if !dec.finished_cleanly() {
+            return Err((pos, "rANS stream does not end where it should"));
+        }
+        if !bits.exhausted_exactly() {
+            return Err((pos + rans.len(), "extra-bit stream does not end where it should"));
+        }
+        Ok(())
+    }
+}

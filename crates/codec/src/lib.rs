@@ -1,0 +1,684 @@
+//! Lossless compression of packed 1-bit masks for the bitmask wire format.
+//!
+//! Input and output are masks in the *wire layout* (MSB-first bits, rows
+//! padded to whole bytes, `stride = ceil(width / 8)`, padding bits 0). The
+//! codec id and the delta flag travel in the frame header of
+//! `bitmask_wire`; everything else is inside the payload.
+//!
+//! | id | name      | payload |
+//! |----|-----------|---------|
+//! | 0  | `raw`     | the packed mask itself |
+//! | 1  | `bilevel` | this crate's codec: 2-D (G4/READ-like) run coding against the row above or the previous frame's row, static per-frame rANS; format in `docs/CODEC.md` |
+//! | 2  | `zstd`    | one zstd frame (level 1 by default) of the packed mask |
+//! | 3  | `lz4`     | one LZ4 block (no size prefix) of the packed mask |
+//!
+//! ```
+//! use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL};
+//!
+//! let (w, h) = (64u32, 4u32);
+//! let mut mask = vec![0u8; 8 * 4];
+//! mask[8..16].fill(0xF0); // row 1: stripes
+//! let mut enc = Encoder::new(Choice::Bilevel, 30);
+//! let mut payload = Vec::new();
+//! let e = enc.encode(&mask, w, h, 0, &mut payload).unwrap();
+//! let mut back = vec![0u8; mask.len()];
+//! Decoder::new().decode(e.codec, e.flags, 0, w, h, &payload, &mut back).unwrap();
+//! assert_eq!(back, mask);
+//! ```
+//!
+//! The crate does no I/O. Decoders treat payloads as hostile: output is
+//! bounded by the caller's buffer, nothing is read out of bounds and nothing
+//! panics. A delta frame whose reference the decoder does not hold is
+//! rejected with [`CodecError::MissingReference`], never decoded wrongly.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod bilevel;
+mod bits;
+mod rans;
+
+use bilevel::{BilevelDecoder, BilevelEncoder, Transitions};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// Codec id 0: the payload is the packed mask (same as `bitmask_wire::CODEC_RAW`).
+pub const CODEC_RAW: u8 = 0;
+/// Codec id 1: the bilevel codec of this crate (`docs/CODEC.md`).
+pub const CODEC_BILEVEL: u8 = 1;
+/// Codec id 2: a zstd frame of the packed mask.
+pub const CODEC_ZSTD: u8 = 2;
+/// Codec id 3: an LZ4 block (no size prefix) of the packed mask.
+pub const CODEC_LZ4: u8 = 3;
+/// Header flag bit 0 (same as `bitmask_wire::FLAG_DELTA`): the payload references an earlier frame.
+pub const FLAG_DELTA: u8 = 1;
+/// Largest width or height accepted (as `bitmask_core::MAX_DIMENSION`).
+pub const MAX_DIMENSION: u32 = 1 << 20;
+/// Default zstd level of [`Choice::Zstd`] and of [`Choice::Auto`].
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Default time budget of [`Choice::Auto`] per frame.
+pub const DEFAULT_AUTO_BUDGET: Duration = Duration::from_millis(5);
+
+/// Name of a codec id, for logs.
+pub fn codec_name(codec: u8) -> &'static str {
+    match codec {
+        CODEC_RAW => "raw",
+        CODEC_BILEVEL => "bilevel",
+        CODEC_ZSTD => "zstd",
+        CODEC_LZ4 => "lz4",
+        _ => "unknown",
+    }
+}
+
+/// Errors of encoding and decoding. Each carries the offending values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Width or height is zero or above [`MAX_DIMENSION`].
+    #[error("invalid mask dimensions {width}x{height} (1..={MAX_DIMENSION} each)")]
+    InvalidDimensions {
+        /// Width given.
+        width: u32,
+        /// Height given.
+        height: u32,
+    },
+    /// A buffer does not hold exactly one packed mask.
+    #[error("{what} buffer holds {actual} B, a {width}x{height} mask needs {expected} B")]
+    BufferSize {
+        /// `"packed"` or `"output"`.
+        what: &'static str,
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+        /// Width given.
+        width: u32,
+        /// Height given.
+        height: u32,
+    },
+    /// A codec id this build does not know.
+    #[error("unknown codec id {codec}")]
+    UnknownCodec {
+        /// The id.
+        codec: u8,
+    },
+    /// A codec this build was compiled without.
+    #[error("codec {codec} ({name}) is not compiled into this build (cargo feature {name:?})")]
+    Unsupported {
+        /// The id.
+        codec: u8,
+        /// Its name.
+        name: &'static str,
+    },
+    /// The delta flag and the payload disagree (or a codec without delta frames has the flag).
+    #[error("codec {codec}: header flags {flags:#04x} do not match the payload (payload is a {payload} frame)")]
+    FlagMismatch {
+        /// The codec id.
+        codec: u8,
+        /// Flags from the header.
+        flags: u8,
+        /// `"key"`, `"delta"` or `"non-delta"`.
+        payload: &'static str,
+    },
+    /// A delta frame whose reference frame this decoder does not hold.
+    #[error("delta frame needs reference frame {needed}, decoder holds {held:?}")]
+    MissingReference {
+        /// Sequence number of the frame the payload references.
+        needed: u64,
+        /// Sequence number of the frame held, if any.
+        held: Option<u64>,
+    },
+    /// The reference frame held has other dimensions than the delta frame.
+    #[error("delta frame {width}x{height} references frame {needed}, which is {ref_width}x{ref_height}")]
+    ReferenceDimensions {
+        /// Sequence number of the reference.
+        needed: u64,
+        /// Width of the delta frame.
+        width: u32,
+        /// Height of the delta frame.
+        height: u32,
+        /// Width of the reference held.
+        ref_width: u32,
+        /// Height of the reference held.
+        ref_height: u32,
+    },
+    /// The payload is malformed.
+    #[error("corrupt {len}-byte payload for codec {codec} near byte {offset}: {reason}")]
+    Corrupt {
+        /// The codec id.
+        codec: u8,
+        /// Payload length.
+        len: usize,
+        /// Where the problem was noticed (approximate for entropy-coded data).
+        offset: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A general-purpose codec failed or decoded to the wrong size.
+    #[error("codec {codec}: {detail} (expected {expected} B)")]
+    Backend {
+        /// The codec id.
+        codec: u8,
+        /// The library's message or the size found.
+        detail: String,
+        /// Bytes of the packed mask.
+        expected: usize,
+    },
+}
+
+/// Which codec an [`Encoder`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Choice {
+    /// No compression.
+    Raw,
+    /// The bilevel codec, with delta frames between key frames.
+    Bilevel,
+    /// zstd, each frame alone.
+    Zstd,
+    /// LZ4, each frame alone.
+    Lz4,
+    /// Per frame, the smallest of bilevel, LZ4 and zstd that fits the time budget, else raw.
+    #[default]
+    Auto,
+}
+
+impl Choice {
+    /// All choices, in CLI order.
+    pub const ALL: [Choice; 5] = [
+        Choice::Raw,
+        Choice::Bilevel,
+        Choice::Zstd,
+        Choice::Lz4,
+        Choice::Auto,
+    ];
+
+    /// CLI name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Choice::Raw => "raw",
+            Choice::Bilevel => "bilevel",
+            Choice::Zstd => "zstd",
+            Choice::Lz4 => "lz4",
+            Choice::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A codec name that is not one of `raw`, `bilevel`, `zstd`, `lz4`, `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown codec {0:?} (expected raw, bilevel, zstd, lz4 or auto)")]
+pub struct ParseChoiceError(pub String);
+
+impl FromStr for Choice {
+    type Err = ParseChoiceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Choice::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ParseChoiceError(s.to_owned()))
+    }
+}
+
+/// What [`Encoder::encode`] produced: the header's codec id and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Codec id for the frame header.
+    pub codec: u8,
+    /// Header flags ([`FLAG_DELTA`] or 0).
+    pub flags: u8,
+}
+
+fn check_frame(width: u32, height: u32, len: usize, what: &'static str) -> Result<(), CodecError> {
+    if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+        return Err(CodecError::InvalidDimensions { width, height });
+    }
+    let expected = (width as usize).div_ceil(8) * height as usize;
+    if len != expected {
+        return Err(CodecError::BufferSize {
+            what,
+            expected,
+            actual: len,
+            width,
+            height,
+        });
+    }
+    Ok(())
+}
+
+/// Encodes a stream of masks. Keeps the last frame as the reference of the
+/// next delta frame; all buffers are reused across frames.
+pub struct Encoder {
+    choice: Choice,
+    keyframe_interval: u32,
+    since_key: u32,
+    force_key: bool,
+    zstd_level: i32,
+    budget: Duration,
+    cur: Transitions,
+    prev: Transitions,
+    prev_seq: Option<u64>,
+    bilevel: BilevelEncoder,
+    scratch: Vec<u8>,
+    #[cfg(feature = "zstd")]
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("choice", &self.choice)
+            .field("keyframe_interval", &self.keyframe_interval)
+            .field("since_key", &self.since_key)
+            .field("prev_seq", &self.prev_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// An encoder using `choice`. With [`Choice::Bilevel`] and
+    /// [`Choice::Auto`] a frame is coded alone (a key frame) every
+    /// `keyframe_interval` frames: 1 codes every frame alone, 0 only the
+    /// first one and those after [`force_keyframe`](Self::force_keyframe).
+    pub fn new(choice: Choice, keyframe_interval: u32) -> Self {
+        Encoder {
+            choice,
+            keyframe_interval,
+            since_key: 0,
+            force_key: true,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            budget: DEFAULT_AUTO_BUDGET,
+            cur: Transitions::default(),
+            prev: Transitions::default(),
+            prev_seq: None,
+            bilevel: BilevelEncoder::default(),
+            scratch: Vec::new(),
+            #[cfg(feature = "zstd")]
+            zstd: None,
+        }
+    }
+
+    /// The codec choice.
+    pub fn choice(&self) -> Choice {
+        self.choice
+    }
+
+    /// Sets the zstd level (1..=22; default [`DEFAULT_ZSTD_LEVEL`]).
+    pub fn set_zstd_level(&mut self, level: i32) {
+        self.zstd_level = level.clamp(1, 22);
+        #[cfg(feature = "zstd")]
+        {
+            self.zstd = None;
+        }
+    }
+
+    /// Sets [`Choice::Auto`]'s time budget per frame (default
+    /// [`DEFAULT_AUTO_BUDGET`]): the general-purpose codecs are tried only
+    /// while the time spent on the frame is below it.
+    pub fn set_auto_budget(&mut self, budget: Duration) {
+        self.budget = budget;
+    }
+
+    /// Makes the next frame a key frame (after a reconnect, or when a receiver joins).
+    pub fn force_keyframe(&mut self) {
+        self.force_key = true;
+    }
+
+    /// Appends the payload for one packed frame to `out` (which is not
+    /// cleared) and returns the codec id and header flags to send with it.
+    ///
+    /// The payload is never longer than `packed` (raw is sent when nothing
+    /// else pays), as the wire format requires. `packed` must be the wire
+    /// layout with zero padding bits (padding is not transmitted by the
+    /// bilevel codec and decodes as 0). No allocation per frame once the
+    /// buffers have grown to the frame size.
+    pub fn encode(
+        &mut self,
+        packed: &[u8],
+        width: u32,
+        height: u32,
+        sequence: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Encoded, CodecError> {
+        check_frame(width, height, packed.len(), "packed")?;
+        let t0 = Instant::now();
+        let base = out.len();
+        let limit = packed.len();
+        let uses_bilevel = matches!(self.choice, Choice::Bilevel | Choice::Auto);
+        let mut result = Encoded {
+            codec: CODEC_RAW,
+            flags: 0,
+        };
+        if uses_bilevel {
+            self.cur.extract(packed, width, height);
+            let key = self.force_key
+                || self.prev_seq.is_none()
+                || self.prev.width != width
+                || self.prev.height != height
+                || (self.keyframe_interval > 0 && self.since_key >= self.keyframe_interval);
+            let prev = if key {
+                None
+            } else {
+                self.prev_seq.map(|s| (&self.prev, s))
+            };
+            self.bilevel.encode(&self.cur, prev, out);
+            if out.len() - base <= limit {
+                result = Encoded {
+                    codec: CODEC_BILEVEL,
+                    flags: if prev.is_some() { FLAG_DELTA } else { 0 },
+                };
+            } else {
+                out.truncate(base);
+            }
+        }
+        match self.choice {
+            Choice::Zstd => {
+                if self.try_zstd(packed, limit)? {
+                    out.extend_from_slice(&self.scratch);
+                    result.codec = CODEC_ZSTD;
+                }
+            }
+            Choice::Lz4 => {
+                if self.try_lz4(packed, limit) {
+                    out.extend_from_slice(&self.scratch);
+                    result.codec = CODEC_LZ4;
+                }
+            }
+            Choice::Auto => {
+                // General-purpose codecs win only on content with little run
+                // structure (dithering, checkerboards): try them when the
+                // bilevel codec did not reach 8:1 and time is left.
+                let mut best = if result.codec == CODEC_BILEVEL {
+                    out.len() - base
+                } else {
+                    limit
+                };
+                if best > limit / 8 && t0.elapsed() < self.budget && self.try_lz4(packed, best) {
+                    best = self.scratch.len();
+                    out.truncate(base);
+                    out.extend_from_slice(&self.scratch);
+                    result = Encoded {
+                        codec: CODEC_LZ4,
+                        flags: 0,
+                    };
+                }
+                if cfg!(feature = "zstd")
+                    && best > limit / 8
+                    && t0.elapsed() < self.budget
+                    && self.try_zstd(packed, best)?
+                {
+                    out.truncate(base);
+                    out.extend_from_slice(&self.scratch);
+                    result = Encoded {
+                        codec: CODEC_ZSTD,
+                        flags: 0,
+                    };
+                }
+            }
+            Choice::Raw | Choice::Bilevel => {}
+        }
+        if result.codec == CODEC_RAW {
+            out.truncate(base);
+            out.extend_from_slice(packed);
+        }
+        if result.flags & FLAG_DELTA != 0 {
+            self.since_key += 1;
+        } else {
+            self.since_key = 1;
+        }
+        self.force_key = false;
+        if uses_bilevel {
+            std::mem::swap(&mut self.cur, &mut self.prev);
+            self.prev_seq = Some(sequence);
+        } else {
+            self.prev_seq = None;
+        }
+        Ok(result)
+    }
+
+    /// LZ4 into `scratch`; true if it is shorter than `limit`... or equal.
+    fn try_lz4(&mut self, packed: &[u8], limit: usize) -> bool {
+        let bound = lz4_flex::block::get_maximum_output_size(packed.len());
+        if self.scratch.len() < bound {
+            self.scratch.resize(bound, 0);
+        }
+        self.scratch.truncate(bound.max(self.scratch.len()));
+        match lz4_flex::block::compress_into(packed, &mut self.scratch[..bound]) {
+            Ok(n) if n <= limit => {
+                self.scratch.truncate(n);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// zstd into `scratch`; true if it fits in `limit` bytes.
+    #[cfg(feature = "zstd")]
+    fn try_zstd(&mut self, packed: &[u8], limit: usize) -> Result<bool, CodecError> {
+        let level = self.zstd_level;
+        let backend = |e: std::io::Error| CodecError::Backend {
+            codec: CODEC_ZSTD,
+            detail: e.to_string(),
+            expected: packed.len(),
+        };
+        if self.zstd.is_none() {
+            self.zstd = Some(zstd::bulk::Compressor::new(level).map_err(backend)?);
+        }
+        let c = self.zstd.as_mut().expect("just set");
+        if self.scratch.len() < limit {
+            self.scratch.resize(limit, 0);
+        }
+        // A destination of `limit` bytes: zstd fails when the frame does not fit.
+        match c.compress_to_buffer(packed, &mut self.scratch[..limit]) {
+            Ok(n) => {
+                self.scratch.truncate(n);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    #[cfg(not(feature = "zstd"))]
+    fn try_zstd(&mut self, _packed: &[u8], _limit: usize) -> Result<bool, CodecError> {
+        if self.choice == Choice::Zstd {
+            return Err(CodecError::Unsupported {
+                codec: CODEC_ZSTD,
+                name: "zstd",
+            });
+        }
+        Ok(false)
+    }
+}
+
+/// Decodes a stream of masks. Holds the last decoded frame (any codec) as
+/// the reference of delta frames.
+pub struct Decoder {
+    bilevel: BilevelDecoder,
+    cur: Transitions,
+    prev: Transitions,
+    /// The last decoded frame's bits, when `prev` is not yet extracted from them.
+    prev_bits: Vec<u8>,
+    prev_stale: bool,
+    prev_seq: Option<u64>,
+    #[cfg(feature = "zstd")]
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("reference", &self.prev_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder holding no reference.
+    pub fn new() -> Self {
+        Decoder {
+            bilevel: BilevelDecoder::default(),
+            cur: Transitions::default(),
+            prev: Transitions::default(),
+            prev_bits: Vec::new(),
+            prev_stale: false,
+            prev_seq: None,
+            #[cfg(feature = "zstd")]
+            zstd: None,
+        }
+    }
+
+    /// Forgets the reference frame (the next delta frame is rejected until a key frame arrives).
+    pub fn reset(&mut self) {
+        self.prev_seq = None;
+        self.prev_stale = false;
+    }
+
+    /// Sequence number of the reference frame held, if any.
+    pub fn reference(&self) -> Option<u64> {
+        self.prev_seq
+    }
+
+    /// Decodes one payload into `out`, exactly `ceil(width/8) * height`
+    /// bytes in the wire layout. On success the frame becomes the reference
+    /// for later delta frames; on error `out` is unspecified and the
+    /// reference is unchanged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode(
+        &mut self,
+        codec: u8,
+        flags: u8,
+        sequence: u64,
+        width: u32,
+        height: u32,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CodecError> {
+        check_frame(width, height, out.len(), "output")?;
+        let delta = flags & FLAG_DELTA != 0;
+        if codec != CODEC_BILEVEL && delta && codec <= CODEC_LZ4 {
+            return Err(CodecError::FlagMismatch {
+                codec,
+                flags,
+                payload: "non-delta",
+            });
+        }
+        let corrupt = |offset: usize, reason: &'static str| CodecError::Corrupt {
+            codec,
+            len: payload.len(),
+            offset,
+            reason,
+        };
+        let expected = out.len();
+        let backend = |detail: String| CodecError::Backend {
+            codec,
+            detail,
+            expected,
+        };
+        match codec {
+            CODEC_RAW => {
+                if payload.len() != out.len() {
+                    return Err(backend(format!("raw payload of {} B", payload.len())));
+                }
+                out.copy_from_slice(payload);
+            }
+            CODEC_LZ4 => match lz4_flex::block::decompress_into(payload, out) {
+                Ok(n) if n == out.len() => {}
+                Ok(n) => return Err(backend(format!("decoded {n} B"))),
+                Err(e) => return Err(backend(e.to_string())),
+            },
+            CODEC_ZSTD => self.decode_zstd(payload, out)?,
+            CODEC_BILEVEL => {
+                let reference = bilevel::payload_reference(payload).map_err(|r| corrupt(0, r))?;
+                if reference.is_some() != delta {
+                    return Err(CodecError::FlagMismatch {
+                        codec,
+                        flags,
+                        payload: if reference.is_some() { "delta" } else { "key" },
+                    });
+                }
+                let prev = match reference {
+                    None => None,
+                    Some(needed) => {
+                        if self.prev_seq != Some(needed) {
+                            return Err(CodecError::MissingReference {
+                                needed,
+                                held: self.prev_seq,
+                            });
+                        }
+                        if self.prev_stale {
+                            self.prev
+                                .extract(&self.prev_bits, self.prev.width, self.prev.height);
+                            self.prev_stale = false;
+                        }
+                        if (self.prev.width, self.prev.height) != (width, height) {
+                            return Err(CodecError::ReferenceDimensions {
+                                needed,
+                                width,
+                                height,
+                                ref_width: self.prev.width,
+                                ref_height: self.prev.height,
+                            });
+                        }
+                        Some(&self.prev)
+                    }
+                };
+                self.bilevel
+                    .decode(payload, width, height, prev, &mut self.cur, out)
+                    .map_err(|(o, r)| corrupt(o, r))?;
+                std::mem::swap(&mut self.cur, &mut self.prev);
+                self.prev_seq = Some(sequence);
+                self.prev_stale = false;
+                return Ok(());
+            }
+            other => return Err(CodecError::UnknownCodec { codec: other }),
+        }
+        // A frame of another codec: keep its bits; extract transitions only if a delta frame needs them.
+        self.prev_bits.clear();
+        self.prev_bits.extend_from_slice(out);
+        self.prev.width = width;
+        self.prev.height = height;
+        self.prev_stale = true;
+        self.prev_seq = Some(sequence);
+        Ok(())
+    }
+
+    #[cfg(feature = "zstd")]
+    fn decode_zstd(&mut self, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+        let expected = out.len();
+        let backend = |detail: String| CodecError::Backend {
+            codec: CODEC_ZSTD,
+            detail,
+            expected,
+        };
+        if self.zstd.is_none() {
+            self.zstd = Some(zstd::bulk::Decompressor::new().map_err(|e| backend(e.to_string()))?);
+        }
+        let d = self.zstd.as_mut().expect("just set");
+        match d.decompress_to_buffer(payload, out) {
+            Ok(n) if n == expected => Ok(()),
+            Ok(n) => Err(backend(format!("decoded {n} B"))),
+            Err(e) => Err(backend(e.to_string())),
+        }
+    }
+
+    #[cfg(not(feature = "zstd"))]
+    fn decode_zstd(&mut self, _payload: &[u8], _out: &mut [u8]) -> Result<(), CodecError> {
+        Err(CodecError::Unsupported {
+            codec: CODEC_ZSTD,
+            name: "zstd",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+use super::*;
+use crate::bilevel::{render_row, row_transitions};
+
+/// Deterministic xorshift for test data.
+pub(crate) struct Rng(u64);
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn stride(w: u32) -> usize {
+    (w as usize).div_ceil(8)
+}
+
+/// Clears the padding bits of every row.
+fn clear_padding(mask: &mut [u8], w: u32) {
+    let s = stride(w);
+    if w % 8 != 0 {
+        let keep = 0xFFu8 << (8 - w % 8);
+        for row in mask.chunks_exact_mut(s) {
+            row[s - 1] &= keep;
+        }
+    }
+}
+
+/// A blobby mask: a few discs plus some noise.
+fn blobs(w: u32, h: u32, seed: u64, noise: u32) -> Vec<u8> {
+    let mut rng = Rng(seed | 1);
+    let discs: Vec<(i64, i64, i64)> = (0..6)
+        .map(|_| {
+            (
+                (rng.next() % w as u64) as i64,
+                (rng.next() % h as u64) as i64,
+                (rng.next() % (w.max(h) as u64 / 3 + 2)) as i64,
+            )
+        })
+        .collect();
+    let mut m = vec![0u8; stride(w) * h as usize];
+    for y in 0..h as i64 {
+        for x in 0..w as i64 {
+            let mut on = discs
+                .iter()
+                .any(|&(cx, cy, r)| (x - cx).pow(2) + (y - cy).pow(2) <= r * r);
+            if noise > 0 && rng.next() % 1000 < noise as u64 {
+                on = !on;
+            }
+            if on {
+                m[y as usize * stride(w) + x as usize / 8] |= 0x80 >> (x % 8);
+            }
+        }
+    }
+    m
+}
+
+fn roundtrip(choice: Choice, frames: &[Vec<u8>], w: u32, h: u32, interval: u32) -> Vec<usize> {
+    let mut enc = Encoder::new(choice, interval);
+    let mut dec = Decoder::new();
+    let mut sizes = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let mut out = vec![0xAA; 40];
+        let e = enc.encode(f, w, h, i as u64 * 3, &mut out).unwrap();
+        assert_eq!(&out[..40], &[0xAA; 40][..]);
+        let payload = &out[40..];
+        assert!(payload.len() <= f.len());
+        if e.codec == CODEC_RAW {
+            assert_eq!(payload, &f[..]);
+        }
+        let mut back = vec![0x55u8; f.len()];
+        dec.decode(e.codec, e.flags, i as u64 * 3, w, h, payload, &mut back)
+            .unwrap_or_else(|err| panic!("frame {i} {e:?}: {err}"));
+        assert_eq!(&back, f, "frame {i} codec {e:?}");
+        sizes.push(payload.len());
+    }
+    sizes
+}
+
+#[test]
+fn transitions_and_render() {
+    for w in [1u32, 7, 8, 9, 63, 64, 65, 130] {
+        let mut rng = Rng(w as u64 + 11);
+        for _ in 0..50 {
+            let mut row: Vec<u8> = (0..stride(w)).map(|_| rng.next() as u8).collect();
+            clear_padding(&mut row, w);
+            let mut tr = Vec::new();
+            row_transitions(&row, w, &mut tr);
+            // Compare with a pixel loop.
+            let mut expect = Vec::new();
+            let mut last = 0;
+            for x in 0..w as usize {
+                let b = (row[x / 8] >> (7 - x % 8)) & 1;
+                if b != last {
+                    expect.push(x as u32);
+                    last = b;
+                }
+            }
+            assert_eq!(tr, expect);
+            let mut back = vec![0u8; row.len()];
+            render_row(&tr, w, &mut back);
+            assert_eq!(back, row);
+        }
+    }
+}
+
+#[test]
+fn all_choices_roundtrip_odd_sizes() {
+    for (w, h) in [(1u32, 1u32), (3, 2), (9, 5), (64, 64), (100, 37), (257, 19)] {
+        let frames: Vec<Vec<u8>> = (0..5)
+            .map(|k| {
+                let mut m = blobs(w, h, 7 + k / 2, if k == 4 { 50 } else { 0 });
+                clear_padding(&mut m, w);
+                m
+            })
+            .collect();
+        for c in Choice::ALL {
+            for interval in [0, 1, 2, 30] {
+                roundtrip(c, &frames, w, h, interval);
+            }
+        }
+    }
+}
+
+#[test]
+fn extreme_content() {
+    let (w, h) = (200u32, 50u32);
+    let s = stride(w);
+    let mut check = vec![0u8; s * h as usize];
+    for y in 0..h as usize {
+        for b in 0..s {
+            check[y * s + b] = if y % 2 == 0 { 0xAA } else { 0x55 };
+        }
+    }
+    clear_padding(&mut check, w);
+    let mut full = vec![0xFFu8; s * h as usize];
+    clear_padding(&mut full, w);
+    let empty = vec![0u8; s * h as usize];
+    let mut noise: Vec<u8> = {
+        let mut r = Rng(99);
+        (0..s * h as usize).map(|_| r.next() as u8).collect()
+    };
+    clear_padding(&mut noise, w);
+    let frames = vec![check, full, empty.clone(), noise, empty];
+    for c in Choice::ALL {
+        roundtrip(c, &frames, w, h, 0);
+    }
+}
+
+#[test]
+fn temporal_is_smaller_on_motion() {
+    let (w, h) = (320u32, 240u32);
+    let frames: Vec<Vec<u8>> = (0..8)
+        .map(|k| {
+            let mut m = vec![0u8; stride(w) * h as usize];
+            for y in 40..200usize {
+                for x in (60 + k * 2)..(200 + k * 2) {
+                    if (x as i64 - 130 - k as i64 * 2).pow(2) + (y as i64 - 120).pow(2) < 70 * 70 {
+                        m[y * stride(w) + x / 8] |= 0x80 >> (x % 8);
+                    }
+                }
+            }
+            m
+        })
+        .collect();
+    let intra: usize = roundtrip(Choice::Bilevel, &frames, w, h, 1).iter().sum();
+    let delta: usize = roundtrip(Choice::Bilevel, &frames, w, h, 0).iter().sum();
+    assert!(delta < intra, "delta {delta} intra {intra}");
+}
+
+#[test]
+fn missing_reference_is_rejected() {
+    let (w, h) = (64u32, 64u32);
+    let f0 = blobs(w, h, 1, 0);
+    let mut f1 = f0.clone();
+    f1[100] ^= 0x10;
+    let mut enc = Encoder::new(Choice::Bilevel, 0);
+    let mut p0 = Vec::new();
+    let e0 = enc.encode(&f0, w, h, 10, &mut p0).unwrap();
+    let mut p1 = Vec::new();
+    let e1 = enc.encode(&f1, w, h, 12, &mut p1).unwrap();
+    assert_eq!(e1.flags, FLAG_DELTA);
+    let mut out = vec![0u8; f0.len()];
+    let mut dec = Decoder::new();
+    assert_eq!(
+        dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
+        Err(CodecError::MissingReference {
+            needed: 10,
+            held: None
+        })
+    );
+    dec.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut out).unwrap();
+    dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out).unwrap();
+    assert_eq!(out, f1);
+    // Held 12 now; replaying the delta (which needs 10) fails.
+    assert_eq!(
+        dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
+        Err(CodecError::MissingReference {
+            needed: 10,
+            held: Some(12)
+        })
+    );
+    // Flag stripped: mismatch, not a wrong image.
+    assert!(matches!(
+        dec.decode(e1.codec, 0, 12, w, h, &p1, &mut out),
+        Err(CodecError::FlagMismatch { .. })
+    ));
+    // Reset forgets.
+    dec.reset();
+    assert!(matches!(
+        dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
+        Err(CodecError::MissingReference { held: None, .. })
+    ));
+}
+
+#[test]
+fn force_keyframe_and_interval() {
+    let (w, h) = (64u32, 16u32);
+    let f = blobs(w, h, 3, 0);
+    let mut enc = Encoder::new(Choice::Bilevel, 3);
+    let mut flags = Vec::new();
+    for i in 0..7 {
+        if i == 5 {
+            enc.force_keyframe();
+        }
+        let mut out = Vec::new();
+        flags.push(enc.encode(&f, w, h, i, &mut out).unwrap().flags);
+    }
+    assert_eq!(flags, [0, 1, 1, 0, 1, 0, 1]);
+}
+
+#[test]
+fn choice_parse_display() {
+    for c in Choice::ALL {
+        assert_eq!(c.to_string().parse::<Choice>().unwrap(), c);
+    }
+    assert!("gzip".parse::<Choice>().is_err());
+    assert_eq!(Choice::default(), Choice::Auto);
+}
+
+#[test]
+fn bad_arguments() {
+    let mut enc = Encoder::new(Choice::Auto, 1);
+    let mut out = Vec::new();
+    assert!(matches!(
+        enc.encode(&[0u8; 3], 8, 2, 0, &mut out),
+        Err(CodecError::BufferSize { .. })
+    ));
+    assert!(matches!(
+        enc.encode(&[], 0, 2, 0, &mut out),
+        Err(CodecError::InvalidDimensions { .. })
+    ));
+    let mut dec = Decoder::new();
+    let mut o = [0u8; 2];
+    assert!(matches!(
+        dec.decode(9, 0, 0, 8, 2, &[1], &mut o),
+        Err(CodecError::UnknownCodec { codec: 9 })
+    ));
+}

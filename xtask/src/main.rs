@@ -1,1 +1,52 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in plain Rust (no shell scripts).
+//!
+//! Run `cargo xtask help` for the list of tasks.
+
+mod bench;
+mod ci;
+mod codecs;
+mod demo;
+mod samples;
+mod util;
+
+use anyhow::{bail, Result};
+
+const HELP: &str = "\
+cargo xtask <task> [args]
+
+Tasks:
+  demo              receiver + sender on loopback over generated sample images;
+                    masks land in target/demo/out, a summary is printed
+  ci                the full test run: fmt, clippy -D warnings, all tests, numpy
+                    interop (installs numpy into target/venv when missing)
+  bench [core]      threshold/pack/unpack/CRC vs numpy on this machine, loopback fps
+  vectors           regenerate the committed numpy test vectors
+  help              this text
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, r)) => (t.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    match task {
+        "demo" => demo::run(rest),
+        "ci" => ci::run_ci(rest),
+        "bench" if rest.first().map(String::as_str) == Some("codecs") => codecs::run(&rest[1..]),
+        "bench" => bench::run(rest),
+        "vectors" => ci::vectors(),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n\n{HELP}"),
+    }
+}

@@ -1,1 +1,187 @@
-fn main() {}
+//! `bitmask-send`: thresholds images into 1-bit masks and streams them as
+//! bitmask frames over one TCP connection.
+
+mod input;
+mod net;
+
+use anyhow::{Context, Result};
+use bitmask_core::Channel;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Threshold images into 1-bit masks and stream them to a `bitmask-recv`.
+///
+/// Each INPUT image becomes one frame (frames 0, 1, 2, ... in the order
+/// given; directories expand to their image files in name order). Pixels
+/// become bits by `bit = value >= threshold` on the chosen channel, so the
+/// original numpy recipe `img[:,:,2] >= 170` is `--channel blue --threshold 170`.
+/// All frames share one TCP connection.
+#[derive(Parser, Debug)]
+#[command(name = "bitmask-send", version, verbatim_doc_comment)]
+#[command(after_help = "Examples:
+  bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
+  bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
+  RUST_LOG=debug bitmask-send --to pi2:5000 in.png")]
+struct Cli {
+    /// Receiver address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+
+    /// The value compared with the threshold: one channel, or luma as Pillow's convert('L').
+    #[arg(long, value_enum, default_value_t = ChannelArg::Luma)]
+    channel: ChannelArg,
+
+    /// Threshold 0..=256 (`bit = value >= N`), or `otsu` to pick one per frame (bit = value > otsu).
+    #[arg(long, default_value = "128", value_parser = parse_threshold)]
+    threshold: ThresholdArg,
+
+    /// Invert the mask: `bit = value < threshold`.
+    #[arg(long)]
+    invert: bool,
+
+    /// Send at most N frames per second (default: as fast as the link allows).
+    #[arg(long, value_name = "N")]
+    fps: Option<f64>,
+
+    /// Start over after the last input, until interrupted.
+    #[arg(long = "loop")]
+    looping: bool,
+
+    /// Stop after N frames (with --loop: go round the inputs until N are sent).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+
+    /// Sender name announced to the receiver (default: this host's name).
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Connect timeout in seconds; also the limit for a stalled write.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    timeout: f64,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Image files (PNG, BMP, PNM, TIFF, JPEG) or directories of them.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ChannelArg {
+    Red,
+    Green,
+    Blue,
+    Luma,
+}
+
+impl From<ChannelArg> for Channel {
+    fn from(c: ChannelArg) -> Channel {
+        match c {
+            ChannelArg::Red => Channel::Red,
+            ChannelArg::Green => Channel::Green,
+            ChannelArg::Blue => Channel::Blue,
+            ChannelArg::Luma => Channel::Luma,
+        }
+    }
+}
+
+/// A fixed threshold or Otsu's per frame.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ThresholdArg {
+    /// `bit = value >= N`.
+    Fixed(u16),
+    /// Otsu's threshold of each frame.
+    Otsu,
+}
+
+fn parse_threshold(s: &str) -> Result<ThresholdArg, String> {
+    if s.eq_ignore_ascii_case("otsu") {
+        return Ok(ThresholdArg::Otsu);
+    }
+    match s.parse::<u16>() {
+        Ok(n) if n <= 256 => Ok(ThresholdArg::Fixed(n)),
+        _ => Err(format!("{s:?} is not a number 0..=256 or \"otsu\"")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli) {
+        eprintln!("bitmask-send: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let files = input::expand(&cli.inputs)?;
+    log::info!("{} input image(s)", files.len());
+    let name = cli.name.clone().unwrap_or_else(net::hostname);
+    let timeout = Duration::from_secs_f64(cli.timeout.max(0.001));
+    let mut conn = net::Connection::connect(&cli.to, &name, timeout)?;
+
+    let params = input::MaskParams {
+        channel: cli.channel.into(),
+        threshold: cli.threshold,
+        invert: cli.invert,
+    };
+    let mut source: Box<dyn input::Source> = Box::new(input::ImageFiles::new(files, cli.looping));
+    let mut mask = input::Mask::default();
+    let period = cli
+        .fps
+        .filter(|f| *f > 0.0)
+        .map(|f| Duration::from_secs_f64(1.0 / f));
+    let start = Instant::now();
+    let mut next_due = start;
+    let mut sequence = 0u64;
+    let mut bytes = 0u64;
+    let mut last_report = start;
+    while cli.count.is_none_or(|n| sequence < n) && source.next_mask(&params, &mut mask)? {
+        if let Some(p) = period {
+            let now = Instant::now();
+            if next_due > now {
+                std::thread::sleep(next_due - now);
+            } else if now - next_due > p {
+                next_due = now; // fell behind by more than a frame: don't burst to catch up
+            }
+            next_due += p;
+        }
+        bytes += conn
+            .send_raw(&mask, sequence)
+            .with_context(|| format!("sending frame {sequence}"))? as u64;
+        sequence += 1;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            log::info!("{}", summary(sequence, bytes, start.elapsed()));
+        }
+    }
+    conn.finish()?;
+    eprintln!(
+        "bitmask-send: {}",
+        summary(sequence, bytes, start.elapsed())
+    );
+    Ok(())
+}
+
+fn summary(frames: u64, bytes: u64, elapsed: Duration) -> String {
+    let s = elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "sent {frames} frames, {bytes} bytes in {s:.2} s: {:.1} fps, {:.1} Mbit/s",
+        frames as f64 / s,
+        bytes as f64 * 8.0 / s / 1e6
+    )
+}

@@ -1,0 +1,191 @@
+//! Frame sources: image files (decoded with `image`) turned into packed masks.
+
+use crate::ThresholdArg;
+use anyhow::{bail, Context, Result};
+use bitmask_core::{
+    histogram, otsu_threshold, packed_len, threshold_pack, Channel, ImageRef, Params, PixelFormat,
+};
+use image::DynamicImage;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How pixels become bits.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskParams {
+    /// Channel compared.
+    pub channel: Channel,
+    /// Fixed threshold or Otsu.
+    pub threshold: ThresholdArg,
+    /// Invert the rule.
+    pub invert: bool,
+}
+
+/// One packed mask, its buffer reused from frame to frame.
+#[derive(Debug, Default)]
+pub struct Mask {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Capture time, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Packed bits, wire layout.
+    pub bits: Vec<u8>,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+const EXTENSIONS: &[&str] = &[
+    "png", "bmp", "pbm", "pgm", "ppm", "pnm", "tif", "tiff", "jpg", "jpeg",
+];
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Expands directories to their image files in name order; checks every path exists.
+pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in inputs {
+        let meta =
+            std::fs::metadata(p).with_context(|| format!("cannot read input {}", p.display()))?;
+        if meta.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot list directory {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            if v.is_empty() {
+                bail!(
+                    "directory {} holds no image files ({})",
+                    p.display(),
+                    EXTENSIONS.join(", ")
+                );
+            }
+            v.sort();
+            files.extend(v);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Anything that yields masks one after another (image files, raw camera frames).
+pub trait Source {
+    /// Produces the next mask into `mask` (its buffer reused); `Ok(false)` at the end of input.
+    /// Sets `mask.timestamp_us` to the capture time.
+    fn next_mask(&mut self, params: &MaskParams, mask: &mut Mask) -> Result<bool>;
+}
+
+/// Image files, in order, optionally looping. Decoded images are kept when
+/// looping so that later rounds cost only thresholding.
+pub struct ImageFiles {
+    files: Vec<PathBuf>,
+    looping: bool,
+    next: usize,
+    cache: Vec<Option<DynamicImage>>,
+}
+
+/// Decoded images kept for `--loop` at most (bytes of pixels).
+const CACHE_LIMIT: usize = 512 << 20;
+
+impl ImageFiles {
+    /// A source over `files`.
+    pub fn new(files: Vec<PathBuf>, looping: bool) -> Self {
+        let n = files.len();
+        ImageFiles {
+            files,
+            looping,
+            next: 0,
+            cache: (0..n).map(|_| None).collect(),
+        }
+    }
+}
+
+impl Source for ImageFiles {
+    fn next_mask(&mut self, params: &MaskParams, mask: &mut Mask) -> Result<bool> {
+        if self.next == self.files.len() {
+            if !self.looping || self.files.is_empty() {
+                return Ok(false);
+            }
+            self.next = 0;
+        }
+        let i = self.next;
+        self.next += 1;
+        let path = &self.files[i];
+        let decoded;
+        let img = match &self.cache[i] {
+            Some(img) => img,
+            None => {
+                decoded = image::open(path)
+                    .with_context(|| format!("cannot read image {}", path.display()))?;
+                let kept: usize = self
+                    .cache
+                    .iter()
+                    .flatten()
+                    .map(|c| c.as_bytes().len())
+                    .sum();
+                if self.looping && kept + decoded.as_bytes().len() <= CACHE_LIMIT {
+                    self.cache[i] = Some(decoded);
+                    self.cache[i].as_ref().unwrap()
+                } else {
+                    &decoded
+                }
+            }
+        };
+        mask.timestamp_us = now_us();
+        threshold_image(img, params, mask)
+            .with_context(|| format!("cannot threshold {}", path.display()))?;
+        Ok(true)
+    }
+}
+
+/// Thresholds a decoded image into `mask`.
+pub fn threshold_image(img: &DynamicImage, params: &MaskParams, mask: &mut Mask) -> Result<()> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let converted;
+    let (data, format): (&[u8], PixelFormat) = match img {
+        DynamicImage::ImageLuma8(g) => (g.as_raw(), PixelFormat::Gray8),
+        DynamicImage::ImageRgb8(c) => (c.as_raw(), PixelFormat::Rgb8),
+        DynamicImage::ImageRgba8(c) => (c.as_raw(), PixelFormat::Rgba8),
+        other => {
+            log::debug!("converting {:?} to rgb8", other.color());
+            converted = other.to_rgb8();
+            (converted.as_raw(), PixelFormat::Rgb8)
+        }
+    };
+    let view = ImageRef::new(data, w, h, format)?;
+    threshold_view(&view, params, mask)
+}
+
+/// Thresholds any pixel view into `mask` (Otsu computed on the view when asked).
+pub fn threshold_view(view: &ImageRef<'_>, params: &MaskParams, mask: &mut Mask) -> Result<()> {
+    let threshold = match params.threshold {
+        ThresholdArg::Fixed(t) => t,
+        ThresholdArg::Otsu => {
+            let t = otsu_threshold(&histogram(view, params.channel)).unwrap_or(127);
+            log::debug!("otsu threshold {t}: bit = value > {t}");
+            t as u16 + 1
+        }
+    };
+    mask.width = u32::try_from(view.width()).context("width over u32")?;
+    mask.height = u32::try_from(view.height()).context("height over u32")?;
+    mask.bits.resize(packed_len(view.width(), view.height()), 0);
+    let p = Params {
+        channel: params.channel,
+        threshold,
+        invert: params.invert,
+    };
+    threshold_pack(view, &p, &mut mask.bits)?;
+    Ok(())
+}

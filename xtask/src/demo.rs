@@ -1,0 +1,115 @@
+//! `cargo xtask demo`: a receiver and a sender on loopback, sample images in, masks out.
+
+use crate::util::{build_bins, root};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Starts `bitmask-recv` with `args` plus `--listen 127.0.0.1:0`, forwards its
+/// stderr, and returns the child with the address it listens on.
+pub fn start_receiver(bin: &Path, args: &[&str]) -> Result<(Child, String)> {
+    let mut child = Command::new(bin.join("bitmask-recv"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting bitmask-recv")?;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            eprintln!("  [recv] {line}");
+            if let Some(pos) = line.find("listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line[pos + 13..].trim().to_string());
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addr) => Ok((child, addr)),
+        Err(_) => {
+            let _ = child.kill();
+            bail!("bitmask-recv did not report its listening address within 20 s")
+        }
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let frames: u64 = match args {
+        [] => 240,
+        [f, n] if f == "--frames" => n.parse().context("--frames N")?,
+        _ => bail!("usage: cargo xtask demo [--frames N]"),
+    };
+    let bin = build_bins(true)?;
+    let demo = root().join("target/demo");
+    let input = demo.join("in");
+    let out = demo.join("out");
+    eprintln!("generating sample images in {}", input.display());
+    crate::samples::scene(&input, 24)?;
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    let count = frames.to_string();
+    let out_s = out.to_string_lossy().into_owned();
+    let (mut recv, addr) = start_receiver(
+        &bin,
+        &["--out", &out_s, "--format", "png", "--count", &count],
+    )?;
+    eprintln!("receiver listening on {addr}; sending {frames} frames (blue >= 170, looping over 24 images)");
+    let st = Command::new(bin.join("bitmask-send"))
+        .args([
+            "--to",
+            &addr,
+            "--channel",
+            "blue",
+            "--threshold",
+            "170",
+            "--loop",
+            "--count",
+            &count,
+        ])
+        .arg(&input)
+        .status()
+        .context("starting bitmask-send")?;
+    if !st.success() {
+        let _ = recv.kill();
+        bail!("bitmask-send failed: {st}");
+    }
+    let rs = wait_timeout(&mut recv, Duration::from_secs(60))?;
+    if !rs.success() {
+        bail!("bitmask-recv failed: {rs}");
+    }
+    let written = std::fs::read_dir(&out)?.filter(|e| e.is_ok()).count();
+    let sample: PathBuf = out.join("frame-000000.png");
+    println!(
+        "demo: {written} masks written to {} (e.g. {}); each mask is {} bytes packed vs {} bytes of RGB",
+        out.display(),
+        sample.display(),
+        1024 * 768 / 8,
+        1024 * 768 * 3
+    );
+    Ok(())
+}
+
+/// Waits for `child` at most `limit`, killing it after that.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            bail!(
+                "process {} did not end within {limit:?}; killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,135 @@
+//! Small helpers shared by the tasks: running commands, finding the repo, the Python venv.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Prints and runs `cmd`, failing with its status when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", show(cmd));
+    let st = cmd
+        .status()
+        .with_context(|| format!("could not start {}", show(cmd)))?;
+    if !st.success() {
+        bail!("{} failed: {st}", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout, failing when it fails.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {}", show(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}\n{}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command line as text, for logs.
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// `cargo` with the same toolchain as this xtask.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// True when running under CI (`CI=true`).
+pub fn is_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Whether a program is on PATH.
+pub fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Python packages the tests and benchmarks need, installed into `target/venv`.
+pub const PY_PACKAGES: &[&str] = &["numpy", "pillow"];
+
+/// The venv's python, created and filled with [`PY_PACKAGES`] (plus `extra`) when missing.
+pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
+    let venv = root().join("target/venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        let sys = ["python3", "python"]
+            .into_iter()
+            .find(|p| have(p))
+            .context(
+                "no python3 on PATH: install it (Debian: apt-get install python3 python3-venv)",
+            )?;
+        run(Command::new(sys).arg("-m").arg("venv").arg(&venv))
+            .context("could not create the venv (Debian: apt-get install python3-venv)")?;
+    }
+    let mut want: Vec<&str> = PY_PACKAGES.to_vec();
+    want.extend_from_slice(extra);
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|m| {
+            let module = match *m {
+                "pillow" => "PIL",
+                "scikit-image" => "skimage",
+                other => other,
+            };
+            !Command::new(&py)
+                .args(["-c", &format!("import {module}")])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if !missing.is_empty() {
+        let mut c = Command::new(&py);
+        c.args(["-m", "pip", "install", "-q"]).args(&missing);
+        run(&mut c).with_context(|| {
+            format!(
+                "pip could not install {missing:?}; install them by hand into {}",
+                venv.display()
+            )
+        })?;
+    }
+    Ok(py)
+}
+
+/// Builds the two binaries (`profile`: "debug" or "release") and returns their directory.
+pub fn build_bins(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "-p", "bitmask-sender", "-p", "bitmask-receiver"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
+}

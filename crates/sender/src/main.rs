@@ -3,6 +3,7 @@
 
 mod input;
 mod net;
+mod raw;
 
 use anyhow::{Context, Result};
 use bitmask_core::Channel;
@@ -22,7 +23,10 @@ use std::time::{Duration, Instant};
 #[command(after_help = "Examples:
   bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
   bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
-  RUST_LOG=debug bitmask-send --to pi2:5000 in.png")]
+  RUST_LOG=debug bitmask-send --to pi2:5000 in.png
+  rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o - \
+    | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
+  (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
 struct Cli {
     /// Receiver address, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
@@ -52,6 +56,22 @@ struct Cli {
     #[arg(long, value_name = "N")]
     count: Option<u64>,
 
+    /// Read raw frames back to back (stdin, FIFO or file) instead of image files; yuv420 thresholds the Y plane.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    input_format: Option<raw::RawFormat>,
+
+    /// Size of each raw frame in pixels, WxH (with --input-format).
+    #[arg(long, value_parser = raw::parse_size, value_name = "WxH", requires = "input_format")]
+    size: Option<(usize, usize)>,
+
+    /// Bytes from one stored row to the next (Y plane for yuv420, whose chroma rows are N/2); default: tight rows.
+    #[arg(long, value_name = "N", requires = "input_format")]
+    stride: Option<usize>,
+
+    /// Rows stored per plane when the producer pads the height (default: the height).
+    #[arg(long, value_name = "H", requires = "input_format")]
+    padded_height: Option<usize>,
+
     /// Sender name announced to the receiver (default: this host's name).
     #[arg(long)]
     name: Option<String>,
@@ -64,7 +84,8 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 
-    /// Image files (PNG, BMP, PNM, TIFF, JPEG) or directories of them.
+    /// Image files (PNG, BMP, PNM, TIFF, JPEG) or directories of them; with
+    /// --input-format one raw stream: `-` (stdin), a FIFO or a file.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
 }
@@ -128,8 +149,21 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let files = input::expand(&cli.inputs)?;
-    log::info!("{} input image(s)", files.len());
+    let mut source: Box<dyn input::Source> = match cli.input_format {
+        Some(format) => Box::new(raw::RawFrames::from_cli(
+            format,
+            cli.size,
+            cli.stride,
+            cli.padded_height,
+            &cli.inputs,
+            cli.looping,
+        )?),
+        None => {
+            let files = input::expand(&cli.inputs)?;
+            log::info!("{} input image(s)", files.len());
+            Box::new(input::ImageFiles::new(files, cli.looping))
+        }
+    };
     let name = cli.name.clone().unwrap_or_else(net::hostname);
     let timeout = Duration::from_secs_f64(cli.timeout.max(0.001));
     let mut conn = net::Connection::connect(&cli.to, &name, timeout)?;
@@ -139,7 +173,6 @@ fn run(cli: Cli) -> Result<()> {
         threshold: cli.threshold,
         invert: cli.invert,
     };
-    let mut source: Box<dyn input::Source> = Box::new(input::ImageFiles::new(files, cli.looping));
     let mut mask = input::Mask::default();
     let period = cli
         .fps

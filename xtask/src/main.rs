@@ -6,6 +6,9 @@ mod bench;
 mod ci;
 mod codecs;
 mod demo;
+mod deploy;
+mod dist;
+mod pibench;
 mod samples;
 mod util;
 
@@ -20,6 +23,11 @@ Tasks:
   ci                the full test run: fmt, clippy -D warnings, all tests, numpy
                     interop (installs numpy into target/venv when missing)
   bench [core]      threshold/pack/unpack/CRC vs numpy on this machine, loopback fps
+  dist              Pi builds: target/dist/{armv6,armv7,host} + SHA256SUMS, arch-checked
+  qemu [all|unit|e2e|sigill]
+                    prove the Pi builds under qemu-user (arm1176 / cortex-a7)
+  bench pi          instructions per 1024x768 frame on arm1176/cortex-a7, est. Pi fps
+  deploy            copy the Pi builds over SSH and run them (deploy.toml; --help)
   vectors           regenerate the committed numpy test vectors
   help              this text
 ";
@@ -41,7 +49,11 @@ fn run() -> Result<()> {
         "demo" => demo::run(rest),
         "ci" => ci::run_ci(rest),
         "bench" if rest.first().map(String::as_str) == Some("codecs") => codecs::run(&rest[1..]),
+        "bench" if rest.first().map(String::as_str) == Some("pi") => pibench::run(&rest[1..]),
         "bench" => bench::run(rest),
+        "dist" => dist::run_dist(rest),
+        "qemu" => dist::run_qemu(rest),
+        "deploy" => deploy::run(rest),
         "vectors" => ci::vectors(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");

@@ -1,0 +1,945 @@
+//! `cargo xtask dist`: the Raspberry Pi builds, their architecture checks, and the
+//! proofs under qemu-user (`cargo xtask qemu`).
+//!
+//! * `target/dist/armv6/` — ARM1176JZF-S (Pi 1, Pi Zero/Zero W): ARMv6KZ, VFPv2, no NEON,
+//!   no Thumb-2. Fully static (musl, built with zig); std is rebuilt for the CPU with
+//!   `-Zbuild-std` because rustup has no ARMv6 musl std. No Debian armhf object is ever
+//!   linked in (they are ARMv7 code and SIGILL on an ARM1176).
+//! * `target/dist/armv7/` — Cortex-A7 (Pi 2; runs on Pi 3/4/5 with a 32-bit userland):
+//!   NEON + VFPv4, dynamically linked against glibc <= 2.28 (Raspberry Pi OS Buster and
+//!   newer), linked by zig against glibc 2.28 stubs.
+//! * `target/dist/host/` — this machine.
+//! * `target/dist/SHA256SUMS` — `cd target/dist && sha256sum -c SHA256SUMS`.
+//!
+//! Cross builds use their own target dir (`target/cross`), so they neither block on nor
+//! invalidate the host build; everything is cached and a no-change rebuild takes seconds.
+
+use crate::util::{have, is_ci, root, run, show};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The two binaries shipped to the Pis.
+pub const BINS: &[&str] = &["bitmask-send", "bitmask-recv"];
+/// The cargo profile of the shipped binaries (root Cargo.toml: LTO, strip, panic=abort).
+pub const PROFILE: &str = "dist";
+/// The glibc floor of the ARMv7 build (Raspberry Pi OS 10 "Buster" ships 2.28).
+pub const GLIBC_FLOOR: (u32, u32) = (2, 28);
+
+/// A Raspberry Pi build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arch {
+    /// ARM1176JZF-S: Pi 1 A/B/A+/B+, Pi Zero, Pi Zero W.
+    V6,
+    /// Cortex-A7 and newer in 32-bit mode: Pi 2, Pi 3, Pi 4, Pi Zero 2 W.
+    V7,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::V6, Arch::V7];
+
+    pub fn parse(s: &str) -> Result<Arch> {
+        match s {
+            "armv6" | "v6" | "arm1176" => Ok(Arch::V6),
+            "armv7" | "v7" | "cortex-a7" => Ok(Arch::V7),
+            _ => bail!("unknown build {s:?}: use armv6 (Pi 1/Zero) or armv7 (Pi 2/3/4)"),
+        }
+    }
+    /// Directory name under `target/dist`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::V6 => "armv6",
+            Arch::V7 => "armv7",
+        }
+    }
+    /// The rustc target triple.
+    pub fn triple(self) -> &'static str {
+        match self {
+            Arch::V6 => "arm-unknown-linux-musleabihf",
+            Arch::V7 => "armv7-unknown-linux-gnueabihf",
+        }
+    }
+    /// The triple given to cargo-zigbuild (with the glibc version to link against).
+    fn zig_triple(self) -> &'static str {
+        match self {
+            Arch::V6 => "arm-unknown-linux-musleabihf",
+            Arch::V7 => "armv7-unknown-linux-gnueabihf.2.28",
+        }
+    }
+    fn rustflags(self) -> &'static str {
+        match self {
+            // link-self-contained=no: zig supplies musl's crt objects and libc, built for
+            // the target CPU (rustc's self-contained ones are not shipped for this target).
+            Arch::V6 => "-C target-cpu=arm1176jzf-s -C link-self-contained=no",
+            // The Pi 2's Cortex-A7 has NEON and VFPv4 with 32 D registers; the armv7
+            // target default leaves NEON off, so turn it on (rustc warns it is unstable).
+            Arch::V7 => "-C target-cpu=cortex-a7 -C target-feature=+neon,+vfp4,+d32",
+        }
+    }
+    /// Whether std has to be rebuilt (no prebuilt std from rustup).
+    fn build_std(self) -> bool {
+        matches!(self, Arch::V6)
+    }
+    /// `qemu-arm -cpu` of the Pi this build is for.
+    pub fn qemu_cpu(self) -> &'static str {
+        match self {
+            Arch::V6 => "arm1176",
+            Arch::V7 => "cortex-a7",
+        }
+    }
+    /// `qemu-arm ... ` prefix that runs this build on this machine as on its Pi.
+    pub fn qemu_prefix(self) -> Vec<String> {
+        self.qemu_prefix_on(self.qemu_cpu())
+    }
+    /// Like [`Arch::qemu_prefix`] on another CPU model.
+    pub fn qemu_prefix_on(self, cpu: &str) -> Vec<String> {
+        let mut v = vec!["qemu-arm".to_string(), "-cpu".into(), cpu.into()];
+        if self == Arch::V7 {
+            // dynamic glibc build: the loader and libc come from Debian's armhf cross libc
+            v.extend(["-L".into(), ARMHF_SYSROOT.into()]);
+        }
+        v
+    }
+    /// Where cargo leaves this build's binaries for `profile`.
+    pub fn out_dir(self, profile: &str) -> PathBuf {
+        cross_dir().join(self.triple()).join(profile)
+    }
+    /// `target/dist/<name>`.
+    pub fn dist_dir(self) -> PathBuf {
+        dist_dir().join(self.name())
+    }
+    fn env_key(self) -> String {
+        self.triple().to_uppercase().replace('-', "_")
+    }
+}
+
+/// Debian's armhf glibc (package libc6-armhf-cross), used only to *run* the ARMv7 build
+/// under qemu. It is ARMv7 code and never linked into anything.
+pub const ARMHF_SYSROOT: &str = "/usr/arm-linux-gnueabihf";
+
+pub fn dist_dir() -> PathBuf {
+    root().join("target/dist")
+}
+pub fn cross_dir() -> PathBuf {
+    root().join("target/cross")
+}
+
+// ---------------------------------------------------------------------------------------
+// Tools
+
+/// What the cross builds need, found or installed.
+pub struct Tools {
+    /// Directory holding the `zig` executable, prepended to PATH.
+    zig_dir: Option<PathBuf>,
+}
+
+fn is_root() -> bool {
+    crate::util::output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs Debian packages when running as root, else fails with the exact command.
+pub fn apt_install(pkgs: &[&str], why: &str) -> Result<()> {
+    if is_root() && have("apt-get") {
+        eprintln!("xtask: installing {pkgs:?} ({why})");
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(pkgs);
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        if run(&mut c).is_err() {
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            run(&mut c)?;
+        }
+        return Ok(());
+    }
+    bail!(
+        "{why}: install it with `sudo apt-get install {}`",
+        pkgs.join(" ")
+    )
+}
+
+fn ensure_prog(prog: &str, pkg: &str, why: &str) -> Result<()> {
+    if !have(prog) {
+        apt_install(&[pkg], &format!("{prog} is missing ({why})"))?;
+    }
+    Ok(())
+}
+
+/// qemu-arm, readelf, and (for the ARMv7 build) Debian's armhf libc to run it.
+pub fn ensure_qemu() -> Result<()> {
+    ensure_prog("qemu-arm", "qemu-user", "runs the ARM builds as on the Pis")?;
+    ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
+    if !Path::new(ARMHF_SYSROOT)
+        .join("lib/ld-linux-armhf.so.3")
+        .exists()
+    {
+        apt_install(
+            &["libc6-armhf-cross"],
+            "the ARMv7 build needs an armhf glibc to run under qemu-arm",
+        )?;
+    }
+    Ok(())
+}
+
+/// Installs or checks rustup targets/components, cargo-zigbuild and zig.
+pub fn ensure_tools() -> Result<Tools> {
+    ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
+    let installed =
+        crate::util::output(Command::new("rustup").args(["target", "list", "--installed"]))
+            .context("rustup not found: the cross builds need rustup (https://rustup.rs)")?;
+    if !installed.lines().any(|l| l.trim() == Arch::V7.triple()) {
+        run(Command::new("rustup").args(["target", "add", Arch::V7.triple()]))
+            .context("fix: rustup target add armv7-unknown-linux-gnueabihf")?;
+    }
+    let comps =
+        crate::util::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    if !comps.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src"]))
+            .context("fix: rustup component add rust-src (the ARMv6 std is built from source)")?;
+    }
+    if !have("cargo-zigbuild") {
+        run(crate::util::cargo().args(["install", "--locked", "cargo-zigbuild"]))
+            .context("fix: cargo install --locked cargo-zigbuild")?;
+    }
+    let zig_dir = if have("zig") {
+        None
+    } else {
+        Some(zig_from_pypi()?)
+    };
+    Ok(Tools { zig_dir })
+}
+
+/// zig from PyPI (`ziglang`) in its own venv under target/.
+fn zig_from_pypi() -> Result<PathBuf> {
+    let venv = root().join("target/zig-venv");
+    let py = venv.join("bin/python");
+    let find = |py: &Path| -> Option<PathBuf> {
+        let out = Command::new(py)
+            .args([
+                "-c",
+                "import ziglang, os; print(os.path.dirname(ziglang.__file__))",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        (out.status.success() && d.join("zig").exists()).then_some(d)
+    };
+    if py.exists() {
+        if let Some(d) = find(&py) {
+            return Ok(d);
+        }
+    } else {
+        let sys = ["python3", "python"]
+            .into_iter()
+            .find(|p| have(p))
+            .context("zig is missing and there is no python3 to get it from PyPI: install python3 and python3-venv, or put zig on PATH")?;
+        run(Command::new(sys).arg("-m").arg("venv").arg(&venv))
+            .context("fix: apt-get install python3-venv (or put zig on PATH)")?;
+    }
+    run(Command::new(&py).args(["-m", "pip", "install", "-q", "ziglang"])).with_context(|| {
+        format!(
+            "fix: {} -m pip install ziglang (or put zig on PATH)",
+            py.display()
+        )
+    })?;
+    find(&py).context("ziglang installed but its zig executable was not found")
+}
+
+impl Tools {
+    /// `cargo-zigbuild <sub>` with the environment of the cross builds.
+    pub fn cargo(&self, sub: &str) -> Command {
+        let mut c = Command::new("cargo-zigbuild");
+        c.arg(sub).current_dir(root());
+        if let Some(d) = &self.zig_dir {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![d.clone()];
+            dirs.extend(std::env::split_paths(&path));
+            c.env("PATH", std::env::join_paths(dirs).unwrap());
+        }
+        // -Zbuild-std on stable, for the ARMv6 std (set for every cross build so that the
+        // builds share one fingerprint and their caches).
+        c.env("RUSTC_BOOTSTRAP", "1");
+        c.env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        for a in Arch::ALL {
+            c.env(
+                format!("CARGO_TARGET_{}_RUSTFLAGS", a.env_key()),
+                a.rustflags(),
+            );
+            c.env(
+                format!("CARGO_TARGET_{}_RUNNER", a.env_key()),
+                a.qemu_prefix().join(" "),
+            );
+        }
+        c.arg("--target-dir").arg(cross_dir());
+        c
+    }
+
+    /// Adds `--target` (and -Zbuild-std for ARMv6) to a cross cargo command.
+    pub fn target_args(c: &mut Command, arch: Arch, test: bool) {
+        c.args(["--target", arch.zig_triple()]);
+        if arch.build_std() {
+            c.arg(if test {
+                "-Zbuild-std"
+            } else {
+                "-Zbuild-std=std,panic_abort"
+            });
+        }
+    }
+
+    /// Builds the two binaries for `arch` in `profile`; returns cargo's output dir.
+    pub fn build_bins(&self, arch: Arch, profile: &str) -> Result<PathBuf> {
+        let mut c = self.cargo("zigbuild");
+        Self::target_args(&mut c, arch, false);
+        c.args([
+            "--profile",
+            profile,
+            "-p",
+            "bitmask-sender",
+            "-p",
+            "bitmask-receiver",
+        ]);
+        let t = Instant::now();
+        run(&mut c).with_context(|| format!("the {} build failed", arch.name()))?;
+        eprintln!(
+            "xtask: {} build ({profile}) took {:.1} s",
+            arch.name(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(arch.out_dir(profile))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Architecture checks
+
+/// What `readelf` says about an ARM binary.
+#[derive(Debug, Default)]
+pub struct ElfFacts {
+    pub cpu_arch: String,
+    pub thumb: String,
+    pub fp: String,
+    pub simd: String,
+    pub hard_float: bool,
+    pub interp: Option<String>,
+    pub needed: Vec<String>,
+    pub glibc_max: Option<(u32, u32)>,
+}
+
+fn readelf(args: &[&str], file: &Path) -> Result<String> {
+    crate::util::output(Command::new("readelf").args(args).arg(file))
+}
+
+pub fn elf_facts(file: &Path) -> Result<ElfFacts> {
+    let mut f = ElfFacts::default();
+    let attr = readelf(&["-A"], file)?;
+    for l in attr.lines() {
+        let l = l.trim();
+        let val = |k: &str| l.strip_prefix(k).map(|v| v.trim().to_string());
+        if let Some(v) = val("Tag_CPU_arch:") {
+            f.cpu_arch = v;
+        } else if let Some(v) = val("Tag_THUMB_ISA_use:") {
+            f.thumb = v;
+        } else if let Some(v) = val("Tag_FP_arch:") {
+            f.fp = v;
+        } else if let Some(v) = val("Tag_Advanced_SIMD_arch:") {
+            f.simd = v;
+        }
+    }
+    let hdr = readelf(&["-hW"], file)?;
+    if !hdr
+        .lines()
+        .any(|l| l.contains("Machine:") && l.contains("ARM"))
+    {
+        bail!("{} is not an ARM executable", file.display());
+    }
+    f.hard_float = hdr.contains("hard-float ABI");
+    let ph = readelf(&["-lW"], file)?;
+    f.interp = ph
+        .lines()
+        .find_map(|l| l.split("[Requesting program interpreter: ").nth(1))
+        .map(|s| s.trim_end_matches(']').to_string());
+    let dynamic = readelf(&["-dW"], file)?;
+    f.needed = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
+        .collect();
+    let vers = readelf(&["-VW"], file)?;
+    for tok in vers.split(|c: char| c.is_whitespace()) {
+        if let Some(v) = tok.strip_prefix("GLIBC_") {
+            let mut it = v.split('.').map(|x| x.parse::<u32>().ok());
+            if let (Some(Some(a)), Some(Some(b))) = (it.next(), it.next()) {
+                f.glibc_max = f.glibc_max.max(Some((a, b)));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Fails unless `file` is a valid build for `arch`; returns a one-line summary.
+pub fn check_arch(file: &Path, arch: Arch) -> Result<String> {
+    let f = elf_facts(file)?;
+    let name = file.display();
+    if !f.hard_float {
+        bail!("{name}: not a hard-float (armhf) binary; Raspberry Pi OS is armhf");
+    }
+    match arch {
+        Arch::V6 => {
+            // ARM1176JZF-S is ARMv6KZ: v6, v6K and v6KZ code runs on it; v6T2 (Thumb-2) or v7 does not.
+            if !matches!(f.cpu_arch.as_str(), "v6" | "v6K" | "v6KZ") {
+                bail!("{name}: Tag_CPU_arch is {:?}, expected v6 or v6KZ: this would SIGILL on a Pi 1/Zero", f.cpu_arch);
+            }
+            if f.thumb.contains("Thumb-2") {
+                bail!(
+                    "{name}: Tag_THUMB_ISA_use is {:?}: Thumb-2 does not exist on an ARM1176",
+                    f.thumb
+                );
+            }
+            if !f.simd.is_empty() {
+                bail!(
+                    "{name}: uses Advanced SIMD ({}): no NEON on an ARM1176",
+                    f.simd
+                );
+            }
+            if f.interp.is_some() || !f.needed.is_empty() {
+                bail!("{name}: not static (interpreter {:?}, needs {:?}): the ARMv6 build must be fully static", f.interp, f.needed);
+            }
+            Ok(format!(
+                "Tag_CPU_arch {}, Thumb {}, FP {}, no NEON, static",
+                f.cpu_arch,
+                if f.thumb.is_empty() { "none" } else { &f.thumb },
+                f.fp
+            ))
+        }
+        Arch::V7 => {
+            if !f.cpu_arch.starts_with("v7") {
+                bail!("{name}: Tag_CPU_arch is {:?}, expected v7", f.cpu_arch);
+            }
+            let link = match (&f.interp, f.glibc_max) {
+                (None, _) if f.needed.is_empty() => "static".to_string(),
+                (Some(i), Some(g)) => {
+                    if g > GLIBC_FLOOR {
+                        bail!(
+                            "{name}: needs GLIBC_{}.{}, newer than {}.{} (Raspberry Pi OS Buster): it would not start there",
+                            g.0, g.1, GLIBC_FLOOR.0, GLIBC_FLOOR.1
+                        );
+                    }
+                    if i != "/lib/ld-linux-armhf.so.3" {
+                        bail!("{name}: interpreter {i}, expected /lib/ld-linux-armhf.so.3");
+                    }
+                    format!("glibc >= {}.{} ({})", g.0, g.1, f.needed.join(" "))
+                }
+                _ => bail!("{name}: dynamic but without glibc symbol versions: cannot check the glibc floor"),
+            };
+            Ok(format!(
+                "Tag_CPU_arch {}, Thumb {}, FP {}, SIMD {}, {link}",
+                f.cpu_arch,
+                f.thumb,
+                f.fp,
+                if f.simd.is_empty() { "none" } else { &f.simd }
+            ))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `cargo xtask dist`
+
+const DIST_HELP: &str = "\
+cargo xtask dist [--no-host] [--only armv6|armv7] [--profile NAME]
+
+Builds bitmask-send and bitmask-recv for the Pis into target/dist/armv6 (Pi 1/Zero,
+static musl, ARM1176) and target/dist/armv7 (Pi 2/3/4 32-bit, Cortex-A7 + NEON,
+glibc >= 2.28), plus target/dist/host, checks every ARM binary with readelf
+(CPU architecture, Thumb-2, NEON, static / glibc floor), writes target/dist/SHA256SUMS
+and prints the sizes. Profile `dist` (root Cargo.toml): fat LTO, 1 codegen unit,
+panic=abort, stripped. Installs missing tools (rustup target/rust-src, cargo-zigbuild,
+zig from PyPI into target/zig-venv, binutils) or says how.
+Proofs under qemu: `cargo xtask qemu`.
+";
+
+pub fn run_dist(args: &[String]) -> Result<()> {
+    let mut host = true;
+    let mut only: Option<Arch> = None;
+    let mut profile = PROFILE.to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--no-host" => host = false,
+            "--only" => {
+                only = Some(Arch::parse(
+                    it.next().context("--only needs armv6 or armv7")?,
+                )?)
+            }
+            "--profile" => profile = it.next().context("--profile needs a name")?.clone(),
+            "-h" | "--help" => {
+                print!("{DIST_HELP}");
+                return Ok(());
+            }
+            o => bail!("unknown dist option {o:?}\n\n{DIST_HELP}"),
+        }
+    }
+    let archs: Vec<Arch> = match only {
+        Some(a) => vec![a],
+        None => Arch::ALL.to_vec(),
+    };
+    let tools = ensure_tools()?;
+    let summary = build_dist(&tools, &archs, host && only.is_none(), &profile)?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Builds, checks and copies into target/dist; returns a table of the results.
+pub fn build_dist(tools: &Tools, archs: &[Arch], host: bool, profile: &str) -> Result<String> {
+    let mut rows: Vec<(String, u64, String)> = Vec::new();
+    let mut copy = |from: &Path, sub: &str, check: Option<Arch>| -> Result<()> {
+        let dir = dist_dir().join(sub);
+        std::fs::create_dir_all(&dir)?;
+        for b in BINS {
+            let src = from.join(b);
+            let note = match check {
+                Some(a) => check_arch(&src, a)
+                    .with_context(|| format!("architecture check of the {sub} build failed"))?,
+                None => "host".into(),
+            };
+            let dst = dir.join(b);
+            let tmp = dir.join(format!(".{b}.tmp"));
+            std::fs::copy(&src, &tmp).with_context(|| format!("copy {}", src.display()))?;
+            std::fs::rename(&tmp, &dst)?;
+            rows.push((format!("{sub}/{b}"), std::fs::metadata(&dst)?.len(), note));
+        }
+        Ok(())
+    };
+    for &a in archs {
+        let out = tools.build_bins(a, profile)?;
+        copy(&out, a.name(), Some(a))?;
+    }
+    if host {
+        let mut c = crate::util::cargo();
+        c.args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "bitmask-sender",
+            "-p",
+            "bitmask-receiver",
+        ]);
+        c.arg("--target-dir").arg(cross_dir());
+        run(&mut c)?;
+        copy(&cross_dir().join(profile), "host", None)?;
+    }
+    write_sums()?;
+    let mut s = format!("target/dist (profile {profile}):\n");
+    for (n, size, note) in &rows {
+        s.push_str(&format!(
+            "  {n:<22} {:>8.1} KiB  {note}\n",
+            *size as f64 / 1024.0
+        ));
+    }
+    s.push_str("  SHA256SUMS: cd target/dist && sha256sum -c SHA256SUMS\n");
+    Ok(s)
+}
+
+pub fn sha256_file(p: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// target/dist/SHA256SUMS over every binary present under target/dist/{armv6,armv7,host}.
+fn write_sums() -> Result<()> {
+    let mut lines = BTreeMap::new();
+    for sub in ["armv6", "armv7", "host"] {
+        for b in BINS {
+            let p = dist_dir().join(sub).join(b);
+            if p.exists() {
+                lines.insert(format!("{sub}/{b}"), sha256_file(&p)?);
+            }
+        }
+    }
+    let text: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+    std::fs::write(dist_dir().join("SHA256SUMS"), text)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// `cargo xtask qemu`: the proofs on the CPUs
+
+const QEMU_HELP: &str = "\
+cargo xtask qemu [all|unit|e2e|sigill]...
+
+Proves the Pi builds on emulated Pi CPUs (qemu-user):
+  unit    the library unit tests (bitmask-core, bitmask-wire, bitmask-codec) built for
+          ARMv6 and run under `qemu-arm -cpu arm1176`, built for ARMv7 and run under
+          `qemu-arm -cpu cortex-a7`
+  e2e     target/dist: an ARMv6 receiver and an ARMv7 sender under qemu on loopback stream
+          test images; the masks must equal the host build's bit for bit
+  sigill  test of the test: the ARMv7 build under -cpu arm1176 must die of SIGILL
+  all     dist (ARM builds, checked) + all of the above (the CI step)
+";
+
+pub fn run_qemu(args: &[String]) -> Result<()> {
+    let what: Vec<&str> = if args.is_empty() {
+        vec!["all"]
+    } else {
+        args.iter().map(|s| s.as_str()).collect()
+    };
+    for w in &what {
+        if matches!(*w, "-h" | "--help") {
+            print!("{QEMU_HELP}");
+            return Ok(());
+        }
+        if !matches!(*w, "all" | "unit" | "e2e" | "sigill") {
+            bail!("unknown qemu check {w:?}\n\n{QEMU_HELP}");
+        }
+    }
+    let tools = ensure_tools()?;
+    ensure_qemu()?;
+    let all = what.contains(&"all");
+    if all || what.contains(&"e2e") || what.contains(&"sigill") {
+        eprint!("{}", build_dist(&tools, &Arch::ALL, false, PROFILE)?);
+    }
+    if all || what.contains(&"unit") {
+        for a in Arch::ALL {
+            unit_tests(&tools, a)?;
+        }
+    }
+    if all || what.contains(&"sigill") {
+        sigill_check()?;
+    }
+    if all || what.contains(&"e2e") {
+        e2e()?;
+    }
+    Ok(())
+}
+
+/// The crates whose unit tests run under qemu.
+pub fn lib_crates() -> Vec<&'static str> {
+    let mut v = vec!["bitmask-core", "bitmask-wire"];
+    if root().join("crates/codec/Cargo.toml").exists() {
+        v.push("bitmask-codec");
+    }
+    v
+}
+
+pub fn unit_tests(tools: &Tools, arch: Arch) -> Result<()> {
+    let mut c = tools.cargo("test");
+    Tools::target_args(&mut c, arch, true);
+    for p in lib_crates() {
+        c.args(["-p", p]);
+    }
+    c.arg("--lib");
+    let t = Instant::now();
+    run(&mut c).with_context(|| {
+        format!(
+            "unit tests of the {} build under `{}` failed",
+            arch.name(),
+            arch.qemu_prefix().join(" ")
+        )
+    })?;
+    eprintln!(
+        "xtask: unit tests {:?} passed as {} under {} in {:.0} s",
+        lib_crates(),
+        arch.name(),
+        arch.qemu_prefix().join(" "),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The ARMv7 build must not run on an ARM1176: qemu must report SIGILL.
+pub fn sigill_check() -> Result<()> {
+    let v7 = Arch::V7.dist_dir().join("bitmask-send");
+    let mut c = Command::new("qemu-arm");
+    c.args(Arch::V7.qemu_prefix_on("arm1176").iter().skip(1))
+        .arg(&v7)
+        .arg("--help");
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    eprintln!("$ {}   (must die of SIGILL)", show(&c));
+    let st = c.status()?;
+    use std::os::unix::process::ExitStatusExt;
+    match st.signal() {
+        Some(4) => eprintln!("xtask: ok: the ARMv7 build dies of SIGILL on an emulated ARM1176, so the armv6 proofs are real"),
+        _ => bail!("the ARMv7 build under -cpu arm1176 ended with {st}, not SIGILL: the emulated CPU does not enforce ARMv6, so the ARMv6 proofs prove nothing"),
+    }
+    // and the ARMv6 build on the same CPU model starts
+    let v6 = Arch::V6.dist_dir().join("bitmask-send");
+    let mut c = Command::new("qemu-arm");
+    c.args(["-cpu", "arm1176"])
+        .arg(&v6)
+        .arg("--help")
+        .stdout(Stdio::null());
+    run(&mut c).context("the ARMv6 build does not run on an emulated ARM1176")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// End-to-end: ARMv6 receiver + ARMv7 sender under qemu vs the host build
+
+/// Writes the e2e test images (PGM and PPM, deterministic) into `dir`; returns the count.
+pub fn write_test_images(dir: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let sizes: &[(usize, usize, bool)] = &[
+        (1024, 768, false),
+        (1024, 768, true),
+        (640, 480, true),
+        (333, 97, true),
+        (97, 33, false),
+        (9, 3, true),
+        (1, 1, false),
+    ];
+    for (i, &(w, h, rgb)) in sizes.iter().enumerate() {
+        let ch = if rgb { 3 } else { 1 };
+        let mut px = Vec::with_capacity(w * h * ch);
+        for y in 0..h {
+            for x in 0..w {
+                // a lit blob on a gradient, plus noise: bimodal so Otsu has work to do
+                let dx = x as i64 - (w / 2) as i64;
+                let dy = y as i64 - (h / 3) as i64;
+                let blob = if dx * dx + dy * dy < ((w.min(h) / 3) as i64).pow(2) {
+                    140
+                } else {
+                    0
+                };
+                for c in 0..ch {
+                    let base = (x * 60 / w.max(1) + y * 40 / h.max(1) + c * 20) as u64;
+                    let v = base + blob + (rnd() % 48);
+                    px.push(v.min(255) as u8);
+                }
+            }
+        }
+        let (magic, ext) = if rgb { ("P6", "ppm") } else { ("P5", "pgm") };
+        let mut data = format!("{magic}\n{w} {h}\n255\n").into_bytes();
+        data.extend_from_slice(&px);
+        std::fs::write(dir.join(format!("img{i:02}.{ext}")), data)?;
+    }
+    Ok(sizes.len())
+}
+
+/// A child whose stderr is scanned for `listening on ADDR`.
+pub fn wait_listening(
+    child: &mut std::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> Result<(String, std::thread::JoinHandle<String>)> {
+    let err = child.stderr.take().context("stderr not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let h = std::thread::spawn(move || {
+        let mut log = String::new();
+        let mut sent = false;
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(a) => Ok((a, h)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = h.join().unwrap_or_default();
+            bail!("{what} did not log `listening on ADDR` within {timeout:?}; its log:\n{log}")
+        }
+    }
+}
+
+/// Runs a receiver and a sender (each with an optional command prefix) and returns
+/// the output directory.
+fn stream(
+    recv: (&[String], &Path),
+    send: (&[String], &Path),
+    images: &Path,
+    n: usize,
+    out: &Path,
+    send_args: &[&str],
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out)?;
+    let mk = |prefix: &[String], bin: &Path| {
+        let mut c = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        c.env("RUST_LOG", "info");
+        c
+    };
+    let mut rc = mk(recv.0, recv.1);
+    rc.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--format",
+        "raw",
+        "--count",
+        &n.to_string(),
+    ])
+    .arg("--out")
+    .arg(out);
+    rc.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    eprintln!("$ {}", show(&rc));
+    let mut r = rc.spawn().context("cannot start the receiver")?;
+    let (addr, rlog) = wait_listening(&mut r, "the receiver", Duration::from_secs(60))?;
+    let mut sc = mk(send.0, send.1);
+    sc.args(["--to", &addr]).args(send_args).arg(images);
+    sc.stdin(Stdio::null());
+    eprintln!("$ {}", show(&sc));
+    let so = sc.output().context("cannot start the sender")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rst = loop {
+        if let Some(st) = r.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = r.kill();
+            bail!("the receiver did not exit after {n} frames");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rlog = rlog.join().unwrap_or_default();
+    if !so.status.success() || !rst.success() {
+        bail!(
+            "stream failed: sender {} receiver {rst}\nsender log:\n{}\nreceiver log:\n{rlog}",
+            so.status,
+            String::from_utf8_lossy(&so.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Every file of `a` equals the file of the same name in `b`, and there are `n` of them.
+pub fn compare_dirs(a: &Path, b: &Path, n: usize) -> Result<usize> {
+    let list = |d: &Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(d)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let (la, lb) = (list(a)?, list(b)?);
+    if la != lb {
+        bail!(
+            "{} holds {la:?} but {} holds {lb:?}",
+            a.display(),
+            b.display()
+        );
+    }
+    if la.len() < n {
+        bail!(
+            "{} holds {} files, expected at least {n}",
+            a.display(),
+            la.len()
+        );
+    }
+    let mut bytes = 0;
+    for f in &la {
+        let (x, y) = (std::fs::read(a.join(f))?, std::fs::read(b.join(f))?);
+        if x != y {
+            bail!(
+                "{f}: {} and {} differ",
+                a.join(f).display(),
+                b.join(f).display()
+            );
+        }
+        bytes += x.len();
+    }
+    Ok(bytes)
+}
+
+pub fn e2e() -> Result<()> {
+    let host = crate::util::build_bins(true)?;
+    let dir = root().join("target/qemu-e2e");
+    let images = dir.join("images");
+    let n = write_test_images(&images)?;
+    let v6 = Arch::V6.dist_dir();
+    let v7 = Arch::V7.dist_dir();
+    let runs: &[(&str, &[&str])] = &[
+        ("luma-otsu", &["--channel", "luma", "--threshold", "otsu"]),
+        (
+            "blue-100-invert",
+            &["--channel", "blue", "--threshold", "100", "--invert"],
+        ),
+    ];
+    for (name, args) in runs {
+        let t = Instant::now();
+        let want = dir.join(format!("{name}-host"));
+        stream(
+            (&[], &host.join("bitmask-recv")),
+            (&[], &host.join("bitmask-send")),
+            &images,
+            n,
+            &want,
+            args,
+        )?;
+        let got = dir.join(format!("{name}-armv6recv-armv7send"));
+        stream(
+            (&Arch::V6.qemu_prefix(), &v6.join("bitmask-recv")),
+            (&Arch::V7.qemu_prefix(), &v7.join("bitmask-send")),
+            &images,
+            n,
+            &got,
+            args,
+        )?;
+        let bytes = compare_dirs(&got, &want, n)?;
+        eprintln!(
+            "xtask: e2e {name}: ARMv6 receiver (qemu arm1176) + ARMv7 sender (qemu cortex-a7): {n} masks, {bytes} B, equal to the host build's bit for bit ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The CI step: ARM dist builds with their checks, unit tests under qemu, SIGILL
+/// test-of-the-test, e2e. A missing tool fails (it is installed when possible).
+pub fn ci_step() -> Result<()> {
+    let t = Instant::now();
+    if is_ci() {
+        eprintln!("xtask: CI=true: the Pi proofs run in full; nothing is skipped");
+    }
+    run_qemu(&["all".to_string()])?;
+    eprintln!(
+        "xtask: Pi builds proven under qemu in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -158,6 +158,36 @@ fn push_sentinels(v: &mut Vec<u32>, width: u32) {
     v.extend_from_slice(&[width, width, width]);
 }
 
+/// The temporal reference of row `y` under global motion `(dx, dy)`: row
+/// `y - dy` of the previous frame (an empty row outside the frame) moved
+/// `dx` pixels right, pixels entering from outside being 0. Written with
+/// sentinels into `out`.
+fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>) {
+    out.clear();
+    let w = prev.width as i32;
+    let sy = y as i64 - dy as i64;
+    if sy >= 0 && sy < prev.height as i64 {
+        let r = prev.row(sy as usize);
+        let r = &r[..r.len() - 3];
+        // Transitions that land at or left of 0 only set the colour of pixel 0.
+        let mut k = 0;
+        while k < r.len() && r[k] as i32 + dx <= 0 {
+            k += 1;
+        }
+        if k % 2 == 1 {
+            out.push(0);
+        }
+        for &t in &r[k..] {
+            let t = t as i32 + dx;
+            if t >= w {
+                break;
+            }
+            out.push(t as u32);
+        }
+    }
+    push_sentinels(out, prev.width);
+}
+
 /// Appends the transitions of one packed row (positions `< width`).
 pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
     let mut carry = 0u64;
@@ -372,6 +402,10 @@ pub(crate) struct BilevelEncoder {
     rans: Vec<u8>,
     bits: BitWriter,
     empty: Vec<u32>,
+    tref: Vec<u32>,
+    scratch: Vec<u32>,
+    /// Global motion found for the last delta frame (the search starts there).
+    motion: (i32, i32),
 }
 
 impl BilevelEncoder {
@@ -382,27 +416,43 @@ impl BilevelEncoder {
         cur: &Transitions,
         prev: Option<(&Transitions, u64)>,
         out: &mut Vec<u8>,
-    ) {
+    ) -> bool {
         let w = cur.width;
         self.recs.clear();
         self.empty.clear();
         push_sentinels(&mut self.empty, w);
+        let (dx, dy) = match prev {
+            Some((p, _)) => self.search_motion(cur, p),
+            None => (0, 0),
+        };
+        let mut prev = prev;
+        let mut est_spatial = 0u64;
+        let mut est_chosen = 0u64;
         let mut row_ctx = 0usize;
         for y in 0..cur.height as usize {
             let c = cur.row(y);
             let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
             let mode = match prev {
                 Some((p, _)) => {
-                    let pr = p.row(y);
+                    motion_ref(p, y, dx, dy, &mut self.tref);
+                    let pr = &self.tref[..];
+                    self.tmp_s.clear();
+                    let cs = if c == above {
+                        0
+                    } else {
+                        code_row(above, c, w, M_MODE_S, &mut self.tmp_s)
+                    };
+                    est_spatial += cs as u64 + 4;
                     if c == pr {
+                        est_chosen += 1;
                         ROW_COPY_PREV
                     } else if c == above {
+                        est_chosen += 4;
                         ROW_COPY_ABOVE
                     } else {
-                        self.tmp_s.clear();
                         self.tmp_t.clear();
-                        let cs = code_row(above, c, w, M_MODE_S, &mut self.tmp_s);
                         let ct = code_row(pr, c, w, M_MODE_T, &mut self.tmp_t);
+                        est_chosen += ct.min(cs) as u64 + 4;
                         if ct < cs {
                             ROW_TEMPORAL
                         } else {
@@ -430,11 +480,35 @@ impl BilevelEncoder {
             }
         }
 
+        // A delta frame that is not clearly cheaper than a key frame (the
+        // split statistics cost model bytes) is coded as a key frame.
+        if prev.is_some() && est_chosen * 100 > est_spatial * 97 {
+            prev = None;
+            self.recs.clear();
+            let mut row_ctx = 0usize;
+            for y in 0..cur.height as usize {
+                let c = cur.row(y);
+                let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
+                let mode = if c == above {
+                    ROW_COPY_ABOVE
+                } else {
+                    ROW_SPATIAL
+                };
+                self.recs.push(rec(M_ROW + row_ctx, mode, 0));
+                row_ctx = mode as usize;
+                if mode == ROW_SPATIAL {
+                    code_row(above, c, w, M_MODE_S, &mut self.recs);
+                }
+            }
+        }
         // Header.
         match prev {
             Some((_, seq)) => {
                 out.push(KIND_DELTA);
                 out.extend_from_slice(&seq.to_le_bytes());
+                out.push(dx as i8 as u8);
+                out.push(dy as i8 as u8);
+                self.motion = (dx, dy);
             }
             None => out.push(KIND_KEY),
         }
@@ -477,6 +551,67 @@ impl BilevelEncoder {
         put_varint(out, self.rans.len() as u64);
         out.extend_from_slice(&self.rans);
         out.extend_from_slice(&self.bits.buf);
+        prev.is_some()
+    }
+
+    /// Global motion `(dx, dy)` of `cur` relative to `prev`: a greedy step
+    /// from the last frame's motion, judged by the estimated cost of coding
+    /// every 32nd row against the moved reference.
+    fn search_motion(&mut self, cur: &Transitions, prev: &Transitions) -> (i32, i32) {
+        let h = cur.height as usize;
+        let step = if h >= 128 { 32 } else { (h / 4).max(1) };
+        let cost = |dx: i32, dy: i32, this: &mut Self| -> u64 {
+            let mut total = 0u64;
+            let mut y = step / 2;
+            while y < h {
+                motion_ref(prev, y, dx, dy, &mut this.tref);
+                this.scratch.clear();
+                total += code_row(
+                    &this.tref,
+                    cur.row(y),
+                    cur.width,
+                    M_MODE_T,
+                    &mut this.scratch,
+                ) as u64;
+                y += step;
+            }
+            total
+        };
+        let (mut bx, mut by) = self.motion;
+        let mut best = cost(bx, by, self);
+        if (bx, by) != (0, 0) {
+            let c0 = cost(0, 0, self);
+            if c0 <= best {
+                (bx, by, best) = (0, 0, c0);
+            }
+        }
+        // Up to 4 greedy rounds over the 8 neighbours.
+        for _ in 0..4 {
+            let (cx, cy) = (bx, by);
+            for (ex, ey) in [
+                (-1, 0),
+                (1, 0),
+                (0, -1),
+                (0, 1),
+                (-1, -1),
+                (1, 1),
+                (-1, 1),
+                (1, -1),
+            ] {
+                let (nx, ny) = (cx + ex, cy + ey);
+                if nx.abs() > 64 || ny.abs() > 64 {
+                    continue;
+                }
+                let c = cost(nx, ny, self);
+                if c < best {
+                    (bx, by, best) = (nx, ny, c);
+                }
+            }
+            if (bx, by) == (cx, cy) {
+                break;
+            }
+        }
+        (bx, by)
     }
 }
 
@@ -502,6 +637,7 @@ pub(crate) struct BilevelDecoder {
     models: Vec<DecModel>,
     row: Vec<u32>,
     above: Vec<u32>,
+    tref: Vec<u32>,
 }
 
 impl Default for BilevelDecoder {
@@ -510,6 +646,7 @@ impl Default for BilevelDecoder {
             models: vec![DecModel::default(); N_MODELS],
             row: Vec::new(),
             above: Vec::new(),
+            tref: Vec::new(),
         }
     }
 }
@@ -528,7 +665,7 @@ impl BilevelDecoder {
     ) -> Result<(), (usize, Reason)> {
         let mut pos = match payload.first() {
             Some(&KIND_KEY) => 1,
-            Some(&KIND_DELTA) => 9,
+            Some(&KIND_DELTA) => 11,
             _ => return Err((0, "unknown payload kind")),
         };
         if payload[0] == KIND_DELTA && prev.is_none() {
@@ -548,6 +685,10 @@ impl BilevelDecoder {
         let mut dec = RansDec::new(rans).map_err(|e| (pos, e))?;
         let mut bits = BitReader::new(extra);
 
+        let (dx, dy) = match payload.get(9..11) {
+            Some(m) if payload[0] == KIND_DELTA => (m[0] as i8 as i32, m[1] as i8 as i32),
+            _ => (0, 0),
+        };
         let stride = (width as usize).div_ceil(8);
         cur.clear();
         cur.width = width;
@@ -555,7 +696,11 @@ impl BilevelDecoder {
         self.above.clear();
         push_sentinels(&mut self.above, width);
         let mut row_ctx = 0usize;
-        for (y, dst) in out.chunks_exact_mut(stride).take(height as usize).enumerate() {
+        for (y, dst) in out
+            .chunks_exact_mut(stride)
+            .take(height as usize)
+            .enumerate()
+        {
             let m = &self.models[M_ROW + row_ctx];
             if !m.used {
                 return Err((pos, "row mode from an empty model"));
@@ -575,8 +720,9 @@ impl BilevelDecoder {
                 .map_err(|e| (pos, e))?,
                 ROW_TEMPORAL => {
                     let p = prev.ok_or((pos, "temporal row in a key frame"))?;
+                    motion_ref(p, y, dx, dy, &mut self.tref);
                     decode_row(
-                        p.row(y),
+                        &self.tref,
                         width,
                         M_MODE_T,
                         &self.models,
@@ -588,7 +734,8 @@ impl BilevelDecoder {
                 }
                 ROW_COPY_PREV => {
                     let p = prev.ok_or((pos, "copied row in a key frame"))?;
-                    let r = p.row(y);
+                    motion_ref(p, y, dx, dy, &mut self.tref);
+                    let r = &self.tref;
                     self.row.extend_from_slice(&r[..r.len() - 3]);
                 }
                 _ => {
@@ -607,7 +754,10 @@ impl BilevelDecoder {
             return Err((pos, "rANS stream does not end where it should"));
         }
         if !bits.exhausted_exactly() {
-            return Err((pos + rans.len(), "extra-bit stream does not end where it should"));
+            return Err((
+                pos + rans.len(),
+                "extra-bit stream does not end where it should",
+            ));
         }
         Ok(())
     }

@@ -128,7 +128,9 @@ pub enum CodecError {
         held: Option<u64>,
     },
     /// The reference frame held has other dimensions than the delta frame.
-    #[error("delta frame {width}x{height} references frame {needed}, which is {ref_width}x{ref_height}")]
+    #[error(
+        "delta frame {width}x{height} references frame {needed}, which is {ref_width}x{ref_height}"
+    )]
     ReferenceDimensions {
         /// Sequence number of the reference.
         needed: u64,
@@ -365,11 +367,11 @@ impl Encoder {
             } else {
                 self.prev_seq.map(|s| (&self.prev, s))
             };
-            self.bilevel.encode(&self.cur, prev, out);
+            let delta = self.bilevel.encode(&self.cur, prev, out);
             if out.len() - base <= limit {
                 result = Encoded {
                     codec: CODEC_BILEVEL,
-                    flags: if prev.is_some() { FLAG_DELTA } else { 0 },
+                    flags: if delta { FLAG_DELTA } else { 0 },
                 };
             } else {
                 out.truncate(base);

@@ -88,7 +88,7 @@ pub(crate) struct EncSym {
 
 impl EncSym {
     pub(crate) fn new(start: u32, freq: u32) -> Self {
-        debug_assert!(freq >= 1 && freq <= PROB_SCALE);
+        debug_assert!((1..=PROB_SCALE).contains(&freq));
         let x_max = ((RANS_L >> PROB_BITS) << 8) * freq;
         let cmpl_freq = PROB_SCALE - freq;
         if freq < 2 {
@@ -106,7 +106,7 @@ impl EncSym {
             }
             EncSym {
                 x_max,
-                rcp_freq: (((1u64 << (shift + 31)) + freq as u64 - 1) / freq as u64) as u32,
+                rcp_freq: (1u64 << (shift + 31)).div_ceil(freq as u64) as u32,
                 rcp_shift: shift - 1,
                 bias: start,
                 cmpl_freq,

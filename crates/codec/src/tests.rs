@@ -190,8 +190,10 @@ fn missing_reference_is_rejected() {
             held: None
         })
     );
-    dec.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut out).unwrap();
-    dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out).unwrap();
+    dec.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut out)
+        .unwrap();
+    dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out)
+        .unwrap();
     assert_eq!(out, f1);
     // Held 12 now; replaying the delta (which needs 10) fails.
     assert_eq!(

@@ -1,0 +1,56 @@
+//! Encodes and decodes the masks of a corpus in a loop (for profilers):
+//! `cargo run --release -p bitmask-codec --example codec_loop -- target/codec-corpus [enc|dec|both] [choice]`
+use bitmask_codec::{Choice, Decoder, Encoder};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = std::path::PathBuf::from(args.first().map_or("target/codec-corpus", |s| s.as_str()));
+    let what = args.get(1).map_or("both", |s| s.as_str());
+    let choice: Choice = args
+        .get(2)
+        .map_or("bilevel", |s| s.as_str())
+        .parse()
+        .unwrap();
+    let manifest = std::fs::read_to_string(dir.join("corpus.tsv")).expect("corpus.tsv");
+    let mut masks = Vec::new();
+    for l in manifest.lines().skip(1) {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() < 5 || f[3] != "otsu" && f[3] != "blue170" {
+            continue;
+        }
+        masks.push((
+            std::fs::read(dir.join(f[0])).unwrap(),
+            f[1].parse::<u32>().unwrap(),
+            f[2].parse::<u32>().unwrap(),
+        ));
+    }
+    let mut enc = Encoder::new(choice, 1);
+    let mut dec = Decoder::new();
+    let payloads: Vec<(Vec<u8>, u8, u8)> = masks
+        .iter()
+        .map(|(m, w, h)| {
+            let mut out = Vec::new();
+            let e = enc.encode(m, *w, *h, 0, &mut out).unwrap();
+            (out, e.codec, e.flags)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut back = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let n = 20;
+    for _ in 0..n {
+        for ((m, w, h), (p, c, f)) in masks.iter().zip(&payloads) {
+            if what != "dec" {
+                out.clear();
+                enc.encode(m, *w, *h, 0, &mut out).unwrap();
+            }
+            if what != "enc" {
+                dec.decode(*c, *f, 0, *w, *h, p, &mut back[..m.len()])
+                    .unwrap();
+            }
+        }
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / (n * masks.len()) as f64;
+    println!("{what}: {per:.1} µs per mask ({} masks)", masks.len());
+}

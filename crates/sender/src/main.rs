@@ -3,7 +3,9 @@
 
 mod input;
 mod net;
+mod pipeline;
 mod raw;
+mod udp;
 
 use anyhow::{Context, Result};
 use bitmask_core::Channel;
@@ -76,9 +78,33 @@ struct Cli {
     #[arg(long)]
     name: Option<String>,
 
-    /// Connect timeout in seconds; also the limit for a stalled write.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    /// Connect timeout in seconds; also the limit for a stalled write (then the
+    /// sender reconnects).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     timeout: f64,
+
+    /// Frames waiting between capture and network, at most. When the link or
+    /// the receiver is slower than the source, the oldest waiting frame is
+    /// dropped (counted), so latency stays bounded: the latest frame wins.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    queue: u32,
+
+    /// Never drop a frame: slow the source down to what the link takes instead
+    /// (frames still in the kernel when a connection breaks can be lost).
+    #[arg(long)]
+    no_drop: bool,
+
+    /// Longest wait between reconnect attempts, in seconds (backoff 50 ms, doubling up to this).
+    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    retry_max: f64,
+
+    /// tcp: one connection; udp: datagrams, no retransmission (see docs/PROTOCOL.md).
+    #[arg(long, value_enum, default_value_t = pipeline::Transport::Tcp)]
+    transport: pipeline::Transport,
+
+    /// Path MTU for --transport udp, in bytes (IP header included).
+    #[arg(long, default_value_t = 1500, value_name = "BYTES")]
+    mtu: usize,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -149,7 +175,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let mut source: Box<dyn input::Source> = match cli.input_format {
+    let source: Box<dyn input::Source> = match cli.input_format {
         Some(format) => Box::new(raw::RawFrames::from_cli(
             format,
             cli.size,
@@ -165,56 +191,32 @@ fn run(cli: Cli) -> Result<()> {
         }
     };
     let name = cli.name.clone().unwrap_or_else(net::hostname);
-    let timeout = Duration::from_secs_f64(cli.timeout.max(0.001));
-    let mut conn = net::Connection::connect(&cli.to, &name, timeout)?;
-
+    bitmask_wire::Hello::new(&name).with_context(|| format!("--name {name:?}"))?;
     let params = input::MaskParams {
         channel: cli.channel.into(),
         threshold: cli.threshold,
         invert: cli.invert,
     };
-    let mut mask = input::Mask::default();
-    let period = cli
-        .fps
-        .filter(|f| *f > 0.0)
-        .map(|f| Duration::from_secs_f64(1.0 / f));
+    let secs = |v: f64, what: &str| -> Result<Duration> {
+        Duration::try_from_secs_f64(v.max(0.001))
+            .map_err(|_| anyhow::anyhow!("{what} {v} is not a number of seconds"))
+    };
+    let cfg = pipeline::Config {
+        to: cli.to.clone(),
+        name,
+        transport: cli.transport,
+        queue: cli.queue as usize,
+        no_drop: cli.no_drop,
+        fps: cli.fps,
+        count: cli.count,
+        timeout: secs(cli.timeout, "--timeout")?,
+        retry_max: secs(cli.retry_max, "--retry-max")?,
+        mtu: cli.mtu,
+    };
+    // Codec hook: a `--codec` choice becomes a `pipeline::FrameEncoder` here.
+    let encoder: Box<dyn pipeline::FrameEncoder> = Box::new(pipeline::RawEncoder);
     let start = Instant::now();
-    let mut next_due = start;
-    let mut sequence = 0u64;
-    let mut bytes = 0u64;
-    let mut last_report = start;
-    while cli.count.is_none_or(|n| sequence < n) && source.next_mask(&params, &mut mask)? {
-        if let Some(p) = period {
-            let now = Instant::now();
-            if next_due > now {
-                std::thread::sleep(next_due - now);
-            } else if now - next_due > p {
-                next_due = now; // fell behind by more than a frame: don't burst to catch up
-            }
-            next_due += p;
-        }
-        bytes += conn
-            .send_raw(&mask, sequence)
-            .with_context(|| format!("sending frame {sequence}"))? as u64;
-        sequence += 1;
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            log::info!("{}", summary(sequence, bytes, start.elapsed()));
-        }
-    }
-    conn.finish()?;
-    eprintln!(
-        "bitmask-send: {}",
-        summary(sequence, bytes, start.elapsed())
-    );
+    let counters = pipeline::run(cfg, source, params, encoder)?;
+    eprintln!("bitmask-send: {}", counters.summary(start.elapsed()));
     Ok(())
-}
-
-fn summary(frames: u64, bytes: u64, elapsed: Duration) -> String {
-    let s = elapsed.as_secs_f64().max(1e-9);
-    format!(
-        "sent {frames} frames, {bytes} bytes in {s:.2} s: {:.1} fps, {:.1} Mbit/s",
-        frames as f64 / s,
-        bytes as f64 * 8.0 / s / 1e6
-    )
 }

@@ -1,15 +1,19 @@
 //! The TCP side of the sender: connect, handshake, write whole frames.
 
-use crate::input::Mask;
 use anyhow::{Context, Result};
-use bitmask_wire::{finish_frame_in_place, Header, Hello, CODEC_RAW, HEADER_LEN};
+use bitmask_wire::Hello;
 use socket2::{SockRef, TcpKeepalive};
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Socket send buffer asked for: a few frames of 1024x768 in flight.
-const SEND_BUFFER: usize = 1 << 20;
+/// Unsent bytes the kernel may hold for us (`TCP_NOTSENT_LOWAT`): about one
+/// 1024x768 mask. Bytes in flight (sent, not yet acknowledged) are not
+/// limited, so throughput is kept, but frames cannot pile up in the socket
+/// buffer behind a slow link: they wait (and get replaced) in the sender's
+/// queue instead, which keeps latency bounded.
+const NOTSENT_LOWAT: i32 = 128 << 10;
 
 /// This host's name (for the stream handshake), or "sender".
 pub fn hostname() -> String {
@@ -24,7 +28,6 @@ pub fn hostname() -> String {
 /// One persistent connection to a receiver.
 pub struct Connection {
     stream: TcpStream,
-    buf: Vec<u8>,
 }
 
 impl Connection {
@@ -41,16 +44,13 @@ impl Connection {
                     let stream = s;
                     stream.set_nodelay(true)?;
                     stream.set_write_timeout(Some(timeout))?;
+                    set_notsent_lowat(&stream, NOTSENT_LOWAT);
                     let sock = SockRef::from(&stream);
-                    sock.set_send_buffer_size(SEND_BUFFER)?;
                     sock.set_tcp_keepalive(
                         &TcpKeepalive::new().with_time(Duration::from_secs(10)),
                     )?;
-                    log::info!("connected to {a} as {name:?}");
-                    let mut c = Connection {
-                        stream,
-                        buf: Vec::new(),
-                    };
+                    log::debug!("connected to {a} as {name:?}");
+                    let mut c = Connection { stream };
                     let hello =
                         Hello::new(name).with_context(|| format!("sender name {name:?}"))?;
                     c.stream
@@ -67,21 +67,39 @@ impl Connection {
         }
     }
 
-    /// Sends one mask as a raw frame; returns the bytes written.
-    pub fn send_raw(&mut self, mask: &Mask, sequence: u64) -> Result<usize> {
-        self.buf.clear();
-        self.buf.resize(HEADER_LEN, 0);
-        self.buf.extend_from_slice(&mask.bits);
-        let mut h = Header::new(mask.width, mask.height, sequence, CODEC_RAW, 0);
-        h.timestamp_us = mask.timestamp_us;
-        finish_frame_in_place(&mut h, &mut self.buf);
-        self.stream.write_all(&self.buf)?;
-        Ok(self.buf.len())
+    /// Writes one whole wire frame.
+    pub fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.stream.write_all(frame)
     }
 
     /// Flushes and closes the sending side cleanly.
     pub fn finish(self) -> Result<()> {
         self.stream.shutdown(Shutdown::Write).ok();
         Ok(())
+    }
+}
+
+impl crate::pipeline::Link for Connection {
+    fn send_frame(&mut self, frame: &[u8], _sequence: u64) -> io::Result<()> {
+        self.write_frame(frame)
+    }
+    fn finish(self: Box<Self>) {
+        let _ = Connection::finish(*self);
+    }
+}
+
+fn set_notsent_lowat(stream: &TcpStream, bytes: i32) {
+    // SAFETY: setsockopt on a valid, owned socket with a pointer to a live c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &bytes as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        log::debug!("TCP_NOTSENT_LOWAT not set: {}", io::Error::last_os_error());
     }
 }

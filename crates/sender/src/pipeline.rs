@@ -1,0 +1,557 @@
+//! The sender's streaming architecture: a capture thread and a network thread
+//! joined by a small bounded queue.
+//!
+//! ```text
+//!  capture (caller's thread)          network thread
+//!  Source::next_mask ──► FrameQueue ──► FrameEncoder::encode ──► Link (TCP | UDP)
+//!       ▲   (cap N; full: drop oldest,        │ on error: log, reconnect with
+//!       │    or block with --no-drop)         │ capped exponential backoff,
+//!       └──────── free masks recycled ◄───────┘ force_keyframe() on reconnect
+//! ```
+//!
+//! Sequence numbers are given at capture, so every frame the sender drops
+//! shows up at the receiver as a gap (counted as lost there) as well as in
+//! the sender's own `dropped` counter. Frames are encoded only after the
+//! drop decision, just before they are written, so a temporal codec never
+//! references a frame that was dropped.
+//!
+//! Hooks for other work:
+//! - frame sources: anything implementing [`crate::input::Source`];
+//! - codecs: implement [`FrameEncoder`] (the codec's `force_keyframe()` is
+//!   called through [`FrameEncoder::force_keyframe`] after every reconnect).
+
+use crate::input::{Mask, MaskParams, Source};
+use crate::{net, udp};
+use anyhow::{Context, Result};
+use bitmask_wire::{finish_frame_in_place, Header, CODEC_RAW, HEADER_LEN};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How frames travel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// One TCP connection (reliable, in order; back-pressure reaches the queue).
+    Tcp,
+    /// Datagrams under the path MTU (docs/PROTOCOL.md, "UDP transport").
+    Udp,
+}
+
+/// Everything the pipeline needs besides the source and the encoder.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Receiver address, HOST:PORT.
+    pub to: String,
+    /// Name announced in the hello.
+    pub name: String,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// Frames waiting between capture and network, at most (>= 1).
+    pub queue: usize,
+    /// Never drop: slow the source down instead.
+    pub no_drop: bool,
+    /// Capture at most this many frames per second.
+    pub fps: Option<f64>,
+    /// Stop after this many captured frames.
+    pub count: Option<u64>,
+    /// Connect timeout and stalled-write limit.
+    pub timeout: Duration,
+    /// Longest wait between reconnect attempts.
+    pub retry_max: Duration,
+    /// Path MTU for UDP datagrams (IP header included).
+    pub mtu: usize,
+}
+
+/// Turns a mask into a frame payload. The seam where codecs plug in.
+pub trait FrameEncoder: Send {
+    /// Appends the payload for `mask` (frame `sequence`) to `out` and returns
+    /// the header's `(codec, flags)`.
+    fn encode(&mut self, mask: &Mask, sequence: u64, out: &mut Vec<u8>) -> Result<(u8, u8)>;
+    /// Called after every (re)connect: the next frame must decode on its own
+    /// (a key frame), since the receiver may have lost the reference.
+    fn force_keyframe(&mut self);
+}
+
+/// Codec 0: the packed mask as it is.
+pub struct RawEncoder;
+
+impl FrameEncoder for RawEncoder {
+    fn encode(&mut self, mask: &Mask, _sequence: u64, out: &mut Vec<u8>) -> Result<(u8, u8)> {
+        out.extend_from_slice(&mask.bits);
+        Ok((CODEC_RAW, 0))
+    }
+    fn force_keyframe(&mut self) {}
+}
+
+/// A captured frame waiting to be sent.
+struct Slot {
+    mask: Mask,
+    sequence: u64,
+}
+
+struct QueueState {
+    items: VecDeque<Slot>,
+    free: Vec<Mask>,
+    closed: bool,
+}
+
+/// The bounded queue between capture and network, with a free list so
+/// mask buffers are reused (memory stays flat whatever the link does).
+struct FrameQueue {
+    cap: usize,
+    no_drop: bool,
+    state: Mutex<QueueState>,
+    items: Condvar,
+    space: Condvar,
+}
+
+impl FrameQueue {
+    fn new(cap: usize, no_drop: bool) -> Self {
+        FrameQueue {
+            cap: cap.max(1),
+            no_drop,
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                free: Vec::new(),
+                closed: false,
+            }),
+            items: Condvar::new(),
+            space: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_free(&self) -> Mask {
+        self.lock().free.pop().unwrap_or_default()
+    }
+
+    fn recycle(&self, mask: Mask) {
+        let mut s = self.lock();
+        if s.free.len() <= self.cap + 2 {
+            s.free.push(mask);
+        }
+    }
+
+    /// Queues a frame. Full: drops the oldest waiting one (returns 1), or
+    /// with `no_drop` waits for room.
+    fn push(&self, slot: Slot) -> u64 {
+        let mut s = self.lock();
+        let mut dropped = 0;
+        if self.no_drop {
+            while s.items.len() >= self.cap {
+                s = self.space.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+        } else {
+            while s.items.len() >= self.cap {
+                let old = s.items.pop_front().unwrap();
+                log::trace!("queue full: dropping frame {}", old.sequence);
+                s.free.push(old.mask);
+                dropped += 1;
+            }
+        }
+        s.items.push_back(slot);
+        self.items.notify_one();
+        dropped
+    }
+
+    /// The oldest waiting frame; `None` once closed and empty.
+    fn pop(&self) -> Option<Slot> {
+        let mut s = self.lock();
+        loop {
+            if let Some(slot) = s.items.pop_front() {
+                self.space.notify_one();
+                return Some(slot);
+            }
+            if s.closed {
+                return None;
+            }
+            s = self.items.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.items.notify_all();
+    }
+}
+
+/// Counters shared by both threads, read for the log lines.
+#[derive(Default)]
+pub struct Counters {
+    /// Frames taken from the source.
+    pub captured: AtomicU64,
+    /// Frames written to the link in full.
+    pub sent: AtomicU64,
+    /// Bytes of those frames (headers included).
+    pub sent_bytes: AtomicU64,
+    /// Frames dropped unsent (queue full, or no receiver to send to).
+    pub dropped: AtomicU64,
+    /// Frames whose write failed part way (the connection broke).
+    pub failed: AtomicU64,
+    /// Successful connects after the first.
+    pub reconnects: AtomicU64,
+    /// A link is up now.
+    pub connected: AtomicBool,
+}
+
+impl Counters {
+    /// One line for the log and the final summary.
+    pub fn summary(&self, elapsed: Duration) -> String {
+        let s = elapsed.as_secs_f64().max(1e-9);
+        let sent = self.sent.load(Relaxed);
+        let bytes = self.sent_bytes.load(Relaxed);
+        format!(
+            "captured {}, sent {sent} frames, {bytes} bytes in {s:.2} s: {:.1} fps, {:.1} Mbit/s; \
+             dropped {}, failed {}, reconnects {}",
+            self.captured.load(Relaxed),
+            sent as f64 / s,
+            bytes as f64 * 8.0 / s / 1e6,
+            self.dropped.load(Relaxed),
+            self.failed.load(Relaxed),
+            self.reconnects.load(Relaxed),
+        )
+    }
+}
+
+/// A connected way to the receiver.
+pub trait Link: Send {
+    /// Writes one whole wire frame.
+    fn send_frame(&mut self, frame: &[u8], sequence: u64) -> io::Result<()>;
+    /// Ends the stream cleanly.
+    fn finish(self: Box<Self>);
+}
+
+fn connect(cfg: &Config) -> Result<Box<dyn Link>> {
+    Ok(match cfg.transport {
+        Transport::Tcp => Box::new(net::Connection::connect(&cfg.to, &cfg.name, cfg.timeout)?),
+        Transport::Udp => Box::new(udp::UdpLink::connect(&cfg.to, &cfg.name, cfg.mtu)?),
+    })
+}
+
+/// Capped exponential backoff: 50 ms, 100 ms, ... up to `max`.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST.min(max),
+            max,
+        }
+    }
+    fn reset(&mut self) {
+        self.next = Self::FIRST.min(self.max);
+    }
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+/// After the input ends, how long queued frames may wait for a receiver.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// Runs capture on this thread and the network on another until the source
+/// ends (or `--count`). Returns the counters for the final summary.
+pub fn run(
+    cfg: Config,
+    mut source: Box<dyn Source + '_>,
+    params: MaskParams,
+    encoder: Box<dyn FrameEncoder>,
+) -> Result<Arc<Counters>> {
+    let queue = Arc::new(FrameQueue::new(cfg.queue, cfg.no_drop));
+    let counters = Arc::new(Counters::default());
+    let start = Instant::now();
+    let net_thread = {
+        let (q, c, cfg) = (queue.clone(), counters.clone(), cfg.clone());
+        std::thread::Builder::new()
+            .name("network".into())
+            .spawn(move || network_loop(&cfg, &q, &c, encoder))
+            .context("starting the network thread")?
+    };
+    let period = cfg
+        .fps
+        .filter(|f| *f > 0.0)
+        .map(|f| Duration::from_secs_f64(1.0 / f));
+    let mut next_due = Instant::now();
+    let mut sequence = 0u64;
+    let mut last_report = Instant::now();
+    let result = (|| -> Result<()> {
+        while cfg.count.is_none_or(|n| sequence < n) {
+            if let Some(p) = period {
+                let now = Instant::now();
+                if next_due > now {
+                    std::thread::sleep(next_due - now);
+                } else if now - next_due > p {
+                    next_due = now; // fell behind by more than a frame: don't burst to catch up
+                }
+                next_due += p;
+            }
+            let mut mask = queue.take_free();
+            if !source.next_mask(&params, &mut mask)? {
+                queue.recycle(mask);
+                break;
+            }
+            counters.captured.fetch_add(1, Relaxed);
+            let dropped = queue.push(Slot { mask, sequence });
+            counters.dropped.fetch_add(dropped, Relaxed);
+            sequence += 1;
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                log::info!("{}", counters.summary(start.elapsed()));
+            }
+            if net_thread.is_finished() {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    queue.close();
+    let net_result = net_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the network thread panicked"))?;
+    result?;
+    net_result?;
+    Ok(counters)
+}
+
+fn network_loop(
+    cfg: &Config,
+    queue: &FrameQueue,
+    counters: &Counters,
+    mut encoder: Box<dyn FrameEncoder>,
+) -> Result<()> {
+    let mut link: Option<Box<dyn Link>> = None;
+    let mut backoff = Backoff::new(cfg.retry_max);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut held: Option<Slot> = None;
+    let mut ever_connected = false;
+    let mut failing_since: Option<Instant> = None;
+    let mut closed_at: Option<Instant> = None;
+    loop {
+        let slot = match held.take() {
+            Some(s) => s,
+            None => match queue.pop() {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        if link.is_none() {
+            match connect(cfg) {
+                Ok(l) => {
+                    link = Some(l);
+                    counters.connected.store(true, Relaxed);
+                    if ever_connected {
+                        counters.reconnects.fetch_add(1, Relaxed);
+                    }
+                    let down = failing_since
+                        .take()
+                        .map(|t| {
+                            format!(
+                                " after {:.2} s without a receiver",
+                                t.elapsed().as_secs_f64()
+                            )
+                        })
+                        .unwrap_or_default();
+                    log::info!(
+                        "state: connected to {} over {}{down}; resuming at frame {}",
+                        cfg.to,
+                        match cfg.transport {
+                            Transport::Tcp => "tcp",
+                            Transport::Udp => "udp",
+                        },
+                        slot.sequence
+                    );
+                    ever_connected = true;
+                    backoff.reset();
+                    on_reconnect(encoder.as_mut());
+                }
+                Err(e) => {
+                    let wait = backoff.step();
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        log::warn!(
+                            "state: cannot reach receiver {}: {e:#}; retrying every {:.2}..{:.2} s",
+                            cfg.to,
+                            wait.as_secs_f64(),
+                            cfg.retry_max.as_secs_f64()
+                        );
+                    } else {
+                        log::debug!("connect attempt failed: {e:#}; next in {wait:?}");
+                    }
+                    if queue_closed(queue, &mut closed_at) {
+                        if closed_at.is_some_and(|t| t.elapsed() > LINGER) {
+                            let left = 1 + drain(queue);
+                            counters.dropped.fetch_add(left, Relaxed);
+                            anyhow::bail!(
+                                "input ended and the receiver {} stayed unreachable for {} s: \
+                                 {left} queued frame(s) not delivered",
+                                cfg.to,
+                                LINGER.as_secs()
+                            );
+                        }
+                        held = Some(slot); // the input is over: wait for a receiver
+                    } else if cfg.no_drop {
+                        held = Some(slot);
+                    } else {
+                        counters.dropped.fetch_add(1, Relaxed);
+                        queue.recycle(slot.mask);
+                    }
+                    std::thread::sleep(wait);
+                    continue;
+                }
+            }
+        }
+        // Latest frame wins: a frame held through connect attempts is stale
+        // when newer ones are waiting.
+        let slot = if !cfg.no_drop && !queue.is_empty() && closed_at.is_none() {
+            match queue.pop() {
+                Some(newer) => {
+                    counters.dropped.fetch_add(1, Relaxed);
+                    queue.recycle(slot.mask);
+                    newer
+                }
+                None => slot,
+            }
+        } else {
+            slot
+        };
+        build_frame(encoder.as_mut(), &slot, &mut buf)?;
+        let l = link.as_mut().expect("connected above");
+        match l.send_frame(&buf, slot.sequence) {
+            Ok(()) => {
+                counters.sent.fetch_add(1, Relaxed);
+                counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
+                queue.recycle(slot.mask);
+            }
+            Err(e) => {
+                log::warn!(
+                    "state: connection to {} lost while sending frame {}: {}; reconnecting",
+                    cfg.to,
+                    slot.sequence,
+                    describe_io(&e, cfg.timeout)
+                );
+                link = None;
+                counters.connected.store(false, Relaxed);
+                counters.failed.fetch_add(1, Relaxed);
+                failing_since = Some(Instant::now());
+                if cfg.no_drop {
+                    held = Some(slot); // sent again after the reconnect
+                } else {
+                    queue.recycle(slot.mask);
+                }
+            }
+        }
+    }
+    if let Some(l) = link {
+        l.finish();
+        log::info!("state: input done, stream to {} closed", cfg.to);
+    }
+    Ok(())
+}
+
+/// The reconnect hook: the receiver may have lost the reference frame, so
+/// the codec must start over with a key frame.
+fn on_reconnect(encoder: &mut dyn FrameEncoder) {
+    encoder.force_keyframe();
+}
+
+fn build_frame(encoder: &mut dyn FrameEncoder, slot: &Slot, buf: &mut Vec<u8>) -> Result<()> {
+    let m = &slot.mask;
+    buf.clear();
+    buf.resize(HEADER_LEN, 0);
+    let (codec, flags) = encoder
+        .encode(m, slot.sequence, buf)
+        .with_context(|| format!("encoding frame {}", slot.sequence))?;
+    let mut h = Header::new(m.width, m.height, slot.sequence, codec, 0);
+    h.flags = flags;
+    h.timestamp_us = m.timestamp_us;
+    finish_frame_in_place(&mut h, buf);
+    Ok(())
+}
+
+fn queue_closed(queue: &FrameQueue, closed_at: &mut Option<Instant>) -> bool {
+    if closed_at.is_none() && queue.lock().closed {
+        *closed_at = Some(Instant::now());
+    }
+    closed_at.is_some()
+}
+
+fn drain(queue: &FrameQueue) -> u64 {
+    let mut s = queue.lock();
+    let n = s.items.len() as u64;
+    s.items.clear();
+    n
+}
+
+fn describe_io(e: &io::Error, timeout: Duration) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+            "write stalled for {:.1} s (--timeout)",
+            timeout.as_secs_f64()
+        ),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(seq: u64) -> Slot {
+        Slot {
+            mask: Mask::default(),
+            sequence: seq,
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_the_oldest() {
+        let q = FrameQueue::new(2, false);
+        assert_eq!(q.push(slot(0)), 0);
+        assert_eq!(q.push(slot(1)), 0);
+        assert_eq!(q.push(slot(2)), 1);
+        assert_eq!(q.pop().unwrap().sequence, 1);
+        assert_eq!(q.pop().unwrap().sequence, 2);
+        q.close();
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn no_drop_queue_blocks_the_producer() {
+        let q = Arc::new(FrameQueue::new(1, true));
+        q.push(slot(0));
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.push(slot(1)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !t.is_finished(),
+            "push into a full --no-drop queue must wait"
+        );
+        assert_eq!(q.pop().unwrap().sequence, 0);
+        assert_eq!(t.join().unwrap(), 0);
+        assert_eq!(q.pop().unwrap().sequence, 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(300));
+        let steps: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(steps, [50, 100, 200, 300, 300]);
+        b.reset();
+        assert_eq!(b.step().as_millis(), 50);
+    }
+}

@@ -49,11 +49,14 @@ const KIND_DELTA: u8 = 1;
 /// Context after a mode symbol: 1 after V0, 2 after V+-1, 3 after anything else (0 at row start).
 #[inline]
 fn next_ctx(sym: u32) -> usize {
-    match sym {
-        s if s == VMAX as u32 => 1,
-        s if s == VMAX as u32 - 1 || s == VMAX as u32 + 1 => 2,
-        _ => 3,
-    }
+    const CTX: [u8; 32] = {
+        let mut t = [3u8; 32];
+        t[VMAX as usize] = 1;
+        t[VMAX as usize - 1] = 2;
+        t[VMAX as usize + 1] = 2;
+        t
+    };
+    CTX[(sym & 31) as usize] as usize
 }
 
 /// A symbol record: model (4 bits), symbol (6 bits), extra-bit value (22 bits).

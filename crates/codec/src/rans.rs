@@ -1,4 +1,4 @@
-//! Static (per frame) rANS with 12-bit probabilities and byte-wise
+//! Static (per frame) rANS with 11-bit probabilities and byte-wise
 //! renormalisation, after Fabian Giesen's public-domain `rans_byte.h`.
 //!
 //! The encoder counts the symbols of a frame, normalises the counts to
@@ -8,11 +8,12 @@
 use crate::bits::{get_varint, put_varint};
 
 /// Probability precision in bits.
-pub(crate) const PROB_BITS: u32 = 12;
+pub(crate) const PROB_BITS: u32 = 11;
 /// Sum of the frequencies of a model.
 pub(crate) const PROB_SCALE: u32 = 1 << PROB_BITS;
-/// Lower bound of the normalised state interval `[RANS_L, RANS_L << 8)`.
-pub(crate) const RANS_L: u32 = 1 << 23;
+/// Lower bound of the normalised state interval `[RANS_L, 2^31)`; the
+/// state is renormalised 16 bits at a time.
+pub(crate) const RANS_L: u32 = 1 << 15;
 /// Largest alphabet of any model.
 pub(crate) const MAX_ALPHABET: usize = 64;
 
@@ -76,7 +77,8 @@ pub(crate) fn write_model(out: &mut Vec<u8>, freq: &[u32]) {
     }
 }
 
-/// One symbol's encoder parameters (division-free, via a reciprocal).
+/// One symbol's encoder parameters: division-free through a reciprocal
+/// (as `RansEncSymbolInit` in `rans_byte.h`; exact for states below 2^31).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct EncSym {
     x_max: u32,
@@ -89,7 +91,7 @@ pub(crate) struct EncSym {
 impl EncSym {
     pub(crate) fn new(start: u32, freq: u32) -> Self {
         debug_assert!((1..=PROB_SCALE).contains(&freq));
-        let x_max = ((RANS_L >> PROB_BITS) << 8) * freq;
+        let x_max = ((RANS_L >> PROB_BITS) << 16) * freq;
         let cmpl_freq = PROB_SCALE - freq;
         if freq < 2 {
             EncSym {
@@ -129,9 +131,11 @@ impl RansEnc {
     #[inline]
     pub(crate) fn put(&mut self, buf: &mut Vec<u8>, s: &EncSym) {
         let mut x = self.x;
-        while x >= s.x_max {
+        if x >= s.x_max {
+            // One 16-bit word, little-endian once the buffer is reversed.
+            buf.push((x >> 8) as u8);
             buf.push(x as u8);
-            x >>= 8;
+            x >>= 16;
         }
         let q = (((x as u64) * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
         self.x = x + s.bias + q * s.cmpl_freq;
@@ -143,23 +147,18 @@ impl RansEnc {
     }
 }
 
-/// A model on the decoder side.
+/// A model on the decoder side: per slot, `freq << 17 | (slot - start) << 6 | symbol`.
 #[derive(Debug, Clone)]
 pub(crate) struct DecModel {
     pub(crate) used: bool,
-    freq: [u16; MAX_ALPHABET],
-    start: [u16; MAX_ALPHABET],
-    /// Slot -> symbol, [`PROB_SCALE`] entries.
-    table: Box<[u8]>,
+    table: Box<[u32]>,
 }
 
 impl Default for DecModel {
     fn default() -> Self {
         DecModel {
             used: false,
-            freq: [0; MAX_ALPHABET],
-            start: [0; MAX_ALPHABET],
-            table: vec![0u8; PROB_SCALE as usize].into_boxed_slice(),
+            table: vec![0u32; PROB_SCALE as usize].into_boxed_slice(),
         }
     }
 }
@@ -198,9 +197,12 @@ impl DecModel {
             } else {
                 PROB_SCALE - start
             };
-            self.freq[s] = f as u16;
-            self.start[s] = start as u16;
-            self.table[start as usize..(start + f) as usize].fill(s as u8);
+            for (k, e) in self.table[start as usize..(start + f) as usize]
+                .iter_mut()
+                .enumerate()
+            {
+                *e = f << 17 | (k as u32) << 6 | s as u32;
+            }
             start += f;
         }
         Ok(())
@@ -208,7 +210,7 @@ impl DecModel {
 }
 
 /// rANS decoder over a byte slice. Past the end it reads zeros and the
-/// final check fails; the state always stays in `[RANS_L, RANS_L << 8)`.
+/// final check fails; the state always stays in `[RANS_L, 2^31)`.
 #[derive(Debug)]
 pub(crate) struct RansDec<'a> {
     x: u32,
@@ -223,7 +225,7 @@ impl<'a> RansDec<'a> {
             .and_then(|b| b.try_into().ok())
             .ok_or("rANS stream shorter than its 4-byte state")?;
         let x = u32::from_le_bytes(head);
-        if !(RANS_L..RANS_L << 8).contains(&x) {
+        if !(RANS_L..1 << 31).contains(&x) {
             return Err("rANS initial state out of range");
         }
         Ok(RansDec { x, buf, pos: 4 })
@@ -232,15 +234,16 @@ impl<'a> RansDec<'a> {
     /// Decodes one symbol of `m` (which must be `used`).
     #[inline]
     pub(crate) fn get(&mut self, m: &DecModel) -> usize {
-        let slot = self.x & (PROB_SCALE - 1);
-        let s = m.table[slot as usize] as usize;
-        self.x = m.freq[s] as u32 * (self.x >> PROB_BITS) + slot - m.start[s] as u32;
-        while self.x < RANS_L {
-            let b = self.buf.get(self.pos).copied().unwrap_or(0);
-            self.pos += 1;
-            self.x = (self.x << 8) | b as u32;
+        let e = m.table[(self.x & (PROB_SCALE - 1)) as usize];
+        self.x = (e >> 17) * (self.x >> PROB_BITS) + ((e >> 6) & 0x7FF);
+        // x >= 16 here, so one 16-bit word always restores x >= RANS_L.
+        if self.x < RANS_L {
+            let lo = self.buf.get(self.pos).copied().unwrap_or(0) as u32;
+            let hi = self.buf.get(self.pos + 1).copied().unwrap_or(0) as u32;
+            self.x = (self.x << 16) | hi << 8 | lo;
+            self.pos += 2;
         }
-        s
+        (e & 63) as usize
     }
 
     /// True when the stream was consumed exactly and ended in the encoder's initial state.

@@ -32,6 +32,7 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         }
         run(&mut c)
     })?;
+    step("Pi builds under qemu (dist, unit, sigill, e2e, deploy)", crate::dist::ci_step)?;
     eprintln!(
         "xtask ci: all steps passed in {:.0} s",
         start.elapsed().as_secs_f64()

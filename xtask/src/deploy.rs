@@ -1,6 +1,1446 @@
-//! `cargo xtask deploy` (in progress).
-use anyhow::{bail, Result};
+//! `cargo xtask deploy`: copy the Pi builds to two Raspberry Pis over SSH and run them.
+//!
+//! Uses the system `ssh`/`scp` (keys, agent, ~/.ssh/config all work as usual; no
+//! passwords anywhere). See docs/DEPLOY.md and deploy.example.toml.
 
-pub fn run(_args: &[String]) -> Result<()> {
-    bail!("deploy: not implemented yet")
+use crate::dist::{self, sha256_file, Arch};
+use crate::util::root;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const HELP: &str = "\
+cargo xtask deploy [OPTIONS]
+
+Builds the Pi binaries (cargo xtask dist), checks each Pi (`uname -m`, free space),
+copies the binary over scp and verifies its SHA-256 on the Pi, starts the receiver,
+waits until it listens, starts the sender, and streams both logs prefixed by host.
+Ctrl-C stops both remote processes (and nothing is left running on the Pis).
+Exit status 0 when both sides ended well (or were stopped by Ctrl-C).
+
+Options:
+  --config FILE          deploy.toml to use (default: ./deploy.toml in the repo root,
+                         then ~/.config/bitmask/deploy.toml); see deploy.example.toml
+  --receiver [USER@]HOST[:PORT]   override receiver.host/user/port
+  --sender [USER@]HOST[:PORT]     override sender.host/user/port
+  --key FILE             SSH private key for both Pis
+  --set ROLE.FIELD=VALUE override any field (ROLE: receiver, sender, defaults); list
+                         fields (args, run_prefix, ssh_options, accept_machines) are
+                         split on whitespace, e.g. --set sender.args=\"--fps 5 /home/pi/in\"
+  --dry-run              print every command it would run, run nothing
+  --no-build             use target/dist as it is
+  --install-service      install systemd units (Restart=always) on both Pis, enable
+                         and start them (receiver first), instead of streaming here
+  --uninstall            stop, disable and remove those units
+  --timeout SECS         how long to wait for the receiver to listen (default 60)
+";
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PiConf {
+    pub host: Option<String>,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub key: Option<String>,
+    pub build: Option<String>,
+    pub dir: Option<String>,
+    pub run_prefix: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub ssh_options: Option<Vec<String>>,
+    pub accept_machines: Option<Vec<String>>,
+    /// receiver: `--listen` address
+    pub listen: Option<String>,
+    /// sender: `--to` address (default: receiver host + the port the receiver listens on)
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfFile {
+    #[serde(default)]
+    pub defaults: PiConf,
+    #[serde(default)]
+    pub receiver: PiConf,
+    #[serde(default)]
+    pub sender: PiConf,
+}
+
+impl PiConf {
+    fn or(self, d: &PiConf) -> PiConf {
+        macro_rules! m { ($($f:ident),*) => { PiConf { $($f: self.$f.or_else(|| d.$f.clone()),)* } } }
+        m!(
+            host,
+            user,
+            port,
+            key,
+            build,
+            dir,
+            run_prefix,
+            args,
+            ssh_options,
+            accept_machines,
+            listen,
+            to
+        )
+    }
+    fn set(&mut self, field: &str, v: &str) -> Result<()> {
+        let list = || v.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let s = || Some(v.to_string());
+        match field {
+            "host" => self.host = s(),
+            "user" => self.user = s(),
+            "port" => self.port = Some(v.parse().context("port must be a number")?),
+            "key" => self.key = s(),
+            "build" => self.build = s(),
+            "dir" => self.dir = s(),
+            "run_prefix" => self.run_prefix = s(),
+            "args" => self.args = Some(list()),
+            "ssh_options" => self.ssh_options = Some(list()),
+            "accept_machines" => self.accept_machines = Some(list()),
+            "listen" => self.listen = s(),
+            "to" => self.to = s(),
+            _ => bail!("unknown field {field:?}"),
+        }
+        Ok(())
+    }
+    fn set_target(&mut self, t: &str) -> Result<()> {
+        let (user, rest) = match t.split_once('@') {
+            Some((u, r)) => (Some(u.to_string()), r),
+            None => (None, t),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => {
+                (h.to_string(), Some(p.parse().context("bad port")?))
+            }
+            _ => (rest.to_string(), None),
+        };
+        self.host = Some(host);
+        if user.is_some() {
+            self.user = user;
+        }
+        if port.is_some() {
+            self.port = port;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Receiver,
+    Sender,
+}
+
+impl Role {
+    fn bin(self) -> &'static str {
+        match self {
+            Role::Receiver => "bitmask-recv",
+            Role::Sender => "bitmask-send",
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Role::Receiver => "recv",
+            Role::Sender => "send",
+        }
+    }
+}
+
+/// A resolved Pi.
+#[derive(Debug, Clone)]
+struct Pi {
+    role: Role,
+    host: String,
+    user: Option<String>,
+    port: u16,
+    key: Option<String>,
+    arch: Arch,
+    dir: String,
+    prefix: Vec<String>,
+    args: Vec<String>,
+    ssh_options: Vec<String>,
+    accept: Vec<String>,
+    listen: String,
+    to: Option<String>,
+}
+
+impl Pi {
+    fn resolve(role: Role, c: PiConf) -> Result<Pi> {
+        let name = match role {
+            Role::Receiver => "receiver",
+            Role::Sender => "sender",
+        };
+        let host = c.host.with_context(|| {
+            format!("no {name}.host: set it in deploy.toml or pass --{name} HOST")
+        })?;
+        let build = c
+            .build
+            .with_context(|| format!("no {name}.build: armv6 (Pi 1/Zero) or armv7 (Pi 2/3/4)"))?;
+        let mut dir = c.dir.unwrap_or_else(|| "bitmask".into());
+        if let Some(d) = dir.strip_prefix("~/") {
+            dir = d.to_string();
+        }
+        let key = c.key.map(|k| match k.strip_prefix("~/") {
+            Some(rest) => std::env::var("HOME")
+                .map(|h| format!("{h}/{rest}"))
+                .unwrap_or(k),
+            None => k,
+        });
+        Ok(Pi {
+            role,
+            host,
+            user: c.user,
+            port: c.port.unwrap_or(22),
+            key,
+            arch: Arch::parse(&build)?,
+            dir,
+            prefix: c
+                .run_prefix
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            args: c.args.unwrap_or_default(),
+            ssh_options: c.ssh_options.unwrap_or_default(),
+            accept: c.accept_machines.unwrap_or_default(),
+            listen: c.listen.unwrap_or_else(|| "0.0.0.0:5555".into()),
+            to: c.to,
+        })
+    }
+    fn dest(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+    fn label(&self) -> String {
+        format!("{} {}", self.role.tag(), self.host_label())
+    }
+    fn host_label(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+    fn common_opts(&self) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(k) = &self.key {
+            v.extend([
+                "-i".into(),
+                k.clone(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        v.extend(self.ssh_options.iter().cloned());
+        v
+    }
+    fn ssh(&self, tty: bool, remote: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.common_opts())
+            .args(["-p", &self.port.to_string()]);
+        if tty {
+            // a pty: if the connection drops, the Pi's kernel hangs up the remote process
+            c.arg("-tt");
+        }
+        c.arg(self.dest()).arg(remote);
+        c
+    }
+    fn scp(&self, local: &Path, remote_path: &str) -> Command {
+        let mut c = Command::new("scp");
+        c.arg("-q")
+            .args(self.common_opts())
+            .args(["-P", &self.port.to_string()]);
+        c.arg(local).arg(format!("{}:{}", self.dest(), remote_path));
+        c
+    }
+    fn bin_path(&self) -> String {
+        format!("{}/{}", self.dir, self.role.bin())
+    }
+    fn pid_file(&self) -> String {
+        format!("{}/{}.pid", self.dir, self.role.bin())
+    }
+    fn unit(&self) -> String {
+        format!("{}.service", self.role.bin())
+    }
+}
+
+/// Quotes for a POSIX shell.
+pub fn q(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn qv(v: &[String]) -> String {
+    v.iter().map(|s| q(s)).collect::<Vec<_>>().join(" ")
+}
+
+fn find_config(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let mut tried = vec![root().join("deploy.toml")];
+    if let Some(h) = std::env::var_os("HOME") {
+        tried.push(PathBuf::from(h).join(".config/bitmask/deploy.toml"));
+    }
+    for p in &tried {
+        if p.exists() {
+            return Ok(p.clone());
+        }
+    }
+    bail!(
+        "no deploy config: tried {}. Copy deploy.example.toml to deploy.toml and fill in your Pis (docs/DEPLOY.md)",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Running commands (or printing them)
+
+struct Ctx {
+    dry: bool,
+}
+
+impl Ctx {
+    /// Runs `c` and returns (status, stdout, stderr); in a dry run prints it and returns success.
+    fn exec(&self, c: &mut Command) -> Result<(bool, String, String)> {
+        if self.dry {
+            println!("[dry-run] {}", show_sh(c));
+            return Ok((true, String::new(), String::new()));
+        }
+        let o = c
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", c.get_program().to_string_lossy()))?;
+        Ok((
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ))
+    }
+}
+
+/// A command line as a shell would take it.
+fn show_sh(c: &Command) -> String {
+    let mut v = vec![c.get_program().to_string_lossy().into_owned()];
+    v.extend(c.get_args().map(|a| a.to_string_lossy().into_owned()));
+    qv(&v)
+}
+
+/// Turns an ssh/scp failure into a clear error.
+fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
+    let e = stderr.trim();
+    let host = pi.host_label();
+    let has = |s: &str| e.contains(s);
+    if has("Connection refused")
+        || has("No route to host")
+        || has("timed out")
+        || has("Could not resolve")
+        || has("Network is unreachable")
+        || has("Name or service not known")
+        || has("Connection closed by") && !has("Permission denied")
+    {
+        anyhow::anyhow!(
+            "{host} is unreachable ({e}): is the Pi powered, on the network, with SSH enabled (Raspberry Pi Imager: \"Enable SSH\"), and is the port right?"
+        )
+    } else if has("Permission denied") || has("Too many authentication failures") {
+        anyhow::anyhow!(
+            "{host} refused the login of {} ({e}): copy your key with `ssh-copy-id -i {}.pub -p {} {}` and check user/key in deploy.toml",
+            pi.dest(),
+            pi.key.as_deref().unwrap_or("~/.ssh/id_ed25519"),
+            pi.port,
+            pi.dest()
+        )
+    } else if has("Host key verification failed") || has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        anyhow::anyhow!(
+            "{host}: host key unknown or changed ({e}): connect once with `ssh -p {} {}` to check and accept it",
+            pi.port,
+            pi.dest()
+        )
+    } else if has("No space left") {
+        anyhow::anyhow!("{host}: disk full while {what} ({e}): free some space on the Pi's SD card")
+    } else {
+        anyhow::anyhow!("{host}: {what} failed: {e}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Steps
+
+/// `uname -m`, 32-bit userland, install dir, free space; returns the absolute install dir.
+fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
+    let script = format!(
+        "uname -m; getconf LONG_BIT; mkdir -p {d} && cd {d} && pwd && df -Pk . | tail -n 1; command -v sha256sum >/dev/null && echo sha256sum-ok",
+        d = q(&pi.dir)
+    );
+    let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
+    if ctx.dry {
+        return Ok(());
+    }
+    if !ok {
+        if err.contains("No space left") || err.contains("Read-only file system") {
+            bail!(
+                "{}: cannot create {} ({}): disk full or read-only",
+                pi.host_label(),
+                pi.dir,
+                err.trim()
+            );
+        }
+        return Err(ssh_error(pi, "the check", &err));
+    }
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let machine = lines.first().copied().unwrap_or("");
+    let bits = lines.get(1).copied().unwrap_or("");
+    let ok_arch = match (pi.arch, machine) {
+        (_, m) if pi.accept.iter().any(|a| a == m) => true,
+        (Arch::V6, "armv6l" | "armv7l" | "armv8l") => true,
+        (Arch::V7, "armv7l" | "armv8l") => true,
+        (Arch::V6, "aarch64") => true, // static: runs on a 64-bit kernel with 32-bit support
+        (Arch::V7, "aarch64") if bits == "32" => true,
+        _ => false,
+    };
+    if !ok_arch {
+        let hint = match machine {
+            "armv6l" => "this is a Pi 1/Zero (ARMv6): use build = \"armv6\"".to_string(),
+            "aarch64" => "a 64-bit userland: the armv7 build needs 32-bit (armhf) Raspberry Pi OS; use build = \"armv6\" (static) instead".to_string(),
+            m => format!("{m} is not a Raspberry Pi CPU (if the ARM code runs under emulation via run_prefix, list it in accept_machines)"),
+        };
+        bail!("{}: wrong architecture: `uname -m` says {machine:?} ({bits}-bit userland) but the {} build was chosen: {hint}", pi.host_label(), pi.arch.name());
+    }
+    if !lines.contains(&"sha256sum-ok") {
+        bail!(
+            "{}: no sha256sum on the Pi (coreutils): cannot verify the copy",
+            pi.host_label()
+        );
+    }
+    if let Some(abs) = lines.get(2) {
+        pi.dir = abs.to_string();
+    }
+    if let Some(df) = lines.get(3) {
+        let avail: u64 = df
+            .split_whitespace()
+            .nth(3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        if avail < need_kib {
+            bail!(
+                "{}: disk full: {} KiB free in {}, {} KiB needed",
+                pi.host_label(),
+                avail,
+                pi.dir,
+                need_kib
+            );
+        }
+    }
+    eprintln!(
+        "deploy: {}: {machine}, {bits}-bit userland, install dir {}",
+        pi.label(),
+        pi.dir
+    );
+    Ok(())
+}
+
+/// Copies the binary unless the Pi already has it, then verifies its SHA-256 on the Pi.
+fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
+    let local = pi.arch.dist_dir().join(pi.role.bin());
+    let want = if ctx.dry {
+        "<sha256 of the local file>".to_string()
+    } else {
+        sha256_file(&local)?
+    };
+    let bin = pi.bin_path();
+    let have = format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", q(&bin));
+    let (ok, out, _) = ctx.exec(&mut pi.ssh(false, &have))?;
+    if ok && !ctx.dry && out.trim() == want {
+        eprintln!(
+            "deploy: {}: {bin} is up to date (sha256 {})",
+            pi.label(),
+            &want[..16]
+        );
+        return Ok(());
+    }
+    let part = format!("{}/.{}.part", pi.dir, pi.role.bin());
+    let (ok, _, err) = ctx.exec(&mut pi.scp(&local, &part))?;
+    if !ok {
+        let _ = ctx.exec(&mut pi.ssh(false, &format!("rm -f {}", q(&part))));
+        return Err(ssh_error(pi, "copying the binary", &err));
+    }
+    let verify = format!(
+        "h=$(sha256sum {p} | cut -d' ' -f1); if [ \"$h\" = {w} ]; then chmod 755 {p} && mv -f {p} {b}; else echo \"checksum mismatch: $h\" >&2; rm -f {p}; exit 3; fi",
+        p = q(&part),
+        b = q(&bin),
+        w = q(&want)
+    );
+    let (ok, _, err) = ctx.exec(&mut pi.ssh(false, &verify))?;
+    if !ok {
+        if err.contains("checksum mismatch") {
+            bail!(
+                "{}: the copied {} has the wrong SHA-256 ({}), expected {want}: copy corrupted or disk full",
+                pi.host_label(),
+                pi.role.bin(),
+                err.trim()
+            );
+        }
+        return Err(ssh_error(pi, "verifying the copy", &err));
+    }
+    if !ctx.dry {
+        eprintln!(
+            "deploy: {}: copied {} ({} KiB), sha256 {} verified on the Pi",
+            pi.label(),
+            bin,
+            std::fs::metadata(&local)?.len() / 1024,
+            &want[..16]
+        );
+    }
+    Ok(())
+}
+
+fn exec_line(pi: &Pi, extra: &[String]) -> String {
+    let mut v = pi.prefix.clone();
+    v.push(pi.bin_path());
+    v.extend(extra.iter().cloned());
+    qv(&v)
+}
+
+fn receiver_args(pi: &Pi) -> Vec<String> {
+    let mut v = vec!["--listen".to_string(), pi.listen.clone()];
+    v.extend(pi.args.iter().cloned());
+    v
+}
+
+fn sender_args(pi: &Pi, to: &str) -> Vec<String> {
+    let mut v = vec!["--to".to_string(), to.to_string()];
+    v.extend(pi.args.iter().cloned());
+    v
+}
+
+/// The remote command of a streaming session: records the pid, execs the binary,
+/// removes the pid file and returns the binary's status.
+fn session_script(pi: &Pi, args: &[String]) -> String {
+    format!(
+        "export RUST_LOG=\"${{RUST_LOG:-info}}\"; cd {d} || exit 1; sh -c 'echo $$ > {pf}; exec \"$@\"' sh {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
+        d = q(&pi.dir),
+        pf = q(&pi.pid_file()),
+        cmd = exec_line(pi, args)
+    )
+}
+
+/// Stops the binary of `pi` (TERM, then KILL after 5 s) and waits until it is gone.
+fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
+    let script = format!(
+        "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); kill -TERM \"$pid\" 2>/dev/null || exit 0; i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); if [ $i -ge 50 ]; then kill -KILL \"$pid\" 2>/dev/null; echo killed; fi; if [ $i -ge 80 ]; then exit 4; fi; sleep 0.1; done",
+        pf = q(&pi.pid_file())
+    );
+    let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
+    if !ok {
+        return Err(ssh_error(pi, "stopping the process", &err));
+    }
+    if out.contains("killed") {
+        eprintln!(
+            "deploy: {}: did not stop on SIGTERM within 5 s, killed",
+            pi.label()
+        );
+    }
+    Ok(())
+}
+
+enum Ev {
+    Line(Role, String),
+    Exit(Role, ExitStatus),
+}
+
+struct Session {
+    child: Child,
+    done: Option<ExitStatus>,
+}
+
+fn start_session(pi: &Pi, args: &[String], tx: mpsc::Sender<Ev>) -> Result<Session> {
+    let mut c = pi.ssh(true, &session_script(pi, args));
+    // own process group: the terminal's Ctrl-C reaches only xtask, which stops the Pis in order
+    c.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("deploy: {}: $ {}", pi.label(), exec_line(pi, args));
+    let mut child = c.spawn().context("cannot start ssh")?;
+    for r in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        let role = pi.role;
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                let l = line.trim_end_matches('\r').to_string();
+                if l.starts_with("Connection to ") && l.ends_with(" closed.") {
+                    continue;
+                }
+                if tx.send(Ev::Line(role, l)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(Session { child, done: None })
+}
+
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+fn parse_args(args: &[String]) -> Result<(Opts, ConfFile)> {
+    let mut o = Opts::default();
+    let mut config = None;
+    let mut sets: Vec<(String, String)> = Vec::new();
+    let mut it = args.iter();
+    let next = |it: &mut std::slice::Iter<String>, n: &str| {
+        it.next()
+            .cloned()
+            .with_context(|| format!("{n} needs a value"))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => config = Some(PathBuf::from(next(&mut it, a)?)),
+            "--receiver" => sets.push(("receiver.@".into(), next(&mut it, a)?)),
+            "--sender" => sets.push(("sender.@".into(), next(&mut it, a)?)),
+            "--key" => sets.push(("defaults.key".into(), next(&mut it, a)?)),
+            "--set" => {
+                let kv = next(&mut it, a)?;
+                let (k, v) = kv.split_once('=').context("--set ROLE.FIELD=VALUE")?;
+                sets.push((k.to_string(), v.to_string()));
+            }
+            "--dry-run" => o.dry = true,
+            "--no-build" => o.no_build = true,
+            "--install-service" => o.install = true,
+            "--uninstall" => o.uninstall = true,
+            "--timeout" => o.timeout = Duration::from_secs(next(&mut it, a)?.parse()?),
+            "-h" | "--help" => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown deploy option {other:?}\n\n{HELP}"),
+        }
+    }
+    if o.install && o.uninstall {
+        bail!("--install-service and --uninstall exclude each other");
+    }
+    let path = find_config(config)?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut cf: ConfFile = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid deploy config", path.display()))?;
+    eprintln!("deploy: config {}", path.display());
+    for (k, v) in sets {
+        let (role, field) = k
+            .split_once('.')
+            .with_context(|| format!("--set {k}: expected ROLE.FIELD"))?;
+        let conf = match role {
+            "receiver" => &mut cf.receiver,
+            "sender" => &mut cf.sender,
+            "defaults" => &mut cf.defaults,
+            _ => bail!("--set {k}: ROLE is receiver, sender or defaults"),
+        };
+        if field == "@" {
+            conf.set_target(&v)?;
+        } else {
+            conf.set(field, &v).with_context(|| format!("--set {k}"))?;
+        }
+    }
+    Ok((o, cf))
+}
+
+#[derive(Default)]
+struct Opts {
+    dry: bool,
+    no_build: bool,
+    install: bool,
+    uninstall: bool,
+    timeout: Duration,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (mut o, cf) = parse_args(args)?;
+    if o.timeout.is_zero() {
+        o.timeout = Duration::from_secs(60);
+    }
+    let mut recv = Pi::resolve(Role::Receiver, cf.receiver.clone().or(&cf.defaults))?;
+    let mut send = Pi::resolve(Role::Sender, cf.sender.clone().or(&cf.defaults))?;
+    let ctx = Ctx { dry: o.dry };
+
+    // 1. build
+    let mut archs = vec![recv.arch, send.arch];
+    archs.sort();
+    archs.dedup();
+    if o.uninstall {
+        // nothing to build or copy
+    } else if o.no_build {
+        for pi in [&recv, &send] {
+            let p = pi.arch.dist_dir().join(pi.role.bin());
+            if !p.exists() && !o.dry {
+                bail!(
+                    "{} missing: run `cargo xtask dist` or drop --no-build",
+                    p.display()
+                );
+            }
+        }
+    } else if o.dry {
+        for a in &archs {
+            println!(
+                "[dry-run] cargo xtask dist --only {} (builds and checks target/dist/{}/)",
+                a.name(),
+                a.name()
+            );
+        }
+    } else {
+        let tools = dist::ensure_tools()?;
+        eprint!(
+            "{}",
+            dist::build_dist(&tools, &archs, false, dist::PROFILE)?
+        );
+    }
+
+    // 2. check each Pi and copy
+    for pi in [&mut recv, &mut send] {
+        let need = if o.uninstall || o.dry {
+            0
+        } else {
+            std::fs::metadata(pi.arch.dist_dir().join(pi.role.bin()))
+                .map(|m| m.len() / 1024 * 2 + 1024)
+                .unwrap_or(0)
+        };
+        preflight(&ctx, pi, need)?;
+        if !o.uninstall {
+            install(&ctx, pi)?;
+        }
+    }
+
+    if o.install || o.uninstall {
+        return services(&ctx, &recv, &send, o.install);
+    }
+    stream(&ctx, &recv, &send, o.timeout)
+}
+
+/// The sender's `--to`, given the port the receiver listens on.
+fn sender_to(recv: &Pi, send: &Pi, port: &str) -> String {
+    send.to.clone().unwrap_or_else(|| {
+        if recv.host.contains(':') {
+            format!("[{}]:{port}", recv.host)
+        } else {
+            format!("{}:{port}", recv.host)
+        }
+    })
+}
+
+fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
+    if ctx.dry {
+        let to = sender_to(recv, send, "<port from the receiver's `listening on` line>");
+        println!(
+            "[dry-run] {}",
+            show_sh(&recv.ssh(true, &session_script(recv, &receiver_args(recv))))
+        );
+        println!("[dry-run] (wait for `listening on ADDR` in the receiver's log)");
+        println!(
+            "[dry-run] {}",
+            show_sh(&send.ssh(true, &session_script(send, &sender_args(send, &to))))
+        );
+        println!(
+            "[dry-run] on Ctrl-C: {}",
+            show_sh(&send.ssh(false, &format!("kill -TERM $(cat {})", q(&send.pid_file()))))
+        );
+        println!(
+            "[dry-run] on Ctrl-C: {}",
+            show_sh(&recv.ssh(false, &format!("kill -TERM $(cat {})", q(&recv.pid_file()))))
+        );
+        return Ok(());
+    }
+    let _ = ctrlc::set_handler(|| {
+        let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            eprintln!("\ndeploy: Ctrl-C: stopping the sender, then the receiver (Ctrl-C again to hang up at once)");
+        }
+    });
+    let (tx, rx) = mpsc::channel::<Ev>();
+    let pis = [recv, send];
+    let mut sessions: Vec<Option<Session>> = vec![None, None];
+    let idx = |r: Role| if r == Role::Receiver { 0 } else { 1 };
+    sessions[0] = Some(start_session(recv, &receiver_args(recv), tx.clone())?);
+    let watch = |s: &mut Session, role: Role, tx: &mpsc::Sender<Ev>| -> Result<()> {
+        if s.done.is_none() {
+            if let Some(st) = s.child.try_wait()? {
+                s.done = Some(st);
+                let _ = tx.send(Ev::Exit(role, st));
+            }
+        }
+        Ok(())
+    };
+    let t0 = Instant::now();
+    let mut stopping = false;
+    let mut stop_sent = [false, false];
+    let mut failed: Vec<String> = Vec::new();
+    let mut listening = false;
+    let mut last_int = 0;
+    loop {
+        for (i, r) in [Role::Receiver, Role::Sender].into_iter().enumerate() {
+            if let Some(s) = sessions[i].as_mut() {
+                watch(s, r, &tx)?;
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ev::Line(role, l)) => {
+                println!("[{}] {l}", pis[idx(role)].label());
+                if role == Role::Receiver && !listening {
+                    if let Some(addr) = l.split("listening on ").nth(1) {
+                        listening = true;
+                        let addr = addr.split_whitespace().next().unwrap_or("");
+                        let port = addr.rsplit(':').next().unwrap_or("").to_string();
+                        let to = sender_to(recv, send, &port);
+                        eprintln!(
+                            "deploy: receiver listens on {addr} after {:.1} s; starting the sender -> {to}",
+                            t0.elapsed().as_secs_f64()
+                        );
+                        if !stopping {
+                            sessions[1] =
+                                Some(start_session(send, &sender_args(send, &to), tx.clone())?);
+                        }
+                    }
+                }
+            }
+            Ok(Ev::Exit(role, st)) => {
+                let pi = pis[idx(role)];
+                let code = st.code();
+                let by_us = stop_sent[idx(role)]
+                    && matches!(code, Some(0) | Some(129) | Some(130) | Some(143));
+                if st.success() || by_us {
+                    eprintln!(
+                        "deploy: {}: ended ({})",
+                        pi.label(),
+                        if st.success() {
+                            "status 0".into()
+                        } else {
+                            format!("stopped, {st}")
+                        }
+                    );
+                } else {
+                    let why = if code == Some(255) {
+                        "ssh connection failed or lost".to_string()
+                    } else {
+                        format!("{st}")
+                    };
+                    eprintln!("deploy: {}: FAILED ({why})", pi.label());
+                    failed.push(format!("{} ({why})", pi.label()));
+                }
+                // one side ended: the other has nothing left to do
+                let other = 1 - idx(role);
+                if let Some(s) = sessions[other].as_ref() {
+                    if s.done.is_none() && !stop_sent[other] {
+                        let ok = st.success() || by_us;
+                        // a sender that finished well: let the receiver run on (it may have --count)
+                        if !(role == Role::Sender && ok) {
+                            stop_sent[other] = true;
+                            stop_remote(ctx, pis[other])?;
+                        } else {
+                            eprintln!("deploy: the sender finished; the receiver runs on (Ctrl-C stops it)");
+                        }
+                    }
+                }
+                if role == Role::Receiver && sessions[1].is_none() && !listening && !stopping {
+                    failed.push("receiver ended before it listened".into());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!(),
+        }
+        let ints = INTERRUPTS.load(Ordering::SeqCst);
+        if ints > last_int {
+            last_int = ints;
+            if ints == 1 {
+                stopping = true;
+                for i in [1, 0] {
+                    if sessions[i].as_ref().is_some_and(|s| s.done.is_none()) && !stop_sent[i] {
+                        stop_sent[i] = true;
+                        if let Err(e) = stop_remote(ctx, pis[i]) {
+                            eprintln!("deploy: {e:#}");
+                        }
+                    }
+                }
+            } else {
+                // hang up: the pty hangup makes the Pis' kernels stop the processes
+                for s in sessions.iter_mut().flatten() {
+                    let _ = s.child.kill();
+                }
+                stop_sent = [true, true];
+            }
+        }
+        if !listening
+            && !stopping
+            && t0.elapsed() > timeout
+            && sessions[0].as_ref().is_some_and(|s| s.done.is_none())
+        {
+            failed.push(format!(
+                "the receiver did not log `listening on` within {timeout:?}"
+            ));
+            stopping = true;
+            stop_sent[0] = true;
+            stop_remote(ctx, recv)?;
+        }
+        let all_done = sessions
+            .iter()
+            .all(|s| s.as_ref().is_none_or(|s| s.done.is_some()));
+        if all_done && (listening || sessions[0].as_ref().is_some_and(|s| s.done.is_some())) {
+            // drain remaining log lines
+            while let Ok(Ev::Line(role, l)) = rx.recv_timeout(Duration::from_millis(100)) {
+                println!("[{}] {l}", pis[idx(role)].label());
+            }
+            break;
+        }
+    }
+    if failed.is_empty() {
+        eprintln!("deploy: both sides ended well");
+        Ok(())
+    } else {
+        bail!("deploy failed: {}", failed.join("; "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// systemd units
+
+fn unit_text(pi: &Pi, args: &[String]) -> String {
+    let what = match pi.role {
+        Role::Receiver => "receiver",
+        Role::Sender => "sender",
+    };
+    let mut v = pi.prefix.clone();
+    v.push(pi.bin_path());
+    v.extend(args.iter().cloned());
+    // systemd's ExecStart quoting is close enough to the shell's for these arguments
+    let exec = v
+        .iter()
+        .map(|a| {
+            if a.contains([' ', '"', '\'']) {
+                format!("\"{}\"", a.replace('"', "\\\""))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let user = pi
+        .user
+        .as_deref()
+        .map(|u| format!("User={u}\n"))
+        .unwrap_or_default();
+    format!(
+        "# written by `cargo xtask deploy --install-service`; removed by `--uninstall`
+[Unit]
+Description=bitmask {what}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+{user}WorkingDirectory={dir}
+Environment=RUST_LOG=info
+ExecStart={exec}
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+",
+        dir = pi.dir
+    )
+}
+
+const SUDO: &str = "if [ \"$(id -u)\" = 0 ]; then S=; else S='sudo -n'; fi; command -v systemctl >/dev/null || { echo 'no systemctl: --install-service needs systemd (Raspberry Pi OS has it)' >&2; exit 5; }; ";
+
+fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
+    let order: [&Pi; 2] = if install { [recv, send] } else { [send, recv] };
+    for pi in order {
+        let unit = pi.unit();
+        let script = if install {
+            let args = match pi.role {
+                Role::Receiver => receiver_args(pi),
+                Role::Sender => {
+                    let port = recv.listen.rsplit(':').next().unwrap_or("0");
+                    if send.to.is_none() && port == "0" {
+                        bail!("a service needs a fixed port: set receiver.listen to a port other than 0, or sender.to");
+                    }
+                    sender_args(pi, &sender_to(recv, send, port))
+                }
+            };
+            let text = unit_text(pi, &args);
+            if ctx.dry {
+                println!(
+                    "[dry-run] unit /etc/systemd/system/{unit} on {}:\n{text}",
+                    pi.host_label()
+                );
+            }
+            format!(
+                "{SUDO}printf '%s' {t} | $S tee /etc/systemd/system/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable --now {unit} && systemctl is-active {unit}",
+                t = q(&text)
+            )
+        } else {
+            format!("{SUDO}$S systemctl disable --now {unit} 2>/dev/null; $S rm -f /etc/systemd/system/{unit} && $S systemctl daemon-reload && echo removed")
+        };
+        let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
+        if !ok {
+            if err.contains("no systemctl") {
+                bail!(
+                    "{}: no systemctl: --install-service needs systemd (Raspberry Pi OS has it)",
+                    pi.host_label()
+                );
+            }
+            if err.contains("sudo") {
+                bail!(
+                    "{}: needs root or passwordless sudo for systemd units ({})",
+                    pi.host_label(),
+                    err.trim()
+                );
+            }
+            return Err(ssh_error(
+                pi,
+                if install {
+                    "installing the service"
+                } else {
+                    "removing the service"
+                },
+                &err,
+            ));
+        }
+        if !ctx.dry {
+            eprintln!(
+                "deploy: {}: {unit} {}",
+                pi.label(),
+                if install {
+                    format!("enabled and {}", out.trim())
+                } else {
+                    "removed".into()
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The deploy test: two sshd instances on loopback ports stand in for the two Pis; the
+// "Pis" run the ARM builds through `run_prefix = "qemu-arm -cpu ..."`.
+
+struct Sshd {
+    child: Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    if !path.exists() {
+        crate::util::run(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "bitmask-deploy-test",
+                    "-f",
+                ])
+                .arg(path),
+        )?;
+    }
+    Ok(())
+}
+
+fn start_sshd(dir: &Path, authorized: &Path) -> Result<(Sshd, u16)> {
+    std::fs::create_dir_all(dir)?;
+    let hostkey = dir.join("ssh_host_ed25519_key");
+    keygen(&hostkey)?;
+    let port = free_port()?;
+    let cfg = dir.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
+PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+            hk = hostkey.display(),
+            pid = dir.join("sshd.pid").display(),
+            ak = authorized.display()
+        ),
+    )?;
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let sshd = match sshd {
+        Some(s) => s,
+        None => {
+            dist::apt_install(
+                &["openssh-server"],
+                "the deploy test runs two sshd instances",
+            )?;
+            "/usr/sbin/sshd"
+        }
+    };
+    if !Path::new("/run/sshd").exists() {
+        // Debian's sshd wants its privilege separation directory
+        let _ = std::fs::create_dir_all("/run/sshd");
+    }
+    let log = std::fs::File::create(dir.join("sshd.log"))?;
+    let child = Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&cfg)
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start sshd")?;
+    let s = Sshd { child };
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "sshd on port {port} did not start: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((s, port))
+}
+
+/// Processes whose command line mentions `needle` (but not sshd's own).
+fn procs_with(needle: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) && !c.contains("sshd") {
+                v.push(format!("{name}: {c}"));
+            }
+        }
+    }
+    v
+}
+
+/// Runs `xtask deploy ARGS` as a child; returns (status, stderr+stdout).
+fn deploy_child(args: &[&str]) -> Result<(Child, PathBuf)> {
+    let exe = std::env::current_exe()?;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let log = root().join(format!(
+        "target/deploy-test/deploy-{}.log",
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let f = std::fs::File::create(&log)?;
+    let mut c = Command::new(exe);
+    c.arg("deploy")
+        .args(args)
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .stdin(Stdio::null());
+    eprintln!("$ xtask deploy {}", args.join(" "));
+    Ok((c.spawn()?, log))
+}
+
+fn wait_child(c: &mut Child, limit: Duration) -> Result<ExitStatus> {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait()? {
+            return Ok(st);
+        }
+        if t.elapsed() > limit {
+            let _ = c.kill();
+            bail!("deploy did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn deploy_expect(args: &[&str], ok: bool, needle: &str) -> Result<String> {
+    let (mut c, log) = deploy_child(args)?;
+    let st = wait_child(&mut c, Duration::from_secs(300))?;
+    let text = std::fs::read_to_string(&log)?;
+    if st.success() != ok || !text.contains(needle) {
+        bail!(
+            "`xtask deploy {}` ended with {st}; expected {} and the text {needle:?}; its output:\n{text}",
+            args.join(" "),
+            if ok { "success" } else { "failure" }
+        );
+    }
+    Ok(text)
+}
+
+pub fn self_test() -> Result<()> {
+    let t0 = Instant::now();
+    let base = root().join("target/deploy-test");
+    std::fs::create_dir_all(&base)?;
+    for d in ["pi-zero", "pi2", "ref", "ref-loop"] {
+        let _ = std::fs::remove_dir_all(base.join(d));
+    }
+    let client = base.join("client_key");
+    keygen(&client)?;
+    let stranger = base.join("stranger_key");
+    keygen(&stranger)?;
+    let authorized = base.join("authorized_keys");
+    std::fs::copy(base.join("client_key.pub"), &authorized)?;
+    let (_a, port_a) = start_sshd(&base.join("sshd-pi-zero"), &authorized)?;
+    let (_b, port_b) = start_sshd(&base.join("sshd-pi2"), &authorized)?;
+    let mut kh = String::new();
+    for (d, p) in [("sshd-pi-zero", port_a), ("sshd-pi2", port_b)] {
+        let pubkey = std::fs::read_to_string(base.join(d).join("ssh_host_ed25519_key.pub"))?;
+        let mut it = pubkey.split_whitespace();
+        kh.push_str(&format!(
+            "[127.0.0.1]:{p} {} {}\n",
+            it.next().unwrap_or(""),
+            it.next().unwrap_or("")
+        ));
+    }
+    std::fs::write(base.join("known_hosts"), kh)?;
+    let images = base.join("images");
+    let n = dist::write_test_images(&images)?;
+    let user = crate::util::output(Command::new("id").arg("-un"))?
+        .trim()
+        .to_string();
+    let b = base.display();
+    let conf = |recv_args: &str, send_args: &str, accept: bool| {
+        format!(
+            r#"# generated by `cargo xtask qemu deploy`: two sshd on loopback stand in for the Pis
+[defaults]
+user = "{user}"
+key = "{b}/client_key"
+ssh_options = ["-F", "/dev/null", "-o", "UserKnownHostsFile={b}/known_hosts", "-o", "StrictHostKeyChecking=yes"]
+{accept}
+
+[receiver]
+host = "127.0.0.1"
+port = {port_a}
+build = "armv6"
+dir = "{b}/pi-zero/bitmask"
+run_prefix = "qemu-arm -cpu arm1176"
+listen = "127.0.0.1:0"
+args = [{recv_args}]
+
+[sender]
+host = "127.0.0.1"
+port = {port_b}
+build = "armv7"
+dir = "{b}/pi2/bitmask"
+run_prefix = "qemu-arm -cpu cortex-a7 -L {sysroot}"
+args = [{send_args}]
+"#,
+            accept = if accept {
+                "# the \"Pis\" are this x86-64 machine running the ARM builds in qemu-user\naccept_machines = [\"x86_64\"]"
+            } else {
+                ""
+            },
+            sysroot = dist::ARMHF_SYSROOT,
+        )
+    };
+    let masks = format!("{b}/pi-zero/masks");
+    let send_args = format!(r#""--channel", "luma", "--threshold", "otsu", "{b}/images""#);
+    let c1 = base.join("deploy.toml");
+    std::fs::write(
+        &c1,
+        conf(
+            &format!(r#""--out", "{masks}", "--format", "raw", "--count", "{n}""#),
+            &send_args,
+            true,
+        ),
+    )?;
+    let c1s = c1.to_str().unwrap();
+
+    // 1. stream a finite set; both sides end by themselves
+    let out = deploy_expect(
+        &["--config", c1s, "--no-build"],
+        true,
+        "both sides ended well",
+    )?;
+    for needle in [
+        "verified on the Pi",
+        "[recv 127.0.0.1:",
+        "[send 127.0.0.1:",
+        "listening on",
+    ] {
+        if !out.contains(needle) {
+            bail!("deploy output lacks {needle:?}:\n{out}");
+        }
+    }
+    let host = crate::util::build_bins(true)?;
+    let want = base.join("ref");
+    dist::stream_pair(
+        (&[], &host.join("bitmask-recv")),
+        (&[], &host.join("bitmask-send")),
+        &images,
+        n,
+        &want,
+        &["--channel", "luma", "--threshold", "otsu"],
+    )?;
+    let bytes = dist::compare_dirs(Path::new(&masks), &want, n)?;
+    eprintln!(
+        "deploy test: {n} masks ({bytes} B) streamed Pi2(armv7) -> PiZero(armv6) over deploy equal the host build's"
+    );
+    let left = procs_with(&format!("{b}/pi-"));
+    if !left.is_empty() {
+        bail!("processes left on the \"Pis\" after the run: {left:?}");
+    }
+
+    // 2. second run: the binaries are up to date and not copied again; --loop until Ctrl-C
+    let c2 = base.join("deploy-loop.toml");
+    let masks2 = format!("{b}/pi-zero/masks-loop");
+    std::fs::write(
+        &c2,
+        conf(
+            &format!(r#""--out", "{masks2}", "--format", "raw""#),
+            &format!(r#""--fps", "4", "--loop", {send_args}"#),
+            true,
+        ),
+    )?;
+    let (mut child, log) = deploy_child(&["--config", c2.to_str().unwrap(), "--no-build"])?;
+    let t = Instant::now();
+    loop {
+        let got = std::fs::read_dir(&masks2).map(|d| d.count()).unwrap_or(0);
+        if got >= 3 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!(
+                "the --loop deploy did not deliver 3 frames; its log:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let running = procs_with(&format!("{b}/pi-"));
+    if running.len() < 2 {
+        bail!("expected the remote receiver and sender running, found {running:?}");
+    }
+    crate::util::run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
+    let st = wait_child(&mut child, Duration::from_secs(60))?;
+    let text = std::fs::read_to_string(&log)?;
+    if !st.success() || !text.contains("is up to date") {
+        bail!("Ctrl-C run ended with {st} (or re-copied the binaries); its log:\n{text}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let left = procs_with(&format!("{b}/pi-"));
+    if !left.is_empty() {
+        bail!("processes left on the \"Pis\" after Ctrl-C: {left:?}\n{text}");
+    }
+    eprintln!(
+        "deploy test: Ctrl-C stopped both remote processes ({} were running), none left, exit 0",
+        running.len()
+    );
+
+    // 3. clear errors
+    let dead = free_port()?.to_string();
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--receiver",
+            &format!("127.0.0.1:{dead}"),
+        ],
+        false,
+        "unreachable",
+    )?;
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--key",
+            stranger.to_str().unwrap(),
+        ],
+        false,
+        "refused the login",
+    )?;
+    let c3 = base.join("deploy-noaccept.toml");
+    std::fs::write(&c3, conf("", "", false))?;
+    deploy_expect(
+        &["--config", c3.to_str().unwrap(), "--no-build"],
+        false,
+        "wrong architecture",
+    )?;
+    let dry = deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--dry-run",
+            "--set",
+            "receiver.dir=/nonexistent/bitmask",
+        ],
+        true,
+        "[dry-run] scp",
+    )?;
+    if Path::new("/nonexistent").exists() || !dry.contains("[dry-run] ssh") {
+        bail!("--dry-run ran something or printed no ssh command:\n{dry}");
+    }
+    let svc = deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--dry-run",
+            "--install-service",
+            "--set",
+            "receiver.listen=0.0.0.0:5555",
+        ],
+        true,
+        "Restart=always",
+    )?;
+    if !svc.contains("systemctl enable --now bitmask-recv.service") {
+        bail!("--install-service --dry-run shows no systemctl enable:\n{svc}");
+    }
+    eprintln!("deploy test: unreachable host, refused key, wrong architecture, --dry-run and --install-service --dry-run behave");
+    eprintln!("deploy test: passed in {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
 }

@@ -397,7 +397,10 @@ pub fn check_arch(file: &Path, arch: Arch) -> Result<String> {
         Arch::V6 => {
             // ARM1176JZF-S is ARMv6KZ: v6, v6K and v6KZ code runs on it; v6T2 (Thumb-2) or v7 does not.
             if !matches!(f.cpu_arch.as_str(), "v6" | "v6K" | "v6KZ") {
-                bail!("{name}: Tag_CPU_arch is {:?}, expected v6 or v6KZ: this would SIGILL on a Pi 1/Zero", f.cpu_arch);
+                bail!(
+                    "{name}: Tag_CPU_arch is {:?}, expected v6 or v6KZ: this would SIGILL on a Pi 1/Zero",
+                    f.cpu_arch
+                );
             }
             if f.thumb.contains("Thumb-2") {
                 bail!(
@@ -412,7 +415,11 @@ pub fn check_arch(file: &Path, arch: Arch) -> Result<String> {
                 );
             }
             if f.interp.is_some() || !f.needed.is_empty() {
-                bail!("{name}: not static (interpreter {:?}, needs {:?}): the ARMv6 build must be fully static", f.interp, f.needed);
+                bail!(
+                    "{name}: not static (interpreter {:?}, needs {:?}): the ARMv6 build must be fully static",
+                    f.interp,
+                    f.needed
+                );
             }
             Ok(format!(
                 "Tag_CPU_arch {}, Thumb {}, FP {}, no NEON, static",
@@ -450,6 +457,45 @@ pub fn check_arch(file: &Path, arch: Arch) -> Result<String> {
             ))
         }
     }
+}
+
+/// The linker keeps one set of build attributes for the whole binary, so also check every
+/// C library a build script compiled (e.g. zstd, built by zig cc) object by object.
+pub fn check_c_libs(out_dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let Ok(builds) = std::fs::read_dir(out_dir.join("build")) else {
+        return Ok(0);
+    };
+    for b in builds.flatten() {
+        let Ok(files) = std::fs::read_dir(b.path().join("out")) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "a" || e == "o") {
+                let attr = readelf(&["-A"], &p)?;
+                for l in attr.lines() {
+                    if let Some(v) = l.trim().strip_prefix("Tag_CPU_arch:") {
+                        if !matches!(
+                            v.trim(),
+                            "v6" | "v6K" | "v6KZ" | "v5TE" | "v5TEJ" | "v4T" | "v4"
+                        ) {
+                            bail!(
+                                "{}: an object is Tag_CPU_arch {}: not ARMv6 code",
+                                p.display(),
+                                v.trim()
+                            );
+                        }
+                    }
+                    if l.contains("Thumb-2") {
+                        bail!("{}: an object uses Thumb-2", p.display());
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -522,6 +568,9 @@ pub fn build_dist(tools: &Tools, archs: &[Arch], host: bool, profile: &str) -> R
     };
     for &a in archs {
         let out = tools.build_bins(a, profile)?;
+        if a == Arch::V6 {
+            check_c_libs(&out)?;
+        }
         copy(&out, a.name(), Some(a))?;
     }
     if host {
@@ -586,7 +635,7 @@ fn write_sums() -> Result<()> {
 // `cargo xtask qemu`: the proofs on the CPUs
 
 const QEMU_HELP: &str = "\
-cargo xtask qemu [all|unit|e2e|sigill]...
+cargo xtask qemu [all|unit|e2e|sigill|deploy]...
 
 Proves the Pi builds on emulated Pi CPUs (qemu-user):
   unit    the library unit tests (bitmask-core, bitmask-wire, bitmask-codec) built for
@@ -594,6 +643,8 @@ Proves the Pi builds on emulated Pi CPUs (qemu-user):
           `qemu-arm -cpu cortex-a7`
   e2e     target/dist: an ARMv6 receiver and an ARMv7 sender under qemu on loopback stream
           test images; the masks must equal the host build's bit for bit
+  deploy  two sshd on loopback ports stand in for two Pis (run_prefix qemu-arm): `xtask
+          deploy` streams, masks are checked, Ctrl-C leaves no process; error cases
   sigill  test of the test: the ARMv7 build under -cpu arm1176 must die of SIGILL
   all     dist (ARM builds, checked) + all of the above (the CI step)
 ";
@@ -609,14 +660,18 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
             print!("{QEMU_HELP}");
             return Ok(());
         }
-        if !matches!(*w, "all" | "unit" | "e2e" | "sigill") {
+        if !matches!(*w, "all" | "unit" | "e2e" | "sigill" | "deploy") {
             bail!("unknown qemu check {w:?}\n\n{QEMU_HELP}");
         }
     }
     let tools = ensure_tools()?;
     ensure_qemu()?;
     let all = what.contains(&"all");
-    if all || what.contains(&"e2e") || what.contains(&"sigill") {
+    if all
+        || what
+            .iter()
+            .any(|w| matches!(*w, "e2e" | "sigill" | "deploy"))
+    {
         eprint!("{}", build_dist(&tools, &Arch::ALL, false, PROFILE)?);
     }
     if all || what.contains(&"unit") {
@@ -629,6 +684,9 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
     }
     if all || what.contains(&"e2e") {
         e2e()?;
+    }
+    if all || what.contains(&"deploy") {
+        crate::deploy::self_test()?;
     }
     Ok(())
 }
@@ -780,7 +838,7 @@ pub fn wait_listening(
 
 /// Runs a receiver and a sender (each with an optional command prefix) and returns
 /// the output directory.
-fn stream(
+pub fn stream_pair(
     recv: (&[String], &Path),
     send: (&[String], &Path),
     images: &Path,
@@ -903,7 +961,7 @@ pub fn e2e() -> Result<()> {
     for (name, args) in runs {
         let t = Instant::now();
         let want = dir.join(format!("{name}-host"));
-        stream(
+        stream_pair(
             (&[], &host.join("bitmask-recv")),
             (&[], &host.join("bitmask-send")),
             &images,
@@ -912,7 +970,7 @@ pub fn e2e() -> Result<()> {
             args,
         )?;
         let got = dir.join(format!("{name}-armv6recv-armv7send"));
-        stream(
+        stream_pair(
             (&Arch::V6.qemu_prefix(), &v6.join("bitmask-recv")),
             (&Arch::V7.qemu_prefix(), &v7.join("bitmask-send")),
             &images,

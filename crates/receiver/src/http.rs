@@ -1,0 +1,866 @@
+//! `--http ADDR`: a read-only live view of the receiver in a browser.
+//!
+//! How it stays off the data path:
+//!
+//! * The receive loop calls [`Feed::publish`] for every frame. That call bumps
+//!   a few atomics (frames, bytes, a latency histogram) and, at most
+//!   `--http-fps` times per second per sender, copies the mask into the
+//!   sender's slot under a `try_lock`: if the HTTP side holds the lock at that
+//!   instant, the copy is skipped, never waited for. No allocation after the
+//!   first copy, no syscall, no channel.
+//! * Everything else runs on the view's own threads: one accept thread, a
+//!   fixed pool of [`WORKERS`] HTTP workers fed by a queue of [`QUEUE`]
+//!   connections, and a 1 Hz sampler that turns counters into rates,
+//!   percentiles and the 60 s history. PNG encoding happens on a worker, at
+//!   most once per published frame however many browsers ask (the PNG is
+//!   cached with the frame's sequence number).
+//! * Connections beyond pool + queue are answered `503` and closed by the
+//!   accept thread without blocking (non-blocking write). Every connection has
+//!   read and write timeouts and carries exactly one request
+//!   (`Connection: close`), so a stalled browser holds one worker for at most
+//!   [`IO_TIMEOUT`] and a hundred of them cost the stream nothing.
+//! * The page polls `/stats.json` and re-fetches `/latest.png` only after the
+//!   previous image has loaded: a browser that stops reading stops asking, so
+//!   it cannot build up back-pressure (unlike a never-ending
+//!   `multipart/x-mixed-replace` response, which would pin a worker).
+//!
+//! Requests are parsed by `httparse`; only `GET`/`HEAD` of the listed paths
+//! are served, everything else gets a 4xx. Nothing over HTTP changes state.
+
+use crate::output::{encode, Format};
+use crate::stats::{SenderSnapshot, StatsRegistry};
+use anyhow::{Context, Result};
+use bitmask_wire::Header;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+/// HTTP worker threads (each serves one request at a time).
+pub const WORKERS: usize = 4;
+/// Accepted connections that may wait for a worker before new ones get `503`.
+pub const QUEUE: usize = 32;
+/// Read and write timeout of every HTTP connection.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted (request line + headers).
+const MAX_HEAD: usize = 8 * 1024;
+/// Seconds of history kept for the plot.
+const HISTORY: usize = 60;
+/// Senders whose image the view keeps; beyond this a disconnected one is forgotten.
+const MAX_SENDERS: usize = 64;
+/// A connected sender silent for this long is shown as `idle`.
+const IDLE_AFTER: Duration = Duration::from_secs(2);
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+
+/// Parses `--http-fps`: a positive number of frames per second.
+pub fn parse_fps(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1000.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a frame rate in (0, 1000]")),
+    }
+}
+
+// ---------------------------------------------------------------- per-sender slot
+
+/// The newest copied mask of a sender, and its PNG once some browser asked.
+#[derive(Default)]
+struct Latest {
+    header: Option<Header>,
+    bits: Vec<u8>,
+    /// Copies made so far: names the image (sequence numbers restart per connection).
+    version: u64,
+    /// The PNG of copy `.0`.
+    png: Option<(u64, Arc<Vec<u8>>)>,
+}
+
+/// What the view keeps of one sender besides its numbers (those live in the
+/// receiver's [`StatsRegistry`]).
+struct Slot {
+    /// Live connections feeding this slot.
+    connections: AtomicUsize,
+    /// Nanoseconds since the view's epoch of the last frame (0 = none yet).
+    last_frame_ns: AtomicU64,
+    /// Earliest time (ns since epoch) the next mask copy may happen.
+    next_copy_ns: AtomicU64,
+    latest: Mutex<Latest>,
+    /// Last 60 s, one entry a second: (fps, latency p50 ms), oldest first.
+    history: Mutex<VecDeque<(f64, Option<f64>)>>,
+    /// Frames received at the previous sample.
+    prev_received: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            connections: AtomicUsize::new(0),
+            last_frame_ns: AtomicU64::new(0),
+            next_copy_ns: AtomicU64::new(0),
+            latest: Mutex::new(Latest::default()),
+            history: Mutex::new(VecDeque::with_capacity(HISTORY + 1)),
+            prev_received: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------- the view
+
+struct Shared {
+    epoch: Instant,
+    interval_ns: u64,
+    http_fps: f64,
+    stats: StatsRegistry,
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        // +1 so that 0 can mean "never"
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+/// A running live view: HTTP threads plus the per-sender image slots.
+#[derive(Clone)]
+pub struct View {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+/// The data path's handle for one sender's connection. Dropping it marks the
+/// connection closed.
+pub struct Feed {
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+}
+
+impl View {
+    /// Binds `addr` and starts the accept thread, the workers and the sampler.
+    /// `http_fps` limits how often a sender's mask is copied for the view;
+    /// the numbers shown are `stats`'s.
+    pub fn start(addr: &str, http_fps: f64, stats: StatsRegistry) -> Result<View> {
+        let sa: SocketAddr = addr
+            .to_socket_addrs()
+            .with_context(|| {
+                format!("cannot resolve --http address {addr:?} (expected HOST:PORT)")
+            })?
+            .next()
+            .with_context(|| format!("--http {addr:?} resolved to no address"))?;
+        let listener =
+            TcpListener::bind(sa).with_context(|| format!("cannot serve --http on {sa}"))?;
+        let local = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            interval_ns: (1e9 / http_fps) as u64,
+            http_fps,
+            stats,
+            slots: RwLock::new(BTreeMap::new()),
+        });
+        let (tx, rx) = sync_channel::<TcpStream>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..WORKERS {
+            let (rx, shared) = (rx.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || worker(&rx, &shared))
+                .context("cannot start an HTTP worker thread")?;
+        }
+        std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || accept_loop(listener, tx))
+            .context("cannot start the HTTP accept thread")?;
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("http-sampler".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                sample(&s);
+            })
+            .context("cannot start the HTTP sampler thread")?;
+        Ok(View {
+            shared,
+            addr: local,
+        })
+    }
+
+    /// The address the view serves on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Registers a new connection of sender `name` (same names as the stats registry).
+    pub fn feed(&self, name: &str) -> Feed {
+        let mut map = self.shared.slots.write().unwrap_or_else(|e| e.into_inner());
+        let slot = map
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Slot::new()))
+            .clone();
+        slot.connections.fetch_add(1, Relaxed);
+        if map.len() > MAX_SENDERS {
+            // forget a disconnected sender's image (its numbers stay in the registry)
+            let gone = map
+                .iter()
+                .find(|(_, s)| s.connections.load(Relaxed) == 0)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = gone {
+                map.remove(&k);
+            }
+        }
+        Feed {
+            slot,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Feed {
+    /// Called by the data path for every written frame. Never blocks and
+    /// never allocates after the first copy: notes the time and, if
+    /// 1/`--http-fps` s passed since the last copy and the slot is not being
+    /// read at this instant (`try_lock`), copies the mask for the view.
+    pub fn publish(&self, h: &Header, bits: &[u8]) {
+        let now = self.shared.now_ns();
+        self.slot.last_frame_ns.store(now, Relaxed);
+        if now < self.slot.next_copy_ns.load(Relaxed) {
+            return;
+        }
+        if let Ok(mut l) = self.slot.latest.try_lock() {
+            l.header = Some(*h);
+            l.version += 1;
+            l.bits.clear();
+            l.bits.extend_from_slice(bits);
+            self.slot
+                .next_copy_ns
+                .store(now + self.shared.interval_ns, Relaxed);
+        }
+    }
+
+    /// A skipped frame. The numbers come from the stats registry, so the
+    /// view has nothing to count; kept so the data path reports every event.
+    pub fn corrupt(&self) {}
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.slot.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------- process-wide view
+
+static VIEW: OnceLock<View> = OnceLock::new();
+
+/// Starts the process's view (`--http`) showing `stats`; logs and returns its address.
+pub fn start(addr: &str, http_fps: f64, stats: StatsRegistry) -> Result<SocketAddr> {
+    let v = View::start(addr, http_fps, stats)?;
+    let a = v.local_addr();
+    log::info!("live view at http://{a}/ (masks sampled at up to {http_fps} fps)");
+    if VIEW.set(v).is_err() {
+        anyhow::bail!("the live view was started twice");
+    }
+    Ok(a)
+}
+
+/// A [`Feed`] for a new connection of `name`, or None when `--http` is off.
+pub fn feed(name: &str) -> Option<Feed> {
+    VIEW.get().map(|v| v.feed(name))
+}
+
+// ---------------------------------------------------------------- sampler
+
+/// Once a second: fps over the last second (from the registry's frame
+/// counts) and the registry's latest interval p50, into each sender's history.
+fn sample(shared: &Shared) {
+    for snap in shared.stats.snapshot() {
+        let slot = {
+            let mut map = shared.slots.write().unwrap_or_else(|e| e.into_inner());
+            if map.len() >= MAX_SENDERS && !map.contains_key(&snap.name) {
+                continue;
+            }
+            map.entry(snap.name.clone())
+                .or_insert_with(|| Arc::new(Slot::new()))
+                .clone()
+        };
+        let prev = slot.prev_received.swap(snap.received, Relaxed);
+        let fps = snap.received.saturating_sub(prev) as f64;
+        let mut h = lock(&slot.history);
+        h.push_back((fps, if fps > 0.0 { snap.latency_p50_ms } else { None }));
+        while h.len() > HISTORY {
+            h.pop_front();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- JSON
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_num(out: &mut String, key: &str, v: Option<f64>, decimals: usize) {
+    let _ = write!(out, ",\"{key}\":");
+    match v {
+        Some(x) if x.is_finite() => {
+            let _ = write!(out, "{x:.decimals$}");
+        }
+        _ => out.push_str("null"),
+    }
+}
+
+/// The state shown for a sender.
+fn state(snap: &SenderSnapshot, slot: Option<&Slot>, now_ns: u64) -> &'static str {
+    if !snap.connected {
+        return "disconnected";
+    }
+    let last = slot.map_or(0, |s| s.last_frame_ns.load(Relaxed));
+    if last == 0 || now_ns.saturating_sub(last) > IDLE_AFTER.as_nanos() as u64 {
+        "idle"
+    } else {
+        "connected"
+    }
+}
+
+/// `/stats.json`: every sender's numbers (the receiver's stats registry, the
+/// same numbers as its log and summary), plus what the view shows.
+fn stats_json(shared: &Shared) -> String {
+    let snaps = shared.stats.snapshot();
+    let now = shared.now_ns();
+    let mut o = String::with_capacity(512 + snaps.len() * 2048);
+    let _ = write!(
+        o,
+        "{{\"http_fps\":{},\"uptime_s\":{:.1},\"senders\":[",
+        shared.http_fps,
+        now as f64 / 1e9
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        let slot = shared.slot(&s.name);
+        let (w, h, seq, version) = match &slot {
+            Some(slot) => {
+                let l = lock(&slot.latest);
+                match l.header {
+                    Some(h) => (h.width, h.height, Some(h.sequence), l.version),
+                    None => (0, 0, None, 0),
+                }
+            }
+            None => (0, 0, None, 0),
+        };
+        o.push_str("{\"name\":");
+        json_str(&mut o, &s.name);
+        o.push_str(",\"peer\":");
+        json_str(&mut o, &s.peer);
+        let _ = write!(
+            o,
+            ",\"transport\":\"{}\",\"state\":\"{}\",\"connections\":{},\"width\":{w},\"height\":{h},\
+             \"frames\":{},\"lost\":{},\"corrupt\":{},\"incomplete\":{},\"wire_bytes\":{},\"mask_bytes\":{},\
+             \"image_version\":{version},\"shown_sequence\":",
+            s.transport,
+            state(s, slot.as_deref(), now),
+            s.connections,
+            s.received,
+            s.lost,
+            s.corrupt,
+            s.incomplete,
+            s.wire_bytes,
+            s.mask_bytes,
+        );
+        match seq {
+            Some(q) => {
+                let _ = write!(o, "{q}");
+            }
+            None => o.push_str("null"),
+        }
+        json_num(&mut o, "fps", Some(s.fps), 1);
+        json_num(&mut o, "mbps", Some(s.mbps), 2);
+        json_num(&mut o, "avg_fps", Some(s.avg_fps), 1);
+        json_num(&mut o, "avg_mbps", Some(s.avg_mbps), 2);
+        json_num(
+            &mut o,
+            "ratio",
+            (s.wire_bytes > 0).then_some(s.compression_ratio),
+            3,
+        );
+        json_num(&mut o, "latency_p50_ms", s.latency_p50_ms, 2);
+        json_num(&mut o, "latency_p99_ms", s.latency_p99_ms, 2);
+        json_num(&mut o, "total_latency_p50_ms", s.total_latency_p50_ms, 2);
+        json_num(&mut o, "total_latency_p99_ms", s.total_latency_p99_ms, 2);
+        o.push_str(",\"history\":{\"fps\":[");
+        let hist: Vec<(f64, Option<f64>)> = slot
+            .as_ref()
+            .map(|s| lock(&s.history).iter().copied().collect())
+            .unwrap_or_default();
+        for (k, (f, _)) in hist.iter().enumerate() {
+            if k > 0 {
+                o.push(',');
+            }
+            let _ = write!(o, "{f:.1}");
+        }
+        o.push_str("],\"latency_ms\":[");
+        for (k, (_, l)) in hist.iter().enumerate() {
+            if k > 0 {
+                o.push(',');
+            }
+            match l {
+                Some(v) if v.is_finite() => {
+                    let _ = write!(o, "{v:.2}");
+                }
+                _ => o.push_str("null"),
+            }
+        }
+        o.push_str("]}}");
+    }
+    o.push_str("]}");
+    o
+}
+
+// ---------------------------------------------------------------- HTTP
+
+fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::debug!("http: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        match tx.try_send(stream) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut s)) => {
+                // All workers busy and the queue full: say so without waiting.
+                let _ = s.set_nonblocking(true);
+                let _ = s.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+                );
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<TcpStream>>, shared: &Shared) {
+    let mut buf = Vec::with_capacity(MAX_HEAD);
+    loop {
+        let stream = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        if let Err(e) = serve_one(stream, shared, &mut buf) {
+            log::debug!("http: {e}");
+        }
+    }
+}
+
+/// One response: status, content type, body, and whether to send the body.
+struct Reply {
+    status: u16,
+    ctype: &'static str,
+    body: Body,
+    allow: bool,
+}
+
+enum Body {
+    Static(&'static [u8]),
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl Body {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Static(b) => b,
+            Body::Owned(b) => b,
+            Body::Shared(b) => b,
+        }
+    }
+}
+
+fn text(status: u16, msg: String) -> Reply {
+    Reply {
+        status,
+        ctype: "text/plain; charset=utf-8",
+        body: Body::Owned(msg.into_bytes()),
+        allow: status == 405,
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = stream.set_nodelay(true);
+    buf.clear();
+    let mut chunk = [0u8; 2048];
+    let (reply, head_only) = loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()), // closed before a whole request: nothing to answer
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break (text(408, "request not received in time\n".into()), false);
+            }
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = req.method.unwrap_or("");
+                let path = req.path.unwrap_or("");
+                break (route(shared, method, path), method == "HEAD");
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                break (
+                    text(431, format!("request head longer than {MAX_HEAD} bytes\n")),
+                    false,
+                )
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                break (text(431, "more than 32 request headers\n".into()), false)
+            }
+            Err(e) => break (text(400, format!("malformed request: {e}\n")), false),
+        }
+    };
+    let body = reply.body.bytes();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.ctype,
+        body.len()
+    );
+    if reply.allow {
+        head.push_str("Allow: GET, HEAD\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        stream.write_all(body)?;
+    }
+    stream.flush()?;
+    // Half-close, then drain briefly, so an unread request body does not turn
+    // our close into a reset that eats the response.
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < 64 * 1024 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    Ok(())
+}
+
+fn route(shared: &Shared, method: &str, target: &str) -> Reply {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let known = matches!(
+        path,
+        "/" | "/index.html" | "/app.js" | "/style.css" | "/stats.json" | "/latest.png"
+    );
+    if !known {
+        return text(404, format!("no such page: {path}\n"));
+    }
+    if method != "GET" && method != "HEAD" {
+        return text(
+            405,
+            format!("method {method} not allowed: this view is read-only (GET, HEAD)\n"),
+        );
+    }
+    let ok = |ctype: &'static str, body: Body| Reply {
+        status: 200,
+        ctype,
+        body,
+        allow: false,
+    };
+    match path {
+        "/" | "/index.html" => ok(
+            "text/html; charset=utf-8",
+            Body::Static(INDEX_HTML.as_bytes()),
+        ),
+        "/app.js" => ok(
+            "text/javascript; charset=utf-8",
+            Body::Static(APP_JS.as_bytes()),
+        ),
+        "/style.css" => ok(
+            "text/css; charset=utf-8",
+            Body::Static(STYLE_CSS.as_bytes()),
+        ),
+        "/stats.json" => ok(
+            "application/json",
+            Body::Owned(stats_json(shared).into_bytes()),
+        ),
+        _ => match latest_png(shared, query) {
+            Ok(png) => ok("image/png", Body::Shared(png)),
+            Err(r) => r,
+        },
+    }
+}
+
+/// Decodes `%XX` and `+` of a query value.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `/latest.png[?sender=NAME]`: the newest copied mask as a 1-bit PNG.
+/// Without `sender`, the most recently active sender's.
+fn latest_png(shared: &Shared, query: &str) -> Result<Arc<Vec<u8>>, Reply> {
+    let mut sender = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)
+            .ok_or_else(|| text(400, format!("bad percent-encoding in {pair:?}\n")))?;
+        if k == "sender" {
+            sender = Some(v);
+        }
+        // other keys (cache busters) are ignored
+    }
+    let slot = match &sender {
+        Some(name) => shared.slot(name),
+        None => shared
+            .slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .max_by_key(|s| s.last_frame_ns.load(Relaxed))
+            .cloned(),
+    };
+    let Some(slot) = slot else {
+        return Err(match sender {
+            Some(n) => text(404, format!("unknown sender {n:?}\n")),
+            None => text(404, "no sender yet\n".into()),
+        });
+    };
+    // Copy out under the lock (a memcpy), encode outside it.
+    let (h, version, bits) = {
+        let l = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = l.header else {
+            return Err(text(404, "no frame from this sender yet\n".into()));
+        };
+        if let Some((v, png)) = &l.png {
+            if *v == l.version {
+                return Ok(png.clone());
+            }
+        }
+        (h, l.version, l.bits.clone())
+    };
+    let mut png = Vec::with_capacity(bits.len() / 4 + 128);
+    if let Err(e) = encode(Format::Png, h.width, h.height, &bits, &mut png) {
+        return Err(text(500, format!("PNG encoding failed: {e:#}\n")));
+    }
+    let png = Arc::new(png);
+    let mut l = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
+    if l.version == version {
+        l.png = Some((version, png.clone()));
+    }
+    Ok(png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats;
+
+    fn get(addr: SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let split = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+        let status = head[9..12].parse().unwrap();
+        (status, head, resp[split + 4..].to_vec())
+    }
+
+    fn req(addr: SocketAddr, method: &str, path: &str) -> (u16, String, Vec<u8>) {
+        get(
+            addr,
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+    }
+
+    /// What the data path does for one frame: stats, then the view.
+    fn frame(reg: &StatsRegistry, feed: &Feed, name: &str, h: &Header, bits: &[u8]) {
+        stats::lock(&reg.sender(name)).frame(h, bits.len(), stats::now_us());
+        feed.publish(h, bits);
+    }
+
+    #[test]
+    fn routes_and_edge_cases() {
+        let reg = StatsRegistry::new();
+        let v = View::start("127.0.0.1:0", 1000.0, reg.clone()).unwrap();
+        let a = v.local_addr();
+        let (st, head, body) = req(a, "GET", "/");
+        assert_eq!(st, 200);
+        assert!(head.contains("text/html"));
+        assert!(String::from_utf8_lossy(&body).contains("app.js"));
+        assert_eq!(req(a, "GET", "/app.js").0, 200);
+        assert_eq!(req(a, "GET", "/style.css").0, 200);
+        let (st, _, body) = req(a, "HEAD", "/");
+        assert_eq!((st, body.len()), (200, 0));
+        assert_eq!(req(a, "GET", "/nope").0, 404);
+        assert_eq!(req(a, "GET", "/../etc/passwd").0, 404);
+        let (st, head, _) = req(a, "POST", "/stats.json");
+        assert_eq!(st, 405);
+        assert!(head.contains("Allow: GET, HEAD"));
+        assert_eq!(req(a, "DELETE", "/latest.png").0, 405);
+        assert_eq!(req(a, "GET", "/latest.png").0, 404);
+        assert_eq!(req(a, "GET", "/latest.png?sender=ghost").0, 404);
+        assert_eq!(req(a, "GET", "/latest.png?sender=%zz").0, 400);
+        assert_eq!(get(a, b"\x00\x01garbage\r\n\r\n").0, 400);
+        assert_eq!(get(a, b"GET / HTTP/1.1\r\nbad header line\r\n\r\n").0, 400);
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(get(a, long.as_bytes()).0, 431);
+
+        // a sender appears, sends a 10x2 mask twice (two frames lost between)
+        let name = "cam \"one\"";
+        stats::lock(&reg.sender(name)).connected("127.0.0.1:1", "tcp");
+        let feed = v.feed(name);
+        let mut h = Header::new(10, 2, 0, 0, 4);
+        h.timestamp_us = stats::now_us();
+        frame(&reg, &feed, name, &h, &[0xff, 0xc0, 0x00, 0x00]);
+        h.sequence = 3;
+        std::thread::sleep(Duration::from_millis(5));
+        frame(&reg, &feed, name, &h, &[0x00, 0x00, 0xff, 0xc0]);
+        let (st, head, png) = req(a, "GET", "/latest.png?sender=cam+%22one%22");
+        assert_eq!(st, 200, "{head}");
+        assert!(head.contains("image/png"));
+        let mut dec = png::Decoder::new(&png[..]).read_info().unwrap();
+        let mut px = vec![0; dec.output_buffer_size()];
+        dec.next_frame(&mut px).unwrap();
+        assert_eq!((dec.info().width, dec.info().height), (10, 2));
+        assert_eq!(&px[..4], &[0x00, 0x00, 0xff, 0xc0], "the newest mask");
+        assert_eq!(req(a, "GET", "/latest.png").0, 200);
+        let (_, _, json) = req(a, "GET", "/stats.json");
+        let json = String::from_utf8(json).unwrap();
+        assert!(json.contains(r#""name":"cam \"one\"""#), "{json}");
+        assert!(json.contains(r#""state":"connected""#), "{json}");
+        assert!(
+            json.contains(r#""frames":2,"lost":2,"corrupt":0"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""image_version":2,"shown_sequence":3"#),
+            "{json}"
+        );
+        stats::lock(&reg.sender(name)).disconnected();
+        drop(feed);
+        let (_, _, json) = req(a, "GET", "/stats.json");
+        let json = String::from_utf8(json).unwrap();
+        assert!(json.contains(r#""state":"disconnected""#), "{json}");
+    }
+
+    #[test]
+    fn publish_copies_at_most_http_fps() {
+        let v = View::start("127.0.0.1:0", 1.0, StatsRegistry::new()).unwrap();
+        let feed = v.feed("a");
+        for seq in 0..100 {
+            feed.publish(&Header::new(8, 1, seq, 0, 1), &[seq as u8]);
+        }
+        let slot = v.shared.slot("a").unwrap();
+        let l = lock(&slot.latest);
+        assert_eq!(l.header.map(|h| h.sequence), Some(0), "one copy within 1 s");
+        assert_eq!((l.version, l.bits.as_slice()), (1, &[0u8][..]));
+    }
+
+    #[test]
+    fn publish_skips_rather_than_waits_for_a_reader() {
+        let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
+        let feed = v.feed("a");
+        let slot = v.shared.slot("a").unwrap();
+        let held = lock(&slot.latest); // an HTTP worker reading right now
+                                       // (a blocking lock here would deadlock this thread: returning at all is the test)
+        feed.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
+        assert!(
+            held.header.is_none(),
+            "nothing copied while the slot is held"
+        );
+        drop(held);
+        std::thread::sleep(Duration::from_millis(2));
+        feed.publish(&Header::new(8, 1, 1, 0, 1), &[2]);
+        assert_eq!(lock(&slot.latest).header.map(|h| h.sequence), Some(1));
+    }
+
+    #[test]
+    fn fps_argument() {
+        assert_eq!(parse_fps("10"), Ok(10.0));
+        assert!(parse_fps("0").is_err());
+        assert!(parse_fps("nan").is_err());
+        assert!(parse_fps("-1").is_err());
+    }
+}

@@ -193,22 +193,15 @@ fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>
 
 /// Appends the transitions of one packed row (positions `< width`).
 pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
+    let start = out.len();
     let mut carry = 0u64;
     let mut base = 0u32;
     let mut chunks = row.chunks_exact(8);
     for ch in &mut chunks {
         let w = u64::from_be_bytes(ch.try_into().unwrap());
-        let mut x = w ^ ((w >> 1) | (carry << 63));
+        let x = w ^ ((w >> 1) | (carry << 63));
         carry = w & 1;
-        while x != 0 {
-            let lz = x.leading_zeros();
-            let pos = base + lz;
-            if pos >= width {
-                return;
-            }
-            out.push(pos);
-            x ^= (1u64 << 63) >> lz;
-        }
+        push_bits(x, base, out);
         base += 64;
     }
     let rem = chunks.remainder();
@@ -216,16 +209,26 @@ pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
         let mut b = [0u8; 8];
         b[..rem.len()].copy_from_slice(rem);
         let w = u64::from_be_bytes(b);
-        let mut x = w ^ ((w >> 1) | (carry << 63));
-        while x != 0 {
-            let lz = x.leading_zeros();
-            let pos = base + lz;
-            if pos >= width {
-                return;
-            }
-            out.push(pos);
-            x ^= (1u64 << 63) >> lz;
-        }
+        push_bits(w ^ ((w >> 1) | (carry << 63)), base, out);
+    }
+    // Padding bits (0 by contract) can only add transitions at or past the width.
+    while out.len() > start && out[out.len() - 1] >= width {
+        out.pop();
+    }
+}
+
+/// Appends `base + i` for every set bit `i` (from the MSB) of `x`.
+#[inline(always)]
+fn push_bits(mut x: u64, base: u32, out: &mut Vec<u32>) {
+    if x == 0 {
+        return;
+    }
+    let n = x.count_ones() as usize;
+    out.reserve(n);
+    for _ in 0..n {
+        let lz = x.leading_zeros();
+        out.push(base + lz);
+        x &= !((1u64 << 63) >> lz);
     }
 }
 
@@ -325,10 +328,14 @@ fn decode_row(
     width: u32,
     mode_base: usize,
     models: &[DecModel],
-    dec: &mut RansDec<'_>,
+    dec_state: &mut RansDec<'_>,
     bits: &mut BitReader<'_>,
     out: &mut Vec<u32>,
 ) -> Result<(), Reason> {
+    // The rANS state lives in registers for the row (stored back at the end).
+    let mut dec = *dec_state;
+    let dec = &mut dec;
+    out.reserve(width as usize + 3);
     let w = width as i32;
     let mut a0: i32 = -1;
     let mut color = 0usize;
@@ -391,6 +398,7 @@ fn decode_row(
         }
         ctx = next_ctx(sym);
         if a0 >= w {
+            *dec_state = *dec;
             return Ok(());
         }
     }

@@ -211,7 +211,7 @@ impl DecModel {
 
 /// rANS decoder over a byte slice. Past the end it reads zeros and the
 /// final check fails; the state always stays in `[RANS_L, 2^31)`.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RansDec<'a> {
     x: u32,
     buf: &'a [u8],

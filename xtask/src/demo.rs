@@ -25,7 +25,13 @@ pub fn start_receiver(bin: &Path, args: &[&str]) -> Result<(Child, String)> {
             eprintln!("  [recv] {line}");
             if let Some(pos) = line.find("listening on ") {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(line[pos + 13..].trim().to_string());
+                    let _ = tx.send(
+                        line[pos + 13..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    );
                 }
             }
         }

@@ -58,7 +58,7 @@ fn gray_bits_swar(values: &[u8], t: u8, dst: &mut [u8]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// Per-byte bit reversal: bit i of byte k becomes bit 7-i of byte k.
@@ -88,10 +88,101 @@ mod x86 {
         super::gray_bits_swar(&values[n64 * 64..], t, &mut dst[n64 * 8..]);
     }
 
+    /// AVX2: 64 pixels per step with two 32-byte compares.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gray_bits_avx2(values: &[u8], t: u8, dst: &mut [u8]) {
+        let n64 = values.len() / 64;
+        // SAFETY: AVX2 checked by the caller; loads unaligned and in bounds.
+        unsafe {
+            let tv = _mm256_set1_epi8(t as i8);
+            for i in 0..n64 {
+                let p = values.as_ptr().add(i * 64) as *const __m256i;
+                let a = _mm256_loadu_si256(p);
+                let b = _mm256_loadu_si256(p.add(1));
+                let ga = _mm256_cmpeq_epi8(_mm256_max_epu8(a, tv), a);
+                let gb = _mm256_cmpeq_epi8(_mm256_max_epu8(b, tv), b);
+                let m = (_mm256_movemask_epi8(ga) as u32 as u64)
+                    | ((_mm256_movemask_epi8(gb) as u32 as u64) << 32);
+                dst[i * 8..i * 8 + 8].copy_from_slice(&rev_bytes_bits(m).to_le_bytes());
+            }
+        }
+        super::gray_bits_swar(&values[n64 * 64..], t, &mut dst[n64 * 8..]);
+    }
+
+    /// AVX2: nonzero bytes to bits, 64 per step.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn nonzero_bits_avx2(values: &[u8], dst: &mut [u8]) -> usize {
+        let n64 = values.len() / 64;
+        // SAFETY: AVX2 checked by the caller; loads unaligned and in bounds.
+        unsafe {
+            let zero = _mm256_setzero_si256();
+            for i in 0..n64 {
+                let p = values.as_ptr().add(i * 64) as *const __m256i;
+                let za = _mm256_cmpeq_epi8(_mm256_loadu_si256(p), zero);
+                let zb = _mm256_cmpeq_epi8(_mm256_loadu_si256(p.add(1)), zero);
+                let m = !((_mm256_movemask_epi8(za) as u32 as u64)
+                    | ((_mm256_movemask_epi8(zb) as u32 as u64) << 32));
+                dst[i * 8..i * 8 + 8].copy_from_slice(&rev_bytes_bits(m).to_le_bytes());
+            }
+        }
+        n64 * 64
+    }
+
+    /// AVX2: unpacks whole groups of 4 bytes of `packed` into 32 bytes of 0/`one`.
+    /// Returns the number of packed bytes done.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn unpack_avx2(packed: &[u8], one: u8, out: &mut [u8]) -> usize {
+        let quads = (packed.len() / 4).min(out.len() / 32);
+        // SAFETY: AVX2 checked by the caller; 4-byte reads and 32-byte stores in bounds.
+        unsafe {
+            let spread = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            );
+            let bitsel = _mm256_set1_epi64x(0x0102_0408_1020_4080);
+            let onev = _mm256_set1_epi8(one as i8);
+            for i in 0..quads {
+                let four = (packed.as_ptr().add(4 * i) as *const u32).read_unaligned();
+                let x = _mm256_shuffle_epi8(_mm256_set1_epi32(four as i32), spread);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(x, bitsel), bitsel);
+                _mm256_storeu_si256(
+                    out.as_mut_ptr().add(32 * i) as *mut __m256i,
+                    _mm256_and_si256(set, onev),
+                );
+            }
+        }
+        quads * 4
+    }
+
+    /// SSE2: unpacks whole bytes of `packed` into 8 bytes each of 0/`one`.
+    /// Returns the number of packed bytes done (pairs).
+    pub(crate) fn unpack_sse2(packed: &[u8], one: u8, out: &mut [u8]) -> usize {
+        let pairs = (packed.len() / 2).min(out.len() / 16);
+        // SAFETY: SSE2 is baseline; stores are unaligned and in bounds (16 * pairs <= out.len()).
+        unsafe {
+            let bitsel = _mm_set_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+            let onev = _mm_set1_epi8(one as i8);
+            for i in 0..pairs {
+                let two = u16::from_le_bytes([packed[2 * i], packed[2 * i + 1]]) as i32;
+                let mut x = _mm_cvtsi32_si128(two);
+                x = _mm_unpacklo_epi8(x, x);
+                x = _mm_unpacklo_epi16(x, x);
+                x = _mm_unpacklo_epi32(x, x);
+                let set = _mm_cmpeq_epi8(_mm_and_si128(x, bitsel), bitsel);
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(16 * i) as *mut __m128i,
+                    _mm_and_si128(set, onev),
+                );
+            }
+        }
+        pairs * 2
+    }
+
     /// Shuffle masks that pick byte `offset` of each of 16 pixels of `bpp`
     /// bytes out of `bpp` consecutive 16-byte loads.
     fn shuffle_masks(bpp: usize, offset: usize) -> [[i8; 16]; 4] {
         let mut masks = [[-128i8; 16]; 4];
+        #[allow(clippy::needless_range_loop)] // i is the lane and the pixel index
         for i in 0..16 {
             let p = i * bpp + offset;
             masks[p / 16][i] = (p % 16) as i8;
@@ -110,7 +201,7 @@ mod x86 {
         dst: &mut [u8],
     ) -> usize {
         let masks = shuffle_masks(bpp, offset);
-        let n16 = width / 16;
+        let n64 = width / 64;
         // SAFETY (whole block): the caller checked SSSE3; every load reads
         // bytes [16*k, 16*k+16) of a 16-pixel group that lies inside `row`.
         unsafe {
@@ -121,47 +212,71 @@ mod x86 {
                 _mm_loadu_si128(masks[3].as_ptr() as *const __m128i),
             ];
             let tv = _mm_set1_epi8(t as i8);
-            for i in 0..n16 {
-                let p = row.as_ptr().add(i * 16 * bpp) as *const __m128i;
-                let mut v = _mm_shuffle_epi8(_mm_loadu_si128(p), m[0]);
-                v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(p.add(1)), m[1]));
-                v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(p.add(2)), m[2]));
-                if bpp == 4 {
-                    v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(p.add(3)), m[3]));
+            for i in 0..n64 {
+                let mut bits = 0u64;
+                for k in 0..4 {
+                    let p = row.as_ptr().add((i * 4 + k) * 16 * bpp) as *const __m128i;
+                    let mut v = _mm_shuffle_epi8(_mm_loadu_si128(p), m[0]);
+                    v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(p.add(1)), m[1]));
+                    v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(p.add(2)), m[2]));
+                    if bpp == 4 {
+                        v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(p.add(3)), m[3]));
+                    }
+                    let ge = _mm_cmpeq_epi8(_mm_max_epu8(v, tv), v);
+                    bits |= ((_mm_movemask_epi8(ge) as u32 as u64) & 0xffff) << (16 * k);
                 }
-                let ge = _mm_cmpeq_epi8(_mm_max_epu8(v, tv), v);
-                let bits = (_mm_movemask_epi8(ge) as u32 as u16).reverse_bits();
-                dst[i * 2..i * 2 + 2].copy_from_slice(&bits.to_be_bytes());
+                dst[i * 8..i * 8 + 8].copy_from_slice(&rev_bytes_bits(bits).to_le_bytes());
             }
         }
-        n16 * 16
+        n64 * 64
     }
 
-    /// Luma of a chunk, compiled with AVX2 so the 32-bit arithmetic vectorises.
+    /// Luma rows compiled with AVX2 so the 32-bit arithmetic vectorises.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn luma_chunk_avx2(px: &[u8], bpp: usize, rgb: [usize; 3], out: &mut [u8]) {
-        super::luma_chunk(px, bpp, rgb, out)
+    pub(super) unsafe fn luma_row_avx2<const BPP: usize>(
+        row: &[u8],
+        bgr: bool,
+        t: u8,
+        dst: &mut [u8],
+    ) {
+        super::luma_row::<BPP>(row, bgr, t, dst)
     }
 }
 
 #[inline(always)]
 fn gray_bits(values: &[u8], t: u8, dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    x86::gray_bits(values, t, dst);
+    if values.len() >= 64 && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected.
+        unsafe { x86::gray_bits_avx2(values, t, dst) };
+    } else {
+        x86::gray_bits(values, t, dst);
+    }
     #[cfg(not(target_arch = "x86_64"))]
     gray_bits_swar(values, t, dst);
 }
 
+/// Luma of up to CHUNK pixels of `BPP` bytes: channels are first split into
+/// three small arrays so the 32-bit arithmetic runs on contiguous data (the
+/// compiler vectorises it: AVX2 on x86-64, NEON on ARMv7).
 #[inline(always)]
-fn luma_chunk(px: &[u8], bpp: usize, [r, g, b]: [usize; 3], out: &mut [u8]) {
-    for (o, p) in out.iter_mut().zip(px.chunks_exact(bpp)) {
-        *o = luma(p[r], p[g], p[b]);
+fn luma_chunk<const BPP: usize>(px: &[u8], bgr: bool, out: &mut [u8]) {
+    let n = out.len();
+    let (mut r, mut g, mut b) = ([0u8; CHUNK], [0u8; CHUNK], [0u8; CHUNK]);
+    let (ri, bi) = if bgr { (2, 0) } else { (0, 2) };
+    for (i, p) in px.chunks_exact(BPP).enumerate().take(n) {
+        r[i] = p[ri];
+        g[i] = p[1];
+        b[i] = p[bi];
+    }
+    for (((o, &r), &g), &b) in out.iter_mut().zip(&r[..n]).zip(&g[..n]).zip(&b[..n]) {
+        *o = luma(r, g, b);
     }
 }
 
 #[inline(always)]
-fn gather_chunk(px: &[u8], bpp: usize, offset: usize, out: &mut [u8]) {
-    for (o, p) in out.iter_mut().zip(px.chunks_exact(bpp)) {
+fn gather_chunk<const BPP: usize>(px: &[u8], offset: usize, out: &mut [u8]) {
+    for (o, p) in out.iter_mut().zip(px.chunks_exact(BPP)) {
         *o = p[offset];
     }
 }
@@ -170,7 +285,7 @@ fn gather_chunk(px: &[u8], bpp: usize, offset: usize, out: &mut [u8]) {
 enum Source {
     Gray,
     Channel { bpp: usize, offset: usize },
-    Luma { bpp: usize, rgb: [usize; 3] },
+    Luma { bpp: usize, bgr: bool },
 }
 
 /// A row kernel chosen once per frame for a pixel format and channel.
@@ -204,7 +319,10 @@ impl RowKernel {
                 bpp,
                 offset: rgb[2],
             },
-            (_, Channel::Luma) => Source::Luma { bpp, rgb },
+            (_, Channel::Luma) => Source::Luma {
+                bpp,
+                bgr: format == PixelFormat::Bgr8,
+            },
         };
         RowKernel {
             source,
@@ -244,7 +362,7 @@ impl RowKernel {
                 Source::Channel { bpp, offset } => {
                     self.channel_row(row, bpp, offset, width, t, dst)
                 }
-                Source::Luma { bpp, rgb } => self.luma_row(row, bpp, rgb, t, dst),
+                Source::Luma { bpp, bgr } => self.luma_row(row, bpp, bgr, t, dst),
             }
             if invert {
                 dst.iter_mut().for_each(|b| *b = !*b);
@@ -275,32 +393,50 @@ impl RowKernel {
             // SAFETY: SSSE3 was detected at run time.
             done = unsafe { x86::channel_bits_ssse3(row, bpp, offset, width, t, dst) };
         }
-        let mut buf = [0u8; CHUNK];
-        for (px, out) in row[done * bpp..]
-            .chunks(CHUNK * bpp)
-            .zip(dst[done / 8..].chunks_mut(CHUNK / 8))
-        {
-            let n = px.len() / bpp;
-            gather_chunk(px, bpp, offset, &mut buf[..n]);
-            gray_bits(&buf[..n], t, out);
+        let (row, dst) = (&row[done * bpp..], &mut dst[done / 8..]);
+        match bpp {
+            3 => channel_rest::<3>(row, offset, t, dst),
+            _ => channel_rest::<4>(row, offset, t, dst),
         }
     }
 
     #[inline(always)]
-    fn luma_row(&self, row: &[u8], bpp: usize, rgb: [usize; 3], t: u8, dst: &mut [u8]) {
-        let mut buf = [0u8; CHUNK];
-        for (px, out) in row.chunks(CHUNK * bpp).zip(dst.chunks_mut(CHUNK / 8)) {
-            let n = px.len() / bpp;
-            #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
-                // SAFETY: AVX2 was detected at run time.
-                unsafe { x86::luma_chunk_avx2(px, bpp, rgb, &mut buf[..n]) };
-                gray_bits(&buf[..n], t, out);
-                continue;
+    fn luma_row(&self, row: &[u8], bpp: usize, bgr: bool, t: u8, dst: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: AVX2 was detected at run time.
+            unsafe {
+                match bpp {
+                    3 => x86::luma_row_avx2::<3>(row, bgr, t, dst),
+                    _ => x86::luma_row_avx2::<4>(row, bgr, t, dst),
+                }
             }
-            luma_chunk(px, bpp, rgb, &mut buf[..n]);
-            gray_bits(&buf[..n], t, out);
+            return;
         }
+        match bpp {
+            3 => luma_row::<3>(row, bgr, t, dst),
+            _ => luma_row::<4>(row, bgr, t, dst),
+        }
+    }
+}
+
+#[inline(always)]
+fn channel_rest<const BPP: usize>(row: &[u8], offset: usize, t: u8, dst: &mut [u8]) {
+    let mut buf = [0u8; CHUNK];
+    for (px, out) in row.chunks(CHUNK * BPP).zip(dst.chunks_mut(CHUNK / 8)) {
+        let n = px.len() / BPP;
+        gather_chunk::<BPP>(px, offset, &mut buf[..n]);
+        gray_bits(&buf[..n], t, out);
+    }
+}
+
+#[inline(always)]
+fn luma_row<const BPP: usize>(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) {
+    let mut buf = [0u8; CHUNK];
+    for (px, out) in row.chunks(CHUNK * BPP).zip(dst.chunks_mut(CHUNK / 8)) {
+        let n = px.len() / BPP;
+        luma_chunk::<BPP>(px, bgr, &mut buf[..n]);
+        gray_bits(&buf[..n], t, out);
     }
 }
 
@@ -316,7 +452,10 @@ pub(crate) fn nonzero_bits(values: &[u8], dst: &mut [u8]) {
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
     #[cfg(target_arch = "x86_64")]
-    let done = {
+    let done = if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected.
+        unsafe { x86::nonzero_bits_avx2(values, dst) }
+    } else {
         use std::arch::x86_64::*;
         let n64 = values.len() / 64;
         // SAFETY: SSE2 is baseline on x86-64; loads are unaligned and in bounds.
@@ -366,5 +505,78 @@ pub(crate) fn luma_of(p: &[u8], format: PixelFormat, channel: Channel) -> u8 {
         Channel::Green => g,
         Channel::Blue => b,
         Channel::Luma => luma(r, g, b),
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    fn scalar(values: &[u8], t: u8) -> Vec<u8> {
+        values.chunks(8).map(|c| scalar_bits(c, t)).collect()
+    }
+
+    /// Each gray kernel (SWAR, SSE2, AVX2) alone, on every length 0..300 and many thresholds.
+    #[test]
+    fn gray_paths_agree() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let values: Vec<u8> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for len in 0..300 {
+            let v = &values[..len];
+            for t in [1u8, 2, 77, 127, 128, 129, 200, 255] {
+                let want = scalar(v, t);
+                let mut got = vec![0u8; want.len()];
+                gray_bits_swar(v, t, &mut got);
+                assert_eq!(got, want, "swar len={len} t={t}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    x86::gray_bits(v, t, &mut got);
+                    assert_eq!(got, want, "sse2 len={len} t={t}");
+                    if std::is_x86_feature_detected!("avx2") {
+                        unsafe { x86::gray_bits_avx2(v, t, &mut got) };
+                        assert_eq!(got, want, "avx2 len={len} t={t}");
+                    }
+                }
+            }
+            // nonzero: SWAR tail alone vs SIMD paths through nonzero_bits
+            let want: Vec<u8> = v
+                .chunks(8)
+                .map(|c| {
+                    c.iter()
+                        .enumerate()
+                        .fold(0u8, |b, (i, &p)| b | (((p != 0) as u8) << (7 - i)))
+                })
+                .collect();
+            let mut got = vec![0u8; want.len()];
+            nonzero_bits(v, &mut got);
+            assert_eq!(got, want, "nonzero len={len}");
+            for (g, c) in got.iter_mut().zip(v.chunks_exact(8)) {
+                *g = nonzero_msb_first(u64::from_le_bytes(c.try_into().unwrap()));
+            }
+            assert_eq!(got[..len / 8], want[..len / 8], "nonzero swar len={len}");
+            // unpack: SSE2 and AVX2 against the definition
+            #[cfg(target_arch = "x86_64")]
+            {
+                let packed = &values[..len / 8 * 8 / 8 + len % 3];
+                let want: Vec<u8> = packed
+                    .iter()
+                    .flat_map(|&b| (0..8).map(move |i| (b >> (7 - i)) & 1))
+                    .collect();
+                let mut got = vec![7u8; want.len()];
+                let done = x86::unpack_sse2(packed, 1, &mut got);
+                assert_eq!(got[..done * 8], want[..done * 8], "unpack sse2 len={len}");
+                if std::is_x86_feature_detected!("avx2") {
+                    let done = unsafe { x86::unpack_avx2(packed, 1, &mut got) };
+                    assert_eq!(got[..done * 8], want[..done * 8], "unpack avx2 len={len}");
+                }
+            }
+        }
     }
 }

@@ -75,6 +75,18 @@ pub fn unpack_bits(packed: &[u8], order: BitOrder, out: &mut [u8]) -> Result<(),
 }
 
 fn unpack_into(packed: &[u8], order: BitOrder, one: u8, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    let (packed, out) = if order == BitOrder::MsbFirst {
+        let done = if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 detected.
+            unsafe { kernels::x86::unpack_avx2(packed, one, out) }
+        } else {
+            kernels::x86::unpack_sse2(packed, one, out)
+        };
+        (&packed[done..], &mut out[done * 8..])
+    } else {
+        (packed, out)
+    };
     let scale = one as u64; // 0/1 bytes times 1 or 255: no carries
     let full = out.len() / 8;
     let mut chunks = out.chunks_exact_mut(8);

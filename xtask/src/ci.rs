@@ -33,6 +33,10 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         run(&mut c)
     })?;
     step("Pi builds under qemu (dist, unit, sigill, e2e, deploy)", crate::dist::ci_step)?;
+    step(
+        "two-host streaming tests (netns + tc; slow receiver 15 s)",
+        crate::netbed::ci_step,
+    )?;
     eprintln!(
         "xtask ci: all steps passed in {:.0} s",
         start.elapsed().as_secs_f64()

@@ -8,6 +8,7 @@ mod codecs;
 mod demo;
 mod deploy;
 mod dist;
+mod netbed;
 mod pibench;
 mod samples;
 mod util;
@@ -26,6 +27,9 @@ Tasks:
   dist              Pi builds: target/dist/{armv6,armv7,host} + SHA256SUMS, arch-checked
   qemu [all|unit|e2e|sigill]
                     prove the Pi builds under qemu-user (arm1176 / cortex-a7)
+  netbed [TEST..]   two-host streaming tests over network namespaces (root):
+                    throughput, restart, linkdown, slow, hostile
+  bench link        fps, Mbit/s, latency for TCP/UDP on 100 Mbit and Wi-Fi-like links
   bench pi          instructions per 1024x768 frame on arm1176/cortex-a7, est. Pi fps
   deploy            copy the Pi builds over SSH and run them (deploy.toml; --help)
   vectors           regenerate the committed numpy test vectors
@@ -50,6 +54,8 @@ fn run() -> Result<()> {
         "ci" => ci::run_ci(rest),
         "bench" if rest.first().map(String::as_str) == Some("codecs") => codecs::run(&rest[1..]),
         "bench" if rest.first().map(String::as_str) == Some("pi") => pibench::run(&rest[1..]),
+        "bench" if rest.first().map(String::as_str) == Some("link") => netbed::bench_link(&rest[1..]),
+        "netbed" => netbed::run(rest),
         "bench" => bench::run(rest),
         "dist" => dist::run_dist(rest),
         "qemu" => dist::run_qemu(rest),

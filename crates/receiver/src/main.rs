@@ -1,5 +1,6 @@
 //! `bitmask-recv`: accepts bitmask streams over TCP and writes each mask to disk or stdout.
 
+mod exec;
 mod output;
 mod stats;
 
@@ -27,18 +28,31 @@ use std::time::Duration;
        (= numpy.packbits(mask, axis=1).tobytes())
   pbm  PBM P4; shows the mask like the PNG (so its bits are the inverse of raw)
   png  1-bit grayscale PNG, bit 1 = white (like imsave of a 0/1 array)
+  gray8  one byte per pixel, 0 or 255, no header (ffmpeg -f rawvideo -pix_fmt gray,
+       numpy.fromfile(f, numpy.uint8).reshape(h, w)); streams (--out -, --exec) take
+       raw or gray8
 
 Examples:
   bitmask-recv --listen 0.0.0.0:5000 --out masks --format png
-  bitmask-recv --listen 127.0.0.1:5000 --out - | python3 consume.py")]
+  bitmask-recv --listen 127.0.0.1:5000 --out - | python3 consume.py
+  bitmask-recv --listen 0.0.0.0:5000 --latest /run/mask.png --format png
+  bitmask-recv --listen 0.0.0.0:5000 --format gray8 --exec 'python3 docs/python/read_stream.py 640x480'")]
 struct Cli {
     /// Address to listen on, HOST:PORT (port 0 picks a free port; the log says which).
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
 
-    /// Output directory (created if missing), or `-` for raw masks back to back on stdout.
+    /// Output directory (created if missing), or `-` for masks back to back on stdout (raw or gray8).
     #[arg(long, value_name = "DIR|-")]
-    out: PathBuf,
+    out: Option<PathBuf>,
+
+    /// One file always holding the newest mask, replaced atomically (readers never see half a file).
+    #[arg(long, value_name = "FILE")]
+    latest: Option<PathBuf>,
+
+    /// Start CMD once (via sh -c) and write every mask to its stdin, back to back (raw or gray8); exits 3 if it dies.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
 
     /// File format of each mask.
     #[arg(long, value_enum, default_value_t = Format::Raw)]
@@ -107,7 +121,12 @@ fn bind(addr: &str) -> Result<TcpListener> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let mut out = Output::new(&cli.out, cli.format)?;
+    let mut out = Output::open(
+        cli.out.as_deref(),
+        cli.latest.as_deref(),
+        cli.exec.as_deref(),
+        cli.format,
+    )?;
     let listener = bind(&cli.listen)?;
     log::info!("listening on {}", listener.local_addr()?);
     let limits = Limits::for_dimensions(cli.max_size.0, cli.max_size.1);

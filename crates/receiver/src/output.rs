@@ -1,17 +1,26 @@
-//! Where masks go: files (raw, PBM, PNG) written atomically, or stdout.
+//! Where masks go: files in a directory (raw, gray8, PBM, PNG), a stream on
+//! stdout, one `--latest` file replaced atomically, and an `--exec` child.
+//!
+//! Any combination of those may be used at once; each frame is encoded once
+//! and the same bytes go to every sink.
 
+use crate::exec::Exec;
 use anyhow::{bail, Context, Result};
+use bitmask_core::unpack_rows_gray8;
 use bitmask_wire::Header;
 use clap::ValueEnum;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// File format of each mask.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Packed bits as on the wire (numpy.packbits(mask, axis=1)).
     Raw,
+    /// One byte per pixel, 0 or 255, no header (ffmpeg -pix_fmt gray, numpy fromfile).
+    Gray8,
     /// PBM P4 (1 = black, so bits are inverted to show like the PNG).
     Pbm,
     /// 1-bit grayscale PNG, 1 = white.
@@ -22,72 +31,138 @@ impl Format {
     fn ext(self) -> &'static str {
         match self {
             Format::Raw => "raw",
+            Format::Gray8 => "gray",
             Format::Pbm => "pbm",
             Format::Png => "png",
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Gray8 => "gray8",
+            other => other.ext(),
+        }
+    }
+
+    /// Whether masks in this format can follow each other in one byte stream
+    /// with no framing (every mask of a stream has the same size).
+    fn streams(self) -> bool {
+        matches!(self, Format::Raw | Format::Gray8)
+    }
 }
 
-/// A mask sink.
-pub enum Output {
-    /// One file per frame in a directory.
-    Dir {
-        /// The directory.
-        dir: PathBuf,
-        /// Format of the files.
-        format: Format,
-        /// Encoding buffer, reused.
-        buf: Vec<u8>,
-    },
+/// Every sink a frame goes to.
+pub struct Output {
+    format: Format,
+    /// One file per frame in this directory.
+    dir: Option<PathBuf>,
     /// Masks back to back on stdout.
-    Stdout(io::BufWriter<io::Stdout>),
+    stdout: Option<io::BufWriter<io::Stdout>>,
+    /// One file always holding the newest mask.
+    latest: Option<PathBuf>,
+    /// A long-running consumer fed on its stdin.
+    exec: Option<Exec>,
+    /// Encoding buffer, reused.
+    buf: Vec<u8>,
 }
 
 impl Output {
-    /// A sink for `--out PATH --format F`.
-    pub fn new(path: &Path, format: Format) -> Result<Self> {
-        if path.as_os_str() == "-" {
-            if format != Format::Raw {
+    /// The sinks of `--out DIR|-`, `--latest FILE` and `--exec CMD` (at least one).
+    pub fn open(
+        out: Option<&Path>,
+        latest: Option<&Path>,
+        exec: Option<&str>,
+        format: Format,
+    ) -> Result<Self> {
+        if out.is_none() && latest.is_none() && exec.is_none() {
+            bail!("nowhere to put the masks: give --out DIR|-, --latest FILE or --exec CMD");
+        }
+        let stream_check = |what: &str| -> Result<()> {
+            if !format.streams() {
                 bail!(
-                    "--out - writes raw masks back to back; --format {} needs a directory",
-                    format.ext()
+                    "{what} writes masks back to back, which needs --format raw or gray8 (not {})",
+                    format.name()
                 );
             }
-            return Ok(Output::Stdout(io::BufWriter::with_capacity(
-                1 << 20,
-                io::stdout(),
-            )));
-        }
-        fs::create_dir_all(path)
-            .with_context(|| format!("cannot create output directory {}", path.display()))?;
-        Ok(Output::Dir {
-            dir: path.to_path_buf(),
+            Ok(())
+        };
+        let mut o = Output {
             format,
+            dir: None,
+            stdout: None,
+            latest: None,
+            exec: None,
             buf: Vec::new(),
-        })
-    }
-
-    /// Writes one decoded mask (wire layout) of the frame `h`.
-    pub fn write(&mut self, h: &Header, bits: &[u8]) -> Result<()> {
-        match self {
-            Output::Stdout(w) => {
-                w.write_all(bits)?;
-                w.flush()?;
-                Ok(())
+        };
+        match out {
+            Some(p) if p.as_os_str() == "-" => {
+                stream_check("--out -")?;
+                o.stdout = Some(io::BufWriter::with_capacity(1 << 20, io::stdout()));
             }
-            Output::Dir { dir, format, buf } => {
-                buf.clear();
-                encode(*format, h.width, h.height, bits, buf)?;
-                let name = format!("frame-{:06}.{}", h.sequence, format.ext());
-                write_atomic(&dir.join(&name), buf)
+            Some(p) => {
+                fs::create_dir_all(p)
+                    .with_context(|| format!("cannot create output directory {}", p.display()))?;
+                o.dir = Some(p.to_path_buf());
             }
+            None => {}
         }
+        if let Some(p) = latest {
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !parent.is_dir() {
+                bail!(
+                    "--latest {}: directory {} does not exist",
+                    p.display(),
+                    parent.display()
+                );
+            }
+            if p.is_dir() {
+                bail!("--latest {} is a directory; give a file name", p.display());
+            }
+            o.latest = Some(p.to_path_buf());
+        }
+        if let Some(cmd) = exec {
+            stream_check("--exec")?;
+            o.exec = Some(Exec::spawn(cmd)?);
+        }
+        Ok(o)
     }
 
-    /// Flushes what is buffered.
-    pub fn finish(&mut self) -> Result<()> {
-        if let Output::Stdout(w) = self {
+    /// Writes one decoded mask (wire layout) of the frame `h` to every sink.
+    pub fn write(&mut self, h: &Header, bits: &[u8]) -> Result<()> {
+        let data: &[u8] = if self.format == Format::Raw {
+            bits
+        } else {
+            self.buf.clear();
+            encode(self.format, h.width, h.height, bits, &mut self.buf)?;
+            &self.buf
+        };
+        if let Some(exec) = self.exec.as_mut() {
+            exec.write_frame(data)?;
+        }
+        if let Some(w) = self.stdout.as_mut() {
+            w.write_all(data)?;
             w.flush()?;
+        }
+        if let Some(dir) = &self.dir {
+            let name = format!("frame-{:06}.{}", h.sequence, self.format.ext());
+            write_atomic(&dir.join(&name), data)?;
+        }
+        if let Some(p) = &self.latest {
+            write_atomic(p, data)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is buffered; ends the `--exec` child (closes its stdin and waits).
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(w) = self.stdout.as_mut() {
+            w.flush()?;
+        }
+        if let Some(exec) = self.exec.as_mut() {
+            exec.finish()?;
         }
         Ok(())
     }
@@ -103,6 +178,12 @@ pub fn encode(
 ) -> Result<()> {
     match format {
         Format::Raw => buf.extend_from_slice(bits),
+        Format::Gray8 => {
+            let (w, h) = (width as usize, height as usize);
+            let start = buf.len();
+            buf.resize(start + w * h, 0);
+            unpack_rows_gray8(bits, w, h, &mut buf[start..])?;
+        }
         Format::Pbm => {
             write!(buf, "P4\n{width} {height}\n")?;
             let stride = (width as usize).div_ceil(8);
@@ -133,10 +214,13 @@ pub fn encode(
 }
 
 /// Writes `data` to a temporary name beside `path`, then renames it into
-/// place, so a reader never sees half a file.
+/// place, so a reader never sees half a file. The temporary name is unique
+/// per process and call, so concurrent writers of one path never share it.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;

@@ -1,0 +1,134 @@
+//! `--exec 'CMD'`: one long-running consumer process fed every mask on its stdin.
+//!
+//! The command runs once, through `sh -c`, with its stdin a pipe from the
+//! receiver and its stdout/stderr inherited. Each frame is written to that
+//! pipe whole, back to back, in the chosen stream format (raw or gray8). A
+//! slow consumer slows the receiver down (and, through TCP, the sender): no
+//! frame is dropped silently.
+//!
+//! If the child exits while the receiver is still running, a watcher thread
+//! reports it and ends the receiver with a non-zero status at once, even when
+//! no frame is arriving. At the end of the stream (`--count` reached) the
+//! pipe is closed so the child sees end of file, and the receiver waits for
+//! it; a non-zero exit then is an error too.
+
+use anyhow::{bail, Context, Result};
+use std::io::{self, Write};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit status of the receiver when the `--exec` child dies early.
+pub const EXIT_CHILD_DIED: i32 = 3;
+
+/// The running `--exec` child.
+pub struct Exec {
+    cmd: String,
+    stdin: Option<ChildStdin>,
+    status: mpsc::Receiver<io::Result<ExitStatus>>,
+    finishing: Arc<AtomicBool>,
+    frames: Arc<AtomicU64>,
+}
+
+impl Exec {
+    /// Starts `sh -c CMD` with a pipe on its stdin and a thread that watches it.
+    pub fn spawn(cmd: &str) -> Result<Self> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start --exec command `{cmd}` with sh -c"))?;
+        let stdin = child.stdin.take();
+        log::info!("--exec: started `{cmd}` (pid {})", child.id());
+        let finishing = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        {
+            let finishing = finishing.clone();
+            let frames = frames.clone();
+            let cmd = cmd.to_owned();
+            std::thread::Builder::new()
+                .name("exec-watch".into())
+                .spawn(move || {
+                    let st = child.wait();
+                    if !finishing.load(Ordering::SeqCst) {
+                        eprintln!(
+                            "bitmask-recv: error: --exec child `{cmd}` {} after {} frame(s); stopping",
+                            describe(&st),
+                            frames.load(Ordering::SeqCst)
+                        );
+                        std::process::exit(EXIT_CHILD_DIED);
+                    }
+                    let _ = tx.send(st);
+                })
+                .context("cannot start the --exec watcher thread")?;
+        }
+        Ok(Exec {
+            cmd: cmd.to_owned(),
+            stdin,
+            status: rx,
+            finishing,
+            frames,
+        })
+    }
+
+    /// Writes one whole frame to the child's stdin.
+    pub fn write_frame(&mut self, data: &[u8]) -> Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            bail!("--exec child `{}` was already finished", self.cmd);
+        };
+        if let Err(e) = stdin.write_all(data) {
+            // Usually the child has exited: let the watcher report its status
+            // (it ends the process); if it is still alive it closed its stdin.
+            if let Ok(st) = self.status.recv_timeout(Duration::from_secs(2)) {
+                bail!(
+                    "--exec child `{}` {} after {} frame(s)",
+                    self.cmd,
+                    describe(&st),
+                    self.frames.load(Ordering::SeqCst)
+                );
+            }
+            bail!(
+                "--exec child `{}` stopped reading its stdin after {} frame(s): {e}",
+                self.cmd,
+                self.frames.load(Ordering::SeqCst)
+            );
+        }
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Closes the child's stdin and waits for it to exit; fails when it exits non-zero.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.stdin.is_none() {
+            return Ok(());
+        }
+        self.finishing.store(true, Ordering::SeqCst);
+        drop(self.stdin.take());
+        let st = self
+            .status
+            .recv()
+            .context("the --exec watcher thread is gone")?;
+        match st {
+            Ok(s) if s.success() => {
+                log::info!("--exec child `{}` exited cleanly", self.cmd);
+                Ok(())
+            }
+            other => bail!(
+                "--exec child `{}` {} at the end of the stream",
+                self.cmd,
+                describe(&other)
+            ),
+        }
+    }
+}
+
+fn describe(st: &io::Result<ExitStatus>) -> String {
+    match st {
+        Ok(s) => format!("exited ({s})"),
+        Err(e) => format!("could not be waited for ({e})"),
+    }
+}

@@ -1,23 +1,26 @@
 //! `bitmask-recv`: accepts bitmask streams over TCP and writes each mask to disk or stdout.
 
 mod exec;
+mod http;
 mod output;
+mod session;
 mod stats;
+mod udp;
 
 use anyhow::{Context, Result};
-use bitmask_wire::{FrameReader, Limits, WireError, CODEC_RAW};
+use bitmask_wire::Limits;
 use clap::Parser;
 use output::{Format, Output};
 use socket2::{Domain, Socket, Type};
-use stats::Stats;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Receive bitmask frames over TCP and write each mask as a file.
 ///
-/// Listens on ADDR, accepts senders one after another, and writes every
-/// frame as DIR/frame-NNNNNN.EXT (NNNNNN = the frame's sequence number),
+/// Listens on ADDR (TCP, and UDP on the same port), serves many senders at
+/// once (a thread each), and writes every frame as DIR/frame-NNNNNN.EXT
+/// (DIR/<name>/... with --per-sender; NNNNNN = the frame's sequence number),
 /// atomically (written to a temporary name, then renamed). A corrupt frame
 /// is logged and skipped; a broken stream closes that connection only; the
 /// receiver keeps listening until --count frames have arrived (or forever).
@@ -66,9 +69,34 @@ struct Cli {
     #[arg(long, default_value = "4096x4096", value_parser = parse_size, value_name = "WxH")]
     max_size: (u32, u32),
 
-    /// Seconds a connected sender may stay silent before it is dropped.
+    /// Seconds a connected sender may stay silent before it is dropped; also
+    /// the most one frame may take to arrive once it has started (slow peers).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     timeout: f64,
+
+    /// Write each sender's frames to DIR/<name>/frame-NNNNNN.EXT (name from
+    /// the sender's --name); without it all frames go to DIR/ as before.
+    #[arg(long)]
+    per_sender: bool,
+
+    /// Rewrite FILE (atomically) every second and at exit with every sender's
+    /// numbers as JSON: received, lost, corrupt, incomplete, fps, Mbit/s,
+    /// compression ratio, latency p50/p99.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+
+    /// Connections served at once; more are refused (each holds at most one
+    /// frame of --max-size in memory).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    max_senders: usize,
+
+    /// Serve a read-only live view (page, /stats.json, /latest.png) on HOST:PORT, e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
+
+    /// Frames per second per sender copied for the live view (it never slows the stream).
+    #[arg(long, default_value = "10", value_parser = http::parse_fps, value_name = "N")]
+    http_fps: f64,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -112,109 +140,87 @@ fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("{addr:?} resolved to no address"))?;
     let sock = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
-    sock.set_recv_buffer_size(1 << 20)?;
+    // Small enough that frames cannot queue for long behind a slow writer
+    // (the sender's queue drops them instead), big enough for 100 Mbit/s.
+    sock.set_recv_buffer_size(256 << 10)?;
     sock.bind(&sa.into())
         .with_context(|| format!("cannot listen on {sa}"))?;
-    sock.listen(16)
+    sock.listen(64)
         .with_context(|| format!("cannot listen on {sa}"))?;
     Ok(sock.into())
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let mut out = Output::open(
-        cli.out.as_deref(),
-        cli.latest.as_deref(),
-        cli.exec.as_deref(),
-        cli.format,
-    )?;
+    let sinks = if cli.per_sender {
+        let dir = match cli.out.as_deref() {
+            Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
+            _ => anyhow::bail!("--per-sender needs --out DIR (a directory, not -)"),
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+        let shared = if cli.latest.is_some() || cli.exec.is_some() {
+            Some(Output::open(
+                None,
+                cli.latest.as_deref(),
+                cli.exec.as_deref(),
+                cli.format,
+            )?)
+        } else {
+            None
+        };
+        session::Sinks {
+            shared: shared.map(std::sync::Mutex::new),
+            per_sender: Some((dir, cli.format)),
+        }
+    } else {
+        session::Sinks {
+            shared: Some(std::sync::Mutex::new(Output::open(
+                cli.out.as_deref(),
+                cli.latest.as_deref(),
+                cli.exec.as_deref(),
+                cli.format,
+            )?)),
+            per_sender: None,
+        }
+    };
     let listener = bind(&cli.listen)?;
-    log::info!("listening on {}", listener.local_addr()?);
+    let local = listener.local_addr()?;
+    // Datagrams (--transport udp on the sender) arrive on the same port.
+    let udp = UdpSocket::bind(local)
+        .map_err(|e| log::warn!("no UDP on {local}: {e}"))
+        .ok();
+    log::info!(
+        "listening on {local}{}",
+        if udp.is_some() { " (tcp and udp)" } else { "" }
+    );
     let limits = Limits::for_dimensions(cli.max_size.0, cli.max_size.1);
     let timeout = Duration::from_secs_f64(cli.timeout.max(0.001));
-    let mut stats = Stats::new();
-    loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(x) => x,
-            Err(e) => {
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        log::info!("sender connected from {peer}");
-        let done = serve(
-            stream, peer, &limits, timeout, &mut out, &mut stats, cli.count,
-        );
-        match done {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => log::warn!("connection from {peer}: {e:#}"),
-        }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let hub = session::Hub::new(limits, timeout, sinks, cli.count, cli.max_senders, done_tx);
+    session::stop_on_signals(&hub);
+    if let Some(addr) = &cli.http {
+        // after stop_on_signals: the view's threads inherit its signal mask
+        http::start(addr, cli.http_fps, hub.stats.clone())?;
     }
-    out.finish()?;
-    eprintln!("bitmask-recv: {}", stats.summary());
+    if let Some(sock) = udp {
+        let h = hub.clone();
+        std::thread::Builder::new()
+            .name("udp".into())
+            .spawn(move || udp::serve_udp(h, sock))?;
+    }
+    {
+        let h = hub.clone();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || session::accept_loop(h, listener))?;
+    }
+    let why = session::report_until_done(&hub, &done_rx, cli.stats_json.as_deref());
+    log::info!("stopping: {why}");
+    hub.finish()?;
+    session::write_stats_json(&hub, cli.stats_json.as_deref());
+    for s in hub.stats.snapshot() {
+        eprintln!("bitmask-recv: {}", s.line(false));
+    }
+    eprintln!("bitmask-recv: {}", hub.stats.total().line(false));
     Ok(())
-}
-
-/// Reads one sender's stream to its end. Returns `Ok(true)` when `--count` is reached.
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    limits: &Limits,
-    timeout: Duration,
-    out: &mut Output,
-    stats: &mut Stats,
-    count: Option<u64>,
-) -> Result<bool> {
-    stream.set_read_timeout(Some(timeout))?;
-    let mut reader = FrameReader::new(stream, *limits);
-    let name = match reader.read_hello()? {
-        Some(h) => h.name,
-        None => peer.to_string(),
-    };
-    log::info!("stream from {name:?} ({peer})");
-    stats.new_stream();
-    loop {
-        let frame = match reader.read_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                log::info!("sender {name:?} closed the stream");
-                return Ok(false);
-            }
-            Err(e) if e.is_recoverable() => {
-                stats.corrupt += 1;
-                log::warn!("{name}: skipping frame: {e}");
-                continue;
-            }
-            Err(WireError::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                anyhow::bail!(
-                    "{name}: no data for {:.1} s, closing",
-                    timeout.as_secs_f64()
-                );
-            }
-            Err(e) => return Err(e).context(format!("{name}: stream broken")),
-        };
-        let h = frame.header;
-        let bits: &[u8] = if h.codec == CODEC_RAW {
-            frame.payload
-        } else {
-            stats.corrupt += 1;
-            log::warn!(
-                "{name}: frame {}: codec {} is not supported by this build, skipped",
-                h.sequence,
-                h.codec
-            );
-            continue;
-        };
-        out.write(&h, bits)
-            .with_context(|| format!("writing frame {}", h.sequence))?;
-        stats.frame(&h, bits.len(), frame.payload.len());
-        if count.is_some_and(|n| stats.frames >= n) {
-            return Ok(true);
-        }
-    }
 }

@@ -1,79 +1,534 @@
-//! Counters of a receiver: frames, bytes, losses, corruption.
+//! Per-sender counters of a receiver: frames, losses, corruption, rates,
+//! compression and latency, with a cloneable [`SenderSnapshot`] for anyone
+//! who wants to show them (the once-a-second log, `--stats-json`, a live view).
 
 use bitmask_wire::{Header, HEADER_LEN};
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// What the receiver has seen so far.
-#[derive(Debug)]
-pub struct Stats {
-    /// Frames written.
-    pub frames: u64,
-    /// Frames skipped because their CRC did not match (or could not be decoded).
-    pub corrupt: u64,
-    /// Frames missing from sequence gaps.
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Log-linear histogram of microsecond values: exact below 64 µs, then 32
+/// buckets per power of two (about 3% resolution). Fixed size, no allocation
+/// per sample.
+#[derive(Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    n: u64,
+}
+
+const SUB: u32 = 32;
+const LINEAR: u64 = 64;
+const BUCKETS: usize = LINEAR as usize + (64 - 6) * SUB as usize;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            n: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Histogram(n={})", self.n)
+    }
+}
+
+impl Histogram {
+    fn index(v: u64) -> usize {
+        if v < LINEAR {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros(); // >= 6
+        let sub = (v >> (e - 5)) as u32 & (SUB - 1);
+        LINEAR as usize + (e - 6) as usize * SUB as usize + sub as usize
+    }
+
+    /// The middle of bucket `i`.
+    fn value(i: usize) -> u64 {
+        if i < LINEAR as usize {
+            return i as u64;
+        }
+        let k = i - LINEAR as usize;
+        let e = (k / SUB as usize) as u32 + 6;
+        let sub = (k % SUB as usize) as u64;
+        let lo = (1u64 << e) + (sub << (e - 5));
+        lo + (1u64 << (e - 5)) / 2
+    }
+
+    /// Adds one value.
+    pub fn record(&mut self, v: u64) {
+        self.counts[Self::index(v)] += 1;
+        self.n += 1;
+    }
+
+    /// The `q` quantile (0..=1), None when empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.n == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::value(i));
+            }
+        }
+        None
+    }
+
+    fn clear(&mut self) {
+        if self.n > 0 {
+            self.counts.iter_mut().for_each(|c| *c = 0);
+            self.n = 0;
+        }
+    }
+}
+
+/// A copy of one sender's numbers at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderSnapshot {
+    /// The sender's name (from its hello, else its address).
+    pub name: String,
+    /// Address of its current (or last) connection.
+    pub peer: String,
+    /// `"tcp"` or `"udp"`.
+    pub transport: &'static str,
+    /// A stream of it is open now.
+    pub connected: bool,
+    /// Connections (TCP) or streams (UDP) seen from it.
+    pub connections: u64,
+    /// Frames received and written.
+    pub received: u64,
+    /// Frames missing from gaps in the sequence numbers.
     pub lost: u64,
-    /// Bytes received on the wire (headers included).
+    /// Frames that arrived damaged (CRC) or undecodable, skipped.
+    pub corrupt: u64,
+    /// UDP frames dropped because some datagrams never came.
+    pub incomplete: u64,
+    /// Bytes on the wire for received frames (headers included).
     pub wire_bytes: u64,
-    /// Bytes of decoded masks.
+    /// Bytes of the decoded masks.
     pub mask_bytes: u64,
+    /// Frames per second over the last interval.
+    pub fps: f64,
+    /// Mbit/s of wire bytes over the last interval.
+    pub mbps: f64,
+    /// Frames per second since its first frame.
+    pub avg_fps: f64,
+    /// Mbit/s since its first frame.
+    pub avg_mbps: f64,
+    /// Mask bytes / wire bytes, overall (1.0 is about raw).
+    pub compression_ratio: f64,
+    /// Latency (capture timestamp to frame written), last interval, ms.
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub latency_p99_ms: Option<f64>,
+    /// Latency p50 since the start, ms.
+    pub total_latency_p50_ms: Option<f64>,
+    /// Latency p99 since the start, ms.
+    pub total_latency_p99_ms: Option<f64>,
+    /// Sequence number of the last frame.
+    pub last_sequence: Option<u64>,
+}
+
+impl SenderSnapshot {
+    /// One line for the log.
+    pub fn line(&self, interval: bool) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let (fps, mbps, p50, p99) = if interval {
+            (
+                self.fps,
+                self.mbps,
+                self.latency_p50_ms,
+                self.latency_p99_ms,
+            )
+        } else {
+            (
+                self.avg_fps,
+                self.avg_mbps,
+                self.total_latency_p50_ms,
+                self.total_latency_p99_ms,
+            )
+        };
+        format!(
+            "{}: {} frames ({} lost, {} corrupt, {} incomplete), {:.1} fps, {:.1} Mbit/s, \
+             ratio {:.2}, latency p50 {} ms p99 {} ms{}",
+            self.name,
+            self.received,
+            self.lost,
+            self.corrupt,
+            self.incomplete,
+            fps,
+            mbps,
+            self.compression_ratio,
+            ms(p50),
+            ms(p99),
+            if self.connected {
+                ""
+            } else {
+                " (disconnected)"
+            }
+        )
+    }
+}
+
+/// One sender's live counters (behind a mutex in the [`StatsRegistry`]).
+#[derive(Debug)]
+pub struct SenderStats {
+    snap: SenderSnapshot,
     last_sequence: Option<u64>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
+    total: Histogram,
+    window: Histogram,
+    window_start: Instant,
+    window_frames: u64,
+    window_bytes: u64,
 }
 
-impl Stats {
-    /// Empty counters.
-    pub fn new() -> Self {
-        Stats {
-            frames: 0,
-            corrupt: 0,
-            lost: 0,
-            wire_bytes: 0,
-            mask_bytes: 0,
+impl SenderStats {
+    fn new(name: &str) -> Self {
+        SenderStats {
+            snap: SenderSnapshot {
+                name: name.to_string(),
+                ..Default::default()
+            },
             last_sequence: None,
             first_frame: None,
             last_frame: None,
+            total: Histogram::default(),
+            window: Histogram::default(),
+            window_start: Instant::now(),
+            window_frames: 0,
+            window_bytes: 0,
         }
     }
 
-    /// Counts one frame written.
-    pub fn frame(&mut self, h: &Header, mask_len: usize, payload_len: usize) {
+    /// A stream (connection) of this sender opened.
+    pub fn connected(&mut self, peer: &str, transport: &'static str) {
+        self.snap.peer = peer.to_string();
+        self.snap.transport = transport;
+        self.snap.connected = true;
+        self.snap.connections += 1;
+    }
+
+    /// Its stream closed.
+    pub fn disconnected(&mut self) {
+        self.snap.connected = false;
+    }
+
+    /// Counts one frame written; `payload_len` as on the wire, `mask_len`
+    /// decoded. Returns `Some(previous)` when the sequence went backwards
+    /// (the sender restarted), which starts a new numbering.
+    pub fn frame(&mut self, h: &Header, mask_len: usize, written_at_us: u64) -> Option<u64> {
         let now = Instant::now();
         self.first_frame.get_or_insert(now);
         self.last_frame = Some(now);
-        self.frames += 1;
-        self.mask_bytes += mask_len as u64;
-        self.wire_bytes += (HEADER_LEN + payload_len) as u64;
+        let s = &mut self.snap;
+        s.received += 1;
+        let wire = (HEADER_LEN + h.payload_len as usize) as u64;
+        s.wire_bytes += wire;
+        s.mask_bytes += mask_len as u64;
+        self.window_frames += 1;
+        self.window_bytes += wire;
+        let mut restarted = None;
         if let Some(prev) = self.last_sequence {
-            if h.sequence > prev + 1 {
-                self.lost += h.sequence - prev - 1;
+            if h.sequence > prev {
+                s.lost += h.sequence - prev - 1;
+            } else {
+                restarted = Some(prev);
             }
         }
         self.last_sequence = Some(h.sequence);
+        s.last_sequence = Some(h.sequence);
+        if h.timestamp_us != 0 {
+            // clocks of two hosts may disagree: a negative latency counts as 0
+            let lat = written_at_us.saturating_sub(h.timestamp_us);
+            self.total.record(lat);
+            self.window.record(lat);
+        }
+        restarted
     }
 
-    /// Forgets the last sequence number (a new stream starts its own numbering).
-    pub fn new_stream(&mut self) {
-        self.last_sequence = None;
+    /// Counts a damaged or undecodable frame.
+    pub fn corrupt(&mut self) {
+        self.snap.corrupt += 1;
     }
 
-    /// One line: frames, losses, bytes, rates.
-    pub fn summary(&self) -> String {
-        let secs = match (self.first_frame, self.last_frame) {
-            (Some(a), Some(b)) => (b - a).as_secs_f64(),
-            _ => 0.0,
+    /// Counts a UDP frame given up on.
+    pub fn incomplete(&mut self, n: u64) {
+        self.snap.incomplete += n;
+    }
+
+    /// The numbers now (interval rates as of the last [`StatsRegistry::tick`]).
+    pub fn snapshot(&self) -> SenderSnapshot {
+        let mut s = self.snap.clone();
+        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
+        s.total_latency_p50_ms = ms(self.total.quantile(0.50));
+        s.total_latency_p99_ms = ms(self.total.quantile(0.99));
+        if let (Some(a), Some(b)) = (self.first_frame, self.last_frame) {
+            let secs = (b - a).as_secs_f64();
+            if secs > 0.0 && s.received > 1 {
+                let n = (s.received - 1) as f64;
+                s.avg_fps = n / secs;
+                s.avg_mbps = n * (s.wire_bytes as f64 / s.received as f64) * 8.0 / secs / 1e6;
+            }
+        }
+        if s.wire_bytes > 0 {
+            s.compression_ratio = s.mask_bytes as f64 / s.wire_bytes as f64;
+        }
+        s
+    }
+
+    /// Closes the current interval: rates and latency over it.
+    fn roll(&mut self) -> bool {
+        let secs = self.window_start.elapsed().as_secs_f64().max(1e-6);
+        let active = self.window_frames > 0;
+        self.snap.fps = self.window_frames as f64 / secs;
+        self.snap.mbps = self.window_bytes as f64 * 8.0 / secs / 1e6;
+        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
+        self.snap.latency_p50_ms = ms(self.window.quantile(0.50));
+        self.snap.latency_p99_ms = ms(self.window.quantile(0.99));
+        self.window.clear();
+        self.window_frames = 0;
+        self.window_bytes = 0;
+        self.window_start = Instant::now();
+        active
+    }
+}
+
+/// Shared handle to one sender's stats.
+pub type SenderHandle = Arc<Mutex<SenderStats>>;
+
+/// Locks a sender's stats (a panicked holder does not poison the numbers).
+pub fn lock(h: &SenderHandle) -> MutexGuard<'_, SenderStats> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// All senders' stats, by name. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct StatsRegistry {
+    senders: Arc<Mutex<BTreeMap<String, SenderHandle>>>,
+}
+
+/// Most senders remembered; the longest-disconnected are forgotten first.
+const MAX_REMEMBERED: usize = 256;
+
+impl StatsRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn map(&self) -> MutexGuard<'_, BTreeMap<String, SenderHandle>> {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stats of sender `name`, created on first use. A sender that
+    /// reconnects keeps its numbers (so frames lost in between are counted).
+    pub fn sender(&self, name: &str) -> SenderHandle {
+        let mut m = self.map();
+        if !m.contains_key(name) && m.len() >= MAX_REMEMBERED {
+            let gone = m
+                .iter()
+                .find(|(_, h)| !lock(h).snap.connected)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = gone {
+                m.remove(&k);
+            }
+        }
+        m.entry(name.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(SenderStats::new(name))))
+            .clone()
+    }
+
+    /// Every sender's numbers, by name.
+    pub fn snapshot(&self) -> Vec<SenderSnapshot> {
+        let handles: Vec<SenderHandle> = self.map().values().cloned().collect();
+        handles.iter().map(|h| lock(h).snapshot()).collect()
+    }
+
+    /// Closes the interval for every sender; returns the snapshots of those
+    /// that received frames in it or are connected.
+    pub fn tick(&self) -> Vec<SenderSnapshot> {
+        let handles: Vec<SenderHandle> = self.map().values().cloned().collect();
+        handles
+            .iter()
+            .filter_map(|h| {
+                let mut s = lock(h);
+                let active = s.roll();
+                (active || s.snap.connected).then(|| s.snapshot())
+            })
+            .collect()
+    }
+
+    /// Sum over all senders (name "total"; latency from the senders' totals is not merged).
+    pub fn total(&self) -> SenderSnapshot {
+        let all = self.snapshot();
+        let mut t = SenderSnapshot {
+            name: "total".into(),
+            ..Default::default()
         };
-        // rates over the frames after the first (the first only starts the clock)
-        let (fps, mbps) = if secs > 0.0 && self.frames > 1 {
-            let n = (self.frames - 1) as f64;
-            let per = self.wire_bytes as f64 / self.frames as f64;
-            (n / secs, n * per * 8.0 / secs / 1e6)
-        } else {
-            (0.0, 0.0)
-        };
-        format!(
-            "received {} frames ({} lost, {} corrupt), {} bytes in {:.2} s: {:.1} fps, {:.1} Mbit/s",
-            self.frames, self.lost, self.corrupt, self.wire_bytes, secs, fps, mbps
-        )
+        for s in &all {
+            t.connected |= s.connected;
+            t.connections += s.connections;
+            t.received += s.received;
+            t.lost += s.lost;
+            t.corrupt += s.corrupt;
+            t.incomplete += s.incomplete;
+            t.wire_bytes += s.wire_bytes;
+            t.mask_bytes += s.mask_bytes;
+            t.fps += s.fps;
+            t.mbps += s.mbps;
+            t.avg_fps += s.avg_fps;
+            t.avg_mbps += s.avg_mbps;
+        }
+        if t.wire_bytes > 0 {
+            t.compression_ratio = t.mask_bytes as f64 / t.wire_bytes as f64;
+        }
+        t
+    }
+
+    /// `--stats-json`: `{"time_unix_ms": T, "senders": [...], "total": {...}}`.
+    pub fn to_json(&self) -> String {
+        let mut out = format!(
+            "{{\n  \"time_unix_ms\": {},\n  \"senders\": [",
+            now_us() / 1000
+        );
+        for (i, s) in self.snapshot().iter().enumerate() {
+            out.push_str(if i == 0 { "\n    " } else { ",\n    " });
+            json_obj(s, &mut out);
+        }
+        out.push_str("\n  ],\n  \"total\": ");
+        json_obj(&self.total(), &mut out);
+        out.push_str("\n}\n");
+        out
+    }
+}
+
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_num(v: f64, out: &mut String) {
+    if v.is_finite() {
+        let _ = write!(out, "{}", (v * 1000.0).round() / 1000.0);
+    } else {
+        out.push_str("null");
+    }
+}
+
+fn json_obj(s: &SenderSnapshot, out: &mut String) {
+    out.push_str("{\"name\": ");
+    json_str(&s.name, out);
+    out.push_str(", \"peer\": ");
+    json_str(&s.peer, out);
+    let _ = write!(
+        out,
+        ", \"transport\": \"{}\", \"connected\": {}, \"connections\": {}, \"received\": {}, \
+         \"lost\": {}, \"corrupt\": {}, \"incomplete\": {}, \"wire_bytes\": {}, \"mask_bytes\": {}",
+        s.transport,
+        s.connected,
+        s.connections,
+        s.received,
+        s.lost,
+        s.corrupt,
+        s.incomplete,
+        s.wire_bytes,
+        s.mask_bytes
+    );
+    for (k, v) in [
+        ("fps", Some(s.fps)),
+        ("mbps", Some(s.mbps)),
+        ("avg_fps", Some(s.avg_fps)),
+        ("avg_mbps", Some(s.avg_mbps)),
+        ("compression_ratio", Some(s.compression_ratio)),
+        ("latency_p50_ms", s.latency_p50_ms),
+        ("latency_p99_ms", s.latency_p99_ms),
+        ("total_latency_p50_ms", s.total_latency_p50_ms),
+        ("total_latency_p99_ms", s.total_latency_p99_ms),
+    ] {
+        let _ = write!(out, ", \"{k}\": ");
+        match v {
+            Some(v) => json_num(v, out),
+            None => out.push_str("null"),
+        }
+    }
+    match s.last_sequence {
+        Some(q) => {
+            let _ = write!(out, ", \"last_sequence\": {q}}}");
+        }
+        None => out.push_str(", \"last_sequence\": null}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_within_three_percent() {
+        let mut h = Histogram::default();
+        for v in 1..=10_000u64 {
+            h.record(v * 10);
+        }
+        let p50 = h.quantile(0.5).unwrap() as f64;
+        let p99 = h.quantile(0.99).unwrap() as f64;
+        assert!((p50 / 50_000.0 - 1.0).abs() < 0.03, "p50 {p50}");
+        assert!((p99 / 99_000.0 - 1.0).abs() < 0.03, "p99 {p99}");
+        assert_eq!(Histogram::default().quantile(0.5), None);
+        let mut small = Histogram::default();
+        small.record(7);
+        assert_eq!(small.quantile(0.99), Some(7));
+        small.record(u64::MAX);
+        assert!(small.quantile(1.0).unwrap() > 1 << 62);
+    }
+
+    #[test]
+    fn gaps_count_as_lost_and_a_restart_is_reported() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        let mk = |seq| Header::new(8, 1, seq, 0, 1);
+        assert_eq!(s.frame(&mk(0), 1, 0), None);
+        assert_eq!(s.frame(&mk(3), 1, 0), None);
+        assert_eq!(s.frame(&mk(1), 1, 0), Some(3));
+        s.corrupt();
+        drop(s);
+        let snap = &reg.snapshot()[0];
+        assert_eq!((snap.received, snap.lost, snap.corrupt), (3, 2, 1));
+        let json = reg.to_json();
+        assert!(json.contains("\"name\": \"cam\""), "{json}");
+        assert!(json.contains("\"lost\": 2"), "{json}");
+    }
+
+    #[test]
+    fn json_escapes_names() {
+        let mut out = String::new();
+        json_str("a\"b\\c\u{1}", &mut out);
+        assert_eq!(out, "\"a\\\"b\\\\c\\u0001\"");
     }
 }

@@ -1,0 +1,463 @@
+//! The receiver's streaming architecture: an accept loop that gives every
+//! TCP connection its own thread (and `udp.rs` a thread for all datagram
+//! streams), all feeding one per-frame data path, [`StreamCtx::frame`]:
+//!
+//! ```text
+//!  bytes ─► FrameReader (limits, CRC) ─► decode (codec hook) ─► Sinks (files / stdout /
+//!           --latest / --exec) ─► stats ─► live view feed ─► FrameObservers
+//! ```
+//!
+//! Isolation: each connection has its own reader, buffer and decoder; any
+//! error in its bytes closes that connection only. Resources are capped:
+//! `--max-senders` connections at once, each buffering at most one frame of
+//! `--max-size`, each frame due within `--timeout` of its first byte
+//! (slow-loris), each connection dropped after `--timeout` of silence.
+
+use crate::output::{Format, Output};
+use crate::stats::{self, SenderHandle, StatsRegistry};
+use anyhow::{Context, Result};
+use bitmask_wire::{FrameReader, Header, Limits, WireError};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Something that wants to see every frame written (a live view, a metrics
+/// exporter...). Called on the connection's thread right after the frame was
+/// written: keep it quick and never block.
+pub trait FrameObserver: Send + Sync {
+    /// A frame of `sender` was written; `mask` is the decoded packed mask
+    /// (wire layout) and `stats` that sender's numbers including this frame.
+    fn frame(&self, sender: &str, header: &Header, mask: &[u8], stats: &SenderHandle);
+    /// A stream of `sender` opened.
+    fn connected(&self, _sender: &str, _peer: &str) {}
+    /// A stream of `sender` closed.
+    fn disconnected(&self, _sender: &str) {}
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where frames go.
+pub struct Sinks {
+    /// One output for every sender (the single-sender layout, stdout,
+    /// `--latest`, `--exec`), or None.
+    pub shared: Option<Mutex<Output>>,
+    /// `--per-sender`: files go to DIR/<name>/ in this format.
+    pub per_sender: Option<(PathBuf, Format)>,
+}
+
+/// Everything the sessions share. Built once in `main`.
+pub struct Hub {
+    /// Frame limits (`--max-size`).
+    pub limits: Limits,
+    /// Silence allowed on a stream, and time allowed for one frame.
+    pub timeout: Duration,
+    /// Output.
+    pub sinks: Sinks,
+    /// Per-sender numbers.
+    pub stats: StatsRegistry,
+    /// Subscribers to the frame path.
+    pub observers: Mutex<Vec<Arc<dyn FrameObserver>>>,
+    /// `--count`: stop after this many frames (all senders).
+    pub count: Option<u64>,
+    /// Connections open at most (`--max-senders`).
+    pub max_conns: usize,
+    written: AtomicU64,
+    conns: AtomicUsize,
+    next_id: AtomicU64,
+    /// Live TCP connections by sender name: (connection id, socket).
+    live: Mutex<HashMap<String, (u64, TcpStream)>>,
+    done: Mutex<Option<mpsc::Sender<String>>>,
+}
+
+impl Hub {
+    /// A hub; `done` receives one message when the receiver should stop.
+    pub fn new(
+        limits: Limits,
+        timeout: Duration,
+        sinks: Sinks,
+        count: Option<u64>,
+        max_conns: usize,
+        done: mpsc::Sender<String>,
+    ) -> Arc<Self> {
+        Arc::new(Hub {
+            limits,
+            timeout,
+            sinks,
+            stats: StatsRegistry::new(),
+            observers: Mutex::new(Vec::new()),
+            count,
+            max_conns: max_conns.max(1),
+            written: AtomicU64::new(0),
+            conns: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            live: Mutex::new(HashMap::new()),
+            done: Mutex::new(Some(done)),
+        })
+    }
+
+    /// Subscribes `o` to every frame from now on (the hook for live views
+    /// and exporters; nothing in this binary subscribes yet).
+    #[allow(dead_code)]
+    pub fn observe(&self, o: Arc<dyn FrameObserver>) {
+        lock(&self.observers).push(o);
+    }
+
+    /// Asks the receiver to stop (first call wins).
+    pub fn stop(&self, why: String) {
+        if let Some(tx) = lock(&self.done).take() {
+            let _ = tx.send(why);
+        }
+    }
+
+    /// Flushes the shared output (at exit).
+    pub fn finish(&self) -> Result<()> {
+        if let Some(o) = &self.sinks.shared {
+            lock(o).finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// One sender's stream (a TCP connection or a UDP stream): its outputs, its
+/// stats, the per-frame data path.
+pub struct StreamCtx {
+    hub: Arc<Hub>,
+    name: String,
+    stats: SenderHandle,
+    own: Option<Output>,
+    decoded: Vec<u8>,
+    decoder: bitmask_codec::Decoder,
+    feed: Option<crate::http::Feed>,
+}
+
+impl StreamCtx {
+    /// Opens sender `name`'s stream from `peer`.
+    pub fn open(hub: Arc<Hub>, name: &str, peer: &str, transport: &'static str) -> Result<Self> {
+        let own = match &hub.sinks.per_sender {
+            Some((dir, format)) => {
+                let d = dir.join(name);
+                Some(
+                    Output::open(Some(&d), None, None, *format)
+                        .with_context(|| format!("output directory for sender {name:?}"))?,
+                )
+            }
+            None => None,
+        };
+        let stats = hub.stats.sender(name);
+        stats::lock(&stats).connected(peer, transport);
+        for o in lock(&hub.observers).iter() {
+            o.connected(name, peer);
+        }
+        Ok(StreamCtx {
+            feed: crate::http::feed(name),
+            hub,
+            name: name.to_string(),
+            stats,
+            own,
+            decoded: Vec::new(),
+            decoder: bitmask_codec::Decoder::new(),
+        })
+    }
+
+    /// The sender's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts a damaged frame.
+    pub fn corrupt(&mut self, why: &dyn std::fmt::Display) {
+        log::warn!("{}: skipping frame: {why}", self.name);
+        stats::lock(&self.stats).corrupt();
+        if let Some(f) = &self.feed {
+            f.corrupt();
+        }
+    }
+
+    /// The per-frame data path: decode, write, count, notify. Errors are
+    /// the receiver's own (a full disk): the caller ends the stream.
+    pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<()> {
+        let mask: &[u8] = match decode(&mut self.decoder, h, payload, &mut self.decoded) {
+            Ok(m) => m,
+            Err(why) => {
+                self.corrupt(&why);
+                return Ok(());
+            }
+        };
+        if let Some(o) = &mut self.own {
+            o.write(h, mask)
+                .with_context(|| format!("writing frame {} of {}", h.sequence, self.name))?;
+        }
+        if let Some(o) = &self.hub.sinks.shared {
+            lock(o)
+                .write(h, mask)
+                .with_context(|| format!("writing frame {} of {}", h.sequence, self.name))?;
+        }
+        let restarted = stats::lock(&self.stats).frame(h, mask.len(), stats::now_us());
+        if let Some(prev) = restarted {
+            log::info!(
+                "{}: sequence went from {prev} back to {}: sender restarted, new numbering",
+                self.name,
+                h.sequence
+            );
+        }
+        if let Some(f) = &self.feed {
+            f.publish(h, mask);
+        }
+        for o in lock(&self.hub.observers).iter() {
+            o.frame(&self.name, h, mask, &self.stats);
+        }
+        let n = self.hub.written.fetch_add(1, Relaxed) + 1;
+        if self.hub.count.is_some_and(|c| n >= c) {
+            self.hub.stop(format!("{n} frames written (--count)"));
+        }
+        Ok(())
+    }
+
+    /// Counts UDP frames given up on.
+    pub fn incomplete(&mut self, n: u64) {
+        stats::lock(&self.stats).incomplete(n);
+    }
+}
+
+impl Drop for StreamCtx {
+    fn drop(&mut self) {
+        stats::lock(&self.stats).disconnected();
+        for o in lock(&self.hub.observers).iter() {
+            o.disconnected(&self.name);
+        }
+        if let Some(o) = &mut self.own {
+            let _ = o.finish();
+        }
+    }
+}
+
+/// Turns a payload into the packed mask: raw payloads as they are, anything
+/// else through the stream's codec decoder (which holds the reference frame
+/// for delta frames and refuses one whose reference it does not hold).
+fn decode<'a>(
+    decoder: &mut bitmask_codec::Decoder,
+    h: &Header,
+    payload: &[u8],
+    out: &'a mut Vec<u8>,
+) -> Result<&'a [u8], String> {
+    // Raw frames go through the decoder too: it keeps them as references.
+    out.resize(h.raw_len() as usize, 0);
+    decoder
+        .decode(h.codec, h.flags, h.sequence, h.width, h.height, payload, out)
+        .map_err(|e| format!("frame {}: {e}", h.sequence))?;
+    Ok(out)
+}
+
+/// A socket reader that also enforces a deadline per frame: once a frame's
+/// first byte is in, the rest must follow within `frame_limit` (against a
+/// slow-loris trickle, which a plain read timeout never catches).
+struct DeadlineReader {
+    stream: TcpStream,
+    frame_limit: Duration,
+    /// When the current frame's first byte came (a Cell: `FrameReader`
+    /// only lends its reader by shared reference).
+    started: std::cell::Cell<Option<Instant>>,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(t) = self.started.get() {
+            if t.elapsed() > self.frame_limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "frame not complete {:.1} s after its first byte (slow peer)",
+                        self.frame_limit.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        let n = self.stream.read(buf)?;
+        if n > 0 && self.started.get().is_none() {
+            self.started.set(Some(Instant::now()));
+        }
+        Ok(n)
+    }
+}
+
+/// Accepts connections forever, a thread each (at most `max_conns` at once).
+pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if hub.conns.load(Relaxed) >= hub.max_conns {
+            log::warn!(
+                "refusing connection from {peer}: already {} open (--max-senders)",
+                hub.max_conns
+            );
+            drop(stream);
+            continue;
+        }
+        hub.conns.fetch_add(1, Relaxed);
+        let h = hub.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn {peer}"))
+            .spawn(move || {
+                if let Err(e) = serve_tcp(&h, stream, peer) {
+                    log::warn!("connection from {peer} closed: {e:#}");
+                }
+                h.conns.fetch_sub(1, Relaxed);
+            });
+        if let Err(e) = spawned {
+            hub.conns.fetch_sub(1, Relaxed);
+            log::warn!("cannot start a thread for {peer}: {e}");
+        }
+    }
+}
+
+/// Reads one TCP connection to its end.
+pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr) -> Result<()> {
+    log::info!("connection from {peer}");
+    stream.set_read_timeout(Some(hub.timeout))?;
+    let ctl = stream.try_clone()?;
+    let mut reader = FrameReader::new(
+        DeadlineReader {
+            stream,
+            frame_limit: hub.timeout,
+            started: std::cell::Cell::new(None),
+        },
+        hub.limits,
+    );
+    let name = match reader.read_hello() {
+        Ok(Some(h)) => h.name,
+        Ok(None) => peer.to_string(),
+        Err(e) => return Err(explain(e, hub.timeout)).context("handshake"),
+    };
+    reader.get_ref().started.set(None);
+    // A sender that reconnects takes over from its old connection, which
+    // may not have noticed yet that the sender is gone.
+    let id = hub.next_id.fetch_add(1, Relaxed);
+    let old = lock(&hub.live).insert(name.clone(), (id, ctl));
+    if let Some((_, old)) = old {
+        log::info!(
+            "sender {name:?} connected again from {peer}; closing its previous connection{} \
+             (two live senders must not share a --name)",
+            old.peer_addr()
+                .map(|a| format!(" from {a}"))
+                .unwrap_or_default()
+        );
+        let _ = old.shutdown(Shutdown::Both);
+    }
+    let result = (|| -> Result<()> {
+        let mut ctx = StreamCtx::open(hub.clone(), &name, &peer.to_string(), "tcp")?;
+        log::info!("state: stream from {name:?} ({peer}) open");
+        if hub.sinks.per_sender.is_none() && lock(&hub.live).len() > 1 {
+            log::warn!(
+                "{} senders connected without --per-sender: their frames share one directory",
+                lock(&hub.live).len()
+            );
+        }
+        loop {
+            let res = reader.read_frame();
+            match res {
+                Ok(Some(f)) => {
+                    let h = f.header;
+                    ctx.frame(&h, f.payload)?;
+                }
+                Ok(None) => {
+                    log::info!("state: sender {name:?} closed the stream");
+                    return Ok(());
+                }
+                Err(e) if e.is_recoverable() => ctx.corrupt(&e),
+                Err(e) => return Err(explain(e, hub.timeout)).context(format!("{name}")),
+            }
+            reader.get_ref().started.set(None); // the next frame's clock starts at its first byte
+        }
+    })();
+    let mut live = lock(&hub.live);
+    if live.get(&name).is_some_and(|(i, _)| *i == id) {
+        live.remove(&name);
+    }
+    result
+}
+
+fn explain(e: WireError, timeout: Duration) -> anyhow::Error {
+    match e {
+        WireError::Io(io)
+            if io.kind() == io::ErrorKind::WouldBlock || io.kind() == io::ErrorKind::TimedOut =>
+        {
+            if io.get_ref().is_some() {
+                anyhow::anyhow!("{io}")
+            } else {
+                anyhow::anyhow!("no data for {:.1} s", timeout.as_secs_f64())
+            }
+        }
+        other => other.into(),
+    }
+}
+
+/// Logs every active sender's numbers once a second and refreshes
+/// `--stats-json`, until the hub is told to stop; returns why.
+pub fn report_until_done(
+    hub: &Hub,
+    done: &mpsc::Receiver<String>,
+    json: Option<&std::path::Path>,
+) -> String {
+    loop {
+        match done.recv_timeout(Duration::from_secs(1)) {
+            Ok(why) => return why,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return "hub gone".into(),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        for s in hub.stats.tick() {
+            log::info!("{}", s.line(true));
+        }
+        write_stats_json(hub, json);
+    }
+}
+
+/// Writes `--stats-json` (atomically); a failure is logged, not fatal.
+pub fn write_stats_json(hub: &Hub, path: Option<&std::path::Path>) {
+    if let Some(p) = path {
+        if let Err(e) = crate::output::write_atomic(p, hub.stats.to_json().as_bytes()) {
+            log::warn!("--stats-json: {e:#}");
+        }
+    }
+}
+
+/// SIGINT and SIGTERM end the receiver cleanly (outputs flushed, final
+/// summary and stats written) instead of killing it mid-frame.
+pub fn stop_on_signals(hub: &Arc<Hub>) {
+    // SAFETY: plain libc signal-mask calls on a zeroed sigset_t owned here.
+    // The mask is set on this (main) thread before any other thread starts,
+    // so every thread inherits it and only the waiter below takes the signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            log::debug!("cannot block SIGINT/SIGTERM: they will kill the receiver");
+            return;
+        }
+        let h = hub.clone();
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                if libc::sigwait(&set, &mut sig) == 0 {
+                    h.stop(format!("signal {sig}"));
+                }
+            });
+        if spawned.is_err() {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! UDP transport, receiving side: datagrams (docs/PROTOCOL.md, "UDP
+//! transport") reassembled into wire frames per stream, then handed to the
+//! same data path as TCP frames ([`StreamCtx::frame`]).
+//!
+//! A stream is (source address, stream id). Its frames are reassembled in
+//! sequence order: when a frame completes, older incomplete ones are given
+//! up; a frame that gets no datagram for [`FRAGMENT_GAP`] is given up too.
+//! Both count as `incomplete`. Memory is capped: [`MAX_STREAMS`] streams,
+//! [`MAX_PARTIAL`] frames in reassembly each, each no larger than a frame
+//! of `--max-size`, allocated only after the datagram header was checked.
+
+use crate::session::{Hub, StreamCtx};
+use bitmask_wire::{FrameReader, Limits, HEADER_LEN};
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DGRAM_MAGIC: [u8; 4] = *b"BMUD";
+const DGRAM_VERSION: u8 = 1;
+const DGRAM_HEADER_LEN: usize = 28;
+const KIND_FRAGMENT: u8 = 0;
+const KIND_HELLO: u8 = 1;
+
+/// A frame with no new datagram for this long is given up.
+pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
+/// Streams tracked at once; the quietest is forgotten first.
+pub const MAX_STREAMS: usize = 32;
+/// Frames in reassembly per stream.
+pub const MAX_PARTIAL: usize = 3;
+
+/// A parsed datagram header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dgram {
+    kind: u8,
+    index: u16,
+    count: u16,
+    stride: u16,
+    stream_id: u32,
+    sequence: u64,
+    frame_len: u32,
+}
+
+fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Dgram, &'a [u8]), String> {
+    if b.len() < DGRAM_HEADER_LEN {
+        return Err(format!(
+            "datagram of {} B is shorter than its header",
+            b.len()
+        ));
+    }
+    if b[0..4] != DGRAM_MAGIC {
+        return Err(format!("bad datagram magic {:02x?}", &b[0..4]));
+    }
+    if b[4] != DGRAM_VERSION {
+        return Err(format!("unsupported datagram version {}", b[4]));
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let d = Dgram {
+        kind: b[5],
+        index: u16_at(6),
+        count: u16_at(8),
+        stride: u16_at(10),
+        stream_id: u32_at(12),
+        sequence: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+        frame_len: u32_at(24),
+    };
+    let data = &b[DGRAM_HEADER_LEN..];
+    let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
+    if d.kind != KIND_FRAGMENT && d.kind != KIND_HELLO {
+        return Err(format!("unknown datagram kind {}", d.kind));
+    }
+    if d.stride == 0 || d.count == 0 || d.index >= d.count {
+        return Err(format!(
+            "bad fragment numbering: index {} count {} stride {}",
+            d.index, d.count, d.stride
+        ));
+    }
+    if d.frame_len as u64 > max_len || d.frame_len == 0 {
+        return Err(format!(
+            "frame length {} B is over this receiver's cap of {max_len} B",
+            d.frame_len
+        ));
+    }
+    if (d.frame_len as usize).div_ceil(d.stride as usize) != d.count as usize {
+        return Err(format!(
+            "{} fragments of {} B do not make a {} B frame",
+            d.count, d.stride, d.frame_len
+        ));
+    }
+    let off = d.index as usize * d.stride as usize;
+    let want = (d.frame_len as usize - off).min(d.stride as usize);
+    if data.len() != want {
+        return Err(format!(
+            "fragment {} carries {} B, expected {want}",
+            d.index,
+            data.len()
+        ));
+    }
+    Ok((d, data))
+}
+
+struct Partial {
+    sequence: u64,
+    frame_len: u32,
+    stride: u16,
+    got: Vec<bool>,
+    missing: usize,
+    buf: Vec<u8>,
+    last: Instant,
+}
+
+struct Stream {
+    ctx: Option<StreamCtx>,
+    partial: Vec<Partial>,
+    /// Highest sequence delivered or given up.
+    done_upto: Option<u64>,
+    last_seen: Instant,
+    warned_no_hello: bool,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Stream {
+    fn give_up(&mut self, i: usize, why: &str) {
+        let p = self.partial.swap_remove(i);
+        if let Some(ctx) = &mut self.ctx {
+            log::debug!(
+                "{}: frame {} incomplete ({} of {} datagrams missing): {why}",
+                ctx.name(),
+                p.sequence,
+                p.missing,
+                p.got.len()
+            );
+            ctx.incomplete(1);
+        }
+        self.done_upto = Some(self.done_upto.map_or(p.sequence, |d| d.max(p.sequence)));
+        self.spare.push(p.buf);
+    }
+}
+
+/// Receives datagrams on `sock` forever.
+pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut streams: HashMap<(SocketAddr, u32), Stream> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    let mut last_sweep = Instant::now();
+    let mut bad_logged: HashMap<SocketAddr, Instant> = HashMap::new();
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
+                Ok((d, data)) => on_dgram(&hub, &mut streams, from, d, data),
+                Err(why) => {
+                    // log bad datagrams at most once a second per source
+                    let now = Instant::now();
+                    let t = bad_logged
+                        .entry(from)
+                        .or_insert(now - Duration::from_secs(2));
+                    if now - *t >= Duration::from_secs(1) {
+                        *t = now;
+                        log::warn!("udp from {from}: dropped: {why}");
+                    }
+                    if bad_logged.len() > 1024 {
+                        bad_logged.clear();
+                    }
+                }
+            },
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::TimedOut
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("udp receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_millis(50) {
+            last_sweep = Instant::now();
+            sweep(&hub, &mut streams);
+        }
+    }
+}
+
+fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
+    let now = Instant::now();
+    for s in streams.values_mut() {
+        while let Some(i) = s.partial.iter().position(|p| now - p.last > FRAGMENT_GAP) {
+            s.give_up(i, "no datagram for 250 ms");
+        }
+    }
+    streams.retain(|(from, _), s| {
+        let keep = now - s.last_seen < hub.timeout;
+        if !keep {
+            if let Some(ctx) = &s.ctx {
+                log::info!(
+                    "state: udp stream of {:?} from {from} silent, closed",
+                    ctx.name()
+                );
+            }
+        }
+        keep
+    });
+}
+
+fn on_dgram(
+    hub: &Arc<Hub>,
+    streams: &mut HashMap<(SocketAddr, u32), Stream>,
+    from: SocketAddr,
+    d: Dgram,
+    data: &[u8],
+) {
+    let key = (from, d.stream_id);
+    if !streams.contains_key(&key) {
+        if streams.len() >= MAX_STREAMS {
+            let quietest = streams
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k);
+            if let Some(k) = quietest {
+                log::warn!(
+                    "udp: {MAX_STREAMS} streams open, forgetting the one from {}",
+                    k.0
+                );
+                streams.remove(&k);
+            }
+        }
+        streams.insert(
+            key,
+            Stream {
+                ctx: None,
+                partial: Vec::new(),
+                done_upto: None,
+                last_seen: Instant::now(),
+                warned_no_hello: false,
+                spare: Vec::new(),
+            },
+        );
+    }
+    let s = streams.get_mut(&key).expect("inserted above");
+    s.last_seen = Instant::now();
+    if d.kind == KIND_HELLO {
+        if s.ctx.is_none() {
+            let mut r = FrameReader::new(data, hub.limits);
+            match r.read_hello() {
+                Ok(Some(h)) => {
+                    match StreamCtx::open(hub.clone(), &h.name, &from.to_string(), "udp") {
+                        Ok(ctx) => {
+                            log::info!("state: udp stream from {:?} ({from}) open", h.name);
+                            s.ctx = Some(ctx);
+                        }
+                        Err(e) => log::warn!("udp from {from}: {e:#}"),
+                    }
+                }
+                Ok(None) => log::warn!("udp from {from}: hello datagram without a hello"),
+                Err(e) => log::warn!("udp from {from}: bad hello: {e}"),
+            }
+        }
+        return;
+    }
+    if s.ctx.is_none() {
+        if !s.warned_no_hello {
+            s.warned_no_hello = true;
+            log::info!("udp from {from}: frames before the sender's hello are dropped until it comes (every second)");
+        }
+        return;
+    }
+    if s.done_upto.is_some_and(|u| d.sequence <= u) {
+        return; // late or duplicate
+    }
+    let i = match s.partial.iter().position(|p| p.sequence == d.sequence) {
+        Some(i) => i,
+        None => {
+            if s.partial.len() >= MAX_PARTIAL {
+                let oldest = (0..s.partial.len())
+                    .min_by_key(|&i| s.partial[i].sequence)
+                    .unwrap();
+                s.give_up(oldest, "too many frames in reassembly");
+                if s.done_upto.is_some_and(|u| d.sequence <= u) {
+                    return;
+                }
+            }
+            let mut buf = s.spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.resize(d.frame_len as usize, 0);
+            s.partial.push(Partial {
+                sequence: d.sequence,
+                frame_len: d.frame_len,
+                stride: d.stride,
+                got: vec![false; d.count as usize],
+                missing: d.count as usize,
+                buf,
+                last: Instant::now(),
+            });
+            s.partial.len() - 1
+        }
+    };
+    let p = &mut s.partial[i];
+    if p.frame_len != d.frame_len || p.stride != d.stride || p.got.len() != d.count as usize {
+        log::debug!(
+            "udp from {from}: fragment disagrees with its frame {}",
+            d.sequence
+        );
+        return;
+    }
+    p.last = Instant::now();
+    if p.got[d.index as usize] {
+        return;
+    }
+    p.got[d.index as usize] = true;
+    p.missing -= 1;
+    let off = d.index as usize * d.stride as usize;
+    p.buf[off..off + data.len()].copy_from_slice(data);
+    if p.missing > 0 {
+        return;
+    }
+    // Complete: older frames still in reassembly will not be delivered.
+    let p = s.partial.swap_remove(i);
+    while let Some(j) = s.partial.iter().position(|q| q.sequence < p.sequence) {
+        s.give_up(j, "a later frame completed first");
+    }
+    s.done_upto = Some(p.sequence);
+    let ctx = s.ctx.as_mut().expect("checked above");
+    let mut r = FrameReader::new(&p.buf[..], hub.limits);
+    match r.read_frame() {
+        Ok(Some(f)) => {
+            let h = f.header;
+            if let Err(e) = ctx.frame(&h, f.payload) {
+                log::warn!("{}: {e:#}", ctx.name());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => ctx.corrupt(&e),
+    }
+    s.spare.push(p.buf);
+    s.spare.truncate(MAX_PARTIAL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dgram(index: u16, count: u16, stride: u16, frame_len: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; DGRAM_HEADER_LEN];
+        b[0..4].copy_from_slice(&DGRAM_MAGIC);
+        b[4] = DGRAM_VERSION;
+        b[5] = KIND_FRAGMENT;
+        b[6..8].copy_from_slice(&index.to_le_bytes());
+        b[8..10].copy_from_slice(&count.to_le_bytes());
+        b[10..12].copy_from_slice(&stride.to_le_bytes());
+        b[12..16].copy_from_slice(&7u32.to_le_bytes());
+        b[16..24].copy_from_slice(&3u64.to_le_bytes());
+        b[24..28].copy_from_slice(&frame_len.to_le_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn parse_checks_every_field() {
+        let l = Limits::for_dimensions(64, 64);
+        let ok = dgram(1, 2, 100, 150, &[0; 50]);
+        let (d, data) = parse(&ok, &l).unwrap();
+        assert_eq!(
+            (d.index, d.count, d.sequence, d.stream_id, data.len()),
+            (1, 2, 3, 7, 50)
+        );
+        assert!(parse(&ok[..20], &l).unwrap_err().contains("shorter"));
+        assert!(parse(&dgram(2, 2, 100, 150, &[0; 50]), &l).is_err());
+        assert!(parse(&dgram(0, 3, 100, 150, &[0; 100]), &l)
+            .unwrap_err()
+            .contains("do not make"));
+        assert!(parse(&dgram(0, 2, 100, 150, &[0; 99]), &l)
+            .unwrap_err()
+            .contains("carries"));
+        let huge = dgram(0, 65535, 65535, u32::MAX, &[]);
+        assert!(parse(&huge, &l).unwrap_err().contains("cap"));
+        let mut bad = ok.clone();
+        bad[0] = b'X';
+        assert!(parse(&bad, &l).unwrap_err().contains("magic"));
+    }
+}

@@ -1,0 +1,379 @@
+//! End to end on loopback: `bitmask-send` -> `bitmask-recv`, every output
+//! format checked bit for bit against bitmask-core; exit codes and one-line
+//! errors; hostile peers that the receiver must survive.
+
+use bitmask_tests::*;
+use bitmask_wire::{encode_frame, Header, Hello, CODEC_RAW, HEADER_LEN};
+use image::DynamicImage;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The sizes every format is checked on: 1 pixel, widths below, above and at a byte, and large ones.
+const SIZES: [(u32, u32); 5] = [(1, 1), (7, 3), (9, 2), (1023, 767), (1024, 768)];
+
+/// Noise images of `sizes` saved as PNG in `dir`, in sending order.
+fn images(dir: &TempDir, sizes: &[(u32, u32)]) -> Vec<(PathBuf, DynamicImage)> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, h))| {
+            let img = DynamicImage::ImageRgb8(noise_image(w, h, i as u64 + 1));
+            let path = dir.join(&format!("img-{i}.png"));
+            save_image(&img, &path);
+            (path, img)
+        })
+        .collect()
+}
+
+/// Runs `bitmask-send --to addr --no-drop args files` (`--no-drop`: every input
+/// becomes a frame even when the receiver is slower than the decoding).
+fn send<P: AsRef<std::ffi::OsStr>>(addr: &str, args: &[&str], files: &[P]) -> Finished {
+    run(Command::new(bin("bitmask-send"))
+        .args(["--to", addr, "--no-drop"])
+        .args(args)
+        .args(files))
+}
+
+fn assert_ok(what: &str, f: &Finished) {
+    assert!(
+        f.status.success(),
+        "{what} failed: {}\n{}",
+        f.status,
+        f.stderr
+    );
+}
+
+/// `P4\n<w> <h>\n` + rows with the mask bits inverted and padding kept 0.
+fn expected_pbm(w: u32, h: u32, raw: &[u8]) -> Vec<u8> {
+    let mut v = format!("P4\n{w} {h}\n").into_bytes();
+    let stride = (w as usize).div_ceil(8);
+    let keep = if w % 8 == 0 {
+        0xff
+    } else {
+        0xffu8 << (8 - w % 8)
+    };
+    for row in raw.chunks(stride) {
+        for (i, b) in row.iter().enumerate() {
+            v.push(if i + 1 == stride { !b & keep } else { !b });
+        }
+    }
+    v
+}
+
+/// Decodes a PNG, checking it is 1-bit grayscale, non-interlaced; returns its packed rows.
+fn png_rows(path: &Path) -> (u32, u32, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap();
+    let mut dec = png::Decoder::new(file);
+    dec.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = dec.read_info().unwrap();
+    let info = reader.info();
+    assert_eq!(info.color_type, png::ColorType::Grayscale, "{path:?}");
+    assert_eq!(info.bit_depth, png::BitDepth::One, "{path:?}");
+    assert!(!info.interlaced, "{path:?}");
+    let (w, h) = (info.width, info.height);
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(frame.line_size, (w as usize).div_ceil(8));
+    buf.truncate(frame.buffer_size());
+    (w, h, buf)
+}
+
+#[test]
+fn every_format_is_bit_exact_over_odd_and_large_sizes() {
+    let dir = TempDir::new("e2e-formats");
+    let imgs = images(&dir, &SIZES);
+    let files: Vec<PathBuf> = imgs.iter().map(|(p, _)| p.clone()).collect();
+    let cases: [(&str, &[&str], Params); 3] = [
+        (
+            "raw",
+            &["--channel", "blue", "--threshold", "170"],
+            Params::new(Channel::Blue, 170),
+        ),
+        ("pbm", &[], Params::new(Channel::Luma, 128)), // the defaults
+        (
+            "png",
+            &["--channel", "red", "--threshold", "100", "--invert"],
+            Params {
+                channel: Channel::Red,
+                threshold: 100,
+                invert: true,
+            },
+        ),
+    ];
+    for (format, args, params) in cases {
+        let out = TempDir::new(&format!("e2e-out-{format}"));
+        let n = imgs.len().to_string();
+        let mut recv = start_receiver(&["--out", out.str(), "--format", format, "--count", &n]);
+        let sent = send(&recv.addr, args, &files);
+        assert_ok("bitmask-send", &sent);
+        assert!(
+            sent.stderr.contains(&format!("sent {n} frames")),
+            "{}",
+            sent.stderr
+        );
+        let got = recv.proc.wait(LIMIT);
+        assert_ok("bitmask-recv", &got);
+        assert!(
+            got.stderr
+                .contains(&format!("{n} frames (0 lost, 0 corrupt")),
+            "{}",
+            got.stderr
+        );
+        assert!(got.stdout.is_empty(), "nothing on stdout with --out DIR");
+        let names: Vec<String> = (0..imgs.len())
+            .map(|i| format!("frame-{i:06}.{format}"))
+            .collect();
+        assert_eq!(list(out.path()), names, "exactly the frames, no temp files");
+        for ((_, img), name) in imgs.iter().zip(&names) {
+            let (w, h) = (img.width(), img.height());
+            let want = expected_mask(img, &params);
+            let file = out.join(name);
+            match format {
+                "raw" => assert_eq!(read(&file), want, "{name} ({w}x{h})"),
+                "pbm" => assert_eq!(read(&file), expected_pbm(w, h, &want), "{name}"),
+                _ => assert_eq!(png_rows(&file), (w, h, want), "{name}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn out_dash_streams_raw_masks_to_stdout_and_nothing_else() {
+    let dir = TempDir::new("e2e-stdout");
+    let imgs = images(&dir, &[(7, 3), (9, 2), (1, 1), (1023, 767)]);
+    let files: Vec<PathBuf> = imgs.iter().map(|(p, _)| p.clone()).collect();
+    let mut recv = start_receiver(&["--out", "-", "--count", "4"]);
+    assert_ok("bitmask-send", &send(&recv.addr, &[], &files));
+    let got = recv.proc.wait(LIMIT);
+    assert_ok("bitmask-recv", &got);
+    let want: Vec<u8> = imgs
+        .iter()
+        .flat_map(|(_, img)| expected_mask(img, &Params::new(Channel::Luma, 128)))
+        .collect();
+    assert_eq!(got.stdout.len(), want.len());
+    assert!(got.stdout == want, "stdout differs from the masks");
+    assert!(got.stderr.contains("4 frames (0 lost"), "{}", got.stderr);
+}
+
+#[test]
+fn count_and_loop_send_exactly_n_frames_over_one_connection() {
+    let dir = TempDir::new("e2e-loop");
+    let imgs = images(&dir, &[(9, 2), (7, 3)]);
+    let out = TempDir::new("e2e-loop-out");
+    let mut recv = start_receiver(&["--out", out.str(), "--count", "7"]);
+    let sent = send(
+        &recv.addr,
+        &["--loop", "--count", "7", "--channel", "green"],
+        &[dir.path().to_path_buf()], // a directory expands to its images in name order
+    );
+    assert_ok("bitmask-send", &sent);
+    assert!(sent.stderr.contains("sent 7 frames"), "{}", sent.stderr);
+    let got = recv.proc.wait(LIMIT);
+    assert_ok("bitmask-recv", &got);
+    assert_eq!(
+        got.stderr.matches("stream from").count(),
+        1,
+        "one persistent connection: {}",
+        got.stderr
+    );
+    let files = list(out.path());
+    assert_eq!(files.len(), 7, "{files:?}");
+    for (i, name) in files.iter().enumerate() {
+        assert_eq!(name, &format!("frame-{i:06}.raw"));
+        let want = expected_mask(&imgs[i % 2].1, &Params::new(Channel::Green, 128));
+        assert_eq!(read(&out.join(name)), want, "{name}");
+    }
+}
+
+/// A failed run: non-zero exit and the error as the last stderr line, naming `needle`.
+fn assert_one_line_error(f: &Finished, prog: &str, needle: &str) {
+    assert!(
+        !f.status.success(),
+        "{prog} should fail; stderr:\n{}",
+        f.stderr
+    );
+    let last = f.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(&format!("{prog}: error: ")) && last.contains(needle),
+        "last stderr line should be `{prog}: error: ...{needle}...`, stderr:\n{}",
+        f.stderr
+    );
+    let errors = f.stderr.lines().filter(|l| l.contains(": error")).count();
+    assert_eq!(errors, 1, "one error line: {}", f.stderr);
+}
+
+/// A command-line usage error from clap: exit 2, stderr opening with `error: `
+/// and naming `needle` before the usage line.
+fn assert_usage_error(f: &Finished, needle: &str) {
+    assert_eq!(f.status.code(), Some(2), "stderr:\n{}", f.stderr);
+    let message = f.stderr.split("Usage:").next().unwrap_or("");
+    assert!(
+        message.starts_with("error: ") && message.contains(needle),
+        "the error should name {needle:?}: {}",
+        f.stderr
+    );
+}
+
+#[test]
+fn sender_errors_exit_non_zero_with_one_line() {
+    let dir = TempDir::new("e2e-send-errors");
+    let good = images(&dir, &[(7, 3)]).remove(0).0;
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, b"this is not a PNG").unwrap();
+
+    // unreadable image: the sender connects, then fails on the file
+    let recv = start_receiver(&["--out", dir.join("out").to_str().unwrap()]);
+    let f = send(&recv.addr, &[], &[&good, &bad]);
+    assert_one_line_error(&f, "bitmask-send", bad.to_str().unwrap());
+    drop(recv);
+
+    // missing input
+    let missing = dir.join("missing.png");
+    let f = send(&closed_port(), &[], &[&missing]);
+    assert_one_line_error(&f, "bitmask-send", missing.to_str().unwrap());
+
+    // refused connection
+    let addr = closed_port();
+    let f = send(&addr, &[], &[&good]);
+    assert_one_line_error(&f, "bitmask-send", &addr);
+
+    // bad arguments
+    let f = send("127.0.0.1:1", &["--threshold", "300"], &[&good]);
+    assert_usage_error(&f, "300");
+    let f = send("127.0.0.1:1", &["--channel", "purple"], &[&good]);
+    assert_usage_error(&f, "purple");
+    let f = run(Command::new(bin("bitmask-send")).arg(&good));
+    assert_usage_error(&f, "--to");
+}
+
+#[test]
+fn receiver_errors_exit_non_zero_with_one_line() {
+    let dir = TempDir::new("e2e-recv-errors");
+    let out = dir.str();
+    let recv = |args: &[&str]| run(Command::new(bin("bitmask-recv")).args(args));
+
+    let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--format", "bmp"]);
+    assert_usage_error(&f, "bmp");
+    let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--max-size", "0x5"]);
+    assert_usage_error(&f, "0x5");
+    let f = recv(&["--listen", "nonsense", "--out", out]);
+    assert_one_line_error(&f, "bitmask-recv", "nonsense");
+    let f = recv(&["--listen", "127.0.0.1:0", "--out", "-", "--format", "png"]);
+    assert_one_line_error(&f, "bitmask-recv", "png");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let f = recv(&["--listen", &addr, "--out", out]);
+    assert_one_line_error(&f, "bitmask-recv", &addr);
+}
+
+/// A header as a hostile peer may write it: any fields, a CRC over the 36 bytes only.
+fn raw_header(width: u32, height: u32, codec: u8, payload_len: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN);
+    b.extend_from_slice(b"BMSK");
+    b.extend_from_slice(&[1, 0, codec, 0]);
+    b.extend_from_slice(&width.to_le_bytes());
+    b.extend_from_slice(&height.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&payload_len.to_le_bytes());
+    let crc = bitmask_wire::crc(&b, &[]);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn peer(addr: &str, bytes: &[u8], close: bool) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+    if close {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    s
+}
+
+/// Peak resident memory of a process, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn receiver_survives_hostile_peers_and_serves_the_next_sender() {
+    let dir = TempDir::new("e2e-hostile");
+    let out = TempDir::new("e2e-hostile-out");
+    let recv = start_receiver(&["--out", out.str(), "--count", "2"]);
+    let wait = |needle: &str| recv.proc.wait_for_stderr(needle, Duration::from_secs(20));
+
+    // 1. garbage (an HTTP request)
+    let _s = peer(&recv.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true);
+    let line = wait("bad magic");
+    assert!(
+        line.contains("47, 45, 54, 20"),
+        "the offending bytes: {line}"
+    );
+
+    // 2. a header claiming a 4 GiB payload; the connection stays open: the
+    //    receiver must refuse it from the header alone, allocating nothing
+    let mut hello_then = Hello::new("hostile").unwrap().encode();
+    hello_then.extend(raw_header(4096, 4096, CODEC_RAW, u32::MAX));
+    let _s = peer(&recv.addr, &hello_then, false);
+    let line = wait("payload length 4294967295");
+    assert!(line.contains("4096x4096"), "{line}");
+    // 3. absurd dimensions
+    let _s = peer(&recv.addr, &raw_header(100_000, 100_000, 1, 1 << 30), false);
+    wait("invalid dimensions 100000x100000");
+    if let Some(kib) = peak_rss_kib(recv.proc.id()) {
+        assert!(
+            kib < 64 * 1024,
+            "receiver peak RSS {kib} KiB after hostile headers"
+        );
+    }
+
+    // 4. a stream cut inside a payload
+    let mut cut = Vec::new();
+    encode_frame(
+        &Header::new(16, 16, 0, CODEC_RAW, 32),
+        &[0xAA; 32],
+        &mut cut,
+    );
+    cut.truncate(HEADER_LEN + 10);
+    let _s = peer(&recv.addr, &cut, true);
+    wait("stream ended inside a frame's payload: got 10 of 32 bytes");
+
+    // 5. a damaged frame is skipped, the stream goes on with the next
+    let mut s = Hello::new("noisy").unwrap().encode();
+    encode_frame(&Header::new(9, 2, 0, CODEC_RAW, 4), &[1, 2, 3, 4], &mut s);
+    let n = s.len();
+    s[n - 1] ^= 0x80; // flip a payload bit of frame 0
+    encode_frame(
+        &Header::new(9, 2, 1, CODEC_RAW, 4),
+        &[0xFF, 0x80, 0x0F, 0x00],
+        &mut s,
+    );
+    let _s = peer(&recv.addr, &s, true);
+    wait("CRC mismatch on frame 0");
+
+    // 6. the real sender is still served
+    let img = images(&dir, &[(7, 3)]).remove(0);
+    assert_ok(
+        "bitmask-send",
+        &send(&recv.addr, &["--channel", "blue"], &[img.0]),
+    );
+    let mut recv = recv;
+    let got = recv.proc.wait(LIMIT);
+    assert_ok("bitmask-recv", &got);
+    assert!(got.stderr.contains("1 corrupt"), "{}", got.stderr);
+    assert_eq!(list(out.path()), ["frame-000000.raw", "frame-000001.raw"]);
+    assert_eq!(
+        read(&out.join("frame-000001.raw")),
+        [0xFF, 0x80, 0x0F, 0x00]
+    );
+    assert_eq!(
+        read(&out.join("frame-000000.raw")),
+        expected_mask(&img.1, &Params::new(Channel::Blue, 128))
+    );
+}

@@ -24,6 +24,9 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     step("build binaries", || {
         run(cargo().args(["build", "--workspace"]))
     })?;
+    step("headless Chromium for the live-view test", || {
+        crate::browser::ensure().map(|_| ())
+    })?;
     step("tests", || {
         let mut c = cargo();
         c.args(["test", "--workspace"]);

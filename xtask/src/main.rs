@@ -3,6 +3,7 @@
 //! Run `cargo xtask help` for the list of tasks.
 
 mod bench;
+mod browser;
 mod ci;
 mod codecs;
 mod demo;
@@ -12,6 +13,7 @@ mod netbed;
 mod pibench;
 mod samples;
 mod util;
+mod viewbench;
 
 use anyhow::{bail, Result};
 
@@ -31,6 +33,8 @@ Tasks:
                     throughput, restart, linkdown, slow, hostile
   bench link        fps, Mbit/s, latency for TCP/UDP on 100 Mbit and Wi-Fi-like links
   bench pi          instructions per 1024x768 frame on arm1176/cortex-a7, est. Pi fps
+  bench view        receiver throughput with and without the live view (--http) and a
+                    browser attached, as ratios; writes docs/BENCHMARKS.md `## Live view`
   deploy            copy the Pi builds over SSH and run them (deploy.toml; --help)
   vectors           regenerate the committed numpy test vectors
   help              this text
@@ -54,6 +58,7 @@ fn run() -> Result<()> {
         "ci" => ci::run_ci(rest),
         "bench" if rest.first().map(String::as_str) == Some("codecs") => codecs::run(&rest[1..]),
         "bench" if rest.first().map(String::as_str) == Some("pi") => pibench::run(&rest[1..]),
+        "bench" if rest.first().map(String::as_str) == Some("view") => viewbench::run(&rest[1..]),
         "bench" if rest.first().map(String::as_str) == Some("link") => netbed::bench_link(&rest[1..]),
         "netbed" => netbed::run(rest),
         "bench" => bench::run(rest),

@@ -2,27 +2,33 @@
 //!
 //! How it stays off the data path:
 //!
-//! * The receive loop calls [`Feed::publish`] for every frame. That call bumps
-//!   a few atomics (frames, bytes, a latency histogram) and, at most
-//!   `--http-fps` times per second per sender, copies the mask into the
-//!   sender's slot under a `try_lock`: if the HTTP side holds the lock at that
-//!   instant, the copy is skipped, never waited for. No allocation after the
-//!   first copy, no syscall, no channel.
+//! * The receive loop calls [`Feed::publish`] for every frame. That call
+//!   stores the time in an atomic and, at most `--http-fps` times per second
+//!   per sender, copies the mask into the sender's slot under a `try_lock`:
+//!   if the HTTP side holds the lock at that instant, the copy is skipped,
+//!   never waited for. No allocation after the first copy, no syscall, no
+//!   channel. The numbers shown are the receiver's own [`StatsRegistry`]
+//!   (the same as its log lines and final summary), read on the HTTP side.
 //! * Everything else runs on the view's own threads: one accept thread, a
 //!   fixed pool of [`WORKERS`] HTTP workers fed by a queue of [`QUEUE`]
-//!   connections, and a 1 Hz sampler that turns counters into rates,
-//!   percentiles and the 60 s history. PNG encoding happens on a worker, at
-//!   most once per published frame however many browsers ask (the PNG is
-//!   cached with the frame's sequence number).
+//!   connections, and a 1 Hz sampler that keeps the 60 s history. PNG
+//!   encoding happens on a worker, at most once per copied mask however many
+//!   browsers ask (the PNG is cached with the copy's version number).
 //! * Connections beyond pool + queue are answered `503` and closed by the
 //!   accept thread without blocking (non-blocking write). Every connection has
-//!   read and write timeouts and carries exactly one request
-//!   (`Connection: close`), so a stalled browser holds one worker for at most
-//!   [`IO_TIMEOUT`] and a hundred of them cost the stream nothing.
+//!   a deadline for its request head ([`HEAD_DEADLINE`], for the whole head,
+//!   so trickling bytes does not extend it) and a write timeout
+//!   ([`IO_TIMEOUT`]), and carries exactly one request (`Connection: close`):
+//!   a stalled browser holds one worker for a bounded time, and a hundred of
+//!   them cost the stream nothing (other viewers may wait or get `503` while
+//!   they fill the pool).
 //! * The page polls `/stats.json` and re-fetches `/latest.png` only after the
 //!   previous image has loaded: a browser that stops reading stops asking, so
 //!   it cannot build up back-pressure (unlike a never-ending
 //!   `multipart/x-mixed-replace` response, which would pin a worker).
+//! * Shown masks lag the newest frame by at most 1/`--http-fps` s while a
+//!   stream runs; after a burst that ends within that time, the view keeps
+//!   the burst's first frame (the later ones were never copied).
 //!
 //! Requests are parsed by `httparse`; only `GET`/`HEAD` of the listed paths
 //! are served, everything else gets a 4xx. Nothing over HTTP changes state.
@@ -44,8 +50,11 @@ use std::time::{Duration, Instant};
 pub const WORKERS: usize = 4;
 /// Accepted connections that may wait for a worker before new ones get `503`.
 pub const QUEUE: usize = 32;
-/// Read and write timeout of every HTTP connection.
+/// Write timeout of every HTTP connection (a reader that stops reading).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time from accept to a complete request head (against slow-loris trickles:
+/// the deadline is for the whole head, not per read).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest request head accepted (request line + headers).
 const MAX_HEAD: usize = 8 * 1024;
 /// Seconds of history kept for the plot.
@@ -121,6 +130,12 @@ struct Shared {
     http_fps: f64,
     stats: StatsRegistry,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// Requests answered by the workers.
+    requests: AtomicU64,
+    /// PNGs encoded (at most one per copied mask, whatever the number of viewers).
+    pngs: AtomicU64,
+    /// Connections turned away with 503 because pool and queue were full.
+    busy: AtomicU64,
 }
 
 impl Shared {
@@ -173,6 +188,9 @@ impl View {
             http_fps,
             stats,
             slots: RwLock::new(BTreeMap::new()),
+            requests: AtomicU64::new(0),
+            pngs: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         });
         let (tx, rx) = sync_channel::<TcpStream>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
@@ -183,9 +201,10 @@ impl View {
                 .spawn(move || worker(&rx, &shared))
                 .context("cannot start an HTTP worker thread")?;
         }
+        let s = shared.clone();
         std::thread::Builder::new()
             .name("http-accept".into())
-            .spawn(move || accept_loop(listener, tx))
+            .spawn(move || accept_loop(listener, tx, &s))
             .context("cannot start the HTTP accept thread")?;
         let s = shared.clone();
         std::thread::Builder::new()
@@ -360,9 +379,12 @@ fn stats_json(shared: &Shared) -> String {
     let mut o = String::with_capacity(512 + snaps.len() * 2048);
     let _ = write!(
         o,
-        "{{\"http_fps\":{},\"uptime_s\":{:.1},\"senders\":[",
+        "{{\"http_fps\":{},\"uptime_s\":{:.1},\"http\":{{\"requests\":{},\"pngs_encoded\":{},\"busy_503\":{}}},\"senders\":[",
         shared.http_fps,
-        now as f64 / 1e9
+        now as f64 / 1e9,
+        shared.requests.load(Relaxed),
+        shared.pngs.load(Relaxed),
+        shared.busy.load(Relaxed),
     );
     for (i, s) in snaps.iter().enumerate() {
         if i > 0 {
@@ -449,7 +471,7 @@ fn stats_json(shared: &Shared) -> String {
 
 // ---------------------------------------------------------------- HTTP
 
-fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>) {
+fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>, shared: &Shared) {
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -463,6 +485,7 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>) {
             Ok(()) => {}
             Err(TrySendError::Full(mut s)) => {
                 // All workers busy and the queue full: say so without waiting.
+                shared.busy.fetch_add(1, Relaxed);
                 let _ = s.set_nonblocking(true);
                 let _ = s.write(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
@@ -534,12 +557,17 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let deadline = Instant::now() + HEAD_DEADLINE;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
     buf.clear();
     let mut chunk = [0u8; 2048];
     let (reply, head_only) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break (text(408, "request not received in time\n".into()), false);
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = match stream.read(&mut chunk) {
             Ok(0) => return Ok(()), // closed before a whole request: nothing to answer
             Ok(n) => n,
@@ -553,6 +581,7 @@ fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
             Ok(httparse::Status::Complete(_)) => {
+                shared.requests.fetch_add(1, Relaxed);
                 let method = req.method.unwrap_or("");
                 let path = req.path.unwrap_or("");
                 break (route(shared, method, path), method == "HEAD");
@@ -719,6 +748,7 @@ fn latest_png(shared: &Shared, query: &str) -> Result<Arc<Vec<u8>>, Reply> {
     if let Err(e) = encode(Format::Png, h.width, h.height, &bits, &mut png) {
         return Err(text(500, format!("PNG encoding failed: {e:#}\n")));
     }
+    shared.pngs.fetch_add(1, Relaxed);
     let png = Arc::new(png);
     let mut l = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
     if l.version == version {
@@ -784,6 +814,8 @@ mod tests {
         assert_eq!(req(a, "GET", "/latest.png?sender=%zz").0, 400);
         assert_eq!(get(a, b"\x00\x01garbage\r\n\r\n").0, 400);
         assert_eq!(get(a, b"GET / HTTP/1.1\r\nbad header line\r\n\r\n").0, 400);
+        // half a request, then silence: answered 408 at the head deadline
+        assert_eq!(get(a, b"GET / HTTP/1.1\r\nHost: x\r\n").0, 408);
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(get(a, long.as_bytes()).0, 431);
 
@@ -810,6 +842,8 @@ mod tests {
         let json = String::from_utf8(json).unwrap();
         assert!(json.contains(r#""name":"cam \"one\"""#), "{json}");
         assert!(json.contains(r#""state":"connected""#), "{json}");
+        // two requests of the same copy: encoded once
+        assert!(json.contains(r#""pngs_encoded":1,"#), "{json}");
         assert!(
             json.contains(r#""frames":2,"lost":2,"corrupt":0"#),
             "{json}"

@@ -1,0 +1,111 @@
+//! Headless Chromium for the live-view test (`tests/tests/http_view.rs`) and
+//! `cargo xtask bench view`: found, or installed from Debian's `chromium`
+//! package when running as root.
+
+use crate::util::{have, run};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Where Debian puts it.
+const CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+
+/// The exact fix, for messages.
+pub const FIX: &str = "apt-get update && apt-get install -y --no-install-recommends chromium";
+
+/// The Chromium binary (`BITMASK_CHROMIUM` overrides), if installed.
+pub fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BITMASK_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    CANDIDATES.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Chromium, installed with apt-get first when missing and running as root;
+/// otherwise an error that says exactly what to run.
+pub fn ensure() -> Result<PathBuf> {
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    if !is_root() || !have("apt-get") {
+        bail!("headless Chromium is missing (needed by the live-view test); as root run: {FIX}");
+    }
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get update failed")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("installing chromium failed; try by hand: {FIX}"))?;
+    find().with_context(|| format!("chromium installed but not found at {CANDIDATES:?}"))
+}
+
+/// Headless Chromium with the project's flags and a fresh profile in `profile`.
+pub fn headless(chromium: &Path, profile: &Path) -> Command {
+    let mut c = Command::new(chromium);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+/// A browser kept open on `url` (until [`Attached::close`] or drop), in its
+/// own process group so that its helper processes end with it.
+pub struct Attached {
+    child: Child,
+}
+
+impl Attached {
+    /// Opens `url` in headless Chromium with a fresh profile under `profile`.
+    pub fn open(chromium: &Path, profile: &Path, url: &str) -> Result<Attached> {
+        use std::os::unix::process::CommandExt;
+        if profile.exists() {
+            std::fs::remove_dir_all(profile)?;
+        }
+        let child = headless(chromium, profile)
+            .args(["--remote-debugging-port=0", "--window-size=1000,700", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("starting chromium")?;
+        Ok(Attached { child })
+    }
+
+    /// Ends the browser's process group (which this process created).
+    pub fn close(&mut self) {
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.close();
+        }
+    }
+}

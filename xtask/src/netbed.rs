@@ -434,7 +434,7 @@ fn forward(rx: i32, tx: i32, imp: Impair, stop: &AtomicBool, mut seed: u64) -> R
             if n <= 0 {
                 break;
             }
-            if kind == libc::PACKET_OUTGOING as u8 {
+            if kind == libc::PACKET_OUTGOING {
                 continue; // our own transmission on this interface
             }
             if rng() < imp.loss {
@@ -625,9 +625,12 @@ impl Kit {
             "170",
             "--loop",
         ])
-        .args(extra)
-        .arg(&self.input)
-        .stdout(Stdio::null());
+        .args(extra);
+        // the tests check raw frames unless told otherwise
+        if self.codec_flag && !extra.contains(&"--codec") {
+            c.args(["--codec", "raw"]);
+        }
+        c.arg(&self.input).stdout(Stdio::null());
         Proc::spawn(c, dir.join(format!("{tag}.log")), &format!("sender {tag}"))
     }
 

@@ -249,7 +249,9 @@ fn decode<'a>(
     // Raw frames go through the decoder too: it keeps them as references.
     out.resize(h.raw_len() as usize, 0);
     decoder
-        .decode(h.codec, h.flags, h.sequence, h.width, h.height, payload, out)
+        .decode(
+            h.codec, h.flags, h.sequence, h.width, h.height, payload, out,
+        )
         .map_err(|e| format!("frame {}: {e}", h.sequence))?;
     Ok(out)
 }
@@ -335,9 +337,9 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr) -> Result<
         },
         hub.limits,
     );
-    let name = match reader.read_hello() {
-        Ok(Some(h)) => h.name,
-        Ok(None) => peer.to_string(),
+    let (name, hello) = match reader.read_hello() {
+        Ok(Some(h)) => (h.name, true),
+        Ok(None) => (peer.to_string(), false),
         Err(e) => return Err(explain(e, hub.timeout)).context("handshake"),
     };
     reader.get_ref().started.set(None);
@@ -356,27 +358,41 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr) -> Result<
         let _ = old.shutdown(Shutdown::Both);
     }
     let result = (|| -> Result<()> {
-        let mut ctx = StreamCtx::open(hub.clone(), &name, &peer.to_string(), "tcp")?;
-        log::info!("state: stream from {name:?} ({peer}) open");
-        if hub.sinks.per_sender.is_none() && lock(&hub.live).len() > 1 {
-            log::warn!(
-                "{} senders connected without --per-sender: their frames share one directory",
-                lock(&hub.live).len()
-            );
-        }
+        // A peer without a hello gets stats (named by its address) only
+        // once it sent something that is a frame, so junk leaves no trace.
+        let open = || -> Result<StreamCtx> {
+            let ctx = StreamCtx::open(hub.clone(), &name, &peer.to_string(), "tcp")?;
+            log::info!("state: stream from {name:?} ({peer}) open");
+            if hub.sinks.per_sender.is_none() && lock(&hub.live).len() > 1 {
+                log::warn!(
+                    "{} senders connected without --per-sender: their frames share one directory",
+                    lock(&hub.live).len()
+                );
+            }
+            Ok(ctx)
+        };
+        let mut ctx = if hello { Some(open()?) } else { None };
         loop {
             let res = reader.read_frame();
             match res {
                 Ok(Some(f)) => {
                     let h = f.header;
-                    ctx.frame(&h, f.payload)?;
+                    if ctx.is_none() {
+                        ctx = Some(open()?);
+                    }
+                    ctx.as_mut().expect("opened").frame(&h, f.payload)?;
                 }
                 Ok(None) => {
                     log::info!("state: sender {name:?} closed the stream");
                     return Ok(());
                 }
-                Err(e) if e.is_recoverable() => ctx.corrupt(&e),
-                Err(e) => return Err(explain(e, hub.timeout)).context(format!("{name}")),
+                Err(e) if e.is_recoverable() => {
+                    if ctx.is_none() {
+                        ctx = Some(open()?);
+                    }
+                    ctx.as_mut().expect("opened").corrupt(&e)
+                }
+                Err(e) => return Err(explain(e, hub.timeout)).context(name.clone()),
             }
             reader.get_ref().started.set(None); // the next frame's clock starts at its first byte
         }

@@ -91,6 +91,8 @@ struct Cli {
 
     /// Never drop a frame: slow the source down to what the link takes instead
     /// (frames still in the kernel when a connection breaks can be lost).
+    /// Implied unless the source is live (raw frames from --input-format, or
+    /// --fps pacing): image files are a batch and are all sent.
     #[arg(long)]
     no_drop: bool,
 
@@ -206,7 +208,8 @@ fn run(cli: Cli) -> Result<()> {
         name,
         transport: cli.transport,
         queue: cli.queue as usize,
-        no_drop: cli.no_drop,
+        // Image files without --fps are a batch, not a live source: send them all.
+        no_drop: cli.no_drop || (cli.input_format.is_none() && cli.fps.is_none()),
         fps: cli.fps,
         count: cli.count,
         timeout: secs(cli.timeout, "--timeout")?,

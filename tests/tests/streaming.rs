@@ -1,0 +1,374 @@
+//! Streaming behaviour on loopback (issue 5): several senders at once,
+//! `--per-sender` layout, `--stats-json`, TCP and UDP, reconnect after a
+//! receiver restart, a sender that waits for a missing receiver, hostile
+//! peers beside a good sender. The two-host tests over a shaped link are in
+//! `cargo xtask netbed`.
+
+use bitmask_tests::*;
+use bitmask_wire::{encode_frame, Header, Hello, CODEC_RAW};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const W: u32 = 64;
+const H: u32 = 48;
+
+/// Three noise images in `dir`; returns their expected masks (luma >= 128).
+fn inputs(dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..3)
+        .map(|i| {
+            let img = image::DynamicImage::ImageRgb8(noise_image(W, H, 40 + i));
+            save_image(&img, &dir.join(format!("in-{i}.png")));
+            expected_mask(
+                &img,
+                &Params {
+                    channel: Channel::Luma,
+                    threshold: 128,
+                    invert: false,
+                },
+            )
+        })
+        .collect()
+}
+
+fn sender(to: &str, name: &str, input: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(bin("bitmask-send"));
+    c.args(["--to", to, "--name", name, "--loop"])
+        .args(extra)
+        .arg(input);
+    c
+}
+
+/// Every frame-NNNNNN.raw in `dir` equals the mask of image NNNNNN % 3; returns the sequence numbers.
+fn check_frames(dir: &Path, expected: &[Vec<u8>]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for name in list(dir) {
+        let Some(n) = name
+            .strip_prefix("frame-")
+            .and_then(|n| n.strip_suffix(".raw"))
+        else {
+            continue;
+        };
+        let seq: u64 = n.parse().unwrap();
+        assert_eq!(
+            read(&dir.join(&name)),
+            expected[(seq % 3) as usize],
+            "{} differs from the mask of image {}",
+            dir.join(&name).display(),
+            seq % 3
+        );
+        seqs.push(seq);
+    }
+    seqs.sort();
+    seqs
+}
+
+/// A number from `--stats-json` for sender `name`.
+fn stat(json: &str, name: &str, key: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(json).expect("stats json parses");
+    let s = v["senders"]
+        .as_array()
+        .expect("senders array")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no sender {name:?} in {json}"));
+    s[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {key} for {name} in {json}"))
+}
+
+#[test]
+fn two_senders_tcp_and_udp_get_their_own_directories_and_stats() {
+    let tmp = TempDir::new("streaming-multi");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let json = tmp.join("stats.json");
+    let mut recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--per-sender",
+        "--stats-json",
+        json.to_str().unwrap(),
+        "--count",
+        "24",
+    ]);
+    let input = tmp.join("in");
+    let mut a = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam-a",
+        &input,
+        &["--count", "12", "--fps", "40", "--no-drop"],
+    ));
+    let mut b = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam-b",
+        &input,
+        &["--count", "12", "--fps", "40", "--transport", "udp"],
+    ));
+    let fa = a.wait(LIMIT);
+    let fb = b.wait(LIMIT);
+    assert!(fa.status.success(), "tcp sender: {}", fa.stderr);
+    assert!(fb.status.success(), "udp sender: {}", fb.stderr);
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.status.success(), "receiver: {}", fr.stderr);
+    let all: Vec<u64> = (0..12).collect();
+    assert_eq!(check_frames(&out.join("cam-a"), &expected), all);
+    assert_eq!(check_frames(&out.join("cam-b"), &expected), all);
+    assert!(
+        list(&out).iter().all(|n| !n.starts_with("frame-")),
+        "--per-sender must not write into DIR itself: {:?}",
+        list(&out)
+    );
+    let j = std::fs::read_to_string(&json).unwrap();
+    for name in ["cam-a", "cam-b"] {
+        assert_eq!(stat(&j, name, "received"), 12.0, "{j}");
+        assert_eq!(stat(&j, name, "lost"), 0.0, "{j}");
+        assert_eq!(stat(&j, name, "corrupt"), 0.0, "{j}");
+        assert!(stat(&j, name, "total_latency_p99_ms") >= 0.0, "{j}");
+        assert!(stat(&j, name, "compression_ratio") > 0.0, "{j}");
+    }
+    assert!(j.contains("\"transport\": \"udp\""), "{j}");
+    assert!(
+        fr.stderr.contains("cam-a: 12 frames (0 lost"),
+        "final summary per sender expected: {}",
+        fr.stderr
+    );
+}
+
+#[test]
+fn sender_waits_for_a_missing_receiver_then_streams() {
+    let tmp = TempDir::new("streaming-wait");
+    let expected = inputs(&tmp.join("in"));
+    let addr = closed_port();
+    let s = Proc::spawn(&mut sender(
+        &addr,
+        "patient",
+        &tmp.join("in"),
+        &["--fps", "20", "--count", "200"],
+    ));
+    s.wait_for_stderr("cannot reach receiver", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = tmp.join("out");
+    let mut recv = start_listening(Command::new(bin("bitmask-recv")).args([
+        "--listen",
+        &addr,
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        "5",
+    ]));
+    assert_eq!(recv.addr, addr);
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.status.success(), "receiver: {}", fr.stderr);
+    let seqs = check_frames(&out, &expected);
+    assert_eq!(seqs.len(), 5, "{seqs:?}");
+    assert!(
+        seqs[0] > 0,
+        "frames captured while nobody listened are dropped, not queued: {seqs:?}"
+    );
+    s.wait_for_stderr("state: connected to", Duration::from_secs(5));
+}
+
+#[test]
+fn sender_resumes_after_the_receiver_restarts() {
+    let tmp = TempDir::new("streaming-restart");
+    let expected = inputs(&tmp.join("in"));
+    let addr = closed_port();
+    let (out1, out2) = (tmp.join("out1"), tmp.join("out2"));
+    let recv_args = |out: &Path| {
+        let mut c = Command::new(bin("bitmask-recv"));
+        c.args(["--listen", &addr, "--out", out.to_str().unwrap()]);
+        c
+    };
+    let r1 = start_listening(&mut recv_args(&out1));
+    let s = Proc::spawn(&mut sender(
+        &addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "40", "--count", "400"],
+    ));
+    let t = Instant::now();
+    while list(&out1).len() < 10 {
+        assert!(t.elapsed() < LIMIT, "no frames: {}", s.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(r1); // killed (SIGKILL) and reaped
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut c = recv_args(&out2);
+    c.args(["--count", "10"]);
+    let mut r2 = start_listening(&mut c);
+    let f2 = r2.proc.wait(LIMIT);
+    assert!(f2.status.success(), "receiver 2: {}", f2.stderr);
+    let a = check_frames(&out1, &expected);
+    let b = check_frames(&out2, &expected);
+    assert_eq!(b.len(), 10);
+    assert!(
+        a.last() < b.first(),
+        "numbering goes on across the restart: {a:?} {b:?}"
+    );
+    let log = s.wait_for_stderr("reconnecting", Duration::from_secs(5));
+    assert!(log.contains("state: connection to"), "{log}");
+    s.wait_for_stderr(
+        "without a receiver; resuming at frame",
+        Duration::from_secs(5),
+    );
+}
+
+fn frame_bytes(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let h = Header::new(W, H, seq, CODEC_RAW, payload.len() as u32);
+    let mut v = Vec::new();
+    encode_frame(&h, payload, &mut v);
+    v
+}
+
+/// Reads until the receiver closes the connection; true if within `limit`.
+fn closed_by_peer(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    while t.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn hostile_peers_cost_one_connection_each_and_spare_the_good_stream() {
+    let tmp = TempDir::new("streaming-hostile");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let json = tmp.join("stats.json");
+    let mut recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--per-sender",
+        "--timeout",
+        "1.5",
+        "--max-size",
+        "640x480",
+        "--stats-json",
+        json.to_str().unwrap(),
+    ]);
+    let addr = recv.addr.clone();
+    let mut good = Proc::spawn(&mut sender(
+        &addr,
+        "good",
+        &tmp.join("in"),
+        &["--count", "60", "--fps", "30", "--no-drop"],
+    ));
+    // garbage
+    let mut g = TcpStream::connect(&addr).unwrap();
+    let _ = g.write_all(&noise(4096, 9));
+    // a header claiming a 4 GB frame
+    let mut big = TcpStream::connect(&addr).unwrap();
+    let mut h = frame_bytes(0, &vec![0u8; (W / 8 * H) as usize])[..40].to_vec();
+    h[8..12].copy_from_slice(&100_000u32.to_le_bytes());
+    h[12..16].copy_from_slice(&100_000u32.to_le_bytes());
+    h[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+    big.write_all(&h).unwrap();
+    // half a frame, then silence
+    let mut half = TcpStream::connect(&addr).unwrap();
+    let f = frame_bytes(0, &vec![0xaau8; (W / 8 * H) as usize]);
+    half.write_all(&f[..f.len() / 2]).unwrap();
+    // a damaged frame then a good one, under its own name
+    let mut crc = TcpStream::connect(&addr).unwrap();
+    crc.write_all(&Hello::new("crc").unwrap().encode()).unwrap();
+    let mut bad = frame_bytes(0, &expected[0]);
+    bad[100] ^= 1;
+    crc.write_all(&bad).unwrap();
+    crc.write_all(&frame_bytes(1, &expected[1])).unwrap();
+    // slow-loris: a byte every 200 ms
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let trickle = std::thread::spawn(move || {
+        let t = Instant::now();
+        for b in f.iter().cycle() {
+            if slow.write_all(&[*b]).is_err() {
+                return Some(t.elapsed());
+            }
+            let mut one = [0u8; 1];
+            slow.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            if let Ok(0) = slow.read(&mut one) {
+                return Some(t.elapsed());
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+        }
+        None
+    });
+    assert!(
+        closed_by_peer(&mut g, Duration::from_secs(5)),
+        "garbage peer kept"
+    );
+    assert!(
+        closed_by_peer(&mut big, Duration::from_secs(5)),
+        "4 GB header peer kept"
+    );
+    assert!(
+        closed_by_peer(&mut half, Duration::from_secs(5)),
+        "half-frame peer kept"
+    );
+    let slow_closed = trickle.join().unwrap();
+    assert!(
+        slow_closed.is_some_and(|t| t < Duration::from_secs(5)),
+        "slow-loris peer kept: {slow_closed:?}"
+    );
+    drop(crc);
+    let fg = good.wait(LIMIT);
+    assert!(fg.status.success(), "good sender: {}", fg.stderr);
+    std::thread::sleep(Duration::from_millis(1500)); // one more stats refresh
+    let j = std::fs::read_to_string(&json).unwrap();
+    let seqs = check_frames(&out.join("good"), &expected);
+    assert_eq!(seqs, (0..60).collect::<Vec<u64>>());
+    assert_eq!(stat(&j, "good", "lost"), 0.0, "{j}");
+    assert_eq!(stat(&j, "good", "corrupt"), 0.0, "{j}");
+    assert_eq!(stat(&j, "crc", "corrupt"), 1.0, "{j}");
+    assert_eq!(stat(&j, "crc", "received"), 1.0, "{j}");
+    assert_eq!(check_frames(&out.join("crc"), &expected), vec![1]);
+    let log = recv.proc.stderr();
+    assert!(log.contains("bad magic"), "{log}");
+    assert!(log.contains("slow peer"), "{log}");
+    // still serving
+    let mut again = Proc::spawn(&mut sender(
+        &addr,
+        "late",
+        &tmp.join("in"),
+        &["--count", "3", "--no-drop"],
+    ));
+    assert!(again.wait(LIMIT).status.success());
+    unsafe_free_sigterm(recv.proc.id());
+    let fr = recv.proc.wait(LIMIT);
+    assert!(
+        fr.status.success(),
+        "SIGTERM ends the receiver cleanly: {}",
+        fr.stderr
+    );
+    assert!(
+        fr.stderr.contains("bitmask-recv: late: 3 frames"),
+        "{}",
+        fr.stderr
+    );
+}
+
+/// `kill -TERM pid` without unsafe code in the test.
+fn unsafe_free_sigterm(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(st.success());
+}

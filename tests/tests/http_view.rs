@@ -204,6 +204,12 @@ fn close(what: &str, a: f64, b: f64, unit: f64) {
     );
 }
 
+fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v}"))
+}
+
 fn send(addr: &str, name: &str, image: &Path, count: u64) {
     let out = run(Command::new(bin("bitmask-send")).args([
         "--to",
@@ -330,8 +336,14 @@ fn live_view_in_headless_chromium() {
     let ratio: f64 = dom_value(&dom, "cam", "ratio")
         .parse()
         .expect("ratio is a number");
-    let raw = (W as f64 / 8.0) * H as f64;
-    assert!((ratio - raw / (raw + 40.0)).abs() < 0.002, "ratio {ratio}");
+    let (mask, wire) = (json_u64(cam, "mask_bytes"), json_u64(cam, "wire_bytes"));
+    assert_eq!(mask, (n1 + n2) * (W as u64 / 8) * H as u64, "mask bytes");
+    close(
+        "ratio (page/bytes)",
+        ratio,
+        mask as f64 / wire as f64,
+        0.001,
+    );
 
     // HTTP edge cases; the server survives all of them.
     assert_eq!(get(&web, "/nope").0, 404);

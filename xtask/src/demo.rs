@@ -78,6 +78,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--loop",
             "--count",
             &count,
+            "--no-drop",
         ])
         .arg(&input)
         .status()

@@ -1,6 +1,7 @@
 //! `bitmask-send`: thresholds images into 1-bit masks and streams them as
 //! bitmask frames over one TCP connection.
 
+mod codec;
 mod input;
 mod net;
 mod pipeline;
@@ -73,6 +74,17 @@ struct Cli {
     /// Rows stored per plane when the producer pads the height (default: the height).
     #[arg(long, value_name = "H", requires = "input_format")]
     padded_height: Option<usize>,
+
+    /// Payload codec: raw (none), bilevel (this project's 2-D/temporal mask codec),
+    /// zstd, lz4, or auto (per frame the smallest that fits a time budget; raw when
+    /// compression does not pay).
+    #[arg(long, default_value = "auto", value_name = "CODEC")]
+    codec: bitmask_codec::Choice,
+
+    /// A key frame (coded without reference to earlier frames) every N frames;
+    /// 1 = every frame coded alone. A receiver that joins late recovers at the next one.
+    #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keyframe_interval: u32,
 
     /// Sender name announced to the receiver (default: this host's name).
     #[arg(long)]
@@ -216,8 +228,8 @@ fn run(cli: Cli) -> Result<()> {
         retry_max: secs(cli.retry_max, "--retry-max")?,
         mtu: cli.mtu,
     };
-    // Codec hook: a `--codec` choice becomes a `pipeline::FrameEncoder` here.
-    let encoder: Box<dyn pipeline::FrameEncoder> = Box::new(pipeline::RawEncoder);
+    let encoder: Box<dyn pipeline::FrameEncoder> =
+        Box::new(codec::CodecEncoder::new(cli.codec, cli.keyframe_interval));
     let start = Instant::now();
     let counters = pipeline::run(cfg, source, params, encoder)?;
     eprintln!("bitmask-send: {}", counters.summary(start.elapsed()));

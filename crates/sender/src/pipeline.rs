@@ -23,7 +23,7 @@
 use crate::input::{Mask, MaskParams, Source};
 use crate::{net, udp};
 use anyhow::{Context, Result};
-use bitmask_wire::{finish_frame_in_place, Header, CODEC_RAW, HEADER_LEN};
+use bitmask_wire::{finish_frame_in_place, Header, HEADER_LEN};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -72,17 +72,6 @@ pub trait FrameEncoder: Send {
     /// Called after every (re)connect: the next frame must decode on its own
     /// (a key frame), since the receiver may have lost the reference.
     fn force_keyframe(&mut self);
-}
-
-/// Codec 0: the packed mask as it is.
-pub struct RawEncoder;
-
-impl FrameEncoder for RawEncoder {
-    fn encode(&mut self, mask: &Mask, _sequence: u64, out: &mut Vec<u8>) -> Result<(u8, u8)> {
-        out.extend_from_slice(&mask.bits);
-        Ok((CODEC_RAW, 0))
-    }
-    fn force_keyframe(&mut self) {}
 }
 
 /// A captured frame waiting to be sent.

@@ -9,7 +9,7 @@
 //! lists and rendered back with byte fills.
 
 use crate::bits::{get_varint, put_varint, BitReader, BitWriter};
-use crate::rans::{normalize, write_model, DecModel, EncSym, RansDec, RansEnc, MAX_ALPHABET};
+use crate::rans::{normalize, write_model, DecTables, EncSym, RansDec, RansEnc, MAX_ALPHABET};
 
 /// Largest |a1 - b1| coded as a vertical mode.
 const VMAX: i32 = 7;
@@ -47,16 +47,10 @@ const KIND_KEY: u8 = 0;
 const KIND_DELTA: u8 = 1;
 
 /// Context after a mode symbol: 1 after V0, 2 after V+-1, 3 after anything else (0 at row start).
-#[inline]
+#[inline(always)]
 fn next_ctx(sym: u32) -> usize {
-    const CTX: [u8; 32] = {
-        let mut t = [3u8; 32];
-        t[VMAX as usize] = 1;
-        t[VMAX as usize - 1] = 2;
-        t[VMAX as usize + 1] = 2;
-        t
-    };
-    CTX[(sym & 31) as usize] as usize
+    let d = sym.abs_diff(VMAX as u32);
+    1 + (d != 0) as usize + (d > 1) as usize
 }
 
 /// A symbol record: model (4 bits), symbol (6 bits), extra-bit value (22 bits).
@@ -327,7 +321,7 @@ fn decode_row(
     r: &[u32],
     width: u32,
     mode_base: usize,
-    models: &[DecModel],
+    models: &[u32],
     dec_state: &mut RansDec<'_>,
     bits: &mut BitReader<'_>,
     out: &mut Vec<u32>,
@@ -348,11 +342,7 @@ fn decode_row(
         let k1 = kb + ((kb ^ color) & 1);
         let b1 = r[k1] as i32;
         let b2 = r[k1 + 1] as i32;
-        let m = &models[mode_base + ctx];
-        if !m.used {
-            return Err("mode symbol from an empty model");
-        }
-        let sym = dec.get(m) as u32;
+        let sym = dec.get(models, mode_base + ctx) as u32;
         if sym == SYM_PASS {
             if b2 >= w {
                 return Err("pass mode past the end of the row");
@@ -360,11 +350,7 @@ fn decode_row(
             a0 = b2;
         } else if sym == SYM_HORIZ {
             let mut run = |col: usize| -> Result<u32, Reason> {
-                let m = &models[M_RUN + col];
-                if !m.used {
-                    return Err("run from an empty model");
-                }
-                let class = dec.get(m) as u32;
+                let class = dec.get(models, M_RUN + col) as u32;
                 let nb = run_extra_bits(class);
                 Ok(run_value(class, bits.get(nb)))
             };
@@ -645,7 +631,7 @@ pub(crate) fn payload_reference(payload: &[u8]) -> Result<Option<u64>, Reason> {
 /// Decoder state of the bilevel codec.
 #[derive(Debug)]
 pub(crate) struct BilevelDecoder {
-    models: Vec<DecModel>,
+    models: DecTables,
     row: Vec<u32>,
     above: Vec<u32>,
     tref: Vec<u32>,
@@ -654,7 +640,7 @@ pub(crate) struct BilevelDecoder {
 impl Default for BilevelDecoder {
     fn default() -> Self {
         BilevelDecoder {
-            models: vec![DecModel::default(); N_MODELS],
+            models: DecTables::new(N_MODELS),
             row: Vec::new(),
             above: Vec::new(),
             tref: Vec::new(),
@@ -682,9 +668,9 @@ impl BilevelDecoder {
         if payload[0] == KIND_DELTA && prev.is_none() {
             return Err((0, "delta payload without a reference"));
         }
-        for (m, model) in self.models.iter_mut().enumerate() {
-            model
-                .read(payload, &mut pos, alphabet(m))
+        for m in 0..N_MODELS {
+            self.models
+                .read(m, payload, &mut pos, alphabet(m))
                 .map_err(|e| (pos, e))?;
         }
         let rans_len = get_varint(payload, &mut pos).ok_or((pos, "truncated rANS length"))?;
@@ -712,18 +698,14 @@ impl BilevelDecoder {
             .take(height as usize)
             .enumerate()
         {
-            let m = &self.models[M_ROW + row_ctx];
-            if !m.used {
-                return Err((pos, "row mode from an empty model"));
-            }
-            let mode = dec.get(m) as u32;
+            let mode = dec.get(&self.models.table, M_ROW + row_ctx) as u32;
             self.row.clear();
             match mode {
                 ROW_SPATIAL => decode_row(
                     &self.above,
                     width,
                     M_MODE_S,
-                    &self.models,
+                    &self.models.table,
                     &mut dec,
                     &mut bits,
                     &mut self.row,
@@ -736,7 +718,7 @@ impl BilevelDecoder {
                         &self.tref,
                         width,
                         M_MODE_T,
-                        &self.models,
+                        &self.models.table,
                         &mut dec,
                         &mut bits,
                         &mut self.row,

@@ -147,38 +147,38 @@ impl RansEnc {
     }
 }
 
-/// A model on the decoder side: per slot, `freq << 17 | (slot - start) << 6 | symbol`.
+/// The decoder's models, flat: model `m` is `table[m * PROB_SCALE..][..PROB_SCALE]`,
+/// one entry per slot: `freq << 17 | (slot - start) << 6 | symbol`. An empty
+/// model's entries are 0, which the decoder flags as an error.
 #[derive(Debug, Clone)]
-pub(crate) struct DecModel {
-    pub(crate) used: bool,
-    table: Box<[u32]>,
+pub(crate) struct DecTables {
+    pub(crate) table: Vec<u32>,
 }
 
-impl Default for DecModel {
-    fn default() -> Self {
-        DecModel {
-            used: false,
-            table: vec![0u32; PROB_SCALE as usize].into_boxed_slice(),
+impl DecTables {
+    pub(crate) fn new(models: usize) -> Self {
+        DecTables {
+            table: vec![0u32; models * PROB_SCALE as usize],
         }
     }
-}
 
-impl DecModel {
-    /// Reads a model written by [`write_model`] for an alphabet of `alphabet`
-    /// symbols. `Err` carries a reason.
+    /// Reads model `m`, written by [`write_model`] for an alphabet of
+    /// `alphabet` symbols. `Err` carries a reason.
     pub(crate) fn read(
         &mut self,
+        m: usize,
         data: &[u8],
         pos: &mut usize,
         alphabet: usize,
     ) -> Result<(), &'static str> {
+        let table = &mut self.table[m * PROB_SCALE as usize..][..PROB_SCALE as usize];
         let bitmap = get_varint(data, pos).ok_or("truncated model bitmap")?;
         if alphabet < 64 && bitmap >> alphabet != 0 {
             return Err("model uses a symbol outside its alphabet");
         }
         let used = bitmap.count_ones();
-        self.used = used > 0;
         if used == 0 {
+            table.fill(0);
             return Ok(());
         }
         let mut start = 0u32;
@@ -197,7 +197,7 @@ impl DecModel {
             } else {
                 PROB_SCALE - start
             };
-            for (k, e) in self.table[start as usize..(start + f) as usize]
+            for (k, e) in table[start as usize..(start + f) as usize]
                 .iter_mut()
                 .enumerate()
             {
@@ -216,6 +216,8 @@ pub(crate) struct RansDec<'a> {
     x: u32,
     buf: &'a [u8],
     pos: usize,
+    /// Set when a symbol came from an empty model.
+    bad: bool,
 }
 
 impl<'a> RansDec<'a> {
@@ -228,13 +230,19 @@ impl<'a> RansDec<'a> {
         if !(RANS_L..1 << 31).contains(&x) {
             return Err("rANS initial state out of range");
         }
-        Ok(RansDec { x, buf, pos: 4 })
+        Ok(RansDec {
+            x,
+            buf,
+            pos: 4,
+            bad: false,
+        })
     }
 
-    /// Decodes one symbol of `m` (which must be `used`).
-    #[inline]
-    pub(crate) fn get(&mut self, m: &DecModel) -> usize {
-        let e = m.table[(self.x & (PROB_SCALE - 1)) as usize];
+    /// Decodes one symbol of model `m` of `t`.
+    #[inline(always)]
+    pub(crate) fn get(&mut self, t: &[u32], m: usize) -> usize {
+        let e = t[m * PROB_SCALE as usize + (self.x & (PROB_SCALE - 1)) as usize];
+        self.bad |= e == 0;
         self.x = (e >> 17) * (self.x >> PROB_BITS) + ((e >> 6) & 0x7FF);
         // x >= 16 here, so one 16-bit word always restores x >= RANS_L.
         if self.x < RANS_L {
@@ -248,6 +256,6 @@ impl<'a> RansDec<'a> {
 
     /// True when the stream was consumed exactly and ended in the encoder's initial state.
     pub(crate) fn finished_cleanly(&self) -> bool {
-        self.pos == self.buf.len() && self.x == RANS_L
+        !self.bad && self.pos == self.buf.len() && self.x == RANS_L
     }
 }

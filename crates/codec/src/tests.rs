@@ -98,7 +98,7 @@ fn transitions_and_render() {
                 }
             }
             assert_eq!(tr, expect);
-            let mut back = vec![0u8; row.len()];
+            let mut back = vec![0xA5u8; row.len()];
             render_row(&tr, w, &mut back);
             assert_eq!(back, row);
         }

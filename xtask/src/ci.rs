@@ -27,15 +27,20 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     step("headless Chromium for the live-view test", || {
         crate::browser::ensure().map(|_| ())
     })?;
+    let mut tally = Tally::default();
     step("tests", || {
         let mut c = cargo();
         c.args(["test", "--workspace"]);
         if is_ci() {
             c.env("CI", "true");
         }
-        run(&mut c)
+        tally = run_tests(&mut c)?;
+        Ok(())
     })?;
-    step("Pi builds under qemu (dist, unit, sigill, e2e, deploy)", crate::dist::ci_step)?;
+    step(
+        "Pi builds under qemu (dist, unit, sigill, e2e, deploy)",
+        crate::dist::ci_step,
+    )?;
     step(
         "two-host streaming tests (netns + tc; slow receiver 15 s)",
         crate::netbed::ci_step,
@@ -44,7 +49,57 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         "xtask ci: all steps passed in {:.0} s",
         start.elapsed().as_secs_f64()
     );
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Test counts summed over every `test result:` line of a cargo test run.
+#[derive(Default, Debug, Clone, Copy)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and sums its result lines. Fails
+/// when it fails, when no test ran, or when a test is ignored (nothing is
+/// skipped quietly).
+fn run_tests(cmd: &mut Command) -> Result<Tally> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("$ {}", crate::util::show(cmd));
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut t = Tally::default();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(what)
+                            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            t.passed += num("passed");
+            t.failed += num("failed");
+            t.ignored += num("ignored");
+        }
+    }
+    let st = child.wait()?;
+    eprintln!(
+        "cargo test: {} passed, {} failed, {} ignored",
+        t.passed, t.failed, t.ignored
+    );
+    anyhow::ensure!(st.success(), "cargo test failed: {st}");
+    anyhow::ensure!(t.passed > 0, "cargo test ran no test");
+    anyhow::ensure!(
+        t.ignored == 0,
+        "{} test(s) were ignored: nothing may be skipped quietly",
+        t.ignored
+    );
+    Ok(t)
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {

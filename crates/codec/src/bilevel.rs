@@ -336,6 +336,9 @@ fn decode_row(
     let mut kb = 0usize;
     let mut ctx = 0usize;
     loop {
+        // Usually 0-2 steps: two without branches, a loop for the rest.
+        kb += (r[kb] as i32 <= a0) as usize;
+        kb += (r[kb] as i32 <= a0) as usize;
         while r[kb] as i32 <= a0 {
             kb += 1;
         }

@@ -245,12 +245,13 @@ impl<'a> RansDec<'a> {
         self.bad |= e == 0;
         self.x = (e >> 17) * (self.x >> PROB_BITS) + ((e >> 6) & 0x7FF);
         // x >= 16 here, so one 16-bit word always restores x >= RANS_L.
-        if self.x < RANS_L {
-            let lo = self.buf.get(self.pos).copied().unwrap_or(0) as u32;
-            let hi = self.buf.get(self.pos + 1).copied().unwrap_or(0) as u32;
-            self.x = (self.x << 16) | hi << 8 | lo;
-            self.pos += 2;
-        }
+        let w = match self.buf.get(self.pos..self.pos + 2) {
+            Some(b) => u16::from_le_bytes([b[0], b[1]]) as u32,
+            None => self.buf.get(self.pos).copied().unwrap_or(0) as u32,
+        };
+        let need = self.x < RANS_L;
+        self.x = if need { (self.x << 16) | w } else { self.x };
+        self.pos += 2 * need as usize;
         (e & 63) as usize
     }
 

@@ -175,7 +175,8 @@ def recv(listen, out, count=None):
                     if frame is None:
                         break
                     if frame.codec != CODEC_RAW:
-                        print(f"bitmask_wire: frame {frame.sequence}: codec {frame.codec} is not supported, skipped", file=sys.stderr)
+                        print(f"bitmask_wire: frame {frame.sequence}: codec {frame.codec} is not supported here "
+                              "(this module decodes raw frames: bitmask-send --codec raw), skipped", file=sys.stderr)
                         continue
                     final = out / f"frame-{frame.sequence:06d}.npy"
                     tmp = out / f".{final.name}.tmp"

@@ -14,7 +14,7 @@
 //! | [`Proc::spawn`] / [`Proc::wait`] / [`run`] | a child process with stdout and stderr collected, killed on drop, waited with a time limit |
 //! | [`start_receiver`]`(&args)` | `bitmask-recv --listen 127.0.0.1:0 <args>`, returns once it logged `listening on ADDR` |
 //! | [`start_listening`]`(cmd)` | the same for any command that logs `listening on ADDR` (e.g. `bitmask_wire.py recv`) |
-//! | [`noise_image`] / [`save_image`] / [`expected_mask`] | test images and the mask bitmask-core makes of them |
+//! | [`noise_image`] / [`scene_image`] / [`save_image`] / [`expected_mask`] | test images (incompressible / compressible) and the mask bitmask-core makes of them |
 //!
 //! ```no_run
 //! use bitmask_tests::*;
@@ -436,6 +436,30 @@ pub fn noise_image(width: u32, height: u32, seed: u64) -> image::RgbImage {
         noise(width as usize * height as usize * 3, seed),
     )
     .expect("buffer fits")
+}
+
+/// A `width` x `height` RGB8 image that compresses well (gradients, bars and
+/// a disc), so a sender's codecs have something to do, unlike [`noise_image`].
+pub fn scene_image(width: u32, height: u32, seed: u64) -> image::RgbImage {
+    let (cx, cy, r) = (
+        width as i64 / 2,
+        height as i64 / 2,
+        (width.min(height) / 3) as i64,
+    );
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let (xi, yi) = (x as i64, y as i64);
+        let inside = (xi - cx).pow(2) + (yi - cy).pow(2) <= r * r;
+        let bar = ((x as u64 + seed * 7) / 16) % 2 == 0;
+        image::Rgb([
+            (x * 255 / width.max(1)) as u8,
+            if bar { 200 } else { 40 },
+            if inside {
+                250
+            } else {
+                (y * 255 / height.max(1)) as u8
+            },
+        ])
+    })
 }
 
 /// Saves `img` (format from the extension of `path`), panicking with the path on failure.

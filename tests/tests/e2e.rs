@@ -14,13 +14,19 @@ use std::time::Duration;
 /// The sizes every format is checked on: 1 pixel, widths below, above and at a byte, and large ones.
 const SIZES: [(u32, u32); 5] = [(1, 1), (7, 3), (9, 2), (1023, 767), (1024, 768)];
 
-/// Noise images of `sizes` saved as PNG in `dir`, in sending order.
+/// Images of `sizes` saved as PNG in `dir`, in sending order: noise at even
+/// indices, compressible scenes at odd ones (so the sender's default codec
+/// choice sends some frames compressed and the receiver must decode them).
 fn images(dir: &TempDir, sizes: &[(u32, u32)]) -> Vec<(PathBuf, DynamicImage)> {
     sizes
         .iter()
         .enumerate()
         .map(|(i, &(w, h))| {
-            let img = DynamicImage::ImageRgb8(noise_image(w, h, i as u64 + 1));
+            let img = DynamicImage::ImageRgb8(if i % 2 == 0 {
+                noise_image(w, h, i as u64 + 1)
+            } else {
+                scene_image(w, h, i as u64)
+            });
             let path = dir.join(&format!("img-{i}.png"));
             save_image(&img, &path);
             (path, img)

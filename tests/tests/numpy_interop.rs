@@ -215,6 +215,8 @@ fn python_decodes_sender_frames_equal_to_the_numpy_recipe() {
             "--to",
             &recv.addr,
             "--no-drop",
+            "--codec",
+            "raw",
             "--channel",
             "blue",
             "--threshold",

@@ -20,7 +20,10 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
             "warnings",
         ]))
     })?;
-    step("python venv with numpy", || venv_python(&[]).map(|_| ()))?;
+    // scikit-image: tests/tests/numpy_interop.rs checks Otsu against skimage.filters.threshold_otsu
+    step("python venv with numpy", || {
+        venv_python(&["scikit-image"]).map(|_| ())
+    })?;
     step("build binaries", || {
         run(cargo().args(["build", "--workspace"]))
     })?;

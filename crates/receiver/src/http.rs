@@ -17,8 +17,8 @@
 //! * Connections beyond pool + queue are answered `503` and closed by the
 //!   accept thread without blocking (non-blocking write). Every connection has
 //!   a deadline for its request head ([`HEAD_DEADLINE`], for the whole head,
-//!   so trickling bytes does not extend it) and a write timeout
-//!   ([`IO_TIMEOUT`]), and carries exactly one request (`Connection: close`):
+//!   so trickling bytes does not extend it) and one for sending the whole
+//!   response ([`IO_TIMEOUT`]), and carries exactly one request (`Connection: close`):
 //!   a stalled browser holds one worker for a bounded time, and a hundred of
 //!   them cost the stream nothing (other viewers may wait or get `503` while
 //!   they fill the pool).
@@ -29,6 +29,7 @@
 //! * Shown masks lag the newest frame by at most 1/`--http-fps` s while a
 //!   stream runs; after a burst that ends within that time, the view keeps
 //!   the burst's first frame (the later ones were never copied).
+//! * The view's threads run at nice 10, below the receive path.
 //!
 //! Requests are parsed by `httparse`; only `GET`/`HEAD` of the listed paths
 //! are served, everything else gets a 4xx. Nothing over HTTP changes state.
@@ -50,7 +51,8 @@ use std::time::{Duration, Instant};
 pub const WORKERS: usize = 4;
 /// Accepted connections that may wait for a worker before new ones get `503`.
 pub const QUEUE: usize = 32;
-/// Write timeout of every HTTP connection (a reader that stops reading).
+/// Time allowed for sending a whole response (a reader that stops or
+/// trickles; a deadline for the whole response, not per write).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time from accept to a complete request head (against slow-loris trickles:
 /// the deadline is for the whole head, not per read).
@@ -209,9 +211,12 @@ impl View {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("http-sampler".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(1));
-                sample(&s);
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    sample(&s);
+                }
             })
             .context("cannot start the HTTP sampler thread")?;
         Ok(View {
@@ -471,7 +476,29 @@ fn stats_json(shared: &Shared) -> String {
 
 // ---------------------------------------------------------------- HTTP
 
+/// Nice value of the view's threads: on a busy single-core Pi the
+/// scheduler then gives the receive path the CPU first.
+const VIEW_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`VIEW_NICE`] (on
+/// Linux `setpriority(PRIO_PROCESS, 0, ..)` applies to the calling thread
+/// only). Best effort: failure only means equal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscall wrapper with constant arguments; no memory involved.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, VIEW_NICE) };
+        if r != 0 {
+            log::debug!(
+                "http: cannot lower thread priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>, shared: &Shared) {
+    lower_priority();
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -497,6 +524,7 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>, shared: &Shared
 }
 
 fn worker(rx: &Mutex<Receiver<TcpStream>>, shared: &Shared) {
+    lower_priority();
     let mut buf = Vec::with_capacity(MAX_HEAD);
     loop {
         let stream = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
@@ -558,7 +586,6 @@ fn reason(status: u16) -> &'static str {
 
 fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let deadline = Instant::now() + HEAD_DEADLINE;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
     buf.clear();
     let mut chunk = [0u8; 2048];
@@ -611,21 +638,47 @@ fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::
         head.push_str("Allow: GET, HEAD\r\n");
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    write_by(&mut stream, head.as_bytes(), deadline)?;
     if !head_only {
-        stream.write_all(body)?;
+        write_by(&mut stream, body, deadline)?;
     }
-    stream.flush()?;
-    // Half-close, then drain briefly, so an unread request body does not turn
-    // our close into a reset that eats the response.
+    // Half-close, then drain briefly (200 ms, 64 KiB at most), so an unread
+    // request body does not turn our close into a reset that eats the response.
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_millis(200);
     let mut sink = [0u8; 4096];
     let mut drained = 0;
     while drained < 64 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
+        }
+    }
+    Ok(())
+}
+
+/// `write_all`, but all of it by `deadline` (a client reading one byte at a
+/// time cannot stretch it).
+fn write_by(stream: &mut TcpStream, mut data: &[u8], deadline: Instant) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "client too slow to take the response",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(data) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -1,0 +1,714 @@
+//! Live camera input and live output (issue 6), driven by a producer nobody
+//! here wrote: Debian's `ffmpeg` generates a moving test pattern
+//! (`testsrc2`) as raw video, piped into `bitmask-send --input-format ...`.
+//!
+//! Every mask the receiver hands out is compared bit for bit with a mask
+//! computed here from ffmpeg's own raw bytes by plain scalar code (no
+//! bitmask-core): `bit = value >= threshold`, MSB first, rows padded to bytes.
+//!
+//! The outputs are exercised while frames arrive: `--exec` with a consumer
+//! that writes as it reads and one that dies, `--latest` under a reader
+//! polling the file, and the documented Python reader
+//! (docs/python/read_stream.py).
+
+use bitmask_tests::*;
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Whether ffmpeg runs; otherwise [`skip`] (a failure under CI, where
+/// `cargo xtask ci` installs it).
+fn have_ffmpeg() -> bool {
+    let ok = Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip("ffmpeg is not installed (Debian: apt-get install -y ffmpeg; `cargo xtask ci` does it as root)");
+    }
+    ok
+}
+
+/// The ffmpeg command line that writes `n` frames of testsrc2 as raw `pix_fmt`
+/// to `dest` (`-` = stdout), through the video filter `vf` if given.
+///
+/// testsrc2 is drawn in RGB and converted by ffmpeg's swscale: asked for
+/// yuv420p directly it rounds odd sizes down to even ones.
+fn ffmpeg_args(size: &str, n: usize, pix_fmt: &str, vf: Option<&str>, dest: &str) -> String {
+    let vf = vf.map(|f| format!("-vf {f} ")).unwrap_or_default();
+    format!(
+        "ffmpeg -nostdin -v error -f lavfi -i testsrc2=size={size}:rate=30,format=rgb24 -frames:v {n} {vf}-f rawvideo -pix_fmt {pix_fmt} -y {dest}"
+    )
+}
+
+/// Runs ffmpeg once into a file and returns its bytes.
+fn ffmpeg_file(dir: &TempDir, size: &str, n: usize, pix_fmt: &str, vf: Option<&str>) -> Vec<u8> {
+    let path = dir.join(&format!("{pix_fmt}-{size}-{}.raw", vf.is_some()));
+    let p = path.to_str().unwrap();
+    let out = run(Command::new("sh").args(["-c", &ffmpeg_args(size, n, pix_fmt, vf, p)]));
+    assert!(out.status.success(), "ffmpeg failed: {}", out.stderr);
+    read(&path)
+}
+
+/// Bytes of one tightly packed ffmpeg frame.
+fn tight_frame_len(pix_fmt: &str, w: usize, h: usize) -> usize {
+    match pix_fmt {
+        "gray" => w * h,
+        "rgb24" | "bgr24" => 3 * w * h,
+        "yuv420p" => w * h + 2 * w.div_ceil(2) * h.div_ceil(2),
+        other => panic!("no layout for {other}"),
+    }
+}
+
+/// Which value of a pixel the test thresholds.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// The first byte (gray, or the Y plane of yuv420p).
+    Gray,
+    /// Byte `i` of a 3-byte pixel.
+    Byte(usize),
+    /// Pillow's convert('L') of an RGB pixel at byte offsets r, g, b.
+    Luma(usize, usize, usize),
+}
+
+/// The expected masks (wire layout) of ffmpeg's tight frames, by scalar code.
+fn reference_masks(
+    raw: &[u8],
+    pix_fmt: &str,
+    w: usize,
+    h: usize,
+    pick: Pick,
+    threshold: u16,
+) -> Vec<Vec<u8>> {
+    let len = tight_frame_len(pix_fmt, w, h);
+    assert_eq!(raw.len() % len, 0, "ffmpeg output is whole frames");
+    let bpp = if matches!(pix_fmt, "rgb24" | "bgr24") {
+        3
+    } else {
+        1
+    };
+    let stride = w.div_ceil(8);
+    raw.chunks_exact(len)
+        .map(|frame| {
+            let mut out = vec![0u8; stride * h];
+            for y in 0..h {
+                for x in 0..w {
+                    let p = &frame[(y * w + x) * bpp..][..bpp];
+                    let v = match pick {
+                        Pick::Gray => p[0] as u32,
+                        Pick::Byte(i) => p[i] as u32,
+                        Pick::Luma(r, g, b) => {
+                            (19595 * p[r] as u32 + 38470 * p[g] as u32 + 7471 * p[b] as u32 + 32768)
+                                >> 16
+                        }
+                    };
+                    if v >= threshold as u32 {
+                        out[y * stride + x / 8] |= 0x80 >> (x % 8);
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Packed mask to one byte per pixel, 0/255, by scalar code.
+fn to_gray8(mask: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let stride = w.div_ceil(8);
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let bit = mask[y * stride + x / 8] & (0x80 >> (x % 8)) != 0;
+            out.push(if bit { 255 } else { 0 });
+        }
+    }
+    out
+}
+
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Asserts that `got` is exactly the masks `want`, back to back, naming the first wrong frame.
+fn assert_stream(got: &[u8], want: &[Vec<u8>], what: &str) {
+    let each = want[0].len();
+    assert_eq!(
+        got.len(),
+        each * want.len(),
+        "{what}: expected {} frames of {each} B, got {} B",
+        want.len(),
+        got.len()
+    );
+    for (i, (g, w)) in got.chunks_exact(each).zip(want).enumerate() {
+        let wrong = g.iter().zip(w).filter(|(a, b)| a != b).count();
+        assert!(
+            wrong == 0,
+            "{what}: frame {i} differs in {wrong} of {each} bytes"
+        );
+    }
+}
+
+/// One case of ffmpeg piped into the sender: what ffmpeg makes and what the sender is told.
+struct Case<'a> {
+    size: (usize, usize),
+    frames: usize,
+    pix_fmt: &'a str,
+    /// ffmpeg video filter that pads the frame (stride / padded height cases).
+    pad: Option<&'a str>,
+    send_args: &'a [&'a str],
+    pick: Pick,
+    threshold: u16,
+    /// Receiver output format (`raw` or `gray8`).
+    recv_format: &'a str,
+}
+
+/// Pipes `ffmpeg ... | bitmask-send ... -` into `bitmask-recv --out -`, checks
+/// every mask against the scalar reference of ffmpeg's unpadded frames.
+fn pipe_case(c: &Case) {
+    let dir = TempDir::new("camera");
+    let (w, h) = c.size;
+    let size = format!("{w}x{h}");
+    // The reference: ffmpeg's tight frames of the same pattern (testsrc2 is
+    // deterministic), thresholded here.
+    let tight = ffmpeg_file(&dir, &size, c.frames, c.pix_fmt, None);
+    let masks = reference_masks(&tight, c.pix_fmt, w, h, c.pick, c.threshold);
+    assert!(
+        masks.windows(2).any(|m| m[0] != m[1]),
+        "the test pattern should move"
+    );
+    if let Some(pad) = c.pad {
+        // The padded stream differs from the tight one, so a sender that
+        // ignored --stride/--padded-height would fail below.
+        let padded = ffmpeg_file(&dir, &size, c.frames, c.pix_fmt, Some(pad));
+        assert_ne!(padded.len(), tight.len(), "padding changes the frame size");
+    }
+    let count = c.frames.to_string();
+    let mut recv = start_receiver(&["--out", "-", "--format", c.recv_format, "--count", &count]);
+    let send = format!(
+        "{} | {} --to {} --no-drop --threshold {} {} -",
+        ffmpeg_args(&size, c.frames, c.pix_fmt, c.pad, "-"),
+        sh_quote(&bin("bitmask-send")),
+        recv.addr,
+        c.threshold,
+        c.send_args.join(" ")
+    );
+    let sent = run(Command::new("sh").args(["-c", &send]));
+    assert!(sent.status.success(), "{send}\n{}", sent.stderr);
+    assert!(
+        sent.stderr
+            .contains(&format!("after {} whole frame(s)", c.frames)),
+        "the sender should report a clean end of input: {}",
+        sent.stderr
+    );
+    let got = recv.proc.wait(LIMIT);
+    assert!(got.status.success(), "receiver: {}", got.stderr);
+    let want: Vec<Vec<u8>> = if c.recv_format == "gray8" {
+        masks.iter().map(|m| to_gray8(m, w, h)).collect()
+    } else {
+        masks
+    };
+    assert_stream(&got.stdout, &want, &format!("{} {size} {send}", c.pix_fmt));
+}
+
+#[test]
+fn ffmpeg_gray8_stream_is_bit_exact() {
+    if !have_ffmpeg() {
+        return;
+    }
+    pipe_case(&Case {
+        size: (160, 120),
+        frames: 12,
+        pix_fmt: "gray",
+        pad: None,
+        send_args: &["--input-format", "gray8", "--size", "160x120"],
+        pick: Pick::Gray,
+        threshold: 100,
+        recv_format: "raw",
+    });
+}
+
+#[test]
+fn ffmpeg_yuv420_odd_size_uses_the_y_plane_bit_exact_as_gray8_output() {
+    if !have_ffmpeg() {
+        return;
+    }
+    // Odd width and height: ffmpeg's chroma planes are ceil(w/2) x ceil(h/2).
+    pipe_case(&Case {
+        size: (157, 93),
+        frames: 10,
+        pix_fmt: "yuv420p",
+        pad: None,
+        send_args: &["--input-format", "yuv420", "--size", "157x93"],
+        pick: Pick::Gray,
+        threshold: 128,
+        recv_format: "gray8",
+    });
+}
+
+#[test]
+fn ffmpeg_rgb24_and_bgr24_channels_are_bit_exact() {
+    if !have_ffmpeg() {
+        return;
+    }
+    // Blue is blue in both byte orders.
+    for (pix_fmt, blue) in [("rgb24", 2), ("bgr24", 0)] {
+        pipe_case(&Case {
+            size: (96, 64),
+            frames: 6,
+            pix_fmt,
+            pad: None,
+            send_args: &[
+                "--input-format",
+                pix_fmt,
+                "--size",
+                "96x64",
+                "--channel",
+                "blue",
+            ],
+            pick: Pick::Byte(blue),
+            threshold: 170,
+            recv_format: "raw",
+        });
+    }
+    // Luma (Pillow's convert('L')) from BGR bytes.
+    pipe_case(&Case {
+        size: (90, 50),
+        frames: 5,
+        pix_fmt: "bgr24",
+        pad: None,
+        send_args: &[
+            "--input-format",
+            "bgr24",
+            "--size",
+            "90x50",
+            "--channel",
+            "luma",
+        ],
+        pick: Pick::Luma(2, 1, 0),
+        threshold: 120,
+        recv_format: "raw",
+    });
+}
+
+#[test]
+fn padded_strides_and_heights_like_the_pi_camera_tools() {
+    if !have_ffmpeg() {
+        return;
+    }
+    // ffmpeg's pad filter lays frames out exactly as the Pi tools do: the
+    // picture top-left, white padding right of each row and below the last
+    // row, chroma planes padded to half the Y stride and height.
+    // gray8 780 wide with rpicam-vid's stride 832.
+    pipe_case(&Case {
+        size: (780, 40),
+        frames: 4,
+        pix_fmt: "gray",
+        pad: Some("pad=832:40:0:0:white"),
+        send_args: &[
+            "--input-format",
+            "gray8",
+            "--size",
+            "780x40",
+            "--stride",
+            "832",
+        ],
+        pick: Pick::Gray,
+        threshold: 128,
+        recv_format: "raw",
+    });
+    // yuv420 780x590 as rpicam-vid: stride 832, plus a padded height.
+    pipe_case(&Case {
+        size: (780, 590),
+        frames: 3,
+        pix_fmt: "yuv420p",
+        pad: Some("pad=832:592:0:0:white"),
+        send_args: &[
+            "--input-format",
+            "yuv420",
+            "--size",
+            "780x590",
+            "--stride",
+            "832",
+            "--padded-height",
+            "592",
+        ],
+        pick: Pick::Gray,
+        threshold: 128,
+        recv_format: "raw",
+    });
+    // yuv420 100x75 as raspividyuv: width to a multiple of 32, height of 16.
+    pipe_case(&Case {
+        size: (100, 75),
+        frames: 5,
+        pix_fmt: "yuv420p",
+        pad: Some("pad=128:80:0:0:white"),
+        send_args: &[
+            "--input-format",
+            "yuv420",
+            "--size",
+            "100x75",
+            "--stride",
+            "128",
+            "--padded-height",
+            "80",
+        ],
+        pick: Pick::Gray,
+        threshold: 90,
+        recv_format: "raw",
+    });
+    // rgb24 with padded rows (3 * 50 = 150 -> 162 bytes) and height.
+    pipe_case(&Case {
+        size: (50, 30),
+        frames: 4,
+        pix_fmt: "rgb24",
+        pad: Some("pad=54:32:0:0:white"),
+        send_args: &[
+            "--input-format",
+            "rgb24",
+            "--size",
+            "50x30",
+            "--stride",
+            "162",
+            "--padded-height",
+            "32",
+            "--channel",
+            "red",
+        ],
+        pick: Pick::Byte(0),
+        threshold: 128,
+        recv_format: "raw",
+    });
+}
+
+#[test]
+fn truncated_last_frame_from_a_fifo_is_reported_and_earlier_frames_delivered() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = TempDir::new("camera-trunc");
+    let (w, h) = (64, 48);
+    let raw = ffmpeg_file(&dir, "64x48", 5, "gray", None);
+    let frame = w * h;
+    let masks = reference_masks(&raw, "gray", w, h, Pick::Gray, 128);
+    // Four whole frames and 1000 bytes of the fifth, through a FIFO.
+    let cut = dir.join("cut.raw");
+    std::fs::write(&cut, &raw[..4 * frame + 1000]).unwrap();
+    let fifo = dir.join("camera.fifo");
+    let mk = run(Command::new("mkfifo").arg(&fifo));
+    assert!(mk.status.success(), "mkfifo: {}", mk.stderr);
+    let mut recv = start_receiver(&["--out", "-", "--count", "4"]);
+    let mut writer = Proc::spawn(Command::new("sh").args([
+        "-c",
+        &format!("cat {} > {}", sh_quote(&cut), sh_quote(&fifo)),
+    ]));
+    let sent = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &recv.addr,
+        "--no-drop",
+        "--input-format",
+        "gray8",
+        "--size",
+        "64x48",
+        fifo.to_str().unwrap(),
+    ]));
+    assert!(writer.wait(LIMIT).status.success());
+    assert!(
+        sent.status.success(),
+        "the sender ends cleanly: {}",
+        sent.stderr
+    );
+    assert!(
+        sent.stderr
+            .contains(&format!("middle of frame 4: got 1000 of {frame} bytes")),
+        "the short read names the frame and the bytes: {}",
+        sent.stderr
+    );
+    assert!(sent.stderr.contains("sent 4 frames"), "{}", sent.stderr);
+    let got = recv.proc.wait(LIMIT);
+    assert!(got.status.success(), "{}", got.stderr);
+    assert_stream(&got.stdout, &masks[..4], "truncated stream");
+}
+
+#[test]
+fn bad_raw_arguments_are_one_line_errors() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["--input-format", "gray8", "-"], "--size"),
+        (
+            &[
+                "--input-format",
+                "rgb24",
+                "--size",
+                "100x10",
+                "--stride",
+                "200",
+                "-",
+            ],
+            "--stride 200",
+        ),
+        (
+            &[
+                "--input-format",
+                "gray8",
+                "--size",
+                "10x10",
+                "--padded-height",
+                "9",
+                "-",
+            ],
+            "--padded-height 9",
+        ),
+        (
+            &["--input-format", "gray8", "--size", "10x10", "a", "b"],
+            "one stream",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(Command::new(bin("bitmask-send"))
+            .args(["--to", &closed_port()])
+            .args(args));
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+}
+
+/// ffmpeg writing gray8 frames into a FIFO that `bitmask-send --fps FPS`
+/// reads: two processes, both killed when dropped (the sender of a dead
+/// receiver would otherwise keep reconnecting).
+struct PacedSender {
+    ffmpeg: Proc,
+    sender: Proc,
+}
+
+fn paced_sender(dir: &TempDir, addr: &str, size: &str, frames: usize, fps: u32) -> PacedSender {
+    let fifo = dir.join("frames.fifo");
+    let mk = run(Command::new("mkfifo").arg(&fifo));
+    assert!(mk.status.success(), "mkfifo: {}", mk.stderr);
+    let fifo_s = fifo.to_str().unwrap();
+    let ffmpeg = Proc::spawn(Command::new("sh").args([
+        "-c",
+        &format!("exec {}", ffmpeg_args(size, frames, "gray", None, fifo_s)),
+    ]));
+    let sender = Proc::spawn(Command::new(bin("bitmask-send")).args([
+        "--to",
+        addr,
+        "--no-drop",
+        "--fps",
+        &fps.to_string(),
+        "--input-format",
+        "gray8",
+        "--size",
+        size,
+        fifo_s,
+    ]));
+    PacedSender { ffmpeg, sender }
+}
+
+impl PacedSender {
+    /// Waits for both; returns the sender's result after checking ffmpeg's.
+    fn wait(&mut self) -> Finished {
+        let f = self.ffmpeg.wait(LIMIT);
+        assert!(f.status.success(), "ffmpeg: {}", f.stderr);
+        self.sender.wait(LIMIT)
+    }
+}
+
+#[test]
+fn exec_consumer_reads_while_frames_arrive() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = TempDir::new("camera-exec");
+    let (w, h, n) = (96, 72, 20);
+    let raw = ffmpeg_file(&dir, "96x72", n, "gray", None);
+    let want: Vec<Vec<u8>> = reference_masks(&raw, "gray", w, h, Pick::Gray, 128)
+        .iter()
+        .map(|m| to_gray8(m, w, h))
+        .collect();
+    let out = dir.join("consumer.gray");
+    let consumer = format!("cat > {}", sh_quote(&out));
+    let count = n.to_string();
+    let mut recv = start_receiver(&["--exec", &consumer, "--format", "gray8", "--count", &count]);
+    let mut sender = paced_sender(&dir, &recv.addr, "96x72", n, 10);
+    // While the sender is still sending (2 s at 10 fps), the consumer's file grows.
+    let start = Instant::now();
+    let mut seen_while_sending = 0;
+    while start.elapsed() < LIMIT {
+        let len = std::fs::metadata(&out)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        if len >= w * h {
+            seen_while_sending = len / (w * h);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sender_still_running = !recv.proc.stderr().contains("received");
+    let s = sender.wait();
+    assert!(s.status.success(), "{}", s.stderr);
+    let r = recv.proc.wait(LIMIT);
+    assert!(r.status.success(), "receiver: {}", r.stderr);
+    assert!(
+        seen_while_sending >= 1 && seen_while_sending < n && sender_still_running,
+        "the consumer should have {seen_while_sending} frame(s) before the stream ended"
+    );
+    assert!(r.stderr.contains("exited cleanly"), "{}", r.stderr);
+    assert_stream(&read(&out), &want, "--exec consumer");
+}
+
+#[test]
+fn exec_consumer_that_dies_stops_the_receiver_with_a_message() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = TempDir::new("camera-exec-dies");
+    let frame = 64 * 48;
+    // Reads one gray8 frame, then dies with status 7.
+    let consumer = format!("head -c {frame} > /dev/null; exit 7");
+    let mut recv = start_receiver(&["--exec", &consumer, "--format", "gray8"]);
+    let sender = paced_sender(&dir, &recv.addr, "64x48", 200, 20);
+    let r = recv.proc.wait(LIMIT);
+    assert_eq!(
+        r.status.code(),
+        Some(3),
+        "receiver should exit 3: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("--exec child") && r.stderr.contains("exit status: 7"),
+        "the message names the child and its status: {}",
+        r.stderr
+    );
+    // The sender keeps trying to reconnect; dropping it ends it and ffmpeg.
+    drop(sender);
+}
+
+#[test]
+fn latest_file_is_never_partial_under_a_polling_reader() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = TempDir::new("camera-latest");
+    let (w, h, n) = (160, 120, 30);
+    let raw = ffmpeg_file(&dir, "160x120", n, "gray", None);
+    let frames: Vec<Vec<u8>> = reference_masks(&raw, "gray", w, h, Pick::Gray, 128)
+        .iter()
+        .map(|m| to_gray8(m, w, h))
+        .collect();
+    let latest = dir.join("latest.gray");
+    let count = n.to_string();
+    let mut recv = start_receiver(&[
+        "--latest",
+        latest.to_str().unwrap(),
+        "--format",
+        "gray8",
+        "--count",
+        &count,
+    ]);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        let latest = latest.clone();
+        let frames = frames.clone();
+        std::thread::spawn(move || {
+            let (mut reads, mut seen) = (0usize, HashSet::new());
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(data) = std::fs::read(&latest) {
+                    reads += 1;
+                    let i = frames.iter().position(|f| *f == data);
+                    assert!(
+                        i.is_some(),
+                        "read {} B that are not one whole mask (of {} B)",
+                        data.len(),
+                        frames[0].len()
+                    );
+                    seen.insert(i.unwrap());
+                }
+                std::thread::yield_now();
+            }
+            (reads, seen.len())
+        })
+    };
+    let mut sender = paced_sender(&dir, &recv.addr, "160x120", n, 30);
+    let s = sender.wait();
+    let r = recv.proc.wait(LIMIT);
+    done.store(true, Ordering::SeqCst);
+    let (reads, distinct) = reader.join().expect("the reader saw only whole masks");
+    assert!(s.status.success(), "{}", s.stderr);
+    assert!(r.status.success(), "{}", r.stderr);
+    assert!(
+        reads > n && distinct >= 3,
+        "the reader should see the file change while frames arrive ({reads} reads, {distinct} masks)"
+    );
+    assert_eq!(read(&latest), frames[n - 1], "the newest mask stays");
+    let leftovers: Vec<String> = list(dir.path())
+        .into_iter()
+        .filter(|f| f.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn python_example_reads_gray8_and_raw_streams() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let dir = TempDir::new("camera-py");
+    let (w, h, n) = (100, 60, 6);
+    let raw = ffmpeg_file(&dir, "100x60", n, "gray", None);
+    let masks = reference_masks(&raw, "gray", w, h, Pick::Gray, 128);
+    let expected: String = masks
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
+            format!("frame {i}: {ones} of {} pixels set\n", w * h)
+        })
+        .collect();
+    let script = root().join("docs/python/read_stream.py");
+    let count = n.to_string();
+    // `bitmask-recv --out - --format gray8 | python3 read_stream.py WxH`
+    let pipeline = format!(
+        "{} --listen 127.0.0.1:0 --out - --format gray8 --count {n} | {} {} 100x60",
+        sh_quote(&bin("bitmask-recv")),
+        sh_quote(&py),
+        sh_quote(&script)
+    );
+    let mut recv = start_listening(Command::new("sh").args(["-c", &pipeline]));
+    let sent = run(Command::new("sh").args([
+        "-c",
+        &format!(
+            "{} | {} --to {} --no-drop --input-format gray8 --size 100x60 -",
+            ffmpeg_args("100x60", n, "gray", None, "-"),
+            sh_quote(&bin("bitmask-send")),
+            recv.addr
+        ),
+    ]));
+    assert!(sent.status.success(), "{}", sent.stderr);
+    let got = recv.proc.wait(LIMIT);
+    assert!(got.status.success(), "{}", got.stderr);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), expected, "gray8 pipe");
+
+    // The raw format through --exec: np.unpackbits.
+    let consumer = format!("{} {} 100x60 --raw", sh_quote(&py), sh_quote(&script));
+    let mut recv = start_receiver(&["--exec", &consumer, "--count", &count]);
+    let sent = run(Command::new("sh").args([
+        "-c",
+        &format!(
+            "{} | {} --to {} --no-drop --input-format gray8 --size 100x60 -",
+            ffmpeg_args("100x60", n, "gray", None, "-"),
+            sh_quote(&bin("bitmask-send")),
+            recv.addr
+        ),
+    ]));
+    assert!(sent.status.success(), "{}", sent.stderr);
+    let got = recv.proc.wait(LIMIT);
+    assert!(got.status.success(), "{}", got.stderr);
+    // The child inherits the receiver's stdout.
+    assert_eq!(String::from_utf8_lossy(&got.stdout), expected, "raw --exec");
+}

@@ -354,3 +354,65 @@ fn otsu_threshold_equals_skimage() {
     }
     assert_eq!(checked, 7, "{listing}");
 }
+
+/// The Python reader on PROTOCOL.md's worked example and on broken variants
+/// of it: the documented fields, then the right exception for each defect.
+const PY_READER: &str = r#"
+import io, sys, struct, zlib
+sys.path.insert(0, sys.argv[1])
+import bitmask_wire as bw
+doc = open(sys.argv[2]).read()
+body = doc.split("<!-- protocol-example:begin -->")[1].split("<!-- protocol-example:end -->")[0]
+hello, frame = [bytes.fromhex(p.replace("```", "")) for p in body.strip().strip("`").split("\n\n")]
+f = io.BytesIO(hello + frame)
+name, rest = bw.read_hello(f)
+fr = bw.read_frame(f, rest)
+assert name == "pi-cam" and bw.read_frame(f) is None
+print(fr.width, fr.height, fr.sequence, fr.timestamp_us, fr.codec, fr.flags, fr.payload.hex())
+assert bw.hello("pi-cam") + bw.encode_frame(fr.payload, 10, 3, 5, fr.timestamp_us) == hello + frame
+assert bw.pack(bw.unpack(fr.payload, 10, 3)) == fr.payload
+
+def patched(off, fmt, value, fix_crc=True):
+    b = bytearray(frame)
+    struct.pack_into(fmt, b, off, value)
+    if fix_crc:
+        struct.pack_into("<I", b, 36, zlib.crc32(bytes(b[:36]) + bytes(b[40:])))
+    return bytes(b)
+
+cases = {
+    "bad magic": (patched(0, "4s", b"XMSK"), bw.WireError, "bad magic"),
+    "version": (patched(4, "B", 2), bw.WireError, "version 2"),
+    "flags": (patched(5, "B", 0x80), bw.WireError, "0x80"),
+    "zero width": (patched(8, "<I", 0), bw.WireError, "0x3"),
+    "huge": (patched(12, "<I", 100000), bw.WireError, "10x100000"),
+    "raw length": (patched(32, "<I", 5), bw.WireError, "exactly 6 B"),
+    "4 GiB": (patched(32, "<I", 0xFFFFFFFF), bw.WireError, "4294967295"),
+    "crc": (frame[:-1] + b"\x00", bw.CrcMismatch, "CRC mismatch on frame 5"),
+    "cut header": (frame[:20], bw.Truncated, "got 20 of 40"),
+    "cut payload": (frame[:43], bw.Truncated, "got 3 of 6"),
+}
+for what, (data, exc, text) in cases.items():
+    try:
+        bw.read_frame(io.BytesIO(data))
+    except exc as e:
+        assert text in str(e), (what, str(e))
+    else:
+        raise AssertionError(f"{what}: no {exc.__name__}")
+print(f"rejected {len(cases)}")
+"#;
+
+#[test]
+fn python_reader_agrees_with_the_protocol_doc_and_rejects_bad_frames() {
+    let Some(py) = python() else { return };
+    let doc = root().join("docs/PROTOCOL.md");
+    let module_dir = wire_py().parent().unwrap().to_path_buf();
+    let out = py_run(
+        &py,
+        PY_READER,
+        &[module_dir.to_str().unwrap(), doc.to_str().unwrap()],
+    );
+    assert_eq!(
+        out, "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\n",
+        "fields of the worked example, then every broken variant rejected"
+    );
+}

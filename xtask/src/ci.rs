@@ -27,6 +27,10 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     step("build binaries", || {
         run(cargo().args(["build", "--workspace"]))
     })?;
+    step(
+        "ffmpeg for the camera-input tests",
+        crate::deps::ensure_ffmpeg,
+    )?;
     step("headless Chromium for the live-view test", || {
         crate::browser::ensure().map(|_| ())
     })?;

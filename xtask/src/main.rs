@@ -8,6 +8,7 @@ mod ci;
 mod codecs;
 mod demo;
 mod deploy;
+mod deps;
 mod dist;
 mod netbed;
 mod pibench;

@@ -549,8 +549,15 @@ fn sender_args(pi: &Pi, to: &str) -> Vec<String> {
 /// The remote command of a streaming session: records the pid, execs the binary,
 /// removes the pid file and returns the binary's status.
 fn session_script(pi: &Pi, args: &[String]) -> String {
+    use std::io::IsTerminal;
+    // the remote side always sees a pty: colour the logs only if ours is a terminal
+    let style = if std::io::stdout().is_terminal() {
+        "auto"
+    } else {
+        "never"
+    };
     format!(
-        "export RUST_LOG=\"${{RUST_LOG:-info}}\"; cd {d} || exit 1; sh -c 'echo $$ > {pf}; exec \"$@\"' sh {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
+        "export RUST_LOG=\"${{RUST_LOG:-info}}\" RUST_LOG_STYLE={style}; cd {d} || exit 1; sh -c 'echo $$ > {pf}; exec \"$@\"' sh {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
         d = q(&pi.dir),
         pf = q(&pi.pid_file()),
         cmd = exec_line(pi, args)
@@ -1312,7 +1319,7 @@ args = [{send_args}]
             bail!("deploy output lacks {needle:?}:\n{out}");
         }
     }
-    let host = crate::util::build_bins(true)?;
+    let host = crate::util::build_bins(false)?;
     let want = base.join("ref");
     dist::stream_pair(
         (&[], &host.join("bitmask-recv")),

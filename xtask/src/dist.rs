@@ -105,11 +105,18 @@ impl Arch {
     }
     /// Where cargo leaves this build's binaries for `profile`.
     pub fn out_dir(self, profile: &str) -> PathBuf {
-        cross_dir().join(self.triple()).join(profile)
+        self.cross_dir().join(self.triple()).join(profile)
     }
     /// `target/dist/<name>`.
     pub fn dist_dir(self) -> PathBuf {
         dist_dir().join(self.name())
+    }
+    /// Each ARM build has its own target dir, so the two can build at the same time.
+    pub fn cross_dir(self) -> PathBuf {
+        match self {
+            Arch::V6 => cross_dir(),
+            Arch::V7 => root().join("target/cross-armv7"),
+        }
     }
     fn env_key(self) -> String {
         self.triple().to_uppercase().replace('-', "_")
@@ -276,13 +283,13 @@ impl Tools {
                 a.qemu_prefix().join(" "),
             );
         }
-        c.arg("--target-dir").arg(cross_dir());
         c
     }
 
     /// Adds `--target` (and -Zbuild-std for ARMv6) to a cross cargo command.
     pub fn target_args(c: &mut Command, arch: Arch, test: bool) {
         c.args(["--target", arch.zig_triple()]);
+        c.arg("--target-dir").arg(arch.cross_dir());
         if arch.build_std() {
             c.arg(if test {
                 "-Zbuild-std"
@@ -566,8 +573,19 @@ pub fn build_dist(tools: &Tools, archs: &[Arch], host: bool, profile: &str) -> R
         }
         Ok(())
     };
-    for &a in archs {
-        let out = tools.build_bins(a, profile)?;
+    // the ARM builds have separate target dirs: build them side by side (std's long serial
+    // crates leave a core idle otherwise)
+    let outs: Vec<Result<PathBuf>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = archs
+            .iter()
+            .map(|&a| sc.spawn(move || tools.build_bins(a, profile)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("build thread"))
+            .collect()
+    });
+    for (&a, out) in archs.iter().zip(outs) {
+        let out = out?;
         if a == Arch::V6 {
             check_c_libs(&out)?;
         }
@@ -635,7 +653,7 @@ fn write_sums() -> Result<()> {
 // `cargo xtask qemu`: the proofs on the CPUs
 
 const QEMU_HELP: &str = "\
-cargo xtask qemu [all|unit|e2e|sigill|deploy]...
+cargo xtask qemu [--no-build] [all|unit|e2e|sigill|deploy]...
 
 Proves the Pi builds on emulated Pi CPUs (qemu-user):
   unit    the library unit tests (bitmask-core, bitmask-wire, bitmask-codec) built for
@@ -650,6 +668,12 @@ Proves the Pi builds on emulated Pi CPUs (qemu-user):
 ";
 
 pub fn run_qemu(args: &[String]) -> Result<()> {
+    let no_build = args.iter().any(|a| a == "--no-build");
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--no-build")
+        .cloned()
+        .collect();
     let what: Vec<&str> = if args.is_empty() {
         vec!["all"]
     } else {
@@ -667,16 +691,30 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
     let tools = ensure_tools()?;
     ensure_qemu()?;
     let all = what.contains(&"all");
-    if all
-        || what
-            .iter()
-            .any(|w| matches!(*w, "e2e" | "sigill" | "deploy"))
+    if !no_build
+        && (all
+            || what
+                .iter()
+                .any(|w| matches!(*w, "e2e" | "sigill" | "deploy")))
     {
         eprint!("{}", build_dist(&tools, &Arch::ALL, false, PROFILE)?);
     }
     if all || what.contains(&"unit") {
-        for a in Arch::ALL {
-            unit_tests(&tools, a)?;
+        // both at once (separate target dirs); each reports its own result
+        let rs: Vec<Result<()>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = Arch::ALL
+                .iter()
+                .map(|&a| {
+                    let tools = &tools;
+                    sc.spawn(move || unit_tests(tools, a))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("test thread"))
+                .collect()
+        });
+        for r in rs {
+            r?;
         }
     }
     if all || what.contains(&"sigill") {
@@ -945,7 +983,8 @@ pub fn compare_dirs(a: &Path, b: &Path, n: usize) -> Result<usize> {
 }
 
 pub fn e2e() -> Result<()> {
-    let host = crate::util::build_bins(true)?;
+    // the reference: the host build (debug: the masks do not depend on the profile)
+    let host = crate::util::build_bins(false)?;
     let dir = root().join("target/qemu-e2e");
     let images = dir.join("images");
     let n = write_test_images(&images)?;

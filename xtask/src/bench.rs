@@ -120,7 +120,7 @@ fn core() -> Result<()> {
 }
 
 /// Streams 2000 frames sender -> receiver on loopback; returns the receiver's summary.
-fn loopback() -> Result<String> {
+fn loopback(codec: &str) -> Result<String> {
     let bin = build_bins(true)?;
     let input = root().join("target/demo/in");
     let mut recv = Command::new(bin.join("bitmask-recv"))
@@ -146,7 +146,7 @@ fn loopback() -> Result<String> {
                         .to_string(),
                 );
             }
-            if let Some(s) = line.strip_prefix("bitmask-recv: ") {
+            if let Some(s) = line.strip_prefix("bitmask-recv: total: ") {
                 summary = s.to_string();
             }
         }

@@ -231,6 +231,55 @@ pub(crate) mod x86 {
         n64 * 64
     }
 
+    /// AVX2: one channel of 64 RGB/BGR/RGBA pixels per step; each 256-bit
+    /// register holds the same 16-byte slice of two 16-pixel groups, so the
+    /// in-lane shuffles of SSSE3 work unchanged.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn channel_bits_avx2(
+        row: &[u8],
+        bpp: usize,
+        offset: usize,
+        width: usize,
+        t: u8,
+        dst: &mut [u8],
+    ) -> usize {
+        let masks = shuffle_masks(bpp, offset);
+        let n64 = width / 64;
+        // SAFETY (whole block): AVX2 checked by the caller; every load reads
+        // 16 bytes inside a 16-pixel group that lies inside `row`.
+        unsafe {
+            let m: [__m256i; 4] = core::array::from_fn(|k| {
+                let half = _mm_loadu_si128(masks[k].as_ptr() as *const __m128i);
+                _mm256_set_m128i(half, half)
+            });
+            let tv = _mm256_set1_epi8(t as i8);
+            let group = 16 * bpp; // bytes per 16 pixels
+            for i in 0..n64 {
+                let mut bits = 0u64;
+                for pair in 0..2 {
+                    let lo = row.as_ptr().add((i * 4 + pair * 2) * group);
+                    let hi = lo.add(group);
+                    let load = |k: usize| {
+                        _mm256_set_m128i(
+                            _mm_loadu_si128(hi.add(16 * k) as *const __m128i),
+                            _mm_loadu_si128(lo.add(16 * k) as *const __m128i),
+                        )
+                    };
+                    let mut v = _mm256_shuffle_epi8(load(0), m[0]);
+                    v = _mm256_or_si256(v, _mm256_shuffle_epi8(load(1), m[1]));
+                    v = _mm256_or_si256(v, _mm256_shuffle_epi8(load(2), m[2]));
+                    if bpp == 4 {
+                        v = _mm256_or_si256(v, _mm256_shuffle_epi8(load(3), m[3]));
+                    }
+                    let ge = _mm256_cmpeq_epi8(_mm256_max_epu8(v, tv), v);
+                    bits |= (_mm256_movemask_epi8(ge) as u32 as u64) << (32 * pair);
+                }
+                dst[i * 8..i * 8 + 8].copy_from_slice(&rev_bytes_bits(bits).to_le_bytes());
+            }
+        }
+        n64 * 64
+    }
+
     /// Luma rows compiled with AVX2 so the 32-bit arithmetic vectorises.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn luma_row_avx2<const BPP: usize>(
@@ -389,7 +438,10 @@ impl RowKernel {
         #[allow(unused_mut)]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if self.ssse3 {
+        if self.avx2 {
+            // SAFETY: AVX2 was detected at run time.
+            done = unsafe { x86::channel_bits_avx2(row, bpp, offset, width, t, dst) };
+        } else if self.ssse3 {
             // SAFETY: SSSE3 was detected at run time.
             done = unsafe { x86::channel_bits_ssse3(row, bpp, offset, width, t, dst) };
         }
@@ -514,6 +566,45 @@ mod path_tests {
 
     fn scalar(values: &[u8], t: u8) -> Vec<u8> {
         values.chunks(8).map(|c| scalar_bits(c, t)).collect()
+    }
+
+    /// The SSSE3 and AVX2 channel kernels alone (threshold_pack prefers AVX2 when present).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn channel_paths_agree() {
+        let row: Vec<u8> = (0..300 * 4).map(|i| ((i * 7919) % 251) as u8).collect();
+        for bpp in [3usize, 4] {
+            for offset in 0..3 {
+                for width in [64usize, 128, 192, 255, 300] {
+                    let px = &row[..width * bpp];
+                    let vals: Vec<u8> = px.chunks_exact(bpp).map(|p| p[offset]).collect();
+                    for t in [1u8, 100, 128, 200, 255] {
+                        let want = scalar(&vals, t);
+                        let mut got = vec![0u8; want.len()];
+                        if std::is_x86_feature_detected!("ssse3") {
+                            let done = unsafe {
+                                x86::channel_bits_ssse3(px, bpp, offset, width, t, &mut got)
+                            };
+                            assert_eq!(
+                                got[..done / 8],
+                                want[..done / 8],
+                                "ssse3 bpp={bpp} off={offset} w={width}"
+                            );
+                        }
+                        if std::is_x86_feature_detected!("avx2") {
+                            let done = unsafe {
+                                x86::channel_bits_avx2(px, bpp, offset, width, t, &mut got)
+                            };
+                            assert_eq!(
+                                got[..done / 8],
+                                want[..done / 8],
+                                "avx2 bpp={bpp} off={offset} w={width}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Each gray kernel (SWAR, SSE2, AVX2) alone, on every length 0..300 and many thresholds.

@@ -43,6 +43,8 @@ impl Setup {
 struct Sample {
     fps: f64,
     mbps: f64,
+    /// The receiver process's CPU time (user + system, all threads), seconds.
+    cpu_s: f64,
     /// HTTP requests served, PNGs encoded, 503s during the stream.
     http: Option<(u64, u64, u64)>,
 }
@@ -81,9 +83,10 @@ pub fn run(args: &[String]) -> Result<()> {
             eprintln!("xtask: round {}/{rounds}: {}", r + 1, s.label());
             let sample = measure(&bin, &input, *s, frames, chromium.as_deref())?;
             eprintln!(
-                "xtask:   {:.1} fps, {:.1} Mbit/s{}",
+                "xtask:   {:.1} fps, {:.1} Mbit/s, receiver CPU {:.2} s{}",
                 sample.fps,
                 sample.mbps,
+                sample.cpu_s,
                 sample
                     .http
                     .map(|(q, p, b)| format!(", {q} HTTP requests, {p} PNGs, {b} x 503"))
@@ -93,13 +96,16 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let base = median(results[0].iter().map(|s| s.fps).collect());
+    let cpu_per_k =
+        |res: &Vec<Sample>| median(res.iter().map(|x| x.cpu_s * 1e6 / frames as f64).collect());
+    let base_cpu = cpu_per_k(&results[0]);
     let mut table = format!(
         "Receiver throughput on loopback with and without the live view: release build, \
-         {frames} raw 1024x768 frames per run (sender `--no-drop` as fast as it goes, \
-         receiver `--out -` to /dev/null), {rounds} interleaved rounds, medians; \
+         {frames} 1024x768 frames per run, uncompressed (sender `--codec raw --no-drop` as fast \
+         as it goes: the heaviest data path per frame), receiver `--out -` to /dev/null, {rounds} interleaved rounds, medians; \
          {} cores shared by sender, receiver and browser. `cargo xtask bench view`.\n\n\
-         | receiver | fps | Mbit/s | vs no --http | HTTP requests / PNGs encoded / 503 during the run (median) |\n\
-         |---|---:|---:|---:|---|\n",
+         | receiver | fps | Mbit/s | throughput vs no --http | receiver CPU ms per 1000 frames | CPU vs no --http | HTTP requests / PNGs encoded / 503 during the run |\n\
+         |---|---:|---:|---:|---:|---:|---|\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for (s, res) in setups.iter().zip(&results) {
@@ -113,15 +119,24 @@ pub fn run(args: &[String]) -> Result<()> {
         } else {
             "—".into()
         };
+        let cpu = cpu_per_k(res);
         table += &format!(
-            "| {} | {fps:.0} | {mbps:.0} | {:.3} | {http} |\n",
+            "| {} | {fps:.0} | {mbps:.0} | {:.3} | {cpu:.0} | {:.3} | {http} |\n",
             s.label(),
-            fps / base
+            fps / base,
+            cpu / base_cpu
         );
     }
-    table += "\nThe view copies at most --http-fps (10) masks per second per sender \
-              and encodes PNGs on its own threads; the Chromium row also pays for the \
-              browser's own CPU on the same cores.\n";
+    table += "\nThroughput is the receiver's own summary (first to last frame); it \
+              moves with whatever else runs on the machine, so compare rows of one run only. \
+              Receiver CPU is user + system time of the whole receiver process (view threads \
+              included) from `wait4`, per 1000 frames: what the view costs the receiver, \
+              independent of the machine's load. The view copies at most --http-fps (10) \
+              masks per second per sender, encodes PNGs on its own threads (nice 10) and \
+              only when asked; the Chromium row also pays for the browser's own CPU on the \
+              same cores (on a Pi the browser runs on another machine). In the stalled row \
+              the view's counters cannot be read: the stalled connections hold the pool, \
+              which is the point.\n";
     println!("{table}");
     write_section(&table)
 }
@@ -239,7 +254,15 @@ fn measure(
     }
     let sent = Command::new(bin.join("bitmask-send"))
         .args(["--to", &addr, "--name", "bench", "--channel", "blue"])
-        .args(["--threshold", "170", "--loop", "--no-drop", "--count"])
+        .args([
+            "--threshold",
+            "170",
+            "--codec",
+            "raw",
+            "--loop",
+            "--no-drop",
+            "--count",
+        ])
         .arg(frames.to_string())
         .arg(input)
         .env("RUST_LOG", "warn")
@@ -247,7 +270,7 @@ fn measure(
         .stderr(Stdio::null())
         .status()
         .context("starting bitmask-send")?;
-    let st = crate::demo::wait_timeout(&mut recv, Duration::from_secs(300))?;
+    let (st, cpu_s) = wait_cpu(&mut recv, Duration::from_secs(300))?;
     stop.store(true, Ordering::Relaxed);
     for w in watchers {
         let _ = w.join();
@@ -257,8 +280,8 @@ fn measure(
     }
     drop(stalled);
     let summary = reader.join().unwrap_or_default();
-    if !sent.success() || !st.success() {
-        bail!("run failed: sender {sent}, receiver {st}");
+    if !sent.success() || !st {
+        bail!("run failed: sender {sent}, receiver exit ok: {st}");
     }
     let (fps, mbps) = parse_rates(&summary)
         .with_context(|| format!("no rates in the receiver's summary {summary:?}"))?;
@@ -266,7 +289,38 @@ fn measure(
         (Some(b), Some(a)) => Some((a.0 - b.0, a.1 - b.1, a.2 - b.2)),
         _ => None,
     };
-    Ok(Sample { fps, mbps, http })
+    Ok(Sample {
+        fps,
+        mbps,
+        cpu_s,
+        http,
+    })
+}
+
+/// Waits (at most `limit`) for `child` and reaps it with `wait4`, returning
+/// whether it exited 0 and the CPU seconds (user + system) it used.
+fn wait_cpu(child: &mut std::process::Child, limit: Duration) -> Result<(bool, f64)> {
+    let pid = child.id() as libc::pid_t;
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain old data; wait4 only writes into the two out-pointers.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return Ok((ok, tv(ru.ru_utime) + tv(ru.ru_stime)));
+        }
+        if r < 0 {
+            bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            bail!("bitmask-recv {pid} did not end within {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// `... , F fps, M Mbit/s, ...` from a summary line.

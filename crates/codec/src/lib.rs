@@ -337,7 +337,8 @@ impl Encoder {
     /// else pays), as the wire format requires. `packed` must be the wire
     /// layout with zero padding bits (padding is not transmitted by the
     /// bilevel codec and decodes as 0). No allocation per frame once the
-    /// buffers have grown to the frame size.
+    /// buffers have grown to the frame size (except LZ4, whose hash table
+    /// `lz4_flex` allocates per call).
     pub fn encode(
         &mut self,
         packed: &[u8],

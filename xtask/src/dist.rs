@@ -123,6 +123,10 @@ impl Arch {
     }
 }
 
+/// Versions known to work together here (newer ones are used when already installed).
+const CARGO_ZIGBUILD: &str = "cargo-zigbuild@0.24.1";
+const ZIGLANG: &str = "ziglang==0.17.1";
+
 /// Debian's armhf glibc (package libc6-armhf-cross), used only to *run* the ARMv7 build
 /// under qemu. It is ARMv7 code and never linked into anything.
 pub const ARMHF_SYSROOT: &str = "/usr/arm-linux-gnueabihf";
@@ -209,8 +213,8 @@ pub fn ensure_tools() -> Result<Tools> {
             .context("fix: rustup component add rust-src (the ARMv6 std is built from source)")?;
     }
     if !have("cargo-zigbuild") {
-        run(crate::util::cargo().args(["install", "--locked", "cargo-zigbuild"]))
-            .context("fix: cargo install --locked cargo-zigbuild")?;
+        run(crate::util::cargo().args(["install", "--locked", CARGO_ZIGBUILD]))
+            .context("fix: cargo install --locked cargo-zigbuild@0.24.1")?;
     }
     let zig_dir = if have("zig") {
         None
@@ -248,9 +252,9 @@ fn zig_from_pypi() -> Result<PathBuf> {
         run(Command::new(sys).arg("-m").arg("venv").arg(&venv))
             .context("fix: apt-get install python3-venv (or put zig on PATH)")?;
     }
-    run(Command::new(&py).args(["-m", "pip", "install", "-q", "ziglang"])).with_context(|| {
+    run(Command::new(&py).args(["-m", "pip", "install", "-q", ZIGLANG])).with_context(|| {
         format!(
-            "fix: {} -m pip install ziglang (or put zig on PATH)",
+            "fix: {} -m pip install ziglang==0.17.1 (or put zig on PATH)",
             py.display()
         )
     })?;

@@ -293,6 +293,38 @@ Regenerate with `cargo xtask bench pi --write`.\n\n",
         let v7: f64 = rs.iter().map(|r| r.v7).sum();
         s.push_str(&line(&format!("**{name}**"), v6, v7));
     }
+    let ratios: Vec<(f64, &str)> = rows
+        .iter()
+        .map(|r| (r.v6 / r.v7.max(1.0), r.op.as_str()))
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)),
+        ratios.iter().max_by(|a, b| a.0.total_cmp(&b.0)),
+    ) {
+        s.push_str(&format!(
+            "\nOn a Pi 2 the ARMv7 build (Cortex-A7 tuning: NEON, Thumb-2, VFPv4) \
+executes {:.2}x ({}) to {:.2}x ({}) fewer instructions per frame than the ARMv6 build would.\n",
+            lo.0,
+            label(lo.1),
+            hi.0,
+            label(hi.1)
+        ));
+    }
+    let sizes: Vec<String> = ["armv6", "armv7"]
+        .iter()
+        .flat_map(|a| crate::dist::BINS.iter().map(move |b| format!("{a}/{b}")))
+        .filter_map(|n| {
+            let m = std::fs::metadata(crate::dist::dist_dir().join(&n)).ok()?;
+            Some(format!("`{n}` {:.0} KiB", m.len() as f64 / 1024.0))
+        })
+        .collect();
+    if !sizes.is_empty() {
+        s.push_str(&format!(
+            "\nBinary sizes (`cargo xtask dist`, profile `dist`: fat LTO, 1 codegen unit, panic=abort, stripped; \
+ARMv6 fully static with musl, ARMv7 dynamic against glibc >= 2.28): {}.\n",
+            sizes.join(", ")
+        ));
+    }
     s.push_str(&format!(
         "\nEstimated fps = clock x IPC / instructions per frame, with the assumption IPC = {IPC_ARM1176} \
 on the ARM1176 (Pi Zero, 1 GHz; single-issue, in order) and IPC = {IPC_A7} on the Cortex-A7 \

@@ -4,7 +4,8 @@
 //! summary, and bad requests get 4xx without hurting the server.
 //!
 //! `UPDATE_DOCS=1 cargo test -p bitmask-tests --test http_view` also saves the
-//! second screenshot as `docs/img/live-view.png` (the README's picture).
+//! screenshot taken while a sender streams as `docs/img/live-view.png` (the
+//! README's picture).
 
 use bitmask_tests::*;
 use std::io::{Read, Write};
@@ -33,6 +34,17 @@ fn chromium() -> Option<PathBuf> {
 
 /// Runs headless Chromium on `url` with a fresh profile and `extra` arguments.
 fn chrome(browser: &Path, dir: &TempDir, tag: &str, url: &str, extra: &[&str]) -> Finished {
+    chrome_sized(browser, dir, tag, url, WINDOW, extra)
+}
+
+fn chrome_sized(
+    browser: &Path,
+    dir: &TempDir,
+    tag: &str,
+    url: &str,
+    window: (u32, u32),
+    extra: &[&str],
+) -> Finished {
     let profile = dir.join(&format!("profile-{tag}"));
     let out = run(Command::new(browser)
         .args([
@@ -47,7 +59,7 @@ fn chrome(browser: &Path, dir: &TempDir, tag: &str, url: &str, extra: &[&str]) -
             "--hide-scrollbars",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--window-size={},{}", WINDOW.0, WINDOW.1))
+        .arg(format!("--window-size={},{}", window.0, window.1))
         .args(extra)
         .arg(url));
     assert!(
@@ -60,12 +72,23 @@ fn chrome(browser: &Path, dir: &TempDir, tag: &str, url: &str, extra: &[&str]) -
 }
 
 fn screenshot(browser: &Path, dir: &TempDir, tag: &str, url: &str) -> (PathBuf, image::RgbImage) {
+    screenshot_sized(browser, dir, tag, url, WINDOW)
+}
+
+fn screenshot_sized(
+    browser: &Path,
+    dir: &TempDir,
+    tag: &str,
+    url: &str,
+    window: (u32, u32),
+) -> (PathBuf, image::RgbImage) {
     let path = dir.join(&format!("{tag}.png"));
-    chrome(
+    chrome_sized(
         browser,
         dir,
         tag,
         url,
+        window,
         &[
             "--virtual-time-budget=3000",
             &format!("--screenshot={}", path.display()),
@@ -143,6 +166,18 @@ fn disc(cx: i32, cy: i32, r: i32) -> image::DynamicImage {
     image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(W, H, |x, y| {
         let (dx, dy) = (x as i32 - cx, y as i32 - cy);
         image::Luma([if dx * dx + dy * dy <= r * r { 255 } else { 0 }])
+    }))
+}
+
+/// Frame `i` of a small moving scene: two discs, a wavy horizon.
+fn scene(i: u32) -> image::DynamicImage {
+    let t = i as f64;
+    image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(W, H, |x, y| {
+        let (x, y) = (x as f64, y as f64);
+        let d1 = (x - 60.0 - 16.0 * t).powi(2) + (y - 70.0).powi(2) <= 34.0f64.powi(2);
+        let d2 = (x - 250.0).powi(2) + (y - 50.0 - 6.0 * t).powi(2) <= 22.0f64.powi(2);
+        let ground = y > 175.0 + 14.0 * (x / 28.0 + t / 2.0).sin();
+        image::Luma([if d1 || d2 || ground { 255 } else { 0 }])
     }))
 }
 
@@ -270,13 +305,7 @@ fn live_view_in_headless_chromium() {
     wait_stats(&web, "cam", "the second stream", |x| {
         x["frames"] == n1 + n2 && x["state"] == "disconnected"
     });
-    let (path2, shot2) = screenshot(&browser, &dir, "shot2", &url);
-    if std::env::var_os("UPDATE_DOCS").is_some() {
-        let dest = root().join("docs/img/live-view.png");
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&path2, &dest).unwrap();
-        eprintln!("saved {}", dest.display());
-    }
+    let (_, shot2) = screenshot(&browser, &dir, "shot2", &url);
 
     // The image changed exactly where the masks differ: the disc moved right by
     // 140 mask pixels, so its white box moved by 140 * (displayed / mask scale).
@@ -370,6 +399,54 @@ fn live_view_in_headless_chromium() {
         "newest mask: disc on the right"
     );
     assert_eq!(shown.get_pixel(90, 120).0, [0]);
+
+    // Live: another sender streams a moving scene at 20 fps; meanwhile its card
+    // says connected, with a frame rate, a plot and a mask (the README's picture).
+    let scene_dir = dir.join("scene");
+    std::fs::create_dir_all(&scene_dir).unwrap();
+    for i in 0..12 {
+        save_image(&scene(i), &scene_dir.join(format!("s{i:02}.png")));
+    }
+    let live = Proc::spawn(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &recv.addr,
+        "--name",
+        "yard",
+        "--fps",
+        "20",
+        "--loop",
+        "--count",
+        "600",
+        scene_dir.to_str().unwrap(),
+    ]));
+    wait_stats(&web, "yard", "the live stream", |x| {
+        x["state"] == "connected"
+            && x["fps"].as_f64().unwrap_or(0.0) > 0.0
+            && x["history"]["fps"].as_array().map_or(0, Vec::len) >= 3
+    });
+    let live_dom = chrome(
+        &browser,
+        &dir,
+        "live-dom",
+        &url,
+        &["--virtual-time-budget=2000", "--dump-dom"],
+    );
+    let live_dom = String::from_utf8_lossy(&live_dom.stdout).into_owned();
+    assert_eq!(dom_value(&live_dom, "yard", "state"), "connected");
+    let fps_now: f64 = dom_value(&live_dom, "yard", "fps")
+        .parse()
+        .expect("fps on the page is a number");
+    assert!(fps_now > 0.0, "a live stream shows a frame rate");
+    assert_eq!(dom_value(&live_dom, "cam", "state"), "disconnected");
+    let (path3, shot3) = screenshot_sized(&browser, &dir, "live", &url, (900, 960));
+    assert!(white_bbox(&shot3).is_some(), "the live masks are drawn");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let dest = root().join("docs/img/live-view.png");
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&path3, &dest).unwrap();
+        eprintln!("saved {}", dest.display());
+    }
+    drop(live); // killed: the receiver sees the connection break, and goes on
 
     // SIGTERM ends the receiver cleanly; its summary agrees with the view.
     let dom_num = |k: &str| -> f64 {

@@ -120,6 +120,12 @@ struct Cli {
     #[arg(long, default_value_t = 1500, value_name = "BYTES")]
     mtu: usize,
 
+    /// Pace --transport udp to at most this many Mbit/s (UDP has no congestion
+    /// control: above the link's rate whole frames are lost). Default: only the
+    /// local queue's back-pressure.
+    #[arg(long, value_name = "MBIT")]
+    rate: Option<f64>,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -227,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
         timeout: secs(cli.timeout, "--timeout")?,
         retry_max: secs(cli.retry_max, "--retry-max")?,
         mtu: cli.mtu,
+        rate_mbit: cli.rate.filter(|r| *r > 0.0),
     };
     let encoder: Box<dyn pipeline::FrameEncoder> =
         Box::new(codec::CodecEncoder::new(cli.codec, cli.keyframe_interval));

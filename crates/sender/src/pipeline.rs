@@ -62,6 +62,8 @@ pub struct Config {
     pub retry_max: Duration,
     /// Path MTU for UDP datagrams (IP header included).
     pub mtu: usize,
+    /// UDP pacing, Mbit/s.
+    pub rate_mbit: Option<f64>,
 }
 
 /// Turns a mask into a frame payload. The seam where codecs plug in.
@@ -222,7 +224,12 @@ pub trait Link: Send {
 fn connect(cfg: &Config) -> Result<Box<dyn Link>> {
     Ok(match cfg.transport {
         Transport::Tcp => Box::new(net::Connection::connect(&cfg.to, &cfg.name, cfg.timeout)?),
-        Transport::Udp => Box::new(udp::UdpLink::connect(&cfg.to, &cfg.name, cfg.mtu)?),
+        Transport::Udp => Box::new(udp::UdpLink::connect(
+            &cfg.to,
+            &cfg.name,
+            cfg.mtu,
+            cfg.rate_mbit,
+        )?),
     })
 }
 

@@ -22,6 +22,31 @@ pub const KIND_HELLO: u8 = 1;
 
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 
+/// Socket send buffer for datagrams (the kernel doubles it). Small, so a
+/// full local queue blocks the sender instead of silently dropping
+/// datagrams (which loses whole frames) once the qdisc is full.
+const UDP_SNDBUF: usize = 32 << 10;
+
+/// Spaces datagrams to a bit rate.
+struct Pacer {
+    ns_per_byte: f64,
+    next: Instant,
+}
+
+impl Pacer {
+    fn wait(&mut self, bytes: usize) {
+        let now = Instant::now();
+        if self.next < now {
+            self.next = now; // idle time is not saved up as a burst
+        }
+        let ahead = self.next - now;
+        if ahead > Duration::from_millis(1) {
+            std::thread::sleep(ahead);
+        }
+        self.next += Duration::from_nanos((bytes as f64 * self.ns_per_byte) as u64);
+    }
+}
+
 /// Encodes a datagram header.
 #[allow(clippy::too_many_arguments)]
 pub fn dgram_header(
@@ -55,11 +80,12 @@ pub struct UdpLink {
     stride: usize,
     dgram: Vec<u8>,
     refused_at: Option<Instant>,
+    pacer: Option<Pacer>,
 }
 
 impl UdpLink {
     /// Resolves `addr` and prepares datagrams of at most `mtu` bytes (IP header included).
-    pub fn connect(addr: &str, name: &str, mtu: usize) -> Result<Self> {
+    pub fn connect(addr: &str, name: &str, mtu: usize, rate_mbit: Option<f64>) -> Result<Self> {
         let to: SocketAddr = addr
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {addr:?} (expected HOST:PORT)"))?
@@ -73,6 +99,7 @@ impl UdpLink {
         let sock = UdpSocket::bind(local).context("binding a UDP socket")?;
         sock.connect(to)
             .with_context(|| format!("cannot reach {to} over UDP"))?;
+        socket2::SockRef::from(&sock).set_send_buffer_size(UDP_SNDBUF)?;
         let ip_udp = if to.is_ipv4() { 28 } else { 48 };
         let stride = mtu
             .checked_sub(ip_udp + DGRAM_HEADER_LEN)
@@ -95,10 +122,18 @@ impl UdpLink {
             stride,
             dgram: Vec::with_capacity(DGRAM_HEADER_LEN + stride),
             refused_at: None,
+            pacer: rate_mbit.map(|r| Pacer {
+                // IP + UDP headers count against the link too
+                ns_per_byte: 8.0 * 1e3 / r,
+                next: Instant::now(),
+            }),
         })
     }
 
     fn send_dgram(&mut self) -> io::Result<()> {
+        if let Some(p) = &mut self.pacer {
+            p.wait(self.dgram.len() + 28);
+        }
         loop {
             match self.sock.send(&self.dgram) {
                 Ok(_) => return Ok(()),

@@ -944,6 +944,22 @@ mod tests {
     }
 
     #[test]
+    fn state_connected_idle_disconnected() {
+        let slot = Slot::new();
+        let mut snap = SenderSnapshot {
+            connected: true,
+            ..Default::default()
+        };
+        let sec = 1_000_000_000u64;
+        assert_eq!(state(&snap, Some(&slot), 10 * sec), "idle", "no frame yet");
+        slot.last_frame_ns.store(9 * sec, Relaxed);
+        assert_eq!(state(&snap, Some(&slot), 10 * sec), "connected");
+        assert_eq!(state(&snap, Some(&slot), 12 * sec), "idle", "silent > 2 s");
+        snap.connected = false;
+        assert_eq!(state(&snap, Some(&slot), 10 * sec), "disconnected");
+    }
+
+    #[test]
     fn fps_argument() {
         assert_eq!(parse_fps("10"), Ok(10.0));
         assert!(parse_fps("0").is_err());

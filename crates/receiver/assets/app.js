@@ -68,6 +68,10 @@ function render(s) {
   const up = s.senders.filter((x) => x.state !== "disconnected").length;
   document.getElementById("status").textContent =
     s.senders.length + " sender(s), " + up + " connected · up " + fmt(s.uptime_s, 0) + " s";
+  const names = new Set(s.senders.map((x) => x.name));
+  for (const [name, c] of cards) {
+    if (!names.has(name)) { c.el.remove(); cards.delete(name); } // forgotten by the receiver
+  }
   for (const x of s.senders) {
     const c = card(x.name);
     const el = c.el;

@@ -712,3 +712,29 @@ fn python_example_reads_gray8_and_raw_streams() {
     // The child inherits the receiver's stdout.
     assert_eq!(String::from_utf8_lossy(&got.stdout), expected, "raw --exec");
 }
+
+#[test]
+fn bad_output_arguments_are_one_line_errors() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--out", "-", "--format", "png"],
+            "needs --format raw or gray8 (not png)",
+        ),
+        (
+            &["--exec", "cat", "--format", "pbm"],
+            "needs --format raw or gray8 (not pbm)",
+        ),
+        (
+            &["--latest", "/nonexistent-dir/x.png"],
+            "directory /nonexistent-dir does not exist",
+        ),
+        (&[], "nowhere to put the masks"),
+    ];
+    for (args, needle) in cases {
+        let out = run(Command::new(bin("bitmask-recv"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args));
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+}

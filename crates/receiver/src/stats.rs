@@ -188,6 +188,8 @@ impl SenderSnapshot {
 #[derive(Debug)]
 pub struct SenderStats {
     snap: SenderSnapshot,
+    /// Streams of this sender open now (a reconnecting sender briefly has two).
+    open: u32,
     last_sequence: Option<u64>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
@@ -205,6 +207,7 @@ impl SenderStats {
                 name: name.to_string(),
                 ..Default::default()
             },
+            open: 0,
             last_sequence: None,
             first_frame: None,
             last_frame: None,
@@ -220,13 +223,15 @@ impl SenderStats {
     pub fn connected(&mut self, peer: &str, transport: &'static str) {
         self.snap.peer = peer.to_string();
         self.snap.transport = transport;
-        self.snap.connected = true;
         self.snap.connections += 1;
+        self.open += 1;
+        self.snap.connected = true;
     }
 
-    /// Its stream closed.
+    /// One of its streams closed.
     pub fn disconnected(&mut self) {
-        self.snap.connected = false;
+        self.open = self.open.saturating_sub(1);
+        self.snap.connected = self.open > 0;
     }
 
     /// Counts one frame written; `payload_len` as on the wire, `mask_len`
@@ -523,6 +528,20 @@ mod tests {
         let json = reg.to_json();
         assert!(json.contains("\"name\": \"cam\""), "{json}");
         assert!(json.contains("\"lost\": 2"), "{json}");
+    }
+
+    #[test]
+    fn a_takeover_keeps_the_sender_connected() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        s.connected("a:1", "tcp");
+        s.connected("a:2", "tcp"); // reconnect before the old stream noticed
+        s.disconnected(); // the old one closes
+        assert!(s.snapshot().connected);
+        s.disconnected();
+        assert!(!s.snapshot().connected);
+        assert_eq!(s.snapshot().connections, 2);
     }
 
     #[test]

@@ -1012,7 +1012,12 @@ fn t5_hostile_peers(kit: &Kit) -> Result<String> {
             "2",
         ],
     )?;
-    let mut send = kit.sender(&bed, &dir, "good", &["--fps", "50", "--count", "300"])?;
+    let mut send = kit.sender(
+        &bed,
+        &dir,
+        "good",
+        &["--fps", "50", "--count", "300", "--no-drop"],
+    )?;
     let attacks = in_ns(&bed.s, || {
         let to: SocketAddr = format!("{RECV_IP}:{PORT}").parse()?;
         let mut results = Vec::new();

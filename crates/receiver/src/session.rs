@@ -477,3 +477,58 @@ pub fn stop_on_signals(hub: &Arc<Hub>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitmask_wire::{Header, CODEC_RAW};
+
+    struct Seen(Mutex<Vec<(String, u64, usize, u64)>>);
+
+    impl FrameObserver for Seen {
+        fn frame(&self, sender: &str, header: &Header, mask: &[u8], stats: &SenderHandle) {
+            let received = stats::lock(stats).snapshot().received;
+            lock(&self.0).push((sender.into(), header.sequence, mask.len(), received));
+        }
+    }
+
+    #[test]
+    fn observers_see_every_decoded_frame_with_its_stats() {
+        let (tx, rx) = mpsc::channel();
+        let sinks = Sinks {
+            shared: None,
+            per_sender: None,
+        };
+        let hub = Hub::new(
+            Limits::default(),
+            Duration::from_secs(1),
+            sinks,
+            Some(2),
+            4,
+            tx,
+        );
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        hub.observe(seen.clone());
+        let mut ctx = StreamCtx::open(hub.clone(), "cam", "peer", "tcp").unwrap();
+        let payload = [0xf0u8, 0x0f];
+        ctx.frame(&Header::new(16, 1, 4, CODEC_RAW, 2), &payload)
+            .unwrap();
+        // a codec id nobody knows is counted as corrupt, not shown
+        ctx.frame(&Header::new(16, 1, 5, 200, 2), &payload).unwrap();
+        ctx.frame(&Header::new(16, 1, 7, CODEC_RAW, 2), &payload)
+            .unwrap();
+        assert_eq!(
+            *lock(&seen.0),
+            [("cam".to_string(), 4, 2, 1), ("cam".to_string(), 7, 2, 2)]
+        );
+        let s = &hub.stats.snapshot()[0];
+        assert_eq!((s.received, s.lost, s.corrupt), (2, 2, 1));
+        assert!(s.connected);
+        drop(ctx);
+        assert!(!hub.stats.snapshot()[0].connected);
+        assert!(
+            rx.try_recv().unwrap().contains("--count"),
+            "two frames reach --count 2"
+        );
+    }
+}

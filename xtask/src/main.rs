@@ -60,7 +60,9 @@ fn run() -> Result<()> {
         "bench" if rest.first().map(String::as_str) == Some("codecs") => codecs::run(&rest[1..]),
         "bench" if rest.first().map(String::as_str) == Some("pi") => pibench::run(&rest[1..]),
         "bench" if rest.first().map(String::as_str) == Some("view") => viewbench::run(&rest[1..]),
-        "bench" if rest.first().map(String::as_str) == Some("link") => netbed::bench_link(&rest[1..]),
+        "bench" if rest.first().map(String::as_str) == Some("link") => {
+            netbed::bench_link(&rest[1..])
+        }
         "netbed" => netbed::run(rest),
         "bench" => bench::run(rest),
         "dist" => dist::run_dist(rest),

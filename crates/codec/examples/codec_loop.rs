@@ -35,6 +35,13 @@ fn main() {
             (out, e.codec, e.flags)
         })
         .collect();
+    let mut sizes: Vec<usize> = payloads.iter().map(|p| p.0.len()).collect();
+    sizes.sort();
+    println!(
+        "payload bytes: median {}, total {}",
+        sizes[sizes.len() / 2],
+        sizes.iter().sum::<usize>()
+    );
     let mut out = Vec::new();
     let mut back = vec![0u8; 1 << 20];
     let t = Instant::now();

@@ -9,7 +9,10 @@
 //! lists and rendered back with byte fills.
 
 use crate::bits::{get_varint, put_varint, BitReader, BitWriter};
-use crate::rans::{normalize, write_model, DecTables, EncSym, RansDec, RansEnc, MAX_ALPHABET};
+use crate::rans::{
+    normalize, step, write_model, DecTables, EncSym, RansDec, RansEnc, MAX_ALPHABET, NEXT_SHIFT,
+    TABLE_LEN,
+};
 
 /// Largest |a1 - b1| coded as a vertical mode.
 const VMAX: i32 = 7;
@@ -111,8 +114,12 @@ fn est_run_cost(v: u32) -> u32 {
     64 + 16 * nb
 }
 
+/// Sentinels (copies of the width) after each row's transition list: the
+/// decoder reads up to 2 entries past the first one.
+const SENTINELS: usize = 3;
+
 /// Transition lists of all rows of a frame. Each row's list is followed by
-/// three sentinels equal to the width.
+/// [`SENTINELS`] sentinels equal to the width.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Transitions {
     pub(crate) tr: Vec<u32>,
@@ -152,7 +159,7 @@ impl Transitions {
 
 #[inline]
 fn push_sentinels(v: &mut Vec<u32>, width: u32) {
-    v.extend_from_slice(&[width, width, width]);
+    v.extend_from_slice(&[width; SENTINELS]);
 }
 
 /// The temporal reference of row `y` under global motion `(dx, dy)`: row
@@ -165,7 +172,7 @@ fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>
     let sy = y as i64 - dy as i64;
     if sy >= 0 && sy < prev.height as i64 {
         let r = prev.row(sy as usize);
-        let r = &r[..r.len() - 3];
+        let r = &r[..r.len() - SENTINELS];
         // Transitions that land at or left of 0 only set the colour of pixel 0.
         let mut k = 0;
         while k < r.len() && r[k] as i32 + dx <= 0 {
@@ -226,35 +233,45 @@ fn push_bits(mut x: u64, base: u32, out: &mut Vec<u32>) {
     }
 }
 
-/// Sets pixels `s..e` of a zeroed packed row.
-#[inline]
-fn set_range(row: &mut [u8], s: usize, e: usize) {
-    if s >= e {
-        return;
-    }
-    let sb = s / 8;
-    let eb = (e - 1) / 8;
-    let head = 0xFFu8 >> (s % 8);
-    let tail = 0xFFu8 << (7 - (e - 1) % 8);
-    if sb == eb {
-        row[sb] |= head & tail;
-    } else {
-        row[sb] |= head;
-        row[sb + 1..eb].fill(0xFF);
-        row[eb] |= tail;
-    }
+/// Renders a transition list (sentinels allowed at the end) into a packed row.
+#[cfg(test)]
+pub(crate) fn render_row(tr: &[u32], width: u32, row: &mut [u8]) {
+    let n = tr.iter().take_while(|&&t| t < width).count();
+    render_toggles(&tr[..n], width, &mut Vec::new(), row);
 }
 
-/// Renders a transition list (sentinels allowed at the end) into a packed row.
-pub(crate) fn render_row(tr: &[u32], width: u32, row: &mut [u8]) {
-    row.fill(0);
-    let w = width as usize;
-    let mut i = 0;
-    while i < tr.len() && (tr[i] as usize) < w {
-        let s = tr[i] as usize;
-        let e = tr.get(i + 1).map_or(w, |&e| (e as usize).min(w));
-        set_range(row, s, e);
-        i += 2;
+/// Renders a transition list (entries `< width`, increasing) into a packed
+/// row without data-dependent branches: each transition flips the pixels
+/// from it to the end of its 64-pixel word (`words`, scratch), then a sweep
+/// carries the colour from word to word; the padding bits are cleared.
+fn render_toggles(tr: &[u32], width: u32, words: &mut Vec<u64>, row: &mut [u8]) {
+    let nw = row.len().div_ceil(8);
+    words.clear();
+    words.resize(nw, 0);
+    for &t in tr {
+        if let Some(w) = words.get_mut((t >> 6) as usize) {
+            *w ^= !0u64 >> (t & 63);
+        }
+    }
+    let mut carry = 0u64;
+    let mut chunks = row.chunks_exact_mut(8);
+    let mut it = words.iter();
+    for (d, &w) in (&mut chunks).zip(&mut it) {
+        let v = w ^ carry;
+        carry = (v & 1).wrapping_neg();
+        d.copy_from_slice(&v.to_be_bytes());
+    }
+    let rem = chunks.into_remainder();
+    if !rem.is_empty() {
+        if let Some(&w) = it.next() {
+            let v = w ^ carry;
+            let n = rem.len();
+            rem.copy_from_slice(&v.to_be_bytes()[..n]);
+        }
+    }
+    let pad = (row.len() * 8).saturating_sub(width as usize);
+    if let Some(last) = row.last_mut() {
+        *last &= (0xFFu16 << pad.min(8)) as u8;
     }
 }
 
@@ -315,82 +332,110 @@ fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u
 /// Why a payload was rejected.
 pub(crate) type Reason = &'static str;
 
-/// Decodes one coded row against `r` (validated, with sentinels) into `out`
+/// The model after a symbol of model `m` in the decoder's context chain:
+/// for mode models, the mode model of the same kind in the context the
+/// symbol leads to ([`next_ctx`]); for others, unused (0).
+fn next_model(m: usize, sym: usize) -> usize {
+    match m {
+        M_MODE_S..M_MODE_T => M_MODE_S + next_ctx(sym as u32),
+        M_MODE_T..M_RUN => M_MODE_T + next_ctx(sym as u32),
+        _ => 0,
+    }
+}
+
+/// Decodes one coded row against `r` (validated, with sentinels) into
+/// `out` (at least `width + 2` entries), returns the number of transitions
 /// (without sentinels).
+#[inline(never)]
 fn decode_row(
     r: &[u32],
     width: u32,
     mode_base: usize,
-    models: &[u32],
-    dec_state: &mut RansDec<'_>,
+    models: &[u32; TABLE_LEN],
+    dec: &mut RansDec<'_>,
     bits: &mut BitReader<'_>,
-    out: &mut Vec<u32>,
-) -> Result<(), Reason> {
-    // The rANS state lives in registers for the row (stored back at the end).
-    let mut dec = *dec_state;
-    let dec = &mut dec;
-    out.reserve(width as usize + 3);
+    out: &mut [u32],
+) -> Result<usize, Reason> {
+    // The rANS states live in locals (registers) for the row.
+    let words = dec.words;
+    let lim = dec.lim;
+    let (mut x0, mut x1, mut pos, mut bad) = (dec.x0, dec.x1, dec.pos, dec.bad);
+    macro_rules! get {
+        ($m:expr) => {{
+            let (n0, n1, np, e) = step(models, $m, x0, x1, words, pos, lim, &mut bad);
+            (x0, x1, pos) = (n0, n1, np);
+            e
+        }};
+    }
     let w = width as i32;
     let mut a0: i32 = -1;
     let mut color = 0usize;
     let mut kb = 0usize;
-    let mut ctx = 0usize;
-    loop {
-        // Usually 0-2 steps: two without branches, a loop for the rest.
-        kb += (r[kb] as i32 <= a0) as usize;
-        kb += (r[kb] as i32 <= a0) as usize;
-        while r[kb] as i32 <= a0 {
-            kb += 1;
+    // The mode model: context 0 at the start of the row, then the one the
+    // table entry of the last mode symbol names.
+    let mut m = mode_base;
+    let mut n = 0usize;
+    let result = loop {
+        // The reference is sorted: count the entries <= a0 among the next
+        // three at once (usually 0-2 steps), loop for the rest.
+        let c = (r[kb] as i32 <= a0) as usize
+            + (r[kb + 1] as i32 <= a0) as usize
+            + (r[kb + 2] as i32 <= a0) as usize;
+        kb += c;
+        if c == 3 {
+            while r[kb] as i32 <= a0 {
+                kb += 1;
+            }
         }
         let k1 = kb + ((kb ^ color) & 1);
         let b1 = r[k1] as i32;
-        let b2 = r[k1 + 1] as i32;
-        let sym = dec.get(models, mode_base + ctx) as u32;
-        if sym == SYM_PASS {
+        let e = get!(m);
+        m = (e >> NEXT_SHIFT) as usize;
+        let sym = e & 63;
+        if sym < SYM_PASS {
+            let a1 = b1 + sym as i32 - VMAX;
+            if a1 <= a0 || a1 > w {
+                break Err("vertical mode out of order");
+            }
+            out[n] = a1 as u32;
+            n += 1;
+            a0 = a1;
+            color ^= 1;
+        } else if sym == SYM_PASS {
+            let b2 = r[k1 + 1] as i32;
             if b2 >= w {
-                return Err("pass mode past the end of the row");
+                break Err("pass mode past the end of the row");
             }
             a0 = b2;
-        } else if sym == SYM_HORIZ {
-            let mut run = |col: usize| -> Result<u32, Reason> {
-                let class = dec.get(models, M_RUN + col) as u32;
-                let nb = run_extra_bits(class);
-                Ok(run_value(class, bits.get(nb)))
-            };
-            let r1 = run(color)? as i32;
-            let r2 = run(color ^ 1)? as i32;
+        } else {
+            let class = get!(M_RUN + color) & 63;
+            let r1 = run_value(class, bits.get(run_extra_bits(class))) as i32;
+            let class = get!(M_RUN + (color ^ 1)) & 63;
+            let r2 = run_value(class, bits.get(run_extra_bits(class))) as i32;
             if a0 >= 0 && r1 == 0 {
-                return Err("zero first run in horizontal mode");
+                break Err("zero first run in horizontal mode");
             }
             let a1 = a0.max(0) + r1;
             let a2 = a1 + r2;
             if a2 > w || (r2 == 0 && a1 < w) {
-                return Err("horizontal mode runs past the end of the row");
+                break Err("horizontal mode runs past the end of the row");
             }
-            if a1 < w {
-                out.push(a1 as u32);
-            }
-            if a2 < w {
-                out.push(a2 as u32);
-            }
+            out[n] = a1 as u32;
+            n += (a1 < w) as usize;
+            out[n] = a2 as u32;
+            n += 1;
             a0 = a2;
-        } else {
-            let a1 = b1 + sym as i32 - VMAX;
-            if a1 <= a0 || a1 > w {
-                return Err("vertical mode out of order");
-            }
-            if a1 < w {
-                out.push(a1 as u32);
-            }
-            a0 = a1;
-            color ^= 1;
         }
-        ctx = next_ctx(sym);
         if a0 >= w {
-            *dec_state = *dec;
-            return Ok(());
+            // Only the last entry can be the width (the end of the row).
+            if n > 0 && out[n - 1] >= width {
+                n -= 1;
+            }
+            break Ok(n);
         }
-    }
+    };
+    (dec.x0, dec.x1, dec.pos, dec.bad) = (x0, x1, pos, bad);
+    result
 }
 
 /// Encoder state of the bilevel codec (buffers reused across frames).
@@ -541,10 +586,10 @@ impl BilevelEncoder {
         // rANS, backwards.
         self.rans.clear();
         let mut enc = RansEnc::new();
-        for &r in self.recs.iter().rev() {
+        for (i, &r) in self.recs.iter().enumerate().rev() {
             let model = (r >> 28) as usize;
             let sym = ((r >> 22) & 63) as usize;
-            enc.put(&mut self.rans, &syms[model][sym]);
+            enc.put(&mut self.rans, &syms[model][sym], i);
         }
         enc.flush(&mut self.rans);
         self.rans.reverse();
@@ -635,18 +680,21 @@ pub(crate) fn payload_reference(payload: &[u8]) -> Result<Option<u64>, Reason> {
 #[derive(Debug)]
 pub(crate) struct BilevelDecoder {
     models: DecTables,
-    row: Vec<u32>,
     above: Vec<u32>,
     tref: Vec<u32>,
+    rans: Vec<u16>,
+    /// Toggle masks of the row being rendered, one u64 per 64 pixels.
+    words: Vec<u64>,
 }
 
 impl Default for BilevelDecoder {
     fn default() -> Self {
         BilevelDecoder {
-            models: DecTables::new(N_MODELS),
-            row: Vec::new(),
+            models: DecTables::new(),
             above: Vec::new(),
             tref: Vec::new(),
+            rans: Vec::new(),
+            words: Vec::new(),
         }
     }
 }
@@ -673,7 +721,7 @@ impl BilevelDecoder {
         }
         for m in 0..N_MODELS {
             self.models
-                .read(m, payload, &mut pos, alphabet(m))
+                .read(m, payload, &mut pos, alphabet(m), |s| next_model(m, s))
                 .map_err(|e| (pos, e))?;
         }
         let rans_len = get_varint(payload, &mut pos).ok_or((pos, "truncated rANS length"))?;
@@ -682,7 +730,8 @@ impl BilevelDecoder {
             return Err((pos, "rANS length past the end of the payload"));
         }
         let (rans, extra) = rest.split_at(rans_len as usize);
-        let mut dec = RansDec::new(rans).map_err(|e| (pos, e))?;
+        RansDec::pad(rans, &mut self.rans);
+        let mut dec = RansDec::new(rans, &self.rans).map_err(|e| (pos, e))?;
         let mut bits = BitReader::new(extra);
 
         let (dx, dy) = match payload.get(9..11) {
@@ -690,62 +739,68 @@ impl BilevelDecoder {
             _ => (0, 0),
         };
         let stride = (width as usize).div_ceil(8);
+        let wu = width as usize;
         cur.clear();
         cur.width = width;
         cur.height = height;
         self.above.clear();
         push_sentinels(&mut self.above, width);
+        let models = &*self.models.table;
         let mut row_ctx = 0usize;
+        // Rows are decoded straight into `cur.tr`, the row above being the
+        // previous list there (grown as needed, never shrunk).
+        let mut start = 0usize;
+        let mut above_start = usize::MAX;
         for (y, dst) in out
             .chunks_exact_mut(stride)
             .take(height as usize)
             .enumerate()
         {
-            let mode = dec.get(&self.models.table, M_ROW + row_ctx) as u32;
-            self.row.clear();
-            match mode {
-                ROW_SPATIAL => decode_row(
-                    &self.above,
-                    width,
-                    M_MODE_S,
-                    &self.models.table,
-                    &mut dec,
-                    &mut bits,
-                    &mut self.row,
-                )
-                .map_err(|e| (pos, e))?,
+            let need = start + wu + 8;
+            if cur.tr.len() < need {
+                cur.tr.resize(need.max(cur.tr.len() * 2), 0);
+            }
+            let (done, rest) = cur.tr.split_at_mut(start);
+            let above: &[u32] = if above_start == usize::MAX {
+                &self.above
+            } else {
+                &done[above_start..]
+            };
+            let mode = dec.get(models, M_ROW + row_ctx) & 63;
+            let n = match mode {
+                ROW_SPATIAL => {
+                    decode_row(above, width, M_MODE_S, models, &mut dec, &mut bits, rest)
+                        .map_err(|e| (pos, e))?
+                }
                 ROW_TEMPORAL => {
                     let p = prev.ok_or((pos, "temporal row in a key frame"))?;
                     motion_ref(p, y, dx, dy, &mut self.tref);
                     decode_row(
-                        &self.tref,
-                        width,
-                        M_MODE_T,
-                        &self.models.table,
-                        &mut dec,
-                        &mut bits,
-                        &mut self.row,
+                        &self.tref, width, M_MODE_T, models, &mut dec, &mut bits, rest,
                     )
                     .map_err(|e| (pos, e))?
                 }
                 ROW_COPY_PREV => {
                     let p = prev.ok_or((pos, "copied row in a key frame"))?;
                     motion_ref(p, y, dx, dy, &mut self.tref);
-                    let r = &self.tref;
-                    self.row.extend_from_slice(&r[..r.len() - 3]);
+                    let r = &self.tref[..self.tref.len() - SENTINELS];
+                    rest[..r.len()].copy_from_slice(r);
+                    r.len()
                 }
                 _ => {
-                    let a = &self.above;
-                    self.row.extend_from_slice(&a[..a.len() - 3]);
+                    let a = &above[..above.len() - SENTINELS];
+                    rest[..a.len()].copy_from_slice(a);
+                    a.len()
                 }
-            }
-            push_sentinels(&mut self.row, width);
-            render_row(&self.row, width, dst);
-            cur.tr.extend_from_slice(&self.row);
-            cur.off.push(cur.tr.len());
-            std::mem::swap(&mut self.row, &mut self.above);
+            };
+            rest[n..n + SENTINELS].fill(width);
+            render_toggles(&rest[..n], width, &mut self.words, dst);
+            above_start = start;
+            start += n + SENTINELS;
+            cur.off.push(start);
             row_ctx = mode as usize;
         }
+        cur.tr.truncate(start);
         if !dec.finished_cleanly() {
             return Err((pos, "rANS stream does not end where it should"));
         }

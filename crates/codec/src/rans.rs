@@ -1,14 +1,17 @@
-//! Static (per frame) rANS with 11-bit probabilities and byte-wise
-//! renormalisation, after Fabian Giesen's public-domain `rans_byte.h`.
+//! Static (per frame) rANS with 9-bit probabilities and 16-bit
+//! renormalisation, two lanes interleaved, after Fabian Giesen's
+//! public-domain `rans_byte.h` / `rans_word_sse41.h`.
 //!
 //! The encoder counts the symbols of a frame, normalises the counts to
 //! frequencies summing to [`PROB_SCALE`], sends the frequencies, then codes
-//! the symbols in reverse so the decoder reads them forward.
+//! the symbols in reverse so the decoder reads them forward. 9-bit
+//! probabilities cost almost nothing on these alphabets and make the
+//! frequency tables smaller (in the payload and in the decoder's cache).
 
 use crate::bits::{get_varint, put_varint};
 
 /// Probability precision in bits.
-pub(crate) const PROB_BITS: u32 = 11;
+pub(crate) const PROB_BITS: u32 = 9;
 /// Sum of the frequencies of a model.
 pub(crate) const PROB_SCALE: u32 = 1 << PROB_BITS;
 /// Lower bound of the normalised state interval `[RANS_L, 2^31)`; the
@@ -117,20 +120,22 @@ impl EncSym {
     }
 }
 
-/// rANS encoder writing bytes in reverse into `buf` (reverse it when done).
+/// Two interleaved rANS encoders (lanes) writing bytes in reverse into
+/// `buf` (reverse it when done). Symbol `i` of the frame (in decoding
+/// order) goes to lane `i % 2`; code the symbols last to first.
 #[derive(Debug)]
 pub(crate) struct RansEnc {
-    x: u32,
+    x: [u32; 2],
 }
 
 impl RansEnc {
     pub(crate) fn new() -> Self {
-        RansEnc { x: RANS_L }
+        RansEnc { x: [RANS_L; 2] }
     }
 
     #[inline]
-    pub(crate) fn put(&mut self, buf: &mut Vec<u8>, s: &EncSym) {
-        let mut x = self.x;
+    pub(crate) fn put(&mut self, buf: &mut Vec<u8>, s: &EncSym, lane: usize) {
+        let mut x = self.x[lane & 1];
         if x >= s.x_max {
             // One 16-bit word, little-endian once the buffer is reversed.
             buf.push((x >> 8) as u8);
@@ -138,40 +143,55 @@ impl RansEnc {
             x >>= 16;
         }
         let q = (((x as u64) * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
-        self.x = x + s.bias + q * s.cmpl_freq;
+        self.x[lane & 1] = x + s.bias + q * s.cmpl_freq;
     }
 
-    /// Writes the final state; the decoder reads it first, little-endian.
+    /// Writes the final states; the decoder reads lane 0's then lane 1's, little-endian.
     pub(crate) fn flush(self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.x.to_be_bytes());
+        buf.extend_from_slice(&self.x[1].to_be_bytes());
+        buf.extend_from_slice(&self.x[0].to_be_bytes());
     }
 }
 
-/// The decoder's models, flat: model `m` is `table[m * PROB_SCALE..][..PROB_SCALE]`,
-/// one entry per slot: `freq << 17 | (slot - start) << 6 | symbol`. An empty
-/// model's entries are 0, which the decoder flags as an error.
+/// Number of model slots of a [`DecTables`] (model indices are masked with `MODEL_SLOTS - 1`).
+pub(crate) const MODEL_SLOTS: usize = 16;
+/// Entries of all decoder models together.
+pub(crate) const TABLE_LEN: usize = MODEL_SLOTS << PROB_BITS;
+/// Decoder table entry fields: symbol (6 bits), `slot - start`
+/// (`PROB_BITS` bits), frequency (`PROB_BITS + 1` bits), next model (4 bits).
+const BIAS_SHIFT: u32 = 6;
+const FREQ_SHIFT: u32 = BIAS_SHIFT + PROB_BITS;
+pub(crate) const NEXT_SHIFT: u32 = FREQ_SHIFT + PROB_BITS + 1;
+
+/// The decoder's models, flat: model `m` is `table[m << PROB_BITS..][..PROB_SCALE]`,
+/// one entry per slot (fields above). Each entry also carries the model of
+/// the symbol that follows it in its context chain (chosen by the caller),
+/// so the decoder's next table address does not wait for more arithmetic.
+/// An empty model's entries are 0, which the decoder flags as an error.
 #[derive(Debug, Clone)]
 pub(crate) struct DecTables {
-    pub(crate) table: Vec<u32>,
+    pub(crate) table: Box<[u32; TABLE_LEN]>,
 }
 
 impl DecTables {
-    pub(crate) fn new(models: usize) -> Self {
+    pub(crate) fn new() -> Self {
         DecTables {
-            table: vec![0u32; models * PROB_SCALE as usize],
+            table: Box::new([0u32; TABLE_LEN]),
         }
     }
 
     /// Reads model `m`, written by [`write_model`] for an alphabet of
-    /// `alphabet` symbols. `Err` carries a reason.
+    /// `alphabet` symbols; `next(s)` is the model after symbol `s` (< 16).
+    /// `Err` carries a reason.
     pub(crate) fn read(
         &mut self,
         m: usize,
         data: &[u8],
         pos: &mut usize,
         alphabet: usize,
+        next: impl Fn(usize) -> usize,
     ) -> Result<(), &'static str> {
-        let table = &mut self.table[m * PROB_SCALE as usize..][..PROB_SCALE as usize];
+        let table = &mut self.table[(m % MODEL_SLOTS) << PROB_BITS..][..PROB_SCALE as usize];
         let bitmap = get_varint(data, pos).ok_or("truncated model bitmap")?;
         if alphabet < 64 && bitmap >> alphabet != 0 {
             return Err("model uses a symbol outside its alphabet");
@@ -197,11 +217,12 @@ impl DecTables {
             } else {
                 PROB_SCALE - start
             };
+            let hi = ((next(s) % MODEL_SLOTS) as u32) << NEXT_SHIFT | f << FREQ_SHIFT | s as u32;
             for (k, e) in table[start as usize..(start + f) as usize]
                 .iter_mut()
                 .enumerate()
             {
-                *e = f << 17 | (k as u32) << 6 | s as u32;
+                *e = hi | (k as u32) << BIAS_SHIFT;
             }
             start += f;
         }
@@ -209,54 +230,120 @@ impl DecTables {
     }
 }
 
-/// rANS decoder over a byte slice. Past the end it reads zeros and the
-/// final check fails; the state always stays in `[RANS_L, 2^31)`.
+/// Two interleaved rANS decoders (lanes) sharing one stream: 8 bytes of
+/// initial states (lane 0, lane 1), then 16-bit words. The decoder reads
+/// the words from a copy padded with zero words, so the refill needs no
+/// branch: past the end it reads zeros, and the final check fails. Hot
+/// loops copy the fields into locals and call [`step`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RansDec<'a> {
-    x: u32,
-    buf: &'a [u8],
-    pos: usize,
-    /// Set when a symbol came from an empty model.
-    bad: bool,
+    /// State of the lane that decodes the next symbol, then the other one.
+    pub(crate) x0: u32,
+    pub(crate) x1: u32,
+    /// The stream's words followed by zero words.
+    pub(crate) words: &'a [u16],
+    /// Index of the next word, at most `lim`.
+    pub(crate) pos: usize,
+    /// Number of whole words in the stream + 1 (reading this far is an overrun).
+    pub(crate) lim: usize,
+    /// Whether the stream had a whole number of words.
+    even: bool,
+    /// Non-zero when a symbol came from an empty model.
+    pub(crate) bad: u32,
 }
 
+/// Bytes of initial state in front of the words.
+const STATE_BYTES: usize = 8;
+
 impl<'a> RansDec<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Result<Self, &'static str> {
-        let head: [u8; 4] = buf
-            .get(..4)
+    /// Splits `stream` after its states into little-endian words in
+    /// `padded`, with the zero words the decoder may read after them.
+    pub(crate) fn pad(stream: &[u8], padded: &mut Vec<u16>) {
+        padded.clear();
+        if let Some(rest) = stream.get(STATE_BYTES..) {
+            padded.extend(
+                rest.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
+            );
+        }
+        padded.extend_from_slice(&[0; 2]);
+    }
+
+    /// A decoder over `stream`, whose words [`RansDec::pad`] put in `padded`.
+    pub(crate) fn new(stream: &[u8], padded: &'a [u16]) -> Result<Self, &'static str> {
+        let head: [u8; STATE_BYTES] = stream
+            .get(..STATE_BYTES)
             .and_then(|b| b.try_into().ok())
-            .ok_or("rANS stream shorter than its 4-byte state")?;
-        let x = u32::from_le_bytes(head);
-        if !(RANS_L..1 << 31).contains(&x) {
+            .ok_or("rANS stream shorter than its 8-byte state")?;
+        let x0 = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let x1 = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if !(RANS_L..1 << 31).contains(&x0) || !(RANS_L..1 << 31).contains(&x1) {
             return Err("rANS initial state out of range");
         }
+        let n = (stream.len() - STATE_BYTES) / 2;
         Ok(RansDec {
-            x,
-            buf,
-            pos: 4,
-            bad: false,
+            x0,
+            x1,
+            words: padded,
+            pos: 0,
+            lim: n + 1,
+            even: stream.len() % 2 == 0,
+            bad: 0,
         })
     }
 
-    /// Decodes one symbol of model `m` of `t`.
+    /// Decodes one symbol of model `m` of `t`; returns its table entry.
     #[inline(always)]
-    pub(crate) fn get(&mut self, t: &[u32], m: usize) -> usize {
-        let e = t[m * PROB_SCALE as usize + (self.x & (PROB_SCALE - 1)) as usize];
-        self.bad |= e == 0;
-        self.x = (e >> 17) * (self.x >> PROB_BITS) + ((e >> 6) & 0x7FF);
-        // x >= 16 here, so one 16-bit word always restores x >= RANS_L.
-        let w = match self.buf.get(self.pos..self.pos + 2) {
-            Some(b) => u16::from_le_bytes([b[0], b[1]]) as u32,
-            None => self.buf.get(self.pos).copied().unwrap_or(0) as u32,
-        };
-        let need = self.x < RANS_L;
-        self.x = if need { (self.x << 16) | w } else { self.x };
-        self.pos += 2 * need as usize;
-        (e & 63) as usize
+    pub(crate) fn get(&mut self, t: &[u32; TABLE_LEN], m: usize) -> u32 {
+        let (x0, x1, pos, e) = step(
+            t,
+            m,
+            self.x0,
+            self.x1,
+            self.words,
+            self.pos,
+            self.lim,
+            &mut self.bad,
+        );
+        (self.x0, self.x1, self.pos) = (x0, x1, pos);
+        e
     }
 
-    /// True when the stream was consumed exactly and ended in the encoder's initial state.
+    /// True when the stream was consumed exactly and both lanes ended in the encoder's initial state.
     pub(crate) fn finished_cleanly(&self) -> bool {
-        !self.bad && self.pos == self.buf.len() && self.x == RANS_L
+        self.bad == 0
+            && self.even
+            && self.pos + 1 == self.lim
+            && self.x0 == RANS_L
+            && self.x1 == RANS_L
     }
+}
+
+/// One decoding step on explicit state (so hot loops keep it in
+/// registers): decodes with lane state `x0`, and returns the states in the
+/// order of the next step (`x1`, then the new one), the new word index and
+/// the table entry (symbol in the low 6 bits, next model from [`NEXT_SHIFT`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn step(
+    t: &[u32; TABLE_LEN],
+    m: usize,
+    x0: u32,
+    x1: u32,
+    words: &[u16],
+    pos: usize,
+    lim: usize,
+    bad: &mut u32,
+) -> (u32, u32, usize, u32) {
+    let e = t[((m << PROB_BITS) | (x0 & (PROB_SCALE - 1)) as usize) & (TABLE_LEN - 1)];
+    *bad |= (e == 0) as u32;
+    let f = (e >> FREQ_SHIFT) & ((2 << PROB_BITS) - 1);
+    let x = f * (x0 >> PROB_BITS) + ((e >> BIAS_SHIFT) & (PROB_SCALE - 1));
+    // x >= 1 here, so one 16-bit word always restores x >= RANS_L.
+    // Branch-free: the refill is taken about every fifth symbol, unpredictably.
+    let need = (x < RANS_L) as u32;
+    let w = words.get(pos).copied().unwrap_or(0) as u32;
+    let x = (x << (need * 16)) | (w & need.wrapping_neg());
+    let pos = (pos + need as usize).min(lim);
+    (x1, x, pos, e)
 }

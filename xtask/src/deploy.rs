@@ -61,6 +61,8 @@ pub struct PiConf {
     pub listen: Option<String>,
     /// sender: `--to` address (default: receiver host + the port the receiver listens on)
     pub to: Option<String>,
+    /// where `--install-service` puts the systemd units (default /etc/systemd/system)
+    pub unit_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,7 +91,8 @@ impl PiConf {
             ssh_options,
             accept_machines,
             listen,
-            to
+            to,
+            unit_dir
         )
     }
     fn set(&mut self, field: &str, v: &str) -> Result<()> {
@@ -108,6 +111,7 @@ impl PiConf {
             "accept_machines" => self.accept_machines = Some(list()),
             "listen" => self.listen = s(),
             "to" => self.to = s(),
+            "unit_dir" => self.unit_dir = s(),
             _ => bail!("unknown field {field:?}"),
         }
         Ok(())
@@ -169,6 +173,7 @@ struct Pi {
     args: Vec<String>,
     ssh_options: Vec<String>,
     accept: Vec<String>,
+    unit_dir: String,
     listen: String,
     to: Option<String>,
 }
@@ -212,6 +217,7 @@ impl Pi {
             args: c.args.unwrap_or_default(),
             ssh_options: c.ssh_options.unwrap_or_default(),
             accept: c.accept_machines.unwrap_or_default(),
+            unit_dir: c.unit_dir.unwrap_or_else(|| "/etc/systemd/system".into()),
             listen: c.listen.unwrap_or_else(|| "0.0.0.0:5555".into()),
             to: c.to,
         })
@@ -1008,16 +1014,21 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
             let text = unit_text(pi, &args);
             if ctx.dry {
                 println!(
-                    "[dry-run] unit /etc/systemd/system/{unit} on {}:\n{text}",
+                    "[dry-run] unit {}/{unit} on {}:\n{text}",
+                    pi.unit_dir,
                     pi.host_label()
                 );
             }
             format!(
-                "{SUDO}printf '%s' {t} | $S tee /etc/systemd/system/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable --now {unit} && systemctl is-active {unit}",
+                "{SUDO}printf '%s' {t} | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable --now {unit} && systemctl is-active {unit}",
+                ud = q(&pi.unit_dir),
                 t = q(&text)
             )
         } else {
-            format!("{SUDO}$S systemctl disable --now {unit} 2>/dev/null; $S rm -f /etc/systemd/system/{unit} && $S systemctl daemon-reload && echo removed")
+            format!(
+                "{SUDO}$S systemctl disable --now {unit} 2>/dev/null; $S rm -f {ud}/{unit} && $S systemctl daemon-reload && echo removed",
+                ud = q(&pi.unit_dir)
+            )
         };
         let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
         if !ok {
@@ -1111,7 +1122,9 @@ fn start_sshd(dir: &Path, authorized: &Path) -> Result<(Sshd, u16)> {
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
+SetEnv PATH={fakebin}:/usr/local/bin:/usr/bin:/bin\n",
+            fakebin = dir.parent().unwrap().join("fakebin").display(),
             hk = hostkey.display(),
             pid = dir.join("sshd.pid").display(),
             ak = authorized.display()
@@ -1233,6 +1246,20 @@ pub fn self_test() -> Result<()> {
     }
     let client = base.join("client_key");
     keygen(&client)?;
+    let fakebin = base.join("fakebin");
+    std::fs::create_dir_all(&fakebin)?;
+    let fake = fakebin.join("systemctl");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n# stand-in for systemctl in the deploy test\necho \"$*\" >> {}\n[ \"$1\" = is-active ] && echo active\nexit 0\n",
+            base.join("systemctl.log").display()
+        ),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    }
     let stranger = base.join("stranger_key");
     keygen(&stranger)?;
     let authorized = base.join("authorized_keys");
@@ -1448,6 +1475,52 @@ args = [{send_args}]
         bail!("--install-service --dry-run shows no systemctl enable:\n{svc}");
     }
     eprintln!("deploy test: unreachable host, refused key, wrong architecture, --dry-run and --install-service --dry-run behave");
+
+    // 4. --install-service / --uninstall for real, against a stand-in systemctl (the
+    //    "Pis" here have no systemd) that logs its calls; units go to target/deploy-test/systemd
+    let units = base.join("systemd");
+    std::fs::create_dir_all(&units)?;
+    let calls = base.join("systemctl.log");
+    let _ = std::fs::remove_file(&calls);
+    let svc_args = [
+        "--config",
+        c1s,
+        "--no-build",
+        "--set",
+        "receiver.listen=127.0.0.1:5555",
+        "--set",
+        &format!("defaults.unit_dir={}", units.display()),
+    ];
+    let mut a = svc_args.to_vec();
+    a.push("--install-service");
+    deploy_expect(&a, true, "bitmask-send.service enabled")?;
+    let recv_unit = std::fs::read_to_string(units.join("bitmask-recv.service"))?;
+    let send_unit = std::fs::read_to_string(units.join("bitmask-send.service"))?;
+    let log = std::fs::read_to_string(&calls)?;
+    let (r, s) = (
+        log.find("enable --now bitmask-recv"),
+        log.find("enable --now bitmask-send"),
+    );
+    if !recv_unit.contains("Restart=always")
+        || !recv_unit.contains("qemu-arm -cpu arm1176")
+        || !send_unit.contains("--to 127.0.0.1:5555")
+        || !matches!((r, s), (Some(r), Some(s)) if r < s)
+    {
+        bail!(
+            "--install-service wrote unexpected units or calls:\n{recv_unit}\n{send_unit}\n{log}"
+        );
+    }
+    let mut a = svc_args.to_vec();
+    a.push("--uninstall");
+    deploy_expect(&a, true, "removed")?;
+    let log = std::fs::read_to_string(&calls)?;
+    if units.join("bitmask-recv.service").exists()
+        || units.join("bitmask-send.service").exists()
+        || !log.contains("disable --now bitmask-recv")
+    {
+        bail!("--uninstall left units behind or did not disable them:\n{log}");
+    }
+    eprintln!("deploy test: --install-service wrote and enabled both units (receiver first), --uninstall removed them");
     eprintln!("deploy test: passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

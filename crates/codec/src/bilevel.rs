@@ -138,16 +138,25 @@ impl Transitions {
     /// Extracts the transitions of every row of a packed frame.
     pub(crate) fn extract(&mut self, packed: &[u8], width: u32, height: u32) {
         let stride = (width as usize).div_ceil(8);
-        self.tr.clear();
         self.off.clear();
         self.off.push(0);
         self.width = width;
         self.height = height;
+        // Rows are written in place into `tr`, grown as needed (never shrunk
+        // between frames, so no allocation once warm).
+        let mut start = 0usize;
         for row in packed.chunks_exact(stride).take(height as usize) {
-            row_transitions(row, width, &mut self.tr);
-            push_sentinels(&mut self.tr, width);
-            self.off.push(self.tr.len());
+            let need = start + stride * 8 + 64 + SENTINELS;
+            if self.tr.len() < need {
+                self.tr.resize(need.max(self.tr.len() * 2), 0);
+            }
+            let out = &mut self.tr[start..];
+            let n = row_transitions_into(row, width, out);
+            out[n..n + SENTINELS].fill(width);
+            start += n + SENTINELS;
+            self.off.push(start);
         }
+        self.tr.truncate(start);
     }
 
     pub(crate) fn clear(&mut self) {
@@ -193,16 +202,28 @@ fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>
 }
 
 /// Appends the transitions of one packed row (positions `< width`).
+#[cfg(test)]
 pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
-    let start = out.len();
+    let mut buf = vec![0u32; row.len() * 8 + 64];
+    let n = row_transitions_into(row, width, &mut buf);
+    out.extend_from_slice(&buf[..n]);
+}
+
+/// Writes the transitions of one packed row (positions `< width`) to the
+/// start of `out` (at least `8 * row.len() + 64` entries); returns how many.
+#[inline]
+fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
+    let mut n = 0usize;
     let mut carry = 0u64;
     let mut base = 0u32;
     let mut chunks = row.chunks_exact(8);
     for ch in &mut chunks {
-        let w = u64::from_be_bytes(ch.try_into().unwrap());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(ch);
+        let w = u64::from_be_bytes(b);
         let x = w ^ ((w >> 1) | (carry << 63));
         carry = w & 1;
-        push_bits(x, base, out);
+        n = put_bits(x, base, out, n);
         base += 64;
     }
     let rem = chunks.remainder();
@@ -210,27 +231,25 @@ pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
         let mut b = [0u8; 8];
         b[..rem.len()].copy_from_slice(rem);
         let w = u64::from_be_bytes(b);
-        push_bits(w ^ ((w >> 1) | (carry << 63)), base, out);
+        n = put_bits(w ^ ((w >> 1) | (carry << 63)), base, out, n);
     }
     // Padding bits (0 by contract) can only add transitions at or past the width.
-    while out.len() > start && out[out.len() - 1] >= width {
-        out.pop();
+    while n > 0 && out[n - 1] >= width {
+        n -= 1;
     }
+    n
 }
 
-/// Appends `base + i` for every set bit `i` (from the MSB) of `x`.
+/// Writes `base + i` for every set bit `i` (from the MSB) of `x` at `out[n..]`; returns the new `n`.
 #[inline(always)]
-fn push_bits(mut x: u64, base: u32, out: &mut Vec<u32>) {
-    if x == 0 {
-        return;
-    }
-    let n = x.count_ones() as usize;
-    out.reserve(n);
-    for _ in 0..n {
+fn put_bits(mut x: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
+    while x != 0 {
         let lz = x.leading_zeros();
-        out.push(base + lz);
+        out[n] = base + lz;
+        n += 1;
         x &= !((1u64 << 63) >> lz);
     }
+    n
 }
 
 /// Renders a transition list (sentinels allowed at the end) into a packed row.
@@ -278,6 +297,18 @@ fn render_toggles(tr: &[u32], width: u32, words: &mut Vec<u64>, row: &mut [u8]) 
 /// Codes the transitions `c` of a row against the reference `r` (both with
 /// sentinels). Appends records, returns the estimated cost.
 fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u32>) -> u32 {
+    code_row_g::<true>(r, c, width, mode_base, recs)
+}
+
+/// [`code_row`], with the cost estimate only when `COST` (key frames do not need it).
+#[inline]
+fn code_row_g<const COST: bool>(
+    r: &[u32],
+    c: &[u32],
+    width: u32,
+    mode_base: usize,
+    recs: &mut Vec<u32>,
+) -> u32 {
     let w = width as i32;
     let mut a0: i32 = -1;
     let mut color = 0usize;
@@ -285,9 +316,17 @@ fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u
     let mut kb = 0usize;
     let mut ctx = 0usize;
     let mut cost = 0u32;
+    // At most 3 records per changing element of either row, plus the end.
+    recs.reserve(3 * (r.len() + c.len()) + 8);
     loop {
-        while r[kb] as i32 <= a0 {
-            kb += 1;
+        let n = (r[kb] as i32 <= a0) as usize
+            + (r[kb + 1] as i32 <= a0) as usize
+            + (r[kb + 2] as i32 <= a0) as usize;
+        kb += n;
+        if n == 3 {
+            while r[kb] as i32 <= a0 {
+                kb += 1;
+            }
         }
         let k1 = kb + ((kb ^ color) & 1);
         let b1 = r[k1] as i32;
@@ -316,12 +355,16 @@ fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u
                 let (c2, _, e2) = run_class(r2);
                 recs.push(rec(M_RUN + color, c1, e1));
                 recs.push(rec(M_RUN + (color ^ 1), c2, e2));
-                cost += est_run_cost(r1) + est_run_cost(r2);
+                if COST {
+                    cost += est_run_cost(r1) + est_run_cost(r2);
+                }
                 a0 = a2;
                 ia += 2;
             }
         }
-        cost += est_mode_cost(sym);
+        if COST {
+            cost += est_mode_cost(sym);
+        }
         ctx = next_ctx(sym);
         if a0 >= w {
             return cost;
@@ -519,7 +562,7 @@ impl BilevelEncoder {
                 (ROW_TEMPORAL, _) => self.recs.extend_from_slice(&self.tmp_t),
                 (ROW_SPATIAL, Some(_)) => self.recs.extend_from_slice(&self.tmp_s),
                 (ROW_SPATIAL, None) => {
-                    code_row(above, c, w, M_MODE_S, &mut self.recs);
+                    code_row_g::<false>(above, c, w, M_MODE_S, &mut self.recs);
                 }
                 _ => {}
             }
@@ -542,7 +585,7 @@ impl BilevelEncoder {
                 self.recs.push(rec(M_ROW + row_ctx, mode, 0));
                 row_ctx = mode as usize;
                 if mode == ROW_SPATIAL {
-                    code_row(above, c, w, M_MODE_S, &mut self.recs);
+                    code_row_g::<false>(above, c, w, M_MODE_S, &mut self.recs);
                 }
             }
         }
@@ -563,10 +606,10 @@ impl BilevelEncoder {
         for &r in &self.recs {
             let model = (r >> 28) as usize;
             let sym = (r >> 22) & 63;
-            counts[model][sym as usize] += 1;
-            if model >= M_RUN {
-                self.bits.put(r & 0x3F_FFFF, run_extra_bits(sym));
-            }
+            counts[model % N_MODELS][sym as usize] += 1;
+            // Mode and row symbols carry no extra bits (their extra field is 0).
+            let nb = run_extra_bits(sym) & ((model >= M_RUN) as u32).wrapping_neg();
+            self.bits.put(r & 0x3F_FFFF, nb);
         }
         self.bits.finish();
         let mut syms = [[EncSym::default(); MAX_ALPHABET]; N_MODELS];
@@ -583,18 +626,21 @@ impl BilevelEncoder {
                 }
             }
         }
-        // rANS, backwards.
-        self.rans.clear();
-        let mut enc = RansEnc::new();
+        // rANS, backwards from the end of the buffer.
+        let len = 2 * self.recs.len() + 16;
+        if self.rans.len() < len {
+            self.rans.resize(len, 0);
+        }
+        let mut enc = RansEnc::new(len);
         for (i, &r) in self.recs.iter().enumerate().rev() {
             let model = (r >> 28) as usize;
             let sym = ((r >> 22) & 63) as usize;
-            enc.put(&mut self.rans, &syms[model][sym], i);
+            enc.put(&mut self.rans, &syms[model % N_MODELS][sym], i);
         }
-        enc.flush(&mut self.rans);
-        self.rans.reverse();
-        put_varint(out, self.rans.len() as u64);
-        out.extend_from_slice(&self.rans);
+        let start = enc.flush(&mut self.rans);
+        let stream = &self.rans[start..len];
+        put_varint(out, stream.len() as u64);
+        out.extend_from_slice(stream);
         out.extend_from_slice(&self.bits.buf);
         prev.is_some()
     }

@@ -15,22 +15,25 @@ impl BitWriter {
         self.n = 0;
     }
 
-    /// Appends the low `nb` bits of `v` (`nb <= 32`).
+    /// Appends the low `nb` bits of `v` (`nb <= 32`; 0 appends nothing).
     #[inline]
     pub(crate) fn put(&mut self, v: u32, nb: u32) {
-        if nb == 0 {
-            return;
-        }
+        // `acc` holds `n < 32` pending bits (its higher bits are stale).
         self.acc = (self.acc << nb) | (v as u64 & ((1u64 << nb) - 1));
         self.n += nb;
+        if self.n >= 32 {
+            self.n -= 32;
+            self.buf
+                .extend_from_slice(&((self.acc >> self.n) as u32).to_be_bytes());
+        }
+    }
+
+    /// Writes the pending bits, the last byte padded with zero bits.
+    pub(crate) fn finish(&mut self) {
         while self.n >= 8 {
             self.n -= 8;
             self.buf.push((self.acc >> self.n) as u8);
         }
-    }
-
-    /// Pads the last byte with zero bits.
-    pub(crate) fn finish(&mut self) {
         if self.n > 0 {
             self.buf.push((self.acc << (8 - self.n)) as u8);
             self.n = 0;

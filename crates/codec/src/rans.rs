@@ -120,36 +120,47 @@ impl EncSym {
     }
 }
 
-/// Two interleaved rANS encoders (lanes) writing bytes in reverse into
-/// `buf` (reverse it when done). Symbol `i` of the frame (in decoding
-/// order) goes to lane `i % 2`; code the symbols last to first.
+/// Two interleaved rANS encoders (lanes) writing the stream backwards into
+/// a buffer of at least `2 * symbols + 8` bytes, from its end. Symbol `i`
+/// of the frame (in decoding order) goes to lane `i % 2`; code the symbols
+/// last to first, then [`RansEnc::flush`] gives the stream's start.
 #[derive(Debug)]
 pub(crate) struct RansEnc {
     x: [u32; 2],
+    /// Start of what was written so far.
+    p: usize,
 }
 
 impl RansEnc {
-    pub(crate) fn new() -> Self {
-        RansEnc { x: [RANS_L; 2] }
+    pub(crate) fn new(buf_len: usize) -> Self {
+        RansEnc {
+            x: [RANS_L; 2],
+            p: buf_len,
+        }
     }
 
-    #[inline]
-    pub(crate) fn put(&mut self, buf: &mut Vec<u8>, s: &EncSym, lane: usize) {
-        let mut x = self.x[lane & 1];
-        if x >= s.x_max {
-            // One 16-bit word, little-endian once the buffer is reversed.
-            buf.push((x >> 8) as u8);
-            buf.push(x as u8);
-            x >>= 16;
-        }
+    #[inline(always)]
+    pub(crate) fn put(&mut self, buf: &mut [u8], s: &EncSym, lane: usize) {
+        let x = self.x[lane & 1];
+        // Branch-free renormalisation: the word is always written below the
+        // start; when not needed it is overwritten later (or by the flush).
+        let need = (x >= s.x_max) as usize;
+        let p = self.p - 2;
+        buf[p] = x as u8;
+        buf[p + 1] = (x >> 8) as u8;
+        self.p -= 2 * need;
+        let x = x >> (16 * need as u32);
         let q = (((x as u64) * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
         self.x[lane & 1] = x + s.bias + q * s.cmpl_freq;
     }
 
-    /// Writes the final states; the decoder reads lane 0's then lane 1's, little-endian.
-    pub(crate) fn flush(self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.x[1].to_be_bytes());
-        buf.extend_from_slice(&self.x[0].to_be_bytes());
+    /// Writes the final states (lane 0's first, little-endian) and returns
+    /// where the stream starts in `buf`.
+    pub(crate) fn flush(self, buf: &mut [u8]) -> usize {
+        let p = self.p - 8;
+        buf[p..p + 4].copy_from_slice(&self.x[0].to_le_bytes());
+        buf[p + 4..p + 8].copy_from_slice(&self.x[1].to_le_bytes());
+        p
     }
 }
 

@@ -256,17 +256,16 @@ fn put_bits(mut x: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
 #[cfg(test)]
 pub(crate) fn render_row(tr: &[u32], width: u32, row: &mut [u8]) {
     let n = tr.iter().take_while(|&&t| t < width).count();
-    render_toggles(&tr[..n], width, &mut Vec::new(), row);
+    render_toggles(&tr[..n], width, &mut vec![0; row.len().div_ceil(8)], row);
 }
 
 /// Renders a transition list (entries `< width`, increasing) into a packed
 /// row without data-dependent branches: each transition flips the pixels
 /// from it to the end of its 64-pixel word (`words`, scratch), then a sweep
 /// carries the colour from word to word; the padding bits are cleared.
-fn render_toggles(tr: &[u32], width: u32, words: &mut Vec<u64>, row: &mut [u8]) {
-    let nw = row.len().div_ceil(8);
-    words.clear();
-    words.resize(nw, 0);
+///
+/// `words` holds at least `ceil(row.len() / 8)` zeros and is left zeroed.
+fn render_toggles(tr: &[u32], width: u32, words: &mut [u64], row: &mut [u8]) {
     for &t in tr {
         if let Some(w) = words.get_mut((t >> 6) as usize) {
             *w ^= !0u64 >> (t & 63);
@@ -274,16 +273,18 @@ fn render_toggles(tr: &[u32], width: u32, words: &mut Vec<u64>, row: &mut [u8]) 
     }
     let mut carry = 0u64;
     let mut chunks = row.chunks_exact_mut(8);
-    let mut it = words.iter();
-    for (d, &w) in (&mut chunks).zip(&mut it) {
-        let v = w ^ carry;
+    let mut it = words.iter_mut();
+    for (d, w) in (&mut chunks).zip(&mut it) {
+        let v = *w ^ carry;
+        *w = 0;
         carry = (v & 1).wrapping_neg();
         d.copy_from_slice(&v.to_be_bytes());
     }
     let rem = chunks.into_remainder();
     if !rem.is_empty() {
-        if let Some(&w) = it.next() {
-            let v = w ^ carry;
+        if let Some(w) = it.next() {
+            let v = *w ^ carry;
+            *w = 0;
             let n = rem.len();
             rem.copy_from_slice(&v.to_be_bytes()[..n]);
         }
@@ -797,11 +798,15 @@ impl BilevelDecoder {
         // previous list there (grown as needed, never shrunk).
         let mut start = 0usize;
         let mut above_start = usize::MAX;
-        for (y, dst) in out
-            .chunks_exact_mut(stride)
-            .take(height as usize)
-            .enumerate()
-        {
+        let nw = stride.div_ceil(8);
+        if self.words.len() < nw {
+            self.words.resize(nw, 0);
+        }
+        for y in 0..height as usize {
+            let (rows_done, rows_rest) = out.split_at_mut(y * stride);
+            let Some(dst) = rows_rest.get_mut(..stride) else {
+                break;
+            };
             let need = start + wu + 8;
             if cur.tr.len() < need {
                 cur.tr.resize(need.max(cur.tr.len() * 2), 0);
@@ -840,7 +845,11 @@ impl BilevelDecoder {
                 }
             };
             rest[n..n + SENTINELS].fill(width);
-            render_toggles(&rest[..n], width, &mut self.words, dst);
+            match rows_done.get(rows_done.len().wrapping_sub(stride)..) {
+                // A copy of the row above: copy its bytes.
+                Some(a) if mode == ROW_COPY_ABOVE => dst.copy_from_slice(a),
+                _ => render_toggles(&rest[..n], width, &mut self.words, dst),
+            }
             above_start = start;
             start += n + SENTINELS;
             cur.off.push(start);

@@ -606,6 +606,17 @@ fn start_session(pi: &Pi, args: &[String], tx: mpsc::Sender<Ev>) -> Result<Sessi
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // if xtask itself dies (kill -9, closed terminal), ssh goes with it: the pty hangup
+    // then stops the remote process, so nothing is left on the Pi
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     eprintln!("deploy: {}: $ {}", pi.label(), exec_line(pi, args));
     let mut child = c.spawn().context("cannot start ssh")?;
     for r in [
@@ -1407,6 +1418,35 @@ args = [{send_args}]
     if !left.is_empty() {
         bail!("processes left on the \"Pis\" after Ctrl-C: {left:?}\n{text}");
     }
+    // 2b. xtask killed outright (kill -9): ssh dies with it, the ptys hang up, the Pis'
+    //     kernels stop the processes
+    let _ = std::fs::remove_dir_all(&masks2);
+    let (mut child, log) = deploy_child(&["--config", c2.to_str().unwrap(), "--no-build"])?;
+    let t = Instant::now();
+    while std::fs::read_dir(&masks2).map(|d| d.count()).unwrap_or(0) < 2 {
+        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!(
+                "the --loop deploy did not deliver 2 frames; its log:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill()?;
+    child.wait()?;
+    let t = Instant::now();
+    loop {
+        let left = procs_with(&format!("{b}/pi-"));
+        if left.is_empty() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            bail!("processes left on the \"Pis\" 15 s after xtask was killed: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("deploy test: xtask killed with SIGKILL: the remote processes ended by themselves in {:.1} s", t.elapsed().as_secs_f64());
     eprintln!(
         "deploy test: Ctrl-C stopped both remote processes ({} were running), none left, exit 0",
         running.len()

@@ -1,5 +1,5 @@
 //! Encodes and decodes the masks of a corpus in a loop (for profilers):
-//! `cargo run --release -p bitmask-codec --example codec_loop -- target/codec-corpus [enc|dec|both] [choice]`
+//! `cargo run --release -p bitmask-codec --example codec_loop -- target/codec-corpus [enc|dec|both|median|each] [choice]`
 use bitmask_codec::{Choice, Decoder, Encoder};
 use std::time::Instant;
 
@@ -16,7 +16,10 @@ fn main() {
     let mut masks = Vec::new();
     for l in manifest.lines().skip(1) {
         let f: Vec<&str> = l.split('\t').collect();
-        if f.len() < 5 || f[3] != "otsu" && f[3] != "blue170" {
+        // All masks (as `cargo xtask bench codecs` does), or only the still
+        // photos with BITMASK_STILLS=1.
+        let stills_only = std::env::var_os("BITMASK_STILLS").is_some();
+        if f.len() < 5 || stills_only && f[3] != "otsu" && f[3] != "blue170" {
             continue;
         }
         masks.push((

@@ -52,9 +52,20 @@ const KIND_DELTA: u8 = 1;
 /// Context after a mode symbol: 1 after V0, 2 after V+-1, 3 after anything else (0 at row start).
 #[inline(always)]
 fn next_ctx(sym: u32) -> usize {
-    let d = sym.abs_diff(VMAX as u32);
-    1 + (d != 0) as usize + (d > 1) as usize
+    NEXT_CTX[sym as usize & 31] as usize
 }
+
+/// [`next_ctx`] as a table.
+const NEXT_CTX: [u8; 32] = {
+    let mut t = [3u8; 32];
+    let mut s = 0;
+    while s < 32 {
+        let d = (s as i32 - VMAX).unsigned_abs();
+        t[s] = 1 + (d != 0) as u8 + (d > 1) as u8;
+        s += 1;
+    }
+    t
+};
 
 /// A symbol record: model (4 bits), symbol (6 bits), extra-bit value (22 bits).
 #[inline]
@@ -156,11 +167,11 @@ impl Transitions {
             start += n + SENTINELS;
             self.off.push(start);
         }
-        self.tr.truncate(start);
+        // `tr` keeps its length (zeroing it again next frame would cost more than the frame).
     }
 
+    /// Forgets the rows (`tr` keeps its length, see [`Transitions::extract`]).
     pub(crate) fn clear(&mut self) {
-        self.tr.clear();
         self.off.clear();
         self.off.push(0);
     }
@@ -855,7 +866,6 @@ impl BilevelDecoder {
             cur.off.push(start);
             row_ctx = mode as usize;
         }
-        cur.tr.truncate(start);
         if !dec.finished_cleanly() {
             return Err((pos, "rANS stream does not end where it should"));
         }

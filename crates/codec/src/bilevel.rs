@@ -413,11 +413,10 @@ fn decode_row(
 ) -> Result<usize, Reason> {
     // The rANS states live in locals (registers) for the row.
     let words = dec.words;
-    let lim = dec.lim;
-    let (mut x0, mut x1, mut pos, mut bad) = (dec.x0, dec.x1, dec.pos, dec.bad);
+    let (mut x0, mut x1, mut pos) = (dec.x0, dec.x1, dec.pos);
     macro_rules! get {
         ($m:expr) => {{
-            let (n0, n1, np, e) = step(models, $m, x0, x1, words, pos, lim, &mut bad);
+            let (n0, n1, np, e) = step(models, $m, x0, x1, words, pos);
             (x0, x1, pos) = (n0, n1, np);
             e
         }};
@@ -489,7 +488,7 @@ fn decode_row(
             break Ok(n);
         }
     };
-    (dec.x0, dec.x1, dec.pos, dec.bad) = (x0, x1, pos, bad);
+    (dec.x0, dec.x1, dec.pos) = (x0, x1, pos);
     result
 }
 

@@ -242,33 +242,33 @@ impl DecTables {
 }
 
 /// Two interleaved rANS decoders (lanes) sharing one stream: 8 bytes of
-/// initial states (lane 0, lane 1), then 16-bit words. The decoder reads
-/// the words from a copy padded with zero words, so the refill needs no
-/// branch: past the end it reads zeros, and the final check fails. Hot
-/// loops copy the fields into locals and call [`step`].
+/// initial states (lane 0, lane 1), then 16-bit words. Past the end the
+/// decoder reads zeros, and the final check fails. Hot loops copy the
+/// fields into locals and call [`step`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RansDec<'a> {
     /// State of the lane that decodes the next symbol, then the other one.
     pub(crate) x0: u32,
     pub(crate) x1: u32,
-    /// The stream's words followed by zero words.
+    /// The stream's words.
     pub(crate) words: &'a [u16],
-    /// Index of the next word, at most `lim`.
+    /// Index of the next word, plus [`BAD`] once a symbol came from an
+    /// empty model (so the final check fails without another variable).
     pub(crate) pos: usize,
-    /// Number of whole words in the stream + 1 (reading this far is an overrun).
-    pub(crate) lim: usize,
+    /// Number of whole words in the stream.
+    n: usize,
     /// Whether the stream had a whole number of words.
     even: bool,
-    /// Non-zero when a symbol came from an empty model.
-    pub(crate) bad: u32,
 }
+
+/// Added to a decoder's word index when a symbol comes from an empty model.
+const BAD: usize = 1 << 40;
 
 /// Bytes of initial state in front of the words.
 const STATE_BYTES: usize = 8;
 
 impl<'a> RansDec<'a> {
-    /// Splits `stream` after its states into little-endian words in
-    /// `padded`, with the zero words the decoder may read after them.
+    /// Splits `stream` after its states into little-endian words in `padded`.
     pub(crate) fn pad(stream: &[u8], padded: &mut Vec<u16>) {
         padded.clear();
         if let Some(rest) = stream.get(STATE_BYTES..) {
@@ -277,7 +277,6 @@ impl<'a> RansDec<'a> {
                     .map(|c| u16::from_le_bytes([c[0], c[1]])),
             );
         }
-        padded.extend_from_slice(&[0; 2]);
     }
 
     /// A decoder over `stream`, whose words [`RansDec::pad`] put in `padded`.
@@ -297,36 +296,22 @@ impl<'a> RansDec<'a> {
             x1,
             words: padded,
             pos: 0,
-            lim: n + 1,
+            n,
             even: stream.len() % 2 == 0,
-            bad: 0,
         })
     }
 
     /// Decodes one symbol of model `m` of `t`; returns its table entry.
     #[inline(always)]
     pub(crate) fn get(&mut self, t: &[u32; TABLE_LEN], m: usize) -> u32 {
-        let (x0, x1, pos, e) = step(
-            t,
-            m,
-            self.x0,
-            self.x1,
-            self.words,
-            self.pos,
-            self.lim,
-            &mut self.bad,
-        );
+        let (x0, x1, pos, e) = step(t, m, self.x0, self.x1, self.words, self.pos);
         (self.x0, self.x1, self.pos) = (x0, x1, pos);
         e
     }
 
     /// True when the stream was consumed exactly and both lanes ended in the encoder's initial state.
     pub(crate) fn finished_cleanly(&self) -> bool {
-        self.bad == 0
-            && self.even
-            && self.pos + 1 == self.lim
-            && self.x0 == RANS_L
-            && self.x1 == RANS_L
+        self.even && self.pos == self.n && self.x0 == RANS_L && self.x1 == RANS_L
     }
 }
 
@@ -334,7 +319,6 @@ impl<'a> RansDec<'a> {
 /// registers): decodes with lane state `x0`, and returns the states in the
 /// order of the next step (`x1`, then the new one), the new word index and
 /// the table entry (symbol in the low 6 bits, next model from [`NEXT_SHIFT`]).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn step(
     t: &[u32; TABLE_LEN],
@@ -343,11 +327,8 @@ pub(crate) fn step(
     x1: u32,
     words: &[u16],
     pos: usize,
-    lim: usize,
-    bad: &mut u32,
 ) -> (u32, u32, usize, u32) {
     let e = t[((m << PROB_BITS) | (x0 & (PROB_SCALE - 1)) as usize) & (TABLE_LEN - 1)];
-    *bad |= (e == 0) as u32;
     let f = (e >> FREQ_SHIFT) & ((2 << PROB_BITS) - 1);
     let x = f * (x0 >> PROB_BITS) + ((e >> BIAS_SHIFT) & (PROB_SCALE - 1));
     // x >= 1 here, so one 16-bit word always restores x >= RANS_L.
@@ -355,6 +336,6 @@ pub(crate) fn step(
     let need = (x < RANS_L) as u32;
     let w = words.get(pos).copied().unwrap_or(0) as u32;
     let x = (x << (need * 16)) | (w & need.wrapping_neg());
-    let pos = (pos + need as usize).min(lim);
+    let pos = (pos + need as usize) | ((e == 0) as usize * BAD);
     (x1, x, pos, e)
 }

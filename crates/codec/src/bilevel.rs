@@ -309,10 +309,46 @@ fn render_toggles(tr: &[u32], width: u32, words: &mut [u64], row: &mut [u8]) {
 /// Codes the transitions `c` of a row against the reference `r` (both with
 /// sentinels). Appends records, returns the estimated cost.
 fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u32>) -> u32 {
-    code_row_g::<true>(r, c, width, mode_base, recs)
+    code_row_g::<true>(r, c, width, mode_base, recs, None)
 }
 
-/// [`code_row`], with the cost estimate only when `COST` (key frames do not need it).
+/// Symbol counts per model and the extra-bit stream of a frame's records.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    counts: [[u32; MAX_ALPHABET]; N_MODELS],
+    bits: BitWriter,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            counts: [[0; MAX_ALPHABET]; N_MODELS],
+            bits: BitWriter::default(),
+        }
+    }
+}
+
+impl Tally {
+    fn clear(&mut self) {
+        self.counts = [[0; MAX_ALPHABET]; N_MODELS];
+        self.bits.clear();
+    }
+
+    /// Counts record `r` and writes its extra bits.
+    #[inline(always)]
+    fn add(&mut self, r: u32) {
+        let model = (r >> 28) as usize;
+        let sym = (r >> 22) & 63;
+        self.counts[model % N_MODELS][sym as usize] += 1;
+        // Mode and row symbols carry no extra bits (their extra field is 0).
+        let nb = run_extra_bits(sym) & ((model >= M_RUN) as u32).wrapping_neg();
+        self.bits.put(r & 0x3F_FFFF, nb);
+    }
+}
+
+/// [`code_row`], with the cost estimate only when `COST` (key frames do not
+/// need it), and with `tally` when given: the records' symbol counts and
+/// extra bits, as [`Tally::add`] would make them from the records later.
 #[inline]
 fn code_row_g<const COST: bool>(
     r: &[u32],
@@ -320,6 +356,7 @@ fn code_row_g<const COST: bool>(
     width: u32,
     mode_base: usize,
     recs: &mut Vec<u32>,
+    mut tally: Option<&mut Tally>,
 ) -> u32 {
     let w = width as i32;
     let mut a0: i32 = -1;
@@ -348,12 +385,18 @@ fn code_row_g<const COST: bool>(
         if b2 < a1 {
             sym = SYM_PASS;
             recs.push(rec(mode_base + ctx, sym, 0));
+            if let Some(t) = tally.as_deref_mut() {
+                t.counts[(mode_base + ctx) % N_MODELS][sym as usize] += 1;
+            }
             a0 = b2;
         } else {
             let d = a1 - b1;
             if (-VMAX..=VMAX).contains(&d) {
                 sym = (d + VMAX) as u32;
                 recs.push(rec(mode_base + ctx, sym, 0));
+                if let Some(t) = tally.as_deref_mut() {
+                    t.counts[(mode_base + ctx) % N_MODELS][sym as usize] += 1;
+                }
                 a0 = a1;
                 color ^= 1;
                 ia += 1;
@@ -367,6 +410,14 @@ fn code_row_g<const COST: bool>(
                 let (c2, _, e2) = run_class(r2);
                 recs.push(rec(M_RUN + color, c1, e1));
                 recs.push(rec(M_RUN + (color ^ 1), c2, e2));
+                if let Some(t) = tally.as_deref_mut() {
+                    t.counts[(mode_base + ctx) % N_MODELS][sym as usize] += 1;
+                    t.counts[M_RUN + color][c1 as usize % MAX_ALPHABET] += 1;
+                    t.counts[M_RUN + (color ^ 1)][c2 as usize % MAX_ALPHABET] += 1;
+                    let (n1, n2) = (run_extra_bits(c1), run_extra_bits(c2));
+                    t.bits.put(e1, n1);
+                    t.bits.put(e2, n2);
+                }
                 if COST {
                     cost += est_run_cost(r1) + est_run_cost(r2);
                 }
@@ -499,7 +550,7 @@ pub(crate) struct BilevelEncoder {
     tmp_s: Vec<u32>,
     tmp_t: Vec<u32>,
     rans: Vec<u8>,
-    bits: BitWriter,
+    tally: Tally,
     empty: Vec<u32>,
     tref: Vec<u32>,
     scratch: Vec<u32>,
@@ -525,6 +576,10 @@ impl BilevelEncoder {
             None => (0, 0),
         };
         let mut prev = prev;
+        // Key frames count symbols and write extra bits while coding; delta
+        // frames only once the rows' references are chosen.
+        self.tally.clear();
+        let mut tallied = prev.is_none();
         let mut est_spatial = 0u64;
         let mut est_chosen = 0u64;
         let mut row_ctx = 0usize;
@@ -568,12 +623,22 @@ impl BilevelEncoder {
                 }
             };
             self.recs.push(rec(M_ROW + row_ctx, mode, 0));
+            if tallied {
+                self.tally.counts[M_ROW + row_ctx][mode as usize] += 1;
+            }
             row_ctx = mode as usize;
             match (mode, prev) {
                 (ROW_TEMPORAL, _) => self.recs.extend_from_slice(&self.tmp_t),
                 (ROW_SPATIAL, Some(_)) => self.recs.extend_from_slice(&self.tmp_s),
                 (ROW_SPATIAL, None) => {
-                    code_row_g::<false>(above, c, w, M_MODE_S, &mut self.recs);
+                    code_row_g::<false>(
+                        above,
+                        c,
+                        w,
+                        M_MODE_S,
+                        &mut self.recs,
+                        Some(&mut self.tally),
+                    );
                 }
                 _ => {}
             }
@@ -584,6 +649,8 @@ impl BilevelEncoder {
         if prev.is_some() && est_chosen * 100 > est_spatial * 97 {
             prev = None;
             self.recs.clear();
+            self.tally.clear();
+            tallied = true;
             let mut row_ctx = 0usize;
             for y in 0..cur.height as usize {
                 let c = cur.row(y);
@@ -594,9 +661,17 @@ impl BilevelEncoder {
                     ROW_SPATIAL
                 };
                 self.recs.push(rec(M_ROW + row_ctx, mode, 0));
+                self.tally.counts[M_ROW + row_ctx][mode as usize] += 1;
                 row_ctx = mode as usize;
                 if mode == ROW_SPATIAL {
-                    code_row_g::<false>(above, c, w, M_MODE_S, &mut self.recs);
+                    code_row_g::<false>(
+                        above,
+                        c,
+                        w,
+                        M_MODE_S,
+                        &mut self.recs,
+                        Some(&mut self.tally),
+                    );
                 }
             }
         }
@@ -611,18 +686,14 @@ impl BilevelEncoder {
             }
             None => out.push(KIND_KEY),
         }
-        // Histograms and extra bits (forward).
-        let mut counts = [[0u32; MAX_ALPHABET]; N_MODELS];
-        self.bits.clear();
-        for &r in &self.recs {
-            let model = (r >> 28) as usize;
-            let sym = (r >> 22) & 63;
-            counts[model % N_MODELS][sym as usize] += 1;
-            // Mode and row symbols carry no extra bits (their extra field is 0).
-            let nb = run_extra_bits(sym) & ((model >= M_RUN) as u32).wrapping_neg();
-            self.bits.put(r & 0x3F_FFFF, nb);
+        // Histograms and extra bits (forward), unless done while coding.
+        if !tallied {
+            for &r in &self.recs {
+                self.tally.add(r);
+            }
         }
-        self.bits.finish();
+        self.tally.bits.finish();
+        let counts = &self.tally.counts;
         let mut syms = [[EncSym::default(); MAX_ALPHABET]; N_MODELS];
         let mut freq = [0u32; MAX_ALPHABET];
         for (m, cnt) in counts.iter().enumerate() {
@@ -652,7 +723,7 @@ impl BilevelEncoder {
         let stream = &self.rans[start..len];
         put_varint(out, stream.len() as u64);
         out.extend_from_slice(stream);
-        out.extend_from_slice(&self.bits.buf);
+        out.extend_from_slice(&self.tally.bits.buf);
         prev.is_some()
     }
 

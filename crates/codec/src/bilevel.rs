@@ -10,8 +10,8 @@
 
 use crate::bits::{get_varint, put_varint, BitReader, BitWriter};
 use crate::rans::{
-    normalize, step, write_model, DecTables, EncSym, RansDec, RansEnc, MAX_ALPHABET, NEXT_SHIFT,
-    TABLE_LEN,
+    encode_lanes, normalize, step, write_model, DecTables, EncSym, RansDec, MAX_ALPHABET,
+    MODEL_SLOTS, NEXT_SHIFT, TABLE_LEN,
 };
 
 /// Largest |a1 - b1| coded as a vertical mode.
@@ -550,6 +550,8 @@ pub(crate) struct BilevelEncoder {
     tmp_s: Vec<u32>,
     tmp_t: Vec<u32>,
     rans: Vec<u8>,
+    /// rANS coder entries of the frame's models, by `model << 6 | symbol`.
+    syms: Vec<EncSym>,
     tally: Tally,
     empty: Vec<u32>,
     tref: Vec<u32>,
@@ -694,7 +696,9 @@ impl BilevelEncoder {
         }
         self.tally.bits.finish();
         let counts = &self.tally.counts;
-        let mut syms = [[EncSym::default(); MAX_ALPHABET]; N_MODELS];
+        // Coder entries by `model << 6 | symbol` (the record's bits 22..32).
+        self.syms
+            .resize(MODEL_SLOTS * MAX_ALPHABET, EncSym::default());
         let mut freq = [0u32; MAX_ALPHABET];
         for (m, cnt) in counts.iter().enumerate() {
             let n = alphabet(m);
@@ -703,7 +707,7 @@ impl BilevelEncoder {
             let mut start = 0;
             for s in 0..n {
                 if freq[s] > 0 {
-                    syms[m][s] = EncSym::new(start, freq[s]);
+                    self.syms[m * MAX_ALPHABET + s] = EncSym::new(start, freq[s]);
                     start += freq[s];
                 }
             }
@@ -713,13 +717,10 @@ impl BilevelEncoder {
         if self.rans.len() < len {
             self.rans.resize(len, 0);
         }
-        let mut enc = RansEnc::new(len);
-        for (i, &r) in self.recs.iter().enumerate().rev() {
-            let model = (r >> 28) as usize;
-            let sym = ((r >> 22) & 63) as usize;
-            enc.put(&mut self.rans, &syms[model % N_MODELS][sym], i);
-        }
-        let start = enc.flush(&mut self.rans);
+        let syms = &self.syms[..MODEL_SLOTS * MAX_ALPHABET];
+        let start = encode_lanes(&self.recs, &mut self.rans[..len], |r| {
+            &syms[(r >> 22) as usize % (MODEL_SLOTS * MAX_ALPHABET)]
+        });
         let stream = &self.rans[start..len];
         put_varint(out, stream.len() as u64);
         out.extend_from_slice(stream);

@@ -120,48 +120,48 @@ impl EncSym {
     }
 }
 
-/// Two interleaved rANS encoders (lanes) writing the stream backwards into
-/// a buffer of at least `2 * symbols + 8` bytes, from its end. Symbol `i`
-/// of the frame (in decoding order) goes to lane `i % 2`; code the symbols
-/// last to first, then [`RansEnc::flush`] gives the stream's start.
-#[derive(Debug)]
-pub(crate) struct RansEnc {
-    x: [u32; 2],
-    /// Start of what was written so far.
-    p: usize,
+/// Codes `recs` (symbol `i` with lane `i % 2`, last to first) with two
+/// interleaved rANS lanes, writing the stream backwards into `buf` (at
+/// least `2 * recs.len() + 8` bytes) from its end; returns where the
+/// stream starts. `sym(r)` is the coder entry of record `r`.
+#[inline]
+pub(crate) fn encode_lanes<'s>(
+    recs: &[u32],
+    buf: &mut [u8],
+    sym: impl Fn(u32) -> &'s EncSym,
+) -> usize {
+    let mut p = buf.len();
+    let (mut x0, mut x1) = (RANS_L, RANS_L);
+    let mut i = recs.len();
+    if i % 2 == 1 {
+        i -= 1;
+        x0 = put(x0, buf, &mut p, sym(recs[i]));
+    }
+    while i >= 2 {
+        x1 = put(x1, buf, &mut p, sym(recs[i - 1]));
+        x0 = put(x0, buf, &mut p, sym(recs[i - 2]));
+        i -= 2;
+    }
+    // The final states, lane 0's first, little-endian.
+    p -= 8;
+    buf[p..p + 4].copy_from_slice(&x0.to_le_bytes());
+    buf[p + 4..p + 8].copy_from_slice(&x1.to_le_bytes());
+    p
 }
 
-impl RansEnc {
-    pub(crate) fn new(buf_len: usize) -> Self {
-        RansEnc {
-            x: [RANS_L; 2],
-            p: buf_len,
-        }
-    }
-
-    #[inline(always)]
-    pub(crate) fn put(&mut self, buf: &mut [u8], s: &EncSym, lane: usize) {
-        let x = self.x[lane & 1];
-        // Branch-free renormalisation: the word is always written below the
-        // start; when not needed it is overwritten later (or by the flush).
-        let need = (x >= s.x_max) as usize;
-        let p = self.p - 2;
-        buf[p] = x as u8;
-        buf[p + 1] = (x >> 8) as u8;
-        self.p -= 2 * need;
-        let x = x >> (16 * need as u32);
-        let q = (((x as u64) * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
-        self.x[lane & 1] = x + s.bias + q * s.cmpl_freq;
-    }
-
-    /// Writes the final states (lane 0's first, little-endian) and returns
-    /// where the stream starts in `buf`.
-    pub(crate) fn flush(self, buf: &mut [u8]) -> usize {
-        let p = self.p - 8;
-        buf[p..p + 4].copy_from_slice(&self.x[0].to_le_bytes());
-        buf[p + 4..p + 8].copy_from_slice(&self.x[1].to_le_bytes());
-        p
-    }
+/// Encodes one symbol on state `x`, writing a renormalisation word below `*p`.
+#[inline(always)]
+fn put(x: u32, buf: &mut [u8], p: &mut usize, s: &EncSym) -> u32 {
+    // Branch-free renormalisation: the word is always written below the
+    // start; when not needed it is overwritten later (or by the final states).
+    let need = (x >= s.x_max) as usize;
+    let q = *p - 2;
+    buf[q] = x as u8;
+    buf[q + 1] = (x >> 8) as u8;
+    *p -= 2 * need;
+    let x = x >> (16 * need as u32);
+    let q = (((x as u64) * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;
+    x + s.bias + q * s.cmpl_freq
 }
 
 /// Number of model slots of a [`DecTables`] (model indices are masked with `MODEL_SLOTS - 1`).

@@ -705,10 +705,11 @@ impl BilevelEncoder {
             normalize(&cnt[..n], &mut freq[..n]);
             write_model(out, &freq[..n]);
             let mut start = 0;
-            for s in 0..n {
-                if freq[s] > 0 {
-                    self.syms[m * MAX_ALPHABET + s] = EncSym::new(start, freq[s]);
-                    start += freq[s];
+            let entries = &mut self.syms[m * MAX_ALPHABET..][..n];
+            for (e, &f) in entries.iter_mut().zip(&freq[..n]) {
+                if f > 0 {
+                    *e = EncSym::new(start, f);
+                    start += f;
                 }
             }
         }

@@ -315,14 +315,15 @@ fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u
 /// Symbol counts per model and the extra-bit stream of a frame's records.
 #[derive(Debug)]
 pub(crate) struct Tally {
-    counts: [[u32; MAX_ALPHABET]; N_MODELS],
+    /// By model (a power-of-two number of slots, so indexing masks rather than divides).
+    counts: [[u32; MAX_ALPHABET]; MODEL_SLOTS],
     bits: BitWriter,
 }
 
 impl Default for Tally {
     fn default() -> Self {
         Tally {
-            counts: [[0; MAX_ALPHABET]; N_MODELS],
+            counts: [[0; MAX_ALPHABET]; MODEL_SLOTS],
             bits: BitWriter::default(),
         }
     }
@@ -330,7 +331,7 @@ impl Default for Tally {
 
 impl Tally {
     fn clear(&mut self) {
-        self.counts = [[0; MAX_ALPHABET]; N_MODELS];
+        self.counts = [[0; MAX_ALPHABET]; MODEL_SLOTS];
         self.bits.clear();
     }
 
@@ -339,7 +340,7 @@ impl Tally {
     fn add(&mut self, r: u32) {
         let model = (r >> 28) as usize;
         let sym = (r >> 22) & 63;
-        self.counts[model % N_MODELS][sym as usize] += 1;
+        self.counts[model % MODEL_SLOTS][sym as usize] += 1;
         // Mode and row symbols carry no extra bits (their extra field is 0).
         let nb = run_extra_bits(sym) & ((model >= M_RUN) as u32).wrapping_neg();
         self.bits.put(r & 0x3F_FFFF, nb);
@@ -386,7 +387,7 @@ fn code_row_g<const COST: bool>(
             sym = SYM_PASS;
             recs.push(rec(mode_base + ctx, sym, 0));
             if let Some(t) = tally.as_deref_mut() {
-                t.counts[(mode_base + ctx) % N_MODELS][sym as usize] += 1;
+                t.counts[(mode_base + ctx) % MODEL_SLOTS][sym as usize] += 1;
             }
             a0 = b2;
         } else {
@@ -395,7 +396,7 @@ fn code_row_g<const COST: bool>(
                 sym = (d + VMAX) as u32;
                 recs.push(rec(mode_base + ctx, sym, 0));
                 if let Some(t) = tally.as_deref_mut() {
-                    t.counts[(mode_base + ctx) % N_MODELS][sym as usize] += 1;
+                    t.counts[(mode_base + ctx) % MODEL_SLOTS][sym as usize] += 1;
                 }
                 a0 = a1;
                 color ^= 1;
@@ -411,7 +412,7 @@ fn code_row_g<const COST: bool>(
                 recs.push(rec(M_RUN + color, c1, e1));
                 recs.push(rec(M_RUN + (color ^ 1), c2, e2));
                 if let Some(t) = tally.as_deref_mut() {
-                    t.counts[(mode_base + ctx) % N_MODELS][sym as usize] += 1;
+                    t.counts[(mode_base + ctx) % MODEL_SLOTS][sym as usize] += 1;
                     t.counts[M_RUN + color][c1 as usize % MAX_ALPHABET] += 1;
                     t.counts[M_RUN + (color ^ 1)][c2 as usize % MAX_ALPHABET] += 1;
                     let (n1, n2) = (run_extra_bits(c1), run_extra_bits(c2));
@@ -700,7 +701,7 @@ impl BilevelEncoder {
         self.syms
             .resize(MODEL_SLOTS * MAX_ALPHABET, EncSym::default());
         let mut freq = [0u32; MAX_ALPHABET];
-        for (m, cnt) in counts.iter().enumerate() {
+        for (m, cnt) in counts.iter().enumerate().take(N_MODELS) {
             let n = alphabet(m);
             normalize(&cnt[..n], &mut freq[..n]);
             write_model(out, &freq[..n]);

@@ -156,8 +156,7 @@ fn put(x: u32, buf: &mut [u8], p: &mut usize, s: &EncSym) -> u32 {
     // start; when not needed it is overwritten later (or by the final states).
     let need = (x >= s.x_max) as usize;
     let q = *p - 2;
-    buf[q] = x as u8;
-    buf[q + 1] = (x >> 8) as u8;
+    buf[q..q + 2].copy_from_slice(&(x as u16).to_le_bytes());
     *p -= 2 * need;
     let x = x >> (16 * need as u32);
     let q = (((x as u64) * s.rcp_freq as u64) >> 32) as u32 >> s.rcp_shift;

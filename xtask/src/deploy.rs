@@ -533,11 +533,27 @@ fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
     Ok(())
 }
 
+/// A remote path for the shell, valid from any working directory: relative install
+/// dirs (only left so in a dry run; a real run resolves them first) are under $HOME.
+fn rpath(pi: &Pi, p: &str) -> String {
+    if pi.dir.starts_with('/') {
+        q(p)
+    } else {
+        format!("\"$HOME\"/{}", q(p))
+    }
+}
+
 fn exec_line(pi: &Pi, extra: &[String]) -> String {
-    let mut v = pi.prefix.clone();
-    v.push(pi.bin_path());
-    v.extend(extra.iter().cloned());
-    qv(&v)
+    let mut s = qv(&pi.prefix);
+    if !s.is_empty() {
+        s.push(' ');
+    }
+    s.push_str(&rpath(pi, &pi.bin_path()));
+    if !extra.is_empty() {
+        s.push(' ');
+        s.push_str(&qv(extra));
+    }
+    s
 }
 
 fn receiver_args(pi: &Pi) -> Vec<String> {
@@ -563,9 +579,9 @@ fn session_script(pi: &Pi, args: &[String]) -> String {
         "never"
     };
     format!(
-        "export RUST_LOG=\"${{RUST_LOG:-info}}\" RUST_LOG_STYLE={style}; cd {d} || exit 1; sh -c 'echo $$ > {pf}; exec \"$@\"' sh {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
-        d = q(&pi.dir),
-        pf = q(&pi.pid_file()),
+        "export RUST_LOG=\"${{RUST_LOG:-info}}\" RUST_LOG_STYLE={style}; cd {d} || exit 1; sh -c 'p=$1; shift; echo $$ > \"$p\"; exec \"$@\"' sh {pf} {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
+        d = rpath(pi, &pi.dir),
+        pf = rpath(pi, &pi.pid_file()),
         cmd = exec_line(pi, args)
     )
 }

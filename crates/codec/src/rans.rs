@@ -251,7 +251,7 @@ pub(crate) struct RansDec<'a> {
     pub(crate) x1: u32,
     /// The stream's words.
     pub(crate) words: &'a [u16],
-    /// Index of the next word, plus [`BAD`] once a symbol came from an
+    /// Index of the next word, with [`BAD`] set once a symbol came from an
     /// empty model (so the final check fails without another variable).
     pub(crate) pos: usize,
     /// Number of whole words in the stream.
@@ -260,8 +260,9 @@ pub(crate) struct RansDec<'a> {
     even: bool,
 }
 
-/// Added to a decoder's word index when a symbol comes from an empty model.
-const BAD: usize = 1 << 40;
+/// Set in a decoder's word index when a symbol comes from an empty model
+/// (never reached by a real index: the payload would need 2^(bits - 2) words).
+const BAD: usize = 1 << (usize::BITS - 2);
 
 /// Bytes of initial state in front of the words.
 const STATE_BYTES: usize = 8;

@@ -1220,6 +1220,11 @@ fn procs_with(needle: &str) -> Vec<String> {
 /// Runs `xtask deploy ARGS` as a child; returns (status, stderr+stdout).
 fn deploy_child(args: &[&str]) -> Result<(Child, PathBuf)> {
     let exe = std::env::current_exe()?;
+    // rebuilt while running: /proc/self/exe says "... (deleted)"; the new build is at the path
+    let exe = match exe.to_str().and_then(|e| e.strip_suffix(" (deleted)")) {
+        Some(e) => PathBuf::from(e),
+        None => exe,
+    };
     static N: AtomicUsize = AtomicUsize::new(0);
     let log = root().join(format!(
         "target/deploy-test/deploy-{}.log",

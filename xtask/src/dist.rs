@@ -606,9 +606,12 @@ pub fn build_dist(tools: &Tools, archs: &[Arch], host: bool, profile: &str) -> R
             "-p",
             "bitmask-receiver",
         ]);
-        c.arg("--target-dir").arg(cross_dir());
+        // its own target dir: sharing the ARMv6 one (same host proc-macros, different
+        // environment) would rebuild those every time
+        let dir = root().join("target/cross-host");
+        c.arg("--target-dir").arg(&dir);
         run(&mut c)?;
-        copy(&cross_dir().join(profile), "host", None)?;
+        copy(&dir.join(profile), "host", None)?;
     }
     write_sums()?;
     let mut s = format!("target/dist (profile {profile}):\n");

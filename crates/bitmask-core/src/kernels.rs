@@ -305,22 +305,18 @@ fn gray_bits(values: &[u8], t: u8, dst: &mut [u8]) {
     gray_bits_swar(values, t, dst);
 }
 
-/// Luma of up to CHUNK pixels of `BPP` bytes: channels are first split into
-/// three small arrays so the 32-bit arithmetic runs on contiguous data (the
-/// compiler vectorises it: AVX2 on x86-64, NEON on ARMv7).
+/// MSB-first bits of `luma >= t` for up to 8 pixels of `BPP` bytes, without
+/// computing the luma itself: `(S + 32768) >> 16 >= t` is `S >= (t << 16) - 32768`
+/// with `S = 19595 R + 38470 G + 7471 B` (exact; `t >= 1` here).
 #[inline(always)]
-fn luma_chunk<const BPP: usize>(px: &[u8], bgr: bool, out: &mut [u8]) {
-    let n = out.len();
-    let (mut r, mut g, mut b) = ([0u8; CHUNK], [0u8; CHUNK], [0u8; CHUNK]);
+fn luma_bits<const BPP: usize>(px: &[u8], bgr: bool, k: u32) -> u8 {
     let (ri, bi) = if bgr { (2, 0) } else { (0, 2) };
-    for (i, p) in px.chunks_exact(BPP).enumerate().take(n) {
-        r[i] = p[ri];
-        g[i] = p[1];
-        b[i] = p[bi];
+    let mut b = 0u8;
+    for (i, p) in px.chunks_exact(BPP).enumerate() {
+        let s = 19595 * p[ri] as u32 + 38470 * p[1] as u32 + 7471 * p[bi] as u32;
+        b |= ((s >= k) as u8) << (7 - i);
     }
-    for (((o, &r), &g), &b) in out.iter_mut().zip(&r[..n]).zip(&g[..n]).zip(&b[..n]) {
-        *o = luma(r, g, b);
-    }
+    b
 }
 
 #[inline(always)]
@@ -484,11 +480,17 @@ fn channel_rest<const BPP: usize>(row: &[u8], offset: usize, t: u8, dst: &mut [u
 
 #[inline(always)]
 fn luma_row<const BPP: usize>(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) {
-    let mut buf = [0u8; CHUNK];
-    for (px, out) in row.chunks(CHUNK * BPP).zip(dst.chunks_mut(CHUNK / 8)) {
-        let n = px.len() / BPP;
-        luma_chunk::<BPP>(px, bgr, &mut buf[..n]);
-        gray_bits(&buf[..n], t, out);
+    let k = ((t as u32) << 16) - 32768;
+    let mut groups = row.chunks_exact(8 * BPP);
+    let mut out = dst.iter_mut();
+    for (g, o) in (&mut groups).zip(&mut out) {
+        *o = luma_bits::<BPP>(g, bgr, k);
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        if let Some(o) = out.next() {
+            *o = luma_bits::<BPP>(rest, bgr, k);
+        }
     }
 }
 

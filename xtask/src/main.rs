@@ -28,7 +28,7 @@ Tasks:
                     interop (installs numpy into target/venv when missing)
   bench [core]      threshold/pack/unpack/CRC vs numpy on this machine, loopback fps
   dist              Pi builds: target/dist/{armv6,armv7,host} + SHA256SUMS, arch-checked
-  qemu [all|unit|e2e|sigill]
+  qemu [all|unit|e2e|sigill|deploy]
                     prove the Pi builds under qemu-user (arm1176 / cortex-a7)
   netbed [TEST..]   two-host streaming tests over network namespaces (root):
                     throughput, restart, linkdown, slow, hostile

@@ -303,6 +303,19 @@ pub fn threshold_pack(
     let stride = packed_stride(img.width);
     check_len("output", stride * img.height, out.len())?;
     let kernel = kernels::RowKernel::select(img.format, params.channel);
+    let bpp = img.format.bytes_per_pixel();
+    if img.width % 8 == 0 && img.stride == img.width * bpp {
+        // Rows follow each other with no padding on either side: one long row.
+        let n = img.width * img.height;
+        kernel.run(
+            &img.data[..n * bpp],
+            n,
+            params.threshold,
+            params.invert,
+            out,
+        );
+        return Ok(());
+    }
     for (y, dst) in out.chunks_exact_mut(stride).enumerate() {
         kernel.run(img.row(y), img.width, params.threshold, params.invert, dst);
     }

@@ -10,18 +10,16 @@
 //! of `--max-size`, allocated only after the datagram header was checked.
 
 use crate::session::{Hub, StreamCtx};
-use bitmask_wire::{FrameReader, Limits, HEADER_LEN};
+use bitmask_wire::{FrameReader, Limits};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const DGRAM_MAGIC: [u8; 4] = *b"BMUD";
-const DGRAM_VERSION: u8 = 1;
-const DGRAM_HEADER_LEN: usize = 28;
-const KIND_FRAGMENT: u8 = 0;
-const KIND_HELLO: u8 = 1;
+use bitmask_wire::udp::{Datagram as Dgram, KIND_HELLO};
+#[cfg(test)]
+use bitmask_wire::udp::{DGRAM_HEADER_LEN, DGRAM_MAGIC, DGRAM_VERSION, KIND_FRAGMENT};
 
 /// A frame with no new datagram for this long is given up.
 pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
@@ -30,75 +28,9 @@ pub const MAX_STREAMS: usize = 32;
 /// Frames in reassembly per stream.
 pub const MAX_PARTIAL: usize = 3;
 
-/// A parsed datagram header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dgram {
-    kind: u8,
-    index: u16,
-    count: u16,
-    stride: u16,
-    stream_id: u32,
-    sequence: u64,
-    frame_len: u32,
-}
-
+/// Parses and checks one datagram (bitmask_wire::udp); the error is the log text.
 fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Dgram, &'a [u8]), String> {
-    if b.len() < DGRAM_HEADER_LEN {
-        return Err(format!(
-            "datagram of {} B is shorter than its header",
-            b.len()
-        ));
-    }
-    if b[0..4] != DGRAM_MAGIC {
-        return Err(format!("bad datagram magic {:02x?}", &b[0..4]));
-    }
-    if b[4] != DGRAM_VERSION {
-        return Err(format!("unsupported datagram version {}", b[4]));
-    }
-    let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-    let d = Dgram {
-        kind: b[5],
-        index: u16_at(6),
-        count: u16_at(8),
-        stride: u16_at(10),
-        stream_id: u32_at(12),
-        sequence: u64::from_le_bytes(b[16..24].try_into().unwrap()),
-        frame_len: u32_at(24),
-    };
-    let data = &b[DGRAM_HEADER_LEN..];
-    let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
-    if d.kind != KIND_FRAGMENT && d.kind != KIND_HELLO {
-        return Err(format!("unknown datagram kind {}", d.kind));
-    }
-    if d.stride == 0 || d.count == 0 || d.index >= d.count {
-        return Err(format!(
-            "bad fragment numbering: index {} count {} stride {}",
-            d.index, d.count, d.stride
-        ));
-    }
-    if d.frame_len as u64 > max_len || d.frame_len == 0 {
-        return Err(format!(
-            "frame length {} B is over this receiver's cap of {max_len} B",
-            d.frame_len
-        ));
-    }
-    if (d.frame_len as usize).div_ceil(d.stride as usize) != d.count as usize {
-        return Err(format!(
-            "{} fragments of {} B do not make a {} B frame",
-            d.count, d.stride, d.frame_len
-        ));
-    }
-    let off = d.index as usize * d.stride as usize;
-    let want = (d.frame_len as usize - off).min(d.stride as usize);
-    if data.len() != want {
-        return Err(format!(
-            "fragment {} carries {} B, expected {want}",
-            d.index,
-            data.len()
-        ));
-    }
-    Ok((d, data))
+    Dgram::parse(b, limits).map_err(|e| e.to_string())
 }
 
 struct Partial {

@@ -9,16 +9,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-/// First bytes of every datagram.
-pub const DGRAM_MAGIC: [u8; 4] = *b"BMUD";
-/// Datagram format version.
-pub const DGRAM_VERSION: u8 = 1;
-/// Bytes of the datagram header.
-pub const DGRAM_HEADER_LEN: usize = 28;
-/// Datagram kind: a fragment of a frame.
-pub const KIND_FRAGMENT: u8 = 0;
-/// Datagram kind: the sender's hello (its name), repeated every second.
-pub const KIND_HELLO: u8 = 1;
+use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
 
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 
@@ -47,9 +38,9 @@ impl Pacer {
     }
 }
 
-/// Encodes a datagram header.
+/// Encodes a datagram header (format in bitmask_wire::udp).
 #[allow(clippy::too_many_arguments)]
-pub fn dgram_header(
+fn dgram_header(
     kind: u8,
     index: u16,
     count: u16,
@@ -58,17 +49,16 @@ pub fn dgram_header(
     sequence: u64,
     frame_len: u32,
 ) -> [u8; DGRAM_HEADER_LEN] {
-    let mut b = [0u8; DGRAM_HEADER_LEN];
-    b[0..4].copy_from_slice(&DGRAM_MAGIC);
-    b[4] = DGRAM_VERSION;
-    b[5] = kind;
-    b[6..8].copy_from_slice(&index.to_le_bytes());
-    b[8..10].copy_from_slice(&count.to_le_bytes());
-    b[10..12].copy_from_slice(&stride.to_le_bytes());
-    b[12..16].copy_from_slice(&stream_id.to_le_bytes());
-    b[16..24].copy_from_slice(&sequence.to_le_bytes());
-    b[24..28].copy_from_slice(&frame_len.to_le_bytes());
-    b
+    Datagram {
+        kind,
+        index,
+        count,
+        stride,
+        stream_id,
+        sequence,
+        frame_len,
+    }
+    .encode()
 }
 
 /// A "connected" UDP socket to the receiver.

@@ -31,6 +31,8 @@
 
 use std::io::{self, Read};
 
+pub mod udp;
+
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"BMSK";
 /// The first four bytes of the optional stream handshake.
@@ -129,6 +131,9 @@ pub enum WireError {
     /// A malformed stream handshake.
     #[error("bad hello: {0}")]
     BadHello(String),
+    /// A malformed UDP datagram (see [`udp`]).
+    #[error("{0}")]
+    BadDatagram(String),
 }
 
 impl WireError {

@@ -1,0 +1,158 @@
+//! Datagrams of the UDP transport (docs/PROTOCOL.md, "UDP transport"): a
+//! wire frame split into fragments that fit the path MTU, each behind a
+//! 28-byte little-endian datagram header, plus the sender's hello.
+
+use crate::{Limits, WireError, HEADER_LEN};
+
+/// First bytes of every datagram.
+pub const DGRAM_MAGIC: [u8; 4] = *b"BMUD";
+/// Datagram format version.
+pub const DGRAM_VERSION: u8 = 1;
+/// Bytes of the datagram header.
+pub const DGRAM_HEADER_LEN: usize = 28;
+/// Datagram kind: a fragment of a frame.
+pub const KIND_FRAGMENT: u8 = 0;
+/// Datagram kind: the sender's hello (its name), repeated every second.
+pub const KIND_HELLO: u8 = 1;
+
+/// A datagram header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// [`KIND_FRAGMENT`] or [`KIND_HELLO`].
+    pub kind: u8,
+    /// Fragment number within the frame, from 0.
+    pub index: u16,
+    /// Fragments in the frame.
+    pub count: u16,
+    /// Bytes per fragment (the last may be shorter).
+    pub stride: u16,
+    /// The sender's random stream id (a restarted sender gets a new one).
+    pub stream_id: u32,
+    /// The frame's sequence number.
+    pub sequence: u64,
+    /// Bytes of the whole wire frame (header + payload) being carried.
+    pub frame_len: u32,
+}
+
+impl Datagram {
+    /// The 28 header bytes.
+    pub fn encode(&self) -> [u8; DGRAM_HEADER_LEN] {
+        let mut b = [0u8; DGRAM_HEADER_LEN];
+        b[0..4].copy_from_slice(&DGRAM_MAGIC);
+        b[4] = DGRAM_VERSION;
+        b[5] = self.kind;
+        b[6..8].copy_from_slice(&self.index.to_le_bytes());
+        b[8..10].copy_from_slice(&self.count.to_le_bytes());
+        b[10..12].copy_from_slice(&self.stride.to_le_bytes());
+        b[12..16].copy_from_slice(&self.stream_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.sequence.to_le_bytes());
+        b[24..28].copy_from_slice(&self.frame_len.to_le_bytes());
+        b
+    }
+
+    /// Parses and checks a whole datagram against `limits`; returns the
+    /// header and the bytes it carries. Nothing is allocated.
+    pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Datagram, &'a [u8]), WireError> {
+        let bad = |s: String| Err(WireError::BadDatagram(s));
+        if b.len() < DGRAM_HEADER_LEN {
+            return bad(format!(
+                "datagram of {} B is shorter than its header",
+                b.len()
+            ));
+        }
+        if b[0..4] != DGRAM_MAGIC {
+            return bad(format!("bad datagram magic {:02x?}", &b[0..4]));
+        }
+        if b[4] != DGRAM_VERSION {
+            return bad(format!("unsupported datagram version {}", b[4]));
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let d = Datagram {
+            kind: b[5],
+            index: u16_at(6),
+            count: u16_at(8),
+            stride: u16_at(10),
+            stream_id: u32_at(12),
+            sequence: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+            frame_len: u32_at(24),
+        };
+        let data = &b[DGRAM_HEADER_LEN..];
+        let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
+        if d.kind != KIND_FRAGMENT && d.kind != KIND_HELLO {
+            return bad(format!("unknown datagram kind {}", d.kind));
+        }
+        if d.stride == 0 || d.count == 0 || d.index >= d.count {
+            return bad(format!(
+                "bad fragment numbering: index {} count {} stride {}",
+                d.index, d.count, d.stride
+            ));
+        }
+        if d.frame_len as u64 > max_len || d.frame_len == 0 {
+            return bad(format!(
+                "frame length {} B is over this receiver's cap of {max_len} B",
+                d.frame_len
+            ));
+        }
+        if (d.frame_len as usize).div_ceil(d.stride as usize) != d.count as usize {
+            return bad(format!(
+                "{} fragments of {} B do not make a {} B frame",
+                d.count, d.stride, d.frame_len
+            ));
+        }
+        let off = d.index as usize * d.stride as usize;
+        let want = (d.frame_len as usize - off).min(d.stride as usize);
+        if data.len() != want {
+            return bad(format!(
+                "fragment {} carries {} B, expected {want}",
+                d.index,
+                data.len()
+            ));
+        }
+        Ok((d, data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_parse_roundtrip_and_refusals() {
+        let l = Limits::for_dimensions(64, 64);
+        let d = Datagram {
+            kind: KIND_FRAGMENT,
+            index: 1,
+            count: 2,
+            stride: 100,
+            stream_id: 7,
+            sequence: 3,
+            frame_len: 150,
+        };
+        let mut b = d.encode().to_vec();
+        b.extend_from_slice(&[9; 50]);
+        let (got, data) = Datagram::parse(&b, &l).unwrap();
+        assert_eq!((got, data.len()), (d, 50));
+        b.push(0);
+        assert!(Datagram::parse(&b, &l)
+            .unwrap_err()
+            .to_string()
+            .contains("carries 51 B"));
+        let huge = Datagram {
+            count: 65535,
+            stride: 65535,
+            frame_len: u32::MAX,
+            index: 0,
+            ..d
+        };
+        assert!(Datagram::parse(&huge.encode(), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("cap"));
+        let odd = Datagram { kind: 9, ..d };
+        assert!(Datagram::parse(&odd.encode(), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("kind 9"));
+    }
+}

@@ -133,3 +133,58 @@ pub fn build_bins(release: bool) -> Result<PathBuf> {
         .join("target")
         .join(if release { "release" } else { "debug" }))
 }
+
+/// Replaces (or appends) the `heading` section (`## ...`) of docs/BENCHMARKS.md
+/// with `table`, leaving every other section alone.
+pub fn write_bench_section(heading: &str, table: &str) -> Result<()> {
+    let path = root().join("docs/BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    std::fs::write(&path, replace_section(&old, heading, table))?;
+    eprintln!("xtask: wrote the `{heading}` section of {}", path.display());
+    Ok(())
+}
+
+/// `old` with its `heading` section's body replaced by `table` (appended when absent).
+fn replace_section(old: &str, heading: &str, table: &str) -> String {
+    let body = format!("{heading}\n\n{table}");
+    match old.find(&format!("\n{heading}\n")) {
+        Some(i) => {
+            let start = i + 1;
+            let after = &old[start + heading.len()..];
+            let end = after
+                .find("\n## ")
+                .map(|j| start + heading.len() + j + 1)
+                .unwrap_or(old.len());
+            let mut s = old[..start].to_string();
+            s.push_str(&body);
+            if end < old.len() {
+                s.push('\n');
+                s.push_str(&old[end..]);
+            }
+            s
+        }
+        None => format!("{}\n\n{body}", old.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_section;
+
+    #[test]
+    fn bench_sections_are_replaced_in_place_or_appended() {
+        let doc = "# B\n\n## A\n\nold a\n\n## C\n\nc\n";
+        assert_eq!(
+            replace_section(doc, "## A", "new a\n"),
+            "# B\n\n## A\n\nnew a\n\n## C\n\nc\n"
+        );
+        assert_eq!(
+            replace_section(doc, "## C", "new c\n"),
+            "# B\n\n## A\n\nold a\n\n## C\n\nnew c\n"
+        );
+        assert_eq!(
+            replace_section(doc, "## D", "d\n"),
+            "# B\n\n## A\n\nold a\n\n## C\n\nc\n\n## D\n\nd\n"
+        );
+    }
+}

@@ -388,33 +388,8 @@ fn page_client(web: &str, stop: &AtomicBool) {
     }
 }
 
-/// Replaces (or appends) the `## Live view` section of docs/BENCHMARKS.md,
-/// leaving every other section alone.
 fn write_section(table: &str) -> Result<()> {
-    let path = root().join("docs/BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let body = format!("{HEADING}\n\n{table}");
-    let new = match old.find(&format!("\n{HEADING}\n")) {
-        Some(i) => {
-            let start = i + 1;
-            let after = &old[start + HEADING.len()..];
-            let end = after
-                .find("\n## ")
-                .map(|j| start + HEADING.len() + j + 1)
-                .unwrap_or(old.len());
-            let mut s = old[..start].to_string();
-            s.push_str(&body);
-            if end < old.len() {
-                s.push('\n');
-                s.push_str(&old[end..]);
-            }
-            s
-        }
-        None => format!("{}\n\n{body}", old.trim_end()),
-    };
-    std::fs::write(&path, new)?;
-    eprintln!("xtask: wrote the `{HEADING}` section of {}", path.display());
-    Ok(())
+    crate::util::write_bench_section(HEADING, table)
 }
 
 #[cfg(test)]

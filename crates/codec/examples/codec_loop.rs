@@ -22,6 +22,10 @@ fn main() {
         if f.len() < 5 || stills_only && f[3] != "otsu" && f[3] != "blue170" {
             continue;
         }
+        // Or one group with BITMASK_GROUP=pan (or noisy, object, otsu, blue170).
+        if std::env::var("BITMASK_GROUP").is_ok_and(|g| g != f[3]) {
+            continue;
+        }
         masks.push((
             std::fs::read(dir.join(f[0])).unwrap(),
             f[1].parse::<u32>().unwrap(),

@@ -1,25 +1,33 @@
 //! Codec 1, "bilevel": 2-D run coding relative to a reference row in the
 //! spirit of CCITT G4 (READ), with a per-row choice of reference (the row
 //! above or the co-located row of the previous frame), and static per-frame
-//! rANS over context-split models. The format is specified in `docs/CODEC.md`.
+//! rANS. The format is specified in `docs/CODEC.md`.
 //!
 //! Every row is turned into its list of *transitions* (the columns where a
 //! pixel differs from the one on its left, pixel -1 being 0) with XOR, shift
-//! and leading-zero counts on 64-bit words. Rows are coded as transition
-//! lists and rendered back with byte fills.
+//! and leading-zero counts on 64-bit words. A row is coded as an edit of
+//! its reference's list: *vertical* symbols move the next reference
+//! transition by -7..=7 pixels, *pass* drops two, *horizontal* inserts two
+//! (with run lengths). The edit symbols of a frame are context-free and
+//! sit in their own four-lane rANS stream, so the decoder decodes them all
+//! in one branch-free pass and then applies them row by row with no
+//! search and no entropy decoding on the common path.
 
 use crate::bits::{get_varint, put_varint, BitReader, BitWriter};
+use crate::lanes::{self, Lanes};
 use crate::rans::{
     encode_lanes, normalize, step, write_model, DecTables, EncSym, RansDec, MAX_ALPHABET,
-    MODEL_SLOTS, NEXT_SHIFT, TABLE_LEN,
+    MODEL_SLOTS, TABLE_LEN,
 };
 
 /// Largest |a1 - b1| coded as a vertical mode.
 const VMAX: i32 = 7;
 /// Mode symbols: `0..=2*VMAX` vertical with offset `sym - VMAX`, then pass and horizontal.
-const SYM_PASS: u32 = 2 * VMAX as u32 + 1;
-const SYM_HORIZ: u32 = SYM_PASS + 1;
+const SYM_PASS: u8 = 2 * VMAX as u8 + 1;
+const SYM_HORIZ: u8 = SYM_PASS + 1;
 const MODE_ALPHABET: usize = SYM_HORIZ as usize + 1;
+/// Ends the decoder's arrays of mode symbols (never coded).
+const SYM_END: u8 = 0xFF;
 /// Run-length classes: 0..=15 literal, then two classes per octave.
 const RUN_ALPHABET: usize = 50;
 /// Row modes.
@@ -29,19 +37,20 @@ const ROW_COPY_PREV: u32 = 2;
 const ROW_COPY_ABOVE: u32 = 3;
 const ROW_ALPHABET: usize = 4;
 
-/// Model indices: 4 row-mode contexts, 4 spatial mode contexts, 4 temporal
-/// mode contexts, white runs, black runs.
+/// Model indices: 4 row-mode contexts, white runs, black runs (these three
+/// kinds in the side stream), then the mode symbols of rows coded against
+/// the row above and of rows coded against the previous frame (the mode stream).
 const M_ROW: usize = 0;
-const M_MODE_S: usize = 4;
-const M_MODE_T: usize = 8;
-const M_RUN: usize = 12; // + colour of the run (0 white, 1 black)
-pub(crate) const N_MODELS: usize = 14;
+const M_RUN: usize = 4; // + colour of the run (0 white, 1 black)
+const M_MODE_S: usize = 6;
+const M_MODE_T: usize = 7;
+pub(crate) const N_MODELS: usize = 8;
 
 fn alphabet(model: usize) -> usize {
     match model {
-        M_ROW..M_MODE_S => ROW_ALPHABET,
-        M_MODE_S..M_RUN => MODE_ALPHABET,
-        _ => RUN_ALPHABET,
+        M_ROW..M_RUN => ROW_ALPHABET,
+        M_RUN..M_MODE_S => RUN_ALPHABET,
+        _ => MODE_ALPHABET,
     }
 }
 
@@ -49,25 +58,11 @@ fn alphabet(model: usize) -> usize {
 const KIND_KEY: u8 = 0;
 const KIND_DELTA: u8 = 1;
 
-/// Context after a mode symbol: 1 after V0, 2 after V+-1, 3 after anything else (0 at row start).
-#[inline(always)]
-fn next_ctx(sym: u32) -> usize {
-    NEXT_CTX[sym as usize & 31] as usize
-}
+/// In the encoder's combined mode array, temporal-row symbols are stored
+/// with this offset (one coder table for both models).
+const T_OFFSET: u8 = 32;
 
-/// [`next_ctx`] as a table.
-const NEXT_CTX: [u8; 32] = {
-    let mut t = [3u8; 32];
-    let mut s = 0;
-    while s < 32 {
-        let d = (s as i32 - VMAX).unsigned_abs();
-        t[s] = 1 + (d != 0) as u8 + (d > 1) as u8;
-        s += 1;
-    }
-    t
-};
-
-/// A symbol record: model (4 bits), symbol (6 bits), extra-bit value (22 bits).
+/// A side-stream record: model (4 bits), symbol (6 bits), extra-bit value (22 bits).
 #[inline]
 fn rec(model: usize, sym: u32, extra: u32) -> u32 {
     ((model as u32) << 28) | (sym << 22) | extra
@@ -109,10 +104,10 @@ fn run_value(class: u32, extra: u32) -> u32 {
 
 /// Rough cost in 1/16 bit of a mode symbol, used only to choose a row's reference.
 #[inline]
-fn est_mode_cost(sym: u32) -> u32 {
+fn est_mode_cost(sym: u8) -> u32 {
     match sym {
-        s if s == VMAX as u32 => 12,
-        s if s == VMAX as u32 - 1 || s == VMAX as u32 + 1 => 48,
+        s if s == VMAX as u8 => 12,
+        s if s == VMAX as u8 - 1 || s == VMAX as u8 + 1 => 48,
         SYM_PASS => 64,
         SYM_HORIZ => 48,
         s => 80 + 16 * (s as i32 - VMAX).unsigned_abs(),
@@ -125,8 +120,9 @@ fn est_run_cost(v: u32) -> u32 {
     64 + 16 * nb
 }
 
-/// Sentinels (copies of the width) after each row's transition list: the
-/// decoder reads up to 2 entries past the first one.
+/// Sentinels (copies of the width) after each row's transition list (the
+/// coders read a reference through [`at`], which also yields the width
+/// past the end; the sentinels spare that for the coded row's own list).
 const SENTINELS: usize = 3;
 
 /// Transition lists of all rows of a frame. Each row's list is followed by
@@ -252,6 +248,8 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
 }
 
 /// Writes `base + i` for every set bit `i` (from the MSB) of `x` at `out[n..]`; returns the new `n`.
+/// (Writing a fixed number of entries without branches measured slower
+/// here: most words hold no transition at all.)
 #[inline(always)]
 fn put_bits(mut x: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
     while x != 0 {
@@ -272,15 +270,26 @@ pub(crate) fn render_row(tr: &[u32], width: u32, row: &mut [u8]) {
 
 /// Renders a transition list (entries `< width`, increasing) into a packed
 /// row without data-dependent branches: each transition flips the pixels
-/// from it to the end of its 64-pixel word (`words`, scratch), then a sweep
+/// from it to the end of its 64-pixel word, accumulated in a register and
+/// stored to `words` (scratch) whenever the word changes, then a sweep
 /// carries the colour from word to word; the padding bits are cleared.
 ///
 /// `words` holds at least `ceil(row.len() / 8)` zeros and is left zeroed.
 fn render_toggles(tr: &[u32], width: u32, words: &mut [u64], row: &mut [u8]) {
+    let mut cur = 0u64;
+    let mut cw = 0usize;
     for &t in tr {
-        if let Some(w) = words.get_mut((t >> 6) as usize) {
-            *w ^= !0u64 >> (t & 63);
+        let wi = (t >> 6) as usize;
+        // Store the word being built (complete once `wi` moves on).
+        if let Some(w) = words.get_mut(cw) {
+            *w = cur;
         }
+        let same = ((wi == cw) as u64).wrapping_neg();
+        cur = (cur & same) ^ (!0u64 >> (t & 63));
+        cw = wi;
+    }
+    if let Some(w) = words.get_mut(cw) {
+        *w = cur;
     }
     let mut carry = 0u64;
     let mut chunks = row.chunks_exact_mut(8);
@@ -306,16 +315,126 @@ fn render_toggles(tr: &[u32], width: u32, words: &mut [u64], row: &mut [u8]) {
     }
 }
 
-/// Codes the transitions `c` of a row against the reference `r` (both with
-/// sentinels). Appends records, returns the estimated cost.
-fn code_row(r: &[u32], c: &[u32], width: u32, mode_base: usize, recs: &mut Vec<u32>) -> u32 {
-    code_row_g::<true>(r, c, width, mode_base, recs, None)
+/// Entry `k` of a reference list: the list, then the width forever.
+#[inline(always)]
+fn at(r: &[u32], k: usize, width: u32) -> i32 {
+    r.get(k).copied().unwrap_or(width) as i32
 }
 
-/// Symbol counts per model and the extra-bit stream of a frame's records.
+/// The coded form of one row: its mode symbols and its side records (run classes).
+#[derive(Debug, Default)]
+struct RowCode {
+    modes: Vec<u8>,
+    side: Vec<u32>,
+}
+
+impl RowCode {
+    fn clear(&mut self) {
+        self.modes.clear();
+        self.side.clear();
+    }
+}
+
+/// Codes the transitions `c` of a row (with sentinels) against the
+/// reference `r`: appends mode symbols to `modes` and run records to
+/// `side`; returns the estimated cost when `COST` (else 0).
+///
+/// The rules (docs/CODEC.md 1.6, from the encoder's side), with `a1` the
+/// next transition to code, `b1 = R[k]`, `b2 = R[k + 1]`: pass when
+/// `b2 < a1`; vertical when `|a1 - b1| <= 7`; horizontal otherwise.
+#[inline]
+fn code_row<const COST: bool>(
+    r: &[u32],
+    c: &[u32],
+    width: u32,
+    modes: &mut Vec<u8>,
+    side: &mut Vec<u32>,
+) -> u32 {
+    let w = width as i32;
+    let mut a0: i32 = -1;
+    let mut k = 0usize;
+    let mut n = 0usize;
+    let mut cost = 0u32;
+    // Every symbol consumes a transition of `c` or two of `r` (or ends the row).
+    modes.reserve(r.len() + c.len() + 2);
+    loop {
+        let a1 = at(c, n, width);
+        let b2 = at(r, k + 1, width);
+        if b2 < a1 {
+            modes.push(SYM_PASS);
+            if COST {
+                cost += est_mode_cost(SYM_PASS);
+            }
+            a0 = a0.max(b2);
+            k += 2;
+            continue;
+        }
+        let d = a1 - at(r, k, width);
+        if (-VMAX..=VMAX).contains(&d) {
+            let s = (d + VMAX) as u8;
+            modes.push(s);
+            if COST {
+                cost += est_mode_cost(s);
+            }
+            if a1 >= w {
+                return cost;
+            }
+            a0 = a1;
+            n += 1;
+            k = after_vertical(r, k, a0, width);
+        } else {
+            modes.push(SYM_HORIZ);
+            let a2 = at(c, n + 1, width);
+            let r1 = (a1 - a0.max(0)) as u32;
+            let r2 = (a2 - a1) as u32;
+            let colour = n & 1;
+            let (c1, _, e1) = run_class(r1);
+            let (c2, _, e2) = run_class(r2);
+            side.push(rec(M_RUN + colour, c1, e1));
+            side.push(rec(M_RUN + (colour ^ 1), c2, e2));
+            if COST {
+                cost += est_mode_cost(SYM_HORIZ) + est_run_cost(r1) + est_run_cost(r2);
+            }
+            if a2 >= w {
+                return cost;
+            }
+            a0 = a2;
+            n += 2;
+            k = resync(r, k, a0, n, width);
+        }
+    }
+}
+
+/// After a vertical mode placed `a1` against reference entry `k`: the next
+/// reference index, G4's `b1` (the first entry past `a1` of the other
+/// parity). That is `k - 1` when the coded transition went left of the
+/// entry before (`R[k - 1] > a1`), else `k + 1` moved on by pairs while its
+/// entry is not past `a1`.
+#[inline(always)]
+fn after_vertical(r: &[u32], k: usize, a1: i32, width: u32) -> usize {
+    if k > 0 && at(r, k - 1, width) > a1 {
+        return k - 1;
+    }
+    let mut k = k + 1;
+    while at(r, k, width) <= a1 {
+        k += 2;
+    }
+    k
+}
+
+/// After a horizontal mode: the first reference index `>= k` whose entry is
+/// past `a0` and whose parity is that of `n` (the colour).
+#[inline]
+fn resync(r: &[u32], mut k: usize, a0: i32, n: usize, width: u32) -> usize {
+    while at(r, k, width) <= a0 || (k ^ n) & 1 != 0 {
+        k += 1;
+    }
+    k
+}
+
+/// Symbol counts per side model and the extra-bit stream of a frame.
 #[derive(Debug)]
-pub(crate) struct Tally {
-    /// By model (a power-of-two number of slots, so indexing masks rather than divides).
+struct Tally {
     counts: [[u32; MAX_ALPHABET]; MODEL_SLOTS],
     bits: BitWriter,
 }
@@ -329,241 +448,31 @@ impl Default for Tally {
     }
 }
 
-impl Tally {
-    fn clear(&mut self) {
-        self.counts = [[0; MAX_ALPHABET]; MODEL_SLOTS];
-        self.bits.clear();
-    }
-
-    /// Counts record `r` and writes its extra bits.
-    #[inline(always)]
-    fn add(&mut self, r: u32) {
-        let model = (r >> 28) as usize;
-        let sym = (r >> 22) & 63;
-        self.counts[model % MODEL_SLOTS][sym as usize] += 1;
-        // Mode and row symbols carry no extra bits (their extra field is 0).
-        let nb = run_extra_bits(sym) & ((model >= M_RUN) as u32).wrapping_neg();
-        self.bits.put(r & 0x3F_FFFF, nb);
-    }
-}
-
-/// [`code_row`], with the cost estimate only when `COST` (key frames do not
-/// need it), and with `tally` when given: the records' symbol counts and
-/// extra bits, as [`Tally::add`] would make them from the records later.
-#[inline]
-fn code_row_g<const COST: bool>(
-    r: &[u32],
-    c: &[u32],
-    width: u32,
-    mode_base: usize,
-    recs: &mut Vec<u32>,
-    mut tally: Option<&mut Tally>,
-) -> u32 {
-    let w = width as i32;
-    let mut a0: i32 = -1;
-    let mut color = 0usize;
-    let mut ia = 0usize;
-    let mut kb = 0usize;
-    let mut ctx = 0usize;
-    let mut cost = 0u32;
-    // At most 3 records per changing element of either row, plus the end.
-    recs.reserve(3 * (r.len() + c.len()) + 8);
-    loop {
-        let n = (r[kb] as i32 <= a0) as usize
-            + (r[kb + 1] as i32 <= a0) as usize
-            + (r[kb + 2] as i32 <= a0) as usize;
-        kb += n;
-        if n == 3 {
-            while r[kb] as i32 <= a0 {
-                kb += 1;
-            }
-        }
-        let k1 = kb + ((kb ^ color) & 1);
-        let b1 = r[k1] as i32;
-        let b2 = r[k1 + 1] as i32;
-        let a1 = c[ia] as i32;
-        let sym;
-        if b2 < a1 {
-            sym = SYM_PASS;
-            recs.push(rec(mode_base + ctx, sym, 0));
-            if let Some(t) = tally.as_deref_mut() {
-                t.counts[(mode_base + ctx) % MODEL_SLOTS][sym as usize] += 1;
-            }
-            a0 = b2;
-        } else {
-            let d = a1 - b1;
-            if (-VMAX..=VMAX).contains(&d) {
-                sym = (d + VMAX) as u32;
-                recs.push(rec(mode_base + ctx, sym, 0));
-                if let Some(t) = tally.as_deref_mut() {
-                    t.counts[(mode_base + ctx) % MODEL_SLOTS][sym as usize] += 1;
-                }
-                a0 = a1;
-                color ^= 1;
-                ia += 1;
-            } else {
-                sym = SYM_HORIZ;
-                recs.push(rec(mode_base + ctx, sym, 0));
-                let a2 = c[ia + 1] as i32;
-                let r1 = (a1 - a0.max(0)) as u32;
-                let r2 = (a2 - a1) as u32;
-                let (c1, _, e1) = run_class(r1);
-                let (c2, _, e2) = run_class(r2);
-                recs.push(rec(M_RUN + color, c1, e1));
-                recs.push(rec(M_RUN + (color ^ 1), c2, e2));
-                if let Some(t) = tally.as_deref_mut() {
-                    t.counts[(mode_base + ctx) % MODEL_SLOTS][sym as usize] += 1;
-                    t.counts[M_RUN + color][c1 as usize % MAX_ALPHABET] += 1;
-                    t.counts[M_RUN + (color ^ 1)][c2 as usize % MAX_ALPHABET] += 1;
-                    let (n1, n2) = (run_extra_bits(c1), run_extra_bits(c2));
-                    t.bits.put(e1, n1);
-                    t.bits.put(e2, n2);
-                }
-                if COST {
-                    cost += est_run_cost(r1) + est_run_cost(r2);
-                }
-                a0 = a2;
-                ia += 2;
-            }
-        }
-        if COST {
-            cost += est_mode_cost(sym);
-        }
-        ctx = next_ctx(sym);
-        if a0 >= w {
-            return cost;
-        }
-    }
-}
-
-/// Why a payload was rejected.
-pub(crate) type Reason = &'static str;
-
-/// The model after a symbol of model `m` in the decoder's context chain:
-/// for mode models, the mode model of the same kind in the context the
-/// symbol leads to ([`next_ctx`]); for others, unused (0).
-fn next_model(m: usize, sym: usize) -> usize {
-    match m {
-        M_MODE_S..M_MODE_T => M_MODE_S + next_ctx(sym as u32),
-        M_MODE_T..M_RUN => M_MODE_T + next_ctx(sym as u32),
-        _ => 0,
-    }
-}
-
-/// Decodes one coded row against `r` (validated, with sentinels) into
-/// `out` (at least `width + 2` entries), returns the number of transitions
-/// (without sentinels).
-#[inline(never)]
-fn decode_row(
-    r: &[u32],
-    width: u32,
-    mode_base: usize,
-    models: &[u32; TABLE_LEN],
-    dec: &mut RansDec<'_>,
-    bits: &mut BitReader<'_>,
-    out: &mut [u32],
-) -> Result<usize, Reason> {
-    // The rANS states live in locals (registers) for the row.
-    let words = dec.words;
-    let (mut x0, mut x1, mut pos) = (dec.x0, dec.x1, dec.pos);
-    macro_rules! get {
-        ($m:expr) => {{
-            let (n0, n1, np, e) = step(models, $m, x0, x1, words, pos);
-            (x0, x1, pos) = (n0, n1, np);
-            e
-        }};
-    }
-    let w = width as i32;
-    let mut a0: i32 = -1;
-    let mut color = 0usize;
-    let mut kb = 0usize;
-    // The mode model: context 0 at the start of the row, then the one the
-    // table entry of the last mode symbol names.
-    let mut m = mode_base;
-    let mut n = 0usize;
-    let result = loop {
-        // The reference is sorted: count the entries <= a0 among the next
-        // three at once (usually 0-2 steps), loop for the rest.
-        let c = (r[kb] as i32 <= a0) as usize
-            + (r[kb + 1] as i32 <= a0) as usize
-            + (r[kb + 2] as i32 <= a0) as usize;
-        kb += c;
-        if c == 3 {
-            while r[kb] as i32 <= a0 {
-                kb += 1;
-            }
-        }
-        let k1 = kb + ((kb ^ color) & 1);
-        let b1 = r[k1] as i32;
-        let e = get!(m);
-        m = (e >> NEXT_SHIFT) as usize;
-        let sym = e & 63;
-        if sym < SYM_PASS {
-            let a1 = b1 + sym as i32 - VMAX;
-            if a1 <= a0 || a1 > w {
-                break Err("vertical mode out of order");
-            }
-            out[n] = a1 as u32;
-            n += 1;
-            a0 = a1;
-            color ^= 1;
-        } else if sym == SYM_PASS {
-            let b2 = r[k1 + 1] as i32;
-            if b2 >= w {
-                break Err("pass mode past the end of the row");
-            }
-            a0 = b2;
-        } else {
-            let class = get!(M_RUN + color) & 63;
-            let r1 = run_value(class, bits.get(run_extra_bits(class))) as i32;
-            let class = get!(M_RUN + (color ^ 1)) & 63;
-            let r2 = run_value(class, bits.get(run_extra_bits(class))) as i32;
-            if a0 >= 0 && r1 == 0 {
-                break Err("zero first run in horizontal mode");
-            }
-            let a1 = a0.max(0) + r1;
-            let a2 = a1 + r2;
-            if a2 > w || (r2 == 0 && a1 < w) {
-                break Err("horizontal mode runs past the end of the row");
-            }
-            out[n] = a1 as u32;
-            n += (a1 < w) as usize;
-            out[n] = a2 as u32;
-            n += 1;
-            a0 = a2;
-        }
-        if a0 >= w {
-            // Only the last entry can be the width (the end of the row).
-            if n > 0 && out[n - 1] >= width {
-                n -= 1;
-            }
-            break Ok(n);
-        }
-    };
-    (dec.x0, dec.x1, dec.pos) = (x0, x1, pos);
-    result
-}
-
 /// Encoder state of the bilevel codec (buffers reused across frames).
 #[derive(Debug, Default)]
 pub(crate) struct BilevelEncoder {
-    recs: Vec<u32>,
-    tmp_s: Vec<u32>,
-    tmp_t: Vec<u32>,
+    /// Row modes and run classes of the frame, in decoding order.
+    side: Vec<u32>,
+    /// Mode symbols of spatial rows, then (after `n_spatial`) of temporal
+    /// rows offset by [`T_OFFSET`]; filled in two vectors, joined for coding.
+    modes_s: Vec<u8>,
+    modes_t: Vec<u8>,
+    row_s: RowCode,
+    row_t: RowCode,
+    scratch: RowCode,
     rans: Vec<u8>,
-    /// rANS coder entries of the frame's models, by `model << 6 | symbol`.
+    /// rANS coder entries of the side models, by `model << 6 | symbol`.
     syms: Vec<EncSym>,
     tally: Tally,
     empty: Vec<u32>,
     tref: Vec<u32>,
-    scratch: Vec<u32>,
     /// Global motion found for the last delta frame (the search starts there).
     motion: (i32, i32),
 }
 
 impl BilevelEncoder {
     /// Appends the payload of `cur` to `out`, as a delta frame against
-    /// `(prev, prev_seq)` when given.
+    /// `(prev, prev_seq)` when given; returns whether it is a delta frame.
     pub(crate) fn encode(
         &mut self,
         cur: &Transitions,
@@ -571,7 +480,6 @@ impl BilevelEncoder {
         out: &mut Vec<u8>,
     ) -> bool {
         let w = cur.width;
-        self.recs.clear();
         self.empty.clear();
         push_sentinels(&mut self.empty, w);
         let (dx, dy) = match prev {
@@ -579,104 +487,15 @@ impl BilevelEncoder {
             None => (0, 0),
         };
         let mut prev = prev;
-        // Key frames count symbols and write extra bits while coding; delta
-        // frames only once the rows' references are chosen.
-        self.tally.clear();
-        let mut tallied = prev.is_none();
-        let mut est_spatial = 0u64;
-        let mut est_chosen = 0u64;
-        let mut row_ctx = 0usize;
-        for y in 0..cur.height as usize {
-            let c = cur.row(y);
-            let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
-            let mode = match prev {
-                Some((p, _)) => {
-                    motion_ref(p, y, dx, dy, &mut self.tref);
-                    let pr = &self.tref[..];
-                    self.tmp_s.clear();
-                    let cs = if c == above {
-                        0
-                    } else {
-                        code_row(above, c, w, M_MODE_S, &mut self.tmp_s)
-                    };
-                    est_spatial += cs as u64 + 4;
-                    if c == pr {
-                        est_chosen += 1;
-                        ROW_COPY_PREV
-                    } else if c == above {
-                        est_chosen += 4;
-                        ROW_COPY_ABOVE
-                    } else {
-                        self.tmp_t.clear();
-                        let ct = code_row(pr, c, w, M_MODE_T, &mut self.tmp_t);
-                        est_chosen += ct.min(cs) as u64 + 4;
-                        if ct < cs {
-                            ROW_TEMPORAL
-                        } else {
-                            ROW_SPATIAL
-                        }
-                    }
-                }
-                None => {
-                    if c == above {
-                        ROW_COPY_ABOVE
-                    } else {
-                        ROW_SPATIAL
-                    }
-                }
-            };
-            self.recs.push(rec(M_ROW + row_ctx, mode, 0));
-            if tallied {
-                self.tally.counts[M_ROW + row_ctx][mode as usize] += 1;
-            }
-            row_ctx = mode as usize;
-            match (mode, prev) {
-                (ROW_TEMPORAL, _) => self.recs.extend_from_slice(&self.tmp_t),
-                (ROW_SPATIAL, Some(_)) => self.recs.extend_from_slice(&self.tmp_s),
-                (ROW_SPATIAL, None) => {
-                    code_row_g::<false>(
-                        above,
-                        c,
-                        w,
-                        M_MODE_S,
-                        &mut self.recs,
-                        Some(&mut self.tally),
-                    );
-                }
-                _ => {}
+        if let Some((p, _)) = prev {
+            if !self.code_delta(cur, p, dx, dy) {
+                // Not clearly cheaper than a key frame (the split statistics
+                // cost model bytes): code a key frame instead.
+                prev = None;
             }
         }
-
-        // A delta frame that is not clearly cheaper than a key frame (the
-        // split statistics cost model bytes) is coded as a key frame.
-        if prev.is_some() && est_chosen * 100 > est_spatial * 97 {
-            prev = None;
-            self.recs.clear();
-            self.tally.clear();
-            tallied = true;
-            let mut row_ctx = 0usize;
-            for y in 0..cur.height as usize {
-                let c = cur.row(y);
-                let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
-                let mode = if c == above {
-                    ROW_COPY_ABOVE
-                } else {
-                    ROW_SPATIAL
-                };
-                self.recs.push(rec(M_ROW + row_ctx, mode, 0));
-                self.tally.counts[M_ROW + row_ctx][mode as usize] += 1;
-                row_ctx = mode as usize;
-                if mode == ROW_SPATIAL {
-                    code_row_g::<false>(
-                        above,
-                        c,
-                        w,
-                        M_MODE_S,
-                        &mut self.recs,
-                        Some(&mut self.tally),
-                    );
-                }
-            }
+        if prev.is_none() {
+            self.code_key(cur);
         }
         // Header.
         match prev {
@@ -689,45 +508,149 @@ impl BilevelEncoder {
             }
             None => out.push(KIND_KEY),
         }
-        // Histograms and extra bits (forward), unless done while coding.
-        if !tallied {
-            for &r in &self.recs {
-                self.tally.add(r);
-            }
+        // Side statistics and extra bits.
+        let t = &mut self.tally;
+        t.counts = [[0; MAX_ALPHABET]; MODEL_SLOTS];
+        t.bits.clear();
+        for &r in &self.side {
+            let model = (r >> 28) as usize;
+            let sym = (r >> 22) & 63;
+            t.counts[model % MODEL_SLOTS][sym as usize] += 1;
+            // Row modes carry no extra bits (their extra field is 0).
+            let nb = run_extra_bits(sym) & ((model >= M_RUN) as u32).wrapping_neg();
+            t.bits.put(r & 0x3F_FFFF, nb);
         }
-        self.tally.bits.finish();
-        let counts = &self.tally.counts;
-        // Coder entries by `model << 6 | symbol` (the record's bits 22..32).
+        t.bits.finish();
+        histogram(&self.modes_s, &mut t.counts[M_MODE_S]);
+        histogram(&self.modes_t, &mut t.counts[M_MODE_T]);
+        // Models, and the coder entries for both streams.
         self.syms
             .resize(MODEL_SLOTS * MAX_ALPHABET, EncSym::default());
+        let mut mode_syms = [EncSym::default(); 64];
         let mut freq = [0u32; MAX_ALPHABET];
-        for (m, cnt) in counts.iter().enumerate().take(N_MODELS) {
+        for m in 0..N_MODELS {
             let n = alphabet(m);
-            normalize(&cnt[..n], &mut freq[..n]);
+            normalize(&t.counts[m][..n], &mut freq[..n]);
             write_model(out, &freq[..n]);
             let mut start = 0;
-            let entries = &mut self.syms[m * MAX_ALPHABET..][..n];
-            for (e, &f) in entries.iter_mut().zip(&freq[..n]) {
+            for (s, &f) in freq[..n].iter().enumerate() {
                 if f > 0 {
-                    *e = EncSym::new(start, f);
+                    let e = EncSym::new(start, f);
+                    match m {
+                        M_MODE_S => mode_syms[s] = e,
+                        M_MODE_T => mode_syms[s + T_OFFSET as usize] = e,
+                        _ => self.syms[m * MAX_ALPHABET + s] = e,
+                    }
                     start += f;
                 }
             }
         }
-        // rANS, backwards from the end of the buffer.
-        let len = 2 * self.recs.len() + 16;
+        put_varint(out, self.modes_s.len() as u64);
+        put_varint(out, self.modes_t.len() as u64);
+        // Side stream (two lanes, contexts), backwards from the end of the buffer.
+        let len = 2 * self.side.len() + 16;
         if self.rans.len() < len {
             self.rans.resize(len, 0);
         }
         let syms = &self.syms[..MODEL_SLOTS * MAX_ALPHABET];
-        let start = encode_lanes(&self.recs, &mut self.rans[..len], |r| {
+        let start = encode_lanes(&self.side, &mut self.rans[..len], |r| {
             &syms[(r >> 22) as usize % (MODEL_SLOTS * MAX_ALPHABET)]
         });
-        let stream = &self.rans[start..len];
-        put_varint(out, stream.len() as u64);
-        out.extend_from_slice(stream);
+        put_varint(out, (len - start) as u64);
+        out.extend_from_slice(&self.rans[start..len]);
+        // Mode stream (four lanes, no contexts): spatial rows' symbols, then
+        // temporal rows' (offset into the second half of the coder table).
+        for s in &mut self.modes_t {
+            *s += T_OFFSET;
+        }
+        self.modes_s.extend_from_slice(&self.modes_t);
+        let len = 2 * self.modes_s.len() + 4 * lanes::LANES;
+        if self.rans.len() < len {
+            self.rans.resize(len, 0);
+        }
+        let start = lanes::encode(&self.modes_s, &mode_syms, &mut self.rans[..len]);
+        put_varint(out, (len - start) as u64);
+        out.extend_from_slice(&self.rans[start..len]);
         out.extend_from_slice(&self.tally.bits.buf);
         prev.is_some()
+    }
+
+    /// Codes every row against the row above.
+    fn code_key(&mut self, cur: &Transitions) {
+        self.side.clear();
+        self.modes_s.clear();
+        self.modes_t.clear();
+        let mut row_ctx = 0usize;
+        for y in 0..cur.height as usize {
+            let c = cur.row(y);
+            let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
+            let mode = if c == above {
+                ROW_COPY_ABOVE
+            } else {
+                ROW_SPATIAL
+            };
+            self.side.push(rec(M_ROW + row_ctx, mode, 0));
+            row_ctx = mode as usize;
+            if mode == ROW_SPATIAL {
+                code_row::<false>(above, c, cur.width, &mut self.modes_s, &mut self.side);
+            }
+        }
+    }
+
+    /// Codes every row against the better of the row above and the moved
+    /// previous frame; false (nothing usable) when the estimate is not at
+    /// least 3% below coding every row against the row above.
+    fn code_delta(&mut self, cur: &Transitions, p: &Transitions, dx: i32, dy: i32) -> bool {
+        self.side.clear();
+        self.modes_s.clear();
+        self.modes_t.clear();
+        let w = cur.width;
+        let mut est_spatial = 0u64;
+        let mut est_chosen = 0u64;
+        let mut row_ctx = 0usize;
+        for y in 0..cur.height as usize {
+            let c = cur.row(y);
+            let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
+            motion_ref(p, y, dx, dy, &mut self.tref);
+            let pr = &self.tref[..];
+            self.row_s.clear();
+            let cs = if c == above {
+                0
+            } else {
+                code_row::<true>(above, c, w, &mut self.row_s.modes, &mut self.row_s.side)
+            };
+            est_spatial += cs as u64 + 4;
+            let mode = if c == pr {
+                est_chosen += 1;
+                ROW_COPY_PREV
+            } else if c == above {
+                est_chosen += 4;
+                ROW_COPY_ABOVE
+            } else {
+                self.row_t.clear();
+                let ct = code_row::<true>(pr, c, w, &mut self.row_t.modes, &mut self.row_t.side);
+                est_chosen += ct.min(cs) as u64 + 4;
+                if ct < cs {
+                    ROW_TEMPORAL
+                } else {
+                    ROW_SPATIAL
+                }
+            };
+            self.side.push(rec(M_ROW + row_ctx, mode, 0));
+            row_ctx = mode as usize;
+            match mode {
+                ROW_SPATIAL => {
+                    self.modes_s.extend_from_slice(&self.row_s.modes);
+                    self.side.extend_from_slice(&self.row_s.side);
+                }
+                ROW_TEMPORAL => {
+                    self.modes_t.extend_from_slice(&self.row_t.modes);
+                    self.side.extend_from_slice(&self.row_t.side);
+                }
+                _ => {}
+            }
+        }
+        est_chosen * 100 <= est_spatial * 97
     }
 
     /// Global motion `(dx, dy)` of `cur` relative to `prev`: a greedy step
@@ -742,12 +665,12 @@ impl BilevelEncoder {
             while y < h {
                 motion_ref(prev, y, dx, dy, &mut this.tref);
                 this.scratch.clear();
-                total += code_row(
+                total += code_row::<true>(
                     &this.tref,
                     cur.row(y),
                     cur.width,
-                    M_MODE_T,
-                    &mut this.scratch,
+                    &mut this.scratch.modes,
+                    &mut this.scratch.side,
                 ) as u64;
                 y += step;
             }
@@ -791,6 +714,118 @@ impl BilevelEncoder {
     }
 }
 
+/// Adds the symbol counts of `syms` to `counts` (four partial tables, so
+/// runs of one symbol do not wait on each other's increments).
+fn histogram(syms: &[u8], counts: &mut [u32; MAX_ALPHABET]) {
+    let mut part = [[0u32; 256]; 4];
+    let mut chunks = syms.chunks_exact(4);
+    for c in &mut chunks {
+        part[0][c[0] as usize] += 1;
+        part[1][c[1] as usize] += 1;
+        part[2][c[2] as usize] += 1;
+        part[3][c[3] as usize] += 1;
+    }
+    for &s in chunks.remainder() {
+        part[0][s as usize] += 1;
+    }
+    for (s, c) in counts.iter_mut().enumerate() {
+        *c += part[0][s] + part[1][s] + part[2][s] + part[3][s];
+    }
+}
+
+/// Why a payload was rejected.
+pub(crate) type Reason = &'static str;
+
+/// Decodes one coded row against `r` into `out` (at least `width + 1`
+/// entries): mode symbols from `syms[*si..]` (which ends with [`SYM_END`]),
+/// run classes from the side stream. Returns the number of transitions.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn decode_row(
+    r: &[u32],
+    width: u32,
+    syms: &[u8],
+    si: &mut usize,
+    models: &[u32; TABLE_LEN],
+    side: &mut RansDec<'_>,
+    bits: &mut BitReader<'_>,
+    out: &mut [u32],
+) -> Result<usize, Reason> {
+    let w = width as i32;
+    let mut a0: i32 = -1;
+    let mut k = 0usize;
+    let mut n = 0usize;
+    let mut i = *si;
+    let result = loop {
+        let s = syms.get(i).copied().unwrap_or(SYM_END);
+        i += 1;
+        if s < SYM_PASS {
+            // Vertical: the next reference transition, moved.
+            let a1 = at(r, k, width) + s as i32 - VMAX;
+            if a1 <= a0 || a1 > w {
+                break Err("vertical mode out of order");
+            }
+            if a1 == w {
+                break Ok(n);
+            }
+            let Some(o) = out.get_mut(n) else {
+                break Err("row longer than its width");
+            };
+            *o = a1 as u32;
+            n += 1;
+            a0 = a1;
+            k = after_vertical(r, k, a0, width);
+        } else if s == SYM_PASS {
+            let b2 = at(r, k + 1, width);
+            if b2 >= w {
+                break Err("pass mode past the end of the row");
+            }
+            a0 = a0.max(b2);
+            k += 2;
+        } else if s == SYM_HORIZ {
+            let colour = n & 1;
+            let (mut x0, mut x1, mut pos) = (side.x0, side.x1, side.pos);
+            let (n0, n1, np, e) = step(models, M_RUN + colour, x0, x1, side.words, pos);
+            (x0, x1, pos) = (n0, n1, np);
+            let class = e & 63;
+            let r1 = run_value(class, bits.get(run_extra_bits(class))) as i32;
+            let (n0, n1, np, e) = step(models, M_RUN + (colour ^ 1), x0, x1, side.words, pos);
+            (side.x0, side.x1, side.pos) = (n0, n1, np);
+            let class = e & 63;
+            let r2 = run_value(class, bits.get(run_extra_bits(class))) as i32;
+            if a0 >= 0 && r1 == 0 {
+                break Err("zero first run in horizontal mode");
+            }
+            let a1 = a0.max(0) + r1;
+            let a2 = a1 + r2;
+            if a2 > w || (r2 == 0 && a1 < w) {
+                break Err("horizontal mode runs past the end of the row");
+            }
+            if a1 < w {
+                let Some(o) = out.get_mut(n) else {
+                    break Err("row longer than its width");
+                };
+                *o = a1 as u32;
+                n += 1;
+            }
+            if a2 >= w {
+                break Ok(n);
+            }
+            let Some(o) = out.get_mut(n) else {
+                break Err("row longer than its width");
+            };
+            *o = a2 as u32;
+            n += 1;
+            a0 = a2;
+            k = resync(r, k, a0, n, width);
+        } else {
+            break Err("more coded rows than mode symbols");
+        }
+    };
+    *si = i;
+    result
+}
+
 /// What a bilevel payload says about its reference.
 pub(crate) fn payload_reference(payload: &[u8]) -> Result<Option<u64>, Reason> {
     match payload.first() {
@@ -813,7 +848,11 @@ pub(crate) struct BilevelDecoder {
     models: DecTables,
     above: Vec<u32>,
     tref: Vec<u32>,
-    rans: Vec<u16>,
+    side_words: Vec<u16>,
+    mode_words: Vec<u16>,
+    /// Decoded mode symbols of spatial and temporal rows, each ending with [`SYM_END`].
+    syms_s: Vec<u8>,
+    syms_t: Vec<u8>,
     /// Toggle masks of the row being rendered, one u64 per 64 pixels.
     words: Vec<u64>,
 }
@@ -824,10 +863,25 @@ impl Default for BilevelDecoder {
             models: DecTables::new(),
             above: Vec::new(),
             tref: Vec::new(),
-            rans: Vec::new(),
+            side_words: Vec::new(),
+            mode_words: Vec::new(),
+            syms_s: Vec::new(),
+            syms_t: Vec::new(),
             words: Vec::new(),
         }
     }
+}
+
+/// Reads a varint length and splits that many bytes off `payload` at `*pos`.
+fn take<'p>(payload: &'p [u8], pos: &mut usize, what: Reason) -> Result<&'p [u8], (usize, Reason)> {
+    let at = *pos;
+    let len = get_varint(payload, pos).ok_or((at, what))?;
+    let rest = payload.get(*pos..).unwrap_or(&[]);
+    if len > rest.len() as u64 {
+        return Err((at, what));
+    }
+    *pos += len as usize;
+    Ok(&rest[..len as usize])
 }
 
 impl BilevelDecoder {
@@ -852,19 +906,64 @@ impl BilevelDecoder {
         }
         for m in 0..N_MODELS {
             self.models
-                .read(m, payload, &mut pos, alphabet(m), |s| next_model(m, s))
+                .read(m, payload, &mut pos, alphabet(m), |_| 0)
                 .map_err(|e| (pos, e))?;
         }
-        let rans_len = get_varint(payload, &mut pos).ok_or((pos, "truncated rANS length"))?;
-        let rest = &payload[pos.min(payload.len())..];
-        if rans_len > rest.len() as u64 {
-            return Err((pos, "rANS length past the end of the payload"));
+        // A row has at most one mode symbol per pixel, per pass and the
+        // end: bound the counts before allocating for them.
+        let limit = height as u64 * (2 * width as u64 + 2);
+        let at_n = pos;
+        let n_s = get_varint(payload, &mut pos).ok_or((at_n, "truncated symbol count"))?;
+        let n_t = get_varint(payload, &mut pos).ok_or((at_n, "truncated symbol count"))?;
+        if n_s.saturating_add(n_t) > limit {
+            return Err((at_n, "more mode symbols than the frame can hold"));
         }
-        let (rans, extra) = rest.split_at(rans_len as usize);
-        RansDec::pad(rans, &mut self.rans);
-        let mut dec = RansDec::new(rans, &self.rans).map_err(|e| (pos, e))?;
-        let mut bits = BitReader::new(extra);
+        if payload[0] == KIND_KEY && n_t != 0 {
+            return Err((at_n, "temporal mode symbols in a key frame"));
+        }
+        let side = take(
+            payload,
+            &mut pos,
+            "side stream length past the end of the payload",
+        )?;
+        let at_modes = pos;
+        let modes = take(
+            payload,
+            &mut pos,
+            "mode stream length past the end of the payload",
+        )?;
+        let extra = &payload[pos.min(payload.len())..];
 
+        // All mode symbols at once.
+        let (n_s, n_t) = (n_s as usize, n_t as usize);
+        self.syms_s.clear();
+        self.syms_s.resize(n_s + 1, SYM_END);
+        self.syms_t.clear();
+        self.syms_t.resize(n_t + 1, SYM_END);
+        let models = &*self.models.table;
+        if n_s + n_t > 0 {
+            let nl = lanes::lanes_for(n_s + n_t);
+            Lanes::pad(modes, nl, &mut self.mode_words);
+            let mut lanes = Lanes::new(modes, nl, &self.mode_words).map_err(|e| (at_modes, e))?;
+            lanes.decode(models, M_MODE_S, &mut self.syms_s[..n_s]);
+            lanes.decode(models, M_MODE_T, &mut self.syms_t[..n_t]);
+            if !lanes.finished_cleanly() {
+                return Err((at_modes, "mode stream does not end where it should"));
+            }
+        } else if !modes.is_empty() {
+            return Err((at_modes, "mode stream without mode symbols"));
+        }
+        for s in self.syms_s[..n_s].iter().chain(&self.syms_t[..n_t]) {
+            // A symbol outside the alphabet cannot come from a valid model,
+            // but the check is cheap and keeps `decode_row` simple.
+            if *s as usize >= MODE_ALPHABET {
+                return Err((at_modes, "mode symbol outside its alphabet"));
+            }
+        }
+
+        RansDec::pad(side, &mut self.side_words);
+        let mut dec = RansDec::new(side, &self.side_words).map_err(|e| (pos, e))?;
+        let mut bits = BitReader::new(extra);
         let (dx, dy) = match payload.get(9..11) {
             Some(m) if payload[0] == KIND_DELTA => (m[0] as i8 as i32, m[1] as i8 as i32),
             _ => (0, 0),
@@ -876,7 +975,7 @@ impl BilevelDecoder {
         cur.height = height;
         self.above.clear();
         push_sentinels(&mut self.above, width);
-        let models = &*self.models.table;
+        let (mut si, mut ti) = (0usize, 0usize);
         let mut row_ctx = 0usize;
         // Rows are decoded straight into `cur.tr`, the row above being the
         // previous list there (grown as needed, never shrunk).
@@ -903,15 +1002,29 @@ impl BilevelDecoder {
             };
             let mode = dec.get(models, M_ROW + row_ctx) & 63;
             let n = match mode {
-                ROW_SPATIAL => {
-                    decode_row(above, width, M_MODE_S, models, &mut dec, &mut bits, rest)
-                        .map_err(|e| (pos, e))?
-                }
+                ROW_SPATIAL => decode_row(
+                    above,
+                    width,
+                    &self.syms_s,
+                    &mut si,
+                    models,
+                    &mut dec,
+                    &mut bits,
+                    &mut rest[..wu + 1],
+                )
+                .map_err(|e| (pos, e))?,
                 ROW_TEMPORAL => {
                     let p = prev.ok_or((pos, "temporal row in a key frame"))?;
                     motion_ref(p, y, dx, dy, &mut self.tref);
                     decode_row(
-                        &self.tref, width, M_MODE_T, models, &mut dec, &mut bits, rest,
+                        &self.tref,
+                        width,
+                        &self.syms_t,
+                        &mut ti,
+                        models,
+                        &mut dec,
+                        &mut bits,
+                        &mut rest[..wu + 1],
                     )
                     .map_err(|e| (pos, e))?
                 }
@@ -939,14 +1052,14 @@ impl BilevelDecoder {
             cur.off.push(start);
             row_ctx = mode as usize;
         }
+        if si != n_s || ti != n_t {
+            return Err((at_modes, "mode symbols left over after the last row"));
+        }
         if !dec.finished_cleanly() {
-            return Err((pos, "rANS stream does not end where it should"));
+            return Err((pos, "side stream does not end where it should"));
         }
         if !bits.exhausted_exactly() {
-            return Err((
-                pos + rans.len(),
-                "extra-bit stream does not end where it should",
-            ));
+            return Err((pos, "extra-bit stream does not end where it should"));
         }
         Ok(())
     }

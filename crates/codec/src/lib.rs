@@ -31,10 +31,12 @@
 //! panics. A delta frame whose reference the decoder does not hold is
 //! rejected with [`CodecError::MissingReference`], never decoded wrongly.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// Unsafe code only where a module allows it: the AVX2 decoder of `lanes`.
+#![deny(unsafe_code)]
 
 mod bilevel;
 mod bits;
+mod lanes;
 mod rans;
 
 use bilevel::{BilevelDecoder, BilevelEncoder, Transitions};

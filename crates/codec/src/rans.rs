@@ -151,7 +151,7 @@ pub(crate) fn encode_lanes<'s>(
 
 /// Encodes one symbol on state `x`, writing a renormalisation word below `*p`.
 #[inline(always)]
-fn put(x: u32, buf: &mut [u8], p: &mut usize, s: &EncSym) -> u32 {
+pub(crate) fn put(x: u32, buf: &mut [u8], p: &mut usize, s: &EncSym) -> u32 {
     // Branch-free renormalisation: the word is always written below the
     // start; when not needed it is overwritten later (or by the final states).
     let need = (x >= s.x_max) as usize;
@@ -169,8 +169,8 @@ pub(crate) const MODEL_SLOTS: usize = 16;
 pub(crate) const TABLE_LEN: usize = MODEL_SLOTS << PROB_BITS;
 /// Decoder table entry fields: symbol (6 bits), `slot - start`
 /// (`PROB_BITS` bits), frequency (`PROB_BITS + 1` bits), next model (4 bits).
-const BIAS_SHIFT: u32 = 6;
-const FREQ_SHIFT: u32 = BIAS_SHIFT + PROB_BITS;
+pub(crate) const BIAS_SHIFT: u32 = 6;
+pub(crate) const FREQ_SHIFT: u32 = BIAS_SHIFT + PROB_BITS;
 pub(crate) const NEXT_SHIFT: u32 = FREQ_SHIFT + PROB_BITS + 1;
 
 /// The decoder's models, flat: model `m` is `table[m << PROB_BITS..][..PROB_SCALE]`,

@@ -291,19 +291,22 @@ fn render_toggles(tr: &[u32], width: u32, words: &mut [u64], row: &mut [u8]) {
     if let Some(w) = words.get_mut(cw) {
         *w = cur;
     }
-    let mut carry = 0u64;
+    // The colour entering a word is the parity of the toggles before it,
+    // and a word's own parity is its last bit: the carried chain is one XOR.
+    let mut parity = 0u64;
     let mut chunks = row.chunks_exact_mut(8);
     let mut it = words.iter_mut();
     for (d, w) in (&mut chunks).zip(&mut it) {
-        let v = *w ^ carry;
+        let x = *w;
         *w = 0;
-        carry = (v & 1).wrapping_neg();
+        let v = x ^ parity.wrapping_neg();
+        parity ^= x & 1;
         d.copy_from_slice(&v.to_be_bytes());
     }
     let rem = chunks.into_remainder();
     if !rem.is_empty() {
         if let Some(w) = it.next() {
-            let v = *w ^ carry;
+            let v = *w ^ parity.wrapping_neg();
             *w = 0;
             let n = rem.len();
             rem.copy_from_slice(&v.to_be_bytes()[..n]);
@@ -953,13 +956,8 @@ impl BilevelDecoder {
         } else if !modes.is_empty() {
             return Err((at_modes, "mode stream without mode symbols"));
         }
-        for s in self.syms_s[..n_s].iter().chain(&self.syms_t[..n_t]) {
-            // A symbol outside the alphabet cannot come from a valid model,
-            // but the check is cheap and keeps `decode_row` simple.
-            if *s as usize >= MODE_ALPHABET {
-                return Err((at_modes, "mode symbol outside its alphabet"));
-            }
-        }
+        // Every symbol is in its model's alphabet (`DecTables::read` refuses
+        // others), and `decode_row` treats anything above as the end.
 
         RansDec::pad(side, &mut self.side_words);
         let mut dec = RansDec::new(side, &self.side_words).map_err(|e| (pos, e))?;

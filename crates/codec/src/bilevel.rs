@@ -938,7 +938,9 @@ impl BilevelDecoder {
         let extra = &payload[pos.min(payload.len())..];
 
         // All mode symbols at once.
-        let (n_s, n_t) = (n_s as usize, n_t as usize);
+        let (Ok(n_s), Ok(n_t)) = (usize::try_from(n_s), usize::try_from(n_t)) else {
+            return Err((at_n, "more mode symbols than this machine can hold"));
+        };
         self.syms_s.clear();
         self.syms_s.resize(n_s + 1, SYM_END);
         self.syms_t.clear();

@@ -148,18 +148,21 @@ impl<'a> Lanes<'a> {
         let head = ((nl - self.done % nl) % nl).min(out.len());
         let (first, rest) = out.split_at_mut(head);
         self.scalar(model, first);
-        let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if nl == LANES
+        let done = if nl == LANES
             && std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("popcnt")
         {
             // SAFETY: the CPU has AVX2 and POPCNT (checked just now).
             #[allow(unsafe_code)]
             let n = unsafe { x86::groups(model, &mut self.x, self.words, &mut self.pos, rest) };
-            done = n;
             self.done += n;
-        }
+            n
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
         self.scalar(model, &mut rest[done..]);
     }
 

@@ -35,6 +35,10 @@ use std::time::Duration;
        numpy.fromfile(f, numpy.uint8).reshape(h, w)); streams (--out -, --exec) take
        raw or gray8
 
+Several senders: --out -, --exec and --latest carry the masks of all of them in
+arrival order, each mask whole (one writer at a time; dimensions may differ
+between masks); --out DIR --per-sender keeps each sender's frames apart.
+
 Examples:
   bitmask-recv --listen 0.0.0.0:5000 --out masks --format png
   bitmask-recv --listen 127.0.0.1:5000 --out - | python3 consume.py

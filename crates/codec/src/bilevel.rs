@@ -321,47 +321,66 @@ fn at(r: &[u32], k: usize, width: u32) -> i32 {
     r.get(k).copied().unwrap_or(width) as i32
 }
 
-/// The coded form of one row: its mode symbols and its side records (run classes).
+/// An output buffer written by index: `buf[..len]` is the content, and
+/// `buf` keeps its largest length across frames (no per-element length
+/// update, no zeroing once warm).
 #[derive(Debug, Default)]
-struct RowCode {
-    modes: Vec<u8>,
-    side: Vec<u32>,
+struct Out<T> {
+    buf: Vec<T>,
+    len: usize,
 }
 
-impl RowCode {
+impl<T: Copy + Default> Out<T> {
     fn clear(&mut self) {
-        self.modes.clear();
-        self.side.clear();
+        self.len = 0;
+    }
+
+    /// The free space past the content, at least `extra` entries.
+    #[inline]
+    fn room(&mut self, extra: usize) -> &mut [T] {
+        let need = self.len + extra;
+        if self.buf.len() < need {
+            self.buf.resize(need.max(2 * self.buf.len()), T::default());
+        }
+        &mut self.buf[self.len..]
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[T] {
+        &self.buf[..self.len]
     }
 }
 
 /// Codes the transitions `c` of a row (with sentinels) against the
-/// reference `r`: appends mode symbols to `modes` and run records to
-/// `side`; returns the estimated cost when `COST` (else 0).
+/// reference `r`: writes mode symbols to the start of `modes` (room for
+/// `r.len() + c.len() + 2`) and run records to the start of `side` (room
+/// for `c.len()`); returns how many of each and the estimated cost when
+/// `COST` (else 0).
 ///
 /// The rules (docs/CODEC.md 1.6, from the encoder's side), with `a1` the
 /// next transition to code, `b1 = R[k]`, `b2 = R[k + 1]`: pass when
 /// `b2 < a1`; vertical when `|a1 - b1| <= 7`; horizontal otherwise.
-#[inline]
+#[inline(always)]
 fn code_row<const COST: bool>(
     r: &[u32],
     c: &[u32],
     width: u32,
-    modes: &mut Vec<u8>,
-    side: &mut Vec<u32>,
-) -> u32 {
+    modes: &mut [u8],
+    side: &mut [u32],
+) -> (usize, usize, u32) {
     let w = width as i32;
     let mut a0: i32 = -1;
     let mut k = 0usize;
     let mut n = 0usize;
     let mut cost = 0u32;
-    // Every symbol consumes a transition of `c` or two of `r` (or ends the row).
-    modes.reserve(r.len() + c.len() + 2);
+    // Every symbol consumes a transition of `c`, passes one of `r` or ends the row.
+    let (mut nm, mut ns) = (0usize, 0usize);
     loop {
         let a1 = at(c, n, width);
         let b2 = at(r, k + 1, width);
         if b2 < a1 {
-            modes.push(SYM_PASS);
+            modes[nm] = SYM_PASS;
+            nm += 1;
             if COST {
                 cost += est_mode_cost(SYM_PASS);
             }
@@ -372,31 +391,34 @@ fn code_row<const COST: bool>(
         let d = a1 - at(r, k, width);
         if (-VMAX..=VMAX).contains(&d) {
             let s = (d + VMAX) as u8;
-            modes.push(s);
+            modes[nm] = s;
+            nm += 1;
             if COST {
                 cost += est_mode_cost(s);
             }
             if a1 >= w {
-                return cost;
+                return (nm, ns, cost);
             }
             a0 = a1;
             n += 1;
             k = after_vertical(r, k, a0, width);
         } else {
-            modes.push(SYM_HORIZ);
+            modes[nm] = SYM_HORIZ;
+            nm += 1;
             let a2 = at(c, n + 1, width);
             let r1 = (a1 - a0.max(0)) as u32;
             let r2 = (a2 - a1) as u32;
             let colour = n & 1;
             let (c1, _, e1) = run_class(r1);
             let (c2, _, e2) = run_class(r2);
-            side.push(rec(M_RUN + colour, c1, e1));
-            side.push(rec(M_RUN + (colour ^ 1), c2, e2));
+            side[ns] = rec(M_RUN + colour, c1, e1);
+            side[ns + 1] = rec(M_RUN + (colour ^ 1), c2, e2);
+            ns += 2;
             if COST {
                 cost += est_mode_cost(SYM_HORIZ) + est_run_cost(r1) + est_run_cost(r2);
             }
             if a2 >= w {
-                return cost;
+                return (nm, ns, cost);
             }
             a0 = a2;
             n += 2;
@@ -452,14 +474,16 @@ impl Default for Tally {
 #[derive(Debug, Default)]
 pub(crate) struct BilevelEncoder {
     /// Row modes and run classes of the frame, in decoding order.
-    side: Vec<u32>,
-    /// Mode symbols of spatial rows, then (after `n_spatial`) of temporal
-    /// rows offset by [`T_OFFSET`]; filled in two vectors, joined for coding.
-    modes_s: Vec<u8>,
-    modes_t: Vec<u8>,
-    row_s: RowCode,
-    row_t: RowCode,
-    scratch: RowCode,
+    side: Out<u32>,
+    /// Mode symbols of spatial rows, then (for coding) those of temporal
+    /// rows offset by [`T_OFFSET`]; filled in two buffers, joined for coding.
+    modes_s: Out<u8>,
+    modes_t: Out<u8>,
+    /// Run records of a row coded against the previous frame (until chosen).
+    side_t: Vec<u32>,
+    /// Output of the rows coded only for their cost (motion search).
+    scratch_modes: Vec<u8>,
+    scratch_side: Vec<u32>,
     rans: Vec<u8>,
     /// rANS coder entries of the side models, by `model << 6 | symbol`.
     syms: Vec<EncSym>,
@@ -512,7 +536,7 @@ impl BilevelEncoder {
         let t = &mut self.tally;
         t.counts = [[0; MAX_ALPHABET]; MODEL_SLOTS];
         t.bits.clear();
-        for &r in &self.side {
+        for &r in self.side.as_slice() {
             let model = (r >> 28) as usize;
             let sym = (r >> 22) & 63;
             t.counts[model % MODEL_SLOTS][sym as usize] += 1;
@@ -521,8 +545,8 @@ impl BilevelEncoder {
             t.bits.put(r & 0x3F_FFFF, nb);
         }
         t.bits.finish();
-        histogram(&self.modes_s, &mut t.counts[M_MODE_S]);
-        histogram(&self.modes_t, &mut t.counts[M_MODE_T]);
+        histogram(self.modes_s.as_slice(), &mut t.counts[M_MODE_S]);
+        histogram(self.modes_t.as_slice(), &mut t.counts[M_MODE_T]);
         // Models, and the coder entries for both streams.
         self.syms
             .resize(MODEL_SLOTS * MAX_ALPHABET, EncSym::default());
@@ -545,30 +569,34 @@ impl BilevelEncoder {
                 }
             }
         }
-        put_varint(out, self.modes_s.len() as u64);
-        put_varint(out, self.modes_t.len() as u64);
+        put_varint(out, self.modes_s.len as u64);
+        put_varint(out, self.modes_t.len as u64);
         // Side stream (two lanes, contexts), backwards from the end of the buffer.
-        let len = 2 * self.side.len() + 16;
+        let len = 2 * self.side.len + 16;
         if self.rans.len() < len {
             self.rans.resize(len, 0);
         }
         let syms = &self.syms[..MODEL_SLOTS * MAX_ALPHABET];
-        let start = encode_lanes(&self.side, &mut self.rans[..len], |r| {
+        let start = encode_lanes(self.side.as_slice(), &mut self.rans[..len], |r| {
             &syms[(r >> 22) as usize % (MODEL_SLOTS * MAX_ALPHABET)]
         });
         put_varint(out, (len - start) as u64);
         out.extend_from_slice(&self.rans[start..len]);
         // Mode stream (four lanes, no contexts): spatial rows' symbols, then
         // temporal rows' (offset into the second half of the coder table).
-        for s in &mut self.modes_t {
-            *s += T_OFFSET;
+        let nt = self.modes_t.len;
+        for (d, &s) in self.modes_s.room(nt)[..nt]
+            .iter_mut()
+            .zip(self.modes_t.as_slice())
+        {
+            *d = s + T_OFFSET;
         }
-        self.modes_s.extend_from_slice(&self.modes_t);
-        let len = 2 * self.modes_s.len() + 4 * lanes::LANES;
+        self.modes_s.len += nt;
+        let len = 2 * self.modes_s.len + 4 * lanes::LANES;
         if self.rans.len() < len {
             self.rans.resize(len, 0);
         }
-        let start = lanes::encode(&self.modes_s, &mode_syms, &mut self.rans[..len]);
+        let start = lanes::encode(self.modes_s.as_slice(), &mode_syms, &mut self.rans[..len]);
         put_varint(out, (len - start) as u64);
         out.extend_from_slice(&self.rans[start..len]);
         out.extend_from_slice(&self.tally.bits.buf);
@@ -580,6 +608,7 @@ impl BilevelEncoder {
         self.side.clear();
         self.modes_s.clear();
         self.modes_t.clear();
+        let w = cur.width;
         let mut row_ctx = 0usize;
         for y in 0..cur.height as usize {
             let c = cur.row(y);
@@ -589,11 +618,17 @@ impl BilevelEncoder {
             } else {
                 ROW_SPATIAL
             };
-            self.side.push(rec(M_ROW + row_ctx, mode, 0));
-            row_ctx = mode as usize;
+            let side = self.side.room(c.len() + 1);
+            side[0] = rec(M_ROW + row_ctx, mode, 0);
+            let mut ns = 1;
             if mode == ROW_SPATIAL {
-                code_row::<false>(above, c, cur.width, &mut self.modes_s, &mut self.side);
+                let modes = self.modes_s.room(c.len() + above.len() + 2);
+                let (nm, nr, _) = code_row::<false>(above, c, w, modes, &mut side[1..]);
+                self.modes_s.len += nm;
+                ns += nr;
             }
+            self.side.len += ns;
+            row_ctx = mode as usize;
         }
     }
 
@@ -613,13 +648,16 @@ impl BilevelEncoder {
             let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
             motion_ref(p, y, dx, dy, &mut self.tref);
             let pr = &self.tref[..];
-            self.row_s.clear();
-            let cs = if c == above {
-                0
+            // The row against the row above, in place (kept if chosen).
+            let side = self.side.room(c.len() + 1);
+            let (ms, ss, cs) = if c == above {
+                (0, 0, 0)
             } else {
-                code_row::<true>(above, c, w, &mut self.row_s.modes, &mut self.row_s.side)
+                let modes = self.modes_s.room(c.len() + above.len() + 2);
+                code_row::<true>(above, c, w, modes, &mut side[1..])
             };
             est_spatial += cs as u64 + 4;
+            let (mut mt, mut st) = (0, 0);
             let mode = if c == pr {
                 est_chosen += 1;
                 ROW_COPY_PREV
@@ -627,8 +665,12 @@ impl BilevelEncoder {
                 est_chosen += 4;
                 ROW_COPY_ABOVE
             } else {
-                self.row_t.clear();
-                let ct = code_row::<true>(pr, c, w, &mut self.row_t.modes, &mut self.row_t.side);
+                if self.side_t.len() < c.len() {
+                    self.side_t.resize(c.len(), 0);
+                }
+                let modes = self.modes_t.room(c.len() + pr.len() + 2);
+                let ct;
+                (mt, st, ct) = code_row::<true>(pr, c, w, modes, &mut self.side_t);
                 est_chosen += ct.min(cs) as u64 + 4;
                 if ct < cs {
                     ROW_TEMPORAL
@@ -636,18 +678,19 @@ impl BilevelEncoder {
                     ROW_SPATIAL
                 }
             };
-            self.side.push(rec(M_ROW + row_ctx, mode, 0));
+            side[0] = rec(M_ROW + row_ctx, mode, 0);
             row_ctx = mode as usize;
             match mode {
                 ROW_SPATIAL => {
-                    self.modes_s.extend_from_slice(&self.row_s.modes);
-                    self.side.extend_from_slice(&self.row_s.side);
+                    self.modes_s.len += ms;
+                    self.side.len += 1 + ss;
                 }
                 ROW_TEMPORAL => {
-                    self.modes_t.extend_from_slice(&self.row_t.modes);
-                    self.side.extend_from_slice(&self.row_t.side);
+                    side[1..1 + st].copy_from_slice(&self.side_t[..st]);
+                    self.modes_t.len += mt;
+                    self.side.len += 1 + st;
                 }
-                _ => {}
+                _ => self.side.len += 1,
             }
         }
         est_chosen * 100 <= est_spatial * 97
@@ -664,14 +707,22 @@ impl BilevelEncoder {
             let mut y = step / 2;
             while y < h {
                 motion_ref(prev, y, dx, dy, &mut this.tref);
-                this.scratch.clear();
-                total += code_row::<true>(
+                let c = cur.row(y);
+                let nm = this.tref.len() + c.len() + 2;
+                if this.scratch_modes.len() < nm {
+                    this.scratch_modes.resize(nm, 0);
+                }
+                if this.scratch_side.len() < c.len() {
+                    this.scratch_side.resize(c.len(), 0);
+                }
+                let (_, _, cost) = code_row::<true>(
                     &this.tref,
-                    cur.row(y),
+                    c,
                     cur.width,
-                    &mut this.scratch.modes,
-                    &mut this.scratch.side,
-                ) as u64;
+                    &mut this.scratch_modes,
+                    &mut this.scratch_side,
+                );
+                total += cost as u64;
                 y += step;
             }
             total

@@ -144,6 +144,21 @@ impl Transitions {
 
     /// Extracts the transitions of every row of a packed frame.
     pub(crate) fn extract(&mut self, packed: &[u8], width: u32, height: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            // SAFETY: the CPU has the features `x86::extract` is compiled for (checked just now).
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::extract(self, packed, width, height)
+            };
+            return;
+        }
+        self.extract_any(packed, width, height);
+    }
+
+    /// [`Transitions::extract`] for any CPU (inlined into each variant).
+    #[inline(always)]
+    fn extract_any(&mut self, packed: &[u8], width: u32, height: u32) {
         let stride = (width as usize).div_ceil(8);
         self.off.clear();
         self.off.push(0);
@@ -503,6 +518,23 @@ impl BilevelEncoder {
         prev: Option<(&Transitions, u64)>,
         out: &mut Vec<u8>,
     ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            // SAFETY: the CPU has the features `x86::encode` is compiled for (checked just now).
+            #[allow(unsafe_code)]
+            return unsafe { x86::encode(self, cur, prev, out) };
+        }
+        self.encode_any(cur, prev, out)
+    }
+
+    /// [`BilevelEncoder::encode`] for any CPU (inlined into each variant).
+    #[inline(always)]
+    fn encode_any(
+        &mut self,
+        cur: &Transitions,
+        prev: Option<(&Transitions, u64)>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let w = cur.width;
         self.empty.clear();
         push_sentinels(&mut self.empty, w);
@@ -604,6 +636,7 @@ impl BilevelEncoder {
     }
 
     /// Codes every row against the row above.
+    #[inline(always)]
     fn code_key(&mut self, cur: &Transitions) {
         self.side.clear();
         self.modes_s.clear();
@@ -635,6 +668,7 @@ impl BilevelEncoder {
     /// Codes every row against the better of the row above and the moved
     /// previous frame; false (nothing usable) when the estimate is not at
     /// least 3% below coding every row against the row above.
+    #[inline(always)]
     fn code_delta(&mut self, cur: &Transitions, p: &Transitions, dx: i32, dy: i32) -> bool {
         self.side.clear();
         self.modes_s.clear();
@@ -699,6 +733,7 @@ impl BilevelEncoder {
     /// Global motion `(dx, dy)` of `cur` relative to `prev`: a greedy step
     /// from the last frame's motion, judged by the estimated cost of coding
     /// every 32nd row against the moved reference.
+    #[inline(always)]
     fn search_motion(&mut self, cur: &Transitions, prev: &Transitions) -> (i32, i32) {
         let h = cur.height as usize;
         let step = if h >= 128 { 32 } else { (h / 4).max(1) };
@@ -762,6 +797,155 @@ impl BilevelEncoder {
             }
         }
         (bx, by)
+    }
+}
+
+/// The encoder compiled a second time for the x86-64 CPUs with BMI1, BMI2,
+/// LZCNT and POPCNT (every x86-64-v3 CPU), chosen at run time: single
+/// instructions for the bit scans and counts of the transition extraction,
+/// the run classes and the coders. Same code, same output.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use super::{BilevelEncoder, Transitions};
+
+    /// Whether the CPU has the features of this module's functions.
+    #[inline]
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("bmi1")
+            && std::is_x86_feature_detected!("bmi2")
+            && std::is_x86_feature_detected!("lzcnt")
+            && std::is_x86_feature_detected!("popcnt")
+    }
+
+    /// [`Transitions::extract`].
+    ///
+    /// # Safety
+    /// The CPU must support BMI1, BMI2, LZCNT and POPCNT ([`available`]).
+    #[target_feature(enable = "bmi1,bmi2,lzcnt,popcnt")]
+    pub(super) unsafe fn extract(t: &mut Transitions, packed: &[u8], width: u32, height: u32) {
+        t.extract_any(packed, width, height)
+    }
+
+    /// [`BilevelEncoder::encode`].
+    ///
+    /// # Safety
+    /// The CPU must support BMI1, BMI2, LZCNT and POPCNT ([`available`]).
+    #[target_feature(enable = "bmi1,bmi2,lzcnt,popcnt")]
+    pub(super) unsafe fn encode(
+        e: &mut BilevelEncoder,
+        cur: &Transitions,
+        prev: Option<(&Transitions, u64)>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        e.encode_any(cur, prev, out)
+    }
+}
+
+/// The x86 variants against the portable code: same transitions, same payloads.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod x86_tests {
+    use super::{x86, BilevelEncoder, Transitions};
+
+    /// The masks of a corpus directory (`corpus.tsv`: file, width, height,
+    /// group), as streams: stills alone, each sequence group in order.
+    fn streams(dir: &std::path::Path) -> Vec<Vec<(Vec<u8>, u32, u32)>> {
+        let Ok(manifest) = std::fs::read_to_string(dir.join("corpus.tsv")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Vec<(Vec<u8>, u32, u32)>> = Vec::new();
+        let mut last = String::new();
+        for line in manifest.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let bits = std::fs::read(dir.join(f[0])).unwrap();
+            let m = (bits, f[1].parse().unwrap(), f[2].parse().unwrap());
+            if f[3] == last && !matches!(f[3], "otsu" | "blue170") {
+                out.last_mut().unwrap().push(m);
+            } else {
+                out.push(vec![m]);
+            }
+            last = f[3].to_owned();
+        }
+        out
+    }
+
+    /// `m` cropped (or extended with 0) to `w x h` from `(x0, y0)`.
+    fn crop(m: &(Vec<u8>, u32, u32), x0: u32, y0: u32, w: u32, h: u32) -> (Vec<u8>, u32, u32) {
+        let (s0, s) = ((m.1 as usize).div_ceil(8), (w as usize).div_ceil(8));
+        let mut out = vec![0u8; s * h as usize];
+        for y in 0..h {
+            for x in 0..w {
+                let (sx, sy) = (x0 + x, y0 + y);
+                if sx < m.1
+                    && sy < m.2
+                    && m.0[sy as usize * s0 + sx as usize / 8] << (sx % 8) & 0x80 != 0
+                {
+                    out[y as usize * s + x as usize / 8] |= 0x80 >> (x % 8);
+                }
+            }
+        }
+        (out, w, h)
+    }
+
+    #[test]
+    fn x86_variants_match_portable() {
+        if !x86::available() {
+            eprintln!("skipped: the CPU lacks the x86 variants' features");
+            return;
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut all = streams(&root.join("tests/vectors"));
+        all.extend(streams(&root.join("../../target/codec-corpus")));
+        // Odd sizes (partial words, partial bytes) from the same content.
+        let sizes = [
+            (1, 1),
+            (7, 3),
+            (63, 5),
+            (65, 17),
+            (333, 101),
+            (1023, 767),
+            (2049, 50),
+        ];
+        let odd: Vec<Vec<_>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (w, h) = sizes[i % sizes.len()];
+                let o = (i as u32 * 37) % 200;
+                s.iter().map(|m| crop(m, o, o / 2, w, h)).collect()
+            })
+            .collect();
+        all.extend(odd);
+        assert!(all.len() >= 10);
+        for s in &all {
+            let (mut enc_a, mut enc_b) = (BilevelEncoder::default(), BilevelEncoder::default());
+            let (mut prev_a, mut prev_b) = (Transitions::default(), Transitions::default());
+            let (mut cur_a, mut cur_b) = (Transitions::default(), Transitions::default());
+            for (i, (bits, w, h)) in s.iter().enumerate() {
+                cur_a.extract_any(bits, *w, *h);
+                // SAFETY: the CPU has the features (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    x86::extract(&mut cur_b, bits, *w, *h)
+                };
+                for y in 0..*h as usize {
+                    assert_eq!(cur_a.row(y), cur_b.row(y), "row {y} of a {w}x{h} mask");
+                }
+                // Each frame as a key frame, then as a delta frame of the one before.
+                for delta in [false, true] {
+                    let pa = (delta && i > 0).then_some((&prev_a, i as u64 - 1));
+                    let pb = (delta && i > 0).then_some((&prev_b, i as u64 - 1));
+                    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+                    let da = enc_a.encode_any(&cur_a, pa, &mut out_a);
+                    // SAFETY: as above.
+                    #[allow(unsafe_code)]
+                    let db = unsafe { x86::encode(&mut enc_b, &cur_b, pb, &mut out_b) };
+                    assert_eq!((da, &out_a), (db, &out_b), "frame {i} of a {w}x{h} stream");
+                }
+                std::mem::swap(&mut cur_a, &mut prev_a);
+                std::mem::swap(&mut cur_b, &mut prev_b);
+            }
+        }
     }
 }
 

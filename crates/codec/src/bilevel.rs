@@ -153,12 +153,13 @@ impl Transitions {
             };
             return;
         }
-        self.extract_any(packed, width, height);
+        self.extract_any::<0>(packed, width, height);
     }
 
-    /// [`Transitions::extract`] for any CPU (inlined into each variant).
+    /// [`Transitions::extract`] for any CPU (inlined into each variant),
+    /// with [`put_bits`] for `K`.
     #[inline(always)]
-    fn extract_any(&mut self, packed: &[u8], width: u32, height: u32) {
+    fn extract_any<const K: usize>(&mut self, packed: &[u8], width: u32, height: u32) {
         let stride = (width as usize).div_ceil(8);
         self.off.clear();
         self.off.push(0);
@@ -173,7 +174,7 @@ impl Transitions {
                 self.tr.resize(need.max(self.tr.len() * 2), 0);
             }
             let out = &mut self.tr[start..];
-            let n = row_transitions_into(row, width, out);
+            let n = row_transitions_into::<K>(row, width, out);
             out[n..n + SENTINELS].fill(width);
             start += n + SENTINELS;
             self.off.push(start);
@@ -227,14 +228,15 @@ fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>
 #[cfg(test)]
 pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
     let mut buf = vec![0u32; row.len() * 8 + 64];
-    let n = row_transitions_into(row, width, &mut buf);
+    let n = row_transitions_into::<0>(row, width, &mut buf);
     out.extend_from_slice(&buf[..n]);
 }
 
 /// Writes the transitions of one packed row (positions `< width`) to the
 /// start of `out` (at least `8 * row.len() + 64` entries); returns how many.
-#[inline]
-fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
+/// `K` as for [`put_bits`].
+#[inline(always)]
+fn row_transitions_into<const K: usize>(row: &[u8], width: u32, out: &mut [u32]) -> usize {
     let mut n = 0usize;
     let mut carry = 0u64;
     let mut base = 0u32;
@@ -245,7 +247,7 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
         let w = u64::from_be_bytes(b);
         let x = w ^ ((w >> 1) | (carry << 63));
         carry = w & 1;
-        n = put_bits(x, base, out, n);
+        n = put_bits::<K>(x, base, out, n);
         base += 64;
     }
     let rem = chunks.remainder();
@@ -253,7 +255,7 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
         let mut b = [0u8; 8];
         b[..rem.len()].copy_from_slice(rem);
         let w = u64::from_be_bytes(b);
-        n = put_bits(w ^ ((w >> 1) | (carry << 63)), base, out, n);
+        n = put_bits::<K>(w ^ ((w >> 1) | (carry << 63)), base, out, n);
     }
     // Padding bits (0 by contract) can only add transitions at or past the width.
     while n > 0 && out[n - 1] >= width {
@@ -262,18 +264,43 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
     n
 }
 
-/// Writes `base + i` for every set bit `i` (from the MSB) of `x` at `out[n..]`; returns the new `n`.
-/// (Writing a fixed number of entries without branches measured slower
-/// here: most words hold no transition at all.)
+/// Writes `base + i` for every set bit `i` (from the MSB) of `x` at
+/// `out[n..]` (`K` more entries past the end may be overwritten); returns
+/// the new `n`.
+///
+/// `K == 0`: one entry per loop round. Otherwise, for CPUs with single
+/// instructions for leading zeros and population counts: a word with
+/// transitions gets `K` entries written without a branch (those past its
+/// count are overwritten later), the loop only for more than `K`. The
+/// branch per entry of the loop is mispredicted at every word's end;
+/// writing always (`K` entries even for the many words without any
+/// transition) measured slower than the one branch on zero words.
 #[inline(always)]
-fn put_bits(mut x: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
-    while x != 0 {
-        let lz = x.leading_zeros();
-        out[n] = base + lz;
-        n += 1;
-        x &= !((1u64 << 63) >> lz);
+fn put_bits<const K: usize>(mut x: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+    if K == 0 {
+        let mut n = n;
+        while x != 0 {
+            let lz = x.leading_zeros();
+            out[n] = base + lz;
+            n += 1;
+            x &= !((1u64 << 63) >> lz);
+        }
+        return n;
     }
-    n
+    if x == 0 {
+        return n;
+    }
+    let count = x.count_ones() as usize;
+    for e in &mut out[n..n + K] {
+        let lz = x.leading_zeros();
+        *e = base + lz;
+        // For x == 0 (lz == 64) this clears bit 63 of 0.
+        x &= !((1u64 << 63).wrapping_shr(lz));
+    }
+    if count > K {
+        put_bits::<0>(x, base, out, n + K);
+    }
+    n + count
 }
 
 /// Renders a transition list (sentinels allowed at the end) into a packed row.
@@ -824,7 +851,7 @@ mod x86 {
     /// The CPU must support BMI1, BMI2, LZCNT and POPCNT ([`available`]).
     #[target_feature(enable = "bmi1,bmi2,lzcnt,popcnt")]
     pub(super) unsafe fn extract(t: &mut Transitions, packed: &[u8], width: u32, height: u32) {
-        t.extract_any(packed, width, height)
+        t.extract_any::<5>(packed, width, height)
     }
 
     /// [`BilevelEncoder::encode`].
@@ -922,7 +949,7 @@ mod x86_tests {
             let (mut prev_a, mut prev_b) = (Transitions::default(), Transitions::default());
             let (mut cur_a, mut cur_b) = (Transitions::default(), Transitions::default());
             for (i, (bits, w, h)) in s.iter().enumerate() {
-                cur_a.extract_any(bits, *w, *h);
+                cur_a.extract_any::<0>(bits, *w, *h);
                 // SAFETY: the CPU has the features (checked above).
                 #[allow(unsafe_code)]
                 unsafe {

@@ -104,7 +104,7 @@ fn run_value(class: u32, extra: u32) -> u32 {
 
 /// Rough cost in 1/16 bit of a mode symbol, used only to choose a row's reference.
 #[inline]
-fn est_mode_cost(sym: u8) -> u32 {
+const fn est_mode_cost(sym: u8) -> u32 {
     match sym {
         s if s == VMAX as u8 => 12,
         s if s == VMAX as u8 - 1 || s == VMAX as u8 + 1 => 48,
@@ -393,15 +393,37 @@ impl<T: Copy + Default> Out<T> {
     }
 }
 
+/// [`est_mode_cost`] of every mode symbol.
+const MODE_COST: [u32; MODE_ALPHABET] = {
+    let mut t = [0; MODE_ALPHABET];
+    let mut s = 0;
+    while s < MODE_ALPHABET {
+        t[s] = est_mode_cost(s as u8);
+        s += 1;
+    }
+    t
+};
+
 /// Codes the transitions `c` of a row (with sentinels) against the
-/// reference `r`: writes mode symbols to the start of `modes` (room for
-/// `r.len() + c.len() + 2`) and run records to the start of `side` (room
-/// for `c.len()`); returns how many of each and the estimated cost when
-/// `COST` (else 0).
+/// reference `r` (with sentinels): writes mode symbols to the start of
+/// `modes` (room for `r.len() + c.len() + 2`) and run records to the start
+/// of `side` (room for `c.len()`); returns how many of each and the
+/// estimated cost when `COST` (else 0).
 ///
 /// The rules (docs/CODEC.md 1.6, from the encoder's side), with `a1` the
 /// next transition to code, `b1 = R[k]`, `b2 = R[k + 1]`: pass when
-/// `b2 < a1`; vertical when `|a1 - b1| <= 7`; horizontal otherwise.
+/// `b2 < a1`; vertical when `|a1 - b1| <= 7`; horizontal otherwise. The
+/// reference index follows [`after_vertical`] and [`resync`].
+///
+/// The lists are indexed directly (no [`at`]): with `R` of `m` transitions
+/// and its sentinels at `m..m + 3`, `k <= m + 1` at the top of the loop.
+/// A pass needs `R[k + 1] < a1 <= width`, so moves to `k + 2 <= m`; a
+/// vertical mode with `R[k]` a sentinel and `k > m` always steps back
+/// (`R[k - 1]` is a sentinel too, past `a1`), else moves to the first entry
+/// past `a1 < width` on its side, at most `m + 1`; after a horizontal mode
+/// the resync stops at `k` or at the first entry past `a0 < width` of its
+/// parity, at most `m + 1`. And `c[n]`, `c[n + 1]` stay within the list
+/// and its sentinels as `n` only passes transitions below the width.
 #[inline(always)]
 fn code_row<const COST: bool>(
     r: &[u32],
@@ -415,39 +437,50 @@ fn code_row<const COST: bool>(
     let mut k = 0usize;
     let mut n = 0usize;
     let mut cost = 0u32;
-    // Every symbol consumes a transition of `c`, passes one of `r` or ends the row.
     let (mut nm, mut ns) = (0usize, 0usize);
+    let mut a1 = c[0] as i32;
     loop {
-        let a1 = at(c, n, width);
-        let b2 = at(r, k + 1, width);
+        let b2 = r[k + 1] as i32;
         if b2 < a1 {
             modes[nm] = SYM_PASS;
             nm += 1;
             if COST {
-                cost += est_mode_cost(SYM_PASS);
+                cost += MODE_COST[SYM_PASS as usize];
             }
             a0 = a0.max(b2);
             k += 2;
             continue;
         }
-        let d = a1 - at(r, k, width);
-        if (-VMAX..=VMAX).contains(&d) {
+        let d = a1 - r[k] as i32;
+        if (d + VMAX) as u32 <= 2 * VMAX as u32 {
             let s = (d + VMAX) as u8;
             modes[nm] = s;
             nm += 1;
             if COST {
-                cost += est_mode_cost(s);
+                cost += MODE_COST[s as usize];
             }
             if a1 >= w {
                 return (nm, ns, cost);
             }
             a0 = a1;
             n += 1;
-            k = after_vertical(r, k, a0, width);
+            // `after_vertical`, knowing `R[k + 1] = b2 >= a1`.
+            if k > 0 && r[k - 1] as i32 > a1 {
+                k -= 1;
+            } else {
+                k += 1;
+                if b2 <= a1 {
+                    k += 2;
+                    while r[k] as i32 <= a1 {
+                        k += 2;
+                    }
+                }
+            }
+            a1 = c[n] as i32;
         } else {
             modes[nm] = SYM_HORIZ;
             nm += 1;
-            let a2 = at(c, n + 1, width);
+            let a2 = c[n + 1] as i32;
             let r1 = (a1 - a0.max(0)) as u32;
             let r2 = (a2 - a1) as u32;
             let colour = n & 1;
@@ -465,6 +498,7 @@ fn code_row<const COST: bool>(
             a0 = a2;
             n += 2;
             k = resync(r, k, a0, n, width);
+            a1 = c[n] as i32;
         }
     }
 }
@@ -960,8 +994,9 @@ mod x86_tests {
                 }
                 // Each frame as a key frame, then as a delta frame of the one before.
                 for delta in [false, true] {
-                    let pa = (delta && i > 0).then_some((&prev_a, i as u64 - 1));
-                    let pb = (delta && i > 0).then_some((&prev_b, i as u64 - 1));
+                    let seq = (i as u64).wrapping_sub(1);
+                    let pa = (delta && i > 0).then_some((&prev_a, seq));
+                    let pb = (delta && i > 0).then_some((&prev_b, seq));
                     let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
                     let da = enc_a.encode_any(&cur_a, pa, &mut out_a);
                     // SAFETY: as above.

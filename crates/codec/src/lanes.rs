@@ -98,8 +98,9 @@ fn finish<const N: usize>(x: [u32; N], buf: &mut [u8], mut p: usize) -> usize {
 }
 
 /// The sixteen-lane encoder with AVX2: eight lanes per vector, the coder
-/// entries gathered, the renormalisation words of a group written with one
-/// store per vector. Same arithmetic and same bytes as [`encode_n`].
+/// entries looked up for a block of symbols ahead (faster than gathering
+/// them here), the renormalisation words of a group written with one store
+/// per vector. Same arithmetic and same bytes as [`encode_n`].
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86_enc {
@@ -148,10 +149,8 @@ mod x86_enc {
             packed[s] = freq | bias << 10 | shift << 20;
         }
         // SAFETY (all intrinsics below): the CPU has AVX2; loads and stores
-        // go through slices of the right length (bounds-checked), gathers
-        // index the 64-entry tables with indices masked to 0..64.
+        // go through slices of the right length (bounds-checked).
         unsafe {
-            let m63 = _mm256_set1_epi32(63);
             let m10 = _mm256_set1_epi32(0x3FF);
             let scale = _mm256_set1_epi32(512);
             // The low 16 bits of each 32-bit element to the low 8 bytes of each 128-bit half.
@@ -159,45 +158,56 @@ mod x86_enc {
                 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13,
                 -1, -1, -1, -1, -1, -1, -1, -1,
             );
-            let rcp = rcp.as_ptr() as *const i32;
-            let packed = packed.as_ptr() as *const i32;
             // One symbol on each of eight lanes: the words of the lanes that
             // renormalise go just below `p` (lane order upwards), then the state update.
-            let step = |x: __m256i, idx: __m256i, buf: &mut [u8], p: &mut usize| -> __m256i {
-                let r = _mm256_i32gather_epi32::<4>(rcp, idx);
-                let k = _mm256_i32gather_epi32::<4>(packed, idx);
-                let freq = _mm256_and_si256(k, m10);
-                // x >= x_max (unsigned: x_max is 2^31 for a lone symbol).
-                let x_max = _mm256_slli_epi32::<22>(freq);
-                let need = _mm256_cmpeq_epi32(_mm256_max_epu32(x, x_max), x);
-                let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
-                let perm = _mm256_loadu_si256(COMPRESS[m].as_ptr() as *const __m256i);
-                let w = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(x, perm), pick);
-                let w = _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(w));
-                let dst: &mut [u8] = &mut buf[*p - 16..*p];
-                _mm_storeu_si128(dst.as_mut_ptr() as *mut __m128i, w);
-                *p -= 2 * m.count_ones() as usize;
-                let x = _mm256_blendv_epi8(x, _mm256_srli_epi32::<16>(x), need);
-                // q = (x * rcp) >> 32 >> shift, even and odd elements apart.
-                let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(x, r));
-                let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(r));
-                let q = _mm256_blend_epi32::<0b1010_1010>(even, odd);
-                let q = _mm256_srlv_epi32(q, _mm256_srli_epi32::<20>(k));
-                let bias = _mm256_and_si256(_mm256_srli_epi32::<10>(k), m10);
-                let cmpl = _mm256_sub_epi32(scale, freq);
-                _mm256_add_epi32(_mm256_add_epi32(x, bias), _mm256_mullo_epi32(q, cmpl))
-            };
+            let step =
+                |x: __m256i, r: __m256i, k: __m256i, buf: &mut [u8], p: &mut usize| -> __m256i {
+                    let freq = _mm256_and_si256(k, m10);
+                    // x >= x_max (unsigned: x_max is 2^31 for a lone symbol).
+                    let x_max = _mm256_slli_epi32::<22>(freq);
+                    let need = _mm256_cmpeq_epi32(_mm256_max_epu32(x, x_max), x);
+                    let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+                    let perm = _mm256_loadu_si256(COMPRESS[m].as_ptr() as *const __m256i);
+                    let w = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(x, perm), pick);
+                    let w = _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(w));
+                    let dst: &mut [u8] = &mut buf[*p - 16..*p];
+                    _mm_storeu_si128(dst.as_mut_ptr() as *mut __m128i, w);
+                    *p -= 2 * m.count_ones() as usize;
+                    let x = _mm256_blendv_epi8(x, _mm256_srli_epi32::<16>(x), need);
+                    // q = (x * rcp) >> 32 >> shift, even and odd elements apart.
+                    let even = _mm256_srli_epi64::<32>(_mm256_mul_epu32(x, r));
+                    let odd =
+                        _mm256_mul_epu32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(r));
+                    let q = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+                    let q = _mm256_srlv_epi32(q, _mm256_srli_epi32::<20>(k));
+                    let bias = _mm256_and_si256(_mm256_srli_epi32::<10>(k), m10);
+                    let cmpl = _mm256_sub_epi32(scale, freq);
+                    _mm256_add_epi32(_mm256_add_epi32(x, bias), _mm256_mullo_epi32(q, cmpl))
+                };
             let mut xa = _mm256_loadu_si256(x.as_ptr() as *const __m256i);
             let mut xb = _mm256_loadu_si256(x[8..].as_ptr() as *const __m256i);
+            // The entries of the symbols of up to `BLK / LANES` groups, in symbol order.
+            const BLK: usize = 256;
+            let mut er = [0u32; BLK];
+            let mut ek = [0u32; BLK];
             while i >= LANES {
-                let g: &[u8] = &syms[i - LANES..i];
-                let g = _mm_loadu_si128(g.as_ptr() as *const __m128i);
-                let ia = _mm256_and_si256(_mm256_cvtepu8_epi32(g), m63);
-                let ib = _mm256_and_si256(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(g)), m63);
-                // Lanes 15 to 8 first (their words end up above those of lanes 7 to 0).
-                xb = step(xb, ib, buf, &mut p);
-                xa = step(xa, ia, buf, &mut p);
-                i -= LANES;
+                let lo = i - (i / LANES).min(BLK / LANES) * LANES;
+                for ((s, r), k) in syms[lo..i].iter().zip(&mut er).zip(&mut ek) {
+                    *r = rcp[*s as usize & 63];
+                    *k = packed[*s as usize & 63];
+                }
+                let mut j = i - lo;
+                while j >= LANES {
+                    let ra = _mm256_loadu_si256(er[j - 16..j - 8].as_ptr() as *const __m256i);
+                    let rb = _mm256_loadu_si256(er[j - 8..j].as_ptr() as *const __m256i);
+                    let ka = _mm256_loadu_si256(ek[j - 16..j - 8].as_ptr() as *const __m256i);
+                    let kb = _mm256_loadu_si256(ek[j - 8..j].as_ptr() as *const __m256i);
+                    // Lanes 15 to 8 first (their words end up above those of lanes 7 to 0).
+                    xb = step(xb, rb, kb, buf, &mut p);
+                    xa = step(xa, ra, ka, buf, &mut p);
+                    j -= LANES;
+                }
+                i = lo;
             }
             _mm256_storeu_si256(x.as_mut_ptr() as *mut __m256i, xa);
             _mm256_storeu_si256(x[8..].as_mut_ptr() as *mut __m256i, xb);

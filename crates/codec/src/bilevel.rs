@@ -104,7 +104,7 @@ fn run_value(class: u32, extra: u32) -> u32 {
 
 /// Rough cost in 1/16 bit of a mode symbol, used only to choose a row's reference.
 #[inline]
-fn est_mode_cost(sym: u8) -> u32 {
+const fn est_mode_cost(sym: u8) -> u32 {
     match sym {
         s if s == VMAX as u8 => 12,
         s if s == VMAX as u8 - 1 || s == VMAX as u8 + 1 => 48,
@@ -144,6 +144,22 @@ impl Transitions {
 
     /// Extracts the transitions of every row of a packed frame.
     pub(crate) fn extract(&mut self, packed: &[u8], width: u32, height: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            // SAFETY: the CPU has the features `x86::extract` is compiled for (checked just now).
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::extract(self, packed, width, height)
+            };
+            return;
+        }
+        self.extract_any::<0>(packed, width, height);
+    }
+
+    /// [`Transitions::extract`] for any CPU (inlined into each variant),
+    /// with [`put_bits`] for `K`.
+    #[inline(always)]
+    fn extract_any<const K: usize>(&mut self, packed: &[u8], width: u32, height: u32) {
         let stride = (width as usize).div_ceil(8);
         self.off.clear();
         self.off.push(0);
@@ -158,7 +174,7 @@ impl Transitions {
                 self.tr.resize(need.max(self.tr.len() * 2), 0);
             }
             let out = &mut self.tr[start..];
-            let n = row_transitions_into(row, width, out);
+            let n = row_transitions_into::<K>(row, width, out);
             out[n..n + SENTINELS].fill(width);
             start += n + SENTINELS;
             self.off.push(start);
@@ -212,14 +228,15 @@ fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>
 #[cfg(test)]
 pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
     let mut buf = vec![0u32; row.len() * 8 + 64];
-    let n = row_transitions_into(row, width, &mut buf);
+    let n = row_transitions_into::<0>(row, width, &mut buf);
     out.extend_from_slice(&buf[..n]);
 }
 
 /// Writes the transitions of one packed row (positions `< width`) to the
 /// start of `out` (at least `8 * row.len() + 64` entries); returns how many.
-#[inline]
-fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
+/// `K` as for [`put_bits`].
+#[inline(always)]
+fn row_transitions_into<const K: usize>(row: &[u8], width: u32, out: &mut [u32]) -> usize {
     let mut n = 0usize;
     let mut carry = 0u64;
     let mut base = 0u32;
@@ -230,7 +247,7 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
         let w = u64::from_be_bytes(b);
         let x = w ^ ((w >> 1) | (carry << 63));
         carry = w & 1;
-        n = put_bits(x, base, out, n);
+        n = put_bits::<K>(x, base, out, n);
         base += 64;
     }
     let rem = chunks.remainder();
@@ -238,7 +255,7 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
         let mut b = [0u8; 8];
         b[..rem.len()].copy_from_slice(rem);
         let w = u64::from_be_bytes(b);
-        n = put_bits(w ^ ((w >> 1) | (carry << 63)), base, out, n);
+        n = put_bits::<K>(w ^ ((w >> 1) | (carry << 63)), base, out, n);
     }
     // Padding bits (0 by contract) can only add transitions at or past the width.
     while n > 0 && out[n - 1] >= width {
@@ -247,18 +264,43 @@ fn row_transitions_into(row: &[u8], width: u32, out: &mut [u32]) -> usize {
     n
 }
 
-/// Writes `base + i` for every set bit `i` (from the MSB) of `x` at `out[n..]`; returns the new `n`.
-/// (Writing a fixed number of entries without branches measured slower
-/// here: most words hold no transition at all.)
+/// Writes `base + i` for every set bit `i` (from the MSB) of `x` at
+/// `out[n..]` (`K` more entries past the end may be overwritten); returns
+/// the new `n`.
+///
+/// `K == 0`: one entry per loop round. Otherwise, for CPUs with single
+/// instructions for leading zeros and population counts: a word with
+/// transitions gets `K` entries written without a branch (those past its
+/// count are overwritten later), the loop only for more than `K`. The
+/// branch per entry of the loop is mispredicted at every word's end;
+/// writing always (`K` entries even for the many words without any
+/// transition) measured slower than the one branch on zero words.
 #[inline(always)]
-fn put_bits(mut x: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
-    while x != 0 {
-        let lz = x.leading_zeros();
-        out[n] = base + lz;
-        n += 1;
-        x &= !((1u64 << 63) >> lz);
+fn put_bits<const K: usize>(mut x: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+    if K == 0 {
+        let mut n = n;
+        while x != 0 {
+            let lz = x.leading_zeros();
+            out[n] = base + lz;
+            n += 1;
+            x &= !((1u64 << 63) >> lz);
+        }
+        return n;
     }
-    n
+    if x == 0 {
+        return n;
+    }
+    let count = x.count_ones() as usize;
+    for e in &mut out[n..n + K] {
+        let lz = x.leading_zeros();
+        *e = base + lz;
+        // For x == 0 (lz == 64) this clears bit 63 of 0.
+        x &= !((1u64 << 63).wrapping_shr(lz));
+    }
+    if count > K {
+        put_bits::<0>(x, base, out, n + K);
+    }
+    n + count
 }
 
 /// Renders a transition list (sentinels allowed at the end) into a packed row.
@@ -324,86 +366,142 @@ fn at(r: &[u32], k: usize, width: u32) -> i32 {
     r.get(k).copied().unwrap_or(width) as i32
 }
 
-/// The coded form of one row: its mode symbols and its side records (run classes).
+/// An output buffer written by index: `buf[..len]` is the content, and
+/// `buf` keeps its largest length across frames (no per-element length
+/// update, no zeroing once warm).
 #[derive(Debug, Default)]
-struct RowCode {
-    modes: Vec<u8>,
-    side: Vec<u32>,
+struct Out<T> {
+    buf: Vec<T>,
+    len: usize,
 }
 
-impl RowCode {
+impl<T: Copy + Default> Out<T> {
     fn clear(&mut self) {
-        self.modes.clear();
-        self.side.clear();
+        self.len = 0;
+    }
+
+    /// The free space past the content, at least `extra` entries.
+    #[inline]
+    fn room(&mut self, extra: usize) -> &mut [T] {
+        let need = self.len + extra;
+        if self.buf.len() < need {
+            self.buf.resize(need.max(2 * self.buf.len()), T::default());
+        }
+        &mut self.buf[self.len..]
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[T] {
+        &self.buf[..self.len]
     }
 }
 
+/// [`est_mode_cost`] of every mode symbol.
+const MODE_COST: [u32; MODE_ALPHABET] = {
+    let mut t = [0; MODE_ALPHABET];
+    let mut s = 0;
+    while s < MODE_ALPHABET {
+        t[s] = est_mode_cost(s as u8);
+        s += 1;
+    }
+    t
+};
+
 /// Codes the transitions `c` of a row (with sentinels) against the
-/// reference `r`: appends mode symbols to `modes` and run records to
-/// `side`; returns the estimated cost when `COST` (else 0).
+/// reference `r` (with sentinels): writes mode symbols to the start of
+/// `modes` (room for `r.len() + c.len() + 2`) and run records to the start
+/// of `side` (room for `c.len()`); returns how many of each and the
+/// estimated cost when `COST` (else 0).
 ///
 /// The rules (docs/CODEC.md 1.6, from the encoder's side), with `a1` the
 /// next transition to code, `b1 = R[k]`, `b2 = R[k + 1]`: pass when
-/// `b2 < a1`; vertical when `|a1 - b1| <= 7`; horizontal otherwise.
-#[inline]
+/// `b2 < a1`; vertical when `|a1 - b1| <= 7`; horizontal otherwise. The
+/// reference index follows [`after_vertical`] and [`resync`].
+///
+/// The lists are indexed directly (no [`at`]): with `R` of `m` transitions
+/// and its sentinels at `m..m + 3`, `k <= m + 1` at the top of the loop.
+/// A pass needs `R[k + 1] < a1 <= width`, so moves to `k + 2 <= m`; a
+/// vertical mode with `R[k]` a sentinel and `k > m` always steps back
+/// (`R[k - 1]` is a sentinel too, past `a1`), else moves to the first entry
+/// past `a1 < width` on its side, at most `m + 1`; after a horizontal mode
+/// the resync stops at `k` or at the first entry past `a0 < width` of its
+/// parity, at most `m + 1`. And `c[n]`, `c[n + 1]` stay within the list
+/// and its sentinels as `n` only passes transitions below the width.
+#[inline(always)]
 fn code_row<const COST: bool>(
     r: &[u32],
     c: &[u32],
     width: u32,
-    modes: &mut Vec<u8>,
-    side: &mut Vec<u32>,
-) -> u32 {
+    modes: &mut [u8],
+    side: &mut [u32],
+) -> (usize, usize, u32) {
     let w = width as i32;
     let mut a0: i32 = -1;
     let mut k = 0usize;
     let mut n = 0usize;
     let mut cost = 0u32;
-    // Every symbol consumes a transition of `c` or two of `r` (or ends the row).
-    modes.reserve(r.len() + c.len() + 2);
+    let (mut nm, mut ns) = (0usize, 0usize);
+    let mut a1 = c[0] as i32;
     loop {
-        let a1 = at(c, n, width);
-        let b2 = at(r, k + 1, width);
+        let b2 = r[k + 1] as i32;
         if b2 < a1 {
-            modes.push(SYM_PASS);
+            modes[nm] = SYM_PASS;
+            nm += 1;
             if COST {
-                cost += est_mode_cost(SYM_PASS);
+                cost += MODE_COST[SYM_PASS as usize];
             }
             a0 = a0.max(b2);
             k += 2;
             continue;
         }
-        let d = a1 - at(r, k, width);
-        if (-VMAX..=VMAX).contains(&d) {
+        let d = a1 - r[k] as i32;
+        if (d + VMAX) as u32 <= 2 * VMAX as u32 {
             let s = (d + VMAX) as u8;
-            modes.push(s);
+            modes[nm] = s;
+            nm += 1;
             if COST {
-                cost += est_mode_cost(s);
+                cost += MODE_COST[s as usize];
             }
             if a1 >= w {
-                return cost;
+                return (nm, ns, cost);
             }
             a0 = a1;
             n += 1;
-            k = after_vertical(r, k, a0, width);
+            // `after_vertical`, knowing `R[k + 1] = b2 >= a1`.
+            if k > 0 && r[k - 1] as i32 > a1 {
+                k -= 1;
+            } else {
+                k += 1;
+                if b2 <= a1 {
+                    k += 2;
+                    while r[k] as i32 <= a1 {
+                        k += 2;
+                    }
+                }
+            }
+            a1 = c[n] as i32;
         } else {
-            modes.push(SYM_HORIZ);
-            let a2 = at(c, n + 1, width);
+            modes[nm] = SYM_HORIZ;
+            nm += 1;
+            let a2 = c[n + 1] as i32;
             let r1 = (a1 - a0.max(0)) as u32;
             let r2 = (a2 - a1) as u32;
             let colour = n & 1;
             let (c1, _, e1) = run_class(r1);
             let (c2, _, e2) = run_class(r2);
-            side.push(rec(M_RUN + colour, c1, e1));
-            side.push(rec(M_RUN + (colour ^ 1), c2, e2));
+            side[ns] = rec(M_RUN + colour, c1, e1);
+            side[ns + 1] = rec(M_RUN + (colour ^ 1), c2, e2);
+            ns += 2;
             if COST {
                 cost += est_mode_cost(SYM_HORIZ) + est_run_cost(r1) + est_run_cost(r2);
             }
             if a2 >= w {
-                return cost;
+                return (nm, ns, cost);
             }
             a0 = a2;
             n += 2;
             k = resync(r, k, a0, n, width);
+            a1 = c[n] as i32;
         }
     }
 }
@@ -455,14 +553,16 @@ impl Default for Tally {
 #[derive(Debug, Default)]
 pub(crate) struct BilevelEncoder {
     /// Row modes and run classes of the frame, in decoding order.
-    side: Vec<u32>,
-    /// Mode symbols of spatial rows, then (after `n_spatial`) of temporal
-    /// rows offset by [`T_OFFSET`]; filled in two vectors, joined for coding.
-    modes_s: Vec<u8>,
-    modes_t: Vec<u8>,
-    row_s: RowCode,
-    row_t: RowCode,
-    scratch: RowCode,
+    side: Out<u32>,
+    /// Mode symbols of spatial rows, then (for coding) those of temporal
+    /// rows offset by [`T_OFFSET`]; filled in two buffers, joined for coding.
+    modes_s: Out<u8>,
+    modes_t: Out<u8>,
+    /// Run records of a row coded against the previous frame (until chosen).
+    side_t: Vec<u32>,
+    /// Output of the rows coded only for their cost (motion search).
+    scratch_modes: Vec<u8>,
+    scratch_side: Vec<u32>,
     rans: Vec<u8>,
     /// rANS coder entries of the side models, by `model << 6 | symbol`.
     syms: Vec<EncSym>,
@@ -477,6 +577,23 @@ impl BilevelEncoder {
     /// Appends the payload of `cur` to `out`, as a delta frame against
     /// `(prev, prev_seq)` when given; returns whether it is a delta frame.
     pub(crate) fn encode(
+        &mut self,
+        cur: &Transitions,
+        prev: Option<(&Transitions, u64)>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            // SAFETY: the CPU has the features `x86::encode` is compiled for (checked just now).
+            #[allow(unsafe_code)]
+            return unsafe { x86::encode(self, cur, prev, out) };
+        }
+        self.encode_any(cur, prev, out)
+    }
+
+    /// [`BilevelEncoder::encode`] for any CPU (inlined into each variant).
+    #[inline(always)]
+    fn encode_any(
         &mut self,
         cur: &Transitions,
         prev: Option<(&Transitions, u64)>,
@@ -515,7 +632,7 @@ impl BilevelEncoder {
         let t = &mut self.tally;
         t.counts = [[0; MAX_ALPHABET]; MODEL_SLOTS];
         t.bits.clear();
-        for &r in &self.side {
+        for &r in self.side.as_slice() {
             let model = (r >> 28) as usize;
             let sym = (r >> 22) & 63;
             t.counts[model % MODEL_SLOTS][sym as usize] += 1;
@@ -524,8 +641,8 @@ impl BilevelEncoder {
             t.bits.put(r & 0x3F_FFFF, nb);
         }
         t.bits.finish();
-        histogram(&self.modes_s, &mut t.counts[M_MODE_S]);
-        histogram(&self.modes_t, &mut t.counts[M_MODE_T]);
+        histogram(self.modes_s.as_slice(), &mut t.counts[M_MODE_S]);
+        histogram(self.modes_t.as_slice(), &mut t.counts[M_MODE_T]);
         // Models, and the coder entries for both streams.
         self.syms
             .resize(MODEL_SLOTS * MAX_ALPHABET, EncSym::default());
@@ -548,30 +665,34 @@ impl BilevelEncoder {
                 }
             }
         }
-        put_varint(out, self.modes_s.len() as u64);
-        put_varint(out, self.modes_t.len() as u64);
+        put_varint(out, self.modes_s.len as u64);
+        put_varint(out, self.modes_t.len as u64);
         // Side stream (two lanes, contexts), backwards from the end of the buffer.
-        let len = 2 * self.side.len() + 16;
+        let len = 2 * self.side.len + 16;
         if self.rans.len() < len {
             self.rans.resize(len, 0);
         }
         let syms = &self.syms[..MODEL_SLOTS * MAX_ALPHABET];
-        let start = encode_lanes(&self.side, &mut self.rans[..len], |r| {
+        let start = encode_lanes(self.side.as_slice(), &mut self.rans[..len], |r| {
             &syms[(r >> 22) as usize % (MODEL_SLOTS * MAX_ALPHABET)]
         });
         put_varint(out, (len - start) as u64);
         out.extend_from_slice(&self.rans[start..len]);
         // Mode stream (four lanes, no contexts): spatial rows' symbols, then
         // temporal rows' (offset into the second half of the coder table).
-        for s in &mut self.modes_t {
-            *s += T_OFFSET;
+        let nt = self.modes_t.len;
+        for (d, &s) in self.modes_s.room(nt)[..nt]
+            .iter_mut()
+            .zip(self.modes_t.as_slice())
+        {
+            *d = s + T_OFFSET;
         }
-        self.modes_s.extend_from_slice(&self.modes_t);
-        let len = 2 * self.modes_s.len() + 4 * lanes::LANES;
+        self.modes_s.len += nt;
+        let len = 2 * self.modes_s.len + 4 * lanes::LANES;
         if self.rans.len() < len {
             self.rans.resize(len, 0);
         }
-        let start = lanes::encode(&self.modes_s, &mode_syms, &mut self.rans[..len]);
+        let start = lanes::encode(self.modes_s.as_slice(), &mode_syms, &mut self.rans[..len]);
         put_varint(out, (len - start) as u64);
         out.extend_from_slice(&self.rans[start..len]);
         out.extend_from_slice(&self.tally.bits.buf);
@@ -579,10 +700,12 @@ impl BilevelEncoder {
     }
 
     /// Codes every row against the row above.
+    #[inline(always)]
     fn code_key(&mut self, cur: &Transitions) {
         self.side.clear();
         self.modes_s.clear();
         self.modes_t.clear();
+        let w = cur.width;
         let mut row_ctx = 0usize;
         for y in 0..cur.height as usize {
             let c = cur.row(y);
@@ -592,17 +715,24 @@ impl BilevelEncoder {
             } else {
                 ROW_SPATIAL
             };
-            self.side.push(rec(M_ROW + row_ctx, mode, 0));
-            row_ctx = mode as usize;
+            let side = self.side.room(c.len() + 1);
+            side[0] = rec(M_ROW + row_ctx, mode, 0);
+            let mut ns = 1;
             if mode == ROW_SPATIAL {
-                code_row::<false>(above, c, cur.width, &mut self.modes_s, &mut self.side);
+                let modes = self.modes_s.room(c.len() + above.len() + 2);
+                let (nm, nr, _) = code_row::<false>(above, c, w, modes, &mut side[1..]);
+                self.modes_s.len += nm;
+                ns += nr;
             }
+            self.side.len += ns;
+            row_ctx = mode as usize;
         }
     }
 
     /// Codes every row against the better of the row above and the moved
     /// previous frame; false (nothing usable) when the estimate is not at
     /// least 3% below coding every row against the row above.
+    #[inline(always)]
     fn code_delta(&mut self, cur: &Transitions, p: &Transitions, dx: i32, dy: i32) -> bool {
         self.side.clear();
         self.modes_s.clear();
@@ -616,13 +746,16 @@ impl BilevelEncoder {
             let above: &[u32] = if y == 0 { &self.empty } else { cur.row(y - 1) };
             motion_ref(p, y, dx, dy, &mut self.tref);
             let pr = &self.tref[..];
-            self.row_s.clear();
-            let cs = if c == above {
-                0
+            // The row against the row above, in place (kept if chosen).
+            let side = self.side.room(c.len() + 1);
+            let (ms, ss, cs) = if c == above {
+                (0, 0, 0)
             } else {
-                code_row::<true>(above, c, w, &mut self.row_s.modes, &mut self.row_s.side)
+                let modes = self.modes_s.room(c.len() + above.len() + 2);
+                code_row::<true>(above, c, w, modes, &mut side[1..])
             };
             est_spatial += cs as u64 + 4;
+            let (mut mt, mut st) = (0, 0);
             let mode = if c == pr {
                 est_chosen += 1;
                 ROW_COPY_PREV
@@ -630,8 +763,12 @@ impl BilevelEncoder {
                 est_chosen += 4;
                 ROW_COPY_ABOVE
             } else {
-                self.row_t.clear();
-                let ct = code_row::<true>(pr, c, w, &mut self.row_t.modes, &mut self.row_t.side);
+                if self.side_t.len() < c.len() {
+                    self.side_t.resize(c.len(), 0);
+                }
+                let modes = self.modes_t.room(c.len() + pr.len() + 2);
+                let ct;
+                (mt, st, ct) = code_row::<true>(pr, c, w, modes, &mut self.side_t);
                 est_chosen += ct.min(cs) as u64 + 4;
                 if ct < cs {
                     ROW_TEMPORAL
@@ -639,18 +776,19 @@ impl BilevelEncoder {
                     ROW_SPATIAL
                 }
             };
-            self.side.push(rec(M_ROW + row_ctx, mode, 0));
+            side[0] = rec(M_ROW + row_ctx, mode, 0);
             row_ctx = mode as usize;
             match mode {
                 ROW_SPATIAL => {
-                    self.modes_s.extend_from_slice(&self.row_s.modes);
-                    self.side.extend_from_slice(&self.row_s.side);
+                    self.modes_s.len += ms;
+                    self.side.len += 1 + ss;
                 }
                 ROW_TEMPORAL => {
-                    self.modes_t.extend_from_slice(&self.row_t.modes);
-                    self.side.extend_from_slice(&self.row_t.side);
+                    side[1..1 + st].copy_from_slice(&self.side_t[..st]);
+                    self.modes_t.len += mt;
+                    self.side.len += 1 + st;
                 }
-                _ => {}
+                _ => self.side.len += 1,
             }
         }
         est_chosen * 100 <= est_spatial * 97
@@ -659,6 +797,7 @@ impl BilevelEncoder {
     /// Global motion `(dx, dy)` of `cur` relative to `prev`: a greedy step
     /// from the last frame's motion, judged by the estimated cost of coding
     /// every 32nd row against the moved reference.
+    #[inline(always)]
     fn search_motion(&mut self, cur: &Transitions, prev: &Transitions) -> (i32, i32) {
         let h = cur.height as usize;
         let step = if h >= 128 { 32 } else { (h / 4).max(1) };
@@ -667,14 +806,22 @@ impl BilevelEncoder {
             let mut y = step / 2;
             while y < h {
                 motion_ref(prev, y, dx, dy, &mut this.tref);
-                this.scratch.clear();
-                total += code_row::<true>(
+                let c = cur.row(y);
+                let nm = this.tref.len() + c.len() + 2;
+                if this.scratch_modes.len() < nm {
+                    this.scratch_modes.resize(nm, 0);
+                }
+                if this.scratch_side.len() < c.len() {
+                    this.scratch_side.resize(c.len(), 0);
+                }
+                let (_, _, cost) = code_row::<true>(
                     &this.tref,
-                    cur.row(y),
+                    c,
                     cur.width,
-                    &mut this.scratch.modes,
-                    &mut this.scratch.side,
-                ) as u64;
+                    &mut this.scratch_modes,
+                    &mut this.scratch_side,
+                );
+                total += cost as u64;
                 y += step;
             }
             total
@@ -714,6 +861,156 @@ impl BilevelEncoder {
             }
         }
         (bx, by)
+    }
+}
+
+/// The encoder compiled a second time for the x86-64 CPUs with BMI1, BMI2,
+/// LZCNT and POPCNT (every x86-64-v3 CPU), chosen at run time: single
+/// instructions for the bit scans and counts of the transition extraction,
+/// the run classes and the coders. Same code, same output.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use super::{BilevelEncoder, Transitions};
+
+    /// Whether the CPU has the features of this module's functions.
+    #[inline]
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("bmi1")
+            && std::is_x86_feature_detected!("bmi2")
+            && std::is_x86_feature_detected!("lzcnt")
+            && std::is_x86_feature_detected!("popcnt")
+    }
+
+    /// [`Transitions::extract`].
+    ///
+    /// # Safety
+    /// The CPU must support BMI1, BMI2, LZCNT and POPCNT ([`available`]).
+    #[target_feature(enable = "bmi1,bmi2,lzcnt,popcnt")]
+    pub(super) unsafe fn extract(t: &mut Transitions, packed: &[u8], width: u32, height: u32) {
+        t.extract_any::<5>(packed, width, height)
+    }
+
+    /// [`BilevelEncoder::encode`].
+    ///
+    /// # Safety
+    /// The CPU must support BMI1, BMI2, LZCNT and POPCNT ([`available`]).
+    #[target_feature(enable = "bmi1,bmi2,lzcnt,popcnt")]
+    pub(super) unsafe fn encode(
+        e: &mut BilevelEncoder,
+        cur: &Transitions,
+        prev: Option<(&Transitions, u64)>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        e.encode_any(cur, prev, out)
+    }
+}
+
+/// The x86 variants against the portable code: same transitions, same payloads.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod x86_tests {
+    use super::{x86, BilevelEncoder, Transitions};
+
+    /// The masks of a corpus directory (`corpus.tsv`: file, width, height,
+    /// group), as streams: stills alone, each sequence group in order.
+    fn streams(dir: &std::path::Path) -> Vec<Vec<(Vec<u8>, u32, u32)>> {
+        let Ok(manifest) = std::fs::read_to_string(dir.join("corpus.tsv")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Vec<(Vec<u8>, u32, u32)>> = Vec::new();
+        let mut last = String::new();
+        for line in manifest.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let bits = std::fs::read(dir.join(f[0])).unwrap();
+            let m = (bits, f[1].parse().unwrap(), f[2].parse().unwrap());
+            if f[3] == last && !matches!(f[3], "otsu" | "blue170") {
+                out.last_mut().unwrap().push(m);
+            } else {
+                out.push(vec![m]);
+            }
+            last = f[3].to_owned();
+        }
+        out
+    }
+
+    /// `m` cropped (or extended with 0) to `w x h` from `(x0, y0)`.
+    fn crop(m: &(Vec<u8>, u32, u32), x0: u32, y0: u32, w: u32, h: u32) -> (Vec<u8>, u32, u32) {
+        let (s0, s) = ((m.1 as usize).div_ceil(8), (w as usize).div_ceil(8));
+        let mut out = vec![0u8; s * h as usize];
+        for y in 0..h {
+            for x in 0..w {
+                let (sx, sy) = (x0 + x, y0 + y);
+                if sx < m.1
+                    && sy < m.2
+                    && m.0[sy as usize * s0 + sx as usize / 8] << (sx % 8) & 0x80 != 0
+                {
+                    out[y as usize * s + x as usize / 8] |= 0x80 >> (x % 8);
+                }
+            }
+        }
+        (out, w, h)
+    }
+
+    #[test]
+    fn x86_variants_match_portable() {
+        if !x86::available() {
+            eprintln!("skipped: the CPU lacks the x86 variants' features");
+            return;
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut all = streams(&root.join("tests/vectors"));
+        all.extend(streams(&root.join("../../target/codec-corpus")));
+        // Odd sizes (partial words, partial bytes) from the same content.
+        let sizes = [
+            (1, 1),
+            (7, 3),
+            (63, 5),
+            (65, 17),
+            (333, 101),
+            (1023, 767),
+            (2049, 50),
+        ];
+        let odd: Vec<Vec<_>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (w, h) = sizes[i % sizes.len()];
+                let o = (i as u32 * 37) % 200;
+                s.iter().map(|m| crop(m, o, o / 2, w, h)).collect()
+            })
+            .collect();
+        all.extend(odd);
+        assert!(all.len() >= 10);
+        for s in &all {
+            let (mut enc_a, mut enc_b) = (BilevelEncoder::default(), BilevelEncoder::default());
+            let (mut prev_a, mut prev_b) = (Transitions::default(), Transitions::default());
+            let (mut cur_a, mut cur_b) = (Transitions::default(), Transitions::default());
+            for (i, (bits, w, h)) in s.iter().enumerate() {
+                cur_a.extract_any::<0>(bits, *w, *h);
+                // SAFETY: the CPU has the features (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    x86::extract(&mut cur_b, bits, *w, *h)
+                };
+                for y in 0..*h as usize {
+                    assert_eq!(cur_a.row(y), cur_b.row(y), "row {y} of a {w}x{h} mask");
+                }
+                // Each frame as a key frame, then as a delta frame of the one before.
+                for delta in [false, true] {
+                    let seq = (i as u64).wrapping_sub(1);
+                    let pa = (delta && i > 0).then_some((&prev_a, seq));
+                    let pb = (delta && i > 0).then_some((&prev_b, seq));
+                    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+                    let da = enc_a.encode_any(&cur_a, pa, &mut out_a);
+                    // SAFETY: as above.
+                    #[allow(unsafe_code)]
+                    let db = unsafe { x86::encode(&mut enc_b, &cur_b, pb, &mut out_b) };
+                    assert_eq!((da, &out_a), (db, &out_b), "frame {i} of a {w}x{h} stream");
+                }
+                std::mem::swap(&mut cur_a, &mut prev_a);
+                std::mem::swap(&mut cur_b, &mut prev_b);
+            }
+        }
     }
 }
 

@@ -31,7 +31,8 @@
 //! panics. A delta frame whose reference the decoder does not hold is
 //! rejected with [`CodecError::MissingReference`], never decoded wrongly.
 #![deny(missing_docs)]
-// Unsafe code only where a module allows it: the AVX2 decoder of `lanes`.
+// Unsafe code only where a module allows it: the AVX2 decoder and encoder of `lanes`
+// and the x86 variants of the bilevel encoder (target features).
 #![deny(unsafe_code)]
 
 mod bilevel;

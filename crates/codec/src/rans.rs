@@ -120,6 +120,20 @@ impl EncSym {
     }
 }
 
+impl EncSym {
+    /// The fields a vector coder looks up: reciprocal, its shift, bias and
+    /// frequency (the rest follows from the frequency).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn parts(&self) -> (u32, u32, u32, u32) {
+        (
+            self.rcp_freq,
+            self.rcp_shift,
+            self.bias,
+            self.x_max / ((RANS_L >> PROB_BITS) << 16),
+        )
+    }
+}
+
 /// Codes `recs` (symbol `i` with lane `i % 2`, last to first) with two
 /// interleaved rANS lanes, writing the stream backwards into `buf` (at
 /// least `2 * recs.len() + 8` bytes) from its end; returns where the

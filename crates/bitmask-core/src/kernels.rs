@@ -431,6 +431,9 @@ impl RowKernel {
         t: u8,
         dst: &mut [u8],
     ) {
+        // The width only bounds the x86 vector paths.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = width;
         #[allow(unused_mut)]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]

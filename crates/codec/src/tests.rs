@@ -260,3 +260,59 @@ fn bad_arguments() {
         Err(CodecError::UnknownCodec { codec: 9 })
     ));
 }
+
+/// A payload of a few dozen bytes may claim the most mode symbols a frame
+/// can hold (single-symbol models code them in zero bits): the decoder
+/// decodes them (bounded: height * (2 * width + 2)), finds symbols left
+/// over after the last row, and refuses the frame; one more is refused
+/// before anything is decoded.
+#[test]
+fn tiny_payload_claiming_every_mode_symbol_is_refused() {
+    let (w, h) = (1024u32, 768u32);
+    let limit = h as u64 * (2 * w as u64 + 2);
+    let payload = |n_s: u64| {
+        let mut p = vec![0u8]; // key frame
+                               // Models 0-7 (bitmaps; a lone symbol needs no frequency): row mode
+                               // 0 only; runs empty; spatial mode symbols: V0 (symbol 7) only.
+        crate::bits::put_varint(&mut p, 1);
+        for _ in 1..6 {
+            crate::bits::put_varint(&mut p, 0);
+        }
+        crate::bits::put_varint(&mut p, 1 << 7);
+        crate::bits::put_varint(&mut p, 0);
+        crate::bits::put_varint(&mut p, n_s);
+        crate::bits::put_varint(&mut p, 0);
+        // Side stream: two lanes at 2^15 (a lone symbol never moves them).
+        crate::bits::put_varint(&mut p, 8);
+        for _ in 0..2 {
+            p.extend_from_slice(&(1u32 << 15).to_le_bytes());
+        }
+        // Mode stream: its lanes (16, or 4 below 4096 symbols) at 2^15.
+        let lanes = crate::lanes::lanes_for(n_s as usize);
+        crate::bits::put_varint(&mut p, 4 * lanes as u64);
+        for _ in 0..lanes {
+            p.extend_from_slice(&(1u32 << 15).to_le_bytes());
+        }
+        p
+    };
+    let mut dec = Decoder::new();
+    let mut out = vec![0u8; stride(w) * h as usize];
+    for n_s in [limit, limit + 1] {
+        let p = payload(n_s);
+        assert!(p.len() < 100, "{} B", p.len());
+        let err = dec
+            .decode(CODEC_BILEVEL, 0, 0, w, h, &p, &mut out)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("left over") || text.contains("more mode symbols"),
+            "n_s {n_s}: {text}"
+        );
+    }
+    // The same payload with exactly one symbol per row (each row: V0 on the
+    // empty reference = an empty row) is a valid all-zero mask.
+    let p = payload(h as u64);
+    out.fill(0xFF);
+    dec.decode(CODEC_BILEVEL, 0, 0, w, h, &p, &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 0));
+}

@@ -3,7 +3,7 @@
 //! Every number is measured in this run on this machine; speed is reported as
 //! a ratio against numpy measured in the same run (the machine is shared and noisy).
 
-use crate::util::{build_bins, cargo, output, root, run as sh, venv_python};
+use crate::util::{build_bins, cargo, output, root, run as sh, venv_python, wait_listening};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -130,33 +130,12 @@ fn loopback(codec: &str) -> Result<String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stderr = recv.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut summary = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(|l| l.ok())
-        {
-            if let Some(p) = line.find("listening on ") {
-                let _ = tx.send(
-                    line[p + 13..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                );
-            }
-            if let Some(s) = line.strip_prefix("bitmask-recv: total: ") {
-                summary = s.to_string();
-            }
-        }
-        summary
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .context("receiver did not start")?;
+    let (addr, log) = wait_listening(
+        &mut recv,
+        "bitmask-recv",
+        std::time::Duration::from_secs(20),
+        None,
+    )?;
     let st = Command::new(bin.join("bitmask-send"))
         .args([
             "--to",
@@ -180,5 +159,10 @@ fn loopback(codec: &str) -> Result<String> {
         bail!("bitmask-send failed: {st}");
     }
     crate::demo::wait_timeout(&mut recv, std::time::Duration::from_secs(120))?;
-    Ok(reader.join().unwrap_or_default())
+    let log = log.join().unwrap_or_default();
+    Ok(log
+        .lines()
+        .find_map(|l| l.strip_prefix("bitmask-recv: total: "))
+        .unwrap_or_default()
+        .to_string())
 }

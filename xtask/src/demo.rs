@@ -1,11 +1,9 @@
 //! `cargo xtask demo`: a receiver and a sender on loopback, sample images in, masks out.
 
-use crate::util::{build_bins, root};
+use crate::util::{build_bins, root, wait_listening};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// Starts `bitmask-recv` with `args` plus `--listen 127.0.0.1:0`, forwards its
@@ -17,32 +15,13 @@ pub fn start_receiver(bin: &Path, args: &[&str]) -> Result<(Child, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting bitmask-recv")?;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            eprintln!("  [recv] {line}");
-            if let Some(pos) = line.find("listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(
-                        line[pos + 13..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
-                    );
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(addr) => Ok((child, addr)),
-        Err(_) => {
-            let _ = child.kill();
-            bail!("bitmask-recv did not report its listening address within 20 s")
-        }
-    }
+    let (addr, _log) = wait_listening(
+        &mut child,
+        "bitmask-recv",
+        Duration::from_secs(20),
+        Some("  [recv] "),
+    )?;
+    Ok((child, addr))
 }
 
 pub fn run(args: &[String]) -> Result<()> {

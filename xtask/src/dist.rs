@@ -17,7 +17,7 @@
 use crate::util::{have, is_ci, root, run, show};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -846,41 +846,6 @@ pub fn write_test_images(dir: &Path) -> Result<usize> {
     Ok(sizes.len())
 }
 
-/// A child whose stderr is scanned for `listening on ADDR`.
-pub fn wait_listening(
-    child: &mut std::process::Child,
-    what: &str,
-    timeout: Duration,
-) -> Result<(String, std::thread::JoinHandle<String>)> {
-    let err = child.stderr.take().context("stderr not piped")?;
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let h = std::thread::spawn(move || {
-        let mut log = String::new();
-        let mut sent = false;
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(a) => Ok((a, h)),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = h.join().unwrap_or_default();
-            bail!("{what} did not log `listening on ADDR` within {timeout:?}; its log:\n{log}")
-        }
-    }
-}
-
 /// Runs a receiver and a sender (each with an optional command prefix) and returns
 /// the output directory.
 pub fn stream_pair(
@@ -921,7 +886,8 @@ pub fn stream_pair(
         .stderr(Stdio::piped());
     eprintln!("$ {}", show(&rc));
     let mut r = rc.spawn().context("cannot start the receiver")?;
-    let (addr, rlog) = wait_listening(&mut r, "the receiver", Duration::from_secs(60))?;
+    let (addr, rlog) =
+        crate::util::wait_listening(&mut r, "the receiver", Duration::from_secs(60), None)?;
     let mut sc = mk(send.0, send.1);
     sc.args(["--to", &addr]).args(send_args).arg(images);
     sc.stdin(Stdio::null());

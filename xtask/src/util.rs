@@ -167,6 +167,50 @@ fn replace_section(old: &str, heading: &str, table: &str) -> String {
     }
 }
 
+/// Scans the piped stderr of `child` for `listening on ADDR` and returns the
+/// address with a thread that collects the rest of the log (joined when the
+/// child has exited); each line is also printed with `echo` in front when
+/// given. A child that does not say it within `timeout` is killed and its
+/// log is the error.
+pub fn wait_listening(
+    child: &mut std::process::Child,
+    what: &str,
+    timeout: std::time::Duration,
+    echo: Option<&'static str>,
+) -> Result<(String, std::thread::JoinHandle<String>)> {
+    use std::io::{BufRead, BufReader};
+    let err = child.stderr.take().context("stderr not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let h = std::thread::spawn(move || {
+        let mut log = String::new();
+        let mut sent = false;
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(prefix) = echo {
+                eprintln!("{prefix}{line}");
+            }
+            if !sent {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(a) => Ok((a, h)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = h.join().unwrap_or_default();
+            bail!("{what} did not log `listening on ADDR` within {timeout:?}; its log:\n{log}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_section;

@@ -35,7 +35,7 @@
 //! are served, everything else gets a 4xx. Nothing over HTTP changes state.
 
 use crate::output::{encode, Format};
-use crate::stats::{SenderSnapshot, StatsRegistry};
+use crate::stats::{json_str, SenderSnapshot, StatsRegistry};
 use anyhow::{Context, Result};
 use bitmask_wire::Header;
 use std::collections::{BTreeMap, VecDeque};
@@ -334,24 +334,6 @@ fn sample(shared: &Shared) {
 }
 
 // ---------------------------------------------------------------- JSON
-
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
 
 fn json_num(out: &mut String, key: &str, v: Option<f64>, decimals: usize) {
     let _ = write!(out, ",\"{key}\":");

@@ -423,13 +423,18 @@ impl StatsRegistry {
     }
 }
 
-fn json_str(s: &str, out: &mut String) {
+/// Appends `s` as a JSON string (also what the live view's `/stats.json` uses).
+pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
+    for ch in s.chars() {
+        match ch {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Also U+2028/2029, which JSON allows raw but JavaScript source does not.
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
@@ -448,9 +453,9 @@ fn json_num(v: f64, out: &mut String) {
 
 fn json_obj(s: &SenderSnapshot, out: &mut String) {
     out.push_str("{\"name\": ");
-    json_str(&s.name, out);
+    json_str(out, &s.name);
     out.push_str(", \"peer\": ");
-    json_str(&s.peer, out);
+    json_str(out, &s.peer);
     let _ = write!(
         out,
         ", \"transport\": \"{}\", \"connected\": {}, \"connections\": {}, \"received\": {}, \
@@ -547,7 +552,7 @@ mod tests {
     #[test]
     fn json_escapes_names() {
         let mut out = String::new();
-        json_str("a\"b\\c\u{1}", &mut out);
+        json_str(&mut out, "a\"b\\c\u{1}");
         assert_eq!(out, "\"a\\\"b\\\\c\\u0001\"");
     }
 }

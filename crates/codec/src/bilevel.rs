@@ -1238,10 +1238,12 @@ impl BilevelDecoder {
         let (Ok(n_s), Ok(n_t)) = (usize::try_from(n_s), usize::try_from(n_t)) else {
             return Err((at_n, "more mode symbols than this machine can hold"));
         };
-        self.syms_s.clear();
-        self.syms_s.resize(n_s + 1, SYM_END);
-        self.syms_t.clear();
-        self.syms_t.resize(n_t + 1, SYM_END);
+        // The lanes write every symbol: only the end markers need setting
+        // (no per-frame fill of buffers that are reused).
+        for (syms, n) in [(&mut self.syms_s, n_s), (&mut self.syms_t, n_t)] {
+            syms.resize(n + 1, SYM_END);
+            syms[n] = SYM_END;
+        }
         let models = &*self.models.table;
         if n_s + n_t > 0 {
             let nl = lanes::lanes_for(n_s + n_t);

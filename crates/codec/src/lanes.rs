@@ -305,13 +305,7 @@ impl<'a> Lanes<'a> {
     /// Splits `stream` after the states of `nl` lanes into little-endian
     /// words in `padded`, followed by [`LANES`] zero words.
     pub(crate) fn pad(stream: &[u8], nl: usize, padded: &mut Vec<u16>) {
-        padded.clear();
-        if let Some(rest) = stream.get(4 * nl..) {
-            padded.extend(
-                rest.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
-            );
-        }
+        crate::rans::words_after(stream, 4 * nl, padded);
         padded.extend_from_slice(&[0; LANES]);
     }
 

@@ -281,16 +281,23 @@ const BAD: usize = 1 << (usize::BITS - 2);
 /// Bytes of initial state in front of the words.
 const STATE_BYTES: usize = 8;
 
+/// Replaces `words` with the little-endian 16-bit words of a rANS stream
+/// after its `state_bytes` bytes of lane states (an odd last byte is left
+/// out; the decoders check the stream's parity themselves).
+pub(crate) fn words_after(stream: &[u8], state_bytes: usize, words: &mut Vec<u16>) {
+    words.clear();
+    if let Some(rest) = stream.get(state_bytes..) {
+        words.extend(
+            rest.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+        );
+    }
+}
+
 impl<'a> RansDec<'a> {
     /// Splits `stream` after its states into little-endian words in `padded`.
     pub(crate) fn pad(stream: &[u8], padded: &mut Vec<u16>) {
-        padded.clear();
-        if let Some(rest) = stream.get(STATE_BYTES..) {
-            padded.extend(
-                rest.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
-            );
-        }
+        words_after(stream, STATE_BYTES, padded);
     }
 
     /// A decoder over `stream`, whose words [`RansDec::pad`] put in `padded`.

@@ -136,28 +136,8 @@ fn loopback(codec: &str) -> Result<String> {
         std::time::Duration::from_secs(20),
         None,
     )?;
-    let st = Command::new(bin.join("bitmask-send"))
-        .args([
-            "--to",
-            &addr,
-            "--channel",
-            "blue",
-            "--threshold",
-            "170",
-            "--loop",
-            "--count",
-            "2000",
-            "--no-drop",
-            "--codec",
-            codec,
-        ])
-        .arg(&input)
-        .env("RUST_LOG", "warn")
-        .status()?;
-    if !st.success() {
-        let _ = recv.kill();
-        bail!("bitmask-send failed: {st}");
-    }
+    let codec_arg = ["--codec", codec];
+    crate::demo::send_samples(&bin, &addr, &input, "2000", &codec_arg, true, &mut recv)?;
     crate::demo::wait_timeout(&mut recv, std::time::Duration::from_secs(120))?;
     let log = log.join().unwrap_or_default();
     Ok(log

@@ -24,6 +24,35 @@ pub fn start_receiver(bin: &Path, args: &[&str]) -> Result<(Child, String)> {
     Ok((child, addr))
 }
 
+/// The demo's job: `bitmask-send` to `addr` with the sample images in
+/// `input` (blue >= 170, looping, `count` frames, none dropped), plus
+/// `extra` arguments; `quiet` keeps its log to warnings. Kills `recv` when
+/// the sender fails.
+pub fn send_samples(
+    bin: &Path,
+    addr: &str,
+    input: &Path,
+    count: &str,
+    extra: &[&str],
+    quiet: bool,
+    recv: &mut Child,
+) -> Result<()> {
+    let mut cmd = Command::new(bin.join("bitmask-send"));
+    cmd.args(["--to", addr, "--channel", "blue", "--threshold", "170"])
+        .args(["--loop", "--count", count, "--no-drop"])
+        .args(extra)
+        .arg(input);
+    if quiet {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let st = cmd.status().context("starting bitmask-send")?;
+    if !st.success() {
+        let _ = recv.kill();
+        bail!("bitmask-send failed: {st}");
+    }
+    Ok(())
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let frames: u64 = match args {
         [] => 240,
@@ -46,26 +75,7 @@ pub fn run(args: &[String]) -> Result<()> {
         &["--out", &out_s, "--format", "png", "--count", &count],
     )?;
     eprintln!("receiver listening on {addr}; sending {frames} frames (blue >= 170, looping over 24 images)");
-    let st = Command::new(bin.join("bitmask-send"))
-        .args([
-            "--to",
-            &addr,
-            "--channel",
-            "blue",
-            "--threshold",
-            "170",
-            "--loop",
-            "--count",
-            &count,
-            "--no-drop",
-        ])
-        .arg(&input)
-        .status()
-        .context("starting bitmask-send")?;
-    if !st.success() {
-        let _ = recv.kill();
-        bail!("bitmask-send failed: {st}");
-    }
+    send_samples(&bin, &addr, &input, &count, &[], false, &mut recv)?;
     let rs = wait_timeout(&mut recv, Duration::from_secs(60))?;
     if !rs.success() {
         bail!("bitmask-recv failed: {rs}");

@@ -147,6 +147,62 @@ fn main() {
                 }
             }
         }
+        #[cfg(feature = "codec")]
+        op if op.starts_with("corpus-enc-") || op.starts_with("corpus-dec-") => {
+            // Masks of the codec corpus (`cargo xtask bench codecs`), each
+            // coded alone as that benchmark does: paths in BITMASK_PIBENCH_MASKS,
+            // separated by ':', each a packed 1024x768 mask.
+            use bitmask_codec::{Choice, Decoder, Encoder};
+            let choice: Choice = op[11..].parse().expect("codec name");
+            let list = std::env::var("BITMASK_PIBENCH_MASKS").expect("BITMASK_PIBENCH_MASKS");
+            let corpus: Vec<Vec<u8>> = list
+                .split(':')
+                .map(|p| {
+                    let m = std::fs::read(p).expect("a corpus mask");
+                    assert_eq!(m.len(), packed_len(W, H), "{p}: not a packed 1024x768 mask");
+                    m
+                })
+                .collect();
+            let mut enc = Encoder::new(choice, 1);
+            let mut dec = Decoder::new();
+            let mut payloads = Vec::new();
+            for (i, m) in corpus.iter().enumerate() {
+                let mut p = Vec::new();
+                let e = enc.encode(m, W as u32, H as u32, i as u64, &mut p).unwrap();
+                dec.decode(e.codec, e.flags, i as u64, W as u32, H as u32, &p, &mut out)
+                    .unwrap();
+                assert!(out == *m, "decode mismatch");
+                payloads.push((p, e));
+            }
+            let total: usize = payloads.iter().map(|(p, _)| p.len()).sum();
+            eprintln!(
+                "pibench: {op}: {} B per mask on average",
+                total / corpus.len()
+            );
+            let mut p = Vec::new();
+            for i in 0..n {
+                let k = i % corpus.len();
+                if op.starts_with("corpus-enc-") {
+                    p.clear();
+                    enc.encode(black_box(&corpus[k]), W as u32, H as u32, i as u64, &mut p)
+                        .unwrap();
+                    check += p.len() as u64;
+                } else {
+                    let (p, e) = &payloads[k];
+                    dec.decode(
+                        e.codec,
+                        e.flags,
+                        k as u64,
+                        W as u32,
+                        H as u32,
+                        black_box(p),
+                        &mut out,
+                    )
+                    .unwrap();
+                    check += out[i % out.len()] as u64;
+                }
+            }
+        }
         "setup" => {}
         _ => {
             let mut ops = vec![

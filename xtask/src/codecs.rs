@@ -58,6 +58,11 @@ fn load_corpus(dir: &Path) -> Result<Vec<Mask>> {
     Ok(out)
 }
 
+/// Where `bench codecs` builds its corpus by default.
+pub fn corpus_dir() -> std::path::PathBuf {
+    util::root().join("target/codec-corpus")
+}
+
 /// Makes the corpus with the committed script when it is missing.
 pub fn ensure_corpus(dir: &Path, regen: bool) -> Result<()> {
     if dir.join("corpus.tsv").exists() && !regen {
@@ -410,7 +415,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .args(args);
         return util::run(&mut c);
     }
-    let mut corpus = util::root().join("target/codec-corpus");
+    let mut corpus = corpus_dir();
     let mut reps = 5usize;
     let mut regen = false;
     let mut it = args.iter();

@@ -26,8 +26,11 @@ Instructions per 1024x768 frame on an emulated ARM1176 (Pi 1/Zero) and Cortex-A7
 (Pi 2), counted by ../shared/tools/arm-icount/run (override: ARM_ICOUNT=path),
 for threshold+pack (gray8, rgb8 luma, rgb8 one channel), CRC-32 of a frame, and
 encode/decode with each codec of bitmask-codec; estimated frames/s on a Pi 2
-(900 MHz) and a Pi Zero (1 GHz) from the stated IPC assumptions. --write puts the
-table into docs/BENCHMARKS.md under `## Raspberry Pi builds`.
+(900 MHz) and a Pi Zero (1 GHz) from the stated IPC assumptions. When the codec
+corpus is built (`cargo xtask bench codecs`), also bilevel against zstd-1 on its
+masks, each coded alone (its `pan` group, where that benchmark's median mask
+lies, and all masks). --write puts the tables into docs/BENCHMARKS.md under
+`## Raspberry Pi builds`.
 ";
 
 fn icount_tool() -> Result<PathBuf> {
@@ -122,10 +125,20 @@ fn build(tools: &Tools, arch: Arch) -> Result<PathBuf> {
 }
 
 /// Instructions executed by `bin op n` on `cpu`.
-fn count(tool: &Path, cpu: &str, bin: &Path, op: &str, n: usize) -> Result<u64> {
+fn count(
+    tool: &Path,
+    cpu: &str,
+    bin: &Path,
+    op: &str,
+    n: usize,
+    masks: Option<&str>,
+) -> Result<u64> {
     let out = root().join(format!("target/pibench/count-{}.txt", std::process::id()));
     let _ = std::fs::remove_file(&out);
     let mut c = Command::new(tool);
+    if let Some(m) = masks {
+        c.env("BITMASK_PIBENCH_MASKS", m);
+    }
     c.args(["-cpu", cpu, "-o"])
         .arg(&out)
         .arg(bin)
@@ -207,17 +220,17 @@ pub fn run(args: &[String]) -> Result<()> {
             .arg("list"),
     )?;
     let ops: Vec<String> = list.split_whitespace().map(String::from).collect();
-    let per_frame = |cpu: &str, bin: &Path, op: &str| -> Result<f64> {
-        let base = count(&tool, cpu, bin, op, 0)?;
-        let full = count(&tool, cpu, bin, op, frames)?;
-        Ok(full.saturating_sub(base) as f64 / frames as f64)
+    let per_frame = |cpu: &str, bin: &Path, op: &str, frames: usize, masks: Option<&str>| {
+        let base = count(&tool, cpu, bin, op, 0, masks)?;
+        let full = count(&tool, cpu, bin, op, frames, masks)?;
+        anyhow::Ok(full.saturating_sub(base) as f64 / frames as f64)
     };
     let mut rows = Vec::new();
     for op in &ops {
         let r = Row {
             op: op.clone(),
-            v6: per_frame("arm1176", &v6, op)?,
-            v7: per_frame("cortex-a7", &v7, op)?,
+            v6: per_frame("arm1176", &v6, op, frames, None)?,
+            v7: per_frame("cortex-a7", &v7, op, frames, None)?,
         };
         eprintln!(
             "{:<40} armv6@arm1176 {:>12.0}  armv7@cortex-a7 {:>12.0}",
@@ -227,7 +240,44 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         rows.push(r);
     }
-    let table = render(&rows, frames);
+    let mut table = render(&rows, frames);
+    // The codec corpus's masks, each coded alone (issue 3's benchmark), when built.
+    let corpus = crate::codecs::corpus_dir();
+    match corpus_sets(&corpus) {
+        Some(sets) if has_codec() => {
+            let mut crows = Vec::new();
+            for (set, files) in &sets {
+                let masks = files.join(":");
+                for op in [
+                    "corpus-enc-bilevel",
+                    "corpus-enc-zstd",
+                    "corpus-dec-bilevel",
+                    "corpus-dec-zstd",
+                ] {
+                    let n = files.len();
+                    let r = Row {
+                        op: format!("{set}: {}", label(&op[7..]).replace(" (key every 30)", "")),
+                        v6: per_frame("arm1176", &v6, op, n, Some(&masks))?,
+                        v7: per_frame("cortex-a7", &v7, op, n, Some(&masks))?,
+                    };
+                    eprintln!(
+                        "{:<40} armv6@arm1176 {:>12.0}  armv7@cortex-a7 {:>12.0}",
+                        r.op, r.v6, r.v7
+                    );
+                    crows.push(r);
+                }
+            }
+            table.push_str(&render_corpus(&crows));
+        }
+        _ => {
+            let why = format!(
+                "\nThe codec corpus rows are missing: {} has no corpus.tsv (`cargo xtask bench codecs` builds it).\n",
+                corpus.display()
+            );
+            eprint!("{why}");
+            table.push_str(&why);
+        }
+    }
     println!("{table}");
     if write {
         write_section(&table)?;
@@ -339,6 +389,58 @@ IPC of real code on these cores ranges about 0.3-1. Use the counts to compare bu
 Cortex-A7 as on an ARM1176 (no run-time CPU dispatch), so the ratio column is what the ARMv7 build \
 saves on a Pi 2.\n"
     ));
+    s
+}
+
+/// The masks of the codec corpus as (set name, paths): the `pan` group
+/// (where the median mask of `bench codecs` lies) and all masks; `None`
+/// when the corpus is not built.
+fn corpus_sets(dir: &Path) -> Option<Vec<(String, Vec<String>)>> {
+    let manifest = std::fs::read_to_string(dir.join("corpus.tsv")).ok()?;
+    let (mut pan, mut all) = (Vec::new(), Vec::new());
+    for line in manifest.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 4 || f[1] != "1024" || f[2] != "768" {
+            continue;
+        }
+        let path = dir.join(f[0]).display().to_string();
+        if path.contains(':') {
+            return None;
+        }
+        if f[3] == "pan" {
+            pan.push(path.clone());
+        }
+        all.push(path);
+    }
+    (!pan.is_empty()).then(|| {
+        vec![
+            (format!("pan ({} masks)", pan.len()), pan),
+            (format!("all ({} masks)", all.len()), all),
+        ]
+    })
+}
+
+/// The table of the corpus rows: bilevel against zstd-1 per mask.
+fn render_corpus(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "\nThe masks of the codec corpus (`cargo xtask bench codecs`; `pan` holds the median mask \
+of that benchmark), each coded alone as there, instructions per mask averaged over the set \
+(same builds and counter):\n\n| per mask | ARMv6 build, ARM1176 | ARMv7 build, Cortex-A7 | bilevel / zstd-1, ARMv6 | bilevel / zstd-1, ARMv7 |\n|---|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let other = r.op.replace("bilevel", "zstd");
+        let base = rows.iter().find(|o| o.op == other && other != r.op);
+        let ratio =
+            |a: f64, b: Option<f64>| b.map_or(String::new(), |b| format!("{:.2}x", a / b.max(1.0)));
+        s.push_str(&format!(
+            "| {} | {:.2} M | {:.2} M | {} | {} |\n",
+            r.op,
+            r.v6 / 1e6,
+            r.v7 / 1e6,
+            ratio(r.v6, base.map(|b| b.v6)),
+            ratio(r.v7, base.map(|b| b.v7)),
+        ));
+    }
     s
 }
 

@@ -505,6 +505,45 @@ pub fn run(args: &[String]) -> Result<()> {
         )?;
     }
 
+    // Speed by group, against zstd-1 (where the medians come from).
+    if let Some(z) = results.iter().find(|r| r.0 == "zstd-1") {
+        let ours = &results[0];
+        writeln!(
+            report,
+            "\n{} against zstd-1 by group (medians over the group's masks, each coded alone):\n",
+            ours.0
+        )?;
+        writeln!(report, "| group | masks | {0} median B | {0} encode µs | zstd-1 encode µs | {0} decode µs | zstd-1 decode µs | decode time vs zstd-1 |", ours.0)?;
+        writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+        let mut names: Vec<&str> = Vec::new();
+        for m in &stills {
+            if !names.contains(&m.group.as_str()) {
+                names.push(&m.group);
+            }
+        }
+        for g in names {
+            let pick = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| {
+                let mut v: Vec<f64> = s
+                    .iter()
+                    .zip(&stills)
+                    .filter(|(_, m)| m.group == g)
+                    .map(|(x, _)| f(x))
+                    .collect();
+                (v.len(), median(&mut v))
+            };
+            let (n, b) = pick(&ours.1, &|x| x.bytes as f64);
+            let (_, oe) = pick(&ours.1, &|x| x.enc_us);
+            let (_, ze) = pick(&z.1, &|x| x.enc_us);
+            let (_, od) = pick(&ours.1, &|x| x.dec_us);
+            let (_, zd) = pick(&z.1, &|x| x.dec_us);
+            writeln!(
+                report,
+                "| {g} | {n} | {b:.0} | {oe:.0} | {ze:.0} | {od:.0} | {zd:.0} | {:.2}x |",
+                od / zd.max(1e-9)
+            )?;
+        }
+    }
+
     // Streams.
     writeln!(report, "\n### Sequences (bytes per frame; frames after the first, so temporal frames are deltas)\n")?;
     writeln!(report, "| sequence | frames | bilevel alone | bilevel temporal | gain | auto temporal | zstd-1 | temporal encode µs | temporal decode µs |")?;

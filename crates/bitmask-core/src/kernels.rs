@@ -380,13 +380,14 @@ impl RowKernel {
 
     /// A kernel that uses only the portable code (for tests and benchmarks).
     #[cfg(test)]
-    pub(crate) fn portable(mut self) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            self.ssse3 = false;
-            self.avx2 = false;
+    pub(crate) fn portable(self) -> Self {
+        RowKernel {
+            #[cfg(target_arch = "x86_64")]
+            ssse3: false,
+            #[cfg(target_arch = "x86_64")]
+            avx2: false,
+            ..self
         }
-        self
     }
 
     /// Packs one row. `row` holds exactly `width` pixels; `dst` is `ceil(width/8)` bytes.

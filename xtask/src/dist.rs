@@ -76,7 +76,10 @@ impl Arch {
             Arch::V6 => "-C target-cpu=arm1176jzf-s -C link-self-contained=no",
             // The Pi 2's Cortex-A7 has NEON and VFPv4 with 32 D registers; the armv7
             // target default leaves NEON off, so turn it on (rustc warns it is unstable).
-            Arch::V7 => "-C target-cpu=cortex-a7 -C target-feature=+neon,+vfp4,+d32",
+            // `--cfg bitmask_neon`: bitmask-core's NEON-shaped loops (see its kernels.rs).
+            Arch::V7 => {
+                "-C target-cpu=cortex-a7 -C target-feature=+neon,+vfp4,+d32 --cfg bitmask_neon"
+            }
         }
     }
     /// Whether std has to be rebuilt (no prebuilt std from rustup).

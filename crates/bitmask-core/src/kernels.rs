@@ -90,15 +90,15 @@ pub(crate) mod x86 {
         // SAFETY: AVX2 checked by the caller; loads unaligned and in bounds.
         unsafe {
             let tv = _mm256_set1_epi8(t as i8);
-            for i in 0..n64 {
-                let p = values.as_ptr().add(i * 64) as *const __m256i;
+            for (v, d) in values.chunks_exact(64).zip(dst.chunks_exact_mut(8)) {
+                let p = v.as_ptr() as *const __m256i;
                 let a = _mm256_loadu_si256(p);
                 let b = _mm256_loadu_si256(p.add(1));
                 let ga = _mm256_cmpeq_epi8(_mm256_max_epu8(a, tv), a);
                 let gb = _mm256_cmpeq_epi8(_mm256_max_epu8(b, tv), b);
                 let m = (_mm256_movemask_epi8(ga) as u32 as u64)
                     | ((_mm256_movemask_epi8(gb) as u32 as u64) << 32);
-                dst[i * 8..i * 8 + 8].copy_from_slice(&rev_bytes_bits(m).to_le_bytes());
+                d.copy_from_slice(&rev_bytes_bits(m).to_le_bytes());
             }
         }
         super::gray_bits_swar(&values[n64 * 64..], t, &mut dst[n64 * 8..]);
@@ -292,14 +292,24 @@ pub(crate) mod x86 {
             };
             (row, dst) = (&row[done * 3..], &mut dst[done / 8..]);
         }
-        super::luma_row::<BPP>(row, bgr, t, dst)
+        if bgr {
+            super::luma_row::<BPP, true>(row, t, dst)
+        } else {
+            super::luma_row::<BPP, false>(row, t, dst)
+        }
     }
 }
 
 /// [`gray_bits`] for a whole row, out of line (see `RowKernel::channel_row`).
 #[inline(never)]
 fn gray_row(values: &[u8], t: u8, dst: &mut [u8]) {
-    gray_bits(values, t, dst)
+    // Without NEON (ARMv6) a compare per pixel beats SWAR on 64-bit words,
+    // which are pairs of 32-bit operations there.
+    if cfg!(all(target_arch = "arm", not(bitmask_neon))) {
+        channel_rest::<1>(values, 0, t, dst);
+    } else {
+        gray_bits(values, t, dst)
+    }
 }
 
 #[inline(always)]
@@ -319,8 +329,8 @@ fn gray_bits(values: &[u8], t: u8, dst: &mut [u8]) {
 /// computing the luma itself: `(S + 32768) >> 16 >= t` is `S >= (t << 16) - 32768`
 /// with `S = 19595 R + 38470 G + 7471 B` (exact; `t >= 1` here).
 #[inline(always)]
-fn luma_bits<const BPP: usize>(px: &[u8], bgr: bool, k: u32) -> u8 {
-    let (ri, bi) = if bgr { (2, 0) } else { (0, 2) };
+fn luma_bits<const BPP: usize, const BGR: bool>(px: &[u8], k: u32) -> u8 {
+    let (ri, bi) = if BGR { (2, 0) } else { (0, 2) };
     let mut b = 0u8;
     for (i, p) in px.chunks_exact(BPP).enumerate() {
         let s = 19595 * p[ri] as u32 + 38470 * p[1] as u32 + 7471 * p[bi] as u32;
@@ -485,16 +495,14 @@ impl RowKernel {
         let (mut row, mut dst) = (row, dst);
         #[cfg(bitmask_neon)]
         if bpp == 3 {
-            let done = if bgr {
-                vector_shapes::luma_chunks::<true>(row, t, dst)
-            } else {
-                vector_shapes::luma_chunks::<false>(row, t, dst)
-            };
+            let done = vector_shapes::luma_chunks_out_of_line(row, bgr, t, dst);
             (row, dst) = (&row[done * 3..], &mut dst[done / 8..]);
         }
         match bpp {
-            3 => luma_row::<3>(row, bgr, t, dst),
-            _ => luma_row::<4>(row, bgr, t, dst),
+            3 if bgr => luma_row::<3, true>(row, t, dst),
+            3 => luma_row::<3, false>(row, t, dst),
+            _ if bgr => luma_row::<4, true>(row, t, dst),
+            _ => luma_row::<4, false>(row, t, dst),
         }
     }
 }
@@ -518,6 +526,17 @@ mod vector_shapes {
         super::gray_bits(ge, 1, out);
         #[cfg(not(target_arch = "x86_64"))]
         super::gray_bits_swar(ge, 1, out);
+    }
+
+    /// [`luma_chunks`] in a function of its own (NEON builds).
+    #[cfg(bitmask_neon)]
+    #[inline(never)]
+    pub(super) fn luma_chunks_out_of_line(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) -> usize {
+        if bgr {
+            luma_chunks::<true>(row, t, dst)
+        } else {
+            luma_chunks::<false>(row, t, dst)
+        }
     }
 
     /// Luma of RGB (or BGR) pixels `>= t` (the same exact test as
@@ -564,17 +583,17 @@ fn channel_rest<const BPP: usize>(row: &[u8], offset: usize, t: u8, dst: &mut [u
 }
 
 #[inline(always)]
-fn luma_row<const BPP: usize>(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) {
+fn luma_row<const BPP: usize, const BGR: bool>(row: &[u8], t: u8, dst: &mut [u8]) {
     let k = ((t as u32) << 16) - 32768;
     let mut groups = row.chunks_exact(8 * BPP);
     let mut out = dst.iter_mut();
     for (g, o) in (&mut groups).zip(&mut out) {
-        *o = luma_bits::<BPP>(g, bgr, k);
+        *o = luma_bits::<BPP, BGR>(g, k);
     }
     let rest = groups.remainder();
     if !rest.is_empty() {
         if let Some(o) = out.next() {
-            *o = luma_bits::<BPP>(rest, bgr, k);
+            *o = luma_bits::<BPP, BGR>(rest, k);
         }
     }
 }

@@ -158,7 +158,7 @@ fn main() {
             let corpus: Vec<Vec<u8>> = list
                 .split(':')
                 .map(|p| {
-                    let m = std::fs::read(p).expect("a corpus mask");
+                    let m = std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
                     assert_eq!(m.len(), packed_len(W, H), "{p}: not a packed 1024x768 mask");
                     m
                 })

@@ -243,8 +243,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut table = render(&rows, frames);
     // The codec corpus's masks, each coded alone (issue 3's benchmark), when built.
     let corpus = crate::codecs::corpus_dir();
-    match corpus_sets(&corpus) {
-        Some(sets) if has_codec() => {
+    let sets = if has_codec() {
+        corpus_sets(&corpus)
+    } else {
+        Err("this checkout has no codec crate".into())
+    };
+    match sets {
+        Ok(sets) => {
             let mut crows = Vec::new();
             for (set, files) in &sets {
                 let masks = files.join(":");
@@ -269,11 +274,8 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             table.push_str(&render_corpus(&crows));
         }
-        _ => {
-            let why = format!(
-                "\nThe codec corpus rows are missing: {} has no corpus.tsv (`cargo xtask bench codecs` builds it).\n",
-                corpus.display()
-            );
+        Err(reason) => {
+            let why = format!("\nThe codec corpus rows are missing: {reason}.\n");
             eprint!("{why}");
             table.push_str(&why);
         }
@@ -356,8 +358,8 @@ frames, a key frame every 30 (decoded from those payloads). The bench program is
         ratios.iter().max_by(|a, b| a.0.total_cmp(&b.0)),
     ) {
         s.push_str(&format!(
-            "\nOn a Pi 2 the ARMv7 build (Cortex-A7 tuning: NEON, Thumb-2, VFPv4) \
-executes {:.2}x ({}) to {:.2}x ({}) fewer instructions per frame than the ARMv6 build would.\n",
+            "\nOn a Pi 2 the ARMv6 build would execute {:.2}x ({}) to {:.2}x ({}) the instructions \
+per frame of the ARMv7 build (Cortex-A7 tuning: NEON, Thumb-2, VFPv4); below 1x the ARMv7 build executes more.\n",
             lo.0,
             label(lo.1),
             hi.0,
@@ -393,38 +395,63 @@ saves on a Pi 2.\n"
 }
 
 /// The masks of the codec corpus as (set name, paths): the `pan` group
-/// (where the median mask of `bench codecs` lies) and all masks; `None`
-/// when the corpus is not built.
-fn corpus_sets(dir: &Path) -> Option<Vec<(String, Vec<String>)>> {
-    let manifest = std::fs::read_to_string(dir.join("corpus.tsv")).ok()?;
+/// (where the masks at the median encode and decode times of `bench
+/// codecs` lie) and all 1024x768 masks; or why there are none. Every file
+/// is checked here (present, a packed 1024x768 mask) so that the bench
+/// program, which would panic under qemu, only gets good ones.
+fn corpus_sets(dir: &Path) -> Result<Vec<(String, Vec<String>)>, String> {
+    let shown = dir
+        .strip_prefix(root())
+        .unwrap_or(dir)
+        .display()
+        .to_string();
+    let manifest = std::fs::read_to_string(dir.join("corpus.tsv")).map_err(|e| {
+        format!(
+            "cannot read {shown}/corpus.tsv ({e}; `cargo xtask bench codecs` builds the corpus)"
+        )
+    })?;
     let (mut pan, mut all) = (Vec::new(), Vec::new());
     for line in manifest.lines().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() < 4 || f[1] != "1024" || f[2] != "768" {
             continue;
         }
-        let path = dir.join(f[0]).display().to_string();
+        let path = dir.join(f[0]);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == 1024 * 768 / 8 => {}
+            Ok(m) => {
+                return Err(format!(
+                    "{shown}/{} is {} bytes, not a packed 1024x768 mask (98304); rebuild the corpus with `cargo xtask bench codecs --regen`",
+                    f[0],
+                    m.len()
+                ))
+            }
+            Err(e) => return Err(format!("cannot read {shown}/{} ({e})", f[0])),
+        }
+        // The bench program takes the list ':'-separated.
+        let path = path.display().to_string();
         if path.contains(':') {
-            return None;
+            return Err(format!("the corpus path {path:?} contains ':'"));
         }
         if f[3] == "pan" {
             pan.push(path.clone());
         }
         all.push(path);
     }
-    (!pan.is_empty()).then(|| {
-        vec![
-            (format!("pan ({} masks)", pan.len()), pan),
-            (format!("all ({} masks)", all.len()), all),
-        ]
-    })
+    if pan.is_empty() {
+        return Err(format!("{shown}/corpus.tsv lists no 1024x768 `pan` masks"));
+    }
+    Ok(vec![
+        (format!("pan ({} masks)", pan.len()), pan),
+        (format!("all ({} masks)", all.len()), all),
+    ])
 }
 
 /// The table of the corpus rows: bilevel against zstd-1 per mask.
 fn render_corpus(rows: &[Row]) -> String {
     let mut s = String::from(
-        "\nThe masks of the codec corpus (`cargo xtask bench codecs`; `pan` holds the median mask \
-of that benchmark), each coded alone as there, instructions per mask averaged over the set \
+        "\nThe masks of the codec corpus (`cargo xtask bench codecs`; `pan` holds the masks at the \
+median encode and decode times of that benchmark), each coded alone as there, instructions per mask averaged over the set \
 (same builds and counter):\n\n| per mask | ARMv6 build, ARM1176 | ARMv7 build, Cortex-A7 | bilevel / zstd-1, ARMv6 | bilevel / zstd-1, ARMv7 |\n|---|---:|---:|---:|---:|\n",
     );
     for r in rows {
@@ -448,4 +475,44 @@ const HEADING: &str = "## Raspberry Pi builds";
 
 fn write_section(table: &str) -> Result<()> {
     crate::util::write_bench_section(HEADING, table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::corpus_sets;
+
+    /// Each way a corpus can be unusable has its own reason; a good one gives both sets.
+    #[test]
+    fn corpus_sets_say_why() {
+        let dir = std::env::temp_dir().join(format!("pibench-corpus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = corpus_sets(&dir).unwrap_err();
+        assert!(
+            err.contains("cannot read") && err.contains("corpus.tsv"),
+            "{err}"
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let tsv =
+            "file\twidth\theight\tgroup\npan_00.bits\t1024\t768\tpan\nx.bits\t1024\t768\totsu\n";
+        std::fs::write(dir.join("corpus.tsv"), tsv).unwrap();
+        let err = corpus_sets(&dir).unwrap_err();
+        assert!(err.contains("pan_00.bits"), "{err}");
+        std::fs::write(dir.join("pan_00.bits"), [0u8; 10]).unwrap();
+        let err = corpus_sets(&dir).unwrap_err();
+        assert!(err.contains("is 10 bytes"), "{err}");
+        std::fs::write(dir.join("pan_00.bits"), vec![0u8; 98304]).unwrap();
+        std::fs::write(dir.join("x.bits"), vec![0u8; 98304]).unwrap();
+        let sets = corpus_sets(&dir).unwrap();
+        assert_eq!(sets.len(), 2);
+        assert_eq!((sets[0].1.len(), sets[1].1.len()), (1, 2));
+        std::fs::write(
+            dir.join("corpus.tsv"),
+            "file\twidth\theight\tgroup\nx.bits\t1024\t768\totsu\n",
+        )
+        .unwrap();
+        assert!(corpus_sets(&dir)
+            .unwrap_err()
+            .contains("no 1024x768 `pan` masks"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -87,7 +87,9 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn gray_bits_avx2(values: &[u8], t: u8, dst: &mut [u8]) {
         let n64 = values.len() / 64;
-        // SAFETY: AVX2 checked by the caller; loads unaligned and in bounds.
+        // SAFETY: AVX2 checked by the caller; each `v` is exactly 64 bytes
+        // (`chunks_exact(64)`), so the unaligned 32-byte loads at `p` and
+        // `p.add(1)` stay inside it.
         unsafe {
             let tv = _mm256_set1_epi8(t as i8);
             for (v, d) in values.chunks_exact(64).zip(dst.chunks_exact_mut(8)) {
@@ -285,10 +287,12 @@ pub(crate) mod x86 {
     ) {
         let (mut row, mut dst) = (row, dst);
         if BPP == 3 {
+            // SAFETY: this function is compiled for AVX2, which the caller checked.
+            let pack = |g: &[u8], o: &mut [u8]| unsafe { gray_bits_avx2(g, 1, o) };
             let done = if bgr {
-                super::vector_shapes::luma_chunks::<true>(row, t, dst)
+                super::vector_shapes::luma_chunks::<true>(row, t, dst, pack)
             } else {
-                super::vector_shapes::luma_chunks::<false>(row, t, dst)
+                super::vector_shapes::luma_chunks::<false>(row, t, dst, pack)
             };
             (row, dst) = (&row[done * 3..], &mut dst[done / 8..]);
         }
@@ -303,8 +307,9 @@ pub(crate) mod x86 {
 /// [`gray_bits`] for a whole row, out of line (see `RowKernel::channel_row`).
 #[inline(never)]
 fn gray_row(values: &[u8], t: u8, dst: &mut [u8]) {
-    // Without NEON (ARMv6) a compare per pixel beats SWAR on 64-bit words,
-    // which are pairs of 32-bit operations there.
+    // On ARM builds without `--cfg bitmask_neon` (the ARMv6 build; a plain
+    // armv7 build too) a compare per pixel beats SWAR on 64-bit words, which
+    // are pairs of 32-bit operations there.
     if cfg!(all(target_arch = "arm", not(bitmask_neon))) {
         channel_rest::<1>(values, 0, t, dst);
     } else {
@@ -519,31 +524,31 @@ impl RowKernel {
 /// (`cargo xtask bench pi`: 3.6 M against 4.9 M instructions per frame).
 #[cfg(any(bitmask_neon, target_arch = "x86_64"))]
 mod vector_shapes {
-    /// Packs 0/1 bytes (x86: its SIMD gray path; ARM: SWAR, which NEON speeds up).
-    #[inline(always)]
-    fn pack(ge: &[u8], out: &mut [u8]) {
-        #[cfg(target_arch = "x86_64")]
-        super::gray_bits(ge, 1, out);
-        #[cfg(not(target_arch = "x86_64"))]
-        super::gray_bits_swar(ge, 1, out);
-    }
 
     /// [`luma_chunks`] in a function of its own (NEON builds).
     #[cfg(bitmask_neon)]
     #[inline(never)]
     pub(super) fn luma_chunks_out_of_line(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) -> usize {
+        // SWAR packing, which NEON speeds up.
+        let pack = |g: &[u8], o: &mut [u8]| super::gray_bits_swar(g, 1, o);
         if bgr {
-            luma_chunks::<true>(row, t, dst)
+            luma_chunks::<true>(row, t, dst, pack)
         } else {
-            luma_chunks::<false>(row, t, dst)
+            luma_chunks::<false>(row, t, dst, pack)
         }
     }
 
     /// Luma of RGB (or BGR) pixels `>= t` (the same exact test as
-    /// [`super::luma_bits`]), for the whole 64-pixel chunks of `row`;
+    /// [`super::luma_bits`]), for the whole 64-pixel chunks of `row`, the
+    /// 0/1 bytes of each chunk packed by `pack` (values, threshold 1);
     /// returns the pixels done.
     #[inline(always)]
-    pub(super) fn luma_chunks<const BGR: bool>(row: &[u8], t: u8, dst: &mut [u8]) -> usize {
+    pub(super) fn luma_chunks<const BGR: bool>(
+        row: &[u8],
+        t: u8,
+        dst: &mut [u8],
+        pack: impl Fn(&[u8], &mut [u8]),
+    ) -> usize {
         let k = ((t as u32) << 16) - 32768;
         let (ri, bi) = if BGR { (2, 0) } else { (0, 2) };
         let mut ge = [0u8; 64];
@@ -568,6 +573,8 @@ mod vector_shapes {
 /// gathering pass (on ARM a load, a compare and a conditional OR per pixel).
 #[inline(always)]
 fn channel_rest<const BPP: usize>(row: &[u8], offset: usize, t: u8, dst: &mut [u8]) {
+    debug_assert!(offset < BPP);
+    // (A no-op that spares the per-pixel index checks.)
     let offset = offset.min(BPP - 1);
     let mut groups = row.chunks_exact(8 * BPP);
     let mut out = dst.iter_mut();

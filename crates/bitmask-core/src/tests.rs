@@ -86,7 +86,7 @@ fn every_path_matches_reference() {
 }
 
 #[test]
-fn swar_compare_is_exact_for_all_byte_pairs() {
+fn gray_compare_is_exact_for_all_byte_pairs() {
     for t in 1..=255u16 {
         let vals: Vec<u8> = (0..=255).collect();
         let img = ImageRef::new(&vals, 256, 1, PixelFormat::Gray8).unwrap();

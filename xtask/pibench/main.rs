@@ -42,6 +42,77 @@ fn mask(gray: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The codec ops: `cycle` (1024x768 masks in stream order) coded with
+/// codec `name` and a key frame every `interval` frames, the round trip
+/// checked (setup, independent of `n`); then `n` frames of the cycle,
+/// repeated, encoded (`op` contains "enc-") or decoded from those payloads.
+/// Returns a checksum.
+#[cfg(feature = "codec")]
+fn codec_loop(
+    op: &str,
+    name: &str,
+    interval: u32,
+    cycle: &[&[u8]],
+    n: usize,
+    out: &mut [u8],
+) -> u64 {
+    use bitmask_codec::{Choice, Decoder, Encoder};
+    let choice: Choice = name.parse().expect("codec name");
+    let frames = cycle.len();
+    let mut enc = Encoder::new(choice, interval);
+    let mut payloads = Vec::new();
+    for (i, m) in cycle.iter().enumerate() {
+        let mut p = Vec::new();
+        let e = enc.encode(m, W as u32, H as u32, i as u64, &mut p).unwrap();
+        payloads.push((p, e));
+    }
+    let mut dec = Decoder::new();
+    for (i, (p, e)) in payloads.iter().enumerate() {
+        dec.decode(e.codec, e.flags, i as u64, W as u32, H as u32, p, out)
+            .unwrap();
+        assert!(out == cycle[i], "decode mismatch");
+    }
+    let total: usize = payloads.iter().map(|(p, _)| p.len()).sum();
+    eprintln!("pibench: {op}: {} B per frame on average", total / frames);
+    let mut check = 0u64;
+    if op.contains("enc-") {
+        let mut enc = Encoder::new(choice, interval);
+        let mut p = Vec::new();
+        for i in 0..n {
+            p.clear();
+            enc.encode(
+                black_box(cycle[i % frames]),
+                W as u32,
+                H as u32,
+                i as u64,
+                &mut p,
+            )
+            .unwrap();
+            check += p.len() as u64;
+        }
+    } else {
+        let mut dec = Decoder::new();
+        for i in 0..n {
+            let (p, e) = &payloads[i % frames];
+            if i % frames == 0 {
+                dec.reset();
+            }
+            dec.decode(
+                e.codec,
+                e.flags,
+                (i % frames) as u64,
+                W as u32,
+                H as u32,
+                black_box(p),
+                out,
+            )
+            .unwrap();
+            check += out[i % out.len()] as u64;
+        }
+    }
+    check
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let op = args.first().map(String::as_str).unwrap_or("list");
@@ -80,80 +151,18 @@ fn main() {
         }
         #[cfg(feature = "codec")]
         op if op.starts_with("enc-") || op.starts_with("dec-") => {
-            use bitmask_codec::{Choice, Decoder, Encoder};
-            let choice: Choice = op[4..].parse().expect("codec name");
-            // key frame every 30 frames, as a sender at 30 fps with a 1 s key interval
-            let mut enc = Encoder::new(choice, 30);
-            let frames = 2 * K;
-            let order = |i: usize| {
-                let j = i % frames;
-                if j < K {
-                    j
-                } else {
-                    frames - 1 - j
-                }
-            };
-            // setup (independent of n): the payloads of one ping-pong cycle of the scene
-            let mut payloads = Vec::new();
-            for i in 0..frames {
-                let mut p = Vec::new();
-                let e = enc
-                    .encode(&masks[order(i)], W as u32, H as u32, i as u64, &mut p)
-                    .unwrap();
-                payloads.push((p, e));
-            }
-            // check the round trip once, outside the counted loop
-            let mut dec = Decoder::new();
-            for (i, (p, e)) in payloads.iter().enumerate() {
-                dec.decode(e.codec, e.flags, i as u64, W as u32, H as u32, p, &mut out)
-                    .unwrap();
-                assert!(out == masks[order(i)], "decode mismatch");
-            }
-            let total: usize = payloads.iter().map(|(p, _)| p.len()).sum();
-            eprintln!("pibench: {op}: {} B per frame on average", total / frames);
-            if op.starts_with("enc-") {
-                let mut enc = Encoder::new(choice, 30);
-                let mut p = Vec::new();
-                for i in 0..n {
-                    p.clear();
-                    enc.encode(
-                        black_box(&masks[order(i)]),
-                        W as u32,
-                        H as u32,
-                        i as u64,
-                        &mut p,
-                    )
-                    .unwrap();
-                    check += p.len() as u64;
-                }
-            } else {
-                let mut dec = Decoder::new();
-                for i in 0..n {
-                    let (p, e) = &payloads[i % frames];
-                    if i % frames == 0 {
-                        dec.reset();
-                    }
-                    dec.decode(
-                        e.codec,
-                        e.flags,
-                        (i % frames) as u64,
-                        W as u32,
-                        H as u32,
-                        black_box(p),
-                        &mut out,
-                    )
-                    .unwrap();
-                    check += out[i % out.len()] as u64;
-                }
-            }
+            // One ping-pong cycle of the scene, a key frame every 30 frames
+            // (a sender at 30 fps with a 1 s key interval).
+            let cycle: Vec<&[u8]> = (0..2 * K)
+                .map(|j| masks[if j < K { j } else { 2 * K - 1 - j }].as_slice())
+                .collect();
+            check = codec_loop(op, &op[4..], 30, &cycle, n, &mut out);
         }
         #[cfg(feature = "codec")]
         op if op.starts_with("corpus-enc-") || op.starts_with("corpus-dec-") => {
             // Masks of the codec corpus (`cargo xtask bench codecs`), each
             // coded alone as that benchmark does: paths in BITMASK_PIBENCH_MASKS,
             // separated by ':', each a packed 1024x768 mask.
-            use bitmask_codec::{Choice, Decoder, Encoder};
-            let choice: Choice = op[11..].parse().expect("codec name");
             let list = std::env::var("BITMASK_PIBENCH_MASKS").expect("BITMASK_PIBENCH_MASKS");
             let corpus: Vec<Vec<u8>> = list
                 .split(':')
@@ -163,45 +172,8 @@ fn main() {
                     m
                 })
                 .collect();
-            let mut enc = Encoder::new(choice, 1);
-            let mut dec = Decoder::new();
-            let mut payloads = Vec::new();
-            for (i, m) in corpus.iter().enumerate() {
-                let mut p = Vec::new();
-                let e = enc.encode(m, W as u32, H as u32, i as u64, &mut p).unwrap();
-                dec.decode(e.codec, e.flags, i as u64, W as u32, H as u32, &p, &mut out)
-                    .unwrap();
-                assert!(out == *m, "decode mismatch");
-                payloads.push((p, e));
-            }
-            let total: usize = payloads.iter().map(|(p, _)| p.len()).sum();
-            eprintln!(
-                "pibench: {op}: {} B per mask on average",
-                total / corpus.len()
-            );
-            let mut p = Vec::new();
-            for i in 0..n {
-                let k = i % corpus.len();
-                if op.starts_with("corpus-enc-") {
-                    p.clear();
-                    enc.encode(black_box(&corpus[k]), W as u32, H as u32, i as u64, &mut p)
-                        .unwrap();
-                    check += p.len() as u64;
-                } else {
-                    let (p, e) = &payloads[k];
-                    dec.decode(
-                        e.codec,
-                        e.flags,
-                        k as u64,
-                        W as u32,
-                        H as u32,
-                        black_box(p),
-                        &mut out,
-                    )
-                    .unwrap();
-                    check += out[i % out.len()] as u64;
-                }
-            }
+            let cycle: Vec<&[u8]> = corpus.iter().map(Vec::as_slice).collect();
+            check = codec_loop(op, &op[11..], 1, &cycle, n, &mut out);
         }
         "setup" => {}
         _ => {

@@ -33,23 +33,42 @@ fn scalar_bits(values: &[u8], t: u8) -> u8 {
     b
 }
 
+/// One output byte per group of `group` input bytes (8 pixels): `full` of
+/// each whole group, then `part` of a short last group (whose bits start at
+/// the top, the others 0) when there is one and `dst` has room for it.
+#[inline(always)]
+fn per_byte(
+    values: &[u8],
+    group: usize,
+    dst: &mut [u8],
+    full: impl Fn(&[u8]) -> u8,
+    part: impl Fn(&[u8]) -> u8,
+) {
+    let mut groups = values.chunks_exact(group);
+    let mut out = dst.iter_mut();
+    for (g, o) in (&mut groups).zip(&mut out) {
+        *o = full(g);
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        if let Some(o) = out.next() {
+            *o = part(rest);
+        }
+    }
+}
+
 /// `dst[i] = MSB-first bits of (values[8i..8i+8] >= t)`; a short last group
 /// leaves its low bits 0. `dst.len() == values.len().div_ceil(8)`.
 #[inline(always)]
 fn gray_bits_swar(values: &[u8], t: u8, dst: &mut [u8]) {
     let tt = u64::from_ne_bytes([t; 8]);
-    let mut groups = values.chunks_exact(8);
-    let mut out = dst.iter_mut();
-    for (g, o) in (&mut groups).zip(&mut out) {
-        let x = u64::from_le_bytes(g.try_into().unwrap());
-        *o = gather_msb_first(swar_ge(x, tt));
-    }
-    let rest = groups.remainder();
-    if !rest.is_empty() {
-        if let Some(o) = out.next() {
-            *o = scalar_bits(rest, t);
-        }
-    }
+    per_byte(
+        values,
+        8,
+        dst,
+        |g| gather_msb_first(swar_ge(u64::from_le_bytes(g.try_into().unwrap()), tt)),
+        |rest| scalar_bits(rest, t),
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -576,33 +595,15 @@ fn channel_rest<const BPP: usize>(row: &[u8], offset: usize, t: u8, dst: &mut [u
     debug_assert!(offset < BPP);
     // (A no-op that spares the per-pixel index checks.)
     let offset = offset.min(BPP - 1);
-    let mut groups = row.chunks_exact(8 * BPP);
-    let mut out = dst.iter_mut();
-    for (g, o) in (&mut groups).zip(&mut out) {
-        *o = channel_bits::<BPP>(g, offset, t);
-    }
-    let rest = groups.remainder();
-    if !rest.is_empty() {
-        if let Some(o) = out.next() {
-            *o = channel_bits::<BPP>(rest, offset, t);
-        }
-    }
+    let bits = |g: &[u8]| channel_bits::<BPP>(g, offset, t);
+    per_byte(row, 8 * BPP, dst, bits, bits);
 }
 
 #[inline(always)]
 fn luma_row<const BPP: usize, const BGR: bool>(row: &[u8], t: u8, dst: &mut [u8]) {
     let k = ((t as u32) << 16) - 32768;
-    let mut groups = row.chunks_exact(8 * BPP);
-    let mut out = dst.iter_mut();
-    for (g, o) in (&mut groups).zip(&mut out) {
-        *o = luma_bits::<BPP, BGR>(g, k);
-    }
-    let rest = groups.remainder();
-    if !rest.is_empty() {
-        if let Some(o) = out.next() {
-            *o = luma_bits::<BPP, BGR>(rest, k);
-        }
-    }
+    let bits = |g: &[u8]| luma_bits::<BPP, BGR>(g, k);
+    per_byte(row, 8 * BPP, dst, bits, bits);
 }
 
 /// Gathers the nonzero-ness of 8 bytes into one byte, MSB-first (numpy `packbits`).
@@ -640,21 +641,19 @@ pub(crate) fn nonzero_bits(values: &[u8], dst: &mut [u8]) {
     };
     let values = &values[done..];
     let dst = &mut dst[done / 8..];
-    let mut groups = values.chunks_exact(8);
-    let mut out = dst.iter_mut();
-    for (g, o) in (&mut groups).zip(&mut out) {
-        *o = nonzero_msb_first(u64::from_le_bytes(g.try_into().unwrap()));
-    }
-    let rest = groups.remainder();
-    if !rest.is_empty() {
-        if let Some(o) = out.next() {
+    per_byte(
+        values,
+        8,
+        dst,
+        |g| nonzero_msb_first(u64::from_le_bytes(g.try_into().unwrap())),
+        |rest| {
             let mut b = 0u8;
             for (i, &v) in rest.iter().enumerate() {
                 b |= ((v != 0) as u8) << (7 - i);
             }
-            *o = b;
-        }
-    }
+            b
+        },
+    );
 }
 
 /// The value `channel` takes for one pixel `p` of `format` (used by the histogram).

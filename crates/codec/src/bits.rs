@@ -116,3 +116,47 @@ pub(crate) fn get_varint(data: &[u8], pos: &mut usize) -> Option<u64> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reader returns what the writer wrote, for every width 0..=24
+    /// at every bit offset, then zeros past the end, and says whether it
+    /// stopped exactly at the end.
+    #[test]
+    fn reader_reads_what_the_writer_wrote() {
+        let mut w = BitWriter::default();
+        let mut expect = Vec::new();
+        for nb in 0..=24u32 {
+            for off in 0..8u32 {
+                let v = (0x9E37_79B9u32.rotate_left(nb * 8 + off)) & ((1u32 << nb) - 1);
+                w.put(v, nb);
+                expect.push((v, nb));
+                w.put(off & 1, 1);
+                expect.push((off & 1, 1));
+            }
+        }
+        w.finish();
+        let mut r = BitReader::new(&w.buf);
+        for &(v, nb) in &expect {
+            assert_eq!(r.get(nb), v, "{nb} bits");
+        }
+        assert!(r.exhausted_exactly(), "stops in the last byte");
+        // Past the end: zeros, and no longer exact.
+        assert_eq!(r.get(24), 0);
+        assert_eq!(r.get(24), 0);
+        assert!(!r.exhausted_exactly());
+        // An empty stream is exhausted; one bit from it is an overrun.
+        let mut r = BitReader::new(&[]);
+        assert!(r.exhausted_exactly());
+        assert_eq!(r.get(0), 0);
+        assert!(r.exhausted_exactly());
+        assert_eq!(r.get(1), 0);
+        assert!(!r.exhausted_exactly());
+        // A whole byte left unread is not exact either.
+        let mut r = BitReader::new(&[0xA5, 0xFF]);
+        assert_eq!(r.get(8), 0xA5);
+        assert!(!r.exhausted_exactly());
+    }
+}

@@ -67,8 +67,17 @@ fn every_prefix_of_valid_payloads_is_rejected_or_decoded_without_panic() {
     }
 }
 
+/// Cases per property: 400, or `BITMASK_FUZZ_CASES` for a longer soak
+/// (e.g. `BITMASK_FUZZ_CASES=100000 cargo test --release -p bitmask-codec --test fuzz`).
+fn cases() -> u32 {
+    std::env::var("BITMASK_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn random_payloads_never_panic(

@@ -1234,13 +1234,27 @@ impl BilevelDecoder {
         )?;
         let extra = &payload[pos.min(payload.len())..];
 
-        // All mode symbols at once.
+        // All mode symbols at once (room for them and their end markers
+        // reserved fallibly: on a 32-bit target the bound can pass what an
+        // allocation may ask for).
+        let too_many = (at_n, "more mode symbols than this machine can hold");
         let (Ok(n_s), Ok(n_t)) = (usize::try_from(n_s), usize::try_from(n_t)) else {
-            return Err((at_n, "more mode symbols than this machine can hold"));
+            return Err(too_many);
         };
+        if n_s
+            .checked_add(n_t)
+            .and_then(|n| n.checked_add(2))
+            .is_none()
+        {
+            return Err(too_many);
+        }
         // The lanes write every symbol: only the end markers need setting
         // (no per-frame fill of buffers that are reused).
         for (syms, n) in [(&mut self.syms_s, n_s), (&mut self.syms_t, n_t)] {
+            if n >= syms.len() {
+                syms.try_reserve_exact(n + 1 - syms.len())
+                    .map_err(|_| too_many)?;
+            }
             syms.resize(n + 1, SYM_END);
             syms[n] = SYM_END;
         }
@@ -1269,6 +1283,14 @@ impl BilevelDecoder {
         };
         let stride = (width as usize).div_ceil(8);
         let wu = width as usize;
+        // The caller checked these (`check_frame`, the reference's size);
+        // refused here too rather than decoding part of a frame.
+        if Some(out.len()) != stride.checked_mul(height as usize) {
+            return Err((0, "output buffer does not fit the dimensions"));
+        }
+        if prev.is_some_and(|p| (p.width, p.height) != (width, height)) {
+            return Err((0, "reference of other dimensions"));
+        }
         cur.clear();
         cur.width = width;
         cur.height = height;
@@ -1287,7 +1309,7 @@ impl BilevelDecoder {
         for y in 0..height as usize {
             let (rows_done, rows_rest) = out.split_at_mut(y * stride);
             let Some(dst) = rows_rest.get_mut(..stride) else {
-                break;
+                return Err((pos, "output buffer does not fit the dimensions"));
             };
             let need = start + wu + 8;
             if cur.tr.len() < need {

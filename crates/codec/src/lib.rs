@@ -242,7 +242,12 @@ fn check_frame(width: u32, height: u32, len: usize, what: &'static str) -> Resul
     if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
         return Err(CodecError::InvalidDimensions { width, height });
     }
-    let expected = (width as usize).div_ceil(8) * height as usize;
+    // In u64: on a 32-bit target the product of two dimensions up to
+    // MAX_DIMENSION can pass usize::MAX.
+    let bytes = (width as u64).div_ceil(8) * height as u64;
+    let Ok(expected) = usize::try_from(bytes) else {
+        return Err(CodecError::InvalidDimensions { width, height });
+    };
     if len != expected {
         return Err(CodecError::BufferSize {
             what,

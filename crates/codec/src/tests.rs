@@ -259,6 +259,32 @@ fn bad_arguments() {
         dec.decode(9, 0, 0, 8, 2, &[1], &mut o),
         Err(CodecError::UnknownCodec { codec: 9 })
     ));
+    // Dimensions whose packed size passes u32 (2^17 * (2^15 + 1) bytes): a
+    // clear error with the values on every target, not an overflow (on a
+    // 32-bit target, as the Pi builds, the size does not fit a usize at all;
+    // before, a wrapped product could match a small buffer).
+    let (w, h) = (1u32 << 20, (1u32 << 15) + 1);
+    let wrapped = ((w as u64 / 8 * h as u64) % (1u64 << 32)) as usize;
+    let mut small = vec![0u8; wrapped];
+    for codec in [CODEC_RAW, CODEC_BILEVEL] {
+        let err = dec.decode(codec, 0, 0, w, h, &[0], &mut small).unwrap_err();
+        if usize::BITS == 32 {
+            assert!(
+                matches!(err, CodecError::InvalidDimensions { width, height } if (width, height) == (w, h)),
+                "{err}"
+            );
+        } else {
+            assert!(
+                matches!(err, CodecError::BufferSize { expected, actual, .. }
+                    if expected as u64 == w as u64 / 8 * h as u64 && actual == wrapped),
+                "{err}"
+            );
+        }
+    }
+    assert!(matches!(
+        enc.encode(&small, w, h, 0, &mut out),
+        Err(CodecError::InvalidDimensions { .. } | CodecError::BufferSize { .. })
+    ));
 }
 
 /// A payload of a few dozen bytes may claim the most mode symbols a frame

@@ -247,7 +247,13 @@ fn decode<'a>(
     out: &'a mut Vec<u8>,
 ) -> Result<&'a [u8], String> {
     // Raw frames go through the decoder too: it keeps them as references.
-    out.resize(h.raw_len() as usize, 0);
+    let len = usize::try_from(h.raw_len()).map_err(|_| {
+        format!(
+            "frame {}: {}x{} is too large for this machine",
+            h.sequence, h.width, h.height
+        )
+    })?;
+    out.resize(len, 0);
     decoder
         .decode(
             h.codec, h.flags, h.sequence, h.width, h.height, payload, out,

@@ -200,28 +200,88 @@ fn push_sentinels(v: &mut Vec<u32>, width: u32) {
 /// sentinels into `out`.
 fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>) {
     out.clear();
-    let w = prev.width as i32;
     let sy = y as i64 - dy as i64;
     if sy >= 0 && sy < prev.height as i64 {
         let r = prev.row(sy as usize);
-        let r = &r[..r.len() - SENTINELS];
-        // Transitions that land at or left of 0 only set the colour of pixel 0.
-        let mut k = 0;
-        while k < r.len() && r[k] as i32 + dx <= 0 {
-            k += 1;
-        }
-        if k % 2 == 1 {
-            out.push(0);
-        }
-        for &t in &r[k..] {
-            let t = t as i32 + dx;
-            if t >= w {
-                break;
-            }
-            out.push(t as u32);
-        }
+        shift_row(&r[..r.len() - SENTINELS], prev.width, dx, out);
     }
     push_sentinels(out, prev.width);
+}
+
+/// Appends the transitions `r` (no sentinels) moved `dx` pixels right and
+/// cut to `0..width`, pixels entering from outside being 0.
+fn shift_row(r: &[u32], width: u32, dx: i32, out: &mut Vec<u32>) {
+    let w = width as i32;
+    // Transitions that land at or left of 0 only set the colour of pixel 0.
+    let mut k = 0;
+    while k < r.len() && r[k] as i32 + dx <= 0 {
+        k += 1;
+    }
+    if k % 2 == 1 {
+        out.push(0);
+    }
+    for &t in &r[k..] {
+        let t = t as i32 + dx;
+        if t >= w {
+            break;
+        }
+        out.push(t as u32);
+    }
+}
+
+/// A decoder's reference frame: its transition lists, or (when those
+/// would take more memory than the decoder allows, or the frame came from
+/// another codec) its packed rows, whose transitions are found row by row
+/// as temporal rows need them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reference<'a> {
+    /// Every row's transitions.
+    Lists(&'a Transitions),
+    /// The packed frame (`ceil(width / 8) * height` bytes).
+    Packed {
+        packed: &'a [u8],
+        width: u32,
+        height: u32,
+    },
+}
+
+impl Reference<'_> {
+    fn dimensions(&self) -> (u32, u32) {
+        match *self {
+            Reference::Lists(t) => (t.width, t.height),
+            Reference::Packed { width, height, .. } => (width, height),
+        }
+    }
+
+    /// [`motion_ref`] of this reference; `scratch` holds a row's
+    /// transitions for packed references.
+    fn motion_ref(&self, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>, scratch: &mut Vec<u32>) {
+        match *self {
+            Reference::Lists(t) => motion_ref(t, y, dx, dy, out),
+            Reference::Packed {
+                packed,
+                width,
+                height,
+            } => {
+                out.clear();
+                let stride = (width as usize).div_ceil(8);
+                let sy = y as i64 - dy as i64;
+                let row = usize::try_from(sy)
+                    .ok()
+                    .filter(|_| sy < height as i64)
+                    .and_then(|sy| packed.get(sy * stride..(sy + 1) * stride));
+                if let Some(row) = row {
+                    let need = stride * 8 + 64;
+                    if scratch.len() < need {
+                        scratch.resize(need, 0);
+                    }
+                    let n = row_transitions_into::<0>(row, width, scratch);
+                    shift_row(&scratch[..n], width, dx, out);
+                }
+                push_sentinels(out, width);
+            }
+        }
+    }
 }
 
 /// Appends the transitions of one packed row (positions `< width`).
@@ -1155,6 +1215,10 @@ pub(crate) struct BilevelDecoder {
     syms_t: Vec<u8>,
     /// Toggle masks of the row being rendered, one u64 per 64 pixels.
     words: Vec<u64>,
+    /// Two row slots for the rows past the memory budget (see `decode`).
+    ring: Vec<u32>,
+    /// A reference row's transitions, for packed references.
+    ref_row: Vec<u32>,
 }
 
 impl Default for BilevelDecoder {
@@ -1168,6 +1232,8 @@ impl Default for BilevelDecoder {
             syms_s: Vec::new(),
             syms_t: Vec::new(),
             words: Vec::new(),
+            ring: Vec::new(),
+            ref_row: Vec::new(),
         }
     }
 }
@@ -1187,15 +1253,24 @@ fn take<'p>(payload: &'p [u8], pos: &mut usize, what: Reason) -> Result<&'p [u8]
 impl BilevelDecoder {
     /// Decodes `payload` into `out` (packed rows) and `cur` (transitions).
     /// `prev` must be given for delta payloads (checked by the caller).
+    ///
+    /// `cur` keeps at most about `budget` entries: a frame with more
+    /// transitions (a payload of a few dozen bytes can describe one with a
+    /// transition at every pixel) is decoded with its rows alternating
+    /// between two slots instead, and the result is `Ok(false)`: `cur` is
+    /// then not the frame's lists, and the caller keeps `out` as the next
+    /// reference. `Ok(true)` when `cur` holds every row.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn decode(
         &mut self,
         payload: &[u8],
         width: u32,
         height: u32,
-        prev: Option<&Transitions>,
+        prev: Option<Reference<'_>>,
         cur: &mut Transitions,
         out: &mut [u8],
-    ) -> Result<(), (usize, Reason)> {
+        budget: usize,
+    ) -> Result<bool, (usize, Reason)> {
         let mut pos = match payload.first() {
             Some(&KIND_KEY) => 1,
             Some(&KIND_DELTA) => 11,
@@ -1288,7 +1363,7 @@ impl BilevelDecoder {
         if Some(out.len()) != stride.checked_mul(height as usize) {
             return Err((0, "output buffer does not fit the dimensions"));
         }
-        if prev.is_some_and(|p| (p.width, p.height) != (width, height)) {
+        if prev.is_some_and(|p| p.dimensions() != (width, height)) {
             return Err((0, "reference of other dimensions"));
         }
         cur.clear();
@@ -1306,20 +1381,52 @@ impl BilevelDecoder {
         if self.words.len() < nw {
             self.words.resize(nw, 0);
         }
+        // Past the budget, rows alternate between two slots of `ring` (row
+        // `y` in slot `y % 2`, the row above in the other, `above_len`
+        // entries): memory stays O(width) whatever the payload describes.
+        let slot = wu + 8;
+        let mut lists = true;
+        let mut above_len = 0usize;
         for y in 0..height as usize {
             let (rows_done, rows_rest) = out.split_at_mut(y * stride);
             let Some(dst) = rows_rest.get_mut(..stride) else {
                 return Err((pos, "output buffer does not fit the dimensions"));
             };
-            let need = start + wu + 8;
-            if cur.tr.len() < need {
-                cur.tr.resize(need.max(cur.tr.len() * 2), 0);
+            let need = start + slot;
+            if lists && need > budget.max(slot) {
+                lists = false;
+                if self.ring.len() < 2 * slot {
+                    self.ring.resize(2 * slot, 0);
+                }
+                // The row above (or the empty row) into the other slot.
+                let a: &[u32] = if above_start == usize::MAX {
+                    &self.above
+                } else {
+                    &cur.tr[above_start..start]
+                };
+                above_len = a.len();
+                let other = (1 - y % 2) * slot;
+                self.ring[other..other + above_len].copy_from_slice(a);
             }
-            let (done, rest) = cur.tr.split_at_mut(start);
-            let above: &[u32] = if above_start == usize::MAX {
-                &self.above
+            if lists && cur.tr.len() < need {
+                cur.tr
+                    .resize(need.max(cur.tr.len() * 2).min(budget.max(slot)), 0);
+            }
+            let (above, rest): (&[u32], &mut [u32]) = if lists {
+                let (done, rest) = cur.tr.split_at_mut(start);
+                let above: &[u32] = if above_start == usize::MAX {
+                    &self.above
+                } else {
+                    &done[above_start..]
+                };
+                (above, rest)
             } else {
-                &done[above_start..]
+                let (s0, s1) = self.ring[..2 * slot].split_at_mut(slot);
+                if y % 2 == 0 {
+                    (&s1[..above_len], s0)
+                } else {
+                    (&s0[..above_len], s1)
+                }
             };
             let mode = dec.get(models, M_ROW + row_ctx) & 63;
             let n = match mode {
@@ -1336,7 +1443,7 @@ impl BilevelDecoder {
                 .map_err(|e| (pos, e))?,
                 ROW_TEMPORAL => {
                     let p = prev.ok_or((pos, "temporal row in a key frame"))?;
-                    motion_ref(p, y, dx, dy, &mut self.tref);
+                    p.motion_ref(y, dx, dy, &mut self.tref, &mut self.ref_row);
                     decode_row(
                         &self.tref,
                         width,
@@ -1351,7 +1458,7 @@ impl BilevelDecoder {
                 }
                 ROW_COPY_PREV => {
                     let p = prev.ok_or((pos, "copied row in a key frame"))?;
-                    motion_ref(p, y, dx, dy, &mut self.tref);
+                    p.motion_ref(y, dx, dy, &mut self.tref, &mut self.ref_row);
                     let r = &self.tref[..self.tref.len() - SENTINELS];
                     rest[..r.len()].copy_from_slice(r);
                     r.len()
@@ -1368,10 +1475,18 @@ impl BilevelDecoder {
                 Some(a) if mode == ROW_COPY_ABOVE => dst.copy_from_slice(a),
                 _ => render_toggles(&rest[..n], width, &mut self.words, dst),
             }
-            above_start = start;
-            start += n + SENTINELS;
-            cur.off.push(start);
+            if lists {
+                above_start = start;
+                start += n + SENTINELS;
+                cur.off.push(start);
+            } else {
+                above_len = n + SENTINELS;
+            }
             row_ctx = mode as usize;
+        }
+        if !lists {
+            // Not the frame's lists: nothing may read them as such.
+            cur.clear();
         }
         if si != n_s || ti != n_t {
             return Err((at_modes, "mode symbols left over after the last row"));
@@ -1382,6 +1497,6 @@ impl BilevelDecoder {
         if !bits.exhausted_exactly() {
             return Err((pos, "extra-bit stream does not end where it should"));
         }
-        Ok(())
+        Ok(lists)
     }
 }

@@ -30,6 +30,9 @@
 //! bounded by the caller's buffer, nothing is read out of bounds and nothing
 //! panics. A delta frame whose reference the decoder does not hold is
 //! rejected with [`CodecError::MissingReference`], never decoded wrongly.
+//! A [`Decoder`] holds at most about 33 times the packed frame in memory,
+//! whatever a payload describes (docs/CODEC.md 1.8): bound it through the
+//! dimensions you accept.
 #![deny(missing_docs)]
 // Unsafe code only where a module allows it: the AVX2 decoder and encoder of `lanes`
 // and the x86 variants of the bilevel encoder (target features).
@@ -40,7 +43,7 @@ mod bits;
 mod lanes;
 mod rans;
 
-use bilevel::{BilevelDecoder, BilevelEncoder, Transitions};
+use bilevel::{BilevelDecoder, BilevelEncoder, Reference, Transitions};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -511,10 +514,15 @@ pub struct Decoder {
     bilevel: BilevelDecoder,
     cur: Transitions,
     prev: Transitions,
-    /// The last decoded frame's bits, when `prev` is not yet extracted from them.
+    /// The reference's packed rows, when it is held that way (`prev_packed`):
+    /// frames of other codecs, and bilevel frames whose lists would pass
+    /// `list_budget`. `prev.width`, `prev.height` are its dimensions.
     prev_bits: Vec<u8>,
-    prev_stale: bool,
+    prev_packed: bool,
     prev_seq: Option<u64>,
+    /// Most transition-list entries kept per frame (`cur`, `prev`), or 0 for
+    /// the default (twice the packed frame's bytes).
+    list_budget: usize,
     #[cfg(feature = "zstd")]
     zstd: Option<zstd::bulk::Decompressor<'static>>,
 }
@@ -541,8 +549,9 @@ impl Decoder {
             cur: Transitions::default(),
             prev: Transitions::default(),
             prev_bits: Vec::new(),
-            prev_stale: false,
+            prev_packed: false,
             prev_seq: None,
+            list_budget: 0,
             #[cfg(feature = "zstd")]
             zstd: None,
         }
@@ -551,7 +560,14 @@ impl Decoder {
     /// Forgets the reference frame (the next delta frame is rejected until a key frame arrives).
     pub fn reset(&mut self) {
         self.prev_seq = None;
-        self.prev_stale = false;
+        self.prev_packed = false;
+    }
+
+    /// Sets the most transition-list entries kept per frame (tests force
+    /// the packed-reference path with 0 -> one row).
+    #[cfg(test)]
+    pub(crate) fn set_list_budget(&mut self, entries: usize) {
+        self.list_budget = entries.max(1);
     }
 
     /// Sequence number of the reference frame held, if any.
@@ -626,11 +642,6 @@ impl Decoder {
                                 held: self.prev_seq,
                             });
                         }
-                        if self.prev_stale {
-                            self.prev
-                                .extract(&self.prev_bits, self.prev.width, self.prev.height);
-                            self.prev_stale = false;
-                        }
                         if (self.prev.width, self.prev.height) != (width, height) {
                             return Err(CodecError::ReferenceDimensions {
                                 needed,
@@ -640,25 +651,46 @@ impl Decoder {
                                 ref_height: self.prev.height,
                             });
                         }
-                        Some(&self.prev)
+                        Some(if self.prev_packed {
+                            Reference::Packed {
+                                packed: &self.prev_bits,
+                                width,
+                                height,
+                            }
+                        } else {
+                            Reference::Lists(&self.prev)
+                        })
                     }
                 };
-                self.bilevel
-                    .decode(payload, width, height, prev, &mut self.cur, out)
+                // Lists of at most twice the packed frame's bytes in entries
+                // (8x its memory): more only for masks with transitions almost
+                // everywhere, which are then kept packed.
+                let budget = match self.list_budget {
+                    0 => out.len().saturating_mul(2),
+                    b => b,
+                };
+                let lists = self
+                    .bilevel
+                    .decode(payload, width, height, prev, &mut self.cur, out, budget)
                     .map_err(|(o, r)| corrupt(o, r))?;
-                std::mem::swap(&mut self.cur, &mut self.prev);
-                self.prev_seq = Some(sequence);
-                self.prev_stale = false;
-                return Ok(());
+                if lists {
+                    std::mem::swap(&mut self.cur, &mut self.prev);
+                    self.prev_seq = Some(sequence);
+                    self.prev_packed = false;
+                    return Ok(());
+                }
             }
             other => return Err(CodecError::UnknownCodec { codec: other }),
         }
-        // A frame of another codec: keep its bits; extract transitions only if a delta frame needs them.
+        // A frame of another codec, or a bilevel frame past the list budget:
+        // keep its packed rows (a delta frame finds a row's transitions when
+        // it needs them).
         self.prev_bits.clear();
         self.prev_bits.extend_from_slice(out);
+        self.prev.clear();
         self.prev.width = width;
         self.prev.height = height;
-        self.prev_stale = true;
+        self.prev_packed = true;
         self.prev_seq = Some(sequence);
         Ok(())
     }

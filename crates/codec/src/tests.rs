@@ -56,9 +56,16 @@ fn blobs(w: u32, h: u32, seed: u64, noise: u32) -> Vec<u8> {
     m
 }
 
+/// Encodes `frames` as a stream and decodes it with the default decoder and
+/// with two whose transition-list budget forces rows into the two-slot ring
+/// and references kept packed (always, and for the busier frames): every
+/// decoder must give back every frame.
 fn roundtrip(choice: Choice, frames: &[Vec<u8>], w: u32, h: u32, interval: u32) -> Vec<usize> {
     let mut enc = Encoder::new(choice, interval);
     let mut dec = Decoder::new();
+    let mut lean = [Decoder::new(), Decoder::new()];
+    lean[0].set_list_budget(1);
+    lean[1].set_list_budget((w as usize * h as usize / 16).max(1));
     let mut sizes = Vec::new();
     for (i, f) in frames.iter().enumerate() {
         let mut out = vec![0xAA; 40];
@@ -73,6 +80,12 @@ fn roundtrip(choice: Choice, frames: &[Vec<u8>], w: u32, h: u32, interval: u32) 
         dec.decode(e.codec, e.flags, i as u64 * 3, w, h, payload, &mut back)
             .unwrap_or_else(|err| panic!("frame {i} {e:?}: {err}"));
         assert_eq!(&back, f, "frame {i} codec {e:?}");
+        for (k, d) in lean.iter_mut().enumerate() {
+            back.fill(0x55);
+            d.decode(e.codec, e.flags, i as u64 * 3, w, h, payload, &mut back)
+                .unwrap_or_else(|err| panic!("budget {k}, frame {i} {e:?}: {err}"));
+            assert_eq!(&back, f, "budget {k}, frame {i} codec {e:?}");
+        }
         sizes.push(payload.len());
     }
     sizes
@@ -146,6 +159,47 @@ fn extreme_content() {
     for c in Choice::ALL {
         roundtrip(c, &frames, w, h, 0);
     }
+}
+
+/// A few dozen bytes can describe a frame with a transition at every
+/// pixel (identical rows of stripes): the decoder must not hold it as
+/// transition lists (4 bytes per transition, for the frame and again for
+/// its reference) but as packed rows, and delta frames against it must
+/// still decode.
+#[test]
+fn busy_frames_are_kept_packed() {
+    let (w, h) = (1024u32, 256u32);
+    let s = stride(w);
+    let stripes = vec![0xAAu8; s * h as usize];
+    let shifted = vec![0x55u8; s * h as usize];
+    let mut enc = Encoder::new(Choice::Bilevel, 0);
+    let mut dec = Decoder::new();
+    let mut back = vec![0u8; stripes.len()];
+    for (i, f) in [&stripes, &shifted, &stripes].into_iter().enumerate() {
+        let mut p = Vec::new();
+        let e = enc.encode(f, w, h, i as u64, &mut p).unwrap();
+        assert_eq!(e.flags != 0, i > 0, "frame {i} is a delta frame");
+        assert!(p.len() < 200, "frame {i}: {} B", p.len());
+        dec.decode(e.codec, e.flags, i as u64, w, h, &p, &mut back)
+            .unwrap();
+        assert_eq!(&back, f, "frame {i}");
+        // 262,144 transitions; the lists keep at most twice the frame's
+        // bytes in entries (plus one row), and the reference is packed.
+        let cap = 2 * stripes.len() + w as usize + 8;
+        assert!(dec.cur.tr.len() <= cap, "{} entries", dec.cur.tr.len());
+        assert!(dec.prev.tr.len() <= cap, "{} entries", dec.prev.tr.len());
+        assert!(dec.prev_packed, "frame {i}");
+        assert_eq!(dec.reference(), Some(i as u64));
+    }
+    // A frame with few transitions is kept as lists again.
+    let mut calm = vec![0u8; s * h as usize];
+    calm[s * 10] = 0x80;
+    let mut p = Vec::new();
+    let e = enc.encode(&calm, w, h, 3, &mut p).unwrap();
+    dec.decode(e.codec, e.flags, 3, w, h, &p, &mut back)
+        .unwrap();
+    assert_eq!(back, calm);
+    assert!(!dec.prev_packed);
 }
 
 #[test]

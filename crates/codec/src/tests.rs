@@ -202,6 +202,56 @@ fn busy_frames_are_kept_packed() {
     assert!(!dec.prev_packed);
 }
 
+/// Hostile payloads through the two-slot ring and packed references (the
+/// fuzz suite's decoders keep lists): mutated key and delta payloads must
+/// give Ok or Err, never a panic, with the reference held packed.
+#[test]
+fn mutated_payloads_on_packed_references() {
+    let (w, h) = (96u32, 40u32);
+    let frames: Vec<Vec<u8>> = (0..3).map(|k| blobs(w, h, 7 + k, 30)).collect();
+    let mut enc = Encoder::new(Choice::Bilevel, 0);
+    let payloads: Vec<(Vec<u8>, Encoded)> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut p = Vec::new();
+            let e = enc.encode(f, w, h, i as u64, &mut p).unwrap();
+            (p, e)
+        })
+        .collect();
+    assert!(payloads[1].1.flags != 0 && payloads[2].1.flags != 0);
+    let mut rng = Rng(12345);
+    let mut back = vec![0u8; frames[0].len()];
+    for round in 0..3000 {
+        let i = 1 + round % 2;
+        let mut d = Decoder::new();
+        d.set_list_budget(1 + (round % 3) * 200);
+        d.decode(CODEC_BILEVEL, 0, 0, w, h, &payloads[0].0, &mut back)
+            .unwrap();
+        if i == 2 {
+            let (p, e) = &payloads[1];
+            d.decode(e.codec, e.flags, 1, w, h, p, &mut back).unwrap();
+        }
+        let (p, e) = &payloads[i];
+        let mut p = p.clone();
+        for _ in 0..1 + rng.next() % 4 {
+            let at = (rng.next() as usize) % p.len();
+            match rng.next() % 3 {
+                0 => p[at] ^= (rng.next() as u8) | 1,
+                1 => p.insert(at, rng.next() as u8),
+                _ => {
+                    p.remove(at);
+                }
+            }
+            if p.is_empty() {
+                p.push(1);
+            }
+        }
+        let _ = d.decode(e.codec, e.flags, i as u64, w, h, &p, &mut back);
+        assert_eq!(back.len(), frames[0].len());
+    }
+}
+
 #[test]
 fn temporal_is_smaller_on_motion() {
     let (w, h) = (320u32, 240u32);

@@ -1210,9 +1210,10 @@ pub(crate) struct BilevelDecoder {
     tref: Vec<u32>,
     side_words: Vec<u16>,
     mode_words: Vec<u16>,
-    /// Decoded mode symbols of spatial and temporal rows, each ending with [`SYM_END`].
-    syms_s: Vec<u8>,
-    syms_t: Vec<u8>,
+    /// Decoded mode symbols: those of spatial rows and [`SYM_END`], then
+    /// those of temporal rows and [`SYM_END`] (one buffer, so that what it
+    /// keeps across frames is bounded by one frame's symbol count).
+    syms: Vec<u8>,
     /// Toggle masks of the row being rendered, one u64 per 64 pixels.
     words: Vec<u64>,
     /// Two row slots for the rows past the memory budget (see `decode`).
@@ -1229,8 +1230,7 @@ impl Default for BilevelDecoder {
             tref: Vec::new(),
             side_words: Vec::new(),
             mode_words: Vec::new(),
-            syms_s: Vec::new(),
-            syms_t: Vec::new(),
+            syms: Vec::new(),
             words: Vec::new(),
             ring: Vec::new(),
             ref_row: Vec::new(),
@@ -1251,6 +1251,12 @@ fn take<'p>(payload: &'p [u8], pos: &mut usize, what: Reason) -> Result<&'p [u8]
 }
 
 impl BilevelDecoder {
+    /// Bytes held for mode symbols (tests of the memory bound).
+    #[cfg(test)]
+    pub(crate) fn symbol_capacity(&self) -> usize {
+        self.syms.capacity()
+    }
+
     /// Decodes `payload` into `out` (packed rows) and `cur` (transitions).
     /// `prev` must be given for delta payloads (checked by the caller).
     ///
@@ -1316,36 +1322,34 @@ impl BilevelDecoder {
         let (Ok(n_s), Ok(n_t)) = (usize::try_from(n_s), usize::try_from(n_t)) else {
             return Err(too_many);
         };
-        if n_s
-            .checked_add(n_t)
-            .and_then(|n| n.checked_add(2))
-            .is_none()
-        {
+        let Some(total) = n_s.checked_add(n_t).and_then(|n| n.checked_add(2)) else {
             return Err(too_many);
-        }
+        };
         // The lanes write every symbol: only the end markers need setting
-        // (no per-frame fill of buffers that are reused).
-        for (syms, n) in [(&mut self.syms_s, n_s), (&mut self.syms_t, n_t)] {
-            if n >= syms.len() {
-                syms.try_reserve_exact(n + 1 - syms.len())
-                    .map_err(|_| too_many)?;
-            }
-            syms.resize(n + 1, SYM_END);
-            syms[n] = SYM_END;
+        // (no per-frame fill of a buffer that is reused).
+        if total > self.syms.len() {
+            self.syms
+                .try_reserve_exact(total - self.syms.len())
+                .map_err(|_| too_many)?;
         }
+        self.syms.resize(total, SYM_END);
+        self.syms[n_s] = SYM_END;
+        self.syms[total - 1] = SYM_END;
+        let (syms_s, syms_t) = self.syms.split_at_mut(n_s + 1);
         let models = &*self.models.table;
         if n_s + n_t > 0 {
             let nl = lanes::lanes_for(n_s + n_t);
             Lanes::pad(modes, nl, &mut self.mode_words);
             let mut lanes = Lanes::new(modes, nl, &self.mode_words).map_err(|e| (at_modes, e))?;
-            lanes.decode(models, M_MODE_S, &mut self.syms_s[..n_s]);
-            lanes.decode(models, M_MODE_T, &mut self.syms_t[..n_t]);
+            lanes.decode(models, M_MODE_S, &mut syms_s[..n_s]);
+            lanes.decode(models, M_MODE_T, &mut syms_t[..n_t]);
             if !lanes.finished_cleanly() {
                 return Err((at_modes, "mode stream does not end where it should"));
             }
         } else if !modes.is_empty() {
             return Err((at_modes, "mode stream without mode symbols"));
         }
+        let (syms_s, syms_t) = (&*syms_s, &*syms_t);
         // Every symbol is in its model's alphabet (`DecTables::read` refuses
         // others), and `decode_row` treats anything above as the end.
 
@@ -1393,7 +1397,20 @@ impl BilevelDecoder {
                 return Err((pos, "output buffer does not fit the dimensions"));
             };
             let need = start + slot;
-            if lists && need > budget.max(slot) {
+            let cap = budget.max(slot);
+            // Grow the lists (fallibly: a failed allocation is one more
+            // reason to go on in the ring).
+            let fits = lists
+                && need <= cap
+                && (cur.tr.len() >= need || {
+                    let len = need.max(cur.tr.len().saturating_mul(2)).min(cap);
+                    let ok = cur.tr.try_reserve_exact(len - cur.tr.len()).is_ok();
+                    if ok {
+                        cur.tr.resize(len, 0);
+                    }
+                    ok
+                });
+            if lists && !fits {
                 lists = false;
                 if self.ring.len() < 2 * slot {
                     self.ring.resize(2 * slot, 0);
@@ -1407,10 +1424,6 @@ impl BilevelDecoder {
                 above_len = a.len();
                 let other = (1 - y % 2) * slot;
                 self.ring[other..other + above_len].copy_from_slice(a);
-            }
-            if lists && cur.tr.len() < need {
-                cur.tr
-                    .resize(need.max(cur.tr.len() * 2).min(budget.max(slot)), 0);
             }
             let (above, rest): (&[u32], &mut [u32]) = if lists {
                 let (done, rest) = cur.tr.split_at_mut(start);
@@ -1433,7 +1446,7 @@ impl BilevelDecoder {
                 ROW_SPATIAL => decode_row(
                     above,
                     width,
-                    &self.syms_s,
+                    syms_s,
                     &mut si,
                     models,
                     &mut dec,
@@ -1447,7 +1460,7 @@ impl BilevelDecoder {
                     decode_row(
                         &self.tref,
                         width,
-                        &self.syms_t,
+                        syms_t,
                         &mut ti,
                         models,
                         &mut dec,

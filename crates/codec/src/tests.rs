@@ -400,25 +400,38 @@ fn bad_arguments() {
 fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     let (w, h) = (1024u32, 768u32);
     let limit = h as u64 * (2 * w as u64 + 2);
-    let payload = |n_s: u64| {
-        let mut p = vec![0u8]; // key frame
-                               // Models 0-7 (bitmaps; a lone symbol needs no frequency): row mode
-                               // 0 only; runs empty; spatial mode symbols: V0 (symbol 7) only.
-        crate::bits::put_varint(&mut p, 1);
-        for _ in 1..6 {
+    // A key frame (or a delta frame against sequence 0, no motion) whose
+    // models each hold one symbol: V0 (symbol 7) for spatial rows and for
+    // temporal ones; runs empty.
+    let payload = |n_s: u64, n_t: u64| {
+        let mut p = vec![(n_t > 0) as u8];
+        if n_t > 0 {
+            p.extend_from_slice(&[0; 10]);
+        }
+        // Models 0-7 (bitmaps; a lone symbol needs no frequency): row mode
+        // 0 (spatial) in a key frame; in a delta frame 1 (temporal), also
+        // after a temporal row (row-mode context 1).
+        if n_t > 0 {
+            crate::bits::put_varint(&mut p, 2);
+            crate::bits::put_varint(&mut p, 2);
+        } else {
+            crate::bits::put_varint(&mut p, 1);
+            crate::bits::put_varint(&mut p, 0);
+        }
+        for _ in 2..6 {
             crate::bits::put_varint(&mut p, 0);
         }
         crate::bits::put_varint(&mut p, 1 << 7);
-        crate::bits::put_varint(&mut p, 0);
+        crate::bits::put_varint(&mut p, if n_t > 0 { 1 << 7 } else { 0 });
         crate::bits::put_varint(&mut p, n_s);
-        crate::bits::put_varint(&mut p, 0);
+        crate::bits::put_varint(&mut p, n_t);
         // Side stream: two lanes at 2^15 (a lone symbol never moves them).
         crate::bits::put_varint(&mut p, 8);
         for _ in 0..2 {
             p.extend_from_slice(&(1u32 << 15).to_le_bytes());
         }
         // Mode stream: its lanes (16, or 4 below 4096 symbols) at 2^15.
-        let lanes = crate::lanes::lanes_for(n_s as usize);
+        let lanes = crate::lanes::lanes_for((n_s + n_t) as usize);
         crate::bits::put_varint(&mut p, 4 * lanes as u64);
         for _ in 0..lanes {
             p.extend_from_slice(&(1u32 << 15).to_le_bytes());
@@ -428,7 +441,7 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     let mut dec = Decoder::new();
     let mut out = vec![0u8; stride(w) * h as usize];
     for n_s in [limit, limit + 1] {
-        let p = payload(n_s);
+        let p = payload(n_s, 0);
         assert!(p.len() < 100, "{} B", p.len());
         let err = dec
             .decode(CODEC_BILEVEL, 0, 0, w, h, &p, &mut out)
@@ -441,8 +454,22 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     }
     // The same payload with exactly one symbol per row (each row: V0 on the
     // empty reference = an empty row) is a valid all-zero mask.
-    let p = payload(h as u64);
+    let p = payload(h as u64, 0);
     out.fill(0xFF);
     dec.decode(CODEC_BILEVEL, 0, 0, w, h, &p, &mut out).unwrap();
     assert!(out.iter().all(|&b| b == 0));
+    // Then a delta frame claiming every symbol for temporal rows: refused,
+    // and the symbols of both frames share one buffer (held at most once).
+    let p = payload(0, limit);
+    assert!(p.len() < 100, "{} B", p.len());
+    let err = dec
+        .decode(CODEC_BILEVEL, FLAG_DELTA, 1, w, h, &p, &mut out)
+        .unwrap_err();
+    assert!(err.to_string().contains("left over"), "{err}");
+    let held = dec.bilevel.symbol_capacity() as u64;
+    assert!(
+        held <= limit + 2 + 64,
+        "{held} B held for mode symbols, limit {limit}"
+    );
+    assert_eq!(dec.reference(), Some(0));
 }

@@ -198,6 +198,7 @@ fn push_sentinels(v: &mut Vec<u32>, width: u32) {
 /// `y - dy` of the previous frame (an empty row outside the frame) moved
 /// `dx` pixels right, pixels entering from outside being 0. Written with
 /// sentinels into `out`.
+#[inline]
 fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>) {
     out.clear();
     let sy = y as i64 - dy as i64;
@@ -210,6 +211,7 @@ fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>
 
 /// Appends the transitions `r` (no sentinels) moved `dx` pixels right and
 /// cut to `0..width`, pixels entering from outside being 0.
+#[inline(always)]
 fn shift_row(r: &[u32], width: u32, dx: i32, out: &mut Vec<u32>) {
     let w = width as i32;
     // Transitions that land at or left of 0 only set the colour of pixel 0.
@@ -255,6 +257,7 @@ impl Reference<'_> {
 
     /// [`motion_ref`] of this reference; `scratch` holds a row's
     /// transitions for packed references.
+    #[inline(always)]
     fn motion_ref(&self, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>, scratch: &mut Vec<u32>) {
         match *self {
             Reference::Lists(t) => motion_ref(t, y, dx, dy, out),
@@ -262,26 +265,41 @@ impl Reference<'_> {
                 packed,
                 width,
                 height,
-            } => {
-                out.clear();
-                let stride = (width as usize).div_ceil(8);
-                let sy = y as i64 - dy as i64;
-                let row = usize::try_from(sy)
-                    .ok()
-                    .filter(|_| sy < height as i64)
-                    .and_then(|sy| packed.get(sy * stride..(sy + 1) * stride));
-                if let Some(row) = row {
-                    let need = stride * 8 + 64;
-                    if scratch.len() < need {
-                        scratch.resize(need, 0);
-                    }
-                    let n = row_transitions_into::<0>(row, width, scratch);
-                    shift_row(&scratch[..n], width, dx, out);
-                }
-                push_sentinels(out, width);
-            }
+            } => packed_motion_ref(packed, width, height, y, dx, dy, out, scratch),
         }
     }
+}
+
+/// [`motion_ref`] of a packed reference (kept out of the row loop: the
+/// lists are the common case).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn packed_motion_ref(
+    packed: &[u8],
+    width: u32,
+    height: u32,
+    y: usize,
+    dx: i32,
+    dy: i32,
+    out: &mut Vec<u32>,
+    scratch: &mut Vec<u32>,
+) {
+    out.clear();
+    let stride = (width as usize).div_ceil(8);
+    let sy = y as i64 - dy as i64;
+    let row = usize::try_from(sy)
+        .ok()
+        .filter(|_| sy < height as i64)
+        .and_then(|sy| packed.get(sy * stride..(sy + 1) * stride));
+    if let Some(row) = row {
+        let need = stride * 8 + 64;
+        if scratch.len() < need {
+            scratch.resize(need, 0);
+        }
+        let n = row_transitions_into::<0>(row, width, scratch);
+        shift_row(&scratch[..n], width, dx, out);
+    }
+    push_sentinels(out, width);
 }
 
 /// Appends the transitions of one packed row (positions `< width`).
@@ -1397,33 +1415,28 @@ impl BilevelDecoder {
                 return Err((pos, "output buffer does not fit the dimensions"));
             };
             let need = start + slot;
-            let cap = budget.max(slot);
-            // Grow the lists (fallibly: a failed allocation is one more
-            // reason to go on in the ring).
-            let fits = lists
-                && need <= cap
-                && (cur.tr.len() >= need || {
-                    let len = need.max(cur.tr.len().saturating_mul(2)).min(cap);
-                    let ok = cur.tr.try_reserve_exact(len - cur.tr.len()).is_ok();
-                    if ok {
-                        cur.tr.resize(len, 0);
-                    }
-                    ok
-                });
-            if lists && !fits {
-                lists = false;
-                if self.ring.len() < 2 * slot {
-                    self.ring.resize(2 * slot, 0);
-                }
-                // The row above (or the empty row) into the other slot.
-                let a: &[u32] = if above_start == usize::MAX {
-                    &self.above
+            // Grow the lists up to the budget (fallibly: a failed allocation
+            // is one more reason to go on in the ring).
+            if lists && need > cur.tr.len() {
+                let cap = budget.max(slot);
+                let len = need.max(cur.tr.len().saturating_mul(2)).min(cap);
+                if need <= cap && cur.tr.try_reserve_exact(len - cur.tr.len()).is_ok() {
+                    cur.tr.resize(len, 0);
                 } else {
-                    &cur.tr[above_start..start]
-                };
-                above_len = a.len();
-                let other = (1 - y % 2) * slot;
-                self.ring[other..other + above_len].copy_from_slice(a);
+                    lists = false;
+                    if self.ring.len() < 2 * slot {
+                        self.ring.resize(2 * slot, 0);
+                    }
+                    // The row above (or the empty row) into the other slot.
+                    let a: &[u32] = if above_start == usize::MAX {
+                        &self.above
+                    } else {
+                        &cur.tr[above_start..start]
+                    };
+                    above_len = a.len();
+                    let other = (1 - y % 2) * slot;
+                    self.ring[other..other + above_len].copy_from_slice(a);
+                }
             }
             let (above, rest): (&[u32], &mut [u32]) = if lists {
                 let (done, rest) = cur.tr.split_at_mut(start);

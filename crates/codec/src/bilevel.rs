@@ -201,12 +201,18 @@ fn push_sentinels(v: &mut Vec<u32>, width: u32) {
 #[inline]
 fn motion_ref(prev: &Transitions, y: usize, dx: i32, dy: i32, out: &mut Vec<u32>) {
     out.clear();
-    let sy = y as i64 - dy as i64;
-    if sy >= 0 && sy < prev.height as i64 {
-        let r = prev.row(sy as usize);
+    if let Some(sy) = source_row(y, dy, prev.height) {
+        let r = prev.row(sy);
         shift_row(&r[..r.len() - SENTINELS], prev.width, dx, out);
     }
     push_sentinels(out, prev.width);
+}
+
+/// Row `y - dy` of a frame `height` rows high, if inside it.
+#[inline(always)]
+fn source_row(y: usize, dy: i32, height: u32) -> Option<usize> {
+    let sy = y as i64 - dy as i64;
+    (0..height as i64).contains(&sy).then_some(sy as usize)
 }
 
 /// Appends the transitions `r` (no sentinels) moved `dx` pixels right and
@@ -286,18 +292,9 @@ fn packed_motion_ref(
 ) {
     out.clear();
     let stride = (width as usize).div_ceil(8);
-    let sy = y as i64 - dy as i64;
-    let row = usize::try_from(sy)
-        .ok()
-        .filter(|_| sy < height as i64)
-        .and_then(|sy| packed.get(sy * stride..(sy + 1) * stride));
+    let row = source_row(y, dy, height).and_then(|sy| packed.get(sy * stride..(sy + 1) * stride));
     if let Some(row) = row {
-        let need = stride * 8 + 64;
-        if scratch.len() < need {
-            scratch.resize(need, 0);
-        }
-        let n = row_transitions_into::<0>(row, width, scratch);
-        shift_row(&scratch[..n], width, dx, out);
+        shift_row(row_transitions_in(row, width, scratch), width, dx, out);
     }
     push_sentinels(out, width);
 }
@@ -305,9 +302,18 @@ fn packed_motion_ref(
 /// Appends the transitions of one packed row (positions `< width`).
 #[cfg(test)]
 pub(crate) fn row_transitions(row: &[u8], width: u32, out: &mut Vec<u32>) {
-    let mut buf = vec![0u32; row.len() * 8 + 64];
-    let n = row_transitions_into::<0>(row, width, &mut buf);
-    out.extend_from_slice(&buf[..n]);
+    out.extend_from_slice(row_transitions_in(row, width, &mut Vec::new()));
+}
+
+/// The transitions of one packed row (positions `< width`), found in
+/// `scratch` (grown to what [`row_transitions_into`] needs, then reused).
+fn row_transitions_in<'s>(row: &[u8], width: u32, scratch: &'s mut Vec<u32>) -> &'s [u32] {
+    let need = row.len() * 8 + 64;
+    if scratch.len() < need {
+        scratch.resize(need, 0);
+    }
+    let n = row_transitions_into::<0>(row, width, scratch);
+    &scratch[..n]
 }
 
 /// Writes the transitions of one packed row (positions `< width`) to the
@@ -1295,6 +1301,15 @@ impl BilevelDecoder {
         out: &mut [u8],
         budget: usize,
     ) -> Result<bool, (usize, Reason)> {
+        // The caller checked these (`check_frame`, the reference's size);
+        // refused here too, before any work, rather than decoding part of
+        // a frame.
+        if Some(out.len()) != (width as usize).div_ceil(8).checked_mul(height as usize) {
+            return Err((0, "output buffer does not fit the dimensions"));
+        }
+        if prev.is_some_and(|p| p.dimensions() != (width, height)) {
+            return Err((0, "reference of other dimensions"));
+        }
         let mut pos = match payload.first() {
             Some(&KIND_KEY) => 1,
             Some(&KIND_DELTA) => 11,
@@ -1380,14 +1395,6 @@ impl BilevelDecoder {
         };
         let stride = (width as usize).div_ceil(8);
         let wu = width as usize;
-        // The caller checked these (`check_frame`, the reference's size);
-        // refused here too rather than decoding part of a frame.
-        if Some(out.len()) != stride.checked_mul(height as usize) {
-            return Err((0, "output buffer does not fit the dimensions"));
-        }
-        if prev.is_some_and(|p| p.dimensions() != (width, height)) {
-            return Err((0, "reference of other dimensions"));
-        }
         cur.clear();
         cur.width = width;
         cur.height = height;

@@ -563,8 +563,8 @@ impl Decoder {
         self.prev_packed = false;
     }
 
-    /// Sets the most transition-list entries kept per frame (tests force
-    /// the packed-reference path with 0 -> one row).
+    /// Sets the most transition-list entries kept per frame, at least one
+    /// row's (tests force the ring and packed references with 1).
     #[cfg(test)]
     pub(crate) fn set_list_budget(&mut self, entries: usize) {
         self.list_budget = entries.max(1);
@@ -654,8 +654,8 @@ impl Decoder {
                         Some(if self.prev_packed {
                             Reference::Packed {
                                 packed: &self.prev_bits,
-                                width,
-                                height,
+                                width: self.prev.width,
+                                height: self.prev.height,
                             }
                         } else {
                             Reference::Lists(&self.prev)

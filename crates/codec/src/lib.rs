@@ -48,6 +48,20 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+/// Clears the padding bits (past `width` in each row's last byte) of a mask
+/// in the wire layout.
+fn clear_padding(mask: &mut [u8], width: u32) {
+    let tail = width % 8;
+    if tail == 0 {
+        return;
+    }
+    let stride = (width as usize).div_ceil(8);
+    let keep = 0xffu8 << (8 - tail);
+    for row in mask.chunks_exact_mut(stride) {
+        row[stride - 1] &= keep;
+    }
+}
+
 /// Codec id 0: the payload is the packed mask (same as `bitmask_wire::CODEC_RAW`).
 pub const CODEC_RAW: u8 = 0;
 /// Codec id 1: the bilevel codec of this crate (`docs/CODEC.md`).
@@ -682,6 +696,10 @@ impl Decoder {
             }
             other => return Err(CodecError::UnknownCodec { codec: other }),
         }
+        // Padding bits are 0 in the wire layout; a payload of a byte codec
+        // can set them (the bilevel renderer never does): clear them, so the
+        // mask written and the reference kept are the canonical ones.
+        clear_padding(out, width);
         // A frame of another codec, or a bilevel frame past the list budget:
         // keep its packed rows (a delta frame finds a row's transitions when
         // it needs them).

@@ -16,17 +16,6 @@ fn stride(w: u32) -> usize {
     (w as usize).div_ceil(8)
 }
 
-/// Clears the padding bits of every row.
-fn clear_padding(mask: &mut [u8], w: u32) {
-    let s = stride(w);
-    if w % 8 != 0 {
-        let keep = 0xFFu8 << (8 - w % 8);
-        for row in mask.chunks_exact_mut(s) {
-            row[s - 1] &= keep;
-        }
-    }
-}
-
 /// A blobby mask: a few discs plus some noise.
 fn blobs(w: u32, h: u32, seed: u64, noise: u32) -> Vec<u8> {
     let mut rng = Rng(seed | 1);
@@ -472,4 +461,47 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
         "{held} B held for mode symbols, limit {limit}"
     );
     assert_eq!(dec.reference(), Some(0));
+}
+
+#[test]
+fn padding_bits_set_by_a_payload_are_cleared() {
+    // Width 61: 3 padding bits per row. A raw (or zstd, lz4) payload may
+    // set them; the decoded mask, and the reference a delta frame is
+    // decoded against, have them 0.
+    let (w, h) = (61u32, 40u32);
+    let mask = blobs(w, h, 7, 0);
+    let mut dirty = mask.clone();
+    for row in dirty.chunks_exact_mut(stride(w)) {
+        row[stride(w) - 1] |= 0x07;
+    }
+    assert_ne!(dirty, mask);
+    let mut out = vec![0u8; mask.len()];
+    let mut zstd_payload = Vec::new();
+    let mut lz4_payload = Vec::new();
+    Encoder::new(Choice::Zstd, 1)
+        .encode(&dirty, w, h, 0, &mut zstd_payload)
+        .unwrap();
+    Encoder::new(Choice::Lz4, 1)
+        .encode(&dirty, w, h, 0, &mut lz4_payload)
+        .unwrap();
+    for (codec, payload) in [
+        (CODEC_RAW, &dirty),
+        (CODEC_ZSTD, &zstd_payload),
+        (CODEC_LZ4, &lz4_payload),
+    ] {
+        let mut dec = Decoder::new();
+        dec.decode(codec, 0, 5, w, h, payload, &mut out).unwrap();
+        assert_eq!(out, mask, "codec {codec}");
+        // A bilevel delta frame against it decodes to the clean next mask.
+        let mut next = mask.clone();
+        next[10 * stride(w)..11 * stride(w)].copy_from_slice(&[0xf0; 8]);
+        let mut enc = Encoder::new(Choice::Bilevel, 100);
+        let mut p = Vec::new();
+        enc.encode(&mask, w, h, 5, &mut p).unwrap();
+        p.clear();
+        let e = enc.encode(&next, w, h, 6, &mut p).unwrap();
+        assert_eq!(e.flags & FLAG_DELTA, FLAG_DELTA, "a delta frame");
+        dec.decode(e.codec, e.flags, 6, w, h, &p, &mut out).unwrap();
+        assert_eq!(out, next, "codec {codec}, then a delta frame");
+    }
 }

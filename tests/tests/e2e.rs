@@ -253,6 +253,39 @@ fn sender_errors_exit_non_zero_with_one_line() {
     assert_usage_error(&f, "purple");
     let f = run(Command::new(bin("bitmask-send")).arg(&good));
     assert_usage_error(&f, "--to");
+    // numbers that cannot be a duration (they panicked) or make no sense
+    for (flag, v) in [
+        ("--fps", "1e-30"),
+        ("--fps", "nan"),
+        ("--timeout", "inf"),
+        ("--timeout", "-5"),
+        ("--retry-max", "1e30"),
+        ("--rate", "nan"),
+    ] {
+        let f = send("127.0.0.1:1", &[flag, v], &[&good]);
+        assert_usage_error(&f, v);
+    }
+
+    // a decompression bomb: a PNG header claiming 60000x60000 pixels
+    let bomb = dir.join("bomb.png");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let body = [kind, data].concat();
+        png.extend_from_slice(&body);
+        png.extend_from_slice(&bitmask_wire::crc(&body, &[]).to_be_bytes()); // CRC-32, as PNG's
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&60000u32.to_be_bytes());
+    ihdr.extend_from_slice(&60000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    // an empty zlib stream (one stored block): the limit trips before it matters
+    chunk(b"IDAT", &[0x78, 0x01, 0x01, 0, 0, 0xff, 0xff, 0, 0, 0, 1]);
+    chunk(b"IEND", &[]);
+    std::fs::write(&bomb, &png).unwrap();
+    let f = send(&closed_port(), &[], &[&bomb]);
+    assert_one_line_error(&f, "bitmask-send", "60000x60000");
 }
 
 #[test]
@@ -269,6 +302,10 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     assert_one_line_error(&f, "bitmask-recv", "nonsense");
     let f = recv(&["--listen", "127.0.0.1:0", "--out", "-", "--format", "png"]);
     assert_one_line_error(&f, "bitmask-recv", "png");
+    for v in ["inf", "nan", "-5", "1e30"] {
+        let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--timeout", v]);
+        assert_usage_error(&f, v);
+    }
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -127,8 +127,7 @@ impl Source for ImageFiles {
         let img = match &self.cache[i] {
             Some(img) => img,
             None => {
-                decoded = image::open(path)
-                    .with_context(|| format!("cannot read image {}", path.display()))?;
+                decoded = open_image(path)?;
                 let kept: usize = self
                     .cache
                     .iter()
@@ -147,6 +146,36 @@ impl Source for ImageFiles {
         threshold_image(img, params, mask)
             .with_context(|| format!("cannot threshold {}", path.display()))?;
         Ok(true)
+    }
+}
+
+/// Decodes an image file (format from its content, else its extension). An
+/// image too large to decode (the `image` crate refuses to allocate more than
+/// 512 MiB: a decompression bomb, or a real 16k x 16k scan) is named with its
+/// dimensions.
+pub fn open_image(path: &Path) -> Result<DynamicImage> {
+    let what = || format!("cannot read image {}", path.display());
+    let reader = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+        Ok(image::ImageReader::open(path)?.with_guessed_format()?)
+    };
+    match reader().with_context(what)?.decode() {
+        Ok(img) => Ok(img),
+        Err(image::ImageError::Limits(e)) => {
+            let dims = reader()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+                .map_or_else(String::new, |(w, h)| {
+                    format!(
+                        "it is {w}x{h} ({:.0} megapixels), ",
+                        w as f64 * h as f64 / 1e6
+                    )
+                });
+            Err(anyhow::anyhow!(
+                "{}: {dims}more than the image decoder may allocate (512 MiB): {e}",
+                what()
+            ))
+        }
+        Err(e) => Err(e).with_context(what),
     }
 }
 

@@ -48,7 +48,7 @@ struct Cli {
     invert: bool,
 
     /// Send at most N frames per second (default: as fast as the link allows).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_fps)]
     fps: Option<f64>,
 
     /// Start over after the last input, until interrupted.
@@ -92,7 +92,7 @@ struct Cli {
 
     /// Connect timeout in seconds; also the limit for a stalled write (then the
     /// sender reconnects).
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]
     timeout: f64,
 
     /// Frames waiting between capture and network, at most. When the link or
@@ -109,7 +109,7 @@ struct Cli {
     no_drop: bool,
 
     /// Longest wait between reconnect attempts, in seconds (backoff 50 ms, doubling up to this).
-    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    #[arg(long, default_value = "0.5", value_name = "SECS", value_parser = parse_secs)]
     retry_max: f64,
 
     /// tcp: one connection; udp: datagrams, no retransmission (see docs/PROTOCOL.md).
@@ -123,7 +123,7 @@ struct Cli {
     /// Pace --transport udp to at most this many Mbit/s (UDP has no congestion
     /// control: above the link's rate whole frames are lost). Default: only the
     /// local queue's back-pressure.
-    #[arg(long, value_name = "MBIT")]
+    #[arg(long, value_name = "MBIT", value_parser = parse_mbit)]
     rate: Option<f64>,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
@@ -174,6 +174,26 @@ fn parse_threshold(s: &str) -> Result<ThresholdArg, String> {
     }
 }
 
+/// A finite number in `lo..=hi`, or the message for `what`.
+fn parse_in(s: &str, lo: f64, hi: f64, what: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not {what} in [{lo}, {hi}]")),
+    }
+}
+
+fn parse_fps(s: &str) -> Result<f64, String> {
+    parse_in(s, 0.001, 100_000.0, "a frame rate")
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    parse_in(s, 0.001, 86_400.0, "a number of seconds")
+}
+
+fn parse_mbit(s: &str) -> Result<f64, String> {
+    parse_in(s, 0.01, 1_000_000.0, "a rate in Mbit/s")
+}
+
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -217,10 +237,6 @@ fn run(cli: Cli) -> Result<()> {
         threshold: cli.threshold,
         invert: cli.invert,
     };
-    let secs = |v: f64, what: &str| -> Result<Duration> {
-        Duration::try_from_secs_f64(v.max(0.001))
-            .map_err(|_| anyhow::anyhow!("{what} {v} is not a number of seconds"))
-    };
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,
@@ -230,10 +246,11 @@ fn run(cli: Cli) -> Result<()> {
         no_drop: cli.no_drop || (cli.input_format.is_none() && cli.fps.is_none()),
         fps: cli.fps,
         count: cli.count,
-        timeout: secs(cli.timeout, "--timeout")?,
-        retry_max: secs(cli.retry_max, "--retry-max")?,
+        // parse_secs keeps these finite and in range
+        timeout: Duration::from_secs_f64(cli.timeout),
+        retry_max: Duration::from_secs_f64(cli.retry_max),
         mtu: cli.mtu,
-        rate_mbit: cli.rate.filter(|r| *r > 0.0),
+        rate_mbit: cli.rate,
     };
     let encoder: Box<dyn pipeline::FrameEncoder> =
         Box::new(codec::CodecEncoder::new(cli.codec, cli.keyframe_interval));

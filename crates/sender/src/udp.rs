@@ -3,7 +3,7 @@
 //! transport"). No retransmission: a frame missing a datagram is dropped by
 //! the receiver after its deadline and shows up there as lost.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bitmask_wire::Hello;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
@@ -91,6 +91,9 @@ impl UdpLink {
             .with_context(|| format!("cannot reach {to} over UDP"))?;
         socket2::SockRef::from(&sock).set_send_buffer_size(UDP_SNDBUF)?;
         let ip_udp = if to.is_ipv4() { 28 } else { 48 };
+        if mtu > u16::MAX as usize {
+            bail!("--mtu {mtu} is larger than an IP packet can be (65535)");
+        }
         let stride = mtu
             .checked_sub(ip_udp + DGRAM_HEADER_LEN)
             .filter(|s| *s >= 64)

@@ -372,3 +372,90 @@ fn unsafe_free_sigterm(pid: u32) {
         .expect("kill(1)");
     assert!(st.success());
 }
+
+#[test]
+fn sigterm_with_an_exec_consumer_ends_cleanly() {
+    // The --exec child's watcher thread must not take SIGTERM itself (it did:
+    // the receiver died with status 143, no summary, the child orphaned).
+    let tmp = TempDir::new("exec-sigterm");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("consumer.raw");
+    let consumer = format!("cat > '{}'", out.display());
+    let mut recv = start_receiver(&["--exec", &consumer]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--count", "6", "--no-drop"],
+    ));
+    assert!(s.wait(LIMIT).status.success());
+    recv.proc.wait_for_stderr("cam: 6 frames", LIMIT);
+    unsafe_free_sigterm(recv.proc.id());
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.status.success(), "SIGTERM with --exec: {}", fr.stderr);
+    assert!(fr.stderr.contains("stopping: signal 15"), "{}", fr.stderr);
+    assert!(fr.stderr.contains("exited cleanly"), "{}", fr.stderr);
+    let want: Vec<u8> = (0..6).flat_map(|i| expected[i % 3].clone()).collect();
+    assert_eq!(read(&out), want, "the consumer got every mask");
+}
+
+#[test]
+fn a_closed_stdout_stops_the_receiver_with_an_error() {
+    let tmp = TempDir::new("stdout-closed");
+    inputs(&tmp.join("in"));
+    // The reader of stdout takes 10 bytes and goes away.
+    let script = format!(
+        "{{ '{}' --listen 127.0.0.1:0 --out -; echo \"receiver exit $?\" >&2; }} | head -c 10 >/dev/null",
+        bin("bitmask-recv").display()
+    );
+    let mut recv = start_listening(Command::new("sh").args(["-c", &script]));
+    let _s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "50"],
+    ));
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.stderr.contains("receiver exit 1"), "{}", fr.stderr);
+    assert!(
+        fr.stderr.contains("stdout was closed"),
+        "one clear line, not an error per frame forever: {}",
+        fr.stderr
+    );
+}
+
+#[test]
+fn idle_connections_cannot_lock_senders_out() {
+    let tmp = TempDir::new("idle-slots");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    // Silent sockets would hold their slots for --timeout (120 s), longer
+    // than the sender may take here (LIMIT).
+    let recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--max-senders",
+        "2",
+        "--timeout",
+        "120",
+    ]);
+    // Every slot taken by sockets that say nothing, and more waiting.
+    let idle: Vec<TcpStream> = (0..6)
+        .filter_map(|_| TcpStream::connect(&recv.addr).ok())
+        .collect();
+    assert!(!idle.is_empty());
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--count", "5", "--no-drop"],
+    ));
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "{}", f.stderr);
+    recv.proc.wait_for_stderr("cam: 5 frames", LIMIT);
+    assert_eq!(check_frames(&out, &expected), vec![0, 1, 2, 3, 4]);
+    drop(idle);
+    // (The log says so, at most once a second.)
+    let log = recv.proc.stderr();
+    assert!(log.contains("--max-senders 2"), "{log}");
+}

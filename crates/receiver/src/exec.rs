@@ -14,6 +14,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -30,19 +31,39 @@ pub struct Exec {
     status: mpsc::Receiver<io::Result<ExitStatus>>,
     finishing: Arc<AtomicBool>,
     frames: Arc<AtomicU64>,
+    pid: u32,
 }
+
+/// How long the child may take to exit once its stdin is closed before it
+/// is sent SIGTERM.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 impl Exec {
     /// Starts `sh -c CMD` with a pipe on its stdin and a thread that watches it.
     pub fn spawn(cmd: &str) -> Result<Self> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .stdin(Stdio::piped())
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(cmd).stdin(Stdio::piped());
+        // The receiver blocks SIGINT and SIGTERM in all its threads (a signal
+        // thread waits for them), and a child inherits that mask: give the
+        // child the default, so Ctrl-C and SIGTERM reach it.
+        // SAFETY: runs in the forked child before exec; sigemptyset and
+        // sigprocmask are async-signal-safe and touch only this stack's set.
+        unsafe {
+            command.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start --exec command `{cmd}` with sh -c"))?;
         let stdin = child.stdin.take();
-        log::info!("--exec: started `{cmd}` (pid {})", child.id());
+        let pid = child.id();
+        log::info!("--exec: started `{cmd}` (pid {pid})");
         let finishing = Arc::new(AtomicBool::new(false));
         let frames = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel();
@@ -72,6 +93,7 @@ impl Exec {
             status: rx,
             finishing,
             frames,
+            pid,
         })
     }
 
@@ -108,10 +130,31 @@ impl Exec {
         }
         self.finishing.store(true, Ordering::SeqCst);
         drop(self.stdin.take());
-        let st = self
-            .status
-            .recv()
-            .context("the --exec watcher thread is gone")?;
+        let st = match self.status.recv_timeout(EXIT_GRACE) {
+            Ok(st) => st,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A child that does not read its stdin never sees its end:
+                // do not wait for it forever (at Ctrl-C, SIGTERM).
+                // SAFETY: kill(2) on the pid of our own child, which the
+                // watcher has not reaped yet (it would have sent its status).
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+                let st = self.status.recv_timeout(Duration::from_secs(2));
+                bail!(
+                    "--exec child `{}` (pid {}) had not exited {} s after its stdin was closed; \
+                     sent it SIGTERM{}",
+                    self.cmd,
+                    self.pid,
+                    EXIT_GRACE.as_secs(),
+                    match st {
+                        Ok(st) => format!(", then it {}", describe(&st)),
+                        Err(_) => ", and it is still running".into(),
+                    }
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the --exec watcher thread is gone")
+            }
+        };
         match st {
             Ok(s) if s.success() => {
                 log::info!("--exec child `{}` exited cleanly", self.cmd);

@@ -194,7 +194,7 @@ impl View {
             pngs: AtomicU64::new(0),
             busy: AtomicU64::new(0),
         });
-        let (tx, rx) = sync_channel::<TcpStream>(QUEUE);
+        let (tx, rx) = sync_channel::<(TcpStream, Instant)>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..WORKERS {
             let (rx, shared) = (rx.clone(), shared.clone());
@@ -479,7 +479,7 @@ fn lower_priority() {
     }
 }
 
-fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>, shared: &Shared) {
+fn accept_loop(listener: TcpListener, tx: SyncSender<(TcpStream, Instant)>, shared: &Shared) {
     lower_priority();
     loop {
         let stream = match listener.accept() {
@@ -490,9 +490,9 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>, shared: &Shared
                 continue;
             }
         };
-        match tx.try_send(stream) {
+        match tx.try_send((stream, Instant::now())) {
             Ok(()) => {}
-            Err(TrySendError::Full(mut s)) => {
+            Err(TrySendError::Full((mut s, _))) => {
                 // All workers busy and the queue full: say so without waiting.
                 shared.busy.fetch_add(1, Relaxed);
                 let _ = s.set_nonblocking(true);
@@ -505,15 +505,15 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<TcpStream>, shared: &Shared
     }
 }
 
-fn worker(rx: &Mutex<Receiver<TcpStream>>, shared: &Shared) {
+fn worker(rx: &Mutex<Receiver<(TcpStream, Instant)>>, shared: &Shared) {
     lower_priority();
     let mut buf = Vec::with_capacity(MAX_HEAD);
     loop {
-        let stream = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let (stream, accepted) = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(s) => s,
             Err(_) => return,
         };
-        if let Err(e) = serve_one(stream, shared, &mut buf) {
+        if let Err(e) = serve_one(stream, accepted, shared, &mut buf) {
             log::debug!("http: {e}");
         }
     }
@@ -566,17 +566,25 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let deadline = Instant::now() + HEAD_DEADLINE;
+/// Serves the connection `accepted` at that instant. The head deadline runs
+/// from the accept, not from when a worker got to it: connections that
+/// waited in the queue past it (trickling or silent ones, queued behind each
+/// other) get one last short read, so a real request already in the socket
+/// is still served at once and a stale one is answered 408 without waiting.
+fn serve_one(
+    mut stream: TcpStream,
+    accepted: Instant,
+    shared: &Shared,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let deadline = accepted + HEAD_DEADLINE;
     let _ = stream.set_nodelay(true);
     buf.clear();
     let mut chunk = [0u8; 2048];
     let (reply, head_only) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break (text(408, "request not received in time\n".into()), false);
-        }
-        stream.set_read_timeout(Some(left))?;
+        let last = left.is_zero();
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
         let n = match stream.read(&mut chunk) {
             Ok(0) => return Ok(()), // closed before a whole request: nothing to answer
             Ok(n) => n,
@@ -594,6 +602,9 @@ fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::
                 let method = req.method.unwrap_or("");
                 let path = req.path.unwrap_or("");
                 break (route(shared, method, path), method == "HEAD");
+            }
+            Ok(httparse::Status::Partial) if last => {
+                break (text(408, "request not received in time\n".into()), false);
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => {
@@ -627,7 +638,12 @@ fn serve_one(mut stream: TcpStream, shared: &Shared, buf: &mut Vec<u8>) -> std::
     }
     // Half-close, then drain briefly (200 ms, 64 KiB at most), so an unread
     // request body does not turn our close into a reset that eats the response.
+    // Not for a client too slow to send its request (408): it would only
+    // hold the worker longer.
     let _ = stream.shutdown(Shutdown::Write);
+    if reply.status == 408 {
+        return Ok(());
+    }
     let deadline = Instant::now() + Duration::from_millis(200);
     let mut sink = [0u8; 4096];
     let mut drained = 0;

@@ -75,7 +75,7 @@ struct Cli {
 
     /// Seconds a connected sender may stay silent before it is dropped; also
     /// the most one frame may take to arrive once it has started (slow peers).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     timeout: f64,
 
     /// Write each sender's frames to DIR/<name>/frame-NNNNNN.EXT (name from
@@ -89,10 +89,12 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
 
-    /// Connections served at once; more are refused (each holds at most one
-    /// frame of --max-size in memory, and its decoder about 33 times one
-    /// packed frame of --max-size at most: 66 MiB at 4096x4096, 3 MiB at
-    /// 1024x768).
+    /// Connections served at once, and as many UDP streams (each holds at
+    /// most one frame of --max-size in memory, three for UDP, and its decoder
+    /// about 33 times one packed frame of --max-size at most: 66 MiB at
+    /// 4096x4096, 3 MiB at 1024x768). When all are taken, a new connection
+    /// replaces one that has not said who it is yet, else it is refused.
+    /// Anyone who can reach the port can send: use it on a trusted network.
     #[arg(long, default_value_t = 32, value_name = "N")]
     max_senders: usize,
 
@@ -116,6 +118,15 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     match (w.parse::<u32>(), h.parse::<u32>()) {
         (Ok(w), Ok(h)) if w > 0 && h > 0 && w <= 65536 && h <= 65536 => Ok((w, h)),
         _ => Err(format!("{s:?} is not WxH with 1..=65536 each")),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.001..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds in [0.001, 86400]"
+        )),
     }
 }
 
@@ -157,6 +168,8 @@ fn bind(addr: &str) -> Result<TcpListener> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // First, before `--exec` or the live view start threads of their own.
+    let signals = session::block_stop_signals();
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
@@ -200,12 +213,11 @@ fn run(cli: Cli) -> Result<()> {
         if udp.is_some() { " (tcp and udp)" } else { "" }
     );
     let limits = Limits::for_dimensions(cli.max_size.0, cli.max_size.1);
-    let timeout = Duration::from_secs_f64(cli.timeout.max(0.001));
+    let timeout = Duration::from_secs_f64(cli.timeout); // in range: parse_secs
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let hub = session::Hub::new(limits, timeout, sinks, cli.count, cli.max_senders, done_tx);
-    session::stop_on_signals(&hub);
+    session::stop_on_signals(&hub, signals);
     if let Some(addr) = &cli.http {
-        // after stop_on_signals: the view's threads inherit its signal mask
         http::start(addr, cli.http_fps, hub.stats.clone())?;
     }
     if let Some(sock) = udp {
@@ -222,11 +234,12 @@ fn run(cli: Cli) -> Result<()> {
     }
     let why = session::report_until_done(&hub, &done_rx, cli.stats_json.as_deref());
     log::info!("stopping: {why}");
-    hub.finish()?;
+    // The numbers are written however the outputs end.
+    let finished = hub.finish();
     session::write_stats_json(&hub, cli.stats_json.as_deref());
     for s in hub.stats.snapshot() {
         eprintln!("bitmask-recv: {}", s.line(false));
     }
     eprintln!("bitmask-recv: {}", hub.stats.total().line(false));
-    Ok(())
+    finished
 }

@@ -13,6 +13,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// File format of each mask.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,7 +65,16 @@ pub struct Output {
     exec: Option<Exec>,
     /// Encoding buffer, reused.
     buf: Vec<u8>,
+    /// Why the stream sinks (stdout, `--exec`) can take no more masks: their
+    /// reader is gone. Nothing is written after that.
+    dead: Option<String>,
+    /// When a slow stream reader was last warned about.
+    slow_warned: Option<Instant>,
 }
+
+/// A write to stdout or `--exec` slower than this is logged: the reader is
+/// not keeping up, and every sender waits for it.
+const SLOW_WRITE: Duration = Duration::from_secs(1);
 
 impl Output {
     /// The sinks of `--out DIR|-`, `--latest FILE` and `--exec CMD` (at least one).
@@ -93,6 +103,8 @@ impl Output {
             latest: None,
             exec: None,
             buf: Vec::new(),
+            dead: None,
+            slow_warned: None,
         };
         match out {
             Some(p) if p.as_os_str() == "-" => {
@@ -139,12 +151,45 @@ impl Output {
             encode(self.format, h.width, h.height, bits, &mut self.buf)?;
             &self.buf
         };
+        if let Some(why) = &self.dead {
+            bail!("{why}");
+        }
+        let t = Instant::now();
         if let Some(exec) = self.exec.as_mut() {
-            exec.write_frame(data)?;
+            if let Err(e) = exec.write_frame(data) {
+                let why = format!("{e:#}");
+                self.dead = Some(why.clone());
+                bail!(why);
+            }
         }
         if let Some(w) = self.stdout.as_mut() {
-            w.write_all(data)?;
-            w.flush()?;
+            if let Err(e) = w.write_all(data).and_then(|()| w.flush()) {
+                let why = if e.kind() == io::ErrorKind::BrokenPipe {
+                    "stdout was closed: the program reading the masks (--out -) is gone".to_string()
+                } else {
+                    format!("cannot write the masks to stdout (--out -): {e}")
+                };
+                self.dead = Some(why.clone());
+                bail!(why);
+            }
+        }
+        let took = t.elapsed();
+        if took > SLOW_WRITE
+            && self
+                .slow_warned
+                .is_none_or(|w| w.elapsed() > SLOW_WRITE * 10)
+        {
+            self.slow_warned = Some(Instant::now());
+            log::warn!(
+                "writing one mask to {} took {:.1} s: its reader is not keeping up, and every \
+                 sender waits for it",
+                if self.exec.is_some() {
+                    "--exec"
+                } else {
+                    "stdout"
+                },
+                took.as_secs_f64()
+            );
         }
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}.{}", h.sequence, self.format.ext());
@@ -156,8 +201,16 @@ impl Output {
         Ok(())
     }
 
+    /// Whether the stream sinks' reader is gone (see [`Output::write`]'s error).
+    pub fn is_dead(&self) -> bool {
+        self.dead.is_some()
+    }
+
     /// Flushes what is buffered; ends the `--exec` child (closes its stdin and waits).
     pub fn finish(&mut self) -> Result<()> {
+        if let Some(why) = &self.dead {
+            bail!("{why}");
+        }
         if let Some(w) = self.stdout.as_mut() {
             w.flush()?;
         }

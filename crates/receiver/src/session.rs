@@ -17,7 +17,7 @@ use crate::output::{Format, Output};
 use crate::stats::{self, SenderHandle, StatsRegistry};
 use anyhow::{Context, Result};
 use bitmask_wire::{FrameReader, Header, Limits, WireError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -72,7 +72,50 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Live TCP connections by sender name: (connection id, socket).
     live: Mutex<HashMap<String, (u64, TcpStream)>>,
+    /// TCP connections that have not sent their first bytes yet, oldest
+    /// first: (connection id, socket, peer). When every slot is taken, a new
+    /// connection replaces the oldest of these, so idle sockets cannot lock
+    /// senders out.
+    pending: Mutex<VecDeque<(u64, TcpStream, SocketAddr)>>,
+    /// Refused or replaced connections, for a log line a second at most.
+    refusals: Throttle,
+    /// Connections that closed before saying who they are, likewise.
+    handshakes: Throttle,
     done: Mutex<Option<mpsc::Sender<String>>>,
+}
+
+/// Counts events and says when one may be logged: the first, then at most
+/// one a second with the number passed over since (a flood of connections or
+/// datagrams must not flood the log).
+#[derive(Default)]
+pub struct Throttle(Mutex<Option<(Instant, u64)>>);
+
+impl Throttle {
+    /// One more event: `Some(n)` when it should be logged, `n` events having
+    /// gone unlogged since the last line; `None` to stay quiet.
+    pub fn hit(&self) -> Option<u64> {
+        let mut g = lock(&self.0);
+        match &mut *g {
+            Some((at, n)) if at.elapsed() < Duration::from_secs(1) => {
+                *n += 1;
+                None
+            }
+            other => {
+                let skipped = other.map_or(0, |(_, n)| n);
+                *other = Some((Instant::now(), 0));
+                Some(skipped)
+            }
+        }
+    }
+}
+
+/// `" (and N more like it in the last second)"`, or nothing.
+pub fn more_like_it(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" (and {n} more like it since the last such line)")
+    }
 }
 
 impl Hub {
@@ -97,6 +140,9 @@ impl Hub {
             conns: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
+            pending: Mutex::new(VecDeque::new()),
+            refusals: Throttle::default(),
+            handshakes: Throttle::default(),
             done: Mutex::new(Some(done)),
         })
     }
@@ -115,7 +161,8 @@ impl Hub {
         }
     }
 
-    /// Flushes the shared output (at exit).
+    /// Flushes the shared output (at exit); fails when its stream sinks'
+    /// reader is gone ([`crate::output::Output::is_dead`]).
     pub fn finish(&self) -> Result<()> {
         if let Some(o) = &self.sinks.shared {
             lock(o).finish()?;
@@ -137,18 +184,9 @@ pub struct StreamCtx {
 }
 
 impl StreamCtx {
-    /// Opens sender `name`'s stream from `peer`.
+    /// Opens sender `name`'s stream from `peer` (its `--per-sender`
+    /// directory is made when its first frame is written).
     pub fn open(hub: Arc<Hub>, name: &str, peer: &str, transport: &'static str) -> Result<Self> {
-        let own = match &hub.sinks.per_sender {
-            Some((dir, format)) => {
-                let d = dir.join(name);
-                Some(
-                    Output::open(Some(&d), None, None, *format)
-                        .with_context(|| format!("output directory for sender {name:?}"))?,
-                )
-            }
-            None => None,
-        };
         let stats = hub.stats.sender(name);
         stats::lock(&stats).connected(peer, transport);
         for o in lock(&hub.observers).iter() {
@@ -159,7 +197,7 @@ impl StreamCtx {
             hub,
             name: name.to_string(),
             stats,
-            own,
+            own: None,
             decoded: Vec::new(),
             decoder: bitmask_codec::Decoder::new(),
         })
@@ -189,19 +227,34 @@ impl StreamCtx {
                 return Ok(());
             }
         };
+        if let (None, Some((dir, format))) = (&self.own, &self.hub.sinks.per_sender) {
+            // Created with the first frame, not at the hello: a name alone
+            // leaves no directory behind.
+            let d = dir.join(&self.name);
+            self.own = Some(
+                Output::open(Some(&d), None, None, *format)
+                    .with_context(|| format!("output directory for sender {:?}", self.name))?,
+            );
+        }
         if let Some(o) = &mut self.own {
             o.write(h, mask)
                 .with_context(|| format!("writing frame {} of {}", h.sequence, self.name))?;
         }
         if let Some(o) = &self.hub.sinks.shared {
-            lock(o)
-                .write(h, mask)
-                .with_context(|| format!("writing frame {} of {}", h.sequence, self.name))?;
+            let mut o = lock(o);
+            if let Err(e) = o.write(h, mask) {
+                if o.is_dead() {
+                    // No sender can be served any more: stop (and, as
+                    // `finish` fails, exit with an error).
+                    self.hub.stop(format!("{e:#}"));
+                }
+                return Err(e).context(format!("writing frame {} of {}", h.sequence, self.name));
+            }
         }
         let restarted = stats::lock(&self.stats).frame(h, mask.len(), stats::now_us());
         if let Some(prev) = restarted {
             log::info!(
-                "{}: sequence went from {prev} back to {}: sender restarted, new numbering",
+                "{}: sequence went from {prev} to {}: a new numbering (sender restarted), not counted as lost",
                 self.name,
                 h.sequence
             );
@@ -306,33 +359,81 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             }
         };
         if hub.conns.load(Relaxed) >= hub.max_conns {
-            log::warn!(
-                "refusing connection from {peer}: already {} open (--max-senders)",
-                hub.max_conns
-            );
-            drop(stream);
-            continue;
+            // Full: make room by dropping the connection that has been
+            // silent longest without a byte (a sender says hello at once),
+            // else refuse this one.
+            let oldest = lock(&hub.pending).pop_front();
+            let why = match oldest {
+                Some((_, idle, from)) => {
+                    let _ = idle.shutdown(Shutdown::Both);
+                    format!(
+                        "closed the connection from {from}, which had not said who it is, \
+                         for one from {peer}"
+                    )
+                }
+                None => {
+                    drop(stream);
+                    if let Some(n) = hub.refusals.hit() {
+                        log::warn!(
+                            "refusing connection from {peer}: already {} open (--max-senders){}",
+                            hub.max_conns,
+                            more_like_it(n)
+                        );
+                    }
+                    continue;
+                }
+            };
+            if let Some(n) = hub.refusals.hit() {
+                log::warn!(
+                    "--max-senders {} reached: {why}{}",
+                    hub.max_conns,
+                    more_like_it(n)
+                );
+            }
         }
-        hub.conns.fetch_add(1, Relaxed);
-        let h = hub.clone();
+        // Until its first bytes, the connection may be closed for a newer one.
+        let id = hub.next_id.fetch_add(1, Relaxed);
+        match stream.try_clone() {
+            Ok(c) => lock(&hub.pending).push_back((id, c, peer)),
+            Err(e) => log::debug!("connection from {peer}: cannot keep a handle: {e}"),
+        }
+        let slot = Slot::take(&hub, id);
         let spawned = std::thread::Builder::new()
             .name(format!("conn {peer}"))
             .spawn(move || {
-                if let Err(e) = serve_tcp(&h, stream, peer) {
+                // `slot` is given back when this thread ends, even by a panic.
+                if let Err(e) = serve_tcp(&slot.0, stream, peer, id) {
                     log::warn!("connection from {peer} closed: {e:#}");
                 }
-                h.conns.fetch_sub(1, Relaxed);
             });
         if let Err(e) = spawned {
-            hub.conns.fetch_sub(1, Relaxed);
             log::warn!("cannot start a thread for {peer}: {e}");
         }
     }
 }
 
-/// Reads one TCP connection to its end.
-pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr) -> Result<()> {
-    log::info!("connection from {peer}");
+/// One of the `--max-senders` connection slots, held while connection `.1`
+/// is open (and given back, with its pending entry, however it ends).
+struct Slot(Arc<Hub>, u64);
+
+impl Slot {
+    fn take(hub: &Arc<Hub>, id: u64) -> Self {
+        hub.conns.fetch_add(1, Relaxed);
+        Slot(hub.clone(), id)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.0.pending).retain(|(i, ..)| *i != self.1);
+        self.0.conns.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Reads one TCP connection to its end; `id` is its entry in the hub's
+/// pending connections, left once it has said who it is.
+pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, id: u64) -> Result<()> {
+    log::debug!("connection from {peer}");
     stream.set_read_timeout(Some(hub.timeout))?;
     let ctl = stream.try_clone()?;
     let mut reader = FrameReader::new(
@@ -343,15 +444,26 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr) -> Result<
         },
         hub.limits,
     );
-    let (name, hello) = match reader.read_hello() {
+    let hello = reader.read_hello();
+    lock(&hub.pending).retain(|(i, ..)| *i != id);
+    let (name, hello) = match hello {
         Ok(Some(h)) => (h.name, true),
         Ok(None) => (peer.to_string(), false),
-        Err(e) => return Err(explain(e, hub.timeout)).context("handshake"),
+        Err(e) => {
+            // Junk or a silent socket: throttled, a scan must not flood the log.
+            if let Some(n) = hub.handshakes.hit() {
+                log::warn!(
+                    "connection from {peer} closed: handshake: {:#}{}",
+                    explain(e, hub.timeout),
+                    more_like_it(n)
+                );
+            }
+            return Ok(());
+        }
     };
     reader.get_ref().started.set(None);
     // A sender that reconnects takes over from its old connection, which
     // may not have noticed yet that the sender is gone.
-    let id = hub.next_id.fetch_add(1, Relaxed);
     let old = lock(&hub.live).insert(name.clone(), (id, ctl));
     if let Some((_, old)) = old {
         log::info!(
@@ -389,7 +501,12 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr) -> Result<
                     ctx.as_mut().expect("opened").frame(&h, f.payload)?;
                 }
                 Ok(None) => {
-                    log::info!("state: sender {name:?} closed the stream");
+                    if ctx.is_some() {
+                        log::info!("state: sender {name:?} closed the stream");
+                    } else {
+                        // Said nothing at all (a port scan, or replaced while idle).
+                        log::debug!("connection from {peer} closed without a byte");
+                    }
                     return Ok(());
                 }
                 Err(e) if e.is_recoverable() => {
@@ -454,12 +571,17 @@ pub fn write_stats_json(hub: &Hub, path: Option<&std::path::Path>) {
     }
 }
 
-/// SIGINT and SIGTERM end the receiver cleanly (outputs flushed, final
-/// summary and stats written) instead of killing it mid-frame.
-pub fn stop_on_signals(hub: &Arc<Hub>) {
+/// SIGINT and SIGTERM, blocked in every thread so that only the waiter of
+/// [`stop_on_signals`] takes them.
+pub struct StopSignals(libc::sigset_t);
+
+/// Blocks SIGINT and SIGTERM in the calling (main) thread. Call it before
+/// any other thread starts (an `--exec` watcher, the live view's workers):
+/// threads inherit the mask, and a thread that does not block them would
+/// take a signal with its default action and kill the receiver mid-frame.
+/// (Children inherit it too: `--exec` gives its child an empty mask.)
+pub fn block_stop_signals() -> Option<StopSignals> {
     // SAFETY: plain libc signal-mask calls on a zeroed sigset_t owned here.
-    // The mask is set on this (main) thread before any other thread starts,
-    // so every thread inherits it and only the waiter below takes the signals.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -467,20 +589,32 @@ pub fn stop_on_signals(hub: &Arc<Hub>) {
         libc::sigaddset(&mut set, libc::SIGTERM);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             log::debug!("cannot block SIGINT/SIGTERM: they will kill the receiver");
-            return;
+            return None;
         }
-        let h = hub.clone();
-        let spawned = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                if libc::sigwait(&set, &mut sig) == 0 {
-                    h.stop(format!("signal {sig}"));
-                }
-            });
-        if spawned.is_err() {
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        }
+        Some(StopSignals(set))
+    }
+}
+
+/// SIGINT and SIGTERM end the receiver cleanly (outputs flushed, final
+/// summary and stats written) instead of killing it mid-frame: a thread
+/// waits for the signals [`block_stop_signals`] blocked.
+pub fn stop_on_signals(hub: &Arc<Hub>, signals: Option<StopSignals>) {
+    let Some(StopSignals(set)) = signals else {
+        return;
+    };
+    let h = hub.clone();
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigwait on a valid set and an owned out-parameter.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                h.stop(format!("signal {sig}"));
+            }
+        });
+    if spawned.is_err() {
+        // SAFETY: as in block_stop_signals.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     }
 }
 

@@ -236,7 +236,8 @@ impl SenderStats {
 
     /// Counts one frame written; `payload_len` as on the wire, `mask_len`
     /// decoded. Returns `Some(previous)` when the sequence went backwards
-    /// (the sender restarted), which starts a new numbering.
+    /// (the sender restarted) or jumped ahead by more than [`MAX_GAP`],
+    /// which starts a new numbering.
     pub fn frame(&mut self, h: &Header, mask_len: usize, written_at_us: u64) -> Option<u64> {
         let now = Instant::now();
         self.first_frame.get_or_insert(now);
@@ -250,10 +251,12 @@ impl SenderStats {
         self.window_bytes += wire;
         let mut restarted = None;
         if let Some(prev) = self.last_sequence {
-            if h.sequence > prev {
-                s.lost += h.sequence - prev - 1;
-            } else {
-                restarted = Some(prev);
+            match h.sequence.checked_sub(prev) {
+                // Frames between two sequence numbers never arrived.
+                Some(gap @ 1..=MAX_GAP) => s.lost = s.lost.saturating_add(gap - 1),
+                // Back (or still): the sender restarted. So far ahead that no
+                // sender could have lost that many frames: a new numbering too.
+                _ => restarted = Some(prev),
             }
         }
         self.last_sequence = Some(h.sequence);
@@ -330,6 +333,10 @@ pub struct StatsRegistry {
 
 /// Most senders remembered; the longest-disconnected are forgotten first.
 const MAX_REMEMBERED: usize = 256;
+
+/// A jump forward in sequence numbers above this (a day at 50,000 frames/s)
+/// is taken as a new numbering, not as that many lost frames.
+const MAX_GAP: u64 = 1 << 32;
 
 impl StatsRegistry {
     /// An empty registry.
@@ -533,6 +540,24 @@ mod tests {
         let json = reg.to_json();
         assert!(json.contains("\"name\": \"cam\""), "{json}");
         assert!(json.contains("\"lost\": 2"), "{json}");
+    }
+
+    #[test]
+    fn absurd_jumps_are_a_new_numbering_not_losses() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("hostile");
+        let mut s = lock(&h);
+        let mk = |seq| Header::new(8, 1, seq, 0, 1);
+        assert_eq!(s.frame(&mk(0), 1, 0), None);
+        for _ in 0..3 {
+            assert_eq!(s.frame(&mk(u64::MAX - 1), 1, 0), Some(0));
+            assert_eq!(s.frame(&mk(0), 1, 0), Some(u64::MAX - 1));
+        }
+        assert_eq!(s.frame(&mk(u64::MAX - 1), 1, 0), Some(0));
+        assert_eq!(s.frame(&mk(u64::MAX), 1, 0), None);
+        assert_eq!(s.frame(&mk(MAX_GAP), 1, 0), Some(u64::MAX));
+        assert_eq!(s.frame(&mk(2 * MAX_GAP), 1, 0), None);
+        assert_eq!(s.snapshot().lost, MAX_GAP - 1);
     }
 
     #[test]

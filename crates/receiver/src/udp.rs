@@ -5,11 +5,16 @@
 //! A stream is (source address, stream id). Its frames are reassembled in
 //! sequence order: when a frame completes, older incomplete ones are given
 //! up; a frame that gets no datagram for [`FRAGMENT_GAP`] is given up too.
-//! Both count as `incomplete`. Memory is capped: [`MAX_STREAMS`] streams,
-//! [`MAX_PARTIAL`] frames in reassembly each, each no larger than a frame
-//! of `--max-size`, allocated only after the datagram header was checked.
+//! Both count as `incomplete`. Memory is capped: `--max-senders` streams
+//! (as many as TCP connections, counted apart), [`MAX_PARTIAL`] frames in
+//! reassembly each, each no larger than a frame of `--max-size`, allocated
+//! only after the datagram header was checked. When all are taken, a new
+//! stream replaces the quietest one that has not delivered a frame for
+//! [`QUIET`]; a stream that is delivering frames is never replaced (so
+//! datagrams from elsewhere cannot push a working sender out), and the new
+//! stream is ignored instead.
 
-use crate::session::{Hub, StreamCtx};
+use crate::session::{more_like_it, Hub, StreamCtx, Throttle};
 use bitmask_wire::{FrameReader, Limits};
 use std::collections::HashMap;
 use std::io;
@@ -23,8 +28,9 @@ use bitmask_wire::udp::{DGRAM_HEADER_LEN, DGRAM_MAGIC, DGRAM_VERSION, KIND_FRAGM
 
 /// A frame with no new datagram for this long is given up.
 pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
-/// Streams tracked at once; the quietest is forgotten first.
-pub const MAX_STREAMS: usize = 32;
+/// A stream that delivered no frame for this long may be replaced by a new
+/// one when all `--max-senders` are taken.
+pub const QUIET: Duration = Duration::from_secs(1);
 /// Frames in reassembly per stream.
 pub const MAX_PARTIAL: usize = 3;
 
@@ -49,6 +55,8 @@ struct Stream {
     /// Highest sequence delivered or given up.
     done_upto: Option<u64>,
     last_seen: Instant,
+    /// When it last delivered a frame.
+    delivered: Option<Instant>,
     warned_no_hello: bool,
     spare: Vec<Vec<u8>>,
 }
@@ -78,10 +86,11 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
     let mut buf = vec![0u8; 65536];
     let mut last_sweep = Instant::now();
     let mut bad_logged: HashMap<SocketAddr, Instant> = HashMap::new();
+    let full = Throttle::default();
     loop {
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
-                Ok((d, data)) => on_dgram(&hub, &mut streams, from, d, data),
+                Ok((d, data)) => on_dgram(&hub, &mut streams, &full, from, d, data),
                 Err(why) => {
                     // log bad datagrams at most once a second per source
                     let now = Instant::now();
@@ -137,23 +146,44 @@ fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
 fn on_dgram(
     hub: &Arc<Hub>,
     streams: &mut HashMap<(SocketAddr, u32), Stream>,
+    full: &Throttle,
     from: SocketAddr,
     d: Dgram,
     data: &[u8],
 ) {
     let key = (from, d.stream_id);
     if !streams.contains_key(&key) {
-        if streams.len() >= MAX_STREAMS {
+        if streams.len() >= hub.max_conns {
             let quietest = streams
                 .iter()
+                .filter(|(_, s)| s.delivered.is_none_or(|t| t.elapsed() > QUIET))
                 .min_by_key(|(_, s)| s.last_seen)
                 .map(|(k, _)| *k);
-            if let Some(k) = quietest {
-                log::warn!(
-                    "udp: {MAX_STREAMS} streams open, forgetting the one from {}",
-                    k.0
-                );
-                streams.remove(&k);
+            let n = full.hit();
+            match quietest {
+                Some(k) => {
+                    if let Some(n) = n {
+                        log::warn!(
+                            "udp: {} streams open (--max-senders), forgetting a quiet one from {} \
+                             for one from {from}{}",
+                            hub.max_conns,
+                            k.0,
+                            more_like_it(n)
+                        );
+                    }
+                    streams.remove(&k);
+                }
+                None => {
+                    if let Some(n) = n {
+                        log::warn!(
+                            "udp: {} streams delivering frames (--max-senders): ignoring a new one \
+                             from {from}{}",
+                            hub.max_conns,
+                            more_like_it(n)
+                        );
+                    }
+                    return;
+                }
             }
         }
         streams.insert(
@@ -163,6 +193,7 @@ fn on_dgram(
                 partial: Vec::new(),
                 done_upto: None,
                 last_seen: Instant::now(),
+                delivered: None,
                 warned_no_hello: false,
                 spare: Vec::new(),
             },
@@ -251,6 +282,7 @@ fn on_dgram(
         s.give_up(j, "a later frame completed first");
     }
     s.done_upto = Some(p.sequence);
+    s.delivered = Some(Instant::now());
     let ctx = s.ctx.as_mut().expect("checked above");
     let mut r = FrameReader::new(&p.buf[..], hub.limits);
     match r.read_frame() {
@@ -284,6 +316,94 @@ mod tests {
         b[24..28].copy_from_slice(&frame_len.to_le_bytes());
         b.extend_from_slice(data);
         b
+    }
+
+    fn datagram(kind: u8, stream: u32, seq: u64, data: &[u8]) -> Vec<u8> {
+        let mut b = dgram(0, 1, data.len() as u16, data.len() as u32, data);
+        b[5] = kind;
+        b[12..16].copy_from_slice(&stream.to_le_bytes());
+        b[16..24].copy_from_slice(&seq.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_stream_delivering_frames_is_never_pushed_out() {
+        use crate::session::Sinks;
+        use bitmask_wire::{encode_frame, Header, Hello, CODEC_RAW};
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sinks = Sinks {
+            shared: None,
+            per_sender: None,
+        };
+        let hub = Hub::new(
+            Limits::default(),
+            Duration::from_secs(10),
+            sinks,
+            None,
+            2,
+            tx,
+        );
+        let mut streams = HashMap::new();
+        let full = Throttle::default();
+        type Streams = HashMap<(SocketAddr, u32), Stream>;
+        let feed = |streams: &mut Streams, from: &str, stream: u32, kind: u8, data: &[u8]| {
+            let b = datagram(kind, stream, 0, data);
+            let (d, data) = parse(&b, &hub.limits).unwrap();
+            on_dgram(&hub, streams, &full, from.parse().unwrap(), d, data);
+        };
+        let mut frame = Vec::new();
+        encode_frame(&Header::new(8, 1, 0, CODEC_RAW, 1), &[0xa5], &mut frame);
+        let cam = "10.0.0.1:5000";
+        feed(
+            &mut streams,
+            cam,
+            1,
+            KIND_HELLO,
+            &Hello::new("cam").unwrap().encode(),
+        );
+        feed(&mut streams, cam, 1, KIND_FRAGMENT, &frame);
+        // A flood of new streams from elsewhere: they replace each other
+        // (one slot is free for them), never the stream delivering frames.
+        for i in 0..100 {
+            feed(
+                &mut streams,
+                "10.0.0.9:7",
+                100 + i,
+                KIND_HELLO,
+                &Hello::new("x").unwrap().encode(),
+            );
+            assert_eq!(streams.len(), 2);
+            assert!(
+                streams.contains_key(&(cam.parse().unwrap(), 1)),
+                "round {i}"
+            );
+        }
+        // Both slots delivering frames: a new stream is ignored.
+        let spam: SocketAddr = "10.0.0.9:7".parse().unwrap();
+        let (&k, _) = streams.iter().find(|(k, _)| k.0 == spam).unwrap();
+        feed(&mut streams, "10.0.0.9:7", k.1, KIND_FRAGMENT, &frame);
+        feed(
+            &mut streams,
+            "10.0.0.8:1",
+            5,
+            KIND_HELLO,
+            &Hello::new("late").unwrap().encode(),
+        );
+        assert!(!streams.contains_key(&("10.0.0.8:1".parse().unwrap(), 5)));
+        // Once one has been quiet for QUIET, a new stream may take its place.
+        for s in streams.values_mut() {
+            s.delivered = s.delivered.map(|t| t - QUIET - Duration::from_millis(1));
+            s.last_seen -= QUIET;
+        }
+        feed(
+            &mut streams,
+            "10.0.0.8:1",
+            5,
+            KIND_HELLO,
+            &Hello::new("late").unwrap().encode(),
+        );
+        assert!(streams.contains_key(&("10.0.0.8:1".parse().unwrap(), 5)));
+        assert_eq!(streams.len(), 2);
     }
 
     #[test]

@@ -175,9 +175,9 @@ def recv(listen, out, count=None):
                     if frame is None:
                         break
                     if frame.codec != CODEC_RAW:
-                        print(f"bitmask_wire: frame {frame.sequence}: codec {frame.codec} is not supported here "
-                              "(this module decodes raw frames: bitmask-send --codec raw), skipped", file=sys.stderr)
-                        continue
+                        # Every later frame would be skipped too: say so once and stop.
+                        sys.exit(f"bitmask_wire: {name}: frame {frame.sequence} uses codec {frame.codec}; this "
+                                 "reference decodes raw frames only: start the sender with --codec raw")
                     final = out / f"frame-{frame.sequence:06d}.npy"
                     tmp = out / f".{final.name}.tmp"
                     with open(tmp, "wb") as t:

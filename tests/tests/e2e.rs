@@ -234,7 +234,35 @@ fn sender_errors_exit_non_zero_with_one_line() {
     let recv = start_receiver(&["--out", dir.join("out").to_str().unwrap()]);
     let f = send(&recv.addr, &[], &[&good, &bad]);
     assert_one_line_error(&f, "bitmask-send", bad.to_str().unwrap());
+    assert!(
+        !f.stderr.contains("signature.: Invalid"),
+        "the cause is said once: {}",
+        f.stderr
+    );
+    // ... but going round with --loop it is skipped, with one warning
+    let f = send(&recv.addr, &["--loop", "--count", "5"], &[&good, &bad]);
+    assert_ok("--loop past an unreadable image", &f);
+    assert!(f.stderr.contains("sent 5 frames"), "{}", f.stderr);
+    assert_eq!(
+        f.stderr.matches("skipped (--loop)").count(),
+        1,
+        "{}",
+        f.stderr
+    );
+    // and when none can be read, that is an error
+    let f = send(&recv.addr, &["--loop", "--count", "5"], &[&bad]);
+    assert_one_line_error(&f, "bitmask-send", "none of the 1 input image(s)");
     drop(recv);
+
+    // `-` without --input-format, and a stream with no frame at all
+    let f = send(&closed_port(), &[], &["-"]);
+    assert_one_line_error(&f, "bitmask-send", "--input-format");
+    let f = send(
+        &closed_port(),
+        &["--input-format", "gray8", "--size", "8x2"],
+        &["-"],
+    );
+    assert_one_line_error(&f, "bitmask-send", "before its first frame");
 
     // missing input
     let missing = dir.join("missing.png");
@@ -253,8 +281,16 @@ fn sender_errors_exit_non_zero_with_one_line() {
     assert_usage_error(&f, "purple");
     let f = run(Command::new(bin("bitmask-send")).arg(&good));
     assert_usage_error(&f, "--to");
-    // numbers that cannot be a duration (they panicked) or make no sense
+    // addresses no retry can mend, numbers that cannot be a duration (they
+    // panicked) or make no sense
+    for to in ["127.0.0.1", "127.0.0.1:0", "::1:5000"] {
+        let f = run(Command::new(bin("bitmask-send"))
+            .args(["--to", to])
+            .arg(&good));
+        assert_usage_error(&f, to);
+    }
     for (flag, v) in [
+        ("--mtu", "50"),
         ("--fps", "1e-30"),
         ("--fps", "nan"),
         ("--timeout", "inf"),
@@ -306,6 +342,13 @@ fn receiver_errors_exit_non_zero_with_one_line() {
         let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--timeout", v]);
         assert_usage_error(&f, v);
     }
+    for flag in ["--count", "--max-senders"] {
+        let f = recv(&["--listen", "127.0.0.1:0", "--out", out, flag, "0"]);
+        assert_usage_error(&f, flag);
+    }
+    // a --stats-json that can never be written is refused at the start
+    let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--stats-json", out]);
+    assert_one_line_error(&f, "bitmask-recv", "is a directory");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

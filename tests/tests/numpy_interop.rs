@@ -237,6 +237,24 @@ fn python_decodes_sender_frames_equal_to_the_numpy_recipe() {
         py_run(&py, RECIPE_CHECK, &args).trim(),
         format!("matched {n} frames")
     );
+    // Another codec (the default, auto, sends bilevel unless compression
+    // does not pay): the Python reference says so and stops (it used to
+    // skip every frame and wait for more, forever).
+    let mut recv = start_listening(Command::new(&py).arg(wire_py()).args([
+        "recv",
+        "127.0.0.1:0",
+        out.str(),
+        "--count",
+        "1",
+    ]));
+    let scene = dir.join("scene.png");
+    save_image(&DynamicImage::ImageRgb8(scene_image(256, 192, 3)), &scene);
+    let _ = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &recv.addr, "--no-drop", "--codec", "bilevel"])
+        .arg(&scene));
+    let got = recv.proc.wait(LIMIT);
+    assert!(!got.status.success());
+    assert!(got.stderr.contains("--codec raw"), "{}", got.stderr);
 }
 
 #[test]

@@ -209,8 +209,13 @@ fn sender_resumes_after_the_receiver_restarts() {
         a.last() < b.first(),
         "numbering goes on across the restart: {a:?} {b:?}"
     );
+    // Noticed before a frame is written (the receiver's end of stream), or
+    // by a write that fails.
     let log = s.wait_for_stderr("reconnecting", Duration::from_secs(5));
-    assert!(log.contains("state: connection to"), "{log}");
+    assert!(
+        log.contains("state: receiver") || log.contains("state: connection to"),
+        "{log}"
+    );
     s.wait_for_stderr(
         "without a receiver; resuming at frame",
         Duration::from_secs(5),
@@ -350,6 +355,9 @@ fn hostile_peers_cost_one_connection_each_and_spare_the_good_stream() {
         &["--count", "3", "--no-drop"],
     ));
     assert!(again.wait(LIMIT).status.success());
+    // (its frames may still be in the receiver's socket when the sender ends)
+    recv.proc
+        .wait_for_stderr("sender \"late\" closed the stream", LIMIT);
     unsafe_free_sigterm(recv.proc.id());
     let fr = recv.proc.wait(LIMIT);
     assert!(
@@ -458,4 +466,72 @@ fn idle_connections_cannot_lock_senders_out() {
     // (The log says so, at most once a second.)
     let log = recv.proc.stderr();
     assert!(log.contains("--max-senders 2"), "{log}");
+}
+
+#[test]
+fn a_slow_sender_keeps_its_connection() {
+    // Frames further apart than --timeout (a time-lapse): none is lost, no
+    // reconnect (the receiver used to drop the silent connection, and the
+    // next frame went into it and was lost).
+    let tmp = TempDir::new("slow-sender");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let recv = start_receiver(&["--out", out.to_str().unwrap(), "--timeout", "0.3"]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "slow",
+        &tmp.join("in"),
+        &["--fps", "2", "--count", "3"],
+    ));
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "{}", f.stderr);
+    assert!(f.stderr.contains("failed 0, reconnects 0"), "{}", f.stderr);
+    recv.proc.wait_for_stderr("slow: 3 frames (0 lost", LIMIT);
+    assert_eq!(check_frames(&out, &expected), vec![0, 1, 2]);
+}
+
+#[test]
+fn a_restarted_sender_overwrites_nothing() {
+    let tmp = TempDir::new("restarted-sender");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let latest = tmp.join("latest.png");
+    let recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--latest",
+        latest.to_str().unwrap(),
+    ]);
+    for run in 0..2 {
+        let mut s = Proc::spawn(&mut sender(
+            &recv.addr,
+            "cam",
+            &tmp.join("in"),
+            &["--count", "3", "--no-drop"],
+        ));
+        let f = s.wait(LIMIT);
+        assert!(f.status.success(), "run {run}: {}", f.stderr);
+    }
+    recv.proc.wait_for_stderr("cam: 6 frames", LIMIT);
+    let mut names = list(&out);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "frame-000000.1.raw",
+            "frame-000000.raw",
+            "frame-000001.1.raw",
+            "frame-000001.raw",
+            "frame-000002.1.raw",
+            "frame-000002.raw"
+        ]
+    );
+    for n in &names {
+        let seq: usize = n[6..12].parse().unwrap();
+        assert_eq!(read(&out.join(n)), expected[seq % 3], "{n}");
+    }
+    assert!(recv.proc.stderr().contains("no mask is overwritten"));
+    // --latest follows its extension: a PNG, although --format is raw.
+    let png = image::open(&latest).expect("--latest latest.png is a PNG");
+    assert_eq!((png.width(), png.height()), (W, H));
 }

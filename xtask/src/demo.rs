@@ -56,7 +56,10 @@ pub fn send_samples(
 pub fn run(args: &[String]) -> Result<()> {
     let frames: u64 = match args {
         [] => 240,
-        [f, n] if f == "--frames" => n.parse().context("--frames N")?,
+        [f, n] if f == "--frames" => match n.parse() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("--frames {n:?}: give a number of frames, at least 1"),
+        },
         _ => bail!("usage: cargo xtask demo [--frames N]"),
     };
     let bin = build_bins(true)?;

@@ -27,6 +27,8 @@ Tasks:
   ci                the full test run: fmt, clippy -D warnings, all tests, numpy
                     interop (installs numpy into target/venv when missing)
   bench [core]      threshold/pack/unpack/CRC vs numpy on this machine, loopback fps
+  bench codecs      every codec on a corpus of real masks (sizes, µs, targets);
+                    writes target/codec-bench/report.md
   dist              Pi builds: target/dist/{armv6,armv7,host} + SHA256SUMS, arch-checked
   qemu [all|unit|e2e|sigill|deploy]
                     prove the Pi builds under qemu-user (arm1176 / cortex-a7)
@@ -39,7 +41,59 @@ Tasks:
   deploy            copy the Pi builds over SSH and run them (deploy.toml; --help)
   vectors           regenerate the committed numpy test vectors
   help              this text
+
+`cargo xtask TASK --help` says more about one task.
 ";
+
+/// Usage of the tasks that do not parse `--help` themselves.
+fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
+    let sub = rest.first().map(String::as_str);
+    Some(match (task, sub) {
+        ("demo", _) => {
+            "cargo xtask demo [--frames N]\n\
+             builds the binaries, generates sample images in target/demo/in, runs a receiver\n\
+             and a sender on loopback for N frames (default 240, --loop over the images) and\n\
+             prints fps, bytes and compression; the masks land in target/demo/out as PNG\n"
+        }
+        ("ci", _) => {
+            "cargo xtask ci\n\
+             the full test run (what .ci/run calls): rustfmt, clippy -D warnings, every test\n\
+             (numpy interop, camera input with ffmpeg, the live view in headless Chromium),\n\
+             the Pi builds proven under qemu-user, the two-host netbed tests. Installs what it\n\
+             needs (rustup targets and rust-src, Debian packages when root, numpy in\n\
+             target/venv) or says what is missing; with CI=true a skipped step fails the run\n"
+        }
+        ("vectors", _) => {
+            "cargo xtask vectors\n\
+             regenerates the committed numpy test vectors\n\
+             (crates/bitmask-core/tests/numpy_vectors.txt) with numpy in target/venv\n"
+        }
+        ("bench", Some("codecs")) => {
+            "cargo xtask bench codecs [--reps N] [--corpus DIR] [--regen]\n\
+             every codec (bilevel, auto, G4, zstd-1/3, lz4, zlib-6) on the codec corpus (built\n\
+             on first use by tools/corpus/make_corpus.py into target/codec-corpus; --regen\n\
+             rebuilds it): bytes, encode and decode µs (fastest of N passes, default 5), the\n\
+             issue's targets; writes target/codec-bench/report.md and masks.csv\n"
+        }
+        ("bench", Some("view")) => {
+            "cargo xtask bench view [--frames N] [--rounds N]\n\
+             receiver throughput with and without the live view and a browser attached, as\n\
+             ratios; writes docs/BENCHMARKS.md `## Live view`\n"
+        }
+        ("bench", Some("link")) => {
+            "cargo xtask bench link [--secs N] [--fps N] [--codec NAME].. [--profile ethernet|wifi]\n\
+             fps, Mbit/s and latency over TCP and UDP between two network namespaces on a\n\
+             shaped link (root needed)\n"
+        }
+        ("bench", Some("pi")) => return None, // parses --help itself
+        ("bench", _) => {
+            "cargo xtask bench [core]\n\
+             threshold/pack/unpack/CRC against numpy on this machine, and loopback fps, as\n\
+             ratios within one run. Others: bench codecs|pi|view|link (each has --help)\n"
+        }
+        _ => return None,
+    })
+}
 
 fn main() {
     if let Err(e) = run() {
@@ -54,6 +108,12 @@ fn run() -> Result<()> {
         Some((t, r)) => (t.as_str(), r),
         None => ("help", &[][..]),
     };
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        if let Some(u) = usage(task, rest) {
+            print!("{u}");
+            return Ok(());
+        }
+    }
     match task {
         "demo" => demo::run(rest),
         "ci" => ci::run_ci(rest),

@@ -21,7 +21,9 @@ use std::time::Duration;
 /// Listens on ADDR (TCP, and UDP on the same port), serves many senders at
 /// once (a thread each), and writes every frame as DIR/frame-NNNNNN.EXT
 /// (DIR/<name>/... with --per-sender; NNNNNN = the frame's sequence number),
-/// atomically (written to a temporary name, then renamed). A corrupt frame
+/// atomically (written to a temporary name, then linked into place), and
+/// never over an existing file (a sender that restarted its numbering gets
+/// frame-NNNNNN.1.EXT, ...). A corrupt frame
 /// is logged and skipped; a broken stream closes that connection only; the
 /// receiver keeps listening until --count frames have arrived (or forever).
 #[derive(Parser, Debug)]
@@ -43,7 +45,8 @@ Examples:
   bitmask-recv --listen 0.0.0.0:5000 --out masks --format png
   bitmask-recv --listen 127.0.0.1:5000 --out - | python3 consume.py
   bitmask-recv --listen 0.0.0.0:5000 --latest /run/mask.png --format png
-  bitmask-recv --listen 0.0.0.0:5000 --format gray8 --exec 'python3 docs/python/read_stream.py 640x480'")]
+  bitmask-recv --listen 0.0.0.0:5000 --format gray8 \\
+    --exec 'python3 docs/python/read_stream.py 640x480'")]
 struct Cli {
     /// Address to listen on, HOST:PORT (port 0 picks a free port; the log says which).
     #[arg(long, value_name = "HOST:PORT")]
@@ -53,7 +56,9 @@ struct Cli {
     #[arg(long, value_name = "DIR|-")]
     out: Option<PathBuf>,
 
-    /// One file always holding the newest mask, replaced atomically (readers never see half a file).
+    /// One file always holding the newest mask, replaced atomically (readers
+    /// never see half a file); in the format its extension names (.png, .pbm,
+    /// .raw, .gray), else --format.
     #[arg(long, value_name = "FILE")]
     latest: Option<PathBuf>,
 
@@ -66,15 +71,17 @@ struct Cli {
     format: Format,
 
     /// Exit 0 after N frames have been written.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 
     /// Largest frame accepted, WxH; bigger headers are refused before any allocation.
     #[arg(long, default_value = "4096x4096", value_parser = parse_size, value_name = "WxH")]
     max_size: (u32, u32),
 
-    /// Seconds a connected sender may stay silent before it is dropped; also
-    /// the most one frame may take to arrive once it has started (slow peers).
+    /// Seconds a connection may stay silent before its first frame, and the
+    /// most one frame may take to arrive once it has started (slow peers).
+    /// Between frames a sender may be silent for as long as it likes (a
+    /// time-lapse): TCP keepalive notices a vanished host in about 16 s.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     timeout: f64,
 
@@ -95,8 +102,9 @@ struct Cli {
     /// 4096x4096, 3 MiB at 1024x768). When all are taken, a new connection
     /// replaces one that has not said who it is yet, else it is refused.
     /// Anyone who can reach the port can send: use it on a trusted network.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    max_senders: usize,
+    #[arg(long, default_value_t = 32, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_senders: u32,
 
     /// Serve a read-only live view (page, /stats.json, /latest.png) on HOST:PORT, e.g. 0.0.0.0:8080.
     #[arg(long, value_name = "HOST:PORT")]
@@ -170,6 +178,9 @@ fn bind(addr: &str) -> Result<TcpListener> {
 fn run(cli: Cli) -> Result<()> {
     // First, before `--exec` or the live view start threads of their own.
     let signals = session::block_stop_signals();
+    if let Some(p) = &cli.stats_json {
+        output::check_file_target("--stats-json", p)?;
+    }
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
@@ -215,7 +226,14 @@ fn run(cli: Cli) -> Result<()> {
     let limits = Limits::for_dimensions(cli.max_size.0, cli.max_size.1);
     let timeout = Duration::from_secs_f64(cli.timeout); // in range: parse_secs
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let hub = session::Hub::new(limits, timeout, sinks, cli.count, cli.max_senders, done_tx);
+    let hub = session::Hub::new(
+        limits,
+        timeout,
+        sinks,
+        cli.count,
+        cli.max_senders as usize,
+        done_tx,
+    );
     session::stop_on_signals(&hub, signals);
     if let Some(addr) = &cli.http {
         http::start(addr, cli.http_fps, hub.stats.clone())?;

@@ -2,7 +2,8 @@
 //! stdout, one `--latest` file replaced atomically, and an `--exec` child.
 //!
 //! Any combination of those may be used at once; each frame is encoded once
-//! and the same bytes go to every sink.
+//! in `--format` for every sink, and once more for `--latest` when its
+//! extension names another format.
 
 use crate::exec::Exec;
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,16 @@ impl Format {
         }
     }
 
+    /// The format a file name's extension names (`.raw`, `.gray`, `.pbm`,
+    /// `.png`), if any.
+    pub fn for_extension(p: &Path) -> Option<Format> {
+        let ext = p.extension()?.to_str()?.to_ascii_lowercase();
+        Format::value_variants()
+            .iter()
+            .copied()
+            .find(|f| f.ext() == ext)
+    }
+
     /// Whether masks in this format can follow each other in one byte stream
     /// with no framing (every mask of a stream has the same size).
     fn streams(self) -> bool {
@@ -59,8 +70,10 @@ pub struct Output {
     dir: Option<PathBuf>,
     /// Masks back to back on stdout.
     stdout: Option<io::BufWriter<io::Stdout>>,
-    /// One file always holding the newest mask.
-    latest: Option<PathBuf>,
+    /// One file always holding the newest mask, in its own format.
+    latest: Option<(PathBuf, Format)>,
+    /// Encoding buffer of `--latest` when its format differs, reused.
+    latest_buf: Vec<u8>,
     /// A long-running consumer fed on its stdin.
     exec: Option<Exec>,
     /// Encoding buffer, reused.
@@ -70,6 +83,8 @@ pub struct Output {
     dead: Option<String>,
     /// When a slow stream reader was last warned about.
     slow_warned: Option<Instant>,
+    /// Whether a frame file had to take another name (warned once).
+    renumbered: bool,
 }
 
 /// A write to stdout or `--exec` slower than this is logged: the reader is
@@ -103,8 +118,10 @@ impl Output {
             latest: None,
             exec: None,
             buf: Vec::new(),
+            latest_buf: Vec::new(),
             dead: None,
             slow_warned: None,
+            renumbered: false,
         };
         match out {
             Some(p) if p.as_os_str() == "-" => {
@@ -119,21 +136,11 @@ impl Output {
             None => {}
         }
         if let Some(p) = latest {
-            let parent = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            if !parent.is_dir() {
-                bail!(
-                    "--latest {}: directory {} does not exist",
-                    p.display(),
-                    parent.display()
-                );
-            }
-            if p.is_dir() {
-                bail!("--latest {} is a directory; give a file name", p.display());
-            }
-            o.latest = Some(p.to_path_buf());
+            check_file_target("--latest", p)?;
+            // `--latest mask.png` is a PNG whatever --format the other
+            // outputs use (a stream needs raw or gray8).
+            let f = Format::for_extension(p).unwrap_or(format);
+            o.latest = Some((p.to_path_buf(), f));
         }
         if let Some(cmd) = exec {
             stream_check("--exec")?;
@@ -192,11 +199,27 @@ impl Output {
             );
         }
         if let Some(dir) = &self.dir {
-            let name = format!("frame-{:06}.{}", h.sequence, self.format.ext());
-            write_atomic(&dir.join(&name), data)?;
+            let name = format!("frame-{:06}", h.sequence);
+            let path = write_new(dir, &name, self.format.ext(), data)?;
+            if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered {
+                self.renumbered = true;
+                log::warn!(
+                    "{} already exists (a sender that restarted its numbering, or an earlier run \
+                     into this directory): writing {} instead; no mask is overwritten",
+                    dir.join(format!("{name}.{}", self.format.ext())).display(),
+                    path.display()
+                );
+            }
         }
-        if let Some(p) = &self.latest {
-            write_atomic(p, data)?;
+        if let Some((p, f)) = &self.latest {
+            let bytes = if *f == self.format {
+                data
+            } else {
+                self.latest_buf.clear();
+                encode(*f, h.width, h.height, bits, &mut self.latest_buf)?;
+                &self.latest_buf
+            };
+            write_atomic(p, bytes)?;
         }
         Ok(())
     }
@@ -219,6 +242,26 @@ impl Output {
         }
         Ok(())
     }
+}
+
+/// Refuses, at startup, a path given to `flag` that cannot take a file
+/// replaced atomically: its directory missing, or a directory itself.
+pub fn check_file_target(flag: &str, p: &Path) -> Result<()> {
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{flag} {}: directory {} does not exist",
+            p.display(),
+            parent.display()
+        );
+    }
+    if p.is_dir() {
+        bail!("{flag} {} is a directory; give a file name", p.display());
+    }
+    Ok(())
 }
 
 /// Encodes a mask as `format` into `buf`.
@@ -266,6 +309,59 @@ pub fn encode(
     Ok(())
 }
 
+/// Writes `data` as `dir/NAME.EXT` without ever replacing a file: when that
+/// name is taken (a sender restarted its sequence numbers, or an earlier run
+/// wrote here), as `NAME.1.EXT`, `NAME.2.EXT`, ... the first that is free.
+/// Atomic like [`write_atomic`] (a reader never sees half a file): the data
+/// is written under a temporary name, then hard-linked into place, which
+/// fails rather than replace. Where hard links are not supported (FAT) a
+/// name is checked, then renamed into place.
+pub fn write_new(dir: &Path, name: &str, ext: &str, data: &[u8]) -> Result<PathBuf> {
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut links = true;
+    for k in 0..10_000u32 {
+        let path = if k == 0 {
+            dir.join(format!("{name}.{ext}"))
+        } else {
+            dir.join(format!("{name}.{k}.{ext}"))
+        };
+        let placed = if links {
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&tmp);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(_) => {
+                    links = false; // no hard links here: check, then rename
+                    !path.exists() && rename(&tmp, &path)?
+                }
+            }
+        } else {
+            !path.exists() && rename(&tmp, &path)?
+        };
+        if placed {
+            return Ok(path);
+        }
+    }
+    let _ = fs::remove_file(&tmp);
+    bail!(
+        "{}: 10000 files named {name}.*.{ext} already",
+        dir.display()
+    )
+}
+
+fn rename(from: &Path, to: &Path) -> Result<bool> {
+    fs::rename(from, to).with_context(|| {
+        let _ = fs::remove_file(from);
+        format!("cannot rename {} to {}", from.display(), to.display())
+    })?;
+    Ok(true)
+}
+
 /// Writes `data` to a temporary name beside `path`, then renames it into
 /// place, so a reader never sees half a file. The temporary name is unique
 /// per process and call, so concurrent writers of one path never share it.
@@ -275,7 +371,55 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    rename(&tmp, path)?; // (removes the temporary file when it fails)
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_files_are_never_overwritten() {
+        let dir = std::env::temp_dir().join(format!("bitmask-write-new-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let a = write_new(&dir, "frame-000000", "raw", b"first").unwrap();
+        let b = write_new(&dir, "frame-000000", "raw", b"second").unwrap();
+        let c = write_new(&dir, "frame-000000", "raw", b"third").unwrap();
+        assert_eq!(a, dir.join("frame-000000.raw"));
+        assert_eq!(b, dir.join("frame-000000.1.raw"));
+        assert_eq!(c, dir.join("frame-000000.2.raw"));
+        assert_eq!(fs::read(&a).unwrap(), b"first");
+        assert_eq!(fs::read(&b).unwrap(), b"second");
+        assert_eq!(fs::read(&c).unwrap(), b"third");
+        // no temporary file left behind
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "frame-000000.1.raw",
+                "frame-000000.2.raw",
+                "frame-000000.raw"
+            ]
+        );
+        // a failed rename leaves no temporary file either (it is made
+        // beside the target, here in the directory's parent)
+        assert!(
+            write_atomic(&dir, b"x").is_err(),
+            "a directory is in the way"
+        );
+        let stem = format!(".{}.", dir.file_name().unwrap().to_str().unwrap());
+        let left: Vec<_> = fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&stem))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

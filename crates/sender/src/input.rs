@@ -56,6 +56,12 @@ fn is_image(p: &Path) -> bool {
 pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in inputs {
+        if p.as_os_str() == "-" {
+            bail!(
+                "`-` (stdin) is a stream of raw frames: give --input-format and --size \
+                 (docs/CAMERA.md); image files are named by path"
+            );
+        }
         let meta =
             std::fs::metadata(p).with_context(|| format!("cannot read input {}", p.display()))?;
         if meta.is_dir() {
@@ -94,6 +100,8 @@ pub struct ImageFiles {
     looping: bool,
     next: usize,
     cache: Vec<Option<DynamicImage>>,
+    /// With `--loop`, files that could not be read (skipped, said once).
+    unreadable: Vec<bool>,
 }
 
 /// Decoded images kept for `--loop` at most (bytes of pixels).
@@ -108,26 +116,51 @@ impl ImageFiles {
             looping,
             next: 0,
             cache: (0..n).map(|_| None).collect(),
+            unreadable: vec![false; n],
         }
     }
 }
 
 impl Source for ImageFiles {
     fn next_mask(&mut self, params: &MaskParams, mask: &mut Mask) -> Result<bool> {
-        if self.next == self.files.len() {
-            if !self.looping || self.files.is_empty() {
-                return Ok(false);
-            }
-            self.next = 0;
-        }
-        let i = self.next;
-        self.next += 1;
-        let path = &self.files[i];
+        // A file that cannot be read ends a batch with an error; going
+        // round with --loop (a directory a camera or a copy fills) it is
+        // skipped, with a warning the first time.
+        let mut skipped = 0;
         let decoded;
-        let img = match &self.cache[i] {
-            Some(img) => img,
-            None => {
-                decoded = open_image(path)?;
+        let (i, img) = loop {
+            if self.next == self.files.len() {
+                if !self.looping || self.files.is_empty() {
+                    return Ok(false);
+                }
+                self.next = 0;
+            }
+            let i = self.next;
+            self.next += 1;
+            if self.cache[i].is_some() {
+                break (i, None);
+            }
+            match open_image(&self.files[i]) {
+                Ok(img) => break (i, Some(img)),
+                Err(e) if self.looping => {
+                    if !self.unreadable[i] {
+                        self.unreadable[i] = true;
+                        log::warn!("{e:#}; skipped (--loop)");
+                    }
+                    skipped += 1;
+                    if skipped >= self.files.len() {
+                        bail!("none of the {} input image(s) can be read: {e:#}", skipped);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let path = &self.files[i];
+        self.unreadable[i] = false;
+        let img = match img {
+            None => self.cache[i].as_ref().expect("cached"),
+            Some(img) => {
+                decoded = img;
                 let kept: usize = self
                     .cache
                     .iter()
@@ -175,7 +208,8 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
                 what()
             ))
         }
-        Err(e) => Err(e).with_context(what),
+        // (`image`'s errors repeat their cause in their text: not chained)
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", what())),
     }
 }
 

@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
   bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
   bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
   RUST_LOG=debug bitmask-send --to pi2:5000 in.png
-  rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o - \
+  rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
   (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
 struct Cli {
-    /// Receiver address, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
+    /// at boot, is retried like an unreachable receiver).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_to)]
     to: String,
 
     /// The value compared with the threshold: one channel, or luma as Pillow's convert('L').
@@ -117,8 +118,9 @@ struct Cli {
     transport: pipeline::Transport,
 
     /// Path MTU for --transport udp, in bytes (IP header included).
-    #[arg(long, default_value_t = 1500, value_name = "BYTES")]
-    mtu: usize,
+    #[arg(long, default_value_t = 1500, value_name = "BYTES",
+          value_parser = clap::value_parser!(u16).range(udp::MIN_MTU as i64..))]
+    mtu: u16,
 
     /// Pace --transport udp to at most this many Mbit/s (UDP has no congestion
     /// control: above the link's rate whole frames are lost). Default: only the
@@ -179,6 +181,26 @@ fn parse_in(s: &str, lo: f64, hi: f64, what: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (lo..=hi).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not {what} in [{lo}, {hi}]")),
+    }
+}
+
+/// `HOST:PORT` with a port 1..=65535: the mistakes no retry can mend are
+/// refused at once (a name that does not resolve may still, later).
+fn parse_to(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port: give HOST:PORT, e.g. receiver-pi:5000"))?;
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{s:?} has no host: give HOST:PORT"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "{s:?}: an IPv6 address goes in brackets, e.g. [::1]:5000"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("{s:?}: the port must be a number 1..=65535")),
     }
 }
 
@@ -249,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
         // parse_secs keeps these finite and in range
         timeout: Duration::from_secs_f64(cli.timeout),
         retry_max: Duration::from_secs_f64(cli.retry_max),
-        mtu: cli.mtu,
+        mtu: cli.mtu.into(),
         rate_mbit: cli.rate,
     };
     let encoder: Box<dyn pipeline::FrameEncoder> =

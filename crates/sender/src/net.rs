@@ -83,6 +83,20 @@ impl crate::pipeline::Link for Connection {
     fn send_frame(&mut self, frame: &[u8], _sequence: u64) -> io::Result<()> {
         self.write_frame(frame)
     }
+    fn closed_by_peer(&mut self) -> Option<String> {
+        // The receiver never sends a byte: anything readable is its end of
+        // stream (or a reset). One non-blocking peek, no state changed.
+        let mut b = [std::mem::MaybeUninit::<u8>::uninit()];
+        match SockRef::from(&self.stream)
+            .recv_with_flags(&mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        {
+            Ok(0) => Some("end of stream".into()),
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
     fn finish(self: Box<Self>) {
         let _ = Connection::finish(*self);
     }

@@ -217,6 +217,12 @@ impl Counters {
 pub trait Link: Send {
     /// Writes one whole wire frame.
     fn send_frame(&mut self, frame: &[u8], sequence: u64) -> io::Result<()>;
+    /// Whether the receiver has already closed this link (checked before a
+    /// frame is written: a frame written into a connection the receiver has
+    /// closed is lost without an error).
+    fn closed_by_peer(&mut self) -> Option<String> {
+        None
+    }
     /// Ends the stream cleanly.
     fn finish(self: Box<Self>);
 }
@@ -300,6 +306,14 @@ pub fn run(
             if !source.next_mask(&params, &mut mask)? {
                 queue.recycle(mask);
                 break;
+            }
+            if sequence == 0 && (mask.width > 4096 || mask.height > 4096) {
+                log::warn!(
+                    "frames are {}x{}: a receiver refuses frames over its --max-size, \
+                     4096x4096 unless started with a larger one",
+                    mask.width,
+                    mask.height
+                );
             }
             counters.captured.fetch_add(1, Relaxed);
             let dropped = queue.push(Slot { mask, sequence });
@@ -425,8 +439,19 @@ fn network_loop(
         } else {
             slot
         };
-        build_frame(encoder.as_mut(), &slot, &mut buf)?;
         let l = link.as_mut().expect("connected above");
+        if let Some(why) = l.closed_by_peer() {
+            // Nothing was written: the frame goes out on the next connection.
+            log::info!(
+                "state: receiver {} closed the connection ({why}); reconnecting",
+                cfg.to
+            );
+            link = None;
+            counters.connected.store(false, Relaxed);
+            held = Some(slot);
+            continue;
+        }
+        build_frame(encoder.as_mut(), &slot, &mut buf)?;
         match l.send_frame(&buf, slot.sequence) {
             Ok(()) => {
                 counters.sent.fetch_add(1, Relaxed);

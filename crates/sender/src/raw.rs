@@ -258,7 +258,15 @@ impl RawFrames {
             return Ok(true);
         }
         self.ended = true;
-        if filled == 0 {
+        if filled == 0 && self.index == 0 {
+            // A camera pipeline that failed (its errors are above) looks
+            // like an empty stream: not a success.
+            bail!(
+                "{} ended before its first frame ({len} bytes expected): nothing to send \
+                 (did the program writing it fail?)",
+                self.name
+            );
+        } else if filled == 0 {
             log::info!("end of {} after {} whole frame(s)", self.name, self.index);
         } else {
             log::warn!(

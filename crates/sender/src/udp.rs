@@ -3,13 +3,17 @@
 //! transport"). No retransmission: a frame missing a datagram is dropped by
 //! the receiver after its deadline and shows up there as lost.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bitmask_wire::Hello;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
+
+/// The smallest `--mtu`: IPv4 and UDP headers, the datagram header, 64
+/// bytes of frame (IPv6 needs 20 more, checked when connecting).
+pub const MIN_MTU: usize = 28 + DGRAM_HEADER_LEN + 64;
 
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 
@@ -91,9 +95,6 @@ impl UdpLink {
             .with_context(|| format!("cannot reach {to} over UDP"))?;
         socket2::SockRef::from(&sock).set_send_buffer_size(UDP_SNDBUF)?;
         let ip_udp = if to.is_ipv4() { 28 } else { 48 };
-        if mtu > u16::MAX as usize {
-            bail!("--mtu {mtu} is larger than an IP packet can be (65535)");
-        }
         let stride = mtu
             .checked_sub(ip_udp + DGRAM_HEADER_LEN)
             .filter(|s| *s >= 64)

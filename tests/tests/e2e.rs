@@ -262,7 +262,7 @@ fn sender_errors_exit_non_zero_with_one_line() {
         &["--input-format", "gray8", "--size", "8x2"],
         &["-"],
     );
-    assert_one_line_error(&f, "bitmask-send", "before its first frame");
+    assert_one_line_error(&f, "bitmask-send", "before its first whole frame");
 
     // missing input
     let missing = dir.join("missing.png");

@@ -408,6 +408,87 @@ fn sigterm_with_an_exec_consumer_ends_cleanly() {
 }
 
 #[test]
+fn ctrl_c_or_a_stopped_service_with_an_exec_consumer_ends_cleanly() {
+    use std::os::unix::process::CommandExt;
+    let tmp = TempDir::new("exec-group-signals");
+    inputs(&tmp.join("in"));
+    // Ctrl-C at a terminal: SIGINT to the receiver's whole process group
+    // (the child has a group of its own, and ends at the end of its input).
+    // A stopped systemd service (KillMode=control-group): SIGTERM to the
+    // receiver and to the child at once.
+    for case in ["group", "both"] {
+        let out = tmp.join(&format!("consumer-{case}.raw"));
+        let consumer = format!("exec cat > '{}'", out.display());
+        let mut cmd = Command::new(bin("bitmask-recv"));
+        cmd.args(["--listen", "127.0.0.1:0", "--exec", &consumer])
+            .process_group(0);
+        let mut recv = start_listening(&mut cmd);
+        let child = recv.proc.wait_for_stderr("--exec: started", LIMIT);
+        let child_pid = child
+            .rsplit("(pid ")
+            .next()
+            .and_then(|s| s.trim_end_matches(')').parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no pid in {child:?}"));
+        let mut s = Proc::spawn(&mut sender(
+            &recv.addr,
+            "cam",
+            &tmp.join("in"),
+            &["--count", "3", "--no-drop"],
+        ));
+        assert!(s.wait(LIMIT).status.success());
+        recv.proc.wait_for_stderr("cam: 3 frames", LIMIT);
+        let pid = recv.proc.id().to_string();
+        let targets = match case {
+            "group" => vec!["-INT".to_string(), "--".into(), format!("-{pid}")],
+            _ => vec!["-TERM".to_string(), pid, child_pid.to_string()],
+        };
+        let st = Command::new("kill").args(&targets).status().unwrap();
+        assert!(st.success());
+        let fr = recv.proc.wait(LIMIT);
+        assert!(fr.status.success(), "{case}: {}", fr.stderr);
+        assert!(
+            fr.stderr.contains("bitmask-recv: cam: 3 frames"),
+            "{case}: {}",
+            fr.stderr
+        );
+    }
+}
+
+#[test]
+fn a_receiver_that_closes_at_once_is_not_redialled_in_a_loop() {
+    // It accepts and closes every connection (as one does whose slots are
+    // all taken): the sender backs off as after a failed connect.
+    let tmp = TempDir::new("redial");
+    inputs(&tmp.join("in"));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let _s = Proc::spawn(&mut sender(
+        &addr,
+        "cam",
+        &tmp.join("in"),
+        &["--count", "1"],
+    ));
+    l.set_nonblocking(true).unwrap();
+    let t = Instant::now();
+    let mut accepted = 0;
+    while t.elapsed() < Duration::from_secs(2) {
+        match l.accept() {
+            Ok((c, _)) => {
+                accepted += 1;
+                drop(c);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    // 50 ms doubling up to --retry-max 0.5 s: about 6 in 2 s (hundreds
+    // without a backoff).
+    assert!(
+        (1..=15).contains(&accepted),
+        "{accepted} connections in 2 s"
+    );
+}
+
+#[test]
 fn a_closed_stdout_stops_the_receiver_with_an_error() {
     let tmp = TempDir::new("stdout-closed");
     inputs(&tmp.join("in"));
@@ -476,12 +557,12 @@ fn a_slow_sender_keeps_its_connection() {
     let tmp = TempDir::new("slow-sender");
     let expected = inputs(&tmp.join("in"));
     let out = tmp.join("out");
-    let recv = start_receiver(&["--out", out.to_str().unwrap(), "--timeout", "0.3"]);
+    let recv = start_receiver(&["--out", out.to_str().unwrap(), "--timeout", "1"]);
     let mut s = Proc::spawn(&mut sender(
         &recv.addr,
         "slow",
         &tmp.join("in"),
-        &["--fps", "2", "--count", "3"],
+        &["--fps", "0.5", "--count", "3"],
     ));
     let f = s.wait(LIMIT);
     assert!(f.status.success(), "{}", f.stderr);
@@ -534,4 +615,49 @@ fn a_restarted_sender_overwrites_nothing() {
     // --latest follows its extension: a PNG, although --format is raw.
     let png = image::open(&latest).expect("--latest latest.png is a PNG");
     assert_eq!((png.width(), png.height()), (W, H));
+}
+
+#[test]
+fn a_sender_silent_between_frames_yields_its_slot_when_all_are_taken() {
+    let tmp = TempDir::new("idle-yields");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--per-sender",
+        "--max-senders",
+        "1",
+        "--timeout",
+        "1",
+    ]);
+    // "slow" sends a frame, then nothing for 4 s.
+    let mut slow = Proc::spawn(&mut sender(
+        &recv.addr,
+        "slow",
+        &tmp.join("in"),
+        &["--fps", "0.25", "--count", "2", "--no-drop"],
+    ));
+    recv.proc
+        .wait_for_stderr("state: stream from \"slow\"", LIMIT);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The only slot is slow's, silent for over --timeout: "cam" gets it.
+    let mut cam = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--count", "5", "--no-drop"],
+    ));
+    let f = cam.wait(LIMIT);
+    assert!(f.status.success(), "{}", f.stderr);
+    // ... and slow, back for its second frame, loses nothing.
+    let f = slow.wait(LIMIT);
+    assert!(f.status.success(), "{}", f.stderr);
+    recv.proc.wait_for_stderr("slow: 2 frames", LIMIT);
+    assert_eq!(
+        check_frames(&out.join("cam"), &expected),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(check_frames(&out.join("slow"), &expected), vec![0, 1]);
+    assert!(recv.proc.stderr().contains("between frames"));
 }

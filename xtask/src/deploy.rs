@@ -1013,6 +1013,8 @@ Environment=RUST_LOG=info
 ExecStart={exec}
 Restart=always
 RestartSec=2
+# SIGTERM to bitmask only: it ends an --exec child itself, after the last frame
+KillMode=mixed
 
 [Install]
 WantedBy=multi-user.target

@@ -38,11 +38,28 @@ pub struct Exec {
 /// is sent SIGTERM.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
+/// Set once the receiver is stopping (a signal, `--count`): the child ending
+/// then, even by the same signal (systemd signals the whole cgroup), is part
+/// of the stop, not a death that ends the receiver early.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Says that the receiver is stopping (see [`STOPPING`]).
+pub fn stopping() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
 impl Exec {
     /// Starts `sh -c CMD` with a pipe on its stdin and a thread that watches it.
     pub fn spawn(cmd: &str) -> Result<Self> {
         let mut command = Command::new("sh");
-        command.arg("-c").arg(cmd).stdin(Stdio::piped());
+        // Its own process group: Ctrl-C at a terminal reaches the receiver
+        // only, which then ends the child by closing its stdin (and, if it
+        // does not exit, signals the whole group: pipelines too).
+        command
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .process_group(0);
         // The receiver blocks SIGINT and SIGTERM in all its threads (a signal
         // thread waits for them), and a child inherits that mask: give the
         // child the default, so Ctrl-C and SIGTERM reach it.
@@ -75,7 +92,18 @@ impl Exec {
                 .name("exec-watch".into())
                 .spawn(move || {
                     let st = child.wait();
-                    if !finishing.load(Ordering::SeqCst) {
+                    // Killed by the signal that is stopping the receiver too
+                    // (a cgroup stopped as one): the receiver's signal thread
+                    // may take a moment to say so.
+                    if matches!(&st, Ok(s) if stop_signal(s)) {
+                        for _ in 0..50 {
+                            if STOPPING.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    if !finishing.load(Ordering::SeqCst) && !STOPPING.load(Ordering::SeqCst) {
                         eprintln!(
                             "bitmask-recv: error: --exec child `{cmd}` {} after {} frame(s); stopping",
                             describe(&st),
@@ -135,9 +163,10 @@ impl Exec {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // A child that does not read its stdin never sees its end:
                 // do not wait for it forever (at Ctrl-C, SIGTERM).
-                // SAFETY: kill(2) on the pid of our own child, which the
-                // watcher has not reaped yet (it would have sent its status).
-                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+                // SAFETY: kill(2) on the process group of our own child
+                // (its pid, process_group(0)), which the watcher has not
+                // reaped yet (it would have sent its status).
+                unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGTERM) };
                 let st = self.status.recv_timeout(Duration::from_secs(2));
                 bail!(
                     "--exec child `{}` (pid {}) had not exited {} s after its stdin was closed; \
@@ -160,6 +189,14 @@ impl Exec {
                 log::info!("--exec child `{}` exited cleanly", self.cmd);
                 Ok(())
             }
+            // Signalled with the receiver (a whole cgroup or group stopped).
+            Ok(s) if STOPPING.load(Ordering::SeqCst) && stop_signal(&s) => {
+                log::info!(
+                    "--exec child `{}` stopped with the receiver ({s})",
+                    self.cmd
+                );
+                Ok(())
+            }
             other => bail!(
                 "--exec child `{}` {} at the end of the stream",
                 self.cmd,
@@ -167,6 +204,12 @@ impl Exec {
             ),
         }
     }
+}
+
+/// Whether the child was ended by SIGINT or SIGTERM.
+fn stop_signal(s: &ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    matches!(s.signal(), Some(libc::SIGINT | libc::SIGTERM))
 }
 
 fn describe(st: &io::Result<ExitStatus>) -> String {

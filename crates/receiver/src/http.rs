@@ -603,7 +603,9 @@ fn serve_one(
                 let path = req.path.unwrap_or("");
                 break (route(shared, method, path), method == "HEAD");
             }
-            Ok(httparse::Status::Partial) if last => {
+            // Past the deadline: whatever was already waiting (a head of more
+            // than one chunk is read on), then no more.
+            Ok(httparse::Status::Partial) if last && n < chunk.len() => {
                 break (text(408, "request not received in time\n".into()), false);
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,

@@ -100,7 +100,8 @@ struct Cli {
     /// most one frame of --max-size in memory, three for UDP, and its decoder
     /// about 33 times one packed frame of --max-size at most: 66 MiB at
     /// 4096x4096, 3 MiB at 1024x768). When all are taken, a new connection
-    /// replaces one that has not said who it is yet, else it is refused.
+    /// replaces one that has not said who it is yet, else one silent for
+    /// --timeout or more between frames, else it is refused.
     /// Anyone who can reach the port can send: use it on a trusted network.
     #[arg(long, default_value_t = 32, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=4096))]

@@ -10,10 +10,12 @@ use anyhow::{bail, Context, Result};
 use bitmask_core::unpack_rows_gray8;
 use bitmask_wire::Header;
 use clap::ValueEnum;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// File format of each mask.
@@ -140,6 +142,14 @@ impl Output {
             // `--latest mask.png` is a PNG whatever --format the other
             // outputs use (a stream needs raw or gray8).
             let f = Format::for_extension(p).unwrap_or(format);
+            if f != format {
+                log::info!(
+                    "--latest {}: written as {} (its extension names it), the other outputs as {}",
+                    p.display(),
+                    f.name(),
+                    format.name()
+                );
+            }
             o.latest = Some((p.to_path_buf(), f));
         }
         if let Some(cmd) = exec {
@@ -311,47 +321,124 @@ pub fn encode(
 
 /// Writes `data` as `dir/NAME.EXT` without ever replacing a file: when that
 /// name is taken (a sender restarted its sequence numbers, or an earlier run
-/// wrote here), as `NAME.1.EXT`, `NAME.2.EXT`, ... the first that is free.
-/// Atomic like [`write_atomic`] (a reader never sees half a file): the data
-/// is written under a temporary name, then hard-linked into place, which
-/// fails rather than replace. Where hard links are not supported (FAT) a
-/// name is checked, then renamed into place.
+/// wrote here), as `NAME.1.EXT`, `NAME.2.EXT`, ... the first that is free
+/// (the search starts from the last suffix this process used in `dir`).
+/// Atomic like [`write_atomic`]: the data is written under a temporary name,
+/// then renamed into place with `RENAME_NOREPLACE` (a directory watcher sees
+/// the usual moved-to event); where the filesystem lacks that, hard-linked
+/// into place (also fails rather than replace), and where it lacks links
+/// (FAT) a name is checked, then renamed.
 pub fn write_new(dir: &Path, name: &str, ext: &str, data: &[u8]) -> Result<PathBuf> {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
+    static NEXT: Mutex<Option<HashMap<PathBuf, u32>>> = Mutex::new(None);
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut links = true;
-    for k in 0..10_000u32 {
+    if let Err(e) = fs::write(&tmp, data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+    }
+    let next = |k: Option<u32>| {
+        let mut g = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+        let m = g.get_or_insert_with(HashMap::new);
+        match k {
+            Some(k) => {
+                m.insert(dir.to_path_buf(), k);
+                k
+            }
+            None => m.get(dir).copied().unwrap_or(1),
+        }
+    };
+    let mut k = 0u32;
+    loop {
         let path = if k == 0 {
             dir.join(format!("{name}.{ext}"))
         } else {
             dir.join(format!("{name}.{k}.{ext}"))
         };
-        let placed = if links {
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => {
-                    let _ = fs::remove_file(&tmp);
-                    true
+        match place(&tmp, &path) {
+            Ok(true) => {
+                if k > 0 {
+                    next(Some(k));
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(_) => {
-                    links = false; // no hard links here: check, then rename
-                    !path.exists() && rename(&tmp, &path)?
+                return Ok(path);
+            }
+            Ok(false) => {
+                k = if k == 0 {
+                    next(None)
+                } else {
+                    k.saturating_add(1)
+                };
+                if k == u32::MAX {
+                    let _ = fs::remove_file(&tmp);
+                    bail!("{}: no free name for {name}.*.{ext}", dir.display());
                 }
             }
-        } else {
-            !path.exists() && rename(&tmp, &path)?
-        };
-        if placed {
-            return Ok(path);
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
     }
-    let _ = fs::remove_file(&tmp);
-    bail!(
-        "{}: 10000 files named {name}.*.{ext} already",
-        dir.display()
-    )
+}
+
+/// Moves `tmp` to `path` unless `path` exists: `Ok(false)` when it does.
+fn place(tmp: &Path, path: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    // 0: renameat2(RENAME_NOREPLACE), 1: link + unlink, 2: check + rename;
+    // lowered for good the first time a way is not supported here.
+    static WAY: AtomicU8 = AtomicU8::new(0);
+    let unsupported = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
+        )
+    };
+    if WAY.load(Ordering::Relaxed) == 0 {
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+        let (from, to) = (c(tmp)?, c(path)?);
+        // SAFETY: renameat2 with two NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            return Ok(false);
+        }
+        if !unsupported(&e) {
+            return Err(e)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()));
+        }
+        WAY.store(1, Ordering::Relaxed);
+    }
+    if WAY.load(Ordering::Relaxed) == 1 {
+        match fs::hard_link(tmp, path) {
+            Ok(()) => {
+                let _ = fs::remove_file(tmp);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) if unsupported(&e) => WAY.store(2, Ordering::Relaxed),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot link {} to {}", tmp.display(), path.display())
+                })
+            }
+        }
+    }
+    if path.exists() {
+        return Ok(false);
+    }
+    rename(tmp, path)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<bool> {
@@ -370,7 +457,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = fs::write(&tmp, data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+    }
     rename(&tmp, path)?; // (removes the temporary file when it fails)
     Ok(())
 }

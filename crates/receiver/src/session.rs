@@ -17,11 +17,11 @@ use crate::output::{Format, Output};
 use crate::stats::{self, SenderHandle, StatsRegistry};
 use anyhow::{Context, Result};
 use bitmask_wire::{FrameReader, Header, Limits, WireError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,11 +72,11 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Live TCP connections by sender name: (connection id, socket).
     live: Mutex<HashMap<String, (u64, TcpStream)>>,
-    /// TCP connections that have not sent their first bytes yet, oldest
-    /// first: (connection id, socket, peer). When every slot is taken, a new
-    /// connection replaces the oldest of these, so idle sockets cannot lock
-    /// senders out.
-    pending: Mutex<VecDeque<(u64, TcpStream, SocketAddr)>>,
+    /// Every open TCP connection by id, for making room when all
+    /// `--max-senders` slots are taken ([`make_room`]).
+    open: Mutex<HashMap<u64, OpenConn>>,
+    /// When the hub was made: the clock of [`ConnState::last_frame_ms`].
+    epoch: Instant,
     /// Refused or replaced connections, for a log line a second at most.
     refusals: Throttle,
     /// Connections that closed before saying who they are, likewise.
@@ -140,7 +140,8 @@ impl Hub {
             conns: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
-            pending: Mutex::new(VecDeque::new()),
+            open: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             refusals: Throttle::default(),
             handshakes: Throttle::default(),
             done: Mutex::new(Some(done)),
@@ -156,6 +157,7 @@ impl Hub {
 
     /// Asks the receiver to stop (first call wins).
     pub fn stop(&self, why: String) {
+        crate::exec::stopping();
         if let Some(tx) = lock(&self.done).take() {
             let _ = tx.send(why);
         }
@@ -360,42 +362,45 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             }
         };
         if hub.conns.load(Relaxed) >= hub.max_conns {
-            // Full: make room by dropping the connection that has been
-            // silent longest without a byte (a sender says hello at once),
-            // else refuse this one.
-            let oldest = lock(&hub.pending).pop_front();
-            let why = match oldest {
-                Some((_, idle, from)) => {
-                    let _ = idle.shutdown(Shutdown::Both);
-                    format!(
-                        "closed the connection from {from}, which had not said who it is, \
-                         for one from {peer}"
-                    )
+            match make_room(&hub) {
+                Some(why) => {
+                    if let Some(n) = hub.refusals.hit() {
+                        log::warn!(
+                            "--max-senders {} reached: {why}, for a new one from {peer}{}",
+                            hub.max_conns,
+                            more_like_it(n)
+                        );
+                    }
                 }
                 None => {
                     drop(stream);
                     if let Some(n) = hub.refusals.hit() {
                         log::warn!(
-                            "refusing connection from {peer}: already {} open (--max-senders){}",
+                            "refusing connection from {peer}: already {} open (--max-senders), \
+                             none idle{}",
                             hub.max_conns,
                             more_like_it(n)
                         );
                     }
                     continue;
                 }
-            };
-            if let Some(n) = hub.refusals.hit() {
-                log::warn!(
-                    "--max-senders {} reached: {why}{}",
-                    hub.max_conns,
-                    more_like_it(n)
-                );
             }
         }
-        // Until its first bytes, the connection may be closed for a newer one.
         let id = hub.next_id.fetch_add(1, Relaxed);
+        let state = Arc::new(ConnState {
+            identified: AtomicBool::new(false),
+            last_frame_ms: AtomicU64::new(u64::MAX),
+        });
         match stream.try_clone() {
-            Ok(c) => lock(&hub.pending).push_back((id, c, peer)),
+            Ok(c) => {
+                let conn = OpenConn {
+                    stream: c,
+                    peer,
+                    accepted: Instant::now(),
+                    state: state.clone(),
+                };
+                lock(&hub.open).insert(id, conn);
+            }
             Err(e) => log::debug!("connection from {peer}: cannot keep a handle: {e}"),
         }
         let slot = Slot::take(&hub, id);
@@ -403,7 +408,7 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             .name(format!("conn {peer}"))
             .spawn(move || {
                 // `slot` is given back when this thread ends, even by a panic.
-                if let Err(e) = serve_tcp(&slot.0, stream, peer, id) {
+                if let Err(e) = serve_tcp(&slot.0, stream, peer, id, &state) {
                     log::warn!("connection from {peer} closed: {e:#}");
                 }
             });
@@ -413,8 +418,76 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
     }
 }
 
+/// An open TCP connection as the accept loop sees it.
+struct OpenConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    state: Arc<ConnState>,
+}
+
+/// What a connection's thread tells the accept loop.
+pub struct ConnState {
+    /// Its hello (or first frame header) has been read.
+    identified: AtomicBool,
+    /// When its last frame arrived, ms after the hub's epoch (`u64::MAX`:
+    /// none yet).
+    last_frame_ms: AtomicU64,
+}
+
+/// All slots taken: closes the connection that is least a sender, and says
+/// which, or `None` when every one is busy. First one that has not said who
+/// it is (oldest first; not one whose first bytes are already waiting in its
+/// socket, only its thread has not read them yet), else the sender silent
+/// longest between frames, once it has been silent for `--timeout`.
+fn make_room(hub: &Hub) -> Option<String> {
+    let mut open = lock(&hub.open);
+    let now_ms = hub.epoch.elapsed().as_millis() as u64;
+    let waiting = |c: &OpenConn| {
+        let mut b = [std::mem::MaybeUninit::<u8>::uninit()];
+        socket2::SockRef::from(&c.stream)
+            .recv_with_flags(&mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            .is_ok_and(|n| n > 0)
+    };
+    let unnamed = open
+        .iter()
+        .filter(|(_, c)| !c.state.identified.load(Relaxed) && !waiting(c))
+        .min_by_key(|(_, c)| c.accepted)
+        .map(|(id, c)| {
+            (
+                *id,
+                format!(
+                    "closed the connection from {}, which had not said who it is",
+                    c.peer
+                ),
+            )
+        });
+    let idle = || {
+        open.iter()
+            .filter_map(|(id, c)| {
+                let last = c.state.last_frame_ms.load(Relaxed);
+                let silent = now_ms.saturating_sub(last);
+                (last != u64::MAX && silent >= hub.timeout.as_millis() as u64)
+                    .then_some((*id, silent, c.peer))
+            })
+            .max_by_key(|&(_, silent, _)| silent)
+            .map(|(id, silent, peer)| {
+                let why = format!(
+                    "closed the connection from {peer}, silent for {:.1} s between frames",
+                    silent as f64 / 1000.0
+                );
+                (id, why)
+            })
+    };
+    let (id, why) = unnamed.or_else(idle)?;
+    if let Some(c) = open.remove(&id) {
+        let _ = c.stream.shutdown(Shutdown::Both);
+    }
+    Some(why)
+}
+
 /// One of the `--max-senders` connection slots, held while connection `.1`
-/// is open (and given back, with its pending entry, however it ends).
+/// is open (and given back, with its entry in the hub, however it ends).
 struct Slot(Arc<Hub>, u64);
 
 impl Slot {
@@ -426,14 +499,20 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock(&self.0.pending).retain(|(i, ..)| *i != self.1);
+        lock(&self.0.open).remove(&self.1);
         self.0.conns.fetch_sub(1, Relaxed);
     }
 }
 
 /// Reads one TCP connection to its end; `id` is its entry in the hub's
-/// pending connections, left once it has said who it is.
-pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, id: u64) -> Result<()> {
+/// open connections, `state` what it tells the accept loop.
+pub fn serve_tcp(
+    hub: &Arc<Hub>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    state: &ConnState,
+) -> Result<()> {
     log::debug!("connection from {peer}");
     stream.set_read_timeout(Some(hub.timeout))?;
     // A sender between frames may be silent for long (a time-lapse): it is
@@ -457,7 +536,7 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, id: u64) -
         hub.limits,
     );
     let hello = reader.read_hello();
-    lock(&hub.pending).retain(|(i, ..)| *i != id);
+    state.identified.store(true, Relaxed);
     let (name, hello) = match hello {
         Ok(Some(h)) => (h.name, true),
         Ok(None) => (peer.to_string(), false),
@@ -512,6 +591,8 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, id: u64) -
                         ctx = Some(open()?);
                     }
                     framed = true;
+                    let ms = hub.epoch.elapsed().as_millis() as u64;
+                    state.last_frame_ms.store(ms, Relaxed);
                     ctx.as_mut().expect("opened").frame(&h, f.payload)?;
                 }
                 // Silent for --timeout between two frames (no byte of the
@@ -555,14 +636,17 @@ pub fn serve_tcp(hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, id: u64) -
 
 fn explain(e: WireError, timeout: Duration) -> anyhow::Error {
     match e {
-        WireError::Io(io)
-            if io.kind() == io::ErrorKind::WouldBlock || io.kind() == io::ErrorKind::TimedOut =>
-        {
-            if io.get_ref().is_some() {
-                anyhow::anyhow!("{io}")
-            } else {
-                anyhow::anyhow!("no data for {:.1} s", timeout.as_secs_f64())
-            }
+        // Our own deadline (DeadlineReader), with its message.
+        WireError::Io(io) if io.get_ref().is_some() && io.kind() == io::ErrorKind::TimedOut => {
+            anyhow::anyhow!("{io}")
+        }
+        // The socket's read timeout.
+        WireError::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
+            anyhow::anyhow!("no data for {:.1} s", timeout.as_secs_f64())
+        }
+        // ETIMEDOUT from the kernel: keepalive probes went unanswered.
+        WireError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
+            anyhow::anyhow!("the sender's host stopped answering (TCP keepalive): {io}")
         }
         other => other.into(),
     }

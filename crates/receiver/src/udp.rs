@@ -9,10 +9,11 @@
 //! (as many as TCP connections, counted apart), [`MAX_PARTIAL`] frames in
 //! reassembly each, each no larger than a frame of `--max-size`, allocated
 //! only after the datagram header was checked. When all are taken, a new
-//! stream replaces the quietest one that has not delivered a frame for
-//! [`QUIET`]; a stream that is delivering frames is never replaced (so
-//! datagrams from elsewhere cannot push a working sender out), and the new
-//! stream is ignored instead.
+//! stream replaces the quietest one that has never delivered a frame, or
+//! that has sent nothing for [`QUIET`]; a stream of a sender (one that has
+//! delivered a frame and still sends, if only its hello every second) is
+//! never replaced, so datagrams from elsewhere cannot push it out, and the
+//! new stream is ignored instead.
 
 use crate::session::{more_like_it, Hub, StreamCtx, Throttle};
 use bitmask_wire::{FrameReader, Limits};
@@ -28,9 +29,10 @@ use bitmask_wire::udp::{DGRAM_HEADER_LEN, DGRAM_MAGIC, DGRAM_VERSION, KIND_FRAGM
 
 /// A frame with no new datagram for this long is given up.
 pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
-/// A stream that delivered no frame for this long may be replaced by a new
-/// one when all `--max-senders` are taken.
-pub const QUIET: Duration = Duration::from_secs(1);
+/// A stream that has delivered a frame is kept, when all `--max-senders`
+/// are taken, while it sends anything (a sender repeats its hello every
+/// second, so a slow one too); silent this long it may be replaced.
+pub const QUIET: Duration = Duration::from_secs(3);
 /// Frames in reassembly per stream.
 pub const MAX_PARTIAL: usize = 3;
 
@@ -156,7 +158,7 @@ fn on_dgram(
         if streams.len() >= hub.max_conns {
             let quietest = streams
                 .iter()
-                .filter(|(_, s)| s.delivered.is_none_or(|t| t.elapsed() > QUIET))
+                .filter(|(_, s)| s.delivered.is_none() || s.last_seen.elapsed() > QUIET)
                 .min_by_key(|(_, s)| s.last_seen)
                 .map(|(k, _)| *k);
             let n = full.hit();
@@ -390,10 +392,9 @@ mod tests {
             &Hello::new("late").unwrap().encode(),
         );
         assert!(!streams.contains_key(&("10.0.0.8:1".parse().unwrap(), 5)));
-        // Once one has been quiet for QUIET, a new stream may take its place.
+        // Once one has sent nothing for QUIET, a new stream may take its place.
         for s in streams.values_mut() {
-            s.delivered = s.delivered.map(|t| t - QUIET - Duration::from_millis(1));
-            s.last_seen -= QUIET;
+            s.last_seen -= QUIET + Duration::from_millis(1);
         }
         feed(
             &mut streams,

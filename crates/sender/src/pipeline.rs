@@ -386,7 +386,9 @@ fn network_loop(
                         slot.sequence
                     );
                     ever_connected = true;
-                    backoff.reset();
+                    // (the backoff is reset by a frame sent, not by a
+                    // connect: a receiver that accepts and closes at once
+                    // must not be redialled in a tight loop)
                     on_reconnect(encoder.as_mut());
                 }
                 Err(e) => {
@@ -449,11 +451,13 @@ fn network_loop(
             link = None;
             counters.connected.store(false, Relaxed);
             held = Some(slot);
+            std::thread::sleep(backoff.step());
             continue;
         }
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         match l.send_frame(&buf, slot.sequence) {
             Ok(()) => {
+                backoff.reset();
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
                 queue.recycle(slot.mask);

@@ -258,12 +258,13 @@ impl RawFrames {
             return Ok(true);
         }
         self.ended = true;
-        if filled == 0 && self.index == 0 {
+        if self.index == 0 {
             // A camera pipeline that failed (its errors are above) looks
-            // like an empty stream: not a success.
+            // like a short stream: not a success.
             bail!(
-                "{} ended before its first frame ({len} bytes expected): nothing to send \
-                 (did the program writing it fail?)",
+                "{} ended before its first whole frame: got {filled} of {len} bytes, nothing \
+                 to send (did the program writing it fail? check --size, --stride and \
+                 --padded-height)",
                 self.name
             );
         } else if filled == 0 {

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,9 +43,34 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// of the stop, not a death that ends the receiver early.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
-/// Says that the receiver is stopping (see [`STOPPING`]).
+/// The running child's process group (its pid), 0 when there is none.
+static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Says that the receiver is stopping (see [`STOPPING`]). The first call
+/// also starts a timer: a child still running [`EXIT_GRACE`] later is sent
+/// SIGTERM (its whole group), whatever the receiver is blocked on (a write
+/// into a pipe the child no longer reads holds the output's lock, so the
+/// end of its input may never come).
 pub fn stopping() {
-    STOPPING.store(true, Ordering::SeqCst);
+    if STOPPING.swap(true, Ordering::SeqCst) || CHILD_GROUP.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("exec-stop".into())
+        .spawn(|| {
+            std::thread::sleep(EXIT_GRACE);
+            let group = CHILD_GROUP.load(Ordering::SeqCst);
+            if group != 0 {
+                log::warn!(
+                    "--exec child (pid {group}) still running {} s after the stop began: \
+                     sending its process group SIGTERM",
+                    EXIT_GRACE.as_secs()
+                );
+                // SAFETY: kill(2) on our child's process group, not reaped
+                // yet (the watcher clears CHILD_GROUP when it has been).
+                unsafe { libc::kill(-group, libc::SIGTERM) };
+            }
+        });
 }
 
 impl Exec {
@@ -80,6 +105,7 @@ impl Exec {
             .with_context(|| format!("cannot start --exec command `{cmd}` with sh -c"))?;
         let stdin = child.stdin.take();
         let pid = child.id();
+        CHILD_GROUP.store(pid as i32, Ordering::SeqCst);
         log::info!("--exec: started `{cmd}` (pid {pid})");
         let finishing = Arc::new(AtomicBool::new(false));
         let frames = Arc::new(AtomicU64::new(0));
@@ -92,11 +118,12 @@ impl Exec {
                 .name("exec-watch".into())
                 .spawn(move || {
                     let st = child.wait();
+                    CHILD_GROUP.store(0, Ordering::SeqCst);
                     // Killed by the signal that is stopping the receiver too
                     // (a cgroup stopped as one): the receiver's signal thread
-                    // may take a moment to say so.
+                    // may take a moment to say so (5 s at most).
                     if matches!(&st, Ok(s) if stop_signal(s)) {
-                        for _ in 0..50 {
+                        for _ in 0..500 {
                             if STOPPING.load(Ordering::SeqCst) {
                                 break;
                             }

@@ -158,6 +158,33 @@ fn main() {
     }
 }
 
+/// Each connection holds three descriptors (its socket and two handles the
+/// hub keeps), the live view up to 40: raises the soft limit on open files
+/// (often 1024) towards the hard one when `--max-senders` needs more.
+fn raise_fd_limit(max_senders: u64) {
+    let want = 3 * max_senders + 128;
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 || l.rlim_cur as u64 >= want {
+            return;
+        }
+        let soft = l.rlim_cur;
+        l.rlim_cur = (want as libc::rlim_t).min(l.rlim_max);
+        let now = if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+            l.rlim_cur
+        } else {
+            soft
+        };
+        if (now as u64) < want {
+            log::warn!(
+                "--max-senders {max_senders} needs about {want} open files; the limit is {now} \
+                 (ulimit -n): connections past it fail"
+            );
+        }
+    }
+}
+
 fn bind(addr: &str) -> Result<TcpListener> {
     let sa: SocketAddr = addr
         .to_socket_addrs()
@@ -182,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(p) = &cli.stats_json {
         output::check_file_target("--stats-json", p)?;
     }
+    raise_fd_limit(cli.max_senders as u64);
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),

@@ -75,7 +75,7 @@ pub struct Hub {
     /// Every open TCP connection by id, for making room when all
     /// `--max-senders` slots are taken ([`make_room`]).
     open: Mutex<HashMap<u64, OpenConn>>,
-    /// When the hub was made: the clock of [`ConnState::last_frame_ms`].
+    /// When the hub was made: the clock of [`ConnState::last_byte_ms`].
     epoch: Instant,
     /// Refused or replaced connections, for a log line a second at most.
     refusals: Throttle,
@@ -327,6 +327,9 @@ struct DeadlineReader {
     /// connection's loop, which resets it between frames while
     /// `FrameReader` holds the reader).
     started: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
+    /// Where the time of the last byte is kept for the accept loop.
+    state: Arc<ConnState>,
+    epoch: Instant,
 }
 
 impl Read for DeadlineReader {
@@ -343,8 +346,12 @@ impl Read for DeadlineReader {
             }
         }
         let n = self.stream.read(buf)?;
-        if n > 0 && self.started.get().is_none() {
-            self.started.set(Some(Instant::now()));
+        if n > 0 {
+            let ms = self.epoch.elapsed().as_millis() as u64;
+            self.state.last_byte_ms.store(ms, Relaxed);
+            if self.started.get().is_none() {
+                self.started.set(Some(Instant::now()));
+            }
         }
         Ok(n)
     }
@@ -389,7 +396,9 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
         let id = hub.next_id.fetch_add(1, Relaxed);
         let state = Arc::new(ConnState {
             identified: AtomicBool::new(false),
-            last_frame_ms: AtomicU64::new(u64::MAX),
+            framed: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            last_byte_ms: AtomicU64::new(0),
         });
         match stream.try_clone() {
             Ok(c) => {
@@ -408,7 +417,7 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             .name(format!("conn {peer}"))
             .spawn(move || {
                 // `slot` is given back when this thread ends, even by a panic.
-                if let Err(e) = serve_tcp(&slot.0, stream, peer, id, &state) {
+                if let Err(e) = serve_tcp(&slot.0, stream, peer, id, state) {
                     log::warn!("connection from {peer} closed: {e:#}");
                 }
             });
@@ -430,9 +439,12 @@ struct OpenConn {
 pub struct ConnState {
     /// Its hello (or first frame header) has been read.
     identified: AtomicBool,
-    /// When its last frame arrived, ms after the hub's epoch (`u64::MAX`:
-    /// none yet).
-    last_frame_ms: AtomicU64,
+    /// It has delivered a whole frame.
+    framed: AtomicBool,
+    /// Its slot was given to a newer connection.
+    evicted: AtomicBool,
+    /// When its last byte arrived, ms after the hub's epoch.
+    last_byte_ms: AtomicU64,
 }
 
 /// All slots taken: closes the connection that is least a sender, and says
@@ -465,10 +477,13 @@ fn make_room(hub: &Hub) -> Option<String> {
     let idle = || {
         open.iter()
             .filter_map(|(id, c)| {
-                let last = c.state.last_frame_ms.load(Relaxed);
-                let silent = now_ms.saturating_sub(last);
-                (last != u64::MAX && silent >= hub.timeout.as_millis() as u64)
-                    .then_some((*id, silent, c.peer))
+                // Not mid-frame (its bytes come within --timeout of each
+                // other), nothing waiting that its thread has yet to read.
+                let silent = now_ms.saturating_sub(c.state.last_byte_ms.load(Relaxed));
+                (c.state.framed.load(Relaxed)
+                    && silent >= hub.timeout.as_millis() as u64
+                    && !waiting(c))
+                .then_some((*id, silent, c.peer))
             })
             .max_by_key(|&(_, silent, _)| silent)
             .map(|(id, silent, peer)| {
@@ -481,6 +496,7 @@ fn make_room(hub: &Hub) -> Option<String> {
     };
     let (id, why) = unnamed.or_else(idle)?;
     if let Some(c) = open.remove(&id) {
+        c.state.evicted.store(true, Relaxed);
         let _ = c.stream.shutdown(Shutdown::Both);
     }
     Some(why)
@@ -511,7 +527,7 @@ pub fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    state: &ConnState,
+    state: Arc<ConnState>,
 ) -> Result<()> {
     log::debug!("connection from {peer}");
     stream.set_read_timeout(Some(hub.timeout))?;
@@ -532,6 +548,8 @@ pub fn serve_tcp(
             stream,
             frame_limit: hub.timeout,
             started: started.clone(),
+            state: state.clone(),
+            epoch: hub.epoch,
         },
         hub.limits,
     );
@@ -591,8 +609,7 @@ pub fn serve_tcp(
                         ctx = Some(open()?);
                     }
                     framed = true;
-                    let ms = hub.epoch.elapsed().as_millis() as u64;
-                    state.last_frame_ms.store(ms, Relaxed);
+                    state.framed.store(true, Relaxed);
                     ctx.as_mut().expect("opened").frame(&h, f.payload)?;
                 }
                 // Silent for --timeout between two frames (no byte of the
@@ -608,7 +625,11 @@ pub fn serve_tcp(
                     continue;
                 }
                 Ok(None) => {
-                    if ctx.is_some() {
+                    if state.evicted.load(Relaxed) {
+                        log::info!(
+                            "state: stream from {name:?} closed: its slot went to a new connection"
+                        );
+                    } else if ctx.is_some() {
                         log::info!("state: sender {name:?} closed the stream");
                     } else {
                         // Said nothing at all (a port scan, or replaced while idle).

@@ -239,6 +239,10 @@ fn connect(cfg: &Config) -> Result<Box<dyn Link>> {
     })
 }
 
+/// How long a connection must have lasted for a frame sent on it to reset
+/// the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(1);
+
 /// Capped exponential backoff: 50 ms, 100 ms, ... up to `max`.
 struct Backoff {
     next: Duration,
@@ -351,6 +355,7 @@ fn network_loop(
     let mut ever_connected = false;
     let mut failing_since: Option<Instant> = None;
     let mut closed_at: Option<Instant> = None;
+    let mut connected_at = Instant::now();
     loop {
         let slot = match held.take() {
             Some(s) => s,
@@ -363,6 +368,7 @@ fn network_loop(
             match connect(cfg) {
                 Ok(l) => {
                     link = Some(l);
+                    connected_at = Instant::now();
                     counters.connected.store(true, Relaxed);
                     if ever_connected {
                         counters.reconnects.fetch_add(1, Relaxed);
@@ -457,7 +463,12 @@ fn network_loop(
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         match l.send_frame(&buf, slot.sequence) {
             Ok(()) => {
-                backoff.reset();
+                // A write only says the kernel took the bytes: a receiver
+                // that refuses us takes a frame or two too. Only a
+                // connection that has lasted ends the backoff.
+                if connected_at.elapsed() >= STABLE {
+                    backoff.reset();
+                }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
                 queue.recycle(slot.mask);
@@ -478,6 +489,7 @@ fn network_loop(
                 } else {
                     queue.recycle(slot.mask);
                 }
+                std::thread::sleep(backoff.step());
             }
         }
     }

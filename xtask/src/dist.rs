@@ -668,8 +668,8 @@ cargo xtask qemu [--no-build] [all|unit|e2e|sigill|deploy]...
 Proves the Pi builds on emulated Pi CPUs (qemu-user):
   unit    the library unit tests (bitmask-core, bitmask-wire, bitmask-codec) built for
           ARMv6 and run under `qemu-arm -cpu arm1176`, built for ARMv7 and run under
-          `qemu-arm -cpu cortex-a7`; bitmask-core's also optimised (its vectorised
-          loops, NEON on ARMv7, exist only there)
+          `qemu-arm -cpu cortex-a7`, optimised as shipped (vectorised loops, NEON
+          on ARMv7, exist only there) with overflow checks and debug assertions
   e2e     target/dist: an ARMv6 receiver and an ARMv7 sender under qemu on loopback stream
           test images; the masks must equal the host build's bit for bit
   deploy  two sshd on loopback ports stand in for two Pis (run_prefix qemu-arm): `xtask
@@ -749,38 +749,35 @@ pub fn lib_crates() -> Vec<&'static str> {
     v
 }
 
-/// The crates whose unit tests also run optimised under qemu: the loops
-/// that LLVM vectorises (NEON on ARMv7) exist only in optimised code, and
-/// the kernels' tests check every path against the scalar reference.
-pub const RELEASE_UNIT_CRATES: &[&str] = &["bitmask-core"];
+/// The cargo profile of the unit tests under qemu (root Cargo.toml):
+/// optimised like the shipped code, with overflow checks and debug
+/// assertions. One build and run per CPU (a debug build and run, then an
+/// optimised one for the vectorised kernels, took about twice as long).
+pub const QEMU_TEST_PROFILE: &str = "qemu-test";
 
 pub fn unit_tests(tools: &Tools, arch: Arch) -> Result<()> {
-    for (crates, release) in [(lib_crates(), false), (RELEASE_UNIT_CRATES.to_vec(), true)] {
-        let mut c = tools.cargo("test");
-        Tools::target_args(&mut c, arch, true);
-        for p in &crates {
-            c.args(["-p", p]);
-        }
-        c.arg("--lib");
-        if release {
-            c.arg("--release");
-        }
-        let build = if release { "optimised" } else { "debug" };
-        let t = Instant::now();
-        run(&mut c).with_context(|| {
-            format!(
-                "{build} unit tests of the {} build under `{}` failed",
-                arch.name(),
-                arch.qemu_prefix().join(" ")
-            )
-        })?;
-        eprintln!(
-            "xtask: {build} unit tests {crates:?} passed as {} under {} in {:.0} s",
-            arch.name(),
-            arch.qemu_prefix().join(" "),
-            t.elapsed().as_secs_f64()
-        );
+    let crates = lib_crates();
+    let mut c = tools.cargo("test");
+    Tools::target_args(&mut c, arch, true);
+    for p in &crates {
+        c.args(["-p", p]);
     }
+    c.args(["--lib", "--profile", QEMU_TEST_PROFILE]);
+    let t = Instant::now();
+    run(&mut c).with_context(|| {
+        format!(
+            "unit tests of the {} build under `{}` failed",
+            arch.name(),
+            arch.qemu_prefix().join(" ")
+        )
+    })?;
+    eprintln!(
+        "xtask: unit tests {crates:?} ({QEMU_TEST_PROFILE}: optimised, overflow checks, \
+         debug assertions) passed as {} under {} in {:.0} s",
+        arch.name(),
+        arch.qemu_prefix().join(" "),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -329,14 +329,8 @@ pub fn encode(
 /// into place (also fails rather than replace), and where it lacks links
 /// (FAT) a name is checked, then renamed.
 pub fn write_new(dir: &Path, name: &str, ext: &str, data: &[u8]) -> Result<PathBuf> {
-    static SERIAL: AtomicU64 = AtomicU64::new(0);
     static NEXT: Mutex<Option<HashMap<PathBuf, u32>>> = Mutex::new(None);
-    let n = SERIAL.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    if let Err(e) = fs::write(&tmp, data) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
-    }
+    let tmp = write_temp(dir, name, data)?;
     let next = |k: Option<u32>| {
         let mut g = NEXT.lock().unwrap_or_else(|p| p.into_inner());
         let m = g.get_or_insert_with(HashMap::new);
@@ -438,31 +432,41 @@ fn place(tmp: &Path, path: &Path) -> Result<bool> {
     if path.exists() {
         return Ok(false);
     }
-    rename(tmp, path)
+    rename(tmp, path).map(|()| true)
 }
 
-fn rename(from: &Path, to: &Path) -> Result<bool> {
-    fs::rename(from, to).with_context(|| {
-        let _ = fs::remove_file(from);
-        format!("cannot rename {} to {}", from.display(), to.display())
-    })?;
-    Ok(true)
-}
-
-/// Writes `data` to a temporary name beside `path`, then renames it into
-/// place, so a reader never sees half a file. The temporary name is unique
-/// per process and call, so concurrent writers of one path never share it.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` to a new temporary file `dir/.NAME.PID.N.tmp` (unique per
+/// process and call, so concurrent writers never share one); removed again
+/// when the write fails.
+fn write_temp(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     if let Err(e) = fs::write(&tmp, data) {
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
-    rename(&tmp, path)?; // (removes the temporary file when it fails)
-    Ok(())
+    Ok(tmp)
+}
+
+/// Renames `from` to `to`; removes `from` when that fails.
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).with_context(|| {
+        let _ = fs::remove_file(from);
+        format!("cannot rename {} to {}", from.display(), to.display())
+    })
+}
+
+/// Writes `data` to a temporary name beside `path` ([`write_temp`]), then
+/// renames it into place, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = write_temp(dir, name, data)?;
+    rename(&tmp, path)
 }
 
 #[cfg(test)]

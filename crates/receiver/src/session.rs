@@ -70,8 +70,8 @@ pub struct Hub {
     written: AtomicU64,
     conns: AtomicUsize,
     next_id: AtomicU64,
-    /// Live TCP connections by sender name: (connection id, socket).
-    live: Mutex<HashMap<String, (u64, TcpStream)>>,
+    /// Live TCP connections by sender name: their id in `open`.
+    live: Mutex<HashMap<String, u64>>,
     /// Every open TCP connection by id, for making room when all
     /// `--max-senders` slots are taken ([`make_room`]).
     open: Mutex<HashMap<u64, OpenConn>>,
@@ -541,7 +541,6 @@ pub fn serve_tcp(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
         log::debug!("connection from {peer}: no TCP keepalive: {e}");
     }
-    let ctl = stream.try_clone()?;
     let started = std::rc::Rc::new(std::cell::Cell::new(None));
     let mut reader = FrameReader::new(
         DeadlineReader {
@@ -573,16 +572,14 @@ pub fn serve_tcp(
     started.set(None);
     // A sender that reconnects takes over from its old connection, which
     // may not have noticed yet that the sender is gone.
-    let old = lock(&hub.live).insert(name.clone(), (id, ctl));
-    if let Some((_, old)) = old {
+    let old = lock(&hub.live).insert(name.clone(), id);
+    if let Some(old) = old.and_then(|old| lock(&hub.open).remove(&old)) {
         log::info!(
-            "sender {name:?} connected again from {peer}; closing its previous connection{} \
-             (two live senders must not share a --name)",
-            old.peer_addr()
-                .map(|a| format!(" from {a}"))
-                .unwrap_or_default()
+            "sender {name:?} connected again from {peer}; closing its previous connection \
+             from {} (two live senders must not share a --name)",
+            old.peer
         );
-        let _ = old.shutdown(Shutdown::Both);
+        let _ = old.stream.shutdown(Shutdown::Both);
     }
     let result = (|| -> Result<()> {
         // A peer without a hello gets stats (named by its address) only
@@ -649,7 +646,7 @@ pub fn serve_tcp(
         }
     })();
     let mut live = lock(&hub.live);
-    if live.get(&name).is_some_and(|(i, _)| *i == id) {
+    if live.get(&name) == Some(&id) {
         live.remove(&name);
     }
     result

@@ -596,9 +596,11 @@ pub struct Kit {
 }
 
 impl Kit {
-    /// Builds release binaries and the sample images (1024x768, blue >= 170).
-    pub fn new() -> Result<Kit> {
-        let bin = build_bins(true)?;
+    /// Builds the binaries (release, or the dev profile, whose hot
+    /// libraries are optimised too: see the workspace Cargo.toml) and the
+    /// sample images (1024x768, blue >= 170).
+    pub fn new(release: bool) -> Result<Kit> {
+        let bin = build_bins(release)?;
         let work = root().join("target/netbed");
         let input = work.join("in");
         crate::samples::scene(&input, IMAGES)?;
@@ -1156,7 +1158,7 @@ const TESTS: &[Test] = &[
 ];
 
 /// Runs the named tests (all when empty); fails if any fails.
-fn run_tests(names: &[String], timing: Timing) -> Result<()> {
+fn run_tests(names: &[String], timing: Timing, release: bool) -> Result<()> {
     if let Some(why) = unavailable() {
         eprintln!("\n!!! netbed NOT RUN: {why}");
         eprintln!("!!! the two-host streaming tests need root with CAP_NET_ADMIN (ip netns, tc)\n");
@@ -1166,7 +1168,7 @@ fn run_tests(names: &[String], timing: Timing) -> Result<()> {
         return Ok(());
     }
     clean_stale();
-    let kit = Kit::new()?;
+    let kit = Kit::new(release)?;
     let mut failed = Vec::new();
     for (name, f) in TESTS {
         if !names.is_empty() && !names.iter().any(|n| n == name) {
@@ -1193,6 +1195,7 @@ fn run_tests(names: &[String], timing: Timing) -> Result<()> {
 pub fn run(args: &[String]) -> Result<()> {
     let mut names = Vec::new();
     let mut timing = Timing { slow_secs: 30 };
+    let mut release = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1202,10 +1205,12 @@ pub fn run(args: &[String]) -> Result<()> {
                     .and_then(|v| v.parse().ok())
                     .context("--slow-secs N")?
             }
+            "--dev" => release = false,
             "-h" | "--help" => {
                 println!(
-                    "cargo xtask netbed [{}] [--slow-secs N]\n\
-                     two-host streaming tests over network namespaces (root needed)",
+                    "cargo xtask netbed [{}] [--slow-secs N] [--dev]\n\
+                     two-host streaming tests over network namespaces (root needed);\n\
+                     --dev: with the dev-profile binaries, as `cargo xtask ci` runs them",
                     TESTS.iter().map(|t| t.0).collect::<Vec<_>>().join("|")
                 );
                 return Ok(());
@@ -1214,12 +1219,13 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown netbed argument {other:?} (see cargo xtask netbed --help)"),
         }
     }
-    run_tests(&names, timing)
+    run_tests(&names, timing, release)
 }
 
 /// The CI step: every test, the slow receiver for 15 s instead of 30.
 pub fn ci_step() -> Result<()> {
-    run_tests(&[], Timing { slow_secs: 15 })
+    // The dev build the CI's test step made (one build less than release).
+    run_tests(&[], Timing { slow_secs: 15 }, false)
 }
 
 // ------------------------------------------------------------------ bench link
@@ -1253,7 +1259,7 @@ pub fn bench_link(args: &[String]) -> Result<()> {
         bail!("bench link needs network namespaces: {why}");
     }
     clean_stale();
-    let kit = Kit::new()?;
+    let kit = Kit::new(true)?;
     let mut runs: Vec<Option<String>> = vec![None];
     if kit.codec_flag {
         if codecs.is_empty() {

@@ -41,6 +41,11 @@ Several senders: --out -, --exec and --latest carry the masks of all of them in
 arrival order, each mask whole (one writer at a time; dimensions may differ
 between masks); --out DIR --per-sender keeps each sender's frames apart.
 
+A frame that cannot be written (a full or read-only disk) is logged, a line a
+second at most, and counted as lost; the receiver goes on and writes again
+once it can. A program reading the masks (--out -, --exec) that stops taking
+them holds up every sender: the log says so every 10 s while it lasts.
+
 Examples:
   bitmask-recv --listen 0.0.0.0:5000 --out masks --format png
   bitmask-recv --listen 127.0.0.1:5000 --out - | python3 consume.py

@@ -87,6 +87,8 @@ pub struct Output {
     slow_warned: Option<Instant>,
     /// Whether a frame file had to take another name (warned once).
     renumbered: bool,
+    /// `--latest` failures beside other outputs, logged a line a second at most.
+    latest_log: crate::session::Throttle,
 }
 
 /// A write to stdout or `--exec` slower than this is logged: the reader is
@@ -124,6 +126,7 @@ impl Output {
             dead: None,
             slow_warned: None,
             renumbered: false,
+            latest_log: Default::default(),
         };
         match out {
             Some(p) if p.as_os_str() == "-" => {
@@ -222,14 +225,29 @@ impl Output {
             }
         }
         if let Some((p, f)) = &self.latest {
-            let bytes = if *f == self.format {
-                data
-            } else {
-                self.latest_buf.clear();
-                encode(*f, h.width, h.height, bits, &mut self.latest_buf)?;
-                &self.latest_buf
-            };
-            write_atomic(p, bytes)?;
+            let r = (|| -> Result<()> {
+                let bytes = if *f == self.format {
+                    data
+                } else {
+                    self.latest_buf.clear();
+                    encode(*f, h.width, h.height, bits, &mut self.latest_buf)?;
+                    &self.latest_buf
+                };
+                write_atomic(p, bytes)
+            })();
+            if let Err(e) = r {
+                if self.dir.is_none() && self.stdout.is_none() && self.exec.is_none() {
+                    return Err(e);
+                }
+                // The frame went to the other outputs: it counts as written.
+                if let Some(n) = self.latest_log.hit() {
+                    log::warn!(
+                        "--latest: {e:#} (frame {} went to the other outputs){}",
+                        h.sequence,
+                        crate::session::more_like_it(n)
+                    );
+                }
+            }
         }
         Ok(())
     }

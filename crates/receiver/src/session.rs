@@ -42,6 +42,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// [`lock`], giving up (`None`) once `gone()` while another thread holds it
+/// (a stream reader that stopped taking masks blocks that thread).
+fn lock_unless<T>(m: &Mutex<T>, gone: impl Fn() -> bool) -> Option<MutexGuard<'_, T>> {
+    let mut wait = Duration::from_micros(100);
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if gone() => return None,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Marks an error that ends the stream (see [`StreamCtx::frame`]).
+#[derive(Debug)]
+struct Fatal;
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the receiver stops")
+    }
+}
+
 /// Where frames go.
 pub struct Sinks {
     /// One output for every sender (the single-sender layout, stdout,
@@ -81,6 +108,10 @@ pub struct Hub {
     refusals: Throttle,
     /// Connections that closed before saying who they are, likewise.
     handshakes: Throttle,
+    /// When the write in progress to the shared output began (ms after
+    /// `epoch`, plus one; 0 when none is), for [`report_until_done`]'s
+    /// warning about a stream reader that stopped taking masks.
+    shared_busy_since: AtomicU64,
     done: Mutex<Option<mpsc::Sender<String>>>,
 }
 
@@ -144,6 +175,7 @@ impl Hub {
             epoch: Instant::now(),
             refusals: Throttle::default(),
             handshakes: Throttle::default(),
+            shared_busy_since: AtomicU64::new(0),
             done: Mutex::new(Some(done)),
         })
     }
@@ -177,6 +209,16 @@ impl Hub {
 /// stats, the per-frame data path.
 pub struct StreamCtx {
     hub: Arc<Hub>,
+    /// The TCP connection carrying the stream: a frame waiting for the
+    /// shared output is given up once a newer connection replaced it.
+    conn: Option<Arc<ConnState>>,
+    /// The last frame's sequence number on this stream (duplicates).
+    last_seq: Option<u64>,
+    /// Damaged frames, and frames that could not be written, for a log
+    /// line a second at most each (one lost delta frame makes every frame
+    /// up to the next key frame undecodable).
+    corrupt_log: Throttle,
+    write_log: Throttle,
     name: String,
     stats: SenderHandle,
     own: Option<Output>,
@@ -197,6 +239,10 @@ impl StreamCtx {
         Ok(StreamCtx {
             feed: crate::http::feed(name),
             hub,
+            conn: None,
+            last_seq: None,
+            corrupt_log: Throttle::default(),
+            write_log: Throttle::default(),
             name: name.to_string(),
             stats,
             own: None,
@@ -210,18 +256,42 @@ impl StreamCtx {
         &self.name
     }
 
+    /// Ties the stream to its TCP connection (see [`StreamCtx::frame`]).
+    fn on_connection(mut self, conn: Arc<ConnState>) -> Self {
+        self.conn = Some(conn);
+        self
+    }
+
     /// Counts a damaged frame.
     pub fn corrupt(&mut self, why: &dyn std::fmt::Display) {
-        log::warn!("{}: skipping frame: {why}", self.name);
+        if let Some(n) = self.corrupt_log.hit() {
+            log::warn!("{}: skipping frame: {why}{}", self.name, more_like_it(n));
+        }
         stats::lock(&self.stats).corrupt();
         if let Some(f) = &self.feed {
             f.corrupt();
         }
     }
 
-    /// The per-frame data path: decode, write, count, notify. Errors are
-    /// the receiver's own (a full disk): the caller ends the stream.
+    /// The per-frame data path: decode, write, count, notify.
+    ///
+    /// A frame that cannot be written (a full or read-only disk) is logged
+    /// (a line a second at most) and not counted, so the next frame written
+    /// counts it as lost; the stream goes on. A frame waiting for the shared
+    /// output when a newer connection of its sender took over is given up
+    /// (written late it would come after newer frames). An error ends the
+    /// stream: the shared stream output's reader is gone, and the receiver
+    /// stops.
     pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<()> {
+        if self.last_seq == Some(h.sequence) {
+            // A sender never sends a frame twice on one connection.
+            self.corrupt(&format_args!(
+                "frame {} again on the same connection (a duplicate)",
+                h.sequence
+            ));
+            return Ok(());
+        }
+        self.last_seq = Some(h.sequence);
         let mask: &[u8] = match decode(&mut self.decoder, h, payload, &mut self.decoded) {
             Ok(m) => m,
             Err(why) => {
@@ -229,28 +299,61 @@ impl StreamCtx {
                 return Ok(());
             }
         };
-        if let (None, Some((dir, format))) = (&self.own, &self.hub.sinks.per_sender) {
-            // Created with the first frame, not at the hello: a name alone
-            // leaves no directory behind.
-            let d = dir.join(&self.name);
-            self.own = Some(
-                Output::open(Some(&d), None, None, *format)
-                    .with_context(|| format!("output directory for sender {:?}", self.name))?,
-            );
-        }
-        if let Some(o) = &mut self.own {
-            o.write(h, mask)
-                .with_context(|| format!("writing frame {} of {}", h.sequence, self.name))?;
-        }
-        if let Some(o) = &self.hub.sinks.shared {
-            let mut o = lock(o);
-            if let Err(e) = o.write(h, mask) {
-                if o.is_dead() {
-                    // No sender can be served any more: stop (and, as
-                    // `finish` fails, exit with an error).
-                    self.hub.stop(format!("{e:#}"));
+        let written = (|| -> Result<bool> {
+            if let (None, Some((dir, format))) = (&self.own, &self.hub.sinks.per_sender) {
+                // Created with the first frame, not at the hello: a name
+                // alone leaves no directory behind.
+                let d = dir.join(&self.name);
+                self.own = Some(
+                    Output::open(Some(&d), None, None, *format)
+                        .with_context(|| format!("output directory {}", d.display()))?,
+                );
+            }
+            if let Some(o) = &mut self.own {
+                o.write(h, mask)?;
+            }
+            if let Some(o) = &self.hub.sinks.shared {
+                let conn = self.conn.as_deref();
+                let Some(mut o) = lock_unless(o, || conn.is_some_and(|c| c.evicted.load(Relaxed)))
+                else {
+                    log::debug!(
+                        "{}: frame {} given up: a newer connection took over",
+                        self.name,
+                        h.sequence
+                    );
+                    return Ok(false);
+                };
+                let busy = &self.hub.shared_busy_since;
+                busy.store(self.hub.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
+                let r = o.write(h, mask);
+                busy.store(0, Relaxed);
+                match r {
+                    Err(e) if o.is_dead() => {
+                        // No sender can be served any more: stop (and, as
+                        // `finish` fails, exit with an error).
+                        self.hub.stop(format!("{e:#}"));
+                        let e = e.context(format!("writing frame {} of {}", h.sequence, self.name));
+                        return Err(e.context(Fatal));
+                    }
+                    r => r?,
                 }
-                return Err(e).context(format!("writing frame {} of {}", h.sequence, self.name));
+            }
+            Ok(true)
+        })();
+        match written {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) if e.is::<Fatal>() => return Err(e),
+            Err(e) => {
+                if let Some(n) = self.write_log.hit() {
+                    log::warn!(
+                        "{}: frame {} not written (counted as lost): {e:#}{}",
+                        self.name,
+                        h.sequence,
+                        more_like_it(n)
+                    );
+                }
+                return Ok(());
             }
         }
         let restarted = stats::lock(&self.stats).frame(h, mask.len(), stats::now_us());
@@ -579,13 +682,15 @@ pub fn serve_tcp(
              from {} (two live senders must not share a --name)",
             old.peer
         );
+        old.state.evicted.store(true, Relaxed);
         let _ = old.stream.shutdown(Shutdown::Both);
     }
     let result = (|| -> Result<()> {
         // A peer without a hello gets stats (named by its address) only
         // once it sent something that is a frame, so junk leaves no trace.
         let open = || -> Result<StreamCtx> {
-            let ctx = StreamCtx::open(hub.clone(), &name, &peer.to_string(), "tcp")?;
+            let ctx = StreamCtx::open(hub.clone(), &name, &peer.to_string(), "tcp")?
+                .on_connection(state.clone());
             log::info!("state: stream from {name:?} ({peer}) open");
             if hub.sinks.per_sender.is_none() && lock(&hub.live).len() > 1 {
                 log::warn!(
@@ -623,9 +728,20 @@ pub fn serve_tcp(
                 }
                 Ok(None) => {
                     if state.evicted.load(Relaxed) {
-                        log::info!(
-                            "state: stream from {name:?} closed: its slot went to a new connection"
-                        );
+                        // Throttled unless it was a sender (a flood of
+                        // hellos must not flood the log).
+                        let n = if framed {
+                            Some(0)
+                        } else {
+                            hub.handshakes.hit()
+                        };
+                        if let Some(n) = n {
+                            log::info!(
+                                "state: stream from {name:?} closed: its slot went to a new \
+                                 connection{}",
+                                more_like_it(n)
+                            );
+                        }
                     } else if ctx.is_some() {
                         log::info!("state: sender {name:?} closed the stream");
                     } else {
@@ -639,6 +755,28 @@ pub fn serve_tcp(
                         ctx = Some(open()?);
                     }
                     ctx.as_mut().expect("opened").corrupt(&e)
+                }
+                Err(WireError::Io(e))
+                    if !framed
+                        && e.get_ref().is_none()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    // Silent before its first frame (a hello and nothing
+                    // else, or a stalled first frame): throttled like a
+                    // handshake, as a flood of such connections is cheap.
+                    let e = WireError::Io(e);
+                    if let Some(n) = hub.handshakes.hit() {
+                        log::warn!(
+                            "connection from {peer} ({name:?}) closed before its first frame: \
+                             {:#}{}",
+                            explain(e, hub.timeout),
+                            more_like_it(n)
+                        );
+                    }
+                    return Ok(());
                 }
                 Err(e) => return Err(explain(e, hub.timeout)).context(name.clone()),
             }
@@ -670,6 +808,9 @@ fn explain(e: WireError, timeout: Duration) -> anyhow::Error {
     }
 }
 
+/// How long a write to the stream output may block before it is reported.
+const STUCK_WARN: Duration = Duration::from_secs(5);
+
 /// Logs every active sender's numbers once a second and refreshes
 /// `--stats-json`, until the hub is told to stop; returns why.
 pub fn report_until_done(
@@ -677,6 +818,7 @@ pub fn report_until_done(
     done: &mpsc::Receiver<String>,
     json: Option<&std::path::Path>,
 ) -> String {
+    let mut stuck_warned: Option<Instant> = None;
     loop {
         match done.recv_timeout(Duration::from_secs(1)) {
             Ok(why) => return why,
@@ -685,6 +827,23 @@ pub fn report_until_done(
         }
         for s in hub.stats.tick() {
             log::info!("{}", s.line(true));
+        }
+        // A write to the stream output that does not end: its reader
+        // stopped taking masks (said while it lasts, every 10 s).
+        let since = hub.shared_busy_since.load(Relaxed);
+        let now = hub.epoch.elapsed().as_millis() as u64 + 1;
+        let stuck = Duration::from_millis(now.saturating_sub(since));
+        if since != 0
+            && stuck >= STUCK_WARN
+            && stuck_warned.is_none_or(|w| w.elapsed() >= STUCK_WARN * 2)
+        {
+            stuck_warned = Some(Instant::now());
+            log::warn!(
+                "writing one mask to the output has taken {:.0} s so far: the program reading \
+                 the masks (--exec, --out -) takes none, or the disk is stuck; every sender \
+                 waits, and live senders drop frames meanwhile",
+                stuck.as_secs_f64()
+            );
         }
         write_stats_json(hub, json);
     }
@@ -798,5 +957,100 @@ mod tests {
             rx.try_recv().unwrap().contains("--count"),
             "two frames reach --count 2"
         );
+    }
+
+    fn hub_with(sinks: Sinks) -> Arc<Hub> {
+        let (tx, _rx) = mpsc::channel();
+        Hub::new(
+            Limits::default(),
+            Duration::from_secs(1),
+            sinks,
+            None,
+            4,
+            tx,
+        )
+    }
+
+    fn state() -> Arc<ConnState> {
+        Arc::new(ConnState {
+            identified: AtomicBool::new(true),
+            framed: AtomicBool::new(true),
+            evicted: AtomicBool::new(false),
+            last_byte_ms: AtomicU64::new(0),
+        })
+    }
+
+    #[test]
+    fn a_frame_waiting_for_a_stuck_output_is_given_up_when_its_connection_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("bitmask-stuck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
+        let hub = hub_with(Sinks {
+            shared: Some(Mutex::new(out)),
+            per_sender: None,
+        });
+        let st = state();
+        let mut ctx = StreamCtx::open(hub.clone(), "cam", "peer", "tcp")
+            .unwrap()
+            .on_connection(st.clone());
+        let payload = [0xf0u8, 0x0f];
+        ctx.frame(&Header::new(16, 1, 1, CODEC_RAW, 2), &payload)
+            .unwrap();
+        // Another thread is stuck writing (a reader that takes nothing).
+        let stuck = lock(hub.sinks.shared.as_ref().unwrap());
+        let waiting = std::thread::spawn(move || {
+            let r = ctx.frame(&Header::new(16, 1, 2, CODEC_RAW, 2), &payload);
+            (r.is_ok(), ctx)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "waits while the output is busy");
+        st.evicted.store(true, Relaxed);
+        let t = Instant::now();
+        while !waiting.is_finished() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "still waiting after the takeover"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(stuck);
+        let (ok, ctx) = waiting.join().unwrap();
+        assert!(ok);
+        // Given up: not written, not counted.
+        assert!(!dir.join("frame-000002.raw").exists());
+        assert!(dir.join("frame-000001.raw").exists());
+        assert_eq!(hub.stats.snapshot()[0].received, 1);
+        drop(ctx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unwritable_frames_and_duplicates_do_not_end_the_stream() {
+        let dir = std::env::temp_dir().join(format!("bitmask-unwritable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
+        let hub = hub_with(Sinks {
+            shared: Some(Mutex::new(out)),
+            per_sender: None,
+        });
+        let mut ctx = StreamCtx::open(hub.clone(), "cam", "peer", "tcp").unwrap();
+        let payload = [0xf0u8, 0x0f];
+        let h = |seq| Header::new(16, 1, seq, CODEC_RAW, 2);
+        ctx.frame(&h(1), &payload).unwrap();
+        // The same frame again on one connection: a duplicate, not written.
+        ctx.frame(&h(1), &payload).unwrap();
+        assert!(!dir.join("frame-000001.1.raw").exists());
+        // The directory goes away (as a disk that fails): frames 2 and 3
+        // cannot be written, the stream goes on.
+        std::fs::remove_dir_all(&dir).unwrap();
+        ctx.frame(&h(2), &payload).unwrap();
+        ctx.frame(&h(3), &payload).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        ctx.frame(&h(4), &payload).unwrap();
+        assert!(dir.join("frame-000004.raw").exists());
+        let s = &hub.stats.snapshot()[0];
+        assert_eq!((s.received, s.lost, s.corrupt), (2, 2, 1));
+        drop(ctx);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -356,6 +356,8 @@ fn network_loop(
     let mut failing_since: Option<Instant> = None;
     let mut closed_at: Option<Instant> = None;
     let mut connected_at = Instant::now();
+    // "connected" log line, said once the frame it resumes at is known.
+    let mut resumed: Option<String> = None;
     loop {
         let slot = match held.take() {
             Some(s) => s,
@@ -382,15 +384,14 @@ fn network_loop(
                             )
                         })
                         .unwrap_or_default();
-                    log::info!(
-                        "state: connected to {} over {}{down}; resuming at frame {}",
+                    resumed = Some(format!(
+                        "state: connected to {} over {}{down}",
                         cfg.to,
                         match cfg.transport {
                             Transport::Tcp => "tcp",
                             Transport::Udp => "udp",
-                        },
-                        slot.sequence
-                    );
+                        }
+                    ));
                     ever_connected = true;
                     // (the backoff is reset by a frame sent, not by a
                     // connect: a receiver that accepts and closes at once
@@ -447,9 +448,14 @@ fn network_loop(
         } else {
             slot
         };
+        if let Some(line) = resumed.take() {
+            log::info!("{line}; resuming at frame {}", slot.sequence);
+        }
         let l = link.as_mut().expect("connected above");
         if let Some(why) = l.closed_by_peer() {
-            // Nothing was written: the frame goes out on the next connection.
+            // Nothing was written: the frame is held for the next
+            // connection (where a newer one replaces it, as above, unless
+            // --no-drop).
             log::info!(
                 "state: receiver {} closed the connection ({why}); reconnecting",
                 cfg.to

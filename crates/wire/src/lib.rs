@@ -57,9 +57,11 @@ pub const KNOWN_FLAGS: u8 = FLAG_DELTA;
 /// Errors of the wire format. Each carries the offending values.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The underlying reader failed (timeouts included).
+    /// The underlying reader failed (timeouts included). Its message is
+    /// part of this one (not also given as the source, which would print
+    /// it twice in an error chain).
     #[error("read failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame's {part}: got {got} of {expected} bytes")]
     Truncated {
@@ -134,6 +136,12 @@ pub enum WireError {
     /// A malformed UDP datagram (see [`udp`]).
     #[error("{0}")]
     BadDatagram(String),
+}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> Self {
+        WireError::Io(e)
+    }
 }
 
 impl WireError {

@@ -218,7 +218,7 @@ impl Pi {
             ssh_options: c.ssh_options.unwrap_or_default(),
             accept: c.accept_machines.unwrap_or_default(),
             unit_dir: c.unit_dir.unwrap_or_else(|| "/etc/systemd/system".into()),
-            listen: c.listen.unwrap_or_else(|| "0.0.0.0:5555".into()),
+            listen: c.listen.unwrap_or_else(|| "0.0.0.0:5000".into()),
             to: c.to,
         })
     }
@@ -683,7 +683,15 @@ fn parse_args(args: &[String]) -> Result<(Opts, ConfFile)> {
             "--no-build" => o.no_build = true,
             "--install-service" => o.install = true,
             "--uninstall" => o.uninstall = true,
-            "--timeout" => o.timeout = Duration::from_secs(next(&mut it, a)?.parse()?),
+            "--timeout" => {
+                let v = next(&mut it, a)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 86400.0)
+                    .with_context(|| format!("--timeout {v:?}: give seconds, more than 0"))?;
+                o.timeout = Duration::from_secs_f64(secs);
+            }
             "-h" | "--help" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -914,7 +922,13 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                     }
                 }
                 if role == Role::Receiver && sessions[1].is_none() && !listening && !stopping {
-                    failed.push("receiver ended before it listened".into());
+                    failed.push(
+                        "receiver ended before it listened (its log is above; \"Address in use\" \
+                         means something listens on that port already: a receiver still running \
+                         there, or the bitmask-recv service, which `cargo xtask deploy --uninstall` \
+                         or `sudo systemctl stop bitmask-recv` stops)"
+                            .into(),
+                    );
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1027,18 +1041,20 @@ const SUDO: &str = "if [ \"$(id -u)\" = 0 ]; then S=; else S='sudo -n'; fi; comm
 
 fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
     let order: [&Pi; 2] = if install { [recv, send] } else { [send, recv] };
+    // Refused before anything is installed.
+    let port = recv.listen.rsplit(':').next().unwrap_or("0");
+    if install && port == "0" {
+        bail!(
+            "a service needs a fixed port: set receiver.listen to a port other than 0 (now {:?})",
+            recv.listen
+        );
+    }
     for pi in order {
         let unit = pi.unit();
         let script = if install {
             let args = match pi.role {
                 Role::Receiver => receiver_args(pi),
-                Role::Sender => {
-                    let port = recv.listen.rsplit(':').next().unwrap_or("0");
-                    if send.to.is_none() && port == "0" {
-                        bail!("a service needs a fixed port: set receiver.listen to a port other than 0, or sender.to");
-                    }
-                    sender_args(pi, &sender_to(recv, send, port))
-                }
+                Role::Sender => sender_args(pi, &sender_to(recv, send, port)),
             };
             let text = unit_text(pi, &args);
             if ctx.dry {
@@ -1049,7 +1065,7 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
                 );
             }
             format!(
-                "{SUDO}printf '%s' {t} | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable --now {unit} && systemctl is-active {unit}",
+                "{SUDO}printf '%s' {t} | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && systemctl is-active {unit}",
                 ud = q(&pi.unit_dir),
                 t = q(&text)
             )
@@ -1534,8 +1550,11 @@ args = [{send_args}]
         true,
         "Restart=always",
     )?;
-    if !svc.contains("systemctl enable --now bitmask-recv.service") {
-        bail!("--install-service --dry-run shows no systemctl enable:\n{svc}");
+    // restart, not enable --now: a running service takes the new binary and arguments
+    if !svc.contains("systemctl enable bitmask-recv.service")
+        || !svc.contains("systemctl restart bitmask-recv.service")
+    {
+        bail!("--install-service --dry-run shows no systemctl enable and restart:\n{svc}");
     }
     eprintln!("deploy test: unreachable host, refused key, wrong architecture, --dry-run and --install-service --dry-run behave");
 
@@ -1561,8 +1580,8 @@ args = [{send_args}]
     let send_unit = std::fs::read_to_string(units.join("bitmask-send.service"))?;
     let log = std::fs::read_to_string(&calls)?;
     let (r, s) = (
-        log.find("enable --now bitmask-recv"),
-        log.find("enable --now bitmask-send"),
+        log.find("restart bitmask-recv"),
+        log.find("restart bitmask-send"),
     );
     if !recv_unit.contains("Restart=always")
         || !recv_unit.contains("qemu-arm -cpu arm1176")

@@ -42,14 +42,14 @@ arrival order, each mask whole (one writer at a time; dimensions may differ
 between masks); --out DIR --per-sender keeps each sender's frames apart.
 
 A frame that cannot be written (a full or read-only disk) is logged, a line a
-second at most, and counted as lost; the receiver goes on and writes again
-once it can. A program reading the masks (--out -, --exec) that stops taking
+second at most, and counted as NOT WRITTEN; the receiver goes on, writes again
+once it can, and at exit fails (status 1) if any frame was not written. A program reading the masks (--out -, --exec) that stops taking
 them holds up every sender: the log says so every 10 s while it lasts.
 
 Examples:
   bitmask-recv --listen 0.0.0.0:5000 --out masks --format png
   bitmask-recv --listen 127.0.0.1:5000 --out - | python3 consume.py
-  bitmask-recv --listen 0.0.0.0:5000 --latest /run/mask.png --format png
+  bitmask-recv --listen 0.0.0.0:5000 --latest /dev/shm/mask.png --format png
   bitmask-recv --listen 0.0.0.0:5000 --format gray8 \\
     --exec 'python3 docs/python/read_stream.py 640x480'")]
 struct Cli {
@@ -96,7 +96,7 @@ struct Cli {
     per_sender: bool,
 
     /// Rewrite FILE (atomically) every second and at exit with every sender's
-    /// numbers as JSON: received, lost, corrupt, incomplete, fps, Mbit/s,
+    /// numbers as JSON: received, lost, corrupt, incomplete, unwritten, fps, Mbit/s,
     /// compression ratio, latency p50/p99.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
@@ -293,6 +293,13 @@ fn run(cli: Cli) -> Result<()> {
     for s in hub.stats.snapshot() {
         eprintln!("bitmask-recv: {}", s.line(false));
     }
-    eprintln!("bitmask-recv: {}", hub.stats.total().line(false));
-    finished
+    let total = hub.stats.total();
+    eprintln!("bitmask-recv: {}", total.line(false));
+    finished?;
+    anyhow::ensure!(
+        total.unwritten == 0,
+        "{} frame(s) arrived but could not be written (see the warnings above)",
+        total.unwritten
+    );
+    Ok(())
 }

@@ -289,6 +289,16 @@ pub fn check_file_target(flag: &str, p: &Path) -> Result<()> {
     if p.is_dir() {
         bail!("{flag} {} is a directory; give a file name", p.display());
     }
+    // Written beside it under a temporary name, then renamed: the
+    // directory must take new files (e.g. /run is root's only).
+    let probe = write_temp(parent, "probe", b"").with_context(|| {
+        format!(
+            "{flag} {}: cannot create files in {}",
+            p.display(),
+            parent.display()
+        )
+    })?;
+    let _ = fs::remove_file(probe);
     Ok(())
 }
 

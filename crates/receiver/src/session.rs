@@ -276,8 +276,8 @@ impl StreamCtx {
     /// The per-frame data path: decode, write, count, notify.
     ///
     /// A frame that cannot be written (a full or read-only disk) is logged
-    /// (a line a second at most) and not counted, so the next frame written
-    /// counts it as lost; the stream goes on. A frame waiting for the shared
+    /// (a line a second at most) and counted as unwritten (the receiver then
+    /// exits non-zero); the stream goes on. A frame waiting for the shared
     /// output when a newer connection of its sender took over is given up
     /// (written late it would come after newer frames). An error ends the
     /// stream: the shared stream output's reader is gone, and the receiver
@@ -345,9 +345,10 @@ impl StreamCtx {
             Ok(false) => return Ok(()),
             Err(e) if e.is::<Fatal>() => return Err(e),
             Err(e) => {
+                stats::lock(&self.stats).unwritten(h);
                 if let Some(n) = self.write_log.hit() {
                     log::warn!(
-                        "{}: frame {} not written (counted as lost): {e:#}{}",
+                        "{}: frame {} NOT WRITTEN (counted as unwritten): {e:#}{}",
                         self.name,
                         h.sequence,
                         more_like_it(n)
@@ -1049,7 +1050,7 @@ mod tests {
         ctx.frame(&h(4), &payload).unwrap();
         assert!(dir.join("frame-000004.raw").exists());
         let s = &hub.stats.snapshot()[0];
-        assert_eq!((s.received, s.lost, s.corrupt), (2, 2, 1));
+        assert_eq!((s.received, s.lost, s.corrupt, s.unwritten), (2, 0, 1, 2));
         drop(ctx);
         let _ = std::fs::remove_dir_all(&dir);
     }

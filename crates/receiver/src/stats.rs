@@ -117,6 +117,9 @@ pub struct SenderSnapshot {
     pub corrupt: u64,
     /// UDP frames dropped because some datagrams never came.
     pub incomplete: u64,
+    /// Frames that arrived whole but could not be written (a full or
+    /// read-only disk): in neither `received` nor `lost`.
+    pub unwritten: u64,
     /// Bytes on the wire for received frames (headers included).
     pub wire_bytes: u64,
     /// Bytes of the decoded masks.
@@ -163,13 +166,18 @@ impl SenderSnapshot {
             )
         };
         format!(
-            "{}: {} frames ({} lost, {} corrupt, {} incomplete), {:.1} fps, {:.1} Mbit/s, \
+            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}), {:.1} fps, {:.1} Mbit/s, \
              ratio {:.2}, latency p50 {} ms p99 {} ms{}",
             self.name,
             self.received,
             self.lost,
             self.corrupt,
             self.incomplete,
+            if self.unwritten > 0 {
+                format!(", {} NOT WRITTEN", self.unwritten)
+            } else {
+                String::new()
+            },
             fps,
             mbps,
             self.compression_ratio,
@@ -268,6 +276,19 @@ impl SenderStats {
             self.window.record(lat);
         }
         restarted
+    }
+
+    /// Counts a frame that arrived whole but could not be written; its
+    /// sequence number counts as seen (not lost).
+    pub fn unwritten(&mut self, h: &Header) {
+        let s = &mut self.snap;
+        if let Some(gap @ 1..=MAX_GAP) = self.last_sequence.and_then(|p| h.sequence.checked_sub(p))
+        {
+            s.lost = s.lost.saturating_add(gap - 1);
+        }
+        self.last_sequence = Some(h.sequence);
+        s.last_sequence = Some(h.sequence);
+        s.unwritten += 1;
     }
 
     /// Counts a damaged or undecodable frame.
@@ -400,6 +421,7 @@ impl StatsRegistry {
             t.lost += s.lost;
             t.corrupt += s.corrupt;
             t.incomplete += s.incomplete;
+            t.unwritten += s.unwritten;
             t.wire_bytes += s.wire_bytes;
             t.mask_bytes += s.mask_bytes;
             t.fps += s.fps;
@@ -466,7 +488,8 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
     let _ = write!(
         out,
         ", \"transport\": \"{}\", \"connected\": {}, \"connections\": {}, \"received\": {}, \
-         \"lost\": {}, \"corrupt\": {}, \"incomplete\": {}, \"wire_bytes\": {}, \"mask_bytes\": {}",
+         \"lost\": {}, \"corrupt\": {}, \"incomplete\": {}, \"unwritten\": {}, \
+         \"wire_bytes\": {}, \"mask_bytes\": {}",
         s.transport,
         s.connected,
         s.connections,
@@ -474,6 +497,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         s.lost,
         s.corrupt,
         s.incomplete,
+        s.unwritten,
         s.wire_bytes,
         s.mask_bytes
     );

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use bitmask_wire::Hello;
 use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -25,6 +25,64 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "sender".into())
 }
 
+/// Resolves `HOST:PORT`. When the C library cannot, as a static (musl)
+/// build cannot resolve mDNS names such as `pi2.local`, asks the system's
+/// `getent ahosts HOST`, which uses the host's own resolver set-up
+/// (nss-mdns on Raspberry Pi OS).
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
+    let err = match addr.to_socket_addrs() {
+        Ok(a) => {
+            let v: Vec<SocketAddr> = a.collect();
+            anyhow::ensure!(!v.is_empty(), "{addr:?} resolved to no address");
+            return Ok(v);
+        }
+        Err(e) => e,
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        anyhow::bail!("{addr:?} is not HOST:PORT: {err}");
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        anyhow::bail!("{addr:?}: port {port:?} is not a number from 0 to 65535");
+    };
+    if !host.is_empty() && !host.starts_with('-') {
+        let out = std::process::Command::new("getent")
+            .args(["ahosts", host])
+            .stderr(std::process::Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            let v = getent_addrs(&String::from_utf8_lossy(&out.stdout), port);
+            if out.status.success() && !v.is_empty() {
+                log::debug!("{host:?} resolved by getent: {v:?}");
+                return Ok(v);
+            }
+        }
+    }
+    let hint = if host.ends_with(".local") {
+        " (an mDNS name: this build cannot resolve those itself, and `getent ahosts` \
+         could not either; give the receiver's IP address, or add the name to /etc/hosts)"
+    } else {
+        ""
+    };
+    Err(err).with_context(|| format!("cannot resolve host {host:?} of {addr:?}{hint}"))
+}
+
+/// The addresses in `getent ahosts` output (first column), each once, in order.
+fn getent_addrs(out: &str, port: u16) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = Vec::new();
+    for ip in out.lines().filter_map(|l| {
+        l.split_whitespace()
+            .next()?
+            .parse::<std::net::IpAddr>()
+            .ok()
+    }) {
+        let a = SocketAddr::new(ip, port);
+        if !v.contains(&a) {
+            v.push(a);
+        }
+    }
+    v
+}
+
 /// One persistent connection to a receiver.
 pub struct Connection {
     stream: TcpStream,
@@ -33,10 +91,7 @@ pub struct Connection {
 impl Connection {
     /// Connects (trying each resolved address), sets socket options and sends the hello.
     pub fn connect(addr: &str, name: &str, timeout: Duration) -> Result<Self> {
-        let addrs: Vec<_> = addr
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve {addr:?} (expected HOST:PORT)"))?
-            .collect();
+        let addrs = resolve(addr)?;
         let mut last = None;
         for a in &addrs {
             match TcpStream::connect_timeout(a, timeout) {
@@ -115,5 +170,36 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: i32) {
     };
     if r != 0 {
         log::debug!("TCP_NOTSENT_LOWAT not set: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getent_output_gives_each_address_once() {
+        let out = "10.213.7.2      STREAM pi2.local\n10.213.7.2      DGRAM  \n\
+                   fe80::1         STREAM \n";
+        let v = getent_addrs(out, 5000);
+        assert_eq!(
+            v,
+            [
+                "10.213.7.2:5000".parse::<SocketAddr>().unwrap(),
+                "[fe80::1]:5000".parse().unwrap()
+            ]
+        );
+        assert!(getent_addrs("", 1).is_empty());
+    }
+
+    #[test]
+    fn unresolvable_names_say_what_to_do() {
+        let e = format!("{:#}", resolve("no-such-pi.local:5000").unwrap_err());
+        assert!(
+            e.contains("\"no-such-pi.local\"") && e.contains("IP address"),
+            "{e}"
+        );
+        let e = format!("{:#}", resolve("pi2.local:http").unwrap_err());
+        assert!(e.contains("port \"http\""), "{e}");
     }
 }

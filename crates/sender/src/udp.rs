@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use bitmask_wire::Hello;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
@@ -80,11 +80,7 @@ pub struct UdpLink {
 impl UdpLink {
     /// Resolves `addr` and prepares datagrams of at most `mtu` bytes (IP header included).
     pub fn connect(addr: &str, name: &str, mtu: usize, rate_mbit: Option<f64>) -> Result<Self> {
-        let to: SocketAddr = addr
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve {addr:?} (expected HOST:PORT)"))?
-            .next()
-            .with_context(|| format!("{addr:?} resolved to no address"))?;
+        let to: SocketAddr = crate::net::resolve(addr)?[0];
         let local: SocketAddr = if to.is_ipv4() {
             "0.0.0.0:0".parse().unwrap()
         } else {

@@ -711,3 +711,39 @@ fn a_sender_silent_between_frames_yields_its_slot_when_all_are_taken() {
     assert_eq!(check_frames(&out.join("slow"), &expected), vec![0, 1]);
     assert!(recv.proc.stderr().contains("between frames"));
 }
+
+#[test]
+fn a_stopped_sender_sends_what_it_has_and_says_so() {
+    // systemctl stop / deploy's Ctrl-C: SIGTERM ends the input like its end.
+    let tmp = TempDir::new("sender-sigterm");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let recv = start_receiver(&["--out", out.to_str().unwrap()]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "20"],
+    ));
+    recv.proc.wait_for_stderr("cam: ", LIMIT);
+    unsafe_free_sigterm(s.id());
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "SIGTERM: {}\n{}", f.status, f.stderr);
+    assert!(f.stderr.contains("stopping: signal 15"), "{}", f.stderr);
+    let sent: u64 = f
+        .stderr
+        .rsplit("sent ")
+        .next()
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {}", f.stderr));
+    assert!(sent > 0, "{}", f.stderr);
+    // Every frame its final summary says it sent is written, in order.
+    let t = Instant::now();
+    while check_frames(&out, &expected).len() < sent as usize && t.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        check_frames(&out, &expected),
+        (0..sent).collect::<Vec<u64>>()
+    );
+}

@@ -381,6 +381,18 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "{host} is unreachable ({e}): is the Pi powered, on the network, with SSH enabled (Raspberry Pi Imager: \"Enable SSH\"), and is the port right?"
         )
+    } else if (has("Permission denied") || has("Too many authentication failures"))
+        && pi.key.as_deref().is_some_and(|k| !expand_home(k).exists())
+    {
+        let k = pi.key.as_deref().unwrap_or_default();
+        anyhow::anyhow!(
+            "{host} refused the login of {} ({e}): the key file {k} does not exist: fix `key` in \
+             deploy.toml (or --key), or make one with `ssh-keygen -t ed25519 -f {k}` and copy it \
+             with `ssh-copy-id -i {k}.pub -p {} {}`",
+            pi.dest(),
+            pi.port,
+            pi.dest()
+        )
     } else if has("Permission denied") || has("Too many authentication failures") {
         anyhow::anyhow!(
             "{host} refused the login of {} ({e}): copy your key with `ssh-copy-id -i {}.pub -p {} {}` and check user/key in deploy.toml",
@@ -389,7 +401,19 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
             pi.port,
             pi.dest()
         )
-    } else if has("Host key verification failed") || has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+    } else if has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        anyhow::anyhow!(
+            "{host}: its host key CHANGED ({e}): if you re-flashed its SD card, forget the old key \
+             with `ssh-keygen -R {}` (`ssh-keygen -R '[{}]:{}'` for a port other than 22) and \
+             connect once with `ssh -p {} {}` to accept the new one; otherwise someone may be \
+             in between",
+            pi.host,
+            pi.host,
+            pi.port,
+            pi.port,
+            pi.dest()
+        )
+    } else if has("Host key verification failed") {
         anyhow::anyhow!(
             "{host}: host key unknown or changed ({e}): connect once with `ssh -p {} {}` to check and accept it",
             pi.port,
@@ -1605,4 +1629,12 @@ args = [{send_args}]
     eprintln!("deploy test: --install-service wrote and enabled both units (receiver first), --uninstall removed them");
     eprintln!("deploy test: passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `~/x` as `$HOME/x`; other paths as they are.
+fn expand_home(p: &str) -> std::path::PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+        _ => std::path::PathBuf::from(p),
+    }
 }

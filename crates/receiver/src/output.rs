@@ -211,17 +211,26 @@ impl Output {
                 took.as_secs_f64()
             );
         }
+        // Every file sink is tried; the frame is written when one took it
+        // (the stream sinks took it above).
+        let streams = self.exec.is_some() || self.stdout.is_some();
+        let mut failed: Option<anyhow::Error> = None;
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
-            let path = write_new(dir, &name, self.format.ext(), data)?;
-            if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered {
-                self.renumbered = true;
-                log::warn!(
+            match write_new(dir, &name, self.format.ext(), data) {
+                Err(e) => failed = Some(e),
+                Ok(path)
+                    if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered =>
+                {
+                    self.renumbered = true;
+                    log::warn!(
                     "{} already exists (a sender that restarted its numbering, or an earlier run \
                      into this directory): writing {} instead; no mask is overwritten",
                     dir.join(format!("{name}.{}", self.format.ext())).display(),
                     path.display()
                 );
+                }
+                Ok(_) => {}
             }
         }
         if let Some((p, f)) = &self.latest {
@@ -235,21 +244,35 @@ impl Output {
                 };
                 write_atomic(p, bytes)
             })();
-            if let Err(e) = r {
-                if self.dir.is_none() && self.stdout.is_none() && self.exec.is_none() {
-                    return Err(e);
+            match (r, failed.take()) {
+                (Ok(()), None) => {}
+                // One file sink failed, the other took it.
+                (Ok(()), Some(e)) | (Err(e), None) if streams || self.dir.is_some() => {
+                    if let Some(n) = self.latest_log.hit() {
+                        log::warn!(
+                            "{e:#} (frame {} went to the other outputs){}",
+                            h.sequence,
+                            crate::session::more_like_it(n)
+                        );
+                    }
                 }
-                // The frame went to the other outputs: it counts as written.
+                (Ok(()), Some(e)) | (Err(e), _) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) if streams => {
                 if let Some(n) = self.latest_log.hit() {
                     log::warn!(
-                        "--latest: {e:#} (frame {} went to the other outputs){}",
+                        "{e:#} (frame {} went to the other outputs){}",
                         h.sequence,
                         crate::session::more_like_it(n)
                     );
                 }
+                Ok(())
             }
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether the stream sinks' reader is gone (see [`Output::write`]'s error).
@@ -543,5 +566,29 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_frame_counts_as_written_when_one_sink_took_it() {
+        let base = std::env::temp_dir().join(format!("bitmask-sinks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (dir, ldir) = (base.join("out"), base.join("latest"));
+        fs::create_dir_all(&ldir).unwrap();
+        let latest = ldir.join("m.raw");
+        let mut o = Output::open(Some(&dir), Some(&latest), None, Format::Raw).unwrap();
+        let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
+        o.write(&h(0), &[0xa5]).unwrap();
+        // The directory fails: --latest took it.
+        fs::remove_dir_all(&dir).unwrap();
+        o.write(&h(1), &[0x5a]).unwrap();
+        assert_eq!(fs::read(&latest).unwrap(), [0x5a]);
+        // Both fail: an error.
+        fs::remove_dir_all(&ldir).unwrap();
+        assert!(o.write(&h(2), &[0x11]).is_err());
+        // --latest fails, the directory takes it.
+        fs::create_dir_all(&dir).unwrap();
+        o.write(&h(3), &[0x22]).unwrap();
+        assert_eq!(fs::read(dir.join("frame-000003.raw")).unwrap(), [0x22]);
+        let _ = fs::remove_dir_all(&base);
     }
 }

@@ -42,30 +42,68 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// [`lock`], giving up (`None`) once `gone()` while another thread holds it
-/// (a stream reader that stopped taking masks blocks that thread).
-fn lock_unless<T>(m: &Mutex<T>, gone: impl Fn() -> bool) -> Option<MutexGuard<'_, T>> {
-    let mut wait = Duration::from_micros(100);
-    loop {
-        match m.try_lock() {
-            Ok(g) => return Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) if gone() => return None,
-            Err(std::sync::TryLockError::WouldBlock) => {
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_millis(20));
-            }
+/// First come, first served turns at the shared output (a plain mutex
+/// lets the thread that just wrote take it again at once, starving the
+/// others); a waiter can leave the line.
+#[derive(Default)]
+pub struct Turns {
+    state: Mutex<TurnState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct TurnState {
+    next: u64,
+    serving: u64,
+    left: std::collections::BTreeSet<u64>,
+}
+
+impl TurnState {
+    fn advance(&mut self) {
+        self.serving += 1;
+        while self.left.remove(&self.serving) {
+            self.serving += 1;
         }
     }
 }
 
-/// Marks an error that ends the stream (see [`StreamCtx::frame`]).
-#[derive(Debug)]
-struct Fatal;
+impl Turns {
+    /// Waits for this caller's turn (held until the [`Turn`] is dropped);
+    /// `None`, its place given up, once `gone()` (checked every 50 ms while
+    /// waiting, and when the turn comes).
+    pub fn wait(&self, gone: impl Fn() -> bool) -> Option<Turn<'_>> {
+        let mut s = lock(&self.state);
+        let t = s.next;
+        s.next += 1;
+        loop {
+            if gone() {
+                if s.serving == t {
+                    s.advance();
+                    self.cv.notify_all();
+                } else {
+                    s.left.insert(t);
+                }
+                return None;
+            }
+            if s.serving == t {
+                return Some(Turn(self));
+            }
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
 
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the receiver stops")
+/// A turn at the shared output; the next waiter's turn comes when it is dropped.
+pub struct Turn<'a>(&'a Turns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).advance();
+        self.0.cv.notify_all();
     }
 }
 
@@ -112,6 +150,8 @@ pub struct Hub {
     /// `epoch`, plus one; 0 when none is), for [`report_until_done`]'s
     /// warning about a stream reader that stopped taking masks.
     shared_busy_since: AtomicU64,
+    /// Turns at the shared output, in arrival order.
+    turns: Turns,
     done: Mutex<Option<mpsc::Sender<String>>>,
 }
 
@@ -176,6 +216,7 @@ impl Hub {
             refusals: Throttle::default(),
             handshakes: Throttle::default(),
             shared_busy_since: AtomicU64::new(0),
+            turns: Turns::default(),
             done: Mutex::new(Some(done)),
         })
     }
@@ -299,54 +340,72 @@ impl StreamCtx {
                 return Ok(());
             }
         };
-        let written = (|| -> Result<bool> {
-            if let (None, Some((dir, format))) = (&self.own, &self.hub.sinks.per_sender) {
-                // Created with the first frame, not at the hello: a name
-                // alone leaves no directory behind.
-                let d = dir.join(&self.name);
-                self.own = Some(
-                    Output::open(Some(&d), None, None, *format)
-                        .with_context(|| format!("output directory {}", d.display()))?,
-                );
-            }
-            if let Some(o) = &mut self.own {
-                o.write(h, mask)?;
-            }
-            if let Some(o) = &self.hub.sinks.shared {
-                let conn = self.conn.as_deref();
-                let Some(mut o) = lock_unless(o, || conn.is_some_and(|c| c.evicted.load(Relaxed)))
-                else {
-                    log::debug!(
-                        "{}: frame {} given up: a newer connection took over",
-                        self.name,
-                        h.sequence
-                    );
-                    return Ok(false);
-                };
-                let busy = &self.hub.shared_busy_since;
-                busy.store(self.hub.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
-                let r = o.write(h, mask);
-                busy.store(0, Relaxed);
-                match r {
-                    Err(e) if o.is_dead() => {
-                        // No sender can be served any more: stop (and, as
-                        // `finish` fails, exit with an error).
-                        self.hub.stop(format!("{e:#}"));
-                        let e = e.context(format!("writing frame {} of {}", h.sequence, self.name));
-                        return Err(e.context(Fatal));
-                    }
-                    r => r?,
+        // Every sink is tried; the frame counts as written when one took it.
+        let mut took = false;
+        let mut given_up = false;
+        let mut failed: Option<anyhow::Error> = None;
+        if let (None, Some((dir, format))) = (&self.own, &self.hub.sinks.per_sender) {
+            // Created with the first frame, not at the hello: a name alone
+            // leaves no directory behind.
+            let d = dir.join(&self.name);
+            match Output::open(Some(&d), None, None, *format) {
+                Ok(o) => self.own = Some(o),
+                Err(e) => {
+                    failed = Some(e.context(format!("output directory {}", d.display())));
                 }
             }
-            Ok(true)
-        })();
-        match written {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(e) if e.is::<Fatal>() => return Err(e),
-            Err(e) => {
+        }
+        if let Some(o) = &mut self.own {
+            match o.write(h, mask) {
+                Ok(()) => took = true,
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(o) = &self.hub.sinks.shared {
+            let conn = self.conn.as_deref();
+            match self
+                .hub
+                .turns
+                .wait(|| conn.is_some_and(|c| c.replaced.load(Relaxed)))
+            {
+                None => given_up = true,
+                Some(_turn) => {
+                    let mut o = lock(o);
+                    let busy = &self.hub.shared_busy_since;
+                    busy.store(self.hub.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
+                    let r = o.write(h, mask);
+                    busy.store(0, Relaxed);
+                    match r {
+                        Ok(()) => took = true,
+                        Err(e) if o.is_dead() => {
+                            // No sender can be served any more: stop (and,
+                            // as `finish` fails, exit with an error).
+                            self.hub.stop(format!("{e:#}"));
+                            return Err(e)
+                                .context(format!("writing frame {} of {}", h.sequence, self.name));
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        if given_up && !took {
+            // Its sender's newer connection took over: written now it
+            // would come after newer frames (the gap counts it as lost).
+            log::debug!(
+                "{}: frame {} given up: a newer connection took over",
+                self.name,
+                h.sequence
+            );
+            return Ok(());
+        }
+        if let Some(e) = failed {
+            let n = self.write_log.hit();
+            if !took {
                 stats::lock(&self.stats).unwritten(h);
-                if let Some(n) = self.write_log.hit() {
+                if let Some(n) = n {
                     log::warn!(
                         "{}: frame {} NOT WRITTEN (counted as unwritten): {e:#}{}",
                         self.name,
@@ -355,6 +414,14 @@ impl StreamCtx {
                     );
                 }
                 return Ok(());
+            }
+            if let Some(n) = n {
+                log::warn!(
+                    "{}: frame {}: {e:#} (it went to the other outputs){}",
+                    self.name,
+                    h.sequence,
+                    more_like_it(n)
+                );
             }
         }
         let restarted = stats::lock(&self.stats).frame(h, mask.len(), stats::now_us());
@@ -502,6 +569,7 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             identified: AtomicBool::new(false),
             framed: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         });
         match stream.try_clone() {
@@ -547,6 +615,9 @@ pub struct ConnState {
     framed: AtomicBool,
     /// Its slot was given to a newer connection.
     evicted: AtomicBool,
+    /// Its sender connected again (a takeover): what it still has to
+    /// deliver is older than the new connection's frames, and given up.
+    replaced: AtomicBool,
     /// When its last byte arrived, ms after the hub's epoch.
     last_byte_ms: AtomicU64,
 }
@@ -683,6 +754,7 @@ pub fn serve_tcp(
              from {} (two live senders must not share a --name)",
             old.peer
         );
+        old.state.replaced.store(true, Relaxed);
         old.state.evicted.store(true, Relaxed);
         let _ = old.stream.shutdown(Shutdown::Both);
     }
@@ -704,6 +776,14 @@ pub fn serve_tcp(
         let mut ctx = if hello { Some(open()?) } else { None };
         let mut framed = false;
         loop {
+            if state.replaced.load(Relaxed) {
+                // What its socket still holds is older than the frames of
+                // the sender's new connection.
+                log::info!(
+                    "state: stream from {name:?} ({peer}) closed: its sender connected again"
+                );
+                return Ok(());
+            }
             let res = reader.read_frame();
             match res {
                 Ok(Some(f)) => {
@@ -977,6 +1057,7 @@ mod tests {
             identified: AtomicBool::new(true),
             framed: AtomicBool::new(true),
             evicted: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         })
     }
@@ -998,14 +1079,14 @@ mod tests {
         ctx.frame(&Header::new(16, 1, 1, CODEC_RAW, 2), &payload)
             .unwrap();
         // Another thread is stuck writing (a reader that takes nothing).
-        let stuck = lock(hub.sinks.shared.as_ref().unwrap());
+        let stuck = hub.turns.wait(|| false).unwrap();
         let waiting = std::thread::spawn(move || {
             let r = ctx.frame(&Header::new(16, 1, 2, CODEC_RAW, 2), &payload);
             (r.is_ok(), ctx)
         });
         std::thread::sleep(Duration::from_millis(100));
         assert!(!waiting.is_finished(), "waits while the output is busy");
-        st.evicted.store(true, Relaxed);
+        st.replaced.store(true, Relaxed);
         let t = Instant::now();
         while !waiting.is_finished() {
             assert!(
@@ -1021,8 +1102,54 @@ mod tests {
         assert!(!dir.join("frame-000002.raw").exists());
         assert!(dir.join("frame-000001.raw").exists());
         assert_eq!(hub.stats.snapshot()[0].received, 1);
+        // Replaced, with the output free: still given up, and the turn
+        // it left is not waited for by the next writer.
+        let mut ctx = ctx;
+        ctx.frame(&Header::new(16, 1, 3, CODEC_RAW, 2), &payload)
+            .unwrap();
+        assert!(!dir.join("frame-000003.raw").exists());
+        let mut other = StreamCtx::open(hub.clone(), "cam2", "peer", "tcp").unwrap();
+        other
+            .frame(&Header::new(16, 1, 9, CODEC_RAW, 2), &payload)
+            .unwrap();
+        assert!(dir.join("frame-000009.raw").exists());
         drop(ctx);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn turns_at_the_shared_output_are_first_come_first_served() {
+        let turns = Arc::new(Turns::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = turns.wait(|| false).unwrap();
+        let mut threads = Vec::new();
+        for i in 0..4 {
+            let (t, o) = (turns.clone(), order.clone());
+            threads.push(std::thread::spawn(move || {
+                let _turn = t.wait(|| false).unwrap();
+                lock(&o).push(i);
+            }));
+            // Queued in this order.
+            let t0 = Instant::now();
+            while lock(&turns.state).next < i as u64 + 2 {
+                assert!(t0.elapsed() < Duration::from_secs(5));
+                std::thread::yield_now();
+            }
+        }
+        // A waiter that leaves the line does not hold up those behind it.
+        let gone = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let h = sc.spawn(|| turns.wait(|| gone.load(Relaxed)).is_none());
+            std::thread::sleep(Duration::from_millis(20));
+            gone.store(true, Relaxed);
+            assert!(h.join().unwrap());
+        });
+        drop(first);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*lock(&order), [0, 1, 2, 3]);
+        assert!(turns.wait(|| false).is_some(), "the line is free again");
     }
 
     #[test]

@@ -219,6 +219,7 @@ fn parse_mbit(s: &str) -> Result<f64, String> {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    pipeline::stop_on_signals();
     if let Err(e) = run(cli) {
         eprintln!("bitmask-send: error: {e:#}");
         std::process::exit(1);

@@ -306,6 +306,10 @@ pub fn run(
                 }
                 next_due += p;
             }
+            if let Some(sig) = stop_requested() {
+                log::info!("stopping: signal {sig}; sending what is queued");
+                break;
+            }
             let mut mask = queue.take_free();
             if !source.next_mask(&params, &mut mask)? {
                 queue.recycle(mask);
@@ -340,6 +344,43 @@ pub fn run(
     result?;
     net_result?;
     Ok(counters)
+}
+
+/// The stop signal received (SIGINT, SIGTERM), 0 for none.
+static STOP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    STOP.store(sig, Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM (Ctrl-C, `systemctl stop`) end the input like
+/// its end: the frames queued are sent and the summary printed. A second
+/// one kills as usual (the handler resets itself).
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe);
+        // the sigaction struct is fully initialised before the call.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                log::debug!(
+                    "cannot handle signal {sig}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+fn stop_requested() -> Option<i32> {
+    match STOP.load(Relaxed) {
+        0 => None,
+        s => Some(s),
+    }
 }
 
 fn network_loop(

@@ -285,8 +285,16 @@ impl Pi {
     fn bin_path(&self) -> String {
         format!("{}/{}", self.dir, self.role.bin())
     }
+    /// The pid file of this run's session (named by this xtask's pid: a
+    /// second deploy to the same Pi must not remove the first one's, or
+    /// the first could no longer stop its process).
     fn pid_file(&self) -> String {
-        format!("{}/{}.pid", self.dir, self.role.bin())
+        format!(
+            "{}/{}.{}.pid",
+            self.dir,
+            self.role.bin(),
+            std::process::id()
+        )
     }
     fn unit(&self) -> String {
         format!("{}.service", self.role.bin())
@@ -1013,6 +1021,9 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // systemd units
 
+/// Stands for the SSH login user in a unit's `User=` until the Pi fills it in.
+const LOGIN_USER: &str = "@LOGIN_USER@";
+
 fn unit_text(pi: &Pi, args: &[String]) -> String {
     let what = match pi.role {
         Role::Receiver => "receiver",
@@ -1033,11 +1044,9 @@ fn unit_text(pi: &Pi, args: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    let user = pi
-        .user
-        .as_deref()
-        .map(|u| format!("User={u}\n"))
-        .unwrap_or_default();
+    // Without `user` (a login user from ~/.ssh/config), the login user:
+    // filled in on the Pi (`LOGIN_USER`), else the service would run as root.
+    let user = format!("User={}\n", pi.user.as_deref().unwrap_or(LOGIN_USER));
     format!(
         "# written by `cargo xtask deploy --install-service`; removed by `--uninstall`
 [Unit]
@@ -1083,13 +1092,18 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
             let text = unit_text(pi, &args);
             if ctx.dry {
                 println!(
-                    "[dry-run] unit {}/{unit} on {}:\n{text}",
+                    "[dry-run] unit {}/{unit} on {}{}:\n{text}",
                     pi.unit_dir,
-                    pi.host_label()
+                    pi.host_label(),
+                    if pi.dir.starts_with('/') {
+                        ""
+                    } else {
+                        " (paths relative to the login user's home here; the install writes them absolute)"
+                    }
                 );
             }
             format!(
-                "{SUDO}printf '%s' {t} | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && systemctl is-active {unit}",
+                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && systemctl is-active {unit}",
                 ud = q(&pi.unit_dir),
                 t = q(&text)
             )
@@ -1608,6 +1622,8 @@ args = [{send_args}]
         log.find("restart bitmask-send"),
     );
     if !recv_unit.contains("Restart=always")
+        || !recv_unit.contains("\nUser=")
+        || recv_unit.contains(LOGIN_USER)
         || !recv_unit.contains("qemu-arm -cpu arm1176")
         || !send_unit.contains("--to 127.0.0.1:5555")
         || !matches!((r, s), (Some(r), Some(s)) if r < s)

@@ -776,6 +776,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut recv = Pi::resolve(Role::Receiver, cf.receiver.clone().or(&cf.defaults))?;
     let mut send = Pi::resolve(Role::Sender, cf.sender.clone().or(&cf.defaults))?;
     let ctx = Ctx { dry: o.dry };
+    if o.install && recv.listen.rsplit(':').next() == Some("0") {
+        // (services() checks it too) before a build and a copy for nothing
+        bail!(
+            "a service needs a fixed port: set receiver.listen to a port other than 0 (now {:?})",
+            recv.listen
+        );
+    }
 
     // 1. build
     let mut archs = vec![recv.arch, send.arch];

@@ -256,7 +256,8 @@ impl Output {
                         );
                     }
                 }
-                (Ok(()), Some(e)) | (Err(e), _) => failed = Some(e),
+                (Ok(()), Some(e)) | (Err(e), None) => failed = Some(e),
+                (Err(e), Some(d)) => failed = Some(anyhow::anyhow!("{d:#}; and {e:#}")),
             }
         }
         match failed {

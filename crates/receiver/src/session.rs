@@ -363,6 +363,19 @@ impl StreamCtx {
         }
         if let Some(o) = &self.hub.sinks.shared {
             let conn = self.conn.as_deref();
+            // Not idle while it holds a frame for the output (make_room).
+            struct AtOutput<'a>(Option<&'a ConnState>);
+            impl Drop for AtOutput<'_> {
+                fn drop(&mut self) {
+                    if let Some(c) = self.0 {
+                        c.at_output.store(false, Relaxed);
+                    }
+                }
+            }
+            if let Some(c) = conn {
+                c.at_output.store(true, Relaxed);
+            }
+            let _at_output = AtOutput(conn);
             match self
                 .hub
                 .turns
@@ -570,6 +583,7 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             framed: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
+            at_output: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         });
         match stream.try_clone() {
@@ -618,6 +632,9 @@ pub struct ConnState {
     /// Its sender connected again (a takeover): what it still has to
     /// deliver is older than the new connection's frames, and given up.
     replaced: AtomicBool,
+    /// Its thread holds a whole frame for the shared output (waiting for
+    /// its turn, or writing): not idle, whatever its socket says.
+    at_output: AtomicBool,
     /// When its last byte arrived, ms after the hub's epoch.
     last_byte_ms: AtomicU64,
 }
@@ -656,6 +673,7 @@ fn make_room(hub: &Hub) -> Option<String> {
                 // other), nothing waiting that its thread has yet to read.
                 let silent = now_ms.saturating_sub(c.state.last_byte_ms.load(Relaxed));
                 (c.state.framed.load(Relaxed)
+                    && !c.state.at_output.load(Relaxed)
                     && silent >= hub.timeout.as_millis() as u64
                     && !waiting(c))
                 .then_some((*id, silent, c.peer))
@@ -1058,6 +1076,7 @@ mod tests {
             framed: AtomicBool::new(true),
             evicted: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
+            at_output: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         })
     }
@@ -1180,5 +1199,34 @@ mod tests {
         assert_eq!((s.received, s.lost, s.corrupt, s.unwritten), (2, 0, 1, 2));
         drop(ctx);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_connection_holding_a_frame_for_the_output_is_not_idle() {
+        let hub = hub_with(Sinks {
+            shared: None,
+            per_sender: None,
+        });
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (stream, peer) = l.accept().unwrap();
+        let st = state();
+        // Silent for far longer than --timeout (1 s here) since its frame.
+        st.last_byte_ms.store(0, Relaxed);
+        st.at_output.store(true, Relaxed);
+        lock(&hub.open).insert(
+            1,
+            OpenConn {
+                stream,
+                peer,
+                accepted: Instant::now(),
+                state: st.clone(),
+            },
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(make_room(&hub), None, "a frame waits for the output");
+        st.at_output.store(false, Relaxed);
+        assert!(make_room(&hub).is_some_and(|why| why.contains("silent")));
+        assert!(st.evicted.load(Relaxed));
     }
 }

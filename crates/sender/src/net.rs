@@ -45,16 +45,9 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
         anyhow::bail!("{addr:?}: port {port:?} is not a number from 0 to 65535");
     };
     if !host.is_empty() && !host.starts_with('-') {
-        let out = std::process::Command::new("getent")
-            .args(["ahosts", host])
-            .stderr(std::process::Stdio::null())
-            .output();
-        if let Ok(out) = out {
-            let v = getent_addrs(&String::from_utf8_lossy(&out.stdout), port);
-            if out.status.success() && !v.is_empty() {
-                log::debug!("{host:?} resolved by getent: {v:?}");
-                return Ok(v);
-            }
+        if let Some(v) = getent(host, port) {
+            log::debug!("{host:?} resolved by getent: {v:?}");
+            return Ok(v);
         }
     }
     let hint = if host.ends_with(".local") {
@@ -66,7 +59,40 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
     Err(err).with_context(|| format!("cannot resolve host {host:?} of {addr:?}{hint}"))
 }
 
-/// The addresses in `getent ahosts` output (first column), each once, in order.
+/// `getent ahosts HOST`, given [`GETENT_LIMIT`] (an mDNS lookup of a host
+/// that is away can hang): its addresses, or `None`.
+fn getent(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("getent")
+        .args(["ahosts", host])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let t = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t.elapsed() < GETENT_LIMIT => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                log::debug!("getent ahosts {host:?}: no answer in {GETENT_LIMIT:?}");
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let out = child.wait_with_output().ok()?;
+    let v = getent_addrs(&String::from_utf8_lossy(&out.stdout), port);
+    (out.status.success() && !v.is_empty()).then_some(v)
+}
+
+/// How long `getent` may take.
+const GETENT_LIMIT: Duration = Duration::from_secs(3);
+
+/// The addresses in `getent ahosts` output (first column), each once, in
+/// order, IPv4 first (a link-local IPv6 address needs a scope to be used).
 fn getent_addrs(out: &str, port: u16) -> Vec<SocketAddr> {
     let mut v: Vec<SocketAddr> = Vec::new();
     for ip in out.lines().filter_map(|l| {
@@ -80,6 +106,7 @@ fn getent_addrs(out: &str, port: u16) -> Vec<SocketAddr> {
             v.push(a);
         }
     }
+    v.sort_by_key(|a| a.is_ipv6()); // stable: the order within each family stays
     v
 }
 
@@ -179,8 +206,8 @@ mod tests {
 
     #[test]
     fn getent_output_gives_each_address_once() {
-        let out = "10.213.7.2      STREAM pi2.local\n10.213.7.2      DGRAM  \n\
-                   fe80::1         STREAM \n";
+        let out = "fe80::1         STREAM pi2.local\n10.213.7.2      STREAM \n\
+                   10.213.7.2      DGRAM  \n";
         let v = getent_addrs(out, 5000);
         assert_eq!(
             v,

@@ -281,6 +281,7 @@ pub fn run(
     let queue = Arc::new(FrameQueue::new(cfg.queue, cfg.no_drop));
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
+    let _ = RUNNING.set((counters.clone(), start));
     let net_thread = {
         let (q, c, cfg) = (queue.clone(), counters.clone(), cfg.clone());
         std::thread::Builder::new()
@@ -353,10 +354,39 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
     STOP.store(sig, Relaxed);
 }
 
+/// The running pipeline's counters and start, for a stop that cannot wait.
+static RUNNING: std::sync::OnceLock<(Arc<Counters>, Instant)> = std::sync::OnceLock::new();
+
+/// How long a stop waits for the input and the network to wind down.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// Makes SIGINT and SIGTERM (Ctrl-C, `systemctl stop`) end the input like
-/// its end: the frames queued are sent and the summary printed. A second
-/// one kills as usual (the handler resets itself).
+/// its end: the frames queued are sent and the summary printed. When that
+/// does not happen within [`STOP_GRACE`] (the input blocked reading, a
+/// long `--fps` period, a receiver away), the summary is printed and the
+/// process exits 0 anyway. A second signal kills as usual (the handler
+/// resets itself).
 pub fn stop_on_signals() {
+    let watchdog = std::thread::Builder::new()
+        .name("stop".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Some(sig) = stop_requested() {
+                std::thread::sleep(STOP_GRACE);
+                log::warn!(
+                    "stopping: signal {sig}, and the input or the link did not end within {} s; \
+                     exiting now",
+                    STOP_GRACE.as_secs()
+                );
+                if let Some((c, start)) = RUNNING.get() {
+                    eprintln!("bitmask-send: {}", c.summary(start.elapsed()));
+                }
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = watchdog {
+        log::debug!("no stop watchdog: {e}");
+    }
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic (async-signal-safe);
         // the sigaction struct is fully initialised before the call.

@@ -44,11 +44,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// First come, first served turns at the shared output (a plain mutex
 /// lets the thread that just wrote take it again at once, starving the
-/// others); a waiter can leave the line.
+/// others); a waiter can leave the line. Only the next in line is woken.
 #[derive(Default)]
 pub struct Turns {
     state: Mutex<TurnState>,
-    cv: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -56,43 +55,58 @@ struct TurnState {
     next: u64,
     serving: u64,
     left: std::collections::BTreeSet<u64>,
+    /// Waiting threads by ticket, to wake the one whose turn comes.
+    waiting: HashMap<u64, std::thread::Thread>,
 }
 
 impl TurnState {
-    fn advance(&mut self) {
+    /// Moves on to the next ticket still in line; returns its thread.
+    fn advance(&mut self) -> Option<std::thread::Thread> {
         self.serving += 1;
         while self.left.remove(&self.serving) {
             self.serving += 1;
         }
+        self.waiting.get(&self.serving).cloned()
     }
 }
 
+/// How often a waiter checks whether it should leave the line.
+const TURN_POLL: Duration = Duration::from_millis(200);
+
 impl Turns {
     /// Waits for this caller's turn (held until the [`Turn`] is dropped);
-    /// `None`, its place given up, once `gone()` (checked every 50 ms while
-    /// waiting, and when the turn comes).
+    /// `None`, its place given up, once `gone()` (checked every
+    /// [`TURN_POLL`] while waiting, and when the turn comes).
     pub fn wait(&self, gone: impl Fn() -> bool) -> Option<Turn<'_>> {
-        let mut s = lock(&self.state);
-        let t = s.next;
-        s.next += 1;
+        let t = {
+            let mut s = lock(&self.state);
+            let t = s.next;
+            s.next += 1;
+            t
+        };
         loop {
+            let mut s = lock(&self.state);
             if gone() {
-                if s.serving == t {
-                    s.advance();
-                    self.cv.notify_all();
+                s.waiting.remove(&t);
+                let wake = if s.serving == t {
+                    s.advance()
                 } else {
                     s.left.insert(t);
+                    None
+                };
+                drop(s);
+                if let Some(w) = wake {
+                    w.unpark();
                 }
                 return None;
             }
             if s.serving == t {
+                s.waiting.remove(&t);
                 return Some(Turn(self));
             }
-            s = self
-                .cv
-                .wait_timeout(s, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            s.waiting.entry(t).or_insert_with(std::thread::current);
+            drop(s);
+            std::thread::park_timeout(TURN_POLL);
         }
     }
 }
@@ -102,8 +116,10 @@ pub struct Turn<'a>(&'a Turns);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        lock(&self.0.state).advance();
-        self.0.cv.notify_all();
+        let wake = lock(&self.0.state).advance();
+        if let Some(w) = wake {
+            w.unpark();
+        }
     }
 }
 
@@ -1228,5 +1244,37 @@ mod tests {
         st.at_output.store(false, Relaxed);
         assert!(make_room(&hub).is_some_and(|why| why.contains("silent")));
         assert!(st.evicted.load(Relaxed));
+    }
+
+    #[test]
+    fn turns_never_admit_two_and_always_move_on() {
+        let turns = Arc::new(Turns::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..16u64)
+            .map(|i| {
+                let (turns, inside, served) = (turns.clone(), inside.clone(), served.clone());
+                std::thread::spawn(move || {
+                    for k in 0..200u64 {
+                        // Every 7th wait leaves the line at once.
+                        let leave = (i * 200 + k) % 7 == 0;
+                        if let Some(_t) = turns.wait(|| leave) {
+                            assert_eq!(inside.fetch_add(1, Relaxed), 0, "two inside");
+                            std::hint::spin_loop();
+                            inside.fetch_sub(1, Relaxed);
+                            served.fetch_add(1, Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let expect = (0..16 * 200).filter(|n| n % 7 != 0).count();
+        assert_eq!(served.load(Relaxed), expect);
+        let s = lock(&turns.state);
+        assert_eq!((s.next, s.serving), (16 * 200, 16 * 200));
+        assert!(s.left.is_empty() && s.waiting.is_empty());
     }
 }

@@ -370,7 +370,7 @@ pub fn stop_on_signals() {
     let watchdog = std::thread::Builder::new()
         .name("stop".into())
         .spawn(|| loop {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(200));
             if let Some(sig) = stop_requested() {
                 std::thread::sleep(STOP_GRACE);
                 log::warn!(

@@ -777,7 +777,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut send = Pi::resolve(Role::Sender, cf.sender.clone().or(&cf.defaults))?;
     let ctx = Ctx { dry: o.dry };
     if o.install && recv.listen.rsplit(':').next() == Some("0") {
-        // (services() checks it too) before a build and a copy for nothing
+        // before a build and a copy for nothing
         bail!(
             "a service needs a fixed port: set receiver.listen to a port other than 0 (now {:?})",
             recv.listen
@@ -1081,14 +1081,8 @@ const SUDO: &str = "if [ \"$(id -u)\" = 0 ]; then S=; else S='sudo -n'; fi; comm
 
 fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
     let order: [&Pi; 2] = if install { [recv, send] } else { [send, recv] };
-    // Refused before anything is installed.
+    // (a port 0 was refused in `run`, before the build)
     let port = recv.listen.rsplit(':').next().unwrap_or("0");
-    if install && port == "0" {
-        bail!(
-            "a service needs a fixed port: set receiver.listen to a port other than 0 (now {:?})",
-            recv.listen
-        );
-    }
     for pi in order {
         let unit = pi.unit();
         let script = if install {

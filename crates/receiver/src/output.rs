@@ -213,24 +213,25 @@ impl Output {
         }
         // Every file sink is tried; the frame is written when one took it
         // (the stream sinks took it above).
-        let streams = self.exec.is_some() || self.stdout.is_some();
+        let mut took = self.exec.is_some() || self.stdout.is_some();
         let mut failed: Option<anyhow::Error> = None;
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
             match write_new(dir, &name, self.format.ext(), data) {
                 Err(e) => failed = Some(e),
-                Ok(path)
-                    if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered =>
-                {
-                    self.renumbered = true;
-                    log::warn!(
-                    "{} already exists (a sender that restarted its numbering, or an earlier run \
-                     into this directory): writing {} instead; no mask is overwritten",
-                    dir.join(format!("{name}.{}", self.format.ext())).display(),
-                    path.display()
-                );
+                Ok(path) => {
+                    took = true;
+                    if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered {
+                        self.renumbered = true;
+                        log::warn!(
+                            "{} already exists (a sender that restarted its numbering, or an \
+                             earlier run into this directory): writing {} instead; no mask is \
+                             overwritten",
+                            dir.join(format!("{name}.{}", self.format.ext())).display(),
+                            path.display()
+                        );
+                    }
                 }
-                Ok(_) => {}
             }
         }
         if let Some((p, f)) = &self.latest {
@@ -245,23 +246,17 @@ impl Output {
                 write_atomic(p, bytes)
             })();
             match (r, failed.take()) {
-                (Ok(()), None) => {}
-                // One file sink failed, the other took it.
-                (Ok(()), Some(e)) | (Err(e), None) if streams || self.dir.is_some() => {
-                    if let Some(n) = self.latest_log.hit() {
-                        log::warn!(
-                            "{e:#} (frame {} went to the other outputs){}",
-                            h.sequence,
-                            crate::session::more_like_it(n)
-                        );
-                    }
+                (Ok(()), d) => {
+                    took = true;
+                    failed = d;
                 }
-                (Ok(()), Some(e)) | (Err(e), None) => failed = Some(e),
+                (Err(e), None) => failed = Some(e),
                 (Err(e), Some(d)) => failed = Some(anyhow::anyhow!("{d:#}; and {e:#}")),
             }
         }
         match failed {
-            Some(e) if streams => {
+            None => Ok(()),
+            Some(e) if took => {
                 if let Some(n) = self.latest_log.hit() {
                     log::warn!(
                         "{e:#} (frame {} went to the other outputs){}",
@@ -272,7 +267,6 @@ impl Output {
                 Ok(())
             }
             Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 

@@ -379,19 +379,7 @@ impl StreamCtx {
         }
         if let Some(o) = &self.hub.sinks.shared {
             let conn = self.conn.as_deref();
-            // Not idle while it holds a frame for the output (make_room).
-            struct AtOutput<'a>(Option<&'a ConnState>);
-            impl Drop for AtOutput<'_> {
-                fn drop(&mut self) {
-                    if let Some(c) = self.0 {
-                        c.at_output.store(false, Relaxed);
-                    }
-                }
-            }
-            if let Some(c) = conn {
-                c.at_output.store(true, Relaxed);
-            }
-            let _at_output = AtOutput(conn);
+            let _at_output = AtOutput::new(conn);
             match self
                 .hub
                 .turns
@@ -653,6 +641,27 @@ pub struct ConnState {
     at_output: AtomicBool,
     /// When its last byte arrived, ms after the hub's epoch.
     last_byte_ms: AtomicU64,
+}
+
+/// Marks a connection as holding a frame for the shared output (not idle,
+/// for [`make_room`]) while it lives.
+struct AtOutput<'a>(Option<&'a ConnState>);
+
+impl<'a> AtOutput<'a> {
+    fn new(conn: Option<&'a ConnState>) -> Self {
+        if let Some(c) = conn {
+            c.at_output.store(true, Relaxed);
+        }
+        AtOutput(conn)
+    }
+}
+
+impl Drop for AtOutput<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.at_output.store(false, Relaxed);
+        }
+    }
 }
 
 /// All slots taken: closes the connection that is least a sender, and says
@@ -1086,6 +1095,18 @@ mod tests {
         )
     }
 
+    /// A hub whose shared output is a fresh directory `bitmask-TAG-PID`.
+    fn hub_writing_to(tag: &str) -> (Arc<Hub>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bitmask-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
+        let hub = hub_with(Sinks {
+            shared: Some(Mutex::new(out)),
+            per_sender: None,
+        });
+        (hub, dir)
+    }
+
     fn state() -> Arc<ConnState> {
         Arc::new(ConnState {
             identified: AtomicBool::new(true),
@@ -1099,13 +1120,7 @@ mod tests {
 
     #[test]
     fn a_frame_waiting_for_a_stuck_output_is_given_up_when_its_connection_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("bitmask-stuck-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
-        let hub = hub_with(Sinks {
-            shared: Some(Mutex::new(out)),
-            per_sender: None,
-        });
+        let (hub, dir) = hub_writing_to("stuck");
         let st = state();
         let mut ctx = StreamCtx::open(hub.clone(), "cam", "peer", "tcp")
             .unwrap()
@@ -1189,13 +1204,7 @@ mod tests {
 
     #[test]
     fn unwritable_frames_and_duplicates_do_not_end_the_stream() {
-        let dir = std::env::temp_dir().join(format!("bitmask-unwritable-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
-        let hub = hub_with(Sinks {
-            shared: Some(Mutex::new(out)),
-            per_sender: None,
-        });
+        let (hub, dir) = hub_writing_to("unwritable");
         let mut ctx = StreamCtx::open(hub.clone(), "cam", "peer", "tcp").unwrap();
         let payload = [0xf0u8, 0x0f];
         let h = |seq| Header::new(16, 1, seq, CODEC_RAW, 2);

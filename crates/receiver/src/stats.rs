@@ -257,18 +257,7 @@ impl SenderStats {
         s.mask_bytes += mask_len as u64;
         self.window_frames += 1;
         self.window_bytes += wire;
-        let mut restarted = None;
-        if let Some(prev) = self.last_sequence {
-            match h.sequence.checked_sub(prev) {
-                // Frames between two sequence numbers never arrived.
-                Some(gap @ 1..=MAX_GAP) => s.lost = s.lost.saturating_add(gap - 1),
-                // Back (or still): the sender restarted. So far ahead that no
-                // sender could have lost that many frames: a new numbering too.
-                _ => restarted = Some(prev),
-            }
-        }
-        self.last_sequence = Some(h.sequence);
-        s.last_sequence = Some(h.sequence);
+        let restarted = self.sequence_seen(h.sequence);
         if h.timestamp_us != 0 {
             // clocks of two hosts may disagree: a negative latency counts as 0
             let lat = written_at_us.saturating_sub(h.timestamp_us);
@@ -281,14 +270,28 @@ impl SenderStats {
     /// Counts a frame that arrived whole but could not be written; its
     /// sequence number counts as seen (not lost).
     pub fn unwritten(&mut self, h: &Header) {
+        self.sequence_seen(h.sequence);
+        self.snap.unwritten += 1;
+    }
+
+    /// Moves the numbering on to `seq`: frames skipped since the last one
+    /// count as lost; `Some(previous)` when `seq` starts a new numbering (it
+    /// went back, or jumped ahead by more than [`MAX_GAP`]).
+    fn sequence_seen(&mut self, seq: u64) -> Option<u64> {
         let s = &mut self.snap;
-        if let Some(gap @ 1..=MAX_GAP) = self.last_sequence.and_then(|p| h.sequence.checked_sub(p))
-        {
-            s.lost = s.lost.saturating_add(gap - 1);
+        let mut restarted = None;
+        if let Some(prev) = self.last_sequence {
+            match seq.checked_sub(prev) {
+                // Frames between two sequence numbers never arrived.
+                Some(gap @ 1..=MAX_GAP) => s.lost = s.lost.saturating_add(gap - 1),
+                // Back (or still): the sender restarted. So far ahead that no
+                // sender could have lost that many frames: a new numbering too.
+                _ => restarted = Some(prev),
+            }
         }
-        self.last_sequence = Some(h.sequence);
-        s.last_sequence = Some(h.sequence);
-        s.unwritten += 1;
+        self.last_sequence = Some(seq);
+        s.last_sequence = Some(seq);
+        restarted
     }
 
     /// Counts a damaged or undecodable frame.

@@ -165,6 +165,8 @@ struct Case<'a> {
     threshold: u16,
     /// Receiver output format (`raw` or `gray8`).
     recv_format: &'a str,
+    /// The sender starts ffmpeg itself (`--input-command`) instead of reading a pipe.
+    via_command: bool,
 }
 
 /// Pipes `ffmpeg ... | bitmask-send ... -` into `bitmask-recv --out -`, checks
@@ -189,15 +191,25 @@ fn pipe_case(c: &Case) {
     }
     let count = c.frames.to_string();
     let mut recv = start_receiver(&["--out", "-", "--format", c.recv_format, "--count", &count]);
-    let send = format!(
-        "{} | {} --to {} --no-drop --threshold {} {} -",
-        ffmpeg_args(&size, c.frames, c.pix_fmt, c.pad, "-"),
-        sh_quote(&bin("bitmask-send")),
-        recv.addr,
-        c.threshold,
-        c.send_args.join(" ")
-    );
-    let sent = run(Command::new("sh").args(["-c", &send]));
+    let ffmpeg = ffmpeg_args(&size, c.frames, c.pix_fmt, c.pad, "-");
+    let (sent, send) = if c.via_command {
+        let mut cmd = Command::new(bin("bitmask-send"));
+        cmd.args(["--to", &recv.addr, "--no-drop", "--threshold"])
+            .arg(c.threshold.to_string())
+            .args(c.send_args)
+            .args(["--input-command", &ffmpeg]);
+        let shown = show(&cmd);
+        (run(&mut cmd), shown)
+    } else {
+        let send = format!(
+            "{ffmpeg} | {} --to {} --no-drop --threshold {} {} -",
+            sh_quote(&bin("bitmask-send")),
+            recv.addr,
+            c.threshold,
+            c.send_args.join(" ")
+        );
+        (run(Command::new("sh").args(["-c", &send])), send)
+    };
     assert!(sent.status.success(), "{send}\n{}", sent.stderr);
     assert!(
         sent.stderr
@@ -229,6 +241,7 @@ fn ffmpeg_gray8_stream_is_bit_exact() {
         pick: Pick::Gray,
         threshold: 100,
         recv_format: "raw",
+        via_command: false,
     });
 }
 
@@ -247,7 +260,88 @@ fn ffmpeg_yuv420_odd_size_uses_the_y_plane_bit_exact_as_gray8_output() {
         pick: Pick::Gray,
         threshold: 128,
         recv_format: "gray8",
+        via_command: false,
     });
+}
+
+#[test]
+fn the_sender_runs_the_camera_command_itself_bit_exact() {
+    if !have_ffmpeg() {
+        return;
+    }
+    // `--input-command`: what a deploy.toml or a systemd unit uses instead of a shell pipe.
+    pipe_case(&Case {
+        size: (157, 93),
+        frames: 10,
+        pix_fmt: "yuv420p",
+        pad: None,
+        send_args: &["--input-format", "yuv420", "--size", "157x93"],
+        pick: Pick::Gray,
+        threshold: 128,
+        recv_format: "raw",
+        via_command: true,
+    });
+}
+
+/// `bitmask-send --input-format gray8 --size 64x48 --input-command CMD` to `addr`.
+fn command_sender(addr: &str, cmd: &str) -> Command {
+    let mut c = Command::new(bin("bitmask-send"));
+    c.args(["--to", addr, "--input-format", "gray8", "--size", "64x48"])
+        .args(["--input-command", cmd]);
+    c
+}
+
+#[test]
+fn an_input_command_that_fails_is_an_error_with_its_status() {
+    // No receiver needed: the errors come before or without a connection.
+    let cases = [
+        // one whole frame, then a failure: the frame is read, the status reported
+        ("head -c 3072 /dev/zero; exit 4", "failed: exit status 4"),
+        ("no-such-camera-tool -o -", "127: command not found"),
+        ("   ", "--input-command is empty"),
+    ];
+    for (cmd, needle) in cases {
+        let out = run(&mut command_sender(&closed_port(), cmd));
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{cmd:?}: {}", out.stderr);
+    }
+    // The command is the input: no INPUT beside it.
+    let out = run(command_sender(&closed_port(), "true").arg("-"));
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("drop the INPUT argument"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn stopping_the_sender_stops_its_input_command_at_once() {
+    let tmp = TempDir::new("input-command-stop");
+    let recv = start_receiver(&["--out", tmp.str()]);
+    // A producer that never ends by itself, marked so it can be found afterwards.
+    let mark = format!("bitmask-test-mark-{}", std::process::id());
+    let cmd = format!("while :; do head -c 3072 /dev/zero; sleep 0.05; done # {mark}");
+    let mut s = Proc::spawn(&mut command_sender(&recv.addr, &cmd));
+    s.wait_for_stderr("connected to", LIMIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill")
+        .args(["-TERM", &s.id().to_string()])
+        .status()
+        .expect("kill(1)")
+        .success());
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "{}: {}", f.status, f.stderr);
+    assert!(f.stderr.contains("stopped (signal: 15"), "{}", f.stderr);
+    // The stop ended the input itself: not the 3 s watchdog's "exiting now".
+    assert!(!f.stderr.contains("did not end within"), "{}", f.stderr);
+    // Nothing of the command is left running.
+    let left = run(Command::new("pgrep").args(["-f", &mark]));
+    assert!(
+        left.stdout.is_empty(),
+        "still running: {:?}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]
@@ -273,6 +367,7 @@ fn ffmpeg_rgb24_and_bgr24_channels_are_bit_exact() {
             pick: Pick::Byte(blue),
             threshold: 170,
             recv_format: "raw",
+            via_command: false,
         });
     }
     // Luma (Pillow's convert('L')) from BGR bytes.
@@ -292,6 +387,7 @@ fn ffmpeg_rgb24_and_bgr24_channels_are_bit_exact() {
         pick: Pick::Luma(2, 1, 0),
         threshold: 120,
         recv_format: "raw",
+        via_command: false,
     });
 }
 
@@ -320,6 +416,7 @@ fn padded_strides_and_heights_like_the_pi_camera_tools() {
         pick: Pick::Gray,
         threshold: 128,
         recv_format: "raw",
+        via_command: false,
     });
     // yuv420 780x590 as rpicam-vid: stride 832, plus a padded height.
     pipe_case(&Case {
@@ -340,6 +437,7 @@ fn padded_strides_and_heights_like_the_pi_camera_tools() {
         pick: Pick::Gray,
         threshold: 128,
         recv_format: "raw",
+        via_command: false,
     });
     // yuv420 100x75 as raspividyuv: width to a multiple of 32, height of 16.
     pipe_case(&Case {
@@ -360,6 +458,7 @@ fn padded_strides_and_heights_like_the_pi_camera_tools() {
         pick: Pick::Gray,
         threshold: 90,
         recv_format: "raw",
+        via_command: false,
     });
     // rgb24 with padded rows (3 * 50 = 150 -> 162 bytes) and height.
     pipe_case(&Case {
@@ -382,6 +481,7 @@ fn padded_strides_and_heights_like_the_pi_camera_tools() {
         pick: Pick::Byte(0),
         threshold: 128,
         recv_format: "raw",
+        via_command: false,
     });
 }
 

@@ -1039,16 +1039,9 @@ fn unit_text(pi: &Pi, args: &[String]) -> String {
     let mut v = pi.prefix.clone();
     v.push(pi.bin_path());
     v.extend(args.iter().cloned());
-    // systemd's ExecStart quoting is close enough to the shell's for these arguments
     let exec = v
         .iter()
-        .map(|a| {
-            if a.contains([' ', '"', '\'']) {
-                format!("\"{}\"", a.replace('"', "\\\""))
-            } else {
-                a.clone()
-            }
-        })
+        .map(|a| systemd_word(a))
         .collect::<Vec<_>>()
         .join(" ");
     // Without `user` (a login user from ~/.ssh/config), the login user:
@@ -1075,6 +1068,22 @@ WantedBy=multi-user.target
 ",
         dir = pi.dir
     )
+}
+
+/// One word of a unit's `ExecStart=`: systemd expands `$VAR` and `%x`
+/// specifiers and takes C escapes inside quotes, so `$`, `%` and `\` are
+/// doubled; a word with blanks or quotes is double-quoted (a camera
+/// command for `--input-command` is one such word).
+fn systemd_word(a: &str) -> String {
+    let w = a
+        .replace('\\', "\\\\")
+        .replace('$', "$$")
+        .replace('%', "%%");
+    if w.is_empty() || w.contains([' ', '\t', '"', '\'', ';']) {
+        format!("\"{}\"", w.replace('"', "\\\""))
+    } else {
+        w
+    }
 }
 
 const SUDO: &str = "if [ \"$(id -u)\" = 0 ]; then S=; else S='sudo -n'; fi; command -v systemctl >/dev/null || { echo 'no systemctl: --install-service needs systemd (Raspberry Pi OS has it)' >&2; exit 5; }; ";
@@ -1449,19 +1458,24 @@ args = [{send_args}]
     eprintln!(
         "deploy test: {n} masks ({bytes} B) streamed Pi2(armv7) -> PiZero(armv6) over deploy equal the host build's"
     );
-    let left = procs_with(&format!("{b}/pi-"));
+    let left = procs_with(&format!("{b}/pi"));
     if !left.is_empty() {
         bail!("processes left on the \"Pis\" after the run: {left:?}");
     }
 
-    // 2. second run: the binaries are up to date and not copied again; --loop until Ctrl-C
+    // 2. second run: the binaries are up to date and not copied again; a camera-like
+    //    sender (`--input-command`, a producer that never ends, its command line marked
+    //    with the Pi's dir so the leftover check sees it) until Ctrl-C
     let c2 = base.join("deploy-loop.toml");
     let masks2 = format!("{b}/pi-zero/masks-loop");
+    let camera_args = format!(
+        r#""--input-format", "gray8", "--size", "64x48", "--threshold", "100", "--input-command", "while :; do head -c 3072 /dev/urandom; sleep 0.25; done # {b}/pi2/camera""#
+    );
     std::fs::write(
         &c2,
         conf(
             &format!(r#""--out", "{masks2}", "--format", "raw""#),
-            &format!(r#""--fps", "4", "--loop", {send_args}"#),
+            &camera_args,
             true,
         ),
     )?;
@@ -1481,9 +1495,9 @@ args = [{send_args}]
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let running = procs_with(&format!("{b}/pi-"));
-    if running.len() < 2 {
-        bail!("expected the remote receiver and sender running, found {running:?}");
+    let running = procs_with(&format!("{b}/pi"));
+    if running.len() < 3 || !running.iter().any(|p| p.contains("/pi2/camera")) {
+        bail!("expected the remote receiver, sender and its camera command running, found {running:?}");
     }
     crate::util::run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
     let st = wait_child(&mut child, Duration::from_secs(60))?;
@@ -1492,7 +1506,7 @@ args = [{send_args}]
         bail!("Ctrl-C run ended with {st} (or re-copied the binaries); its log:\n{text}");
     }
     std::thread::sleep(Duration::from_millis(500));
-    let left = procs_with(&format!("{b}/pi-"));
+    let left = procs_with(&format!("{b}/pi"));
     if !left.is_empty() {
         bail!("processes left on the \"Pis\" after Ctrl-C: {left:?}\n{text}");
     }
@@ -1515,7 +1529,7 @@ args = [{send_args}]
     child.wait()?;
     let t = Instant::now();
     loop {
-        let left = procs_with(&format!("{b}/pi-"));
+        let left = procs_with(&format!("{b}/pi"));
         if left.is_empty() {
             break;
         }
@@ -1526,7 +1540,7 @@ args = [{send_args}]
     }
     eprintln!("deploy test: xtask killed with SIGKILL: the remote processes ended by themselves in {:.1} s", t.elapsed().as_secs_f64());
     eprintln!(
-        "deploy test: Ctrl-C stopped both remote processes ({} were running), none left, exit 0",
+        "deploy test: Ctrl-C stopped the remote receiver, sender and camera command ({} processes were running), none left, exit 0",
         running.len()
     );
 
@@ -1603,9 +1617,20 @@ args = [{send_args}]
     std::fs::create_dir_all(&units)?;
     let calls = base.join("systemctl.log");
     let _ = std::fs::remove_file(&calls);
+    // the sender a camera sender: its command, one argument with blanks, `;`, `$`
+    // and `%`, must reach the unit as one word that systemd leaves alone
+    let c4 = base.join("deploy-service.toml");
+    std::fs::write(
+        &c4,
+        conf(
+            &format!(r#""--out", "{masks}", "--format", "raw""#),
+            r#""--input-format", "gray8", "--size", "64x48", "--input-command", "cam -o - ; echo $HOME 100%""#,
+            true,
+        ),
+    )?;
     let svc_args = [
         "--config",
-        c1s,
+        c4.to_str().unwrap(),
         "--no-build",
         "--set",
         "receiver.listen=127.0.0.1:5555",
@@ -1627,6 +1652,7 @@ args = [{send_args}]
         || recv_unit.contains(LOGIN_USER)
         || !recv_unit.contains("qemu-arm -cpu arm1176")
         || !send_unit.contains("--to 127.0.0.1:5555")
+        || !send_unit.contains(r#" --input-command "cam -o - ; echo $$HOME 100%%""#)
         || !matches!((r, s), (Some(r), Some(s)) if r < s)
     {
         bail!(
@@ -1653,5 +1679,23 @@ fn expand_home(p: &str) -> std::path::PathBuf {
     match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
         _ => std::path::PathBuf::from(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::systemd_word;
+
+    #[test]
+    fn systemd_words_keep_their_text() {
+        assert_eq!(systemd_word("--fps"), "--fps");
+        assert_eq!(systemd_word(""), "\"\"");
+        assert_eq!(
+            systemd_word("rpicam-vid -t 0 -o -"),
+            "\"rpicam-vid -t 0 -o -\""
+        );
+        // systemd expands $VAR and %x and takes C escapes: doubled
+        assert_eq!(systemd_word("a$B%c\\d"), "a$$B%%c\\\\d");
+        assert_eq!(systemd_word("say \"hi\"; x"), "\"say \\\"hi\\\"; x\"");
     }
 }

@@ -2,6 +2,7 @@
 //! bitmask frames over one TCP connection.
 
 mod codec;
+mod command;
 mod input;
 mod net;
 mod pipeline;
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
   RUST_LOG=debug bitmask-send --to pi2:5000 in.png
   rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
+  bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
+    --input-command 'rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o -'
   (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
@@ -63,6 +66,13 @@ struct Cli {
     /// Read raw frames back to back (stdin, FIFO or file) instead of image files; yuv420 thresholds the Y plane.
     #[arg(long, value_enum, value_name = "FORMAT")]
     input_format: Option<raw::RawFormat>,
+
+    /// Start CMD with `sh -c` and read the raw frames from its stdout (instead
+    /// of INPUT), e.g. a camera tool: 'rpicam-vid -t 0 -n --codec yuv420
+    /// --width 640 --height 480 -o -'. The sender stops it when it stops; a
+    /// command that fails ends the sender with an error (exit 1).
+    #[arg(long, value_name = "CMD", requires = "input_format")]
+    input_command: Option<String>,
 
     /// Size of each raw frame in pixels, WxH (with --input-format).
     #[arg(long, value_parser = raw::parse_size, value_name = "WxH", requires = "input_format")]
@@ -133,8 +143,8 @@ struct Cli {
     verbose: u8,
 
     /// Image files (PNG, BMP, PNM, TIFF, JPEG) or directories of them; with
-    /// --input-format one raw stream: `-` (stdin), a FIFO or a file.
-    #[arg(required = true, value_name = "INPUT")]
+    /// --input-format one raw stream: `-` (stdin), a FIFO or a file (or --input-command).
+    #[arg(required_unless_present = "input_command", value_name = "INPUT")]
     inputs: Vec<PathBuf>,
 }
 
@@ -245,6 +255,7 @@ fn run(cli: Cli) -> Result<()> {
             cli.stride,
             cli.padded_height,
             &cli.inputs,
+            cli.input_command.as_deref(),
             cli.looping,
         )?),
         None => {

@@ -372,6 +372,8 @@ pub fn stop_on_signals() {
         .spawn(|| loop {
             std::thread::sleep(Duration::from_millis(200));
             if let Some(sig) = stop_requested() {
+                // a producer we started ends now: the capture need not wait for its next frame
+                crate::command::stop();
                 std::thread::sleep(STOP_GRACE);
                 log::warn!(
                     "stopping: signal {sig}, and the input or the link did not end within {} s; \
@@ -406,7 +408,8 @@ pub fn stop_on_signals() {
     }
 }
 
-fn stop_requested() -> Option<i32> {
+/// The stop signal received so far, if any.
+pub(crate) fn stop_requested() -> Option<i32> {
     match STOP.load(Relaxed) {
         0 => None,
         s => Some(s),

@@ -192,12 +192,29 @@ impl RawFrames {
         stride: Option<usize>,
         padded_height: Option<usize>,
         inputs: &[PathBuf],
+        command: Option<&str>,
         looping: bool,
     ) -> Result<Self> {
         let (w, h) = size.context("--input-format needs --size WxH")?;
         let layout = RawLayout::new(format, w, h, stride, padded_height)?;
         if looping {
             bail!("--loop works with image files, not with a raw --input-format stream");
+        }
+        if let Some(cmd) = command {
+            if !inputs.is_empty() {
+                bail!(
+                    "--input-command is the input: drop the INPUT argument(s) ({})",
+                    inputs
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            let reader = crate::command::CommandReader::spawn(cmd)?;
+            let name = reader.name();
+            log::info!("reading raw frames from {name}: {layout}");
+            return Ok(Self::from_reader(Box::new(reader), name, layout));
         }
         let path = match inputs {
             [p] => p,
@@ -269,6 +286,14 @@ impl RawFrames {
             );
         } else if filled == 0 {
             log::info!("end of {} after {} whole frame(s)", self.name, self.index);
+        } else if crate::pipeline::stop_requested().is_some() {
+            // the stop ended the producer too (systemd stops the whole unit)
+            log::info!(
+                "end of {} after {} whole frame(s) (the stop cut frame {} short: dropped)",
+                self.name,
+                self.index,
+                self.index
+            );
         } else {
             log::warn!(
                 "{} ended in the middle of frame {}: got {filled} of {len} bytes; \

@@ -250,7 +250,12 @@ fn ffmpeg_yuv420_odd_size_uses_the_y_plane_bit_exact_as_gray8_output() {
     if !have_ffmpeg() {
         return;
     }
-    // Odd width and height: ffmpeg's chroma planes are ceil(w/2) x ceil(h/2).
+    yuv420_odd_size("gray8", false);
+}
+
+/// ffmpeg's yuv420p at an odd width and height (its chroma planes are
+/// ceil(w/2) x ceil(h/2)) into the sender, by pipe or `--input-command`.
+fn yuv420_odd_size(recv_format: &str, via_command: bool) {
     pipe_case(&Case {
         size: (157, 93),
         frames: 10,
@@ -259,8 +264,8 @@ fn ffmpeg_yuv420_odd_size_uses_the_y_plane_bit_exact_as_gray8_output() {
         send_args: &["--input-format", "yuv420", "--size", "157x93"],
         pick: Pick::Gray,
         threshold: 128,
-        recv_format: "gray8",
-        via_command: false,
+        recv_format,
+        via_command,
     });
 }
 
@@ -270,17 +275,7 @@ fn the_sender_runs_the_camera_command_itself_bit_exact() {
         return;
     }
     // `--input-command`: what a deploy.toml or a systemd unit uses instead of a shell pipe.
-    pipe_case(&Case {
-        size: (157, 93),
-        frames: 10,
-        pix_fmt: "yuv420p",
-        pad: None,
-        send_args: &["--input-format", "yuv420", "--size", "157x93"],
-        pick: Pick::Gray,
-        threshold: 128,
-        recv_format: "raw",
-        via_command: true,
-    });
+    yuv420_odd_size("raw", true);
 }
 
 /// `bitmask-send --input-format gray8 --size 64x48 --input-command CMD` to `addr`.

@@ -74,17 +74,13 @@ impl CommandReader {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0);
-        // SAFETY: runs in the forked child before exec; prctl, sigemptyset
-        // and sigprocmask are async-signal-safe and touch only this stack.
+        // (The sender blocks no signals, unlike the receiver, so the child's
+        // mask needs no reset; handlers are reset by exec.)
+        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())

@@ -176,6 +176,8 @@ struct Pi {
     unit_dir: String,
     listen: String,
     to: Option<String>,
+    /// The Pi's clock minus this machine's, seconds (from the preflight).
+    clock_offset: Option<f64>,
 }
 
 impl Pi {
@@ -220,6 +222,7 @@ impl Pi {
             unit_dir: c.unit_dir.unwrap_or_else(|| "/etc/systemd/system".into()),
             listen: c.listen.unwrap_or_else(|| "0.0.0.0:5000".into()),
             to: c.to,
+            clock_offset: None,
         })
     }
     fn dest(&self) -> String {
@@ -440,13 +443,22 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
 /// `uname -m`, 32-bit userland, install dir, free space; returns the absolute install dir.
 fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
     let script = format!(
-        "uname -m; getconf LONG_BIT; mkdir -p {d} && cd {d} && pwd && df -Pk . | tail -n 1; command -v sha256sum >/dev/null && echo sha256sum-ok",
+        "uname -m; getconf LONG_BIT; mkdir -p {d} && cd {d} && pwd && df -Pk . | tail -n 1; command -v sha256sum >/dev/null && echo sha256sum-ok; echo clock=$(date +%s.%N)",
         d = q(&pi.dir)
     );
     let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
     if ctx.dry {
         return Ok(());
     }
+    // `date` ran just before ssh returned: compare with the time here now
+    let here = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    pi.clock_offset = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("clock="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|t| t - here);
     if !ok {
         if err.contains("No space left") || err.contains("Read-only file system") {
             bail!(
@@ -831,10 +843,32 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
 
+    if let Some(w) = clock_warning(&recv, &send) {
+        eprintln!("deploy: warning: {w}");
+    }
     if o.install || o.uninstall {
         return services(&ctx, &recv, &send, o.install);
     }
     stream(&ctx, &recv, &send, o.timeout)
+}
+
+/// Two Pis' clocks more than this apart (seconds) make the receiver's latency
+/// numbers meaningless (it stops measuring them, see its stats).
+const CLOCK_SKEW: f64 = 1.0;
+
+/// A warning when the two Pis' clocks (as seen from here) are far apart.
+fn clock_warning(recv: &Pi, send: &Pi) -> Option<String> {
+    let d = send.clock_offset? - recv.clock_offset?;
+    (d.abs() > CLOCK_SKEW).then(|| {
+        format!(
+            "the clocks of {} and {} are {:.1} s apart (the sender's {}): the receiver cannot \
+             measure latency until they agree; sync them (docs/DEPLOY.md, \"Clocks\")",
+            send.host_label(),
+            recv.host_label(),
+            d.abs(),
+            if d > 0.0 { "ahead" } else { "behind" }
+        )
+    })
 }
 
 /// The sender's `--to`, given the port the receiver listens on.
@@ -1354,9 +1388,21 @@ pub fn self_test() -> Result<()> {
             base.join("systemctl.log").display()
         ),
     )?;
+    // and for date: the sender "Pi" (working in pi2/) is an hour behind, for the clock check
+    let fake_date = fakebin.join("date");
+    std::fs::write(
+        &fake_date,
+        "#!/bin/sh
+# stand-in for date in the deploy test: the sender \"Pi\" is an hour behind
+case \"$PWD\" in */pi2/*) if [ \"$1\" = +%s.%N ]; then /bin/date +%s.%N | awk '{ printf \"%.3f\\n\", $1 - 3600 }'; exit; fi;; esac
+exec /bin/date \"$@\"
+",
+    )?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+        for f in [&fake, &fake_date] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755))?;
+        }
     }
     let stranger = base.join("stranger_key");
     keygen(&stranger)?;
@@ -1436,6 +1482,7 @@ args = [{send_args}]
     )?;
     for needle in [
         "verified on the Pi",
+        "s apart (the sender's behind)",
         "[recv 127.0.0.1:",
         "[send 127.0.0.1:",
         "listening on",
@@ -1684,7 +1731,33 @@ fn expand_home(p: &str) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::systemd_word;
+    use super::{clock_warning, systemd_word, Pi, PiConf, Role};
+
+    #[test]
+    fn clocks_far_apart_are_a_warning() {
+        let pi = |role, host: &str, off: Option<f64>| {
+            let mut p = Pi::resolve(
+                role,
+                PiConf {
+                    host: Some(host.into()),
+                    build: Some("armv6".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            p.clock_offset = off;
+            p
+        };
+        let r = pi(Role::Receiver, "pizero", Some(0.2));
+        let near = pi(Role::Sender, "pi2", Some(-0.5));
+        assert_eq!(clock_warning(&r, &near), None);
+        let w = clock_warning(&r, &pi(Role::Sender, "pi2", Some(-3600.3))).unwrap();
+        assert!(
+            w.contains("pi2 and pizero are 3600.5 s apart (the sender's behind)"),
+            "{w}"
+        );
+        assert_eq!(clock_warning(&r, &pi(Role::Sender, "pi2", None)), None);
+    }
 
     #[test]
     fn systemd_words_keep_their_text() {

@@ -144,6 +144,10 @@ pub struct SenderSnapshot {
     pub total_latency_p99_ms: Option<f64>,
     /// Sequence number of the last frame.
     pub last_sequence: Option<u64>,
+    /// Set when the sender's clock is too far from this host's for latency
+    /// to mean anything: about how far, in seconds (positive: the sender's
+    /// clock is ahead). Latency is then not measured until it reconnects.
+    pub clock_offset_s: Option<f64>,
 }
 
 impl SenderSnapshot {
@@ -165,9 +169,13 @@ impl SenderSnapshot {
                 self.total_latency_p99_ms,
             )
         };
+        let clock = match self.clock_offset_s {
+            Some(off) => format!(" (not measured: clocks {:.0} s apart)", off.abs()),
+            None => String::new(),
+        };
         format!(
             "{}: {} frames ({} lost, {} corrupt, {} incomplete{}), {:.1} fps, {:.1} Mbit/s, \
-             ratio {:.2}, latency p50 {} ms p99 {} ms{}",
+             ratio {:.2}, latency p50 {} ms p99 {} ms{clock}{}",
             self.name,
             self.received,
             self.lost,
@@ -206,7 +214,19 @@ pub struct SenderStats {
     window_start: Instant,
     window_frames: u64,
     window_bytes: u64,
+    /// The next frame is the first of a connection: its latency also tells
+    /// whether the sender's clock is behind (see [`SenderStats::frame`]).
+    first_of_stream: bool,
 }
+
+/// A sender whose clock is ahead of this host's by more than this (µs)
+/// gives negative latencies: its clock is off, not the network fast.
+const CLOCK_AHEAD_US: i128 = 100_000;
+/// The first frame of a connection waits for nothing but the network (the
+/// sender's queue is fresh), so a latency above this (µs) means the
+/// sender's clock is behind this host's. (Later frames may legitimately
+/// wait this long behind a stalled output.)
+const CLOCK_BEHIND_US: i128 = 30_000_000;
 
 impl SenderStats {
     fn new(name: &str) -> Self {
@@ -224,6 +244,7 @@ impl SenderStats {
             window_start: Instant::now(),
             window_frames: 0,
             window_bytes: 0,
+            first_of_stream: true,
         }
     }
 
@@ -234,6 +255,9 @@ impl SenderStats {
         self.snap.connections += 1;
         self.open += 1;
         self.snap.connected = true;
+        // judge the clocks again: they may have been set right meanwhile
+        self.first_of_stream = true;
+        self.snap.clock_offset_s = None;
     }
 
     /// One of its streams closed.
@@ -258,11 +282,28 @@ impl SenderStats {
         self.window_frames += 1;
         self.window_bytes += wire;
         let restarted = self.sequence_seen(h.sequence);
+        let first = std::mem::replace(&mut self.first_of_stream, false);
         if h.timestamp_us != 0 {
-            // clocks of two hosts may disagree: a negative latency counts as 0
-            let lat = written_at_us.saturating_sub(h.timestamp_us);
-            self.total.record(lat);
-            self.window.record(lat);
+            // The two hosts' clocks: receiver minus sender, plus the latency.
+            let d = written_at_us as i128 - h.timestamp_us as i128;
+            if d < -CLOCK_AHEAD_US || (first && d > CLOCK_BEHIND_US) {
+                if self.snap.clock_offset_s.is_none() {
+                    log::warn!(
+                        "{}: its clock is about {:.1} s {} this host's: latency is not measured \
+                         (p50/p99 \"-\") until both clocks agree (NTP; two Pis without internet: \
+                         see \"Clocks\" in docs/DEPLOY.md)",
+                        self.snap.name,
+                        (d as f64 / 1e6).abs(),
+                        if d < 0 { "ahead of" } else { "behind" }
+                    );
+                }
+                self.snap.clock_offset_s = Some(-d as f64 / 1e6);
+            } else if self.snap.clock_offset_s.is_none() {
+                // a few ms ahead (clocks close, not equal) count as 0
+                let lat = d.max(0) as u64;
+                self.total.record(lat);
+                self.window.record(lat);
+            }
         }
         restarted
     }
@@ -510,6 +551,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         ("avg_fps", Some(s.avg_fps)),
         ("avg_mbps", Some(s.avg_mbps)),
         ("compression_ratio", Some(s.compression_ratio)),
+        ("clock_offset_s", s.clock_offset_s),
         ("latency_p50_ms", s.latency_p50_ms),
         ("latency_p99_ms", s.latency_p99_ms),
         ("total_latency_p50_ms", s.total_latency_p50_ms),
@@ -567,6 +609,50 @@ mod tests {
         let json = reg.to_json();
         assert!(json.contains("\"name\": \"cam\""), "{json}");
         assert!(json.contains("\"lost\": 2"), "{json}");
+    }
+
+    #[test]
+    fn a_sender_clock_far_off_is_reported_not_measured() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        let at = |seq, ts| {
+            let mut h = Header::new(8, 1, seq, 0, 1);
+            h.timestamp_us = ts;
+            h
+        };
+        let now = 1_000_000_000_000u64; // the receiver's clock, µs
+                                        // the sender's clock 5 s ahead: every latency would be negative
+        s.connected("a:1", "tcp");
+        s.frame(&at(0, now + 5_000_000), 1, now);
+        s.frame(&at(1, now + 5_000_000), 1, now);
+        let snap = s.snapshot();
+        assert_eq!(snap.clock_offset_s, Some(5.0));
+        assert_eq!(snap.total_latency_p50_ms, None);
+        assert!(
+            snap.line(false).contains("clocks 5 s apart"),
+            "{}",
+            snap.line(false)
+        );
+        // its clock set right and reconnected: measured again
+        s.connected("a:2", "tcp");
+        s.frame(&at(2, now - 2_000), 1, now);
+        let snap = s.snapshot();
+        assert_eq!(snap.clock_offset_s, None);
+        assert!(snap
+            .total_latency_p50_ms
+            .is_some_and(|v| (v - 2.0).abs() < 0.1));
+        // an hour behind, seen at the first frame of a connection
+        s.connected("a:3", "tcp");
+        s.frame(&at(3, now - 3_600_000_000), 1, now);
+        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
+        // a later frame held 40 s behind a stalled output is a real latency
+        s.connected("a:4", "tcp");
+        s.frame(&at(4, now - 1_000), 1, now);
+        s.frame(&at(5, now - 40_000_000), 1, now);
+        let snap = s.snapshot();
+        assert_eq!(snap.clock_offset_s, None);
+        assert!(snap.total_latency_p99_ms.is_some_and(|v| v > 39_000.0));
     }
 
     #[test]

@@ -227,6 +227,9 @@ const CLOCK_AHEAD_US: i128 = 100_000;
 /// sender's clock is behind this host's. (Later frames may legitimately
 /// wait this long behind a stalled output.)
 const CLOCK_BEHIND_US: i128 = 30_000_000;
+/// A latency this small (µs) after the clocks were found apart means one of
+/// them has been set right since.
+const CLOCK_AGAIN_US: i128 = 1_000_000;
 
 impl SenderStats {
     fn new(name: &str) -> Self {
@@ -298,7 +301,15 @@ impl SenderStats {
                     );
                 }
                 self.snap.clock_offset_s = Some(-d as f64 / 1e6);
-            } else if self.snap.clock_offset_s.is_none() {
+            } else if self.snap.clock_offset_s.is_some() && d <= CLOCK_AGAIN_US {
+                // a clock was set (an NTP step after boot): measure again
+                log::info!(
+                    "{}: the clocks agree again; measuring latency",
+                    self.snap.name
+                );
+                self.snap.clock_offset_s = None;
+            }
+            if self.snap.clock_offset_s.is_none() {
                 // a few ms ahead (clocks close, not equal) count as 0
                 let lat = d.max(0) as u64;
                 self.total.record(lat);
@@ -634,8 +645,7 @@ mod tests {
             "{}",
             snap.line(false)
         );
-        // its clock set right and reconnected: measured again
-        s.connected("a:2", "tcp");
+        // its clock set right (an NTP step): measured again
         s.frame(&at(2, now - 2_000), 1, now);
         let snap = s.snapshot();
         assert_eq!(snap.clock_offset_s, None);
@@ -645,6 +655,8 @@ mod tests {
         // an hour behind, seen at the first frame of a connection
         s.connected("a:3", "tcp");
         s.frame(&at(3, now - 3_600_000_000), 1, now);
+        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
+        s.frame(&at(4, now - 3_600_000_000), 1, now);
         assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
         // a later frame held 40 s behind a stalled output is a real latency
         s.connected("a:4", "tcp");

@@ -1,0 +1,264 @@
+//! Tidy checks on the repository itself (in the spirit of rust-analyzer's):
+//! the docs' links lead somewhere, the options the docs tell people to type
+//! exist, and the tooling stays plain Rust.
+
+use bitmask_tests::*;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// README.md and every Markdown file under docs/.
+fn markdown_files() -> Vec<PathBuf> {
+    let root = root();
+    let mut v = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Text outside fenced code blocks, with inline code spans removed.
+fn prose(text: &str) -> String {
+    let mut out = String::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            let mut inside = false;
+            for part in line.split('`') {
+                if !inside {
+                    out.push_str(part);
+                }
+                inside = !inside;
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, blanks to `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut set = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            set.insert(slug(line.trim_start_matches('#')));
+        }
+    }
+    set
+}
+
+/// The `](target)` parts of Markdown links in `text`.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        if let Some(j) = rest.find(')') {
+            v.push(rest[..j].to_string());
+            rest = &rest[j..];
+        }
+    }
+    v
+}
+
+#[test]
+fn doc_links_lead_to_files_and_headings_that_exist() {
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for md in markdown_files() {
+        let text = std::fs::read_to_string(&md).unwrap();
+        for target in link_targets(&prose(&text)) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue; // no network here
+            }
+            let (path, anchor) = match target.split_once('#') {
+                Some((p, a)) => (p, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let file = if path.is_empty() {
+                md.clone()
+            } else {
+                md.parent().unwrap().join(path)
+            };
+            checked += 1;
+            if !file.exists() {
+                bad.push(format!("{}: {target}: no such file", md.display()));
+                continue;
+            }
+            if let Some(a) = anchor {
+                let body = std::fs::read_to_string(&file).unwrap_or_default();
+                if !anchors(&body).contains(a) {
+                    bad.push(format!(
+                        "{}: {target}: no heading with anchor #{a} in {}",
+                        md.display(),
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 10,
+        "only {checked} links found: is the parser broken?"
+    );
+    assert!(bad.is_empty(), "broken doc links:\n{}", bad.join("\n"));
+}
+
+/// The long options a program's `--help` lists.
+fn help_options(bin_name: &str) -> BTreeSet<String> {
+    let out = run(Command::new(bin(bin_name)).arg("--help"));
+    assert!(out.status.success(), "{bin_name} --help: {}", out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut set = BTreeSet::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('-') {
+            for w in t.split([' ', ',', '=', '<']) {
+                if let Some(o) = w.strip_prefix("--") {
+                    if !o.is_empty() {
+                        set.insert(o.to_string());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        set.contains("help"),
+        "{bin_name}: no options parsed from\n{text}"
+    );
+    set
+}
+
+/// `s` with quoted parts (an `--input-command` or `--exec` command line,
+/// whose options are another program's) blanked out.
+fn unquoted(s: &str) -> String {
+    let mut quote = None;
+    s.chars()
+        .map(|c| match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                ' '
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                ' '
+            }
+            (Some(_), _) => ' ',
+            (None, c) => c,
+        })
+        .collect()
+}
+
+#[test]
+fn options_in_doc_command_lines_exist() {
+    // Every `bitmask-send ...` / `bitmask-recv ...` command line in the
+    // docs (code blocks and inline code, continuation lines joined) uses
+    // only options its --help lists.
+    let known = [
+        ("bitmask-send", help_options("bitmask-send")),
+        ("bitmask-recv", help_options("bitmask-recv")),
+    ];
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for md in markdown_files()
+        .into_iter()
+        .chain([root().join("deploy.example.toml")])
+    {
+        let text = std::fs::read_to_string(&md).unwrap().replace("\\\n", " ");
+        for line in text.lines() {
+            // a command line may hold a pipe: judge each stage by its program
+            for stage in line.split('|') {
+                for (name, opts) in &known {
+                    let Some(i) = stage.find(name) else { continue };
+                    // the program name as a word (a path ending in it counts)
+                    let after = &stage[i + name.len()..];
+                    if !(after.is_empty() || after.starts_with(' ')) {
+                        continue;
+                    }
+                    for w in unquoted(after).split(|c: char| c.is_whitespace() || c == '`') {
+                        let w = w.trim_matches(|c: char| "\"',;:.)(".contains(c));
+                        let Some(o) = w.strip_prefix("--") else {
+                            continue;
+                        };
+                        let o = o.split('=').next().unwrap_or(o);
+                        if o.is_empty() || !o.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                            continue;
+                        }
+                        checked += 1;
+                        if !opts.contains(o) {
+                            bad.push(format!(
+                                "{}: {name} --{o}: not in its --help ({line})",
+                                md.display()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} options found in the docs: is the scan broken?"
+    );
+    assert!(
+        bad.is_empty(),
+        "options the docs use but the programs lack:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn tooling_is_rust_not_shell_scripts() {
+    // xtask is plain Rust; the one shell file is the CI entry point, which
+    // only calls `cargo xtask ci`.
+    let out = run(Command::new("git")
+        .args(["ls-files", "*.sh", "*.bash"])
+        .current_dir(root()));
+    if !out.status.success() {
+        skip("git ls-files failed (not a git checkout?)");
+        return;
+    }
+    let files = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        files.trim().is_empty(),
+        "shell scripts in the repo:\n{files}"
+    );
+    let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    let commands: Vec<&str> = ci
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("set "))
+        .collect();
+    assert!(
+        commands.iter().all(|l| l.contains("cargo xtask ci")
+            || l.starts_with("cd ")
+            || l.starts_with("exec cargo xtask ci")),
+        ".ci/run should only run `cargo xtask ci`: {commands:?}"
+    );
+}

@@ -8,7 +8,7 @@ As a tool:    python3 bitmask_wire.py recv 127.0.0.1:5000 OUTDIR [--count N]   #
               python3 bitmask_wire.py send HOST:PORT [--channel blue --threshold 170] IMAGE...
 Needs numpy; thresholding images (8-bit gray/RGB/RGBA) needs Pillow.
 """
-import argparse, socket, struct, sys, time, zlib
+import argparse, socket, struct, sys, time, unicodedata, zlib
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -65,9 +65,21 @@ def read_hello(f):
     if not 1 <= n <= 255:
         raise WireError(f"bad hello: name length {n} is not 1..=255")
     try:
-        return _read(f, n, "hello", 8).decode("utf-8"), b""
+        name = _read(f, n, "hello", 8).decode("utf-8")
     except UnicodeDecodeError as e:
         raise WireError(f"bad hello: name is not UTF-8: {e}") from None
+    return check_name(name), b""
+
+
+def check_name(name):
+    """`name` if it is a valid sender name (usable as a directory name), else WireError."""
+    n = len(name.encode("utf-8"))
+    if not 1 <= n <= 255:
+        raise WireError(f"bad hello: name length {n} is not 1..=255")
+    # Rust's char::is_control is Unicode category Cc
+    if name in (".", "..") or any(c in "/\\" or unicodedata.category(c) == "Cc" for c in name):
+        raise WireError(f"bad hello: name {name!r} is not usable as a directory name")
+    return name
 
 
 def read_frame(f, prefix=b"", max_w=MAX_SIZE, max_h=MAX_SIZE):
@@ -99,7 +111,7 @@ def read_frame(f, prefix=b"", max_w=MAX_SIZE, max_h=MAX_SIZE):
 
 def hello(name):
     """The hello announcing sender `name` (1..=255 bytes of UTF-8, usable as a directory name)."""
-    b = name.encode("utf-8")
+    b = check_name(name).encode("utf-8")
     return HELLO_MAGIC + struct.pack("<BBH", VERSION, 0, len(b)) + b
 
 

@@ -417,6 +417,26 @@ for what, (data, exc, text) in cases.items():
     else:
         raise AssertionError(f"{what}: no {exc.__name__}")
 print(f"rejected {len(cases)}")
+
+# names the Rust side refuses (PROTOCOL.md section 2), refused here too
+bad_names = ["a/b", "a\\b", ".", "..", "x\x07", "x" * 256]
+for n in bad_names:
+    b = n.encode()
+    raw = bw.HELLO_MAGIC + struct.pack("<BBH", 1, 0, len(b)) + b
+    try:
+        bw.read_hello(io.BytesIO(raw))
+    except bw.WireError as e:
+        assert "bad hello" in str(e), (n, str(e))
+    else:
+        raise AssertionError(f"hello name {n!r} accepted")
+    try:
+        bw.hello(n)
+    except bw.WireError:
+        pass
+    else:
+        raise AssertionError(f"hello({n!r}) made")
+assert bw.read_hello(io.BytesIO(bw.hello("pi cam é")))[0] == "pi cam é"
+print(f"names refused {len(bad_names)}")
 "#;
 
 #[test]
@@ -430,7 +450,7 @@ fn python_reader_agrees_with_the_protocol_doc_and_rejects_bad_frames() {
         &[module_dir.to_str().unwrap(), doc.to_str().unwrap()],
     );
     assert_eq!(
-        out, "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\n",
+        out, "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\nnames refused 6\n",
         "fields of the worked example, then every broken variant rejected"
     );
 }

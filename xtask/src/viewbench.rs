@@ -103,7 +103,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "Receiver throughput on loopback with and without the live view: release build, \
          {frames} 1024x768 frames per run, uncompressed (sender `--codec raw --no-drop` as fast \
          as it goes: the heaviest data path per frame), receiver `--out -` to /dev/null, {rounds} interleaved rounds, medians; \
-         {} cores shared by sender, receiver and browser. `cargo xtask bench view`.\n\n\
+         {} cores shared by sender, receiver and browser. `cargo xtask bench view --frames {frames} --rounds {rounds}`.\n\n\
          | receiver | fps | Mbit/s | throughput vs no --http | receiver CPU ms per 1000 frames | CPU vs no --http | HTTP requests / PNGs encoded / 503 during the run |\n\
          |---|---:|---:|---:|---:|---:|---|\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -72,6 +72,14 @@ impl Histogram {
         self.n += 1;
     }
 
+    /// Adds the samples of `other`.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.n += other.n;
+    }
+
     /// The `q` quantile (0..=1), None when empty.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         if self.n == 0 {
@@ -462,11 +470,24 @@ impl StatsRegistry {
             .collect()
     }
 
-    /// Sum over all senders (name "total"; latency from the senders' totals is not merged).
+    /// Sum over all senders (name "total"); its latency is over all their
+    /// frames since the start (the per-interval latency is left out).
     pub fn total(&self) -> SenderSnapshot {
-        let all = self.snapshot();
+        let handles: Vec<SenderHandle> = self.map().values().cloned().collect();
+        let mut latency = Histogram::default();
+        let all: Vec<SenderSnapshot> = handles
+            .iter()
+            .map(|h| {
+                let s = lock(h);
+                latency.merge(&s.total);
+                s.snapshot()
+            })
+            .collect();
+        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
         let mut t = SenderSnapshot {
             name: "total".into(),
+            total_latency_p50_ms: ms(latency.quantile(0.50)),
+            total_latency_p99_ms: ms(latency.quantile(0.99)),
             ..Default::default()
         };
         for s in &all {
@@ -602,6 +623,32 @@ mod tests {
         assert_eq!(small.quantile(0.99), Some(7));
         small.record(u64::MAX);
         assert!(small.quantile(1.0).unwrap() > 1 << 62);
+    }
+
+    #[test]
+    fn the_total_merges_the_senders_latencies() {
+        let reg = StatsRegistry::new();
+        let now = 1_000_000_000_000u64;
+        for (name, lat_ms) in [("a", 2u64), ("b", 40)] {
+            let h = reg.sender(name);
+            let mut s = lock(&h);
+            for seq in 0..10 {
+                let mut hd = Header::new(8, 1, seq, 0, 1);
+                hd.timestamp_us = now - lat_ms * 1000;
+                s.frame(&hd, 1, now);
+            }
+        }
+        let t = reg.total();
+        assert_eq!(t.received, 20);
+        let p50 = t.total_latency_p50_ms.expect("merged p50");
+        let p99 = t.total_latency_p99_ms.expect("merged p99");
+        assert!(
+            (1.9..2.1).contains(&p50) || (38.0..42.0).contains(&p50),
+            "{p50}"
+        );
+        assert!((38.0..42.0).contains(&p99), "{p99}");
+        assert!(t.line(false).contains("latency p50"), "{}", t.line(false));
+        assert!(!t.line(false).contains("p99 - ms"), "{}", t.line(false));
     }
 
     #[test]

@@ -843,8 +843,10 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
 
-    if let Some(w) = clock_warning(&recv, &send) {
-        eprintln!("deploy: warning: {w}");
+    if !o.uninstall {
+        if let Some(w) = clock_warning(&recv, &send) {
+            eprintln!("deploy: warning: {w}");
+        }
     }
     if o.install || o.uninstall {
         return services(&ctx, &recv, &send, o.install);
@@ -1109,12 +1111,26 @@ WantedBy=multi-user.target
 /// doubled; a word with blanks or quotes is double-quoted (a camera
 /// command for `--input-command` is one such word).
 fn systemd_word(a: &str) -> String {
-    let w = a
-        .replace('\\', "\\\\")
-        .replace('$', "$$")
-        .replace('%', "%%");
-    if w.is_empty() || w.contains([' ', '\t', '"', '\'', ';']) {
-        format!("\"{}\"", w.replace('"', "\\\""))
+    let mut w = String::new();
+    for c in a.chars() {
+        match c {
+            '\\' => w.push_str("\\\\"),
+            '$' => w.push_str("$$"),
+            '%' => w.push_str("%%"),
+            '"' => w.push_str("\\\""),
+            '\n' => w.push_str("\\n"),
+            '\t' => w.push_str("\\t"),
+            // other control characters as C escapes (a raw newline would end the line)
+            c if c.is_control() => {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    w.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => w.push(c),
+        }
+    }
+    if w.is_empty() || a.contains([' ', '"', '\'', ';']) || a.chars().any(char::is_control) {
+        format!("\"{w}\"")
     } else {
         w
     }
@@ -1770,5 +1786,8 @@ mod tests {
         // systemd expands $VAR and %x and takes C escapes: doubled
         assert_eq!(systemd_word("a$B%c\\d"), "a$$B%%c\\\\d");
         assert_eq!(systemd_word("say \"hi\"; x"), "\"say \\\"hi\\\"; x\"");
+        // a newline would end the ExecStart line; other controls as C escapes
+        assert_eq!(systemd_word("a\nb\tc"), "\"a\\nb\\tc\"");
+        assert_eq!(systemd_word("a\u{85}"), "\"a\\xc2\\x85\"");
     }
 }

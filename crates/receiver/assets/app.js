@@ -90,6 +90,10 @@ function render(s) {
     for (const k of ["latency_p50_ms", "latency_p99_ms", "total_latency_p50_ms", "total_latency_p99_ms"]) {
       set(el, k, fmt(x[k], 2));
     }
+    if (x.clock_offset_s !== null && x.clock_offset_s !== undefined) {
+      // the sender's clock is far from the receiver's: latency is not measured
+      set(el, "latency_p50_ms", "not measured: clocks " + fmt(Math.abs(x.clock_offset_s), 1) + " s apart");
+    }
     set(el, "lost", String(x.lost));
     set(el, "corrupt", String(x.corrupt));
     set(el, "incomplete", String(x.incomplete));

@@ -427,6 +427,7 @@ fn stats_json(shared: &Shared) -> String {
         json_num(&mut o, "latency_p99_ms", s.latency_p99_ms, 2);
         json_num(&mut o, "total_latency_p50_ms", s.total_latency_p50_ms, 2);
         json_num(&mut o, "total_latency_p99_ms", s.total_latency_p99_ms, 2);
+        json_num(&mut o, "clock_offset_s", s.clock_offset_s, 3);
         o.push_str(",\"history\":{\"fps\":[");
         let hist: Vec<(f64, Option<f64>)> = slot
             .as_ref()

@@ -154,7 +154,8 @@ pub struct SenderSnapshot {
     pub last_sequence: Option<u64>,
     /// Set when the sender's clock is too far from this host's for latency
     /// to mean anything: about how far, in seconds (positive: the sender's
-    /// clock is ahead). Latency is then not measured until it reconnects.
+    /// clock is ahead). Latency is not measured while it is set; it is
+    /// cleared when the clocks agree again.
     pub clock_offset_s: Option<f64>,
 }
 
@@ -178,6 +179,9 @@ impl SenderSnapshot {
             )
         };
         let clock = match self.clock_offset_s {
+            Some(off) if off.abs() < 10.0 => {
+                format!(" (not measured: clocks {:.2} s apart)", off.abs())
+            }
             Some(off) => format!(" (not measured: clocks {:.0} s apart)", off.abs()),
             None => String::new(),
         };
@@ -222,22 +226,31 @@ pub struct SenderStats {
     window_start: Instant,
     window_frames: u64,
     window_bytes: u64,
-    /// The next frame is the first of a connection: its latency also tells
-    /// whether the sender's clock is behind (see [`SenderStats::frame`]).
-    first_of_stream: bool,
+    /// Judging the clocks (see [`SenderStats::clock_sample`]): latencies far
+    /// behind at the start of a connection, or after a jump, wait here until
+    /// a plausible one comes or there are [`JUDGE_FRAMES`] of them.
+    judging: Option<Vec<i128>>,
+    /// This host's wall clock minus its monotonic clock at the last frame,
+    /// µs: a change is this host's clock being set.
+    wall_minus_mono: Option<i128>,
+    /// The clock warning was logged on this connection.
+    clock_warned: bool,
 }
 
 /// A sender whose clock is ahead of this host's by more than this (µs)
 /// gives negative latencies: its clock is off, not the network fast.
 const CLOCK_AHEAD_US: i128 = 100_000;
-/// The first frame of a connection waits for nothing but the network (the
-/// sender's queue is fresh), so a latency above this (µs) means the
-/// sender's clock is behind this host's. (Later frames may legitimately
-/// wait this long behind a stalled output.)
+/// Latencies all above this (µs) over [`JUDGE_FRAMES`] frames at the start
+/// of a connection, or after this host's clock was set, mean the sender's
+/// clock is behind this host's. (A few frames held by a `--no-drop` sender
+/// while the receiver was away are old, but fresh ones follow them; later,
+/// a frame may legitimately wait this long behind a stalled output.)
 const CLOCK_BEHIND_US: i128 = 30_000_000;
-/// A latency this small (µs) after the clocks were found apart means one of
-/// them has been set right since.
-const CLOCK_AGAIN_US: i128 = 1_000_000;
+/// Frames a judgement waits for.
+const JUDGE_FRAMES: usize = 4;
+/// Once the clocks were found apart, a latency in this range (µs) means they
+/// agree again (the lower end is below the ahead limit: no flapping there).
+const CLOCK_AGAIN_US: std::ops::RangeInclusive<i128> = -20_000..=1_000_000;
 
 impl SenderStats {
     fn new(name: &str) -> Self {
@@ -255,7 +268,9 @@ impl SenderStats {
             window_start: Instant::now(),
             window_frames: 0,
             window_bytes: 0,
-            first_of_stream: true,
+            judging: Some(Vec::new()),
+            wall_minus_mono: None,
+            clock_warned: false,
         }
     }
 
@@ -267,7 +282,8 @@ impl SenderStats {
         self.open += 1;
         self.snap.connected = true;
         // judge the clocks again: they may have been set right meanwhile
-        self.first_of_stream = true;
+        self.judging = Some(Vec::new());
+        self.clock_warned = false;
         self.snap.clock_offset_s = None;
     }
 
@@ -275,6 +291,8 @@ impl SenderStats {
     pub fn disconnected(&mut self) {
         self.open = self.open.saturating_sub(1);
         self.snap.connected = self.open > 0;
+        // a short stream: judge on what came
+        self.judge();
     }
 
     /// Counts one frame written; `payload_len` as on the wire, `mask_len`
@@ -293,38 +311,103 @@ impl SenderStats {
         self.window_frames += 1;
         self.window_bytes += wire;
         let restarted = self.sequence_seen(h.sequence);
-        let first = std::mem::replace(&mut self.first_of_stream, false);
         if h.timestamp_us != 0 {
-            // The two hosts' clocks: receiver minus sender, plus the latency.
-            let d = written_at_us as i128 - h.timestamp_us as i128;
-            if d < -CLOCK_AHEAD_US || (first && d > CLOCK_BEHIND_US) {
-                if self.snap.clock_offset_s.is_none() {
-                    log::warn!(
-                        "{}: its clock is about {:.1} s {} this host's: latency is not measured \
-                         (p50/p99 \"-\") until both clocks agree (NTP; two Pis without internet: \
-                         see \"Clocks\" in docs/DEPLOY.md)",
-                        self.snap.name,
-                        (d as f64 / 1e6).abs(),
-                        if d < 0 { "ahead of" } else { "behind" }
-                    );
-                }
-                self.snap.clock_offset_s = Some(-d as f64 / 1e6);
-            } else if self.snap.clock_offset_s.is_some() && d <= CLOCK_AGAIN_US {
-                // a clock was set (an NTP step after boot): measure again
-                log::info!(
-                    "{}: the clocks agree again; measuring latency",
-                    self.snap.name
-                );
-                self.snap.clock_offset_s = None;
-            }
-            if self.snap.clock_offset_s.is_none() {
-                // a few ms ahead (clocks close, not equal) count as 0
-                let lat = d.max(0) as u64;
-                self.total.record(lat);
-                self.window.record(lat);
-            }
+            self.host_clock_check(written_at_us);
+            // receiver minus sender clock: the latency plus any clock offset
+            self.clock_sample(written_at_us as i128 - h.timestamp_us as i128);
         }
         restarted
+    }
+
+    /// This host's clock set since the last frame (an NTP step after boot)
+    /// shifts every latency: judge the clocks again.
+    fn host_clock_check(&mut self, wall_us: u64) {
+        static MONO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let mono = MONO.get_or_init(Instant::now).elapsed().as_micros() as i128;
+        let now = wall_us as i128 - mono;
+        if let Some(before) = self.wall_minus_mono.replace(now) {
+            if (now - before).abs() > 1_000_000 {
+                log::info!(
+                    "{}: this host's clock was set ({:+.1} s): judging the clocks again",
+                    self.snap.name,
+                    (now - before) as f64 / 1e6
+                );
+                self.judging = Some(Vec::new());
+            }
+        }
+    }
+
+    /// One frame's receiver-minus-sender time `d` (µs): a latency, unless
+    /// the two clocks disagree (see [`CLOCK_AHEAD_US`], [`CLOCK_BEHIND_US`]).
+    fn clock_sample(&mut self, d: i128) {
+        if d < -CLOCK_AHEAD_US {
+            self.judging = None;
+            self.clocks_apart(d);
+            return;
+        }
+        if let Some(j) = self.judging.as_mut() {
+            // one plausible latency settles it; far-behind ones wait for more
+            j.push(d);
+            if d <= CLOCK_BEHIND_US || j.len() >= JUDGE_FRAMES {
+                self.judge();
+            }
+            return;
+        }
+        if self.snap.clock_offset_s.is_some() {
+            if !CLOCK_AGAIN_US.contains(&d) {
+                return;
+            }
+            log::info!(
+                "{}: the clocks agree again; measuring latency",
+                self.snap.name
+            );
+            self.snap.clock_offset_s = None;
+        }
+        self.record_latency(d);
+    }
+
+    /// Ends a judgement: all its samples far behind means the clocks are apart.
+    fn judge(&mut self) {
+        let Some(j) = self.judging.take() else {
+            return;
+        };
+        match j.iter().min() {
+            Some(&min) if min > CLOCK_BEHIND_US => self.clocks_apart(min),
+            Some(_) => {
+                if self.snap.clock_offset_s.take().is_some() {
+                    log::info!(
+                        "{}: the clocks agree again; measuring latency",
+                        self.snap.name
+                    );
+                }
+                for d in j {
+                    self.record_latency(d);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn clocks_apart(&mut self, d: i128) {
+        if !self.clock_warned {
+            self.clock_warned = true;
+            log::warn!(
+                "{}: its clock is about {:.1} s {} this host's: latency is not measured \
+                 (p50/p99 \"-\") until both clocks agree (NTP; two Pis without internet: \
+                 see \"Clocks\" in docs/DEPLOY.md)",
+                self.snap.name,
+                (d as f64 / 1e6).abs(),
+                if d < 0 { "ahead of" } else { "behind" }
+            );
+        }
+        self.snap.clock_offset_s = Some(-d as f64 / 1e6);
+    }
+
+    fn record_latency(&mut self, d: i128) {
+        // a few ms ahead (clocks close, not equal) count as 0
+        let lat = d.clamp(0, u64::MAX as i128) as u64;
+        self.total.record(lat);
+        self.window.record(lat);
     }
 
     /// Counts a frame that arrived whole but could not be written; its
@@ -680,7 +763,8 @@ mod tests {
             h
         };
         let now = 1_000_000_000_000u64; // the receiver's clock, µs
-                                        // the sender's clock 5 s ahead: every latency would be negative
+        let p99 = |s: &SenderStats| s.snapshot().total_latency_p99_ms;
+        // the sender's clock 5 s ahead: every latency would be negative
         s.connected("a:1", "tcp");
         s.frame(&at(0, now + 5_000_000), 1, now);
         s.frame(&at(1, now + 5_000_000), 1, now);
@@ -688,30 +772,73 @@ mod tests {
         assert_eq!(snap.clock_offset_s, Some(5.0));
         assert_eq!(snap.total_latency_p50_ms, None);
         assert!(
-            snap.line(false).contains("clocks 5 s apart"),
+            snap.line(false).contains("clocks 5.00 s apart"),
             "{}",
             snap.line(false)
         );
         // its clock set right (an NTP step): measured again
         s.frame(&at(2, now - 2_000), 1, now);
-        let snap = s.snapshot();
-        assert_eq!(snap.clock_offset_s, None);
-        assert!(snap
-            .total_latency_p50_ms
-            .is_some_and(|v| (v - 2.0).abs() < 0.1));
-        // an hour behind, seen at the first frame of a connection
+        assert_eq!(s.snapshot().clock_offset_s, None);
+        assert!(p99(&s).is_some_and(|v| (v - 2.0).abs() < 0.1));
+        // just past the ahead limit and back a little: no flapping
+        s.frame(&at(3, now + 100_500), 1, now);
+        assert!(s.snapshot().clock_offset_s.is_some());
+        s.frame(&at(4, now + 99_000), 1, now);
+        assert!(s.snapshot().clock_offset_s.is_some(), "hysteresis");
+        s.frame(&at(5, now + 5_000), 1, now);
+        assert_eq!(s.snapshot().clock_offset_s, None);
+
+        // an hour behind from the start of a connection: judged on 4 frames
+        s.connected("a:2", "tcp");
+        for seq in 10..13 {
+            s.frame(&at(seq, now - 3_600_000_000), 1, now);
+            assert_eq!(s.snapshot().clock_offset_s, None, "still judging");
+        }
+        s.frame(&at(13, now - 3_600_000_000), 1, now);
+        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
+        assert!(p99(&s).is_some_and(|v| v < 10.0), "no hour in the latency");
+
+        // frames held 35 s by a --no-drop sender while the receiver was away,
+        // then fresh ones: real latencies, no clock warning
         s.connected("a:3", "tcp");
-        s.frame(&at(3, now - 3_600_000_000), 1, now);
-        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
-        s.frame(&at(4, now - 3_600_000_000), 1, now);
-        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
-        // a later frame held 40 s behind a stalled output is a real latency
-        s.connected("a:4", "tcp");
-        s.frame(&at(4, now - 1_000), 1, now);
-        s.frame(&at(5, now - 40_000_000), 1, now);
+        s.frame(&at(20, now - 35_000_000), 1, now);
+        s.frame(&at(21, now - 34_900_000), 1, now);
+        s.frame(&at(22, now - 3_000), 1, now);
+        assert_eq!(s.snapshot().clock_offset_s, None);
+        assert!(
+            p99(&s).is_some_and(|v| v > 34_000.0),
+            "held frames are real latency"
+        );
+
+        // a frame held 40 s mid-stream behind a stalled output is a real latency
+        s.frame(&at(23, now - 40_000_000), 1, now);
+        s.frame(&at(24, now - 39_000_000), 1, now);
+        s.frame(&at(25, now - 38_000_000), 1, now);
+        s.frame(&at(26, now - 37_000_000), 1, now);
+        assert_eq!(s.snapshot().clock_offset_s, None);
+    }
+
+    #[test]
+    fn this_hosts_clock_set_mid_stream_is_judged_again() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        let mut hd = Header::new(8, 1, 0, 0, 1);
+        let wall = 1_000_000_000_000u64;
+        s.connected("a:1", "tcp");
+        hd.timestamp_us = wall - 5_000;
+        s.frame(&hd, 1, wall);
+        // this host's clock jumps an hour ahead; the sender's does not
+        for seq in 1..5 {
+            hd.sequence = seq;
+            s.frame(&hd, 1, wall + 3_600_000_000);
+        }
         let snap = s.snapshot();
-        assert_eq!(snap.clock_offset_s, None);
-        assert!(snap.total_latency_p99_ms.is_some_and(|v| v > 39_000.0));
+        assert_eq!(snap.clock_offset_s, Some(-3600.005));
+        assert!(
+            snap.total_latency_p99_ms.is_some_and(|v| v < 10.0),
+            "{snap:?}"
+        );
     }
 
     #[test]

@@ -4,50 +4,83 @@
 //! The command runs through `sh -c` with its stdout a pipe into the sender,
 //! its stdin `/dev/null` and its stderr the sender's (so its messages land in
 //! the same log or journal). It has its own process group, and the kernel
-//! sends it SIGTERM if the sender dies (`PR_SET_PDEATHSIG`), so no camera is
-//! left running behind a killed sender.
+//! sends the shell SIGTERM if the sender dies (`PR_SET_PDEATHSIG`); a camera
+//! program the shell started dies at its next write into the closed pipe.
 //!
-//! - The sender stopping (SIGINT, SIGTERM) sends the command's group SIGTERM at
-//!   once ([`stop`]): its stdout then ends, and the sender sends what it has
-//!   queued and exits 0, without waiting for a frame that will not come.
-//! - The sender ending for any other reason (`--count`, an error) does the
-//!   same when the reader is dropped, then SIGKILL after [`KILL_AFTER`].
+//! - The sender stopping (SIGINT, SIGTERM) sends the command's group SIGTERM
+//!   at once ([`stop`]) and ends the input without waiting for the next
+//!   frame: the sender sends what it has queued and exits 0, however the
+//!   command then exits.
+//! - The sender ending for any other reason (`--count`, an error) ends the
+//!   command when the reader is dropped: SIGTERM to its group, the pipe
+//!   drained meanwhile (a camera blocked on a full pipe can then exit
+//!   cleanly), SIGKILL to whatever is left after [`KILL_AFTER`].
 //! - The command ending by itself: its exit status is checked when its
-//!   stdout ends. Success is the end of the input (the frames read are sent,
-//!   exit 0); a failure is an error naming the command and its status (exit
-//!   1), so a service manager restarts the pair.
+//!   output ends. Success is the end of the input (the frames read are sent,
+//!   exit 0); a failure is an error naming the status (exit 1), so a service
+//!   manager restarts the pair. A command that exits while something it
+//!   started keeps the pipe open (a process left in the background) ends
+//!   the input [`KILL_AFTER`] later.
 
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-/// How long the command may take to exit after SIGTERM (or after closing
-/// its stdout) before its process group is sent SIGKILL.
+/// How long the command may take to exit after SIGTERM before its process
+/// group is sent SIGKILL; also how long a pipe may stay open after the
+/// command itself has exited.
 const KILL_AFTER: Duration = Duration::from_secs(2);
 
-/// The running command's process group (its pid), 0 when there is none.
+/// How often a read waiting for the command looks at the stop flag and at
+/// whether the command is still there.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The command's process group (the shell's pid) while any of it may be
+/// alive, 0 otherwise.
 static GROUP: AtomicI32 = AtomicI32::new(0);
 
-/// Set when the sender stopped the command itself: its end by a signal is
-/// then not a failure.
+/// Set when the sender is stopping the command: however it ends then is
+/// the stop, not a failure.
 static STOPPED: AtomicBool = AtomicBool::new(false);
 
-/// Sends the running input command's process group SIGTERM (the sender is
-/// stopping). Nothing when no command runs. Async-signal-unsafe parts: none
-/// (an atomic load and kill(2)), though it is called from a normal thread.
-pub fn stop() {
-    STOPPED.store(true, SeqCst);
+fn stopping() -> bool {
+    STOPPED.load(SeqCst) || crate::pipeline::stop_requested().is_some()
+}
+
+/// Sends `sig` to the running command's process group, if any.
+fn signal_group(sig: libc::c_int) {
     let group = GROUP.load(SeqCst);
     if group > 0 {
-        // SAFETY: kill(2) on the process group of our own child, which has
-        // not been reaped yet (GROUP is cleared before it is).
+        // SAFETY: kill(2) on the process group of our child; GROUP is
+        // cleared only once no member of it is left.
         #[allow(unsafe_code)]
         unsafe {
-            libc::kill(-group, libc::SIGTERM)
+            libc::kill(-group, sig)
         };
     }
+}
+
+/// The sender is stopping: SIGTERM to the command's process group (its
+/// reader then ends the input at once). Nothing when no command runs.
+pub fn stop() {
+    STOPPED.store(true, SeqCst);
+    signal_group(libc::SIGTERM);
+}
+
+/// The sender exits now: SIGKILL to whatever is left of the command.
+pub fn kill_now() {
+    signal_group(libc::SIGKILL);
+}
+
+/// Whether any process of group `g` is left (zombies of ours included).
+fn group_alive(g: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(-g, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// The input command's stdout as a reader; owns the child.
@@ -55,8 +88,13 @@ pub struct CommandReader {
     cmd: String,
     child: Child,
     stdout: ChildStdout,
-    /// Set once the child has been reaped.
+    group: i32,
+    /// The shell's status once reaped.
     status: Option<ExitStatus>,
+    /// When the shell was seen gone while its output stayed open.
+    exited_at: Option<Instant>,
+    /// The input has ended (end of output, a stop, or an error reported).
+    ended: bool,
 }
 
 impl CommandReader {
@@ -90,13 +128,17 @@ impl CommandReader {
             .spawn()
             .with_context(|| format!("cannot start --input-command `{cmd}` with sh -c"))?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
-        GROUP.store(child.id() as i32, SeqCst);
-        log::info!("--input-command: started `{cmd}` (pid {})", child.id());
+        let group = child.id() as i32;
+        GROUP.store(group, SeqCst);
+        log::info!("--input-command: started `{cmd}` (pid {group})");
         Ok(CommandReader {
             cmd: cmd.to_owned(),
             child,
             stdout,
+            group,
             status: None,
+            exited_at: None,
+            ended: false,
         })
     }
 
@@ -105,90 +147,110 @@ impl CommandReader {
         format!("--input-command `{}`", self.cmd)
     }
 
-    /// Waits up to `limit` for the child to exit (polling), then reaps it.
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        if self.status.is_some() {
-            return self.status;
-        }
-        let t = Instant::now();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => {
-                    GROUP.store(0, SeqCst);
-                    self.status = Some(st);
-                    return self.status;
-                }
-                Ok(None) if t.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
-                Ok(None) => return None,
-                Err(e) => {
-                    log::warn!("{}: cannot wait for it: {e}", self.name());
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Signals the child's group (not reaped yet, so the group is ours).
-    fn signal(&self, sig: libc::c_int) {
+    /// Reaps the shell if it has exited.
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            // SAFETY: kill(2) on the process group of our own unreaped child.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(-(self.child.id() as libc::pid_t), sig)
-            };
-        }
-    }
-
-    /// Ends the child: SIGTERM to its group, SIGKILL after [`KILL_AFTER`].
-    fn end(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.signal(libc::SIGTERM);
-            if self.wait_for(KILL_AFTER).is_none() {
-                log::warn!(
-                    "{} did not exit within {} s of SIGTERM: killing it",
-                    self.name(),
-                    KILL_AFTER.as_secs()
-                );
-                self.signal(libc::SIGKILL);
-                self.wait_for(KILL_AFTER);
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.status = Some(st);
             }
         }
         self.status
     }
 
-    /// The stream has ended: is the way the child ended an error?
-    fn check_end(&mut self) -> io::Result<()> {
-        // A command that closed its stdout but runs on is ended here.
-        let st = match self.wait_for(KILL_AFTER) {
-            Some(st) => st,
-            None => {
+    /// Waits up to `limit` for the output to have data or end.
+    fn readable(&self, limit: Duration) -> io::Result<bool> {
+        let mut p = libc::pollfd {
+            fd: self.stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::poll(&mut p, 1, limit.as_millis() as libc::c_int) };
+        match r {
+            r if r > 0 => Ok(true),
+            0 => Ok(false),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Ends the whole process group: SIGTERM, the pipe drained while it
+    /// exits, SIGKILL to what is left after [`KILL_AFTER`]. Returns the
+    /// shell's status.
+    fn end_group(&mut self) -> Option<ExitStatus> {
+        if GROUP.load(SeqCst) != self.group {
+            return self.poll_exit(); // already ended
+        }
+        STOPPED.store(true, SeqCst);
+        signal_group(libc::SIGTERM);
+        let t = Instant::now();
+        let mut sink = [0u8; 16384];
+        let mut open = true;
+        loop {
+            self.poll_exit();
+            if !group_alive(self.group) {
+                break;
+            }
+            if t.elapsed() >= KILL_AFTER {
                 log::warn!(
-                    "{} closed its output but did not exit within {} s: stopping it",
+                    "{} had not exited {} s after SIGTERM: killing its process group",
                     self.name(),
                     KILL_AFTER.as_secs()
                 );
-                self.end();
-                return Ok(());
+                signal_group(libc::SIGKILL);
+                if self.status.is_none() {
+                    self.status = self.child.wait().ok();
+                }
+                break;
             }
+            // keep taking its output, so a writer blocked on a full pipe can finish
+            if open && self.readable(Duration::from_millis(10)).unwrap_or(false) {
+                open = !matches!(self.stdout.read(&mut sink), Ok(0) | Err(_));
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        GROUP.store(0, SeqCst);
+        self.status
+    }
+
+    /// The output has ended: is the way the command ended an error?
+    fn check_end(&mut self) -> io::Result<()> {
+        let t = Instant::now();
+        while self.poll_exit().is_none() && t.elapsed() < KILL_AFTER {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let Some(st) = self.status else {
+            log::warn!(
+                "{} closed its output but did not exit within {} s: stopping it",
+                self.name(),
+                KILL_AFTER.as_secs()
+            );
+            self.end_group();
+            return Ok(());
         };
+        // Killed by the stop that is ending the sender too (systemd signals
+        // the whole unit at once): the sender's own handler may take a moment.
+        for _ in 0..50 {
+            if st.success() || stopping() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if stopping() {
+            log::info!("{} stopped ({st})", self.name());
+            return Ok(());
+        }
         if st.success() {
             log::info!("{} exited with status 0", self.name());
             return Ok(());
-        }
-        // Killed by the stop that is ending the sender too (systemd signals
-        // the whole unit at once): the sender's handler may still be running.
-        let stop_sig = matches!(
-            st.signal().or(st.code().map(|c| c - 128)),
-            Some(libc::SIGINT | libc::SIGTERM | libc::SIGPIPE)
-        );
-        if stop_sig {
-            for _ in 0..50 {
-                if STOPPED.load(SeqCst) || crate::pipeline::stop_requested().is_some() {
-                    log::info!("{} stopped ({st})", self.name());
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
         }
         let hint = match st.code() {
             Some(127) => " (127: command not found; its message is above)",
@@ -196,8 +258,7 @@ impl CommandReader {
             _ => "",
         };
         Err(io::Error::other(format!(
-            "{} failed: {}{hint}",
-            self.name(),
+            "the command failed: {}{hint}",
             describe(st)
         )))
     }
@@ -214,25 +275,65 @@ fn describe(st: ExitStatus) -> String {
 
 impl Read for CommandReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.status.is_some() {
+        if self.ended || buf.is_empty() {
             return Ok(0);
         }
-        match self.stdout.read(buf)? {
-            0 if !buf.is_empty() => {
+        loop {
+            if self.readable(POLL)? {
+                let n = self.stdout.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.ended = true;
                 self.check_end()?;
-                Ok(0)
+                return Ok(0);
             }
-            n => Ok(n),
+            if stopping() {
+                // the stop: the frame being read will not be finished
+                self.ended = true;
+                let st = self.end_group();
+                log::info!(
+                    "{} stopped ({})",
+                    self.name(),
+                    st.map_or("status unknown".into(), describe)
+                );
+                return Ok(0);
+            }
+            if self.poll_exit().is_some() {
+                let since = *self.exited_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= KILL_AFTER {
+                    log::warn!(
+                        "{} exited, but something it started keeps its output open (a process \
+                         left in the background?): ending the input",
+                        self.name()
+                    );
+                    self.ended = true;
+                    self.end_group();
+                    return match self.status {
+                        Some(st) if !st.success() => Err(io::Error::other(format!(
+                            "the command failed: {}",
+                            describe(st)
+                        ))),
+                        _ => Ok(0),
+                    };
+                }
+            }
         }
     }
 }
 
 impl Drop for CommandReader {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            STOPPED.store(true, SeqCst);
-            if let Some(st) = self.end() {
-                log::info!("{} stopped ({st})", self.name());
+        if GROUP.load(SeqCst) == self.group {
+            self.poll_exit();
+            let running = group_alive(self.group);
+            let st = self.end_group();
+            if running {
+                log::info!(
+                    "{} stopped ({})",
+                    self.name(),
+                    st.map_or("status unknown".into(), describe)
+                );
             }
         }
     }

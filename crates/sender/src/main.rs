@@ -248,6 +248,9 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // checked before the input starts (a camera command would start for nothing)
+    let name = cli.name.clone().unwrap_or_else(net::hostname);
+    bitmask_wire::Hello::new(&name).with_context(|| format!("--name {name:?}"))?;
     let source: Box<dyn input::Source> = match cli.input_format {
         Some(format) => Box::new(raw::RawFrames::from_cli(
             format,
@@ -264,8 +267,6 @@ fn run(cli: Cli) -> Result<()> {
             Box::new(input::ImageFiles::new(files, cli.looping))
         }
     };
-    let name = cli.name.clone().unwrap_or_else(net::hostname);
-    bitmask_wire::Hello::new(&name).with_context(|| format!("--name {name:?}"))?;
     let params = input::MaskParams {
         channel: cli.channel.into(),
         threshold: cli.threshold,

@@ -383,6 +383,8 @@ pub fn stop_on_signals() {
                 if let Some((c, start)) = RUNNING.get() {
                     eprintln!("bitmask-send: {}", c.summary(start.elapsed()));
                 }
+                // nothing of a camera command may outlive us (it would hold the camera)
+                crate::command::kill_now();
                 std::process::exit(0);
             }
         });

@@ -275,7 +275,10 @@ impl RawFrames {
             return Ok(true);
         }
         self.ended = true;
-        if self.index == 0 {
+        if self.index == 0 && crate::pipeline::stop_requested().is_some() {
+            // stopped before the first frame came: nothing to send, nothing wrong
+            log::info!("{}: stopped before its first whole frame", self.name);
+        } else if self.index == 0 {
             // A camera pipeline that failed (its errors are above) looks
             // like a short stream: not a success.
             bail!(

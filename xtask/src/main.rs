@@ -10,6 +10,7 @@ mod demo;
 mod deploy;
 mod deps;
 mod dist;
+mod fuzz;
 mod netbed;
 mod pibench;
 mod samples;
@@ -39,6 +40,7 @@ Tasks:
   bench view        receiver throughput with and without the live view (--http) and a
                     browser attached, as ratios; writes docs/BENCHMARKS.md `## Live view`
   deploy            copy the Pi builds over SSH and run them (deploy.toml; --help)
+  fuzz [TARGET..]   libFuzzer on the decoders and the wire reader (fuzz/; nightly)
   vectors           regenerate the committed numpy test vectors
   help              this text
 
@@ -63,6 +65,7 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              needs (rustup targets and rust-src, Debian packages when root, numpy in\n\
              target/venv) or says what is missing; with CI=true a skipped step fails the run\n"
         }
+        ("fuzz", _) => fuzz::HELP,
         ("vectors", _) => {
             "cargo xtask vectors\n\
              regenerates the committed numpy test vectors\n\
@@ -128,6 +131,7 @@ fn run() -> Result<()> {
         "dist" => dist::run_dist(rest),
         "qemu" => dist::run_qemu(rest),
         "deploy" => deploy::run(rest),
+        "fuzz" => fuzz::run_fuzz(rest),
         "vectors" => ci::vectors(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");

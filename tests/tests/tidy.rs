@@ -197,9 +197,15 @@ fn options_in_doc_command_lines_exist() {
                 for (name, opts) in &known {
                     let Some(i) = stage.find(name) else { continue };
                     // the program name as a word (a path ending in it counts)
-                    let after = &stage[i + name.len()..];
+                    let mut after = &stage[i + name.len()..];
                     if !(after.is_empty() || after.starts_with(' ')) {
                         continue;
+                    }
+                    // up to the next program named on the line (prose may name both)
+                    for (other, _) in &known {
+                        if let Some(j) = after.find(other) {
+                            after = &after[..j];
+                        }
                     }
                     for w in unquoted(after).split(|c: char| c.is_whitespace() || c == '`') {
                         let w = w.trim_matches(|c: char| "\"',;:.)(".contains(c));

@@ -6,7 +6,7 @@ use bitmask_wire::{Header, HEADER_LEN};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_us() -> u64 {
@@ -178,16 +178,16 @@ impl SenderSnapshot {
                 self.total_latency_p99_ms,
             )
         };
-        let clock = match self.clock_offset_s {
+        let latency = match self.clock_offset_s {
             Some(off) if off.abs() < 10.0 => {
-                format!(" (not measured: clocks {:.2} s apart)", off.abs())
+                format!("latency not measured (clocks {:.2} s apart)", off.abs())
             }
-            Some(off) => format!(" (not measured: clocks {:.0} s apart)", off.abs()),
-            None => String::new(),
+            Some(off) => format!("latency not measured (clocks {:.0} s apart)", off.abs()),
+            None => format!("latency p50 {} ms p99 {} ms", ms(p50), ms(p99)),
         };
         format!(
             "{}: {} frames ({} lost, {} corrupt, {} incomplete{}), {:.1} fps, {:.1} Mbit/s, \
-             ratio {:.2}, latency p50 {} ms p99 {} ms{clock}{}",
+             ratio {:.2}, {latency}{}",
             self.name,
             self.received,
             self.lost,
@@ -201,8 +201,6 @@ impl SenderSnapshot {
             fps,
             mbps,
             self.compression_ratio,
-            ms(p50),
-            ms(p99),
             if self.connected {
                 ""
             } else {
@@ -226,31 +224,97 @@ pub struct SenderStats {
     window_start: Instant,
     window_frames: u64,
     window_bytes: u64,
-    /// Judging the clocks (see [`SenderStats::clock_sample`]): latencies far
-    /// behind at the start of a connection, or after a jump, wait here until
-    /// a plausible one comes or there are [`JUDGE_FRAMES`] of them.
-    judging: Option<Vec<i128>>,
-    /// This host's wall clock minus its monotonic clock at the last frame,
-    /// µs: a change is this host's clock being set.
-    wall_minus_mono: Option<i128>,
-    /// The clock warning was logged on this connection.
-    clock_warned: bool,
+    /// Tells latencies from a sender clock far from this host's.
+    clock: ClockJudge,
 }
 
 /// A sender whose clock is ahead of this host's by more than this (µs)
 /// gives negative latencies: its clock is off, not the network fast.
 const CLOCK_AHEAD_US: i128 = 100_000;
-/// Latencies all above this (µs) over [`JUDGE_FRAMES`] frames at the start
-/// of a connection, or after this host's clock was set, mean the sender's
-/// clock is behind this host's. (A few frames held by a `--no-drop` sender
-/// while the receiver was away are old, but fresh ones follow them; later,
-/// a frame may legitimately wait this long behind a stalled output.)
+/// Once a sender was found ahead, it agrees again at a latency above this
+/// (µs): below the ahead limit, so the verdict does not flap there.
+const CLOCK_AHEAD_AGAIN_US: i128 = -20_000;
+/// A latency above this (µs) is suspect: a sender clock behind this host's,
+/// or frames that really waited (held by a `--no-drop` sender while the
+/// receiver was away, or behind a stalled output). Suspect latencies at a
+/// connection's start, after this host's clock was set, or after a jump
+/// of this size, are held back until a plausible one comes (they were real,
+/// and are counted) or [`JUDGE_TIME`] passes with none (the clocks are apart).
 const CLOCK_BEHIND_US: i128 = 30_000_000;
-/// Frames a judgement waits for.
-const JUDGE_FRAMES: usize = 4;
-/// Once the clocks were found apart, a latency in this range (µs) means they
-/// agree again (the lower end is below the ahead limit: no flapping there).
-const CLOCK_AGAIN_US: std::ops::RangeInclusive<i128> = -20_000..=1_000_000;
+/// How long suspect latencies are held back at most.
+const JUDGE_TIME: Duration = Duration::from_secs(5);
+/// Latencies held back at most (the rest of a judgement only counts).
+const JUDGE_MAX: usize = 1024;
+/// One clock warning per sender in this time at most.
+const CLOCK_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Times this host's clock was seen being set (wall clock against the
+/// monotonic one), for every sender's [`ClockJudge`].
+static HOST_CLOCK_STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// This host's wall clock minus its monotonic clock, µs (`i64::MIN`: not yet).
+static WALL_MINUS_MONO: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
+/// Counts a step of this host's clock since the last call (more than 1 s
+/// between its wall and monotonic clocks) and returns the steps so far.
+fn host_clock_steps(wall_us: u64) -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    static MONO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let mono = MONO.get_or_init(Instant::now).elapsed().as_micros() as i64;
+    let now = wall_us as i64 - mono;
+    let before = WALL_MINUS_MONO.swap(now, SeqCst);
+    if before != i64::MIN && (now - before).abs() > 1_000_000 {
+        log::info!(
+            "this host's clock was set ({:+.1} s): judging the senders' clocks again",
+            (now - before) as f64 / 1e6
+        );
+        return HOST_CLOCK_STEPS.fetch_add(1, SeqCst) + 1;
+    }
+    HOST_CLOCK_STEPS.load(SeqCst)
+}
+
+/// Where a sender's clock stands against this host's.
+#[derive(Debug)]
+enum ClockState {
+    /// Latencies are counted.
+    Agree,
+    /// Suspect latencies held back since `since`.
+    Judging { since: Instant, held: Vec<i128> },
+    /// Too far apart: nothing is counted; `snap.clock_offset_s` says how far.
+    Apart,
+}
+
+/// Tells latencies from clock offsets for one sender (see the constants).
+#[derive(Debug)]
+struct ClockJudge {
+    state: ClockState,
+    last_d: Option<i128>,
+    host_steps: u64,
+    warned_at: Option<Instant>,
+    /// This disagreement was warned about (so its end is said too).
+    warned: bool,
+}
+
+impl ClockJudge {
+    fn new() -> Self {
+        ClockJudge {
+            state: ClockState::Agree,
+            last_d: None,
+            host_steps: HOST_CLOCK_STEPS.load(std::sync::atomic::Ordering::SeqCst),
+            warned_at: None,
+            warned: false,
+        }
+    }
+
+    /// Hold back what comes next until it is judged.
+    fn rejudge(&mut self, now: Instant) {
+        if !matches!(self.state, ClockState::Judging { .. }) {
+            self.state = ClockState::Judging {
+                since: now,
+                held: Vec::new(),
+            };
+        }
+    }
+}
 
 impl SenderStats {
     fn new(name: &str) -> Self {
@@ -268,9 +332,7 @@ impl SenderStats {
             window_start: Instant::now(),
             window_frames: 0,
             window_bytes: 0,
-            judging: Some(Vec::new()),
-            wall_minus_mono: None,
-            clock_warned: false,
+            clock: ClockJudge::new(),
         }
     }
 
@@ -282,17 +344,14 @@ impl SenderStats {
         self.open += 1;
         self.snap.connected = true;
         // judge the clocks again: they may have been set right meanwhile
-        self.judging = Some(Vec::new());
-        self.clock_warned = false;
-        self.snap.clock_offset_s = None;
+        self.clock.rejudge(Instant::now());
+        self.clock.last_d = None;
     }
 
     /// One of its streams closed.
     pub fn disconnected(&mut self) {
         self.open = self.open.saturating_sub(1);
         self.snap.connected = self.open > 0;
-        // a short stream: judge on what came
-        self.judge();
     }
 
     /// Counts one frame written; `payload_len` as on the wire, `mask_len`
@@ -312,95 +371,100 @@ impl SenderStats {
         self.window_bytes += wire;
         let restarted = self.sequence_seen(h.sequence);
         if h.timestamp_us != 0 {
-            self.host_clock_check(written_at_us);
             // receiver minus sender clock: the latency plus any clock offset
-            self.clock_sample(written_at_us as i128 - h.timestamp_us as i128);
+            let steps = host_clock_steps(written_at_us);
+            self.clock_sample(
+                written_at_us as i128 - h.timestamp_us as i128,
+                steps,
+                Instant::now(),
+            );
         }
         restarted
     }
 
-    /// This host's clock set since the last frame (an NTP step after boot)
-    /// shifts every latency: judge the clocks again.
-    fn host_clock_check(&mut self, wall_us: u64) {
-        static MONO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        let mono = MONO.get_or_init(Instant::now).elapsed().as_micros() as i128;
-        let now = wall_us as i128 - mono;
-        if let Some(before) = self.wall_minus_mono.replace(now) {
-            if (now - before).abs() > 1_000_000 {
-                log::info!(
-                    "{}: this host's clock was set ({:+.1} s): judging the clocks again",
-                    self.snap.name,
-                    (now - before) as f64 / 1e6
-                );
-                self.judging = Some(Vec::new());
-            }
+    /// One frame's receiver-minus-sender time `d` (µs) at `now`: a latency,
+    /// unless the two clocks disagree (see [`CLOCK_AHEAD_US`],
+    /// [`CLOCK_BEHIND_US`]). `host_steps`: [`host_clock_steps`].
+    fn clock_sample(&mut self, d: i128, host_steps: u64, now: Instant) {
+        let c = &mut self.clock;
+        if host_steps != c.host_steps {
+            c.host_steps = host_steps;
+            c.rejudge(now);
         }
-    }
-
-    /// One frame's receiver-minus-sender time `d` (µs): a latency, unless
-    /// the two clocks disagree (see [`CLOCK_AHEAD_US`], [`CLOCK_BEHIND_US`]).
-    fn clock_sample(&mut self, d: i128) {
+        let jumped = c.last_d.is_some_and(|prev| d - prev > CLOCK_BEHIND_US);
+        c.last_d = Some(d);
         if d < -CLOCK_AHEAD_US {
-            self.judging = None;
-            self.clocks_apart(d);
+            c.state = ClockState::Apart;
+            self.clocks_apart(d, now);
             return;
         }
-        if let Some(j) = self.judging.as_mut() {
-            // one plausible latency settles it; far-behind ones wait for more
-            j.push(d);
-            if d <= CLOCK_BEHIND_US || j.len() >= JUDGE_FRAMES {
-                self.judge();
-            }
-            return;
+        if jumped && matches!(c.state, ClockState::Agree) {
+            c.rejudge(now);
         }
-        if self.snap.clock_offset_s.is_some() {
-            if !CLOCK_AGAIN_US.contains(&d) {
-                return;
-            }
-            log::info!(
-                "{}: the clocks agree again; measuring latency",
-                self.snap.name
-            );
-            self.snap.clock_offset_s = None;
-        }
-        self.record_latency(d);
-    }
-
-    /// Ends a judgement: all its samples far behind means the clocks are apart.
-    fn judge(&mut self) {
-        let Some(j) = self.judging.take() else {
-            return;
-        };
-        match j.iter().min() {
-            Some(&min) if min > CLOCK_BEHIND_US => self.clocks_apart(min),
-            Some(_) => {
-                if self.snap.clock_offset_s.take().is_some() {
-                    log::info!(
-                        "{}: the clocks agree again; measuring latency",
-                        self.snap.name
-                    );
+        match &mut c.state {
+            ClockState::Agree => self.record_latency(d),
+            ClockState::Judging { since, held } => {
+                if held.len() < JUDGE_MAX {
+                    held.push(d);
                 }
-                for d in j {
+                if d <= CLOCK_BEHIND_US {
+                    // plausible: what was held back really waited
+                    let held = std::mem::take(held);
+                    self.clock.state = ClockState::Agree;
+                    self.clocks_agree();
+                    for d in held {
+                        self.record_latency(d);
+                    }
+                } else if now.duration_since(*since) >= JUDGE_TIME && held.len() >= 2 {
+                    let min = held.iter().copied().min().unwrap_or(d);
+                    self.clock.state = ClockState::Apart;
+                    self.clocks_apart(min, now);
+                }
+            }
+            ClockState::Apart => {
+                let ahead = self.snap.clock_offset_s.is_some_and(|o| o > 0.0);
+                if d <= CLOCK_BEHIND_US && (!ahead || d >= CLOCK_AHEAD_AGAIN_US) {
+                    self.clock.state = ClockState::Agree;
+                    self.clocks_agree();
                     self.record_latency(d);
+                } else if ahead && d > CLOCK_BEHIND_US {
+                    // was ahead, now far behind: judge that afresh
+                    self.clock.state = ClockState::Judging {
+                        since: now,
+                        held: vec![d],
+                    };
                 }
             }
-            None => {}
         }
     }
 
-    fn clocks_apart(&mut self, d: i128) {
-        if !self.clock_warned {
-            self.clock_warned = true;
+    fn clocks_apart(&mut self, d: i128, now: Instant) {
+        let c = &mut self.clock;
+        if !c.warned
+            && c.warned_at
+                .is_none_or(|t| now.duration_since(t) >= CLOCK_WARN_EVERY)
+        {
+            c.warned = true;
+            c.warned_at = Some(now);
             log::warn!(
                 "{}: its clock is about {:.1} s {} this host's: latency is not measured \
-                 (p50/p99 \"-\") until both clocks agree (NTP; two Pis without internet: \
-                 see \"Clocks\" in docs/DEPLOY.md)",
+                 until both clocks agree (NTP; two Pis without internet: see \"Clocks\" \
+                 in docs/DEPLOY.md)",
                 self.snap.name,
                 (d as f64 / 1e6).abs(),
                 if d < 0 { "ahead of" } else { "behind" }
             );
         }
         self.snap.clock_offset_s = Some(-d as f64 / 1e6);
+    }
+
+    fn clocks_agree(&mut self) {
+        if self.snap.clock_offset_s.take().is_some() && std::mem::take(&mut self.clock.warned) {
+            log::info!(
+                "{}: the clocks agree again; measuring latency",
+                self.snap.name
+            );
+        }
     }
 
     fn record_latency(&mut self, d: i128) {
@@ -752,93 +816,137 @@ mod tests {
         assert!(json.contains("\"lost\": 2"), "{json}");
     }
 
+    /// Feeds `d_ms` (receiver minus sender, ms) at `t` s after `base`.
+    fn feed(s: &mut SenderStats, base: Instant, t: f64, d_ms: f64) {
+        let steps = s.clock.host_steps;
+        s.clock_sample(
+            (d_ms * 1000.0) as i128,
+            steps,
+            base + Duration::from_secs_f64(t),
+        );
+    }
+
     #[test]
     fn a_sender_clock_far_off_is_reported_not_measured() {
         let reg = StatsRegistry::new();
         let h = reg.sender("cam");
         let mut s = lock(&h);
-        let at = |seq, ts| {
-            let mut h = Header::new(8, 1, seq, 0, 1);
-            h.timestamp_us = ts;
-            h
-        };
-        let now = 1_000_000_000_000u64; // the receiver's clock, µs
+        let b = Instant::now();
         let p99 = |s: &SenderStats| s.snapshot().total_latency_p99_ms;
         // the sender's clock 5 s ahead: every latency would be negative
         s.connected("a:1", "tcp");
-        s.frame(&at(0, now + 5_000_000), 1, now);
-        s.frame(&at(1, now + 5_000_000), 1, now);
+        feed(&mut s, b, 0.0, -5000.0);
+        feed(&mut s, b, 0.1, -5000.0);
         let snap = s.snapshot();
         assert_eq!(snap.clock_offset_s, Some(5.0));
         assert_eq!(snap.total_latency_p50_ms, None);
         assert!(
-            snap.line(false).contains("clocks 5.00 s apart"),
+            snap.line(false)
+                .contains("latency not measured (clocks 5.00 s apart)"),
             "{}",
             snap.line(false)
         );
         // its clock set right (an NTP step): measured again
-        s.frame(&at(2, now - 2_000), 1, now);
+        feed(&mut s, b, 0.2, 2.0);
         assert_eq!(s.snapshot().clock_offset_s, None);
         assert!(p99(&s).is_some_and(|v| (v - 2.0).abs() < 0.1));
         // just past the ahead limit and back a little: no flapping
-        s.frame(&at(3, now + 100_500), 1, now);
+        feed(&mut s, b, 0.3, -100.5);
         assert!(s.snapshot().clock_offset_s.is_some());
-        s.frame(&at(4, now + 99_000), 1, now);
+        feed(&mut s, b, 0.4, -99.0);
         assert!(s.snapshot().clock_offset_s.is_some(), "hysteresis");
-        s.frame(&at(5, now + 5_000), 1, now);
+        feed(&mut s, b, 0.5, -5.0);
         assert_eq!(s.snapshot().clock_offset_s, None);
 
-        // an hour behind from the start of a connection: judged on 4 frames
+        // an hour behind from the start of a connection: judged after 5 s
         s.connected("a:2", "tcp");
-        for seq in 10..13 {
-            s.frame(&at(seq, now - 3_600_000_000), 1, now);
+        for k in 0..8 {
+            feed(&mut s, b, 1.0 + k as f64 * 0.5, 3_600_000.0);
             assert_eq!(s.snapshot().clock_offset_s, None, "still judging");
         }
-        s.frame(&at(13, now - 3_600_000_000), 1, now);
+        feed(&mut s, b, 6.1, 3_600_000.0);
         assert_eq!(s.snapshot().clock_offset_s, Some(-3600.0));
         assert!(p99(&s).is_some_and(|v| v < 10.0), "no hour in the latency");
-
-        // frames held 35 s by a --no-drop sender while the receiver was away,
-        // then fresh ones: real latencies, no clock warning
-        s.connected("a:3", "tcp");
-        s.frame(&at(20, now - 35_000_000), 1, now);
-        s.frame(&at(21, now - 34_900_000), 1, now);
-        s.frame(&at(22, now - 3_000), 1, now);
-        assert_eq!(s.snapshot().clock_offset_s, None);
-        assert!(
-            p99(&s).is_some_and(|v| v > 34_000.0),
-            "held frames are real latency"
-        );
-
-        // a frame held 40 s mid-stream behind a stalled output is a real latency
-        s.frame(&at(23, now - 40_000_000), 1, now);
-        s.frame(&at(24, now - 39_000_000), 1, now);
-        s.frame(&at(25, now - 38_000_000), 1, now);
-        s.frame(&at(26, now - 37_000_000), 1, now);
+        // and set right later: agree, counted again
+        feed(&mut s, b, 7.0, 3.0);
         assert_eq!(s.snapshot().clock_offset_s, None);
     }
 
     #[test]
-    fn this_hosts_clock_set_mid_stream_is_judged_again() {
+    fn frames_that_really_waited_are_latency_not_a_clock() {
         let reg = StatsRegistry::new();
         let h = reg.sender("cam");
         let mut s = lock(&h);
-        let mut hd = Header::new(8, 1, 0, 0, 1);
-        let wall = 1_000_000_000_000u64;
+        let b = Instant::now();
+        let p99 = |s: &SenderStats| s.snapshot().total_latency_p99_ms.unwrap_or(0.0);
+        // six frames held 35 s by a --no-drop sender while the receiver was
+        // away, then fresh ones: all counted, no clock verdict
         s.connected("a:1", "tcp");
-        hd.timestamp_us = wall - 5_000;
-        s.frame(&hd, 1, wall);
-        // this host's clock jumps an hour ahead; the sender's does not
-        for seq in 1..5 {
-            hd.sequence = seq;
-            s.frame(&hd, 1, wall + 3_600_000_000);
+        for k in 0..6 {
+            feed(&mut s, b, 0.01 * k as f64, 35_000.0 - 200.0 * k as f64);
         }
+        assert_eq!(s.snapshot().total_latency_p99_ms, None, "held back");
+        feed(&mut s, b, 0.1, 3.0);
+        assert_eq!(s.snapshot().clock_offset_s, None);
+        assert!(p99(&s) > 34_000.0, "held frames are real latency");
+        // a stall of 40 s mid-stream: a jump, then shrinking waits
+        for k in 0..8 {
+            feed(
+                &mut s,
+                b,
+                50.0 + 0.01 * k as f64,
+                40_000.0 - 5_000.0 * k as f64,
+            );
+        }
+        assert_eq!(s.snapshot().clock_offset_s, None);
+        assert!(p99(&s) > 39_000.0);
+    }
+
+    #[test]
+    fn clock_steps_mid_stream_are_judged_again() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        let b = Instant::now();
+        s.connected("a:1", "tcp");
+        feed(&mut s, b, 0.0, 5.0);
+        // this host's clock jumps an hour ahead (seen as a host step)
+        let steps = s.clock.host_steps + 1;
+        for k in 0..12 {
+            let t = b + Duration::from_secs_f64(1.0 + 0.5 * k as f64);
+            s.clock_sample(3_600_005_000, steps, t);
+        }
+        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.005));
+        // back: agree
+        feed(&mut s, b, 10.0, 4.0);
+        assert_eq!(s.snapshot().clock_offset_s, None);
+        // the sender's clock steps an hour back mid-stream: a jump, judged
+        for k in 0..12 {
+            feed(&mut s, b, 20.0 + 0.5 * k as f64, 3_600_004.0);
+        }
+        assert_eq!(s.snapshot().clock_offset_s, Some(-3600.004));
         let snap = s.snapshot();
-        assert_eq!(snap.clock_offset_s, Some(-3600.005));
         assert!(
             snap.total_latency_p99_ms.is_some_and(|v| v < 10.0),
             "{snap:?}"
         );
+    }
+
+    #[test]
+    fn a_takeover_does_not_cancel_the_new_connections_judgement() {
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        let b = Instant::now();
+        s.connected("a:1", "tcp");
+        s.connected("a:2", "tcp"); // the sender reconnected first
+        s.disconnected(); // then the old stream noticed
+        for k in 0..12 {
+            feed(&mut s, b, 0.5 * k as f64, 3_600_000.0);
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.clock_offset_s, Some(-3600.0));
+        assert_eq!(snap.total_latency_p50_ms, None);
     }
 
     #[test]

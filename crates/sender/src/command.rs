@@ -46,6 +46,17 @@ static GROUP: AtomicI32 = AtomicI32::new(0);
 /// the stop, not a failure.
 static STOPPED: AtomicBool = AtomicBool::new(false);
 
+/// Set once the group was sent SIGTERM (a second one makes some programs,
+/// ffmpeg among them, quit without finishing their output).
+static TERM_SENT: AtomicBool = AtomicBool::new(false);
+
+/// SIGTERM to the command's group, once.
+fn terminate_group() {
+    if !TERM_SENT.swap(true, SeqCst) {
+        signal_group(libc::SIGTERM);
+    }
+}
+
 fn stopping() -> bool {
     STOPPED.load(SeqCst) || crate::pipeline::stop_requested().is_some()
 }
@@ -67,7 +78,7 @@ fn signal_group(sig: libc::c_int) {
 /// reader then ends the input at once). Nothing when no command runs.
 pub fn stop() {
     STOPPED.store(true, SeqCst);
-    signal_group(libc::SIGTERM);
+    terminate_group();
 }
 
 /// The sender exits now: SIGKILL to whatever is left of the command.
@@ -114,12 +125,18 @@ impl CommandReader {
             .process_group(0);
         // (The sender blocks no signals, unlike the receiver, so the child's
         // mask needs no reset; handlers are reset by exec.)
-        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: runs in the forked child before exec; prctl and getppid
+        // are async-signal-safe.
         #[allow(unsafe_code)]
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                // the sender died before the line above took effect
+                if libc::getppid() != parent {
+                    return Err(io::Error::other("the sender is gone"));
                 }
                 Ok(())
             });
@@ -189,7 +206,7 @@ impl CommandReader {
             return self.poll_exit(); // already ended
         }
         STOPPED.store(true, SeqCst);
-        signal_group(libc::SIGTERM);
+        terminate_group();
         let t = Instant::now();
         let mut sink = [0u8; 16384];
         let mut open = true;

@@ -301,7 +301,14 @@ pub fn run(
             if let Some(p) = period {
                 let now = Instant::now();
                 if next_due > now {
-                    std::thread::sleep(next_due - now);
+                    // in steps, so that a stop does not wait out a long period
+                    while stop_requested().is_none() {
+                        let left = next_due.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::sleep(left.min(Duration::from_millis(100)));
+                    }
                 } else if now - next_due > p {
                     next_due = now; // fell behind by more than a frame: don't burst to catch up
                 }
@@ -338,6 +345,9 @@ pub fn run(
         }
         Ok(())
     })();
+    // The input ends now (a camera command stops) even if the network still
+    // has frames to deliver, or waits for an absent receiver.
+    drop(source);
     queue.close();
     let net_result = net_thread
         .join()

@@ -622,11 +622,16 @@ impl StatsRegistry {
     pub fn total(&self) -> SenderSnapshot {
         let handles: Vec<SenderHandle> = self.map().values().cloned().collect();
         let mut latency = Histogram::default();
+        // the span from the first frame of any sender to the last of any
+        let mut span: Option<(Instant, Instant)> = None;
         let all: Vec<SenderSnapshot> = handles
             .iter()
             .map(|h| {
                 let s = lock(h);
                 latency.merge(&s.total);
+                if let (Some(a), Some(b)) = (s.first_frame, s.last_frame) {
+                    span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+                }
                 s.snapshot()
             })
             .collect();
@@ -649,8 +654,16 @@ impl StatsRegistry {
             t.mask_bytes += s.mask_bytes;
             t.fps += s.fps;
             t.mbps += s.mbps;
-            t.avg_fps += s.avg_fps;
-            t.avg_mbps += s.avg_mbps;
+        }
+        // Overall rates over the whole span (a sum of the senders' own
+        // rates would count senders that ran one after another as parallel).
+        if let Some((a, b)) = span {
+            let secs = (b - a).as_secs_f64();
+            if secs > 0.0 && t.received > 1 {
+                let n = (t.received - 1) as f64;
+                t.avg_fps = n / secs;
+                t.avg_mbps = n * (t.wire_bytes as f64 / t.received as f64) * 8.0 / secs / 1e6;
+            }
         }
         if t.wire_bytes > 0 {
             t.compression_ratio = t.mask_bytes as f64 / t.wire_bytes as f64;
@@ -770,6 +783,26 @@ mod tests {
         assert_eq!(small.quantile(0.99), Some(7));
         small.record(u64::MAX);
         assert!(small.quantile(1.0).unwrap() > 1 << 62);
+    }
+
+    #[test]
+    fn the_total_rate_is_over_the_whole_span() {
+        let reg = StatsRegistry::new();
+        let t0 = Instant::now();
+        // two senders of 11 frames each, 1 s each, one after the other
+        for (name, start) in [("a", 0u64), ("b", 2)] {
+            let h = reg.sender(name);
+            let mut s = lock(&h);
+            s.frame(&Header::new(8, 1, 0, 0, 1), 1, 0);
+            s.first_frame = Some(t0 + Duration::from_secs(start));
+            s.last_frame = Some(t0 + Duration::from_secs(start + 1));
+            s.snap.received = 11;
+        }
+        let each = reg.snapshot()[0].avg_fps;
+        assert!((each - 10.0).abs() < 1e-9, "{each}");
+        // 22 frames over 3 s, not 10 + 10 fps
+        let t = reg.total();
+        assert!((t.avg_fps - 7.0).abs() < 1e-9, "{}", t.avg_fps);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
   rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
   bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
-    --input-command 'rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o -'
+    --input-command 'exec rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o -'
   (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
@@ -68,7 +68,7 @@ struct Cli {
     input_format: Option<raw::RawFormat>,
 
     /// Start CMD with `sh -c` and read the raw frames from its stdout (instead
-    /// of INPUT), e.g. a camera tool: 'rpicam-vid -t 0 -n --codec yuv420
+    /// of INPUT), e.g. a camera tool: 'exec rpicam-vid -t 0 -n --codec yuv420
     /// --width 640 --height 480 -o -'. The sender stops it when it stops; a
     /// command that fails ends the sender with an error (exit 1).
     #[arg(long, value_name = "CMD", requires = "input_format")]

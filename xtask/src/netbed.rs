@@ -973,20 +973,19 @@ fn t4_slow_receiver(kit: &Kit, secs: u64) -> Result<String> {
     let p99 = stat(&json, "cam", "total_latency_p99_ms").context("p99 in stats")?;
     let p50 = stat(&json, "cam", "total_latency_p50_ms").context("p50 in stats")?;
     let dropped = sender_counter(&send.log(), "dropped").unwrap_or(0);
-    // flat: RSS after the first quarter never grows by more than 1 MiB
+    // flat: RSS after the first quarter never grows by more than 1 MiB over
+    // its first value there (it may fall: the input is freed as soon as the
+    // capture ends, while the last frames still go out)
     let settled: Vec<u64> = rss
         .iter()
         .filter(|(t, _)| *t >= secs as f64 / 4.0)
         .map(|(_, kb)| *kb)
         .collect();
     ensure!(settled.len() > 4, "too few RSS samples");
-    let (lo, hi) = (
-        *settled.iter().min().unwrap(),
-        *settled.iter().max().unwrap(),
-    );
+    let (lo, hi) = (settled[0], *settled.iter().max().unwrap());
     let msg = format!(
         "{secs} s at 60 fps into a 20 fps consumer: {consumed} frames consumed, sender dropped \
-         {dropped}; sender RSS {lo}..{hi} KiB after the first quarter; latency p50 {p50:.0} ms, \
+         {dropped}; sender RSS {lo} KiB after the first quarter, {hi} KiB at most; latency p50 {p50:.0} ms, \
          p99 {p99:.0} ms"
     );
     ensure!(hi - lo <= 1024, "sender memory grew: {msg}");

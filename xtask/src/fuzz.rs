@@ -127,14 +127,14 @@ fn ensure_tools() -> Result<()> {
             "minimal",
         ]))?;
     }
-    let fuzz = Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !fuzz {
-        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
-    }
-    let v = output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))?;
+    let version = || output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]));
+    let v = match version() {
+        Ok(v) => v,
+        Err(_) => {
+            run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+            version()?
+        }
+    };
     eprintln!("xtask: {}", v.trim());
     Ok(())
 }

@@ -255,11 +255,12 @@ static HOST_CLOCK_STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 static WALL_MINUS_MONO: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
 
 /// Counts a step of this host's clock since the last call (more than 1 s
-/// between its wall and monotonic clocks) and returns the steps so far.
-fn host_clock_steps(wall_us: u64) -> u64 {
+/// between its wall clock `wall_us` and its monotonic clock `now`) and
+/// returns the steps so far.
+fn host_clock_steps(wall_us: u64, now: Instant) -> u64 {
     use std::sync::atomic::Ordering::SeqCst;
     static MONO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let mono = MONO.get_or_init(Instant::now).elapsed().as_micros() as i64;
+    let mono = now.duration_since(*MONO.get_or_init(|| now)).as_micros() as i64;
     let now = wall_us as i64 - mono;
     let before = WALL_MINUS_MONO.swap(now, SeqCst);
     if before != i64::MIN && (now - before).abs() > 1_000_000 {
@@ -270,6 +271,23 @@ fn host_clock_steps(wall_us: u64) -> u64 {
         return HOST_CLOCK_STEPS.fetch_add(1, SeqCst) + 1;
     }
     HOST_CLOCK_STEPS.load(SeqCst)
+}
+
+/// Microseconds as milliseconds.
+fn us_to_ms(v: Option<u64>) -> Option<f64> {
+    v.map(|us| us as f64 / 1000.0)
+}
+
+/// Frames per second and Mbit/s of `received` frames (`wire_bytes` in all)
+/// whose first and last came `span` apart; zeros for fewer than two frames.
+fn overall_rates(received: u64, wire_bytes: u64, span: Duration) -> (f64, f64) {
+    let secs = span.as_secs_f64();
+    if secs <= 0.0 || received < 2 {
+        return (0.0, 0.0);
+    }
+    let n = (received - 1) as f64;
+    let fps = n / secs;
+    (fps, fps * (wire_bytes as f64 / received as f64) * 8.0 / 1e6)
 }
 
 /// Where a sender's clock stands against this host's.
@@ -372,12 +390,8 @@ impl SenderStats {
         let restarted = self.sequence_seen(h.sequence);
         if h.timestamp_us != 0 {
             // receiver minus sender clock: the latency plus any clock offset
-            let steps = host_clock_steps(written_at_us);
-            self.clock_sample(
-                written_at_us as i128 - h.timestamp_us as i128,
-                steps,
-                Instant::now(),
-            );
+            let steps = host_clock_steps(written_at_us, now);
+            self.clock_sample(written_at_us as i128 - h.timestamp_us as i128, steps, now);
         }
         restarted
     }
@@ -514,16 +528,10 @@ impl SenderStats {
     /// The numbers now (interval rates as of the last [`StatsRegistry::tick`]).
     pub fn snapshot(&self) -> SenderSnapshot {
         let mut s = self.snap.clone();
-        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
-        s.total_latency_p50_ms = ms(self.total.quantile(0.50));
-        s.total_latency_p99_ms = ms(self.total.quantile(0.99));
+        s.total_latency_p50_ms = us_to_ms(self.total.quantile(0.50));
+        s.total_latency_p99_ms = us_to_ms(self.total.quantile(0.99));
         if let (Some(a), Some(b)) = (self.first_frame, self.last_frame) {
-            let secs = (b - a).as_secs_f64();
-            if secs > 0.0 && s.received > 1 {
-                let n = (s.received - 1) as f64;
-                s.avg_fps = n / secs;
-                s.avg_mbps = n * (s.wire_bytes as f64 / s.received as f64) * 8.0 / secs / 1e6;
-            }
+            (s.avg_fps, s.avg_mbps) = overall_rates(s.received, s.wire_bytes, b - a);
         }
         if s.wire_bytes > 0 {
             s.compression_ratio = s.mask_bytes as f64 / s.wire_bytes as f64;
@@ -537,9 +545,8 @@ impl SenderStats {
         let active = self.window_frames > 0;
         self.snap.fps = self.window_frames as f64 / secs;
         self.snap.mbps = self.window_bytes as f64 * 8.0 / secs / 1e6;
-        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
-        self.snap.latency_p50_ms = ms(self.window.quantile(0.50));
-        self.snap.latency_p99_ms = ms(self.window.quantile(0.99));
+        self.snap.latency_p50_ms = us_to_ms(self.window.quantile(0.50));
+        self.snap.latency_p99_ms = us_to_ms(self.window.quantile(0.99));
         self.window.clear();
         self.window_frames = 0;
         self.window_bytes = 0;
@@ -635,11 +642,10 @@ impl StatsRegistry {
                 s.snapshot()
             })
             .collect();
-        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
         let mut t = SenderSnapshot {
             name: "total".into(),
-            total_latency_p50_ms: ms(latency.quantile(0.50)),
-            total_latency_p99_ms: ms(latency.quantile(0.99)),
+            total_latency_p50_ms: us_to_ms(latency.quantile(0.50)),
+            total_latency_p99_ms: us_to_ms(latency.quantile(0.99)),
             ..Default::default()
         };
         for s in &all {
@@ -658,12 +664,7 @@ impl StatsRegistry {
         // Overall rates over the whole span (a sum of the senders' own
         // rates would count senders that ran one after another as parallel).
         if let Some((a, b)) = span {
-            let secs = (b - a).as_secs_f64();
-            if secs > 0.0 && t.received > 1 {
-                let n = (t.received - 1) as f64;
-                t.avg_fps = n / secs;
-                t.avg_mbps = n * (t.wire_bytes as f64 / t.received as f64) * 8.0 / secs / 1e6;
-            }
+            (t.avg_fps, t.avg_mbps) = overall_rates(t.received, t.wire_bytes, b - a);
         }
         if t.wire_bytes > 0 {
             t.compression_ratio = t.mask_bytes as f64 / t.wire_bytes as f64;

@@ -269,16 +269,18 @@ impl CommandReader {
             log::info!("{} exited with status 0", self.name());
             return Ok(());
         }
-        let hint = match st.code() {
-            Some(127) => " (127: command not found; its message is above)",
-            Some(126) => " (126: not executable)",
-            _ => "",
-        };
-        Err(io::Error::other(format!(
-            "the command failed: {}{hint}",
-            describe(st)
-        )))
+        Err(failure(st))
     }
+}
+
+/// The error for a command that ended with `st`, not success.
+fn failure(st: ExitStatus) -> io::Error {
+    let hint = match st.code() {
+        Some(127) => " (127: command not found; its message is above)",
+        Some(126) => " (126: not executable)",
+        _ => "",
+    };
+    io::Error::other(format!("the command failed: {}{hint}", describe(st)))
 }
 
 /// "exit status 3", "killed by signal 9".
@@ -327,10 +329,7 @@ impl Read for CommandReader {
                     self.ended = true;
                     self.end_group();
                     return match self.status {
-                        Some(st) if !st.success() => Err(io::Error::other(format!(
-                            "the command failed: {}",
-                            describe(st)
-                        ))),
+                        Some(st) if !st.success() => Err(failure(st)),
                         _ => Ok(0),
                     };
                 }

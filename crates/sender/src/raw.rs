@@ -183,6 +183,17 @@ pub struct RawFrames {
     ended: bool,
 }
 
+/// Opens `path` (`-` = stdin) and names it for messages. Opening a FIFO
+/// waits for its writer.
+fn open(path: &Path) -> Result<(Box<dyn Read>, String)> {
+    if path.as_os_str() == "-" {
+        return Ok((Box::new(io::stdin().lock()), "stdin".into()));
+    }
+    let f =
+        File::open(path).with_context(|| format!("cannot open raw input {}", path.display()))?;
+    Ok((Box::new(f), path.display().to_string()))
+}
+
 impl RawFrames {
     /// The source for `--input-format F --size WxH [--stride N]
     /// [--padded-height H] INPUT` where INPUT is `-` (stdin), a FIFO or a file.
@@ -200,40 +211,25 @@ impl RawFrames {
         if looping {
             bail!("--loop works with image files, not with a raw --input-format stream");
         }
-        if let Some(cmd) = command {
-            if !inputs.is_empty() {
-                bail!(
-                    "--input-command is the input: drop the INPUT argument(s) ({})",
-                    inputs
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
+        let (reader, name): (Box<dyn Read>, String) = match (command, inputs) {
+            (Some(_), [_, ..]) => bail!(
+                "--input-command is the input: drop the INPUT argument(s) ({})",
+                inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            (Some(cmd), []) => {
+                let reader = crate::command::CommandReader::spawn(cmd)?;
+                let name = reader.name();
+                (Box::new(reader), name)
             }
-            let reader = crate::command::CommandReader::spawn(cmd)?;
-            let name = reader.name();
-            log::info!("reading raw frames from {name}: {layout}");
-            return Ok(Self::from_reader(Box::new(reader), name, layout));
-        }
-        let path = match inputs {
-            [p] => p,
-            _ => bail!(
+            (None, [p]) => open(p)?,
+            (None, _) => bail!(
                 "--input-format reads one stream: give `-` for stdin, or one FIFO or file path (got {} inputs)",
                 inputs.len()
             ),
-        };
-        Self::open(path, layout)
-    }
-
-    /// Opens `path` (`-` = stdin). Opening a FIFO waits for its writer.
-    pub fn open(path: &Path, layout: RawLayout) -> Result<Self> {
-        let (reader, name): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
-            (Box::new(io::stdin().lock()), "stdin".into())
-        } else {
-            let f = File::open(path)
-                .with_context(|| format!("cannot open raw input {}", path.display()))?;
-            (Box::new(f), path.display().to_string())
         };
         log::info!("reading raw frames from {name}: {layout}");
         Ok(Self::from_reader(reader, name, layout))

@@ -316,6 +316,17 @@ impl Proc {
         }
     }
 
+    /// Sends SIGTERM (with `kill(1)`: no unsafe code here) and waits for the
+    /// process to exit, at most `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Finished {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(st.success(), "kill -TERM {} failed", self.id());
+        self.wait(limit)
+    }
+
     /// Waits for the process to exit, at most `limit` (then kills it and panics).
     pub fn wait(&mut self, limit: Duration) -> Finished {
         let start = Instant::now();

@@ -1,5 +1,6 @@
 //! `bitmask-recv`: accepts bitmask streams over TCP and writes each mask to disk or stdout.
 
+mod acks;
 mod exec;
 mod http;
 mod output;

@@ -168,6 +168,8 @@ pub struct Hub {
     shared_busy_since: AtomicU64,
     /// Turns at the shared output, in arrival order.
     turns: Turns,
+    /// Where each sender's handled frames end, for resumed connections.
+    handled: Mutex<crate::acks::Handled>,
     done: Mutex<Option<mpsc::Sender<String>>>,
 }
 
@@ -233,6 +235,7 @@ impl Hub {
             handshakes: Throttle::default(),
             shared_busy_since: AtomicU64::new(0),
             turns: Turns::default(),
+            handled: Mutex::default(),
             done: Mutex::new(Some(done)),
         })
     }
@@ -282,6 +285,14 @@ pub struct StreamCtx {
     decoded: Vec<u8>,
     decoder: bitmask_codec::Decoder,
     feed: Option<crate::http::Feed>,
+    /// Frames below this were handled before (a resumed connection sends
+    /// them again): decoded, as later delta frames may refer to them, but
+    /// not written or counted again.
+    skip_below: u64,
+    /// Frames skipped so.
+    skipped: u64,
+    /// Acknowledgements, when the sender asked for them.
+    acks: Option<crate::acks::AckWriter>,
 }
 
 impl StreamCtx {
@@ -305,6 +316,9 @@ impl StreamCtx {
             own: None,
             decoded: Vec::new(),
             decoder: bitmask_codec::Decoder::new(),
+            skip_below: 0,
+            skipped: 0,
+            acks: None,
         })
     }
 
@@ -339,23 +353,53 @@ impl StreamCtx {
     /// (written late it would come after newer frames). An error ends the
     /// stream: the shared stream output's reader is gone, and the receiver
     /// stops.
-    pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<()> {
+    ///
+    /// `Ok(true)` when the frame was handled (written, skipped as one handled
+    /// before, or counted as damaged or unwritten), `Ok(false)` when it was
+    /// given up: only handled frames are acknowledged.
+    pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {
+        let handled = self.handle(h, payload)?;
+        if handled {
+            self.acknowledge(h.sequence);
+        }
+        Ok(handled)
+    }
+
+    fn handle(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {
         if self.last_seq == Some(h.sequence) {
             // A sender never sends a frame twice on one connection.
             self.corrupt(&format_args!(
                 "frame {} again on the same connection (a duplicate)",
                 h.sequence
             ));
-            return Ok(());
+            return Ok(true);
         }
         self.last_seq = Some(h.sequence);
         let mask: &[u8] = match decode(&mut self.decoder, h, payload, &mut self.decoded) {
             Ok(m) => m,
             Err(why) => {
                 self.corrupt(&why);
-                return Ok(());
+                return Ok(true);
             }
         };
+        if h.sequence < self.skip_below {
+            self.skipped += 1;
+            log::debug!(
+                "{}: frame {} sent again after a reconnect: handled before, skipped",
+                self.name,
+                h.sequence
+            );
+            return Ok(true);
+        }
+        if self.skipped > 0 {
+            log::info!(
+                "{}: resumed at frame {} ({} frame(s) sent again were handled before and skipped)",
+                self.name,
+                h.sequence,
+                self.skipped
+            );
+            self.skipped = 0;
+        }
         // Every sink is tried; the frame counts as written when one took it.
         let mut took = false;
         let mut given_up = false;
@@ -416,7 +460,7 @@ impl StreamCtx {
                 self.name,
                 h.sequence
             );
-            return Ok(());
+            return Ok(false);
         }
         if let Some(e) = failed {
             let n = self.write_log.hit();
@@ -430,7 +474,7 @@ impl StreamCtx {
                         more_like_it(n)
                     );
                 }
-                return Ok(());
+                return Ok(true);
             }
             if let Some(n) = n {
                 log::warn!(
@@ -457,9 +501,24 @@ impl StreamCtx {
         }
         let n = self.hub.written.fetch_add(1, Relaxed) + 1;
         if self.hub.count.is_some_and(|c| n >= c) {
+            // acknowledged first: the receiver may exit at once
+            self.acknowledge(h.sequence);
             self.hub.stop(format!("{n} frames written (--count)"));
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Acknowledges frame `sequence` and all before it, if the sender asked
+    /// for acknowledgements (and this connection was not replaced).
+    fn acknowledge(&mut self, sequence: u64) {
+        let Some(a) = self.acks.as_mut() else { return };
+        if a.sent.is_some_and(|s| s > sequence) {
+            return; // already
+        }
+        if !self.conn.as_ref().is_some_and(|c| c.replaced.load(Relaxed)) {
+            lock(&self.hub.handled).done(&self.name, sequence);
+        }
+        a.ack(sequence.saturating_add(1));
     }
 
     /// Counts UDP frames given up on.
@@ -759,6 +818,8 @@ pub fn serve_tcp(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
         log::debug!("connection from {peer}: no TCP keepalive: {e}");
     }
+    // For acknowledgements, if the hello asks for them.
+    let ack_sock = stream.try_clone();
     let started = std::rc::Rc::new(std::cell::Cell::new(None));
     let mut reader = FrameReader::new(
         DeadlineReader {
@@ -773,8 +834,8 @@ pub fn serve_tcp(
     let hello = reader.read_hello();
     state.identified.store(true, Relaxed);
     let (name, hello) = match hello {
-        Ok(Some(h)) => (h.name, true),
-        Ok(None) => (peer.to_string(), false),
+        Ok(Some(h)) => (h.name.clone(), Some(h)),
+        Ok(None) => (peer.to_string(), None),
         Err(e) => {
             // Junk or a silent socket: throttled, a scan must not flood the log.
             if let Some(n) = hub.handshakes.hit() {
@@ -801,6 +862,21 @@ pub fn serve_tcp(
         old.state.evicted.store(true, Relaxed);
         let _ = old.stream.shutdown(Shutdown::Both);
     }
+    // Acknowledgements (PROTOCOL.md section 6): the first says where a
+    // resumed connection's frames become new.
+    let mut acker = None;
+    let mut skip_below = 0;
+    if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
+        skip_below = lock(&hub.handled).open(&name, h.resumes());
+        match ack_sock {
+            Ok(s) => {
+                let mut a = crate::acks::AckWriter::new(s);
+                a.ack(skip_below);
+                acker = Some(a);
+            }
+            Err(e) => log::warn!("{name}: cannot acknowledge frames: {e}"),
+        }
+    }
     let result = (|| -> Result<()> {
         // A peer without a hello gets stats (named by its address) only
         // once it sent something that is a frame, so junk leaves no trace.
@@ -816,7 +892,14 @@ pub fn serve_tcp(
             }
             Ok(ctx)
         };
-        let mut ctx = if hello { Some(open()?) } else { None };
+        let mut ctx = if hello.is_some() {
+            let mut c = open()?;
+            c.skip_below = skip_below;
+            c.acks = acker.take();
+            Some(c)
+        } else {
+            None
+        };
         let mut framed = false;
         loop {
             if state.replaced.load(Relaxed) {
@@ -866,7 +949,11 @@ pub fn serve_tcp(
                                 more_like_it(n)
                             );
                         }
-                    } else if ctx.is_some() {
+                    } else if let Some(c) = ctx.as_mut() {
+                        if let Some(a) = c.acks.as_mut() {
+                            // the sender waits for this last one
+                            a.finish(Duration::from_secs(1));
+                        }
                         log::info!("state: sender {name:?} closed the stream");
                     } else {
                         // Said nothing at all (a port scan, or replaced while idle).

@@ -112,8 +112,9 @@ struct Cli {
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     queue: u32,
 
-    /// Never drop a frame: slow the source down to what the link takes instead
-    /// (frames still in the kernel when a connection breaks can be lost).
+    /// Never drop a frame: slow the source down to what the link takes instead,
+    /// and after a broken connection send again what the receiver had not
+    /// confirmed (it skips what it already wrote; up to 64 frames are kept).
     /// Implied unless the source is live (raw frames from --input-format, or
     /// --fps pacing): image files are a batch and are all sent.
     #[arg(long)]

@@ -1,7 +1,7 @@
 //! The TCP side of the sender: connect, handshake, write whole frames.
 
 use anyhow::{Context, Result};
-use bitmask_wire::Hello;
+use bitmask_wire::{AckReader, Hello, HELLO_ACKS, HELLO_RESUME};
 use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -113,11 +113,17 @@ fn getent_addrs(out: &str, port: u16) -> Vec<SocketAddr> {
 /// One persistent connection to a receiver.
 pub struct Connection {
     stream: TcpStream,
+    acks: AckReader,
+    /// One past the last frame the receiver confirmed (its newest ack).
+    acked: Option<u64>,
 }
 
 impl Connection {
-    /// Connects (trying each resolved address), sets socket options and sends the hello.
-    pub fn connect(addr: &str, name: &str, timeout: Duration) -> Result<Self> {
+    /// Connects (trying each resolved address), sets socket options and
+    /// sends the hello, asking for acknowledgements; `resume` says that
+    /// this connection continues an earlier one of this process (frames it
+    /// did not confirm are sent again).
+    pub fn connect(addr: &str, name: &str, timeout: Duration, resume: bool) -> Result<Self> {
         let addrs = resolve(addr)?;
         let mut last = None;
         for a in &addrs {
@@ -132,9 +138,15 @@ impl Connection {
                         &TcpKeepalive::new().with_time(Duration::from_secs(10)),
                     )?;
                     log::debug!("connected to {a} as {name:?}");
-                    let mut c = Connection { stream };
-                    let hello =
-                        Hello::new(name).with_context(|| format!("sender name {name:?}"))?;
+                    let mut c = Connection {
+                        stream,
+                        acks: AckReader::default(),
+                        acked: None,
+                    };
+                    let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
+                    let hello = Hello::new(name)
+                        .with_context(|| format!("sender name {name:?}"))?
+                        .with_flags(flags);
                     c.stream
                         .write_all(&hello.encode())
                         .context("sending hello")?;
@@ -159,6 +171,69 @@ impl Connection {
         self.stream.shutdown(Shutdown::Write).ok();
         Ok(())
     }
+
+    /// Reads what the receiver sent: acknowledgements (kept in `acked`), or
+    /// its end. Without `wait` it never blocks; with it, it waits that long
+    /// for the first byte. `Some(why)` when the connection is over.
+    fn read_acks(&mut self, wait: Option<Duration>) -> Option<String> {
+        let mut buf = [0u8; 256];
+        let mut wait = wait;
+        loop {
+            let r = match wait.take() {
+                Some(limit) => {
+                    let _ = self
+                        .stream
+                        .set_read_timeout(Some(limit.max(Duration::from_millis(1))));
+                    io::Read::read(&mut self.stream, &mut buf)
+                }
+                None => recv_nowait(&self.stream, &mut buf),
+            };
+            match r {
+                Ok(0) => {
+                    return Some(if self.acks.pending() > 0 {
+                        "end of stream inside an acknowledgement".into()
+                    } else {
+                        "end of stream".into()
+                    })
+                }
+                Ok(n) => match self.acks.push(&buf[..n]) {
+                    Ok(Some(a)) => self.acked = Some(self.acked.map_or(a.next, |p| p.max(a.next))),
+                    Ok(None) => {}
+                    Err(e) => return Some(format!("the receiver sent something else: {e}")),
+                },
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+    }
+}
+
+/// One `recv` that does not block (`MSG_DONTWAIT`), leaving the socket as it is.
+fn recv_nowait(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv into a live, writable buffer of the length given, on a
+    // socket this stream owns.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 impl crate::pipeline::Link for Connection {
@@ -166,18 +241,16 @@ impl crate::pipeline::Link for Connection {
         self.write_frame(frame)
     }
     fn closed_by_peer(&mut self) -> Option<String> {
-        // The receiver never sends a byte: anything readable is its end of
-        // stream (or a reset). One non-blocking peek, no state changed.
-        let mut b = [std::mem::MaybeUninit::<u8>::uninit()];
-        match SockRef::from(&self.stream)
-            .recv_with_flags(&mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        {
-            Ok(0) => Some("end of stream".into()),
-            Ok(_) => None,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-            Err(e) => Some(e.to_string()),
-        }
+        // The receiver sends nothing but acknowledgements (and only when
+        // asked): anything else readable is its end of stream, or a reset.
+        self.read_acks(None)
+    }
+    fn acked(&self) -> Option<u64> {
+        self.acked
+    }
+    fn wait_acks(&mut self, limit: Duration) -> Option<String> {
+        let why = self.read_acks(Some(limit));
+        why.or_else(|| self.read_acks(None))
     }
     fn finish(self: Box<Self>) {
         let _ = Connection::finish(*self);

@@ -15,6 +15,14 @@
 //! drop decision, just before they are written, so a temporal codec never
 //! references a frame that was dropped.
 //!
+//! Over TCP the receiver acknowledges the frames it handled (PROTOCOL.md
+//! section 6): the network thread keeps the frames in flight ([`WINDOW`]
+//! with `--no-drop`, their masks included) until confirmed. When a
+//! connection breaks, `--no-drop` sends them again on the next one (with
+//! `HELLO_RESUME`, so the receiver skips those it had handled); otherwise
+//! they are counted as unconfirmed. At the end of the input the thread waits
+//! for the last confirmations before it closes the stream.
+//!
 //! Hooks for other work:
 //! - frame sources: anything implementing [`crate::input::Source`];
 //! - codecs: implement [`FrameEncoder`] (the codec's `force_keyframe()` is
@@ -190,6 +198,15 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Successful connects after the first.
     pub reconnects: AtomicU64,
+    /// Frames the receiver confirmed (acknowledged as handled).
+    pub confirmed: AtomicU64,
+    /// Frames written to a connection that ended before the receiver
+    /// confirmed them (they may or may not have arrived).
+    pub unconfirmed: AtomicU64,
+    /// Frames written again after a reconnect (`--no-drop`).
+    pub resent: AtomicU64,
+    /// The receiver acknowledges frames (it has at least once).
+    pub acks: AtomicBool,
     /// A link is up now.
     pub connected: AtomicBool,
 }
@@ -200,9 +217,23 @@ impl Counters {
         let s = elapsed.as_secs_f64().max(1e-9);
         let sent = self.sent.load(Relaxed);
         let bytes = self.sent_bytes.load(Relaxed);
+        let again = match self.resent.load(Relaxed) {
+            0 => String::new(),
+            n => format!(" ({n} sent again)"),
+        };
+        let confirmed = if self.acks.load(Relaxed) {
+            let mut c = format!("confirmed {}", self.confirmed.load(Relaxed));
+            let u = self.unconfirmed.load(Relaxed);
+            if u > 0 {
+                c += &format!(", unconfirmed {u}");
+            }
+            c
+        } else {
+            "confirmed -".into()
+        };
         format!(
-            "captured {}, sent {sent} frames, {bytes} bytes in {s:.2} s: {:.1} fps, {:.1} Mbit/s; \
-             dropped {}, failed {}, reconnects {}",
+            "captured {}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {:.1} fps, \
+             {:.1} Mbit/s; {confirmed}; dropped {}, failed {}, reconnects {}",
             self.captured.load(Relaxed),
             sent as f64 / s,
             bytes as f64 * 8.0 / s / 1e6,
@@ -220,16 +251,34 @@ pub trait Link: Send {
     /// Whether the receiver has already closed this link (checked before a
     /// frame is written: a frame written into a connection the receiver has
     /// closed is lost without an error).
+    /// (With acknowledgements, this also reads them.)
     fn closed_by_peer(&mut self) -> Option<String> {
+        None
+    }
+    /// One past the last frame the receiver has confirmed on this link
+    /// (PROTOCOL.md section 6); `None` while it has confirmed nothing (as
+    /// a receiver that does not acknowledge, or UDP, never does).
+    fn acked(&self) -> Option<u64> {
+        None
+    }
+    /// Waits up to `limit` for acknowledgements; `Some(why)` when the link
+    /// is over, as [`Link::closed_by_peer`].
+    fn wait_acks(&mut self, limit: Duration) -> Option<String> {
+        std::thread::sleep(limit);
         None
     }
     /// Ends the stream cleanly.
     fn finish(self: Box<Self>);
 }
 
-fn connect(cfg: &Config) -> Result<Box<dyn Link>> {
+fn connect(cfg: &Config, resume: bool) -> Result<Box<dyn Link>> {
     Ok(match cfg.transport {
-        Transport::Tcp => Box::new(net::Connection::connect(&cfg.to, &cfg.name, cfg.timeout)?),
+        Transport::Tcp => Box::new(net::Connection::connect(
+            &cfg.to,
+            &cfg.name,
+            cfg.timeout,
+            resume,
+        )?),
         Transport::Udp => Box::new(udp::UdpLink::connect(
             &cfg.to,
             &cfg.name,
@@ -428,6 +477,114 @@ pub(crate) fn stop_requested() -> Option<i32> {
     }
 }
 
+/// Frames a `--no-drop` sender keeps until the receiver confirms them, at
+/// most: past this it waits for acknowledgements before writing more.
+const WINDOW: usize = 64;
+/// Sequence numbers in flight remembered without `--no-drop` (for the
+/// confirmed count only; no mask is kept).
+const WINDOW_LIVE: usize = 4096;
+/// How long a new link may go without its first acknowledgement before
+/// the receiver is taken for one that sends none (an older bitmask-recv).
+const ACK_GRACE: Duration = Duration::from_secs(2);
+
+/// A frame written and not yet confirmed.
+struct InFlight {
+    sequence: u64,
+    /// Kept with `--no-drop`, to be sent again if the link breaks.
+    mask: Option<Mask>,
+}
+
+/// What the network thread knows of frames in flight on its link.
+struct Delivery {
+    inflight: VecDeque<InFlight>,
+    /// Frames to write again (oldest first), before anything else.
+    resend: VecDeque<Slot>,
+    /// Whether this link's frames are tracked: false on UDP and once a
+    /// receiver turned out not to acknowledge.
+    tracking: bool,
+    /// When the final wait for confirmations began.
+    final_wait: Option<Instant>,
+    /// The newest frame ever given back for sending again.
+    resend_through: Option<u64>,
+}
+
+impl Delivery {
+    /// Forgets what the receiver confirmed.
+    fn release(&mut self, acked: Option<u64>, queue: &FrameQueue, counters: &Counters) {
+        let Some(next) = acked else { return };
+        counters.acks.store(true, Relaxed);
+        while self.inflight.front().is_some_and(|f| f.sequence < next) {
+            let f = self.inflight.pop_front().expect("checked");
+            counters.confirmed.fetch_add(1, Relaxed);
+            if let Some(m) = f.mask {
+                queue.recycle(m);
+            }
+        }
+    }
+
+    /// Whether frame `sequence` was written before (and is written again).
+    fn resend_marks(&self, sequence: u64) -> bool {
+        self.resend_through.is_some_and(|t| sequence <= t)
+    }
+
+    /// Stops tracking: the receiver confirms nothing.
+    fn untrack(&mut self, queue: &FrameQueue) {
+        self.tracking = false;
+        for f in self.inflight.drain(..) {
+            if let Some(m) = f.mask {
+                queue.recycle(m);
+            }
+        }
+    }
+
+    /// The link broke with frames in flight: with `--no-drop` they are
+    /// written again on the next link (the receiver skips those it had
+    /// handled); otherwise they are counted as unconfirmed.
+    fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
+        let n = self.inflight.len();
+        if n == 0 {
+            return;
+        }
+        if !self.tracking {
+            return;
+        }
+        // (a link that broke before its first acknowledgement counts as one
+        // that acknowledges: sent again, a frame may arrive twice, never
+        // not at all)
+        if cfg.no_drop {
+            log::info!(
+                "{n} frame(s) from {} on were not confirmed when the link broke: \
+                 they are sent again",
+                self.inflight[0].sequence
+            );
+            let newest = self.inflight.back().expect("n > 0").sequence;
+            self.resend_through = Some(self.resend_through.map_or(newest, |t| t.max(newest)));
+            for f in self.inflight.drain(..).rev() {
+                let mask = f.mask.expect("--no-drop keeps the masks in flight");
+                self.resend.push_front(Slot {
+                    mask,
+                    sequence: f.sequence,
+                });
+            }
+        } else {
+            log::info!(
+                "{n} frame(s) from {} on were not confirmed when the link broke (they may be lost)",
+                self.inflight[0].sequence
+            );
+            counters.unconfirmed.fetch_add(n as u64, Relaxed);
+            self.untrack(queue);
+        }
+    }
+}
+
+/// What the final wait for confirmations says.
+enum Confirm {
+    /// Every frame confirmed, or nothing can be: the stream may end.
+    Done,
+    /// More to do (acks came, or the link broke and frames are to be sent again).
+    Again,
+}
+
 fn network_loop(
     cfg: &Config,
     queue: &FrameQueue,
@@ -442,21 +599,34 @@ fn network_loop(
     let mut failing_since: Option<Instant> = None;
     let mut closed_at: Option<Instant> = None;
     let mut connected_at = Instant::now();
+    let mut d = Delivery {
+        inflight: VecDeque::new(),
+        resend: VecDeque::new(),
+        tracking: false,
+        final_wait: None,
+        resend_through: None,
+    };
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
     loop {
-        let slot = match held.take() {
+        let slot = match d.resend.pop_front().or_else(|| held.take()) {
             Some(s) => s,
             None => match queue.pop() {
                 Some(s) => s,
-                None => break,
+                None => {
+                    match confirm_rest(cfg, &mut link, &mut d, queue, counters, connected_at)? {
+                        Confirm::Done => break,
+                        Confirm::Again => continue,
+                    }
+                }
             },
         };
         if link.is_none() {
-            match connect(cfg) {
+            match connect(cfg, ever_connected) {
                 Ok(l) => {
                     link = Some(l);
                     connected_at = Instant::now();
+                    d.tracking = cfg.transport == Transport::Tcp;
                     counters.connected.store(true, Relaxed);
                     if ever_connected {
                         counters.reconnects.fetch_add(1, Relaxed);
@@ -499,7 +669,7 @@ fn network_loop(
                     }
                     if queue_closed(queue, &mut closed_at) {
                         if closed_at.is_some_and(|t| t.elapsed() > LINGER) {
-                            let left = 1 + drain(queue);
+                            let left = 1 + d.resend.len() as u64 + drain(queue);
                             counters.dropped.fetch_add(left, Relaxed);
                             anyhow::bail!(
                                 "input ended and the receiver {} stayed unreachable for {} s: \
@@ -514,6 +684,10 @@ fn network_loop(
                     } else {
                         counters.dropped.fetch_add(1, Relaxed);
                         queue.recycle(slot.mask);
+                    }
+                    if let Some(s) = held.take() {
+                        // taken before the frames to send again: it goes back first
+                        d.resend.push_front(s);
                     }
                     std::thread::sleep(wait);
                     continue;
@@ -538,7 +712,12 @@ fn network_loop(
             log::info!("{line}; resuming at frame {}", slot.sequence);
         }
         let l = link.as_mut().expect("connected above");
-        if let Some(why) = l.closed_by_peer() {
+        let mut gone = l.closed_by_peer();
+        d.release(l.acked(), queue, counters);
+        if gone.is_none() && d.tracking {
+            gone = make_room(cfg, l.as_mut(), &mut d, queue, counters, connected_at);
+        }
+        if let Some(why) = gone {
             // Nothing was written: the frame is held for the next
             // connection (where a newer one replaces it, as above, unless
             // --no-drop).
@@ -549,6 +728,7 @@ fn network_loop(
             link = None;
             counters.connected.store(false, Relaxed);
             held = Some(slot);
+            d.link_lost(cfg, queue, counters);
             std::thread::sleep(backoff.step());
             continue;
         }
@@ -563,7 +743,29 @@ fn network_loop(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
-                queue.recycle(slot.mask);
+                if d.resend_marks(slot.sequence) {
+                    counters.resent.fetch_add(1, Relaxed);
+                }
+                if d.tracking {
+                    let keep = cfg.no_drop;
+                    d.inflight.push_back(InFlight {
+                        sequence: slot.sequence,
+                        mask: None,
+                    });
+                    if keep {
+                        d.inflight.back_mut().expect("pushed").mask = Some(slot.mask);
+                    } else {
+                        queue.recycle(slot.mask);
+                        if d.inflight.len() > WINDOW_LIVE {
+                            d.inflight.pop_front();
+                        }
+                    }
+                } else {
+                    queue.recycle(slot.mask);
+                }
+                // (a frame sent again that the receiver had already handled
+                // is below what it confirmed on connecting)
+                d.release(l.acked(), queue, counters);
             }
             Err(e) => {
                 log::warn!(
@@ -581,6 +783,7 @@ fn network_loop(
                 } else {
                     queue.recycle(slot.mask);
                 }
+                d.link_lost(cfg, queue, counters);
                 std::thread::sleep(backoff.step());
             }
         }
@@ -590,6 +793,115 @@ fn network_loop(
         log::info!("state: input done, stream to {} closed", cfg.to);
     }
     Ok(())
+}
+
+/// With `--no-drop`, waits until fewer than [`WINDOW`] frames are in
+/// flight. `Some(why)` when the link is to be given up.
+fn make_room(
+    cfg: &Config,
+    l: &mut dyn Link,
+    d: &mut Delivery,
+    queue: &FrameQueue,
+    counters: &Counters,
+    connected_at: Instant,
+) -> Option<String> {
+    if !cfg.no_drop {
+        return None;
+    }
+    let mut since = Instant::now();
+    while d.inflight.len() >= WINDOW {
+        let before = d.inflight.len();
+        let why = l.wait_acks(Duration::from_millis(100));
+        d.release(l.acked(), queue, counters);
+        if why.is_some() {
+            return why;
+        }
+        if l.acked().is_none() {
+            if connected_at.elapsed() > ACK_GRACE {
+                log::warn!(
+                    "receiver {} sends no acknowledgements (an older bitmask-recv, or another reader): \
+                     frames cannot be confirmed or sent again after a break",
+                    cfg.to
+                );
+                d.untrack(queue);
+                return None;
+            }
+            continue;
+        }
+        if d.inflight.len() < before {
+            since = Instant::now();
+        } else if since.elapsed() > cfg.timeout {
+            return Some(format!(
+                "it confirmed no frame for {:.1} s (--timeout)",
+                cfg.timeout.as_secs_f64()
+            ));
+        }
+    }
+    None
+}
+
+/// The input is over and every frame written: waits (at most [`LINGER`]
+/// in all) for the receiver to confirm the frames in flight.
+fn confirm_rest(
+    cfg: &Config,
+    link: &mut Option<Box<dyn Link>>,
+    d: &mut Delivery,
+    queue: &FrameQueue,
+    counters: &Counters,
+    connected_at: Instant,
+) -> Result<Confirm> {
+    let Some(l) = link.as_mut() else {
+        return Ok(Confirm::Done);
+    };
+    if !d.tracking || d.inflight.is_empty() {
+        return Ok(Confirm::Done);
+    }
+    let since = *d.final_wait.get_or_insert_with(Instant::now);
+    let why = l.wait_acks(Duration::from_millis(100));
+    d.release(l.acked(), queue, counters);
+    if d.inflight.is_empty() {
+        return Ok(Confirm::Done);
+    }
+    if let Some(why) = why {
+        log::info!(
+            "state: receiver {} closed the connection ({why}) before confirming every frame",
+            cfg.to
+        );
+        *link = None;
+        counters.connected.store(false, Relaxed);
+        d.link_lost(cfg, queue, counters);
+        return Ok(if d.resend.is_empty() {
+            Confirm::Done
+        } else {
+            Confirm::Again
+        });
+    }
+    if l.acked().is_none() && connected_at.elapsed() > ACK_GRACE {
+        log::warn!(
+            "receiver {} sends no acknowledgements (an older bitmask-recv, or another reader): \
+             the frames' delivery cannot be confirmed",
+            cfg.to
+        );
+        d.untrack(queue);
+        return Ok(Confirm::Done);
+    }
+    if since.elapsed() < LINGER {
+        return Ok(Confirm::Again);
+    }
+    let n = d.inflight.len() as u64;
+    let first = d.inflight[0].sequence;
+    counters.unconfirmed.fetch_add(n, Relaxed);
+    d.untrack(queue);
+    let msg = format!(
+        "input ended and the receiver {} did not confirm {n} frame(s) from {first} on within {} s",
+        cfg.to,
+        LINGER.as_secs()
+    );
+    if cfg.no_drop {
+        anyhow::bail!("{msg}");
+    }
+    log::warn!("{msg}");
+    Ok(Confirm::Done)
 }
 
 /// The reconnect hook: the receiver may have lost the reference frame, so

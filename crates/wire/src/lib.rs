@@ -133,6 +133,9 @@ pub enum WireError {
     /// A malformed stream handshake.
     #[error("bad hello: {0}")]
     BadHello(String),
+    /// A malformed acknowledgement (see [`Ack`]).
+    #[error("bad acknowledgement: {0}")]
+    BadAck(String),
     /// A malformed UDP datagram (see [`udp`]).
     #[error("{0}")]
     BadDatagram(String),
@@ -347,32 +350,151 @@ impl Limits {
     }
 }
 
+/// Hello flag bit 0: the sender reads [`Ack`]s on this connection, and the
+/// receiver should send them (PROTOCOL.md section 6). A receiver that does
+/// not know the bit ignores it and sends nothing.
+pub const HELLO_ACKS: u8 = 0b0000_0001;
+/// Hello flag bit 1 (with [`HELLO_ACKS`]): this connection continues an
+/// earlier connection of the same sender process, whose frames from the
+/// first unacknowledged one on are sent again. A receiver that has already
+/// handled some of them under this name skips them (decoded, not written).
+/// Without it the receiver forgets what it handled of this name.
+pub const HELLO_RESUME: u8 = 0b0000_0010;
+
 /// The optional first message of a stream: who is sending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// The sender's name (UTF-8, 1..=255 bytes, no `/`, `\`, NUL or control
     /// characters, not `.` or `..`, so it is safe as a directory name).
     pub name: String,
+    /// Flag bits ([`HELLO_ACKS`], [`HELLO_RESUME`]); a reader keeps bits it
+    /// does not know and ignores them.
+    pub flags: u8,
 }
 
 impl Hello {
-    /// A hello for `name`, validated.
+    /// A hello for `name`, validated, with no flags.
     pub fn new(name: &str) -> Result<Self, WireError> {
         validate_name(name)?;
         Ok(Hello {
             name: name.to_owned(),
+            flags: 0,
         })
     }
 
-    /// `BMHI`, version, reserved 0, name length (u16 LE), name.
+    /// The same hello with `flags` set.
+    pub fn with_flags(mut self, flags: u8) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Whether the sender asks for [`Ack`]s.
+    pub fn wants_acks(&self) -> bool {
+        self.flags & HELLO_ACKS != 0
+    }
+
+    /// Whether the connection resumes an earlier one ([`HELLO_RESUME`], with
+    /// [`HELLO_ACKS`]).
+    pub fn resumes(&self) -> bool {
+        self.wants_acks() && self.flags & HELLO_RESUME != 0
+    }
+
+    /// `BMHI`, version, flags, name length (u16 LE), name.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(8 + self.name.len());
         v.extend_from_slice(&HELLO_MAGIC);
         v.push(VERSION);
-        v.push(0);
+        v.push(self.flags);
         v.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
         v.extend_from_slice(self.name.as_bytes());
         v
+    }
+}
+
+/// The first four bytes of an acknowledgement.
+pub const ACK_MAGIC: [u8; 4] = *b"BMAK";
+/// Bytes in an [`Ack`].
+pub const ACK_LEN: usize = 16;
+
+/// An acknowledgement, the only message from receiver to sender, sent only
+/// on a connection whose [`Hello`] asked for it ([`HELLO_ACKS`]): every frame
+/// of the sender with a sequence number below `next` that the receiver will
+/// get has been handled (written out, or counted as damaged or unwritable).
+///
+/// ```
+/// use bitmask_wire::{Ack, AckReader};
+///
+/// let bytes = Ack { next: 42 }.encode();
+/// let mut r = AckReader::default();
+/// assert_eq!(r.push(&bytes[..5]).unwrap(), None); // acks may arrive in pieces
+/// assert_eq!(r.push(&bytes[5..]).unwrap(), Some(Ack { next: 42 }));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// One past the last frame handled.
+    pub next: u64,
+}
+
+impl Ack {
+    /// `BMAK`, version, three reserved zero bytes, `next` (u64 LE).
+    pub fn encode(&self) -> [u8; ACK_LEN] {
+        let mut b = [0u8; ACK_LEN];
+        b[..4].copy_from_slice(&ACK_MAGIC);
+        b[4] = VERSION;
+        b[8..].copy_from_slice(&self.next.to_le_bytes());
+        b
+    }
+
+    /// Parses one acknowledgement (reserved bytes are ignored).
+    pub fn decode(b: &[u8; ACK_LEN]) -> Result<Ack, WireError> {
+        if b[..4] != ACK_MAGIC {
+            return Err(WireError::BadAck(format!(
+                "bad magic {:02x?} (expected \"BMAK\")",
+                &b[..4]
+            )));
+        }
+        if b[4] != VERSION {
+            return Err(WireError::UnsupportedVersion { found: b[4] });
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&b[8..]);
+        Ok(Ack {
+            next: u64::from_le_bytes(n),
+        })
+    }
+}
+
+/// Parses acknowledgements from bytes that arrive in pieces of any size (a
+/// sender reads whatever its socket holds without blocking).
+#[derive(Debug, Default, Clone)]
+pub struct AckReader {
+    buf: [u8; ACK_LEN],
+    len: usize,
+}
+
+impl AckReader {
+    /// Takes the next bytes of the stream; returns the newest complete
+    /// acknowledgement among them, if any. An error (not an acknowledgement)
+    /// means the peer speaks something else: the connection should be closed.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Result<Option<Ack>, WireError> {
+        let mut newest = None;
+        while !bytes.is_empty() {
+            let n = (ACK_LEN - self.len).min(bytes.len());
+            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+            if self.len == ACK_LEN {
+                self.len = 0;
+                newest = Some(Ack::decode(&self.buf)?);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Bytes of an unfinished acknowledgement held (a stream that ends with
+    /// some is truncated).
+    pub fn pending(&self) -> usize {
+        self.len
     }
 }
 
@@ -486,6 +608,7 @@ impl<R: Read> FrameReader<R> {
         validate_name(name)?;
         Ok(Some(Hello {
             name: name.to_owned(),
+            flags: rest[1],
         }))
     }
 

@@ -211,6 +211,76 @@ fn bad_names_are_refused() {
     ));
 }
 
+#[test]
+fn hello_flags_travel_and_an_old_hello_has_none() {
+    let h = Hello::new("cam")
+        .unwrap()
+        .with_flags(HELLO_ACKS | HELLO_RESUME);
+    let b = h.encode();
+    assert_eq!(b[5], 0b11);
+    let got = FrameReader::new(&b[..], Limits::default())
+        .read_hello()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, h);
+    assert!(got.wants_acks() && got.resumes());
+    // a v1 hello from before the flags (byte 5 was reserved, written 0)
+    let old = Hello::new("cam").unwrap().encode();
+    let got = FrameReader::new(&old[..], Limits::default())
+        .read_hello()
+        .unwrap()
+        .unwrap();
+    assert!(!got.wants_acks() && !got.resumes());
+    // RESUME means nothing without ACKS; unknown bits are kept, not refused
+    let b = Hello::new("cam").unwrap().with_flags(0xf2).encode();
+    let got = FrameReader::new(&b[..], Limits::default())
+        .read_hello()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.flags, 0xf2);
+    assert!(!got.resumes());
+}
+
+#[test]
+fn acks_round_trip_in_any_pieces_and_junk_is_refused() {
+    let mut stream = Vec::new();
+    for next in [0u64, 1, 7, u64::MAX] {
+        stream.extend_from_slice(&Ack { next }.encode());
+    }
+    assert_eq!(&stream[..4], b"BMAK");
+    assert_eq!(stream[4], 1);
+    for piece in 1..=ACK_LEN + 3 {
+        let mut r = AckReader::default();
+        let mut seen = Vec::new();
+        for c in stream.chunks(piece) {
+            if let Some(a) = r.push(c).unwrap() {
+                seen.push(a.next);
+            }
+        }
+        assert_eq!(r.pending(), 0);
+        // the newest of each piece: always ends with the last one
+        assert_eq!(seen.last(), Some(&u64::MAX), "pieces of {piece}");
+        if piece <= ACK_LEN {
+            assert_eq!(seen, [0, 1, 7, u64::MAX], "pieces of {piece}");
+        }
+    }
+    let mut r = AckReader::default();
+    assert_eq!(r.push(&stream[..20]).unwrap(), Some(Ack { next: 0 }));
+    assert_eq!(r.pending(), 4);
+    let mut bad = Ack { next: 3 }.encode();
+    bad[0] = b'X';
+    assert!(matches!(
+        AckReader::default().push(&bad),
+        Err(WireError::BadAck(m)) if m.contains("BMAK")
+    ));
+    let mut v2 = Ack { next: 3 }.encode();
+    v2[4] = 2;
+    assert!(matches!(
+        Ack::decode(&v2),
+        Err(WireError::UnsupportedVersion { found: 2 })
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     /// Arbitrary bytes never panic, and never make the reader hold more than its cap.

@@ -1,0 +1,204 @@
+//! Acknowledgements to senders that ask for them (PROTOCOL.md section 6):
+//! after each frame handled, one 16-byte [`Ack`] back on the connection,
+//! written without ever blocking the frame path.
+
+use bitmask_wire::{Ack, ACK_LEN};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Writes acknowledgements on a connection without blocking: an ack the
+/// socket cannot take now is superseded by the next one (each covers every
+/// frame before it); one it took only in part is finished first, so the
+/// stream of acks stays whole.
+pub struct AckWriter {
+    sock: TcpStream,
+    /// The unwritten rest of an ack whose first bytes went out.
+    partial: Vec<u8>,
+    /// The newest ack not yet begun (the socket was full).
+    unsent: Option<u64>,
+    /// The last `next` handed to the socket whole.
+    pub sent: Option<u64>,
+    gone: bool,
+}
+
+impl AckWriter {
+    /// Acks on `sock` (a clone of the connection's socket).
+    pub fn new(sock: TcpStream) -> Self {
+        AckWriter {
+            sock,
+            partial: Vec::new(),
+            unsent: None,
+            sent: None,
+            gone: false,
+        }
+    }
+
+    /// Acknowledges every frame below `next` (non-blocking).
+    pub fn ack(&mut self, next: u64) {
+        self.unsent = Some(next);
+        self.flush_now();
+    }
+
+    /// Writes what it can without blocking.
+    fn flush_now(&mut self) {
+        while !self.gone {
+            if !self.partial.is_empty() {
+                let p = std::mem::take(&mut self.partial);
+                let n = self.send(&p).unwrap_or(0);
+                self.partial = p;
+                self.partial.drain(..n);
+                if !self.partial.is_empty() {
+                    return;
+                }
+            }
+            let Some(next) = self.unsent else { return };
+            let b = Ack { next }.encode();
+            match self.send(&b) {
+                Some(0) | None => return,
+                Some(n) => {
+                    self.unsent = None;
+                    self.sent = Some(next);
+                    self.partial.extend_from_slice(&b[n..]);
+                }
+            }
+        }
+    }
+
+    /// At the end of the stream: waits up to `limit` for what is left to go
+    /// out (the sender is waiting for its last ack).
+    pub fn finish(&mut self, limit: Duration) {
+        self.flush_now();
+        if self.gone || (self.partial.is_empty() && self.unsent.is_none()) {
+            return;
+        }
+        use std::io::Write;
+        let _ = self.sock.set_write_timeout(Some(limit));
+        let mut rest = std::mem::take(&mut self.partial);
+        if let Some(next) = self.unsent.take() {
+            rest.extend_from_slice(&Ack { next }.encode());
+            self.sent = Some(next);
+        }
+        if let Err(e) = self.sock.write_all(&rest) {
+            log::debug!("last acknowledgement not written: {e}");
+        }
+    }
+
+    /// One non-blocking send: bytes taken, or `None` when the socket is full
+    /// or gone (a sender that went away: nothing more is tried).
+    fn send(&mut self, b: &[u8]) -> Option<usize> {
+        debug_assert!(b.len() <= ACK_LEN);
+        match socket2::SockRef::from(&self.sock)
+            .send_with_flags(b, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        {
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+            Err(e) => {
+                log::debug!("acknowledgements stop: {e}");
+                self.gone = true;
+                None
+            }
+        }
+    }
+}
+
+/// Per sender name, one past the last frame handled, for connections that
+/// resume an earlier one (`HELLO_RESUME`): the frames they send again that
+/// were already handled are skipped. Bounded: past [`RECORDS`] names the
+/// oldest records are forgotten (a resumed sender is then sent everything
+/// again, which the receiver writes again: at least once, never lost).
+#[derive(Default)]
+pub struct Handled {
+    next: HashMap<String, (u64, u64)>,
+    clock: u64,
+}
+
+/// Names whose record is kept.
+pub const RECORDS: usize = 1024;
+
+impl Handled {
+    /// What a new connection of `name` may skip: the record if it resumes,
+    /// else 0 (and the record is forgotten: a sender that starts afresh
+    /// numbers from 0 again).
+    pub fn open(&mut self, name: &str, resumes: bool) -> u64 {
+        if resumes {
+            self.next.get(name).map_or(0, |&(n, _)| n)
+        } else {
+            self.next.remove(name);
+            0
+        }
+    }
+
+    /// Frame `sequence` of `name` was handled.
+    pub fn done(&mut self, name: &str, sequence: u64) {
+        self.clock += 1;
+        let next = sequence.saturating_add(1);
+        if let Some(e) = self.next.get_mut(name) {
+            // frames sent again (below the record) must not lower it
+            *e = (e.0.max(next), self.clock);
+            return;
+        }
+        if self.next.len() >= RECORDS {
+            // forget the least recently used quarter
+            let mut ages: Vec<u64> = self.next.values().map(|&(_, t)| t).collect();
+            ages.sort_unstable();
+            let cut = ages[RECORDS / 4];
+            self.next.retain(|_, &mut (_, t)| t > cut);
+        }
+        self.next.insert(name.to_owned(), (next, self.clock));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitmask_wire::AckReader;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    #[test]
+    fn records_follow_a_sender_and_a_fresh_start_forgets() {
+        let mut h = Handled::default();
+        assert_eq!(h.open("cam", true), 0);
+        h.done("cam", 0);
+        h.done("cam", 1);
+        assert_eq!(h.open("cam", true), 2);
+        h.done("cam", 0); // sent again: the record stays
+        assert_eq!(h.open("cam", true), 2);
+        assert_eq!(h.open("other", true), 0);
+        assert_eq!(h.open("cam", false), 0);
+        assert_eq!(h.open("cam", true), 0, "a fresh start forgets");
+        for i in 0..RECORDS as u64 + 10 {
+            h.done(&format!("s{i}"), i);
+        }
+        assert!(h.next.len() <= RECORDS, "{}", h.next.len());
+        let last = format!("s{}", RECORDS + 9);
+        assert_eq!(h.open(&last, true), RECORDS as u64 + 10);
+    }
+
+    #[test]
+    fn acks_arrive_whole_and_the_newest_last() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut w = AckWriter::new(s);
+        // far more than the socket buffers hold while nobody reads
+        for n in 1..=200_000u64 {
+            w.ack(n);
+        }
+        w.finish(Duration::from_secs(5));
+        drop(w);
+        let mut bytes = Vec::new();
+        peer.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() % ACK_LEN, 0);
+        let mut r = AckReader::default();
+        let mut last = 0;
+        for c in bytes.chunks(ACK_LEN) {
+            let a = r.push(c).unwrap().unwrap();
+            assert!(a.next > last, "acks go forward: {} after {last}", a.next);
+            last = a.next;
+        }
+        assert_eq!(last, 200_000);
+    }
+}

@@ -1,0 +1,299 @@
+//! Confirmed delivery (PROTOCOL.md section 6, "Acknowledgements"): a
+//! `--no-drop` sender writes again what the receiver did not confirm when a
+//! connection breaks, the receiver skips what it had already handled, and
+//! every frame arrives once; a receiver that sends no acknowledgements (an
+//! older one) is still served.
+
+use bitmask_tests::*;
+use bitmask_wire::{FrameReader, Limits};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const W: u32 = 64;
+const H: u32 = 48;
+
+/// Three smooth scenes (so that the bilevel codec sends delta frames); their
+/// masks at the sender's default threshold.
+fn inputs(dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..3)
+        .map(|i| {
+            let img = image::DynamicImage::ImageRgb8(scene_image(W, H, 7 + i));
+            save_image(&img, &dir.join(format!("in-{i}.png")));
+            expected_mask(
+                &img,
+                &Params {
+                    channel: Channel::Luma,
+                    threshold: 128,
+                    invert: false,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The sequence numbers of the frames written in `dir` (each checked
+/// against the mask of image `seq % 3`); a sequence written twice shows up
+/// twice.
+fn written(dir: &Path, expected: &[Vec<u8>]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for name in list(dir) {
+        let Some(rest) = name.strip_prefix("frame-") else {
+            continue;
+        };
+        let seq: u64 = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            read(&dir.join(&name)),
+            expected[(seq % 3) as usize],
+            "{name} is not the mask of image {}",
+            seq % 3
+        );
+        seqs.push(seq);
+    }
+    seqs.sort();
+    seqs
+}
+
+/// A TCP proxy in front of `upstream`. Its first connection passes the
+/// receiver's acknowledgements back only until `mute` bytes went upstream,
+/// and is cut (both ways) once `cut` bytes did, in the middle of a frame;
+/// later connections pass everything. Returns its address and its count of
+/// connections.
+fn flaky_proxy(upstream: String, mute: usize, cut: usize) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let n = conns.clone();
+    std::thread::spawn(move || {
+        for down in l.incoming() {
+            let Ok(down) = down else { return };
+            let first = n.fetch_add(1, Relaxed) == 0;
+            let up = TcpStream::connect(&upstream).unwrap();
+            let forwarded = Arc::new(AtomicUsize::new(0));
+            // receiver -> sender: the acknowledgements
+            let (mut from, mut to, fwd) = (
+                up.try_clone().unwrap(),
+                down.try_clone().unwrap(),
+                forwarded.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(k) = from.read(&mut b) {
+                    if k == 0 {
+                        let _ = to.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    let pass = !first || fwd.load(Relaxed) < mute;
+                    if pass && to.write_all(&b[..k]).is_err() {
+                        return;
+                    }
+                }
+            });
+            // sender -> receiver: the frames
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (down, up);
+                let mut b = [0u8; 997]; // odd, so that the cut falls inside a frame
+                while let Ok(k) = from.read(&mut b) {
+                    if k == 0 {
+                        let _ = to.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    let done = forwarded.load(Relaxed);
+                    let k = if first { k.min(cut - done) } else { k };
+                    if to.write_all(&b[..k]).is_err() {
+                        return;
+                    }
+                    forwarded.fetch_add(k, Relaxed);
+                    if first && done + k >= cut {
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[test]
+fn no_drop_sends_again_what_a_broken_connection_lost_and_nothing_twice() {
+    let tmp = TempDir::new("delivery-cut");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let stats = tmp.join("stats.json");
+    let mut r = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    // Frames are about 200-400 B: acknowledgements stop after some 10
+    // frames went through, the connection breaks after some 30.
+    let (proxy, conns) = flaky_proxy(r.addr.clone(), 4_000, 10_000);
+    let n = 120;
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &proxy,
+        "--name",
+        "cam",
+        "--no-drop",
+        "--loop",
+        "--count",
+        &n.to_string(),
+        "--codec",
+        "bilevel",
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    assert!(s.status.success(), "sender: {}\n{}", s.status, s.stderr);
+    assert!(conns.load(Relaxed) >= 2, "no reconnect:\n{}", s.stderr);
+    assert!(
+        s.stderr.contains(&format!("confirmed {n};")),
+        "every frame confirmed:\n{}",
+        s.stderr
+    );
+    assert!(
+        s.stderr
+            .contains("were not confirmed when the link broke: they are sent again"),
+        "{}",
+        s.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let rl = r.proc.terminate(LIMIT);
+    assert!(
+        rl.stderr
+            .contains("sent again were handled before and skipped"),
+        "the receiver skipped frames it had written:\n{}",
+        rl.stderr
+    );
+    let seqs = written(&out, &expected);
+    assert_eq!(
+        seqs,
+        (0..n).collect::<Vec<u64>>(),
+        "every frame written once, bit-exact\nsender:\n{}\nreceiver:\n{}",
+        s.stderr,
+        rl.stderr
+    );
+    let json = std::fs::read_to_string(&stats).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let cam = v["senders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cam")
+        .expect("cam in stats");
+    assert_eq!(cam["lost"].as_f64(), Some(0.0), "{json}");
+    assert_eq!(cam["received"].as_f64(), Some(n as f64), "{json}");
+}
+
+#[test]
+fn no_drop_sends_again_to_a_restarted_receiver() {
+    let tmp = TempDir::new("delivery-restart");
+    let expected = inputs(&tmp.join("in"));
+    let addr = closed_port();
+    let (out1, out2) = (tmp.join("out1"), tmp.join("out2"));
+    let recv = |out: &Path| {
+        let mut c = Command::new(bin("bitmask-recv"));
+        c.args(["--listen", &addr, "--out", out.to_str().unwrap()]);
+        start_listening(&mut c)
+    };
+    let r1 = recv(&out1);
+    let n = 200u64;
+    let mut s = Proc::spawn(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &addr,
+        "--name",
+        "cam",
+        "--no-drop",
+        "--loop",
+        "--fps",
+        "100",
+        "--count",
+        &n.to_string(),
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    let t = Instant::now();
+    while list(&out1).len() < 30 {
+        assert!(t.elapsed() < LIMIT, "no frames: {}", s.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(r1); // SIGKILL: what it held unwritten is gone
+    std::thread::sleep(Duration::from_millis(500));
+    let mut r2 = recv(&out2);
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "sender: {}\n{}", f.status, f.stderr);
+    assert!(
+        f.stderr.contains(&format!("confirmed {n};")),
+        "{}",
+        f.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let r2l = r2.proc.terminate(LIMIT);
+    let mut all = written(&out1, &expected);
+    all.extend(written(&out2, &expected));
+    all.sort();
+    all.dedup(); // a frame written just before the kill, unconfirmed, is written again
+    assert_eq!(
+        all,
+        (0..n).collect::<Vec<u64>>(),
+        "no frame lost across the restart\nsender:\n{}\nreceiver 2:\n{}",
+        f.stderr,
+        r2l.stderr
+    );
+}
+
+#[test]
+fn a_receiver_that_sends_no_acknowledgements_is_still_served() {
+    // An older receiver: it reads the stream and never writes a byte.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let reader = std::thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        let mut r = FrameReader::new(c, Limits::default());
+        let hello = r.read_hello().unwrap().expect("a hello");
+        assert!(hello.wants_acks() && !hello.resumes(), "{hello:?}");
+        let mut seqs = Vec::new();
+        while let Some(f) = r.read_frame().unwrap() {
+            seqs.push(f.header.sequence);
+        }
+        seqs
+    });
+    let tmp = TempDir::new("delivery-old");
+    inputs(&tmp.join("in"));
+    // more frames than a --no-drop sender keeps in flight unconfirmed
+    let n = 150u64;
+    let t = Instant::now();
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &addr,
+        "--no-drop",
+        "--loop",
+        "--count",
+        &n.to_string(),
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    assert!(s.status.success(), "sender: {}\n{}", s.status, s.stderr);
+    assert!(s.stderr.contains("confirmed -;"), "{}", s.stderr);
+    assert!(
+        s.stderr.contains("sends no acknowledgements"),
+        "{}",
+        s.stderr
+    );
+    // (not the 10 s a sender waits for a receiver that acknowledges)
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "it waited {:?} for acknowledgements that never come",
+        t.elapsed()
+    );
+    assert_eq!(reader.join().unwrap(), (0..n).collect::<Vec<u64>>());
+}

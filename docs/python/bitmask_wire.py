@@ -1,6 +1,7 @@
 """bitmask protocol v1 in Python + numpy: a reference decoder/encoder (spec: docs/PROTOCOL.md).
 
 As a module:  name, rest = read_hello(f)          # f: a binary stream, e.g. sock.makefile("rb")
+              (read_hello_flags(f) also gives the hello's flags; ack(n) answers HELLO_ACKS)
               frame = read_frame(f, rest)         # a Frame, or None at a clean end of stream
               mask = unpack(frame.payload, frame.width, frame.height)   # (h, w) uint8 0/1
               f.write(hello("cam") + encode_frame(pack(mask), w, h, sequence))
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 MAGIC, HELLO_MAGIC, VERSION, CODEC_RAW, FLAG_DELTA = b"BMSK", b"BMHI", 1, 0, 0x01
+ACK_MAGIC, HELLO_ACKS, HELLO_RESUME = b"BMAK", 0x01, 0x02
 FIELDS = struct.Struct("<4sBBBBIIQQI")  # header bytes 0..36; the u32 CRC follows
 HEADER_LEN, MAX_SIZE = 40, 4096  # default reader limit: 4096 x 4096
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
@@ -56,10 +58,16 @@ def _read(f, n, part=None, got=0):
 
 def read_hello(f):
     """Reads the optional hello: (sender name or None, bytes already read of the first frame)."""
+    name, _flags, rest = read_hello_flags(f)
+    return name, rest
+
+
+def read_hello_flags(f):
+    """As read_hello, with the hello's flags (0 without a hello): (name, flags, rest)."""
     head = _read(f, 4)
     if head != HELLO_MAGIC:
-        return None, head
-    version, _reserved, n = struct.unpack("<BBH", _read(f, 4, "hello", 4))
+        return None, 0, head
+    version, flags, n = struct.unpack("<BBH", _read(f, 4, "hello", 4))
     if version != VERSION:
         raise WireError(f"unsupported protocol version {version} in the hello")
     if not 1 <= n <= 255:
@@ -68,7 +76,13 @@ def read_hello(f):
         name = _read(f, n, "hello", 8).decode("utf-8")
     except UnicodeDecodeError as e:
         raise WireError(f"bad hello: name is not UTF-8: {e}") from None
-    return check_name(name), b""
+    return check_name(name), flags, b""
+
+
+def ack(next_sequence):
+    """An acknowledgement: every frame below `next_sequence` handled (sent to a sender whose
+    hello has HELLO_ACKS; PROTOCOL.md section 6)."""
+    return ACK_MAGIC + struct.pack("<B3xQ", VERSION, next_sequence)
 
 
 def check_name(name):
@@ -109,10 +123,10 @@ def read_frame(f, prefix=b"", max_w=MAX_SIZE, max_h=MAX_SIZE):
     return Frame(flags, codec, w, h, seq, ts, payload)
 
 
-def hello(name):
+def hello(name, flags=0):
     """The hello announcing sender `name` (1..=255 bytes of UTF-8, usable as a directory name)."""
     b = check_name(name).encode("utf-8")
-    return HELLO_MAGIC + struct.pack("<BBH", VERSION, 0, len(b)) + b
+    return HELLO_MAGIC + struct.pack("<BBH", VERSION, flags, len(b)) + b
 
 
 def encode_frame(payload, width, height, sequence, timestamp_us=0, codec=CODEC_RAW, flags=0):
@@ -164,7 +178,9 @@ def send(to, images, channel="luma", thresh=128, invert=False, name="python"):
 
 
 def recv(listen, out, count=None):
-    """Accepts senders one after another; writes each mask as out/frame-NNNNNN.npy (atomically)."""
+    """Accepts senders one after another; writes each mask as out/frame-NNNNNN.npy (atomically).
+    Acknowledges each frame written to a sender that asks (it keeps no record for resumed
+    connections: a frame sent again is written again)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     srv = socket.create_server(_addr(listen))
@@ -176,7 +192,10 @@ def recv(listen, out, count=None):
         name = f"{peer[0]}:{peer[1]}"
         with conn, conn.makefile("rb") as f:
             try:
-                name, rest = read_hello(f)
+                name, flags, rest = read_hello_flags(f)
+                acks = bool(flags & HELLO_ACKS)
+                if acks:
+                    conn.sendall(ack(0))
                 while count is None or n < count:
                     try:
                         frame, rest = read_frame(f, rest), b""
@@ -196,6 +215,8 @@ def recv(listen, out, count=None):
                         np.save(t, unpack(frame.payload, frame.width, frame.height))
                     tmp.replace(final)
                     n += 1
+                    if acks:
+                        conn.sendall(ack(frame.sequence + 1))
             except (WireError, OSError) as e:
                 print(f"bitmask_wire: connection from {name}: {e}", file=sys.stderr)
     print(f"bitmask_wire: received {n} frames", file=sys.stderr)

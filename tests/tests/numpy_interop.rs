@@ -224,6 +224,12 @@ fn python_decodes_sender_frames_equal_to_the_numpy_recipe() {
         ])
         .args(imgs.iter().map(|(p, _)| p)));
     assert!(sent.status.success(), "bitmask-send: {}", sent.stderr);
+    // the Python reference acknowledges each frame it wrote, as bitmask-recv does
+    assert!(
+        sent.stderr.contains(&format!("confirmed {n};")),
+        "{}",
+        sent.stderr
+    );
     let got = recv.proc.wait(LIMIT);
     assert!(got.status.success(), "bitmask_wire.py recv: {}", got.stderr);
     assert!(

@@ -771,7 +771,8 @@ fn top_number(json: &str, key: &str) -> Option<f64> {
 }
 
 fn sender_counter(log: &str, what: &str) -> Option<u64> {
-    // "bitmask-send: captured C, sent S frames, ...; dropped D, failed F, reconnects R"
+    // "bitmask-send: captured C, sent S frames, ...; confirmed K[, unconfirmed U]; dropped D,
+    // failed F, reconnects R" ("confirmed " is found before "unconfirmed ")
     let line = log
         .lines()
         .rev()
@@ -849,23 +850,91 @@ fn t2_receiver_restart(kit: &Kit) -> Result<String> {
     let missing = captured - all.len() as u64;
     let dropped = sender_counter(&send.log(), "dropped").unwrap_or(0)
         + sender_counter(&send.log(), "failed").unwrap_or(0);
+    // frames in flight at the kill: written, not confirmed (some may have
+    // been written by receiver 1 just before it died)
+    let unconfirmed = sender_counter(&send.log(), "unconfirmed").unwrap_or(0);
+    let confirmed = sender_counter(&send.log(), "confirmed")
+        .with_context(|| format!("no confirmed count:\n{}", send.log()))?;
     ensure!(
         resumed <= Duration::from_secs(1),
         "sender resumed {:.2} s after the receiver came back (limit 1 s)",
         resumed.as_secs_f64()
     );
     ensure!(
-        dropped <= missing && missing <= dropped + 16,
-        "accounting: {missing} frames never written, sender counted {dropped} dropped/failed"
+        dropped <= missing && missing <= dropped + unconfirmed,
+        "accounting: {missing} frames never written, sender counted {dropped} dropped/failed \
+         and {unconfirmed} unconfirmed"
+    );
+    ensure!(
+        confirmed <= all.len() as u64,
+        "sender says {confirmed} confirmed, only {} written",
+        all.len()
     );
     Ok(format!(
         "resumed {:.0} ms after the restart; {} + {} frames written, all bit-exact; \
-         {missing} of {captured} never written = {dropped} counted by the sender + {} in flight at the kill; \
-         receiver 2 counted {lost2} lost = its gaps",
+         {missing} of {captured} never written = {dropped} dropped/failed by the sender + {} of \
+         the {unconfirmed} it counted unconfirmed at the kill; {confirmed} confirmed; receiver 2 \
+         counted {lost2} lost = its gaps",
         resumed.as_secs_f64() * 1000.0,
         a.len(),
         b.len(),
         missing - dropped
+    ))
+}
+
+/// As `restart`, with `--no-drop`: every frame must be written, the ones
+/// the killed receiver had not confirmed sent again to the new one.
+fn t2b_receiver_restart_no_drop(kit: &Kit) -> Result<String> {
+    let bed = Bed::new(Profile::Ethernet)?;
+    let dir = kit.dir("t2b")?;
+    let (out1, out2) = (dir.join("out1"), dir.join("out2"));
+    let n = 450u64;
+    let mut recv = kit.receiver(&bed, &dir, "recv1", &["--out", out1.to_str().unwrap()])?;
+    let count = n.to_string();
+    let mut send = kit.sender(
+        &bed,
+        &dir,
+        "cam",
+        &["--fps", "50", "--count", &count, "--no-drop"],
+    )?;
+    ensure!(
+        wait_more_frames(&out1, 100, Duration::from_secs(15)).is_some(),
+        "no frames before the kill:\n{}",
+        send.log()
+    );
+    recv.signal(libc::SIGKILL);
+    recv.wait(Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut recv2 = kit.receiver(&bed, &dir, "recv2", &["--out", out2.to_str().unwrap()])?;
+    let st = send.wait(Duration::from_secs(60))?;
+    ensure!(st.success(), "sender failed ({st}):\n{}", send.log());
+    std::thread::sleep(Duration::from_millis(300));
+    recv2.stop()?;
+    let a = kit.verify(&out1)?;
+    let b = kit.verify(&out2)?;
+    let all: BTreeSet<u64> = a.union(&b).copied().collect();
+    let missing: Vec<u64> = (0..n).filter(|s| !all.contains(s)).collect();
+    ensure!(
+        missing.is_empty(),
+        "{} frame(s) never written: {:?}...\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        send.log()
+    );
+    let confirmed = sender_counter(&send.log(), "confirmed")
+        .with_context(|| format!("no confirmed count:\n{}", send.log()))?;
+    ensure!(
+        confirmed == n,
+        "sender confirmed {confirmed} of {n}:\n{}",
+        send.log()
+    );
+    let twice = a.intersection(&b).count();
+    Ok(format!(
+        "receiver down 2 s under a --no-drop sender: {} + {} frames written, all bit-exact, \
+         all {n} present ({twice} by both receivers: written by the first, not confirmed before \
+         the kill); sender: {confirmed} confirmed",
+        a.len(),
+        b.len()
     ))
 }
 
@@ -1151,6 +1220,7 @@ type Test = (&'static str, fn(&Kit, Timing) -> Result<String>);
 const TESTS: &[Test] = &[
     ("throughput", |k, _| t1_throughput(k)),
     ("restart", |k, _| t2_receiver_restart(k)),
+    ("restart-nodrop", |k, _| t2b_receiver_restart_no_drop(k)),
     ("linkdown", |k, _| t3_link_down(k)),
     ("slow", |k, t| t4_slow_receiver(k, t.slow_secs)),
     ("hostile", |k, _| t5_hostile_peers(k)),

@@ -589,7 +589,21 @@ fn network_loop(
     cfg: &Config,
     queue: &FrameQueue,
     counters: &Counters,
+    encoder: Box<dyn FrameEncoder>,
+) -> Result<()> {
+    network_loop_via(cfg, queue, counters, encoder, &mut |resume| {
+        connect(cfg, resume)
+    })
+}
+
+/// [`network_loop`] with its way of connecting given (`resume`: a
+/// connection after the first), so tests can put a scripted link there.
+fn network_loop_via(
+    cfg: &Config,
+    queue: &FrameQueue,
+    counters: &Counters,
     mut encoder: Box<dyn FrameEncoder>,
+    dial: &mut dyn FnMut(bool) -> Result<Box<dyn Link>>,
 ) -> Result<()> {
     let mut link: Option<Box<dyn Link>> = None;
     let mut backoff = Backoff::new(cfg.retry_max);
@@ -622,7 +636,7 @@ fn network_loop(
             },
         };
         if link.is_none() {
-            match connect(cfg, ever_connected) {
+            match dial(ever_connected) {
                 Ok(l) => {
                     link = Some(l);
                     connected_at = Instant::now();
@@ -985,6 +999,145 @@ mod tests {
         assert_eq!(q.pop().unwrap().sequence, 0);
         assert_eq!(t.join().unwrap(), 0);
         assert_eq!(q.pop().unwrap().sequence, 1);
+    }
+
+    /// What the scripted links saw: per connection, whether it resumed and
+    /// the frames written to it.
+    #[derive(Default)]
+    struct Script {
+        conns: Vec<(bool, Vec<u64>)>,
+        /// The first connection breaks at its write number `break_at`.
+        break_at: usize,
+        /// The receiver confirms all but the newest `lag` frames.
+        lag: usize,
+    }
+
+    struct ScriptedLink(Arc<Mutex<Script>>, usize);
+
+    impl Link for ScriptedLink {
+        fn send_frame(&mut self, _frame: &[u8], sequence: u64) -> io::Result<()> {
+            let mut s = self.0.lock().unwrap();
+            let brk = s.break_at;
+            let c = &mut s.conns[self.1].1;
+            if self.1 == 0 && c.len() == brk {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            c.push(sequence);
+            Ok(())
+        }
+        fn acked(&self) -> Option<u64> {
+            let s = self.0.lock().unwrap();
+            let c = &s.conns[self.1].1;
+            Some(match c.len().checked_sub(s.lag + 1) {
+                Some(i) => c[i] + 1,
+                None => 0,
+            })
+        }
+        fn wait_acks(&mut self, _limit: Duration) -> Option<String> {
+            // at the end the receiver catches up
+            self.0.lock().unwrap().lag = 0;
+            None
+        }
+        fn finish(self: Box<Self>) {}
+    }
+
+    struct CountingEncoder(Arc<AtomicU64>);
+
+    impl FrameEncoder for CountingEncoder {
+        fn encode(&mut self, _m: &Mask, _seq: u64, out: &mut Vec<u8>) -> Result<(u8, u8)> {
+            out.push(0);
+            Ok((0, 0))
+        }
+        fn force_keyframe(&mut self) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn cfg(no_drop: bool) -> Config {
+        Config {
+            to: "scripted".into(),
+            name: "t".into(),
+            transport: Transport::Tcp,
+            queue: 64,
+            no_drop,
+            fps: None,
+            count: None,
+            timeout: Duration::from_secs(1),
+            retry_max: Duration::from_millis(1),
+            mtu: 1500,
+            rate_mbit: None,
+        }
+    }
+
+    /// Runs 20 queued frames through scripted links: the first breaks at
+    /// its write number `break_at` while the receiver lags 3 frames behind.
+    fn scripted(no_drop: bool, break_at: usize) -> (Script, Counters, u64) {
+        let q = FrameQueue::new(64, true);
+        for i in 0..20 {
+            q.push(slot(i));
+        }
+        q.close();
+        let script = Arc::new(Mutex::new(Script {
+            break_at,
+            lag: 3,
+            ..Script::default()
+        }));
+        let keys = Arc::new(AtomicU64::new(0));
+        let counters = Counters::default();
+        let sc = script.clone();
+        network_loop_via(
+            &cfg(no_drop),
+            &q,
+            &counters,
+            Box::new(CountingEncoder(keys.clone())),
+            &mut |resume| {
+                let mut s = sc.lock().unwrap();
+                s.conns.push((resume, Vec::new()));
+                Ok(Box::new(ScriptedLink(sc.clone(), s.conns.len() - 1)))
+            },
+        )
+        .unwrap();
+        let s = std::mem::take(&mut *script.lock().unwrap());
+        (s, counters, keys.load(Relaxed))
+    }
+
+    #[test]
+    fn no_drop_sends_unconfirmed_frames_again_in_order_on_a_resumed_link() {
+        let (s, c, keys) = scripted(true, 10);
+        assert_eq!(s.conns.len(), 2);
+        assert_eq!(s.conns[0], (false, (0..10).collect::<Vec<u64>>()));
+        // 7, 8, 9 were not confirmed; 10 failed mid-write
+        assert_eq!(s.conns[1], (true, (7..20).collect::<Vec<u64>>()));
+        assert_eq!(keys, 2, "a key frame starts each connection");
+        assert_eq!(c.confirmed.load(Relaxed), 20);
+        assert_eq!(c.resent.load(Relaxed), 3);
+        assert_eq!(c.failed.load(Relaxed), 1);
+        assert_eq!(c.unconfirmed.load(Relaxed), 0);
+        assert!(c.summary(Duration::from_secs(1)).contains("confirmed 20;"));
+    }
+
+    #[test]
+    fn without_no_drop_unconfirmed_frames_are_counted_not_sent_again() {
+        // (live: the newest queued frame wins, so frames are skipped too)
+        let (s, c, _) = scripted(false, 5);
+        assert_eq!(s.conns.len(), 2, "{:?}", s.conns);
+        let (first, later) = (&s.conns[0].1, &s.conns[1].1);
+        assert_eq!(first.len(), 5);
+        let last = *first.last().unwrap();
+        assert!(
+            later.iter().all(|&q| q > last + 1),
+            "nothing sent again, the failed write's frame is lost: {first:?} {later:?}"
+        );
+        assert_eq!(c.unconfirmed.load(Relaxed), 3);
+        assert_eq!(c.resent.load(Relaxed), 0);
+        assert_eq!(c.failed.load(Relaxed), 1);
+        let confirmed = 2 + later.len() as u64;
+        assert_eq!(c.confirmed.load(Relaxed), confirmed);
+        let line = c.summary(Duration::from_secs(1));
+        assert!(
+            line.contains(&format!("confirmed {confirmed}, unconfirmed 3;")),
+            "{line}"
+        );
     }
 
     #[test]

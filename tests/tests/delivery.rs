@@ -5,7 +5,7 @@
 //! older one) is still served.
 
 use bitmask_tests::*;
-use bitmask_wire::{FrameReader, Limits};
+use bitmask_wire::{FrameReader, Limits, ACK_LEN};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
@@ -20,10 +20,15 @@ const H: u32 = 48;
 /// Three smooth scenes (so that the bilevel codec sends delta frames); their
 /// masks at the sender's default threshold.
 fn inputs(dir: &Path) -> Vec<Vec<u8>> {
+    inputs_sized(dir, W, H)
+}
+
+/// As [`inputs`], `w` x `h`.
+fn inputs_sized(dir: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
     std::fs::create_dir_all(dir).unwrap();
     (0..3)
         .map(|i| {
-            let img = image::DynamicImage::ImageRgb8(scene_image(W, H, 7 + i));
+            let img = image::DynamicImage::ImageRgb8(scene_image(w, h, 7 + i));
             save_image(&img, &dir.join(format!("in-{i}.png")));
             expected_mask(
                 &img,
@@ -88,14 +93,20 @@ fn flaky_proxy(upstream: String, mute: usize, cut: usize) -> (String, Arc<Atomic
             );
             std::thread::spawn(move || {
                 let mut b = [0u8; 4096];
+                let mut passed = 0;
                 while let Ok(k) = from.read(&mut b) {
                     if k == 0 {
                         let _ = to.shutdown(Shutdown::Write);
                         return;
                     }
-                    let pass = !first || fwd.load(Relaxed) < mute;
-                    if pass && to.write_all(&b[..k]).is_err() {
-                        return;
+                    // the first acknowledgement always passes: it shows
+                    // that the receiver acknowledges
+                    let pass = !first || passed < ACK_LEN || fwd.load(Relaxed) < mute;
+                    if pass {
+                        if to.write_all(&b[..k]).is_err() {
+                            return;
+                        }
+                        passed += k;
                     }
                 }
             });
@@ -164,7 +175,7 @@ fn no_drop_sends_again_what_a_broken_connection_lost_and_nothing_twice() {
     );
     assert!(
         s.stderr
-            .contains("were not confirmed when the link broke: they are sent again"),
+            .contains("were not confirmed when the connection ended: they are sent again"),
         "{}",
         s.stderr
     );
@@ -296,4 +307,130 @@ fn a_receiver_that_sends_no_acknowledgements_is_still_served() {
         t.elapsed()
     );
     assert_eq!(reader.join().unwrap(), (0..n).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_stalled_output_makes_the_sender_reconnect_and_still_nothing_is_written_twice() {
+    // The output stalls for 3 s: the sender, confirmed nothing for its
+    // --timeout, reconnects and sends again; the old connection's thread is
+    // still writing. Each mask must reach the output once, in order.
+    let tmp = TempDir::new("delivery-stall");
+    // 9,600-byte masks: a few fill the pipe to the stalled program
+    let expected = inputs_sized(&tmp.join("in"), 320, 240);
+    let out = tmp.join("stream.raw");
+    let mut r = start_receiver(&["--exec", &format!("sleep 3; cat > {}", out.display())]);
+    let n = 150u64;
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &r.addr,
+        "--name",
+        "cam",
+        "--loop",
+        "--count",
+        &n.to_string(),
+        "--codec",
+        "raw",
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    assert!(s.status.success(), "sender: {}\n{}", s.status, s.stderr);
+    assert!(
+        s.stderr.contains(&format!("confirmed {n};")),
+        "{}",
+        s.stderr
+    );
+    assert!(s.stderr.contains("sent again"), "no resend:\n{}", s.stderr);
+    let rl = r.proc.terminate(LIMIT);
+    let bytes = read(&out);
+    let len = expected[0].len();
+    assert_eq!(
+        bytes.len(),
+        n as usize * len,
+        "{} masks in the output for {n} frames\nsender:\n{}\nreceiver:\n{}",
+        bytes.len() as f64 / len as f64,
+        s.stderr,
+        rl.stderr
+    );
+    for (i, m) in bytes.chunks(len).enumerate() {
+        assert_eq!(m, &expected[i % 3][..], "mask {i} of the output");
+    }
+}
+
+#[test]
+fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
+    // 64x48 frames to a receiver that takes at most 32x32: it closes each
+    // connection at the first frame. A --no-drop sender must not send them
+    // again for ever.
+    let tmp = TempDir::new("delivery-refused");
+    inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let _r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &_r.addr,
+        "--loop",
+        "--count",
+        "10",
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    assert!(!s.status.success(), "{}", s.stderr);
+    assert!(
+        s.stderr
+            .contains("given up: written to 5 connections and never confirmed")
+            && s.stderr.contains("10 frame(s) never confirmed"),
+        "{}",
+        s.stderr
+    );
+    assert!(s.stderr.contains("dropped 10"), "{}", s.stderr);
+}
+
+#[test]
+fn a_stop_during_the_final_wait_ends_soon_and_counts_what_was_not_confirmed() {
+    let tmp = TempDir::new("delivery-stop");
+    inputs_sized(&tmp.join("in"), 320, 240);
+    // an output that takes nothing for 20 s: nothing is confirmed
+    let _r = start_receiver(&["--exec", "sleep 20; cat > /dev/null"]);
+    let mut s = Proc::spawn(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &_r.addr,
+        "--loop",
+        "--count",
+        "20",
+        "--codec",
+        "raw",
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    s.wait_for_stderr("connected to", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let f = s.terminate(LIMIT);
+    assert!(
+        f.status.success(),
+        "a stop exits 0: {}\n{}",
+        f.status,
+        f.stderr
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    let line = f
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("bitmask-send: "))
+        .unwrap_or_else(|| panic!("no summary:\n{}", f.stderr));
+    // the pipe to the program takes a few 9,600-byte masks (those are
+    // confirmed); the others are unconfirmed, and every frame is one or
+    // the other
+    let count = |key: &str| -> u64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|v| v.split([';', ',']).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} count: {line}"))
+    };
+    let (confirmed, unconfirmed) = (count("; confirmed "), count("unconfirmed "));
+    assert!(unconfirmed >= 10, "{line}");
+    assert_eq!(confirmed + unconfirmed, 20, "{line}");
 }

@@ -5,6 +5,7 @@
 use bitmask_wire::{Ack, ACK_LEN};
 use std::collections::HashMap;
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Writes acknowledgements on a connection without blocking: an ack the
@@ -105,48 +106,115 @@ impl AckWriter {
 
 /// Per sender name, one past the last frame handled, for connections that
 /// resume an earlier one (`HELLO_RESUME`): the frames they send again that
-/// were already handled are skipped. Bounded: past [`RECORDS`] names the
-/// oldest records are forgotten (a resumed sender is then sent everything
-/// again, which the receiver writes again: at least once, never lost).
+/// were already handled are skipped. A record belongs to one lineage (a
+/// sender process: its first connection and those that resume it), so a
+/// frame handled late by a connection of an earlier process cannot make a
+/// later one's frames look handled. Bounded: past [`RECORDS`] names the
+/// least recently used are forgotten (a resumed sender is then sent
+/// everything again, which the receiver writes again: at least once, never
+/// lost).
+///
+/// Each record also holds the name's writer lock: one connection of a name
+/// handles a frame at a time, so the check "handled before?" and the write
+/// cannot interleave with an older connection of the same sender still
+/// writing.
 #[derive(Default)]
 pub struct Handled {
-    next: HashMap<String, (u64, u64)>,
+    next: HashMap<String, Record>,
     clock: u64,
+    lineages: u64,
+}
+
+struct Record {
+    next: u64,
+    lineage: u64,
+    used: u64,
+    writer: Arc<Mutex<()>>,
 }
 
 /// Names whose record is kept.
 pub const RECORDS: usize = 1024;
 
+/// A connection's place in [`Handled`].
+#[derive(Clone)]
+pub struct Lineage {
+    /// The lineage's number.
+    pub id: u64,
+    /// Serialises the handling of this name's frames.
+    pub writer: Arc<Mutex<()>>,
+}
+
 impl Handled {
-    /// What a new connection of `name` may skip: the record if it resumes,
-    /// else 0 (and the record is forgotten: a sender that starts afresh
-    /// numbers from 0 again).
-    pub fn open(&mut self, name: &str, resumes: bool) -> u64 {
+    /// A new connection of `name`: its lineage (the earlier one if it
+    /// resumes and the record is still kept, else a new one) and where the
+    /// record ends (what it may skip).
+    pub fn open(&mut self, name: &str, resumes: bool) -> (Lineage, u64) {
+        self.clock += 1;
+        let clock = self.clock;
         if resumes {
-            self.next.get(name).map_or(0, |&(n, _)| n)
-        } else {
-            self.next.remove(name);
-            0
+            if let Some(r) = self.next.get_mut(name) {
+                r.used = clock;
+                let l = Lineage {
+                    id: r.lineage,
+                    writer: r.writer.clone(),
+                };
+                return (l, r.next);
+            }
+        }
+        self.lineages += 1;
+        // a fresh start (or a record forgotten): a new lineage from 0; the
+        // writer lock stays the name's, shared with older connections
+        let writer = self
+            .next
+            .get(name)
+            .map(|r| r.writer.clone())
+            .unwrap_or_default();
+        if !self.next.contains_key(name) && self.next.len() >= RECORDS {
+            self.evict();
+        }
+        self.next.insert(
+            name.to_owned(),
+            Record {
+                next: 0,
+                lineage: self.lineages,
+                used: clock,
+                writer: writer.clone(),
+            },
+        );
+        (
+            Lineage {
+                id: self.lineages,
+                writer,
+            },
+            0,
+        )
+    }
+
+    /// Where lineage `l` of `name` has handled frames up to (0 when its
+    /// record is gone or belongs to another lineage now).
+    pub fn next(&self, name: &str, l: u64) -> u64 {
+        self.next
+            .get(name)
+            .filter(|r| r.lineage == l)
+            .map_or(0, |r| r.next)
+    }
+
+    /// Frame `sequence` of `name`, lineage `l`, was handled.
+    pub fn done(&mut self, name: &str, l: u64, sequence: u64) {
+        self.clock += 1;
+        if let Some(r) = self.next.get_mut(name).filter(|r| r.lineage == l) {
+            // frames sent again (below the record) must not lower it
+            r.next = r.next.max(sequence.saturating_add(1));
+            r.used = self.clock;
         }
     }
 
-    /// Frame `sequence` of `name` was handled.
-    pub fn done(&mut self, name: &str, sequence: u64) {
-        self.clock += 1;
-        let next = sequence.saturating_add(1);
-        if let Some(e) = self.next.get_mut(name) {
-            // frames sent again (below the record) must not lower it
-            *e = (e.0.max(next), self.clock);
-            return;
-        }
-        if self.next.len() >= RECORDS {
-            // forget the least recently used quarter
-            let mut ages: Vec<u64> = self.next.values().map(|&(_, t)| t).collect();
-            ages.sort_unstable();
-            let cut = ages[RECORDS / 4];
-            self.next.retain(|_, &mut (_, t)| t > cut);
-        }
-        self.next.insert(name.to_owned(), (next, self.clock));
+    /// Forgets the least recently used quarter of the records.
+    fn evict(&mut self) {
+        let mut ages: Vec<u64> = self.next.values().map(|r| r.used).collect();
+        ages.sort_unstable();
+        let cut = ages[RECORDS / 4];
+        self.next.retain(|_, r| r.used > cut);
     }
 }
 
@@ -158,23 +226,36 @@ mod tests {
     use std::net::TcpListener;
 
     #[test]
-    fn records_follow_a_sender_and_a_fresh_start_forgets() {
+    fn records_follow_a_lineage_and_a_fresh_start_begins_another() {
         let mut h = Handled::default();
-        assert_eq!(h.open("cam", true), 0);
-        h.done("cam", 0);
-        h.done("cam", 1);
-        assert_eq!(h.open("cam", true), 2);
-        h.done("cam", 0); // sent again: the record stays
-        assert_eq!(h.open("cam", true), 2);
-        assert_eq!(h.open("other", true), 0);
-        assert_eq!(h.open("cam", false), 0);
-        assert_eq!(h.open("cam", true), 0, "a fresh start forgets");
+        let (a, skip) = h.open("cam", false);
+        assert_eq!(skip, 0);
+        h.done("cam", a.id, 0);
+        h.done("cam", a.id, 1);
+        let (a2, skip) = h.open("cam", true);
+        assert_eq!((a2.id, skip), (a.id, 2));
+        assert!(Arc::ptr_eq(&a.writer, &a2.writer));
+        h.done("cam", a.id, 0); // sent again: the record stays
+        assert_eq!(h.next("cam", a.id), 2);
+        assert_eq!(h.open("other", true).1, 0);
+        // the sender restarts: a new lineage; the old one's late frames
+        // no longer count, and the writer lock stays the name's
+        let (b, skip) = h.open("cam", false);
+        assert_eq!(skip, 0);
+        assert_ne!(b.id, a.id);
+        assert!(Arc::ptr_eq(&a.writer, &b.writer));
+        h.done("cam", a.id, 50);
+        assert_eq!(h.next("cam", b.id), 0);
+        assert_eq!(h.next("cam", a.id), 0);
+        h.done("cam", b.id, 3);
+        assert_eq!(h.open("cam", true).1, 4);
         for i in 0..RECORDS as u64 + 10 {
-            h.done(&format!("s{i}"), i);
+            let (l, _) = h.open(&format!("s{i}"), false);
+            h.done(&format!("s{i}"), l.id, i);
         }
         assert!(h.next.len() <= RECORDS, "{}", h.next.len());
         let last = format!("s{}", RECORDS + 9);
-        assert_eq!(h.open(&last, true), RECORDS as u64 + 10);
+        assert_eq!(h.open(&last, true).1, RECORDS as u64 + 10);
     }
 
     #[test]

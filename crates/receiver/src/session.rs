@@ -285,10 +285,11 @@ pub struct StreamCtx {
     decoded: Vec<u8>,
     decoder: bitmask_codec::Decoder,
     feed: Option<crate::http::Feed>,
-    /// Frames below this were handled before (a resumed connection sends
-    /// them again): decoded, as later delta frames may refer to them, but
-    /// not written or counted again.
-    skip_below: u64,
+    /// For a sender that asked for acknowledgements: its place in the
+    /// record of handled frames. A frame below the record (a resumed
+    /// connection sends again what was not confirmed) is decoded, as later
+    /// delta frames may refer to it, but not written or counted again.
+    lineage: Option<crate::acks::Lineage>,
     /// Frames skipped so.
     skipped: u64,
     /// Acknowledgements, when the sender asked for them.
@@ -316,7 +317,7 @@ impl StreamCtx {
             own: None,
             decoded: Vec::new(),
             decoder: bitmask_codec::Decoder::new(),
-            skip_below: 0,
+            lineage: None,
             skipped: 0,
             acks: None,
         })
@@ -358,6 +359,11 @@ impl StreamCtx {
     /// before, or counted as damaged or unwritten), `Ok(false)` when it was
     /// given up: only handled frames are acknowledged.
     pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {
+        // One connection of a sender handles a frame at a time: an older
+        // connection still writing, and the record of what it wrote, come
+        // before the check of a newer one's frame.
+        let writer = self.lineage.as_ref().map(|l| l.writer.clone());
+        let _turn = writer.as_deref().map(lock);
         let handled = self.handle(h, payload)?;
         if handled {
             self.acknowledge(h.sequence);
@@ -382,14 +388,26 @@ impl StreamCtx {
                 return Ok(true);
             }
         };
-        if h.sequence < self.skip_below {
-            self.skipped += 1;
-            log::debug!(
-                "{}: frame {} sent again after a reconnect: handled before, skipped",
-                self.name,
-                h.sequence
-            );
-            return Ok(true);
+        if let Some(l) = &self.lineage {
+            if self.conn.as_ref().is_some_and(|c| c.replaced.load(Relaxed)) {
+                // its sender connected again and sends again what this
+                // connection did not confirm
+                log::debug!(
+                    "{}: frame {} given up: a newer connection took over",
+                    self.name,
+                    h.sequence
+                );
+                return Ok(false);
+            }
+            if h.sequence < lock(&self.hub.handled).next(&self.name, l.id) {
+                self.skipped += 1;
+                log::debug!(
+                    "{}: frame {} sent again after a reconnect: handled before, skipped",
+                    self.name,
+                    h.sequence
+                );
+                return Ok(true);
+            }
         }
         if self.skipped > 0 {
             log::info!(
@@ -511,12 +529,12 @@ impl StreamCtx {
     /// Acknowledges frame `sequence` and all before it, if the sender asked
     /// for acknowledgements (and this connection was not replaced).
     fn acknowledge(&mut self, sequence: u64) {
+        if let Some(l) = &self.lineage {
+            lock(&self.hub.handled).done(&self.name, l.id, sequence);
+        }
         let Some(a) = self.acks.as_mut() else { return };
         if a.sent.is_some_and(|s| s > sequence) {
             return; // already
-        }
-        if !self.conn.as_ref().is_some_and(|c| c.replaced.load(Relaxed)) {
-            lock(&self.hub.handled).done(&self.name, sequence);
         }
         a.ack(sequence.saturating_add(1));
     }
@@ -865,14 +883,15 @@ pub fn serve_tcp(
     // Acknowledgements (PROTOCOL.md section 6): the first says where a
     // resumed connection's frames become new.
     let mut acker = None;
-    let mut skip_below = 0;
+    let mut lineage = None;
     if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
-        skip_below = lock(&hub.handled).open(&name, h.resumes());
         match ack_sock {
             Ok(s) => {
+                let (l, next) = lock(&hub.handled).open(&name, h.resumes());
                 let mut a = crate::acks::AckWriter::new(s);
-                a.ack(skip_below);
+                a.ack(next);
                 acker = Some(a);
+                lineage = Some(l);
             }
             Err(e) => log::warn!("{name}: cannot acknowledge frames: {e}"),
         }
@@ -894,7 +913,7 @@ pub fn serve_tcp(
         };
         let mut ctx = if hello.is_some() {
             let mut c = open()?;
-            c.skip_below = skip_below;
+            c.lineage = lineage.take();
             c.acks = acker.take();
             Some(c)
         } else {

@@ -291,7 +291,17 @@ fn run(cli: Cli) -> Result<()> {
     let encoder: Box<dyn pipeline::FrameEncoder> =
         Box::new(codec::CodecEncoder::new(cli.codec, cli.keyframe_interval));
     let start = Instant::now();
-    let counters = pipeline::run(cfg, source, params, encoder)?;
-    eprintln!("bitmask-send: {}", counters.summary(start.elapsed()));
-    Ok(())
+    match pipeline::run(cfg, source, params, encoder) {
+        Ok(counters) => {
+            eprintln!("bitmask-send: {}", counters.summary(start.elapsed()));
+            Ok(())
+        }
+        Err(e) => {
+            // what was done before the error, then the error
+            if let Some(c) = pipeline::counters() {
+                eprintln!("bitmask-send: {}", c.summary(start.elapsed()));
+            }
+            Err(e)
+        }
+    }
 }

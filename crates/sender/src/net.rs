@@ -199,7 +199,11 @@ impl Connection {
                 Ok(n) => match self.acks.push(&buf[..n]) {
                     Ok(Some(a)) => self.acked = Some(self.acked.map_or(a.next, |p| p.max(a.next))),
                     Ok(None) => {}
-                    Err(e) => return Some(format!("the receiver sent something else: {e}")),
+                    Err(e) => {
+                        return Some(format!(
+                            "it sent something other than acknowledgements: {e}"
+                        ))
+                    }
                 },
                 Err(e)
                     if matches!(

@@ -88,6 +88,8 @@ pub trait FrameEncoder: Send {
 struct Slot {
     mask: Mask,
     sequence: u64,
+    /// Connections it was written to, unconfirmed (`--no-drop`).
+    tries: u8,
 }
 
 struct QueueState {
@@ -207,6 +209,8 @@ pub struct Counters {
     pub resent: AtomicU64,
     /// The receiver acknowledges frames (it has at least once).
     pub acks: AtomicBool,
+    /// Frames written and not yet confirmed, now.
+    pub in_flight: AtomicU64,
     /// A link is up now.
     pub connected: AtomicBool,
 }
@@ -214,6 +218,16 @@ pub struct Counters {
 impl Counters {
     /// One line for the log and the final summary.
     pub fn summary(&self, elapsed: Duration) -> String {
+        self.line(elapsed, 0)
+    }
+
+    /// The summary of a process that exits now: frames still in flight
+    /// count as unconfirmed.
+    pub fn summary_at_exit(&self, elapsed: Duration) -> String {
+        self.line(elapsed, self.in_flight.load(Relaxed))
+    }
+
+    fn line(&self, elapsed: Duration, in_flight: u64) -> String {
         let s = elapsed.as_secs_f64().max(1e-9);
         let sent = self.sent.load(Relaxed);
         let bytes = self.sent_bytes.load(Relaxed);
@@ -223,7 +237,7 @@ impl Counters {
         };
         let confirmed = if self.acks.load(Relaxed) {
             let mut c = format!("confirmed {}", self.confirmed.load(Relaxed));
-            let u = self.unconfirmed.load(Relaxed);
+            let u = self.unconfirmed.load(Relaxed) + in_flight;
             if u > 0 {
                 c += &format!(", unconfirmed {u}");
             }
@@ -381,7 +395,11 @@ pub fn run(
                 );
             }
             counters.captured.fetch_add(1, Relaxed);
-            let dropped = queue.push(Slot { mask, sequence });
+            let dropped = queue.push(Slot {
+                mask,
+                sequence,
+                tries: 0,
+            });
             counters.dropped.fetch_add(dropped, Relaxed);
             sequence += 1;
             if last_report.elapsed() >= Duration::from_secs(1) {
@@ -416,6 +434,11 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// The running pipeline's counters and start, for a stop that cannot wait.
 static RUNNING: std::sync::OnceLock<(Arc<Counters>, Instant)> = std::sync::OnceLock::new();
 
+/// The counters of the pipeline that ran (for a summary after an error).
+pub fn counters() -> Option<&'static Counters> {
+    RUNNING.get().map(|(c, _)| &**c)
+}
+
 /// How long a stop waits for the input and the network to wind down.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -440,7 +463,7 @@ pub fn stop_on_signals() {
                     STOP_GRACE.as_secs()
                 );
                 if let Some((c, start)) = RUNNING.get() {
-                    eprintln!("bitmask-send: {}", c.summary(start.elapsed()));
+                    eprintln!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
                 }
                 // nothing of a camera command may outlive us (it would hold the camera)
                 crate::command::kill_now();
@@ -486,26 +509,44 @@ const WINDOW_LIVE: usize = 4096;
 /// How long a new link may go without its first acknowledgement before
 /// the receiver is taken for one that sends none (an older bitmask-recv).
 const ACK_GRACE: Duration = Duration::from_secs(2);
+/// Connections a `--no-drop` frame may be written to without being
+/// confirmed; then it is given up (a receiver that refuses it, say over
+/// its `--max-size`, or a peer that is no bitmask receiver).
+const MAX_TRIES: u8 = 5;
+/// After a stop signal, how long the final wait for confirmations may last
+/// (the stop watchdog ends the process at [`STOP_GRACE`]).
+const STOP_CONFIRM: Duration = Duration::from_secs(2);
 
 /// A frame written and not yet confirmed.
 struct InFlight {
     sequence: u64,
+    /// Connections it was written to before this one.
+    tries: u8,
     /// Kept with `--no-drop`, to be sent again if the link breaks.
     mask: Option<Mask>,
 }
 
 /// What the network thread knows of frames in flight on its link.
+#[derive(Default)]
 struct Delivery {
     inflight: VecDeque<InFlight>,
-    /// Frames to write again (oldest first), before anything else.
+    /// Frames to write (again) before anything else, oldest first: those a
+    /// broken link did not confirm (`--no-drop`), and the frame that was
+    /// about to be written when the link broke or could not be made.
     resend: VecDeque<Slot>,
     /// Whether this link's frames are tracked: false on UDP and once a
     /// receiver turned out not to acknowledge.
     tracking: bool,
     /// When the final wait for confirmations began.
     final_wait: Option<Instant>,
+    /// When the network thread first saw a stop signal.
+    stop_seen: Option<Instant>,
     /// The newest frame ever given back for sending again.
     resend_through: Option<u64>,
+    /// Frames a `--no-drop` sender gave up after [`MAX_TRIES`] connections.
+    given_up: u64,
+    /// The "sends no acknowledgements" warning was given.
+    warned_no_acks: bool,
 }
 
 impl Delivery {
@@ -520,6 +561,9 @@ impl Delivery {
                 queue.recycle(m);
             }
         }
+        counters
+            .in_flight
+            .store(self.inflight.len() as u64, Relaxed);
     }
 
     /// Whether frame `sequence` was written before (and is written again).
@@ -528,52 +572,94 @@ impl Delivery {
     }
 
     /// Stops tracking: the receiver confirms nothing.
-    fn untrack(&mut self, queue: &FrameQueue) {
+    fn untrack(&mut self, queue: &FrameQueue, counters: &Counters) {
         self.tracking = false;
         for f in self.inflight.drain(..) {
             if let Some(m) = f.mask {
                 queue.recycle(m);
             }
         }
+        counters.in_flight.store(0, Relaxed);
+    }
+
+    /// The receiver confirmed nothing within [`ACK_GRACE`] of the connect:
+    /// one that sends no acknowledgements. Said once per run.
+    fn no_acks(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
+        if !self.warned_no_acks {
+            self.warned_no_acks = true;
+            log::warn!(
+                "receiver {} sends no acknowledgements (an older bitmask-recv, or another \
+                 reader): frames cannot be confirmed, or sent again after a break",
+                cfg.to
+            );
+        }
+        self.untrack(queue, counters);
     }
 
     /// The link broke with frames in flight: with `--no-drop` they are
     /// written again on the next link (the receiver skips those it had
-    /// handled); otherwise they are counted as unconfirmed.
+    /// handled), each on at most [`MAX_TRIES`] links; otherwise they are
+    /// counted as unconfirmed.
     fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
         let n = self.inflight.len();
-        if n == 0 {
-            return;
-        }
-        if !self.tracking {
+        if n == 0 || !self.tracking {
             return;
         }
         // (a link that broke before its first acknowledgement counts as one
         // that acknowledges: sent again, a frame may arrive twice, never
         // not at all)
+        let first = self.inflight[0].sequence;
         if cfg.no_drop {
-            log::info!(
-                "{n} frame(s) from {} on were not confirmed when the link broke: \
-                 they are sent again",
-                self.inflight[0].sequence
-            );
             let newest = self.inflight.back().expect("n > 0").sequence;
             self.resend_through = Some(self.resend_through.map_or(newest, |t| t.max(newest)));
+            let mut dropped = Vec::new();
             for f in self.inflight.drain(..).rev() {
                 let mask = f.mask.expect("--no-drop keeps the masks in flight");
+                if f.tries + 1 >= MAX_TRIES {
+                    dropped.push(f.sequence);
+                    queue.recycle(mask);
+                    continue;
+                }
                 self.resend.push_front(Slot {
                     mask,
                     sequence: f.sequence,
+                    tries: f.tries + 1,
                 });
+            }
+            if dropped.is_empty() {
+                log::info!(
+                    "{n} frame(s) from {first} on were not confirmed when the connection \
+                     ended: they are sent again"
+                );
+            } else {
+                dropped.reverse();
+                let k = dropped.len() as u64;
+                self.given_up += k;
+                counters.dropped.fetch_add(k, Relaxed);
+                log::warn!(
+                    "{k} frame(s) ({}{}) given up: written to {MAX_TRIES} connections and \
+                     never confirmed (the receiver's log says why: it may refuse them, e.g. \
+                     over its --max-size); {} sent again",
+                    dropped[0],
+                    if k > 1 {
+                        format!("..{}", dropped[dropped.len() - 1])
+                    } else {
+                        String::new()
+                    },
+                    n as u64 - k
+                );
             }
         } else {
             log::info!(
-                "{n} frame(s) from {} on were not confirmed when the link broke (they may be lost)",
-                self.inflight[0].sequence
+                "{n} frame(s) from {first} on were not confirmed when the connection ended \
+                 (they may be lost)"
             );
             counters.unconfirmed.fetch_add(n as u64, Relaxed);
-            self.untrack(queue);
+            self.untrack(queue, counters);
         }
+        counters
+            .in_flight
+            .store(self.inflight.len() as u64, Relaxed);
     }
 }
 
@@ -608,27 +694,28 @@ fn network_loop_via(
     let mut link: Option<Box<dyn Link>> = None;
     let mut backoff = Backoff::new(cfg.retry_max);
     let mut buf: Vec<u8> = Vec::new();
-    let mut held: Option<Slot> = None;
     let mut ever_connected = false;
     let mut failing_since: Option<Instant> = None;
     let mut closed_at: Option<Instant> = None;
     let mut connected_at = Instant::now();
-    let mut d = Delivery {
-        inflight: VecDeque::new(),
-        resend: VecDeque::new(),
-        tracking: false,
-        final_wait: None,
-        resend_through: None,
-    };
+    let mut d = Delivery::default();
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
     loop {
-        let slot = match d.resend.pop_front().or_else(|| held.take()) {
+        let slot = match d.resend.pop_front() {
             Some(s) => s,
             None => match queue.pop() {
                 Some(s) => s,
                 None => {
-                    match confirm_rest(cfg, &mut link, &mut d, queue, counters, connected_at)? {
+                    match confirm_rest(
+                        cfg,
+                        &mut link,
+                        &mut d,
+                        queue,
+                        counters,
+                        connected_at,
+                        &mut backoff,
+                    )? {
                         Confirm::Done => break,
                         Confirm::Again => continue,
                     }
@@ -692,16 +779,13 @@ fn network_loop_via(
                                 LINGER.as_secs()
                             );
                         }
-                        held = Some(slot); // the input is over: wait for a receiver
+                        // the input is over: wait for a receiver
+                        d.resend.push_front(slot);
                     } else if cfg.no_drop {
-                        held = Some(slot);
+                        d.resend.push_front(slot);
                     } else {
                         counters.dropped.fetch_add(1, Relaxed);
                         queue.recycle(slot.mask);
-                    }
-                    if let Some(s) = held.take() {
-                        // taken before the frames to send again: it goes back first
-                        d.resend.push_front(s);
                     }
                     std::thread::sleep(wait);
                     continue;
@@ -726,22 +810,30 @@ fn network_loop_via(
             log::info!("{line}; resuming at frame {}", slot.sequence);
         }
         let l = link.as_mut().expect("connected above");
-        let mut gone = l.closed_by_peer();
+        let mut gone = l
+            .closed_by_peer()
+            .map(|why| format!("the receiver ended it ({why})"));
+        if !d.tracking && cfg.transport == Transport::Tcp && l.acked().is_some() {
+            // a receiver whose first acknowledgement came late: tracked
+            // from now on
+            d.tracking = true;
+        }
         d.release(l.acked(), queue, counters);
+        if gone.is_none() && d.tracking && l.acked().is_none() && connected_at.elapsed() > ACK_GRACE
+        {
+            d.no_acks(cfg, queue, counters);
+        }
         if gone.is_none() && d.tracking {
             gone = make_room(cfg, l.as_mut(), &mut d, queue, counters, connected_at);
         }
         if let Some(why) = gone {
-            // Nothing was written: the frame is held for the next
+            // Nothing was written: the frame goes first on the next
             // connection (where a newer one replaces it, as above, unless
-            // --no-drop).
-            log::info!(
-                "state: receiver {} closed the connection ({why}); reconnecting",
-                cfg.to
-            );
+            // --no-drop), after what this one did not confirm.
+            log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
             link = None;
             counters.connected.store(false, Relaxed);
-            held = Some(slot);
+            d.resend.push_front(slot);
             d.link_lost(cfg, queue, counters);
             std::thread::sleep(backoff.step());
             continue;
@@ -761,18 +853,19 @@ fn network_loop_via(
                     counters.resent.fetch_add(1, Relaxed);
                 }
                 if d.tracking {
-                    let keep = cfg.no_drop;
-                    d.inflight.push_back(InFlight {
-                        sequence: slot.sequence,
-                        mask: None,
-                    });
-                    if keep {
-                        d.inflight.back_mut().expect("pushed").mask = Some(slot.mask);
+                    let mask = if cfg.no_drop {
+                        Some(slot.mask)
                     } else {
                         queue.recycle(slot.mask);
-                        if d.inflight.len() > WINDOW_LIVE {
-                            d.inflight.pop_front();
-                        }
+                        None
+                    };
+                    d.inflight.push_back(InFlight {
+                        sequence: slot.sequence,
+                        tries: slot.tries,
+                        mask,
+                    });
+                    if !cfg.no_drop && d.inflight.len() > WINDOW_LIVE {
+                        d.inflight.pop_front();
                     }
                 } else {
                     queue.recycle(slot.mask);
@@ -793,7 +886,7 @@ fn network_loop_via(
                 counters.failed.fetch_add(1, Relaxed);
                 failing_since = Some(Instant::now());
                 if cfg.no_drop {
-                    held = Some(slot); // sent again after the reconnect
+                    d.resend.push_front(slot); // sent again after the reconnect
                 } else {
                     queue.recycle(slot.mask);
                 }
@@ -805,6 +898,14 @@ fn network_loop_via(
     if let Some(l) = link {
         l.finish();
         log::info!("state: input done, stream to {} closed", cfg.to);
+    }
+    if cfg.no_drop && d.given_up > 0 {
+        anyhow::bail!(
+            "{} frame(s) never confirmed by the receiver {} after {MAX_TRIES} connections each, \
+             given up (see its log)",
+            d.given_up,
+            cfg.to
+        );
     }
     Ok(())
 }
@@ -823,22 +924,16 @@ fn make_room(
         return None;
     }
     let mut since = Instant::now();
-    while d.inflight.len() >= WINDOW {
+    while d.tracking && d.inflight.len() >= WINDOW {
         let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
         d.release(l.acked(), queue, counters);
-        if why.is_some() {
-            return why;
+        if let Some(why) = why {
+            return Some(format!("the receiver ended it ({why})"));
         }
         if l.acked().is_none() {
             if connected_at.elapsed() > ACK_GRACE {
-                log::warn!(
-                    "receiver {} sends no acknowledgements (an older bitmask-recv, or another reader): \
-                     frames cannot be confirmed or sent again after a break",
-                    cfg.to
-                );
-                d.untrack(queue);
-                return None;
+                d.no_acks(cfg, queue, counters);
             }
             continue;
         }
@@ -846,7 +941,7 @@ fn make_room(
             since = Instant::now();
         } else if since.elapsed() > cfg.timeout {
             return Some(format!(
-                "it confirmed no frame for {:.1} s (--timeout)",
+                "the receiver confirmed no frame for {:.1} s (--timeout)",
                 cfg.timeout.as_secs_f64()
             ));
         }
@@ -855,7 +950,8 @@ fn make_room(
 }
 
 /// The input is over and every frame written: waits (at most [`LINGER`]
-/// in all) for the receiver to confirm the frames in flight.
+/// in all, [`STOP_CONFIRM`] after a stop signal) for the receiver to
+/// confirm the frames in flight.
 fn confirm_rest(
     cfg: &Config,
     link: &mut Option<Box<dyn Link>>,
@@ -863,6 +959,7 @@ fn confirm_rest(
     queue: &FrameQueue,
     counters: &Counters,
     connected_at: Instant,
+    backoff: &mut Backoff,
 ) -> Result<Confirm> {
     let Some(l) = link.as_mut() else {
         return Ok(Confirm::Done);
@@ -878,40 +975,47 @@ fn confirm_rest(
     }
     if let Some(why) = why {
         log::info!(
-            "state: receiver {} closed the connection ({why}) before confirming every frame",
+            "state: connection to {} lost before every frame was confirmed: the receiver \
+             ended it ({why})",
             cfg.to
         );
         *link = None;
         counters.connected.store(false, Relaxed);
         d.link_lost(cfg, queue, counters);
-        return Ok(if d.resend.is_empty() {
-            Confirm::Done
-        } else {
-            Confirm::Again
-        });
+        if d.resend.is_empty() {
+            return Ok(Confirm::Done);
+        }
+        std::thread::sleep(backoff.step());
+        return Ok(Confirm::Again);
     }
     if l.acked().is_none() && connected_at.elapsed() > ACK_GRACE {
-        log::warn!(
-            "receiver {} sends no acknowledgements (an older bitmask-recv, or another reader): \
-             the frames' delivery cannot be confirmed",
-            cfg.to
-        );
-        d.untrack(queue);
+        d.no_acks(cfg, queue, counters);
         return Ok(Confirm::Done);
     }
-    if since.elapsed() < LINGER {
+    let stopped = stop_requested().is_some();
+    if stopped {
+        if d.stop_seen.get_or_insert_with(Instant::now).elapsed() < STOP_CONFIRM {
+            return Ok(Confirm::Again);
+        }
+    } else if since.elapsed() < LINGER {
         return Ok(Confirm::Again);
     }
     let n = d.inflight.len() as u64;
     let first = d.inflight[0].sequence;
     counters.unconfirmed.fetch_add(n, Relaxed);
-    d.untrack(queue);
+    d.untrack(queue, counters);
+    let waited = if stopped { STOP_CONFIRM } else { LINGER };
     let msg = format!(
-        "input ended and the receiver {} did not confirm {n} frame(s) from {first} on within {} s",
+        "the receiver {} did not confirm {n} frame(s) from {first} on within {} s{}",
         cfg.to,
-        LINGER.as_secs()
+        waited.as_secs(),
+        if stopped {
+            " of the stop"
+        } else {
+            " of the input's end"
+        }
     );
-    if cfg.no_drop {
+    if cfg.no_drop && !stopped {
         anyhow::bail!("{msg}");
     }
     log::warn!("{msg}");
@@ -968,6 +1072,7 @@ mod tests {
 
     fn slot(seq: u64) -> Slot {
         Slot {
+            tries: 0,
             mask: Mask::default(),
             sequence: seq,
         }
@@ -1010,6 +1115,8 @@ mod tests {
         break_at: usize,
         /// The receiver confirms all but the newest `lag` frames.
         lag: usize,
+        /// Dials that fail after the first connection.
+        fail_dials: usize,
     }
 
     struct ScriptedLink(Arc<Mutex<Script>>, usize);
@@ -1072,6 +1179,10 @@ mod tests {
     /// Runs 20 queued frames through scripted links: the first breaks at
     /// its write number `break_at` while the receiver lags 3 frames behind.
     fn scripted(no_drop: bool, break_at: usize) -> (Script, Counters, u64) {
+        scripted_with(no_drop, break_at, 0)
+    }
+
+    fn scripted_with(no_drop: bool, break_at: usize, fail_dials: usize) -> (Script, Counters, u64) {
         let q = FrameQueue::new(64, true);
         for i in 0..20 {
             q.push(slot(i));
@@ -1080,6 +1191,7 @@ mod tests {
         let script = Arc::new(Mutex::new(Script {
             break_at,
             lag: 3,
+            fail_dials,
             ..Script::default()
         }));
         let keys = Arc::new(AtomicU64::new(0));
@@ -1092,6 +1204,10 @@ mod tests {
             Box::new(CountingEncoder(keys.clone())),
             &mut |resume| {
                 let mut s = sc.lock().unwrap();
+                if resume && s.fail_dials > 0 {
+                    s.fail_dials -= 1;
+                    anyhow::bail!("scripted: connection refused");
+                }
                 s.conns.push((resume, Vec::new()));
                 Ok(Box::new(ScriptedLink(sc.clone(), s.conns.len() - 1)))
             },
@@ -1114,6 +1230,17 @@ mod tests {
         assert_eq!(c.failed.load(Relaxed), 1);
         assert_eq!(c.unconfirmed.load(Relaxed), 0);
         assert!(c.summary(Duration::from_secs(1)).contains("confirmed 20;"));
+    }
+
+    #[test]
+    fn no_drop_loses_nothing_when_reconnecting_fails_first() {
+        // (the frame about to be written must not be lost while the frames
+        // to send again wait for a receiver)
+        let (s, c, _) = scripted_with(true, 10, 3);
+        assert_eq!(s.conns.len(), 2);
+        assert_eq!(s.conns[1], (true, (7..20).collect::<Vec<u64>>()));
+        assert_eq!(c.confirmed.load(Relaxed), 20);
+        assert_eq!(c.dropped.load(Relaxed), 0);
     }
 
     #[test]

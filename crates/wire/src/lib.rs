@@ -449,8 +449,9 @@ impl Ack {
     pub fn decode(b: &[u8; ACK_LEN]) -> Result<Ack, WireError> {
         if b[..4] != ACK_MAGIC {
             return Err(WireError::BadAck(format!(
-                "bad magic {:02x?} (expected \"BMAK\")",
-                &b[..4]
+                "bad magic {:02x?} = {:?} (expected \"BMAK\")",
+                &b[..4],
+                String::from_utf8_lossy(&b[..4])
             )));
         }
         if b[4] != VERSION {

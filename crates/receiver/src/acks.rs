@@ -209,12 +209,14 @@ impl Handled {
         }
     }
 
-    /// Forgets the least recently used quarter of the records.
+    /// Forgets the least recently used quarter of the records, but never
+    /// one a connection holds (its writer lock must stay the name's).
     fn evict(&mut self) {
         let mut ages: Vec<u64> = self.next.values().map(|r| r.used).collect();
         ages.sort_unstable();
         let cut = ages[RECORDS / 4];
-        self.next.retain(|_, r| r.used > cut);
+        self.next
+            .retain(|_, r| r.used > cut || Arc::strong_count(&r.writer) > 1);
     }
 }
 
@@ -256,6 +258,13 @@ mod tests {
         assert!(h.next.len() <= RECORDS, "{}", h.next.len());
         let last = format!("s{}", RECORDS + 9);
         assert_eq!(h.open(&last, true).1, RECORDS as u64 + 10);
+        // a record whose writer lock a connection holds is never forgotten
+        let held = a.writer.clone();
+        for i in 0..3 * RECORDS as u64 {
+            h.open(&format!("t{i}"), false);
+        }
+        let (again, _) = h.open("cam", true);
+        assert!(Arc::ptr_eq(&held, &again.writer));
     }
 
     #[test]

@@ -73,6 +73,10 @@ impl TurnState {
 /// How often a waiter checks whether it should leave the line.
 const TURN_POLL: Duration = Duration::from_millis(200);
 
+/// How often a connection waiting for its sender's writer lock (an older
+/// connection of the sender still writing) looks again.
+const WRITER_POLL: Duration = Duration::from_millis(10);
+
 impl Turns {
     /// Waits for this caller's turn (held until the [`Turn`] is dropped);
     /// `None`, its place given up, once `gone()` (checked every
@@ -363,12 +367,45 @@ impl StreamCtx {
         // connection still writing, and the record of what it wrote, come
         // before the check of a newer one's frame.
         let writer = self.lineage.as_ref().map(|l| l.writer.clone());
-        let _turn = writer.as_deref().map(lock);
+        let _turn = match writer.as_deref() {
+            None => None,
+            Some(w) => match self.writer_turn(w) {
+                Some(g) => Some(g),
+                None => {
+                    log::debug!(
+                        "{}: frame {} given up: a newer connection took over",
+                        self.name,
+                        h.sequence
+                    );
+                    return Ok(false);
+                }
+            },
+        };
         let handled = self.handle(h, payload)?;
         if handled {
             self.acknowledge(h.sequence);
         }
         Ok(handled)
+    }
+
+    /// The sender name's writer lock; `None` once this connection was
+    /// replaced or evicted while it waited (it then holds a frame, so it is
+    /// not idle, and its place can be taken as at the shared output).
+    fn writer_turn<'w>(&self, w: &'w Mutex<()>) -> Option<MutexGuard<'w, ()>> {
+        let _busy = AtOutput::new(self.conn.as_deref());
+        loop {
+            match w.try_lock() {
+                Ok(g) => return Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    let c = self.conn.as_deref();
+                    if c.is_some_and(|c| c.replaced.load(Relaxed) || c.evicted.load(Relaxed)) {
+                        return None;
+                    }
+                    std::thread::sleep(WRITER_POLL);
+                }
+            }
+        }
     }
 
     fn handle(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {

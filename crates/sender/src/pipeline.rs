@@ -209,8 +209,8 @@ pub struct Counters {
     pub resent: AtomicU64,
     /// The receiver acknowledges frames (it has at least once).
     pub acks: AtomicBool,
-    /// Frames written and not yet confirmed, now.
-    pub in_flight: AtomicU64,
+    /// The run is `--no-drop`.
+    pub no_drop: AtomicBool,
     /// A link is up now.
     pub connected: AtomicBool,
 }
@@ -224,10 +224,24 @@ impl Counters {
     /// The summary of a process that exits now: frames still in flight
     /// count as unconfirmed.
     pub fn summary_at_exit(&self, elapsed: Duration) -> String {
-        self.line(elapsed, self.in_flight.load(Relaxed))
+        // every frame taken is confirmed, dropped, or not (yet) confirmed:
+        // in flight, waiting to be sent again, or still queued
+        // (a failed write loses its frame unless --no-drop sends it again)
+        let lost_writes = if self.no_drop.load(Relaxed) {
+            0
+        } else {
+            self.failed.load(Relaxed)
+        };
+        let open = self.captured.load(Relaxed).saturating_sub(
+            self.confirmed.load(Relaxed)
+                + self.dropped.load(Relaxed)
+                + self.unconfirmed.load(Relaxed)
+                + lost_writes,
+        );
+        self.line(elapsed, open)
     }
 
-    fn line(&self, elapsed: Duration, in_flight: u64) -> String {
+    fn line(&self, elapsed: Duration, open: u64) -> String {
         let s = elapsed.as_secs_f64().max(1e-9);
         let sent = self.sent.load(Relaxed);
         let bytes = self.sent_bytes.load(Relaxed);
@@ -237,7 +251,7 @@ impl Counters {
         };
         let confirmed = if self.acks.load(Relaxed) {
             let mut c = format!("confirmed {}", self.confirmed.load(Relaxed));
-            let u = self.unconfirmed.load(Relaxed) + in_flight;
+            let u = self.unconfirmed.load(Relaxed) + open;
             if u > 0 {
                 c += &format!(", unconfirmed {u}");
             }
@@ -343,6 +357,7 @@ pub fn run(
 ) -> Result<Arc<Counters>> {
     let queue = Arc::new(FrameQueue::new(cfg.queue, cfg.no_drop));
     let counters = Arc::new(Counters::default());
+    counters.no_drop.store(cfg.no_drop, Relaxed);
     let start = Instant::now();
     let _ = RUNNING.set((counters.clone(), start));
     let net_thread = {
@@ -516,6 +531,9 @@ const MAX_TRIES: u8 = 5;
 /// After a stop signal, how long the final wait for confirmations may last
 /// (the stop watchdog ends the process at [`STOP_GRACE`]).
 const STOP_CONFIRM: Duration = Duration::from_secs(2);
+/// How long a resumed link waits for the receiver's first acknowledgement
+/// (where its record of handled frames ends) before sending again.
+const RESUME_WAIT: Duration = Duration::from_secs(1);
 
 /// A frame written and not yet confirmed.
 struct InFlight {
@@ -547,6 +565,8 @@ struct Delivery {
     given_up: u64,
     /// The "sends no acknowledgements" warning was given.
     warned_no_acks: bool,
+    /// Frames confirmed on the current link.
+    link_confirmed: u64,
 }
 
 impl Delivery {
@@ -557,13 +577,55 @@ impl Delivery {
         while self.inflight.front().is_some_and(|f| f.sequence < next) {
             let f = self.inflight.pop_front().expect("checked");
             counters.confirmed.fetch_add(1, Relaxed);
+            self.link_confirmed += 1;
             if let Some(m) = f.mask {
                 queue.recycle(m);
             }
         }
-        counters
-            .in_flight
-            .store(self.inflight.len() as u64, Relaxed);
+    }
+
+    /// On a resumed link: waits (at most [`RESUME_WAIT`]) for the
+    /// receiver's first acknowledgement and forgets the frames to send
+    /// again that it says it handled. `Some(why)` when the link ends.
+    fn await_resume_point(
+        &mut self,
+        cfg: &Config,
+        l: &mut dyn Link,
+        queue: &FrameQueue,
+        counters: &Counters,
+    ) -> Option<String> {
+        let t = Instant::now();
+        while l.acked().is_none() && t.elapsed() < RESUME_WAIT.min(cfg.timeout) {
+            if let Some(why) = l.wait_acks(Duration::from_millis(20)) {
+                return Some(format!("the receiver ended it ({why})"));
+            }
+        }
+        // (no acknowledgement yet: everything is sent again)
+        let next = l.acked()?;
+        counters.acks.store(true, Relaxed);
+        let mut skipped = 0u64;
+        while self.resend.front().is_some_and(|s| s.sequence < next) {
+            let s = self.resend.pop_front().expect("checked");
+            queue.recycle(s.mask);
+            skipped += 1;
+        }
+        if skipped > 0 {
+            counters.confirmed.fetch_add(skipped, Relaxed);
+            log::info!(
+                "the receiver had handled {skipped} of the frames not confirmed before: \
+                 not sent again"
+            );
+        }
+        None
+    }
+
+    /// How the link `l` ends (see [`Ended`]).
+    fn ended(&self, l: &dyn Link, by_peer: bool) -> Ended {
+        Ended {
+            by_peer,
+            acked: l.acked().is_some(),
+            progress: self.link_confirmed > 0,
+        }
     }
 
     /// Whether frame `sequence` was written before (and is written again).
@@ -572,19 +634,18 @@ impl Delivery {
     }
 
     /// Stops tracking: the receiver confirms nothing.
-    fn untrack(&mut self, queue: &FrameQueue, counters: &Counters) {
+    fn untrack(&mut self, queue: &FrameQueue) {
         self.tracking = false;
         for f in self.inflight.drain(..) {
             if let Some(m) = f.mask {
                 queue.recycle(m);
             }
         }
-        counters.in_flight.store(0, Relaxed);
     }
 
     /// The receiver confirmed nothing within [`ACK_GRACE`] of the connect:
     /// one that sends no acknowledgements. Said once per run.
-    fn no_acks(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
+    fn no_acks(&mut self, cfg: &Config, queue: &FrameQueue) {
         if !self.warned_no_acks {
             self.warned_no_acks = true;
             log::warn!(
@@ -593,29 +654,44 @@ impl Delivery {
                 cfg.to
             );
         }
-        self.untrack(queue, counters);
+        self.untrack(queue);
     }
 
     /// The link broke with frames in flight: with `--no-drop` they are
     /// written again on the next link (the receiver skips those it had
-    /// handled), each on at most [`MAX_TRIES`] links; otherwise they are
-    /// counted as unconfirmed.
-    fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
+    /// handled); otherwise they are counted as unconfirmed.
+    ///
+    /// `how` says how the link ended. A frame is given up (`--no-drop`)
+    /// once it was in flight on [`MAX_TRIES`] links that the receiver
+    /// ended after acknowledging the connection but without confirming a
+    /// single frame written on it: a receiver that refuses it (over its
+    /// `--max-size`, say). Refusals at the door, a proxy with no receiver
+    /// behind it, the sender's own timeouts and links that made progress
+    /// do not count.
+    fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters, how: Ended) {
         let n = self.inflight.len();
         if n == 0 || !self.tracking {
             return;
         }
-        // (a link that broke before its first acknowledgement counts as one
-        // that acknowledges: sent again, a frame may arrive twice, never
-        // not at all)
+        if !cfg.no_drop && !how.acked && !counters.acks.load(Relaxed) {
+            // nothing known: no link has acknowledged anything yet
+            self.untrack(queue);
+            return;
+        }
+        // (--no-drop: frames of a link that never acknowledged are sent
+        // again too, as it may be a receiver that refused us at the door;
+        // one that never acknowledges is found out on a link that lasts,
+        // and the final wait is bounded by LINGER)
         let first = self.inflight[0].sequence;
         if cfg.no_drop {
+            let counts = how.by_peer && how.acked && !how.progress;
             let newest = self.inflight.back().expect("n > 0").sequence;
             self.resend_through = Some(self.resend_through.map_or(newest, |t| t.max(newest)));
             let mut dropped = Vec::new();
             for f in self.inflight.drain(..).rev() {
                 let mask = f.mask.expect("--no-drop keeps the masks in flight");
-                if f.tries + 1 >= MAX_TRIES {
+                let tries = f.tries + u8::from(counts);
+                if tries >= MAX_TRIES {
                     dropped.push(f.sequence);
                     queue.recycle(mask);
                     continue;
@@ -623,7 +699,7 @@ impl Delivery {
                 self.resend.push_front(Slot {
                     mask,
                     sequence: f.sequence,
-                    tries: f.tries + 1,
+                    tries,
                 });
             }
             if dropped.is_empty() {
@@ -637,9 +713,9 @@ impl Delivery {
                 self.given_up += k;
                 counters.dropped.fetch_add(k, Relaxed);
                 log::warn!(
-                    "{k} frame(s) ({}{}) given up: written to {MAX_TRIES} connections and \
-                     never confirmed (the receiver's log says why: it may refuse them, e.g. \
-                     over its --max-size); {} sent again",
+                    "{k} frame(s) ({}{}) given up: the receiver ended {MAX_TRIES} connections \
+                     with them in flight, confirming none (see its log: it may refuse them, \
+                     e.g. over its --max-size); {} sent again",
                     dropped[0],
                     if k > 1 {
                         format!("..{}", dropped[dropped.len() - 1])
@@ -655,12 +731,21 @@ impl Delivery {
                  (they may be lost)"
             );
             counters.unconfirmed.fetch_add(n as u64, Relaxed);
-            self.untrack(queue, counters);
+            self.untrack(queue);
         }
-        counters
-            .in_flight
-            .store(self.inflight.len() as u64, Relaxed);
     }
+}
+
+/// How a link ended, for [`Delivery::link_lost`].
+#[derive(Clone, Copy)]
+struct Ended {
+    /// The receiver ended it (end of stream, reset, junk), not a timeout of
+    /// the sender's.
+    by_peer: bool,
+    /// It acknowledged the connection (its first acknowledgement came).
+    acked: bool,
+    /// It confirmed at least one frame written on it.
+    progress: bool,
 }
 
 /// What the final wait for confirmations says.
@@ -702,6 +787,25 @@ fn network_loop_via(
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
     loop {
+        if (!d.resend.is_empty() || !d.inflight.is_empty())
+            && queue_closed(queue, &mut closed_at)
+            && closed_at.is_some_and(|t| t.elapsed() > LINGER)
+        {
+            // The input ended long ago and frames still go round (a peer
+            // that accepts and ends every connection before confirming).
+            let n = (d.resend.len() + d.inflight.len()) as u64 + drain(queue);
+            counters.unconfirmed.fetch_add(n, Relaxed);
+            let msg = format!(
+                "input ended and the receiver {} did not confirm {n} frame(s) within {} s",
+                cfg.to,
+                LINGER.as_secs()
+            );
+            if cfg.no_drop {
+                anyhow::bail!("{msg}");
+            }
+            log::warn!("{msg}");
+            break;
+        }
         let slot = match d.resend.pop_front() {
             Some(s) => s,
             None => match queue.pop() {
@@ -728,6 +832,7 @@ fn network_loop_via(
                     link = Some(l);
                     connected_at = Instant::now();
                     d.tracking = cfg.transport == Transport::Tcp;
+                    d.link_confirmed = 0;
                     counters.connected.store(true, Relaxed);
                     if ever_connected {
                         counters.reconnects.fetch_add(1, Relaxed);
@@ -749,11 +854,27 @@ fn network_loop_via(
                             Transport::Udp => "udp",
                         }
                     ));
+                    let resuming = ever_connected && d.tracking && !d.resend.is_empty();
                     ever_connected = true;
                     // (the backoff is reset by a frame sent, not by a
                     // connect: a receiver that accepts and closes at once
                     // must not be redialled in a tight loop)
                     on_reconnect(encoder.as_mut());
+                    if resuming {
+                        // What the receiver says it handled need not be
+                        // sent again: wait for its first acknowledgement.
+                        d.resend.push_front(slot);
+                        let l = link.as_mut().expect("just connected");
+                        if let Some(why) = d.await_resume_point(cfg, l.as_mut(), queue, counters) {
+                            log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
+                            let how = d.ended(l.as_ref(), true);
+                            link = None;
+                            counters.connected.store(false, Relaxed);
+                            d.link_lost(cfg, queue, counters, how);
+                            std::thread::sleep(backoff.step());
+                        }
+                        continue;
+                    }
                 }
                 Err(e) => {
                     let wait = backoff.step();
@@ -812,7 +933,7 @@ fn network_loop_via(
         let l = link.as_mut().expect("connected above");
         let mut gone = l
             .closed_by_peer()
-            .map(|why| format!("the receiver ended it ({why})"));
+            .map(|why| (format!("the receiver ended it ({why})"), true));
         if !d.tracking && cfg.transport == Transport::Tcp && l.acked().is_some() {
             // a receiver whose first acknowledgement came late: tracked
             // from now on
@@ -821,20 +942,21 @@ fn network_loop_via(
         d.release(l.acked(), queue, counters);
         if gone.is_none() && d.tracking && l.acked().is_none() && connected_at.elapsed() > ACK_GRACE
         {
-            d.no_acks(cfg, queue, counters);
+            d.no_acks(cfg, queue);
         }
         if gone.is_none() && d.tracking {
             gone = make_room(cfg, l.as_mut(), &mut d, queue, counters, connected_at);
         }
-        if let Some(why) = gone {
+        if let Some((why, by_peer)) = gone {
             // Nothing was written: the frame goes first on the next
             // connection (where a newer one replaces it, as above, unless
             // --no-drop), after what this one did not confirm.
             log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
+            let how = d.ended(l.as_ref(), by_peer);
             link = None;
             counters.connected.store(false, Relaxed);
             d.resend.push_front(slot);
-            d.link_lost(cfg, queue, counters);
+            d.link_lost(cfg, queue, counters, how);
             std::thread::sleep(backoff.step());
             continue;
         }
@@ -881,6 +1003,14 @@ fn network_loop_via(
                     slot.sequence,
                     describe_io(&e, cfg.timeout)
                 );
+                // what the receiver confirmed while the write was blocked
+                let _ = l.closed_by_peer();
+                d.release(l.acked(), queue, counters);
+                let stalled = matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                );
+                let how = d.ended(l.as_ref(), !stalled);
                 link = None;
                 counters.connected.store(false, Relaxed);
                 counters.failed.fetch_add(1, Relaxed);
@@ -890,7 +1020,7 @@ fn network_loop_via(
                 } else {
                     queue.recycle(slot.mask);
                 }
-                d.link_lost(cfg, queue, counters);
+                d.link_lost(cfg, queue, counters, how);
                 std::thread::sleep(backoff.step());
             }
         }
@@ -919,7 +1049,7 @@ fn make_room(
     queue: &FrameQueue,
     counters: &Counters,
     connected_at: Instant,
-) -> Option<String> {
+) -> Option<(String, bool)> {
     if !cfg.no_drop {
         return None;
     }
@@ -929,20 +1059,23 @@ fn make_room(
         let why = l.wait_acks(Duration::from_millis(100));
         d.release(l.acked(), queue, counters);
         if let Some(why) = why {
-            return Some(format!("the receiver ended it ({why})"));
+            return Some((format!("the receiver ended it ({why})"), true));
         }
         if l.acked().is_none() {
             if connected_at.elapsed() > ACK_GRACE {
-                d.no_acks(cfg, queue, counters);
+                d.no_acks(cfg, queue);
             }
             continue;
         }
         if d.inflight.len() < before {
             since = Instant::now();
         } else if since.elapsed() > cfg.timeout {
-            return Some(format!(
-                "the receiver confirmed no frame for {:.1} s (--timeout)",
-                cfg.timeout.as_secs_f64()
+            return Some((
+                format!(
+                    "the receiver confirmed no frame for {:.1} s (--timeout)",
+                    cfg.timeout.as_secs_f64()
+                ),
+                false,
             ));
         }
     }
@@ -979,9 +1112,10 @@ fn confirm_rest(
              ended it ({why})",
             cfg.to
         );
+        let how = d.ended(l.as_ref(), true);
         *link = None;
         counters.connected.store(false, Relaxed);
-        d.link_lost(cfg, queue, counters);
+        d.link_lost(cfg, queue, counters, how);
         if d.resend.is_empty() {
             return Ok(Confirm::Done);
         }
@@ -989,7 +1123,7 @@ fn confirm_rest(
         return Ok(Confirm::Again);
     }
     if l.acked().is_none() && connected_at.elapsed() > ACK_GRACE {
-        d.no_acks(cfg, queue, counters);
+        d.no_acks(cfg, queue);
         return Ok(Confirm::Done);
     }
     let stopped = stop_requested().is_some();
@@ -1003,7 +1137,7 @@ fn confirm_rest(
     let n = d.inflight.len() as u64;
     let first = d.inflight[0].sequence;
     counters.unconfirmed.fetch_add(n, Relaxed);
-    d.untrack(queue, counters);
+    d.untrack(queue);
     let waited = if stopped { STOP_CONFIRM } else { LINGER };
     let msg = format!(
         "the receiver {} did not confirm {n} frame(s) from {first} on within {} s{}",

@@ -366,28 +366,105 @@ fn a_stalled_output_makes_the_sender_reconnect_and_still_nothing_is_written_twic
 fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
     // 64x48 frames to a receiver that takes at most 32x32: it closes each
     // connection at the first frame. A --no-drop sender must not send them
-    // again for ever.
+    // again for ever: each is given up after the receiver ended 5
+    // connections at it.
     let tmp = TempDir::new("delivery-refused");
     inputs(&tmp.join("in"));
     let out = tmp.join("out");
-    let _r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
+    let r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
     let s = run(Command::new(bin("bitmask-send")).args([
         "--to",
-        &_r.addr,
+        &r.addr,
         "--loop",
         "--count",
-        "10",
+        "3",
+        "--retry-max",
+        "0.1",
         tmp.join("in").to_str().unwrap(),
+    ]));
+    assert!(!s.status.success(), "{}", s.stderr);
+    for f in 0..3 {
+        assert!(
+            s.stderr.contains(&format!(
+                "frame {f} given up: the receiver ended 5 connections at it"
+            )),
+            "{}",
+            s.stderr
+        );
+    }
+    assert!(
+        s.stderr.contains("3 frame(s) never confirmed"),
+        "{}",
+        s.stderr
+    );
+    assert!(s.stderr.contains("dropped 3"), "{}", s.stderr);
+    assert!(list(&out).is_empty());
+}
+
+#[test]
+fn a_frame_refused_while_it_is_written_is_given_up_too() {
+    // A 5000x5000 frame (25 MB raw) is over the receiver's default limit:
+    // it resets the connection at the header while the sender still writes.
+    let tmp = TempDir::new("delivery-refused-write");
+    let raw = tmp.join("big.gray");
+    std::fs::write(&raw, vec![0u8; 5000 * 5000]).unwrap();
+    let r = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &r.addr,
+        "--no-drop",
+        "--codec",
+        "raw",
+        "--retry-max",
+        "0.1",
+        "--input-format",
+        "gray8",
+        "--size",
+        "5000x5000",
+        raw.to_str().unwrap(),
     ]));
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr
-            .contains("given up: the receiver ended 5 connections with them in flight")
-            && s.stderr.contains("10 frame(s) never confirmed"),
+            .contains("frame 0 given up: the receiver ended 5 connections at it"),
         "{}",
         s.stderr
     );
-    assert!(s.stderr.contains("dropped 10"), "{}", s.stderr);
+}
+
+#[test]
+fn an_unreachable_receiver_after_the_input_ended_is_an_error_naming_the_frames() {
+    // live input (raw frames), nobody listening: after 10 s the sender
+    // gives up, exits 1 and counts the frames as dropped
+    let tmp = TempDir::new("delivery-unreachable");
+    let raw = tmp.join("frames.gray");
+    std::fs::write(&raw, noise(320 * 240 * 5, 3)).unwrap();
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &closed_port(),
+        "--input-format",
+        "gray8",
+        "--size",
+        "320x240",
+        "--queue",
+        "8",
+        raw.to_str().unwrap(),
+    ]));
+    assert!(!s.status.success(), "{}", s.stderr);
+    assert!(
+        s.stderr.contains("stayed unreachable for 10 s"),
+        "{}",
+        s.stderr
+    );
+    let line = s
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("bitmask-send: captured"))
+        .unwrap_or_else(|| panic!("no summary:\n{}", s.stderr));
+    assert!(
+        line.starts_with("bitmask-send: captured 5, sent 0 frames") && line.contains("dropped 5"),
+        "every frame accounted for: {line}"
+    );
 }
 
 #[test]

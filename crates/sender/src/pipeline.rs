@@ -224,6 +224,9 @@ impl Counters {
     /// The summary of a process that exits now: frames still in flight
     /// count as unconfirmed.
     pub fn summary_at_exit(&self, elapsed: Duration) -> String {
+        if !self.acks.load(Relaxed) {
+            return self.line(elapsed, 0); // nothing could be confirmed
+        }
         // every frame taken is confirmed, dropped, or not (yet) confirmed:
         // in flight, waiting to be sent again, or still queued
         // (a failed write loses its frame unless --no-drop sends it again)
@@ -249,16 +252,15 @@ impl Counters {
             0 => String::new(),
             n => format!(" ({n} sent again)"),
         };
-        let confirmed = if self.acks.load(Relaxed) {
-            let mut c = format!("confirmed {}", self.confirmed.load(Relaxed));
-            let u = self.unconfirmed.load(Relaxed) + open;
-            if u > 0 {
-                c += &format!(", unconfirmed {u}");
-            }
-            c
+        let mut confirmed = if self.acks.load(Relaxed) {
+            format!("confirmed {}", self.confirmed.load(Relaxed))
         } else {
             "confirmed -".into()
         };
+        let u = self.unconfirmed.load(Relaxed) + open;
+        if u > 0 {
+            confirmed += &format!(", unconfirmed {u}");
+        }
         format!(
             "captured {}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {:.1} fps, \
              {:.1} Mbit/s; {confirmed}; dropped {}, failed {}, reconnects {}",
@@ -567,6 +569,17 @@ struct Delivery {
     warned_no_acks: bool,
     /// Frames confirmed on the current link.
     link_confirmed: u64,
+    /// When the receiver last confirmed a frame.
+    last_progress: Option<Instant>,
+}
+
+impl Delivery {
+    /// Whether the end of the run has waited long enough: [`LINGER`] since
+    /// the input ended (`closed_at`) and since the last confirmation.
+    fn out_of_time(&self, closed_at: Option<Instant>) -> bool {
+        closed_at.is_some_and(|t| t.elapsed() > LINGER)
+            && self.last_progress.is_none_or(|t| t.elapsed() > LINGER)
+    }
 }
 
 impl Delivery {
@@ -578,6 +591,7 @@ impl Delivery {
             let f = self.inflight.pop_front().expect("checked");
             counters.confirmed.fetch_add(1, Relaxed);
             self.link_confirmed += 1;
+            self.last_progress = Some(Instant::now());
             if let Some(m) = f.mask {
                 queue.recycle(m);
             }
@@ -625,6 +639,7 @@ impl Delivery {
             by_peer,
             acked: l.acked().is_some(),
             progress: self.link_confirmed > 0,
+            failed_write: false,
         }
     }
 
@@ -661,78 +676,71 @@ impl Delivery {
     /// written again on the next link (the receiver skips those it had
     /// handled); otherwise they are counted as unconfirmed.
     ///
-    /// `how` says how the link ended. A frame is given up (`--no-drop`)
-    /// once it was in flight on [`MAX_TRIES`] links that the receiver
-    /// ended after acknowledging the connection but without confirming a
-    /// single frame written on it: a receiver that refuses it (over its
-    /// `--max-size`, say). Refusals at the door, a proxy with no receiver
-    /// behind it, the sender's own timeouts and links that made progress
-    /// do not count.
+    /// `how` says how the link ended. With `--no-drop` the oldest frame not
+    /// confirmed (where the receiver stopped) is given up once [`MAX_TRIES`]
+    /// links ended at it that way: the receiver ended them after
+    /// acknowledging the hello, without confirming a single frame written
+    /// on them (a receiver that refuses the frame, over its `--max-size`,
+    /// say). Refusals at the door, a proxy with no receiver behind it, the
+    /// sender's own timeouts and links that made progress do not count.
+    /// With `how.failed_write`, the frame whose write failed is already at
+    /// the front of `resend`.
     fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters, how: Ended) {
         let n = self.inflight.len();
-        if n == 0 || !self.tracking {
+        if !self.tracking || (n == 0 && !how.failed_write) {
             return;
         }
-        if !cfg.no_drop && !how.acked && !counters.acks.load(Relaxed) {
-            // nothing known: no link has acknowledged anything yet
-            self.untrack(queue);
-            return;
-        }
-        // (--no-drop: frames of a link that never acknowledged are sent
-        // again too, as it may be a receiver that refused us at the door;
-        // one that never acknowledges is found out on a link that lasts,
-        // and the final wait is bounded by LINGER)
-        let first = self.inflight[0].sequence;
-        if cfg.no_drop {
-            let counts = how.by_peer && how.acked && !how.progress;
-            let newest = self.inflight.back().expect("n > 0").sequence;
-            self.resend_through = Some(self.resend_through.map_or(newest, |t| t.max(newest)));
-            let mut dropped = Vec::new();
-            for f in self.inflight.drain(..).rev() {
-                let mask = f.mask.expect("--no-drop keeps the masks in flight");
-                let tries = f.tries + u8::from(counts);
-                if tries >= MAX_TRIES {
-                    dropped.push(f.sequence);
-                    queue.recycle(mask);
-                    continue;
-                }
-                self.resend.push_front(Slot {
-                    mask,
-                    sequence: f.sequence,
-                    tries,
-                });
-            }
-            if dropped.is_empty() {
+        if !cfg.no_drop {
+            if n > 0 {
                 log::info!(
-                    "{n} frame(s) from {first} on were not confirmed when the connection \
-                     ended: they are sent again"
-                );
-            } else {
-                dropped.reverse();
-                let k = dropped.len() as u64;
-                self.given_up += k;
-                counters.dropped.fetch_add(k, Relaxed);
-                log::warn!(
-                    "{k} frame(s) ({}{}) given up: the receiver ended {MAX_TRIES} connections \
-                     with them in flight, confirming none (see its log: it may refuse them, \
-                     e.g. over its --max-size); {} sent again",
-                    dropped[0],
-                    if k > 1 {
-                        format!("..{}", dropped[dropped.len() - 1])
-                    } else {
-                        String::new()
-                    },
-                    n as u64 - k
+                    "{n} frame(s) from {} on were not confirmed when the connection ended \
+                     (they may be lost)",
+                    self.inflight[0].sequence
                 );
             }
-        } else {
-            log::info!(
-                "{n} frame(s) from {first} on were not confirmed when the connection ended \
-                 (they may be lost)"
-            );
             counters.unconfirmed.fetch_add(n as u64, Relaxed);
             self.untrack(queue);
+            return;
         }
+        // (frames of a link that never acknowledged are sent again too, as
+        // it may be a receiver that refused us at the door; one that never
+        // acknowledges is found out on a link that lasts, and the end of
+        // the run is bounded by LINGER)
+        if n > 0 {
+            let newest = self.inflight.back().expect("n > 0").sequence;
+            self.resend_through = Some(self.resend_through.map_or(newest, |t| t.max(newest)));
+            log::info!(
+                "{n} frame(s) from {} on were not confirmed when the connection ended: \
+                 they are sent again",
+                self.inflight[0].sequence
+            );
+        }
+        for f in self.inflight.drain(..).rev() {
+            self.resend.push_front(Slot {
+                mask: f.mask.expect("--no-drop keeps the masks in flight"),
+                sequence: f.sequence,
+                tries: f.tries,
+            });
+        }
+        if !(how.by_peer && how.acked && !how.progress) {
+            return;
+        }
+        let Some(head) = self.resend.front_mut() else {
+            return;
+        };
+        head.tries += 1;
+        if head.tries < MAX_TRIES {
+            return;
+        }
+        let head = self.resend.pop_front().expect("front exists");
+        queue.recycle(head.mask);
+        self.given_up += 1;
+        counters.dropped.fetch_add(1, Relaxed);
+        log::warn!(
+            "frame {} given up: the receiver ended {MAX_TRIES} connections at it without \
+             confirming it (see its log: it may refuse it, e.g. over its --max-size)",
+            head.sequence
+        );
     }
 }
 
@@ -746,6 +754,8 @@ struct Ended {
     acked: bool,
     /// It confirmed at least one frame written on it.
     progress: bool,
+    /// A write failed on it (its frame was written in part).
+    failed_write: bool,
 }
 
 /// What the final wait for confirmations says.
@@ -787,16 +797,26 @@ fn network_loop_via(
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
     loop {
-        if (!d.resend.is_empty() || !d.inflight.is_empty())
+        if failing_since.is_none()
+            && (!d.resend.is_empty() || !d.inflight.is_empty())
             && queue_closed(queue, &mut closed_at)
-            && closed_at.is_some_and(|t| t.elapsed() > LINGER)
+            && d.out_of_time(closed_at)
         {
-            // The input ended long ago and frames still go round (a peer
-            // that accepts and ends every connection before confirming).
-            let n = (d.resend.len() + d.inflight.len()) as u64 + drain(queue);
-            counters.unconfirmed.fetch_add(n, Relaxed);
+            // The input ended long ago, the receiver is reachable, and frames
+            // still go round without progress (a peer that accepts and ends
+            // every connection before confirming). (An unreachable receiver
+            // is the connect path's.)
+            let written = d.inflight.len() as u64
+                + d.resend
+                    .iter()
+                    .filter(|s| d.resend_marks(s.sequence))
+                    .count() as u64;
+            let never = d.resend.len() as u64 + d.inflight.len() as u64 - written + drain(queue);
+            counters.unconfirmed.fetch_add(written, Relaxed);
+            counters.dropped.fetch_add(never, Relaxed);
             let msg = format!(
-                "input ended and the receiver {} did not confirm {n} frame(s) within {} s",
+                "input ended and the receiver {} confirmed nothing for {} s: {written} frame(s) \
+                 written and not confirmed, {never} not written",
                 cfg.to,
                 LINGER.as_secs()
             );
@@ -987,7 +1007,9 @@ fn network_loop_via(
                         mask,
                     });
                     if !cfg.no_drop && d.inflight.len() > WINDOW_LIVE {
+                        // no longer followed: its fate is not known
                         d.inflight.pop_front();
+                        counters.unconfirmed.fetch_add(1, Relaxed);
                     }
                 } else {
                     queue.recycle(slot.mask);
@@ -1010,7 +1032,10 @@ fn network_loop_via(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 );
-                let how = d.ended(l.as_ref(), !stalled);
+                let how = Ended {
+                    failed_write: cfg.no_drop,
+                    ..d.ended(l.as_ref(), !stalled)
+                };
                 link = None;
                 counters.connected.store(false, Relaxed);
                 counters.failed.fetch_add(1, Relaxed);
@@ -1131,7 +1156,7 @@ fn confirm_rest(
         if d.stop_seen.get_or_insert_with(Instant::now).elapsed() < STOP_CONFIRM {
             return Ok(Confirm::Again);
         }
-    } else if since.elapsed() < LINGER {
+    } else if since.elapsed() < LINGER || d.last_progress.is_some_and(|t| t.elapsed() < LINGER) {
         return Ok(Confirm::Again);
     }
     let n = d.inflight.len() as u64;

@@ -494,6 +494,30 @@ pub fn expected_mask(img: &image::DynamicImage, params: &Params) -> Vec<u8> {
     out
 }
 
+/// Saves three images made by `make(w, h, seed + i)` as `dir/in-{i}.png`;
+/// returns the masks a sender makes of them with its defaults (luma >= 128).
+pub fn three_inputs(
+    dir: &Path,
+    w: u32,
+    h: u32,
+    seed: u64,
+    make: fn(u32, u32, u64) -> image::RgbImage,
+) -> Vec<Vec<u8>> {
+    std::fs::create_dir_all(dir).unwrap();
+    let params = Params {
+        channel: Channel::Luma,
+        threshold: 128,
+        invert: false,
+    };
+    (0..3)
+        .map(|i| {
+            let img = image::DynamicImage::ImageRgb8(make(w, h, seed + i));
+            save_image(&img, &dir.join(format!("in-{i}.png")));
+            expected_mask(&img, &params)
+        })
+        .collect()
+}
+
 /// Reads a file, panicking with its path.
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))

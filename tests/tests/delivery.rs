@@ -25,21 +25,7 @@ fn inputs(dir: &Path) -> Vec<Vec<u8>> {
 
 /// As [`inputs`], `w` x `h`.
 fn inputs_sized(dir: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
-    std::fs::create_dir_all(dir).unwrap();
-    (0..3)
-        .map(|i| {
-            let img = image::DynamicImage::ImageRgb8(scene_image(w, h, 7 + i));
-            save_image(&img, &dir.join(format!("in-{i}.png")));
-            expected_mask(
-                &img,
-                &Params {
-                    channel: Channel::Luma,
-                    threshold: 128,
-                    invert: false,
-                },
-            )
-        })
-        .collect()
+    three_inputs(dir, w, h, 7, scene_image)
 }
 
 /// The sequence numbers of the frames written in `dir` (each checked

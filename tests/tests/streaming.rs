@@ -17,21 +17,7 @@ const H: u32 = 48;
 
 /// Three noise images in `dir`; returns their expected masks (luma >= 128).
 fn inputs(dir: &Path) -> Vec<Vec<u8>> {
-    std::fs::create_dir_all(dir).unwrap();
-    (0..3)
-        .map(|i| {
-            let img = image::DynamicImage::ImageRgb8(noise_image(W, H, 40 + i));
-            save_image(&img, &dir.join(format!("in-{i}.png")));
-            expected_mask(
-                &img,
-                &Params {
-                    channel: Channel::Luma,
-                    threshold: 128,
-                    invert: false,
-                },
-            )
-        })
-        .collect()
+    three_inputs(dir, W, H, 40, noise_image)
 }
 
 fn sender(to: &str, name: &str, input: &Path, extra: &[&str]) -> Command {

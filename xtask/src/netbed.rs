@@ -814,12 +814,18 @@ fn t1_throughput(kit: &Kit) -> Result<String> {
     Ok(msg)
 }
 
-fn t2_receiver_restart(kit: &Kit) -> Result<String> {
-    let bed = Bed::new(Profile::Ethernet)?;
-    let dir = kit.dir("t2")?;
+/// A receiver streamed to (`sender` args) is killed after 100 frames and a
+/// second one started 2 s later, writing to `out1` and `out2` of `dir`:
+/// returns the sender and the second receiver, both still running.
+fn receiver_killed_and_restarted(
+    kit: &Kit,
+    bed: &Bed,
+    dir: &Path,
+    sender: &[&str],
+) -> Result<(Proc, Proc)> {
     let (out1, out2) = (dir.join("out1"), dir.join("out2"));
-    let mut recv = kit.receiver(&bed, &dir, "recv1", &["--out", out1.to_str().unwrap()])?;
-    let mut send = kit.sender(&bed, &dir, "cam", &["--fps", "50", "--count", "450"])?;
+    let mut recv = kit.receiver(bed, dir, "recv1", &["--out", out1.to_str().unwrap()])?;
+    let send = kit.sender(bed, dir, "cam", sender)?;
     ensure!(
         wait_more_frames(&out1, 100, Duration::from_secs(15)).is_some(),
         "no frames before the kill:\n{}",
@@ -828,7 +834,16 @@ fn t2_receiver_restart(kit: &Kit) -> Result<String> {
     recv.signal(libc::SIGKILL);
     recv.wait(Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_secs(2));
-    let mut recv2 = kit.receiver(&bed, &dir, "recv2", &["--out", out2.to_str().unwrap()])?;
+    let recv2 = kit.receiver(bed, dir, "recv2", &["--out", out2.to_str().unwrap()])?;
+    Ok((send, recv2))
+}
+
+fn t2_receiver_restart(kit: &Kit) -> Result<String> {
+    let bed = Bed::new(Profile::Ethernet)?;
+    let dir = kit.dir("t2")?;
+    let (out1, out2) = (dir.join("out1"), dir.join("out2"));
+    let (mut send, mut recv2) =
+        receiver_killed_and_restarted(kit, &bed, &dir, &["--fps", "50", "--count", "450"])?;
     let resumed = wait_more_frames(&out2, 0, Duration::from_secs(5))
         .with_context(|| format!("sender did not resume within 5 s:\n{}", send.log()))?;
     let st = send.wait(Duration::from_secs(30))?;
@@ -889,23 +904,13 @@ fn t2b_receiver_restart_no_drop(kit: &Kit) -> Result<String> {
     let dir = kit.dir("t2b")?;
     let (out1, out2) = (dir.join("out1"), dir.join("out2"));
     let n = 450u64;
-    let mut recv = kit.receiver(&bed, &dir, "recv1", &["--out", out1.to_str().unwrap()])?;
     let count = n.to_string();
-    let mut send = kit.sender(
+    let (mut send, mut recv2) = receiver_killed_and_restarted(
+        kit,
         &bed,
         &dir,
-        "cam",
         &["--fps", "50", "--count", &count, "--no-drop"],
     )?;
-    ensure!(
-        wait_more_frames(&out1, 100, Duration::from_secs(15)).is_some(),
-        "no frames before the kill:\n{}",
-        send.log()
-    );
-    recv.signal(libc::SIGKILL);
-    recv.wait(Duration::from_secs(5))?;
-    std::thread::sleep(Duration::from_secs(2));
-    let mut recv2 = kit.receiver(&bed, &dir, "recv2", &["--out", out2.to_str().unwrap()])?;
     let st = send.wait(Duration::from_secs(60))?;
     ensure!(st.success(), "sender failed ({st}):\n{}", send.log());
     std::thread::sleep(Duration::from_millis(300));

@@ -518,6 +518,20 @@ pub fn three_inputs(
         .collect()
 }
 
+/// A number from `--stats-json` text `json` for sender `name`.
+pub fn stat(json: &str, name: &str, key: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(json).expect("stats json parses");
+    let s = v["senders"]
+        .as_array()
+        .expect("senders array")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no sender {name:?} in {json}"));
+    s[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {key} for {name} in {json}"))
+}
+
 /// Reads a file, panicking with its path.
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))

@@ -189,15 +189,8 @@ fn no_drop_sends_again_what_a_broken_connection_lost_and_nothing_twice() {
         rl.stderr
     );
     let json = std::fs::read_to_string(&stats).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let cam = v["senders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "cam")
-        .expect("cam in stats");
-    assert_eq!(cam["lost"].as_f64(), Some(0.0), "{json}");
-    assert_eq!(cam["received"].as_f64(), Some(n as f64), "{json}");
+    assert_eq!(stat(&json, "cam", "lost"), 0.0, "{json}");
+    assert_eq!(stat(&json, "cam", "received"), n as f64, "{json}");
 }
 
 #[test]

@@ -52,20 +52,6 @@ fn check_frames(dir: &Path, expected: &[Vec<u8>]) -> Vec<u64> {
     seqs
 }
 
-/// A number from `--stats-json` for sender `name`.
-fn stat(json: &str, name: &str, key: &str) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(json).expect("stats json parses");
-    let s = v["senders"]
-        .as_array()
-        .expect("senders array")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no sender {name:?} in {json}"));
-    s[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no number {key} for {name} in {json}"))
-}
-
 #[test]
 fn two_senders_tcp_and_udp_get_their_own_directories_and_stats() {
     let tmp = TempDir::new("streaming-multi");

@@ -289,15 +289,13 @@ pub struct StreamCtx {
     decoded: Vec<u8>,
     decoder: bitmask_codec::Decoder,
     feed: Option<crate::http::Feed>,
-    /// For a sender that asked for acknowledgements: its place in the
-    /// record of handled frames. A frame below the record (a resumed
-    /// connection sends again what was not confirmed) is decoded, as later
-    /// delta frames may refer to it, but not written or counted again.
-    lineage: Option<crate::acks::Lineage>,
+    /// For a sender that asked for acknowledgements: where they go, and its
+    /// place in the record of handled frames. A frame below the record (a
+    /// resumed connection sends again what was not confirmed) is decoded, as
+    /// later delta frames may refer to it, but not written or counted again.
+    acks: Option<(crate::acks::AckWriter, crate::acks::Lineage)>,
     /// Frames skipped so.
     skipped: u64,
-    /// Acknowledgements, when the sender asked for them.
-    acks: Option<crate::acks::AckWriter>,
 }
 
 impl StreamCtx {
@@ -321,9 +319,8 @@ impl StreamCtx {
             own: None,
             decoded: Vec::new(),
             decoder: bitmask_codec::Decoder::new(),
-            lineage: None,
-            skipped: 0,
             acks: None,
+            skipped: 0,
         })
     }
 
@@ -366,7 +363,7 @@ impl StreamCtx {
         // One connection of a sender handles a frame at a time: an older
         // connection still writing, and the record of what it wrote, come
         // before the check of a newer one's frame.
-        let writer = self.lineage.as_ref().map(|l| l.writer.clone());
+        let writer = self.acks.as_ref().map(|(_, l)| l.writer.clone());
         let _turn = match writer.as_deref() {
             None => None,
             Some(w) => match self.writer_turn(w) {
@@ -388,23 +385,27 @@ impl StreamCtx {
         Ok(handled)
     }
 
-    /// The sender name's writer lock; `None` once this connection was
-    /// replaced or evicted while it waited (it then holds a frame, so it is
-    /// not idle, and its place can be taken as at the shared output).
+    /// The sender name's writer lock; `None` (the frame is given up) once
+    /// this connection was replaced: its sender connected again and sends
+    /// again what this one did not confirm. While it waits (it then holds a
+    /// frame, so it is not idle), being evicted gives the frame up too.
     fn writer_turn<'w>(&self, w: &'w Mutex<()>) -> Option<MutexGuard<'w, ()>> {
         let _busy = AtOutput::new(self.conn.as_deref());
+        let c = self.conn.as_deref();
+        let replaced = || c.is_some_and(|c| c.replaced.load(Relaxed));
         loop {
-            match w.try_lock() {
-                Ok(g) => return Some(g),
-                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            let g = match w.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
-                    let c = self.conn.as_deref();
-                    if c.is_some_and(|c| c.replaced.load(Relaxed) || c.evicted.load(Relaxed)) {
+                    if replaced() || c.is_some_and(|c| c.evicted.load(Relaxed)) {
                         return None;
                     }
                     std::thread::sleep(WRITER_POLL);
+                    continue;
                 }
-            }
+            };
+            return (!replaced()).then_some(g);
         }
     }
 
@@ -425,17 +426,7 @@ impl StreamCtx {
                 return Ok(true);
             }
         };
-        if let Some(l) = &self.lineage {
-            if self.conn.as_ref().is_some_and(|c| c.replaced.load(Relaxed)) {
-                // its sender connected again and sends again what this
-                // connection did not confirm
-                log::debug!(
-                    "{}: frame {} given up: a newer connection took over",
-                    self.name,
-                    h.sequence
-                );
-                return Ok(false);
-            }
+        if let Some((_, l)) = &self.acks {
             if h.sequence < lock(&self.hub.handled).next(&self.name, l.id) {
                 self.skipped += 1;
                 log::debug!(
@@ -566,10 +557,10 @@ impl StreamCtx {
     /// Acknowledges frame `sequence` and all before it, if the sender asked
     /// for acknowledgements (and this connection was not replaced).
     fn acknowledge(&mut self, sequence: u64) {
-        if let Some(l) = &self.lineage {
-            lock(&self.hub.handled).done(&self.name, l.id, sequence);
-        }
-        let Some(a) = self.acks.as_mut() else { return };
+        let Some((a, l)) = self.acks.as_mut() else {
+            return;
+        };
+        lock(&self.hub.handled).done(&self.name, l.id, sequence);
         if a.sent.is_some_and(|s| s > sequence) {
             return; // already
         }
@@ -919,16 +910,14 @@ pub fn serve_tcp(
     }
     // Acknowledgements (PROTOCOL.md section 6): the first says where a
     // resumed connection's frames become new.
-    let mut acker = None;
-    let mut lineage = None;
+    let mut acks = None;
     if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
         match ack_sock {
             Ok(s) => {
                 let (l, next) = lock(&hub.handled).open(&name, h.resumes());
                 let mut a = crate::acks::AckWriter::new(s);
                 a.ack(next);
-                acker = Some(a);
-                lineage = Some(l);
+                acks = Some((a, l));
             }
             Err(e) => log::warn!("{name}: cannot acknowledge frames: {e}"),
         }
@@ -950,8 +939,7 @@ pub fn serve_tcp(
         };
         let mut ctx = if hello.is_some() {
             let mut c = open()?;
-            c.lineage = lineage.take();
-            c.acks = acker.take();
+            c.acks = acks.take();
             Some(c)
         } else {
             None
@@ -1006,7 +994,7 @@ pub fn serve_tcp(
                             );
                         }
                     } else if let Some(c) = ctx.as_mut() {
-                        if let Some(a) = c.acks.as_mut() {
+                        if let Some((a, _)) = c.acks.as_mut() {
                             // the sender waits for this last one
                             a.finish(Duration::from_secs(1));
                         }

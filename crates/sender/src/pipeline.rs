@@ -88,7 +88,7 @@ pub trait FrameEncoder: Send {
 struct Slot {
     mask: Mask,
     sequence: u64,
-    /// Connections it was written to, unconfirmed (`--no-drop`).
+    /// Links the receiver ended at it so far (`--no-drop`, [`MAX_TRIES`]).
     tries: u8,
 }
 
@@ -526,9 +526,8 @@ const WINDOW_LIVE: usize = 4096;
 /// How long a new link may go without its first acknowledgement before
 /// the receiver is taken for one that sends none (an older bitmask-recv).
 const ACK_GRACE: Duration = Duration::from_secs(2);
-/// Connections a `--no-drop` frame may be written to without being
-/// confirmed; then it is given up (a receiver that refuses it, say over
-/// its `--max-size`, or a peer that is no bitmask receiver).
+/// Links the receiver may end at a `--no-drop` frame without confirming
+/// it before the frame is given up (see [`Delivery::link_lost`]).
 const MAX_TRIES: u8 = 5;
 /// After a stop signal, how long the final wait for confirmations may last
 /// (the stop watchdog ends the process at [`STOP_GRACE`]).
@@ -540,7 +539,7 @@ const RESUME_WAIT: Duration = Duration::from_secs(1);
 /// A frame written and not yet confirmed.
 struct InFlight {
     sequence: u64,
-    /// Connections it was written to before this one.
+    /// Links the receiver ended at it so far (see [`MAX_TRIES`]).
     tries: u8,
     /// Kept with `--no-drop`, to be sent again if the link breaks.
     mask: Option<Mask>,
@@ -557,8 +556,6 @@ struct Delivery {
     /// Whether this link's frames are tracked: false on UDP and once a
     /// receiver turned out not to acknowledge.
     tracking: bool,
-    /// When the final wait for confirmations began.
-    final_wait: Option<Instant>,
     /// When the network thread first saw a stop signal.
     stop_seen: Option<Instant>,
     /// The newest frame ever given back for sending again.
@@ -574,28 +571,75 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// No confirmation for [`LINGER`] (the cheap half of [`Self::out_of_time`]).
+    fn stalled(&self) -> bool {
+        self.last_progress.is_none_or(|t| t.elapsed() > LINGER)
+    }
+
     /// Whether the end of the run has waited long enough: [`LINGER`] since
     /// the input ended (`closed_at`) and since the last confirmation.
     fn out_of_time(&self, closed_at: Option<Instant>) -> bool {
-        closed_at.is_some_and(|t| t.elapsed() > LINGER)
-            && self.last_progress.is_none_or(|t| t.elapsed() > LINGER)
+        closed_at.is_some_and(|t| t.elapsed() > LINGER) && self.stalled()
     }
-}
 
-impl Delivery {
     /// Forgets what the receiver confirmed.
     fn release(&mut self, acked: Option<u64>, queue: &FrameQueue, counters: &Counters) {
         let Some(next) = acked else { return };
         counters.acks.store(true, Relaxed);
+        let before = self.link_confirmed;
         while self.inflight.front().is_some_and(|f| f.sequence < next) {
             let f = self.inflight.pop_front().expect("checked");
-            counters.confirmed.fetch_add(1, Relaxed);
             self.link_confirmed += 1;
-            self.last_progress = Some(Instant::now());
             if let Some(m) = f.mask {
                 queue.recycle(m);
             }
         }
+        if self.link_confirmed > before {
+            counters
+                .confirmed
+                .fetch_add(self.link_confirmed - before, Relaxed);
+            self.last_progress = Some(Instant::now());
+        }
+    }
+
+    /// A link that has not acknowledged its hello within [`ACK_GRACE`]
+    /// belongs to a receiver that sends no acknowledgements: stops tracking
+    /// (and says so once). True when it did.
+    fn acks_overdue(
+        &mut self,
+        l: &dyn Link,
+        connected_at: Instant,
+        cfg: &Config,
+        queue: &FrameQueue,
+    ) -> bool {
+        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE {
+            return false;
+        }
+        self.no_acks(cfg, queue);
+        true
+    }
+
+    /// Drops the link, which ended (`by_peer`: the receiver ended it, not a
+    /// timeout of ours; `failed_write`: the frame whose write failed is at
+    /// the front of `resend`), and deals with what was in flight on it.
+    fn drop_link(
+        &mut self,
+        link: &mut Option<Box<dyn Link>>,
+        cfg: &Config,
+        queue: &FrameQueue,
+        counters: &Counters,
+        by_peer: bool,
+        failed_write: bool,
+    ) {
+        let Some(l) = link.take() else { return };
+        let how = Ended {
+            by_peer,
+            acked: l.acked().is_some(),
+            progress: self.link_confirmed > 0,
+            failed_write,
+        };
+        counters.connected.store(false, Relaxed);
+        self.link_lost(cfg, queue, counters, how);
     }
 
     /// On a resumed link: waits (at most [`RESUME_WAIT`]) for the
@@ -631,16 +675,6 @@ impl Delivery {
             );
         }
         None
-    }
-
-    /// How the link `l` ends (see [`Ended`]).
-    fn ended(&self, l: &dyn Link, by_peer: bool) -> Ended {
-        Ended {
-            by_peer,
-            acked: l.acked().is_some(),
-            progress: self.link_confirmed > 0,
-            failed_write: false,
-        }
     }
 
     /// Whether frame `sequence` was written before (and is written again).
@@ -799,6 +833,7 @@ fn network_loop_via(
     loop {
         if failing_since.is_none()
             && (!d.resend.is_empty() || !d.inflight.is_empty())
+            && d.stalled()
             && queue_closed(queue, &mut closed_at)
             && d.out_of_time(closed_at)
         {
@@ -838,6 +873,7 @@ fn network_loop_via(
                         queue,
                         counters,
                         connected_at,
+                        &mut closed_at,
                         &mut backoff,
                     )? {
                         Confirm::Done => break,
@@ -887,10 +923,7 @@ fn network_loop_via(
                         let l = link.as_mut().expect("just connected");
                         if let Some(why) = d.await_resume_point(cfg, l.as_mut(), queue, counters) {
                             log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
-                            let how = d.ended(l.as_ref(), true);
-                            link = None;
-                            counters.connected.store(false, Relaxed);
-                            d.link_lost(cfg, queue, counters, how);
+                            d.drop_link(&mut link, cfg, queue, counters, true, false);
                             std::thread::sleep(backoff.step());
                         }
                         continue;
@@ -960,9 +993,8 @@ fn network_loop_via(
             d.tracking = true;
         }
         d.release(l.acked(), queue, counters);
-        if gone.is_none() && d.tracking && l.acked().is_none() && connected_at.elapsed() > ACK_GRACE
-        {
-            d.no_acks(cfg, queue);
+        if gone.is_none() && d.tracking {
+            d.acks_overdue(l.as_ref(), connected_at, cfg, queue);
         }
         if gone.is_none() && d.tracking {
             gone = make_room(cfg, l.as_mut(), &mut d, queue, counters, connected_at);
@@ -972,11 +1004,8 @@ fn network_loop_via(
             // connection (where a newer one replaces it, as above, unless
             // --no-drop), after what this one did not confirm.
             log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
-            let how = d.ended(l.as_ref(), by_peer);
-            link = None;
-            counters.connected.store(false, Relaxed);
             d.resend.push_front(slot);
-            d.link_lost(cfg, queue, counters, how);
+            d.drop_link(&mut link, cfg, queue, counters, by_peer, false);
             std::thread::sleep(backoff.step());
             continue;
         }
@@ -1032,12 +1061,6 @@ fn network_loop_via(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 );
-                let how = Ended {
-                    failed_write: cfg.no_drop,
-                    ..d.ended(l.as_ref(), !stalled)
-                };
-                link = None;
-                counters.connected.store(false, Relaxed);
                 counters.failed.fetch_add(1, Relaxed);
                 failing_since = Some(Instant::now());
                 if cfg.no_drop {
@@ -1045,7 +1068,7 @@ fn network_loop_via(
                 } else {
                     queue.recycle(slot.mask);
                 }
-                d.link_lost(cfg, queue, counters, how);
+                d.drop_link(&mut link, cfg, queue, counters, !stalled, cfg.no_drop);
                 std::thread::sleep(backoff.step());
             }
         }
@@ -1087,9 +1110,7 @@ fn make_room(
             return Some((format!("the receiver ended it ({why})"), true));
         }
         if l.acked().is_none() {
-            if connected_at.elapsed() > ACK_GRACE {
-                d.no_acks(cfg, queue);
-            }
+            d.acks_overdue(l, connected_at, cfg, queue);
             continue;
         }
         if d.inflight.len() < before {
@@ -1110,6 +1131,7 @@ fn make_room(
 /// The input is over and every frame written: waits (at most [`LINGER`]
 /// in all, [`STOP_CONFIRM`] after a stop signal) for the receiver to
 /// confirm the frames in flight.
+#[allow(clippy::too_many_arguments)]
 fn confirm_rest(
     cfg: &Config,
     link: &mut Option<Box<dyn Link>>,
@@ -1117,6 +1139,7 @@ fn confirm_rest(
     queue: &FrameQueue,
     counters: &Counters,
     connected_at: Instant,
+    closed_at: &mut Option<Instant>,
     backoff: &mut Backoff,
 ) -> Result<Confirm> {
     let Some(l) = link.as_mut() else {
@@ -1125,7 +1148,7 @@ fn confirm_rest(
     if !d.tracking || d.inflight.is_empty() {
         return Ok(Confirm::Done);
     }
-    let since = *d.final_wait.get_or_insert_with(Instant::now);
+    queue_closed(queue, closed_at); // (it is: the time the input ended)
     let why = l.wait_acks(Duration::from_millis(100));
     d.release(l.acked(), queue, counters);
     if d.inflight.is_empty() {
@@ -1137,18 +1160,14 @@ fn confirm_rest(
              ended it ({why})",
             cfg.to
         );
-        let how = d.ended(l.as_ref(), true);
-        *link = None;
-        counters.connected.store(false, Relaxed);
-        d.link_lost(cfg, queue, counters, how);
+        d.drop_link(link, cfg, queue, counters, true, false);
         if d.resend.is_empty() {
             return Ok(Confirm::Done);
         }
         std::thread::sleep(backoff.step());
         return Ok(Confirm::Again);
     }
-    if l.acked().is_none() && connected_at.elapsed() > ACK_GRACE {
-        d.no_acks(cfg, queue);
+    if d.acks_overdue(l.as_ref(), connected_at, cfg, queue) {
         return Ok(Confirm::Done);
     }
     let stopped = stop_requested().is_some();
@@ -1156,7 +1175,7 @@ fn confirm_rest(
         if d.stop_seen.get_or_insert_with(Instant::now).elapsed() < STOP_CONFIRM {
             return Ok(Confirm::Again);
         }
-    } else if since.elapsed() < LINGER || d.last_progress.is_some_and(|t| t.elapsed() < LINGER) {
+    } else if !d.out_of_time(*closed_at) {
         return Ok(Confirm::Again);
     }
     let n = d.inflight.len() as u64;

@@ -296,49 +296,129 @@ fn a_receiver_that_sends_no_acknowledgements_is_still_served() {
 }
 
 #[test]
-fn a_stalled_output_makes_the_sender_reconnect_and_still_nothing_is_written_twice() {
-    // The output stalls for 3 s: the sender, confirmed nothing for its
-    // --timeout, reconnects and sends again; the old connection's thread is
-    // still writing. Each mask must reach the output once, in order.
+fn a_stalled_output_is_waited_for_not_reconnected() {
+    // The output stalls for 3 s (three times the sender's --timeout). The
+    // 9,600-byte masks of the 64 frames the sender keeps unconfirmed fit in
+    // the socket buffers, so it is the wait for confirmations that stalls;
+    // the receiver's host answers all along, so the sender waits for it
+    // instead of taking it for a lost link. Every mask reaches the output
+    // once, in order.
     let tmp = TempDir::new("delivery-stall");
-    // 9,600-byte masks: a few fill the pipe to the stalled program
     let expected = inputs_sized(&tmp.join("in"), 320, 240);
     let out = tmp.join("stream.raw");
     let mut r = start_receiver(&["--exec", &format!("sleep 3; cat > {}", out.display())]);
-    let n = 150u64;
-    let s = run(Command::new(bin("bitmask-send")).args([
-        "--to",
-        &r.addr,
-        "--name",
-        "cam",
-        "--loop",
-        "--count",
-        &n.to_string(),
-        "--codec",
-        "raw",
-        tmp.join("in").to_str().unwrap(),
-    ]));
-    assert!(s.status.success(), "sender: {}\n{}", s.status, s.stderr);
-    assert!(
-        s.stderr.contains(&format!("confirmed {n};")),
-        "{}",
-        s.stderr
-    );
-    assert!(s.stderr.contains("sent again"), "no resend:\n{}", s.stderr);
+    let s = send_150(&r.addr, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
+    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
+    waited_not_reconnected(&s, "has confirmed no frame for", &why);
     let bytes = read(&out);
     let len = expected[0].len();
     assert_eq!(
         bytes.len(),
-        n as usize * len,
-        "{} masks in the output for {n} frames\nsender:\n{}\nreceiver:\n{}",
+        150 * len,
+        "{} masks in the output for 150 frames\n{why}",
         bytes.len() as f64 / len as f64,
-        s.stderr,
-        rl.stderr
     );
     for (i, m) in bytes.chunks(len).enumerate() {
         assert_eq!(m, &expected[i % 3][..], "mask {i} of the output");
     }
+}
+
+#[test]
+fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
+    // A proxy with a small receive buffer stops reading for 3 s: the
+    // sender's write makes no progress for three times its --timeout, but
+    // the proxy's TCP answers the window probes, so the sender waits.
+    let tmp = TempDir::new("delivery-window");
+    let expected = inputs_sized(&tmp.join("in"), 320, 240);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
+    let proxy = pausing_proxy(r.addr.clone(), 200_000, Duration::from_secs(3));
+    let s = send_150(&proxy, &tmp.join("in"));
+    let rl = r.proc.terminate(LIMIT);
+    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
+    waited_not_reconnected(&s, "has taken no data for", &why);
+    assert_eq!(
+        written(&out, &expected),
+        (0..150).collect::<Vec<u64>>(),
+        "{why}"
+    );
+}
+
+/// Sends 150 raw 320x240 frames from the images in `dir` to `to`.
+fn send_150(to: &str, dir: &Path) -> Finished {
+    run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        to,
+        "--name",
+        "cam",
+        "--loop",
+        "--count",
+        "150",
+        "--codec",
+        "raw",
+        dir.to_str().unwrap(),
+    ]))
+}
+
+/// The sender waited for a slow receiver (saying `says`) and confirmed all
+/// 150 frames on one connection.
+fn waited_not_reconnected(s: &Finished, says: &str, why: &str) {
+    assert!(s.status.success(), "{}: {why}", s.status);
+    assert!(s.stderr.contains("confirmed 150;"), "{why}");
+    assert!(s.stderr.contains(says), "no {says:?}: {why}");
+    assert!(s.stderr.contains("reconnects 0"), "{why}");
+    assert!(!s.stderr.contains("sent again"), "{why}");
+}
+
+/// A TCP proxy in front of `upstream` whose listening socket has a small
+/// receive buffer (so a sender's window closes soon) and which, on its
+/// first connection, stops reading from the sender for `pause` once
+/// `after` bytes went upstream. Returns its address.
+fn pausing_proxy(upstream: String, after: usize, pause: Duration) -> String {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(8).unwrap();
+    let l: TcpListener = sock.into();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut first = true;
+        for down in l.incoming() {
+            let Ok(down) = down else { return };
+            let up = TcpStream::connect(&upstream).unwrap();
+            let (mut from, mut to) = (up.try_clone().unwrap(), down.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+            });
+            let pause_at = if first { after } else { usize::MAX };
+            first = false;
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (down, up);
+                let mut b = [0u8; 4096];
+                let mut passed = 0;
+                while let Ok(k) = from.read(&mut b) {
+                    if k == 0 || to.write_all(&b[..k]).is_err() {
+                        let _ = to.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    if passed < pause_at && passed + k >= pause_at {
+                        std::thread::sleep(pause);
+                    }
+                    passed += k;
+                }
+            });
+        }
+    });
+    addr
 }
 
 #[test]

@@ -6,7 +6,7 @@ use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Unsent bytes the kernel may hold for us (`TCP_NOTSENT_LOWAT`): about one
 /// 1024x768 mask. Bytes in flight (sent, not yet acknowledged) are not
@@ -14,6 +14,12 @@ use std::time::Duration;
 /// buffer behind a slow link: they wait (and get replaced) in the sender's
 /// queue instead, which keeps latency bounded.
 const NOTSENT_LOWAT: i32 = 128 << 10;
+
+/// How often a write waiting for a slow receiver says so.
+const SLOW_NOTE: Duration = Duration::from_secs(10);
+
+/// `TCP_ESTABLISHED` of the kernel's `tcpi_state`.
+const TCP_ESTABLISHED: u8 = 1;
 
 /// This host's name (for the stream handshake), or "sender".
 pub fn hostname() -> String {
@@ -116,6 +122,8 @@ pub struct Connection {
     acks: AckReader,
     /// One past the last frame the receiver confirmed (its newest ack).
     acked: Option<u64>,
+    /// The write timeout (`--timeout`).
+    timeout: Duration,
 }
 
 impl Connection {
@@ -142,6 +150,7 @@ impl Connection {
                         stream,
                         acks: AckReader::default(),
                         acked: None,
+                        timeout,
                     };
                     let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
                     let hello = Hello::new(name)
@@ -162,8 +171,87 @@ impl Connection {
     }
 
     /// Writes one whole wire frame.
+    ///
+    /// A write that stalls for the socket's write timeout (`--timeout`)
+    /// fails when the receiver's host stopped answering (a pulled cable, a
+    /// host gone: TCP retransmits), and goes on waiting while it answers:
+    /// a receiver whose output is behind (a slow SD card, a stalled pipe)
+    /// closes its TCP window but is not a lost link, and a new connection
+    /// would meet the same full buffers. The wait is logged every
+    /// [`SLOW_NOTE`]; a stop signal ends it.
     pub fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.stream.write_all(frame)
+        let mut rest = frame;
+        // when the wait began, when it was last said
+        let (mut slow, mut said): (Option<Instant>, Option<Instant>) = (None, None);
+        while !rest.is_empty() {
+            match self.stream.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && crate::pipeline::stop_requested().is_none()
+                        && self.peer_answers() =>
+                {
+                    let since = *slow.get_or_insert_with(Instant::now);
+                    if said.is_none_or(|t| t.elapsed() >= SLOW_NOTE) {
+                        said = Some(Instant::now());
+                        log::warn!(
+                            "state: receiver {} has taken no data for {:.0} s, but its host \
+                             answers: its output is behind; waiting for it",
+                            self.peer(),
+                            // (the wait began one write timeout in)
+                            (since.elapsed() + self.timeout).as_secs_f64()
+                        );
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(since) = slow {
+            log::info!(
+                "state: receiver {} takes data again after {:.1} s",
+                self.peer(),
+                (since.elapsed() + self.timeout).as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+
+    /// The receiver's address, for log lines.
+    fn peer(&self) -> String {
+        self.stream
+            .peer_addr()
+            .map_or_else(|_| "(gone)".into(), |a| a.to_string())
+    }
+
+    /// Whether the receiver's host still answers on this connection: the
+    /// connection is established, nothing is being retransmitted, and its
+    /// closed window (if closed) answers the probes (`TCP_INFO`). False
+    /// when that cannot be read.
+    pub fn peer_answers(&self) -> bool {
+        // SAFETY: tcp_info is plain integers, valid zeroed.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt on a socket this stream owns, into a live
+        // buffer of the length given.
+        let r = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // (the fields read are in every kernel's first 8 bytes)
+        r == 0
+            && len >= 8
+            && info.tcpi_state == TCP_ESTABLISHED
+            && info.tcpi_retransmits == 0
+            && info.tcpi_probes <= 1
     }
 
     /// Flushes and closes the sending side cleanly.
@@ -255,6 +343,9 @@ impl crate::pipeline::Link for Connection {
     fn wait_acks(&mut self, limit: Duration) -> Option<String> {
         let why = self.read_acks(Some(limit));
         why.or_else(|| self.read_acks(None))
+    }
+    fn peer_answers(&self) -> bool {
+        Connection::peer_answers(self)
     }
     fn finish(self: Box<Self>) {
         let _ = Connection::finish(*self);

@@ -297,6 +297,12 @@ pub trait Link: Send {
         std::thread::sleep(limit);
         None
     }
+    /// Whether the receiver's host still answers (its TCP acknowledges
+    /// what was sent): a receiver that confirms nothing for a while on such
+    /// a link is slow, not gone.
+    fn peer_answers(&self) -> bool {
+        false
+    }
     /// Ends the stream cleanly.
     fn finish(self: Box<Self>);
 }
@@ -535,6 +541,10 @@ const STOP_CONFIRM: Duration = Duration::from_secs(2);
 /// How long a resumed link waits for the receiver's first acknowledgement
 /// (where its record of handled frames ends) before sending again.
 const RESUME_WAIT: Duration = Duration::from_secs(1);
+/// How long a `--no-drop` sender with a full window waits for the first
+/// confirmation from a receiver whose host answers (its output may be
+/// behind) before it tries a new connection (`--timeout` when longer).
+const SLOW_CONFIRM: Duration = Duration::from_secs(10);
 
 /// A frame written and not yet confirmed.
 struct InFlight {
@@ -1102,6 +1112,7 @@ fn make_room(
         return None;
     }
     let mut since = Instant::now();
+    let mut said: Option<Instant> = None;
     while d.tracking && d.inflight.len() >= WINDOW {
         let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
@@ -1115,14 +1126,34 @@ fn make_room(
         }
         if d.inflight.len() < before {
             since = Instant::now();
+            said = None;
         } else if since.elapsed() > cfg.timeout {
-            return Some((
-                format!(
-                    "the receiver confirmed no frame for {:.1} s (--timeout)",
-                    cfg.timeout.as_secs_f64()
-                ),
-                false,
-            ));
+            // A receiver whose host answers is given SLOW_CONFIRM: its
+            // output may be behind (a new connection would not help). Its
+            // TCP acknowledging the frames does not prove that they are
+            // read, so past that a new connection is tried after all.
+            let slow = stop_requested().is_none()
+                && since.elapsed() < SLOW_CONFIRM.max(cfg.timeout)
+                && l.peer_answers();
+            if !slow {
+                return Some((
+                    format!(
+                        "the receiver confirmed no frame for {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    ),
+                    false,
+                ));
+            }
+            if said.is_none() {
+                said = Some(Instant::now());
+                log::warn!(
+                    "state: receiver {} has confirmed no frame for {:.1} s, but its host \
+                     answers: its output may be behind; waiting for it (up to {} s)",
+                    cfg.to,
+                    since.elapsed().as_secs_f64(),
+                    SLOW_CONFIRM.max(cfg.timeout).as_secs()
+                );
+            }
         }
     }
     None

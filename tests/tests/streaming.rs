@@ -440,6 +440,105 @@ fn ctrl_c_or_a_stopped_service_with_an_exec_consumer_ends_cleanly() {
     }
 }
 
+/// A receiver whose `--exec` child ignores SIGTERM and never reads: the
+/// pipe fills and a connection thread blocks in its write, holding the
+/// output, so a stop cannot finish. Returns it, stalled.
+fn receiver_with_a_stuck_child(tag: &str) -> (Listening, Proc, TempDir) {
+    let tmp = TempDir::new(tag);
+    inputs(&tmp.join("in"));
+    let recv = start_receiver(&["--exec", "trap '' TERM INT; exec sleep 600"]);
+    let s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--count", "100000", "--no-drop"],
+    ));
+    recv.proc
+        .wait_for_stderr(" 0.0 fps", Duration::from_secs(30));
+    (recv, s, tmp)
+}
+
+/// Whether process `pid` is gone (or a zombie).
+fn gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |st| st.split_whitespace().nth(2) == Some("Z"))
+}
+
+#[test]
+fn a_second_signal_ends_a_stop_that_cannot_finish() {
+    let (mut recv, _s, _tmp) = receiver_with_a_stuck_child("stop-twice");
+    let st = Command::new("kill")
+        .args(["-TERM", &recv.proc.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    recv.proc
+        .wait_for_stderr("stopping: signal", Duration::from_secs(5));
+    let t = Instant::now();
+    let st = Command::new("kill")
+        .args(["-INT", &recv.proc.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let fr = recv.proc.wait(LIMIT);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(!fr.status.success(), "{}", fr.stderr);
+    assert!(
+        fr.stderr.contains("while stopping: exiting now"),
+        "{}",
+        fr.stderr
+    );
+    let pid = child_pid(&fr.stderr);
+    assert!(
+        gone(&pid),
+        "--exec child {pid} left running:\n{}",
+        fr.stderr
+    );
+}
+
+#[test]
+fn a_stop_that_cannot_finish_ends_by_itself() {
+    let (mut recv, _s, _tmp) = receiver_with_a_stuck_child("stop-stuck");
+    let t = Instant::now();
+    let fr = recv.proc.terminate(LIMIT);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(14) && took < Duration::from_secs(25),
+        "{took:?}: {}",
+        fr.stderr
+    );
+    assert!(!fr.status.success(), "{}", fr.stderr);
+    assert!(
+        fr.stderr.contains("still stopping after 3 s"),
+        "{}",
+        fr.stderr
+    );
+    assert!(
+        fr.stderr.contains("exiting now, without them"),
+        "{}",
+        fr.stderr
+    );
+    let pid = child_pid(&fr.stderr);
+    assert!(
+        gone(&pid),
+        "--exec child {pid} left running:\n{}",
+        fr.stderr
+    );
+}
+
+/// The `--exec` child's pid, from the receiver's SIGKILL line.
+fn child_pid(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("sending its process group SIGKILL"))
+        .unwrap_or_else(|| panic!("no SIGKILL line:\n{stderr}"));
+    line.split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn a_stop_ends_an_exec_child_that_no_longer_reads() {
     use std::os::unix::process::CommandExt;

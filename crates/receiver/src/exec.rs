@@ -73,6 +73,17 @@ pub fn stopping() {
         });
 }
 
+/// Ends the running `--exec` child's process group at once (SIGKILL): the
+/// receiver is exiting without waiting for it.
+pub fn kill_now() {
+    let group = CHILD_GROUP.load(Ordering::SeqCst);
+    if group != 0 {
+        log::warn!("--exec child (pid {group}) still running: sending its process group SIGKILL");
+        // SAFETY: kill(2) on our child's process group, not reaped yet.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+}
+
 impl Exec {
     /// Starts `sh -c CMD` with a pipe on its stdin and a thread that watches it.
     pub fn spawn(cmd: &str) -> Result<Self> {

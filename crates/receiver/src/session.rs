@@ -1117,6 +1117,30 @@ pub fn write_stats_json(hub: &Hub, path: Option<&std::path::Path>) {
 /// [`stop_on_signals`] takes them.
 pub struct StopSignals(libc::sigset_t);
 
+/// After a stop signal, when the receiver says that it is still stopping.
+const STOP_HINT: Duration = Duration::from_secs(3);
+/// After a stop signal, when a receiver whose outputs do not take the frames
+/// in hand exits anyway (after `--exec`'s own 10 s SIGTERM to its child).
+const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// Waits up to `limit` for one of the blocked signals in `set`.
+fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<libc::c_int> {
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as _,
+    };
+    loop {
+        // SAFETY: sigtimedwait on a valid set and timespec; no siginfo wanted.
+        let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+        if r > 0 {
+            return Some(r);
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
+
 /// Blocks SIGINT and SIGTERM in the calling (main) thread. Call it before
 /// any other thread starts (an `--exec` watcher, the live view's workers):
 /// threads inherit the mask, and a thread that does not block them would
@@ -1150,8 +1174,49 @@ pub fn stop_on_signals(hub: &Arc<Hub>, signals: Option<StopSignals>) {
         .spawn(move || {
             let mut sig: libc::c_int = 0;
             // SAFETY: sigwait on a valid set and an owned out-parameter.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                h.stop(format!("signal {sig}"));
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            h.stop(format!("signal {sig}"));
+            // The stop waits for the frames in hand to be written: an output
+            // that takes no data (stdout read by a program that stalled, an
+            // --exec child that ignores SIGTERM) would hold it for ever. A
+            // second signal, or STOP_LIMIT, ends the process.
+            let t = Instant::now();
+            let mut hinted = false;
+            loop {
+                let wait = if hinted { STOP_LIMIT } else { STOP_HINT };
+                let left = wait.saturating_sub(t.elapsed());
+                match wait_signal(&set, left) {
+                    Some(again) => {
+                        log::error!(
+                            "signal {again} while stopping: exiting now, without waiting for \
+                             the outputs (frames in hand are not written)"
+                        );
+                        crate::exec::kill_now();
+                        std::process::exit(1);
+                    }
+                    None if hinted => {
+                        log::error!(
+                            "the stop has waited {} s for the outputs to take the frames in \
+                             hand (is the program reading stdout or --exec stalled?): exiting \
+                             now, without them",
+                            STOP_LIMIT.as_secs()
+                        );
+                        crate::exec::kill_now();
+                        std::process::exit(1);
+                    }
+                    None => {
+                        hinted = true;
+                        log::warn!(
+                            "still stopping after {} s, waiting for the outputs to take the \
+                             frames in hand: a second signal ends the receiver now, else it \
+                             exits at {} s",
+                            STOP_HINT.as_secs(),
+                            STOP_LIMIT.as_secs()
+                        );
+                    }
+                }
             }
         });
     if spawned.is_err() {

@@ -463,3 +463,47 @@ fn receiver_survives_hostile_peers_and_serves_the_next_sender() {
         expected_mask(&img.1, &Params::new(Channel::Blue, 128))
     );
 }
+
+#[test]
+fn a_flood_of_junk_does_not_flood_the_log() {
+    use bitmask_wire::udp::{Datagram, KIND_HELLO};
+    // 100 connections speaking HTTP and 100 datagrams with a bad hello,
+    // within about a second: a line a second for each kind, with a count.
+    let out = TempDir::new("e2e-flood");
+    let mut recv = start_receiver(&["--out", out.str()]);
+    let junk = (0..100)
+        .map(|_| peer(&recv.addr, b"GET / HTTP/1.0\r\n\r\n", true))
+        .collect::<Vec<_>>();
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..100u32 {
+        let d = Datagram {
+            kind: KIND_HELLO,
+            index: 0,
+            count: 1,
+            stride: 8,
+            stream_id: i,
+            sequence: 0,
+            frame_len: 8,
+        };
+        let mut b = d.encode().to_vec();
+        b.extend_from_slice(b"BMHI\x09\x00\x00\x00"); // version 9: bad
+        u.send_to(&b, &recv.addr).unwrap();
+    }
+    recv.proc
+        .wait_for_stderr("bad hello", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    drop(junk);
+    let got = recv.proc.terminate(LIMIT);
+    let tcp = got.stderr.matches("bad magic").count();
+    let udp = got.stderr.matches("bad hello").count();
+    assert!(
+        (1..=5).contains(&tcp),
+        "{tcp} lines for 100 junk connections:\n{}",
+        got.stderr
+    );
+    assert!(
+        (1..=5).contains(&udp),
+        "{udp} lines for 100 bad hellos:\n{}",
+        got.stderr
+    );
+}

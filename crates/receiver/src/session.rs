@@ -1011,18 +1011,24 @@ pub fn serve_tcp(
                     }
                     ctx.as_mut().expect("opened").corrupt(&e)
                 }
-                Err(WireError::Io(e))
+                Err(e)
                     if !framed
-                        && e.get_ref().is_none()
-                        && matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
+                        && match &e {
+                            // another protocol (an HTTP request, a scan)
+                            WireError::BadMagic { .. } => true,
+                            WireError::Io(e) => {
+                                e.get_ref().is_none()
+                                    && matches!(
+                                        e.kind(),
+                                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                                    )
+                            }
+                            _ => false,
+                        } =>
                 {
-                    // Silent before its first frame (a hello and nothing
-                    // else, or a stalled first frame): throttled like a
+                    // Junk, or silence before its first frame (a hello and
+                    // nothing else, a stalled first frame): throttled like a
                     // handshake, as a flood of such connections is cheap.
-                    let e = WireError::Io(e);
                     if let Some(n) = hub.handshakes.hit() {
                         log::warn!(
                             "connection from {peer} ({name:?}) closed before its first frame: \

@@ -87,24 +87,14 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
     let mut streams: HashMap<(SocketAddr, u32), Stream> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut last_sweep = Instant::now();
-    let mut bad_logged: HashMap<SocketAddr, Instant> = HashMap::new();
-    let full = Throttle::default();
+    let mut logs = Logs::default();
     loop {
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
-                Ok((d, data)) => on_dgram(&hub, &mut streams, &full, from, d, data),
+                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data),
                 Err(why) => {
-                    // log bad datagrams at most once a second per source
-                    let now = Instant::now();
-                    let t = bad_logged
-                        .entry(from)
-                        .or_insert(now - Duration::from_secs(2));
-                    if now - *t >= Duration::from_secs(1) {
-                        *t = now;
+                    if logs.bad(from) {
                         log::warn!("udp from {from}: dropped: {why}");
-                    }
-                    if bad_logged.len() > 1024 {
-                        bad_logged.clear();
                     }
                 }
             },
@@ -145,10 +135,37 @@ fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
     });
 }
 
+/// The UDP side's log throttles: datagrams are cheap to send (and to spoof),
+/// so none of their complaints may flood the log.
+#[derive(Default)]
+struct Logs {
+    /// "--max-senders streams open": once a second.
+    full: Throttle,
+    /// Bad datagrams and bad hellos: once a second per source (the last
+    /// line said for each, forgotten past 1,024 sources).
+    bad: HashMap<SocketAddr, Instant>,
+}
+
+impl Logs {
+    /// Whether a bad datagram from `from` is to be logged now.
+    fn bad(&mut self, from: SocketAddr) -> bool {
+        if self.bad.len() > 1024 {
+            self.bad.clear();
+        }
+        match self.bad.get(&from) {
+            Some(t) if t.elapsed() < Duration::from_secs(1) => false,
+            _ => {
+                self.bad.insert(from, Instant::now());
+                true
+            }
+        }
+    }
+}
+
 fn on_dgram(
     hub: &Arc<Hub>,
     streams: &mut HashMap<(SocketAddr, u32), Stream>,
-    full: &Throttle,
+    logs: &mut Logs,
     from: SocketAddr,
     d: Dgram,
     data: &[u8],
@@ -161,7 +178,7 @@ fn on_dgram(
                 .filter(|(_, s)| s.delivered.is_none() || s.last_seen.elapsed() > QUIET)
                 .min_by_key(|(_, s)| s.last_seen)
                 .map(|(k, _)| *k);
-            let n = full.hit();
+            let n = logs.full.hit();
             match quietest {
                 Some(k) => {
                     if let Some(n) = n {
@@ -216,8 +233,16 @@ fn on_dgram(
                         Err(e) => log::warn!("udp from {from}: {e:#}"),
                     }
                 }
-                Ok(None) => log::warn!("udp from {from}: hello datagram without a hello"),
-                Err(e) => log::warn!("udp from {from}: bad hello: {e}"),
+                Ok(None) => {
+                    if logs.bad(from) {
+                        log::warn!("udp from {from}: hello datagram without a hello");
+                    }
+                }
+                Err(e) => {
+                    if logs.bad(from) {
+                        log::warn!("udp from {from}: bad hello: {e}");
+                    }
+                }
             }
         }
         return;
@@ -346,12 +371,12 @@ mod tests {
             tx,
         );
         let mut streams = HashMap::new();
-        let full = Throttle::default();
+        let mut logs = Logs::default();
         type Streams = HashMap<(SocketAddr, u32), Stream>;
-        let feed = |streams: &mut Streams, from: &str, stream: u32, kind: u8, data: &[u8]| {
+        let mut feed = |streams: &mut Streams, from: &str, stream: u32, kind: u8, data: &[u8]| {
             let b = datagram(kind, stream, 0, data);
             let (d, data) = parse(&b, &hub.limits).unwrap();
-            on_dgram(&hub, streams, &full, from.parse().unwrap(), d, data);
+            on_dgram(&hub, streams, &mut logs, from.parse().unwrap(), d, data);
         };
         let mut frame = Vec::new();
         encode_frame(&Header::new(8, 1, 0, CODEC_RAW, 1), &[0xa5], &mut frame);

@@ -88,7 +88,10 @@ impl Datagram {
                 d.index, d.count, d.stride
             ));
         }
-        if d.frame_len as u64 > max_len || d.frame_len == 0 {
+        if d.frame_len == 0 {
+            return bad("frame length 0 B: a datagram carries part of a frame".into());
+        }
+        if d.frame_len as u64 > max_len {
             return bad(format!(
                 "frame length {} B is over this receiver's cap of {max_len} B",
                 d.frame_len
@@ -154,5 +157,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("kind 9"));
+        let empty = Datagram {
+            frame_len: 0,
+            count: 1,
+            index: 0,
+            ..d
+        };
+        let e = Datagram::parse(&empty.encode(), &l)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frame length 0 B") && !e.contains("cap"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
+/// `cargo xtask bench [core]`: the core kernels beside numpy (main.rs routes the other benchmarks).
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         None | Some("core") => core(),

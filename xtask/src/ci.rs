@@ -5,6 +5,7 @@ use anyhow::Result;
 use std::process::Command;
 use std::time::Instant;
 
+/// `cargo xtask ci`: every step of the full test run, in order; fails at the first that fails.
 pub fn run_ci(_args: &[String]) -> Result<()> {
     let start = Instant::now();
     step("rustfmt", || {
@@ -23,6 +24,11 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     // scikit-image: tests/tests/numpy_interop.rs checks Otsu against skimage.filters.threshold_otsu
     step("python venv with numpy", || {
         venv_python(&["scikit-image"]).map(|_| ())
+    })?;
+    // the photo masks of tools/corpus/make_corpus.py: crates/codec/tests/corpus.rs
+    // round-trips every one (issue 3: "a test over the whole corpus, in the test run")
+    step("codec corpus", || {
+        crate::codecs::ensure_corpus(&crate::codecs::corpus_dir(), false)
     })?;
     step("build binaries", || {
         run(cargo().args(["build", "--workspace"]))

@@ -398,6 +398,7 @@ fn still_codecs() -> Vec<(String, Factory)> {
     ]
 }
 
+/// `cargo xtask bench codecs [--reps N] [--corpus DIR] [--regen]`: the codec table.
 pub fn run(args: &[String]) -> Result<()> {
     // Timings mean nothing in a debug build: run again in release.
     if cfg!(debug_assertions) {

@@ -53,6 +53,7 @@ pub fn send_samples(
     Ok(())
 }
 
+/// `cargo xtask demo`: runs the demo and prints its summary.
 pub fn run(args: &[String]) -> Result<()> {
     let frames: u64 = match args {
         [] => 240,

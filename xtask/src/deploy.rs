@@ -44,18 +44,30 @@ Options:
 // ---------------------------------------------------------------------------------------
 // Configuration
 
+/// One Pi's settings in the deploy file (`[receiver]`, `[sender]` or
+/// `[defaults]`; docs/DEPLOY.md lists them).
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PiConf {
+    /// SSH host name or address.
     pub host: Option<String>,
+    /// SSH user.
     pub user: Option<String>,
+    /// SSH port.
     pub port: Option<u16>,
+    /// SSH private key file.
     pub key: Option<String>,
+    /// Which build to copy: armv6 or armv7.
     pub build: Option<String>,
+    /// Install directory on the Pi.
     pub dir: Option<String>,
+    /// Put before the binary on the command line (e.g. `nice -n -5`).
     pub run_prefix: Option<String>,
+    /// The binary's own arguments.
     pub args: Option<Vec<String>>,
+    /// Extra `ssh -o` options.
     pub ssh_options: Option<Vec<String>>,
+    /// `uname -m` values accepted for this Pi.
     pub accept_machines: Option<Vec<String>>,
     /// receiver: `--listen` address
     pub listen: Option<String>,
@@ -780,6 +792,7 @@ struct Opts {
     timeout: Duration,
 }
 
+/// `cargo xtask deploy [...]`: build, copy and start (or install, stop, uninstall) on the Pis.
 pub fn run(args: &[String]) -> Result<()> {
     let (mut o, cf) = parse_args(args)?;
     if o.timeout.is_zero() {
@@ -1385,6 +1398,7 @@ fn deploy_expect(args: &[&str], ok: bool, needle: &str) -> Result<String> {
     Ok(text)
 }
 
+/// The deploy self-test: two local sshd instances stand in for the Pis.
 pub fn self_test() -> Result<()> {
     let t0 = Instant::now();
     let base = root().join("target/deploy-test");

@@ -134,9 +134,11 @@ const ZIGLANG: &str = "ziglang==0.17.1";
 /// under qemu. It is ARMv7 code and never linked into anything.
 pub const ARMHF_SYSROOT: &str = "/usr/arm-linux-gnueabihf";
 
+/// Where `cargo xtask dist` puts the finished binaries (`armv6/`, `armv7/`, `host/`).
 pub fn dist_dir() -> PathBuf {
     root().join("target/dist")
 }
+/// The cross builds' cargo target directory.
 pub fn cross_dir() -> PathBuf {
     root().join("target/cross")
 }
@@ -349,6 +351,7 @@ fn readelf(args: &[&str], file: &Path) -> Result<String> {
     crate::util::output(Command::new("readelf").args(args).arg(file))
 }
 
+/// What `readelf` says of an ARM binary (CPU architecture, interpreter, glibc symbols).
 pub fn elf_facts(file: &Path) -> Result<ElfFacts> {
     let mut f = ElfFacts::default();
     let attr = readelf(&["-A"], file)?;
@@ -528,6 +531,7 @@ zig from PyPI into target/zig-venv, binutils) or says how.
 Proofs under qemu: `cargo xtask qemu`.
 ";
 
+/// `cargo xtask dist`: the Pi builds, checked.
 pub fn run_dist(args: &[String]) -> Result<()> {
     let mut host = true;
     let mut only: Option<Arch> = None;
@@ -628,6 +632,7 @@ pub fn build_dist(tools: &Tools, archs: &[Arch], host: bool, profile: &str) -> R
     Ok(s)
 }
 
+/// The SHA-256 of a file, in hex.
 pub fn sha256_file(p: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -678,6 +683,7 @@ Proves the Pi builds on emulated Pi CPUs (qemu-user):
   all     dist (ARM builds, checked) + all of the above (the CI step)
 ";
 
+/// `cargo xtask qemu`: the proofs under qemu-user.
 pub fn run_qemu(args: &[String]) -> Result<()> {
     let no_build = args.iter().any(|a| a == "--no-build");
     let args: Vec<String> = args
@@ -755,6 +761,7 @@ pub fn lib_crates() -> Vec<&'static str> {
 /// optimised one for the vectorised kernels, took about twice as long).
 pub const QEMU_TEST_PROFILE: &str = "qemu-test";
 
+/// The library crates' unit tests, built for `arch` and run under qemu-user.
 pub fn unit_tests(tools: &Tools, arch: Arch) -> Result<()> {
     let crates = lib_crates();
     let mut c = tools.cargo("test");
@@ -966,6 +973,7 @@ pub fn compare_dirs(a: &Path, b: &Path, n: usize) -> Result<usize> {
     Ok(bytes)
 }
 
+/// The ARM binaries end to end under qemu: their masks equal the host build's.
 pub fn e2e() -> Result<()> {
     // the reference: the host build (debug: the masks do not depend on the profile)
     let host = crate::util::build_bins(false)?;

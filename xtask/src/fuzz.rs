@@ -8,6 +8,7 @@ use std::process::Command;
 
 const TARGETS: [&str; 4] = ["codec_decode", "codec_mutate", "roundtrip", "wire_reader"];
 
+/// `cargo xtask fuzz --help`.
 pub const HELP: &str = "\
 cargo xtask fuzz [--secs N] [--replay | --minimise] [TARGET...]
 

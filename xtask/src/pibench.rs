@@ -16,7 +16,9 @@ use std::process::{Command, Stdio};
 pub const IPC_A7: f64 = 0.7;
 /// ARM1176 (single-issue, in-order, 16 KiB L1, no L2 to speak of): assumed IPC.
 pub const IPC_ARM1176: f64 = 0.5;
+/// The Pi 2's clock.
 pub const PI2_HZ: f64 = 900e6;
+/// The Pi Zero's clock.
 pub const PI_ZERO_HZ: f64 = 1000e6;
 
 const HELP: &str = "\
@@ -192,6 +194,7 @@ fn label(op: &str) -> String {
     }
 }
 
+/// `cargo xtask bench pi [--write]`: instructions per frame on the Pis' CPUs.
 pub fn run(args: &[String]) -> Result<()> {
     let mut frames = 8usize;
     let mut write = false;

@@ -49,6 +49,7 @@ struct Sample {
     http: Option<(u64, u64, u64)>,
 }
 
+/// `cargo xtask bench view`: what the live view costs the receiver.
 pub fn run(args: &[String]) -> Result<()> {
     let mut frames = 4000u64;
     let mut rounds = 3usize;

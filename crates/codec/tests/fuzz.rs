@@ -51,18 +51,29 @@ fn every_prefix_of_valid_payloads_is_rejected_or_decoded_without_panic() {
         let (w, h, _, pa, _, pb) = &seed;
         let len = (*w as usize).div_ceil(8) * *h as usize;
         let mut out = vec![0u8; len];
+        let (_, _, fa, _, fb, _) = &seed;
         for cut in 0..pa.len() {
             let mut d = Decoder::new();
             assert!(d
                 .decode(CODEC_BILEVEL, 0, 0, *w, *h, &pa[..cut], &mut out)
                 .is_err());
-            assert_eq!(out.len(), len);
+            if cut % 97 == 0 {
+                // the failed decode left the decoder usable
+                d.decode(CODEC_BILEVEL, 0, 0, *w, *h, pa, &mut out).unwrap();
+                assert!(&out == fa, "key frame after a cut at {cut}");
+            }
         }
         for cut in 0..pb.len() {
             let mut d = primed(&seed);
             assert!(d
                 .decode(CODEC_BILEVEL, FLAG_DELTA, 1, *w, *h, &pb[..cut], &mut out)
                 .is_err());
+            if cut % 97 == 0 {
+                // ... and its reference intact: the whole delta still decodes
+                d.decode(CODEC_BILEVEL, FLAG_DELTA, 1, *w, *h, pb, &mut out)
+                    .unwrap();
+                assert!(&out == fb, "delta frame after a cut at {cut}");
+            }
         }
     }
 }
@@ -103,7 +114,18 @@ proptest! {
         forged.truncate(if flags == 1 { 11 } else { 1 });
         forged.extend_from_slice(&payload);
         let _ = d.decode(CODEC_BILEVEL, flags, 7, w, h, &forged, &mut out);
-        prop_assert_eq!(out.len(), len);
+        // Whatever that did, the decoder still decodes a valid frame exactly.
+        let good: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
+        let mut p = Vec::new();
+        let e = Encoder::new(Choice::Bilevel, 1).encode(&good, w, h, 8, &mut p).unwrap();
+        d.decode(e.codec, e.flags, 8, w, h, &p, &mut out).unwrap();
+        // (bits past the width of each row are padding, cleared by the decoder)
+        let stride = (w as usize).div_ceil(8);
+        let pad = if w % 8 == 0 { 0xFF } else { !(0xFFu8 >> (w % 8)) };
+        for (y, (a, b)) in out.chunks(stride).zip(good.chunks(stride)).enumerate() {
+            prop_assert_eq!(&a[..stride - 1], &b[..stride - 1], "row {}", y);
+            prop_assert_eq!(a[stride - 1], b[stride - 1] & pad, "row {} end", y);
+        }
     }
 
     #[test]

@@ -818,3 +818,37 @@ fn a_stopped_sender_sends_what_it_has_and_says_so() {
         (0..sent).collect::<Vec<u64>>()
     );
 }
+
+#[test]
+fn a_sender_stopped_without_a_receiver_counts_every_frame() {
+    // No receiver: the stop cannot send what is queued, and the watchdog
+    // ends the process after 3 s. Its summary must still account for every
+    // frame captured (the queued ones were in no count).
+    let tmp = TempDir::new("sender-stop-unreachable");
+    inputs(&tmp.join("in"));
+    let mut s = Proc::spawn(&mut sender(
+        &closed_port(),
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "30"],
+    ));
+    s.wait_for_stderr("cannot reach receiver", LIMIT);
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe_free_sigterm(s.id());
+    let f = s.wait(LIMIT);
+    assert!(f.stderr.contains("did not end within"), "{}", f.stderr);
+    let last = f
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("bitmask-send: captured"))
+        .unwrap();
+    let num = |what: &str| -> u64 {
+        last.split(what)
+            .nth(1)
+            .and_then(|r| r.trim_start().split([' ', ',']).next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {what:?} in {last}"))
+    };
+    assert!(num("captured") > 5, "{last}");
+    assert_eq!(num("captured"), num("dropped"), "{last}");
+    assert_eq!(num("sent"), 0, "{last}");
+}

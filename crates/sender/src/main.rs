@@ -303,7 +303,7 @@ fn run(cli: Cli) -> Result<()> {
         Err(e) => {
             // what was done before the error, then the error
             if let Some(c) = pipeline::counters() {
-                eprintln!("bitmask-send: {}", c.summary(start.elapsed()));
+                eprintln!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
             }
             Err(e)
         }

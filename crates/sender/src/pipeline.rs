@@ -218,33 +218,38 @@ pub struct Counters {
 impl Counters {
     /// One line for the log and the final summary.
     pub fn summary(&self, elapsed: Duration) -> String {
-        self.line(elapsed, 0)
+        self.line(elapsed, 0, 0)
     }
 
-    /// The summary of a process that exits now: frames still in flight
-    /// count as unconfirmed.
+    /// The summary of a process that exits now: frames never written (still
+    /// queued, or held to be sent again) count as dropped, frames written
+    /// and not confirmed as unconfirmed.
     pub fn summary_at_exit(&self, elapsed: Duration) -> String {
-        if !self.acks.load(Relaxed) {
-            return self.line(elapsed, 0); // nothing could be confirmed
-        }
-        // every frame taken is confirmed, dropped, or not (yet) confirmed:
-        // in flight, waiting to be sent again, or still queued
         // (a failed write loses its frame unless --no-drop sends it again)
         let lost_writes = if self.no_drop.load(Relaxed) {
             0
         } else {
             self.failed.load(Relaxed)
         };
-        let open = self.captured.load(Relaxed).saturating_sub(
-            self.confirmed.load(Relaxed)
-                + self.dropped.load(Relaxed)
-                + self.unconfirmed.load(Relaxed)
-                + lost_writes,
-        );
-        self.line(elapsed, open)
+        // frames written at least once
+        let written = self
+            .sent
+            .load(Relaxed)
+            .saturating_sub(self.resent.load(Relaxed));
+        let never = self
+            .captured
+            .load(Relaxed)
+            .saturating_sub(written + self.dropped.load(Relaxed) + lost_writes);
+        let open = if self.acks.load(Relaxed) {
+            written.saturating_sub(self.confirmed.load(Relaxed) + self.unconfirmed.load(Relaxed))
+        } else {
+            0 // nothing could be confirmed
+        };
+        self.line(elapsed, never, open)
     }
 
-    fn line(&self, elapsed: Duration, open: u64) -> String {
+    /// The line, with `never` frames more dropped and `open` more unconfirmed.
+    fn line(&self, elapsed: Duration, never: u64, open: u64) -> String {
         let s = elapsed.as_secs_f64().max(1e-9);
         let sent = self.sent.load(Relaxed);
         let bytes = self.sent_bytes.load(Relaxed);
@@ -267,7 +272,7 @@ impl Counters {
             self.captured.load(Relaxed),
             sent as f64 / s,
             bytes as f64 * 8.0 / s / 1e6,
-            self.dropped.load(Relaxed),
+            self.dropped.load(Relaxed) + never,
             self.failed.load(Relaxed),
             self.reconnects.load(Relaxed),
         )
@@ -1285,6 +1290,39 @@ mod tests {
             mask: Mask::default(),
             sequence: seq,
         }
+    }
+
+    #[test]
+    fn the_summary_at_exit_accounts_for_every_frame() {
+        let c = Counters::default();
+        let set = |a: &AtomicU64, v| a.store(v, Relaxed);
+        // 10 captured; 9 writes, 1 of them a frame sent again (8 frames
+        // written); 5 confirmed, 1 unconfirmed on a link that broke, so 2
+        // written and not confirmed (in flight); 1 dropped, so 1 never
+        // written (queued)
+        set(&c.captured, 10);
+        set(&c.sent, 9);
+        set(&c.resent, 1);
+        set(&c.confirmed, 5);
+        set(&c.unconfirmed, 1);
+        set(&c.dropped, 1);
+        c.acks.store(true, Relaxed);
+        let line = c.summary_at_exit(Duration::from_secs(1));
+        assert!(line.contains("confirmed 5, unconfirmed 3;"), "{line}");
+        assert!(line.contains("dropped 2,"), "{line}");
+        // a failed write loses its frame (not queued, then) unless
+        // --no-drop keeps it to send again
+        set(&c.failed, 1);
+        let line = c.summary_at_exit(Duration::from_secs(1));
+        assert!(line.contains("dropped 1,"), "{line}");
+        c.no_drop.store(true, Relaxed);
+        let line = c.summary_at_exit(Duration::from_secs(1));
+        assert!(line.contains("dropped 2,"), "{line}");
+        // no acknowledgements: nothing is said confirmed or not
+        c.acks.store(false, Relaxed);
+        let line = c.summary_at_exit(Duration::from_secs(1));
+        assert!(line.contains("confirmed -, unconfirmed 1;"), "{line}");
+        assert!(line.contains("dropped 2,"), "{line}");
     }
 
     #[test]

@@ -1047,6 +1047,8 @@ fn t4_slow_receiver(kit: &Kit, secs: u64) -> Result<String> {
     let p99 = stat(&json, "cam", "total_latency_p99_ms").context("p99 in stats")?;
     let p50 = stat(&json, "cam", "total_latency_p50_ms").context("p50 in stats")?;
     let dropped = sender_counter(&send.log(), "dropped").unwrap_or(0);
+    let reconnects = sender_counter(&send.log(), "reconnects")
+        .with_context(|| format!("no reconnects count:\n{}", send.log()))?;
     // flat: RSS after the first quarter never grows by more than 1 MiB over
     // its first value there (it may fall: the input is freed as soon as the
     // capture ends, while the last frames still go out)
@@ -1059,15 +1061,72 @@ fn t4_slow_receiver(kit: &Kit, secs: u64) -> Result<String> {
     let (lo, hi) = (settled[0], *settled.iter().max().unwrap());
     let msg = format!(
         "{secs} s at 60 fps into a 20 fps consumer: {consumed} frames consumed, sender dropped \
-         {dropped}; sender RSS {lo} KiB after the first quarter, {hi} KiB at most; latency p50 {p50:.0} ms, \
-         p99 {p99:.0} ms"
+         {dropped}, reconnected {reconnects} times; sender RSS {lo} KiB after the first quarter, \
+         {hi} KiB at most; latency p50 {p50:.0} ms, p99 {p99:.0} ms"
     );
+    ensure!(reconnects == 0, "a slow receiver is not a lost link: {msg}");
     ensure!(hi - lo <= 1024, "sender memory grew: {msg}");
     ensure!(
         dropped > 0,
         "nothing was dropped, so the test did not slow anything: {msg}"
     );
     ensure!(p99 <= 1000.0, "p99 latency above 1 s: {msg}");
+    Ok(msg)
+}
+
+/// The receiver's output stalls for 5 s (its stdout reader pauses) under a
+/// live 30 fps sender: the sender's writes stall with the receiver's host
+/// still answering, so it waits instead of reconnecting, and the stream
+/// goes on when the output does.
+fn t4b_stalled_output(kit: &Kit) -> Result<String> {
+    const PAUSE: Duration = Duration::from_secs(5);
+    let bed = Bed::new(Profile::Ethernet)?;
+    let dir = kit.dir("t4b")?;
+    let mut c = Bed::cmd(&bed.r, &kit.bin.join("bitmask-recv"));
+    c.args(["--listen", &format!("{RECV_IP}:{PORT}"), "--out", "-"])
+        .stdout(Stdio::piped());
+    let mut recv = Proc::spawn(c, dir.join("recv.log"), "receiver")?;
+    recv.wait_log("listening on", Duration::from_secs(10))?;
+    let mut pipe = recv.child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; MASK_LEN];
+        let (mut n, mut after) = (0u64, 0u64);
+        while pipe.read_exact(&mut buf).is_ok() {
+            n += 1;
+            if n == 60 {
+                std::thread::sleep(PAUSE);
+            } else if n > 60 {
+                after += 1;
+            }
+        }
+        (n, after)
+    });
+    let mut send = kit.sender(&bed, &dir, "cam", &["--fps", "30", "--count", "450"])?;
+    let st = send.wait(Duration::from_secs(40))?;
+    ensure!(st.success(), "sender failed ({st}):\n{}", send.log());
+    recv.stop()?;
+    let (consumed, after) = reader.join().unwrap_or((0, 0));
+    let log = send.log();
+    let reconnects = sender_counter(&log, "reconnects")
+        .with_context(|| format!("no reconnects count:\n{log}"))?;
+    let dropped = sender_counter(&log, "dropped").unwrap_or(0);
+    let msg = format!(
+        "output paused {} s after 60 frames under a 30 fps sender: {consumed} frames consumed \
+         ({after} after the pause), sender dropped {dropped}, reconnected {reconnects} times",
+        PAUSE.as_secs()
+    );
+    ensure!(
+        log.contains("has taken no data for"),
+        "the sender's write never stalled, so the test tested nothing: {msg}\n{log}"
+    );
+    ensure!(
+        reconnects == 0,
+        "a slow receiver is not a lost link: {msg}\n{log}"
+    );
+    ensure!(
+        after >= 100,
+        "the stream did not go on after the pause: {msg}\n{log}"
+    );
     Ok(msg)
 }
 
@@ -1228,6 +1287,7 @@ const TESTS: &[Test] = &[
     ("restart-nodrop", |k, _| t2b_receiver_restart_no_drop(k)),
     ("linkdown", |k, _| t3_link_down(k)),
     ("slow", |k, t| t4_slow_receiver(k, t.slow_secs)),
+    ("stall", |k, _| t4b_stalled_output(k)),
     ("hostile", |k, _| t5_hostile_peers(k)),
 ];
 

@@ -333,7 +333,7 @@ fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
     let expected = inputs_sized(&tmp.join("in"), 320, 240);
     let out = tmp.join("out");
     let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(r.addr.clone(), 200_000, Duration::from_secs(3));
+    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(3));
     let s = send_150(&proxy, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
@@ -344,6 +344,37 @@ fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
         "{why}"
     );
 }
+
+#[test]
+fn a_receiver_stalled_past_the_limit_is_given_a_new_connection() {
+    // The proxy stops reading for 13 s: past the 10 s a receiver whose host
+    // answers is waited for, the sender gives the link up and sends on a
+    // new one; everything is still written once.
+    let tmp = TempDir::new("delivery-window-long");
+    let expected = inputs_sized(&tmp.join("in"), 320, 240);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
+    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(13));
+    let s = send_150(&proxy, &tmp.join("in"));
+    let rl = r.proc.terminate(LIMIT);
+    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
+    assert!(s.status.success(), "{}: {why}", s.status);
+    assert!(s.stderr.contains("has taken no data for"), "{why}");
+    assert!(
+        s.stderr.contains("the receiver took no data for 10 s"),
+        "{why}"
+    );
+    assert!(s.stderr.contains("reconnects 1"), "{why}");
+    assert!(s.stderr.contains("confirmed 150;"), "{why}");
+    assert_eq!(
+        written(&out, &expected),
+        (0..150).collect::<Vec<u64>>(),
+        "{why}"
+    );
+}
+
+/// The hello and 20 raw 320x240 frames: a pause there falls between frames.
+const AFTER_20: usize = 11 + 20 * (320 / 8 * 240 + 40);
 
 /// Sends 150 raw 320x240 frames from the images in `dir` to `to`.
 fn send_150(to: &str, dir: &Path) -> Finished {
@@ -374,7 +405,8 @@ fn waited_not_reconnected(s: &Finished, says: &str, why: &str) {
 /// A TCP proxy in front of `upstream` whose listening socket has a small
 /// receive buffer (so a sender's window closes soon) and which, on its
 /// first connection, stops reading from the sender for `pause` once
-/// `after` bytes went upstream. Returns its address.
+/// `after` bytes went upstream (a frame boundary, say: the receiver then
+/// waits between two frames, not inside one). Returns its address.
 fn pausing_proxy(upstream: String, after: usize, pause: Duration) -> String {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -406,12 +438,21 @@ fn pausing_proxy(upstream: String, after: usize, pause: Duration) -> String {
                 let mut b = [0u8; 4096];
                 let mut passed = 0;
                 while let Ok(k) = from.read(&mut b) {
-                    if k == 0 || to.write_all(&b[..k]).is_err() {
+                    // (the pause falls exactly at `after` bytes)
+                    let split = if passed < pause_at && passed + k >= pause_at {
+                        pause_at - passed
+                    } else {
+                        k
+                    };
+                    if k == 0 || to.write_all(&b[..split]).is_err() {
                         let _ = to.shutdown(Shutdown::Write);
                         return;
                     }
-                    if passed < pause_at && passed + k >= pause_at {
+                    if split < k || passed + k == pause_at {
                         std::thread::sleep(pause);
+                        if to.write_all(&b[split..k]).is_err() {
+                            return;
+                        }
                     }
                     passed += k;
                 }

@@ -104,9 +104,8 @@ struct Cli {
     /// Connect timeout in seconds. Also how long a write may stall, or the
     /// receiver confirm nothing with --no-drop, before the link counts as lost
     /// and the sender reconnects. While the receiver's host still answers (its
-    /// TCP acknowledges, nothing is retransmitted) the receiver is only slow:
-    /// a stalled write then waits for it (logged every 10 s), and a --no-drop
-    /// sender waits up to 10 s for a confirmation.
+    /// TCP acknowledges, nothing is retransmitted) the receiver is only slow,
+    /// and the sender waits for it (logged) up to 10 s, or SECS if longer.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]
     timeout: f64,
 

@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 const NOTSENT_LOWAT: i32 = 128 << 10;
 
 /// How often a write waiting for a slow receiver says so.
-const SLOW_NOTE: Duration = Duration::from_secs(10);
+const SLOW_NOTE: Duration = Duration::from_secs(5);
+
+/// How long a receiver whose host answers (its output behind) is waited
+/// for, taking no data or confirming no frame, before the link counts as
+/// lost after all (`--timeout` when longer).
+pub const SLOW_LIMIT: Duration = Duration::from_secs(10);
 
 /// `TCP_ESTABLISHED` of the kernel's `tcpi_state`.
 const TCP_ESTABLISHED: u8 = 1;
@@ -178,15 +183,26 @@ impl Connection {
     /// a receiver whose output is behind (a slow SD card, a stalled pipe)
     /// closes its TCP window but is not a lost link, and a new connection
     /// would meet the same full buffers. The wait is logged every
-    /// [`SLOW_NOTE`]; a stop signal ends it.
+    /// [`SLOW_NOTE`] and lasts [`SLOW_LIMIT`] at most (`--timeout` if
+    /// longer); a stop signal ends it.
     pub fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         let mut rest = frame;
-        // when the wait began, when it was last said
+        // when the wait began (one write timeout in), when it was last said
         let (mut slow, mut said): (Option<Instant>, Option<Instant>) = (None, None);
         while !rest.is_empty() {
             match self.stream.write(rest) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => rest = &rest[n..],
+                Ok(n) => {
+                    rest = &rest[n..];
+                    if let Some(since) = slow.take() {
+                        said = None;
+                        log::info!(
+                            "state: receiver {} takes data again after {:.1} s",
+                            self.peer(),
+                            (since.elapsed() + self.timeout).as_secs_f64()
+                        );
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
@@ -196,26 +212,30 @@ impl Connection {
                         && self.peer_answers() =>
                 {
                     let since = *slow.get_or_insert_with(Instant::now);
+                    let stalled = since.elapsed() + self.timeout;
+                    if stalled >= SLOW_LIMIT.max(self.timeout) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the receiver took no data for {:.0} s (its host answers: \
+                                 its output is stalled)",
+                                stalled.as_secs_f64()
+                            ),
+                        ));
+                    }
                     if said.is_none_or(|t| t.elapsed() >= SLOW_NOTE) {
                         said = Some(Instant::now());
                         log::warn!(
                             "state: receiver {} has taken no data for {:.0} s, but its host \
-                             answers: its output is behind; waiting for it",
+                             answers: its output is behind; waiting for it (up to {} s)",
                             self.peer(),
-                            // (the wait began one write timeout in)
-                            (since.elapsed() + self.timeout).as_secs_f64()
+                            stalled.as_secs_f64(),
+                            SLOW_LIMIT.max(self.timeout).as_secs()
                         );
                     }
                 }
                 Err(e) => return Err(e),
             }
-        }
-        if let Some(since) = slow {
-            log::info!(
-                "state: receiver {} takes data again after {:.1} s",
-                self.peer(),
-                (since.elapsed() + self.timeout).as_secs_f64()
-            );
         }
         Ok(())
     }

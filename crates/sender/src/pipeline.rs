@@ -546,10 +546,6 @@ const STOP_CONFIRM: Duration = Duration::from_secs(2);
 /// How long a resumed link waits for the receiver's first acknowledgement
 /// (where its record of handled frames ends) before sending again.
 const RESUME_WAIT: Duration = Duration::from_secs(1);
-/// How long a `--no-drop` sender with a full window waits for the first
-/// confirmation from a receiver whose host answers (its output may be
-/// behind) before it tries a new connection (`--timeout` when longer).
-const SLOW_CONFIRM: Duration = Duration::from_secs(10);
 
 /// A frame written and not yet confirmed.
 struct InFlight {
@@ -1133,12 +1129,12 @@ fn make_room(
             since = Instant::now();
             said = None;
         } else if since.elapsed() > cfg.timeout {
-            // A receiver whose host answers is given SLOW_CONFIRM: its
+            // A receiver whose host answers is given SLOW_LIMIT: its
             // output may be behind (a new connection would not help). Its
             // TCP acknowledging the frames does not prove that they are
             // read, so past that a new connection is tried after all.
             let slow = stop_requested().is_none()
-                && since.elapsed() < SLOW_CONFIRM.max(cfg.timeout)
+                && since.elapsed() < net::SLOW_LIMIT.max(cfg.timeout)
                 && l.peer_answers();
             if !slow {
                 return Some((
@@ -1156,7 +1152,7 @@ fn make_room(
                      answers: its output may be behind; waiting for it (up to {} s)",
                     cfg.to,
                     since.elapsed().as_secs_f64(),
-                    SLOW_CONFIRM.max(cfg.timeout).as_secs()
+                    net::SLOW_LIMIT.max(cfg.timeout).as_secs()
                 );
             }
         }
@@ -1271,6 +1267,9 @@ fn drain(queue: &FrameQueue) -> u64 {
 }
 
 fn describe_io(e: &io::Error, timeout: Duration) -> String {
+    if e.get_ref().is_some() {
+        return e.to_string(); // our own message
+    }
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
             "write stalled for {:.1} s (--timeout)",

@@ -852,3 +852,76 @@ fn a_sender_stopped_without_a_receiver_counts_every_frame() {
     assert_eq!(num("captured"), num("dropped"), "{last}");
     assert_eq!(num("sent"), 0, "{last}");
 }
+
+#[test]
+fn a_batch_gives_up_on_an_unreachable_receiver() {
+    // More images than the queue holds: the input cannot end while the
+    // receiver is away, yet a batch must not wait for ever (it did).
+    let tmp = TempDir::new("batch-unreachable");
+    let dir = tmp.join("in");
+    inputs(&dir);
+    for i in 3..8 {
+        std::fs::copy(dir.join("in-0.png"), dir.join(format!("in-{i}.png"))).unwrap();
+    }
+    let t = Instant::now();
+    let f = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &closed_port()])
+        .arg(&dir));
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(!f.status.success(), "{}", f.stderr);
+    assert!(f.stderr.contains("giving up on the batch"), "{}", f.stderr);
+    let last = f
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("bitmask-send: captured"))
+        .unwrap();
+    let num = |what: &str| -> u64 {
+        last.split(what)
+            .nth(1)
+            .and_then(|r| r.trim_start().split([' ', ',']).next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {what:?} in {last}"))
+    };
+    assert_eq!(num("captured"), num("dropped"), "{last}");
+}
+
+#[test]
+fn a_recorded_raw_file_is_a_batch_sent_whole() {
+    // A raw file (not a pipe) is not a live camera: no frame is dropped
+    // when the sender outruns the link, named or on stdin.
+    let tmp = TempDir::new("raw-file-batch");
+    let (w, h, n) = (320usize, 240usize, 40usize);
+    let frames: Vec<u8> = noise(w * h * n, 7);
+    let rec = tmp.join("rec.gray8");
+    std::fs::write(&rec, &frames).unwrap();
+    for on_stdin in [false, true] {
+        let out = tmp.join(&format!("out-{on_stdin}"));
+        let mut recv = start_receiver(&["--out", out.to_str().unwrap()]);
+        let args = format!("--to {} --input-format gray8 --size 320x240", recv.addr);
+        let f = if on_stdin {
+            // (the test library gives its children /dev/null as stdin)
+            run(Command::new("sh").arg("-c").arg(format!(
+                "exec {} {args} - < {}",
+                bin("bitmask-send").display(),
+                rec.display()
+            )))
+        } else {
+            run(Command::new(bin("bitmask-send"))
+                .args(args.split(' '))
+                .arg(&rec))
+        };
+        assert!(f.status.success(), "{}", f.stderr);
+        assert!(
+            f.stderr.contains(&format!("captured {n}, sent {n} frames")),
+            "{}",
+            f.stderr
+        );
+        assert!(f.stderr.contains("dropped 0"), "{}", f.stderr);
+        let got = recv.proc.terminate(LIMIT);
+        assert!(
+            got.stderr.contains(&format!("{n} frames")),
+            "{}",
+            got.stderr
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), n);
+    }
+}

@@ -118,8 +118,9 @@ struct Cli {
     /// Never drop a frame: slow the source down to what the link takes instead,
     /// and after a broken connection send again what the receiver had not
     /// confirmed (it skips what it already wrote; up to 64 frames are kept).
-    /// Implied unless the source is live (raw frames from --input-format, or
-    /// --fps pacing): image files are a batch and are all sent.
+    /// Implied unless the source is live (--fps pacing, --input-command, raw
+    /// frames from a pipe or FIFO): image files and a recorded raw file are a
+    /// batch and are all sent.
     #[arg(long)]
     no_drop: bool,
 
@@ -251,6 +252,24 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Whether the input is live (a camera: frames dropped when the link is
+/// slower): `--fps` pacing, `--input-command`, or a raw stream from a pipe,
+/// FIFO or device. Image files and a regular raw file (named, or on stdin)
+/// are a batch.
+fn live_source(cli: &Cli) -> bool {
+    if cli.fps.is_some() || cli.input_command.is_some() {
+        return true;
+    }
+    if cli.input_format.is_none() {
+        return false;
+    }
+    let path = match cli.inputs.first() {
+        Some(p) if p.as_os_str() != "-" => p.as_path(),
+        _ => std::path::Path::new("/dev/stdin"),
+    };
+    !std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
 fn run(cli: Cli) -> Result<()> {
     // checked before the input starts (a camera command would start for nothing)
     let name = cli.name.clone().unwrap_or_else(net::hostname);
@@ -276,13 +295,16 @@ fn run(cli: Cli) -> Result<()> {
         threshold: cli.threshold,
         invert: cli.invert,
     };
+    let batch = !live_source(&cli);
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,
         transport: cli.transport,
         queue: cli.queue as usize,
-        // Image files without --fps are a batch, not a live source: send them all.
-        no_drop: cli.no_drop || (cli.input_format.is_none() && cli.fps.is_none()),
+        // A batch (image files, a recorded raw file) without --fps is not a
+        // live source: send it all.
+        no_drop: cli.no_drop || batch,
+        batch,
         fps: cli.fps,
         count: cli.count,
         // parse_secs keeps these finite and in range

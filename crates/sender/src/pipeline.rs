@@ -60,6 +60,9 @@ pub struct Config {
     pub queue: usize,
     /// Never drop: slow the source down instead.
     pub no_drop: bool,
+    /// The input is a batch (image files, a recorded file), not a live
+    /// source: an unreachable receiver is given up after [`LINGER`].
+    pub batch: bool,
     /// Capture at most this many frames per second.
     pub fps: Option<f64>,
     /// Stop after this many captured frames.
@@ -144,8 +147,13 @@ impl FrameQueue {
         let mut s = self.lock();
         let mut dropped = 0;
         if self.no_drop {
-            while s.items.len() >= self.cap {
+            while s.items.len() >= self.cap && !s.closed {
                 s = self.space.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.closed {
+                // the network side ended (an error): nothing more is sent
+                s.free.push(slot.mask);
+                return 1;
             }
         } else {
             while s.items.len() >= self.cap {
@@ -179,9 +187,12 @@ impl FrameQueue {
         self.lock().items.is_empty()
     }
 
+    /// Closed by the capture side when the input ends, by the network side
+    /// when it ends (then a blocked `push` returns, dropping its frame).
     fn close(&self) {
         self.lock().closed = true;
         self.items.notify_all();
+        self.space.notify_all();
     }
 }
 
@@ -357,8 +368,11 @@ impl Backoff {
     }
 }
 
-/// After the input ends, how long queued frames may wait for a receiver.
+/// After the input ends, how long queued frames may wait for a receiver
+/// (and how long a batch waits for an unreachable one).
 const LINGER: Duration = Duration::from_secs(10);
+/// How often an unreachable receiver is said again.
+const REMIND: Duration = Duration::from_secs(30);
 
 /// Runs capture on this thread and the network on another until the source
 /// ends (or `--count`). Returns the counters for the final summary.
@@ -377,7 +391,12 @@ pub fn run(
         let (q, c, cfg) = (queue.clone(), counters.clone(), cfg.clone());
         std::thread::Builder::new()
             .name("network".into())
-            .spawn(move || network_loop(&cfg, &q, &c, encoder))
+            .spawn(move || {
+                let r = network_loop(&cfg, &q, &c, encoder);
+                // (a capture blocked on a full --no-drop queue must not wait for ever)
+                q.close();
+                r
+            })
             .context("starting the network thread")?
     };
     let period = cfg
@@ -841,6 +860,8 @@ fn network_loop_via(
     let mut d = Delivery::default();
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
+    // When "cannot reach receiver" was last said.
+    let mut reminded: Option<Instant> = None;
     loop {
         if failing_since.is_none()
             && (!d.resend.is_empty() || !d.inflight.is_empty())
@@ -942,13 +963,34 @@ fn network_loop_via(
                 }
                 Err(e) => {
                     let wait = backoff.step();
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        log::warn!(
-                            "state: cannot reach receiver {}: {e:#}; retrying every {:.2}..{:.2} s",
+                    let first = failing_since.is_none();
+                    let down = *failing_since.get_or_insert_with(Instant::now);
+                    if cfg.batch && down.elapsed() > LINGER {
+                        anyhow::bail!(
+                            "the receiver {} stayed unreachable for {} s ({e:#}): giving up on \
+                             the batch (what was not sent is counted as dropped)",
                             cfg.to,
+                            LINGER.as_secs()
+                        );
+                    }
+                    if first || reminded.is_none_or(|t| t.elapsed() >= REMIND) {
+                        reminded = Some(Instant::now());
+                        log::warn!(
+                            "state: cannot reach receiver {}{}: {e:#}; retrying every \
+                             {:.2}..{:.2} s{}",
+                            cfg.to,
+                            if first {
+                                String::new()
+                            } else {
+                                format!(" for {} s", down.elapsed().as_secs())
+                            },
                             wait.as_secs_f64(),
-                            cfg.retry_max.as_secs_f64()
+                            cfg.retry_max.as_secs_f64(),
+                            if cfg.batch {
+                                format!(" (a batch gives up after {} s)", LINGER.as_secs())
+                            } else {
+                                String::new()
+                            }
                         );
                     } else {
                         log::debug!("connect attempt failed: {e:#}; next in {wait:?}");
@@ -1413,6 +1455,7 @@ mod tests {
             transport: Transport::Tcp,
             queue: 64,
             no_drop,
+            batch: false,
             fps: None,
             count: None,
             timeout: Duration::from_secs(1),

@@ -296,7 +296,7 @@ impl RawFrames {
         } else {
             log::warn!(
                 "{} ended in the middle of frame {}: got {filled} of {len} bytes; \
-                 that partial frame is dropped, the {} whole frame(s) before it were sent \
+                 that partial frame is dropped, the {} whole frame(s) before it were read \
                  (check --size, --stride and --padded-height if this happens at the first frame)",
                 self.name,
                 self.index,

@@ -925,3 +925,45 @@ fn a_recorded_raw_file_is_a_batch_sent_whole() {
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), n);
     }
 }
+
+#[test]
+fn a_stopped_receiver_reports_what_it_wrote() {
+    // Stopped while a sender streams: its summary, its stats file and its
+    // output directory must agree (frames handled after the stats file was
+    // written made them differ by up to 8).
+    let tmp = TempDir::new("recv-stop-numbers");
+    inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let stats = tmp.join("stats.json");
+    for round in 0..3 {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut recv = start_receiver(&[
+            "--out",
+            out.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ]);
+        let _s = Proc::spawn(&mut sender(
+            &recv.addr,
+            "cam",
+            &tmp.join("in"),
+            &["--count", "100000", "--codec", "raw"],
+        ));
+        recv.proc.wait_for_stderr("cam: ", LIMIT);
+        let f = recv.proc.terminate(LIMIT);
+        let total: u64 = f
+            .stderr
+            .split("bitmask-recv: total: ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no total: {}", f.stderr));
+        let json = std::fs::read_to_string(&stats).unwrap();
+        let files = std::fs::read_dir(&out).unwrap().count() as u64;
+        assert_eq!(
+            stat(&json, "cam", "received") as u64,
+            total,
+            "round {round}: {json}"
+        );
+        assert_eq!(files, total, "round {round}: {}", f.stderr);
+    }
+}

@@ -289,6 +289,12 @@ fn run(cli: Cli) -> Result<()> {
     }
     let why = session::report_until_done(&hub, &done_rx, cli.stats_json.as_deref());
     log::info!("stopping: {why}");
+    // Frames being written finish first, so the numbers below, the stats
+    // file and the outputs agree (an output that takes nothing is the
+    // signal thread's to end).
+    if !hub.settle(Duration::from_secs(5)) {
+        log::warn!("frames were still being written 5 s after the stop; the numbers may miss them");
+    }
     // The numbers are written however the outputs end.
     let finished = hub.finish();
     session::write_stats_json(&hub, cli.stats_json.as_deref());

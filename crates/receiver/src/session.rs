@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,10 @@ pub struct Hub {
     /// Where each sender's handled frames end, for resumed connections.
     handled: Mutex<crate::acks::Handled>,
     done: Mutex<Option<mpsc::Sender<String>>>,
+    /// Set by [`Hub::stop`]: no frame is handled from then on.
+    stopping: AtomicBool,
+    /// Frames being handled now (see [`Hub::settle`]).
+    in_frame: AtomicUsize,
 }
 
 /// Counts events and says when one may be logged: the first, then at most
@@ -241,6 +245,8 @@ impl Hub {
             turns: Turns::default(),
             handled: Mutex::default(),
             done: Mutex::new(Some(done)),
+            stopping: AtomicBool::new(false),
+            in_frame: AtomicUsize::new(0),
         })
     }
 
@@ -251,12 +257,29 @@ impl Hub {
         lock(&self.observers).push(o);
     }
 
-    /// Asks the receiver to stop (first call wins).
+    /// Asks the receiver to stop (first call wins). Frames that come after
+    /// it are not handled (nor acknowledged: a `--no-drop` sender sends
+    /// them again to the next receiver).
     pub fn stop(&self, why: String) {
+        self.stopping.store(true, SeqCst);
         crate::exec::stopping();
         if let Some(tx) = lock(&self.done).take() {
             let _ = tx.send(why);
         }
+    }
+
+    /// After [`Hub::stop`]: waits (at most `limit`) until no frame is being
+    /// handled, so that the final numbers, the stats file and the outputs
+    /// agree. False when frames were still being written at `limit`.
+    pub fn settle(&self, limit: Duration) -> bool {
+        let t = Instant::now();
+        while self.in_frame.load(SeqCst) > 0 {
+            if t.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Flushes the shared output (at exit); fails when its stream sinks'
@@ -266,6 +289,15 @@ impl Hub {
             lock(o).finish()?;
         }
         Ok(())
+    }
+}
+
+/// Counts a frame out of [`Hub::in_frame`] however its handling ends.
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -360,6 +392,14 @@ impl StreamCtx {
     /// before, or counted as damaged or unwritten), `Ok(false)` when it was
     /// given up: only handled frames are acknowledged.
     pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {
+        // (counted in before the stop is checked: Hub::settle then sees
+        // every frame that got past the check)
+        let hub = self.hub.clone();
+        hub.in_frame.fetch_add(1, SeqCst);
+        let _out = Leave(&hub.in_frame);
+        if hub.stopping.load(SeqCst) {
+            return Ok(false);
+        }
         // One connection of a sender handles a frame at a time: an older
         // connection still writing, and the record of what it wrote, come
         // before the check of a newer one's frame.
@@ -398,7 +438,10 @@ impl StreamCtx {
                 Ok(g) => g,
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
-                    if replaced() || c.is_some_and(|c| c.evicted.load(Relaxed)) {
+                    if replaced()
+                        || c.is_some_and(|c| c.evicted.load(Relaxed))
+                        || self.hub.stopping.load(SeqCst)
+                    {
                         return None;
                     }
                     std::thread::sleep(WRITER_POLL);
@@ -470,10 +513,11 @@ impl StreamCtx {
         if let Some(o) = &self.hub.sinks.shared {
             let conn = self.conn.as_deref();
             let _at_output = AtOutput::new(conn);
+            let stopping = &self.hub.stopping;
             match self
                 .hub
                 .turns
-                .wait(|| conn.is_some_and(|c| c.replaced.load(Relaxed)))
+                .wait(|| conn.is_some_and(|c| c.replaced.load(Relaxed)) || stopping.load(SeqCst))
             {
                 None => given_up = true,
                 Some(_turn) => {

@@ -41,7 +41,7 @@ fn core() -> Result<()> {
         "--example",
         "bench_core",
     ]))?;
-    let exe = root().join("target/release/examples/bench_core");
+    let exe = crate::util::target_dir()?.join("release/examples/bench_core");
     let args = [
         rgb_path.to_string_lossy().into_owned(),
         w.to_string(),

@@ -129,9 +129,24 @@ pub fn build_bins(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c)?;
-    Ok(root()
-        .join("target")
-        .join(if release { "release" } else { "debug" }))
+    Ok(target_dir()?.join(if release { "release" } else { "debug" }))
+}
+
+/// Cargo's target directory for this workspace (`CARGO_TARGET_DIR`,
+/// `build.target-dir` or `<repo>/target`), as `cargo metadata` says.
+pub fn target_dir() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d.clone());
+    }
+    let json = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("cargo metadata's output")?;
+    let d = PathBuf::from(
+        v["target_directory"]
+            .as_str()
+            .context("no target_directory in cargo metadata's output")?,
+    );
+    Ok(DIR.get_or_init(|| d).clone())
 }
 
 /// Replaces (or appends) the `heading` section (`## ...`) of docs/BENCHMARKS.md

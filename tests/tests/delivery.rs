@@ -502,6 +502,41 @@ fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
 }
 
 #[test]
+fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
+    // The same refusal under a live sender (--fps): frames are not sent
+    // again, but a run in which the receiver confirmed nothing and ended
+    // every connection must not end with exit 0 (it did, at INFO level).
+    let tmp = TempDir::new("delivery-refused-live");
+    inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
+    let s = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &r.addr,
+        "--loop",
+        "--fps",
+        "50",
+        "--count",
+        "60",
+        "--retry-max",
+        "0.1",
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    assert!(!s.status.success(), "{}", s.stderr);
+    assert!(
+        s.stderr.contains("connections in a row without confirming"),
+        "{}",
+        s.stderr
+    );
+    assert!(
+        s.stderr.contains("confirmed none of the frames"),
+        "{}",
+        s.stderr
+    );
+    assert!(list(&out).is_empty());
+}
+
+#[test]
 fn a_frame_refused_while_it_is_written_is_given_up_too() {
     // A 5000x5000 frame (25 MB raw) is over the receiver's default limit:
     // it resets the connection at the header while the sender still writes.

@@ -598,6 +598,10 @@ struct Delivery {
     link_confirmed: u64,
     /// When the receiver last confirmed a frame.
     last_progress: Option<Instant>,
+    /// Links in a row the receiver ended without confirming a frame
+    /// written on them (it may refuse the frames), and when that was last
+    /// said.
+    refused: (u32, Option<Instant>),
 }
 
 impl Delivery {
@@ -751,6 +755,21 @@ impl Delivery {
     /// the front of `resend`.
     fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters, how: Ended) {
         let n = self.inflight.len();
+        if how.progress {
+            self.refused.0 = 0;
+        } else if how.by_peer && how.acked && (n > 0 || how.failed_write) {
+            self.refused.0 += 1;
+            let (k, said) = &mut self.refused;
+            if *k >= MAX_TRIES as u32 && said.is_none_or(|t| t.elapsed() >= REMIND) {
+                *said = Some(Instant::now());
+                log::warn!(
+                    "the receiver {} ended {k} connections in a row without confirming a frame \
+                     written on them: it may refuse the frames (see its log, e.g. over its \
+                     --max-size)",
+                    cfg.to
+                );
+            }
+        }
         if !self.tracking || (n == 0 && !how.failed_write) {
             return;
         }
@@ -1129,6 +1148,17 @@ fn network_loop_via(
     if let Some(l) = link {
         l.finish();
         log::info!("state: input done, stream to {} closed", cfg.to);
+    }
+    if !cfg.no_drop
+        && d.refused.0 > 0
+        && counters.confirmed.load(Relaxed) == 0
+        && counters.sent.load(Relaxed) > 0
+    {
+        anyhow::bail!(
+            "the receiver {} confirmed none of the frames written to it, and ended the \
+             connections (see its log: it may refuse them, e.g. over its --max-size)",
+            cfg.to
+        );
     }
     if cfg.no_drop && d.given_up > 0 {
         anyhow::bail!(

@@ -810,7 +810,11 @@ fn python_example_reads_gray8_and_raw_streams() {
 
 #[test]
 fn bad_output_arguments_are_one_line_errors() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--latest", "/tmp/x.jpg"],
+            ".jpg is not a format the receiver writes",
+        ),
         (
             &["--out", "-", "--format", "png"],
             "needs --format raw or gray8 (not png)",

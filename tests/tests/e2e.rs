@@ -254,6 +254,9 @@ fn sender_errors_exit_non_zero_with_one_line() {
     assert_one_line_error(&f, "bitmask-send", "none of the 1 input image(s)");
     drop(recv);
 
+    // --count 0 would send nothing
+    let f = send(&closed_port(), &["--count", "0"], &[&good]);
+    assert_usage_error(&f, "0 is not in 1..");
     // `-` without --input-format, and a stream with no frame at all
     let f = send(&closed_port(), &[], &["-"]);
     assert_one_line_error(&f, "bitmask-send", "--input-format");

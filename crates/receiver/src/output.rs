@@ -144,7 +144,21 @@ impl Output {
             check_file_target("--latest", p)?;
             // `--latest mask.png` is a PNG whatever --format the other
             // outputs use (a stream needs raw or gray8).
-            let f = Format::for_extension(p).unwrap_or(format);
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            let f = match (Format::for_extension(p), ext.as_deref()) {
+                (Some(f), _) => f,
+                // an image format this receiver does not write: not raw bits under its name
+                (None, Some(e @ ("jpg" | "jpeg" | "gif" | "bmp" | "tif" | "tiff" | "webp"))) => {
+                    anyhow::bail!(
+                        "--latest {}: .{e} is not a format the receiver writes; name the file \
+                         .png, .pbm, .raw or .gray",
+                        p.display()
+                    )
+                }
+                (None, _) => format,
+            };
             if f != format {
                 log::info!(
                     "--latest {}: written as {} (its extension names it), the other outputs as {}",

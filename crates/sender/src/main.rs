@@ -60,7 +60,7 @@ struct Cli {
     looping: bool,
 
     /// Stop after N frames (with --loop: go round the inputs until N are sent).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 
     /// Read raw frames back to back (stdin, FIFO or file) instead of image files; yuv420 thresholds the Y plane.

@@ -50,19 +50,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The cargo target directory (`CARGO_TARGET_DIR` or `<root>/target`).
+/// The cargo target directory the tests were built in.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                root().join(d)
-            }
-        }
-        None => root().join("target"),
-    }
+    // A test binary is <target>/<profile>/deps/<name>: wherever cargo was
+    // told to build (CARGO_TARGET_DIR, build.target-dir), it is there.
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.parent()?.to_path_buf()))
+        .filter(|t| t.join("debug").is_dir())
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// True under CI (`CI=true` or `CI=1`).
@@ -137,7 +133,8 @@ pub fn wire_py() -> PathBuf {
 /// The venv's Python with numpy and Pillow (`target/venv/bin/python`, made by
 /// `cargo xtask ci`), or `None` after [`skip`] when it is missing.
 pub fn python() -> Option<PathBuf> {
-    let py = target_dir().join("venv/bin/python");
+    // (where `cargo xtask ci` makes it, whatever CARGO_TARGET_DIR says)
+    let py = root().join("target/venv/bin/python");
     if !py.exists() {
         skip(&format!("{} is missing", py.display()));
         return None;

@@ -477,8 +477,9 @@ fn a_flood_of_junk_does_not_flood_the_log() {
     let junk = (0..100)
         .map(|_| peer(&recv.addr, b"GET / HTTP/1.0\r\n\r\n", true))
         .collect::<Vec<_>>();
-    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..100u32 {
+        // (a new source port each time: the throttle is per host)
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let d = Datagram {
             kind: KIND_HELLO,
             index: 0,

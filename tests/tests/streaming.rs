@@ -458,10 +458,18 @@ fn receiver_with_a_stuck_child(tag: &str) -> (Listening, Proc, TempDir) {
     (recv, s, tmp)
 }
 
-/// Whether process `pid` is gone (or a zombie).
+/// Whether process `pid` is gone (or a zombie) within 5 s (a signal is
+/// delivered asynchronously).
 fn gone(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |st| st.split_whitespace().nth(2) == Some("Z"))
+    let t = Instant::now();
+    loop {
+        let dead = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |st| st.split_whitespace().nth(2) == Some("Z"));
+        if dead || t.elapsed() > Duration::from_secs(5) {
+            return dead;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -882,6 +890,33 @@ fn a_batch_gives_up_on_an_unreachable_receiver() {
             .unwrap_or_else(|| panic!("no {what:?} in {last}"))
     };
     assert_eq!(num("captured"), num("dropped"), "{last}");
+}
+
+#[test]
+fn a_batch_gives_up_on_a_peer_that_takes_nothing() {
+    // A peer that accepts and ends every connection (no bitmask receiver):
+    // the connects succeed, so the rule for an unreachable receiver never
+    // applied, and a batch longer than the queue went round for ever.
+    let tmp = TempDir::new("batch-accept-close");
+    let dir = tmp.join("in");
+    inputs(&dir);
+    for i in 3..8 {
+        std::fs::copy(dir.join("in-0.png"), dir.join(format!("in-{i}.png"))).unwrap();
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    let t = Instant::now();
+    let f = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &addr])
+        .arg(&dir));
+    assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
+    assert!(!f.status.success(), "{}", f.stderr);
+    assert!(f.stderr.contains("giving up on the batch"), "{}", f.stderr);
 }
 
 #[test]

@@ -141,9 +141,10 @@ fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
 struct Logs {
     /// "--max-senders streams open": once a second.
     full: Throttle,
-    /// Bad datagrams and bad hellos: once a second per source (the last
-    /// line said for each, forgotten past 1,024 sources).
-    bad: HashMap<SocketAddr, Instant>,
+    /// Bad datagrams and bad hellos: once a second per source host (by
+    /// address, not port: a new port each time must not get past it; the
+    /// last line said for each, forgotten past 1,024 hosts).
+    bad: HashMap<std::net::IpAddr, Instant>,
 }
 
 impl Logs {
@@ -152,10 +153,10 @@ impl Logs {
         if self.bad.len() > 1024 {
             self.bad.clear();
         }
-        match self.bad.get(&from) {
+        match self.bad.get(&from.ip()) {
             Some(t) if t.elapsed() < Duration::from_secs(1) => false,
             _ => {
-                self.bad.insert(from, Instant::now());
+                self.bad.insert(from.ip(), Instant::now());
                 true
             }
         }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 /// queue instead, which keeps latency bounded.
 const NOTSENT_LOWAT: i32 = 128 << 10;
 
-/// How often a write waiting for a slow receiver says so.
-const SLOW_NOTE: Duration = Duration::from_secs(5);
+/// How often a sender waiting for a slow receiver says so, at most.
+pub const SLOW_NOTE: Duration = Duration::from_secs(10);
 
 /// How long a receiver whose host answers (its output behind) is waited
 /// for, taking no data or confirming no frame, before the link counts as
@@ -129,6 +129,9 @@ pub struct Connection {
     acked: Option<u64>,
     /// The write timeout (`--timeout`).
     timeout: Duration,
+    /// When a stalled write last said so (a line per [`SLOW_NOTE`] per
+    /// connection, however many frames stall).
+    slow_said: Option<Instant>,
 }
 
 impl Connection {
@@ -156,6 +159,7 @@ impl Connection {
                         acks: AckReader::default(),
                         acked: None,
                         timeout,
+                        slow_said: None,
                     };
                     let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
                     let hello = Hello::new(name)
@@ -187,16 +191,21 @@ impl Connection {
     /// longer); a stop signal ends it.
     pub fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         let mut rest = frame;
-        // when the wait began (one write timeout in), when it was last said
-        let (mut slow, mut said): (Option<Instant>, Option<Instant>) = (None, None);
+        // when the wait began (one write timeout in); whether it was said
+        let (mut slow, mut warned): (Option<Instant>, bool) = (None, false);
         while !rest.is_empty() {
             match self.stream.write(rest) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     rest = &rest[n..];
                     if let Some(since) = slow.take() {
-                        said = None;
-                        log::info!(
+                        let level = if std::mem::take(&mut warned) {
+                            log::Level::Info
+                        } else {
+                            log::Level::Debug
+                        };
+                        log::log!(
+                            level,
                             "state: receiver {} takes data again after {:.1} s",
                             self.peer(),
                             (since.elapsed() + self.timeout).as_secs_f64()
@@ -217,14 +226,15 @@ impl Connection {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             format!(
-                                "the receiver took no data for {:.0} s (its host answers: \
-                                 its output is stalled)",
+                                "the receiver took no data for {:.0} s (its output is \
+                                 stalled, or its host went away while its window was closed)",
                                 stalled.as_secs_f64()
                             ),
                         ));
                     }
-                    if said.is_none_or(|t| t.elapsed() >= SLOW_NOTE) {
-                        said = Some(Instant::now());
+                    if self.slow_said.is_none_or(|t| t.elapsed() >= SLOW_NOTE) {
+                        self.slow_said = Some(Instant::now());
+                        warned = true;
                         log::warn!(
                             "state: receiver {} has taken no data for {:.0} s, but its host \
                              answers: its output is behind; waiting for it (up to {} s)",

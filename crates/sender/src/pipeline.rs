@@ -218,6 +218,9 @@ pub struct Counters {
     pub unconfirmed: AtomicU64,
     /// Frames written again after a reconnect (`--no-drop`).
     pub resent: AtomicU64,
+    /// Frames written (and not confirmed) that were then given up: counted
+    /// in `dropped`, not in `unconfirmed`.
+    pub written_dropped: AtomicU64,
     /// The receiver acknowledges frames (it has at least once).
     pub acks: AtomicBool,
     /// The run is `--no-drop`.
@@ -247,12 +250,15 @@ impl Counters {
             .sent
             .load(Relaxed)
             .saturating_sub(self.resent.load(Relaxed));
-        let never = self
-            .captured
-            .load(Relaxed)
-            .saturating_sub(written + self.dropped.load(Relaxed) + lost_writes);
+        // (a frame given up after being written is in `written` and `dropped`)
+        let written_dropped = self.written_dropped.load(Relaxed);
+        let never = self.captured.load(Relaxed).saturating_sub(
+            written + self.dropped.load(Relaxed).saturating_sub(written_dropped) + lost_writes,
+        );
         let open = if self.acks.load(Relaxed) {
-            written.saturating_sub(self.confirmed.load(Relaxed) + self.unconfirmed.load(Relaxed))
+            written.saturating_sub(
+                self.confirmed.load(Relaxed) + self.unconfirmed.load(Relaxed) + written_dropped,
+            )
         } else {
             0 // nothing could be confirmed
         };
@@ -602,6 +608,13 @@ struct Delivery {
     /// written on them (it may refuse the frames), and when that was last
     /// said.
     refused: (u32, Option<Instant>),
+    /// A frame was written (or its write tried) on the current link.
+    wrote: bool,
+    /// When waiting for a slow receiver's confirmations was last said.
+    slow_said: Option<Instant>,
+    /// Links made since the receiver last confirmed a frame (or, when it
+    /// confirms none, since a frame was last written).
+    links_since_progress: u32,
 }
 
 impl Delivery {
@@ -633,6 +646,7 @@ impl Delivery {
                 .confirmed
                 .fetch_add(self.link_confirmed - before, Relaxed);
             self.last_progress = Some(Instant::now());
+            self.links_since_progress = 0;
         }
     }
 
@@ -703,6 +717,8 @@ impl Delivery {
         }
         if skipped > 0 {
             counters.confirmed.fetch_add(skipped, Relaxed);
+            self.last_progress = Some(Instant::now());
+            self.links_since_progress = 0;
             log::info!(
                 "the receiver had handled {skipped} of the frames not confirmed before: \
                  not sent again"
@@ -757,7 +773,7 @@ impl Delivery {
         let n = self.inflight.len();
         if how.progress {
             self.refused.0 = 0;
-        } else if how.by_peer && how.acked && (n > 0 || how.failed_write) {
+        } else if how.by_peer && how.acked && std::mem::take(&mut self.wrote) {
             self.refused.0 += 1;
             let (k, said) = &mut self.refused;
             if *k >= MAX_TRIES as u32 && said.is_none_or(|t| t.elapsed() >= REMIND) {
@@ -816,6 +832,9 @@ impl Delivery {
             return;
         }
         let head = self.resend.pop_front().expect("front exists");
+        if self.resend_marks(head.sequence) {
+            counters.written_dropped.fetch_add(1, Relaxed);
+        }
         queue.recycle(head.mask);
         self.given_up += 1;
         counters.dropped.fetch_add(1, Relaxed);
@@ -877,6 +896,7 @@ fn network_loop_via(
     let mut closed_at: Option<Instant> = None;
     let mut connected_at = Instant::now();
     let mut d = Delivery::default();
+    let started = Instant::now();
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
     // When "cannot reach receiver" was last said.
@@ -912,6 +932,32 @@ fn network_loop_via(
             log::warn!("{msg}");
             break;
         }
+        if cfg.batch
+            && failing_since.is_none()
+            && d.links_since_progress >= 2
+            && !queue_closed(queue, &mut closed_at)
+            && d.last_progress.unwrap_or(started).elapsed() > LINGER
+        {
+            // A batch whose receiver is reachable but takes nothing (a peer
+            // that accepts and ends every connection, a receiver stuck for
+            // good): its input cannot end while the queue is full, so the
+            // rule above never applies. (A new link after a stalled one is
+            // given its chance first; the summary counts the frames not
+            // written as dropped.)
+            let written = d.inflight.len() as u64
+                + d.resend
+                    .iter()
+                    .filter(|s| d.resend_marks(s.sequence))
+                    .count() as u64;
+            counters.unconfirmed.fetch_add(written, Relaxed);
+            anyhow::bail!(
+                "the receiver {} confirmed no frame for {} s: giving up on the batch \
+                 ({written} frame(s) written and not confirmed; what was not written is \
+                 counted as dropped)",
+                cfg.to,
+                LINGER.as_secs()
+            );
+        }
         let slot = match d.resend.pop_front() {
             Some(s) => s,
             None => match queue.pop() {
@@ -940,6 +986,8 @@ fn network_loop_via(
                     connected_at = Instant::now();
                     d.tracking = cfg.transport == Transport::Tcp;
                     d.link_confirmed = 0;
+                    d.wrote = false;
+                    d.links_since_progress += 1;
                     counters.connected.store(true, Relaxed);
                     if ever_connected {
                         counters.reconnects.fetch_add(1, Relaxed);
@@ -1016,8 +1064,14 @@ fn network_loop_via(
                     }
                     if queue_closed(queue, &mut closed_at) {
                         if closed_at.is_some_and(|t| t.elapsed() > LINGER) {
+                            // (frames written before count as unconfirmed)
+                            let written = std::iter::once(slot.sequence)
+                                .chain(d.resend.iter().map(|s| s.sequence))
+                                .filter(|&q| d.resend_marks(q))
+                                .count() as u64;
                             let left = 1 + d.resend.len() as u64 + drain(queue);
-                            counters.dropped.fetch_add(left, Relaxed);
+                            counters.unconfirmed.fetch_add(written, Relaxed);
+                            counters.dropped.fetch_add(left - written, Relaxed);
                             anyhow::bail!(
                                 "input ended and the receiver {} stayed unreachable for {} s: \
                                  {left} queued frame(s) not delivered",
@@ -1082,6 +1136,7 @@ fn network_loop_via(
             continue;
         }
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
+        d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
             Ok(()) => {
                 // A write only says the kernel took the bytes: a receiver
@@ -1092,6 +1147,12 @@ fn network_loop_via(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
+                if !d.tracking {
+                    // (nothing is confirmed: a frame written is all the
+                    // progress there is to see)
+                    d.last_progress = Some(Instant::now());
+                    d.links_since_progress = 0;
+                }
                 if d.resend_marks(slot.sequence) {
                     counters.resent.fetch_add(1, Relaxed);
                 }
@@ -1152,7 +1213,7 @@ fn network_loop_via(
     if !cfg.no_drop
         && d.refused.0 > 0
         && counters.confirmed.load(Relaxed) == 0
-        && counters.sent.load(Relaxed) > 0
+        && counters.sent.load(Relaxed) + counters.failed.load(Relaxed) > 0
     {
         anyhow::bail!(
             "the receiver {} confirmed none of the frames written to it, and ended the \
@@ -1185,8 +1246,12 @@ fn make_room(
         return None;
     }
     let mut since = Instant::now();
-    let mut said: Option<Instant> = None;
     while d.tracking && d.inflight.len() >= WINDOW {
+        if stop_requested().is_some() {
+            // the final wait for confirmations is the stop's (a new
+            // connection would only send the window again)
+            return None;
+        }
         let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
         d.release(l.acked(), queue, counters);
@@ -1199,15 +1264,12 @@ fn make_room(
         }
         if d.inflight.len() < before {
             since = Instant::now();
-            said = None;
         } else if since.elapsed() > cfg.timeout {
             // A receiver whose host answers is given SLOW_LIMIT: its
             // output may be behind (a new connection would not help). Its
             // TCP acknowledging the frames does not prove that they are
             // read, so past that a new connection is tried after all.
-            let slow = stop_requested().is_none()
-                && since.elapsed() < net::SLOW_LIMIT.max(cfg.timeout)
-                && l.peer_answers();
+            let slow = since.elapsed() < net::SLOW_LIMIT.max(cfg.timeout) && l.peer_answers();
             if !slow {
                 return Some((
                     format!(
@@ -1217,8 +1279,8 @@ fn make_room(
                     false,
                 ));
             }
-            if said.is_none() {
-                said = Some(Instant::now());
+            if d.slow_said.is_none_or(|t| t.elapsed() >= net::SLOW_NOTE) {
+                d.slow_said = Some(Instant::now());
                 log::warn!(
                     "state: receiver {} has confirmed no frame for {:.1} s, but its host \
                      answers: its output may be behind; waiting for it (up to {} s)",
@@ -1389,6 +1451,17 @@ mod tests {
         c.no_drop.store(true, Relaxed);
         let line = c.summary_at_exit(Duration::from_secs(1));
         assert!(line.contains("dropped 2,"), "{line}");
+        // a frame written and then given up is dropped, not unconfirmed too
+        let g = Counters::default();
+        set(&g.captured, 3);
+        set(&g.sent, 15);
+        set(&g.resent, 12);
+        set(&g.dropped, 3);
+        set(&g.written_dropped, 3);
+        g.acks.store(true, Relaxed);
+        g.no_drop.store(true, Relaxed);
+        let line = g.summary_at_exit(Duration::from_secs(1));
+        assert!(line.contains("confirmed 0; dropped 3,"), "{line}");
         // no acknowledgements: nothing is said confirmed or not
         c.acks.store(false, Relaxed);
         let line = c.summary_at_exit(Duration::from_secs(1));

@@ -415,6 +415,22 @@ pub fn start_receiver(args: &[&str]) -> Listening {
     )
 }
 
+/// A number of bitmask-send's final summary line (`bitmask-send: captured
+/// N, sent N frames ...; dropped N, ...`): the one after the word `what`.
+///
+/// # Panics
+/// When there is no such line or number (the message shows stderr).
+pub fn summary_count(stderr: &str, what: &str) -> u64 {
+    let last = stderr
+        .lines()
+        .rfind(|l| l.starts_with("bitmask-send: captured"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"));
+    last.split(what)
+        .nth(1)
+        .and_then(|r| r.trim_start().split([' ', ',', ';']).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} count in {last}"))
+}
+
 /// A loopback address where nothing listens (a port just bound and released).
 pub fn closed_port() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

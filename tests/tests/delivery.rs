@@ -549,30 +549,35 @@ fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
     assert!(list(&out).is_empty());
 }
 
+/// Sends `frames` 5000x5000 gray8 frames (25 MB each, over a default
+/// receiver's limit: it resets the connection at the header while the
+/// sender still writes) from a file, with `extra` flags.
+fn send_5000x5000(tag: &str, frames: usize, extra: &[&str]) -> Finished {
+    let tmp = TempDir::new(tag);
+    let raw = tmp.join("big.gray");
+    std::fs::write(&raw, vec![0u8; 5000 * 5000 * frames]).unwrap();
+    let r = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
+    run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr])
+        .args(extra)
+        .args([
+            "--codec",
+            "raw",
+            "--retry-max",
+            "0.1",
+            "--input-format",
+            "gray8",
+        ])
+        .args(["--size", "5000x5000"])
+        .arg(&raw))
+}
+
 #[test]
 fn a_live_sender_whose_writes_are_refused_says_so_and_fails() {
     // The same, live (--fps) and with frames big enough that the refusal
     // makes the write itself fail: those count as refusals too (the run
     // ended with exit 0, 'sent 0 ... failed 6').
-    let tmp = TempDir::new("delivery-refused-write-live");
-    let raw = tmp.join("big.gray");
-    std::fs::write(&raw, vec![0u8; 5000 * 5000 * 3]).unwrap();
-    let r = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
-    let s = run(Command::new(bin("bitmask-send")).args([
-        "--to",
-        &r.addr,
-        "--fps",
-        "20",
-        "--codec",
-        "raw",
-        "--retry-max",
-        "0.1",
-        "--input-format",
-        "gray8",
-        "--size",
-        "5000x5000",
-        raw.to_str().unwrap(),
-    ]));
+    let s = send_5000x5000("delivery-refused-write-live", 3, &["--fps", "20"]);
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr.contains("confirmed none of the frames"),
@@ -585,24 +590,7 @@ fn a_live_sender_whose_writes_are_refused_says_so_and_fails() {
 fn a_frame_refused_while_it_is_written_is_given_up_too() {
     // A 5000x5000 frame (25 MB raw) is over the receiver's default limit:
     // it resets the connection at the header while the sender still writes.
-    let tmp = TempDir::new("delivery-refused-write");
-    let raw = tmp.join("big.gray");
-    std::fs::write(&raw, vec![0u8; 5000 * 5000]).unwrap();
-    let r = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
-    let s = run(Command::new(bin("bitmask-send")).args([
-        "--to",
-        &r.addr,
-        "--no-drop",
-        "--codec",
-        "raw",
-        "--retry-max",
-        "0.1",
-        "--input-format",
-        "gray8",
-        "--size",
-        "5000x5000",
-        raw.to_str().unwrap(),
-    ]));
+    let s = send_5000x5000("delivery-refused-write", 1, &["--no-drop"]);
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr

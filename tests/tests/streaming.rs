@@ -496,12 +496,7 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
         "{}",
         fr.stderr
     );
-    let pid = child_pid(&fr.stderr);
-    assert!(
-        gone(&pid),
-        "--exec child {pid} left running:\n{}",
-        fr.stderr
-    );
+    assert_child_gone(&fr.stderr);
 }
 
 #[test]
@@ -526,12 +521,13 @@ fn a_stop_that_cannot_finish_ends_by_itself() {
         "{}",
         fr.stderr
     );
-    let pid = child_pid(&fr.stderr);
-    assert!(
-        gone(&pid),
-        "--exec child {pid} left running:\n{}",
-        fr.stderr
-    );
+    assert_child_gone(&fr.stderr);
+}
+
+/// The `--exec` child the receiver sent SIGKILL (its log says which) is gone.
+fn assert_child_gone(stderr: &str) {
+    let pid = child_pid(stderr);
+    assert!(gone(&pid), "--exec child {pid} left running:\n{stderr}");
 }
 
 /// The `--exec` child's pid, from the receiver's SIGKILL line.
@@ -845,20 +841,20 @@ fn a_sender_stopped_without_a_receiver_counts_every_frame() {
     unsafe_free_sigterm(s.id());
     let f = s.wait(LIMIT);
     assert!(f.stderr.contains("did not end within"), "{}", f.stderr);
-    let last = f
-        .stderr
-        .lines()
-        .rfind(|l| l.starts_with("bitmask-send: captured"))
-        .unwrap();
-    let num = |what: &str| -> u64 {
-        last.split(what)
-            .nth(1)
-            .and_then(|r| r.trim_start().split([' ', ',']).next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {what:?} in {last}"))
-    };
-    assert!(num("captured") > 5, "{last}");
-    assert_eq!(num("captured"), num("dropped"), "{last}");
-    assert_eq!(num("sent"), 0, "{last}");
+    let num = |what: &str| summary_count(&f.stderr, what);
+    assert!(num("captured") > 5, "{}", f.stderr);
+    assert_eq!(num("captured"), num("dropped"), "{}", f.stderr);
+    assert_eq!(num("sent"), 0, "{}", f.stderr);
+}
+
+/// Eight images in `tmp/in`: more than the sender's queue holds.
+fn eight_images(tmp: &TempDir) -> std::path::PathBuf {
+    let dir = tmp.join("in");
+    inputs(&dir);
+    for i in 3..8 {
+        std::fs::copy(dir.join("in-0.png"), dir.join(format!("in-{i}.png"))).unwrap();
+    }
+    dir
 }
 
 #[test]
@@ -866,11 +862,7 @@ fn a_batch_gives_up_on_an_unreachable_receiver() {
     // More images than the queue holds: the input cannot end while the
     // receiver is away, yet a batch must not wait for ever (it did).
     let tmp = TempDir::new("batch-unreachable");
-    let dir = tmp.join("in");
-    inputs(&dir);
-    for i in 3..8 {
-        std::fs::copy(dir.join("in-0.png"), dir.join(format!("in-{i}.png"))).unwrap();
-    }
+    let dir = eight_images(&tmp);
     let t = Instant::now();
     let f = run(Command::new(bin("bitmask-send"))
         .args(["--to", &closed_port()])
@@ -878,18 +870,8 @@ fn a_batch_gives_up_on_an_unreachable_receiver() {
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     assert!(!f.status.success(), "{}", f.stderr);
     assert!(f.stderr.contains("giving up on the batch"), "{}", f.stderr);
-    let last = f
-        .stderr
-        .lines()
-        .rfind(|l| l.starts_with("bitmask-send: captured"))
-        .unwrap();
-    let num = |what: &str| -> u64 {
-        last.split(what)
-            .nth(1)
-            .and_then(|r| r.trim_start().split([' ', ',']).next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {what:?} in {last}"))
-    };
-    assert_eq!(num("captured"), num("dropped"), "{last}");
+    let num = |what: &str| summary_count(&f.stderr, what);
+    assert_eq!(num("captured"), num("dropped"), "{}", f.stderr);
 }
 
 #[test]
@@ -898,11 +880,7 @@ fn a_batch_gives_up_on_a_peer_that_takes_nothing() {
     // the connects succeed, so the rule for an unreachable receiver never
     // applied, and a batch longer than the queue went round for ever.
     let tmp = TempDir::new("batch-accept-close");
-    let dir = tmp.join("in");
-    inputs(&dir);
-    for i in 3..8 {
-        std::fs::copy(dir.join("in-0.png"), dir.join(format!("in-{i}.png"))).unwrap();
-    }
+    let dir = eight_images(&tmp);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -916,7 +894,14 @@ fn a_batch_gives_up_on_a_peer_that_takes_nothing() {
         .arg(&dir));
     assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
     assert!(!f.status.success(), "{}", f.stderr);
-    assert!(f.stderr.contains("giving up on the batch"), "{}", f.stderr);
+    // (whether the input could end meanwhile, the frames going round in the
+    // sender's list to send again, depends on timing: either rule may end it)
+    assert!(
+        f.stderr.contains("giving up on the batch")
+            || f.stderr.contains("input ended and the receiver"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]

@@ -261,7 +261,7 @@ impl Connection {
     /// connection is established, nothing is being retransmitted, and its
     /// closed window (if closed) answers the probes (`TCP_INFO`). False
     /// when that cannot be read.
-    pub fn peer_answers(&self) -> bool {
+    fn peer_answers(&self) -> bool {
         // SAFETY: tcp_info is plain integers, valid zeroed.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;

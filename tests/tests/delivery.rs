@@ -310,13 +310,7 @@ fn a_stalled_output_is_waited_for_not_reconnected() {
     let s = send_150(&r.addr, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
-    // (the window wait, or the write's if the buffers hold fewer frames)
-    let says = if s.stderr.contains("has confirmed no frame for") {
-        "has confirmed no frame for"
-    } else {
-        "has taken no data for"
-    };
-    waited_not_reconnected(&s, says, &why);
+    waited_not_reconnected(&s, &why);
     let bytes = read(&out);
     let len = expected[0].len();
     assert_eq!(
@@ -343,7 +337,7 @@ fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
     let s = send_150(&proxy, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
-    waited_not_reconnected(&s, "has taken no data for", &why);
+    waited_not_reconnected(&s, &why);
     assert_eq!(
         written(&out, &expected),
         (0..150).collect::<Vec<u64>>(),
@@ -398,12 +392,19 @@ fn send_150(to: &str, dir: &Path) -> Finished {
     ]))
 }
 
-/// The sender waited for a slow receiver (saying `says`) and confirmed all
-/// 150 frames on one connection.
-fn waited_not_reconnected(s: &Finished, says: &str, why: &str) {
+/// The sender waited for a slow receiver, saying so, and confirmed all 150
+/// frames on one connection. (Which wait says it, the write's or the one
+/// for confirmations, depends on how many frames the socket buffers took
+/// first; the netbed `stall` test and the 16 s pause below assert the
+/// write's.)
+fn waited_not_reconnected(s: &Finished, why: &str) {
     assert!(s.status.success(), "{}: {why}", s.status);
     assert!(s.stderr.contains("confirmed 150;"), "{why}");
-    assert!(s.stderr.contains(says), "no {says:?}: {why}");
+    assert!(
+        s.stderr.contains("has taken no data for")
+            || s.stderr.contains("has confirmed no frame for"),
+        "no waiting said: {why}"
+    );
     assert!(s.stderr.contains("reconnects 0"), "{why}");
     assert!(!s.stderr.contains("sent again"), "{why}");
 }
@@ -468,26 +469,29 @@ fn pausing_proxy(upstream: String, after: usize, pause: Duration) -> String {
     addr
 }
 
+/// Sends the 64x48 test images round (`--loop`, with `extra`) to a
+/// receiver that takes at most 32x32: it closes each connection at the
+/// first frame. Returns the sender's run, the receiver's output directory
+/// and the directory that holds both.
+fn to_a_32x32_receiver(tag: &str, extra: &[&str]) -> (Finished, std::path::PathBuf, TempDir) {
+    let tmp = TempDir::new(tag);
+    inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
+    let s = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr, "--loop", "--retry-max", "0.1"])
+        .args(extra)
+        .arg(tmp.join("in")));
+    (s, out, tmp)
+}
+
 #[test]
 fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
     // 64x48 frames to a receiver that takes at most 32x32: it closes each
     // connection at the first frame. A --no-drop sender must not send them
     // again for ever: each is given up after the receiver ended 5
     // connections at it.
-    let tmp = TempDir::new("delivery-refused");
-    inputs(&tmp.join("in"));
-    let out = tmp.join("out");
-    let r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
-    let s = run(Command::new(bin("bitmask-send")).args([
-        "--to",
-        &r.addr,
-        "--loop",
-        "--count",
-        "3",
-        "--retry-max",
-        "0.1",
-        tmp.join("in").to_str().unwrap(),
-    ]));
+    let (s, out, _tmp) = to_a_32x32_receiver("delivery-refused", &["--count", "3"]);
     assert!(!s.status.success(), "{}", s.stderr);
     for f in 0..3 {
         assert!(
@@ -505,12 +509,13 @@ fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
     );
     assert!(s.stderr.contains("dropped 3"), "{}", s.stderr);
     // each frame counted once: given up, so not unconfirmed too
+    assert_eq!(summary_count(&s.stderr, "dropped"), 3, "{}", s.stderr);
     let last = s
         .stderr
         .lines()
-        .rfind(|l| l.starts_with("bitmask-send: captured"))
+        .rfind(|l| l.starts_with("bitmask-send:"))
         .unwrap();
-    assert!(last.contains("confirmed 0; dropped 3,"), "{last}");
+    assert!(!last.contains("unconfirmed"), "{last}");
     assert!(list(&out).is_empty());
 }
 
@@ -519,22 +524,8 @@ fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
     // The same refusal under a live sender (--fps): frames are not sent
     // again, but a run in which the receiver confirmed nothing and ended
     // every connection must not end with exit 0 (it did, at INFO level).
-    let tmp = TempDir::new("delivery-refused-live");
-    inputs(&tmp.join("in"));
-    let out = tmp.join("out");
-    let r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
-    let s = run(Command::new(bin("bitmask-send")).args([
-        "--to",
-        &r.addr,
-        "--loop",
-        "--fps",
-        "50",
-        "--count",
-        "60",
-        "--retry-max",
-        "0.1",
-        tmp.join("in").to_str().unwrap(),
-    ]));
+    let (s, out, _tmp) =
+        to_a_32x32_receiver("delivery-refused-live", &["--fps", "50", "--count", "60"]);
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr.contains("connections in a row without confirming"),

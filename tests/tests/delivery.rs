@@ -359,9 +359,11 @@ fn a_receiver_stalled_past_the_limit_is_given_a_new_connection() {
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
     assert!(s.status.success(), "{}: {why}", s.status);
-    assert!(s.stderr.contains("has taken no data for"), "{why}");
+    // (given up by the stalled write, or, if the socket buffers took more
+    // frames first, by the wait for confirmations: see waited_not_reconnected)
     assert!(
-        s.stderr.contains("the receiver took no data for 10 s"),
+        s.stderr.contains("the receiver took no data for 10 s")
+            || s.stderr.contains("the receiver confirmed no frame for 10."),
         "{why}"
     );
     assert!(s.stderr.contains("reconnects 1"), "{why}");
@@ -395,8 +397,7 @@ fn send_150(to: &str, dir: &Path) -> Finished {
 /// The sender waited for a slow receiver, saying so, and confirmed all 150
 /// frames on one connection. (Which wait says it, the write's or the one
 /// for confirmations, depends on how many frames the socket buffers took
-/// first; the netbed `stall` test and the 16 s pause below assert the
-/// write's.)
+/// first; the netbed `stall` test asserts the write's on a real link.)
 fn waited_not_reconnected(s: &Finished, why: &str) {
     assert!(s.status.success(), "{}: {why}", s.status);
     assert!(s.stderr.contains("confirmed 150;"), "{why}");

@@ -444,9 +444,21 @@ fn ctrl_c_or_a_stopped_service_with_an_exec_consumer_ends_cleanly() {
 /// pipe fills and a connection thread blocks in its write, holding the
 /// output, so a stop cannot finish. Returns it, stalled.
 fn receiver_with_a_stuck_child(tag: &str) -> (Listening, Proc, TempDir) {
+    stalled_exec_receiver(tag, "trap '' TERM INT; exec sleep 600")
+}
+
+/// A receiver (in a process group of its own) whose `--exec` CMD never
+/// reads, fed by a `--no-drop` sender until the pipe is full and the stream
+/// stalls. Returns both, and their directory.
+fn stalled_exec_receiver(tag: &str, cmd: &str) -> (Listening, Proc, TempDir) {
+    use std::os::unix::process::CommandExt;
     let tmp = TempDir::new(tag);
     inputs(&tmp.join("in"));
-    let recv = start_receiver(&["--exec", "trap '' TERM INT; exec sleep 600"]);
+    let recv = start_listening(
+        Command::new(bin("bitmask-recv"))
+            .args(["--listen", "127.0.0.1:0", "--exec", cmd])
+            .process_group(0),
+    );
     let s = Proc::spawn(&mut sender(
         &recv.addr,
         "cam",
@@ -545,25 +557,10 @@ fn child_pid(stderr: &str) -> String {
 
 #[test]
 fn a_stop_ends_an_exec_child_that_no_longer_reads() {
-    use std::os::unix::process::CommandExt;
     // The child never reads: the pipe fills and a connection thread blocks
     // in its write, holding the output. Ctrl-C must still end the receiver
     // (it hung: the child, in its own group, got no signal).
-    let tmp = TempDir::new("exec-stuck");
-    inputs(&tmp.join("in"));
-    let mut cmd = Command::new(bin("bitmask-recv"));
-    cmd.args(["--listen", "127.0.0.1:0", "--exec", "exec sleep 600"])
-        .process_group(0);
-    let mut recv = start_listening(&mut cmd);
-    let _s = Proc::spawn(&mut sender(
-        &recv.addr,
-        "cam",
-        &tmp.join("in"),
-        &["--count", "100000", "--no-drop"],
-    ));
-    // (the pipe is full: the stream stalls)
-    recv.proc
-        .wait_for_stderr(" 0.0 fps", Duration::from_secs(30));
+    let (mut recv, _s, _tmp) = stalled_exec_receiver("exec-stuck", "exec sleep 600");
     let st = Command::new("kill")
         .args(["-INT", "--", &format!("-{}", recv.proc.id())])
         .status()

@@ -191,6 +191,19 @@ fn no_drop_sends_again_what_a_broken_connection_lost_and_nothing_twice() {
     let json = std::fs::read_to_string(&stats).unwrap();
     assert_eq!(stat(&json, "cam", "lost"), 0.0, "{json}");
     assert_eq!(stat(&json, "cam", "received"), n as f64, "{json}");
+    // Frames skipped as handled before are counted, as many as logged.
+    let skipped: u64 = rl
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once("resumed at frame ")?.1.split_once(" ("))
+        .filter_map(|(_, rest)| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        stat(&json, "cam", "resent"),
+        skipped as f64,
+        "{json}\nreceiver:\n{}",
+        rl.stderr
+    );
 }
 
 #[test]
@@ -724,4 +737,85 @@ fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
     assert!(b.status.success(), "busy: {}", b.stderr);
     r.proc.terminate(LIMIT);
     assert_eq!(list(&out.join("cam")).len(), 20);
+}
+
+/// Connects as sender `name` (acknowledgements wanted, `resume` as asked),
+/// writes raw 16x1 frames `seqs`, and waits until the receiver acknowledged
+/// up to `until`; returns the first acknowledgement (where the receiver's
+/// record of handled frames ends).
+fn raw_sender_connection(addr: &str, resume: bool, seqs: std::ops::Range<u64>, until: u64) -> u64 {
+    use bitmask_wire::{
+        encode_frame, AckReader, Header, Hello, CODEC_RAW, HELLO_ACKS, HELLO_RESUME,
+    };
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
+    s.write_all(&Hello::new("cam").unwrap().with_flags(flags).encode())
+        .unwrap();
+    let mut out = Vec::new();
+    for q in seqs {
+        let payload = [q as u8, 0x0f];
+        encode_frame(&Header::new(16, 1, q, CODEC_RAW, 2), &payload, &mut out);
+    }
+    s.write_all(&out).unwrap();
+    let mut acks = AckReader::default();
+    let mut first = None;
+    let mut b = [0u8; 64];
+    loop {
+        let n = s.read(&mut b).expect("acknowledgements");
+        assert!(n > 0, "the receiver closed before acknowledging {until}");
+        let mut rest = &b[..n];
+        while !rest.is_empty() {
+            let k = rest.len().min(ACK_LEN - acks.pending());
+            if let Some(a) = acks.push(&rest[..k]).unwrap() {
+                first.get_or_insert(a.next);
+                if a.next >= until {
+                    return first.unwrap();
+                }
+            }
+            rest = &rest[k..];
+        }
+    }
+}
+
+#[test]
+fn frames_sent_again_after_a_reconnect_are_skipped_and_counted() {
+    // A sender that resumes but sends everything again (one that does not
+    // wait for the first acknowledgement): the receiver writes each frame
+    // once and counts the repeats as `resent`.
+    let tmp = TempDir::new("delivery-resent");
+    let out = tmp.join("out");
+    let stats = tmp.join("stats.json");
+    let mut r = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "raw",
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    assert_eq!(raw_sender_connection(&r.addr, false, 0..5, 5), 0);
+    // the record says 5 were handled; frames 0..5 come again anyway
+    assert_eq!(raw_sender_connection(&r.addr, true, 0..8, 8), 5);
+    let rl = r.proc.terminate(LIMIT);
+    let json = std::fs::read_to_string(&stats).unwrap();
+    assert_eq!(stat(&json, "cam", "received"), 8.0, "{json}\n{}", rl.stderr);
+    assert_eq!(stat(&json, "cam", "resent"), 5.0, "{json}\n{}", rl.stderr);
+    assert_eq!(stat(&json, "cam", "lost"), 0.0, "{json}");
+    let files = list(&out);
+    assert_eq!(files.len(), 8, "each frame written once: {files:?}");
+    for q in 0..8u8 {
+        assert_eq!(read(&out.join(format!("frame-{q:06}.raw"))), [q, 0x0f]);
+    }
+    assert!(
+        rl.stderr
+            .contains("resumed at frame 5 (5 frame(s) sent again were handled before and skipped)"),
+        "{}",
+        rl.stderr
+    );
+    assert!(
+        rl.stderr.contains("5 sent again and skipped"),
+        "the summary counts them:\n{}",
+        rl.stderr
+    );
 }

@@ -97,6 +97,8 @@ function render(s) {
     set(el, "lost", String(x.lost));
     set(el, "corrupt", String(x.corrupt));
     set(el, "incomplete", String(x.incomplete));
+    set(el, "unwritten", String(x.unwritten));
+    set(el, "resent", String(x.resent));
     set(el, "shown", x.shown_sequence === null ? "–" : String(x.shown_sequence));
     plot(el.querySelector("canvas"), x.history);
     c.want = x.shown_sequence === null ? null : x.image_version;

@@ -98,8 +98,9 @@ struct Cli {
     per_sender: bool,
 
     /// Rewrite FILE (atomically) every second and at exit with every sender's
-    /// numbers as JSON: received, lost, corrupt, incomplete, unwritten, fps, Mbit/s,
-    /// compression ratio, latency p50/p99.
+    /// numbers as JSON: received, lost, corrupt, incomplete, unwritten,
+    /// resent (sent again after a reconnect, handled before, skipped), fps,
+    /// Mbit/s, compression ratio, latency p50/p99.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
 

@@ -472,6 +472,7 @@ impl StreamCtx {
         if let Some((_, l)) = &self.acks {
             if h.sequence < lock(&self.hub.handled).next(&self.name, l.id) {
                 self.skipped += 1;
+                stats::lock(&self.stats).resent();
                 log::debug!(
                     "{}: frame {} sent again after a reconnect: handled before, skipped",
                     self.name,

@@ -128,6 +128,10 @@ pub struct SenderSnapshot {
     /// Frames that arrived whole but could not be written (a full or
     /// read-only disk): in neither `received` nor `lost`.
     pub unwritten: u64,
+    /// Frames sent again after a reconnect that had been handled before
+    /// the connection dropped: skipped, not written twice (in no other
+    /// count).
+    pub resent: u64,
     /// Bytes on the wire for received frames (headers included).
     pub wire_bytes: u64,
     /// Bytes of the decoded masks.
@@ -186,7 +190,7 @@ impl SenderSnapshot {
             None => format!("latency p50 {} ms p99 {} ms", ms(p50), ms(p99)),
         };
         format!(
-            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}), {:.1} fps, {:.1} Mbit/s, \
+            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}{}), {:.1} fps, {:.1} Mbit/s, \
              ratio {:.2}, {latency}{}",
             self.name,
             self.received,
@@ -195,6 +199,11 @@ impl SenderSnapshot {
             self.incomplete,
             if self.unwritten > 0 {
                 format!(", {} NOT WRITTEN", self.unwritten)
+            } else {
+                String::new()
+            },
+            if self.resent > 0 {
+                format!(", {} sent again and skipped", self.resent)
             } else {
                 String::new()
             },
@@ -515,6 +524,12 @@ impl SenderStats {
         restarted
     }
 
+    /// Counts a frame sent again after a reconnect and skipped: it was
+    /// handled before (its sequence number was seen then).
+    pub fn resent(&mut self) {
+        self.snap.resent += 1;
+    }
+
     /// Counts a damaged or undecodable frame.
     pub fn corrupt(&mut self) {
         self.snap.corrupt += 1;
@@ -656,6 +671,7 @@ impl StatsRegistry {
             t.corrupt += s.corrupt;
             t.incomplete += s.incomplete;
             t.unwritten += s.unwritten;
+            t.resent += s.resent;
             t.wire_bytes += s.wire_bytes;
             t.mask_bytes += s.mask_bytes;
             t.fps += s.fps;
@@ -726,7 +742,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         out,
         ", \"transport\": \"{}\", \"connected\": {}, \"connections\": {}, \"received\": {}, \
          \"lost\": {}, \"corrupt\": {}, \"incomplete\": {}, \"unwritten\": {}, \
-         \"wire_bytes\": {}, \"mask_bytes\": {}",
+         \"resent\": {}, \"wire_bytes\": {}, \"mask_bytes\": {}",
         s.transport,
         s.connected,
         s.connections,
@@ -735,6 +751,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         s.corrupt,
         s.incomplete,
         s.unwritten,
+        s.resent,
         s.wire_bytes,
         s.mask_bytes
     );

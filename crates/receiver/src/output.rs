@@ -65,6 +65,15 @@ impl Format {
     }
 }
 
+/// What [`Output::write`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Written (to at least one sink).
+    Now,
+    /// Found in the output directory already, as it is: nothing written.
+    Before,
+}
+
 /// Every sink a frame goes to.
 pub struct Output {
     format: Format,
@@ -177,7 +186,10 @@ impl Output {
     }
 
     /// Writes one decoded mask (wire layout) of the frame `h` to every sink.
-    pub fn write(&mut self, h: &Header, bits: &[u8]) -> Result<()> {
+    /// With `check`, first looks in the output directory: when it holds the
+    /// frame's file already, byte for byte (written before the receiver
+    /// restarted), nothing is written.
+    pub fn write(&mut self, h: &Header, bits: &[u8], check: bool) -> Result<Written> {
         let data: &[u8] = if self.format == Format::Raw {
             bits
         } else {
@@ -187,6 +199,14 @@ impl Output {
         };
         if let Some(why) = &self.dead {
             bail!("{why}");
+        }
+        if let (true, Some(dir)) = (check, &self.dir) {
+            let path = dir.join(format!("frame-{:06}.{}", h.sequence, self.format.ext()));
+            let same = fs::metadata(&path).is_ok_and(|m| m.len() == data.len() as u64)
+                && fs::read(&path).is_ok_and(|b| b == data);
+            if same {
+                return Ok(Written::Before);
+            }
         }
         let t = Instant::now();
         if let Some(exec) = self.exec.as_mut() {
@@ -269,7 +289,7 @@ impl Output {
             }
         }
         match failed {
-            None => Ok(()),
+            None => Ok(Written::Now),
             Some(e) if took => {
                 if let Some(n) = self.latest_log.hit() {
                     log::warn!(
@@ -278,7 +298,7 @@ impl Output {
                         crate::session::more_like_it(n)
                     );
                 }
-                Ok(())
+                Ok(Written::Now)
             }
             Some(e) => Err(e),
         }
@@ -586,18 +606,41 @@ mod tests {
         let latest = ldir.join("m.raw");
         let mut o = Output::open(Some(&dir), Some(&latest), None, Format::Raw).unwrap();
         let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
-        o.write(&h(0), &[0xa5]).unwrap();
+        o.write(&h(0), &[0xa5], false).unwrap();
         // The directory fails: --latest took it.
         fs::remove_dir_all(&dir).unwrap();
-        o.write(&h(1), &[0x5a]).unwrap();
+        o.write(&h(1), &[0x5a], false).unwrap();
         assert_eq!(fs::read(&latest).unwrap(), [0x5a]);
         // Both fail: an error.
         fs::remove_dir_all(&ldir).unwrap();
-        assert!(o.write(&h(2), &[0x11]).is_err());
+        assert!(o.write(&h(2), &[0x11], false).is_err());
         // --latest fails, the directory takes it.
         fs::create_dir_all(&dir).unwrap();
-        o.write(&h(3), &[0x22]).unwrap();
+        o.write(&h(3), &[0x22], false).unwrap();
         assert_eq!(fs::read(dir.join("frame-000003.raw")).unwrap(), [0x22]);
         let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_checked_frame_already_on_disk_as_it_is_is_not_written_again() {
+        for format in [Format::Raw, Format::Png, Format::Pbm] {
+            let dir = std::env::temp_dir().join(format!(
+                "bitmask-before-{}-{}",
+                format.name(),
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            let mut o = Output::open(Some(&dir), None, None, format).unwrap();
+            let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
+            let ext = format.ext();
+            assert_eq!(o.write(&h(5), &[0xa5], true).unwrap(), Written::Now);
+            assert_eq!(o.write(&h(5), &[0xa5], true).unwrap(), Written::Before);
+            assert!(!dir.join(format!("frame-000005.1.{ext}")).exists());
+            // unchecked, or another mask under the same number: a new file
+            assert_eq!(o.write(&h(5), &[0xa5], false).unwrap(), Written::Now);
+            assert_eq!(o.write(&h(5), &[0x5a], true).unwrap(), Written::Now);
+            assert!(dir.join(format!("frame-000005.2.{ext}")).exists());
+            let _ = fs::remove_dir_all(&dir);
+        }
     }
 }

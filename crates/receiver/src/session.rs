@@ -13,7 +13,7 @@
 //! `--max-size`, each frame due within `--timeout` of its first byte
 //! (slow-loris), each connection dropped after `--timeout` of silence.
 
-use crate::output::{Format, Output};
+use crate::output::{Format, Output, Written};
 use crate::stats::{self, SenderHandle, StatsRegistry};
 use anyhow::{Context, Result};
 use bitmask_wire::{FrameReader, Header, Limits, WireError};
@@ -328,6 +328,11 @@ pub struct StreamCtx {
     acks: Option<(crate::acks::AckWriter, crate::acks::Lineage)>,
     /// Frames skipped so.
     skipped: u64,
+    /// Set for a resumed connection this receiver holds no record of (it
+    /// was restarted): until a frame is not found, a frame whose file the
+    /// output directory already holds, byte for byte, was written before
+    /// the restart and is skipped like one in the record.
+    on_disk: bool,
 }
 
 impl StreamCtx {
@@ -353,6 +358,7 @@ impl StreamCtx {
             decoder: bitmask_codec::Decoder::new(),
             acks: None,
             skipped: 0,
+            on_disk: false,
         })
     }
 
@@ -423,6 +429,22 @@ impl StreamCtx {
             self.acknowledge(h.sequence);
         }
         Ok(handled)
+    }
+
+    /// Frame `h` was found in the output directory as it is now (written
+    /// before this receiver restarted): skipped, counted as sent again, and
+    /// the next frame is checked too.
+    fn written_before(&mut self, h: &Header) -> bool {
+        self.on_disk = true;
+        self.skipped += 1;
+        stats::lock(&self.stats).resent();
+        log::debug!(
+            "{}: frame {} sent again after a reconnect: its file is in the output directory \
+             already (written before a restart), skipped",
+            self.name,
+            h.sequence
+        );
+        true
     }
 
     /// The sender name's writer lock; `None` (the frame is given up) once
@@ -505,11 +527,15 @@ impl StreamCtx {
                 }
             }
         }
+        let mut on_disk = std::mem::take(&mut self.on_disk);
+        let mut before = false;
         if let Some(o) = &mut self.own {
-            match o.write(h, mask) {
-                Ok(()) => took = true,
+            match o.write(h, mask, on_disk) {
+                Ok(Written::Before) => return Ok(self.written_before(h)),
+                Ok(Written::Now) => took = true,
                 Err(e) => failed = Some(e),
             }
+            on_disk = false;
         }
         if let Some(o) = &self.hub.sinks.shared {
             let conn = self.conn.as_deref();
@@ -525,10 +551,11 @@ impl StreamCtx {
                     let mut o = lock(o);
                     let busy = &self.hub.shared_busy_since;
                     busy.store(self.hub.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
-                    let r = o.write(h, mask);
+                    let r = o.write(h, mask, on_disk);
                     busy.store(0, Relaxed);
                     match r {
-                        Ok(()) => took = true,
+                        Ok(Written::Before) => before = true,
+                        Ok(Written::Now) => took = true,
                         Err(e) if o.is_dead() => {
                             // No sender can be served any more: stop (and,
                             // as `finish` fails, exit with an error).
@@ -542,6 +569,9 @@ impl StreamCtx {
                     }
                 }
             }
+        }
+        if before {
+            return Ok(self.written_before(h));
         }
         if given_up && !took {
             // Its sender's newer connection took over: written now it
@@ -956,10 +986,14 @@ pub fn serve_tcp(
     // Acknowledgements (PROTOCOL.md section 6): the first says where a
     // resumed connection's frames become new.
     let mut acks = None;
+    let mut on_disk = false;
     if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
         match ack_sock {
             Ok(s) => {
                 let (l, next) = lock(&hub.handled).open(&name, h.resumes());
+                // A sender resuming where this receiver holds no record (it
+                // restarted): what it sends again first may be on disk.
+                on_disk = h.resumes() && next == 0;
                 let mut a = crate::acks::AckWriter::new(s);
                 a.ack(next);
                 acks = Some((a, l));
@@ -985,6 +1019,7 @@ pub fn serve_tcp(
         let mut ctx = if hello.is_some() {
             let mut c = open()?;
             c.acks = acks.take();
+            c.on_disk = on_disk;
             Some(c)
         } else {
             None

@@ -23,9 +23,14 @@
 //! assert_eq!(out, [0b1000_0000]);
 //! ```
 //!
-//! The crate does no I/O. Hot loops use SSE2/SSSE3 on x86-64 (detected at
-//! run time where needed) and portable SWAR (eight pixels per `u64`)
-//! everywhere else, including ARMv6 which has no NEON.
+//! The crate does no I/O. Hot loops use SSE2, SSSE3 and AVX2 on x86-64
+//! (detected at run time where needed) and portable code everywhere else
+//! (SWAR, eight pixels per `u64`, or a compare per pixel on 32-bit ARM,
+//! including ARMv6 which has no NEON). On ARMv7 the NEON kernels are built
+//! only with `RUSTFLAGS="-C target-cpu=cortex-a7
+//! -C target-feature=+neon,+vfp4,+d32 --cfg bitmask_neon"` (what bitmask's
+//! `cargo xtask dist` uses for the Pi 2/3); a plain armv7 build gets the
+//! portable code.
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -43,9 +48,14 @@ use std::fmt;
 
 /// Errors from the functions of this crate. Each carries the offending values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CoreError {
-    /// Width or height is zero or too large to address.
-    #[error("invalid image dimensions {width}x{height}")]
+    /// Width or height is zero or over [`MAX_DIMENSION`], or the image has
+    /// more than [`MAX_PIXELS`] pixels.
+    #[error(
+        "invalid image dimensions {width}x{height}: width and height must be 1 to {MAX_DIMENSION} \
+         and width x height at most {MAX_PIXELS} pixels"
+    )]
     InvalidDimensions {
         /// The width given.
         width: usize,
@@ -69,14 +79,6 @@ pub enum CoreError {
         expected: usize,
         /// The length given.
         actual: usize,
-    },
-    /// The channel cannot be taken from this pixel format.
-    #[error("channel {channel} is not available in {format} images")]
-    ChannelUnavailable {
-        /// The channel asked for.
-        channel: Channel,
-        /// The image's pixel format.
-        format: PixelFormat,
     },
 }
 
@@ -180,8 +182,13 @@ pub struct ImageRef<'a> {
     format: PixelFormat,
 }
 
-/// Largest width or height accepted anywhere (keeps all size arithmetic far from overflow).
+/// Largest width or height accepted anywhere.
 pub const MAX_DIMENSION: usize = 1 << 20;
+
+/// Most pixels in one image (`u32::MAX`): with [`MAX_DIMENSION`] this keeps
+/// all size arithmetic (pixel counts, packed lengths, histogram counts)
+/// from overflowing, on 32-bit targets too.
+pub const MAX_PIXELS: usize = u32::MAX as usize;
 
 impl<'a> ImageRef<'a> {
     /// An image whose rows are packed tightly (`stride = width * bytes_per_pixel`).
@@ -258,7 +265,13 @@ impl<'a> ImageRef<'a> {
 }
 
 pub(crate) fn check_dims(width: usize, height: usize) -> Result<(), CoreError> {
-    if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+    let pixels = (width as u64) * (height as u64);
+    if width == 0
+        || height == 0
+        || width > MAX_DIMENSION
+        || height > MAX_DIMENSION
+        || pixels > MAX_PIXELS as u64
+    {
         return Err(CoreError::InvalidDimensions { width, height });
     }
     Ok(())
@@ -324,3 +337,8 @@ pub fn threshold_pack(
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -160,6 +160,28 @@ fn rows_flat_and_gray8() {
 }
 
 #[test]
+fn pixel_counts_past_the_limit_are_refused_before_any_arithmetic() {
+    // 2^20 x 2^20 would wrap a 32-bit usize to 0 (and an empty buffer
+    // would then "fit").
+    let big = MAX_DIMENSION;
+    let e = pack_rows(&[], big, big, &mut []).unwrap_err();
+    assert_eq!(
+        e,
+        CoreError::InvalidDimensions {
+            width: big,
+            height: big
+        }
+    );
+    assert!(e.to_string().contains("at most 4294967295 pixels"), "{e}");
+    assert!(unpack_rows(&[], 1 << 16, 1 << 16, &mut []).is_err());
+    // one row less fits the limit: the buffers are what is wrong then
+    assert!(matches!(
+        repack_rows_to_flat(&[], 1 << 16, (1 << 16) - 1, &mut []).unwrap_err(),
+        CoreError::BufferSize { .. }
+    ));
+}
+
+#[test]
 fn errors_carry_values() {
     let d = [0u8; 10];
     assert_eq!(

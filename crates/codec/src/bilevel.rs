@@ -1049,7 +1049,11 @@ mod x86_tests {
         }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut all = streams(&root.join("tests/vectors"));
-        all.extend(streams(&root.join("../../target/codec-corpus")));
+        let corpus = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) if !t.is_empty() => std::path::PathBuf::from(t).join("codec-corpus"),
+            _ => root.join("../../target/codec-corpus"),
+        };
+        all.extend(streams(&corpus));
         // Odd sizes (partial words, partial bytes) from the same content.
         let sizes = [
             (1, 1),

@@ -32,7 +32,17 @@
 //! rejected with [`CodecError::MissingReference`], never decoded wrongly.
 //! A [`Decoder`] holds at most about 33 times the packed frame in memory,
 //! whatever a payload describes (docs/CODEC.md 1.8): bound it through the
-//! dimensions you accept.
+//! dimensions you accept. (An [`Encoder`]'s memory grows with the edges of
+//! the masks it is given: see there.)
+//!
+//! Cargo feature `zstd` (on by default) builds codec 2 with the C libzstd
+//! (through the `cc` crate: a cross build needs a C cross compiler).
+//! Without it, encoding with [`Choice::Zstd`] or decoding a zstd payload
+//! returns [`CodecError::Unsupported`], and `auto` leaves zstd out.
+//!
+//! The formats (`docs/CODEC.md`) and the frame format (`docs/PROTOCOL.md`)
+//! are specified in the bitmask repository, precisely enough to write a
+//! second decoder.
 #![deny(missing_docs)]
 // Unsafe code only where a module allows it: the AVX2 decoder and encoder of `lanes`
 // and the x86 variants of the bilevel encoder (target features).
@@ -92,6 +102,7 @@ pub fn codec_name(codec: u8) -> &'static str {
 
 /// Errors of encoding and decoding. Each carries the offending values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// Width or height is zero or above [`MAX_DIMENSION`].
     #[error("invalid mask dimensions {width}x{height} (1..={MAX_DIMENSION} each)")]
@@ -140,8 +151,14 @@ pub enum CodecError {
         payload: &'static str,
     },
     /// A delta frame whose reference frame this decoder does not hold.
-    #[error("delta frame needs reference frame {needed}, decoder holds {held:?}")]
+    #[error(
+        "delta frame {frame} needs reference frame {needed}, and the decoder holds {} (a lost \
+         or skipped frame, or a stream joined after its key frame: the next key frame recovers)",
+        held_text(.held)
+    )]
     MissingReference {
+        /// Sequence number of the delta frame.
+        frame: u64,
         /// Sequence number of the frame the payload references.
         needed: u64,
         /// Sequence number of the frame held, if any.
@@ -176,7 +193,7 @@ pub enum CodecError {
         reason: &'static str,
     },
     /// A general-purpose codec failed or decoded to the wrong size.
-    #[error("codec {codec}: {detail} (expected {expected} B)")]
+    #[error("codec {codec} ({}): {detail} (the mask is {expected} B)", codec_name(*.codec))]
     Backend {
         /// The codec id.
         codec: u8,
@@ -185,6 +202,13 @@ pub enum CodecError {
         /// Bytes of the packed mask.
         expected: usize,
     },
+}
+
+fn held_text(held: &Option<u64>) -> String {
+    match held {
+        Some(q) => format!("frame {q}"),
+        None => "no frame".into(),
+    }
 }
 
 /// Which codec an [`Encoder`] uses.
@@ -279,6 +303,15 @@ fn check_frame(width: u32, height: u32, len: usize, what: &'static str) -> Resul
 
 /// Encodes a stream of masks. Keeps the last frame as the reference of the
 /// next delta frame; all buffers are reused across frames.
+///
+/// Memory: the bilevel codec (and `auto`, which tries it) keeps the
+/// transitions of the current and the previous frame, 4 bytes each, so an
+/// encoder's buffers grow with the masks' edges: a camera mask at 1024x768
+/// needs well under a megabyte, but a mask whose every pixel is an edge (a
+/// one-pixel checkerboard) about 8 bytes per pixel, and up to twice that
+/// while the buffers grow (measured: 190 MB at 4096x4096, 91 times the
+/// packed frame). zstd and lz4 need about one packed frame. Bound it
+/// through the dimensions you accept.
 pub struct Encoder {
     choice: Choice,
     keyframe_interval: u32,
@@ -622,13 +655,13 @@ impl Decoder {
         let expected = out.len();
         let backend = |detail: String| CodecError::Backend {
             codec,
-            detail,
+            detail: format!("{} B payload: {detail}", payload.len()),
             expected,
         };
         match codec {
             CODEC_RAW => {
                 if payload.len() != out.len() {
-                    return Err(backend(format!("raw payload of {} B", payload.len())));
+                    return Err(backend("not the mask's size".into()));
                 }
                 out.copy_from_slice(payload);
             }
@@ -652,6 +685,7 @@ impl Decoder {
                     Some(needed) => {
                         if self.prev_seq != Some(needed) {
                             return Err(CodecError::MissingReference {
+                                frame: sequence,
                                 needed,
                                 held: self.prev_seq,
                             });
@@ -718,7 +752,7 @@ impl Decoder {
         let expected = out.len();
         let backend = |detail: String| CodecError::Backend {
             codec: CODEC_ZSTD,
-            detail,
+            detail: format!("{} B payload: {detail}", payload.len()),
             expected,
         };
         if self.zstd.is_none() {
@@ -743,3 +777,8 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

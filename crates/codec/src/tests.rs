@@ -279,10 +279,24 @@ fn missing_reference_is_rejected() {
     assert_eq!(
         dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
         Err(CodecError::MissingReference {
+            frame: 12,
             needed: 10,
             held: None
         })
     );
+    let e = dec
+        .decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("delta frame 12 needs reference frame 10, and the decoder holds no frame"),
+        "{e}"
+    );
+    let e = dec
+        .decode(CODEC_LZ4, 0, 12, w, h, &[0xf0], &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("codec 3 (lz4): 1 B payload: "), "{e}");
     dec.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut out)
         .unwrap();
     dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out)
@@ -292,6 +306,7 @@ fn missing_reference_is_rejected() {
     assert_eq!(
         dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
         Err(CodecError::MissingReference {
+            frame: 12,
             needed: 10,
             held: Some(12)
         })

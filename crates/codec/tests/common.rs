@@ -16,6 +16,15 @@ pub fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
+/// Where `cargo xtask` builds the corpus: `codec-corpus` in the target
+/// directory (`CARGO_TARGET_DIR` when set, else the workspace's `target`).
+pub fn corpus_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if !t.is_empty() => PathBuf::from(t).join("codec-corpus"),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/codec-corpus"),
+    }
+}
+
 /// Reports a test that cannot run here: says why on the process's stderr
 /// (the harness's capture would hide `eprintln!`) and, under `CI=true`,
 /// fails instead (nothing may be skipped there).

@@ -5,8 +5,7 @@
 mod common;
 
 use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL, FLAG_DELTA};
-use common::{load, skip, stream_roundtrip, streams, vectors_dir};
-use std::path::Path;
+use common::{corpus_dir, load, skip, stream_roundtrip, streams, vectors_dir};
 
 #[test]
 fn committed_vectors_roundtrip_with_every_choice() {
@@ -114,7 +113,7 @@ fn golden_payloads_decode() {
 
 #[test]
 fn full_corpus_roundtrip() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/codec-corpus");
+    let dir = corpus_dir();
     let Some(masks) = load(&dir) else {
         skip(&format!(
             "no corpus in {} (cargo xtask ci and cargo xtask bench codecs build it)",

@@ -955,7 +955,7 @@ pub fn serve_tcp(
     let hello = reader.read_hello();
     state.identified.store(true, Relaxed);
     let (name, hello) = match hello {
-        Ok(Some(h)) => (h.name.clone(), Some(h)),
+        Ok(Some(h)) => (h.name().to_owned(), Some(h)),
         Ok(None) => (peer.to_string(), None),
         Err(e) => {
             // Junk or a silent socket: throttled, a scan must not flood the log.

@@ -226,9 +226,9 @@ fn on_dgram(
             let mut r = FrameReader::new(data, hub.limits);
             match r.read_hello() {
                 Ok(Some(h)) => {
-                    match StreamCtx::open(hub.clone(), &h.name, &from.to_string(), "udp") {
+                    match StreamCtx::open(hub.clone(), h.name(), &from.to_string(), "udp") {
                         Ok(ctx) => {
-                            log::info!("state: udp stream from {:?} ({from}) open", h.name);
+                            log::info!("state: udp stream from {:?} ({from}) open", h.name());
                             s.ctx = Some(ctx);
                         }
                         Err(e) => log::warn!("udp from {from}: {e:#}"),

@@ -56,6 +56,7 @@ pub const KNOWN_FLAGS: u8 = FLAG_DELTA;
 
 /// Errors of the wire format. Each carries the offending values.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The underlying reader failed (timeouts included). Its message is
     /// part of this one (not also given as the source, which would print
@@ -264,9 +265,37 @@ pub fn crc(header36: &[u8], payload: &[u8]) -> u32 {
 }
 
 /// Appends a whole frame (header, then payload) to `out`.
+///
+/// The header is written as it is: a writer that wants frames every
+/// reader accepts checks them with [`Limits::check`] first.
+///
+/// # Panics
+/// If `payload.len()` differs from `header.payload_len` (see
+/// [`Header::encode`]; [`finish_frame_in_place`] sets it for you).
 pub fn encode_frame(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&header.encode(payload));
     out.extend_from_slice(payload);
+}
+
+/// Writes a whole frame (header, then payload) to `w`, as [`encode_frame`]
+/// does to a vector (with the same panic), in two writes.
+///
+/// ```
+/// use bitmask_wire::{write_frame, FrameReader, Header, Limits, CODEC_RAW};
+///
+/// let mut stream = Vec::new();
+/// write_frame(&mut stream, &Header::new(16, 1, 0, CODEC_RAW, 2), &[0xf0, 0x0f]).unwrap();
+/// let mut r = FrameReader::new(&stream[..], Limits::default());
+/// assert_eq!(r.read_frame().unwrap().unwrap().payload, [0xf0, 0x0f]);
+/// assert!(r.read_frame().unwrap().is_none()); // a clean end
+/// ```
+pub fn write_frame<W: std::io::Write>(
+    w: &mut W,
+    header: &Header,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(&header.encode(payload))?;
+    w.write_all(payload)
 }
 
 /// Writes the header into `buf[..HEADER_LEN]` for the payload already in
@@ -364,9 +393,8 @@ pub const HELLO_RESUME: u8 = 0b0000_0010;
 /// The optional first message of a stream: who is sending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// The sender's name (UTF-8, 1..=255 bytes, no `/`, `\`, NUL or control
-    /// characters, not `.` or `..`, so it is safe as a directory name).
-    pub name: String,
+    /// Private: only a validated name can be encoded ([`Hello::new`]).
+    name: String,
     /// Flag bits ([`HELLO_ACKS`], [`HELLO_RESUME`]); a reader keeps bits it
     /// does not know and ignores them.
     pub flags: u8,
@@ -380,6 +408,12 @@ impl Hello {
             name: name.to_owned(),
             flags: 0,
         })
+    }
+
+    /// The sender's name (UTF-8, 1..=255 bytes, no `/`, `\`, NUL or control
+    /// characters, not `.` or `..`, so it is safe as a directory name).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The same hello with `flags` set.
@@ -537,6 +571,8 @@ pub struct FrameReader<R> {
     /// Bytes already read of the next header (after a hello probe).
     pending: [u8; 4],
     pending_len: usize,
+    /// Something was read (the hello is no longer where the stream is).
+    started: bool,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -548,6 +584,7 @@ impl<R: Read> FrameReader<R> {
             buf: Vec::new(),
             pending: [0; 4],
             pending_len: 0,
+            started: false,
         }
     }
 
@@ -561,10 +598,27 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
+    /// The underlying reader, mutably (to set a timeout, say). Bytes read
+    /// from it directly are not frames to this reader any more.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The underlying reader. Up to 4 bytes that [`read_hello`](Self::read_hello)
+    /// read ahead of a frame are lost with this reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Reads the stream's optional [`Hello`]. Call once, before the first
     /// frame: returns `Ok(None)` when the stream starts straight with a frame
     /// (whose bytes are kept for [`read_frame`](Self::read_frame)) or is empty.
+    /// Called again, or after a frame, it reads nothing and returns
+    /// `Ok(None)` (a hello only comes first).
     pub fn read_hello(&mut self) -> Result<Option<Hello>, WireError> {
+        if std::mem::replace(&mut self.started, true) {
+            return Ok(None);
+        }
         let mut magic = [0u8; 4];
         let got = read_full(&mut self.inner, &mut magic)?;
         if got < 4 {
@@ -618,6 +672,7 @@ impl<R: Read> FrameReader<R> {
     /// [`WireError::Truncated`]. After an error only
     /// [`WireError::is_recoverable`] ones leave the stream in step.
     pub fn read_frame(&mut self) -> Result<Option<FrameRef<'_>>, WireError> {
+        self.started = true;
         let mut head = [0u8; HEADER_LEN];
         let p = self.pending_len;
         head[..p].copy_from_slice(&self.pending[..p]);
@@ -682,3 +737,8 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

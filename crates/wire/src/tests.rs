@@ -167,6 +167,17 @@ fn crc_error_leaves_stream_in_step() {
 }
 
 #[test]
+fn hello_names_are_checked_before_they_can_be_encoded() {
+    // the name is private: a 65,539-byte one (whose u16 length would wrap
+    // to 3) cannot be made
+    let long = "x".repeat(65_539);
+    assert!(matches!(Hello::new(&long), Err(WireError::BadHello(_))));
+    let h = Hello::new("pi-cam").unwrap();
+    assert_eq!(h.name(), "pi-cam");
+    assert_eq!(h.encode()[6..8], [6, 0]);
+}
+
+#[test]
 fn hello_is_optional() {
     let (hd, p) = frame(8, 1, 0);
     let mut with = Hello::new("pi-cam").unwrap().encode();
@@ -179,7 +190,17 @@ fn hello_is_optional() {
     encode_frame(&hd, &p, &mut without);
     let mut r = FrameReader::new(&without[..], Limits::default());
     assert!(r.read_hello().unwrap().is_none());
+    // asked again: nothing read, the frame's first bytes kept
+    assert!(r.read_hello().unwrap().is_none());
     assert_eq!(r.read_frame().unwrap().unwrap().header, hd);
+    // a hello after a frame is not looked for
+    let mut twice = Vec::new();
+    encode_frame(&hd, &p, &mut twice);
+    encode_frame(&hd, &p, &mut twice);
+    let mut r = FrameReader::new(&twice[..], Limits::default());
+    assert!(r.read_frame().unwrap().is_some());
+    assert!(r.read_hello().unwrap().is_none());
+    assert!(r.read_frame().unwrap().is_some());
     // an empty stream and a 2-byte one
     assert!(FrameReader::new(&[][..], Limits::default())
         .read_hello()

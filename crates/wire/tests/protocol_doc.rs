@@ -73,7 +73,7 @@ fn example_decodes_to_the_documented_fields() {
         .read_hello()
         .unwrap()
         .expect("the example starts with a hello");
-    assert_eq!(hello.name, NAME);
+    assert_eq!(hello.name(), NAME);
     let f = r.read_frame().unwrap().expect("one frame");
     assert_eq!(f.header, documented_header());
     assert_eq!(f.payload, &pack(&MASK)[..]);

@@ -69,7 +69,7 @@ def read_hello_flags(f):
         return None, 0, head
     version, flags, n = struct.unpack("<BBH", _read(f, 4, "hello", 4))
     if version != VERSION:
-        raise WireError(f"unsupported protocol version {version} in the hello")
+        raise WireError(f"unsupported protocol version {version} in a hello")
     if not 1 <= n <= 255:
         raise WireError(f"bad hello: name length {n} is not 1..=255")
     try:
@@ -107,7 +107,7 @@ def read_frame(f, prefix=b"", max_w=MAX_SIZE, max_h=MAX_SIZE):
         raise Truncated(f"stream ended inside a header: got {len(head)} of {HEADER_LEN} bytes")
     _, version, flags, codec, _, w, h, seq, ts, length = FIELDS.unpack(head[:36])
     if version != VERSION:
-        raise WireError(f"unsupported protocol version {version}")
+        raise WireError(f"unsupported protocol version {version} in a frame")
     if flags & ~FLAG_DELTA:
         raise WireError(f"unknown flag bits {flags:#04x}")
     if not (1 <= w <= max_w and 1 <= h <= max_h):

@@ -64,7 +64,10 @@ pub enum WireError {
     #[error("read failed: {0}")]
     Io(io::Error),
     /// The stream ended inside a frame.
-    #[error("stream ended inside a frame's {part}: got {got} of {expected} bytes")]
+    #[error(
+        "stream ended inside {}: got {got} of {expected} bytes",
+        if *.part == "hello" { "the hello" } else if *.part == "header" { "a frame's header" } else { "a frame's payload" }
+    )]
     Truncated {
         /// `"header"`, `"payload"` or `"hello"`.
         part: &'static str,
@@ -80,8 +83,10 @@ pub enum WireError {
         found: [u8; 4],
     },
     /// A version this crate does not speak.
-    #[error("unsupported protocol version {found} (this build speaks {VERSION})")]
+    #[error("unsupported protocol version {found} in a {what} (this build speaks {VERSION})")]
     UnsupportedVersion {
+        /// `"frame"`, `"hello"` or `"acknowledgement"`.
+        what: &'static str,
         /// The version byte found.
         found: u8,
     },
@@ -235,7 +240,10 @@ impl Header {
             return Err(WireError::BadMagic { found: magic });
         }
         if b[4] != VERSION {
-            return Err(WireError::UnsupportedVersion { found: b[4] });
+            return Err(WireError::UnsupportedVersion {
+                what: "frame",
+                found: b[4],
+            });
         }
         if b[5] & !KNOWN_FLAGS != 0 {
             return Err(WireError::UnknownFlags { flags: b[5] });
@@ -489,7 +497,10 @@ impl Ack {
             )));
         }
         if b[4] != VERSION {
-            return Err(WireError::UnsupportedVersion { found: b[4] });
+            return Err(WireError::UnsupportedVersion {
+                what: "acknowledgement",
+                found: b[4],
+            });
         }
         let mut n = [0u8; 8];
         n.copy_from_slice(&b[8..]);
@@ -641,7 +652,10 @@ impl<R: Read> FrameReader<R> {
             });
         }
         if rest[0] != VERSION {
-            return Err(WireError::UnsupportedVersion { found: rest[0] });
+            return Err(WireError::UnsupportedVersion {
+                what: "hello",
+                found: rest[0],
+            });
         }
         let n = u16::from_le_bytes([rest[2], rest[3]]) as usize;
         if n == 0 || n > MAX_NAME_LEN {

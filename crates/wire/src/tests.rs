@@ -89,7 +89,10 @@ fn each_bad_field_has_its_error() {
     );
     assert!(matches!(
         first_err(&header_bytes(|h| h[4] = 9)),
-        WireError::UnsupportedVersion { found: 9 }
+        WireError::UnsupportedVersion {
+            what: "frame",
+            found: 9
+        }
     ));
     assert!(matches!(
         first_err(&header_bytes(|h| h[5] = 0x80)),
@@ -298,7 +301,10 @@ fn acks_round_trip_in_any_pieces_and_junk_is_refused() {
     v2[4] = 2;
     assert!(matches!(
         Ack::decode(&v2),
-        Err(WireError::UnsupportedVersion { found: 2 })
+        Err(WireError::UnsupportedVersion {
+            what: "acknowledgement",
+            found: 2
+        })
     ));
 }
 

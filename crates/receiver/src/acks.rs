@@ -110,9 +110,10 @@ impl AckWriter {
 /// sender process: its first connection and those that resume it), so a
 /// frame handled late by a connection of an earlier process cannot make a
 /// later one's frames look handled. Bounded: past [`RECORDS`] names the
-/// least recently used are forgotten (a resumed sender is then sent
-/// everything again, which the receiver writes again: at least once, never
-/// lost).
+/// least recently used are forgotten (a resumed sender then sends
+/// everything unconfirmed again: frames whose files the output directory
+/// holds as they are are skipped, as after a restart, the rest written
+/// again: at least once, never lost).
 ///
 /// Each record also holds the name's writer lock: one connection of a name
 /// handles a frame at a time, so the check "handled before?" and the write

@@ -454,6 +454,21 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
 
 /// `uname -m`, 32-bit userland, install dir, free space; returns the absolute install dir.
 fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
+    // ssh only warns about a key file it cannot read, and logs in with
+    // another key if it can: the configured key would then not be the one used
+    if let Some(k) = pi
+        .key
+        .as_deref()
+        .filter(|k| !ctx.dry && !expand_home(k).is_file())
+    {
+        bail!(
+            "{}: the key file {k} does not exist: fix `key` in deploy.toml (or --key), or make \
+             one with `ssh-keygen -t ed25519 -f {k}` and copy it with `ssh-copy-id -i {k}.pub -p {} {}`",
+            pi.label(),
+            pi.port,
+            pi.dest()
+        );
+    }
     let script = format!(
         "uname -m; getconf LONG_BIT; mkdir -p {d} && cd {d} && pwd && df -Pk . | tail -n 1; command -v sha256sum >/dev/null && echo sha256sum-ok; echo clock=$(date +%s.%N)",
         d = q(&pi.dir)
@@ -634,18 +649,33 @@ fn session_script(pi: &Pi, args: &[String]) -> String {
     } else {
         "never"
     };
+    // clap colours its errors by the pty it sees: NO_COLOR too
+    let no_color = if style == "never" { " NO_COLOR=1" } else { "" };
+    // pid files of earlier runs whose process is gone (xtask killed before
+    // the remote shell could remove them) are removed first
     format!(
-        "export RUST_LOG=\"${{RUST_LOG:-info}}\" RUST_LOG_STYLE={style}; cd {d} || exit 1; sh -c 'p=$1; shift; echo $$ > \"$p\"; exec \"$@\"' sh {pf} {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
+        "export RUST_LOG=\"${{RUST_LOG:-info}}\" RUST_LOG_STYLE={style}{no_color}; cd {d} || exit 1; \
+         for f in {bin}.*.pid; do [ -f \"$f\" ] && ! kill -0 \"$(cat \"$f\")\" 2>/dev/null && rm -f \"$f\"; done; \
+         sh -c 'p=$1; shift; echo $$ > \"$p\"; exec \"$@\"' sh {pf} {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
         d = rpath(pi, &pi.dir),
+        bin = pi.role.bin(),
         pf = rpath(pi, &pi.pid_file()),
         cmd = exec_line(pi, args)
     )
 }
 
-/// Stops the binary of `pi` (TERM, then KILL after 5 s) and waits until it is gone.
+/// Stops the binary of `pi` and waits until it is gone: SIGTERM; after 5 s
+/// SIGTERM again (both binaries end at once on a second signal; the
+/// receiver then kills its `--exec` program's process group); after 8 s
+/// SIGKILL to the process groups of its children (an `--exec` or
+/// `--input-command` program) and to it.
 fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
     let script = format!(
-        "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); kill -TERM \"$pid\" 2>/dev/null || exit 0; i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); if [ $i -ge 50 ]; then kill -KILL \"$pid\" 2>/dev/null; echo killed; fi; if [ $i -ge 80 ]; then exit 4; fi; sleep 0.1; done",
+        "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); kill -TERM \"$pid\" 2>/dev/null || exit 0; i=0; \
+         while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); \
+         if [ $i -eq 50 ]; then kill -TERM \"$pid\" 2>/dev/null; echo again; fi; \
+         if [ $i -eq 80 ]; then for c in $(pgrep -P \"$pid\" 2>/dev/null); do kill -KILL -- \"-$c\" \"$c\" 2>/dev/null; done; kill -KILL \"$pid\" 2>/dev/null; echo killed; fi; \
+         if [ $i -ge 110 ]; then exit 4; fi; sleep 0.1; done",
         pf = q(&pi.pid_file())
     );
     let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
@@ -654,7 +684,13 @@ fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
     }
     if out.contains("killed") {
         eprintln!(
-            "deploy: {}: did not stop on SIGTERM within 5 s, killed",
+            "deploy: {}: did not stop on SIGTERM within 5 s nor on a second SIGTERM within 3 s: \
+             killed, with the programs it started",
+            pi.label()
+        );
+    } else if out.contains("again") {
+        eprintln!(
+            "deploy: {}: did not stop on SIGTERM within 5 s: sent a second one (it then stops at once)",
             pi.label()
         );
     }
@@ -944,6 +980,8 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
     let mut stop_sent = [false, false];
     let mut failed: Vec<String> = Vec::new();
     let mut listening = false;
+    let mut in_use = false;
+    let mut ended_early = false;
     let mut last_int = 0;
     loop {
         for (i, r) in [Role::Receiver, Role::Sender].into_iter().enumerate() {
@@ -951,9 +989,15 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                 watch(s, r, &tx)?;
             }
         }
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        let ev = rx.recv_timeout(Duration::from_millis(100));
+        // nothing waiting: every line and exit so far is handled
+        let idle = matches!(ev, Err(mpsc::RecvTimeoutError::Timeout));
+        match ev {
             Ok(Ev::Line(role, l)) => {
                 println!("[{}] {l}", pis[idx(role)].label());
+                if role == Role::Receiver && l.contains("Address in use") {
+                    in_use = true;
+                }
                 if role == Role::Receiver && !listening {
                     if let Some(addr) = l.split("listening on ").nth(1) {
                         listening = true;
@@ -988,7 +1032,9 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                     );
                 } else {
                     let why = if code == Some(255) {
-                        "ssh connection failed or lost".to_string()
+                        "exit status 255: the ssh connection failed or was lost, or the program \
+                         exited 255 (its last lines are above)"
+                            .to_string()
                     } else {
                         format!("{st}")
                     };
@@ -1010,13 +1056,8 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                     }
                 }
                 if role == Role::Receiver && sessions[1].is_none() && !listening && !stopping {
-                    failed.push(
-                        "receiver ended before it listened (its log is above; \"Address in use\" \
-                         means something listens on that port already: a receiver still running \
-                         there, or the bitmask-recv service, which `cargo xtask deploy --uninstall` \
-                         or `sudo systemctl stop bitmask-recv` stops)"
-                            .into(),
-                    );
+                    // said after the loop: its last lines may still be on their way
+                    ended_early = true;
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1027,14 +1068,36 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
             last_int = ints;
             if ints == 1 {
                 stopping = true;
-                for i in [1, 0] {
-                    if sessions[i].as_ref().is_some_and(|s| s.done.is_none()) && !stop_sent[i] {
-                        stop_sent[i] = true;
-                        if let Err(e) = stop_remote(ctx, pis[i]) {
-                            eprintln!("deploy: {e:#}");
-                        }
-                    }
+                // the sender first (its last frames reach the receiver), then the
+                // receiver; a second Ctrl-C meanwhile hangs up at once
+                let todo: Vec<usize> = [1, 0]
+                    .into_iter()
+                    .filter(|&i| {
+                        sessions[i].as_ref().is_some_and(|s| s.done.is_none()) && !stop_sent[i]
+                    })
+                    .collect();
+                for &i in &todo {
+                    stop_sent[i] = true;
                 }
+                let stops: Vec<&Pi> = todo.iter().map(|&i| pis[i]).collect();
+                std::thread::scope(|sc| {
+                    let h = sc.spawn(|| {
+                        for pi in stops {
+                            if let Err(e) = stop_remote(ctx, pi) {
+                                eprintln!("deploy: {e:#}");
+                            }
+                        }
+                    });
+                    while !h.is_finished() {
+                        if INTERRUPTS.load(Ordering::SeqCst) > 1 {
+                            for s in sessions.iter_mut().flatten() {
+                                let _ = s.child.kill();
+                            }
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                });
             } else {
                 // hang up: the pty hangup makes the Pis' kernels stop the processes
                 for s in sessions.iter_mut().flatten() {
@@ -1058,13 +1121,23 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
         let all_done = sessions
             .iter()
             .all(|s| s.as_ref().is_none_or(|s| s.done.is_some()));
-        if all_done && (listening || sessions[0].as_ref().is_some_and(|s| s.done.is_some())) {
-            // drain remaining log lines
-            while let Ok(Ev::Line(role, l)) = rx.recv_timeout(Duration::from_millis(100)) {
-                println!("[{}] {l}", pis[idx(role)].label());
-            }
+        // (the exits come after the last log lines: each is judged above
+        // before the loop ends, after a stop too)
+        if all_done && idle && (listening || sessions[0].as_ref().is_some_and(|s| s.done.is_some()))
+        {
             break;
         }
+    }
+    if ended_early {
+        failed.push(if in_use {
+            "receiver ended before it listened: \"Address in use\" means something \
+             listens on that port already: a receiver still running there, or the \
+             bitmask-recv service, which `cargo xtask deploy --uninstall` or `sudo \
+             systemctl stop bitmask-recv` stops"
+                .into()
+        } else {
+            "receiver ended before it listened (its log is above)".into()
+        });
     }
     if failed.is_empty() {
         eprintln!("deploy: both sides ended well");
@@ -1616,6 +1689,48 @@ args = [{send_args}]
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("deploy test: xtask killed with SIGKILL: the remote processes ended by themselves in {:.1} s", t.elapsed().as_secs_f64());
+    // 2c. a receiver that cannot stop on the first SIGTERM (its --exec program ignores
+    //     SIGTERM and reads nothing): the second SIGTERM ends it and its program, and the
+    //     run counts as failed (the receiver exits 1: frames were not written)
+    let c4 = base.join("deploy-stuck.toml");
+    let stuck_exec = format!("trap '' TERM; while :; do sleep 1; done # {b}/pi-zero/stuck");
+    std::fs::write(
+        &c4,
+        conf(
+            &format!(r#""--format", "raw", "--exec", "{stuck_exec}""#),
+            &camera_args,
+            true,
+        ),
+    )?;
+    let (mut child, log) = deploy_child(&["--config", c4.to_str().unwrap(), "--no-build"])?;
+    let t = Instant::now();
+    while procs_with(&format!("{b}/pi-zero/stuck")).is_empty()
+        || !std::fs::read_to_string(&log)?.contains("[send ")
+    {
+        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!(
+                "the --exec deploy did not start both sides; its log:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    crate::util::run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
+    let st = wait_child(&mut child, Duration::from_secs(60))?;
+    let text = std::fs::read_to_string(&log)?;
+    if st.success() || !text.contains("sent a second one") || !text.contains("FAILED") {
+        bail!("Ctrl-C of a receiver stuck on its --exec program ended with {st}; its log:\n{text}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let left = procs_with(&format!("{b}/pi"));
+    if !left.is_empty() {
+        bail!("processes left on the \"Pis\" after stopping a stuck receiver: {left:?}\n{text}");
+    }
+    eprintln!(
+        "deploy test: a receiver stuck on its --exec program stopped on the second SIGTERM, with its program, reported as failed"
+    );
     eprintln!(
         "deploy test: Ctrl-C stopped the remote receiver, sender and camera command ({} processes were running), none left, exit 0",
         running.len()
@@ -1644,6 +1759,17 @@ args = [{send_args}]
         ],
         false,
         "refused the login",
+    )?;
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--key",
+            &format!("{b}/no-such-key"),
+        ],
+        false,
+        "no-such-key does not exist",
     )?;
     let c3 = base.join("deploy-noaccept.toml");
     std::fs::write(&c3, conf("", "", false))?;

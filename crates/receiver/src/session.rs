@@ -1212,7 +1212,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// Waits up to `limit` for one of the blocked signals in `set`.
 fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<libc::c_int> {
     let ts = libc::timespec {
-        tv_sec: limit.as_secs() as libc::time_t,
+        tv_sec: limit.as_secs() as _,
         tv_nsec: limit.subsec_nanos() as _,
     };
     loop {

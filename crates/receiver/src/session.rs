@@ -166,6 +166,10 @@ pub struct Hub {
     refusals: Throttle,
     /// Connections that closed before saying who they are, likewise.
     handshakes: Throttle,
+    /// Takeovers of a sender name by a new connection, likewise; and per
+    /// name, since when and how often (many: two senders share the name).
+    takeovers: Throttle,
+    takeover_counts: Mutex<HashMap<String, (Instant, u32)>>,
     /// When the write in progress to the shared output began (ms after
     /// `epoch`, plus one; 0 when none is), for [`report_until_done`]'s
     /// warning about a stream reader that stopped taking masks.
@@ -180,6 +184,12 @@ pub struct Hub {
     /// Frames being handled now (see [`Hub::settle`]).
     in_frame: AtomicUsize,
 }
+
+/// Takeovers of one sender name within [`TAKEOVER_SPAN`] that mean two
+/// senders share it (a reconnecting sender takes over once per break).
+const TAKEOVERS_SHARED: u32 = 5;
+/// See [`TAKEOVERS_SHARED`].
+const TAKEOVER_SPAN: Duration = Duration::from_secs(30);
 
 /// Counts events and says when one may be logged: the first, then at most
 /// one a second with the number passed over since (a flood of connections or
@@ -241,6 +251,8 @@ impl Hub {
             epoch: Instant::now(),
             refusals: Throttle::default(),
             handshakes: Throttle::default(),
+            takeovers: Throttle::default(),
+            takeover_counts: Mutex::new(HashMap::new()),
             shared_busy_since: AtomicU64::new(0),
             turns: Turns::default(),
             handled: Mutex::default(),
@@ -974,11 +986,36 @@ pub fn serve_tcp(
     // may not have noticed yet that the sender is gone.
     let old = lock(&hub.live).insert(name.clone(), id);
     if let Some(old) = old.and_then(|old| lock(&hub.open).remove(&old)) {
-        log::info!(
-            "sender {name:?} connected again from {peer}; closing its previous connection \
-             from {} (two live senders must not share a --name)",
-            old.peer
-        );
+        // A reconnect now and then is normal; many in a short time are two
+        // senders taking the name from each other.
+        let often = {
+            let mut m = lock(&hub.takeover_counts);
+            if m.len() >= crate::acks::RECORDS {
+                m.retain(|_, (t, _)| t.elapsed() < TAKEOVER_SPAN);
+            }
+            let e = m.entry(name.clone()).or_insert((Instant::now(), 0));
+            if e.0.elapsed() >= TAKEOVER_SPAN {
+                *e = (Instant::now(), 0);
+            }
+            e.1 += 1;
+            (e.1 == TAKEOVERS_SHARED).then_some(e.1)
+        };
+        if let Some(k) = often {
+            log::warn!(
+                "sender {name:?} took over its own connection {k} times within {} s: two \
+                 senders share this --name (give each its own; the default is the host name, \
+                 the same on Pis cloned from one SD card)",
+                TAKEOVER_SPAN.as_secs()
+            );
+        }
+        if let Some(n) = hub.takeovers.hit() {
+            log::info!(
+                "sender {name:?} connected again from {peer}; closing its previous connection \
+                 from {}{}",
+                old.peer,
+                more_like_it(n)
+            );
+        }
         old.state.replaced.store(true, Relaxed);
         old.state.evicted.store(true, Relaxed);
         let _ = old.stream.shutdown(Shutdown::Both);

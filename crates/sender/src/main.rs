@@ -98,6 +98,8 @@ struct Cli {
     keyframe_interval: u32,
 
     /// Sender name announced to the receiver (default: this host's name).
+    /// Each sender of one receiver needs its own: Pis cloned from one SD
+    /// card share a host name.
     #[arg(long)]
     name: Option<String>,
 

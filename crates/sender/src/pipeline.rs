@@ -615,6 +615,15 @@ struct Delivery {
     /// Links made since the receiver last confirmed a frame (or, when it
     /// confirms none, since a frame was last written).
     links_since_progress: u32,
+    /// The newest frame written (the whole frame) on any link.
+    written_max: Option<u64>,
+    /// The receiver acknowledged a frame past any written: its record of
+    /// this name is another sender's (two senders share a `--name`), and
+    /// it skips this one's frames as handled. The link is dropped and the
+    /// next one starts a new record (a hello without `HELLO_RESUME`).
+    foreign: bool,
+    /// When that was last said.
+    foreign_said: Option<Instant>,
 }
 
 impl Delivery {
@@ -629,9 +638,37 @@ impl Delivery {
         closed_at.is_some_and(|t| t.elapsed() > LINGER) && self.stalled()
     }
 
-    /// Forgets what the receiver confirmed.
+    /// Whether acknowledgement `next` is another sender's: past every
+    /// frame this one wrote (see [`Delivery::foreign`], which it sets).
+    fn foreign_ack(&mut self, next: u64, cfg: &Config) -> bool {
+        if next <= self.written_max.map_or(0, |w| w.saturating_add(1)) {
+            return false;
+        }
+        if self.foreign_said.is_none_or(|t| t.elapsed() >= REMIND) {
+            self.foreign_said = Some(Instant::now());
+            log::warn!(
+                "the receiver {} counts frames of --name {:?} up to {} as handled, past the \
+                 newest this sender wrote ({}): another sender uses the same --name there \
+                 (give each its own); reconnecting as a new sender so that its frames are not \
+                 skipped",
+                cfg.to,
+                cfg.name,
+                next.saturating_sub(1),
+                self.written_max
+                    .map_or("none".to_string(), |w| w.to_string())
+            );
+        }
+        self.foreign = true;
+        true
+    }
+
+    /// Forgets what the receiver confirmed (nothing when its
+    /// acknowledgement is another sender's: [`Delivery::foreign_ack`]).
     fn release(&mut self, acked: Option<u64>, queue: &FrameQueue, counters: &Counters) {
         let Some(next) = acked else { return };
+        if next > self.written_max.map_or(0, |w| w.saturating_add(1)) {
+            return; // another sender's: the caller's foreign_ack ends the link
+        }
         counters.acks.store(true, Relaxed);
         let before = self.link_confirmed;
         while self.inflight.front().is_some_and(|f| f.sequence < next) {
@@ -708,6 +745,9 @@ impl Delivery {
         }
         // (no acknowledgement yet: everything is sent again)
         let next = l.acked()?;
+        if self.foreign_ack(next, cfg) {
+            return Some("its record of this name is another sender's".into());
+        }
         counters.acks.store(true, Relaxed);
         let mut skipped = 0u64;
         while self.resend.front().is_some_and(|s| s.sequence < next) {
@@ -980,7 +1020,8 @@ fn network_loop_via(
             },
         };
         if link.is_none() {
-            match dial(ever_connected) {
+            // (after another sender's record: a new record, not a resumed one)
+            match dial(ever_connected && !std::mem::take(&mut d.foreign)) {
                 Ok(l) => {
                     link = Some(l);
                     connected_at = Instant::now();
@@ -1119,6 +1160,9 @@ fn network_loop_via(
             d.tracking = true;
         }
         d.release(l.acked(), queue, counters);
+        if gone.is_none() && l.acked().is_some_and(|n| d.foreign_ack(n, cfg)) {
+            gone = Some(("its record of this name is another sender's".into(), false));
+        }
         if gone.is_none() && d.tracking {
             d.acks_overdue(l.as_ref(), connected_at, cfg, queue);
         }
@@ -1147,6 +1191,10 @@ fn network_loop_via(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
+                d.written_max = Some(
+                    d.written_max
+                        .map_or(slot.sequence, |w| w.max(slot.sequence)),
+                );
                 if !d.tracking {
                     // (nothing is confirmed: a frame written is all the
                     // progress there is to see)
@@ -1258,6 +1306,9 @@ fn make_room(
         if let Some(why) = why {
             return Some((format!("the receiver ended it ({why})"), true));
         }
+        if l.acked().is_some_and(|n| d.foreign_ack(n, cfg)) {
+            return Some(("its record of this name is another sender's".into(), false));
+        }
         if l.acked().is_none() {
             d.acks_overdue(l, connected_at, cfg, queue);
             continue;
@@ -1319,6 +1370,15 @@ fn confirm_rest(
     d.release(l.acked(), queue, counters);
     if d.inflight.is_empty() {
         return Ok(Confirm::Done);
+    }
+    if why.is_none() && l.acked().is_some_and(|n| d.foreign_ack(n, cfg)) {
+        log::info!(
+            "state: connection to {} dropped: its record of this name is another sender's; \
+             reconnecting",
+            cfg.to
+        );
+        d.drop_link(link, cfg, queue, counters, false, false);
+        return Ok(Confirm::Again);
     }
     if let Some(why) = why {
         log::info!(

@@ -984,3 +984,40 @@ fn a_stopped_receiver_reports_what_it_wrote() {
         assert_eq!(files, total, "round {round}: {}", f.stderr);
     }
 }
+
+#[test]
+fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them() {
+    // The receiver's --exec program takes 5 masks a second, the camera makes
+    // 15. Compressed masks are small: without a bound on the frames in
+    // flight, hundreds wait in the sockets' buffers and latency grows for
+    // as long as it runs. With it, the sender's queue drops the surplus.
+    let tmp = TempDir::new("sender-live-window");
+    let consumer =
+        "while dd bs=76800 count=1 iflag=fullblock status=none >/dev/null; do sleep 0.2; done";
+    let recv = start_receiver(&["--format", "gray8", "--exec", consumer]);
+    // a gray8 320x240 "camera" at 15 fps: frames of zeros (tiny payloads)
+    let camera = "while :; do head -c 76800 /dev/zero; sleep 0.066; done";
+    let mut s = Proc::spawn(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &recv.addr,
+        "--name",
+        "cam",
+        "--input-format",
+        "gray8",
+        "--size",
+        "320x240",
+        "--input-command",
+        camera,
+    ]));
+    std::thread::sleep(Duration::from_secs(8));
+    let f = s.terminate(LIMIT);
+    let captured = summary_count(&f.stderr, "captured");
+    let dropped = summary_count(&f.stderr, "dropped");
+    // about 120 captured and 40 taken: most are dropped (none were before)
+    assert!(
+        captured >= 60 && dropped * 3 >= captured,
+        "captured {captured}, dropped {dropped}:\n{}",
+        f.stderr
+    );
+    let _ = tmp;
+}

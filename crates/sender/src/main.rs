@@ -113,7 +113,8 @@ struct Cli {
 
     /// Frames waiting between capture and network, at most. When the link or
     /// the receiver is slower than the source, the oldest waiting frame is
-    /// dropped (counted), so latency stays bounded: the latest frame wins.
+    /// dropped (counted), and at most 8 frames are in flight unconfirmed, so
+    /// latency stays bounded: the latest frame wins.
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     queue: u32,
 

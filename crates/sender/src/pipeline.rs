@@ -556,6 +556,12 @@ pub(crate) fn stop_requested() -> Option<i32> {
 /// Frames a `--no-drop` sender keeps until the receiver confirms them, at
 /// most: past this it waits for acknowledgements before writing more.
 const WINDOW: usize = 64;
+/// Frames a live sender has in flight unconfirmed, at most. When the
+/// receiver (its output, say) is slower than the source, frames then wait
+/// in the sender's queue, where the oldest is dropped, rather than in the
+/// sockets' buffers (hundreds of compressed frames: seconds of latency,
+/// growing). Enough for a round trip of 250 ms at 30 fps.
+const LIVE_WINDOW: usize = 8;
 /// Sequence numbers in flight remembered without `--no-drop` (for the
 /// confirmed count only; no mask is kept).
 const WINDOW_LIVE: usize = 4096;
@@ -1179,6 +1185,19 @@ fn network_loop_via(
             std::thread::sleep(backoff.step());
             continue;
         }
+        // Latest frame wins again: newer ones came while there was no room.
+        let slot = if !cfg.no_drop && !queue.is_empty() && closed_at.is_none() {
+            match queue.pop() {
+                Some(newer) => {
+                    counters.dropped.fetch_add(1, Relaxed);
+                    queue.recycle(slot.mask);
+                    newer
+                }
+                None => slot,
+            }
+        } else {
+            slot
+        };
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
@@ -1280,8 +1299,9 @@ fn network_loop_via(
     Ok(())
 }
 
-/// With `--no-drop`, waits until fewer than [`WINDOW`] frames are in
-/// flight. `Some(why)` when the link is to be given up.
+/// Waits until fewer than [`WINDOW`] frames (`--no-drop`) or
+/// [`LIVE_WINDOW`] (a live source) are in flight. `Some(why)` when the link
+/// is to be given up.
 fn make_room(
     cfg: &Config,
     l: &mut dyn Link,
@@ -1290,11 +1310,9 @@ fn make_room(
     counters: &Counters,
     connected_at: Instant,
 ) -> Option<(String, bool)> {
-    if !cfg.no_drop {
-        return None;
-    }
+    let window = if cfg.no_drop { WINDOW } else { LIVE_WINDOW };
     let mut since = Instant::now();
-    while d.tracking && d.inflight.len() >= WINDOW {
+    while d.tracking && d.inflight.len() >= window {
         if stop_requested().is_some() {
             // the final wait for confirmations is the stop's (a new
             // connection would only send the window again)

@@ -982,6 +982,7 @@ pub fn serve_tcp(
         }
     };
     started.set(None);
+    let hello_named = hello.is_some();
     // A sender that reconnects takes over from its old connection, which
     // may not have noticed yet that the sender is gone.
     let old = lock(&hub.live).insert(name.clone(), id);
@@ -1147,8 +1148,14 @@ pub fn serve_tcp(
                     // nothing else, a stalled first frame): throttled like a
                     // handshake, as a flood of such connections is cheap.
                     if let Some(n) = hub.handshakes.hit() {
+                        // (a name only when it said one: else the name is the address)
+                        let named = if hello_named {
+                            format!(" ({name:?})")
+                        } else {
+                            String::new()
+                        };
                         log::warn!(
-                            "connection from {peer} ({name:?}) closed before its first frame: \
+                            "connection from {peer}{named} closed before its first frame: \
                              {:#}{}",
                             explain(e, hub.timeout),
                             more_like_it(n)

@@ -235,6 +235,19 @@ impl Counters {
         self.line(elapsed, 0, 0)
     }
 
+    /// The once-a-second log line: the counts so far, with the rates over
+    /// the last interval (`last`: frames and bytes sent, and when, at the
+    /// previous line; updated), not since the start (which hardly moves
+    /// after a day, and hides a receiver that has been away for a minute).
+    pub fn progress(&self, elapsed: Duration, last: &mut (u64, u64, Instant)) -> String {
+        let (sent, bytes) = (self.sent.load(Relaxed), self.sent_bytes.load(Relaxed));
+        let s = last.2.elapsed().as_secs_f64().max(1e-9);
+        let fps = sent.saturating_sub(last.0) as f64 / s;
+        let mbps = bytes.saturating_sub(last.1) as f64 * 8.0 / s / 1e6;
+        *last = (sent, bytes, Instant::now());
+        self.line_with(elapsed, 0, 0, Some((s, fps, mbps)))
+    }
+
     /// The summary of a process that exits now: frames never written (still
     /// queued, or held to be sent again) count as dropped, frames written
     /// and not confirmed as unconfirmed.
@@ -267,6 +280,18 @@ impl Counters {
 
     /// The line, with `never` frames more dropped and `open` more unconfirmed.
     fn line(&self, elapsed: Duration, never: u64, open: u64) -> String {
+        self.line_with(elapsed, never, open, None)
+    }
+
+    /// [`Counters::line`], with the rates over the last interval
+    /// (`(seconds, fps, Mbit/s)`) instead of since the start when given.
+    fn line_with(
+        &self,
+        elapsed: Duration,
+        never: u64,
+        open: u64,
+        interval: Option<(f64, f64, f64)>,
+    ) -> String {
         let s = elapsed.as_secs_f64().max(1e-9);
         let sent = self.sent.load(Relaxed);
         let bytes = self.sent_bytes.load(Relaxed);
@@ -283,12 +308,18 @@ impl Counters {
         if u > 0 {
             confirmed += &format!(", unconfirmed {u}");
         }
+        let rates = match interval {
+            None => format!(
+                "{:.1} fps, {:.1} Mbit/s",
+                sent as f64 / s,
+                bytes as f64 * 8.0 / s / 1e6
+            ),
+            Some((win, fps, mbps)) => format!("last {win:.1} s {fps:.1} fps, {mbps:.1} Mbit/s"),
+        };
         format!(
-            "captured {}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {:.1} fps, \
-             {:.1} Mbit/s; {confirmed}; dropped {}, failed {}, reconnects {}",
+            "captured {}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {rates}; \
+             {confirmed}; dropped {}, failed {}, reconnects {}",
             self.captured.load(Relaxed),
-            sent as f64 / s,
-            bytes as f64 * 8.0 / s / 1e6,
             self.dropped.load(Relaxed) + never,
             self.failed.load(Relaxed),
             self.reconnects.load(Relaxed),
@@ -411,7 +442,7 @@ pub fn run(
         .map(|f| Duration::from_secs_f64(1.0 / f));
     let mut next_due = Instant::now();
     let mut sequence = 0u64;
-    let mut last_report = Instant::now();
+    let mut last_report = (0u64, 0u64, Instant::now());
     let result = (|| -> Result<()> {
         while cfg.count.is_none_or(|n| sequence < n) {
             if let Some(p) = period {
@@ -455,9 +486,8 @@ pub fn run(
             });
             counters.dropped.fetch_add(dropped, Relaxed);
             sequence += 1;
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                last_report = Instant::now();
-                log::info!("{}", counters.summary(start.elapsed()));
+            if last_report.2.elapsed() >= Duration::from_secs(1) {
+                log::info!("{}", counters.progress(start.elapsed(), &mut last_report));
             }
             if net_thread.is_finished() {
                 break;
@@ -1501,6 +1531,28 @@ mod tests {
             mask: Mask::default(),
             sequence: seq,
         }
+    }
+
+    #[test]
+    fn the_progress_line_gives_the_last_intervals_rates() {
+        let c = Counters::default();
+        c.sent.store(1000, Relaxed);
+        c.sent_bytes.store(1_000_000, Relaxed);
+        // nothing sent in the last 2 s (a receiver away): 0 fps now,
+        // however many frames went before
+        let t = Instant::now() - Duration::from_secs(2);
+        let mut last = (1000, 1_000_000, t);
+        let line = c.progress(Duration::from_secs(100), &mut last);
+        assert!(
+            line.contains("in 100.00 s: last 2.0 s 0.0 fps, 0.0 Mbit/s;"),
+            "{line}"
+        );
+        assert_eq!((last.0, last.1), (1000, 1_000_000));
+        assert!(last.2 > t);
+        // the final summary keeps the rate since the start
+        assert!(c
+            .summary(Duration::from_secs(100))
+            .contains(": 10.0 fps, 0.1 Mbit/s;"));
     }
 
     #[test]

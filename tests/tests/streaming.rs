@@ -1021,3 +1021,42 @@ fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them(
     );
     let _ = tmp;
 }
+
+#[test]
+fn log_every_spaces_the_progress_lines_and_rates_cover_the_interval() {
+    // A service that runs for weeks logs a line a minute, not a second.
+    let tmp = TempDir::new("log-every");
+    inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let mut recv = start_receiver(&["--log-every", "3", "--out", out.to_str().unwrap()]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "20", "--log-every", "3"],
+    ));
+    std::thread::sleep(Duration::from_millis(4500));
+    let sl = s.terminate(LIMIT);
+    let rl = recv.proc.terminate(LIMIT);
+    let progress: Vec<&str> = sl
+        .stderr
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("captured "))
+        .collect();
+    let lines: Vec<&str> = rl
+        .stderr
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("cam: ") && l.contains(" fps"))
+        .collect();
+    // one line each at 3 s (a line a second would be 4)
+    assert_eq!(progress.len(), 1, "sender:\n{}", sl.stderr);
+    assert_eq!(lines.len(), 1, "receiver:\n{}", rl.stderr);
+    // the rates are over the 3 s, not the last second's nor since the start
+    assert!(progress[0].contains("last 3.0 s "), "{}", progress[0]);
+    let fps: f64 = lines[0]
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" fps"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no fps in {}", lines[0]));
+    assert!((10.0..=30.0).contains(&fps), "{}", lines[0]);
+}

@@ -1153,6 +1153,9 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
 /// Stands for the SSH login user in a unit's `User=` until the Pi fills it in.
 const LOGIN_USER: &str = "@LOGIN_USER@";
 
+/// `--log-every` of the installed services, seconds.
+const SERVICE_LOG_EVERY: u32 = 60;
+
 fn unit_text(pi: &Pi, args: &[String]) -> String {
     let what = match pi.role {
         Role::Receiver => "receiver",
@@ -1160,6 +1163,11 @@ fn unit_text(pi: &Pi, args: &[String]) -> String {
     };
     let mut v = pi.prefix.clone();
     v.push(pi.bin_path());
+    // a service runs for weeks: a log line a minute, not a second (the
+    // journal on an SD card), unless the args say otherwise
+    if !args.iter().any(|a| a.starts_with("--log-every")) {
+        v.extend(["--log-every".to_string(), SERVICE_LOG_EVERY.to_string()]);
+    }
     v.extend(args.iter().cloned());
     let exec = v
         .iter()
@@ -1855,6 +1863,8 @@ args = [{send_args}]
         || recv_unit.contains(LOGIN_USER)
         || !recv_unit.contains("qemu-arm -cpu arm1176")
         || !send_unit.contains("--to 127.0.0.1:5555")
+        || !recv_unit.contains("bitmask-recv --log-every 60 ")
+        || !send_unit.contains("bitmask-send --log-every 60 ")
         || !send_unit.contains(r#" --input-command "cam -o - ; echo $$HOME 100%%""#)
         || !matches!((r, s), (Some(r), Some(s)) if r < s)
     {

@@ -1202,16 +1202,41 @@ pub fn report_until_done(
     hub: &Hub,
     done: &mpsc::Receiver<String>,
     json: Option<&std::path::Path>,
+    log_every: Duration,
 ) -> String {
     let mut stuck_warned: Option<Instant> = None;
+    // Lines every `log_every`: the senders active or connected in the
+    // interval, with its rates (from the counts at the last lines).
+    let mut last_lines = Instant::now();
+    let mut at_last: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut shown: std::collections::BTreeSet<String> = Default::default();
     loop {
         match done.recv_timeout(Duration::from_secs(1)) {
             Ok(why) => return why,
             Err(mpsc::RecvTimeoutError::Disconnected) => return "hub gone".into(),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        for s in hub.stats.tick() {
-            log::info!("{}", s.line(true));
+        let ticked = hub.stats.tick();
+        if log_every <= Duration::from_secs(1) {
+            for s in ticked {
+                log::info!("{}", s.line(true));
+            }
+        } else {
+            shown.extend(ticked.into_iter().map(|s| s.name));
+            if last_lines.elapsed() + Duration::from_millis(100) >= log_every {
+                let secs = last_lines.elapsed().as_secs_f64().max(1e-3);
+                last_lines = Instant::now();
+                for mut s in hub.stats.snapshot() {
+                    let (r, b) = at_last.get(&s.name).copied().unwrap_or((0, 0));
+                    at_last.insert(s.name.clone(), (s.received, s.wire_bytes));
+                    if shown.remove(&s.name) {
+                        s.fps = s.received.saturating_sub(r) as f64 / secs;
+                        s.mbps = s.wire_bytes.saturating_sub(b) as f64 * 8.0 / secs / 1e6;
+                        log::info!("{}", s.line(true));
+                    }
+                }
+                shown.clear();
+            }
         }
         // A write to the stream output that does not end: its reader
         // stopped taking masks (said while it lasts, every 10 s).

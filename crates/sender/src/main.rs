@@ -146,6 +146,12 @@ struct Cli {
     #[arg(long, value_name = "MBIT", value_parser = parse_mbit)]
     rate: Option<f64>,
 
+    /// Log the progress line (counts, and fps and Mbit/s over the interval)
+    /// every SECS seconds. A service that runs for weeks: 60 (one line a
+    /// second is about 16 MB of journal a day).
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]
+    log_every: f64,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -315,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
         retry_max: Duration::from_secs_f64(cli.retry_max),
         mtu: cli.mtu.into(),
         rate_mbit: cli.rate,
+        log_every: Duration::from_secs_f64(cli.log_every),
     };
     let encoder: Box<dyn pipeline::FrameEncoder> =
         Box::new(codec::CodecEncoder::new(cli.codec, cli.keyframe_interval));

@@ -75,6 +75,8 @@ pub struct Config {
     pub mtu: usize,
     /// UDP pacing, Mbit/s.
     pub rate_mbit: Option<f64>,
+    /// How often the progress line is logged.
+    pub log_every: Duration,
 }
 
 /// Turns a mask into a frame payload. The seam where codecs plug in.
@@ -486,7 +488,7 @@ pub fn run(
             });
             counters.dropped.fetch_add(dropped, Relaxed);
             sequence += 1;
-            if last_report.2.elapsed() >= Duration::from_secs(1) {
+            if last_report.2.elapsed() >= cfg.log_every {
                 log::info!("{}", counters.progress(start.elapsed(), &mut last_report));
             }
             if net_thread.is_finished() {
@@ -1695,6 +1697,7 @@ mod tests {
             retry_max: Duration::from_millis(1),
             mtu: 1500,
             rate_mbit: None,
+            log_every: Duration::from_secs(1),
         }
     }
 

@@ -133,12 +133,25 @@ struct Record {
     writer: Arc<Mutex<()>>,
 }
 
+/// The key of a sender's record: its name and its host's address. Two
+/// senders that share a name (Pis cloned from one SD card keep one host
+/// name, the default `--name`) then keep records of their own: else one's
+/// resumed connection would find the other's, and its frames below it
+/// would be skipped as handled. (A sender whose address changes resumes
+/// with no record: it sends its unconfirmed frames again, and frames found
+/// in the output directory are not written twice.)
+pub fn record_key(name: &str, ip: std::net::IpAddr) -> String {
+    format!("{name}@{ip}")
+}
+
 /// Names whose record is kept.
 pub const RECORDS: usize = 1024;
 
 /// A connection's place in [`Handled`].
 #[derive(Clone)]
 pub struct Lineage {
+    /// The record's key ([`record_key`]).
+    pub key: String,
     /// The lineage's number.
     pub id: u64,
     /// Serialises the handling of this name's frames.
@@ -156,6 +169,7 @@ impl Handled {
             if let Some(r) = self.next.get_mut(name) {
                 r.used = clock;
                 let l = Lineage {
+                    key: name.to_owned(),
                     id: r.lineage,
                     writer: r.writer.clone(),
                 };
@@ -184,6 +198,7 @@ impl Handled {
         );
         (
             Lineage {
+                key: name.to_owned(),
                 id: self.lineages,
                 writer,
             },
@@ -227,6 +242,28 @@ mod tests {
     use bitmask_wire::AckReader;
     use std::io::Read;
     use std::net::TcpListener;
+
+    #[test]
+    fn senders_of_one_name_on_two_hosts_keep_records_of_their_own() {
+        // two Pis cloned from one SD card, both "raspberrypi", started
+        // together: their sequence numbers overlap
+        let mut h = Handled::default();
+        let (one, two) = (
+            record_key("raspberrypi", [10, 0, 0, 2].into()),
+            record_key("raspberrypi", [10, 0, 0, 3].into()),
+        );
+        let (a, _) = h.open(&one, false);
+        for q in 0..100 {
+            h.done(&a.key, a.id, q);
+        }
+        let (b, _) = h.open(&two, false);
+        h.done(&b.key, b.id, 40);
+        // the second's resumed connection finds its own record (41), not
+        // the first's (100), so its frames 41..100 are not skipped
+        let (b2, next) = h.open(&two, true);
+        assert_eq!((b2.id, next), (b.id, 41));
+        assert_eq!(h.open(&one, true).1, 100);
+    }
 
     #[test]
     fn records_follow_a_lineage_and_a_fresh_start_begins_another() {

@@ -504,7 +504,7 @@ impl StreamCtx {
             }
         };
         if let Some((_, l)) = &self.acks {
-            if h.sequence < lock(&self.hub.handled).next(&self.name, l.id) {
+            if h.sequence < lock(&self.hub.handled).next(&l.key, l.id) {
                 self.skipped += 1;
                 stats::lock(&self.stats).resent();
                 log::debug!(
@@ -647,7 +647,7 @@ impl StreamCtx {
         let Some((a, l)) = self.acks.as_mut() else {
             return;
         };
-        lock(&self.hub.handled).done(&self.name, l.id, sequence);
+        lock(&self.hub.handled).done(&l.key, l.id, sequence);
         if a.sent.is_some_and(|s| s > sequence) {
             return; // already
         }
@@ -1028,7 +1028,8 @@ pub fn serve_tcp(
     if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
         match ack_sock {
             Ok(s) => {
-                let (l, next) = lock(&hub.handled).open(&name, h.resumes());
+                let key = crate::acks::record_key(&name, peer.ip());
+                let (l, next) = lock(&hub.handled).open(&key, h.resumes());
                 // A sender resuming where this receiver holds no record (it
                 // restarted): what it sends again first may be on disk.
                 on_disk = h.resumes() && next == 0;

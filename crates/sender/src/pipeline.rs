@@ -1173,18 +1173,7 @@ fn network_loop_via(
         }
         // Latest frame wins: a frame held through connect attempts is stale
         // when newer ones are waiting.
-        let slot = if !cfg.no_drop && !queue.is_empty() && closed_at.is_none() {
-            match queue.pop() {
-                Some(newer) => {
-                    counters.dropped.fetch_add(1, Relaxed);
-                    queue.recycle(slot.mask);
-                    newer
-                }
-                None => slot,
-            }
-        } else {
-            slot
-        };
+        let slot = latest(cfg, queue, counters, slot, closed_at.is_some());
         if let Some(line) = resumed.take() {
             log::info!("{line}; resuming at frame {}", slot.sequence);
         }
@@ -1218,18 +1207,7 @@ fn network_loop_via(
             continue;
         }
         // Latest frame wins again: newer ones came while there was no room.
-        let slot = if !cfg.no_drop && !queue.is_empty() && closed_at.is_none() {
-            match queue.pop() {
-                Some(newer) => {
-                    counters.dropped.fetch_add(1, Relaxed);
-                    queue.recycle(slot.mask);
-                    newer
-                }
-                None => slot,
-            }
-        } else {
-            slot
-        };
+        let slot = latest(cfg, queue, counters, slot, closed_at.is_some());
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
@@ -1329,6 +1307,23 @@ fn network_loop_via(
         );
     }
     Ok(())
+}
+
+/// Latest frame wins (a live source): `slot`, or the newest frame waiting
+/// in the queue instead (`slot` then counts as dropped), unless the input
+/// has ended.
+fn latest(cfg: &Config, queue: &FrameQueue, counters: &Counters, slot: Slot, ended: bool) -> Slot {
+    if cfg.no_drop || ended || queue.is_empty() {
+        return slot;
+    }
+    match queue.pop() {
+        Some(newer) => {
+            counters.dropped.fetch_add(1, Relaxed);
+            queue.recycle(slot.mask);
+            newer
+        }
+        None => slot,
+    }
 }
 
 /// Waits until fewer than [`WINDOW`] frames (`--no-drop`) or

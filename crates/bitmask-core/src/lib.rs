@@ -258,6 +258,9 @@ impl<'a> ImageRef<'a> {
         self.format
     }
     /// The pixels of row `y` (exactly `width * bytes_per_pixel` bytes).
+    ///
+    /// # Panics
+    /// If `y >= height` (as slice indexing does).
     pub fn row(&self, y: usize) -> &'a [u8] {
         let start = y * self.stride;
         &self.data[start..start + self.width * self.format.bytes_per_pixel()]

@@ -367,7 +367,9 @@ impl Encoder {
         self.choice
     }
 
-    /// Sets the zstd level (1..=22; default [`DEFAULT_ZSTD_LEVEL`]).
+    /// Sets the zstd level (1..=22; default [`DEFAULT_ZSTD_LEVEL`]; a level
+    /// outside is clamped into that range, so zstd's negative "fast" levels
+    /// are not offered).
     pub fn set_zstd_level(&mut self, level: i32) {
         self.zstd_level = level.clamp(1, 22);
         #[cfg(feature = "zstd")]

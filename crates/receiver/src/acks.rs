@@ -21,18 +21,31 @@ pub struct AckWriter {
     /// The last `next` handed to the socket whole.
     pub sent: Option<u64>,
     gone: bool,
+    /// The record the connection follows, as every ack names it.
+    record: (u32, bool),
 }
 
 impl AckWriter {
-    /// Acks on `sock` (a clone of the connection's socket).
-    pub fn new(sock: TcpStream) -> Self {
+    /// Acks on `sock` (a clone of the connection's socket) for a connection
+    /// following lineage `l` (`new`: it started it).
+    pub fn new(sock: TcpStream, l: &Lineage, new: bool) -> Self {
         AckWriter {
+            record: (l.record_id(), new),
             sock,
             partial: Vec::new(),
             unsent: None,
             sent: None,
             gone: false,
         }
+    }
+
+    fn encode(&self, next: u64) -> [u8; ACK_LEN] {
+        Ack {
+            next,
+            record: self.record.0,
+            new_record: self.record.1,
+        }
+        .encode()
     }
 
     /// Acknowledges every frame below `next` (non-blocking).
@@ -54,7 +67,7 @@ impl AckWriter {
                 }
             }
             let Some(next) = self.unsent else { return };
-            let b = Ack { next }.encode();
+            let b = self.encode(next);
             match self.send(&b) {
                 Some(0) | None => return,
                 Some(n) => {
@@ -77,7 +90,7 @@ impl AckWriter {
         let _ = self.sock.set_write_timeout(Some(limit));
         let mut rest = std::mem::take(&mut self.partial);
         if let Some(next) = self.unsent.take() {
-            rest.extend_from_slice(&Ack { next }.encode());
+            rest.extend_from_slice(&self.encode(next));
             self.sent = Some(next);
         }
         if let Err(e) = self.sock.write_all(&rest) {
@@ -158,11 +171,19 @@ pub struct Lineage {
     pub writer: Arc<Mutex<()>>,
 }
 
+impl Lineage {
+    /// The id acknowledgements give the lineage's record (1..=
+    /// [`bitmask_wire::MAX_RECORD_ID`], wrapping).
+    pub fn record_id(&self) -> u32 {
+        (self.id.saturating_sub(1) % bitmask_wire::MAX_RECORD_ID as u64) as u32 + 1
+    }
+}
+
 impl Handled {
     /// A new connection of `name`: its lineage (the earlier one if it
-    /// resumes and the record is still kept, else a new one) and where the
-    /// record ends (what it may skip).
-    pub fn open(&mut self, name: &str, resumes: bool) -> (Lineage, u64) {
+    /// resumes and the record is still kept, else a new one), where the
+    /// record ends (what it may skip), and whether the lineage is new.
+    pub fn open(&mut self, name: &str, resumes: bool) -> (Lineage, u64, bool) {
         self.clock += 1;
         let clock = self.clock;
         if resumes {
@@ -173,7 +194,7 @@ impl Handled {
                     id: r.lineage,
                     writer: r.writer.clone(),
                 };
-                return (l, r.next);
+                return (l, r.next, false);
             }
         }
         self.lineages += 1;
@@ -203,6 +224,7 @@ impl Handled {
                 writer,
             },
             0,
+            true,
         )
     }
 
@@ -252,15 +274,15 @@ mod tests {
             record_key("raspberrypi", [10, 0, 0, 2].into()),
             record_key("raspberrypi", [10, 0, 0, 3].into()),
         );
-        let (a, _) = h.open(&one, false);
+        let (a, _, _) = h.open(&one, false);
         for q in 0..100 {
             h.done(&a.key, a.id, q);
         }
-        let (b, _) = h.open(&two, false);
+        let (b, _, _) = h.open(&two, false);
         h.done(&b.key, b.id, 40);
         // the second's resumed connection finds its own record (41), not
         // the first's (100), so its frames 41..100 are not skipped
-        let (b2, next) = h.open(&two, true);
+        let (b2, next, _) = h.open(&two, true);
         assert_eq!((b2.id, next), (b.id, 41));
         assert_eq!(h.open(&one, true).1, 100);
     }
@@ -268,11 +290,11 @@ mod tests {
     #[test]
     fn records_follow_a_lineage_and_a_fresh_start_begins_another() {
         let mut h = Handled::default();
-        let (a, skip) = h.open("cam", false);
+        let (a, skip, _) = h.open("cam", false);
         assert_eq!(skip, 0);
         h.done("cam", a.id, 0);
         h.done("cam", a.id, 1);
-        let (a2, skip) = h.open("cam", true);
+        let (a2, skip, _) = h.open("cam", true);
         assert_eq!((a2.id, skip), (a.id, 2));
         assert!(Arc::ptr_eq(&a.writer, &a2.writer));
         h.done("cam", a.id, 0); // sent again: the record stays
@@ -280,7 +302,7 @@ mod tests {
         assert_eq!(h.open("other", true).1, 0);
         // the sender restarts: a new lineage; the old one's late frames
         // no longer count, and the writer lock stays the name's
-        let (b, skip) = h.open("cam", false);
+        let (b, skip, _) = h.open("cam", false);
         assert_eq!(skip, 0);
         assert_ne!(b.id, a.id);
         assert!(Arc::ptr_eq(&a.writer, &b.writer));
@@ -290,7 +312,7 @@ mod tests {
         h.done("cam", b.id, 3);
         assert_eq!(h.open("cam", true).1, 4);
         for i in 0..RECORDS as u64 + 10 {
-            let (l, _) = h.open(&format!("s{i}"), false);
+            let (l, _, _) = h.open(&format!("s{i}"), false);
             h.done(&format!("s{i}"), l.id, i);
         }
         assert!(h.next.len() <= RECORDS, "{}", h.next.len());
@@ -301,7 +323,7 @@ mod tests {
         for i in 0..3 * RECORDS as u64 {
             h.open(&format!("t{i}"), false);
         }
-        let (again, _) = h.open("cam", true);
+        let (again, _, _) = h.open("cam", true);
         assert!(Arc::ptr_eq(&held, &again.writer));
     }
 
@@ -310,7 +332,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
-        let mut w = AckWriter::new(s);
+        let (lin, _, _) = Handled::default().open("cam", false);
+        let mut w = AckWriter::new(s, &lin, true);
         // far more than the socket buffers hold while nobody reads
         for n in 1..=200_000u64 {
             w.ack(n);

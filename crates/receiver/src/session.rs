@@ -1029,11 +1029,11 @@ pub fn serve_tcp(
         match ack_sock {
             Ok(s) => {
                 let key = crate::acks::record_key(&name, peer.ip());
-                let (l, next) = lock(&hub.handled).open(&key, h.resumes());
+                let (l, next, new) = lock(&hub.handled).open(&key, h.resumes());
                 // A sender resuming where this receiver holds no record (it
                 // restarted): what it sends again first may be on disk.
-                on_disk = h.resumes() && next == 0;
-                let mut a = crate::acks::AckWriter::new(s);
+                on_disk = h.resumes() && new;
+                let mut a = crate::acks::AckWriter::new(s, &l, new);
                 a.ack(next);
                 acks = Some((a, l));
             }

@@ -127,6 +127,10 @@ pub struct Connection {
     acks: AckReader,
     /// One past the last frame the receiver confirmed (its newest ack).
     acked: Option<u64>,
+    /// The receiver's record this connection follows, from its
+    /// acknowledgements (id, started by this connection); `None` while
+    /// none came or the receiver does not say.
+    record: Option<(u32, bool)>,
     /// The write timeout (`--timeout`).
     timeout: Duration,
     /// When a stalled write last said so (a line per [`SLOW_NOTE`] per
@@ -158,6 +162,7 @@ impl Connection {
                         stream,
                         acks: AckReader::default(),
                         acked: None,
+                        record: None,
                         timeout,
                         slow_said: None,
                     };
@@ -315,7 +320,12 @@ impl Connection {
                     })
                 }
                 Ok(n) => match self.acks.push(&buf[..n]) {
-                    Ok(Some(a)) => self.acked = Some(self.acked.map_or(a.next, |p| p.max(a.next))),
+                    Ok(Some(a)) => {
+                        self.acked = Some(self.acked.map_or(a.next, |p| p.max(a.next)));
+                        if a.record != 0 {
+                            self.record = Some((a.record, a.new_record));
+                        }
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         return Some(format!(
@@ -366,6 +376,9 @@ impl crate::pipeline::Link for Connection {
         // The receiver sends nothing but acknowledgements (and only when
         // asked): anything else readable is its end of stream, or a reset.
         self.read_acks(None)
+    }
+    fn record(&self) -> Option<(u32, bool)> {
+        self.record
     }
     fn acked(&self) -> Option<u64> {
         self.acked

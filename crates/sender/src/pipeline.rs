@@ -346,6 +346,12 @@ pub trait Link: Send {
     fn acked(&self) -> Option<u64> {
         None
     }
+    /// The receiver's record of handled frames this link follows, as its
+    /// acknowledgements name it: (id, this link started it); `None` while
+    /// none came, or from a receiver that does not say.
+    fn record(&self) -> Option<(u32, bool)> {
+        None
+    }
     /// Waits up to `limit` for acknowledgements; `Some(why)` when the link
     /// is over, as [`Link::closed_by_peer`].
     fn wait_acks(&mut self, limit: Duration) -> Option<String> {
@@ -655,11 +661,16 @@ struct Delivery {
     links_since_progress: u32,
     /// The newest frame written (the whole frame) on any link.
     written_max: Option<u64>,
-    /// The receiver acknowledged a frame past any written: its record of
-    /// this name is another sender's (two senders share a `--name`), and
-    /// it skips this one's frames as handled. The link is dropped and the
-    /// next one starts a new record (a hello without `HELLO_RESUME`).
+    /// The current link's acknowledgements are another sender's: it
+    /// follows another sender's record of this name (two senders share a
+    /// `--name`), under which this one's frames are skipped as handled.
+    /// The link is dropped and the next one starts a new record (a hello
+    /// without `HELLO_RESUME`). See [`Delivery::judge`].
     foreign: bool,
+    /// The record (as acknowledgements name it) this sender's links started.
+    own_record: Option<u32>,
+    /// The current link's record was looked at.
+    link_judged: bool,
     /// When that was last said.
     foreign_said: Option<Instant>,
 }
@@ -676,36 +687,63 @@ impl Delivery {
         closed_at.is_some_and(|t| t.elapsed() > LINGER) && self.stalled()
     }
 
-    /// Whether acknowledgement `next` is another sender's: past every
-    /// frame this one wrote (see [`Delivery::foreign`], which it sets).
-    fn foreign_ack(&mut self, next: u64, cfg: &Config) -> bool {
-        if next <= self.written_max.map_or(0, |w| w.saturating_add(1)) {
-            return false;
+    /// Whether the current link's acknowledgements are another sender's
+    /// (sets [`Delivery::foreign`]): they name a record of handled frames
+    /// that this sender did not start (a resumed link that joined another
+    /// sender's record of its name), or, from a receiver that names no
+    /// record, they reach past the newest frame this sender wrote.
+    fn judge(&mut self, l: &dyn Link, cfg: &Config) -> bool {
+        if self.foreign {
+            return true;
         }
+        let mut why = None;
+        if !self.link_judged {
+            if let Some((id, new)) = l.record() {
+                self.link_judged = true;
+                if new {
+                    self.own_record = Some(id);
+                } else if self.own_record != Some(id) {
+                    why = Some(format!(
+                        "it joined the receiver's record {id} of this name, not this sender's ({})",
+                        self.own_record
+                            .map_or("none yet".to_string(), |r| r.to_string())
+                    ));
+                }
+            }
+        }
+        if let Some(next) = l
+            .acked()
+            .filter(|&n| n > self.written_max.map_or(0, |w| w + 1))
+        {
+            why.get_or_insert(format!(
+                "the receiver counts frames up to {} as handled, past the newest this sender \
+                 wrote ({})",
+                next - 1,
+                self.written_max
+                    .map_or("none".to_string(), |w| w.to_string())
+            ));
+        }
+        let Some(why) = why else { return false };
         if self.foreign_said.is_none_or(|t| t.elapsed() >= REMIND) {
             self.foreign_said = Some(Instant::now());
             log::warn!(
-                "the receiver {} counts frames of --name {:?} up to {} as handled, past the \
-                 newest this sender wrote ({}): another sender uses the same --name there \
-                 (give each its own); reconnecting as a new sender so that its frames are not \
-                 skipped",
+                "receiver {}: {why}: another sender uses --name {:?} there (give each its own); \
+                 reconnecting as a new sender so that this one's frames are not skipped as \
+                 handled",
                 cfg.to,
-                cfg.name,
-                next.saturating_sub(1),
-                self.written_max
-                    .map_or("none".to_string(), |w| w.to_string())
+                cfg.name
             );
         }
         self.foreign = true;
         true
     }
 
-    /// Forgets what the receiver confirmed (nothing when its
-    /// acknowledgement is another sender's: [`Delivery::foreign_ack`]).
-    fn release(&mut self, acked: Option<u64>, queue: &FrameQueue, counters: &Counters) {
-        let Some(next) = acked else { return };
-        if next > self.written_max.map_or(0, |w| w.saturating_add(1)) {
-            return; // another sender's: the caller's foreign_ack ends the link
+    /// Forgets what the receiver confirmed on link `l` (nothing when its
+    /// acknowledgements are another sender's: [`Delivery::judge`]).
+    fn release(&mut self, l: &dyn Link, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
+        let Some(next) = l.acked() else { return };
+        if self.judge(l, cfg) {
+            return;
         }
         counters.acks.store(true, Relaxed);
         let before = self.link_confirmed;
@@ -783,7 +821,7 @@ impl Delivery {
         }
         // (no acknowledgement yet: everything is sent again)
         let next = l.acked()?;
-        if self.foreign_ack(next, cfg) {
+        if self.judge(l, cfg) {
             return Some("its record of this name is another sender's".into());
         }
         counters.acks.store(true, Relaxed);
@@ -1065,6 +1103,7 @@ fn network_loop_via(
                     connected_at = Instant::now();
                     d.tracking = cfg.transport == Transport::Tcp;
                     d.link_confirmed = 0;
+                    d.link_judged = false;
                     d.wrote = false;
                     d.links_since_progress += 1;
                     counters.connected.store(true, Relaxed);
@@ -1186,8 +1225,8 @@ fn network_loop_via(
             // from now on
             d.tracking = true;
         }
-        d.release(l.acked(), queue, counters);
-        if gone.is_none() && l.acked().is_some_and(|n| d.foreign_ack(n, cfg)) {
+        d.release(&**l, cfg, queue, counters);
+        if gone.is_none() && d.judge(l.as_ref(), cfg) {
             gone = Some(("its record of this name is another sender's".into(), false));
         }
         if gone.is_none() && d.tracking {
@@ -1255,7 +1294,7 @@ fn network_loop_via(
                 }
                 // (a frame sent again that the receiver had already handled
                 // is below what it confirmed on connecting)
-                d.release(l.acked(), queue, counters);
+                d.release(&**l, cfg, queue, counters);
             }
             Err(e) => {
                 log::warn!(
@@ -1266,7 +1305,7 @@ fn network_loop_via(
                 );
                 // what the receiver confirmed while the write was blocked
                 let _ = l.closed_by_peer();
-                d.release(l.acked(), queue, counters);
+                d.release(&**l, cfg, queue, counters);
                 let stalled = matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -1347,11 +1386,11 @@ fn make_room(
         }
         let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
-        d.release(l.acked(), queue, counters);
+        d.release(l, cfg, queue, counters);
         if let Some(why) = why {
             return Some((format!("the receiver ended it ({why})"), true));
         }
-        if l.acked().is_some_and(|n| d.foreign_ack(n, cfg)) {
+        if d.judge(l, cfg) {
             return Some(("its record of this name is another sender's".into(), false));
         }
         if l.acked().is_none() {
@@ -1412,11 +1451,11 @@ fn confirm_rest(
     }
     queue_closed(queue, closed_at); // (it is: the time the input ended)
     let why = l.wait_acks(Duration::from_millis(100));
-    d.release(l.acked(), queue, counters);
+    d.release(&**l, cfg, queue, counters);
     if d.inflight.is_empty() {
         return Ok(Confirm::Done);
     }
-    if why.is_none() && l.acked().is_some_and(|n| d.foreign_ack(n, cfg)) {
+    if why.is_none() && d.judge(l.as_ref(), cfg) {
         log::info!(
             "state: connection to {} dropped: its record of this name is another sender's; \
              reconnecting",

@@ -466,28 +466,53 @@ pub const ACK_LEN: usize = 16;
 /// ```
 /// use bitmask_wire::{Ack, AckReader};
 ///
-/// let bytes = Ack { next: 42 }.encode();
+/// let bytes = Ack::new(42).encode();
 /// let mut r = AckReader::default();
 /// assert_eq!(r.push(&bytes[..5]).unwrap(), None); // acks may arrive in pieces
-/// assert_eq!(r.push(&bytes[5..]).unwrap(), Some(Ack { next: 42 }));
+/// assert_eq!(r.push(&bytes[5..]).unwrap(), Some(Ack::new(42)));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     /// One past the last frame handled.
     pub next: u64,
+    /// The receiver's record of handled frames that this connection
+    /// follows (PROTOCOL.md section 6): an id, 1..=[`MAX_RECORD_ID`]; 0 when
+    /// the receiver does not say (an older one). The same in every
+    /// acknowledgement of a connection.
+    pub record: u32,
+    /// This connection started that record (a hello without
+    /// `HELLO_RESUME`, or one the receiver held no record for); else it
+    /// joined a record that existed.
+    pub new_record: bool,
 }
 
+/// The largest record id an [`Ack`] carries (23 bits).
+pub const MAX_RECORD_ID: u32 = (1 << 23) - 1;
+
 impl Ack {
-    /// `BMAK`, version, three reserved zero bytes, `next` (u64 LE).
+    /// An acknowledgement of every frame below `next`, naming no record.
+    pub fn new(next: u64) -> Self {
+        Ack {
+            next,
+            record: 0,
+            new_record: false,
+        }
+    }
+
+    /// `BMAK`, version, the record (u24 LE: id in bits 0..=22, bit 23
+    /// set when the connection started it), `next` (u64 LE). An id over
+    /// [`MAX_RECORD_ID`] is cut to its low 23 bits.
     pub fn encode(&self) -> [u8; ACK_LEN] {
         let mut b = [0u8; ACK_LEN];
         b[..4].copy_from_slice(&ACK_MAGIC);
         b[4] = VERSION;
+        let r = (self.record & MAX_RECORD_ID) | if self.new_record { 1 << 23 } else { 0 };
+        b[5..8].copy_from_slice(&r.to_le_bytes()[..3]);
         b[8..].copy_from_slice(&self.next.to_le_bytes());
         b
     }
 
-    /// Parses one acknowledgement (reserved bytes are ignored).
+    /// Parses one acknowledgement.
     pub fn decode(b: &[u8; ACK_LEN]) -> Result<Ack, WireError> {
         if b[..4] != ACK_MAGIC {
             return Err(WireError::BadAck(format!(
@@ -504,8 +529,11 @@ impl Ack {
         }
         let mut n = [0u8; 8];
         n.copy_from_slice(&b[8..]);
+        let r = u32::from_le_bytes([b[5], b[6], b[7], 0]);
         Ok(Ack {
             next: u64::from_le_bytes(n),
+            record: r & MAX_RECORD_ID,
+            new_record: r & (1 << 23) != 0,
         })
     }
 }

@@ -269,7 +269,7 @@ fn hello_flags_travel_and_an_old_hello_has_none() {
 fn acks_round_trip_in_any_pieces_and_junk_is_refused() {
     let mut stream = Vec::new();
     for next in [0u64, 1, 7, u64::MAX] {
-        stream.extend_from_slice(&Ack { next }.encode());
+        stream.extend_from_slice(&Ack::new(next).encode());
     }
     assert_eq!(&stream[..4], b"BMAK");
     assert_eq!(stream[4], 1);
@@ -289,15 +289,29 @@ fn acks_round_trip_in_any_pieces_and_junk_is_refused() {
         }
     }
     let mut r = AckReader::default();
-    assert_eq!(r.push(&stream[..20]).unwrap(), Some(Ack { next: 0 }));
+    assert_eq!(r.push(&stream[..20]).unwrap(), Some(Ack::new(0)));
     assert_eq!(r.pending(), 4);
-    let mut bad = Ack { next: 3 }.encode();
+    let mut bad = Ack::new(3).encode();
     bad[0] = b'X';
     assert!(matches!(
         AckReader::default().push(&bad),
         Err(WireError::BadAck(m)) if m.contains("BMAK")
     ));
-    let mut v2 = Ack { next: 3 }.encode();
+    // the record travels in the bytes that were reserved; an older
+    // receiver's zeros read as "no record named"
+    let a = Ack {
+        next: 9,
+        record: MAX_RECORD_ID,
+        new_record: true,
+    };
+    let b = a.encode();
+    assert_eq!(b[5..8], [0xff, 0xff, 0xff]);
+    assert_eq!(Ack::decode(&b).unwrap(), a);
+    let old = Ack::new(9).encode();
+    assert_eq!(old[5..8], [0, 0, 0]);
+    let a = Ack::decode(&old).unwrap();
+    assert_eq!((a.record, a.new_record), (0, false));
+    let mut v2 = Ack::new(3).encode();
     v2[4] = 2;
     assert!(matches!(
         Ack::decode(&v2),

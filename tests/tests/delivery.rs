@@ -307,6 +307,40 @@ fn a_receiver_that_sends_no_acknowledgements_is_still_served() {
 }
 
 #[test]
+fn a_live_sender_does_not_wait_for_acknowledgements_that_never_come() {
+    // An older receiver (it reads, never writes): a live sender's bound on
+    // frames in flight must not hold its first frames for the 2 s it takes
+    // to conclude that no acknowledgement comes.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        let mut r = FrameReader::new(c, Limits::default());
+        let _ = r.read_hello();
+        while let Ok(Some(_)) = r.read_frame() {
+            g.fetch_add(1, Relaxed);
+        }
+    });
+    let tmp = TempDir::new("delivery-old-live");
+    inputs(&tmp.join("in"));
+    let mut s = Proc::spawn(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &addr,
+        "--loop",
+        "--fps",
+        "30",
+        tmp.join("in").to_str().unwrap(),
+    ]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let n = got.load(Relaxed);
+    let f = s.terminate(LIMIT);
+    // about 45 frames in 1.5 s; the bound would have stopped at 8
+    assert!(n >= 20, "{n} frames arrived in 1.5 s:\n{}", f.stderr);
+}
+
+#[test]
 fn a_stalled_output_is_waited_for_not_reconnected() {
     // The output stalls for 3 s (three times the sender's --timeout). The
     // 9,600-byte masks of the 64 frames the sender keeps unconfirmed fit in

@@ -185,8 +185,14 @@ impl FrameQueue {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.lock().items.is_empty()
+    /// The newest waiting frame and the older ones it replaces (taken off
+    /// the queue too); `None` when none waits. Never blocks.
+    fn pop_newest(&self) -> Option<(Slot, Vec<Slot>)> {
+        let mut s = self.lock();
+        let newest = s.items.pop_back()?;
+        let older: Vec<Slot> = s.items.drain(..).collect();
+        self.space.notify_all();
+        Some((newest, older))
     }
 
     /// Closed by the capture side when the input ends, by the network side
@@ -1349,17 +1355,20 @@ fn network_loop_via(
 }
 
 /// Latest frame wins (a live source): `slot`, or the newest frame waiting
-/// in the queue instead (`slot` then counts as dropped), unless the input
-/// has ended.
+/// in the queue instead (`slot` and the frames between then count as
+/// dropped), unless the input has ended.
 fn latest(cfg: &Config, queue: &FrameQueue, counters: &Counters, slot: Slot, ended: bool) -> Slot {
-    if cfg.no_drop || ended || queue.is_empty() {
+    if cfg.no_drop || ended {
         return slot;
     }
-    match queue.pop() {
-        Some(newer) => {
-            counters.dropped.fetch_add(1, Relaxed);
+    match queue.pop_newest() {
+        Some((newest, older)) => {
+            counters.dropped.fetch_add(1 + older.len() as u64, Relaxed);
             queue.recycle(slot.mask);
-            newer
+            for s in older {
+                queue.recycle(s.mask);
+            }
+            newest
         }
         None => slot,
     }
@@ -1376,6 +1385,11 @@ fn make_room(
     counters: &Counters,
     connected_at: Instant,
 ) -> Option<(String, bool)> {
+    if !cfg.no_drop && l.acked().is_none() {
+        // a live source waits for nothing from a receiver that has not
+        // acknowledged yet (one that never does is found out by ACK_GRACE)
+        return None;
+    }
     let window = if cfg.no_drop { WINDOW } else { LIVE_WINDOW };
     let mut since = Instant::now();
     while d.tracking && d.inflight.len() >= window {
@@ -1645,6 +1659,27 @@ mod tests {
         assert_eq!(q.pop().unwrap().sequence, 2);
         q.close();
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn the_latest_frame_wins_over_every_older_one() {
+        let q = FrameQueue::new(4, false);
+        let c = Counters::default();
+        let live = cfg(false);
+        // nothing newer: the frame in hand stays
+        assert_eq!(latest(&live, &q, &c, slot(0), false).sequence, 0);
+        for s in 1..=3 {
+            q.push(slot(s));
+        }
+        // the newest of three waiting, the frame in hand and two dropped
+        assert_eq!(latest(&live, &q, &c, slot(0), false).sequence, 3);
+        assert_eq!(c.dropped.load(Relaxed), 3);
+        assert!(q.pop_newest().is_none());
+        // --no-drop, or after the input ended: nothing is replaced
+        q.push(slot(4));
+        assert_eq!(latest(&cfg(true), &q, &c, slot(1), false).sequence, 1);
+        assert_eq!(latest(&live, &q, &c, slot(1), true).sequence, 1);
+        assert_eq!(c.dropped.load(Relaxed), 3);
     }
 
     #[test]

@@ -98,7 +98,13 @@ pub struct Output {
     renumbered: bool,
     /// `--latest` failures beside other outputs, logged a line a second at most.
     latest_log: crate::session::Throttle,
+    /// The files this output wrote last ([`RECENT`] at most): not taken
+    /// for ones written before a restart ([`written_before`]).
+    recent: std::collections::VecDeque<PathBuf>,
 }
+
+/// Files an [`Output`] remembers having written.
+const RECENT: usize = 256;
 
 /// A write to stdout or `--exec` slower than this is logged: the reader is
 /// not keeping up, and every sender waits for it.
@@ -136,6 +142,7 @@ impl Output {
             slow_warned: None,
             renumbered: false,
             latest_log: Default::default(),
+            recent: Default::default(),
         };
         match out {
             Some(p) if p.as_os_str() == "-" => {
@@ -201,10 +208,7 @@ impl Output {
             bail!("{why}");
         }
         if let (true, Some(dir)) = (check, &self.dir) {
-            let path = dir.join(format!("frame-{:06}.{}", h.sequence, self.format.ext()));
-            let same = fs::metadata(&path).is_ok_and(|m| m.len() == data.len() as u64)
-                && fs::read(&path).is_ok_and(|b| b == data);
-            if same {
+            if written_before(dir, h.sequence, self.format.ext(), data, &self.recent) {
                 return Ok(Written::Before);
             }
         }
@@ -255,6 +259,10 @@ impl Output {
                 Err(e) => failed = Some(e),
                 Ok(path) => {
                     took = true;
+                    if self.recent.len() >= RECENT {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(path.clone());
                     if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered {
                         self.renumbered = true;
                         log::warn!(
@@ -515,6 +523,52 @@ fn place(tmp: &Path, path: &Path) -> Result<bool> {
     rename(tmp, path).map(|()| true)
 }
 
+/// Whether frame `seq` was written to `dir` by the run that wrote frame
+/// `seq - 1` (a receiver that died before confirming it): leaving out the
+/// files this output has just written (`recent`: frames sent again that it
+/// wrote again), the newest file of frame `seq` (any `.N` variant) holds
+/// `data` byte for byte and is no older than the newest of frame `seq - 1`.
+/// A file of an earlier run under the same number (a sender that restarted
+/// its numbering; a blank mask is the same bytes every time) is older than
+/// that, so it is not taken for this frame. Frame 0, or one whose
+/// predecessor is not there, is never taken as written (it is written
+/// again: at least once).
+pub fn written_before(
+    dir: &Path,
+    seq: u64,
+    ext: &str,
+    data: &[u8],
+    recent: &std::collections::VecDeque<PathBuf>,
+) -> bool {
+    if seq == 0 {
+        return false;
+    }
+    let newest = |q: u64| -> Option<(std::time::SystemTime, PathBuf)> {
+        let (base, dot) = (format!("frame-{q:06}.{ext}"), format!("frame-{q:06}."));
+        let suffix = format!(".{ext}");
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n == base.as_str()
+                    || n.strip_prefix(dot.as_str())
+                        .and_then(|r| r.strip_suffix(suffix.as_str()))
+                        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter(|(_, p)| !recent.contains(p))
+            .max()
+    };
+    let (Some((t, path)), Some((t_prev, _))) = (newest(seq), newest(seq - 1)) else {
+        return false;
+    };
+    t >= t_prev
+        && fs::metadata(&path).is_ok_and(|m| m.len() == data.len() as u64)
+        && fs::read(&path).is_ok_and(|b| b == data)
+}
+
 /// Writes `data` to a new temporary file `dir/.NAME.PID.N.tmp` (unique per
 /// process and call, so concurrent writers never share one); removed again
 /// when the write fails.
@@ -633,13 +687,43 @@ mod tests {
             let mut o = Output::open(Some(&dir), None, None, format).unwrap();
             let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
             let ext = format.ext();
+            let pause = || std::thread::sleep(Duration::from_millis(20));
+            // an earlier run's frame 7 (a sender that restarted its numbering)
+            assert_eq!(o.write(&h(7), &[0xa5], false).unwrap(), Written::Now);
+            pause();
+            // the run before: frames 4 and 5 written, then the receiver restarts
+            assert_eq!(o.write(&h(4), &[0x11], true).unwrap(), Written::Now);
             assert_eq!(o.write(&h(5), &[0xa5], true).unwrap(), Written::Now);
+            pause();
+            o.recent.clear(); // a restart
+                              // 5 again: written before, as it is (after 4): not again
             assert_eq!(o.write(&h(5), &[0xa5], true).unwrap(), Written::Before);
             assert!(!dir.join(format!("frame-000005.1.{ext}")).exists());
+            // frame 0 has no predecessor to vouch for it: written again
+            assert_eq!(o.write(&h(0), &[0x01], false).unwrap(), Written::Now);
+            assert_eq!(o.write(&h(0), &[0x01], true).unwrap(), Written::Now);
             // unchecked, or another mask under the same number: a new file
             assert_eq!(o.write(&h(5), &[0xa5], false).unwrap(), Written::Now);
             assert_eq!(o.write(&h(5), &[0x5a], true).unwrap(), Written::Now);
             assert!(dir.join(format!("frame-000005.2.{ext}")).exists());
+            // the newest file written before the restart is the one compared
+            // (files of this run are not: a repeat written now is not one
+            // written before)
+            pause();
+            o.recent.clear(); // a restart
+            assert_eq!(o.write(&h(5), &[0x5a], true).unwrap(), Written::Before);
+            // frame 6 of the run before, then 7: the earlier run's frame 7
+            // has the same bytes but is older than 6: not that run's, written
+            assert_eq!(o.write(&h(6), &[0x22], false).unwrap(), Written::Now);
+            pause();
+            o.recent.clear(); // a restart
+            assert_eq!(o.write(&h(7), &[0xa5], true).unwrap(), Written::Now);
+            let sevens = fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("frame-000007."))
+                .count();
+            assert_eq!(sevens, 2);
             let _ = fs::remove_dir_all(&dir);
         }
     }

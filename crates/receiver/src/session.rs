@@ -185,6 +185,10 @@ pub struct Hub {
     in_frame: AtomicUsize,
 }
 
+/// Frames of a resumed connection looked for in the output directory when
+/// this receiver holds no record of its sender (the `--no-drop` window).
+const ON_DISK_FRAMES: u32 = 64;
+
 /// Takeovers of one sender name within [`TAKEOVER_SPAN`] that mean two
 /// senders share it (a reconnecting sender takes over once per break).
 const TAKEOVERS_SHARED: u32 = 5;
@@ -340,11 +344,12 @@ pub struct StreamCtx {
     acks: Option<(crate::acks::AckWriter, crate::acks::Lineage)>,
     /// Frames skipped so.
     skipped: u64,
-    /// Set for a resumed connection this receiver holds no record of (it
-    /// was restarted): until a frame is not found, a frame whose file the
-    /// output directory already holds, byte for byte, was written before
-    /// the restart and is skipped like one in the record.
-    on_disk: bool,
+    /// For a resumed connection this receiver holds no record of (it was
+    /// restarted): how many of its frames (the most a sender sends again,
+    /// the `--no-drop` window) are looked for in the output directory
+    /// first (`output::written_before`); one found was written before the
+    /// restart and is skipped like one in the record.
+    on_disk: u32,
 }
 
 impl StreamCtx {
@@ -370,7 +375,7 @@ impl StreamCtx {
             decoder: bitmask_codec::Decoder::new(),
             acks: None,
             skipped: 0,
-            on_disk: false,
+            on_disk: 0,
         })
     }
 
@@ -447,7 +452,6 @@ impl StreamCtx {
     /// before this receiver restarted): skipped, counted as sent again, and
     /// the next frame is checked too.
     fn written_before(&mut self, h: &Header) -> bool {
-        self.on_disk = true;
         self.skipped += 1;
         stats::lock(&self.stats).resent();
         log::debug!(
@@ -539,7 +543,8 @@ impl StreamCtx {
                 }
             }
         }
-        let mut on_disk = std::mem::take(&mut self.on_disk);
+        let mut on_disk = self.on_disk > 0;
+        self.on_disk = self.on_disk.saturating_sub(1);
         let mut before = false;
         if let Some(o) = &mut self.own {
             match o.write(h, mask, on_disk) {
@@ -1024,7 +1029,7 @@ pub fn serve_tcp(
     // Acknowledgements (PROTOCOL.md section 6): the first says where a
     // resumed connection's frames become new.
     let mut acks = None;
-    let mut on_disk = false;
+    let mut on_disk = 0;
     if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
         match ack_sock {
             Ok(s) => {
@@ -1032,7 +1037,9 @@ pub fn serve_tcp(
                 let (l, next, new) = lock(&hub.handled).open(&key, h.resumes());
                 // A sender resuming where this receiver holds no record (it
                 // restarted): what it sends again first may be on disk.
-                on_disk = h.resumes() && new;
+                if h.resumes() && new {
+                    on_disk = ON_DISK_FRAMES;
+                }
                 let mut a = crate::acks::AckWriter::new(s, &l, new);
                 a.ack(next);
                 acks = Some((a, l));

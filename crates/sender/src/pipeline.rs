@@ -186,9 +186,13 @@ impl FrameQueue {
     }
 
     /// The newest waiting frame and the older ones it replaces (taken off
-    /// the queue too); `None` when none waits. Never blocks.
+    /// the queue too); `None` when none waits, or once the input has ended
+    /// (every frame left is sent then). Never blocks.
     fn pop_newest(&self) -> Option<(Slot, Vec<Slot>)> {
         let mut s = self.lock();
+        if s.closed {
+            return None;
+        }
         let newest = s.items.pop_back()?;
         let older: Vec<Slot> = s.items.drain(..).collect();
         self.space.notify_all();
@@ -1133,7 +1137,10 @@ fn network_loop_via(
                             Transport::Udp => "udp",
                         }
                     ));
-                    let resuming = ever_connected && d.tracking && !d.resend.is_empty();
+                    // (with nothing to send again too: the first acknowledgement
+                    // says whose record the link joined, before a frame of this
+                    // sender could be handled under another sender's)
+                    let resuming = ever_connected && d.tracking;
                     ever_connected = true;
                     // (the backoff is reset by a frame sent, not by a
                     // connect: a receiver that accepts and closes at once

@@ -664,18 +664,20 @@ fn session_script(pi: &Pi, args: &[String]) -> String {
     )
 }
 
-/// Stops the binary of `pi` and waits until it is gone: SIGTERM; after 5 s
-/// SIGTERM again (both binaries end at once on a second signal; the
-/// receiver then kills its `--exec` program's process group); after 8 s
-/// SIGKILL to the process groups of its children (an `--exec` or
-/// `--input-command` program) and to it.
+/// Stops the binary of `pi` and waits until it is gone: SIGTERM; after 12 s
+/// (past the 10 s the receiver gives its `--exec` program to finish after
+/// the last frame) SIGTERM again (both binaries end at once on a second
+/// signal; the receiver then kills its `--exec` program's process group);
+/// after 15 s SIGKILL to the process groups of its children (an `--exec` or
+/// `--input-command` program) and to it. Plain POSIX sh (dash, busybox):
+/// no `pgrep`, no `kill --`.
 fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
     let script = format!(
         "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); kill -TERM \"$pid\" 2>/dev/null || exit 0; i=0; \
          while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); \
-         if [ $i -eq 50 ]; then kill -TERM \"$pid\" 2>/dev/null; echo again; fi; \
-         if [ $i -eq 80 ]; then for c in $(pgrep -P \"$pid\" 2>/dev/null); do kill -KILL -- \"-$c\" \"$c\" 2>/dev/null; done; kill -KILL \"$pid\" 2>/dev/null; echo killed; fi; \
-         if [ $i -ge 110 ]; then exit 4; fi; sleep 0.1; done",
+         if [ $i -eq 120 ]; then kill -TERM \"$pid\" 2>/dev/null; echo again; fi; \
+         if [ $i -eq 150 ]; then for c in $(grep -l \"^PPid:[[:space:]]*$pid\\$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); do kill -9 \"-$c\" 2>/dev/null; kill -9 \"$c\" 2>/dev/null; done; kill -9 \"$pid\" 2>/dev/null; echo killed; fi; \
+         if [ $i -ge 180 ]; then exit 4; fi; sleep 0.1; done",
         pf = q(&pi.pid_file())
     );
     let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
@@ -684,13 +686,13 @@ fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
     }
     if out.contains("killed") {
         eprintln!(
-            "deploy: {}: did not stop on SIGTERM within 5 s nor on a second SIGTERM within 3 s: \
+            "deploy: {}: did not stop on SIGTERM within 12 s nor on a second SIGTERM within 3 s: \
              killed, with the programs it started",
             pi.label()
         );
     } else if out.contains("again") {
         eprintln!(
-            "deploy: {}: did not stop on SIGTERM within 5 s: sent a second one (it then stops at once)",
+            "deploy: {}: did not stop on SIGTERM within 12 s: sent a second one (it then stops at once)",
             pi.label()
         );
     }
@@ -1083,8 +1085,14 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                 std::thread::scope(|sc| {
                     let h = sc.spawn(|| {
                         for pi in stops {
+                            if INTERRUPTS.load(Ordering::SeqCst) > 1 {
+                                break; // hung up instead
+                            }
                             if let Err(e) = stop_remote(ctx, pi) {
-                                eprintln!("deploy: {e:#}");
+                                // (the second Ctrl-C reaches this ssh too)
+                                if INTERRUPTS.load(Ordering::SeqCst) <= 1 {
+                                    eprintln!("deploy: {e:#}");
+                                }
                             }
                         }
                     });

@@ -98,7 +98,8 @@ struct Cli {
     per_sender: bool,
 
     /// Log each sender's line (frames, losses, fps and Mbit/s over the
-    /// interval, latency over its last second) every SECS seconds. A service that runs for weeks:
+    /// interval, latency over its last second) every SECS seconds (the
+    /// receiver counts in whole seconds: 1.5 is every 2 s). A service that runs for weeks:
     /// 60 (a line a second per sender is about 15 MB of journal a day each).
     /// --stats-json and the live view are updated every second regardless.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]

@@ -655,11 +655,13 @@ impl<R: Read> FrameReader<R> {
     /// Called again, or after a frame, it reads nothing and returns
     /// `Ok(None)` (a hello only comes first).
     pub fn read_hello(&mut self) -> Result<Option<Hello>, WireError> {
-        if std::mem::replace(&mut self.started, true) {
+        if self.started {
             return Ok(None);
         }
         let mut magic = [0u8; 4];
+        // (a read that fails, a timeout say, leaves it to be asked again)
         let got = read_full(&mut self.inner, &mut magic)?;
+        self.started = true;
         if got < 4 {
             self.pending[..got].copy_from_slice(&magic[..got]);
             self.pending_len = got;

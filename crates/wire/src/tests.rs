@@ -181,6 +181,29 @@ fn hello_names_are_checked_before_they_can_be_encoded() {
 }
 
 #[test]
+fn a_hello_read_that_failed_before_any_byte_can_be_tried_again() {
+    // a socket read that times out before the sender said anything
+    struct Late(bool, Vec<u8>);
+    impl std::io::Read for Late {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            if std::mem::replace(&mut self.0, false) {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.1.len());
+            b[..n].copy_from_slice(&self.1[..n]);
+            self.1.drain(..n);
+            Ok(n)
+        }
+    }
+    let mut r = FrameReader::new(
+        Late(true, Hello::new("late").unwrap().encode()),
+        Limits::default(),
+    );
+    assert!(r.read_hello().is_err());
+    assert_eq!(r.read_hello().unwrap().unwrap().name(), "late");
+}
+
+#[test]
 fn hello_is_optional() {
     let (hd, p) = frame(8, 1, 0);
     let mut with = Hello::new("pi-cam").unwrap().encode();

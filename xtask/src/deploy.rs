@@ -1706,8 +1706,8 @@ args = [{send_args}]
     }
     eprintln!("deploy test: xtask killed with SIGKILL: the remote processes ended by themselves in {:.1} s", t.elapsed().as_secs_f64());
     // 2c. a receiver that cannot stop on the first SIGTERM (its --exec program ignores
-    //     SIGTERM and reads nothing): the second SIGTERM ends it and its program, and the
-    //     run counts as failed (the receiver exits 1: frames were not written)
+    //     SIGTERM and reads nothing): it ends, and nothing of its program outlives it, and
+    //     the run counts as failed (the receiver exits 1)
     let c4 = base.join("deploy-stuck.toml");
     let stuck_exec = format!("trap '' TERM; while :; do sleep 1; done # {b}/pi-zero/stuck");
     std::fs::write(
@@ -1736,7 +1736,9 @@ args = [{send_args}]
     crate::util::run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
     let st = wait_child(&mut child, Duration::from_secs(60))?;
     let text = std::fs::read_to_string(&log)?;
-    if st.success() || !text.contains("sent a second one") || !text.contains("FAILED") {
+    // (the receiver gives up on its program itself after 10 s, killing it,
+    // before the second SIGTERM at 12 s)
+    if st.success() || !text.contains("FAILED") {
         bail!("Ctrl-C of a receiver stuck on its --exec program ended with {st}; its log:\n{text}");
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -1745,7 +1747,7 @@ args = [{send_args}]
         bail!("processes left on the \"Pis\" after stopping a stuck receiver: {left:?}\n{text}");
     }
     eprintln!(
-        "deploy test: a receiver stuck on its --exec program stopped on the second SIGTERM, with its program, reported as failed"
+        "deploy test: a receiver stuck on an --exec program that ignores SIGTERM stopped, with its program, reported as failed"
     );
     eprintln!(
         "deploy test: Ctrl-C stopped the remote receiver, sender and camera command ({} processes were running), none left, exit 0",

@@ -206,16 +206,24 @@ impl Exec {
                 // reaped yet (it would have sent its status).
                 unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGTERM) };
                 let st = self.status.recv_timeout(Duration::from_secs(2));
+                let then = match st {
+                    Ok(st) => format!(", then it {}", describe(&st)),
+                    Err(_) => {
+                        // It ignores SIGTERM: nothing of it may outlive the
+                        // receiver (a service manager or deploy would find
+                        // it still holding its files, its camera, its port).
+                        // SAFETY: as above.
+                        unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL) };
+                        let _ = self.status.recv_timeout(Duration::from_secs(1));
+                        ", which it ignored; 2 s later SIGKILL to its process group".into()
+                    }
+                };
                 bail!(
                     "--exec child `{}` (pid {}) had not exited {} s after its stdin was closed; \
-                     sent it SIGTERM{}",
+                     sent it SIGTERM{then}",
                     self.cmd,
                     self.pid,
                     EXIT_GRACE.as_secs(),
-                    match st {
-                        Ok(st) => format!(", then it {}", describe(&st)),
-                        Err(_) => ", and it is still running".into(),
-                    }
                 )
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {

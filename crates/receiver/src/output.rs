@@ -98,8 +98,9 @@ pub struct Output {
     renumbered: bool,
     /// `--latest` failures beside other outputs, logged a line a second at most.
     latest_log: crate::session::Throttle,
-    /// The files this output wrote last ([`RECENT`] at most): not taken
-    /// for ones written before a restart ([`written_before`]).
+    /// The files this output wrote while checking for frames written
+    /// before a restart ([`RECENT`] at most): not taken for such frames
+    /// ([`written_before`]). Nothing is kept on the ordinary path.
     recent: std::collections::VecDeque<PathBuf>,
 }
 
@@ -259,10 +260,12 @@ impl Output {
                 Err(e) => failed = Some(e),
                 Ok(path) => {
                     took = true;
-                    if self.recent.len() >= RECENT {
-                        self.recent.pop_front();
+                    if check {
+                        if self.recent.len() >= RECENT {
+                            self.recent.pop_front();
+                        }
+                        self.recent.push_back(path.clone());
                     }
-                    self.recent.push_back(path.clone());
                     if path.file_stem().is_some_and(|s| s != name.as_str()) && !self.renumbered {
                         self.renumbered = true;
                         log::warn!(
@@ -543,30 +546,44 @@ pub fn written_before(
     if seq == 0 {
         return false;
     }
-    let newest = |q: u64| -> Option<(std::time::SystemTime, PathBuf)> {
-        let (base, dot) = (format!("frame-{q:06}.{ext}"), format!("frame-{q:06}."));
-        let suffix = format!(".{ext}");
-        fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .filter(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n == base.as_str()
-                    || n.strip_prefix(dot.as_str())
-                        .and_then(|r| r.strip_suffix(suffix.as_str()))
-                        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .filter(|(_, p)| !recent.contains(p))
-            .max()
+    // The frame number of a file `frame-NNNNNN.EXT` or `frame-NNNNNN.K.EXT`.
+    let suffix = format!(".{ext}");
+    let number = |name: &str| -> Option<u64> {
+        let rest = name.strip_prefix("frame-")?.strip_suffix(suffix.as_str())?;
+        let (n, k) = rest.split_once('.').unwrap_or((rest, "1"));
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        (all_digits(n) && all_digits(k)).then(|| n.parse().ok())?
     };
-    let (Some((t, path)), Some((t_prev, _))) = (newest(seq), newest(seq - 1)) else {
+    // One pass over the directory: the newest file of `seq` and of `seq - 1`.
+    type Newest = Option<(std::time::SystemTime, u64, PathBuf)>;
+    let (mut this, mut prev): (Newest, Newest) = (None, None);
+    let Ok(entries) = fs::read_dir(dir) else {
         return false;
     };
-    t >= t_prev
-        && fs::metadata(&path).is_ok_and(|m| m.len() == data.len() as u64)
-        && fs::read(&path).is_ok_and(|b| b == data)
+    for e in entries.flatten() {
+        let Some(q) =
+            number(&e.file_name().to_string_lossy()).filter(|&q| q + 1 >= seq && q <= seq)
+        else {
+            continue;
+        };
+        let path = e.path();
+        let Some(m) = e.metadata().ok().filter(|_| !recent.contains(&path)) else {
+            continue;
+        };
+        let Ok(t) = m.modified() else { continue };
+        let slot = if q == seq { &mut this } else { &mut prev };
+        // (the newest; of equal times the greatest name, as before)
+        if slot
+            .as_ref()
+            .is_none_or(|(t0, _, p0)| (t, &path) > (*t0, p0))
+        {
+            *slot = Some((t, m.len(), path));
+        }
+    }
+    let (Some((t, len, path)), Some((t_prev, ..))) = (this, prev) else {
+        return false;
+    };
+    t >= t_prev && len == data.len() as u64 && fs::read(&path).is_ok_and(|b| b == data)
 }
 
 /// Writes `data` to a new temporary file `dir/.NAME.PID.N.tmp` (unique per

@@ -189,6 +189,9 @@ pub struct Hub {
 /// this receiver holds no record of its sender (the `--no-drop` window).
 const ON_DISK_FRAMES: u32 = 64;
 
+/// How a frame found by [`ON_DISK_FRAMES`]'s check was handled before.
+const ON_DISK_HOW: &str = "its file is in the output directory already (written before a restart)";
+
 /// Takeovers of one sender name within [`TAKEOVER_SPAN`] that mean two
 /// senders share it (a reconnecting sender takes over once per break).
 const TAKEOVERS_SHARED: u32 = 5;
@@ -448,15 +451,13 @@ impl StreamCtx {
         Ok(handled)
     }
 
-    /// Frame `h` was found in the output directory as it is now (written
-    /// before this receiver restarted): skipped, counted as sent again, and
-    /// the next frame is checked too.
-    fn written_before(&mut self, h: &Header) -> bool {
+    /// Frame `h`, sent again after a reconnect, was handled before (`how`
+    /// says where that is known from): skipped, counted as sent again.
+    fn skip_resent(&mut self, h: &Header, how: &str) -> bool {
         self.skipped += 1;
         stats::lock(&self.stats).resent();
         log::debug!(
-            "{}: frame {} sent again after a reconnect: its file is in the output directory \
-             already (written before a restart), skipped",
+            "{}: frame {} sent again after a reconnect: {how}, skipped",
             self.name,
             h.sequence
         );
@@ -509,14 +510,7 @@ impl StreamCtx {
         };
         if let Some((_, l)) = &self.acks {
             if h.sequence < lock(&self.hub.handled).next(&l.key, l.id) {
-                self.skipped += 1;
-                stats::lock(&self.stats).resent();
-                log::debug!(
-                    "{}: frame {} sent again after a reconnect: handled before, skipped",
-                    self.name,
-                    h.sequence
-                );
-                return Ok(true);
+                return Ok(self.skip_resent(h, "handled before"));
             }
         }
         if self.skipped > 0 {
@@ -548,7 +542,7 @@ impl StreamCtx {
         let mut before = false;
         if let Some(o) = &mut self.own {
             match o.write(h, mask, on_disk) {
-                Ok(Written::Before) => return Ok(self.written_before(h)),
+                Ok(Written::Before) => return Ok(self.skip_resent(h, ON_DISK_HOW)),
                 Ok(Written::Now) => took = true,
                 Err(e) => failed = Some(e),
             }
@@ -588,7 +582,7 @@ impl StreamCtx {
             }
         }
         if before {
-            return Ok(self.written_before(h));
+            return Ok(self.skip_resent(h, ON_DISK_HOW));
         }
         if given_up && !took {
             // Its sender's newer connection took over: written now it
@@ -987,7 +981,6 @@ pub fn serve_tcp(
         }
     };
     started.set(None);
-    let hello_named = hello.is_some();
     // A sender that reconnects takes over from its old connection, which
     // may not have noticed yet that the sender is gone.
     let old = lock(&hub.live).insert(name.clone(), id);
@@ -1157,7 +1150,7 @@ pub fn serve_tcp(
                     // handshake, as a flood of such connections is cheap.
                     if let Some(n) = hub.handshakes.hit() {
                         // (a name only when it said one: else the name is the address)
-                        let named = if hello_named {
+                        let named = if hello.is_some() {
                             format!(" ({name:?})")
                         } else {
                             String::new()

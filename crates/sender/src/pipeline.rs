@@ -185,16 +185,22 @@ impl FrameQueue {
         }
     }
 
-    /// The newest waiting frame and the older ones it replaces (taken off
-    /// the queue too); `None` when none waits, or once the input has ended
-    /// (every frame left is sent then). Never blocks.
-    fn pop_newest(&self) -> Option<(Slot, Vec<Slot>)> {
+    /// The newest waiting frame, and how many older ones it replaced
+    /// (taken off the queue, their masks kept for reuse as [`Self::recycle`]
+    /// does); `None` when none waits, or once the input has ended (every
+    /// frame left is sent then). Never blocks.
+    fn pop_newest(&self) -> Option<(Slot, u64)> {
         let mut s = self.lock();
         if s.closed {
             return None;
         }
         let newest = s.items.pop_back()?;
-        let older: Vec<Slot> = s.items.drain(..).collect();
+        let older = s.items.len() as u64;
+        while let Some(o) = s.items.pop_front() {
+            if s.free.len() <= self.cap + 2 {
+                s.free.push(o.mask);
+            }
+        }
         self.space.notify_all();
         Some((newest, older))
     }
@@ -749,11 +755,20 @@ impl Delivery {
     }
 
     /// Forgets what the receiver confirmed on link `l` (nothing when its
-    /// acknowledgements are another sender's: [`Delivery::judge`]).
-    fn release(&mut self, l: &dyn Link, cfg: &Config, queue: &FrameQueue, counters: &Counters) {
-        let Some(next) = l.acked() else { return };
+    /// acknowledgements are another sender's); returns whether they are
+    /// ([`Delivery::judge`]).
+    fn release(
+        &mut self,
+        l: &dyn Link,
+        cfg: &Config,
+        queue: &FrameQueue,
+        counters: &Counters,
+    ) -> bool {
+        let Some(next) = l.acked() else {
+            return self.foreign;
+        };
         if self.judge(l, cfg) {
-            return;
+            return true;
         }
         counters.acks.store(true, Relaxed);
         let before = self.link_confirmed;
@@ -771,6 +786,7 @@ impl Delivery {
             self.last_progress = Some(Instant::now());
             self.links_since_progress = 0;
         }
+        false
     }
 
     /// A link that has not acknowledged its hello within [`ACK_GRACE`]
@@ -1238,8 +1254,7 @@ fn network_loop_via(
             // from now on
             d.tracking = true;
         }
-        d.release(&**l, cfg, queue, counters);
-        if gone.is_none() && d.judge(l.as_ref(), cfg) {
+        if d.release(&**l, cfg, queue, counters) && gone.is_none() {
             gone = Some(("its record of this name is another sender's".into(), false));
         }
         if gone.is_none() && d.tracking {
@@ -1272,10 +1287,7 @@ fn network_loop_via(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
-                d.written_max = Some(
-                    d.written_max
-                        .map_or(slot.sequence, |w| w.max(slot.sequence)),
-                );
+                d.written_max = d.written_max.max(Some(slot.sequence));
                 if !d.tracking {
                     // (nothing is confirmed: a frame written is all the
                     // progress there is to see)
@@ -1370,11 +1382,8 @@ fn latest(cfg: &Config, queue: &FrameQueue, counters: &Counters, slot: Slot, end
     }
     match queue.pop_newest() {
         Some((newest, older)) => {
-            counters.dropped.fetch_add(1 + older.len() as u64, Relaxed);
+            counters.dropped.fetch_add(1 + older, Relaxed);
             queue.recycle(slot.mask);
-            for s in older {
-                queue.recycle(s.mask);
-            }
             newest
         }
         None => slot,
@@ -1407,11 +1416,11 @@ fn make_room(
         }
         let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
-        d.release(l, cfg, queue, counters);
+        let foreign = d.release(l, cfg, queue, counters);
         if let Some(why) = why {
             return Some((format!("the receiver ended it ({why})"), true));
         }
-        if d.judge(l, cfg) {
+        if foreign {
             return Some(("its record of this name is another sender's".into(), false));
         }
         if l.acked().is_none() {
@@ -1472,11 +1481,11 @@ fn confirm_rest(
     }
     queue_closed(queue, closed_at); // (it is: the time the input ended)
     let why = l.wait_acks(Duration::from_millis(100));
-    d.release(&**l, cfg, queue, counters);
+    let foreign = d.release(&**l, cfg, queue, counters);
     if d.inflight.is_empty() {
         return Ok(Confirm::Done);
     }
-    if why.is_none() && d.judge(l.as_ref(), cfg) {
+    if why.is_none() && foreign {
         log::info!(
             "state: connection to {} dropped: its record of this name is another sender's; \
              reconnecting",

@@ -1417,6 +1417,25 @@ SetEnv PATH={fakebin}:/usr/local/bin:/usr/bin:/bin\n",
 }
 
 /// Processes whose command line mentions `needle` (but not sshd's own).
+/// Waits (at most 120 s) until `ready` says so while the deploy `child`
+/// (logging to `log`) runs; else kills it and fails with `what` and its log.
+fn await_deploy(
+    child: &mut Child,
+    log: &Path,
+    what: &str,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let t = Instant::now();
+    while !ready()? {
+        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!("{what}; its log:\n{}", std::fs::read_to_string(log)?);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn procs_with(needle: &str) -> Vec<String> {
     let mut v = Vec::new();
     let me = std::process::id().to_string();
@@ -1646,21 +1665,14 @@ args = [{send_args}]
         ),
     )?;
     let (mut child, log) = deploy_child(&["--config", c2.to_str().unwrap(), "--no-build"])?;
-    let t = Instant::now();
-    loop {
-        let got = std::fs::read_dir(&masks2).map(|d| d.count()).unwrap_or(0);
-        if got >= 3 {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            bail!(
-                "the --loop deploy did not deliver 3 frames; its log:\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let dir2 = masks2.as_str();
+    let frames = |n| move || Ok(std::fs::read_dir(dir2).map(|d| d.count()).unwrap_or(0) >= n);
+    await_deploy(
+        &mut child,
+        &log,
+        "the --loop deploy did not deliver 3 frames",
+        frames(3),
+    )?;
     let running = procs_with(&format!("{b}/pi"));
     if running.len() < 3 || !running.iter().any(|p| p.contains("/pi2/camera")) {
         bail!("expected the remote receiver, sender and its camera command running, found {running:?}");
@@ -1680,17 +1692,12 @@ args = [{send_args}]
     //     kernels stop the processes
     let _ = std::fs::remove_dir_all(&masks2);
     let (mut child, log) = deploy_child(&["--config", c2.to_str().unwrap(), "--no-build"])?;
-    let t = Instant::now();
-    while std::fs::read_dir(&masks2).map(|d| d.count()).unwrap_or(0) < 2 {
-        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            bail!(
-                "the --loop deploy did not deliver 2 frames; its log:\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_deploy(
+        &mut child,
+        &log,
+        "the --loop deploy did not deliver 2 frames",
+        frames(2),
+    )?;
     child.kill()?;
     child.wait()?;
     let t = Instant::now();
@@ -1719,19 +1726,15 @@ args = [{send_args}]
         ),
     )?;
     let (mut child, log) = deploy_child(&["--config", c4.to_str().unwrap(), "--no-build"])?;
-    let t = Instant::now();
-    while procs_with(&format!("{b}/pi-zero/stuck")).is_empty()
-        || !std::fs::read_to_string(&log)?.contains("[send ")
-    {
-        if t.elapsed() > Duration::from_secs(120) || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            bail!(
-                "the --exec deploy did not start both sides; its log:\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_deploy(
+        &mut child,
+        &log,
+        "the --exec deploy did not start both sides",
+        || {
+            Ok(!procs_with(&format!("{b}/pi-zero/stuck")).is_empty()
+                && std::fs::read_to_string(&log)?.contains("[send "))
+        },
+    )?;
     std::thread::sleep(Duration::from_secs(2));
     crate::util::run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
     let st = wait_child(&mut child, Duration::from_secs(60))?;

@@ -378,7 +378,9 @@ fn peer(addr: &str, bytes: &[u8], close: bool) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(bytes).unwrap();
     if close {
-        s.shutdown(Shutdown::Write).unwrap();
+        // (the receiver may have closed a junk connection already:
+        // NotConnected then, which is what the test wants anyway)
+        let _ = s.shutdown(Shutdown::Write);
     }
     s
 }

@@ -16,7 +16,7 @@ const CRC: u32 = 0xD593_7D2A;
 const MASK: [&str; 3] = ["1011001111", "0100000001", "1111111111"];
 
 fn doc() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 

@@ -266,6 +266,26 @@ fn sender_errors_exit_non_zero_with_one_line() {
         &["-"],
     );
     assert_one_line_error(&f, "bitmask-send", "before its first whole frame");
+    // a colour channel of frames that carry luma only
+    for format in ["gray8", "yuv420"] {
+        let f = send(
+            &closed_port(),
+            &[
+                "--input-format",
+                format,
+                "--size",
+                "8x2",
+                "--channel",
+                "blue",
+            ],
+            &["-"],
+        );
+        assert_one_line_error(
+            &f,
+            "bitmask-send",
+            &format!("--channel blue needs colour frames, but --input-format {format}"),
+        );
+    }
 
     // missing input
     let missing = dir.join("missing.png");
@@ -353,10 +373,100 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--stats-json", out]);
     assert_one_line_error(&f, "bitmask-recv", "is a directory");
 
+    // outputs that would break something, or never take a file, are refused
+    // at the start (a socket file stands in for a device or a FIFO)
+    let sock = dir.join("sock");
+    let _sock = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    for flag in ["--latest", "--stats-json"] {
+        let f = recv(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            out,
+            flag,
+            sock.to_str().unwrap(),
+        ]);
+        assert_one_line_error(&f, "bitmask-recv", "is not a regular file");
+    }
+    let f = recv(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--latest",
+        &format!("{out}/m.pgm"),
+    ]);
+    assert_one_line_error(&f, "bitmask-recv", ".pgm is not a format");
+    // /proc takes no new files, not even from root
+    let f = recv(&["--listen", "127.0.0.1:0", "--out", "/proc"]);
+    assert_one_line_error(
+        &f,
+        "bitmask-recv",
+        "cannot create files in output directory /proc",
+    );
+
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let f = recv(&["--listen", &addr, "--out", out]);
     assert_one_line_error(&f, "bitmask-recv", &addr);
+}
+
+/// What happens to the outputs while the receiver runs: an `--out`
+/// directory deleted is made again (frames are not lost until a restart),
+/// and a `--latest` symbolic link is written through (the link stays).
+#[test]
+fn a_deleted_out_directory_is_made_again_and_latest_follows_a_symlink() {
+    let dir = TempDir::new("e2e-out-gone");
+    let out = dir.join("out");
+    let real = dir.join("real.raw");
+    std::fs::write(&real, b"old").unwrap();
+    let link = dir.join("latest.raw");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let imgs = images(&dir, &[(16, 8), (16, 8)]);
+    let mut recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--latest",
+        link.to_str().unwrap(),
+    ]);
+    assert_ok(
+        "first send",
+        &send(&recv.addr, &["--name", "a"], &[&imgs[0].0]),
+    );
+    assert_eq!(list(&out), ["frame-000000.raw"]);
+    std::fs::remove_dir_all(&out).unwrap();
+    // a sender's run ends when the receiver confirmed its frame, written
+    assert_ok(
+        "second send",
+        &send(&recv.addr, &["--name", "b"], &[&imgs[1].0]),
+    );
+    let f = recv.proc.terminate(Duration::from_secs(20));
+    assert!(
+        f.stderr
+            .contains("was gone (deleted while running): made it again"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(list(&out), ["frame-000000.raw"], "{}", f.stderr);
+    let luma128 = bitmask_core::Params {
+        channel: bitmask_core::Channel::Luma,
+        threshold: 128,
+        invert: false,
+    };
+    let second = expected_mask(&imgs[1].1, &luma128);
+    assert!(
+        read(&out.join("frame-000000.raw")) == second,
+        "the frame differs"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "--latest replaced the symbolic link by a file"
+    );
+    assert!(
+        read(&real) == second,
+        "--latest did not write through the link"
+    );
 }
 
 /// A header as a hostile peer may write it: any fields, a CRC over the 36 bytes only.
@@ -511,5 +621,91 @@ fn a_flood_of_junk_does_not_flood_the_log() {
         (1..=5).contains(&udp),
         "{udp} lines for 100 bad hellos:\n{}",
         got.stderr
+    );
+}
+
+/// Waits for `child` at most `limit`; kills it (and fails) past that.
+fn wait_child(
+    child: &mut std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A closed stderr (`2>&1 | head` that ended, a dropped ssh session) is no
+/// crash: the logs, the final summaries and the error line all write to it,
+/// and each binary still exits with its own status (Rust's `eprintln!`
+/// panics there: exit 101).
+#[test]
+fn a_closed_stderr_does_not_turn_a_run_into_a_crash() {
+    let dir = TempDir::new("closed-stderr");
+    let out = dir.join("out");
+    let (path, img) = images(&dir, &[(64, 48)]).remove(0);
+    let closed = || {
+        let (r, w) = std::io::pipe().expect("pipe");
+        drop(r);
+        w
+    };
+    let addr = closed_port();
+    let mut recv = Command::new(bin("bitmask-recv"))
+        .args([
+            "--listen", &addr, "--count", "1", "--format", "raw", "--out",
+        ])
+        .arg(&out)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stderr(closed())
+        .spawn()
+        .expect("start bitmask-recv");
+    // The sender retries its connection until the receiver listens.
+    let mut send = Command::new(bin("bitmask-send"))
+        .args(["--to", &addr, "--no-drop"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stderr(closed())
+        .spawn()
+        .expect("start bitmask-send");
+    let s = wait_child(&mut send, "bitmask-send", Duration::from_secs(30));
+    let r = wait_child(&mut recv, "bitmask-recv", Duration::from_secs(30));
+    assert!(s.success(), "bitmask-send with a closed stderr: {s}");
+    assert!(r.success(), "bitmask-recv with a closed stderr: {r}");
+    let files = list(&out);
+    assert_eq!(files.len(), 1, "one frame on disk: {files:?}");
+    let luma128 = bitmask_core::Params {
+        channel: bitmask_core::Channel::Luma,
+        threshold: 128,
+        invert: false,
+    };
+    assert!(
+        read(&out.join(&files[0])) == expected_mask(&img, &luma128),
+        "the frame on disk differs from the mask"
+    );
+    // The error path: a missing image, exit 1 (not 101).
+    let mut bad = Command::new(bin("bitmask-send"))
+        .args(["--to", &closed_port()])
+        .arg(dir.join("missing.png"))
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stderr(closed())
+        .spawn()
+        .expect("start bitmask-send");
+    let b = wait_child(&mut bad, "bitmask-send", Duration::from_secs(30));
+    assert_eq!(
+        b.code(),
+        Some(1),
+        "a missing image with a closed stderr: {b}"
     );
 }

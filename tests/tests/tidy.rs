@@ -268,3 +268,33 @@ fn tooling_is_rust_not_shell_scripts() {
         ".ci/run should only run `cargo xtask ci`: {commands:?}"
     );
 }
+
+/// The binaries write to stderr with `say!` (which ignores a closed
+/// stderr), never `eprintln!`/`println!`, which panic there: a finished run
+/// piped into `| head` would end as a crash (exit 101).
+#[test]
+fn binaries_do_not_print_with_macros_that_panic() {
+    let mut found = Vec::new();
+    for krate in ["crates/sender/src", "crates/receiver/src"] {
+        for e in std::fs::read_dir(root().join(krate)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            // Unit tests at the end of a file may print.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (i, line) in code.lines().enumerate() {
+                let l = line.trim_start();
+                if l.starts_with("//") {
+                    continue;
+                }
+                // also matches eprint!( and eprintln!(
+                if l.contains("print!(") || l.contains("println!(") {
+                    found.push(format!("{}:{}: {}", p.display(), i + 1, l));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "use say! instead:\n{}", found.join("\n"));
+}

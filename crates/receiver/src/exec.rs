@@ -142,7 +142,7 @@ impl Exec {
                         }
                     }
                     if !finishing.load(Ordering::SeqCst) && !STOPPING.load(Ordering::SeqCst) {
-                        eprintln!(
+                        say!(
                             "bitmask-recv: error: --exec child `{cmd}` {} after {} frame(s); stopping",
                             describe(&st),
                             frames.load(Ordering::SeqCst)

@@ -1,5 +1,14 @@
 //! `bitmask-recv`: accepts bitmask streams over TCP and writes each mask to disk or stdout.
 
+/// `eprintln!` that cannot panic: a closed stderr (a `| head` that ended,
+/// a dropped ssh session) must not turn a finished run into exit 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod acks;
 mod exec;
 mod http;
@@ -168,7 +177,7 @@ fn main() {
     match run(cli) {
         Ok(()) => {}
         Err(e) => {
-            eprintln!("bitmask-recv: error: {e:#}");
+            say!("bitmask-recv: error: {e:#}");
             std::process::exit(1);
         }
     }
@@ -220,11 +229,11 @@ fn bind(addr: &str) -> Result<TcpListener> {
     Ok(sock.into())
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(mut cli: Cli) -> Result<()> {
     // First, before `--exec` or the live view start threads of their own.
     let signals = session::block_stop_signals();
-    if let Some(p) = &cli.stats_json {
-        output::check_file_target("--stats-json", p)?;
+    if let Some(p) = cli.stats_json.take() {
+        cli.stats_json = Some(output::check_file_target("--stats-json", &p)?);
     }
     raise_fd_limit(cli.max_senders as u64);
     let sinks = if cli.per_sender {
@@ -232,8 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
             _ => anyhow::bail!("--per-sender needs --out DIR (a directory, not -)"),
         };
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+        output::check_dir_target(&dir)?;
         let shared = if cli.latest.is_some() || cli.exec.is_some() {
             Some(Output::open(
                 None,
@@ -313,10 +321,10 @@ fn run(cli: Cli) -> Result<()> {
     let finished = hub.finish();
     session::write_stats_json(&hub, cli.stats_json.as_deref());
     for s in hub.stats.snapshot() {
-        eprintln!("bitmask-recv: {}", s.line(false));
+        say!("bitmask-recv: {}", s.line(false));
     }
     let total = hub.stats.total();
-    eprintln!("bitmask-recv: {}", total.line(false));
+    say!("bitmask-recv: {}", total.line(false));
     finished?;
     anyhow::ensure!(
         total.unwritten == 0,

@@ -151,14 +151,13 @@ impl Output {
                 o.stdout = Some(io::BufWriter::with_capacity(1 << 20, io::stdout()));
             }
             Some(p) => {
-                fs::create_dir_all(p)
-                    .with_context(|| format!("cannot create output directory {}", p.display()))?;
+                check_dir_target(p)?;
                 o.dir = Some(p.to_path_buf());
             }
             None => {}
         }
         if let Some(p) = latest {
-            check_file_target("--latest", p)?;
+            let p = &check_file_target("--latest", p)?;
             // `--latest mask.png` is a PNG whatever --format the other
             // outputs use (a stream needs raw or gray8).
             let ext = p
@@ -167,7 +166,13 @@ impl Output {
             let f = match (Format::for_extension(p), ext.as_deref()) {
                 (Some(f), _) => f,
                 // an image format this receiver does not write: not raw bits under its name
-                (None, Some(e @ ("jpg" | "jpeg" | "gif" | "bmp" | "tif" | "tiff" | "webp"))) => {
+                (
+                    None,
+                    Some(
+                        e @ ("jpg" | "jpeg" | "gif" | "bmp" | "tif" | "tiff" | "webp" | "pgm"
+                        | "ppm" | "pnm" | "pam"),
+                    ),
+                ) => {
                     anyhow::bail!(
                         "--latest {}: .{e} is not a format the receiver writes; name the file \
                          .png, .pbm, .raw or .gray",
@@ -256,7 +261,16 @@ impl Output {
         let mut failed: Option<anyhow::Error> = None;
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
-            match write_new(dir, &name, self.format.ext(), data) {
+            let mut r = write_new(dir, &name, self.format.ext(), data);
+            // Deleted while running (a clean-up script, a user): made again.
+            if r.is_err() && !dir.exists() && fs::create_dir_all(dir).is_ok() {
+                log::warn!(
+                    "output directory {} was gone (deleted while running): made it again",
+                    dir.display()
+                );
+                r = write_new(dir, &name, self.format.ext(), data);
+            }
+            match r {
                 Err(e) => failed = Some(e),
                 Ok(path) => {
                     took = true;
@@ -336,8 +350,21 @@ impl Output {
 }
 
 /// Refuses, at startup, a path given to `flag` that cannot take a file
-/// replaced atomically: its directory missing, or a directory itself.
-pub fn check_file_target(flag: &str, p: &Path) -> Result<()> {
+/// replaced atomically: its directory missing or closed to new files, a
+/// directory itself, or anything but a regular file (a device such as
+/// `/dev/null`, a FIFO: replacing it by a file would break whatever uses
+/// it). A symbolic link is followed: the file it leads to is the one
+/// replaced, and that path is returned.
+pub fn check_file_target(flag: &str, p: &Path) -> Result<PathBuf> {
+    let mut p = p.to_path_buf();
+    if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+        p = fs::canonicalize(&p).with_context(|| {
+            format!(
+                "{flag} {}: a symbolic link to nothing that exists",
+                p.display()
+            )
+        })?;
+    }
     let parent = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -352,15 +379,40 @@ pub fn check_file_target(flag: &str, p: &Path) -> Result<()> {
     if p.is_dir() {
         bail!("{flag} {} is a directory; give a file name", p.display());
     }
-    // Written beside it under a temporary name, then renamed: the
-    // directory must take new files (e.g. /run is root's only).
-    let probe = write_temp(parent, "probe", b"").with_context(|| {
+    if let Ok(m) = fs::metadata(&p) {
+        if !m.is_file() {
+            bail!(
+                "{flag} {} exists and is not a regular file (a device, FIFO or socket); it \
+                 would be replaced by a file on every write: give the name of a regular or a \
+                 new file",
+                p.display()
+            );
+        }
+    }
+    probe_dir(parent).with_context(|| {
         format!(
             "{flag} {}: cannot create files in {}",
             p.display(),
             parent.display()
         )
     })?;
+    Ok(p)
+}
+
+/// Makes the output directory `dir` (and its parents) and checks, at
+/// startup, that it takes new files: a read-only card is refused before
+/// any sender is told its frames were handled.
+pub fn check_dir_target(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    probe_dir(dir)
+        .with_context(|| format!("cannot create files in output directory {}", dir.display()))
+}
+
+/// Creates and removes an empty file in `dir`, the way frames are written
+/// (under a temporary name, then renamed).
+fn probe_dir(dir: &Path) -> Result<()> {
+    let probe = write_temp(dir, "probe", b"")?;
     let _ = fs::remove_file(probe);
     Ok(())
 }
@@ -678,14 +730,17 @@ mod tests {
         let mut o = Output::open(Some(&dir), Some(&latest), None, Format::Raw).unwrap();
         let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
         o.write(&h(0), &[0xa5], false).unwrap();
-        // The directory fails: --latest took it.
+        // The directory fails (a file in its place; a directory merely
+        // deleted is made again): --latest took it.
         fs::remove_dir_all(&dir).unwrap();
+        fs::write(&dir, b"").unwrap();
         o.write(&h(1), &[0x5a], false).unwrap();
         assert_eq!(fs::read(&latest).unwrap(), [0x5a]);
         // Both fail: an error.
         fs::remove_dir_all(&ldir).unwrap();
         assert!(o.write(&h(2), &[0x11], false).is_err());
         // --latest fails, the directory takes it.
+        fs::remove_file(&dir).unwrap();
         fs::create_dir_all(&dir).unwrap();
         o.write(&h(3), &[0x22], false).unwrap();
         assert_eq!(fs::read(dir.join("frame-000003.raw")).unwrap(), [0x22]);

@@ -1564,11 +1564,14 @@ mod tests {
         // The same frame again on one connection: a duplicate, not written.
         ctx.frame(&h(1), &payload).unwrap();
         assert!(!dir.join("frame-000001.1.raw").exists());
-        // The directory goes away (as a disk that fails): frames 2 and 3
-        // cannot be written, the stream goes on.
+        // The directory fails (a file in its place, as a disk that fails;
+        // a directory merely deleted is made again): frames 2 and 3 cannot
+        // be written, the stream goes on.
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"").unwrap();
         ctx.frame(&h(2), &payload).unwrap();
         ctx.frame(&h(3), &payload).unwrap();
+        std::fs::remove_file(&dir).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
         ctx.frame(&h(4), &payload).unwrap();
         assert!(dir.join("frame-000004.raw").exists());

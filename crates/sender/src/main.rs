@@ -1,6 +1,15 @@
 //! `bitmask-send`: thresholds images into 1-bit masks and streams them as
 //! bitmask frames over one TCP connection.
 
+/// `eprintln!` that cannot panic: a closed stderr (a `| head` that ended,
+/// a dropped ssh session) must not turn a finished run into exit 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod codec;
 mod command;
 mod input;
@@ -162,7 +171,7 @@ struct Cli {
     inputs: Vec<PathBuf>,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum ChannelArg {
     Red,
     Green,
@@ -245,7 +254,7 @@ fn main() {
     init_logging(cli.verbose);
     pipeline::stop_on_signals();
     if let Err(e) = run(cli) {
-        eprintln!("bitmask-send: error: {e:#}");
+        say!("bitmask-send: error: {e:#}");
         std::process::exit(1);
     }
 }
@@ -283,6 +292,22 @@ fn run(cli: Cli) -> Result<()> {
     // checked before the input starts (a camera command would start for nothing)
     let name = cli.name.clone().unwrap_or_else(net::hostname);
     bitmask_wire::Hello::new(&name).with_context(|| format!("--name {name:?}"))?;
+    // Raw gray or YUV frames carry no colours to pick from: a colour
+    // channel asked for there would silently threshold the luma instead.
+    if let (Some(f @ (raw::RawFormat::Gray8 | raw::RawFormat::Yuv420)), c) =
+        (cli.input_format, cli.channel)
+    {
+        if c != ChannelArg::Luma {
+            anyhow::bail!(
+                "--channel {} needs colour frames, but --input-format {} carries luma only \
+                 (yuv420: its Y plane): use --channel luma, or rgb24/bgr24 frames (e.g. \
+                 ffmpeg -pix_fmt rgb24)",
+                Channel::from(c),
+                f.to_possible_value()
+                    .map_or("?".into(), |v| v.get_name().to_owned())
+            );
+        }
+    }
     let source: Box<dyn input::Source> = match cli.input_format {
         Some(format) => Box::new(raw::RawFrames::from_cli(
             format,
@@ -328,13 +353,13 @@ fn run(cli: Cli) -> Result<()> {
     let start = Instant::now();
     match pipeline::run(cfg, source, params, encoder) {
         Ok(counters) => {
-            eprintln!("bitmask-send: {}", counters.summary(start.elapsed()));
+            say!("bitmask-send: {}", counters.summary(start.elapsed()));
             Ok(())
         }
         Err(e) => {
             // what was done before the error, then the error
             if let Some(c) = pipeline::counters() {
-                eprintln!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
+                say!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
             }
             Err(e)
         }

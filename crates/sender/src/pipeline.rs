@@ -570,7 +570,7 @@ pub fn stop_on_signals() {
                     STOP_GRACE.as_secs()
                 );
                 if let Some((c, start)) = RUNNING.get() {
-                    eprintln!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
+                    say!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
                 }
                 // nothing of a camera command may outlive us (it would hold the camera)
                 crate::command::kill_now();

@@ -997,7 +997,9 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
         match ev {
             Ok(Ev::Line(role, l)) => {
                 println!("[{}] {l}", pis[idx(role)].label());
-                if role == Role::Receiver && l.contains("Address in use") {
+                if role == Role::Receiver
+                    && (l.contains("Address in use") || l.contains("Address already in use"))
+                {
                     in_use = true;
                 }
                 if role == Role::Receiver && !listening {
@@ -1138,7 +1140,7 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
     }
     if ended_early {
         failed.push(if in_use {
-            "receiver ended before it listened: \"Address in use\" means something \
+            "receiver ended before it listened: \"Address (already) in use\" means something \
              listens on that port already: a receiver still running there, or the \
              bitmask-recv service, which `cargo xtask deploy --uninstall` or `sudo \
              systemctl stop bitmask-recv` stops"

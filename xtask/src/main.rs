@@ -34,7 +34,7 @@ Tasks:
   qemu [all|unit|e2e|sigill|deploy]
                     prove the Pi builds under qemu-user (arm1176 / cortex-a7)
   netbed [TEST..]   two-host streaming tests over network namespaces (root):
-                    throughput, restart, linkdown, slow, hostile
+                    throughput, restart, restart-nodrop, linkdown, slow, stall, hostile
   bench link        fps, Mbit/s, latency for TCP/UDP on 100 Mbit and Wi-Fi-like links
   bench pi          instructions per 1024x768 frame on arm1176/cortex-a7, est. Pi fps
   bench view        receiver throughput with and without the live view (--http) and a

@@ -430,6 +430,19 @@ fn stats_json(shared: &Shared) -> String {
         json_num(&mut o, "total_latency_p50_ms", s.total_latency_p50_ms, 2);
         json_num(&mut o, "total_latency_p99_ms", s.total_latency_p99_ms, 2);
         json_num(&mut o, "clock_offset_s", s.clock_offset_s, 3);
+        // The names `--stats-json` uses too, so a script reads either.
+        let _ = write!(
+            o,
+            ",\"received\":{},\"connected\":{}",
+            s.received, s.connected
+        );
+        json_num(&mut o, "compression_ratio", Some(s.compression_ratio), 3);
+        match s.last_sequence {
+            Some(q) => {
+                let _ = write!(o, ",\"last_sequence\":{q}");
+            }
+            None => o.push_str(",\"last_sequence\":null"),
+        }
         o.push_str(",\"history\":{\"fps\":[");
         let hist: Vec<(f64, Option<f64>)> = slot
             .as_ref()
@@ -908,6 +921,21 @@ mod tests {
             json.contains(r#""image_version":2,"shown_sequence":3"#),
             "{json}"
         );
+        // every key of a sender in --stats-json is in /stats.json too
+        let file = reg.to_json();
+        let sender = file.split("\"total\"").next().unwrap();
+        let keys: Vec<&str> = sender
+            .split("\": ")
+            .filter_map(|a| a.rsplit('"').next())
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .collect();
+        assert!(keys.len() > 20, "{keys:?} from {file}");
+        for k in keys
+            .iter()
+            .filter(|k| !["time_unix_ms", "senders"].contains(k))
+        {
+            assert!(json.contains(&format!("\"{k}\":")), "{k} missing in {json}");
+        }
         stats::lock(&reg.sender(name)).disconnected();
         drop(feed);
         let (_, _, json) = req(a, "GET", "/stats.json");

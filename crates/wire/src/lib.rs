@@ -658,20 +658,22 @@ impl<R: Read> FrameReader<R> {
         if self.started {
             return Ok(None);
         }
-        let mut magic = [0u8; 4];
-        // (a read that fails, a timeout say, leaves it to be asked again)
-        let got = read_full(&mut self.inner, &mut magic)?;
+        // The first 4 bytes go to `pending`: a read that fails (a timeout,
+        // say) keeps what it got, and asked again the reader goes on there.
+        while self.pending_len < 4 {
+            match self.inner.read(&mut self.pending[self.pending_len..]) {
+                Ok(0) => break,
+                Ok(k) => self.pending_len += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.started = true;
-        if got < 4 {
-            self.pending[..got].copy_from_slice(&magic[..got]);
-            self.pending_len = got;
+        if self.pending_len < 4 || self.pending != HELLO_MAGIC {
+            // (the stream's first bytes: a frame's, kept for read_frame)
             return Ok(None);
         }
-        if magic != HELLO_MAGIC {
-            self.pending = magic;
-            self.pending_len = 4;
-            return Ok(None);
-        }
+        self.pending_len = 0;
         let mut rest = [0u8; 4];
         let got = read_full(&mut self.inner, &mut rest)?;
         if got < 4 {

@@ -181,26 +181,54 @@ fn hello_names_are_checked_before_they_can_be_encoded() {
 }
 
 #[test]
-fn a_hello_read_that_failed_before_any_byte_can_be_tried_again() {
-    // a socket read that times out before the sender said anything
-    struct Late(bool, Vec<u8>);
+fn a_hello_read_that_failed_can_be_tried_again() {
+    // a socket read that times out before, or within, the first 4 bytes:
+    // what was read is kept, asked again the reader goes on from there
+    struct Late {
+        fail_at: usize,
+        failed: bool,
+        data: Vec<u8>,
+        at: usize,
+    }
     impl std::io::Read for Late {
         fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-            if std::mem::replace(&mut self.0, false) {
+            if self.at == self.fail_at && !self.failed {
+                self.failed = true;
                 return Err(std::io::ErrorKind::WouldBlock.into());
             }
-            let n = b.len().min(self.1.len());
-            b[..n].copy_from_slice(&self.1[..n]);
-            self.1.drain(..n);
+            let end = if self.failed {
+                self.data.len()
+            } else {
+                self.fail_at
+            };
+            let n = b.len().min(end - self.at);
+            b[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
             Ok(n)
         }
     }
-    let mut r = FrameReader::new(
-        Late(true, Hello::new("late").unwrap().encode()),
-        Limits::default(),
-    );
-    assert!(r.read_hello().is_err());
-    assert_eq!(r.read_hello().unwrap().unwrap().name(), "late");
+    let late = |fail_at, data: Vec<u8>| Late {
+        fail_at,
+        failed: false,
+        data,
+        at: 0,
+    };
+    let (hd, p) = frame(8, 1, 0);
+    let mut plain = Vec::new();
+    encode_frame(&hd, &p, &mut plain);
+    for fail_at in 0..4 {
+        let mut r = FrameReader::new(
+            late(fail_at, Hello::new("late").unwrap().encode()),
+            Limits::default(),
+        );
+        assert!(r.read_hello().is_err());
+        assert_eq!(r.read_hello().unwrap().unwrap().name(), "late", "{fail_at}");
+        // no hello: the frame's first bytes are kept for read_frame
+        let mut r = FrameReader::new(late(fail_at, plain.clone()), Limits::default());
+        assert!(r.read_hello().is_err());
+        assert!(r.read_hello().unwrap().is_none());
+        assert_eq!(r.read_frame().unwrap().unwrap().header, hd, "{fail_at}");
+    }
 }
 
 #[test]

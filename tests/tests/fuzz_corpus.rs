@@ -43,4 +43,6 @@ fn committed_fuzz_corpus_passes_every_target() {
     replay("codec_mutate", targets::codec_mutate::run);
     replay("roundtrip", targets::roundtrip::run);
     replay("wire_reader", targets::wire_reader::run);
+    replay("codec_diff", targets::codec_diff::run);
+    replay("wire_msgs", targets::wire_msgs::run);
 }

@@ -6,7 +6,14 @@ use crate::util::{have, output, root, run};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
-const TARGETS: [&str; 4] = ["codec_decode", "codec_mutate", "roundtrip", "wire_reader"];
+const TARGETS: [&str; 6] = [
+    "codec_decode",
+    "codec_mutate",
+    "roundtrip",
+    "wire_reader",
+    "codec_diff",
+    "wire_msgs",
+];
 
 /// `cargo xtask fuzz --help`.
 pub const HELP: &str = "\
@@ -23,6 +30,10 @@ Targets:
   roundtrip      edge-case masks and streams through every codec: bit-exact back,
                  and a decoder that lost a frame never returns a wrong mask
   wire_reader    the frame reader on arbitrary streams, header and datagram parsing
+  codec_diff     delta frames against a reference held as lists and held packed:
+                 the two decodes agree (valid, edited and forged payloads)
+  wire_msgs      datagram headers (consistent ones accepted, payload bounded),
+                 hellos (valid names round-trip), acknowledgements in pieces
 
   --replay       run each corpus input once (no fuzzing)
   --minimise     shrink each corpus to the inputs that keep its coverage (cargo fuzz cmin)

@@ -64,13 +64,18 @@ fn main() {
             n += 1;
         }
     }
-    // codec_mutate / roundtrip: small structured seeds
+    // codec_mutate / roundtrip / codec_diff / wire_msgs: small structured seeds
     for i in 0..40u8 {
         let s: Vec<u8> = (0..24u8)
             .map(|k| i.wrapping_mul(37).wrapping_add(k.wrapping_mul(11)))
             .collect();
         put("codec_mutate", &format!("s{i}"), &s);
         put("roundtrip", &format!("s{i}"), &s);
+        put("codec_diff", &format!("s{i}"), &s);
+        let long: Vec<u8> = (0..64u8)
+            .map(|k| i.wrapping_mul(53).wrapping_add(k.wrapping_mul(29)))
+            .collect();
+        put("wire_msgs", &format!("s{i}"), &long);
     }
     // wire: a stream of frames with a hello
     let mut st = vec![0x10u8, 0, 0];

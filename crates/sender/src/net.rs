@@ -55,6 +55,9 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
     let Ok(port) = port.parse::<u16>() else {
         anyhow::bail!("{addr:?}: port {port:?} is not a number from 0 to 65535");
     };
+    if let Some(a) = scoped_v6(host, port)? {
+        return Ok(vec![a]);
+    }
     if !host.is_empty() && !host.starts_with('-') {
         if let Some(v) = getent(host, port) {
             log::debug!("{host:?} resolved by getent: {v:?}");
@@ -68,6 +71,40 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
         ""
     };
     Err(err).with_context(|| format!("cannot resolve host {host:?} of {addr:?}{hint}"))
+}
+
+/// `[fe80::1%eth0]`: an IPv6 link-local address with its interface named
+/// (two Pis on one cable and no DHCP have these only; std takes only a
+/// number after the `%`). `None` when `host` is no such form.
+fn scoped_v6(host: &str, port: u16) -> Result<Option<SocketAddr>> {
+    let Some((ip, scope)) = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.split_once('%'))
+    else {
+        return Ok(None);
+    };
+    let Ok(ip) = ip.parse::<std::net::Ipv6Addr>() else {
+        return Ok(None);
+    };
+    let id = match scope.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => {
+            let index = (!scope.is_empty() && !scope.contains('/') && !scope.starts_with('.'))
+                .then(|| std::fs::read_to_string(format!("/sys/class/net/{scope}/ifindex")).ok())
+                .flatten()
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            match index {
+                Some(n) => n,
+                None => anyhow::bail!(
+                    "{host}: this host has no network interface {scope:?} (see `ip link`)"
+                ),
+            }
+        }
+    };
+    Ok(Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+        ip, port, 0, id,
+    ))))
 }
 
 /// `getent ahosts HOST`, given [`GETENT_LIMIT`] (an mDNS lookup of a host
@@ -413,6 +450,28 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: i32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_link_local_address_may_name_its_interface() {
+        let a = super::resolve("[fe80::1%lo]:5000").unwrap();
+        let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        match a[..] {
+            [std::net::SocketAddr::V6(v6)] => {
+                assert_eq!((v6.scope_id(), v6.port()), (lo, 5000));
+                assert_eq!(v6.ip().segments()[0], 0xfe80);
+            }
+            _ => panic!("{a:?}"),
+        }
+        let e = super::resolve("[fe80::1%nosuchif0]:5000").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no network interface \"nosuchif0\""),
+            "{e:#}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -411,15 +411,16 @@ fn receiver_errors_exit_non_zero_with_one_line() {
 
 /// What happens to the outputs while the receiver runs: an `--out`
 /// directory deleted is made again (frames are not lost until a restart),
-/// and a `--latest` symbolic link is written through (the link stays).
+/// and a `--latest` symbolic link is followed at every write (relative, to
+/// a file that does not exist yet, pointed elsewhere while running; the
+/// format is the one the link's own name says; the link stays).
 #[test]
 fn a_deleted_out_directory_is_made_again_and_latest_follows_a_symlink() {
     let dir = TempDir::new("e2e-out-gone");
     let out = dir.join("out");
-    let real = dir.join("real.raw");
-    std::fs::write(&real, b"old").unwrap();
-    let link = dir.join("latest.raw");
-    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::fs::create_dir_all(dir.join("shm")).unwrap();
+    let link = dir.join("latest.png");
+    std::os::unix::fs::symlink("shm/mask", &link).unwrap();
     let imgs = images(&dir, &[(16, 8), (16, 8)]);
     let mut recv = start_receiver(&[
         "--out",
@@ -432,6 +433,13 @@ fn a_deleted_out_directory_is_made_again_and_latest_follows_a_symlink() {
         &send(&recv.addr, &["--name", "a"], &[&imgs[0].0]),
     );
     assert_eq!(list(&out), ["frame-000000.raw"]);
+    let first = read(&dir.join("shm/mask"));
+    assert!(
+        first.starts_with(b"\x89PNG"),
+        "--latest latest.png is a PNG"
+    );
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("shm/mask2", &link).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
     // a sender's run ends when the receiver confirmed its frame, written
     assert_ok(
@@ -464,8 +472,14 @@ fn a_deleted_out_directory_is_made_again_and_latest_follows_a_symlink() {
         "--latest replaced the symbolic link by a file"
     );
     assert!(
-        read(&real) == second,
-        "--latest did not write through the link"
+        read(&dir.join("shm/mask")) == first,
+        "the old target was written again"
+    );
+    let (w, h, rows) = png_rows(&dir.join("shm/mask2"));
+    assert_eq!((w, h), (16, 8));
+    assert!(
+        rows == second,
+        "--latest did not follow the link pointed elsewhere"
     );
 }
 

@@ -229,11 +229,11 @@ fn bind(addr: &str) -> Result<TcpListener> {
     Ok(sock.into())
 }
 
-fn run(mut cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<()> {
     // First, before `--exec` or the live view start threads of their own.
     let signals = session::block_stop_signals();
-    if let Some(p) = cli.stats_json.take() {
-        cli.stats_json = Some(output::check_file_target("--stats-json", &p)?);
+    if let Some(p) = &cli.stats_json {
+        output::check_file_target("--stats-json", p)?;
     }
     raise_fd_limit(cli.max_senders as u64);
     let sinks = if cli.per_sender {

@@ -82,6 +82,9 @@ pub struct Output {
     /// Masks back to back on stdout.
     stdout: Option<io::BufWriter<io::Stdout>>,
     /// One file always holding the newest mask, in its own format.
+    /// The device of the directory holding `dir`, at the start: `dir` is
+    /// made again only there (not under an unmounted disk's mount point).
+    dir_parent_dev: Option<u64>,
     latest: Option<(PathBuf, Format)>,
     /// Encoding buffer of `--latest` when its format differs, reused.
     latest_buf: Vec<u8>,
@@ -134,6 +137,7 @@ impl Output {
         let mut o = Output {
             format,
             dir: None,
+            dir_parent_dev: None,
             stdout: None,
             latest: None,
             exec: None,
@@ -152,12 +156,13 @@ impl Output {
             }
             Some(p) => {
                 check_dir_target(p)?;
+                o.dir_parent_dev = parent_dev(p);
                 o.dir = Some(p.to_path_buf());
             }
             None => {}
         }
         if let Some(p) = latest {
-            let p = &check_file_target("--latest", p)?;
+            check_file_target("--latest", p)?;
             // `--latest mask.png` is a PNG whatever --format the other
             // outputs use (a stream needs raw or gray8).
             let ext = p
@@ -262,8 +267,14 @@ impl Output {
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
             let mut r = write_new(dir, &name, self.format.ext(), data);
-            // Deleted while running (a clean-up script, a user): made again.
-            if r.is_err() && !dir.exists() && fs::create_dir_all(dir).is_ok() {
+            // Deleted while running (a clean-up script, a user): made again,
+            // in the same place only: a disk unmounted under it is a failure.
+            if r.is_err()
+                && !dir.exists()
+                && self.dir_parent_dev.is_some()
+                && parent_dev(dir) == self.dir_parent_dev
+                && fs::create_dir(dir).is_ok()
+            {
                 log::warn!(
                     "output directory {} was gone (deleted while running): made it again",
                     dir.display()
@@ -353,50 +364,65 @@ impl Output {
 /// replaced atomically: its directory missing or closed to new files, a
 /// directory itself, or anything but a regular file (a device such as
 /// `/dev/null`, a FIFO: replacing it by a file would break whatever uses
-/// it). A symbolic link is followed: the file it leads to is the one
-/// replaced, and that path is returned.
-pub fn check_file_target(flag: &str, p: &Path) -> Result<PathBuf> {
-    let mut p = p.to_path_buf();
-    if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-        p = fs::canonicalize(&p).with_context(|| {
-            format!(
-                "{flag} {}: a symbolic link to nothing that exists",
-                p.display()
-            )
-        })?;
-    }
+/// it). A symbolic link is followed ([`follow_links`]), at every write too.
+pub fn check_file_target(flag: &str, given: &Path) -> Result<()> {
+    let p = follow_links(given).with_context(|| format!("{flag} {}", given.display()))?;
+    let shown = if p == given {
+        given.display().to_string()
+    } else {
+        format!("{} (a link to {})", given.display(), p.display())
+    };
     let parent = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if !parent.is_dir() {
         bail!(
-            "{flag} {}: directory {} does not exist",
-            p.display(),
+            "{flag} {shown}: directory {} does not exist",
             parent.display()
         );
     }
     if p.is_dir() {
-        bail!("{flag} {} is a directory; give a file name", p.display());
+        bail!("{flag} {shown} is a directory; give a file name");
     }
     if let Ok(m) = fs::metadata(&p) {
         if !m.is_file() {
             bail!(
-                "{flag} {} exists and is not a regular file (a device, FIFO or socket); it \
-                 would be replaced by a file on every write: give the name of a regular or a \
-                 new file",
-                p.display()
+                "{flag} {shown} exists and is not a regular file (a device, FIFO or socket); \
+                 it would be replaced by a file on every write: give the name of a regular \
+                 or a new file"
             );
         }
     }
     probe_dir(parent).with_context(|| {
         format!(
-            "{flag} {}: cannot create files in {}",
-            p.display(),
+            "{flag} {shown}: cannot create files in {}",
             parent.display()
         )
-    })?;
-    Ok(p)
+    })
+}
+
+/// `p` with its symbolic links followed, hop by hop (a relative one from
+/// its link's directory), to a path that is no link: an existing file or
+/// directory, or a name still free (a link into an empty tmpfs after a
+/// reboot is fine). Read at every write, so a link pointed elsewhere
+/// while the receiver runs is honoured.
+pub fn follow_links(p: &Path) -> Result<PathBuf> {
+    let mut p = p.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = fs::read_link(&p)
+                    .with_context(|| format!("cannot read the link {}", p.display()))?;
+                p = match p.parent() {
+                    Some(d) if to.is_relative() => d.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    bail!("{}: more than 40 symbolic links in a row", p.display())
 }
 
 /// Makes the output directory `dir` (and its parents) and checks, at
@@ -409,8 +435,18 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create files in output directory {}", dir.display()))
 }
 
-/// Creates and removes an empty file in `dir`, the way frames are written
-/// (under a temporary name, then renamed).
+/// The device of the directory that holds `dir`.
+fn parent_dev(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = match dir.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::metadata(parent).ok().map(|m| m.dev())
+}
+
+/// Creates and removes an empty file in `dir` (where frames are written
+/// under a temporary name before they are renamed).
 fn probe_dir(dir: &Path) -> Result<()> {
     let probe = write_temp(dir, "probe", b"")?;
     let _ = fs::remove_file(probe);
@@ -661,8 +697,11 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Writes `data` to a temporary name beside `path` ([`write_temp`]), then
-/// renames it into place, so a reader never sees half a file.
+/// renames it into place, so a reader never sees half a file. A symbolic
+/// link at `path` is followed: the file it leads to is replaced, the link
+/// stays.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let path = &follow_links(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -744,6 +783,26 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         o.write(&h(3), &[0x22], false).unwrap();
         assert_eq!(fs::read(dir.join("frame-000003.raw")).unwrap(), [0x22]);
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_deleted_out_directory_is_made_again_only_where_it_was() {
+        let base = std::env::temp_dir().join(format!("bitmask-remake-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let dir = base.join("disk").join("frames");
+        let mut o = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
+        let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
+        o.write(&h(0), &[1], false).unwrap();
+        // its parent gone too (a disk unmounted with its mount point, say):
+        // not made again, the frame is not written
+        fs::remove_dir_all(base.join("disk")).unwrap();
+        assert!(o.write(&h(1), &[2], false).is_err());
+        assert!(!base.join("disk").exists());
+        // the parent back, the directory alone gone: made again
+        fs::create_dir_all(base.join("disk")).unwrap();
+        o.write(&h(2), &[3], false).unwrap();
+        assert_eq!(fs::read(dir.join("frame-000002.raw")).unwrap(), [3]);
         let _ = fs::remove_dir_all(&base);
     }
 

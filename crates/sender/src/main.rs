@@ -299,12 +299,16 @@ fn run(cli: Cli) -> Result<()> {
     {
         if c != ChannelArg::Luma {
             anyhow::bail!(
-                "--channel {} needs colour frames, but --input-format {} carries luma only \
-                 (yuv420: its Y plane): use --channel luma, or rgb24/bgr24 frames (e.g. \
-                 ffmpeg -pix_fmt rgb24)",
+                "--channel {} needs colour frames, but --input-format {} carries luma only{}: \
+                 use --channel luma, or rgb24/bgr24 frames (e.g. ffmpeg -pix_fmt rgb24)",
                 Channel::from(c),
                 f.to_possible_value()
-                    .map_or("?".into(), |v| v.get_name().to_owned())
+                    .map_or("?".into(), |v| v.get_name().to_owned()),
+                if f == raw::RawFormat::Yuv420 {
+                    " (the sender reads its Y plane)"
+                } else {
+                    ""
+                }
             );
         }
     }

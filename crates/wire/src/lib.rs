@@ -610,6 +610,9 @@ pub struct FrameReader<R> {
     /// Bytes already read of the next header (after a hello probe).
     pending: [u8; 4],
     pending_len: usize,
+    /// The part of a hello after its magic read so far (kept across a
+    /// read that failed, so that asking again goes on).
+    hello: Vec<u8>,
     /// Something was read (the hello is no longer where the stream is).
     started: bool,
 }
@@ -623,6 +626,7 @@ impl<R: Read> FrameReader<R> {
             buf: Vec::new(),
             pending: [0; 4],
             pending_len: 0,
+            hello: Vec::new(),
             started: false,
         }
     }
@@ -653,13 +657,16 @@ impl<R: Read> FrameReader<R> {
     /// frame: returns `Ok(None)` when the stream starts straight with a frame
     /// (whose bytes are kept for [`read_frame`](Self::read_frame)) or is empty.
     /// Called again, or after a frame, it reads nothing and returns
-    /// `Ok(None)` (a hello only comes first).
+    /// `Ok(None)` (a hello only comes first). After a read that failed
+    /// ([`WireError::Io`], a socket timeout say) ask again: it goes on where
+    /// it stopped, nothing read is lost.
     pub fn read_hello(&mut self) -> Result<Option<Hello>, WireError> {
         if self.started {
             return Ok(None);
         }
-        // The first 4 bytes go to `pending`: a read that fails (a timeout,
-        // say) keeps what it got, and asked again the reader goes on there.
+        // The first 4 bytes go to `pending`, the rest of a hello to
+        // `hello`: a read that fails (a timeout, say) keeps what it got,
+        // and asked again the reader goes on there.
         while self.pending_len < 4 {
             match self.inner.read(&mut self.pending[self.pending_len..]) {
                 Ok(0) => break,
@@ -668,21 +675,31 @@ impl<R: Read> FrameReader<R> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.started = true;
         if self.pending_len < 4 || self.pending != HELLO_MAGIC {
             // (the stream's first bytes: a frame's, kept for read_frame)
+            self.started = true;
             return Ok(None);
         }
-        self.pending_len = 0;
-        let mut rest = [0u8; 4];
-        let got = read_full(&mut self.inner, &mut rest)?;
-        if got < 4 {
+        let r = self.read_hello_rest();
+        if !matches!(r, Err(WireError::Io(_))) {
+            // done with the hello, or it is wrong: the stream goes on after it
+            self.started = true;
+            self.pending_len = 0;
+            self.hello = Vec::new();
+        }
+        r.map(Some)
+    }
+
+    /// The hello after its magic ([`read_hello`](Self::read_hello)).
+    fn read_hello_rest(&mut self) -> Result<Hello, WireError> {
+        if !fill(&mut self.inner, &mut self.hello, 4)? {
             return Err(WireError::Truncated {
                 part: "hello",
                 expected: 8,
-                got: 4 + got,
+                got: 4 + self.hello.len(),
             });
         }
+        let rest = [self.hello[0], self.hello[1], self.hello[2], self.hello[3]];
         if rest[0] != VERSION {
             return Err(WireError::UnsupportedVersion {
                 what: "hello",
@@ -695,22 +712,20 @@ impl<R: Read> FrameReader<R> {
                 "name length {n} is not 1..={MAX_NAME_LEN}"
             )));
         }
-        let mut name = [0u8; MAX_NAME_LEN];
-        let got = read_full(&mut self.inner, &mut name[..n])?;
-        if got < n {
+        if !fill(&mut self.inner, &mut self.hello, 4 + n)? {
             return Err(WireError::Truncated {
                 part: "hello",
                 expected: 8 + n,
-                got: 8 + got,
+                got: 4 + self.hello.len(),
             });
         }
-        let name = std::str::from_utf8(&name[..n])
+        let name = std::str::from_utf8(&self.hello[4..4 + n])
             .map_err(|e| WireError::BadHello(format!("name is not UTF-8: {e}")))?;
         validate_name(name)?;
-        Ok(Some(Hello {
+        Ok(Hello {
             name: name.to_owned(),
             flags: rest[1],
-        }))
+        })
     }
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream (it ended
@@ -764,6 +779,22 @@ impl<R: Read> FrameReader<R> {
         }
         Ok(Some(FrameRef { header, payload }))
     }
+}
+
+/// Appends to `v` until it holds `want` bytes (`true`) or the stream ends
+/// (`false`). What was read stays in `v` when a read fails.
+fn fill<R: Read>(r: &mut R, v: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+    let mut chunk = [0u8; 64];
+    while v.len() < want {
+        let k = (want - v.len()).min(chunk.len());
+        match r.read(&mut chunk[..k]) {
+            Ok(0) => return Ok(false),
+            Ok(k) => v.extend_from_slice(&chunk[..k]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.

@@ -216,13 +216,16 @@ fn a_hello_read_that_failed_can_be_tried_again() {
     let (hd, p) = frame(8, 1, 0);
     let mut plain = Vec::new();
     encode_frame(&hd, &p, &mut plain);
-    for fail_at in 0..4 {
-        let mut r = FrameReader::new(
-            late(fail_at, Hello::new("late").unwrap().encode()),
-            Limits::default(),
-        );
+    let mut hello = Hello::new("late").unwrap().encode();
+    encode_frame(&hd, &p, &mut hello);
+    for fail_at in 0..12 {
+        let mut r = FrameReader::new(late(fail_at, hello.clone()), Limits::default());
         assert!(r.read_hello().is_err());
         assert_eq!(r.read_hello().unwrap().unwrap().name(), "late", "{fail_at}");
+        assert_eq!(r.read_frame().unwrap().unwrap().header, hd, "{fail_at}");
+        if fail_at >= 4 {
+            continue;
+        }
         // no hello: the frame's first bytes are kept for read_frame
         let mut r = FrameReader::new(late(fail_at, plain.clone()), Limits::default());
         assert!(r.read_hello().is_err());

@@ -228,6 +228,28 @@ pub fn shift(m: &[u8], w: u32, h: u32, dx: i32, dy: i32, fill: bool) -> Vec<u8> 
     o
 }
 
+/// A generated mask and the same moved by `(dx, dy)` with a few bytes of
+/// noise: two consecutive frames of a stream.
+pub fn moved_pair(
+    w: u32,
+    h: u32,
+    kind: u8,
+    dens: u8,
+    seed: u16,
+    dx: i32,
+    dy: i32,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(seed as u64);
+    let m0 = gen_mask(&mut rng, w, h, kind, dens);
+    let mut m1 = shift(&m0, w, h, dx, dy, kind & 0x80 != 0);
+    for _ in 0..(dens % 4) {
+        let i = (rng.next() % m1.len() as u64) as usize;
+        m1[i] ^= rng.next() as u8;
+    }
+    clear_padding(&mut m1, w);
+    (m0, m1)
+}
+
 /// Dimensions from two bytes, biased to edge cases.
 pub fn dims(b: &mut Bytes) -> (u32, u32) {
     let a = b.u8();
@@ -423,14 +445,7 @@ pub mod codec_mutate {
         let dy = (b.u8() as i8 as i32) % 9;
         let nk = b.u8() % 5;
         let nd = b.u8() % 5;
-        let mut rng = Rng(seed as u64);
-        let m0 = gen_mask(&mut rng, w, h, kind, dens);
-        let mut m1 = shift(&m0, w, h, dx, dy, kind & 0x80 != 0);
-        for _ in 0..(dens % 4) {
-            let i = (rng.next() % m1.len() as u64) as usize;
-            m1[i] ^= rng.next() as u8;
-        }
-        clear_padding(&mut m1, w);
+        let (m0, m1) = moved_pair(w, h, kind, dens, seed, dx, dy);
         let mut enc = Encoder::new(Choice::Bilevel, 0);
         let (mut p0, mut p1) = (Vec::new(), Vec::new());
         let e0 = enc.encode(&m0, w, h, 10, &mut p0).unwrap();
@@ -807,14 +822,7 @@ pub mod codec_diff {
         let mode = b.u8();
         let n1 = b.u8() % 6;
         let n2 = b.u8() % 6;
-        let mut rng = Rng(seed as u64);
-        let m0 = gen_mask(&mut rng, w, h, kind, dens);
-        let mut m1 = shift(&m0, w, h, dx, dy, kind & 0x80 != 0);
-        for _ in 0..(dens % 4) {
-            let i = (rng.next() % m1.len() as u64) as usize;
-            m1[i] ^= rng.next() as u8;
-        }
-        clear_padding(&mut m1, w);
+        let (m0, m1) = moved_pair(w, h, kind, dens, seed, dx, dy);
         let mut m2 = shift(&m1, w, h, -dy, dx, false);
         clear_padding(&mut m2, w);
         let mut enc = Encoder::new(Choice::Bilevel, 0);

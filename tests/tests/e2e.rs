@@ -14,6 +14,13 @@ use std::time::Duration;
 /// The sizes every format is checked on: 1 pixel, widths below, above and at a byte, and large ones.
 const SIZES: [(u32, u32); 5] = [(1, 1), (7, 3), (9, 2), (1023, 767), (1024, 768)];
 
+/// The sender's default mask: luma >= 128.
+const LUMA128: bitmask_core::Params = bitmask_core::Params {
+    channel: bitmask_core::Channel::Luma,
+    threshold: 128,
+    invert: false,
+};
+
 /// Images of `sizes` saved as PNG in `dir`, in sending order: noise at even
 /// indices, compressible scenes at odd ones (so the sender's default codec
 /// choice sends some frames compressed and the receiver must decode them).
@@ -454,12 +461,7 @@ fn a_deleted_out_directory_is_made_again_and_latest_follows_a_symlink() {
         f.stderr
     );
     assert_eq!(list(&out), ["frame-000000.raw"], "{}", f.stderr);
-    let luma128 = bitmask_core::Params {
-        channel: bitmask_core::Channel::Luma,
-        threshold: 128,
-        invert: false,
-    };
-    let second = expected_mask(&imgs[1].1, &luma128);
+    let second = expected_mask(&imgs[1].1, &LUMA128);
     assert!(
         read(&out.join("frame-000000.raw")) == second,
         "the frame differs"
@@ -667,55 +669,46 @@ fn a_closed_stderr_does_not_turn_a_run_into_a_crash() {
     let dir = TempDir::new("closed-stderr");
     let out = dir.join("out");
     let (path, img) = images(&dir, &[(64, 48)]).remove(0);
-    let closed = || {
+    // started with stdin empty and stderr a pipe nobody reads
+    let spawn = |cmd: &mut Command| {
         let (r, w) = std::io::pipe().expect("pipe");
         drop(r);
-        w
+        cmd.env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stderr(w)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", show(cmd)))
     };
     let addr = closed_port();
-    let mut recv = Command::new(bin("bitmask-recv"))
-        .args([
-            "--listen", &addr, "--count", "1", "--format", "raw", "--out",
-        ])
-        .arg(&out)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stderr(closed())
-        .spawn()
-        .expect("start bitmask-recv");
+    let mut recv = spawn(
+        Command::new(bin("bitmask-recv"))
+            .args([
+                "--listen", &addr, "--count", "1", "--format", "raw", "--out",
+            ])
+            .arg(&out),
+    );
     // The sender retries its connection until the receiver listens.
-    let mut send = Command::new(bin("bitmask-send"))
-        .args(["--to", &addr, "--no-drop"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stderr(closed())
-        .spawn()
-        .expect("start bitmask-send");
+    let mut send = spawn(
+        Command::new(bin("bitmask-send"))
+            .args(["--to", &addr, "--no-drop"])
+            .arg(&path),
+    );
     let s = wait_child(&mut send, "bitmask-send", Duration::from_secs(30));
     let r = wait_child(&mut recv, "bitmask-recv", Duration::from_secs(30));
     assert!(s.success(), "bitmask-send with a closed stderr: {s}");
     assert!(r.success(), "bitmask-recv with a closed stderr: {r}");
     let files = list(&out);
     assert_eq!(files.len(), 1, "one frame on disk: {files:?}");
-    let luma128 = bitmask_core::Params {
-        channel: bitmask_core::Channel::Luma,
-        threshold: 128,
-        invert: false,
-    };
     assert!(
-        read(&out.join(&files[0])) == expected_mask(&img, &luma128),
+        read(&out.join(&files[0])) == expected_mask(&img, &LUMA128),
         "the frame on disk differs from the mask"
     );
     // The error path: a missing image, exit 1 (not 101).
-    let mut bad = Command::new(bin("bitmask-send"))
-        .args(["--to", &closed_port()])
-        .arg(dir.join("missing.png"))
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stderr(closed())
-        .spawn()
-        .expect("start bitmask-send");
+    let mut bad = spawn(
+        Command::new(bin("bitmask-send"))
+            .args(["--to", &closed_port()])
+            .arg(dir.join("missing.png")),
+    );
     let b = wait_child(&mut bad, "bitmask-send", Duration::from_secs(30));
     assert_eq!(
         b.code(),

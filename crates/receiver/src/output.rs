@@ -81,10 +81,10 @@ pub struct Output {
     dir: Option<PathBuf>,
     /// Masks back to back on stdout.
     stdout: Option<io::BufWriter<io::Stdout>>,
-    /// One file always holding the newest mask, in its own format.
     /// The device of the directory holding `dir`, at the start: `dir` is
     /// made again only there (not under an unmounted disk's mount point).
     dir_parent_dev: Option<u64>,
+    /// One file always holding the newest mask, in its own format.
     latest: Option<(PathBuf, Format)>,
     /// Encoding buffer of `--latest` when its format differs, reused.
     latest_buf: Vec<u8>,

@@ -68,13 +68,16 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
 
-    /// Output directory (created if missing), or `-` for masks back to back on stdout (raw or gray8).
+    /// Output directory (created if missing, and again if deleted while
+    /// running; it must take files at the start), or `-` for masks back to
+    /// back on stdout (raw or gray8).
     #[arg(long, value_name = "DIR|-")]
     out: Option<PathBuf>,
 
     /// One file always holding the newest mask, replaced atomically (readers
     /// never see half a file); in the format its extension names (.png, .pbm,
-    /// .raw, .gray), else --format.
+    /// .raw, .gray), else --format. A symbolic link is followed (its target
+    /// replaced, at each write); a device or FIFO there is refused.
     #[arg(long, value_name = "FILE")]
     latest: Option<PathBuf>,
 

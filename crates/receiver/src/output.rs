@@ -372,10 +372,7 @@ pub fn check_file_target(flag: &str, given: &Path) -> Result<()> {
     } else {
         format!("{} (a link to {})", given.display(), p.display())
     };
-    let parent = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let parent = parent_of(&p);
     if !parent.is_dir() {
         bail!(
             "{flag} {shown}: directory {} does not exist",
@@ -435,14 +432,18 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create files in output directory {}", dir.display()))
 }
 
+/// The directory that holds `p` (`.` for a bare file name).
+fn parent_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// The device of the directory that holds `dir`.
 fn parent_dev(dir: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let parent = match dir.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::metadata(parent).ok().map(|m| m.dev())
+    fs::metadata(parent_of(dir)).ok().map(|m| m.dev())
 }
 
 /// Creates and removes an empty file in `dir` (where frames are written
@@ -703,11 +704,7 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let path = &follow_links(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = write_temp(dir, name, data)?;
+    let tmp = write_temp(parent_of(path), name, data)?;
     rename(&tmp, path)
 }
 

@@ -69,8 +69,9 @@ struct Cli {
     listen: String,
 
     /// Output directory (created if missing, and again if deleted while
-    /// running; it must take files at the start), or `-` for masks back to
-    /// back on stdout (raw or gray8).
+    /// running; it must take files at the start; a disk mounted on it and
+    /// unmounted while running is an error, not files on the card
+    /// underneath), or `-` for masks back to back on stdout (raw or gray8).
     #[arg(long, value_name = "DIR|-")]
     out: Option<PathBuf>,
 

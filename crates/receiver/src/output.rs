@@ -84,6 +84,10 @@ pub struct Output {
     /// The device of the directory holding `dir`, at the start: `dir` is
     /// made again only there (not under an unmounted disk's mount point).
     dir_parent_dev: Option<u64>,
+    /// The device of `dir` itself at the start: a frame is not written when
+    /// `dir` is on another one now (a disk mounted there was unmounted, and
+    /// the files would go to the card underneath).
+    dir_dev: Option<u64>,
     /// One file always holding the newest mask, in its own format.
     latest: Option<(PathBuf, Format)>,
     /// Encoding buffer of `--latest` when its format differs, reused.
@@ -138,6 +142,7 @@ impl Output {
             format,
             dir: None,
             dir_parent_dev: None,
+            dir_dev: None,
             stdout: None,
             latest: None,
             exec: None,
@@ -157,6 +162,7 @@ impl Output {
             Some(p) => {
                 check_dir_target(p)?;
                 o.dir_parent_dev = parent_dev(p);
+                o.dir_dev = dev_of(p);
                 o.dir = Some(p.to_path_buf());
             }
             None => {}
@@ -266,12 +272,28 @@ impl Output {
         let mut failed: Option<anyhow::Error> = None;
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
-            let mut r = write_new(dir, &name, self.format.ext(), data);
+            let now_dev = dev_of(dir);
+            let mut r = match (self.dir_dev, now_dev) {
+                // A disk mounted on `dir` itself was unmounted: what is there
+                // now is the directory underneath, on another device.
+                (Some(was), Some(now)) if was != now => Err(anyhow::anyhow!(
+                    "output directory {} is on another device than at the start ({} now, {} \
+                     then): the disk mounted there was unmounted? Mount it again, or restart \
+                     the receiver to write where it points now",
+                    dir.display(),
+                    show_dev(now),
+                    show_dev(was)
+                )),
+                _ => write_new(dir, &name, self.format.ext(), data),
+            };
             // Deleted while running (a clean-up script, a user): made again,
-            // in the same place only: a disk unmounted under it is a failure.
+            // in the same place only: a disk unmounted under it is a failure,
+            // and so is a mount point (made again, it would be on the card).
             if r.is_err()
+                && now_dev.is_none()
                 && !dir.exists()
                 && self.dir_parent_dev.is_some()
+                && self.dir_dev == self.dir_parent_dev
                 && parent_dev(dir) == self.dir_parent_dev
                 && fs::create_dir(dir).is_ok()
             {
@@ -442,8 +464,21 @@ fn parent_of(p: &Path) -> &Path {
 
 /// The device of the directory that holds `dir`.
 fn parent_dev(dir: &Path) -> Option<u64> {
+    dev_of(parent_of(dir))
+}
+
+/// The device `p` is on (following links), if it exists.
+fn dev_of(p: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata(parent_of(dir)).ok().map(|m| m.dev())
+    fs::metadata(p).ok().map(|m| m.dev())
+}
+
+/// A device number as `ls -l` and `/proc/self/mountinfo` show it: `major:minor`.
+fn show_dev(dev: u64) -> String {
+    // glibc's gnu_dev_major / gnu_dev_minor
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+    format!("{major}:{minor}")
 }
 
 /// Creates and removes an empty file in `dir` (where frames are written
@@ -801,6 +836,30 @@ mod tests {
         o.write(&h(2), &[3], false).unwrap();
         assert_eq!(fs::read(dir.join("frame-000002.raw")).unwrap(), [3]);
         let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn an_out_directory_now_on_another_device_takes_no_frame() {
+        let dir = std::env::temp_dir().join(format!("bitmask-mountpoint-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut o = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
+        let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
+        o.write(&h(0), &[1], false).unwrap();
+        // As if a disk had been mounted on `dir` at the start and was
+        // unmounted since: `dir` is now on the device of its parent.
+        let was = o.dir_dev.unwrap() ^ 0x0801;
+        o.dir_dev = Some(was);
+        let e = format!("{:#}", o.write(&h(1), &[2], false).unwrap_err());
+        assert!(e.contains("another device"), "{e}");
+        assert!(e.contains(&show_dev(was)), "{e}");
+        assert!(!dir.join("frame-000001.raw").exists());
+        // and a mount point deleted is not made again on the parent's device
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(o.write(&h(2), &[3], false).is_err());
+        assert!(!dir.exists());
+        assert_eq!(show_dev(0x0801), "8:1");
+        // glibc makedev(259, 300): an NVMe partition past minor 255
+        assert_eq!(show_dev(0x0011_032c), "259:300");
     }
 
     #[test]

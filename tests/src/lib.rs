@@ -90,13 +90,19 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(root())
+            // `--workspace` with the two binaries picked out: the
+            // dependencies' features are the whole workspace's, as in
+            // `cargo build --workspace` (cargo xtask ci's build step), so
+            // nothing is compiled again (`-p` would rebuild libc and all
+            // above it with fewer features).
             .args([
                 "build",
                 "--quiet",
-                "-p",
-                "bitmask-sender",
-                "-p",
-                "bitmask-receiver",
+                "--workspace",
+                "--bin",
+                "bitmask-send",
+                "--bin",
+                "bitmask-recv",
             ])
             .stdin(Stdio::null())
             .output()

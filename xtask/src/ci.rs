@@ -11,6 +11,15 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     step("rustfmt", || {
         run(cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
+    // The ARM builds take minutes of CPU; started now, in the background at
+    // the lowest priority, they use what the host steps leave idle. Their
+    // Debian tools first: apt runs one at a time (ffmpeg, Chromium follow).
+    step("Debian tools for the Pi builds", crate::dist::ensure_qemu)?;
+    let mut pi_builds = None;
+    step("Pi builds started in the background", || {
+        pi_builds = Some(crate::dist::Background::start()?);
+        Ok(())
+    })?;
     step("clippy", || {
         run(cargo().args([
             "clippy",
@@ -52,7 +61,7 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     })?;
     step(
         "Pi builds under qemu (dist, unit, sigill, e2e, deploy)",
-        crate::dist::ci_step,
+        || crate::dist::ci_step(pi_builds),
     )?;
     step(
         "two-host streaming tests (netns + tc; slow receiver 15 s)",

@@ -668,7 +668,7 @@ fn write_sums() -> Result<()> {
 // `cargo xtask qemu`: the proofs on the CPUs
 
 const QEMU_HELP: &str = "\
-cargo xtask qemu [--no-build] [all|unit|e2e|sigill|deploy]...
+cargo xtask qemu [--no-build] [all|unit|e2e|sigill|deploy|build]...
 
 Proves the Pi builds on emulated Pi CPUs (qemu-user):
   unit    the library unit tests (bitmask-core, bitmask-wire, bitmask-codec) built for
@@ -681,6 +681,8 @@ Proves the Pi builds on emulated Pi CPUs (qemu-user):
           deploy` streams, masks are checked, Ctrl-C leaves no process; error cases
   sigill  test of the test: the ARMv7 build under -cpu arm1176 must die of SIGILL
   all     dist (ARM builds, checked) + all of the above (the CI step)
+  build   only build what the others run (the ARM dist builds and the unit tests'
+          binaries), run nothing: `cargo xtask ci` does this in the background
 ";
 
 /// `cargo xtask qemu`: the proofs under qemu-user.
@@ -701,29 +703,35 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
             print!("{QEMU_HELP}");
             return Ok(());
         }
-        if !matches!(*w, "all" | "unit" | "e2e" | "sigill" | "deploy") {
+        if !matches!(*w, "all" | "unit" | "e2e" | "sigill" | "deploy" | "build") {
             bail!("unknown qemu check {w:?}\n\n{QEMU_HELP}");
         }
+    }
+    if let Ok(parent) = std::env::var(BACKGROUND_OF) {
+        watch_parent(&parent)?;
     }
     let tools = ensure_tools()?;
     ensure_qemu()?;
     let all = what.contains(&"all");
+    let build_only = what.contains(&"build");
     if !no_build
         && (all
+            || build_only
             || what
                 .iter()
                 .any(|w| matches!(*w, "e2e" | "sigill" | "deploy")))
     {
         eprint!("{}", build_dist(&tools, &Arch::ALL, false, PROFILE)?);
     }
-    if all || what.contains(&"unit") {
+    if all || build_only || what.contains(&"unit") {
+        let run_them = all || what.contains(&"unit");
         // both at once (separate target dirs); each reports its own result
         let rs: Vec<Result<()>> = std::thread::scope(|sc| {
             let hs: Vec<_> = Arch::ALL
                 .iter()
                 .map(|&a| {
                     let tools = &tools;
-                    sc.spawn(move || unit_tests(tools, a))
+                    sc.spawn(move || unit_tests(tools, a, run_them))
                 })
                 .collect();
             hs.into_iter()
@@ -733,6 +741,9 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
         for r in rs {
             r?;
         }
+    }
+    if build_only && !all {
+        return Ok(());
     }
     if all || what.contains(&"sigill") {
         sigill_check()?;
@@ -761,8 +772,9 @@ pub fn lib_crates() -> Vec<&'static str> {
 /// optimised one for the vectorised kernels, took about twice as long).
 pub const QEMU_TEST_PROFILE: &str = "qemu-test";
 
-/// The library crates' unit tests, built for `arch` and run under qemu-user.
-pub fn unit_tests(tools: &Tools, arch: Arch) -> Result<()> {
+/// The library crates' unit tests, built for `arch` and run under qemu-user
+/// (only built when `run_them` is false).
+pub fn unit_tests(tools: &Tools, arch: Arch, run_them: bool) -> Result<()> {
     let crates = lib_crates();
     let mut c = tools.cargo("test");
     Tools::target_args(&mut c, arch, true);
@@ -770,6 +782,11 @@ pub fn unit_tests(tools: &Tools, arch: Arch) -> Result<()> {
         c.args(["-p", p]);
     }
     c.args(["--lib", "--profile", QEMU_TEST_PROFILE]);
+    if !run_them {
+        c.arg("--no-run");
+        return run(&mut c)
+            .with_context(|| format!("the unit tests' build for {} failed", arch.name()));
+    }
     let t = Instant::now();
     run(&mut c).with_context(|| {
         format!(
@@ -1018,12 +1035,119 @@ pub fn e2e() -> Result<()> {
     Ok(())
 }
 
+/// Set in the environment of `cargo xtask qemu build` started by
+/// [`Background::start`]: the pid of the `cargo xtask ci` that waits for it.
+const BACKGROUND_OF: &str = "XTASK_BACKGROUND_OF";
+
+/// Stops this process's group (itself, cargo, rustc) within half a second of
+/// the process `parent` ending without waiting for it: a failed or
+/// interrupted `cargo xtask ci` leaves no build running.
+fn watch_parent(parent: &str) -> Result<()> {
+    let parent: i32 = parent
+        .parse()
+        .with_context(|| format!("{BACKGROUND_OF}={parent:?} is not a pid"))?;
+    // SAFETY: getppid and kill have no memory-safety preconditions.
+    if unsafe { libc::getppid() } != parent {
+        bail!("{BACKGROUND_OF}={parent}, but this process's parent is another one");
+    }
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: as above; kill(0, ..) signals this process's own group,
+        // which `Background::start` made apart from the terminal's.
+        if unsafe { libc::getppid() } != parent {
+            unsafe { libc::kill(0, libc::SIGTERM) };
+            std::process::exit(1);
+        }
+    });
+    Ok(())
+}
+
+/// `cargo xtask qemu build`, running in the background at the lowest CPU
+/// priority while `cargo xtask ci` runs its host steps: the ARM builds take
+/// the cores those leave idle (the tests mostly wait on sockets and
+/// timers), and the Pi step then finds them built.
+pub struct Background {
+    child: std::process::Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Background {
+    /// Starts the builds; their output goes to `target/ci-pi-build.log`.
+    /// The tools they need from Debian must be installed first
+    /// ([`ensure_qemu`]): only one apt may run at a time.
+    pub fn start() -> Result<Background> {
+        use std::os::unix::process::CommandExt;
+        let log = root().join("target/ci-pi-build.log");
+        std::fs::create_dir_all(root().join("target"))?;
+        let f = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut c = Command::new(std::env::current_exe()?);
+        c.args(["qemu", "build"])
+            .env(BACKGROUND_OF, std::process::id().to_string())
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            // its own group: stopped as one (see watch_parent); the terminal's
+            // Ctrl-C stops `cargo xtask ci`, and the group follows it
+            .process_group(0);
+        // SAFETY: setpriority is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = c
+            .spawn()
+            .context("cannot start `cargo xtask qemu build` in the background")?;
+        eprintln!(
+            "xtask: the Pi builds started in the background at nice 19 (pid {}); log: {}",
+            child.id(),
+            log.display()
+        );
+        Ok(Background {
+            child,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for the builds; on failure, the error carries the log's end.
+    pub fn wait(mut self) -> Result<()> {
+        let st = self.child.wait()?;
+        let secs = self.started.elapsed().as_secs_f64();
+        if !st.success() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            bail!(
+                "the Pi builds in the background failed ({st}) after {secs:.0} s; the end of {}:\n{tail}",
+                self.log.display()
+            );
+        }
+        eprintln!(
+            "xtask: the Pi builds, started in the background, were done {secs:.0} s after \
+             they started (log: {})",
+            self.log.display()
+        );
+        Ok(())
+    }
+}
+
 /// The CI step: ARM dist builds with their checks, unit tests under qemu, SIGILL
 /// test-of-the-test, e2e. A missing tool fails (it is installed when possible).
-pub fn ci_step() -> Result<()> {
+/// `background`: the builds started by [`Background::start`], waited for first.
+pub fn ci_step(background: Option<Background>) -> Result<()> {
     let t = Instant::now();
     if is_ci() {
         eprintln!("xtask: CI=true: the Pi proofs run in full; nothing is skipped");
+    }
+    if let Some(b) = background {
+        b.wait()?;
     }
     run_qemu(&["all".to_string()])?;
     eprintln!(

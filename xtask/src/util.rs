@@ -122,9 +122,20 @@ pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
 }
 
 /// Builds the two binaries (`profile`: "debug" or "release") and returns their directory.
+///
+/// With the whole workspace's dependency features (`--workspace`, the two
+/// binaries picked out), as `cargo build --workspace` and the tests'
+/// `bitmask_tests::bin` build them: the one build serves all three.
 pub fn build_bins(release: bool) -> Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "-p", "bitmask-sender", "-p", "bitmask-receiver"]);
+    c.args([
+        "build",
+        "--workspace",
+        "--bin",
+        "bitmask-send",
+        "--bin",
+        "bitmask-recv",
+    ]);
     if release {
         c.arg("--release");
     }

@@ -28,10 +28,9 @@ fn core() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let samples = root().join("target/demo/in");
     crate::samples::scene(&samples, 24)?;
-    let img = image::open(samples.join("scene-000.png"))?.to_rgb8();
-    let (w, h) = (img.width(), img.height());
+    let (w, h, rgb) = crate::samples::read_rgb_png(&samples.join("scene-000.png"))?;
     let rgb_path = dir.join("frame.rgb");
-    std::fs::write(&rgb_path, img.as_raw())?;
+    std::fs::write(&rgb_path, &rgb)?;
 
     sh(cargo().args([
         "build",

@@ -61,7 +61,8 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
             "cargo xtask ci\n\
              the full test run (what .ci/run calls): rustfmt, clippy -D warnings, every test\n\
              (numpy interop, camera input with ffmpeg, the live view in headless Chromium),\n\
-             the Pi builds proven under qemu-user, the two-host netbed tests. Installs what it\n\
+             the two-host netbed tests, the Pi builds proven under qemu-user (built in the\n\
+             background at nice 19 from the start; log: target/ci-pi-build.log). Installs what it\n\
              needs (rustup targets and rust-src, Debian packages when root, numpy in\n\
              target/venv) or says what is missing; with CI=true a skipped step fails the run\n"
         }

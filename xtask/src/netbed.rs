@@ -607,11 +607,8 @@ impl Kit {
         let mut expected = Vec::new();
         for i in 0..IMAGES {
             let p = input.join(format!("scene-{i:03}.png"));
-            let img = image::open(&p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .to_rgb8();
-            let view =
-                bitmask_core::ImageRef::new(img.as_raw(), W, H, bitmask_core::PixelFormat::Rgb8)?;
+            let (_, _, rgb) = crate::samples::read_rgb_png(&p)?;
+            let view = bitmask_core::ImageRef::new(&rgb, W, H, bitmask_core::PixelFormat::Rgb8)?;
             let mut bits = vec![0u8; MASK_LEN];
             let params = bitmask_core::Params {
                 channel: bitmask_core::Channel::Blue,

@@ -23,7 +23,8 @@ pub fn scene(dir: &Path, n: usize) -> Result<()> {
             (800.0 - 300.0 * t, 500.0 + 100.0 * (t * 6.28).sin(), 90.0),
             (512.0, 150.0 + 400.0 * t, 60.0),
         ];
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
+        for (x, y) in (0..h).flat_map(|y| (0..w).map(move |x| (x, y))) {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
@@ -40,10 +41,43 @@ pub fn scene(dir: &Path, n: usize) -> Result<()> {
             let b = (base_b + noise).clamp(0, 255) as u8;
             let r = (40.0 + 150.0 * yf / h as f64) as u8;
             let g = (80 + noise).clamp(0, 255) as u8;
-            image::Rgb([r, g, b])
-        });
-        img.save(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
+            rgb.extend_from_slice(&[r, g, b]);
+        }
+        write_rgb_png(&path, w, h, &rgb)?;
     }
     Ok(())
+}
+
+/// Writes an 8-bit RGB PNG (the `png` crate alone: xtask builds without
+/// `image` and its colour management, which the binaries need and xtask
+/// does not).
+fn write_rgb_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> Result<()> {
+    let what = || format!("writing {}", path.display());
+    let f = std::fs::File::create(path).with_context(what)?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().with_context(what)?;
+    wr.write_image_data(rgb).with_context(what)?;
+    wr.finish().with_context(what)
+}
+
+/// Reads an 8-bit RGB PNG such as [`scene`] writes: (width, height, pixels).
+pub fn read_rgb_png(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
+    let what = || format!("reading {}", path.display());
+    let f = std::fs::File::open(path).with_context(what)?;
+    let mut r = png::Decoder::new(std::io::BufReader::new(f))
+        .read_info()
+        .with_context(what)?;
+    let mut buf = vec![0; r.output_buffer_size().context("PNG too large")?];
+    let info = r.next_frame(&mut buf).with_context(what)?;
+    anyhow::ensure!(
+        (info.color_type, info.bit_depth) == (png::ColorType::Rgb, png::BitDepth::Eight),
+        "{}: {:?} {:?}, not 8-bit RGB",
+        path.display(),
+        info.color_type,
+        info.bit_depth
+    );
+    buf.truncate(info.buffer_size());
+    Ok((info.width, info.height, buf))
 }

@@ -11,7 +11,7 @@
 //! * `target/dist/host/` — this machine.
 //! * `target/dist/SHA256SUMS` — `cd target/dist && sha256sum -c SHA256SUMS`.
 //!
-//! Cross builds use their own target dir (`target/cross`), so they neither block on nor
+//! Cross builds use their own target dirs (`target/cross*`), so they neither block on nor
 //! invalidate the host build; everything is cached and a no-change rebuild takes seconds.
 
 use crate::util::{have, is_ci, root, run, show};
@@ -119,6 +119,14 @@ impl Arch {
         match self {
             Arch::V6 => cross_dir(),
             Arch::V7 => root().join("target/cross-armv7"),
+        }
+    }
+    /// The unit tests' target dir: apart from the dist build's, so the two
+    /// build at the same time too (the ARMv6 std is built for each profile).
+    pub fn test_dir(self) -> PathBuf {
+        match self {
+            Arch::V6 => root().join("target/cross-test"),
+            Arch::V7 => root().join("target/cross-armv7-test"),
         }
     }
     fn env_key(self) -> String {
@@ -298,7 +306,11 @@ impl Tools {
     /// Adds `--target` (and -Zbuild-std for ARMv6) to a cross cargo command.
     pub fn target_args(c: &mut Command, arch: Arch, test: bool) {
         c.args(["--target", arch.zig_triple()]);
-        c.arg("--target-dir").arg(arch.cross_dir());
+        c.arg("--target-dir").arg(if test {
+            arch.test_dir()
+        } else {
+            arch.cross_dir()
+        });
         if arch.build_std() {
             c.arg(if test {
                 "-Zbuild-std"
@@ -714,24 +726,45 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
     ensure_qemu()?;
     let all = what.contains(&"all");
     let build_only = what.contains(&"build");
-    if !no_build
+    let dist_needed = !no_build
         && (all
             || build_only
             || what
                 .iter()
-                .any(|w| matches!(*w, "e2e" | "sigill" | "deploy")))
-    {
-        eprint!("{}", build_dist(&tools, &Arch::ALL, false, PROFILE)?);
+                .any(|w| matches!(*w, "e2e" | "sigill" | "deploy")));
+    let unit_needed = all || build_only || what.contains(&"unit");
+    // The dist builds and the unit tests' builds side by side (four target
+    // dirs): each has long serial stretches (std's crates, the final LTO)
+    // that leave a core idle when run one after the other.
+    let (dist, units) = std::thread::scope(|sc| {
+        let tools = &tools;
+        let units = sc.spawn(move || -> Result<()> {
+            if unit_needed {
+                for a in Arch::ALL {
+                    unit_tests(tools, a, false)?;
+                }
+            }
+            Ok(())
+        });
+        let dist = if dist_needed {
+            build_dist(tools, &Arch::ALL, false, PROFILE).map(Some)
+        } else {
+            Ok(None)
+        };
+        (dist, units.join().expect("unit-test build thread"))
+    });
+    if let Some(table) = dist? {
+        eprint!("{table}");
     }
-    if all || build_only || what.contains(&"unit") {
-        let run_them = all || what.contains(&"unit");
+    units?;
+    if all || what.contains(&"unit") {
         // both at once (separate target dirs); each reports its own result
         let rs: Vec<Result<()>> = std::thread::scope(|sc| {
             let hs: Vec<_> = Arch::ALL
                 .iter()
                 .map(|&a| {
                     let tools = &tools;
-                    sc.spawn(move || unit_tests(tools, a, run_them))
+                    sc.spawn(move || unit_tests(tools, a, true))
                 })
                 .collect();
             hs.into_iter()

@@ -1156,10 +1156,25 @@ impl Background {
         if !st.success() {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            // The compiler's first error (the builds beside the failed one
+            // went on writing below it), else the log's end.
+            let from = lines
+                .iter()
+                .position(|l| l.starts_with("error"))
+                .unwrap_or(lines.len().saturating_sub(40));
+            let shown = lines[from..lines.len().min(from + 60)].join("\n");
+            let last = lines[lines
+                .len()
+                .saturating_sub(3)
+                .max(from + 60)
+                .min(lines.len())..]
+                .join("\n");
             bail!(
-                "the Pi builds in the background failed ({st}) after {secs:.0} s; the end of {}:\n{tail}",
-                self.log.display()
+                "the Pi builds in the background failed ({st}) after {secs:.0} s; from {} \
+                 (line {}):\n{shown}\n{}{last}",
+                self.log.display(),
+                from + 1,
+                if last.is_empty() { "" } else { "...\n" }
             );
         }
         eprintln!(

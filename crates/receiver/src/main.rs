@@ -258,7 +258,7 @@ fn run(cli: Cli) -> Result<()> {
         };
         session::Sinks {
             shared: shared.map(std::sync::Mutex::new),
-            per_sender: Some((dir, cli.format)),
+            per_sender: Some((dir.clone(), cli.format, output::MountWatch::new(&dir))),
         }
     } else {
         session::Sinks {

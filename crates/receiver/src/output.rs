@@ -84,10 +84,9 @@ pub struct Output {
     /// The device of the directory holding `dir`, at the start: `dir` is
     /// made again only there (not under an unmounted disk's mount point).
     dir_parent_dev: Option<u64>,
-    /// The device of `dir` itself at the start: a frame is not written when
-    /// `dir` is on another one now (a disk mounted there was unmounted, and
-    /// the files would go to the card underneath).
-    dir_dev: Option<u64>,
+    /// Mount points frames must not be written past once their disk is
+    /// gone: `dir`, and with `--per-sender` the base directory.
+    watches: Vec<MountWatch>,
     /// One file always holding the newest mask, in its own format.
     latest: Option<(PathBuf, Format)>,
     /// Encoding buffer of `--latest` when its format differs, reused.
@@ -142,7 +141,7 @@ impl Output {
             format,
             dir: None,
             dir_parent_dev: None,
-            dir_dev: None,
+            watches: Vec::new(),
             stdout: None,
             latest: None,
             exec: None,
@@ -162,7 +161,7 @@ impl Output {
             Some(p) => {
                 check_dir_target(p)?;
                 o.dir_parent_dev = parent_dev(p);
-                o.dir_dev = dev_of(p);
+                o.watches.push(MountWatch::new(p));
                 o.dir = Some(p.to_path_buf());
             }
             None => {}
@@ -272,28 +271,17 @@ impl Output {
         let mut failed: Option<anyhow::Error> = None;
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
-            let now_dev = dev_of(dir);
-            let mut r = match (self.dir_dev, now_dev) {
-                // A disk mounted on `dir` itself was unmounted: what is there
-                // now is the directory underneath, on another device.
-                (Some(was), Some(now)) if was != now => Err(anyhow::anyhow!(
-                    "output directory {} is on another device than at the start ({} now, {} \
-                     then): the disk mounted there was unmounted? Mount it again, or restart \
-                     the receiver to write where it points now",
-                    dir.display(),
-                    show_dev(now),
-                    show_dev(was)
-                )),
-                _ => write_new(dir, &name, self.format.ext(), data),
+            let mut r = match self.watches.iter().try_for_each(MountWatch::check) {
+                Err(e) => Err(e),
+                Ok(()) => write_new(dir, &name, self.format.ext(), data),
             };
             // Deleted while running (a clean-up script, a user): made again,
             // in the same place only: a disk unmounted under it is a failure,
             // and so is a mount point (made again, it would be on the card).
             if r.is_err()
-                && now_dev.is_none()
                 && !dir.exists()
                 && self.dir_parent_dev.is_some()
-                && self.dir_dev == self.dir_parent_dev
+                && !self.watches.iter().any(MountWatch::was_mount)
                 && parent_dev(dir) == self.dir_parent_dev
                 && fs::create_dir(dir).is_ok()
             {
@@ -471,6 +459,71 @@ fn parent_dev(dir: &Path) -> Option<u64> {
 fn dev_of(p: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(p).ok().map(|m| m.dev())
+}
+
+/// Watches whether a directory is a mount point. Once it has been one (at
+/// the start, or at a check since: a disk mounted after the receiver
+/// started), a check fails while it is not: its disk was unmounted, and
+/// files would go to the card underneath. A disk mounted there again, on
+/// any device, passes. Clones share what was seen.
+#[derive(Clone, Debug)]
+pub struct MountWatch {
+    dir: PathBuf,
+    /// The directory holding `dir`, symbolic links resolved at the start.
+    parent: PathBuf,
+    was_mount: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MountWatch {
+    /// Starts watching `dir` (which should exist) as it is now.
+    pub fn new(dir: &Path) -> MountWatch {
+        let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let parent = match real.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            Some(_) => PathBuf::from("."),
+            None => real.clone(), // the root directory
+        };
+        let w = MountWatch {
+            dir: dir.to_path_buf(),
+            parent,
+            was_mount: Default::default(),
+        };
+        let _ = w.check();
+        w
+    }
+
+    /// Fails when the directory was a mount point and is not one now.
+    pub fn check(&self) -> Result<()> {
+        let (Some(dev), Some(parent)) = (dev_of(&self.dir), dev_of(&self.parent)) else {
+            return Ok(()); // gone or unreadable: the write itself says so
+        };
+        if dev != parent {
+            self.was_mount.store(true, Ordering::Relaxed);
+        } else if self.was_mount() {
+            bail!(
+                "{} was a mount point and is not one now (it is on the device of {}, {}): \
+                 its disk was unmounted? Mount it again; or restart the receiver to write \
+                 to the directory underneath",
+                self.dir.display(),
+                self.parent.display(),
+                show_dev(dev)
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the directory has been seen as a mount point.
+    pub fn was_mount(&self) -> bool {
+        self.was_mount.load(Ordering::Relaxed)
+    }
+}
+
+impl Output {
+    /// Refuses frames while `w` fails, besides the output's own directory
+    /// (`--per-sender`'s base directory for a sender's own directory).
+    pub fn watch(&mut self, w: &MountWatch) {
+        self.watches.push(w.clone());
+    }
 }
 
 /// A device number as `ls -l` and `/proc/self/mountinfo` show it: `major:minor`.
@@ -839,27 +892,46 @@ mod tests {
     }
 
     #[test]
-    fn an_out_directory_now_on_another_device_takes_no_frame() {
-        let dir = std::env::temp_dir().join(format!("bitmask-mountpoint-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+    fn an_out_directory_that_was_a_mount_point_takes_no_frame_once_it_is_not() {
+        let base = std::env::temp_dir().join(format!("bitmask-mountpoint-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let dir = base.join("usb");
         let mut o = Output::open(Some(&dir), None, None, Format::Raw).unwrap();
         let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
+        // not a mount point: written, whatever its device
         o.write(&h(0), &[1], false).unwrap();
-        // As if a disk had been mounted on `dir` at the start and was
-        // unmounted since: `dir` is now on the device of its parent.
-        let was = o.dir_dev.unwrap() ^ 0x0801;
-        o.dir_dev = Some(was);
+        // As if a disk had been mounted on `dir` (seen at a check) and was
+        // unmounted since: `dir` is on its parent's device again.
+        o.watches[0].was_mount.store(true, Ordering::Relaxed);
         let e = format!("{:#}", o.write(&h(1), &[2], false).unwrap_err());
-        assert!(e.contains("another device"), "{e}");
-        assert!(e.contains(&show_dev(was)), "{e}");
+        assert!(e.contains("was a mount point and is not one now"), "{e}");
+        let dev = dev_of(&base).unwrap();
+        assert!(e.contains(&show_dev(dev)), "{e}");
         assert!(!dir.join("frame-000001.raw").exists());
         // and a mount point deleted is not made again on the parent's device
         fs::remove_dir_all(&dir).unwrap();
         assert!(o.write(&h(2), &[3], false).is_err());
         assert!(!dir.exists());
+        // --per-sender: a sender's directory under a base that was a mount point
+        fs::create_dir_all(base.join("base/cam")).unwrap();
+        let w = MountWatch::new(&base.join("base"));
+        assert!(!w.was_mount());
+        w.check().unwrap();
+        let mut own = Output::open(Some(&base.join("base/cam")), None, None, Format::Raw).unwrap();
+        own.watch(&w);
+        own.write(&h(3), &[4], false).unwrap();
+        w.clone().was_mount.store(true, Ordering::Relaxed); // clones share it
+        assert!(own.write(&h(4), &[5], false).is_err());
+        assert!(w.check().is_err());
+        // a symbolic link to a directory: its parent is the target's
+        std::os::unix::fs::symlink(base.join("base"), base.join("link")).unwrap();
+        let l = MountWatch::new(&base.join("link"));
+        assert_eq!(l.parent, fs::canonicalize(&base).unwrap());
+        l.check().unwrap();
         assert_eq!(show_dev(0x0801), "8:1");
         // glibc makedev(259, 300): an NVMe partition past minor 255
         assert_eq!(show_dev(0x0011_032c), "259:300");
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]

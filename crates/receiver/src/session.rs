@@ -13,7 +13,7 @@
 //! `--max-size`, each frame due within `--timeout` of its first byte
 //! (slow-loris), each connection dropped after `--timeout` of silence.
 
-use crate::output::{Format, Output, Written};
+use crate::output::{Format, MountWatch, Output, Written};
 use crate::stats::{self, SenderHandle, StatsRegistry};
 use anyhow::{Context, Result};
 use bitmask_wire::{FrameReader, Header, Limits, WireError};
@@ -132,8 +132,9 @@ pub struct Sinks {
     /// One output for every sender (the single-sender layout, stdout,
     /// `--latest`, `--exec`), or None.
     pub shared: Option<Mutex<Output>>,
-    /// `--per-sender`: files go to DIR/<name>/ in this format.
-    pub per_sender: Option<(PathBuf, Format)>,
+    /// `--per-sender`: files go to DIR/<name>/ in this format, not while
+    /// DIR was a mount point and is not one now.
+    pub per_sender: Option<(PathBuf, Format, MountWatch)>,
 }
 
 /// Everything the sessions share. Built once in `main`.
@@ -526,12 +527,18 @@ impl StreamCtx {
         let mut took = false;
         let mut given_up = false;
         let mut failed: Option<anyhow::Error> = None;
-        if let (None, Some((dir, format))) = (&self.own, &self.hub.sinks.per_sender) {
+        if let (None, Some((dir, format, watch))) = (&self.own, &self.hub.sinks.per_sender) {
             // Created with the first frame, not at the hello: a name alone
             // leaves no directory behind.
             let d = dir.join(&self.name);
-            match Output::open(Some(&d), None, None, *format) {
-                Ok(o) => self.own = Some(o),
+            match watch
+                .check()
+                .and_then(|()| Output::open(Some(&d), None, None, *format))
+            {
+                Ok(mut o) => {
+                    o.watch(watch);
+                    self.own = Some(o);
+                }
                 Err(e) => {
                     failed = Some(e.context(format!("output directory {}", d.display())));
                 }

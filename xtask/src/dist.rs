@@ -1162,19 +1162,18 @@ impl Background {
                 .iter()
                 .position(|l| l.starts_with("error"))
                 .unwrap_or(lines.len().saturating_sub(40));
-            let shown = lines[from..lines.len().min(from + 60)].join("\n");
-            let last = lines[lines
-                .len()
-                .saturating_sub(3)
-                .max(from + 60)
-                .min(lines.len())..]
-                .join("\n");
+            // 60 lines from there, and the log's last 3 when it goes on
+            let end = lines.len().min(from + 60);
+            let mut shown = lines[from..end].join("\n");
+            if end < lines.len() {
+                let tail = lines.len().saturating_sub(3).max(end);
+                shown = format!("{shown}\n...\n{}", lines[tail..].join("\n"));
+            }
             bail!(
                 "the Pi builds in the background failed ({st}) after {secs:.0} s; from {} \
-                 (line {}):\n{shown}\n{}{last}",
+                 (line {}):\n{shown}",
                 self.log.display(),
-                from + 1,
-                if last.is_empty() { "" } else { "...\n" }
+                from + 1
             );
         }
         eprintln!(

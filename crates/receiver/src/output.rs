@@ -208,6 +208,12 @@ impl Output {
         Ok(o)
     }
 
+    /// Refuses frames while `w` fails, besides the output's own directory
+    /// (`--per-sender`'s base directory for a sender's own directory).
+    pub fn watch(&mut self, w: &MountWatch) {
+        self.watches.push(w.clone());
+    }
+
     /// Writes one decoded mask (wire layout) of the frame `h` to every sink.
     /// With `check`, first looks in the output directory: when it holds the
     /// frame's file already, byte for byte (written before the receiver
@@ -271,10 +277,11 @@ impl Output {
         let mut failed: Option<anyhow::Error> = None;
         if let Some(dir) = &self.dir {
             let name = format!("frame-{:06}", h.sequence);
-            let mut r = match self.watches.iter().try_for_each(MountWatch::check) {
-                Err(e) => Err(e),
-                Ok(()) => write_new(dir, &name, self.format.ext(), data),
-            };
+            let mut r = self
+                .watches
+                .iter()
+                .try_for_each(MountWatch::check)
+                .and_then(|()| write_new(dir, &name, self.format.ext(), data));
             // Deleted while running (a clean-up script, a user): made again,
             // in the same place only: a disk unmounted under it is a failure,
             // and so is a mount point (made again, it would be on the card).
@@ -471,6 +478,8 @@ pub struct MountWatch {
     dir: PathBuf,
     /// The directory holding `dir`, symbolic links resolved at the start.
     parent: PathBuf,
+    /// The device of `parent` at the start (read once, not at every frame).
+    parent_dev: Option<u64>,
     was_mount: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -479,12 +488,12 @@ impl MountWatch {
     pub fn new(dir: &Path) -> MountWatch {
         let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let parent = match real.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            Some(_) => PathBuf::from("."),
             None => real.clone(), // the root directory
+            Some(_) => parent_of(&real).to_path_buf(),
         };
         let w = MountWatch {
             dir: dir.to_path_buf(),
+            parent_dev: dev_of(&parent),
             parent,
             was_mount: Default::default(),
         };
@@ -494,7 +503,7 @@ impl MountWatch {
 
     /// Fails when the directory was a mount point and is not one now.
     pub fn check(&self) -> Result<()> {
-        let (Some(dev), Some(parent)) = (dev_of(&self.dir), dev_of(&self.parent)) else {
+        let (Some(dev), Some(parent)) = (dev_of(&self.dir), self.parent_dev) else {
             return Ok(()); // gone or unreadable: the write itself says so
         };
         if dev != parent {
@@ -515,14 +524,6 @@ impl MountWatch {
     /// Whether the directory has been seen as a mount point.
     pub fn was_mount(&self) -> bool {
         self.was_mount.load(Ordering::Relaxed)
-    }
-}
-
-impl Output {
-    /// Refuses frames while `w` fails, besides the output's own directory
-    /// (`--per-sender`'s base directory for a sender's own directory).
-    pub fn watch(&mut self, w: &MountWatch) {
-        self.watches.push(w.clone());
     }
 }
 

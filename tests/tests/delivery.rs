@@ -378,7 +378,12 @@ fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
     let expected = inputs_sized(&tmp.join("in"), 320, 240);
     let out = tmp.join("out");
     let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(3));
+    let proxy = pausing_proxy(
+        r.addr.clone(),
+        AFTER_20,
+        Duration::from_secs(3),
+        Pause::Closed,
+    );
     let s = send_150(&proxy, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
@@ -391,15 +396,56 @@ fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
 }
 
 #[test]
+fn a_stalled_receiver_whose_window_opens_a_little_at_a_time_is_waited_for_and_said() {
+    // As above, but the window never stays closed for a whole --timeout
+    // (seen on CI: the kernel packed the stalled reader's queue), so no
+    // write fails with a timeout: the sender must still say that it waits.
+    let tmp = TempDir::new("delivery-trickle");
+    let expected = inputs_sized(&tmp.join("in"), 320, 240);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
+    let proxy = pausing_proxy(
+        r.addr.clone(),
+        AFTER_20,
+        Duration::from_secs(4),
+        Pause::Trickle,
+    );
+    let s = send_150(&proxy, &tmp.join("in"));
+    let rl = r.proc.terminate(LIMIT);
+    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
+    waited_not_reconnected(&s, &why);
+    assert!(s.stderr.contains("has confirmed no frame for"), "{why}");
+    assert_eq!(
+        written(&out, &expected),
+        (0..150).collect::<Vec<u64>>(),
+        "{why}"
+    );
+}
+
+#[test]
 fn a_receiver_stalled_past_the_limit_is_given_a_new_connection() {
     // The proxy stops reading for 16 s: past the 10 s a receiver whose host
     // answers is waited for, the sender gives the link up and sends on a
     // new one; everything is still written once.
-    let tmp = TempDir::new("delivery-window-long");
+    stalled_past_the_limit("delivery-window-long", Pause::Closed, 16);
+}
+
+#[test]
+fn a_receiver_stalled_past_the_limit_behind_a_trickling_window_is_given_a_new_connection() {
+    // As above, with a window that opens a little at a time, for 13 s: the
+    // 10 s count from the last confirmation, not from when the window
+    // filled (some 5 s into the pause at this rate: that would be 15 s).
+    stalled_past_the_limit("delivery-trickle-long", Pause::Trickle, 13);
+}
+
+/// A proxy pausing (`how`) for `secs` in front of a receiver: the sender
+/// gives the link up and all 150 frames are written once.
+fn stalled_past_the_limit(tag: &str, how: Pause, secs: u64) {
+    let tmp = TempDir::new(tag);
     let expected = inputs_sized(&tmp.join("in"), 320, 240);
     let out = tmp.join("out");
     let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(16));
+    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(secs), how);
     let s = send_150(&proxy, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
@@ -442,7 +488,9 @@ fn send_150(to: &str, dir: &Path) -> Finished {
 /// The sender waited for a slow receiver, saying so, and confirmed all 150
 /// frames on one connection. (Which wait says it, the write's or the one
 /// for confirmations, depends on how many frames the socket buffers took
-/// first; the netbed `stall` test asserts the write's on a real link.)
+/// first and on whether the kernel, packing the stalled reader's queue,
+/// opens its window a little at a time; the netbed `stall` test asserts
+/// the write's on a real link.)
 fn waited_not_reconnected(s: &Finished, why: &str) {
     assert!(s.status.success(), "{}: {why}", s.status);
     assert!(s.stderr.contains("confirmed 150;"), "{why}");
@@ -455,12 +503,24 @@ fn waited_not_reconnected(s: &Finished, why: &str) {
     assert!(!s.stderr.contains("sent again"), "{why}");
 }
 
+/// How a [`pausing_proxy`] pauses.
+#[derive(Clone, Copy)]
+enum Pause {
+    /// It reads nothing: the sender's window closes.
+    Closed,
+    /// It goes on reading 4 KiB every 50 ms but passes nothing on until
+    /// the pause ends, as a kernel does that packs a stalled reader's
+    /// receive queue: the window opens a little at a time, and no write
+    /// waits a whole --timeout.
+    Trickle,
+}
+
 /// A TCP proxy in front of `upstream` whose listening socket has a small
 /// receive buffer (so a sender's window closes soon) and which, on its
-/// first connection, stops reading from the sender for `pause` once
-/// `after` bytes went upstream (a frame boundary, say: the receiver then
-/// waits between two frames, not inside one). Returns its address.
-fn pausing_proxy(upstream: String, after: usize, pause: Duration) -> String {
+/// first connection, pauses (`how`) for `pause` once `after` bytes went
+/// upstream (a frame boundary, say: the receiver then waits between two
+/// frames, not inside one). Returns its address.
+fn pausing_proxy(upstream: String, after: usize, pause: Duration, how: Pause) -> String {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(16 << 10).unwrap();
@@ -502,8 +562,29 @@ fn pausing_proxy(upstream: String, after: usize, pause: Duration) -> String {
                         return;
                     }
                     if split < k || passed + k == pause_at {
-                        std::thread::sleep(pause);
-                        if to.write_all(&b[split..k]).is_err() {
+                        let mut held = b[split..k].to_vec();
+                        match how {
+                            Pause::Closed => std::thread::sleep(pause),
+                            Pause::Trickle => {
+                                let t = Instant::now();
+                                // (a sender with nothing to write must not
+                                // hold the pause past its end)
+                                let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                                while t.elapsed() < pause {
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    match from.read(&mut b[..4096]) {
+                                        Ok(0) => break,
+                                        Ok(n) => held.extend_from_slice(&b[..n]),
+                                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                        Err(_) => break,
+                                    }
+                                }
+                                let _ = from.set_read_timeout(None);
+                                // (counted in `passed` as if read now)
+                                passed += held.len() - (k - split);
+                            }
+                        }
+                        if to.write_all(&held).is_err() {
                             return;
                         }
                     }

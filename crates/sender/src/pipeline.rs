@@ -635,6 +635,8 @@ const RESUME_WAIT: Duration = Duration::from_secs(1);
 /// A frame written and not yet confirmed.
 struct InFlight {
     sequence: u64,
+    /// When it was written.
+    sent_at: Instant,
     /// Links the receiver ended at it so far (see [`MAX_TRIES`]).
     tries: u8,
     /// Kept with `--no-drop`, to be sent again if the link breaks.
@@ -787,6 +789,46 @@ impl Delivery {
             self.links_since_progress = 0;
         }
         false
+    }
+
+    /// How long the receiver has confirmed nothing while frames are in
+    /// flight: since the last confirmation or since the oldest frame in
+    /// flight was written, whichever is later. `None` with none in flight.
+    fn unconfirmed_for(&self) -> Option<Duration> {
+        let oldest = self.inflight.front()?.sent_at;
+        Some(
+            self.last_progress
+                .map_or(oldest, |p| p.max(oldest))
+                .elapsed(),
+        )
+    }
+
+    /// Says (at most every [`net::SLOW_NOTE`]) that the receiver has
+    /// confirmed no frame for over `--timeout` while frames are in flight
+    /// and its host answers. Only a note: the window is not full, so the
+    /// sender goes on writing (a full one is [`make_room`]'s to judge).
+    /// Without it a receiver whose output stalls while its TCP window
+    /// still opens a little at a time (the kernel packing its receive
+    /// queue) would be waited for without a word.
+    fn note_unconfirmed(&mut self, l: &dyn Link, cfg: &Config) {
+        if self.inflight.is_empty() || !self.tracking || l.acked().is_none() {
+            return;
+        }
+        let waited = self.unconfirmed_for().unwrap_or_default();
+        if waited <= cfg.timeout
+            || self.slow_said.is_some_and(|t| t.elapsed() < net::SLOW_NOTE)
+            || !l.peer_answers()
+        {
+            return;
+        }
+        self.slow_said = Some(Instant::now());
+        log::warn!(
+            "state: receiver {} has confirmed no frame for {:.1} s ({} in flight), but its \
+             host answers: its output or the link is slow",
+            cfg.to,
+            waited.as_secs_f64(),
+            self.inflight.len()
+        );
     }
 
     /// A link that has not acknowledged its hello within [`ACK_GRACE`]
@@ -1263,6 +1305,9 @@ fn network_loop_via(
         if gone.is_none() && d.tracking {
             gone = make_room(cfg, l.as_mut(), &mut d, queue, counters, connected_at);
         }
+        if gone.is_none() {
+            d.note_unconfirmed(l.as_ref(), cfg);
+        }
         if let Some((why, by_peer)) = gone {
             // Nothing was written: the frame goes first on the next
             // connection (where a newer one replaces it, as above, unless
@@ -1306,6 +1351,7 @@ fn network_loop_via(
                     };
                     d.inflight.push_back(InFlight {
                         sequence: slot.sequence,
+                        sent_at: Instant::now(),
                         tries: slot.tries,
                         mask,
                     });
@@ -1407,14 +1453,12 @@ fn make_room(
         return None;
     }
     let window = if cfg.no_drop { WINDOW } else { LIVE_WINDOW };
-    let mut since = Instant::now();
     while d.tracking && d.inflight.len() >= window {
         if stop_requested().is_some() {
             // the final wait for confirmations is the stop's (a new
             // connection would only send the window again)
             return None;
         }
-        let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
         let foreign = d.release(l, cfg, queue, counters);
         if let Some(why) = why {
@@ -1427,19 +1471,21 @@ fn make_room(
             d.acks_overdue(l, connected_at, cfg, queue);
             continue;
         }
-        if d.inflight.len() < before {
-            since = Instant::now();
-        } else if since.elapsed() > cfg.timeout {
+        // (counted from the last confirmation, or the write of the oldest
+        // frame in flight: a window that opened a little at a time while
+        // the receiver stalled may have filled long after either)
+        let waited = d.unconfirmed_for().unwrap_or_default();
+        if waited > cfg.timeout {
             // A receiver whose host answers is given SLOW_LIMIT: its
             // output may be behind (a new connection would not help). Its
             // TCP acknowledging the frames does not prove that they are
             // read, so past that a new connection is tried after all.
-            let slow = since.elapsed() < net::SLOW_LIMIT.max(cfg.timeout) && l.peer_answers();
+            let slow = waited < net::SLOW_LIMIT.max(cfg.timeout) && l.peer_answers();
             if !slow {
                 return Some((
                     format!(
                         "the receiver confirmed no frame for {:.1} s",
-                        since.elapsed().as_secs_f64()
+                        waited.as_secs_f64()
                     ),
                     false,
                 ));
@@ -1450,7 +1496,7 @@ fn make_room(
                     "state: receiver {} has confirmed no frame for {:.1} s, but its host \
                      answers: its output may be behind; waiting for it (up to {} s)",
                     cfg.to,
-                    since.elapsed().as_secs_f64(),
+                    waited.as_secs_f64(),
                     net::SLOW_LIMIT.max(cfg.timeout).as_secs()
                 );
             }

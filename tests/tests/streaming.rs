@@ -753,12 +753,13 @@ fn a_sender_silent_between_frames_yields_its_slot_when_all_are_taken() {
         "--timeout",
         "1",
     ]);
-    // "slow" sends a frame, then nothing for 4 s.
+    // "slow" sends a frame, then nothing for 10 s (time for "cam" to
+    // start and take the slot on a loaded machine).
     let mut slow = Proc::spawn(&mut sender(
         &recv.addr,
         "slow",
         &tmp.join("in"),
-        &["--fps", "0.25", "--count", "2", "--no-drop"],
+        &["--fps", "0.1", "--count", "2", "--no-drop"],
     ));
     recv.proc
         .wait_for_stderr("state: stream from \"slow\"", LIMIT);
@@ -1013,9 +1014,12 @@ fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them(
     let f = s.terminate(LIMIT);
     let captured = summary_count(&f.stderr, "captured");
     let dropped = summary_count(&f.stderr, "dropped");
-    // about 120 captured and 40 taken: most are dropped (none were before)
+    // About 120 captured and 40 taken: most are dropped (none were
+    // before). What is not dropped is at most what the consumer took in
+    // 8 s (40), the 8 frames in flight and a few in the pipe and queue,
+    // however slowly a loaded machine runs the shell camera.
     assert!(
-        captured >= 60 && dropped * 3 >= captured,
+        captured >= 60 && captured - dropped <= 64,
         "captured {captured}, dropped {dropped}:\n{}",
         f.stderr
     );
@@ -1035,7 +1039,10 @@ fn log_every_spaces_the_progress_lines_and_rates_cover_the_interval() {
         &tmp.join("in"),
         &["--fps", "20", "--log-every", "3"],
     ));
-    std::thread::sleep(Duration::from_millis(4500));
+    // each first line comes 3 s after its process started; the second
+    // would come 3 s later (a line a second: 1 s later)
+    s.wait_for_stderr("captured ", Duration::from_secs(20));
+    recv.proc.wait_for_stderr(" fps, ", Duration::from_secs(20));
     let sl = s.terminate(LIMIT);
     let rl = recv.proc.terminate(LIMIT);
     let progress: Vec<&str> = sl
@@ -1048,7 +1055,7 @@ fn log_every_spaces_the_progress_lines_and_rates_cover_the_interval() {
         .lines()
         .filter(|l| l.contains("INFO") && l.contains("cam: ") && l.contains(" fps"))
         .collect();
-    // one line each at 3 s (a line a second would be 4)
+    // one line each at 3 s (a line a second would be 3 by then)
     assert_eq!(progress.len(), 1, "sender:\n{}", sl.stderr);
     assert_eq!(lines.len(), 1, "receiver:\n{}", rl.stderr);
     // the rates are over the 3 s, not the last second's nor since the start
@@ -1063,5 +1070,7 @@ fn log_every_spaces_the_progress_lines_and_rates_cover_the_interval() {
         .find_map(|p| p.strip_suffix(" fps"))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no fps in {}", lines[0]));
-    assert!((10.0..=30.0).contains(&fps), "{}", lines[0]);
+    // (20 fps over the 3 s, less the sender's start-up; 60 would be the
+    // 3 s of frames over one second)
+    assert!((5.0..=30.0).contains(&fps), "{}", lines[0]);
 }

@@ -52,7 +52,8 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     let mut tally = Tally::default();
     step("tests", || {
         let mut c = cargo();
-        c.args(["test", "--workspace"]);
+        // (every failing test binary is shown, not only the first)
+        c.args(["test", "--workspace", "--no-fail-fast"]);
         if is_ci() {
             c.env("CI", "true");
         }

@@ -76,6 +76,17 @@ pub fn have(prog: &str) -> bool {
 /// Python packages the tests and benchmarks need, installed into `target/venv`.
 pub const PY_PACKAGES: &[&str] = &["numpy", "pillow"];
 
+/// The versions installed: the tests compare with numpy, Pillow and
+/// scikit-image bit for bit (Otsu's threshold, `convert('L')`), so CI on
+/// a clean clone gets the versions they were checked against, not
+/// whatever PyPI has that day. (A venv that already imports a package is
+/// used as it is.)
+const PY_PINS: &[(&str, &str)] = &[
+    ("numpy", "2.4.6"),
+    ("pillow", "13.0.0"),
+    ("scikit-image", "0.26.0"),
+];
+
 /// The venv's python, created and filled with [`PY_PACKAGES`] (plus `extra`) when missing.
 pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
     let venv = root().join("target/venv");
@@ -110,7 +121,13 @@ pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
         .collect();
     if !missing.is_empty() {
         let mut c = Command::new(&py);
-        c.args(["-m", "pip", "install", "-q"]).args(&missing);
+        c.args(["-m", "pip", "install", "-q"])
+            .args(missing.iter().map(|m| {
+                PY_PINS
+                    .iter()
+                    .find(|(name, _)| name == m)
+                    .map_or(m.to_string(), |(name, v)| format!("{name}=={v}"))
+            }));
         run(&mut c).with_context(|| {
             format!(
                 "pip could not install {missing:?}; install them by hand into {}",

@@ -120,14 +120,28 @@ pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
         })
         .collect();
     if !missing.is_empty() {
-        let mut c = Command::new(&py);
-        c.args(["-m", "pip", "install", "-q"])
-            .args(missing.iter().map(|m| {
+        let pinned: Vec<String> = missing
+            .iter()
+            .map(|m| {
                 PY_PINS
                     .iter()
                     .find(|(name, _)| name == m)
                     .map_or(m.to_string(), |(name, v)| format!("{name}=={v}"))
-            }));
+            })
+            .collect();
+        let mut c = Command::new(&py);
+        c.args(["-m", "pip", "install", "-q"]).args(&pinned);
+        if run(&mut c).is_ok() {
+            return Ok(py);
+        }
+        // (numpy 2.4 needs Python 3.11 or newer, say: the newest versions
+        // this Python takes are better than no comparison at all)
+        eprintln!(
+            "xtask: pip could not install {pinned:?}; trying the newest versions this \
+             Python takes instead"
+        );
+        let mut c = Command::new(&py);
+        c.args(["-m", "pip", "install", "-q"]).args(&missing);
         run(&mut c).with_context(|| {
             format!(
                 "pip could not install {missing:?}; install them by hand into {}",

@@ -113,8 +113,8 @@ struct Cli {
     name: Option<String>,
 
     /// Connect timeout in seconds. Also how long a write may stall, or the
-    /// receiver confirm nothing with --no-drop, before the link counts as lost
-    /// and the sender reconnects. While the receiver's host still answers (its
+    /// receiver confirm nothing while the window of frames in flight is full,
+    /// before the link counts as lost and the sender reconnects. While the receiver's host still answers (its
     /// TCP acknowledges, nothing is retransmitted) the receiver is only slow,
     /// and the sender waits for it (logged) up to 10 s, or SECS if longer.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]

@@ -674,6 +674,9 @@ struct Delivery {
     wrote: bool,
     /// When waiting for a slow receiver's confirmations was last said.
     slow_said: Option<Instant>,
+    /// When frames unconfirmed with room in the window were last said
+    /// ([`Delivery::note_unconfirmed`]).
+    unconfirmed_said: Option<Instant>,
     /// Links made since the receiver last confirmed a frame (or, when it
     /// confirms none, since a frame was last written).
     links_since_progress: u32,
@@ -811,17 +814,24 @@ impl Delivery {
     /// still opens a little at a time (the kernel packing its receive
     /// queue) would be waited for without a word.
     fn note_unconfirmed(&mut self, l: &dyn Link, cfg: &Config) {
-        if self.inflight.is_empty() || !self.tracking || l.acked().is_none() {
+        let Some(newest) = self.inflight.back() else {
+            return;
+        };
+        // (after a pause of the input the newest frame may just be
+        // unconfirmed, say a damaged one: the next confirmation covers it)
+        if !self.tracking || l.acked().is_none() || newest.sent_at.elapsed() > cfg.timeout {
             return;
         }
         let waited = self.unconfirmed_for().unwrap_or_default();
         if waited <= cfg.timeout
-            || self.slow_said.is_some_and(|t| t.elapsed() < net::SLOW_NOTE)
+            || self
+                .unconfirmed_said
+                .is_some_and(|t| t.elapsed() < net::SLOW_NOTE)
             || !l.peer_answers()
         {
             return;
         }
-        self.slow_said = Some(Instant::now());
+        self.unconfirmed_said = Some(Instant::now());
         log::warn!(
             "state: receiver {} has confirmed no frame for {:.1} s ({} in flight), but its \
              host answers: its output or the link is slow",
@@ -1453,14 +1463,21 @@ fn make_room(
         return None;
     }
     let window = if cfg.no_drop { WINDOW } else { LIVE_WINDOW };
+    // (a host that does not answer is judged after a --timeout of this
+    // wait: one look at TCP_INFO during a retransmission is no verdict)
+    let mut since = Instant::now();
     while d.tracking && d.inflight.len() >= window {
         if stop_requested().is_some() {
             // the final wait for confirmations is the stop's (a new
             // connection would only send the window again)
             return None;
         }
+        let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
         let foreign = d.release(l, cfg, queue, counters);
+        if d.inflight.len() < before {
+            since = Instant::now();
+        }
         if let Some(why) = why {
             return Some((format!("the receiver ended it ({why})"), true));
         }
@@ -1471,16 +1488,18 @@ fn make_room(
             d.acks_overdue(l, connected_at, cfg, queue);
             continue;
         }
-        // (counted from the last confirmation, or the write of the oldest
-        // frame in flight: a window that opened a little at a time while
-        // the receiver stalled may have filled long after either)
+        // (SLOW_LIMIT counts from the last confirmation, or the write of
+        // the oldest frame in flight: a window that opened a little at a
+        // time while the receiver stalled may have filled long after
+        // either)
         let waited = d.unconfirmed_for().unwrap_or_default();
-        if waited > cfg.timeout {
+        let limit = net::SLOW_LIMIT.max(cfg.timeout);
+        if waited > cfg.timeout && (waited >= limit || since.elapsed() > cfg.timeout) {
             // A receiver whose host answers is given SLOW_LIMIT: its
             // output may be behind (a new connection would not help). Its
             // TCP acknowledging the frames does not prove that they are
             // read, so past that a new connection is tried after all.
-            let slow = waited < net::SLOW_LIMIT.max(cfg.timeout) && l.peer_answers();
+            let slow = waited < limit && l.peer_answers();
             if !slow {
                 return Some((
                     format!(
@@ -1497,7 +1516,7 @@ fn make_room(
                      answers: its output may be behind; waiting for it (up to {} s)",
                     cfg.to,
                     waited.as_secs_f64(),
-                    net::SLOW_LIMIT.max(cfg.timeout).as_secs()
+                    limit.as_secs()
                 );
             }
         }
@@ -1800,6 +1819,89 @@ mod tests {
             None
         }
         fn finish(self: Box<Self>) {}
+    }
+
+    /// A receiver that confirms nothing past its first acknowledgement;
+    /// its host answers or not.
+    struct Silent {
+        answers: bool,
+    }
+
+    impl Link for Silent {
+        fn send_frame(&mut self, _frame: &[u8], _sequence: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn acked(&self) -> Option<u64> {
+            Some(0)
+        }
+        fn wait_acks(&mut self, _limit: Duration) -> Option<String> {
+            std::thread::sleep(Duration::from_millis(1));
+            None
+        }
+        fn peer_answers(&self) -> bool {
+            self.answers
+        }
+        fn finish(self: Box<Self>) {}
+    }
+
+    /// A full `--no-drop` window whose oldest frame was written `age` ago
+    /// (the rest just now), nothing confirmed: what `make_room` says and
+    /// how long it took.
+    fn full_window(age: Duration, answers: bool) -> (Option<(String, bool)>, Duration) {
+        let now = Instant::now();
+        let mut d = Delivery {
+            tracking: true,
+            ..Delivery::default()
+        };
+        for sequence in 0..WINDOW as u64 {
+            d.inflight.push_back(InFlight {
+                sequence,
+                sent_at: if sequence == 0 {
+                    now.checked_sub(age).expect("the clock has run that long")
+                } else {
+                    now
+                },
+                tries: 0,
+                mask: None,
+            });
+        }
+        let q = FrameQueue::new(64, true);
+        let t = Instant::now();
+        let r = make_room(
+            &cfg(true),
+            &mut Silent { answers },
+            &mut d,
+            &q,
+            &Counters::default(),
+            now,
+        );
+        (r, t.elapsed())
+    }
+
+    #[test]
+    fn the_slow_limit_counts_from_the_oldest_unconfirmed_write_not_from_a_full_window() {
+        // (a window that opened a little at a time while the receiver
+        // stalled fills long after it stopped confirming)
+        let (r, _) = full_window(Duration::from_secs(11), true);
+        let (why, by_peer) = r.expect("given up");
+        assert!(
+            why.starts_with("the receiver confirmed no frame for 11."),
+            "{why}"
+        );
+        assert!(!by_peer);
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_is_judged_after_a_timeout_of_waiting_not_at_once() {
+        // unconfirmed for 2 s (over --timeout) when the window fills, and
+        // TCP_INFO says "retransmitting": one look is no verdict
+        let (r, took) = full_window(Duration::from_secs(2), false);
+        let (why, _) = r.expect("given up");
+        assert!(took >= cfg(true).timeout, "gave up after {took:?}: {why}");
+        assert!(
+            why.starts_with("the receiver confirmed no frame for 3."),
+            "{why}"
+        );
     }
 
     struct CountingEncoder(Arc<AtomicU64>);

@@ -947,14 +947,25 @@ mod tests {
             let mut o = Output::open(Some(&dir), None, None, format).unwrap();
             let h = |seq| Header::new(8, 1, seq, bitmask_wire::CODEC_RAW, 1);
             let ext = format.ext();
-            let pause = || std::thread::sleep(Duration::from_millis(20));
+            // (file times set, not slept for: a file system may keep
+            // whole seconds)
+            let now = std::time::SystemTime::now();
+            let age = |seq: u32, secs: u64| {
+                fs::File::options()
+                    .write(true)
+                    .open(dir.join(format!("frame-{seq:06}.{ext}")))
+                    .unwrap()
+                    .set_modified(now - Duration::from_secs(secs))
+                    .unwrap()
+            };
             // an earlier run's frame 7 (a sender that restarted its numbering)
             assert_eq!(o.write(&h(7), &[0xa5], false).unwrap(), Written::Now);
-            pause();
+            age(7, 40);
             // the run before: frames 4 and 5 written, then the receiver restarts
             assert_eq!(o.write(&h(4), &[0x11], true).unwrap(), Written::Now);
             assert_eq!(o.write(&h(5), &[0xa5], true).unwrap(), Written::Now);
-            pause();
+            age(4, 30);
+            age(5, 30);
             o.recent.clear(); // a restart
                               // 5 again: written before, as it is (after 4): not again
             assert_eq!(o.write(&h(5), &[0xa5], true).unwrap(), Written::Before);
@@ -969,13 +980,11 @@ mod tests {
             // the newest file written before the restart is the one compared
             // (files of this run are not: a repeat written now is not one
             // written before)
-            pause();
             o.recent.clear(); // a restart
             assert_eq!(o.write(&h(5), &[0x5a], true).unwrap(), Written::Before);
             // frame 6 of the run before, then 7: the earlier run's frame 7
             // has the same bytes but is older than 6: not that run's, written
             assert_eq!(o.write(&h(6), &[0x22], false).unwrap(), Written::Now);
-            pause();
             o.recent.clear(); // a restart
             assert_eq!(o.write(&h(7), &[0xa5], true).unwrap(), Written::Now);
             let sevens = fs::read_dir(&dir)

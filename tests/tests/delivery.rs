@@ -380,25 +380,7 @@ fn a_write_stalled_by_a_closed_window_is_waited_for_not_reconnected() {
     // A proxy with a small receive buffer stops reading for 3 s: the
     // sender's write makes no progress for three times its --timeout, but
     // the proxy's TCP answers the window probes, so the sender waits.
-    let tmp = TempDir::new("delivery-window");
-    let expected = inputs_sized(&tmp.join("in"), 320, 240);
-    let out = tmp.join("out");
-    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(
-        r.addr.clone(),
-        AFTER_20,
-        Duration::from_secs(3),
-        Pause::Closed,
-    );
-    let s = send_150(&proxy, &tmp.join("in"));
-    let rl = r.proc.terminate(LIMIT);
-    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
-    waited_not_reconnected(&s, &why);
-    assert_eq!(
-        written(&out, &expected),
-        (0..150).collect::<Vec<u64>>(),
-        "{why}"
-    );
+    waited_through("delivery-window", 3, Pause::Closed);
 }
 
 #[test]
@@ -406,26 +388,29 @@ fn a_stalled_receiver_whose_window_opens_a_little_at_a_time_is_waited_for_and_sa
     // As above, but the window never stays closed for a whole --timeout
     // (seen on CI: the kernel packed the stalled reader's queue), so no
     // write fails with a timeout: the sender must still say that it waits.
-    let tmp = TempDir::new("delivery-trickle");
+    let (sender, why) = waited_through("delivery-trickle", 4, Pause::Trickle(4096));
+    assert!(sender.contains("has confirmed no frame for"), "{why}");
+}
+
+/// A proxy pausing (`how`) for `secs` in front of a receiver: the sender
+/// waits, saying so, and all 150 frames are written once. Returns the
+/// sender's stderr and both logs.
+fn waited_through(tag: &str, secs: u64, how: Pause) -> (String, String) {
+    let tmp = TempDir::new(tag);
     let expected = inputs_sized(&tmp.join("in"), 320, 240);
     let out = tmp.join("out");
     let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(
-        r.addr.clone(),
-        AFTER_20,
-        Duration::from_secs(4),
-        Pause::Trickle(4096),
-    );
+    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(secs), how);
     let s = send_150(&proxy, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
     waited_not_reconnected(&s, &why);
-    assert!(s.stderr.contains("has confirmed no frame for"), "{why}");
     assert_eq!(
         written(&out, &expected),
         (0..150).collect::<Vec<u64>>(),
         "{why}"
     );
+    (s.stderr, why)
 }
 
 #[test]

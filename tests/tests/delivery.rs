@@ -396,20 +396,8 @@ fn a_stalled_receiver_whose_window_opens_a_little_at_a_time_is_waited_for_and_sa
 /// waits, saying so, and all 150 frames are written once. Returns the
 /// sender's stderr and both logs.
 fn waited_through(tag: &str, secs: u64, how: Pause) -> (String, String) {
-    let tmp = TempDir::new(tag);
-    let expected = inputs_sized(&tmp.join("in"), 320, 240);
-    let out = tmp.join("out");
-    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(secs), how);
-    let s = send_150(&proxy, &tmp.join("in"));
-    let rl = r.proc.terminate(LIMIT);
-    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
+    let (s, why) = through_a_pause(tag, secs, how);
     waited_not_reconnected(&s, &why);
-    assert_eq!(
-        written(&out, &expected),
-        (0..150).collect::<Vec<u64>>(),
-        "{why}"
-    );
     (s.stderr, why)
 }
 
@@ -418,7 +406,7 @@ fn a_receiver_stalled_past_the_limit_is_given_a_new_connection() {
     // The proxy stops reading for 16 s: past the 10 s a receiver whose host
     // answers is waited for, the sender gives the link up and sends on a
     // new one; everything is still written once.
-    stalled_past_the_limit("delivery-window-long", Pause::Closed, 16);
+    stalled_past_the_limit("delivery-window-long", 16, Pause::Closed);
 }
 
 #[test]
@@ -426,20 +414,13 @@ fn a_receiver_stalled_past_the_limit_behind_a_trickling_window_is_given_a_new_co
     // As above, with a window that opens a little at a time, for 12 s: the
     // 10 s count from the last confirmation, not from when the window
     // filled (some 3 s into the pause at this rate: that would be 13 s).
-    stalled_past_the_limit("delivery-trickle-long", Pause::Trickle(8192), 12);
+    stalled_past_the_limit("delivery-trickle-long", 12, Pause::Trickle(8192));
 }
 
 /// A proxy pausing (`how`) for `secs` in front of a receiver: the sender
 /// gives the link up and all 150 frames are written once.
-fn stalled_past_the_limit(tag: &str, how: Pause, secs: u64) {
-    let tmp = TempDir::new(tag);
-    let expected = inputs_sized(&tmp.join("in"), 320, 240);
-    let out = tmp.join("out");
-    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
-    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(secs), how);
-    let s = send_150(&proxy, &tmp.join("in"));
-    let rl = r.proc.terminate(LIMIT);
-    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
+fn stalled_past_the_limit(tag: &str, secs: u64, how: Pause) {
+    let (s, why) = through_a_pause(tag, secs, how);
     assert!(s.status.success(), "{}: {why}", s.status);
     // (given up by the stalled write, or, if the socket buffers took more
     // frames first, by the wait for confirmations: see waited_not_reconnected)
@@ -450,11 +431,26 @@ fn stalled_past_the_limit(tag: &str, how: Pause, secs: u64) {
     );
     assert!(s.stderr.contains("reconnects 1"), "{why}");
     assert!(s.stderr.contains("confirmed 150;"), "{why}");
+}
+
+/// 150 raw 320x240 frames sent through a proxy pausing (`how`) for `secs`
+/// after 20 to a receiver writing files: each written once, in order.
+/// Returns the sender's run and both logs.
+fn through_a_pause(tag: &str, secs: u64, how: Pause) -> (Finished, String) {
+    let tmp = TempDir::new(tag);
+    let expected = inputs_sized(&tmp.join("in"), 320, 240);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&["--out", out.to_str().unwrap()]);
+    let proxy = pausing_proxy(r.addr.clone(), AFTER_20, Duration::from_secs(secs), how);
+    let s = send_150(&proxy, &tmp.join("in"));
+    let rl = r.proc.terminate(LIMIT);
+    let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);
     assert_eq!(
         written(&out, &expected),
         (0..150).collect::<Vec<u64>>(),
         "{why}"
     );
+    (s, why)
 }
 
 /// The hello and 20 raw 320x240 frames: a pause there falls between frames.

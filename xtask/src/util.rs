@@ -129,9 +129,12 @@ pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
                     .map_or(m.to_string(), |(name, v)| format!("{name}=={v}"))
             })
             .collect();
-        let mut c = Command::new(&py);
-        c.args(["-m", "pip", "install", "-q"]).args(&pinned);
-        if run(&mut c).is_ok() {
+        let pip = |pkgs: &[String]| {
+            run(Command::new(&py)
+                .args(["-m", "pip", "install", "-q"])
+                .args(pkgs))
+        };
+        if pip(&pinned).is_ok() {
             return Ok(py);
         }
         // (numpy 2.4 needs Python 3.11 or newer, say: the newest versions
@@ -140,9 +143,7 @@ pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
             "xtask: pip could not install {pinned:?}; trying the newest versions this \
              Python takes instead"
         );
-        let mut c = Command::new(&py);
-        c.args(["-m", "pip", "install", "-q"]).args(&missing);
-        run(&mut c).with_context(|| {
+        pip(&missing.iter().map(|m| m.to_string()).collect::<Vec<_>>()).with_context(|| {
             format!(
                 "pip could not install {missing:?}; install them by hand into {}",
                 venv.display()

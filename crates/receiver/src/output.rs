@@ -529,10 +529,8 @@ impl MountWatch {
 
 /// A device number as `ls -l` and `/proc/self/mountinfo` show it: `major:minor`.
 fn show_dev(dev: u64) -> String {
-    // glibc's gnu_dev_major / gnu_dev_minor
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
-    format!("{major}:{minor}")
+    let dev = dev as libc::dev_t;
+    format!("{}:{}", libc::major(dev), libc::minor(dev))
 }
 
 /// Creates and removes an empty file in `dir` (where frames are written

@@ -796,14 +796,13 @@ impl Delivery {
 
     /// How long the receiver has confirmed nothing while frames are in
     /// flight: since the last confirmation or since the oldest frame in
-    /// flight was written, whichever is later. `None` with none in flight.
-    fn unconfirmed_for(&self) -> Option<Duration> {
-        let oldest = self.inflight.front()?.sent_at;
-        Some(
+    /// flight was written, whichever is later (zero with none in flight).
+    fn unconfirmed_for(&self) -> Duration {
+        self.inflight.front().map_or(Duration::ZERO, |oldest| {
             self.last_progress
-                .map_or(oldest, |p| p.max(oldest))
-                .elapsed(),
-        )
+                .map_or(oldest.sent_at, |p| p.max(oldest.sent_at))
+                .elapsed()
+        })
     }
 
     /// Says (at most every [`net::SLOW_NOTE`]) that the receiver has
@@ -822,7 +821,7 @@ impl Delivery {
         if !self.tracking || l.acked().is_none() || newest.sent_at.elapsed() > cfg.timeout {
             return;
         }
-        let waited = self.unconfirmed_for().unwrap_or_default();
+        let waited = self.unconfirmed_for();
         if waited <= cfg.timeout
             || self
                 .unconfirmed_said
@@ -1463,21 +1462,15 @@ fn make_room(
         return None;
     }
     let window = if cfg.no_drop { WINDOW } else { LIVE_WINDOW };
-    // (a host that does not answer is judged after a --timeout of this
-    // wait: one look at TCP_INFO during a retransmission is no verdict)
-    let mut since = Instant::now();
+    let entered = Instant::now();
     while d.tracking && d.inflight.len() >= window {
         if stop_requested().is_some() {
             // the final wait for confirmations is the stop's (a new
             // connection would only send the window again)
             return None;
         }
-        let before = d.inflight.len();
         let why = l.wait_acks(Duration::from_millis(100));
         let foreign = d.release(l, cfg, queue, counters);
-        if d.inflight.len() < before {
-            since = Instant::now();
-        }
         if let Some(why) = why {
             return Some((format!("the receiver ended it ({why})"), true));
         }
@@ -1492,8 +1485,12 @@ fn make_room(
         // the oldest frame in flight: a window that opened a little at a
         // time while the receiver stalled may have filled long after
         // either)
-        let waited = d.unconfirmed_for().unwrap_or_default();
+        let waited = d.unconfirmed_for();
         let limit = net::SLOW_LIMIT.max(cfg.timeout);
+        // (a host that does not answer is judged after a --timeout of this
+        // wait, or since a confirmation in it: one look at TCP_INFO during
+        // a retransmission is no verdict)
+        let since = d.last_progress.map_or(entered, |p| p.max(entered));
         if waited > cfg.timeout && (waited >= limit || since.elapsed() > cfg.timeout) {
             // A receiver whose host answers is given SLOW_LIMIT: its
             // output may be behind (a new connection would not help). Its

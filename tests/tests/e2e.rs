@@ -671,8 +671,18 @@ fn a_closed_stderr_does_not_turn_a_run_into_a_crash() {
     let (path, img) = images(&dir, &[(64, 48)]).remove(0);
     // started with stdin empty and stderr a pipe nobody reads
     let spawn = |cmd: &mut Command| {
-        let (r, w) = std::io::pipe().expect("pipe");
-        drop(r);
+        let w = {
+            use std::os::fd::{FromRawFd, OwnedFd};
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two new descriptors into `fds` (std::io::pipe
+            // needs Rust 1.87; Cargo.toml's rust-version is older)
+            let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+            assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+            // SAFETY: both are new and owned by nothing else
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            drop(r);
+            w
+        };
         cmd.env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
             .stderr(w)

@@ -298,3 +298,43 @@ fn binaries_do_not_print_with_macros_that_panic() {
     }
     assert!(found.is_empty(), "use say! instead:\n{}", found.join("\n"));
 }
+
+/// Every package of the workspace states the workspace's `rust-version`,
+/// which `cargo xtask msrv` (part of `cargo xtask ci`) checks by building
+/// with that Rust: a package without it would promise nothing, and one
+/// with its own number would be checked against the wrong Rust.
+#[test]
+fn every_package_states_the_checked_rust_version() {
+    let mut manifests = vec![
+        root().join("xtask/Cargo.toml"),
+        root().join("tests/Cargo.toml"),
+    ];
+    for e in std::fs::read_dir(root().join("crates")).expect("crates/") {
+        let p = e.expect("crates/ entry").path().join("Cargo.toml");
+        if p.is_file() {
+            manifests.push(p);
+        }
+    }
+    assert!(manifests.len() >= 7, "packages found: {manifests:?}");
+    let root_toml = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        root_toml
+            .lines()
+            .any(|l| l.trim().starts_with("rust-version = \"")),
+        "Cargo.toml has no [workspace.package] rust-version"
+    );
+    let wrong: Vec<String> = manifests
+        .iter()
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).expect("manifest");
+            !text
+                .lines()
+                .any(|l| l.trim() == "rust-version.workspace = true")
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "without `rust-version.workspace = true`: {wrong:?}"
+    );
+}

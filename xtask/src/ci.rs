@@ -16,7 +16,7 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     // Debian tools first: apt runs one at a time (ffmpeg, Chromium follow).
     step("Debian tools for the Pi builds", crate::dist::ensure_qemu)?;
     let mut pi_builds = None;
-    step("Pi builds started in the background", || {
+    step("Pi builds and MSRV check started in the background", || {
         pi_builds = Some(crate::dist::Background::start()?);
         Ok(())
     })?;

@@ -1095,10 +1095,10 @@ fn watch_parent(parent: &str) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask qemu build`, running in the background at the lowest CPU
-/// priority while `cargo xtask ci` runs its host steps: the ARM builds take
-/// the cores those leave idle (the tests mostly wait on sockets and
-/// timers), and the Pi step then finds them built.
+/// `cargo xtask qemu build` and then `cargo xtask msrv`, running in the
+/// background at the lowest CPU priority while `cargo xtask ci` runs its
+/// host steps: the builds take the cores those leave idle (the tests mostly
+/// wait on sockets and timers), and the Pi step then finds them built.
 pub struct Background {
     child: std::process::Child,
     log: PathBuf,
@@ -1116,7 +1116,7 @@ impl Background {
         let f = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut c = Command::new(std::env::current_exe()?);
-        c.args(["qemu", "build"])
+        c.args(["ci-background"])
             .env(BACKGROUND_OF, std::process::id().to_string())
             .current_dir(root())
             .stdin(Stdio::null())
@@ -1136,9 +1136,10 @@ impl Background {
         }
         let child = c
             .spawn()
-            .context("cannot start `cargo xtask qemu build` in the background")?;
+            .context("cannot start `cargo xtask ci-background` in the background")?;
         eprintln!(
-            "xtask: the Pi builds started in the background at nice 19 (pid {}); log: {}",
+            "xtask: the Pi builds, then the MSRV check, started in the background at nice 19 \
+             (pid {}); log: {}",
             child.id(),
             log.display()
         );
@@ -1170,19 +1171,26 @@ impl Background {
                 shown = format!("{shown}\n...\n{}", lines[tail..].join("\n"));
             }
             bail!(
-                "the Pi builds in the background failed ({st}) after {secs:.0} s; from {} \
-                 (line {}):\n{shown}",
+                "the builds in the background (the Pi builds, then the MSRV check) failed \
+                 ({st}) after {secs:.0} s; from {} (line {}):\n{shown}",
                 self.log.display(),
                 from + 1
             );
         }
         eprintln!(
-            "xtask: the Pi builds, started in the background, were done {secs:.0} s after \
-             they started (log: {})",
+            "xtask: the Pi builds and the MSRV check, started in the background, were done \
+             {secs:.0} s after they started (log: {})",
             self.log.display()
         );
         Ok(())
     }
+}
+
+/// `cargo xtask ci-background`: what [`Background`] runs, the Pi builds and
+/// then the MSRV check (`cargo xtask msrv`; its toolchain installed here).
+pub fn run_background() -> Result<()> {
+    run_qemu(&["build".to_string()])?;
+    crate::msrv::check()
 }
 
 /// The CI step: ARM dist builds with their checks, unit tests under qemu, SIGILL

@@ -11,6 +11,7 @@ mod deploy;
 mod deps;
 mod dist;
 mod fuzz;
+mod msrv;
 mod netbed;
 mod pibench;
 mod samples;
@@ -40,6 +41,8 @@ Tasks:
   bench view        receiver throughput with and without the live view (--http) and a
                     browser attached, as ratios; writes docs/BENCHMARKS.md `## Live view`
   deploy            copy the Pi builds over SSH and run them (deploy.toml; --help)
+  msrv              check the workspace with the Rust of Cargo.toml's rust-version
+                    (installed by rustup when missing)
   fuzz [TARGET..]   libFuzzer on the decoders and the wire reader (fuzz/; nightly)
   vectors           regenerate the committed numpy test vectors
   help              this text
@@ -62,9 +65,10 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              the full test run (what .ci/run calls): rustfmt, clippy -D warnings, every test\n\
              (numpy interop, camera input with ffmpeg, the live view in headless Chromium),\n\
              the two-host netbed tests, the Pi builds proven under qemu-user (built in the\n\
-             background at nice 19 from the start; log: target/ci-pi-build.log). Installs what it\n\
-             needs (rustup targets and rust-src, Debian packages when root, numpy in\n\
-             target/venv) or says what is missing; with CI=true a skipped step fails the run\n"
+             background at nice 19 from the start, then the MSRV check: `cargo xtask msrv`; log:\n\
+             target/ci-pi-build.log). Installs what it needs (rustup targets, rust-src and the\n\
+             rust-version toolchain, Debian packages when root, numpy in target/venv) or says\n\
+             what is missing; with CI=true a skipped step fails the run\n"
         }
         ("fuzz", _) => fuzz::HELP,
         ("vectors", _) => {
@@ -134,6 +138,9 @@ fn run() -> Result<()> {
         "deploy" => deploy::run(rest),
         "fuzz" => fuzz::run_fuzz(rest),
         "vectors" => ci::vectors(),
+        "msrv" => msrv::run_msrv(rest),
+        // what `cargo xtask ci` runs in the background (dist.rs, `Background`)
+        "ci-background" => dist::run_background(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

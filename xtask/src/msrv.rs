@@ -1,0 +1,113 @@
+//! `cargo xtask msrv`: proves the workspace's `rust-version` true.
+//!
+//! Cargo.toml promises that every crate builds with the Rust of
+//! `[workspace.package] rust-version` (1.85: Debian 13's and Raspberry Pi
+//! OS's `rustc`, for a build on the Pi itself). Nothing else checks that
+//! promise: the toolchain here is newer, and a dependency's update can
+//! quietly raise the minimum (the lockfile once held image 0.25.10, which
+//! needs 1.88). This task installs that exact toolchain (rustup, minimal
+//! profile) and checks every target of the workspace with it, against the
+//! committed lockfile. The workspace's `resolver = "3"` keeps `cargo update`
+//! to versions that this Rust builds.
+
+use crate::util::{have, output, root, run};
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+use std::time::Instant;
+
+const HELP: &str = "\
+cargo xtask msrv
+installs the toolchain named by Cargo.toml's rust-version (rustup, minimal profile) and
+runs `cargo check --workspace --all-targets --locked` with it (target dir target/msrv)
+";
+
+/// `cargo xtask msrv`.
+pub fn run_msrv(args: &[String]) -> Result<()> {
+    if let Some(a) = args.first() {
+        if !matches!(a.as_str(), "-h" | "--help") {
+            bail!("unknown argument {a:?}\n\n{HELP}");
+        }
+        print!("{HELP}");
+        return Ok(());
+    }
+    check()
+}
+
+/// The `rust-version` of `[workspace.package]` in the root Cargo.toml.
+pub fn declared() -> Result<String> {
+    let path = root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+    doc.get("workspace")
+        .and_then(|w| w.get("package"))
+        .and_then(|p| p.get("rust-version"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{}: no [workspace.package] rust-version", path.display()))
+}
+
+/// Installs the declared toolchain when missing and checks the workspace with it.
+pub fn check() -> Result<()> {
+    let t = Instant::now();
+    let version = declared()?;
+    if !have("rustup") {
+        bail!(
+            "rustup is needed to install Rust {version} (Cargo.toml's rust-version) for the \
+             MSRV check"
+        );
+    }
+    let rustc = || output(Command::new("rustup").args(["run", &version, "rustc", "--version"]));
+    let found = match rustc() {
+        Ok(v) => v,
+        Err(_) => {
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                &version,
+                "--profile",
+                "minimal",
+            ]))
+            .with_context(|| {
+                format!("fix: rustup toolchain install {version} --profile minimal")
+            })?;
+            rustc()?
+        }
+    };
+    // "rustc 1.85.1 (...)" for rust-version 1.85
+    let found = found.trim();
+    let number = found.split_whitespace().nth(1).unwrap_or("");
+    if !(number == version || number.starts_with(&format!("{version}."))) {
+        bail!("rustup run {version} rustc says {found:?}, not Rust {version}");
+    }
+    eprintln!("xtask: checking the workspace with {found} (rust-version = {version:?})");
+    let mut c = Command::new("rustup");
+    c.args([
+        "run",
+        &version,
+        "cargo",
+        "check",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+    ])
+    .current_dir(root())
+    .env("CARGO_TARGET_DIR", root().join("target/msrv"));
+    // what `cargo xtask` was started with must not pick the compiler
+    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+        c.env_remove(var);
+    }
+    run(&mut c).with_context(|| {
+        format!(
+            "the workspace does not build with Rust {version}, which Cargo.toml's rust-version \
+             promises: use older APIs or dependencies (resolver 3 picks them on `cargo update`), \
+             or raise rust-version"
+        )
+    })?;
+    eprintln!(
+        "xtask: the workspace builds with Rust {version} ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -80,6 +80,16 @@ pub enum CoreError {
         /// The length given.
         actual: usize,
     },
+    /// A buffer is shorter than its contents need (a longer one is fine).
+    #[error("{what} buffer holds {actual} B, needs at least {needed} B")]
+    BufferTooShort {
+        /// Which buffer.
+        what: &'static str,
+        /// The fewest bytes that hold it.
+        needed: usize,
+        /// The length given.
+        actual: usize,
+    },
 }
 
 /// Layout of the pixels of an 8-bit image.
@@ -226,9 +236,9 @@ impl<'a> ImageRef<'a> {
             .and_then(|n| n.checked_add(row))
             .ok_or(CoreError::InvalidDimensions { width, height })?;
         if data.len() < need {
-            return Err(CoreError::BufferSize {
+            return Err(CoreError::BufferTooShort {
                 what: "image",
-                expected: need,
+                needed: need,
                 actual: data.len(),
             });
         }
@@ -268,7 +278,8 @@ impl<'a> ImageRef<'a> {
 }
 
 pub(crate) fn check_dims(width: usize, height: usize) -> Result<(), CoreError> {
-    let pixels = (width as u64) * (height as u64);
+    // saturating: two usize dimensions can pass u64 (checked only below)
+    let pixels = (width as u64).saturating_mul(height as u64);
     if width == 0
         || height == 0
         || width > MAX_DIMENSION

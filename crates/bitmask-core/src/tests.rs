@@ -174,6 +174,20 @@ fn pixel_counts_past_the_limit_are_refused_before_any_arithmetic() {
     );
     assert!(e.to_string().contains("at most 4294967295 pixels"), "{e}");
     assert!(unpack_rows(&[], 1 << 16, 1 << 16, &mut []).is_err());
+    // dimensions whose product passes u64 (usize::MAX x 2 on a 64-bit
+    // target): refused, not an overflow panic in a debug build
+    for (w, h) in [(usize::MAX, 2), (2, usize::MAX), (usize::MAX, usize::MAX)] {
+        let want = CoreError::InvalidDimensions {
+            width: w,
+            height: h,
+        };
+        assert_eq!(pack_rows(&[], w, h, &mut []).unwrap_err(), want);
+        assert_eq!(
+            ImageRef::new(&[], w, h, PixelFormat::Gray8).unwrap_err(),
+            want
+        );
+        assert_eq!(unpack_rows(&[], w, h, &mut []).unwrap_err(), want);
+    }
     // one row less fits the limit: the buffers are what is wrong then
     assert!(matches!(
         repack_rows_to_flat(&[], 1 << 16, (1 << 16) - 1, &mut []).unwrap_err(),
@@ -193,11 +207,17 @@ fn errors_carry_values() {
     );
     assert_eq!(
         ImageRef::new(&d, 4, 3, PixelFormat::Gray8).unwrap_err(),
-        CoreError::BufferSize {
+        CoreError::BufferTooShort {
             what: "image",
-            expected: 12,
+            needed: 12,
             actual: 10
         }
+    );
+    assert_eq!(
+        ImageRef::new(&d, 4, 3, PixelFormat::Gray8)
+            .unwrap_err()
+            .to_string(),
+        "image buffer holds 10 B, needs at least 12 B"
     );
     assert_eq!(
         ImageRef::with_stride(&d, 4, 2, 3, PixelFormat::Gray8).unwrap_err(),

@@ -145,6 +145,14 @@ pub enum WireError {
     /// A malformed UDP datagram (see [`udp`]).
     #[error("{0}")]
     BadDatagram(String),
+    /// A [`FrameReader`] was asked for a frame after an error that left
+    /// its stream out of step (all but [`WireError::Io`] and
+    /// [`WireError::CrcMismatch`]): no frame can be found in it any more.
+    #[error("the stream is out of step since an earlier error: {first}")]
+    OutOfStep {
+        /// That error, as text.
+        first: String,
+    },
 }
 
 impl From<io::Error> for WireError {
@@ -154,8 +162,11 @@ impl From<io::Error> for WireError {
 }
 
 impl WireError {
-    /// True when the whole frame was consumed and the stream is still in step,
-    /// so a reader may go on to the next frame (only a CRC mismatch).
+    /// True when the whole frame was consumed, so a reader may go on to the
+    /// next frame (only a CRC mismatch). The stream is then still in step
+    /// unless the damage was in the header's payload length (the CRC cannot
+    /// tell): the next read then fails too, most likely with
+    /// [`WireError::BadMagic`], and the stream is lost from there.
     pub fn is_recoverable(&self) -> bool {
         matches!(self, WireError::CrcMismatch { .. })
     }
@@ -313,6 +324,11 @@ pub fn write_frame<W: std::io::Write>(
 /// # Panics
 /// If `buf` is shorter than [`HEADER_LEN`] or the payload is over 4 GiB.
 pub fn finish_frame_in_place(header: &mut Header, buf: &mut [u8]) {
+    assert!(
+        buf.len() >= HEADER_LEN,
+        "finish_frame_in_place: a {} B buffer has no room for the {HEADER_LEN} B header",
+        buf.len()
+    );
     let (head, payload) = buf.split_at_mut(HEADER_LEN);
     header.payload_len = u32::try_from(payload.len()).expect("payload over 4 GiB");
     head.copy_from_slice(&header.encode(payload));
@@ -615,6 +631,15 @@ pub struct FrameReader<R> {
     hello: Vec<u8>,
     /// Something was read (the hello is no longer where the stream is).
     started: bool,
+    /// The frame being read, kept across a read that failed
+    /// ([`WireError::Io`]) so that asking again goes on: its header bytes,
+    /// and once they are all in, the header and the payload bytes read.
+    head: [u8; HEADER_LEN],
+    head_len: usize,
+    frame: Option<(Header, u32)>,
+    payload_got: usize,
+    /// The error that put the stream out of step, if one did.
+    broken: Option<String>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -628,6 +653,11 @@ impl<R: Read> FrameReader<R> {
             pending_len: 0,
             hello: Vec::new(),
             started: false,
+            head: [0; HEADER_LEN],
+            head_len: 0,
+            frame: None,
+            payload_got: 0,
+            broken: None,
         }
     }
 
@@ -641,14 +671,17 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
-    /// The underlying reader, mutably (to set a timeout, say). Bytes read
-    /// from it directly are not frames to this reader any more.
+    /// The underlying reader, mutably (to set a timeout, say: a read that
+    /// times out is [`WireError::Io`], and the next call goes on where it
+    /// stopped). Bytes read from it directly are not frames to this reader
+    /// any more.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
 
-    /// The underlying reader. Up to 4 bytes that [`read_hello`](Self::read_hello)
-    /// read ahead of a frame are lost with this reader.
+    /// The underlying reader. What this reader read of a frame and has not
+    /// returned yet (the up to 4 bytes [`read_hello`](Self::read_hello) reads
+    /// ahead, a frame cut short by a failed read) is lost with it.
     pub fn into_inner(self) -> R {
         self.inner
     }
@@ -730,46 +763,107 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream (it ended
     /// exactly between frames); a stream that ends inside a frame is
-    /// [`WireError::Truncated`]. After an error only
-    /// [`WireError::is_recoverable`] ones leave the stream in step.
+    /// [`WireError::Truncated`].
+    ///
+    /// After [`WireError::Io`] (a socket timeout, say) ask again: the reader
+    /// goes on where it stopped, nothing read is lost. After a
+    /// [`recoverable`](WireError::is_recoverable) error (a CRC mismatch) the
+    /// next call reads the next frame. Any other error leaves the stream out
+    /// of step, and every later call returns [`WireError::OutOfStep`].
     pub fn read_frame(&mut self) -> Result<Option<FrameRef<'_>>, WireError> {
+        if let Some(first) = &self.broken {
+            return Err(WireError::OutOfStep {
+                first: first.clone(),
+            });
+        }
+        match self.next_frame() {
+            Ok(Some(header)) => Ok(Some(FrameRef {
+                header,
+                payload: &self.buf[..header.payload_len as usize],
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                if !matches!(e, WireError::Io(_)) {
+                    // (a CRC mismatch is a whole frame: the next one follows)
+                    self.head_len = 0;
+                    self.frame = None;
+                    if !e.is_recoverable() {
+                        self.broken = Some(e.to_string());
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`read_frame`](Self::read_frame)'s work: the next frame's header, its
+    /// payload in `buf`; on [`WireError::Io`] what was read stays in `self`.
+    fn next_frame(&mut self) -> Result<Option<Header>, WireError> {
         self.started = true;
-        let mut head = [0u8; HEADER_LEN];
-        let p = self.pending_len;
-        head[..p].copy_from_slice(&self.pending[..p]);
-        self.pending_len = 0;
-        let got = p + read_full(&mut self.inner, &mut head[p..])?;
-        if got == 0 {
-            return Ok(None);
+        if self.frame.is_none() {
+            if self.pending_len > 0 {
+                // the stream's first bytes, read by read_hello
+                let p = self.pending_len;
+                self.head[..p].copy_from_slice(&self.pending[..p]);
+                self.head_len = p;
+                self.pending_len = 0;
+            }
+            while self.head_len < HEADER_LEN {
+                // A bad magic is reported as soon as its 4 bytes are in.
+                if self.head_len >= 4 && self.head[..4] != MAGIC {
+                    break;
+                }
+                match self.inner.read(&mut self.head[self.head_len..]) {
+                    Ok(0) => break,
+                    Ok(k) => self.head_len += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let got = self.head_len;
+            if got == 0 {
+                return Ok(None);
+            }
+            if got >= 4 && self.head[..4] != MAGIC {
+                return Err(WireError::BadMagic {
+                    found: self.head[..4].try_into().unwrap(),
+                });
+            }
+            if got < HEADER_LEN {
+                return Err(WireError::Truncated {
+                    part: "header",
+                    expected: HEADER_LEN,
+                    got,
+                });
+            }
+            let (header, stored) = Header::decode(&self.head, &self.limits)?;
+            let len = header.payload_len as usize; // <= limits.max_payload, checked
+            if self.buf.len() < len {
+                self.buf.resize(len, 0);
+            }
+            self.frame = Some((header, stored));
+            self.payload_got = 0;
         }
-        // A bad magic is reported as soon as its 4 bytes are in, even if the rest is missing.
-        if got >= 4 && head[..4] != MAGIC {
-            return Err(WireError::BadMagic {
-                found: head[..4].try_into().unwrap(),
-            });
+        let (header, stored) = self.frame.expect("set above");
+        let len = header.payload_len as usize;
+        while self.payload_got < len {
+            match self.inner.read(&mut self.buf[self.payload_got..len]) {
+                Ok(0) => {
+                    return Err(WireError::Truncated {
+                        part: "payload",
+                        expected: len,
+                        got: self.payload_got,
+                    })
+                }
+                Ok(k) => self.payload_got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        if got < HEADER_LEN {
-            return Err(WireError::Truncated {
-                part: "header",
-                expected: HEADER_LEN,
-                got,
-            });
-        }
-        let (header, stored) = Header::decode(&head, &self.limits)?;
-        let len = header.payload_len as usize; // <= limits.max_payload, checked
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
-        let got = read_full(&mut self.inner, &mut self.buf[..len])?;
-        if got < len {
-            return Err(WireError::Truncated {
-                part: "payload",
-                expected: len,
-                got,
-            });
-        }
-        let payload = &self.buf[..len];
-        let computed = crc(&head[..36], payload);
+        // the whole frame is in: the next call reads the next one
+        self.frame = None;
+        self.head_len = 0;
+        let computed = crc(&self.head[..36], &self.buf[..len]);
         if computed != stored {
             return Err(WireError::CrcMismatch {
                 sequence: header.sequence,
@@ -777,7 +871,7 @@ impl<R: Read> FrameReader<R> {
                 computed,
             });
         }
-        Ok(Some(FrameRef { header, payload }))
+        Ok(Some(header))
     }
 }
 
@@ -795,21 +889,6 @@ fn fill<R: Read>(r: &mut R, v: &mut Vec<u8>, want: usize) -> io::Result<bool> {
         }
     }
     Ok(true)
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-/// Interrupted reads are retried; other errors (timeouts too) are returned.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -408,3 +408,104 @@ proptest! {
         prop_assert!(res.is_err(), "flip of bit {} went unnoticed: {:?}", bit, res);
     }
 }
+
+/// A reader that fails with `WouldBlock` (a socket timeout) before every
+/// byte offset in `stops`, once each, and hands out at most `chunk` bytes
+/// per read.
+struct Stalling {
+    data: Vec<u8>,
+    at: usize,
+    stops: Vec<usize>,
+    chunk: usize,
+}
+
+impl Read for Stalling {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        if self.stops.first() == Some(&self.at) {
+            self.stops.remove(0);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let next_stop = self.stops.first().copied().unwrap_or(self.data.len());
+        let n = b.len().min(self.chunk).min(next_stop - self.at);
+        b[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_read_that_times_out_mid_frame_loses_nothing_when_asked_again() {
+    let frames: Vec<_> = [(9, 2), (16, 3), (1, 1)]
+        .iter()
+        .enumerate()
+        .map(|(i, (w, h))| frame(*w, *h, i as u64))
+        .collect();
+    let mut s = Vec::new();
+    for (hd, p) in &frames {
+        encode_frame(hd, p, &mut s);
+    }
+    // a timeout before every offset (inside headers and payloads alike),
+    // and before some only, in chunks of 1 and 7 bytes
+    for (stops, chunk) in [
+        ((0..s.len()).collect::<Vec<_>>(), 1),
+        ((0..s.len()).step_by(5).collect(), 7),
+        (vec![3, 41, 44, 60], 64),
+    ] {
+        let n = stops.len();
+        let mut r = FrameReader::new(
+            Stalling {
+                data: s.clone(),
+                at: 0,
+                stops,
+                chunk,
+            },
+            Limits::default(),
+        );
+        let (mut got, mut timeouts) = (Vec::new(), 0);
+        loop {
+            match r.read_frame() {
+                Ok(Some(f)) => got.push((f.header, f.payload.to_vec())),
+                Ok(None) => break,
+                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => timeouts += 1,
+                Err(e) => panic!("chunk {chunk}: {e}"),
+            }
+        }
+        assert_eq!(timeouts, n, "chunk {chunk}");
+        assert_eq!(got, frames, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn after_an_error_that_loses_step_no_frame_and_no_clean_end_is_made_up() {
+    let (hd, p) = frame(9, 2, 0);
+    let mut one = Vec::new();
+    encode_frame(&hd, &p, &mut one);
+    let mut two = one.clone();
+    encode_frame(&hd, &p, &mut two);
+    let mut bad_len = two.clone();
+    bad_len[32] ^= 1; // payload_len 4 -> 5 B: not what a raw 9x2 frame holds
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", one[..one.len() - 1].to_vec()),
+        ("bad magic", [b"XXXX".as_slice(), &one].concat()),
+        ("bad length", bad_len),
+    ];
+    for (what, s) in cases {
+        let mut r = FrameReader::new(&s[..], Limits::default());
+        let first = r.read_frame().unwrap_err();
+        assert!(!first.is_recoverable(), "{what}: {first}");
+        for _ in 0..2 {
+            match r.read_frame() {
+                Err(WireError::OutOfStep { first: f }) => assert_eq!(f, first.to_string()),
+                other => panic!("{what}: after {first}: {other:?}"),
+            }
+        }
+    }
+    // a CRC mismatch is a whole frame: the next one is read
+    let mut s = two.clone();
+    let last = one.len() - 1;
+    s[last] ^= 0x80;
+    let mut r = FrameReader::new(&s[..], Limits::default());
+    assert!(r.read_frame().unwrap_err().is_recoverable());
+    assert_eq!(r.read_frame().unwrap().unwrap().payload, &p[..]);
+    assert!(r.read_frame().unwrap().is_none());
+}

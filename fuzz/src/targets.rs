@@ -288,7 +288,7 @@ pub fn slow_ms() -> u128 {
 /// Any payload, any codec id / flags, with and without a reference.
 pub mod codec_decode {
     use super::*;
-    use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL, CODEC_RAW};
+    use bitmask_codec::{Choice, Decoder, Encoder, FrameInfo, CODEC_BILEVEL, CODEC_RAW};
     use std::time::Instant;
 
     pub fn run(data: &[u8]) {
@@ -337,17 +337,37 @@ pub mod codec_decode {
                 let e = Encoder::new(Choice::Bilevel, 1)
                     .encode(&m, w, h, held, &mut p)
                     .unwrap();
-                dec.decode(e.codec, e.flags, held, w, h, &p, &mut out)
-                    .unwrap();
+                dec.decode(&e, &p, &mut out).unwrap();
                 assert_eq!(out, m);
             }
             2 => {
                 let m = gen_mask(&mut rng, w, h, kind, dens);
-                dec.decode(CODEC_RAW, 0, held, w, h, &m, &mut out).unwrap();
+                dec.decode(
+                    &FrameInfo {
+                        codec: CODEC_RAW,
+                        flags: 0,
+                        sequence: held,
+                        width: w,
+                        height: h,
+                    },
+                    &m,
+                    &mut out,
+                )
+                .unwrap();
             }
             3 => {
-                dec.decode(CODEC_BILEVEL, 0, held, 256, 192, OBJECT_00_BLV, &mut out)
-                    .unwrap();
+                dec.decode(
+                    &FrameInfo {
+                        codec: CODEC_BILEVEL,
+                        flags: 0,
+                        sequence: held,
+                        width: 256,
+                        height: 192,
+                    },
+                    OBJECT_00_BLV,
+                    &mut out,
+                )
+                .unwrap();
                 assert_eq!(out, OBJECT_00_BITS);
             }
             5 => {
@@ -355,13 +375,34 @@ pub mod codec_decode {
                 let (w2, h2) = (w + 1, h);
                 let m = gen_mask(&mut rng, w2, h2, kind, dens);
                 let mut o2 = vec![0u8; m.len()];
-                dec.decode(CODEC_RAW, 0, held, w2, h2, &m, &mut o2).unwrap();
+                dec.decode(
+                    &FrameInfo {
+                        codec: CODEC_RAW,
+                        flags: 0,
+                        sequence: held,
+                        width: w2,
+                        height: h2,
+                    },
+                    &m,
+                    &mut o2,
+                )
+                .unwrap();
             }
             _ => {}
         }
         let base = mem_start();
         let t = Instant::now();
-        let r = dec.decode(codec, flags, held.wrapping_add(1), w, h, &payload, &mut out);
+        let r = dec.decode(
+            &FrameInfo {
+                codec,
+                flags,
+                sequence: held.wrapping_add(1),
+                width: w,
+                height: h,
+            },
+            &payload,
+            &mut out,
+        );
         let el = t.elapsed();
         let peak = mem_peak_since(base);
         // CODEC.md 1.8: transition lists capped at about 33x the packed
@@ -398,7 +439,7 @@ pub mod codec_decode {
 /// Structure-aware: valid key + delta payloads of generated masks, then edits.
 pub mod codec_mutate {
     use super::*;
-    use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL};
+    use bitmask_codec::{Choice, Decoder, Encoder, FrameInfo, CODEC_BILEVEL};
     use std::time::Instant;
 
     /// Applies up to `n` edits read off `b` to payload `p`.
@@ -458,7 +499,7 @@ pub mod codec_mutate {
         let mut out = vec![0xA5u8; len];
         let base = mem_start();
         let t = Instant::now();
-        let r0 = dec.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut out);
+        let r0 = dec.decode(&e0, &p0, &mut out);
         if p0 == o0 {
             r0.clone().unwrap();
             assert_eq!(out, m0, "key frame {w}x{h} decoded wrongly");
@@ -467,7 +508,7 @@ pub mod codec_mutate {
             assert!(padding_is_zero(&out, w));
         }
         // The delta: with the header's flags as the encoder said, and the other flag too.
-        let r1 = dec.decode(e1.codec, e1.flags, 11, w, h, &p1, &mut out);
+        let r1 = dec.decode(&e1, &p1, &mut out);
         if p0 == o0 && p1 == o1 {
             r1.clone().unwrap();
             assert_eq!(
@@ -479,7 +520,17 @@ pub mod codec_mutate {
             assert!(padding_is_zero(&out, w));
         }
         if e1.codec == CODEC_BILEVEL {
-            let _ = dec.decode(e1.codec, e1.flags ^ 1, 12, w, h, &p1, &mut out);
+            let _ = dec.decode(
+                &FrameInfo {
+                    flags: e1.flags ^ 1,
+                    sequence: 12,
+                    width: w,
+                    height: h,
+                    ..e1
+                },
+                &p1,
+                &mut out,
+            );
         }
         let el = t.elapsed();
         let peak = mem_peak_since(base);
@@ -585,13 +636,12 @@ pub mod roundtrip {
                     assert_eq!(p, &m[..]);
                 }
                 let mut back = vec![0x5Au8; m.len()];
-                dec.decode(e.codec, e.flags, seq, w, h, p, &mut back)
-                    .unwrap_or_else(|err| {
-                        panic!(
-                            "{choice} {w}x{h} frame {f} codec {} flags {}: {err}",
-                            e.codec, e.flags
-                        )
-                    });
+                dec.decode(&e, p, &mut back).unwrap_or_else(|err| {
+                    panic!(
+                        "{choice} {w}x{h} frame {f} codec {} flags {}: {err}",
+                        e.codec, e.flags
+                    )
+                });
                 assert!(
                     back == *m,
                     "{choice} {w}x{h} frame {f} codec {} flags {}: not bit-exact",
@@ -600,7 +650,7 @@ pub mod roundtrip {
                 );
                 if f != lose {
                     let mut back2 = vec![0x5Au8; m.len()];
-                    match lossy.decode(e.codec, e.flags, seq, w, h, p, &mut back2) {
+                    match lossy.decode(&e, p, &mut back2) {
                         Ok(()) => assert!(
                             back2 == *m,
                             "{choice} {w}x{h} frame {f}: wrong mask after a lost frame"
@@ -811,7 +861,7 @@ pub mod wire_reader {
 pub mod codec_diff {
     use super::codec_mutate::edit;
     use super::*;
-    use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL, CODEC_RAW};
+    use bitmask_codec::{Choice, Decoder, Encoder, FrameInfo, CODEC_BILEVEL, CODEC_RAW};
 
     pub fn run(data: &[u8]) {
         let mut b = Bytes::new(data);
@@ -846,14 +896,44 @@ pub mod codec_diff {
         let len = m0.len();
         let (mut a, mut c) = (Decoder::new(), Decoder::new());
         let (mut oa, mut oc) = (vec![0u8; len], vec![0x5Au8; len]);
-        a.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut oa)
-            .unwrap();
+        a.decode(&e0, &p0, &mut oa).unwrap();
         assert_eq!(oa, m0);
         // the same frame 10 held packed
-        c.decode(CODEC_RAW, 0, 10, w, h, &m0, &mut oc).unwrap();
+        c.decode(
+            &FrameInfo {
+                codec: CODEC_RAW,
+                flags: 0,
+                sequence: 10,
+                width: w,
+                height: h,
+            },
+            &m0,
+            &mut oc,
+        )
+        .unwrap();
         let f1 = (p1.first() == Some(&1)) as u8;
-        let ra = a.decode(CODEC_BILEVEL, f1, 11, w, h, &p1, &mut oa);
-        let rc = c.decode(CODEC_BILEVEL, f1, 11, w, h, &p1, &mut oc);
+        let ra = a.decode(
+            &FrameInfo {
+                codec: CODEC_BILEVEL,
+                flags: f1,
+                sequence: 11,
+                width: w,
+                height: h,
+            },
+            &p1,
+            &mut oa,
+        );
+        let rc = c.decode(
+            &FrameInfo {
+                codec: CODEC_BILEVEL,
+                flags: f1,
+                sequence: 11,
+                width: w,
+                height: h,
+            },
+            &p1,
+            &mut oc,
+        );
         assert_eq!(
             ra.is_ok(),
             rc.is_ok(),
@@ -870,8 +950,28 @@ pub mod codec_diff {
             assert!(oa == m1, "{w}x{h}: frame 11 not bit-exact");
         }
         let f2 = (p2.first() == Some(&1)) as u8;
-        let ra = a.decode(e2.codec, f2, 12, w, h, &p2, &mut oa);
-        let rc = c.decode(e2.codec, f2, 12, w, h, &p2, &mut oc);
+        let ra = a.decode(
+            &FrameInfo {
+                flags: f2,
+                sequence: 12,
+                width: w,
+                height: h,
+                ..e2
+            },
+            &p2,
+            &mut oa,
+        );
+        let rc = c.decode(
+            &FrameInfo {
+                flags: f2,
+                sequence: 12,
+                width: w,
+                height: h,
+                ..e2
+            },
+            &p2,
+            &mut oc,
+        );
         assert_eq!(ra.is_ok(), rc.is_ok(), "frame 12: {ra:?} vs {rc:?}");
         if ra.is_ok() {
             assert!(oa == oc, "{w}x{h}: frame 12 outputs differ");

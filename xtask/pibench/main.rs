@@ -68,8 +68,7 @@ fn codec_loop(
     }
     let mut dec = Decoder::new();
     for (i, (p, e)) in payloads.iter().enumerate() {
-        dec.decode(e.codec, e.flags, i as u64, W as u32, H as u32, p, out)
-            .unwrap();
+        dec.decode(e, p, out).unwrap();
         assert!(out == cycle[i], "decode mismatch");
     }
     let total: usize = payloads.iter().map(|(p, _)| p.len()).sum();
@@ -97,16 +96,8 @@ fn codec_loop(
             if i % frames == 0 {
                 dec.reset();
             }
-            dec.decode(
-                e.codec,
-                e.flags,
-                (i % frames) as u64,
-                W as u32,
-                H as u32,
-                black_box(p),
-                out,
-            )
-            .unwrap();
+            // (frame i % frames was encoded as sequence i % frames)
+            dec.decode(e, black_box(p), out).unwrap();
             check += out[i % out.len()] as u64;
         }
     }

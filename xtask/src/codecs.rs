@@ -12,7 +12,7 @@
 //! minimum is kept; default 5), `--regen` (rebuild the corpus).
 
 use anyhow::{bail, ensure, Context, Result};
-use bitmask_codec::{codec_name, Choice, Decoder, Encoder};
+use bitmask_codec::{codec_name, Choice, Decoder, Encoder, FrameInfo};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,9 +127,17 @@ impl Codec for Ours {
         data: &[u8],
         out: &mut [u8],
     ) -> Result<()> {
-        Ok(self
-            .dec
-            .decode(t.0, t.1, seq, m.width, m.height, data, out)?)
+        Ok(self.dec.decode(
+            &FrameInfo {
+                codec: t.0,
+                flags: t.1,
+                sequence: seq,
+                width: m.width,
+                height: m.height,
+            },
+            data,
+            out,
+        )?)
     }
 }
 

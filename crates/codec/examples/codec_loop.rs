@@ -1,6 +1,6 @@
 //! Encodes and decodes the masks of a corpus in a loop (for profilers):
 //! `cargo run --release -p bitmask-codec --example codec_loop -- target/codec-corpus [enc|dec|both|median|each] [choice]`
-use bitmask_codec::{Choice, Decoder, Encoder};
+use bitmask_codec::{Choice, Decoder, Encoder, FrameInfo};
 use std::time::Instant;
 
 fn main() {
@@ -34,12 +34,12 @@ fn main() {
     }
     let mut enc = Encoder::new(choice, 1);
     let mut dec = Decoder::new();
-    let payloads: Vec<(Vec<u8>, u8, u8)> = masks
+    let payloads: Vec<(Vec<u8>, FrameInfo)> = masks
         .iter()
         .map(|(m, w, h)| {
             let mut out = Vec::new();
             let e = enc.encode(m, *w, *h, 0, &mut out).unwrap();
-            (out, e.codec, e.flags)
+            (out, e)
         })
         .collect();
     let mut sizes: Vec<usize> = payloads.iter().map(|p| p.0.len()).collect();
@@ -54,14 +54,13 @@ fn main() {
     let t = Instant::now();
     let n = 20;
     for _ in 0..n {
-        for ((m, w, h), (p, c, f)) in masks.iter().zip(&payloads) {
+        for ((m, w, h), (p, e)) in masks.iter().zip(&payloads) {
             if what != "dec" {
                 out.clear();
                 enc.encode(m, *w, *h, 0, &mut out).unwrap();
             }
             if what != "enc" {
-                dec.decode(*c, *f, 0, *w, *h, p, &mut back[..m.len()])
-                    .unwrap();
+                dec.decode(e, p, &mut back[..m.len()]).unwrap();
             }
         }
     }
@@ -69,7 +68,7 @@ fn main() {
     println!("{what}: {per:.1} µs per mask ({} masks)", masks.len());
     if what == "each" || what == "median" {
         let (mut es, mut ds) = (Vec::new(), Vec::new());
-        for ((m, w, h), (p, c, f)) in masks.iter().zip(&payloads) {
+        for ((m, w, h), (p, e)) in masks.iter().zip(&payloads) {
             let (mut be, mut bd) = (f64::MAX, f64::MAX);
             for _ in 0..20 {
                 out.clear();
@@ -77,8 +76,7 @@ fn main() {
                 enc.encode(m, *w, *h, 0, &mut out).unwrap();
                 be = be.min(t.elapsed().as_secs_f64() * 1e6);
                 let t = Instant::now();
-                dec.decode(*c, *f, 0, *w, *h, p, &mut back[..m.len()])
-                    .unwrap();
+                dec.decode(e, p, &mut back[..m.len()]).unwrap();
                 bd = bd.min(t.elapsed().as_secs_f64() * 1e6);
             }
             if what == "each" {

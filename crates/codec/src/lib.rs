@@ -13,17 +13,38 @@
 //! | 3  | `lz4`     | one LZ4 block (no size prefix) of the packed mask |
 //!
 //! ```
-//! use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL};
+//! use bitmask_codec::{Choice, CodecError, Decoder, Encoder, CODEC_BILEVEL, FLAG_DELTA};
 //!
-//! let (w, h) = (64u32, 4u32);
-//! let mut mask = vec![0u8; 8 * 4];
-//! mask[8..16].fill(0xF0); // row 1: stripes
-//! let mut enc = Encoder::new(Choice::Bilevel, 30);
-//! let mut payload = Vec::new();
-//! let e = enc.encode(&mask, w, h, 0, &mut payload).unwrap();
-//! let mut back = vec![0u8; mask.len()];
-//! Decoder::new().decode(e.codec, e.flags, 0, w, h, &payload, &mut back).unwrap();
-//! assert_eq!(back, mask);
+//! // A 256x64 mask (32 B per packed row): a white square, then the same
+//! // square 16 px further right.
+//! let (w, h) = (256u32, 64u32);
+//! let square = |x: usize| {
+//!     let mut m = vec![0u8; 32 * 64];
+//!     for row in 16..48 {
+//!         m[row * 32 + x / 8..row * 32 + x / 8 + 4].fill(0xff);
+//!     }
+//!     m
+//! };
+//! let (first, second) = (square(64), square(80));
+//! let mut enc = Encoder::new(Choice::Bilevel, 30); // a key frame every 30
+//! let mut dec = Decoder::new();
+//! let (mut p1, mut p2) = (Vec::new(), Vec::new());
+//! let f1 = enc.encode(&first, w, h, 0, &mut p1).unwrap();
+//! let f2 = enc.encode(&second, w, h, 1, &mut p2).unwrap();
+//! assert_eq!((f1.codec, f1.flags), (CODEC_BILEVEL, 0)); // a key frame
+//! assert_eq!((f2.codec, f2.flags), (CODEC_BILEVEL, FLAG_DELTA)); // coded against frame 0
+//! assert!(p1.len() < first.len() / 10 && p2.len() < first.len() / 10);
+//!
+//! // `FrameInfo` carries what the frame header does: codec, flags, size, sequence.
+//! let mut back = vec![0u8; first.len()];
+//! dec.decode(&f1, &p1, &mut back).unwrap();
+//! assert_eq!(back, first);
+//! dec.decode(&f2, &p2, &mut back).unwrap();
+//! assert_eq!(back, second);
+//!
+//! // A decoder that missed frame 0 refuses frame 1 rather than guess.
+//! let err = Decoder::new().decode(&f2, &p2, &mut back).unwrap_err();
+//! assert!(matches!(err, CodecError::MissingReference { needed: 0, .. }));
 //! ```
 //!
 //! The crate does no I/O. Decoders treat payloads as hostile: output is
@@ -57,6 +78,18 @@ use bilevel::{BilevelDecoder, BilevelEncoder, Reference, Transitions};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+/// True if a row of `mask` (the wire layout, its size checked) has bits
+/// set past `width`.
+fn padding_set(mask: &[u8], width: u32) -> bool {
+    let tail = width % 8;
+    if tail == 0 {
+        return false;
+    }
+    let stride = (width as usize).div_ceil(8);
+    let pad = 0xffu8 >> tail;
+    mask.chunks_exact(stride).any(|r| r[stride - 1] & pad != 0)
+}
 
 /// Clears the padding bits (past `width` in each row's last byte) of a mask
 /// in the wire layout.
@@ -270,13 +303,24 @@ impl FromStr for Choice {
     }
 }
 
-/// What [`Encoder::encode`] produced: the header's codec id and flags.
+/// One frame as its header describes it: what [`Encoder::encode`] returns
+/// and what [`Decoder::decode`] needs beside the payload. The fields are
+/// those of the same names in `bitmask_wire::Header`, so the sender copies
+/// them into the header and the receiver copies them out of it; named
+/// fields, as several of them are integers that would mix up unnoticed as
+/// positional arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Encoded {
-    /// Codec id for the frame header.
+pub struct FrameInfo {
+    /// Codec id ([`CODEC_RAW`], [`CODEC_BILEVEL`], [`CODEC_ZSTD`], [`CODEC_LZ4`]).
     pub codec: u8,
     /// Header flags ([`FLAG_DELTA`] or 0).
     pub flags: u8,
+    /// Mask width in pixels.
+    pub width: u32,
+    /// Mask height in pixels.
+    pub height: u32,
+    /// The frame's sequence number (delta frames name their reference by it).
+    pub sequence: u64,
 }
 
 fn check_frame(width: u32, height: u32, len: usize, what: &'static str) -> Result<(), CodecError> {
@@ -324,6 +368,8 @@ pub struct Encoder {
     prev_seq: Option<u64>,
     bilevel: BilevelEncoder,
     scratch: Vec<u8>,
+    /// A copy of a mask whose padding bits were set, with them cleared.
+    clean: Vec<u8>,
     #[cfg(feature = "zstd")]
     zstd: Option<zstd::bulk::Compressor<'static>>,
 }
@@ -357,6 +403,7 @@ impl Encoder {
             prev_seq: None,
             bilevel: BilevelEncoder::default(),
             scratch: Vec::new(),
+            clean: Vec::new(),
             #[cfg(feature = "zstd")]
             zstd: None,
         }
@@ -395,8 +442,11 @@ impl Encoder {
     ///
     /// The payload is never longer than `packed` (raw is sent when nothing
     /// else pays), as the wire format requires. `packed` must be the wire
-    /// layout with zero padding bits (padding is not transmitted by the
-    /// bilevel codec and decodes as 0). No allocation per frame once the
+    /// layout. Bits past `width` in a row's last byte are padding, not
+    /// pixels: they are coded as 0 whatever they hold (the wire layout has
+    /// them 0, as `numpy.packbits` pads), so the mask decodes with them 0.
+    /// The [`FrameInfo`] returned is the frame header's codec, flags,
+    /// dimensions and sequence number. No allocation per frame once the
     /// buffers have grown to the frame size (except LZ4, whose hash table
     /// `lz4_flex` allocates per call).
     pub fn encode(
@@ -406,15 +456,40 @@ impl Encoder {
         height: u32,
         sequence: u64,
         out: &mut Vec<u8>,
-    ) -> Result<Encoded, CodecError> {
+    ) -> Result<FrameInfo, CodecError> {
         check_frame(width, height, packed.len(), "packed")?;
+        if !padding_set(packed, width) {
+            return self.encode_clean(packed, width, height, sequence, out);
+        }
+        // A copy with the padding cleared (only for such masks).
+        let mut clean = std::mem::take(&mut self.clean);
+        clean.clear();
+        clean.extend_from_slice(packed);
+        clear_padding(&mut clean, width);
+        let r = self.encode_clean(&clean, width, height, sequence, out);
+        self.clean = clean;
+        r
+    }
+
+    /// [`encode`](Self::encode) of a mask whose padding bits are 0.
+    fn encode_clean(
+        &mut self,
+        packed: &[u8],
+        width: u32,
+        height: u32,
+        sequence: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<FrameInfo, CodecError> {
         let t0 = Instant::now();
         let base = out.len();
         let limit = packed.len();
         let uses_bilevel = matches!(self.choice, Choice::Bilevel | Choice::Auto);
-        let mut result = Encoded {
+        let mut result = FrameInfo {
             codec: CODEC_RAW,
             flags: 0,
+            width,
+            height,
+            sequence,
         };
         if uses_bilevel {
             self.cur.extract(packed, width, height);
@@ -430,10 +505,8 @@ impl Encoder {
             };
             let delta = self.bilevel.encode(&self.cur, prev, out);
             if out.len() - base <= limit {
-                result = Encoded {
-                    codec: CODEC_BILEVEL,
-                    flags: if delta { FLAG_DELTA } else { 0 },
-                };
+                result.codec = CODEC_BILEVEL;
+                result.flags = if delta { FLAG_DELTA } else { 0 };
             } else {
                 out.truncate(base);
             }
@@ -464,10 +537,7 @@ impl Encoder {
                     best = self.scratch.len();
                     out.truncate(base);
                     out.extend_from_slice(&self.scratch);
-                    result = Encoded {
-                        codec: CODEC_LZ4,
-                        flags: 0,
-                    };
+                    (result.codec, result.flags) = (CODEC_LZ4, 0);
                 }
                 if cfg!(feature = "zstd")
                     && best > limit / 8
@@ -476,10 +546,7 @@ impl Encoder {
                 {
                     out.truncate(base);
                     out.extend_from_slice(&self.scratch);
-                    result = Encoded {
-                        codec: CODEC_ZSTD,
-                        flags: 0,
-                    };
+                    (result.codec, result.flags) = (CODEC_ZSTD, 0);
                 }
             }
             Choice::Raw | Choice::Bilevel => {}
@@ -624,21 +691,23 @@ impl Decoder {
         self.prev_seq
     }
 
-    /// Decodes one payload into `out`, exactly `ceil(width/8) * height`
-    /// bytes in the wire layout. On success the frame becomes the reference
-    /// for later delta frames; on error `out` is unspecified and the
-    /// reference is unchanged.
-    #[allow(clippy::too_many_arguments)]
+    /// Decodes the payload of the frame `frame` describes into `out`,
+    /// exactly `ceil(width/8) * height` bytes in the wire layout. On success
+    /// the frame becomes the reference for later delta frames; on error
+    /// `out` is unspecified and the reference is unchanged.
     pub fn decode(
         &mut self,
-        codec: u8,
-        flags: u8,
-        sequence: u64,
-        width: u32,
-        height: u32,
+        frame: &FrameInfo,
         payload: &[u8],
         out: &mut [u8],
     ) -> Result<(), CodecError> {
+        let FrameInfo {
+            codec,
+            flags,
+            width,
+            height,
+            sequence,
+        } = *frame;
         check_frame(width, height, out.len(), "output")?;
         let delta = flags & FLAG_DELTA != 0;
         if codec != CODEC_BILEVEL && delta && codec <= CODEC_LZ4 {

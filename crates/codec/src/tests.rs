@@ -66,12 +66,12 @@ fn roundtrip(choice: Choice, frames: &[Vec<u8>], w: u32, h: u32, interval: u32) 
             assert_eq!(payload, &f[..]);
         }
         let mut back = vec![0x55u8; f.len()];
-        dec.decode(e.codec, e.flags, i as u64 * 3, w, h, payload, &mut back)
+        dec.decode(&e, payload, &mut back)
             .unwrap_or_else(|err| panic!("frame {i} {e:?}: {err}"));
         assert_eq!(&back, f, "frame {i} codec {e:?}");
         for (k, d) in lean.iter_mut().enumerate() {
             back.fill(0x55);
-            d.decode(e.codec, e.flags, i as u64 * 3, w, h, payload, &mut back)
+            d.decode(&e, payload, &mut back)
                 .unwrap_or_else(|err| panic!("budget {k}, frame {i} {e:?}: {err}"));
             assert_eq!(&back, f, "budget {k}, frame {i} codec {e:?}");
         }
@@ -169,8 +169,7 @@ fn busy_frames_are_kept_packed() {
         let e = enc.encode(f, w, h, i as u64, &mut p).unwrap();
         assert_eq!(e.flags != 0, i > 0, "frame {i} is a delta frame");
         assert!(p.len() < 200, "frame {i}: {} B", p.len());
-        dec.decode(e.codec, e.flags, i as u64, w, h, &p, &mut back)
-            .unwrap();
+        dec.decode(&e, &p, &mut back).unwrap();
         assert_eq!(&back, f, "frame {i}");
         // 262,144 transitions; the lists keep at most twice the frame's
         // bytes in entries (plus one row), and the reference is packed.
@@ -185,8 +184,7 @@ fn busy_frames_are_kept_packed() {
     calm[s * 10] = 0x80;
     let mut p = Vec::new();
     let e = enc.encode(&calm, w, h, 3, &mut p).unwrap();
-    dec.decode(e.codec, e.flags, 3, w, h, &p, &mut back)
-        .unwrap();
+    dec.decode(&e, &p, &mut back).unwrap();
     assert_eq!(back, calm);
     assert!(!dec.prev_packed);
 }
@@ -199,7 +197,7 @@ fn mutated_payloads_on_packed_references() {
     let (w, h) = (96u32, 40u32);
     let frames: Vec<Vec<u8>> = (0..3).map(|k| blobs(w, h, 7 + k, 30)).collect();
     let mut enc = Encoder::new(Choice::Bilevel, 0);
-    let payloads: Vec<(Vec<u8>, Encoded)> = frames
+    let payloads: Vec<(Vec<u8>, FrameInfo)> = frames
         .iter()
         .enumerate()
         .map(|(i, f)| {
@@ -215,11 +213,21 @@ fn mutated_payloads_on_packed_references() {
         let i = 1 + round % 2;
         let mut d = Decoder::new();
         d.set_list_budget(1 + (round % 3) * 200);
-        d.decode(CODEC_BILEVEL, 0, 0, w, h, &payloads[0].0, &mut back)
-            .unwrap();
+        d.decode(
+            &FrameInfo {
+                codec: CODEC_BILEVEL,
+                flags: 0,
+                sequence: 0,
+                width: w,
+                height: h,
+            },
+            &payloads[0].0,
+            &mut back,
+        )
+        .unwrap();
         if i == 2 {
             let (p, e) = &payloads[1];
-            d.decode(e.codec, e.flags, 1, w, h, p, &mut back).unwrap();
+            d.decode(e, p, &mut back).unwrap();
         }
         let (p, e) = &payloads[i];
         let mut p = p.clone();
@@ -236,7 +244,7 @@ fn mutated_payloads_on_packed_references() {
                 p.push(1);
             }
         }
-        let _ = d.decode(e.codec, e.flags, i as u64, w, h, &p, &mut back);
+        let _ = d.decode(e, &p, &mut back);
         assert_eq!(back.len(), frames[0].len());
     }
 }
@@ -277,34 +285,39 @@ fn missing_reference_is_rejected() {
     let mut out = vec![0u8; f0.len()];
     let mut dec = Decoder::new();
     assert_eq!(
-        dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
+        dec.decode(&e1, &p1, &mut out),
         Err(CodecError::MissingReference {
             frame: 12,
             needed: 10,
             held: None
         })
     );
-    let e = dec
-        .decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out)
-        .unwrap_err()
-        .to_string();
+    let e = dec.decode(&e1, &p1, &mut out).unwrap_err().to_string();
     assert!(
         e.starts_with("delta frame 12 needs reference frame 10, and the decoder holds no frame"),
         "{e}"
     );
     let e = dec
-        .decode(CODEC_LZ4, 0, 12, w, h, &[0xf0], &mut out)
+        .decode(
+            &FrameInfo {
+                codec: CODEC_LZ4,
+                flags: 0,
+                sequence: 12,
+                width: w,
+                height: h,
+            },
+            &[0xf0],
+            &mut out,
+        )
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("codec 3 (lz4): 1 B payload: "), "{e}");
-    dec.decode(e0.codec, e0.flags, 10, w, h, &p0, &mut out)
-        .unwrap();
-    dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out)
-        .unwrap();
+    dec.decode(&e0, &p0, &mut out).unwrap();
+    dec.decode(&e1, &p1, &mut out).unwrap();
     assert_eq!(out, f1);
     // Held 12 now; replaying the delta (which needs 10) fails.
     assert_eq!(
-        dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
+        dec.decode(&e1, &p1, &mut out),
         Err(CodecError::MissingReference {
             frame: 12,
             needed: 10,
@@ -313,13 +326,23 @@ fn missing_reference_is_rejected() {
     );
     // Flag stripped: mismatch, not a wrong image.
     assert!(matches!(
-        dec.decode(e1.codec, 0, 12, w, h, &p1, &mut out),
+        dec.decode(
+            &FrameInfo {
+                flags: 0,
+                sequence: 12,
+                width: w,
+                height: h,
+                ..e1
+            },
+            &p1,
+            &mut out
+        ),
         Err(CodecError::FlagMismatch { .. })
     ));
     // Reset forgets.
     dec.reset();
     assert!(matches!(
-        dec.decode(e1.codec, e1.flags, 12, w, h, &p1, &mut out),
+        dec.decode(&e1, &p1, &mut out),
         Err(CodecError::MissingReference { held: None, .. })
     ));
 }
@@ -364,7 +387,17 @@ fn bad_arguments() {
     let mut dec = Decoder::new();
     let mut o = [0u8; 2];
     assert!(matches!(
-        dec.decode(9, 0, 0, 8, 2, &[1], &mut o),
+        dec.decode(
+            &FrameInfo {
+                codec: 9,
+                flags: 0,
+                sequence: 0,
+                width: 8,
+                height: 2
+            },
+            &[1],
+            &mut o
+        ),
         Err(CodecError::UnknownCodec { codec: 9 })
     ));
     // Dimensions whose packed size passes u32 (2^17 * (2^15 + 1) bytes): a
@@ -375,7 +408,19 @@ fn bad_arguments() {
     let wrapped = ((w as u64 / 8 * h as u64) % (1u64 << 32)) as usize;
     let mut small = vec![0u8; wrapped];
     for codec in [CODEC_RAW, CODEC_BILEVEL] {
-        let err = dec.decode(codec, 0, 0, w, h, &[0], &mut small).unwrap_err();
+        let err = dec
+            .decode(
+                &FrameInfo {
+                    codec,
+                    flags: 0,
+                    sequence: 0,
+                    width: w,
+                    height: h,
+                },
+                &[0],
+                &mut small,
+            )
+            .unwrap_err();
         if usize::BITS == 32 {
             assert!(
                 matches!(err, CodecError::InvalidDimensions { width, height } if (width, height) == (w, h)),
@@ -448,7 +493,17 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
         let p = payload(n_s, 0);
         assert!(p.len() < 100, "{} B", p.len());
         let err = dec
-            .decode(CODEC_BILEVEL, 0, 0, w, h, &p, &mut out)
+            .decode(
+                &FrameInfo {
+                    codec: CODEC_BILEVEL,
+                    flags: 0,
+                    sequence: 0,
+                    width: w,
+                    height: h,
+                },
+                &p,
+                &mut out,
+            )
             .unwrap_err();
         let text = err.to_string();
         assert!(
@@ -460,14 +515,35 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     // empty reference = an empty row) is a valid all-zero mask.
     let p = payload(h as u64, 0);
     out.fill(0xFF);
-    dec.decode(CODEC_BILEVEL, 0, 0, w, h, &p, &mut out).unwrap();
+    dec.decode(
+        &FrameInfo {
+            codec: CODEC_BILEVEL,
+            flags: 0,
+            sequence: 0,
+            width: w,
+            height: h,
+        },
+        &p,
+        &mut out,
+    )
+    .unwrap();
     assert!(out.iter().all(|&b| b == 0));
     // Then a delta frame claiming every symbol for temporal rows: refused,
     // and the symbols of both frames share one buffer (held at most once).
     let p = payload(0, limit);
     assert!(p.len() < 100, "{} B", p.len());
     let err = dec
-        .decode(CODEC_BILEVEL, FLAG_DELTA, 1, w, h, &p, &mut out)
+        .decode(
+            &FrameInfo {
+                codec: CODEC_BILEVEL,
+                flags: FLAG_DELTA,
+                sequence: 1,
+                width: w,
+                height: h,
+            },
+            &p,
+            &mut out,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("left over"), "{err}");
     let held = dec.bilevel.symbol_capacity() as u64;
@@ -476,6 +552,50 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
         "{held} B held for mode symbols, limit {limit}"
     );
     assert_eq!(dec.reference(), Some(0));
+}
+
+#[test]
+fn padding_bits_given_to_the_encoder_are_coded_as_zero() {
+    // Width 61: 3 padding bits per row, set in every row, or in one row
+    // only. Every codec codes them as 0, raw included (the wire layout has
+    // them 0, so a third-party reader never sees them), and the mask decodes
+    // with them 0.
+    let (w, h) = (61u32, 40u32);
+    let mask = blobs(w, h, 7, 0);
+    let mut dirty = mask.clone();
+    for row in dirty.chunks_exact_mut(stride(w)) {
+        row[stride(w) - 1] |= 0x07;
+    }
+    let mut one_row = mask.clone();
+    one_row[39 * stride(w) + 7] |= 0x01;
+    for input in [&dirty, &one_row] {
+        assert_ne!(input, &mask);
+        for choice in [
+            Choice::Raw,
+            Choice::Bilevel,
+            Choice::Zstd,
+            Choice::Lz4,
+            Choice::Auto,
+        ] {
+            let mut enc = Encoder::new(choice, 10);
+            let mut dec = Decoder::new();
+            let mut out = vec![0u8; mask.len()];
+            for seq in 0..3 {
+                let mut p = Vec::new();
+                let e = enc.encode(input, w, h, seq, &mut p).unwrap();
+                if e.codec == CODEC_RAW {
+                    assert_eq!(p, mask, "{choice}: a raw payload");
+                }
+                dec.decode(&e, &p, &mut out).unwrap();
+                assert_eq!(out, mask, "{choice}, frame {seq}");
+            }
+            // and a clean mask after them, as a delta frame where it can be
+            let mut p = Vec::new();
+            let e = enc.encode(&mask, w, h, 3, &mut p).unwrap();
+            dec.decode(&e, &p, &mut out).unwrap();
+            assert_eq!(out, mask, "{choice}, a clean frame after them");
+        }
+    }
 }
 
 #[test]
@@ -491,21 +611,27 @@ fn padding_bits_set_by_a_payload_are_cleared() {
     }
     assert_ne!(dirty, mask);
     let mut out = vec![0u8; mask.len()];
-    let mut zstd_payload = Vec::new();
-    let mut lz4_payload = Vec::new();
-    Encoder::new(Choice::Zstd, 1)
-        .encode(&dirty, w, h, 0, &mut zstd_payload)
-        .unwrap();
-    Encoder::new(Choice::Lz4, 1)
-        .encode(&dirty, w, h, 0, &mut lz4_payload)
-        .unwrap();
+    // (made by the libraries directly: the Encoder clears padding bits)
+    let zstd_payload = zstd::bulk::compress(&dirty, 1).unwrap();
+    let lz4_payload = lz4_flex::block::compress(&dirty);
     for (codec, payload) in [
         (CODEC_RAW, &dirty),
         (CODEC_ZSTD, &zstd_payload),
         (CODEC_LZ4, &lz4_payload),
     ] {
         let mut dec = Decoder::new();
-        dec.decode(codec, 0, 5, w, h, payload, &mut out).unwrap();
+        dec.decode(
+            &FrameInfo {
+                codec,
+                flags: 0,
+                sequence: 5,
+                width: w,
+                height: h,
+            },
+            payload,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, mask, "codec {codec}");
         // A bilevel delta frame against it decodes to the clean next mask.
         let mut next = mask.clone();
@@ -516,7 +642,7 @@ fn padding_bits_set_by_a_payload_are_cleared() {
         p.clear();
         let e = enc.encode(&next, w, h, 6, &mut p).unwrap();
         assert_eq!(e.flags & FLAG_DELTA, FLAG_DELTA, "a delta frame");
-        dec.decode(e.codec, e.flags, 6, w, h, &p, &mut out).unwrap();
+        dec.decode(&e, &p, &mut out).unwrap();
         assert_eq!(out, next, "codec {codec}, then a delta frame");
     }
 }

@@ -88,16 +88,8 @@ pub fn stream_roundtrip(choice: Choice, interval: u32, frames: &[&Mask]) -> Vec<
         }
         back.clear();
         back.resize(m.bits.len(), 0xA5);
-        dec.decode(
-            e.codec,
-            e.flags,
-            100 + i as u64,
-            m.width,
-            m.height,
-            payload,
-            &mut back,
-        )
-        .unwrap_or_else(|err| panic!("{} {choice} interval {interval}: {err}", m.name));
+        dec.decode(&e, payload, &mut back)
+            .unwrap_or_else(|err| panic!("{} {choice} interval {interval}: {err}", m.name));
         assert!(
             back == m.bits,
             "{} {choice} interval {interval}: not bit-exact",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL, FLAG_DELTA};
+use bitmask_codec::{Choice, Decoder, Encoder, FrameInfo, CODEC_BILEVEL, FLAG_DELTA};
 use common::{corpus_dir, load, skip, stream_roundtrip, streams, vectors_dir};
 
 #[test]
@@ -74,8 +74,18 @@ fn golden_payloads_decode() {
         }
         let p = std::fs::read(&path).unwrap();
         let mut out = vec![0u8; m.bits.len()];
-        dec.decode(CODEC_BILEVEL, 0, 0, m.width, m.height, &p, &mut out)
-            .unwrap();
+        dec.decode(
+            &FrameInfo {
+                codec: CODEC_BILEVEL,
+                flags: 0,
+                sequence: 0,
+                width: m.width,
+                height: m.height,
+            },
+            &p,
+            &mut out,
+        )
+        .unwrap();
         assert!(
             out == m.bits,
             "{name}: golden payload decodes to another mask"
@@ -99,11 +109,13 @@ fn golden_payloads_decode() {
     let mut out = vec![0u8; m1.bits.len()];
     // The decoder holds object_00 as frame 0 from the loop above.
     dec.decode(
-        CODEC_BILEVEL,
-        FLAG_DELTA,
-        1,
-        m1.width,
-        m1.height,
+        &FrameInfo {
+            codec: CODEC_BILEVEL,
+            flags: FLAG_DELTA,
+            sequence: 1,
+            width: m1.width,
+            height: m1.height,
+        },
         &p,
         &mut out,
     )

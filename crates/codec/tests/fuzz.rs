@@ -6,7 +6,7 @@
 
 mod common;
 
-use bitmask_codec::{Choice, Decoder, Encoder, CODEC_BILEVEL, FLAG_DELTA};
+use bitmask_codec::{Choice, Decoder, Encoder, FrameInfo, CODEC_BILEVEL, FLAG_DELTA};
 use common::{load, vectors_dir};
 use proptest::prelude::*;
 
@@ -41,7 +41,18 @@ fn primed(seed: &Seed) -> Decoder {
     let (w, h, _, pa, _, _) = seed;
     let mut d = Decoder::new();
     let mut out = vec![0u8; (*w as usize).div_ceil(8) * *h as usize];
-    d.decode(CODEC_BILEVEL, 0, 0, *w, *h, pa, &mut out).unwrap();
+    d.decode(
+        &FrameInfo {
+            codec: CODEC_BILEVEL,
+            flags: 0,
+            sequence: 0,
+            width: *w,
+            height: *h,
+        },
+        pa,
+        &mut out,
+    )
+    .unwrap();
     d
 }
 
@@ -55,23 +66,64 @@ fn every_prefix_of_valid_payloads_is_rejected_or_decoded_without_panic() {
         for cut in 0..pa.len() {
             let mut d = Decoder::new();
             assert!(d
-                .decode(CODEC_BILEVEL, 0, 0, *w, *h, &pa[..cut], &mut out)
+                .decode(
+                    &FrameInfo {
+                        codec: CODEC_BILEVEL,
+                        flags: 0,
+                        sequence: 0,
+                        width: *w,
+                        height: *h
+                    },
+                    &pa[..cut],
+                    &mut out
+                )
                 .is_err());
             if cut % 97 == 0 {
                 // the failed decode left the decoder usable
-                d.decode(CODEC_BILEVEL, 0, 0, *w, *h, pa, &mut out).unwrap();
+                d.decode(
+                    &FrameInfo {
+                        codec: CODEC_BILEVEL,
+                        flags: 0,
+                        sequence: 0,
+                        width: *w,
+                        height: *h,
+                    },
+                    pa,
+                    &mut out,
+                )
+                .unwrap();
                 assert!(&out == fa, "key frame after a cut at {cut}");
             }
         }
         for cut in 0..pb.len() {
             let mut d = primed(&seed);
             assert!(d
-                .decode(CODEC_BILEVEL, FLAG_DELTA, 1, *w, *h, &pb[..cut], &mut out)
+                .decode(
+                    &FrameInfo {
+                        codec: CODEC_BILEVEL,
+                        flags: FLAG_DELTA,
+                        sequence: 1,
+                        width: *w,
+                        height: *h
+                    },
+                    &pb[..cut],
+                    &mut out
+                )
                 .is_err());
             if cut % 97 == 0 {
                 // ... and its reference intact: the whole delta still decodes
-                d.decode(CODEC_BILEVEL, FLAG_DELTA, 1, *w, *h, pb, &mut out)
-                    .unwrap();
+                d.decode(
+                    &FrameInfo {
+                        codec: CODEC_BILEVEL,
+                        flags: FLAG_DELTA,
+                        sequence: 1,
+                        width: *w,
+                        height: *h,
+                    },
+                    pb,
+                    &mut out,
+                )
+                .unwrap();
                 assert!(&out == fb, "delta frame after a cut at {cut}");
             }
         }
@@ -105,20 +157,20 @@ proptest! {
         if with_ref {
             let mut p = Vec::new();
             let e = Encoder::new(Choice::Bilevel, 1).encode(&vec![0x0Fu8; len], w, h, 5, &mut p).unwrap();
-            d.decode(e.codec, e.flags, 5, w, h, &p, &mut out).unwrap();
+            d.decode(&e, &p, &mut out).unwrap();
         }
         // Random bytes, and random bytes behind a plausible bilevel header.
-        let _ = d.decode(codec, flags, 6, w, h, &payload, &mut out);
+        let _ = d.decode(&FrameInfo { codec, flags, sequence: 6, width: w, height: h }, &payload, &mut out);
         // kind, reference sequence 5 (u64 LE), motion dx = 1, dy = -1
         let mut forged = vec![flags, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF];
         forged.truncate(if flags == 1 { 11 } else { 1 });
         forged.extend_from_slice(&payload);
-        let _ = d.decode(CODEC_BILEVEL, flags, 7, w, h, &forged, &mut out);
+        let _ = d.decode(&FrameInfo { codec: CODEC_BILEVEL, flags, sequence: 7, width: w, height: h }, &forged, &mut out);
         // Whatever that did, the decoder still decodes a valid frame exactly.
         let good: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
         let mut p = Vec::new();
         let e = Encoder::new(Choice::Bilevel, 1).encode(&good, w, h, 8, &mut p).unwrap();
-        d.decode(e.codec, e.flags, 8, w, h, &p, &mut out).unwrap();
+        d.decode(&e, &p, &mut out).unwrap();
         // (bits past the width of each row are padding, cleared by the decoder)
         let stride = (w as usize).div_ceil(8);
         let pad = if w % 8 == 0 { 0xFF } else { !(0xFFu8 >> (w % 8)) };
@@ -150,10 +202,10 @@ proptest! {
         let mut d = if delta { primed(seed) } else { Decoder::new() };
         let mut out = vec![0u8; (*w as usize).div_ceil(8) * *h as usize];
         let flags = if delta { FLAG_DELTA } else { 0 };
-        let _ = d.decode(CODEC_BILEVEL, flags, 1, *w, *h, &p, &mut out);
+        let _ = d.decode(&FrameInfo { codec: CODEC_BILEVEL, flags, sequence: 1, width: *w, height: *h }, &p, &mut out);
         // Wrong dimensions for the same payload must not panic either.
         let mut small = vec![0u8; 3 * 7];
-        let _ = d.decode(CODEC_BILEVEL, flags, 2, 17, 7, &p, &mut small);
+        let _ = d.decode(&FrameInfo { codec: CODEC_BILEVEL, flags, sequence: 2, width: 17, height: 7 }, &p, &mut small);
     }
 
     #[test]
@@ -197,7 +249,7 @@ proptest! {
             let e = enc.encode(&m, w, h, f as u64, &mut out).unwrap();
             prop_assert!(out.len() <= m.len());
             let mut back = vec![0u8; m.len()];
-            dec.decode(e.codec, e.flags, f as u64, w, h, &out, &mut back).unwrap();
+            dec.decode(&e, &out, &mut back).unwrap();
             prop_assert_eq!(&back, &m);
             prev = Some(m);
         }

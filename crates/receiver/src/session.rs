@@ -695,10 +695,15 @@ fn decode<'a>(
         )
     })?;
     out.resize(len, 0);
+    let frame = bitmask_codec::FrameInfo {
+        codec: h.codec,
+        flags: h.flags,
+        width: h.width,
+        height: h.height,
+        sequence: h.sequence,
+    };
     decoder
-        .decode(
-            h.codec, h.flags, h.sequence, h.width, h.height, payload, out,
-        )
+        .decode(&frame, payload, out)
         .map_err(|e| format!("frame {}: {e}", h.sequence))?;
     Ok(out)
 }

@@ -69,7 +69,7 @@ impl Arch {
             Arch::V7 => "armv7-unknown-linux-gnueabihf.2.28",
         }
     }
-    fn rustflags(self) -> &'static str {
+    pub fn rustflags(self) -> &'static str {
         match self {
             // link-self-contained=no: zig supplies musl's crt objects and libc, built for
             // the target CPU (rustc's self-contained ones are not shipped for this target).

@@ -8,7 +8,9 @@
 //! needs 1.88). This task installs that exact toolchain (rustup, minimal
 //! profile) and checks every target of the workspace with it, against the
 //! committed lockfile. The workspace's `resolver = "3"` keeps `cargo update`
-//! to versions that this Rust builds.
+//! to versions that this Rust builds. The library crates are also checked
+//! for the Pi 2's ARMv7 target, plain (`cargo build` on a Pi) and with the
+//! dist build's flags: bitmask-core's ARM code compiles only there.
 
 use crate::util::{have, output, root, run};
 use anyhow::{bail, Context, Result};
@@ -18,7 +20,9 @@ use std::time::Instant;
 const HELP: &str = "\
 cargo xtask msrv
 installs the toolchain named by Cargo.toml's rust-version (rustup, minimal profile) and
-runs `cargo check --workspace --all-targets --locked` with it (target dir target/msrv)
+runs `cargo check --workspace --all-targets --locked` with it (target dir target/msrv),
+then checks the library crates for armv7-unknown-linux-gnueabihf (its std added to that
+toolchain), plain and with the ARMv7 dist build's RUSTFLAGS
 ";
 
 /// `cargo xtask msrv`.
@@ -82,22 +86,8 @@ pub fn check() -> Result<()> {
         bail!("rustup run {version} rustc says {found:?}, not Rust {version}");
     }
     eprintln!("xtask: checking the workspace with {found} (rust-version = {version:?})");
-    let mut c = Command::new("rustup");
-    c.args([
-        "run",
-        &version,
-        "cargo",
-        "check",
-        "--workspace",
-        "--all-targets",
-        "--locked",
-    ])
-    .current_dir(root())
-    .env("CARGO_TARGET_DIR", root().join("target/msrv"));
-    // what `cargo xtask` was started with must not pick the compiler
-    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
-        c.env_remove(var);
-    }
+    let mut c = cargo_of(&version);
+    c.args(["check", "--workspace", "--all-targets", "--locked"]);
     run(&mut c).with_context(|| {
         format!(
             "the workspace does not build with Rust {version}, which Cargo.toml's rust-version \
@@ -105,9 +95,59 @@ pub fn check() -> Result<()> {
              or raise rust-version"
         )
     })?;
+    // The libraries' ARM code (bitmask-core's kernels), as a Pi compiles it.
+    let arch = crate::dist::Arch::V7;
+    let target = arch.triple();
+    let installed = output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        &version,
+    ]))?;
+    if !installed.lines().any(|l| l.trim() == target) {
+        run(Command::new("rustup").args(["target", "add", "--toolchain", &version, target]))
+            .with_context(|| format!("fix: rustup target add --toolchain {version} {target}"))?;
+    }
+    // (without zstd's C library, which needs a C cross compiler; lz4 is Rust)
+    for flags in ["", arch.rustflags()] {
+        let mut c = cargo_of(&version);
+        c.args([
+            "check",
+            "--locked",
+            "--target",
+            target,
+            "--no-default-features",
+            "-p",
+            "bitmask-core",
+            "-p",
+            "bitmask-wire",
+            "-p",
+            "bitmask-codec",
+        ])
+        .env("RUSTFLAGS", flags);
+        eprintln!("xtask: RUSTFLAGS={flags:?}");
+        run(&mut c).with_context(|| {
+            format!("the library crates do not build for {target} with Rust {version}")
+        })?;
+    }
     eprintln!(
-        "xtask: the workspace builds with Rust {version} ({:.0} s)",
+        "xtask: the workspace builds with Rust {version}, and the library crates for {target} \
+         ({:.0} s)",
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `cargo` of toolchain `version`, in the workspace, building into target/msrv.
+fn cargo_of(version: &str) -> Command {
+    let mut c = Command::new("rustup");
+    c.args(["run", version, "cargo"])
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", root().join("target/msrv"));
+    // what `cargo xtask` was started with must not pick the compiler
+    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+        c.env_remove(var);
+    }
+    c
 }

@@ -1157,11 +1157,16 @@ impl Background {
         if !st.success() {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            // The compiler's first error (the builds beside the failed one
-            // went on writing below it), else the log's end.
-            let from = lines
+            // The failed phase's first error (the builds beside the failed
+            // one went on writing below it), else the log's end.
+            let phase = lines
+                .iter()
+                .rposition(|l| l.starts_with(BACKGROUND_PHASE))
+                .unwrap_or(0);
+            let from = lines[phase..]
                 .iter()
                 .position(|l| l.starts_with("error"))
+                .map(|i| phase + i)
                 .unwrap_or(lines.len().saturating_sub(40));
             // 60 lines from there, and the log's last 3 when it goes on
             let end = lines.len().min(from + 60);
@@ -1189,9 +1194,15 @@ impl Background {
 /// `cargo xtask ci-background`: what [`Background`] runs, the Pi builds and
 /// then the MSRV check (`cargo xtask msrv`; its toolchain installed here).
 pub fn run_background() -> Result<()> {
-    run_qemu(&["build".to_string()])?;
-    crate::msrv::check()
+    eprintln!("{BACKGROUND_PHASE} the Pi builds");
+    run_qemu(&["build".to_string()]).context("the Pi builds")?;
+    eprintln!("{BACKGROUND_PHASE} the MSRV check");
+    crate::msrv::check().context("the MSRV check")
 }
+
+/// Starts each phase's part of the background log; [`Background::wait`]
+/// shows the first error after the last one.
+const BACKGROUND_PHASE: &str = "xtask: background phase:";
 
 /// The CI step: ARM dist builds with their checks, unit tests under qemu, SIGILL
 /// test-of-the-test, e2e. A missing tool fails (it is installed when possible).

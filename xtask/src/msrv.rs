@@ -1,8 +1,8 @@
 //! `cargo xtask msrv`: proves the workspace's `rust-version` true.
 //!
 //! Cargo.toml promises that every crate builds with the Rust of
-//! `[workspace.package] rust-version` (1.85: Debian 13's and Raspberry Pi
-//! OS's `rustc`, for a build on the Pi itself). Nothing else checks that
+//! `[workspace.package] rust-version` (1.85: the `rustc` Debian 13
+//! packages, for a build on a Pi itself). Nothing else checks that
 //! promise: the toolchain here is newer, and a dependency's update can
 //! quietly raise the minimum (the lockfile once held image 0.25.10, which
 //! needs 1.88). This task installs that exact toolchain (rustup, minimal
@@ -19,7 +19,8 @@ use std::time::Instant;
 
 const HELP: &str = "\
 cargo xtask msrv
-installs the toolchain named by Cargo.toml's rust-version (rustup, minimal profile) and
+installs the toolchain named by Cargo.toml's rust-version (1.85 means 1.85.0; rustup,
+minimal profile) and
 runs `cargo check --workspace --all-targets --locked` with it (target dir target/msrv),
 then checks the library crates for armv7-unknown-linux-gnueabihf (its std added to that
 toolchain), plain and with the ARMv7 dist build's RUSTFLAGS
@@ -55,7 +56,14 @@ pub fn declared() -> Result<String> {
 /// Installs the declared toolchain when missing and checks the workspace with it.
 pub fn check() -> Result<()> {
     let t = Instant::now();
-    let version = declared()?;
+    let declared = declared()?;
+    // "1.85" promises 1.85.0 (Debian 13's), not the latest 1.85.x rustup
+    // would install for "1.85"
+    let version = if declared.split('.').count() == 2 {
+        format!("{declared}.0")
+    } else {
+        declared.clone()
+    };
     if !have("rustup") {
         bail!(
             "rustup is needed to install Rust {version} (Cargo.toml's rust-version) for the \
@@ -79,13 +87,12 @@ pub fn check() -> Result<()> {
             rustc()?
         }
     };
-    // "rustc 1.85.1 (...)" for rust-version 1.85
+    // "rustc 1.85.0 (...)"
     let found = found.trim();
-    let number = found.split_whitespace().nth(1).unwrap_or("");
-    if !(number == version || number.starts_with(&format!("{version}."))) {
+    if found.split_whitespace().nth(1) != Some(version.as_str()) {
         bail!("rustup run {version} rustc says {found:?}, not Rust {version}");
     }
-    eprintln!("xtask: checking the workspace with {found} (rust-version = {version:?})");
+    eprintln!("xtask: checking the workspace with {found} (rust-version = {declared:?})");
     let mut c = cargo_of(&version);
     c.args(["check", "--workspace", "--all-targets", "--locked"]);
     run(&mut c).with_context(|| {
@@ -145,9 +152,19 @@ fn cargo_of(version: &str) -> Command {
     c.args(["run", version, "cargo"])
         .current_dir(root())
         .env("CARGO_TARGET_DIR", root().join("target/msrv"));
-    // what `cargo xtask` was started with must not pick the compiler
-    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+    // what `cargo xtask` was started with must not pick the compiler or
+    // its flags (-D warnings would fail on a lint only this Rust has;
+    // CARGO_ENCODED_RUSTFLAGS would win over the flags set here)
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
         c.env_remove(var);
     }
+    c.env("RUSTFLAGS", "");
     c
 }

@@ -165,8 +165,9 @@ impl WireError {
     /// True when the whole frame was consumed, so a reader may go on to the
     /// next frame (only a CRC mismatch). The stream is then still in step
     /// unless the damage was in the header's payload length (the CRC cannot
-    /// tell): the next read then fails too, most likely with
-    /// [`WireError::BadMagic`], and the stream is lost from there.
+    /// tell): then the next read fails too, most likely with
+    /// [`WireError::BadMagic`], or (a length damaged upwards) this one waited
+    /// for bytes of the next frames, and the stream is lost from there.
     pub fn is_recoverable(&self) -> bool {
         matches!(self, WireError::CrcMismatch { .. })
     }
@@ -692,7 +693,10 @@ impl<R: Read> FrameReader<R> {
     /// Called again, or after a frame, it reads nothing and returns
     /// `Ok(None)` (a hello only comes first). After a read that failed
     /// ([`WireError::Io`], a socket timeout say) ask again: it goes on where
-    /// it stopped, nothing read is lost.
+    /// it stopped, nothing read is lost. After a hello that was read whole
+    /// but is wrong (its name) frames follow; after one whose end is unknown
+    /// (cut short, another version, a bad name length)
+    /// [`read_frame`](Self::read_frame) returns [`WireError::OutOfStep`].
     pub fn read_hello(&mut self) -> Result<Option<Hello>, WireError> {
         if self.started {
             return Ok(None);
@@ -714,12 +718,26 @@ impl<R: Read> FrameReader<R> {
             return Ok(None);
         }
         let r = self.read_hello_rest();
-        if !matches!(r, Err(WireError::Io(_))) {
-            // done with the hello, or it is wrong: the stream goes on after it
-            self.started = true;
-            self.pending_len = 0;
-            self.hello = Vec::new();
+        if let Err(e) = &r {
+            if matches!(e, WireError::Io(_)) {
+                return Err(r.unwrap_err());
+            }
+            // A hello read whole (only its name is wrong) leaves the stream
+            // in step; one cut short, of another version or with a bad name
+            // length has no known end: no frame can be found after it.
+            let h = &self.hello;
+            let whole = h.len() >= 4 && h[0] == VERSION && {
+                let n = u16::from_le_bytes([h[2], h[3]]) as usize;
+                (1..=MAX_NAME_LEN).contains(&n) && h.len() == 4 + n
+            };
+            if !whole {
+                self.broken = Some(e.to_string());
+            }
         }
+        // done with the hello, or it is wrong: the stream goes on after it
+        self.started = true;
+        self.pending_len = 0;
+        self.hello = Vec::new();
         r.map(Some)
     }
 

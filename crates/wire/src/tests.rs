@@ -509,3 +509,42 @@ fn after_an_error_that_loses_step_no_frame_and_no_clean_end_is_made_up() {
     assert_eq!(r.read_frame().unwrap().unwrap().payload, &p[..]);
     assert!(r.read_frame().unwrap().is_none());
 }
+
+#[test]
+fn after_a_hello_without_a_known_end_no_frame_is_made_up() {
+    let (hd, p) = frame(9, 2, 0);
+    let mut f = Vec::new();
+    encode_frame(&hd, &p, &mut f);
+    let hello = Hello::new("cam").unwrap().encode(); // BMHI, 1, flags, len 3, "cam"
+    let mut v2 = hello.clone();
+    v2[4] = 2;
+    let mut zero_len = hello.clone();
+    zero_len[6..8].copy_from_slice(&0u16.to_le_bytes());
+    // a name that holds a whole frame: read as a frame if the reader went on
+    let mut long = Hello::new("cam").unwrap().encode()[..8].to_vec();
+    long[6..8].copy_from_slice(&(f.len() as u16).to_le_bytes());
+    long[4] = 2;
+    long.extend_from_slice(&f);
+    for (what, s) in [
+        ("cut short", hello[..6].to_vec()),
+        ("cut short in the name", hello[..9].to_vec()),
+        ("another version", [v2, f.clone()].concat()),
+        ("name length 0", [zero_len, f.clone()].concat()),
+        ("another version, a frame in its name", long),
+    ] {
+        let mut r = FrameReader::new(&s[..], Limits::default());
+        let e = r.read_hello().unwrap_err();
+        match r.read_frame() {
+            Err(WireError::OutOfStep { first }) => assert_eq!(first, e.to_string(), "{what}"),
+            other => panic!("{what}: after {e}: {other:?}"),
+        }
+    }
+    // a hello read whole whose name is wrong: the frames after it are read
+    let mut bad_name = hello.clone();
+    bad_name[8] = b'/';
+    let s = [bad_name, f.clone()].concat();
+    let mut r = FrameReader::new(&s[..], Limits::default());
+    assert!(matches!(r.read_hello(), Err(WireError::BadHello(_))));
+    assert_eq!(r.read_frame().unwrap().unwrap().header, hd);
+    assert!(r.read_frame().unwrap().is_none());
+}

@@ -592,8 +592,8 @@ fn pausing_proxy(upstream: String, after: usize, pause: Duration, how: Pause) ->
 
 /// Sends the 64x48 test images round (`--loop`, with `extra`) to a
 /// receiver that takes at most 32x32: it closes each connection at the
-/// first frame. Returns the sender's run, the receiver's output directory
-/// and the directory that holds both.
+/// first frame, and says which option would take it. Returns the sender's
+/// run, the receiver's output directory and the directory that holds both.
 fn to_a_32x32_receiver(tag: &str, extra: &[&str]) -> (Finished, std::path::PathBuf, TempDir) {
     let tmp = TempDir::new(tag);
     inputs(&tmp.join("in"));
@@ -603,6 +603,11 @@ fn to_a_32x32_receiver(tag: &str, extra: &[&str]) -> (Finished, std::path::PathB
         .args(["--to", &r.addr, "--loop", "--retry-max", "0.1"])
         .args(extra)
         .arg(tmp.join("in")));
+    let log = r.proc.stderr();
+    assert!(
+        log.contains("a 64x48 frame, larger than --max-size 32x32: give a larger --max-size"),
+        "{log}"
+    );
     (s, out, tmp)
 }
 

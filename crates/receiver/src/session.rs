@@ -1202,6 +1202,16 @@ fn explain(e: WireError, timeout: Duration) -> anyhow::Error {
         WireError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
             anyhow::anyhow!("the sender's host stopped answering (TCP keepalive): {io}")
         }
+        // A frame larger than this receiver takes: say which option allows it.
+        WireError::InvalidDimensions {
+            width,
+            height,
+            max_width,
+            max_height,
+        } if width > 0 && height > 0 => anyhow::anyhow!(
+            "a {width}x{height} frame, larger than --max-size {max_width}x{max_height}: give a \
+             larger --max-size if the sender means such frames"
+        ),
         other => other.into(),
     }
 }

@@ -720,7 +720,7 @@ impl<R: Read> FrameReader<R> {
         let r = self.read_hello_rest();
         if let Err(e) = &r {
             if matches!(e, WireError::Io(_)) {
-                return Err(r.unwrap_err());
+                return r.map(Some); // asked again, it goes on
             }
             // A hello read whole (only its name is wrong) leaves the stream
             // in step; one cut short, of another version or with a bad name

@@ -912,28 +912,15 @@ pub mod codec_diff {
         )
         .unwrap();
         let f1 = (p1.first() == Some(&1)) as u8;
-        let ra = a.decode(
-            &FrameInfo {
-                codec: CODEC_BILEVEL,
-                flags: f1,
-                sequence: 11,
-                width: w,
-                height: h,
-            },
-            &p1,
-            &mut oa,
-        );
-        let rc = c.decode(
-            &FrameInfo {
-                codec: CODEC_BILEVEL,
-                flags: f1,
-                sequence: 11,
-                width: w,
-                height: h,
-            },
-            &p1,
-            &mut oc,
-        );
+        let i1 = FrameInfo {
+            codec: CODEC_BILEVEL,
+            flags: f1,
+            sequence: 11,
+            width: w,
+            height: h,
+        };
+        let ra = a.decode(&i1, &p1, &mut oa);
+        let rc = c.decode(&i1, &p1, &mut oc);
         assert_eq!(
             ra.is_ok(),
             rc.is_ok(),
@@ -950,28 +937,9 @@ pub mod codec_diff {
             assert!(oa == m1, "{w}x{h}: frame 11 not bit-exact");
         }
         let f2 = (p2.first() == Some(&1)) as u8;
-        let ra = a.decode(
-            &FrameInfo {
-                flags: f2,
-                sequence: 12,
-                width: w,
-                height: h,
-                ..e2
-            },
-            &p2,
-            &mut oa,
-        );
-        let rc = c.decode(
-            &FrameInfo {
-                flags: f2,
-                sequence: 12,
-                width: w,
-                height: h,
-                ..e2
-            },
-            &p2,
-            &mut oc,
-        );
+        let i2 = FrameInfo { flags: f2, ..e2 }; // (e2: sequence 12, w x h)
+        let ra = a.decode(&i2, &p2, &mut oa);
+        let rc = c.decode(&i2, &p2, &mut oc);
         assert_eq!(ra.is_ok(), rc.is_ok(), "frame 12: {ra:?} vs {rc:?}");
         if ra.is_ok() {
             assert!(oa == oc, "{w}x{h}: frame 12 outputs differ");

@@ -489,22 +489,17 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     };
     let mut dec = Decoder::new();
     let mut out = vec![0u8; stride(w) * h as usize];
+    let key = FrameInfo {
+        codec: CODEC_BILEVEL,
+        flags: 0,
+        sequence: 0,
+        width: w,
+        height: h,
+    };
     for n_s in [limit, limit + 1] {
         let p = payload(n_s, 0);
         assert!(p.len() < 100, "{} B", p.len());
-        let err = dec
-            .decode(
-                &FrameInfo {
-                    codec: CODEC_BILEVEL,
-                    flags: 0,
-                    sequence: 0,
-                    width: w,
-                    height: h,
-                },
-                &p,
-                &mut out,
-            )
-            .unwrap_err();
+        let err = dec.decode(&key, &p, &mut out).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("left over") || text.contains("more mode symbols"),
@@ -515,18 +510,7 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     // empty reference = an empty row) is a valid all-zero mask.
     let p = payload(h as u64, 0);
     out.fill(0xFF);
-    dec.decode(
-        &FrameInfo {
-            codec: CODEC_BILEVEL,
-            flags: 0,
-            sequence: 0,
-            width: w,
-            height: h,
-        },
-        &p,
-        &mut out,
-    )
-    .unwrap();
+    dec.decode(&key, &p, &mut out).unwrap();
     assert!(out.iter().all(|&b| b == 0));
     // Then a delta frame claiming every symbol for temporal rows: refused,
     // and the symbols of both frames share one buffer (held at most once).
@@ -554,18 +538,24 @@ fn tiny_payload_claiming_every_mode_symbol_is_refused() {
     assert_eq!(dec.reference(), Some(0));
 }
 
-#[test]
-fn padding_bits_given_to_the_encoder_are_coded_as_zero() {
-    // Width 61: 3 padding bits per row, set in every row, or in one row
-    // only. Every codec codes them as 0, raw included (the wire layout has
-    // them 0, so a third-party reader never sees them), and the mask decodes
-    // with them 0.
+/// A 61x40 mask (3 padding bits per row) and a copy with them set in every row.
+fn padding_set_61x40() -> (u32, u32, Vec<u8>, Vec<u8>) {
     let (w, h) = (61u32, 40u32);
     let mask = blobs(w, h, 7, 0);
     let mut dirty = mask.clone();
     for row in dirty.chunks_exact_mut(stride(w)) {
         row[stride(w) - 1] |= 0x07;
     }
+    (w, h, mask, dirty)
+}
+
+#[test]
+fn padding_bits_given_to_the_encoder_are_coded_as_zero() {
+    // Width 61: 3 padding bits per row, set in every row, or in one row
+    // only. Every codec codes them as 0, raw included (the wire layout has
+    // them 0, so a third-party reader never sees them), and the mask decodes
+    // with them 0.
+    let (w, h, mask, dirty) = padding_set_61x40();
     let mut one_row = mask.clone();
     one_row[39 * stride(w) + 7] |= 0x01;
     for input in [&dirty, &one_row] {
@@ -603,12 +593,7 @@ fn padding_bits_set_by_a_payload_are_cleared() {
     // Width 61: 3 padding bits per row. A raw (or zstd, lz4) payload may
     // set them; the decoded mask, and the reference a delta frame is
     // decoded against, have them 0.
-    let (w, h) = (61u32, 40u32);
-    let mask = blobs(w, h, 7, 0);
-    let mut dirty = mask.clone();
-    for row in dirty.chunks_exact_mut(stride(w)) {
-        row[stride(w) - 1] |= 0x07;
-    }
+    let (w, h, mask, dirty) = padding_set_61x40();
     assert_ne!(dirty, mask);
     let mut out = vec![0u8; mask.len()];
     // (made by the libraries directly: the Encoder clears padding bits)

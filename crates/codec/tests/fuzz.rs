@@ -37,22 +37,31 @@ fn seeds() -> Vec<Seed> {
 }
 
 /// A decoder that holds frame 0 of seed `i`.
+/// The header of a seed's key frame (sequence 0) ...
+fn key(width: u32, height: u32) -> FrameInfo {
+    FrameInfo {
+        codec: CODEC_BILEVEL,
+        flags: 0,
+        sequence: 0,
+        width,
+        height,
+    }
+}
+
+/// ... and of its delta frame (sequence 1).
+fn delta(width: u32, height: u32) -> FrameInfo {
+    FrameInfo {
+        flags: FLAG_DELTA,
+        sequence: 1,
+        ..key(width, height)
+    }
+}
+
 fn primed(seed: &Seed) -> Decoder {
     let (w, h, _, pa, _, _) = seed;
     let mut d = Decoder::new();
     let mut out = vec![0u8; (*w as usize).div_ceil(8) * *h as usize];
-    d.decode(
-        &FrameInfo {
-            codec: CODEC_BILEVEL,
-            flags: 0,
-            sequence: 0,
-            width: *w,
-            height: *h,
-        },
-        pa,
-        &mut out,
-    )
-    .unwrap();
+    d.decode(&key(*w, *h), pa, &mut out).unwrap();
     d
 }
 
@@ -65,65 +74,19 @@ fn every_prefix_of_valid_payloads_is_rejected_or_decoded_without_panic() {
         let (_, _, fa, _, fb, _) = &seed;
         for cut in 0..pa.len() {
             let mut d = Decoder::new();
-            assert!(d
-                .decode(
-                    &FrameInfo {
-                        codec: CODEC_BILEVEL,
-                        flags: 0,
-                        sequence: 0,
-                        width: *w,
-                        height: *h
-                    },
-                    &pa[..cut],
-                    &mut out
-                )
-                .is_err());
+            assert!(d.decode(&key(*w, *h), &pa[..cut], &mut out).is_err());
             if cut % 97 == 0 {
                 // the failed decode left the decoder usable
-                d.decode(
-                    &FrameInfo {
-                        codec: CODEC_BILEVEL,
-                        flags: 0,
-                        sequence: 0,
-                        width: *w,
-                        height: *h,
-                    },
-                    pa,
-                    &mut out,
-                )
-                .unwrap();
+                d.decode(&key(*w, *h), pa, &mut out).unwrap();
                 assert!(&out == fa, "key frame after a cut at {cut}");
             }
         }
         for cut in 0..pb.len() {
             let mut d = primed(&seed);
-            assert!(d
-                .decode(
-                    &FrameInfo {
-                        codec: CODEC_BILEVEL,
-                        flags: FLAG_DELTA,
-                        sequence: 1,
-                        width: *w,
-                        height: *h
-                    },
-                    &pb[..cut],
-                    &mut out
-                )
-                .is_err());
+            assert!(d.decode(&delta(*w, *h), &pb[..cut], &mut out).is_err());
             if cut % 97 == 0 {
                 // ... and its reference intact: the whole delta still decodes
-                d.decode(
-                    &FrameInfo {
-                        codec: CODEC_BILEVEL,
-                        flags: FLAG_DELTA,
-                        sequence: 1,
-                        width: *w,
-                        height: *h,
-                    },
-                    pb,
-                    &mut out,
-                )
-                .unwrap();
+                d.decode(&delta(*w, *h), pb, &mut out).unwrap();
                 assert!(&out == fb, "delta frame after a cut at {cut}");
             }
         }

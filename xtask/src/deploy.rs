@@ -469,8 +469,11 @@ fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
             pi.dest()
         );
     }
+    // One `key=value` line each, read by key (a login script that prints
+    // something cannot shift them); a directory that cannot be made or
+    // entered ends the script (no `dir=`).
     let script = format!(
-        "uname -m; getconf LONG_BIT; mkdir -p {d} && cd {d} && pwd && df -Pk . | tail -n 1; command -v sha256sum >/dev/null && echo sha256sum-ok; echo clock=$(date +%s.%N)",
+        "echo machine=$(uname -m); echo bits=$(getconf LONG_BIT); mkdir -p {d} && cd {d} || exit 6; echo dir=$(pwd); echo df=$(df -Pk . | tail -n 1); command -v sha256sum >/dev/null && echo sha256sum=ok; echo clock=$(date +%s.%N)",
         d = q(&pi.dir)
     );
     let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
@@ -481,25 +484,33 @@ fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
     let here = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    pi.clock_offset = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("clock="))
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+    };
+    pi.clock_offset = value("clock")
         .and_then(|v| v.parse::<f64>().ok())
         .map(|t| t - here);
+    if value("machine").is_some() && value("dir").is_none() {
+        // the login worked; the install directory did not
+        let why = if err.contains("No space left") || err.contains("Read-only file system") {
+            ": disk full or read-only"
+        } else {
+            ""
+        };
+        bail!(
+            "{}: cannot create or enter the install directory {} ({}){why}: fix `dir` in \
+             deploy.toml, or free the disk",
+            pi.host_label(),
+            pi.dir,
+            err.trim()
+        );
+    }
     if !ok {
-        if err.contains("No space left") || err.contains("Read-only file system") {
-            bail!(
-                "{}: cannot create {} ({}): disk full or read-only",
-                pi.host_label(),
-                pi.dir,
-                err.trim()
-            );
-        }
         return Err(ssh_error(pi, "the check", &err));
     }
-    let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    let machine = lines.first().copied().unwrap_or("");
-    let bits = lines.get(1).copied().unwrap_or("");
+    let machine = value("machine").unwrap_or("");
+    let bits = value("bits").unwrap_or("");
     let ok_arch = match (pi.arch, machine) {
         (_, m) if pi.accept.iter().any(|a| a == m) => true,
         (Arch::V6, "armv6l" | "armv7l" | "armv8l") => true,
@@ -516,16 +527,16 @@ fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
         };
         bail!("{}: wrong architecture: `uname -m` says {machine:?} ({bits}-bit userland) but the {} build was chosen: {hint}", pi.host_label(), pi.arch.name());
     }
-    if !lines.contains(&"sha256sum-ok") {
+    if value("sha256sum") != Some("ok") {
         bail!(
             "{}: no sha256sum on the Pi (coreutils): cannot verify the copy",
             pi.host_label()
         );
     }
-    if let Some(abs) = lines.get(2) {
+    if let Some(abs) = value("dir") {
         pi.dir = abs.to_string();
     }
-    if let Some(df) = lines.get(3) {
+    if let Some(df) = value("df") {
         let avail: u64 = df
             .split_whitespace()
             .nth(3)
@@ -1141,9 +1152,11 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
     if ended_early {
         failed.push(if in_use {
             "receiver ended before it listened: \"Address (already) in use\" means something \
-             listens on that port already: a receiver still running there, or the \
-             bitmask-recv service, which `cargo xtask deploy --uninstall` or `sudo \
-             systemctl stop bitmask-recv` stops"
+             listens on that port already: the bitmask-recv service, which `cargo xtask \
+             deploy --uninstall` or `sudo systemctl stop bitmask-recv` stops, or a receiver \
+             still running from a deploy whose connection broke (the Pi ends it only once \
+             sshd notices, which can take long): `pkill -x bitmask-recv` on the Pi ends it \
+             (and `pkill -x bitmask-send` on the sender Pi, whose camera it may still hold)"
                 .into()
         } else {
             "receiver ended before it listened (its log is above)".into()
@@ -1240,6 +1253,10 @@ fn systemd_word(a: &str) -> String {
     }
 }
 
+/// Seconds a freshly started unit must stay up, unrestarted, to count as
+/// installed (a unit whose program exits at once is restarted every 2 s).
+const SERVICE_SETTLE_SECS: u32 = 3;
+
 const SUDO: &str = "if [ \"$(id -u)\" = 0 ]; then S=; else S='sudo -n'; fi; command -v systemctl >/dev/null || { echo 'no systemctl: --install-service needs systemd (Raspberry Pi OS has it)' >&2; exit 5; }; ";
 
 fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
@@ -1267,7 +1284,8 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
                 );
             }
             format!(
-                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && systemctl is-active {unit}",
+                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && sleep {settle} && {{ st=$(systemctl is-active {unit}); n=$(systemctl show -p NRestarts --value {unit}); if [ \"$st\" = active ] && [ \"${{n:-0}}\" = 0 ]; then echo active; else echo \"service-failed: $st, restarted ${{n:-0}} times\" >&2; journalctl -u {unit} -n 20 --no-pager >&2 2>/dev/null; exit 7; fi; }}",
+                settle = SERVICE_SETTLE_SECS,
                 ud = q(&pi.unit_dir),
                 t = q(&text)
             )
@@ -1279,6 +1297,16 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
         };
         let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
         if !ok {
+            if let Some(at) = err.find("service-failed: ") {
+                bail!(
+                    "{}: {unit} was installed but does not stay up {SERVICE_SETTLE_SECS} s after \
+                     its start ({}); its journal's last lines:\n{}\n(check its arguments \
+                     in deploy.toml, then `journalctl -u {unit}` on the Pi)",
+                    pi.host_label(),
+                    err[at + 16..].lines().next().unwrap_or("").trim(),
+                    err[at..].lines().skip(1).collect::<Vec<_>>().join("\n")
+                );
+            }
             if err.contains("no systemctl") {
                 bail!(
                     "{}: no systemctl: --install-service needs systemd (Raspberry Pi OS has it)",

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
   bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
   bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
   RUST_LOG=debug bitmask-send --to pi2:5000 in.png
-  rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o - \\
+  rpicam-vid -t 0 -n --verbose=0 --codec yuv420 --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
   bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
-    --input-command 'exec rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o -'
+    --input-command 'exec rpicam-vid -t 0 -n --verbose=0 --codec yuv420 --width 640 --height 480 -o -'
   (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
@@ -77,7 +77,7 @@ struct Cli {
     input_format: Option<raw::RawFormat>,
 
     /// Start CMD with `sh -c` and read the raw frames from its stdout (instead
-    /// of INPUT), e.g. a camera tool: 'exec rpicam-vid -t 0 -n --codec yuv420
+    /// of INPUT), e.g. a camera tool: 'exec rpicam-vid -t 0 -n --verbose=0 --codec yuv420
     /// --width 640 --height 480 -o -'. The sender stops it when it stops; a
     /// command that fails ends the sender with an error (exit 1).
     #[arg(long, value_name = "CMD", requires = "input_format")]

@@ -527,6 +527,15 @@ fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
         };
         bail!("{}: wrong architecture: `uname -m` says {machine:?} ({bits}-bit userland) but the {} build was chosen: {hint}", pi.host_label(), pi.arch.name());
     }
+    if pi.arch == Arch::V6
+        && (matches!(machine, "armv7l" | "armv8l") || (machine == "aarch64" && bits == "32"))
+    {
+        eprintln!(
+            "deploy: {}: note: this Pi ({machine}, {bits}-bit) also runs build = \"armv7\", \
+             which is faster there (NEON); \"armv6\" works too",
+            pi.label()
+        );
+    }
     if value("sha256sum") != Some("ok") {
         bail!(
             "{}: no sha256sum on the Pi (coreutils): cannot verify the copy",
@@ -577,7 +586,7 @@ fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
             pi.label(),
             &want[..16]
         );
-        return Ok(());
+        return probe(ctx, pi);
     }
     let part = format!("{}/.{}.part", pi.dir, pi.role.bin());
     let (ok, _, err) = ctx.exec(&mut pi.scp(&local, &part))?;
@@ -612,7 +621,46 @@ fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
             &want[..16]
         );
     }
-    Ok(())
+    probe(ctx, pi)
+}
+
+/// Runs the installed binary's `--version` on the Pi (through `run_prefix`),
+/// so that a build the Pi's CPU or system cannot run is told now, with what
+/// to change, not as a crash of the started program.
+fn probe(ctx: &Ctx, pi: &Pi) -> Result<()> {
+    let line = format!("{} --version; echo rc=$?", exec_line(pi, &[]));
+    let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &line))?;
+    if ctx.dry {
+        return Ok(());
+    }
+    if !ok {
+        return Err(ssh_error(pi, "trying the binary", &err));
+    }
+    let rc = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rc="))
+        .and_then(|v| v.parse::<i32>().ok());
+    let why = match rc {
+        Some(0) => return Ok(()),
+        Some(132) => format!(
+            "it dies with SIGILL: the {} build uses instructions this Pi's CPU lacks (a Pi 1 or \
+             Zero needs build = \"armv6\")",
+            pi.arch.name()
+        ),
+        Some(126) => "the system cannot execute it (not a program for this Pi's kernel)".into(),
+        Some(127) => "the system cannot start it (its loader or a library is missing: the \
+                      armv7 build needs a 32-bit Raspberry Pi OS with glibc 2.28 or newer; \
+                      build = \"armv6\" is static and runs on any)"
+            .into(),
+        Some(c) => format!("`--version` exited {c}"),
+        None => "no exit status came back".into(),
+    };
+    bail!(
+        "{}: {} does not run there: {why}: {}",
+        pi.host_label(),
+        pi.bin_path(),
+        err.trim()
+    );
 }
 
 /// A remote path for the shell, valid from any working directory: relative install

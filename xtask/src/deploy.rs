@@ -1877,6 +1877,26 @@ args = [{send_args}]
         false,
         "wrong architecture",
     )?;
+    // The armv7 build on a Pi 1's CPU (which `uname -m` would have caught:
+    // here the machine check is out of the way): the copied binary is tried
+    // before anything starts, and its SIGILL is told as such.
+    let v7_on_v6 = format!(
+        "receiver.run_prefix=qemu-arm -cpu arm1176 -L {}",
+        dist::ARMHF_SYSROOT
+    );
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--set",
+            "receiver.build=armv7",
+            "--set",
+            &v7_on_v6,
+        ],
+        false,
+        "dies with SIGILL: the armv7 build uses instructions this Pi's CPU lacks",
+    )?;
     let dry = deploy_expect(
         &[
             "--config",
@@ -1911,7 +1931,7 @@ args = [{send_args}]
     {
         bail!("--install-service --dry-run shows no systemctl enable and restart:\n{svc}");
     }
-    eprintln!("deploy test: unreachable host, refused key, wrong architecture, --dry-run and --install-service --dry-run behave");
+    eprintln!("deploy test: unreachable host, refused key, wrong architecture, a build that dies of SIGILL, --dry-run and --install-service --dry-run behave");
 
     // 4. --install-service / --uninstall for real, against a stand-in systemctl (the
     //    "Pis" here have no systemd) that logs its calls; units go to target/deploy-test/systemd

@@ -133,11 +133,28 @@ impl PiConf {
             Some((u, r)) => (Some(u.to_string()), r),
             None => (None, t),
         };
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') => {
-                (h.to_string(), Some(p.parse().context("bad port")?))
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            // [IPv6]:PORT or [IPv6]
+            let (h, after) = inner
+                .split_once(']')
+                .with_context(|| format!("{t:?}: `[` without `]`"))?;
+            let port = match after {
+                "" => None,
+                a => Some(
+                    a.strip_prefix(':')
+                        .and_then(|p| p.parse().ok())
+                        .with_context(|| format!("{t:?}: bad port after `]`"))?,
+                ),
+            };
+            (h.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => {
+                    (h.to_string(), Some(p.parse().context("bad port")?))
+                }
+                // (a bare IPv6 address: no port)
+                _ => (rest.to_string(), None),
             }
-            _ => (rest.to_string(), None),
         };
         self.host = Some(host);
         if user.is_some() {
@@ -294,7 +311,18 @@ impl Pi {
         c.arg("-q")
             .args(self.common_opts())
             .args(["-P", &self.port.to_string()]);
-        c.arg(local).arg(format!("{}:{}", self.dest(), remote_path));
+        // scp reads `HOST:PATH` up to the first colon: an IPv6 host in brackets
+        let dest = if self.host.contains(':') {
+            let user = self
+                .user
+                .as_ref()
+                .map(|u| format!("{u}@"))
+                .unwrap_or_default();
+            format!("{user}[{}]", self.host)
+        } else {
+            self.dest()
+        };
+        c.arg(local).arg(format!("{dest}:{remote_path}"));
         c
     }
     fn bin_path(&self) -> String {
@@ -826,7 +854,13 @@ fn parse_args(args: &[String]) -> Result<(Opts, ConfFile)> {
             "--config" => config = Some(PathBuf::from(next(&mut it, a)?)),
             "--receiver" => sets.push(("receiver.@".into(), next(&mut it, a)?)),
             "--sender" => sets.push(("sender.@".into(), next(&mut it, a)?)),
-            "--key" => sets.push(("defaults.key".into(), next(&mut it, a)?)),
+            "--key" => {
+                // both Pis: a `key` one of them sets in deploy.toml must not win
+                let k = next(&mut it, a)?;
+                for role in ["defaults", "receiver", "sender"] {
+                    sets.push((format!("{role}.key"), k.clone()));
+                }
+            }
             "--set" => {
                 let kv = next(&mut it, a)?;
                 let (k, v) = kv.split_once('=').context("--set ROLE.FIELD=VALUE")?;
@@ -2034,6 +2068,52 @@ mod tests {
             "{w}"
         );
         assert_eq!(clock_warning(&r, &pi(Role::Sender, "pi2", None)), None);
+    }
+
+    #[test]
+    fn targets_with_ipv6_addresses_and_ports() {
+        let t = |s: &str| {
+            let mut c = PiConf::default();
+            c.set_target(s)
+                .map(|_| (c.user, c.host.unwrap_or_default(), c.port))
+        };
+        let pi = Some("pi".to_string());
+        assert_eq!(
+            t("pi@10.0.0.7:2222").unwrap(),
+            (pi.clone(), "10.0.0.7".into(), Some(2222))
+        );
+        assert_eq!(
+            t("pizero.local").unwrap(),
+            (None, "pizero.local".into(), None)
+        );
+        assert_eq!(
+            t("pi@[fe80::1%eth0]:22").unwrap(),
+            (pi.clone(), "fe80::1%eth0".into(), Some(22))
+        );
+        assert_eq!(t("[fe80::1]").unwrap(), (None, "fe80::1".into(), None));
+        assert_eq!(t("pi@fe80::1").unwrap(), (pi, "fe80::1".into(), None));
+        assert!(t("[fe80::1").is_err());
+        assert!(t("[fe80::1]x").is_err());
+        // scp's HOST:PATH takes an IPv6 host in brackets
+        let mut p = Pi::resolve(
+            Role::Receiver,
+            PiConf {
+                host: Some("fe80::1%eth0".into()),
+                user: Some("pi".into()),
+                build: Some("armv6".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let args = |p: &Pi| -> Vec<String> {
+            p.scp(std::path::Path::new("/x"), "/home/pi/b")
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(args(&p).last().unwrap(), "pi@[fe80::1%eth0]:/home/pi/b");
+        p.host = "pizero.local".into();
+        assert_eq!(args(&p).last().unwrap(), "pi@pizero.local:/home/pi/b");
     }
 
     #[test]

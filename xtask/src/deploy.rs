@@ -742,7 +742,7 @@ fn session_script(pi: &Pi, args: &[String]) -> String {
     // the remote shell could remove them) are removed first
     format!(
         "export RUST_LOG=\"${{RUST_LOG:-info}}\" RUST_LOG_STYLE={style}{no_color}; cd {d} || exit 1; \
-         for f in {bin}.*.pid; do [ -f \"$f\" ] && ! kill -0 \"$(cat \"$f\")\" 2>/dev/null && rm -f \"$f\"; done; \
+         for f in {bin}.*.pid; do [ -f \"$f\" ] && ! [ -d \"/proc/$(cat \"$f\")\" ] && rm -f \"$f\"; done; \
          sh -c 'p=$1; shift; echo $$ > \"$p\"; exec \"$@\"' sh {pf} {cmd} </dev/null 2>&1; rc=$?; rm -f {pf}; exit $rc",
         d = rpath(pi, &pi.dir),
         bin = pi.role.bin(),
@@ -760,10 +760,12 @@ fn session_script(pi: &Pi, args: &[String]) -> String {
 /// no `pgrep`, no `kill --`.
 fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
     let script = format!(
-        "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); kill -TERM \"$pid\" 2>/dev/null || exit 0; i=0; \
-         while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); \
-         if [ $i -eq 120 ]; then kill -TERM \"$pid\" 2>/dev/null; echo again; fi; \
-         if [ $i -eq 150 ]; then for c in $(grep -l \"^PPid:[[:space:]]*$pid\\$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); do kill -9 \"-$c\" 2>/dev/null; kill -9 \"$c\" 2>/dev/null; done; kill -9 \"$pid\" 2>/dev/null; echo killed; fi; \
+        "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); case $pid in ''|*[!0-9]*) exit 0;; esac; \
+         [ -d /proc/$pid ] || exit 0; K=kill; kill -0 \"$pid\" 2>/dev/null || K='sudo -n kill'; \
+         $K -TERM \"$pid\" 2>/dev/null || {{ echo \"cannot signal process $pid (started through a run_prefix sudo? stopping it needs passwordless sudo)\" >&2; exit 5; }}; i=0; \
+         while [ -d /proc/$pid ]; do i=$((i+1)); \
+         if [ $i -eq 120 ]; then $K -TERM \"$pid\" 2>/dev/null; echo again; fi; \
+         if [ $i -eq 150 ]; then for c in $(grep -l \"^PPid:[[:space:]]*$pid\\$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); do $K -9 \"-$c\" 2>/dev/null; $K -9 \"$c\" 2>/dev/null; done; $K -9 \"$pid\" 2>/dev/null; echo killed; fi; \
          if [ $i -ge 180 ]; then exit 4; fi; sleep 0.1; done",
         pf = q(&pi.pid_file())
     );

@@ -542,7 +542,7 @@ fn receiver_survives_hostile_peers_and_serves_the_next_sender() {
     assert!(line.contains("4096x4096"), "{line}");
     // 3. absurd dimensions
     let _s = peer(&recv.addr, &raw_header(100_000, 100_000, 1, 1 << 30), false);
-    wait("invalid dimensions 100000x100000");
+    wait("a 100000x100000 frame, larger than --max-size 4096x4096");
     if let Some(kib) = peak_rss_kib(recv.proc.id()) {
         assert!(
             kib < 64 * 1024,

@@ -218,6 +218,11 @@ impl Pi {
         let host = c.host.with_context(|| {
             format!("no {name}.host: set it in deploy.toml or pass --{name} HOST")
         })?;
+        // an IPv6 address may be written in brackets, as in a URL: ssh wants it bare
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(bare) => bare.to_string(),
+            None => host,
+        };
         let build = c
             .build
             .with_context(|| format!("no {name}.build: armv6 (Pi 1/Zero) or armv7 (Pi 2/3/4)"))?;
@@ -501,7 +506,7 @@ fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
     // something cannot shift them); a directory that cannot be made or
     // entered ends the script (no `dir=`).
     let script = format!(
-        "echo machine=$(uname -m); echo bits=$(getconf LONG_BIT); mkdir -p {d} && cd {d} || exit 6; echo dir=$(pwd); echo df=$(df -Pk . | tail -n 1); command -v sha256sum >/dev/null && echo sha256sum=ok; echo clock=$(date +%s.%N)",
+        "echo machine=$(uname -m); echo bits=$(getconf LONG_BIT); mkdir -p {d} && cd {d} || exit 6; printf 'dir=%s\\n' \"$(pwd)\"; echo df=$(df -Pk . | tail -n 1); command -v sha256sum >/dev/null && echo sha256sum=ok; echo clock=$(date +%s.%N)",
         d = q(&pi.dir)
     );
     let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &script))?;
@@ -614,7 +619,7 @@ fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
             pi.label(),
             &want[..16]
         );
-        return probe(ctx, pi);
+        return probe(ctx, pi, &bin, None);
     }
     let part = format!("{}/.{}.part", pi.dir, pi.role.bin());
     let (ok, _, err) = ctx.exec(&mut pi.scp(&local, &part))?;
@@ -623,9 +628,8 @@ fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
         return Err(ssh_error(pi, "copying the binary", &err));
     }
     let verify = format!(
-        "h=$(sha256sum {p} | cut -d' ' -f1); if [ \"$h\" = {w} ]; then chmod 755 {p} && mv -f {p} {b}; else echo \"checksum mismatch: $h\" >&2; rm -f {p}; exit 3; fi",
+        "h=$(sha256sum {p} | cut -d' ' -f1); if [ \"$h\" = {w} ]; then chmod 755 {p}; else echo \"checksum mismatch: $h\" >&2; rm -f {p}; exit 3; fi",
         p = q(&part),
-        b = q(&bin),
         w = q(&want)
     );
     let (ok, _, err) = ctx.exec(&mut pi.ssh(false, &verify))?;
@@ -649,14 +653,28 @@ fn install(ctx: &Ctx, pi: &Pi) -> Result<()> {
             &want[..16]
         );
     }
-    probe(ctx, pi)
+    // tried before it replaces the binary there (a service may run that one)
+    probe(ctx, pi, &part, Some(&bin))
 }
 
-/// Runs the installed binary's `--version` on the Pi (through `run_prefix`),
-/// so that a build the Pi's CPU or system cannot run is told now, with what
-/// to change, not as a crash of the started program.
-fn probe(ctx: &Ctx, pi: &Pi) -> Result<()> {
-    let line = format!("{} --version; echo rc=$?", exec_line(pi, &[]));
+/// Runs `path`'s `--version` on the Pi (through `run_prefix`), so that a
+/// build the Pi's CPU or system cannot run is told now, with what to
+/// change, not as a crash of the started program. With `install_as`, the
+/// file (a fresh copy) then replaces that binary, or is removed if it failed.
+fn probe(ctx: &Ctx, pi: &Pi, path: &str, install_as: Option<&str>) -> Result<()> {
+    let after = match install_as {
+        Some(b) => format!(
+            " if [ $rc = 0 ]; then mv -f {p} {b} || exit 3; else rm -f {p}; fi;",
+            p = q(path),
+            b = q(b)
+        ),
+        None => String::new(),
+    };
+    // (no core file: qemu-user writes one for a SIGILL)
+    let line = format!(
+        "ulimit -c 0; {} --version; rc=$?; echo rc=$rc;{after}",
+        exec_line_of(pi, path, &[])
+    );
     let (ok, out, err) = ctx.exec(&mut pi.ssh(false, &line))?;
     if ctx.dry {
         return Ok(());
@@ -668,25 +686,39 @@ fn probe(ctx: &Ctx, pi: &Pi) -> Result<()> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("rc="))
         .and_then(|v| v.parse::<i32>().ok());
-    let why = match rc {
-        Some(0) => return Ok(()),
-        Some(132) => format!(
+    let prefix = pi.prefix.first().map(String::as_str);
+    let why =
+        match rc {
+            Some(0) => return Ok(()),
+            _ if err.contains("password is required") => {
+                "run_prefix's sudo asks for a password (see DEPLOY.md, step 5)".to_string()
+            }
+            Some(132) => format!(
             "it dies with SIGILL: the {} build uses instructions this Pi's CPU lacks (a Pi 1 or \
              Zero needs build = \"armv6\")",
             pi.arch.name()
         ),
-        Some(126) => "the system cannot execute it (not a program for this Pi's kernel)".into(),
-        Some(127) => "the system cannot start it (its loader or a library is missing: the \
-                      armv7 build needs a 32-bit Raspberry Pi OS with glibc 2.28 or newer; \
-                      build = \"armv6\" is static and runs on any)"
-            .into(),
-        Some(c) => format!("`--version` exited {c}"),
-        None => "no exit status came back".into(),
-    };
+            Some(126) => "the system cannot execute it (the install dir's file system is mounted \
+                      noexec, or it is not a program for this kernel)"
+                .into(),
+            Some(127) => format!(
+            "the system cannot start it ({}its loader or a library is missing: the armv7 build \
+             needs a 32-bit Raspberry Pi OS with glibc 2.28 or newer; build = \"armv6\" is \
+             static and runs on any)",
+            prefix.map_or(String::new(), |p| format!("the run_prefix program `{p}`, or "))
+        ),
+            Some(c) => format!("`--version` exited {c}"),
+            None => "no exit status came back".into(),
+        };
     bail!(
-        "{}: {} does not run there: {why}: {}",
+        "{}: {} does not run there{}: {why}: {}",
         pi.host_label(),
         pi.bin_path(),
+        if install_as.is_some() {
+            " (the copy was removed; the binary there is unchanged)"
+        } else {
+            ""
+        },
         err.trim()
     );
 }
@@ -702,11 +734,16 @@ fn rpath(pi: &Pi, p: &str) -> String {
 }
 
 fn exec_line(pi: &Pi, extra: &[String]) -> String {
+    exec_line_of(pi, &pi.bin_path(), extra)
+}
+
+/// [`exec_line`] for the program at `path`.
+fn exec_line_of(pi: &Pi, path: &str, extra: &[String]) -> String {
     let mut s = qv(&pi.prefix);
     if !s.is_empty() {
         s.push(' ');
     }
-    s.push_str(&rpath(pi, &pi.bin_path()));
+    s.push_str(&rpath(pi, path));
     if !extra.is_empty() {
         s.push(' ');
         s.push_str(&qv(extra));
@@ -757,15 +794,16 @@ fn session_script(pi: &Pi, args: &[String]) -> String {
 /// signal; the receiver then kills its `--exec` program's process group);
 /// after 15 s SIGKILL to the process groups of its children (an `--exec` or
 /// `--input-command` program) and to it. Plain POSIX sh (dash, busybox):
-/// no `pgrep`, no `kill --`.
+/// no `pgrep`. Every kill has `--` before its pids: procps' kill (what `sudo
+/// kill` runs) reads `-9 -1234` as a signal to pid -1, every process.
 fn stop_remote(ctx: &Ctx, pi: &Pi) -> Result<()> {
     let script = format!(
         "pf={pf}; [ -f \"$pf\" ] || exit 0; pid=$(cat \"$pf\"); case $pid in ''|*[!0-9]*) exit 0;; esac; \
          [ -d /proc/$pid ] || exit 0; K=kill; kill -0 \"$pid\" 2>/dev/null || K='sudo -n kill'; \
-         $K -TERM \"$pid\" 2>/dev/null || {{ echo \"cannot signal process $pid (started through a run_prefix sudo? stopping it needs passwordless sudo)\" >&2; exit 5; }}; i=0; \
+         $K -s TERM -- \"$pid\" 2>/dev/null || {{ [ -d /proc/$pid ] || exit 0; echo \"cannot signal process $pid (started through a run_prefix sudo? stopping it needs passwordless sudo)\" >&2; exit 5; }}; i=0; \
          while [ -d /proc/$pid ]; do i=$((i+1)); \
-         if [ $i -eq 120 ]; then $K -TERM \"$pid\" 2>/dev/null; echo again; fi; \
-         if [ $i -eq 150 ]; then for c in $(grep -l \"^PPid:[[:space:]]*$pid\\$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); do $K -9 \"-$c\" 2>/dev/null; $K -9 \"$c\" 2>/dev/null; done; $K -9 \"$pid\" 2>/dev/null; echo killed; fi; \
+         if [ $i -eq 120 ]; then $K -s TERM -- \"$pid\" 2>/dev/null; echo again; fi; \
+         if [ $i -eq 150 ]; then for c in $(grep -l \"^PPid:[[:space:]]*$pid\\$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); do [ \"$c\" -gt 1 ] || continue; $K -s KILL -- \"-$c\" 2>/dev/null; $K -s KILL -- \"$c\" 2>/dev/null; done; $K -s KILL -- \"$pid\" 2>/dev/null; echo killed; fi; \
          if [ $i -ge 180 ]; then exit 4; fi; sleep 0.1; done",
         pf = q(&pi.pid_file())
     );
@@ -1368,7 +1406,7 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
                 );
             }
             format!(
-                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && sleep {settle} && {{ st=$(systemctl is-active {unit}); n=$(systemctl show -p NRestarts --value {unit}); if [ \"$st\" = active ] && [ \"${{n:-0}}\" = 0 ]; then echo active; else echo \"service-failed: $st, restarted ${{n:-0}} times\" >&2; journalctl -u {unit} -n 20 --no-pager >&2 2>/dev/null; exit 7; fi; }}",
+                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && sleep {settle} && {{ st=$(systemctl is-active {unit}); n=$(systemctl show -p NRestarts --value {unit}); if [ \"$st\" = active ] && [ \"${{n:-0}}\" = 0 ]; then echo active; else echo \"service-failed: $st, restarted ${{n:-0}} times\" >&2; ($S journalctl -u {unit} -n 20 --no-pager 2>/dev/null || journalctl -u {unit} -n 20 --no-pager 2>/dev/null) >&2; $S systemctl disable --now {unit} >/dev/null 2>&1; exit 7; fi; }}",
                 settle = SERVICE_SETTLE_SECS,
                 ud = q(&pi.unit_dir),
                 t = q(&text)
@@ -1384,8 +1422,9 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
             if let Some(at) = err.find("service-failed: ") {
                 bail!(
                     "{}: {unit} was installed but does not stay up {SERVICE_SETTLE_SECS} s after \
-                     its start ({}); its journal's last lines:\n{}\n(check its arguments \
-                     in deploy.toml, then `journalctl -u {unit}` on the Pi)",
+                     its start ({}), so it was stopped and disabled again; its journal's last \
+                     lines:\n{}\n(check its arguments in deploy.toml, then `journalctl -u \
+                     {unit}` on the Pi)",
                     pi.host_label(),
                     err[at + 16..].lines().next().unwrap_or("").trim(),
                     err[at..].lines().skip(1).collect::<Vec<_>>().join("\n")
@@ -1636,8 +1675,9 @@ pub fn self_test() -> Result<()> {
     std::fs::write(
         &fake,
         format!(
-            "#!/bin/sh\n# stand-in for systemctl in the deploy test\necho \"$*\" >> {}\n[ \"$1\" = is-active ] && echo active\nexit 0\n",
-            base.join("systemctl.log").display()
+            "#!/bin/sh\n# stand-in for systemctl in the deploy test (with {fail}: a unit that keeps failing)\necho \"$*\" >> {log}\nif [ -e {fail} ]; then [ \"$1\" = is-active ] && echo activating; [ \"$1\" = show ] && echo 4; exit 0; fi\n[ \"$1\" = is-active ] && echo active\nexit 0\n",
+            log = base.join("systemctl.log").display(),
+            fail = base.join("systemctl-fail").display()
         ),
     )?;
     // and for date: the sender "Pi" (working in pi2/) is an hour behind, for the clock check
@@ -1913,6 +1953,18 @@ args = [{send_args}]
         false,
         "wrong architecture",
     )?;
+    // An install directory that cannot be made (a file in its path)
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--set",
+            "receiver.dir=/dev/null/bitmask",
+        ],
+        false,
+        "cannot create or enter the install directory /dev/null/bitmask",
+    )?;
     // The armv7 build on a Pi 1's CPU (which `uname -m` would have caught:
     // here the machine check is out of the way): the copied binary is tried
     // before anything starts, and its SIGILL is told as such.
@@ -1967,7 +2019,7 @@ args = [{send_args}]
     {
         bail!("--install-service --dry-run shows no systemctl enable and restart:\n{svc}");
     }
-    eprintln!("deploy test: unreachable host, refused key, wrong architecture, a build that dies of SIGILL, --dry-run and --install-service --dry-run behave");
+    eprintln!("deploy test: unreachable host, refused key, wrong architecture, an install dir that cannot be made, a build that dies of SIGILL, --dry-run and --install-service --dry-run behave");
 
     // 4. --install-service / --uninstall for real, against a stand-in systemctl (the
     //    "Pis" here have no systemd) that logs its calls; units go to target/deploy-test/systemd
@@ -1997,6 +2049,16 @@ args = [{send_args}]
     ];
     let mut a = svc_args.to_vec();
     a.push("--install-service");
+    // a unit whose program does not stay up: told, with its restarts, and disabled again
+    let fail = base.join("systemctl-fail");
+    std::fs::write(&fail, "")?;
+    let failed = deploy_expect(&a, false, "does not stay up 3 s after its start (activating, restarted 4 times), so it was stopped and disabled again");
+    std::fs::remove_file(&fail)?;
+    failed?;
+    if !std::fs::read_to_string(&calls)?.contains("disable --now bitmask-recv.service") {
+        bail!("a unit that did not stay up was not disabled again");
+    }
+    let _ = std::fs::remove_file(&calls);
     deploy_expect(&a, true, "bitmask-send.service enabled")?;
     let recv_unit = std::fs::read_to_string(units.join("bitmask-recv.service"))?;
     let send_unit = std::fs::read_to_string(units.join("bitmask-send.service"))?;
@@ -2029,7 +2091,7 @@ args = [{send_args}]
     {
         bail!("--uninstall left units behind or did not disable them:\n{log}");
     }
-    eprintln!("deploy test: --install-service wrote and enabled both units (receiver first), --uninstall removed them");
+    eprintln!("deploy test: --install-service told and disabled a unit that did not stay up, wrote and enabled both units (receiver first), --uninstall removed them");
     eprintln!("deploy test: passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

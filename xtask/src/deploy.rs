@@ -686,30 +686,10 @@ fn probe(ctx: &Ctx, pi: &Pi, path: &str, install_as: Option<&str>) -> Result<()>
         .lines()
         .find_map(|l| l.trim().strip_prefix("rc="))
         .and_then(|v| v.parse::<i32>().ok());
-    let prefix = pi.prefix.first().map(String::as_str);
-    let why =
-        match rc {
-            Some(0) => return Ok(()),
-            _ if err.contains("password is required") => {
-                "run_prefix's sudo asks for a password (see DEPLOY.md, step 5)".to_string()
-            }
-            Some(132) => format!(
-            "it dies with SIGILL: the {} build uses instructions this Pi's CPU lacks (a Pi 1 or \
-             Zero needs build = \"armv6\")",
-            pi.arch.name()
-        ),
-            Some(126) => "the system cannot execute it (the install dir's file system is mounted \
-                      noexec, or it is not a program for this kernel)"
-                .into(),
-            Some(127) => format!(
-            "the system cannot start it ({}its loader or a library is missing: the armv7 build \
-             needs a 32-bit Raspberry Pi OS with glibc 2.28 or newer; build = \"armv6\" is \
-             static and runs on any)",
-            prefix.map_or(String::new(), |p| format!("the run_prefix program `{p}`, or "))
-        ),
-            Some(c) => format!("`--version` exited {c}"),
-            None => "no exit status came back".into(),
-        };
+    let why = match rc {
+        Some(0) => return Ok(()),
+        _ => probe_failure(pi, rc, &err),
+    };
     bail!(
         "{}: {} does not run there{}: {why}: {}",
         pi.host_label(),
@@ -721,6 +701,37 @@ fn probe(ctx: &Ctx, pi: &Pi, path: &str, install_as: Option<&str>) -> Result<()>
         },
         err.trim()
     );
+}
+
+/// Why `--version` through `run_prefix` ended with `rc` (not 0), in words,
+/// with what to change.
+fn probe_failure(pi: &Pi, rc: Option<i32>, err: &str) -> String {
+    if err.contains("password is required") {
+        return "run_prefix's sudo asks for a password (see DEPLOY.md, step 5)".into();
+    }
+    const V6: &str = "build = \"armv6\"";
+    match rc {
+        Some(132) => format!(
+            "it dies with SIGILL: the {} build uses instructions this Pi's CPU lacks (a Pi 1 \
+             or Zero needs {V6})",
+            pi.arch.name()
+        ),
+        Some(126) => "the system cannot execute it (the install dir's file system is \
+                      mounted noexec, or it is not a program for this kernel)"
+            .into(),
+        Some(127) => {
+            let prefix = pi.prefix.first().map_or(String::new(), |p| {
+                format!("the run_prefix program `{p}`, or ")
+            });
+            format!(
+                "the system cannot start it ({prefix}its loader or a library is missing: the \
+                 armv7 build needs a 32-bit Raspberry Pi OS with glibc 2.28 or newer; {V6} \
+                 is static and runs on any)"
+            )
+        }
+        Some(c) => format!("`--version` exited {c}"),
+        None => "no exit status came back".into(),
+    }
 }
 
 /// A remote path for the shell, valid from any working directory: relative install
@@ -2106,7 +2117,7 @@ fn expand_home(p: &str) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{clock_warning, systemd_word, Pi, PiConf, Role};
+    use super::{clock_warning, probe_failure, systemd_word, Pi, PiConf, Role};
 
     #[test]
     fn clocks_far_apart_are_a_warning() {
@@ -2178,6 +2189,42 @@ mod tests {
         assert_eq!(args(&p).last().unwrap(), "pi@[fe80::1%eth0]:/home/pi/b");
         p.host = "pizero.local".into();
         assert_eq!(args(&p).last().unwrap(), "pi@pizero.local:/home/pi/b");
+    }
+
+    #[test]
+    fn a_binary_that_does_not_run_is_told_why() {
+        let pi = |prefix: Option<&str>| {
+            Pi::resolve(
+                Role::Receiver,
+                PiConf {
+                    host: Some("pizero".into()),
+                    build: Some("armv7".into()),
+                    run_prefix: prefix.map(Into::into),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let plain = pi(None);
+        let why = probe_failure(&plain, Some(132), "");
+        assert!(
+            why.contains("SIGILL: the armv7 build") && why.contains("build = \"armv6\""),
+            "{why}"
+        );
+        let why = probe_failure(&plain, Some(127), "");
+        assert!(
+            why.starts_with("the system cannot start it (its loader"),
+            "{why}"
+        );
+        let why = probe_failure(&pi(Some("chrt -f 10")), Some(127), "");
+        assert!(
+            why.contains("the run_prefix program `chrt`, or its loader"),
+            "{why}"
+        );
+        assert!(probe_failure(&plain, Some(126), "").contains("noexec"));
+        let why = probe_failure(&pi(Some("sudo")), Some(1), "sudo: a password is required");
+        assert!(why.contains("asks for a password"), "{why}");
+        assert_eq!(probe_failure(&plain, Some(3), ""), "`--version` exited 3");
     }
 
     #[test]

@@ -260,9 +260,22 @@ impl Pi {
         })
     }
     fn dest(&self) -> String {
+        self.dest_of(&self.host)
+    }
+    /// `[USER@]HOST` with `host` (the host, maybe in brackets).
+    fn dest_of(&self, host: &str) -> String {
         match &self.user {
-            Some(u) => format!("{u}@{}", self.host),
-            None => self.host.clone(),
+            Some(u) => format!("{u}@{host}"),
+            None => host.to_string(),
+        }
+    }
+    /// The host as in `HOST:PORT` or scp's `HOST:PATH`: an IPv6 address in
+    /// brackets.
+    fn host_in_address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
         }
     }
     fn label(&self) -> String {
@@ -316,17 +329,8 @@ impl Pi {
         c.arg("-q")
             .args(self.common_opts())
             .args(["-P", &self.port.to_string()]);
-        // scp reads `HOST:PATH` up to the first colon: an IPv6 host in brackets
-        let dest = if self.host.contains(':') {
-            let user = self
-                .user
-                .as_ref()
-                .map(|u| format!("{u}@"))
-                .unwrap_or_default();
-            format!("{user}[{}]", self.host)
-        } else {
-            self.dest()
-        };
+        // (scp reads `HOST:PATH` up to the first colon)
+        let dest = self.dest_of(&self.host_in_address());
         c.arg(local).arg(format!("{dest}:{remote_path}"));
         c
     }
@@ -1070,13 +1074,9 @@ fn clock_warning(recv: &Pi, send: &Pi) -> Option<String> {
 
 /// The sender's `--to`, given the port the receiver listens on.
 fn sender_to(recv: &Pi, send: &Pi, port: &str) -> String {
-    send.to.clone().unwrap_or_else(|| {
-        if recv.host.contains(':') {
-            format!("[{}]:{port}", recv.host)
-        } else {
-            format!("{}:{port}", recv.host)
-        }
-    })
+    send.to
+        .clone()
+        .unwrap_or_else(|| format!("{}:{port}", recv.host_in_address()))
 }
 
 fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {

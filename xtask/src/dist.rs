@@ -212,13 +212,7 @@ pub fn ensure_qemu() -> Result<()> {
 /// Installs or checks rustup targets/components, cargo-zigbuild and zig.
 pub fn ensure_tools() -> Result<Tools> {
     ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
-    let installed =
-        crate::util::output(Command::new("rustup").args(["target", "list", "--installed"]))
-            .context("rustup not found: the cross builds need rustup (https://rustup.rs)")?;
-    if !installed.lines().any(|l| l.trim() == Arch::V7.triple()) {
-        run(Command::new("rustup").args(["target", "add", Arch::V7.triple()]))
-            .context("fix: rustup target add armv7-unknown-linux-gnueabihf")?;
-    }
+    crate::util::ensure_target(None, Arch::V7.triple())?;
     let comps =
         crate::util::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
     if !comps.lines().any(|l| l.starts_with("rust-src")) {

@@ -126,19 +126,7 @@ fn ensure_tools() -> Result<()> {
     if !have("rustup") {
         bail!("rustup is needed for the nightly toolchain that cargo-fuzz uses");
     }
-    let nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !nightly {
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
-    }
+    crate::util::ensure_toolchain("nightly")?;
     let version = || output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]));
     let v = match version() {
         Ok(v) => v,

@@ -12,7 +12,7 @@
 //! for the Pi 2's ARMv7 target, plain (`cargo build` on a Pi) and with the
 //! dist build's flags: bitmask-core's ARM code compiles only there.
 
-use crate::util::{have, output, root, run};
+use crate::util::{ensure_target, ensure_toolchain, have, root, run};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 use std::time::Instant;
@@ -70,25 +70,8 @@ pub fn check() -> Result<()> {
              MSRV check"
         );
     }
-    let rustc = || output(Command::new("rustup").args(["run", &version, "rustc", "--version"]));
-    let found = match rustc() {
-        Ok(v) => v,
-        Err(_) => {
-            run(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                &version,
-                "--profile",
-                "minimal",
-            ]))
-            .with_context(|| {
-                format!("fix: rustup toolchain install {version} --profile minimal")
-            })?;
-            rustc()?
-        }
-    };
     // "rustc 1.85.0 (...)"
-    let found = found.trim();
+    let found = ensure_toolchain(&version)?;
     if found.split_whitespace().nth(1) != Some(version.as_str()) {
         bail!("rustup run {version} rustc says {found:?}, not Rust {version}");
     }
@@ -105,17 +88,7 @@ pub fn check() -> Result<()> {
     // The libraries' ARM code (bitmask-core's kernels), as a Pi compiles it.
     let arch = crate::dist::Arch::V7;
     let target = arch.triple();
-    let installed = output(Command::new("rustup").args([
-        "target",
-        "list",
-        "--installed",
-        "--toolchain",
-        &version,
-    ]))?;
-    if !installed.lines().any(|l| l.trim() == target) {
-        run(Command::new("rustup").args(["target", "add", "--toolchain", &version, target]))
-            .with_context(|| format!("fix: rustup target add --toolchain {version} {target}"))?;
-    }
+    ensure_target(Some(&version), target)?;
     // (without zstd's C library, which needs a C cross compiler; lz4 is Rust)
     for flags in ["", arch.rustflags()] {
         let mut c = cargo_of(&version);

@@ -73,6 +73,37 @@ pub fn have(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `rustc --version` of rustup's toolchain `name` (`nightly`, `1.85.0`),
+/// installed with the minimal profile when missing.
+pub fn ensure_toolchain(name: &str) -> Result<String> {
+    let version = || output(Command::new("rustup").args(["run", name, "rustc", "--version"]));
+    if let Ok(v) = version() {
+        return Ok(v.trim().to_string());
+    }
+    run(Command::new("rustup").args(["toolchain", "install", name, "--profile", "minimal"]))
+        .with_context(|| format!("fix: rustup toolchain install {name} --profile minimal"))?;
+    Ok(version()?.trim().to_string())
+}
+
+/// Adds rustup target `triple` to `toolchain` (else the current one) when missing.
+pub fn ensure_target(toolchain: Option<&str>, triple: &str) -> Result<()> {
+    let (mut list, mut add) = (Command::new("rustup"), Command::new("rustup"));
+    list.args(["target", "list", "--installed"]);
+    add.args(["target", "add"]);
+    if let Some(t) = toolchain {
+        list.args(["--toolchain", t]);
+        add.args(["--toolchain", t]);
+    }
+    let installed = output(&mut list)
+        .context("rustup not found: the builds need rustup (https://rustup.rs)")?;
+    if !installed.lines().any(|l| l.trim() == triple) {
+        add.arg(triple);
+        let fix = show(&add);
+        run(&mut add).with_context(|| format!("fix: {fix}"))?;
+    }
+    Ok(())
+}
+
 /// Python packages the tests and benchmarks need, installed into `target/venv`.
 pub const PY_PACKAGES: &[&str] = &["numpy", "pillow"];
 

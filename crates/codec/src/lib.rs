@@ -79,29 +79,27 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+/// The row stride and the mask of the padding bits in each row's last
+/// byte of a `width`-pixel mask in the wire layout; `None` without padding.
+fn padding(width: u32) -> Option<(usize, u8)> {
+    let tail = width % 8;
+    (tail != 0).then(|| ((width as usize).div_ceil(8), 0xffu8 >> tail))
+}
+
 /// True if a row of `mask` (the wire layout, its size checked) has bits
 /// set past `width`.
 fn padding_set(mask: &[u8], width: u32) -> bool {
-    let tail = width % 8;
-    if tail == 0 {
-        return false;
-    }
-    let stride = (width as usize).div_ceil(8);
-    let pad = 0xffu8 >> tail;
-    mask.chunks_exact(stride).any(|r| r[stride - 1] & pad != 0)
+    padding(width)
+        .is_some_and(|(stride, pad)| mask.chunks_exact(stride).any(|r| r[stride - 1] & pad != 0))
 }
 
 /// Clears the padding bits (past `width` in each row's last byte) of a mask
 /// in the wire layout.
 fn clear_padding(mask: &mut [u8], width: u32) {
-    let tail = width % 8;
-    if tail == 0 {
-        return;
-    }
-    let stride = (width as usize).div_ceil(8);
-    let keep = 0xffu8 << (8 - tail);
-    for row in mask.chunks_exact_mut(stride) {
-        row[stride - 1] &= keep;
+    if let Some((stride, pad)) = padding(width) {
+        for row in mask.chunks_exact_mut(stride) {
+            row[stride - 1] &= !pad;
+        }
     }
 }
 

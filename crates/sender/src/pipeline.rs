@@ -796,12 +796,14 @@ impl Delivery {
 
     /// How long the receiver has confirmed nothing while frames are in
     /// flight: since the last confirmation or since the oldest frame in
-    /// flight was written, whichever is later (zero with none in flight).
-    fn unconfirmed_for(&self) -> Duration {
+    /// flight was written, whichever is later, until `now` (zero with none
+    /// in flight).
+    fn unconfirmed_for(&self, now: Instant) -> Duration {
         self.inflight.front().map_or(Duration::ZERO, |oldest| {
-            self.last_progress
-                .map_or(oldest.sent_at, |p| p.max(oldest.sent_at))
-                .elapsed()
+            now.saturating_duration_since(
+                self.last_progress
+                    .map_or(oldest.sent_at, |p| p.max(oldest.sent_at)),
+            )
         })
     }
 
@@ -818,10 +820,15 @@ impl Delivery {
         };
         // (after a pause of the input the newest frame may just be
         // unconfirmed, say a damaged one: the next confirmation covers it)
-        if !self.tracking || l.acked().is_none() || newest.sent_at.elapsed() > cfg.timeout {
+        // (one clock read: this runs before every frame written)
+        let now = Instant::now();
+        if !self.tracking
+            || l.acked().is_none()
+            || now.saturating_duration_since(newest.sent_at) > cfg.timeout
+        {
             return;
         }
-        let waited = self.unconfirmed_for();
+        let waited = self.unconfirmed_for(now);
         if waited <= cfg.timeout
             || self
                 .unconfirmed_said
@@ -1485,7 +1492,7 @@ fn make_room(
         // the oldest frame in flight: a window that opened a little at a
         // time while the receiver stalled may have filled long after
         // either)
-        let waited = d.unconfirmed_for();
+        let waited = d.unconfirmed_for(Instant::now());
         let limit = net::SLOW_LIMIT.max(cfg.timeout);
         // (a host that does not answer is judged after a --timeout of this
         // wait, or since a confirmation in it: one look at TCP_INFO during

@@ -717,23 +717,18 @@ impl<R: Read> FrameReader<R> {
             self.started = true;
             return Ok(None);
         }
-        let r = self.read_hello_rest();
-        if let Err(e) = &r {
-            if matches!(e, WireError::Io(_)) {
-                return r.map(Some); // asked again, it goes on
-            }
-            // A hello read whole (only its name is wrong) leaves the stream
-            // in step; one cut short, of another version or with a bad name
-            // length has no known end: no frame can be found after it.
-            let h = &self.hello;
-            let whole = h.len() >= 4 && h[0] == VERSION && {
-                let n = u16::from_le_bytes([h[2], h[3]]) as usize;
-                (1..=MAX_NAME_LEN).contains(&n) && h.len() == 4 + n
-            };
-            if !whole {
+        let r = match self.read_hello_rest() {
+            // asked again, it goes on
+            Err(WireError::Io(e)) => return Err(WireError::Io(e)),
+            // A hello whose end is unknown (cut short, of another version,
+            // with a bad name length): no frame can be found after it.
+            Err(e) => {
                 self.broken = Some(e.to_string());
+                Err(e)
             }
-        }
+            // read whole (only its name may be wrong): the stream is in step
+            Ok(named) => named,
+        };
         // done with the hello, or it is wrong: the stream goes on after it
         self.started = true;
         self.pending_len = 0;
@@ -741,8 +736,10 @@ impl<R: Read> FrameReader<R> {
         r.map(Some)
     }
 
-    /// The hello after its magic ([`read_hello`](Self::read_hello)).
-    fn read_hello_rest(&mut self) -> Result<Hello, WireError> {
+    /// The hello after its magic ([`read_hello`](Self::read_hello)): an
+    /// error where its end is not known, else the hello read whole, or why
+    /// its name is refused.
+    fn read_hello_rest(&mut self) -> Result<Result<Hello, WireError>, WireError> {
         if !fill(&mut self.inner, &mut self.hello, 4)? {
             return Err(WireError::Truncated {
                 part: "hello",
@@ -770,13 +767,14 @@ impl<R: Read> FrameReader<R> {
                 got: 4 + self.hello.len(),
             });
         }
-        let name = std::str::from_utf8(&self.hello[4..4 + n])
-            .map_err(|e| WireError::BadHello(format!("name is not UTF-8: {e}")))?;
-        validate_name(name)?;
-        Ok(Hello {
+        let name = match std::str::from_utf8(&self.hello[4..4 + n]) {
+            Ok(name) => name,
+            Err(e) => return Ok(Err(WireError::BadHello(format!("name is not UTF-8: {e}")))),
+        };
+        Ok(validate_name(name).map(|()| Hello {
             name: name.to_owned(),
             flags: rest[1],
-        })
+        }))
     }
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream (it ended
@@ -801,13 +799,10 @@ impl<R: Read> FrameReader<R> {
             })),
             Ok(None) => Ok(None),
             Err(e) => {
-                if !matches!(e, WireError::Io(_)) {
-                    // (a CRC mismatch is a whole frame: the next one follows)
-                    self.head_len = 0;
-                    self.frame = None;
-                    if !e.is_recoverable() {
-                        self.broken = Some(e.to_string());
-                    }
+                // (after Io the frame read so far is kept; a CRC mismatch
+                // was a whole frame, and the next one follows)
+                if !matches!(e, WireError::Io(_)) && !e.is_recoverable() {
+                    self.broken = Some(e.to_string());
                 }
                 Err(e)
             }

@@ -16,8 +16,8 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     // Debian tools first: apt runs one at a time (ffmpeg, Chromium follow).
     step("Debian tools for the Pi builds", crate::dist::ensure_qemu)?;
     let mut pi_builds = None;
-    step("Pi builds and MSRV check started in the background", || {
-        pi_builds = Some(crate::dist::Background::start()?);
+    step("Pi builds started in the background", || {
+        pi_builds = Some(crate::dist::Background::start(crate::dist::Job::PiBuilds)?);
         Ok(())
     })?;
     step("clippy", || {
@@ -67,9 +67,17 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         "two-host streaming tests (netns + tc; slow receiver 15 s)",
         crate::netbed::ci_step,
     )?;
+    let mut msrv = None;
     step(
-        "Pi builds under qemu (dist, unit, sigill, e2e, deploy)",
-        || crate::dist::ci_step(pi_builds),
+        "Pi builds under qemu (dist, unit, sigill, e2e, deploy; the MSRV check starts beside them)",
+        || {
+            msrv = Some(crate::dist::ci_step(pi_builds)?);
+            Ok(())
+        },
+    )?;
+    step(
+        "MSRV check (the Rust of Cargo.toml's rust-version: `cargo xtask msrv`)",
+        || msrv.map_or(Ok(()), crate::dist::Background::wait),
     )?;
     eprintln!(
         "xtask ci: all steps passed in {:.0} s",

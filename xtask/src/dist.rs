@@ -1062,8 +1062,8 @@ pub fn e2e() -> Result<()> {
     Ok(())
 }
 
-/// Set in the environment of `cargo xtask qemu build` started by
-/// [`Background::start`]: the pid of the `cargo xtask ci` that waits for it.
+/// Set in the environment of a job started by [`Background::start`]: the
+/// pid of the `cargo xtask ci` that waits for it.
 const BACKGROUND_OF: &str = "XTASK_BACKGROUND_OF";
 
 /// Stops this process's group (itself, cargo, rustc) within half a second of
@@ -1089,28 +1089,64 @@ fn watch_parent(parent: &str) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask qemu build` and then `cargo xtask msrv`, running in the
-/// background at the lowest CPU priority while `cargo xtask ci` runs its
-/// host steps: the builds take the cores those leave idle (the tests mostly
-/// wait on sockets and timers), and the Pi step then finds them built.
+/// What `cargo xtask ci` runs in the background (`cargo xtask ci-background JOB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// `cargo xtask qemu build`: the ARM builds, started right after
+    /// rustfmt so that they use the cores the host steps leave idle.
+    PiBuilds,
+    /// `cargo xtask msrv`, started once the Pi builds are done, beside the
+    /// Pi proofs (which mostly wait on qemu, ssh and timers).
+    Msrv,
+}
+
+impl Job {
+    const ALL: [Job; 2] = [Job::PiBuilds, Job::Msrv];
+
+    /// Its argument to `cargo xtask ci-background`.
+    fn arg(self) -> &'static str {
+        match self {
+            Job::PiBuilds => "pi-builds",
+            Job::Msrv => "msrv",
+        }
+    }
+
+    /// What it is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Job::PiBuilds => "the Pi builds",
+            Job::Msrv => "the MSRV check",
+        }
+    }
+
+    /// Its log.
+    pub fn log(self) -> PathBuf {
+        root().join(match self {
+            Job::PiBuilds => "target/ci-pi-build.log",
+            Job::Msrv => "target/ci-msrv.log",
+        })
+    }
+}
+
+/// A [`Job`] running in the background at the lowest CPU priority, its
+/// output in its own log ([`Job::log`]).
 pub struct Background {
+    job: Job,
     child: std::process::Child,
-    log: PathBuf,
     started: Instant,
 }
 
 impl Background {
-    /// Starts the builds; their output goes to `target/ci-pi-build.log`.
-    /// The tools they need from Debian must be installed first
-    /// ([`ensure_qemu`]): only one apt may run at a time.
-    pub fn start() -> Result<Background> {
+    /// Starts `job`. The tools the Pi builds need from Debian must be
+    /// installed first ([`ensure_qemu`]): only one apt may run at a time.
+    pub fn start(job: Job) -> Result<Background> {
         use std::os::unix::process::CommandExt;
-        let log = root().join("target/ci-pi-build.log");
+        let log = job.log();
         std::fs::create_dir_all(root().join("target"))?;
         let f = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut c = Command::new(std::env::current_exe()?);
-        c.args(["ci-background"])
+        c.args(["ci-background", job.arg()])
             .env(BACKGROUND_OF, std::process::id().to_string())
             .current_dir(root())
             .stdin(Stdio::null())
@@ -1128,39 +1164,39 @@ impl Background {
                 Ok(())
             });
         }
-        let child = c
-            .spawn()
-            .context("cannot start `cargo xtask ci-background` in the background")?;
+        let child = c.spawn().with_context(|| {
+            format!(
+                "cannot start `cargo xtask ci-background {}` in the background",
+                job.arg()
+            )
+        })?;
         eprintln!(
-            "xtask: the Pi builds, then the MSRV check, started in the background at nice 19 \
-             (pid {}); log: {}",
+            "xtask: {} started in the background at nice 19 (pid {}); log: {}",
+            job.what(),
             child.id(),
             log.display()
         );
         Ok(Background {
+            job,
             child,
-            log,
             started: Instant::now(),
         })
     }
 
-    /// Waits for the builds; on failure, the error carries the log's end.
+    /// Waits for the job; on failure, the error carries its log's first
+    /// error (or its end).
     pub fn wait(mut self) -> Result<()> {
         let st = self.child.wait()?;
         let secs = self.started.elapsed().as_secs_f64();
+        let log = self.job.log();
         if !st.success() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            // The failed phase's first error (the builds beside the failed
-            // one went on writing below it), else the log's end.
-            let phase = lines
-                .iter()
-                .rposition(|l| l.starts_with(BACKGROUND_PHASE))
-                .unwrap_or(0);
-            let from = lines[phase..]
+            // The first error (builds running beside the failed one went on
+            // writing below it), else the log's end.
+            let from = lines
                 .iter()
                 .position(|l| l.starts_with("error"))
-                .map(|i| phase + i)
                 .unwrap_or(lines.len().saturating_sub(40));
             // 60 lines from there, and the log's last 3 when it goes on
             let end = lines.len().min(from + 60);
@@ -1170,38 +1206,46 @@ impl Background {
                 shown = format!("{shown}\n...\n{}", lines[tail..].join("\n"));
             }
             bail!(
-                "the builds in the background (the Pi builds, then the MSRV check) failed \
-                 ({st}) after {secs:.0} s; from {} (line {}):\n{shown}",
-                self.log.display(),
+                "{}, run in the background, failed ({st}) after {secs:.0} s; from {} (line {}):\n{shown}",
+                self.job.what(),
+                log.display(),
                 from + 1
             );
         }
         eprintln!(
-            "xtask: the Pi builds and the MSRV check, started in the background, were done \
-             {secs:.0} s after they started (log: {})",
-            self.log.display()
+            "xtask: {}, run in the background, done {secs:.0} s after it started (log: {})",
+            self.job.what(),
+            log.display()
         );
         Ok(())
     }
 }
 
-/// `cargo xtask ci-background`: what [`Background`] runs, the Pi builds and
-/// then the MSRV check (`cargo xtask msrv`; its toolchain installed here).
-pub fn run_background() -> Result<()> {
-    eprintln!("{BACKGROUND_PHASE} the Pi builds");
-    run_qemu(&["build".to_string()]).context("the Pi builds")?;
-    eprintln!("{BACKGROUND_PHASE} the MSRV check");
-    crate::msrv::check().context("the MSRV check")
+/// `cargo xtask ci-background JOB`: what [`Background`] runs.
+pub fn run_background(args: &[String]) -> Result<()> {
+    let arg = args.first().map(String::as_str).unwrap_or("");
+    let Some(job) = Job::ALL.into_iter().find(|j| j.arg() == arg) else {
+        let known: Vec<&str> = Job::ALL.iter().map(|j| j.arg()).collect();
+        bail!("cargo xtask ci-background: unknown job {arg:?} (known: {known:?})");
+    };
+    match job {
+        // (run_qemu watches its parent itself: it also runs on its own)
+        Job::PiBuilds => run_qemu(&["build".to_string()]),
+        Job::Msrv => {
+            if let Ok(parent) = std::env::var(BACKGROUND_OF) {
+                watch_parent(&parent)?;
+            }
+            crate::msrv::check()
+        }
+    }
 }
-
-/// Starts each phase's part of the background log; [`Background::wait`]
-/// shows the first error after the last one.
-const BACKGROUND_PHASE: &str = "xtask: background phase:";
 
 /// The CI step: ARM dist builds with their checks, unit tests under qemu, SIGILL
 /// test-of-the-test, e2e. A missing tool fails (it is installed when possible).
 /// `background`: the builds started by [`Background::start`], waited for first.
-pub fn ci_step(background: Option<Background>) -> Result<()> {
+/// Once they are done, the MSRV check starts in the background beside the
+/// proofs; it is returned, for the caller to wait for.
+pub fn ci_step(background: Option<Background>) -> Result<Background> {
     let t = Instant::now();
     if is_ci() {
         eprintln!("xtask: CI=true: the Pi proofs run in full; nothing is skipped");
@@ -1209,10 +1253,11 @@ pub fn ci_step(background: Option<Background>) -> Result<()> {
     if let Some(b) = background {
         b.wait()?;
     }
+    let msrv = Background::start(Job::Msrv)?;
     run_qemu(&["all".to_string()])?;
     eprintln!(
         "xtask: Pi builds proven under qemu in {:.0} s",
         t.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(msrv)
 }

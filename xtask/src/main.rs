@@ -65,8 +65,9 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              the full test run (what .ci/run calls): rustfmt, clippy -D warnings, every test\n\
              (numpy interop, camera input with ffmpeg, the live view in headless Chromium),\n\
              the two-host netbed tests, the Pi builds proven under qemu-user (built in the\n\
-             background at nice 19 from the start, then the MSRV check: `cargo xtask msrv`; log:\n\
-             target/ci-pi-build.log). Installs what it needs (rustup targets, rust-src and the\n\
+             background at nice 19 from the start; log: target/ci-pi-build.log), the MSRV check\n\
+             (`cargo xtask msrv`, in the background beside the Pi proofs; log:\n\
+             target/ci-msrv.log). Installs what it needs (rustup targets, rust-src and the\n\
              rust-version toolchain, Debian packages when root, numpy in target/venv) or says\n\
              what is missing; with CI=true a skipped step fails the run\n"
         }
@@ -140,7 +141,7 @@ fn run() -> Result<()> {
         "vectors" => ci::vectors(),
         "msrv" => msrv::run_msrv(rest),
         // what `cargo xtask ci` runs in the background (dist.rs, `Background`)
-        "ci-background" => dist::run_background(),
+        "ci-background" => dist::run_background(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -111,6 +111,73 @@ fn two_senders_tcp_and_udp_get_their_own_directories_and_stats() {
 }
 
 #[test]
+fn a_slow_udp_sender_keeps_its_stream_and_its_reference_frame() {
+    // A frame every 4 s over UDP, delta-coded, to a receiver whose
+    // --timeout is 1 s: the sender's hellos (every second, frames or not)
+    // keep its stream open there, and with it the decoder's reference
+    // frame; a stream closed between frames made every delta frame corrupt.
+    let tmp = TempDir::new("streaming-udp-slow");
+    let input = tmp.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let img = image::DynamicImage::ImageRgb8(scene_image(W, H, 5));
+    save_image(&img, &input.join("still.png"));
+    let out = tmp.join("out");
+    let json = tmp.join("stats.json");
+    let mut recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "raw",
+        "--stats-json",
+        json.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--count",
+        "3",
+    ]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "timelapse",
+        &input,
+        &[
+            "--transport",
+            "udp",
+            "--fps",
+            "0.25",
+            "--count",
+            "3",
+            "--codec",
+            "bilevel",
+            "--keyframe-interval",
+            "30",
+        ],
+    ));
+    let fs = s.wait(LIMIT);
+    assert!(fs.status.success(), "sender: {}", fs.stderr);
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.status.success(), "receiver: {}", fr.stderr);
+    let j = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(stat(&j, "timelapse", "received"), 3.0, "{j}\n{}", fr.stderr);
+    assert_eq!(stat(&j, "timelapse", "corrupt"), 0.0, "{j}\n{}", fr.stderr);
+    assert!(!fr.stderr.contains("silent, closed"), "{}", fr.stderr);
+    let mask = expected_mask(
+        &img,
+        &bitmask_core::Params {
+            channel: bitmask_core::Channel::Luma,
+            threshold: 128,
+            invert: false,
+        },
+    );
+    for q in 0..3 {
+        assert_eq!(
+            read(&out.join(format!("frame-{q:06}.raw"))),
+            mask,
+            "frame {q}"
+        );
+    }
+}
+
+#[test]
 fn sender_waits_for_a_missing_receiver_then_streams() {
     let tmp = TempDir::new("streaming-wait");
     let expected = inputs(&tmp.join("in"));

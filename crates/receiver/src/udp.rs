@@ -5,7 +5,11 @@
 //! A stream is (source address, stream id). Its frames are reassembled in
 //! sequence order: when a frame completes, older incomplete ones are given
 //! up; a frame that gets no datagram for [`FRAGMENT_GAP`] is given up too.
-//! Both count as `incomplete`. Memory is capped: `--max-senders` streams
+//! Both count as `incomplete`. Only a frame delivered whole, its CRC and its
+//! header's sequence number checked, moves the point below which datagrams
+//! are late: one datagram with a made-up sequence number (say 2^64 - 1),
+//! never completed, must not make every later frame of the stream "late".
+//! Memory is capped: `--max-senders` streams
 //! (as many as TCP connections, counted apart), [`MAX_PARTIAL`] frames in
 //! reassembly each, each no larger than a frame of `--max-size`, allocated
 //! only after the datagram header was checked. When all are taken, a new
@@ -31,8 +35,14 @@ use bitmask_wire::udp::{DGRAM_HEADER_LEN, DGRAM_MAGIC, DGRAM_VERSION, KIND_FRAGM
 pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
 /// A stream that has delivered a frame is kept, when all `--max-senders`
 /// are taken, while it sends anything (a sender repeats its hello every
-/// second, so a slow one too); silent this long it may be replaced.
+/// second, so a slow one too); silent this long it may be replaced. A
+/// stream is closed only when silent for `--timeout` and for this long (a
+/// sender of a frame a minute keeps its stream, and its decoder's
+/// reference frame, by its hellos).
 pub const QUIET: Duration = Duration::from_secs(3);
+/// Sequence numbers of frames given up, remembered per stream so that
+/// their late datagrams are ignored (not reassembled and given up again).
+const GIVEN_UP: usize = 8;
 /// Frames in reassembly per stream.
 pub const MAX_PARTIAL: usize = 3;
 
@@ -54,8 +64,10 @@ struct Partial {
 struct Stream {
     ctx: Option<StreamCtx>,
     partial: Vec<Partial>,
-    /// Highest sequence delivered or given up.
+    /// Highest sequence delivered (older datagrams are late).
     done_upto: Option<u64>,
+    /// The last [`GIVEN_UP`] frames given up (their datagrams are late too).
+    given_up: std::collections::VecDeque<u64>,
     last_seen: Instant,
     /// When it last delivered a frame.
     delivered: Option<Instant>,
@@ -76,8 +88,22 @@ impl Stream {
             );
             ctx.incomplete(1);
         }
-        self.done_upto = Some(self.done_upto.map_or(p.sequence, |d| d.max(p.sequence)));
+        self.forget(p.sequence);
         self.spare.push(p.buf);
+    }
+
+    /// Makes the later datagrams of frame `sequence` late (see [`Self::late`]).
+    fn forget(&mut self, sequence: u64) {
+        if self.given_up.len() == GIVEN_UP {
+            self.given_up.pop_front();
+        }
+        self.given_up.push_back(sequence);
+    }
+
+    /// Whether a datagram of frame `sequence` comes too late: that frame
+    /// or a later one was delivered, or that frame was given up.
+    fn late(&self, sequence: u64) -> bool {
+        self.done_upto.is_some_and(|u| sequence <= u) || self.given_up.contains(&sequence)
     }
 }
 
@@ -122,7 +148,7 @@ fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
         }
     }
     streams.retain(|(from, _), s| {
-        let keep = now - s.last_seen < hub.timeout;
+        let keep = now - s.last_seen < hub.timeout.max(QUIET);
         if !keep {
             if let Some(ctx) = &s.ctx {
                 log::info!(
@@ -145,18 +171,31 @@ struct Logs {
     /// address, not port: a new port each time must not get past it; the
     /// last line said for each, forgotten past 1,024 hosts).
     bad: HashMap<std::net::IpAddr, Instant>,
+    /// Streams opened, and frames before a stream's hello: the same, apart
+    /// (a new stream id per datagram must not write a line each).
+    opened: HashMap<std::net::IpAddr, Instant>,
 }
 
 impl Logs {
     /// Whether a bad datagram from `from` is to be logged now.
     fn bad(&mut self, from: SocketAddr) -> bool {
-        if self.bad.len() > 1024 {
-            self.bad.clear();
+        Self::per_host(&mut self.bad, from)
+    }
+
+    /// Whether a stream's opening (or its frames before its hello) from
+    /// `from` is to be logged now.
+    fn opened(&mut self, from: SocketAddr) -> bool {
+        Self::per_host(&mut self.opened, from)
+    }
+
+    fn per_host(said: &mut HashMap<std::net::IpAddr, Instant>, from: SocketAddr) -> bool {
+        if said.len() > 1024 {
+            said.clear();
         }
-        match self.bad.get(&from.ip()) {
+        match said.get(&from.ip()) {
             Some(t) if t.elapsed() < Duration::from_secs(1) => false,
             _ => {
-                self.bad.insert(from.ip(), Instant::now());
+                said.insert(from.ip(), Instant::now());
                 true
             }
         }
@@ -212,6 +251,7 @@ fn on_dgram(
                 ctx: None,
                 partial: Vec::new(),
                 done_upto: None,
+                given_up: Default::default(),
                 last_seen: Instant::now(),
                 delivered: None,
                 warned_no_hello: false,
@@ -228,7 +268,11 @@ fn on_dgram(
                 Ok(Some(h)) => {
                     match StreamCtx::open(hub.clone(), h.name(), &from.to_string(), "udp") {
                         Ok(ctx) => {
-                            log::info!("state: udp stream from {:?} ({from}) open", h.name());
+                            if logs.opened(from) {
+                                log::info!("state: udp stream from {:?} ({from}) open", h.name());
+                            } else {
+                                log::debug!("state: udp stream from {:?} ({from}) open", h.name());
+                            }
                             s.ctx = Some(ctx);
                         }
                         Err(e) => log::warn!("udp from {from}: {e:#}"),
@@ -251,11 +295,13 @@ fn on_dgram(
     if s.ctx.is_none() {
         if !s.warned_no_hello {
             s.warned_no_hello = true;
-            log::info!("udp from {from}: frames before the sender's hello are dropped until it comes (every second)");
+            if logs.opened(from) {
+                log::info!("udp from {from}: frames before the sender's hello are dropped until it comes (every second)");
+            }
         }
         return;
     }
-    if s.done_upto.is_some_and(|u| d.sequence <= u) {
+    if s.late(d.sequence) {
         return; // late or duplicate
     }
     let i = match s.partial.iter().position(|p| p.sequence == d.sequence) {
@@ -266,12 +312,15 @@ fn on_dgram(
                     .min_by_key(|&i| s.partial[i].sequence)
                     .unwrap();
                 s.give_up(oldest, "too many frames in reassembly");
-                if s.done_upto.is_some_and(|u| d.sequence <= u) {
+                if s.late(d.sequence) {
                     return;
                 }
             }
+            // Not cleared: the fragments cover every byte of the frame
+            // before it is read (checked by `parse`: count, stride and each
+            // fragment's length), so nothing stale is ever read, and a
+            // datagram claiming a large frame costs no memset of it.
             let mut buf = s.spare.pop().unwrap_or_default();
-            buf.clear();
             buf.resize(d.frame_len as usize, 0);
             s.partial.push(Partial {
                 sequence: d.sequence,
@@ -309,18 +358,27 @@ fn on_dgram(
     while let Some(j) = s.partial.iter().position(|q| q.sequence < p.sequence) {
         s.give_up(j, "a later frame completed first");
     }
-    s.done_upto = Some(p.sequence);
-    s.delivered = Some(Instant::now());
-    let ctx = s.ctx.as_mut().expect("checked above");
     let mut r = FrameReader::new(&p.buf[..], hub.limits);
-    match r.read_frame() {
+    let got = r.read_frame();
+    if !matches!(&got, Ok(Some(f)) if f.header.sequence == p.sequence) {
+        s.forget(p.sequence); // (its duplicates are not reassembled again)
+    }
+    let ctx = s.ctx.as_mut().expect("checked above");
+    match got {
+        Ok(Some(f)) if f.header.sequence != p.sequence => ctx.corrupt(&format_args!(
+            "its datagrams say frame {}, its header {}",
+            p.sequence, f.header.sequence
+        )),
         Ok(Some(f)) => {
+            // (a frame the data path refuses was still delivered whole)
+            s.done_upto = Some(p.sequence);
+            s.delivered = Some(Instant::now());
             let h = f.header;
             if let Err(e) = ctx.frame(&h, f.payload) {
                 log::warn!("{}: {e:#}", ctx.name());
             }
         }
-        Ok(None) => {}
+        Ok(None) => ctx.corrupt(&"its datagrams hold no frame"),
         Err(e) => ctx.corrupt(&e),
     }
     s.spare.push(p.buf);
@@ -431,6 +489,152 @@ mod tests {
         );
         assert!(streams.contains_key(&("10.0.0.8:1".parse().unwrap(), 5)));
         assert_eq!(streams.len(), 2);
+    }
+
+    /// A hub with no outputs, `max_conns` streams at most.
+    fn test_hub(max_conns: usize) -> Arc<Hub> {
+        use crate::session::Sinks;
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sinks = Sinks {
+            shared: None,
+            per_sender: None,
+        };
+        Hub::new(
+            Limits::default(),
+            Duration::from_secs(10),
+            sinks,
+            None,
+            max_conns,
+            tx,
+        )
+    }
+
+    /// `frame` cut into datagrams of `stride` data bytes, as the sender does.
+    fn fragments(frame: &[u8], stream_id: u32, sequence: u64, stride: usize) -> Vec<Vec<u8>> {
+        let count = frame.len().div_ceil(stride) as u16;
+        frame
+            .chunks(stride)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut b = Dgram {
+                    kind: KIND_FRAGMENT,
+                    index: i as u16,
+                    count,
+                    stride: stride as u16,
+                    stream_id,
+                    sequence,
+                    frame_len: frame.len() as u32,
+                }
+                .encode()
+                .to_vec();
+                b.extend_from_slice(chunk);
+                b
+            })
+            .collect()
+    }
+
+    /// A raw `w`x`h` frame numbered `sequence`, its bits from `seed`.
+    fn raw_frame(w: u32, h: u32, sequence: u64, seed: u8) -> Vec<u8> {
+        use bitmask_wire::{encode_frame, Header, CODEC_RAW};
+        let len = (w.div_ceil(8) * h) as usize;
+        let payload: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let mut frame = Vec::new();
+        encode_frame(
+            &Header::new(w, h, sequence, CODEC_RAW, len as u32),
+            &payload,
+            &mut frame,
+        );
+        frame
+    }
+
+    #[test]
+    fn only_a_delivered_frame_makes_older_datagrams_late() {
+        use bitmask_wire::Hello;
+        let hub = test_hub(4);
+        let mut streams = HashMap::new();
+        let mut logs = Logs::default();
+        let from: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let key = (from, 9);
+        let mut feed = |streams: &mut HashMap<_, _>, b: &[u8]| {
+            let (d, data) = parse(b, &hub.limits).unwrap();
+            on_dgram(&hub, streams, &mut logs, from, d, data);
+        };
+        let hello = Hello::new("cam").unwrap().encode();
+        let mut h = fragments(&hello, 9, 0, hello.len()).remove(0);
+        h[5] = KIND_HELLO;
+        feed(&mut streams, &h);
+        for q in 0..3 {
+            for d in fragments(&raw_frame(64, 8, q, 1), 9, q, 30) {
+                feed(&mut streams, &d);
+            }
+        }
+        assert_eq!(streams[&key].done_upto, Some(2));
+        // One datagram numbered 2^64 - 1 (of a frame of three), never
+        // completed, given up after its 250 ms.
+        let lone = fragments(&raw_frame(64, 8, 0, 2), 9, u64::MAX, 30).remove(1);
+        feed(&mut streams, &lone);
+        for p in &mut streams.get_mut(&key).unwrap().partial {
+            p.last -= FRAGMENT_GAP + Duration::from_millis(1);
+        }
+        sweep(&hub, &mut streams);
+        assert!(streams[&key].partial.is_empty());
+        // The frames after it are delivered; its late datagrams are not
+        // reassembled again.
+        for q in 3..6 {
+            for d in fragments(&raw_frame(64, 8, q, 3), 9, q, 30) {
+                feed(&mut streams, &d);
+            }
+        }
+        assert_eq!(streams[&key].done_upto, Some(5));
+        feed(&mut streams, &lone);
+        assert!(streams[&key].partial.is_empty());
+        // A frame whose datagrams say another number than its header is
+        // not delivered, and moves nothing.
+        for d in fragments(&raw_frame(64, 8, 7, 4), 9, 6, 30) {
+            feed(&mut streams, &d);
+        }
+        assert_eq!(streams[&key].done_upto, Some(5));
+        assert!(streams[&key].given_up.contains(&6));
+        for d in fragments(&raw_frame(64, 8, 7, 4), 9, 7, 30) {
+            feed(&mut streams, &d);
+        }
+        assert_eq!(streams[&key].done_upto, Some(7));
+    }
+
+    #[test]
+    fn reused_buffers_leave_nothing_stale_in_a_frame() {
+        // Reassembly buffers are reused without being cleared: frames of
+        // other lengths, their datagrams in reverse order, must still come
+        // out whole (their CRC checked: a stale byte would make them corrupt).
+        use bitmask_wire::Hello;
+        let hub = test_hub(4);
+        let mut streams = HashMap::new();
+        let mut logs = Logs::default();
+        let from: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let key = (from, 9);
+        let mut feed = |streams: &mut HashMap<_, _>, b: &[u8]| {
+            let (d, data) = parse(b, &hub.limits).unwrap();
+            on_dgram(&hub, streams, &mut logs, from, d, data);
+        };
+        let hello = Hello::new("cam").unwrap().encode();
+        let mut h = fragments(&hello, 9, 0, hello.len()).remove(0);
+        h[5] = KIND_HELLO;
+        feed(&mut streams, &h);
+        for (q, (w, hgt)) in [(256, 64), (64, 8), (128, 40), (8, 1), (256, 64)]
+            .into_iter()
+            .enumerate()
+        {
+            let q = q as u64;
+            let mut ds = fragments(&raw_frame(w, hgt, q, q as u8 * 17), 9, q, 100);
+            ds.reverse();
+            for d in ds {
+                feed(&mut streams, &d);
+            }
+            assert_eq!(streams[&key].done_upto, Some(q), "frame {q}: {w}x{hgt}");
+        }
+        assert!(streams[&key].given_up.is_empty());
     }
 
     #[test]

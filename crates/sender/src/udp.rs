@@ -15,12 +15,48 @@ use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
 /// bytes of frame (IPv6 needs 20 more, checked when connecting).
 pub const MIN_MTU: usize = 28 + DGRAM_HEADER_LEN + 64;
 
+/// The hello is repeated this often, frames or not (a thread of the link's):
+/// a receiver that starts late learns the name, and a sender of a frame a
+/// minute keeps its stream, and the decoder's reference frame, open there.
 const HELLO_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest `--rate` may space two full datagrams: a receiver gives up a
+/// frame that gets no datagram for 250 ms (its `FRAGMENT_GAP`).
+const MAX_SPACING: Duration = Duration::from_millis(100);
+
+/// Refuses a `--rate` that spaces datagrams of `mtu` bytes wider than
+/// [`MAX_SPACING`]: every frame of more than one datagram would be lost.
+pub fn check_rate(mtu: usize, rate_mbit: f64) -> Result<()> {
+    let spacing = Duration::from_secs_f64(mtu as f64 * 8.0 / (rate_mbit * 1e6));
+    if spacing <= MAX_SPACING {
+        return Ok(());
+    }
+    let min_rate = mtu as f64 * 8.0 / MAX_SPACING.as_secs_f64() / 1e6;
+    let max_mtu = (rate_mbit * 1e6 * MAX_SPACING.as_secs_f64() / 8.0) as usize;
+    let smaller = if max_mtu >= MIN_MTU + 20 {
+        format!(", or --mtu {max_mtu} or less")
+    } else {
+        String::new()
+    };
+    anyhow::bail!(
+        "--rate {rate_mbit} spaces datagrams of --mtu {mtu} bytes {} ms apart, but a receiver \
+         gives up a frame when its next datagram takes over 250 ms: give --rate {:.2} or \
+         more{smaller}",
+        spacing.as_millis(),
+        (min_rate * 100.0).ceil() / 100.0
+    )
+}
 
 /// Socket send buffer for datagrams (the kernel doubles it). Small, so a
 /// full local queue blocks the sender instead of silently dropping
 /// datagrams (which loses whole frames) once the qdisc is full.
 const UDP_SNDBUF: usize = 32 << 10;
+
+/// Refusals are logged again after this long, with their count.
+const REFUSALS_SAID: Duration = Duration::from_secs(5);
+/// A receiver that refused datagrams and then none for this long is
+/// taken to listen again (ICMP errors come back within milliseconds).
+const REFUSALS_OVER: Duration = Duration::from_secs(2);
 
 /// Spaces datagrams to a bit rate.
 struct Pacer {
@@ -68,13 +104,41 @@ fn dgram_header(
 /// A "connected" UDP socket to the receiver.
 pub struct UdpLink {
     sock: UdpSocket,
+    to: SocketAddr,
     stream_id: u32,
-    hello: Vec<u8>,
-    last_hello: Option<Instant>,
     stride: usize,
     dgram: Vec<u8>,
-    refused_at: Option<Instant>,
+    refused: Option<Refusals>,
     pacer: Option<Pacer>,
+    /// Dropped with the link: its hello thread then ends.
+    _hellos: std::sync::mpsc::Sender<()>,
+}
+
+/// Datagrams the receiver's host refused (ICMP port unreachable: nobody
+/// listens), for the log.
+struct Refusals {
+    /// The last refusal.
+    last: Instant,
+    /// The last line about them.
+    said: Instant,
+    /// Refusals since that line.
+    since: u64,
+}
+
+/// The hello datagram of stream `stream_id`.
+fn hello_dgram(hello: &[u8], stream_id: u32) -> Vec<u8> {
+    let mut d = dgram_header(
+        KIND_HELLO,
+        0,
+        1,
+        hello.len() as u16,
+        stream_id,
+        0,
+        hello.len() as u32,
+    )
+    .to_vec();
+    d.extend_from_slice(hello);
+    d
 }
 
 impl UdpLink {
@@ -104,19 +168,37 @@ impl UdpLink {
         let hello = Hello::new(name)
             .with_context(|| format!("sender name {name:?}"))?
             .encode();
+        let stream_id = stream_id();
+        let hello = hello_dgram(&hello, stream_id);
+        // The first hello before any frame, the others from a thread, every
+        // HELLO_EVERY until the link is dropped. (Its errors are ignored:
+        // the frames' datagrams report a refusing or unreachable receiver.)
+        let hello_sock = sock.try_clone().context("cloning the UDP socket")?;
+        let _ = hello_sock.send(&hello);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("udp-hello".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(HELLO_EVERY)
+                {
+                    let _ = hello_sock.send(&hello);
+                }
+            })
+            .context("starting the UDP hello thread")?;
         Ok(UdpLink {
             sock,
-            stream_id: stream_id(),
-            hello,
-            last_hello: None,
+            to,
+            stream_id,
             stride,
             dgram: Vec::with_capacity(DGRAM_HEADER_LEN + stride),
-            refused_at: None,
+            refused: None,
             pacer: rate_mbit.map(|r| Pacer {
                 // IP + UDP headers count against the link too
                 ns_per_byte: 8.0 * 1e3 / r,
                 next: Instant::now(),
             }),
+            _hellos: stop,
         })
     }
 
@@ -126,17 +208,55 @@ impl UdpLink {
         }
         loop {
             match self.sock.send(&self.dgram) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // No refusal for a while: someone listens again (or
+                    // the ICMP messages stopped coming).
+                    if self
+                        .refused
+                        .as_ref()
+                        .is_some_and(|r| r.last.elapsed() > REFUSALS_OVER)
+                    {
+                        self.refused = None;
+                        log::info!(
+                            "state: receiver {} no longer refuses datagrams (none for {} s)",
+                            self.to,
+                            REFUSALS_OVER.as_secs()
+                        );
+                    }
+                    return Ok(());
+                }
                 // ICMP port unreachable from an earlier datagram: nobody
                 // listens (yet). UDP cannot tell when it is back: keep sending.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    if self
-                        .refused_at
-                        .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-                    {
-                        log::warn!("state: receiver refuses datagrams (not running?); sending on");
+                    let now = Instant::now();
+                    match &mut self.refused {
+                        None => {
+                            log::warn!(
+                                "state: receiver {} refuses datagrams (not running?); sending on",
+                                self.to
+                            );
+                            self.refused = Some(Refusals {
+                                last: now,
+                                said: now,
+                                since: 0,
+                            });
+                        }
+                        Some(r) => {
+                            r.last = now;
+                            r.since += 1;
+                            if r.said.elapsed() >= REFUSALS_SAID {
+                                log::warn!(
+                                    "state: receiver {} still refuses datagrams: {} refused in \
+                                     the last {} s; frames sent meanwhile are lost",
+                                    self.to,
+                                    r.since,
+                                    r.said.elapsed().as_secs()
+                                );
+                                r.said = now;
+                                r.since = 0;
+                            }
+                        }
                     }
-                    self.refused_at = Some(Instant::now());
                 }
                 // The local queue is full: give the link a moment.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -148,24 +268,8 @@ impl UdpLink {
         }
     }
 
-    /// Sends the frame's bytes as fragments (and the hello when it is due).
+    /// Sends the frame's bytes as fragments.
     pub fn send(&mut self, frame: &[u8], sequence: u64) -> io::Result<()> {
-        if self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY) {
-            self.last_hello = Some(Instant::now());
-            let h = dgram_header(
-                KIND_HELLO,
-                0,
-                1,
-                self.hello.len() as u16,
-                self.stream_id,
-                0,
-                self.hello.len() as u32,
-            );
-            self.dgram.clear();
-            self.dgram.extend_from_slice(&h);
-            self.dgram.extend_from_slice(&self.hello);
-            self.send_dgram()?;
-        }
         let count = frame.len().div_ceil(self.stride);
         let count = u16::try_from(count).map_err(|_| {
             io::Error::new(
@@ -211,4 +315,22 @@ fn stream_id() -> u32 {
     let x = t ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
     let x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     (x ^ (x >> 29)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_that_spaces_datagrams_past_the_receivers_gap_is_refused() {
+        let e = check_rate(1500, 0.02).unwrap_err().to_string();
+        assert!(e.contains("600 ms apart"), "{e}");
+        assert!(e.contains("--rate 0.12 or more"), "{e}");
+        assert!(e.contains("--mtu 250 or less"), "{e}");
+        check_rate(1500, 0.12).unwrap();
+        check_rate(576, 0.05).unwrap();
+        // no smaller --mtu to suggest below the minimum
+        let e = check_rate(1500, 0.01).unwrap_err().to_string();
+        assert!(!e.contains("or less"), "{e}");
+    }
 }

@@ -78,7 +78,17 @@ fn two_senders_tcp_and_udp_get_their_own_directories_and_stats() {
         &recv.addr,
         "cam-b",
         &input,
-        &["--count", "12", "--fps", "40", "--transport", "udp"],
+        // (--no-drop: a sender slowed by a loaded machine must not drop
+        // frames as a live source does, which this test would take for loss)
+        &[
+            "--count",
+            "12",
+            "--fps",
+            "40",
+            "--transport",
+            "udp",
+            "--no-drop",
+        ],
     ));
     let fa = a.wait(LIMIT);
     let fb = b.wait(LIMIT);

@@ -589,7 +589,7 @@ const MAX_REMEMBERED: usize = 256;
 
 /// A jump forward in sequence numbers above this (a day at 50,000 frames/s)
 /// is taken as a new numbering, not as that many lost frames.
-const MAX_GAP: u64 = 1 << 32;
+pub(crate) const MAX_GAP: u64 = 1 << 32;
 
 impl StatsRegistry {
     /// An empty registry.

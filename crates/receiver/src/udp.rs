@@ -5,10 +5,12 @@
 //! A stream is (source address, stream id). Its frames are reassembled in
 //! sequence order: when a frame completes, older incomplete ones are given
 //! up; a frame that gets no datagram for [`FRAGMENT_GAP`] is given up too.
-//! Both count as `incomplete`. Only a frame delivered whole, its CRC and its
-//! header's sequence number checked, moves the point below which datagrams
-//! are late: one datagram with a made-up sequence number (say 2^64 - 1),
-//! never completed, must not make every later frame of the stream "late".
+//! Both count as `incomplete`. Only a frame read whole (its CRC, its length
+//! and its header's sequence number checked) moves the point below which
+//! datagrams are late, and only by at most [`MAX_GAP`]; a number more than
+//! that below it starts a new numbering. One datagram with a made-up
+//! sequence number (say 2^64 - 1), never completed or even a whole frame,
+//! must not make every later frame of the stream "late".
 //! Memory is capped: `--max-senders` streams
 //! (as many as TCP connections, counted apart), [`MAX_PARTIAL`] frames in
 //! reassembly each, each no larger than a frame of `--max-size`, allocated
@@ -20,7 +22,8 @@
 //! new stream is ignored instead.
 
 use crate::session::{more_like_it, Hub, StreamCtx, Throttle};
-use bitmask_wire::{FrameReader, Limits};
+use crate::stats::MAX_GAP;
+use bitmask_wire::{FrameReader, Limits, HEADER_LEN};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -42,7 +45,7 @@ pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
 pub const QUIET: Duration = Duration::from_secs(3);
 /// Sequence numbers of frames given up, remembered per stream so that
 /// their late datagrams are ignored (not reassembled and given up again).
-const GIVEN_UP: usize = 8;
+const GIVEN_UP: usize = 64;
 /// Frames in reassembly per stream.
 pub const MAX_PARTIAL: usize = 3;
 
@@ -101,9 +104,19 @@ impl Stream {
     }
 
     /// Whether a datagram of frame `sequence` comes too late: that frame
-    /// or a later one was delivered, or that frame was given up.
+    /// or a later one (by at most [`MAX_GAP`]) was delivered, or that frame
+    /// was given up.
     fn late(&self, sequence: u64) -> bool {
-        self.done_upto.is_some_and(|u| sequence <= u) || self.given_up.contains(&sequence)
+        self.done_upto
+            .is_some_and(|u| sequence <= u && u - sequence <= MAX_GAP)
+            || self.given_up.contains(&sequence)
+    }
+
+    /// Whether frame `sequence` is more than [`MAX_GAP`] ahead of the last
+    /// one delivered: no sender skips that many, so it is not this stream's.
+    fn too_far(&self, sequence: u64) -> bool {
+        self.done_upto
+            .is_some_and(|u| sequence > u && sequence - u > MAX_GAP)
     }
 }
 
@@ -168,34 +181,84 @@ struct Logs {
     /// "--max-senders streams open": once a second.
     full: Throttle,
     /// Bad datagrams and bad hellos: once a second per source host (by
-    /// address, not port: a new port each time must not get past it; the
-    /// last line said for each, forgotten past 1,024 hosts).
-    bad: HashMap<std::net::IpAddr, Instant>,
-    /// Streams opened, and frames before a stream's hello: the same, apart
-    /// (a new stream id per datagram must not write a line each).
-    opened: HashMap<std::net::IpAddr, Instant>,
+    /// address, not port: a new port each time must not get past it).
+    bad: Said<std::net::IpAddr>,
+    /// Frames before a stream's hello: the same, apart.
+    early: Said<std::net::IpAddr>,
+    /// Streams opened: once a second per host and sender name (two
+    /// cameras on one host are both named).
+    opened: Said<(std::net::IpAddr, String)>,
+    /// All of the above: at most [`LINES_PER_SECOND`] lines a second in
+    /// all (many hosts, or one IPv6 host's many addresses).
+    budget: Option<(Instant, u32)>,
+}
+
+/// See [`Logs::budget`].
+const LINES_PER_SECOND: u32 = 20;
+
+/// When a line was last said for each key (forgotten past 1,024 keys).
+struct Said<K>(HashMap<K, Instant>);
+
+impl<K> Default for Said<K> {
+    fn default() -> Self {
+        Said(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Said<K> {
+    /// Whether a line for `key` is due (none in the last second).
+    fn due(&self, key: &K) -> bool {
+        self.0
+            .get(key)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+    }
+
+    fn said(&mut self, key: K) {
+        if self.0.len() >= 1024 {
+            self.0.clear();
+        }
+        self.0.insert(key, Instant::now());
+    }
 }
 
 impl Logs {
     /// Whether a bad datagram from `from` is to be logged now.
     fn bad(&mut self, from: SocketAddr) -> bool {
-        Self::per_host(&mut self.bad, from)
-    }
-
-    /// Whether a stream's opening (or its frames before its hello) from
-    /// `from` is to be logged now.
-    fn opened(&mut self, from: SocketAddr) -> bool {
-        Self::per_host(&mut self.opened, from)
-    }
-
-    fn per_host(said: &mut HashMap<std::net::IpAddr, Instant>, from: SocketAddr) -> bool {
-        if said.len() > 1024 {
-            said.clear();
+        let due = self.bad.due(&from.ip()) && self.spend();
+        if due {
+            self.bad.said(from.ip());
         }
-        match said.get(&from.ip()) {
-            Some(t) if t.elapsed() < Duration::from_secs(1) => false,
-            _ => {
-                said.insert(from.ip(), Instant::now());
+        due
+    }
+
+    /// Whether frames before a stream's hello from `from` are to be logged now.
+    fn early(&mut self, from: SocketAddr) -> bool {
+        let due = self.early.due(&from.ip()) && self.spend();
+        if due {
+            self.early.said(from.ip());
+        }
+        due
+    }
+
+    /// Whether the stream of sender `name` from `from` opening is to be logged now.
+    fn opened(&mut self, from: SocketAddr, name: &str) -> bool {
+        let key = (from.ip(), name.to_string());
+        let due = self.opened.due(&key) && self.spend();
+        if due {
+            self.opened.said(key);
+        }
+        due
+    }
+
+    /// Takes one line from the budget; false when it is spent.
+    fn spend(&mut self) -> bool {
+        match &mut self.budget {
+            Some((at, n)) if at.elapsed() < Duration::from_secs(1) => {
+                *n += 1;
+                *n <= LINES_PER_SECOND
+            }
+            other => {
+                *other = Some((Instant::now(), 1));
                 true
             }
         }
@@ -268,7 +331,7 @@ fn on_dgram(
                 Ok(Some(h)) => {
                     match StreamCtx::open(hub.clone(), h.name(), &from.to_string(), "udp") {
                         Ok(ctx) => {
-                            if logs.opened(from) {
+                            if logs.opened(from, h.name()) {
                                 log::info!("state: udp stream from {:?} ({from}) open", h.name());
                             } else {
                                 log::debug!("state: udp stream from {:?} ({from}) open", h.name());
@@ -293,16 +356,22 @@ fn on_dgram(
         return;
     }
     if s.ctx.is_none() {
-        if !s.warned_no_hello {
+        if !s.warned_no_hello && logs.early(from) {
             s.warned_no_hello = true;
-            if logs.opened(from) {
-                log::info!("udp from {from}: frames before the sender's hello are dropped until it comes (every second)");
-            }
+            log::info!("udp from {from}: frames before the sender's hello are dropped until it comes (every second)");
         }
         return;
     }
     if s.late(d.sequence) {
         return; // late or duplicate
+    }
+    if s.too_far(d.sequence) {
+        log::debug!(
+            "udp from {from}: frame {} is too far ahead of frame {:?}, the last delivered",
+            d.sequence,
+            s.done_upto
+        );
+        return;
     }
     let i = match s.partial.iter().position(|p| p.sequence == d.sequence) {
         Some(i) => i,
@@ -311,17 +380,21 @@ fn on_dgram(
                 let oldest = (0..s.partial.len())
                     .min_by_key(|&i| s.partial[i].sequence)
                     .unwrap();
-                s.give_up(oldest, "too many frames in reassembly");
-                if s.late(d.sequence) {
-                    return;
+                if d.sequence < s.partial[oldest].sequence {
+                    return; // a straggler older than every frame in reassembly
                 }
+                s.give_up(oldest, "too many frames in reassembly");
             }
-            // Not cleared: the fragments cover every byte of the frame
-            // before it is read (checked by `parse`: count, stride and each
-            // fragment's length), so nothing stale is ever read, and a
-            // datagram claiming a large frame costs no memset of it.
+            // Neither cleared nor shrunk: the fragments cover every byte
+            // of `..frame_len` before the frame is read (checked by `parse`:
+            // count, stride and each fragment's length, and above: each
+            // fragment agrees with the first), so nothing stale is ever
+            // read, and a datagram claiming a large frame costs no memset
+            // of it (once the buffer has grown).
             let mut buf = s.spare.pop().unwrap_or_default();
-            buf.resize(d.frame_len as usize, 0);
+            if buf.len() < d.frame_len as usize {
+                buf.resize(d.frame_len as usize, 0);
+            }
             s.partial.push(Partial {
                 sequence: d.sequence,
                 frame_len: d.frame_len,
@@ -358,9 +431,13 @@ fn on_dgram(
     while let Some(j) = s.partial.iter().position(|q| q.sequence < p.sequence) {
         s.give_up(j, "a later frame completed first");
     }
-    let mut r = FrameReader::new(&p.buf[..], hub.limits);
+    let len = p.frame_len as usize;
+    let mut r = FrameReader::new(&p.buf[..len], hub.limits);
     let got = r.read_frame();
-    if !matches!(&got, Ok(Some(f)) if f.header.sequence == p.sequence) {
+    let whole = |f: &bitmask_wire::FrameRef| {
+        f.header.sequence == p.sequence && HEADER_LEN + f.payload.len() == len
+    };
+    if !matches!(&got, Ok(Some(f)) if whole(f)) {
         s.forget(p.sequence); // (its duplicates are not reassembled again)
     }
     let ctx = s.ctx.as_mut().expect("checked above");
@@ -368,6 +445,11 @@ fn on_dgram(
         Ok(Some(f)) if f.header.sequence != p.sequence => ctx.corrupt(&format_args!(
             "its datagrams say frame {}, its header {}",
             p.sequence, f.header.sequence
+        )),
+        Ok(Some(f)) if !whole(&f) => ctx.corrupt(&format_args!(
+            "frame {}: its datagrams carry {len} bytes, the frame {}",
+            p.sequence,
+            HEADER_LEN + f.payload.len()
         )),
         Ok(Some(f)) => {
             // (a frame the data path refuses was still delivered whole)
@@ -601,6 +683,46 @@ mod tests {
             feed(&mut streams, &d);
         }
         assert_eq!(streams[&key].done_upto, Some(7));
+        // A whole frame in one datagram (a valid CRC is no proof of its
+        // sender) more than MAX_GAP ahead of the last delivered: ignored.
+        let one = |stream: u32, q: u64| fragments(&raw_frame(8, 1, q, 5), stream, q, 100).remove(0);
+        feed(&mut streams, &one(9, 8 + MAX_GAP));
+        assert_eq!(streams[&key].done_upto, Some(7));
+        feed(&mut streams, &one(9, 8));
+        assert_eq!(streams[&key].done_upto, Some(8));
+        // A stream whose first frame was such a one: its own frames, more
+        // than MAX_GAP below it, are a new numbering, not late. (Within
+        // MAX_GAP they would be: UDP is not authenticated, and a sender's
+        // address and stream id are enough to inject frames.)
+        feed(&mut streams, &{
+            let mut h = fragments(&hello, 10, 0, hello.len()).remove(0);
+            h[5] = KIND_HELLO;
+            h
+        });
+        feed(&mut streams, &one(10, u64::MAX - 1));
+        feed(&mut streams, &one(10, 0));
+        assert_eq!(streams[&(from, 10)].done_upto, Some(0));
+        // Bytes after the frame in its datagrams: corrupt, not delivered.
+        let mut long = raw_frame(8, 1, 10, 5);
+        long.extend_from_slice(&[0xee; 5]);
+        feed(&mut streams, &fragments(&long, 9, 10, 100).remove(0));
+        assert_eq!(streams[&key].done_upto, Some(8));
+        assert!(streams[&key].given_up.contains(&10));
+        // Reassembly full (frames 20-22 half there): a straggler older than
+        // all of them is ignored, not let in by giving up frame 20.
+        for q in 20..23 {
+            feed(
+                &mut streams,
+                &fragments(&raw_frame(64, 8, q, 6), 9, q, 30)[0],
+            );
+        }
+        feed(
+            &mut streams,
+            &fragments(&raw_frame(64, 8, 15, 6), 9, 15, 30)[0],
+        );
+        let mut held: Vec<u64> = streams[&key].partial.iter().map(|p| p.sequence).collect();
+        held.sort();
+        assert_eq!(held, [20, 21, 22]);
     }
 
     #[test]

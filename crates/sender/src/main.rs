@@ -314,8 +314,12 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
     }
-    if let (pipeline::Transport::Udp, Some(r)) = (cli.transport, cli.rate) {
-        udp::check_rate(cli.mtu.into(), r)?;
+    match (cli.transport, cli.rate) {
+        (pipeline::Transport::Udp, Some(r)) => udp::check_rate(cli.mtu.into(), r)?,
+        (pipeline::Transport::Tcp, Some(_)) => {
+            log::warn!("--rate paces --transport udp only: TCP paces itself; ignored")
+        }
+        _ => {}
     }
     let source: Box<dyn input::Source> = match cli.input_format {
         Some(format) => Box::new(raw::RawFrames::from_cli(

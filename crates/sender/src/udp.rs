@@ -27,22 +27,24 @@ const MAX_SPACING: Duration = Duration::from_millis(100);
 /// Refuses a `--rate` that spaces datagrams of `mtu` bytes wider than
 /// [`MAX_SPACING`]: every frame of more than one datagram would be lost.
 pub fn check_rate(mtu: usize, rate_mbit: f64) -> Result<()> {
-    let spacing = Duration::from_secs_f64(mtu as f64 * 8.0 / (rate_mbit * 1e6));
-    if spacing <= MAX_SPACING {
+    let spacing = mtu as f64 * 8.0 / (rate_mbit * 1e6);
+    if spacing <= MAX_SPACING.as_secs_f64() {
         return Ok(());
     }
     let min_rate = mtu as f64 * 8.0 / MAX_SPACING.as_secs_f64() / 1e6;
     let max_mtu = (rate_mbit * 1e6 * MAX_SPACING.as_secs_f64() / 8.0) as usize;
-    let smaller = if max_mtu >= MIN_MTU + 20 {
+    // (IPv4's minimum; IPv6 needs 20 bytes more, checked when connecting)
+    let smaller = if max_mtu >= MIN_MTU {
         format!(", or --mtu {max_mtu} or less")
     } else {
         String::new()
     };
     anyhow::bail!(
-        "--rate {rate_mbit} spaces datagrams of --mtu {mtu} bytes {} ms apart, but a receiver \
-         gives up a frame when its next datagram takes over 250 ms: give --rate {:.2} or \
-         more{smaller}",
-        spacing.as_millis(),
+        "--rate {rate_mbit} spaces datagrams of --mtu {mtu} bytes {:.1} ms apart, more than the \
+         {} ms allowed (a receiver gives up a frame when its next datagram takes over 250 ms): \
+         give --rate {:.2} or more{smaller}",
+        spacing * 1e3,
+        MAX_SPACING.as_millis(),
         (min_rate * 100.0).ceil() / 100.0
     )
 }
@@ -324,13 +326,21 @@ mod tests {
     #[test]
     fn a_rate_that_spaces_datagrams_past_the_receivers_gap_is_refused() {
         let e = check_rate(1500, 0.02).unwrap_err().to_string();
-        assert!(e.contains("600 ms apart"), "{e}");
+        assert!(
+            e.contains("600.0 ms apart, more than the 100 ms allowed"),
+            "{e}"
+        );
         assert!(e.contains("--rate 0.12 or more"), "{e}");
         assert!(e.contains("--mtu 250 or less"), "{e}");
         check_rate(1500, 0.12).unwrap();
         check_rate(576, 0.05).unwrap();
-        // no smaller --mtu to suggest below the minimum
+        // just above the limit: not shown as "100 ms"
+        let e = check_rate(1500, 0.1199).unwrap_err().to_string();
+        assert!(e.contains("100.1 ms apart"), "{e}");
+        // the smallest --mtu is suggested while it is enough
         let e = check_rate(1500, 0.01).unwrap_err().to_string();
+        assert!(e.contains("--mtu 125 or less"), "{e}");
+        let e = check_rate(1500, 0.009).unwrap_err().to_string();
         assert!(!e.contains("or less"), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask ci`: the full test run.
 
 use crate::util::{cargo, is_ci, root, run, venv_python};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::process::Command;
 use std::time::Instant;
 
@@ -15,11 +15,17 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     // the lowest priority, they use what the host steps leave idle. Their
     // Debian tools first: apt runs one at a time (ffmpeg, Chromium follow).
     step("Debian tools for the Pi builds", crate::dist::ensure_qemu)?;
-    let mut pi_builds = None;
-    step("Pi builds started in the background", || {
-        pi_builds = Some(crate::dist::Background::start(crate::dist::Job::PiBuilds)?);
-        Ok(())
-    })?;
+    let (mut pi_builds, mut msrv) = (None, None);
+    step(
+        "Pi builds started in the background (the MSRV check waits beside them)",
+        || {
+            use crate::dist::{Background, Job};
+            pi_builds = Some(Background::start(Job::PiBuilds)?);
+            // (made now, from this xtask binary, which a later step may rebuild)
+            msrv = Some(Background::start(Job::Msrv)?);
+            Ok(())
+        },
+    )?;
     step("clippy", || {
         run(cargo().args([
             "clippy",
@@ -67,12 +73,11 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         "two-host streaming tests (netns + tc; slow receiver 15 s)",
         crate::netbed::ci_step,
     )?;
-    let mut msrv = None;
     step(
         "Pi builds under qemu (dist, unit, sigill, e2e, deploy; the MSRV check starts beside them)",
-        || {
-            msrv = Some(crate::dist::ci_step(pi_builds)?);
-            Ok(())
+        || match msrv.as_mut() {
+            Some(m) => crate::dist::ci_step(pi_builds, m),
+            None => bail!("the MSRV check was not made ready"),
         },
     )?;
     step(

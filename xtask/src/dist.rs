@@ -1095,8 +1095,12 @@ pub enum Job {
     /// `cargo xtask qemu build`: the ARM builds, started right after
     /// rustfmt so that they use the cores the host steps leave idle.
     PiBuilds,
-    /// `cargo xtask msrv`, started once the Pi builds are done, beside the
-    /// Pi proofs (which mostly wait on qemu, ssh and timers).
+    /// `cargo xtask msrv`, let go once the Pi builds are done, beside the
+    /// Pi proofs (which mostly wait on qemu, ssh and timers). Its process
+    /// starts with the Pi builds' and waits for a line on its stdin
+    /// ([`Background::go`]): by then the xtask binary may have been rebuilt
+    /// by a step of the run (`cargo build --workspace`), and a new process
+    /// could no longer be made from it.
     Msrv,
 }
 
@@ -1134,6 +1138,8 @@ pub struct Background {
     job: Job,
     child: std::process::Child,
     started: Instant,
+    /// A job that waits to be let go ([`Job::Msrv`]): its stdin.
+    gate: Option<std::process::ChildStdin>,
 }
 
 impl Background {
@@ -1146,10 +1152,11 @@ impl Background {
         let f = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut c = Command::new(std::env::current_exe()?);
+        let gated = job == Job::Msrv;
         c.args(["ci-background", job.arg()])
             .env(BACKGROUND_OF, std::process::id().to_string())
             .current_dir(root())
-            .stdin(Stdio::null())
+            .stdin(if gated { Stdio::piped() } else { Stdio::null() })
             .stdout(f.try_clone()?)
             .stderr(f)
             // its own group: stopped as one (see watch_parent); the terminal's
@@ -1164,28 +1171,49 @@ impl Background {
                 Ok(())
             });
         }
-        let child = c.spawn().with_context(|| {
+        let mut child = c.spawn().with_context(|| {
             format!(
                 "cannot start `cargo xtask ci-background {}` in the background",
                 job.arg()
             )
         })?;
         eprintln!(
-            "xtask: {} started in the background at nice 19 (pid {}); log: {}",
+            "xtask: {} {} in the background at nice 19 (pid {}); log: {}",
             job.what(),
+            if gated { "waits" } else { "started" },
             child.id(),
             log.display()
         );
+        let gate = if gated { child.stdin.take() } else { None };
         Ok(Background {
             job,
             child,
             started: Instant::now(),
+            gate,
         })
     }
 
-    /// Waits for the job; on failure, the error carries its log's first
-    /// error (or its end).
+    /// Lets a waiting job ([`Job::Msrv`]) go.
+    pub fn go(&mut self) -> Result<()> {
+        use std::io::Write;
+        if let Some(mut gate) = self.gate.take() {
+            gate.write_all(b"go\n").with_context(|| {
+                format!(
+                    "{}, waiting in the background, has ended (log: {})",
+                    self.job.what(),
+                    self.job.log().display()
+                )
+            })?;
+            self.started = Instant::now();
+            eprintln!("xtask: {} started in the background", self.job.what());
+        }
+        Ok(())
+    }
+
+    /// Waits for the job (letting it go first if it waits); on failure, the
+    /// error carries its log's first error (or its end).
     pub fn wait(mut self) -> Result<()> {
+        self.go()?;
         let st = self.child.wait()?;
         let secs = self.started.elapsed().as_secs_f64();
         let log = self.job.log();
@@ -1234,6 +1262,12 @@ pub fn run_background(args: &[String]) -> Result<()> {
         Job::Msrv => {
             if let Ok(parent) = std::env::var(BACKGROUND_OF) {
                 watch_parent(&parent)?;
+                // started by `cargo xtask ci`: wait to be let go
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                if line.trim() != "go" {
+                    bail!("not let go by `cargo xtask ci` (it ended first)");
+                }
             }
             crate::msrv::check()
         }
@@ -1243,9 +1277,9 @@ pub fn run_background(args: &[String]) -> Result<()> {
 /// The CI step: ARM dist builds with their checks, unit tests under qemu, SIGILL
 /// test-of-the-test, e2e. A missing tool fails (it is installed when possible).
 /// `background`: the builds started by [`Background::start`], waited for first.
-/// Once they are done, the MSRV check starts in the background beside the
-/// proofs; it is returned, for the caller to wait for.
-pub fn ci_step(background: Option<Background>) -> Result<Background> {
+/// Once they are done, `msrv` (waiting in the background) is let go, to run
+/// beside the proofs; the caller waits for it.
+pub fn ci_step(background: Option<Background>, msrv: &mut Background) -> Result<()> {
     let t = Instant::now();
     if is_ci() {
         eprintln!("xtask: CI=true: the Pi proofs run in full; nothing is skipped");
@@ -1253,11 +1287,11 @@ pub fn ci_step(background: Option<Background>) -> Result<Background> {
     if let Some(b) = background {
         b.wait()?;
     }
-    let msrv = Background::start(Job::Msrv)?;
+    msrv.go()?;
     run_qemu(&["all".to_string()])?;
     eprintln!(
         "xtask: Pi builds proven under qemu in {:.0} s",
         t.elapsed().as_secs_f64()
     );
-    Ok(msrv)
+    Ok(())
 }

@@ -496,21 +496,8 @@ mod tests {
 
     #[test]
     fn a_stream_delivering_frames_is_never_pushed_out() {
-        use crate::session::Sinks;
         use bitmask_wire::{encode_frame, Header, Hello, CODEC_RAW};
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let sinks = Sinks {
-            shared: None,
-            per_sender: None,
-        };
-        let hub = Hub::new(
-            Limits::default(),
-            Duration::from_secs(10),
-            sinks,
-            None,
-            2,
-            tx,
-        );
+        let hub = test_hub(2);
         let mut streams = HashMap::new();
         let mut logs = Logs::default();
         type Streams = HashMap<(SocketAddr, u32), Stream>;
@@ -631,96 +618,117 @@ mod tests {
         frame
     }
 
-    #[test]
-    fn only_a_delivered_frame_makes_older_datagrams_late() {
-        use bitmask_wire::Hello;
-        let hub = test_hub(4);
-        let mut streams = HashMap::new();
-        let mut logs = Logs::default();
-        let from: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let key = (from, 9);
-        let mut feed = |streams: &mut HashMap<_, _>, b: &[u8]| {
-            let (d, data) = parse(b, &hub.limits).unwrap();
-            on_dgram(&hub, streams, &mut logs, from, d, data);
-        };
-        let hello = Hello::new("cam").unwrap().encode();
-        let mut h = fragments(&hello, 9, 0, hello.len()).remove(0);
-        h[5] = KIND_HELLO;
-        feed(&mut streams, &h);
-        for q in 0..3 {
-            for d in fragments(&raw_frame(64, 8, q, 1), 9, q, 30) {
-                feed(&mut streams, &d);
+    /// A hub with its UDP streams and log throttles, fed datagrams from one address.
+    struct Bed {
+        hub: Arc<Hub>,
+        streams: HashMap<(SocketAddr, u32), Stream>,
+        logs: Logs,
+        from: SocketAddr,
+    }
+
+    impl Bed {
+        fn new() -> Bed {
+            Bed {
+                hub: test_hub(4),
+                streams: HashMap::new(),
+                logs: Logs::default(),
+                from: "10.0.0.1:5000".parse().unwrap(),
             }
         }
-        assert_eq!(streams[&key].done_upto, Some(2));
+
+        fn feed(&mut self, b: &[u8]) {
+            let (d, data) = parse(b, &self.hub.limits).unwrap();
+            on_dgram(
+                &self.hub,
+                &mut self.streams,
+                &mut self.logs,
+                self.from,
+                d,
+                data,
+            );
+        }
+
+        /// The hello of stream `stream_id`, sender `name`.
+        fn hello(&mut self, stream_id: u32, name: &str) {
+            let hello = bitmask_wire::Hello::new(name).unwrap().encode();
+            let mut h = fragments(&hello, stream_id, 0, hello.len()).remove(0);
+            h[5] = KIND_HELLO;
+            self.feed(&h);
+        }
+
+        fn stream(&self, stream_id: u32) -> &Stream {
+            &self.streams[&(self.from, stream_id)]
+        }
+    }
+
+    #[test]
+    fn only_a_delivered_frame_makes_older_datagrams_late() {
+        let mut bed = Bed::new();
+        bed.hello(9, "cam");
+        for q in 0..3 {
+            for d in fragments(&raw_frame(64, 8, q, 1), 9, q, 30) {
+                bed.feed(&d);
+            }
+        }
+        assert_eq!(bed.stream(9).done_upto, Some(2));
         // One datagram numbered 2^64 - 1 (of a frame of three), never
         // completed, given up after its 250 ms.
         let lone = fragments(&raw_frame(64, 8, 0, 2), 9, u64::MAX, 30).remove(1);
-        feed(&mut streams, &lone);
-        for p in &mut streams.get_mut(&key).unwrap().partial {
+        bed.feed(&lone);
+        for p in &mut bed.streams.get_mut(&(bed.from, 9)).unwrap().partial {
             p.last -= FRAGMENT_GAP + Duration::from_millis(1);
         }
-        sweep(&hub, &mut streams);
-        assert!(streams[&key].partial.is_empty());
+        sweep(&bed.hub, &mut bed.streams);
+        assert!(bed.stream(9).partial.is_empty());
         // The frames after it are delivered; its late datagrams are not
         // reassembled again.
         for q in 3..6 {
             for d in fragments(&raw_frame(64, 8, q, 3), 9, q, 30) {
-                feed(&mut streams, &d);
+                bed.feed(&d);
             }
         }
-        assert_eq!(streams[&key].done_upto, Some(5));
-        feed(&mut streams, &lone);
-        assert!(streams[&key].partial.is_empty());
+        assert_eq!(bed.stream(9).done_upto, Some(5));
+        bed.feed(&lone);
+        assert!(bed.stream(9).partial.is_empty());
         // A frame whose datagrams say another number than its header is
         // not delivered, and moves nothing.
         for d in fragments(&raw_frame(64, 8, 7, 4), 9, 6, 30) {
-            feed(&mut streams, &d);
+            bed.feed(&d);
         }
-        assert_eq!(streams[&key].done_upto, Some(5));
-        assert!(streams[&key].given_up.contains(&6));
+        assert_eq!(bed.stream(9).done_upto, Some(5));
+        assert!(bed.stream(9).given_up.contains(&6));
         for d in fragments(&raw_frame(64, 8, 7, 4), 9, 7, 30) {
-            feed(&mut streams, &d);
+            bed.feed(&d);
         }
-        assert_eq!(streams[&key].done_upto, Some(7));
+        assert_eq!(bed.stream(9).done_upto, Some(7));
         // A whole frame in one datagram (a valid CRC is no proof of its
         // sender) more than MAX_GAP ahead of the last delivered: ignored.
         let one = |stream: u32, q: u64| fragments(&raw_frame(8, 1, q, 5), stream, q, 100).remove(0);
-        feed(&mut streams, &one(9, 8 + MAX_GAP));
-        assert_eq!(streams[&key].done_upto, Some(7));
-        feed(&mut streams, &one(9, 8));
-        assert_eq!(streams[&key].done_upto, Some(8));
+        bed.feed(&one(9, 8 + MAX_GAP));
+        assert_eq!(bed.stream(9).done_upto, Some(7));
+        bed.feed(&one(9, 8));
+        assert_eq!(bed.stream(9).done_upto, Some(8));
         // A stream whose first frame was such a one: its own frames, more
         // than MAX_GAP below it, are a new numbering, not late. (Within
         // MAX_GAP they would be: UDP is not authenticated, and a sender's
         // address and stream id are enough to inject frames.)
-        feed(&mut streams, &{
-            let mut h = fragments(&hello, 10, 0, hello.len()).remove(0);
-            h[5] = KIND_HELLO;
-            h
-        });
-        feed(&mut streams, &one(10, u64::MAX - 1));
-        feed(&mut streams, &one(10, 0));
-        assert_eq!(streams[&(from, 10)].done_upto, Some(0));
+        bed.hello(10, "cam");
+        bed.feed(&one(10, u64::MAX - 1));
+        bed.feed(&one(10, 0));
+        assert_eq!(bed.stream(10).done_upto, Some(0));
         // Bytes after the frame in its datagrams: corrupt, not delivered.
         let mut long = raw_frame(8, 1, 10, 5);
         long.extend_from_slice(&[0xee; 5]);
-        feed(&mut streams, &fragments(&long, 9, 10, 100).remove(0));
-        assert_eq!(streams[&key].done_upto, Some(8));
-        assert!(streams[&key].given_up.contains(&10));
+        bed.feed(&fragments(&long, 9, 10, 100).remove(0));
+        assert_eq!(bed.stream(9).done_upto, Some(8));
+        assert!(bed.stream(9).given_up.contains(&10));
         // Reassembly full (frames 20-22 half there): a straggler older than
         // all of them is ignored, not let in by giving up frame 20.
         for q in 20..23 {
-            feed(
-                &mut streams,
-                &fragments(&raw_frame(64, 8, q, 6), 9, q, 30)[0],
-            );
+            bed.feed(&fragments(&raw_frame(64, 8, q, 6), 9, q, 30)[0]);
         }
-        feed(
-            &mut streams,
-            &fragments(&raw_frame(64, 8, 15, 6), 9, 15, 30)[0],
-        );
-        let mut held: Vec<u64> = streams[&key].partial.iter().map(|p| p.sequence).collect();
+        bed.feed(&fragments(&raw_frame(64, 8, 15, 6), 9, 15, 30)[0]);
+        let mut held: Vec<u64> = bed.stream(9).partial.iter().map(|p| p.sequence).collect();
         held.sort();
         assert_eq!(held, [20, 21, 22]);
     }
@@ -730,20 +738,8 @@ mod tests {
         // Reassembly buffers are reused without being cleared: frames of
         // other lengths, their datagrams in reverse order, must still come
         // out whole (their CRC checked: a stale byte would make them corrupt).
-        use bitmask_wire::Hello;
-        let hub = test_hub(4);
-        let mut streams = HashMap::new();
-        let mut logs = Logs::default();
-        let from: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let key = (from, 9);
-        let mut feed = |streams: &mut HashMap<_, _>, b: &[u8]| {
-            let (d, data) = parse(b, &hub.limits).unwrap();
-            on_dgram(&hub, streams, &mut logs, from, d, data);
-        };
-        let hello = Hello::new("cam").unwrap().encode();
-        let mut h = fragments(&hello, 9, 0, hello.len()).remove(0);
-        h[5] = KIND_HELLO;
-        feed(&mut streams, &h);
+        let mut bed = Bed::new();
+        bed.hello(9, "cam");
         for (q, (w, hgt)) in [(256, 64), (64, 8), (128, 40), (8, 1), (256, 64)]
             .into_iter()
             .enumerate()
@@ -752,11 +748,11 @@ mod tests {
             let mut ds = fragments(&raw_frame(w, hgt, q, q as u8 * 17), 9, q, 100);
             ds.reverse();
             for d in ds {
-                feed(&mut streams, &d);
+                bed.feed(&d);
             }
-            assert_eq!(streams[&key].done_upto, Some(q), "frame {q}: {w}x{hgt}");
+            assert_eq!(bed.stream(9).done_upto, Some(q), "frame {q}: {w}x{hgt}");
         }
-        assert!(streams[&key].given_up.is_empty());
+        assert!(bed.stream(9).given_up.is_empty());
     }
 
     #[test]

@@ -1070,9 +1070,10 @@ fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them(
     // flight, hundreds wait in the sockets' buffers and latency grows for
     // as long as it runs. With it, the sender's queue drops the surplus.
     let tmp = TempDir::new("sender-live-window");
-    let consumer =
-        "while dd bs=76800 count=1 iflag=fullblock status=none >/dev/null; do sleep 0.2; done";
-    let recv = start_receiver(&["--format", "gray8", "--exec", consumer]);
+    // (it ends at the end of its input: dd alone succeeds on an empty read)
+    let consumer = "while [ \"$(dd bs=76800 count=1 iflag=fullblock status=none | wc -c)\" \
+                    -eq 76800 ]; do sleep 0.2; done";
+    let mut recv = start_receiver(&["--format", "gray8", "--exec", consumer]);
     // a gray8 320x240 "camera" at 15 fps: frames of zeros (tiny payloads)
     let camera = "while :; do head -c 76800 /dev/zero; sleep 0.066; done";
     let mut s = Proc::spawn(Command::new(bin("bitmask-send")).args([
@@ -1100,6 +1101,7 @@ fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them(
         "captured {captured}, dropped {dropped}:\n{}",
         f.stderr
     );
+    recv.proc.terminate(LIMIT);
     let _ = tmp;
 }
 

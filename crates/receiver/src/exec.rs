@@ -99,14 +99,28 @@ impl Exec {
         // The receiver blocks SIGINT and SIGTERM in all its threads (a signal
         // thread waits for them), and a child inherits that mask: give the
         // child the default, so Ctrl-C and SIGTERM reach it.
-        // SAFETY: runs in the forked child before exec; sigemptyset and
-        // sigprocmask are async-signal-safe and touch only this stack's set.
+        // And SIGTERM when the receiver dies (killed, or crashed) without
+        // stopping it: a program that does not end at the end of its input
+        // (a loop in sh) must not outlive it. (Spawned by the main thread,
+        // which lives as long as the receiver: the signal follows the
+        // thread that made the child.)
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: runs in the forked child before exec; sigemptyset,
+        // sigprocmask, prctl and getppid are async-signal-safe and touch
+        // only this stack's set.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // the receiver died before the line above took effect
+                if libc::getppid() != parent {
+                    return Err(io::Error::other("the receiver is gone"));
                 }
                 Ok(())
             });

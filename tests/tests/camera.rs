@@ -311,6 +311,55 @@ fn an_input_command_that_fails_is_an_error_with_its_status() {
 }
 
 #[test]
+fn a_camera_faster_than_fps_is_read_as_it_comes_and_the_newest_frames_kept() {
+    // A 30 fps "camera" writes its frame number into each frame's first 8
+    // pixels; the sender keeps 5 a second. Reading at 5 frames a second
+    // instead would fill the pipe, and each mask kept would be older than
+    // the last (the masks held frames 0, 1, 2, ... 3.4 s behind).
+    let tmp = TempDir::new("camera-fps");
+    let out = tmp.join("out");
+    let mut recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "raw",
+        "--count",
+        "12",
+    ]);
+    let camera = "exec python3 -c 'import sys, time\n\
+                  out, t0 = sys.stdout.buffer, time.time()\n\
+                  for k in range(256):\n    \
+                  row = bytes(255 if k >> (7 - i) & 1 else 0 for i in range(8))\n    \
+                  out.write(row + bytes(64 * 8 - 8)); out.flush()\n    \
+                  time.sleep(max(0, t0 + (k + 1) / 30 - time.time()))'";
+    let mut c = Command::new(bin("bitmask-send"));
+    c.args([
+        "--to",
+        &recv.addr,
+        "--input-format",
+        "gray8",
+        "--size",
+        "64x8",
+    ])
+    .args(["--input-command", camera, "--fps", "5", "--count", "12"])
+    .args(["--codec", "raw"]);
+    let f = Proc::spawn(&mut c).wait(LIMIT);
+    assert!(f.status.success(), "{}: {}", f.status, f.stderr);
+    let r = recv.proc.wait(LIMIT);
+    assert!(r.status.success(), "{}: {}", r.status, r.stderr);
+    let mut names = list(&out);
+    names.sort();
+    // each mask's first byte is the camera's frame number
+    let kept: Vec<u8> = names.iter().map(|n| read(&out.join(n))[0]).collect();
+    assert_eq!(kept.len(), 12, "{names:?}\n{}", f.stderr);
+    assert!(kept.windows(2).all(|w| w[0] < w[1]), "{kept:?}");
+    // 12 masks at 5 a second span about 2.2 s: about 66 camera frames
+    // (at least 40 on a loaded machine); read at --fps, frames 0-11.
+    assert!(kept[11] - kept[0] >= 40, "{kept:?}\n{}", f.stderr);
+    assert!(f.stderr.contains("one per 200 ms is kept"), "{}", f.stderr);
+}
+
+#[test]
 fn stopping_the_sender_stops_its_input_command_at_once() {
     let tmp = TempDir::new("input-command-stop");
     let recv = start_receiver(&["--out", tmp.str()]);

@@ -113,7 +113,7 @@ impl CommandReader {
     pub fn spawn(cmd: &str) -> anyhow::Result<Self> {
         use anyhow::Context;
         if cmd.trim().is_empty() {
-            anyhow::bail!("--input-command is empty: give the program that writes the raw frames, e.g. 'rpicam-vid -t 0 -n --verbose=0 --codec yuv420 --width 640 --height 480 -o -'");
+            anyhow::bail!("--input-command is empty: give the program that writes the raw frames, e.g. 'rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'");
         }
         let mut command = Command::new("sh");
         command

@@ -91,6 +91,13 @@ pub trait Source {
     /// Produces the next mask into `mask` (its buffer reused); `Ok(false)` at the end of input.
     /// Sets `mask.timestamp_us` to the capture time.
     fn next_mask(&mut self, params: &MaskParams, mask: &mut Mask) -> Result<bool>;
+
+    /// Reads the next frame and leaves it (no mask made): a camera's
+    /// frames between two that `--fps` keeps. `Ok(false)` at the end of
+    /// input. Sources read at their consumer's pace have nothing to skip.
+    fn skip(&mut self) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// Image files, in order, optionally looping. Decoded images are kept when

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
   bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
   bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
   RUST_LOG=debug bitmask-send --to pi2:5000 in.png
-  rpicam-vid -t 0 -n --verbose=0 --codec yuv420 --width 640 --height 480 -o - \\
+  rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
   bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
-    --input-command 'exec rpicam-vid -t 0 -n --verbose=0 --codec yuv420 --width 640 --height 480 -o -'
+    --input-command 'exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'
   (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
@@ -61,6 +61,10 @@ struct Cli {
     invert: bool,
 
     /// Send at most N frames per second (default: as fast as the link allows).
+    /// Raw frames from a pipe or --input-command (a camera) are read as they
+    /// come and one per 1/N s is kept, the newest (with --no-drop: every
+    /// frame, read at N a second); a camera's own frame-rate option
+    /// (rpicam-vid --framerate) saves it the work.
     #[arg(long, value_name = "N", value_parser = parse_fps)]
     fps: Option<f64>,
 
@@ -69,6 +73,8 @@ struct Cli {
     looping: bool,
 
     /// Stop after N frames (with --loop: go round the inputs until N are sent).
+    /// A live source counts frames captured: those the link was too slow
+    /// for are dropped and counted (add --no-drop to send all N).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 
@@ -77,8 +83,8 @@ struct Cli {
     input_format: Option<raw::RawFormat>,
 
     /// Start CMD with `sh -c` and read the raw frames from its stdout (instead
-    /// of INPUT), e.g. a camera tool: 'exec rpicam-vid -t 0 -n --verbose=0 --codec yuv420
-    /// --width 640 --height 480 -o -'. The sender stops it when it stops; a
+    /// of INPUT), e.g. a camera tool: 'exec rpicam-vid -t 0 -n --verbose=0 --flush --codec
+    /// yuv420 --width 640 --height 480 -o -'. The sender stops it when it stops; a
     /// command that fails ends the sender with an error (exit 1).
     #[arg(long, value_name = "CMD", requires = "input_format")]
     input_command: Option<String>,
@@ -87,7 +93,7 @@ struct Cli {
     #[arg(long, value_parser = raw::parse_size, value_name = "WxH", requires = "input_format")]
     size: Option<(usize, usize)>,
 
-    /// Bytes from one stored row to the next (Y plane for yuv420, whose chroma rows are N/2); default: tight rows.
+    /// Bytes from one stored row to the next (Y plane for yuv420, whose chroma rows are ceil(N/2)); default: tight rows.
     #[arg(long, value_name = "N", requires = "input_format")]
     stride: Option<usize>,
 
@@ -277,11 +283,18 @@ fn init_logging(verbose: u8) {
 /// FIFO or device. Image files and a regular raw file (named, or on stdin)
 /// are a batch.
 fn live_source(cli: &Cli) -> bool {
-    if cli.fps.is_some() || cli.input_command.is_some() {
-        return true;
-    }
+    cli.fps.is_some() || cli.input_command.is_some() || producer_paced(cli)
+}
+
+/// Whether frames come on their producer's clock: raw frames from a pipe
+/// or `--input-command` (a camera), not from a file (a recording, read at
+/// `--fps`).
+fn producer_paced(cli: &Cli) -> bool {
     if cli.input_format.is_none() {
         return false;
+    }
+    if cli.input_command.is_some() {
+        return true;
     }
     let path = match cli.inputs.first() {
         Some(p) if p.as_os_str() != "-" => p.as_path(),
@@ -353,6 +366,8 @@ fn run(cli: Cli) -> Result<()> {
         no_drop: cli.no_drop || batch,
         batch,
         fps: cli.fps,
+        // (--no-drop: every frame is sent, the source slowed to --fps)
+        producer_paced: producer_paced(&cli) && !cli.no_drop,
         count: cli.count,
         // parse_secs keeps these finite and in range
         timeout: Duration::from_secs_f64(cli.timeout),

@@ -65,6 +65,12 @@ pub struct Config {
     pub batch: bool,
     /// Capture at most this many frames per second.
     pub fps: Option<f64>,
+    /// Frames come on their producer's clock (a camera on a pipe or
+    /// `--input-command`) and may be dropped (no `--no-drop`): every frame
+    /// is read as it comes and `--fps` keeps one per period
+    /// ([`Source::skip`] for the others). Slowing the reads instead would
+    /// fill the pipe with ever older frames.
+    pub producer_paced: bool,
     /// Stop after this many captured frames.
     pub count: Option<u64>,
     /// Connect timeout and stalled-write limit.
@@ -467,9 +473,33 @@ pub fn run(
     let mut next_due = Instant::now();
     let mut sequence = 0u64;
     let mut last_report = (0u64, 0u64, Instant::now());
+    let mut skipped = 0u64;
     let result = (|| -> Result<()> {
         while cfg.count.is_none_or(|n| sequence < n) {
-            if let Some(p) = period {
+            if let (Some(p), true) = (period, cfg.producer_paced) {
+                // Frames until the next one due are read and left: the one
+                // kept is the camera's newest, not one that waited in the pipe.
+                while Instant::now() < next_due && stop_requested().is_none() {
+                    if !source.skip()? {
+                        return Ok(());
+                    }
+                    skipped += 1;
+                    if skipped == 1 {
+                        log::info!(
+                            "--fps {}: the input makes frames faster; each is read as it \
+                             comes and one per {:.0} ms is kept (a camera's own frame rate \
+                             option saves it the work)",
+                            cfg.fps.unwrap_or_default(),
+                            p.as_secs_f64() * 1e3
+                        );
+                    }
+                }
+                let now = Instant::now();
+                if now - next_due > p {
+                    next_due = now; // fell behind by more than a frame: don't burst to catch up
+                }
+                next_due += p;
+            } else if let Some(p) = period {
                 let now = Instant::now();
                 if next_due > now {
                     // in steps, so that a stop does not wait out a long period
@@ -1922,6 +1952,7 @@ mod tests {
 
     fn cfg(no_drop: bool) -> Config {
         Config {
+            producer_paced: false,
             to: "scripted".into(),
             name: "t".into(),
             transport: Transport::Tcp,

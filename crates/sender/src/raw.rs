@@ -211,6 +211,17 @@ impl RawFrames {
         if looping {
             bail!("--loop works with image files, not with a raw --input-format stream");
         }
+        // Asked for before the camera starts, and refused with a message
+        // rather than the abort of a failed allocation (a Pi has 0.5-1 GiB).
+        let len = layout.frame_len();
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| {
+            anyhow::anyhow!(
+                "--size {w}x{h} ({layout}) needs {len} bytes per frame, more memory than this \
+                 machine gives: a smaller --size"
+            )
+        })?;
+        buf.resize(len, 0);
         let (reader, name): (Box<dyn Read>, String) = match (command, inputs) {
             (Some(_), [_, ..]) => bail!(
                 "--input-command is the input: drop the INPUT argument(s) ({})",
@@ -232,16 +243,22 @@ impl RawFrames {
             ),
         };
         log::info!("reading raw frames from {name}: {layout}");
-        Ok(Self::from_reader(reader, name, layout))
+        Ok(Self::with_buf(reader, name, layout, buf))
     }
 
     /// Frames from any reader; `name` appears in messages.
+    #[cfg(test)]
     pub fn from_reader(reader: Box<dyn Read>, name: String, layout: RawLayout) -> Self {
+        Self::with_buf(reader, name, layout, vec![0; layout.frame_len()])
+    }
+
+    /// As [`Self::from_reader`], with `buf` (`layout.frame_len()` bytes) for the frames.
+    fn with_buf(reader: Box<dyn Read>, name: String, layout: RawLayout, buf: Vec<u8>) -> Self {
         RawFrames {
             reader,
             name,
             layout,
-            buf: vec![0; layout.frame_len()],
+            buf,
             index: 0,
             ended: false,
         }
@@ -308,6 +325,14 @@ impl RawFrames {
 }
 
 impl Source for RawFrames {
+    fn skip(&mut self) -> Result<bool> {
+        if self.ended || !self.read_frame()? {
+            return Ok(false);
+        }
+        self.index += 1;
+        Ok(true)
+    }
+
     fn next_mask(&mut self, params: &MaskParams, mask: &mut Mask) -> Result<bool> {
         if self.ended || !self.read_frame()? {
             return Ok(false);

@@ -106,7 +106,16 @@ pub struct CommandReader {
     exited_at: Option<Instant>,
     /// The input has ended (end of output, a stop, or an error reported).
     ended: bool,
+    /// When it was started, until its first byte (then `None`).
+    silent_since: Option<Instant>,
+    /// Its silence was reported ([`FIRST_BYTE_SAID`]).
+    silence_said: bool,
 }
+
+/// A command that has written nothing this long after its start is
+/// reported (once): a camera another program holds, a command waiting for
+/// input, a typo in an option that the tool answers by waiting.
+const FIRST_BYTE_SAID: Duration = Duration::from_secs(5);
 
 impl CommandReader {
     /// Starts `sh -c CMD` with its stdout a pipe to the returned reader.
@@ -156,6 +165,8 @@ impl CommandReader {
             status: None,
             exited_at: None,
             ended: false,
+            silent_since: Some(Instant::now()),
+            silence_said: false,
         })
     }
 
@@ -301,11 +312,31 @@ impl Read for CommandReader {
             if self.readable(POLL)? {
                 let n = self.stdout.read(buf)?;
                 if n > 0 {
+                    if let Some(t) = self.silent_since.take() {
+                        if self.silence_said {
+                            log::info!(
+                                "{} wrote its first bytes after {:.0} s",
+                                self.name(),
+                                t.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
                     return Ok(n);
                 }
                 self.ended = true;
                 self.check_end()?;
                 return Ok(0);
+            }
+            if let Some(t) = self.silent_since {
+                if !self.silence_said && t.elapsed() >= FIRST_BYTE_SAID {
+                    self.silence_said = true;
+                    log::warn!(
+                        "{} has written nothing in {} s: is the camera held by another \
+                         program, or the command waiting (its messages, if any, are above)?",
+                        self.name(),
+                        FIRST_BYTE_SAID.as_secs()
+                    );
+                }
             }
             if stopping() {
                 // the stop: the frame being read will not be finished

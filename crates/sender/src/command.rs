@@ -331,8 +331,9 @@ impl Read for CommandReader {
                 if !self.silence_said && t.elapsed() >= FIRST_BYTE_SAID {
                     self.silence_said = true;
                     log::warn!(
-                        "{} has written nothing in {} s: is the camera held by another \
-                         program, or the command waiting (its messages, if any, are above)?",
+                        "{} has written nothing in {} s (a camera held by another program, \
+                         or a command waiting for input, shows this; so does a slow \
+                         time-lapse; its own messages, if any, are above)",
                         self.name(),
                         FIRST_BYTE_SAID.as_secs()
                     );

@@ -61,10 +61,11 @@ struct Cli {
     invert: bool,
 
     /// Send at most N frames per second (default: as fast as the link allows).
-    /// Raw frames from a pipe or --input-command (a camera) are read as they
-    /// come and one per 1/N s is kept, the newest (with --no-drop: every
-    /// frame, read at N a second); a camera's own frame-rate option
-    /// (rpicam-vid --framerate) saves it the work.
+    /// Raw frames from a pipe, FIFO or --input-command (a camera) are read as
+    /// they come and one per 1/N s is kept, the newest, the others skipped
+    /// (counted); a camera's own frame-rate option (rpicam-vid --framerate)
+    /// saves it the work. A recording or decoder on a pipe: add --no-drop to
+    /// send every frame, read at N a second.
     #[arg(long, value_name = "N", value_parser = parse_fps)]
     fps: Option<f64>,
 

@@ -225,6 +225,9 @@ impl FrameQueue {
 pub struct Counters {
     /// Frames taken from the source.
     pub captured: AtomicU64,
+    /// Frames read and left by `--fps` (a producer faster than it:
+    /// [`Config::producer_paced`]).
+    pub skipped: AtomicU64,
     /// Frames written to the link in full.
     pub sent: AtomicU64,
     /// Bytes of those frames (headers included).
@@ -340,8 +343,12 @@ impl Counters {
             ),
             Some((win, fps, mbps)) => format!("last {win:.1} s {fps:.1} fps, {mbps:.1} Mbit/s"),
         };
+        let skipped = match self.skipped.load(Relaxed) {
+            0 => String::new(),
+            n => format!(" (and {n} skipped for --fps)"),
+        };
         format!(
-            "captured {}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {rates}; \
+            "captured {}{skipped}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {rates}; \
              {confirmed}; dropped {}, failed {}, reconnects {}",
             self.captured.load(Relaxed),
             self.dropped.load(Relaxed) + never,
@@ -473,32 +480,28 @@ pub fn run(
     let mut next_due = Instant::now();
     let mut sequence = 0u64;
     let mut last_report = (0u64, 0u64, Instant::now());
-    let mut skipped = 0u64;
     let result = (|| -> Result<()> {
         while cfg.count.is_none_or(|n| sequence < n) {
             if let (Some(p), true) = (period, cfg.producer_paced) {
                 // Frames until the next one due are read and left: the one
                 // kept is the camera's newest, not one that waited in the pipe.
+                // (The next one is due a period after this one arrives, or
+                // on the grid when it is on time: see below.)
                 while Instant::now() < next_due && stop_requested().is_none() {
                     if !source.skip()? {
-                        return Ok(());
+                        break; // the end of input (or a stop): seen below
                     }
-                    skipped += 1;
-                    if skipped == 1 {
-                        log::info!(
+                    if counters.skipped.fetch_add(1, Relaxed) == 0 {
+                        log::warn!(
                             "--fps {}: the input makes frames faster; each is read as it \
-                             comes and one per {:.0} ms is kept (a camera's own frame rate \
-                             option saves it the work)",
+                             comes and one per {:.0} ms is kept, the others skipped (a \
+                             camera's own frame-rate option saves it the work; a recording \
+                             or a decoder on a pipe: add --no-drop to send every frame)",
                             cfg.fps.unwrap_or_default(),
                             p.as_secs_f64() * 1e3
                         );
                     }
                 }
-                let now = Instant::now();
-                if now - next_due > p {
-                    next_due = now; // fell behind by more than a frame: don't burst to catch up
-                }
-                next_due += p;
             } else if let Some(p) = period {
                 let now = Instant::now();
                 if next_due > now {
@@ -523,6 +526,17 @@ pub fn run(
             if !source.next_mask(&params, &mut mask)? {
                 queue.recycle(mask);
                 break;
+            }
+            if let (Some(p), true) = (period, cfg.producer_paced) {
+                // Due a period after this frame, or on the grid when it came
+                // on time: after a slow start or a stall, no second frame
+                // follows at once.
+                let arrived = Instant::now();
+                next_due = if arrived > next_due + p {
+                    arrived + p
+                } else {
+                    next_due + p
+                };
             }
             if sequence == 0 && (mask.width > 4096 || mask.height > 4096) {
                 log::warn!(

@@ -358,7 +358,11 @@ fn a_camera_faster_than_fps_is_read_as_it_comes_and_the_newest_frames_kept() {
     assert!(kept[11] - kept[0] >= 40, "{kept:?}\n{}", f.stderr);
     assert!(f.stderr.contains("one per 200 ms is kept"), "{}", f.stderr);
     // and the frames left are counted in the summary
-    assert!(f.stderr.contains(" skipped for --fps), sent 12 frames"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains(" skipped for --fps), sent 12 frames"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]

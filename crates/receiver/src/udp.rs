@@ -219,48 +219,46 @@ impl<K: std::hash::Hash + Eq> Said<K> {
         }
         self.0.insert(key, Instant::now());
     }
+
+    /// Whether a line for `key` is to be said now (due, and `budget` not
+    /// spent); if so, it counts as said.
+    fn hit(&mut self, key: K, budget: &mut Option<(Instant, u32)>) -> bool {
+        let due = self.due(&key) && spend(budget);
+        if due {
+            self.said(key);
+        }
+        due
+    }
 }
 
 impl Logs {
     /// Whether a bad datagram from `from` is to be logged now.
     fn bad(&mut self, from: SocketAddr) -> bool {
-        let due = self.bad.due(&from.ip()) && self.spend();
-        if due {
-            self.bad.said(from.ip());
-        }
-        due
+        self.bad.hit(from.ip(), &mut self.budget)
     }
 
     /// Whether frames before a stream's hello from `from` are to be logged now.
     fn early(&mut self, from: SocketAddr) -> bool {
-        let due = self.early.due(&from.ip()) && self.spend();
-        if due {
-            self.early.said(from.ip());
-        }
-        due
+        self.early.hit(from.ip(), &mut self.budget)
     }
 
     /// Whether the stream of sender `name` from `from` opening is to be logged now.
     fn opened(&mut self, from: SocketAddr, name: &str) -> bool {
-        let key = (from.ip(), name.to_string());
-        let due = self.opened.due(&key) && self.spend();
-        if due {
-            self.opened.said(key);
-        }
-        due
+        self.opened
+            .hit((from.ip(), name.to_string()), &mut self.budget)
     }
+}
 
-    /// Takes one line from the budget; false when it is spent.
-    fn spend(&mut self) -> bool {
-        match &mut self.budget {
-            Some((at, n)) if at.elapsed() < Duration::from_secs(1) => {
-                *n += 1;
-                *n <= LINES_PER_SECOND
-            }
-            other => {
-                *other = Some((Instant::now(), 1));
-                true
-            }
+/// Takes one line from `budget` ([`Logs::budget`]); false when it is spent.
+fn spend(budget: &mut Option<(Instant, u32)>) -> bool {
+    match budget {
+        Some((at, n)) if at.elapsed() < Duration::from_secs(1) => {
+            *n += 1;
+            *n <= LINES_PER_SECOND
+        }
+        other => {
+            *other = Some((Instant::now(), 1));
+            true
         }
     }
 }

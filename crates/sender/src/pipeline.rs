@@ -480,9 +480,11 @@ pub fn run(
     let mut next_due = Instant::now();
     let mut sequence = 0u64;
     let mut last_report = (0u64, 0u64, Instant::now());
+    // `--fps` on frames that come on their producer's clock (a camera)
+    let keep_newest = period.filter(|_| cfg.producer_paced);
     let result = (|| -> Result<()> {
         while cfg.count.is_none_or(|n| sequence < n) {
-            if let (Some(p), true) = (period, cfg.producer_paced) {
+            if let Some(p) = keep_newest {
                 // Frames until the next one due are read and left: the one
                 // kept is the camera's newest, not one that waited in the pipe.
                 // (The next one is due a period after this one arrives, or
@@ -527,7 +529,7 @@ pub fn run(
                 queue.recycle(mask);
                 break;
             }
-            if let (Some(p), true) = (period, cfg.producer_paced) {
+            if let Some(p) = keep_newest {
                 // Due a period after this frame, or on the grid when it came
                 // on time: after a slow start or a stall, no second frame
                 // follows at once.

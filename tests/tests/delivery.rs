@@ -1032,3 +1032,108 @@ fn two_senders_sharing_a_name_on_one_host_lose_no_frame() {
         rl.stderr
     );
 }
+
+/// A TCP connection to `addr` from the local address `from` (any of
+/// 127.0.0.0/8 is this host's, so a second "host" on loopback).
+fn connect_from(from: &str, addr: &str) -> TcpStream {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&SockAddr::from(local)).unwrap();
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    s.connect(&SockAddr::from(to)).unwrap();
+    s.into()
+}
+
+/// Raw 16x1 frames `seqs`, each payload `[seq, tag]`.
+fn tagged_frames(seqs: std::ops::Range<u64>, tag: u8) -> Vec<u8> {
+    use bitmask_wire::{encode_frame, Header, CODEC_RAW};
+    let mut out = Vec::new();
+    for q in seqs {
+        encode_frame(
+            &Header::new(16, 1, q, CODEC_RAW, 2),
+            &[q as u8, tag],
+            &mut out,
+        );
+    }
+    out
+}
+
+#[test]
+fn senders_on_two_hosts_sharing_a_name_are_kept_apart() {
+    // Pis cloned from one SD card announce one host name. A connection from
+    // the second host must not end the first one's (whose sender would then
+    // connect again and end this one, and so on, giving up frames each
+    // time): the first keeps the name, the second is kept apart as name@ip,
+    // and each connection's frames all arrive.
+    use bitmask_wire::Hello;
+    let tmp = TempDir::new("delivery-two-hosts");
+    let out = tmp.join("out");
+    let stats = tmp.join("stats.json");
+    let mut r = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "raw",
+        "--per-sender",
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    let (first, second) = (out.join("twin"), out.join("twin@127.0.0.2"));
+    let wait_files = |dir: &Path, n: usize, r: &Listening| {
+        let t = Instant::now();
+        while !(dir.is_dir() && list(dir).len() >= n) {
+            assert!(
+                t.elapsed() < LIMIT,
+                "{} never held {n} files\nreceiver:\n{}",
+                dir.display(),
+                r.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let hello = Hello::new("twin").unwrap().encode();
+    let mut a = connect_from("127.0.0.1", &r.addr);
+    a.write_all(&hello).unwrap();
+    a.write_all(&tagged_frames(0..3, 0xaa)).unwrap();
+    wait_files(&first, 3, &r);
+    let mut b = connect_from("127.0.0.2", &r.addr);
+    b.write_all(&hello).unwrap();
+    b.write_all(&tagged_frames(0..3, 0xbb)).unwrap();
+    wait_files(&second, 3, &r);
+    // the first host's connection is still read
+    a.write_all(&tagged_frames(3..6, 0xaa)).unwrap();
+    b.write_all(&tagged_frames(3..6, 0xbb)).unwrap();
+    wait_files(&first, 6, &r);
+    wait_files(&second, 6, &r);
+    for s in [&a, &b] {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    let rl = r.proc.terminate(LIMIT);
+    for (dir, tag) in [(&first, 0xaa), (&second, 0xbb)] {
+        assert_eq!(list(dir).len(), 6, "{}: {:?}", dir.display(), list(dir));
+        for q in 0..6u8 {
+            assert_eq!(
+                read(&dir.join(format!("frame-{q:06}.raw"))),
+                [q, tag],
+                "{}\n{}",
+                dir.display(),
+                rl.stderr
+            );
+        }
+    }
+    let json = std::fs::read_to_string(&stats).unwrap();
+    for name in ["twin", "twin@127.0.0.2"] {
+        assert_eq!(stat(&json, name, "received"), 6.0, "{name}: {json}");
+        assert_eq!(stat(&json, name, "lost"), 0.0, "{name}: {json}");
+    }
+    assert!(
+        rl.stderr.contains(
+            "senders on two hosts share the name \"twin\" (127.0.0.1 and 127.0.0.2): frames \
+             from 127.0.0.2 are kept apart as \"twin@127.0.0.2\""
+        ),
+        "{}",
+        rl.stderr
+    );
+    assert!(!rl.stderr.contains("connected again"), "{}", rl.stderr);
+}

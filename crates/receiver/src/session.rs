@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use bitmask_wire::{FrameReader, Header, Limits, WireError};
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -171,6 +171,9 @@ pub struct Hub {
     /// name, since when and how often (many: two senders share the name).
     takeovers: Throttle,
     takeover_counts: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Names found in use by two hosts at once, and the second host (each
+    /// pair is warned about once; see [`Hub::claim`]).
+    shared_names: Mutex<std::collections::HashSet<(String, IpAddr)>>,
     /// When the write in progress to the shared output began (ms after
     /// `epoch`, plus one; 0 when none is), for [`report_until_done`]'s
     /// warning about a stream reader that stopped taking masks.
@@ -234,6 +237,71 @@ pub fn more_like_it(n: u64) -> String {
 }
 
 impl Hub {
+    /// Registers TCP connection `id`, from `ip`, whose hello says `name`, as
+    /// the live connection of its stream; returns the stream's name and the
+    /// connection it takes over, if any.
+    ///
+    /// A sender that connects again (from the same host) takes over its
+    /// stream. Two hosts may also announce one name by mistake: the default
+    /// is the host name, the same on Pis cloned from one SD card. Taking
+    /// over then would end the other host's connection, whose sender
+    /// connects again and ends this one, and so on, giving up frames each
+    /// time. So a connection from another host that is still sending
+    /// (bytes within `--timeout`, or a frame at the output) is left alone,
+    /// and this stream is named `name@ip` instead (stats, `--per-sender`
+    /// directory, live view), with one warning per name and host. A quiet
+    /// one (its sender gone, or moved to a new address) is taken over.
+    fn claim(&self, name: &str, ip: IpAddr, id: u64) -> (String, Option<u64>) {
+        let mut live = lock(&self.live);
+        let name = match self.sending_elsewhere(&live, name, ip) {
+            None => name.to_owned(),
+            Some(other) => self.apart(name, ip, other),
+        };
+        let old = live.insert(name.clone(), id);
+        (name, old)
+    }
+
+    /// The host of the live TCP connection of `name`, if it is not `ip` and
+    /// is still sending (see [`Hub::claim`]).
+    fn sending_elsewhere(
+        &self,
+        live: &HashMap<String, u64>,
+        name: &str,
+        ip: IpAddr,
+    ) -> Option<IpAddr> {
+        let held = live.get(name)?;
+        let open = lock(&self.open);
+        let c = open.get(held)?;
+        let silent = (self.epoch.elapsed().as_millis() as u64)
+            .saturating_sub(c.state.last_byte_ms.load(Relaxed));
+        let active = c.state.at_output.load(Relaxed) || silent < self.timeout.as_millis() as u64;
+        (c.peer.ip() != ip && active).then(|| c.peer.ip())
+    }
+
+    /// [`Hub::sending_elsewhere`] for a stream of another transport (UDP).
+    pub fn tcp_sender_elsewhere(&self, name: &str, ip: IpAddr) -> Option<IpAddr> {
+        self.sending_elsewhere(&lock(&self.live), name, ip)
+    }
+
+    /// The name `name@ip` that keeps a stream from `ip` apart from the one
+    /// of the same name that `other` is sending, warning once per name and
+    /// host (see [`Hub::claim`]).
+    pub fn apart(&self, name: &str, ip: IpAddr, other: IpAddr) -> String {
+        let apart = with_host(name, ip);
+        let mut said = lock(&self.shared_names);
+        if said.len() >= crate::acks::RECORDS {
+            said.clear();
+        }
+        if said.insert((name.to_owned(), ip)) {
+            log::warn!(
+                "senders on two hosts share the name {name:?} ({other} and {ip}): frames from \
+                 {ip} are kept apart as {apart:?} (give each its own --name; the default is \
+                 the host name, the same on Pis cloned from one SD card)"
+            );
+        }
+        apart
+    }
+
     /// A hub; `done` receives one message when the receiver should stop.
     pub fn new(
         limits: Limits,
@@ -261,6 +329,7 @@ impl Hub {
             handshakes: Throttle::default(),
             takeovers: Throttle::default(),
             takeover_counts: Mutex::new(HashMap::new()),
+            shared_names: Mutex::default(),
             shared_busy_since: AtomicU64::new(0),
             turns: Turns::default(),
             handled: Mutex::default(),
@@ -820,6 +889,19 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
     }
 }
 
+/// `name@ip`, the name shortened (at a character boundary) to keep it
+/// within the protocol's 255 bytes.
+fn with_host(name: &str, ip: IpAddr) -> String {
+    let host = format!("@{ip}");
+    let mut end = bitmask_wire::MAX_NAME_LEN
+        .saturating_sub(host.len())
+        .min(name.len());
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{host}", &name[..end])
+}
+
 /// An open TCP connection as the accept loop sees it.
 struct OpenConn {
     stream: TcpStream,
@@ -994,8 +1076,11 @@ pub fn serve_tcp(
     };
     started.set(None);
     // A sender that reconnects takes over from its old connection, which
-    // may not have noticed yet that the sender is gone.
-    let old = lock(&hub.live).insert(name.clone(), id);
+    // may not have noticed yet that the sender is gone. Not from one of
+    // another host that is still sending, though: two hosts share the name
+    // (see [`Hub::claim`]), and this stream is kept apart as `name@ip`.
+    let announced = name;
+    let (name, old) = hub.claim(&announced, peer.ip(), id);
     if let Some(old) = old.and_then(|old| lock(&hub.open).remove(&old)) {
         // A reconnect now and then is normal; many in a short time are two
         // senders taking the name from each other.
@@ -1038,7 +1123,7 @@ pub fn serve_tcp(
     if let Some(h) = hello.as_ref().filter(|h| h.wants_acks()) {
         match ack_sock {
             Ok(s) => {
-                let key = crate::acks::record_key(&name, peer.ip());
+                let key = crate::acks::record_key(&announced, peer.ip());
                 let (l, next, new) = lock(&hub.handled).open(&key, h.resumes());
                 // A sender resuming where this receiver holds no record (it
                 // restarted): what it sends again first may be on disk.
@@ -1406,6 +1491,21 @@ pub fn stop_on_signals(hub: &Arc<Hub>, signals: Option<StopSignals>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_kept_apart_stays_a_valid_name() {
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(with_host("cam", ip), "cam@10.0.0.2");
+        let v6: IpAddr = "fe80::1".parse().unwrap();
+        assert_eq!(with_host("cam", v6), "cam@fe80::1");
+        // 255 bytes, two-byte characters from offset 1: cut at a boundary
+        let long = format!("a{}", "é".repeat(127));
+        assert_eq!(long.len(), 255);
+        let apart = with_host(&long, ip);
+        assert!(apart.len() <= bitmask_wire::MAX_NAME_LEN, "{}", apart.len());
+        assert!(apart.ends_with("é@10.0.0.2"), "{apart}");
+        bitmask_wire::Hello::new(&apart).expect("a valid name");
+    }
     use bitmask_wire::{Header, CODEC_RAW};
 
     struct Seen(Mutex<Vec<(String, u64, usize, u64)>>);

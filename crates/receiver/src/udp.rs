@@ -66,6 +66,8 @@ struct Partial {
 
 struct Stream {
     ctx: Option<StreamCtx>,
+    /// The name its hello announced (`ctx` may be kept under `name@ip`).
+    announced: Option<String>,
     partial: Vec<Partial>,
     /// Highest sequence delivered (older datagrams are late).
     done_upto: Option<u64>,
@@ -310,6 +312,7 @@ fn on_dgram(
             key,
             Stream {
                 ctx: None,
+                announced: None,
                 partial: Vec::new(),
                 done_upto: None,
                 given_up: Default::default(),
@@ -327,7 +330,22 @@ fn on_dgram(
             let mut r = FrameReader::new(data, hub.limits);
             match r.read_hello() {
                 Ok(Some(h)) => {
-                    match StreamCtx::open(hub.clone(), h.name(), &from.to_string(), "udp") {
+                    // Two hosts sending under one name are kept apart, as
+                    // over TCP (`Hub::claim`).
+                    let other = streams
+                        .iter()
+                        .find(|((a, _), o)| {
+                            a.ip() != from.ip() && o.announced.as_deref() == Some(h.name())
+                        })
+                        .map(|((a, _), _)| a.ip())
+                        .or_else(|| hub.tcp_sender_elsewhere(h.name(), from.ip()));
+                    let name = match other {
+                        Some(other) => hub.apart(h.name(), from.ip(), other),
+                        None => h.name().to_owned(),
+                    };
+                    let s = streams.get_mut(&key).expect("inserted above");
+                    s.announced = Some(h.name().to_owned());
+                    match StreamCtx::open(hub.clone(), &name, &from.to_string(), "udp") {
                         Ok(ctx) => {
                             if logs.opened(from, h.name()) {
                                 log::info!("state: udp stream from {:?} ({from}) open", h.name());
@@ -657,6 +675,29 @@ mod tests {
         fn stream(&self, stream_id: u32) -> &Stream {
             &self.streams[&(self.from, stream_id)]
         }
+    }
+
+    #[test]
+    fn streams_of_one_name_from_two_hosts_are_kept_apart() {
+        let mut bed = Bed::new();
+        bed.hello(1, "twin");
+        // the same host again (a restarted sender): the same name
+        bed.hello(2, "twin");
+        let other: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let first = bed.from;
+        bed.from = other;
+        bed.hello(3, "twin");
+        bed.hello(4, "solo");
+        let name = |bed: &Bed, from, id| {
+            bed.streams[&(from, id)]
+                .ctx
+                .as_ref()
+                .map(|c| c.name().to_owned())
+        };
+        assert_eq!(name(&bed, first, 1).as_deref(), Some("twin"));
+        assert_eq!(name(&bed, first, 2).as_deref(), Some("twin"));
+        assert_eq!(name(&bed, other, 3).as_deref(), Some("twin@10.0.0.2"));
+        assert_eq!(name(&bed, other, 4).as_deref(), Some("solo"));
     }
 
     #[test]

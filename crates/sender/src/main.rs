@@ -115,7 +115,8 @@ struct Cli {
 
     /// Sender name announced to the receiver (default: this host's name).
     /// Each sender of one receiver needs its own: Pis cloned from one SD
-    /// card share a host name.
+    /// card share a host name (the receiver then keeps the second host's
+    /// frames apart, as NAME@ADDR, and warns).
     #[arg(long)]
     name: Option<String>,
 

@@ -252,6 +252,7 @@ impl Hub {
     /// directory, live view), with one warning per name and host. A quiet
     /// one (its sender gone, or moved to a new address) is taken over.
     fn claim(&self, name: &str, ip: IpAddr, id: u64) -> (String, Option<u64>) {
+        let ip = ip.to_canonical();
         let mut live = lock(&self.live);
         let name = match self.sending_elsewhere(&live, name, ip) {
             None => name.to_owned(),
@@ -272,10 +273,12 @@ impl Hub {
         let held = live.get(name)?;
         let open = lock(&self.open);
         let c = open.get(held)?;
+        // One host is one address, whether a socket shows it IPv4-mapped or not.
+        let (ip, theirs) = (ip.to_canonical(), c.peer.ip().to_canonical());
         let silent = (self.epoch.elapsed().as_millis() as u64)
             .saturating_sub(c.state.last_byte_ms.load(Relaxed));
         let active = c.state.at_output.load(Relaxed) || silent < self.timeout.as_millis() as u64;
-        (c.peer.ip() != ip && active).then(|| c.peer.ip())
+        (theirs != ip && active).then_some(theirs)
     }
 
     /// [`Hub::sending_elsewhere`] for a stream of another transport (UDP).
@@ -287,6 +290,7 @@ impl Hub {
     /// of the same name that `other` is sending, warning once per name and
     /// host (see [`Hub::claim`]).
     pub fn apart(&self, name: &str, ip: IpAddr, other: IpAddr) -> String {
+        let (ip, other) = (ip.to_canonical(), other.to_canonical());
         let apart = with_host(name, ip);
         let mut said = lock(&self.shared_names);
         if said.len() >= crate::acks::RECORDS {
@@ -1498,6 +1502,13 @@ mod tests {
         assert_eq!(with_host("cam", ip), "cam@10.0.0.2");
         let v6: IpAddr = "fe80::1".parse().unwrap();
         assert_eq!(with_host("cam", v6), "cam@fe80::1");
+        // a receiver on [::] sees IPv4 peers mapped: named as IPv4
+        let hub = hub_with(Sinks {
+            shared: None,
+            per_sender: None,
+        });
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        assert_eq!(hub.apart("cam", mapped, ip), "cam@10.0.0.2");
         // 255 bytes, two-byte characters from offset 1: cut at a boundary
         let long = format!("a{}", "é".repeat(127));
         assert_eq!(long.len(), 255);

@@ -335,7 +335,8 @@ fn on_dgram(
                     let other = streams
                         .iter()
                         .find(|((a, _), o)| {
-                            a.ip() != from.ip() && o.announced.as_deref() == Some(h.name())
+                            a.ip().to_canonical() != from.ip().to_canonical()
+                                && o.announced.as_deref() == Some(h.name())
                         })
                         .map(|((a, _), _)| a.ip())
                         .or_else(|| hub.tcp_sender_elsewhere(h.name(), from.ip()));

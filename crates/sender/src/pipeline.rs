@@ -397,21 +397,35 @@ pub trait Link: Send {
     fn finish(self: Box<Self>);
 }
 
-fn connect(cfg: &Config, resume: bool) -> Result<Box<dyn Link>> {
+fn connect(cfg: &Config, name: &str, resume: bool) -> Result<Box<dyn Link>> {
     Ok(match cfg.transport {
         Transport::Tcp => Box::new(net::Connection::connect(
             &cfg.to,
-            &cfg.name,
+            name,
             cfg.timeout,
             resume,
         )?),
         Transport::Udp => Box::new(udp::UdpLink::connect(
             &cfg.to,
-            &cfg.name,
+            name,
             cfg.mtu,
             cfg.rate_mbit,
         )?),
     })
+}
+
+/// `name-pidPID`: the name a sender goes on under once another sender
+/// uses its name at the receiver, shortened (at a character boundary) to
+/// keep it within the protocol's 255 bytes.
+fn own_name(name: &str, pid: u32) -> String {
+    let tail = format!("-pid{pid}");
+    let mut end = bitmask_wire::MAX_NAME_LEN
+        .saturating_sub(tail.len())
+        .min(name.len());
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{tail}", &name[..end])
 }
 
 /// How long a connection must have lasted for a frame sent on it to reset
@@ -736,6 +750,9 @@ struct Delivery {
     foreign: bool,
     /// The record (as acknowledgements name it) this sender's links started.
     own_record: Option<u32>,
+    /// The name this sender announces from now on, once another sender
+    /// turned out to use `--name` at the receiver (see [`Delivery::judge`]).
+    renamed: Option<String>,
     /// The current link's record was looked at.
     link_judged: bool,
     /// When that was last said.
@@ -791,14 +808,31 @@ impl Delivery {
             ));
         }
         let Some(why) = why else { return false };
-        if self.foreign_said.is_none_or(|t| t.elapsed() >= REMIND) {
-            self.foreign_said = Some(Instant::now());
+        // Another sender of this name is at the receiver now (a process
+        // that connected without resuming since this one's links started
+        // their record, on this host as records are per host: two cameras
+        // of one Pi with the default name, or a restart overlapping the
+        // old process's end). Each would end the other's connections at
+        // every reconnect, so this one goes on under a name of its own.
+        if self.renamed.is_none() {
+            let renamed = own_name(&cfg.name, std::process::id());
             log::warn!(
-                "receiver {}: {why}: another sender uses --name {:?} there (give each its own); \
-                 reconnecting as a new sender so that this one's frames are not skipped as \
-                 handled",
+                "receiver {}: {why}: another sender uses --name {:?} there; this one goes on \
+                 as {renamed:?}, so that neither ends the other's connections (give each \
+                 sender its own --name)",
                 cfg.to,
                 cfg.name
+            );
+            self.foreign_said = Some(Instant::now());
+            self.renamed = Some(renamed);
+        } else if self.foreign_said.is_none_or(|t| t.elapsed() >= REMIND) {
+            self.foreign_said = Some(Instant::now());
+            log::warn!(
+                "receiver {}: {why}: another sender uses --name {:?} there too (give each its \
+                 own); reconnecting as a new sender so that this one's frames are not skipped \
+                 as handled",
+                cfg.to,
+                self.renamed.as_deref().unwrap_or(&cfg.name)
             );
         }
         self.foreign = true;
@@ -1120,19 +1154,23 @@ fn network_loop(
     counters: &Counters,
     encoder: Box<dyn FrameEncoder>,
 ) -> Result<()> {
-    network_loop_via(cfg, queue, counters, encoder, &mut |resume| {
-        connect(cfg, resume)
+    network_loop_via(cfg, queue, counters, encoder, &mut |resume, name| {
+        connect(cfg, name, resume)
     })
 }
 
+/// How [`network_loop_via`] connects: (resume, the name to announce).
+type Dial<'a> = dyn FnMut(bool, &str) -> Result<Box<dyn Link>> + 'a;
+
 /// [`network_loop`] with its way of connecting given (`resume`: a
-/// connection after the first), so tests can put a scripted link there.
+/// connection after the first; the name to announce), so tests can put a
+/// scripted link there.
 fn network_loop_via(
     cfg: &Config,
     queue: &FrameQueue,
     counters: &Counters,
     mut encoder: Box<dyn FrameEncoder>,
-    dial: &mut dyn FnMut(bool) -> Result<Box<dyn Link>>,
+    dial: &mut Dial<'_>,
 ) -> Result<()> {
     let mut link: Option<Box<dyn Link>> = None;
     let mut backoff = Backoff::new(cfg.retry_max);
@@ -1227,7 +1265,8 @@ fn network_loop_via(
         };
         if link.is_none() {
             // (after another sender's record: a new record, not a resumed one)
-            match dial(ever_connected && !std::mem::take(&mut d.foreign)) {
+            let resume = ever_connected && !std::mem::take(&mut d.foreign);
+            match dial(resume, d.renamed.as_deref().unwrap_or(&cfg.name)) {
                 Ok(l) => {
                     link = Some(l);
                     connected_at = Instant::now();
@@ -1840,6 +1879,11 @@ mod tests {
         lag: usize,
         /// Dials that fail after the first connection.
         fail_dials: usize,
+        /// The record of handled frames each connection's acknowledgements
+        /// name (none past the end).
+        records: Vec<(u32, bool)>,
+        /// The name each connection announced.
+        names: Vec<String>,
     }
 
     struct ScriptedLink(Arc<Mutex<Script>>, usize);
@@ -1862,6 +1906,9 @@ mod tests {
                 Some(i) => c[i] + 1,
                 None => 0,
             })
+        }
+        fn record(&self) -> Option<(u32, bool)> {
+            self.0.lock().unwrap().records.get(self.1).copied()
         }
         fn wait_acks(&mut self, _limit: Duration) -> Option<String> {
             // at the end the receiver catches up
@@ -1992,6 +2039,16 @@ mod tests {
     }
 
     fn scripted_with(no_drop: bool, break_at: usize, fail_dials: usize) -> (Script, Counters, u64) {
+        scripted_records(no_drop, break_at, fail_dials, Vec::new())
+    }
+
+    /// [`scripted_with`], the connections' acknowledgements naming `records`.
+    fn scripted_records(
+        no_drop: bool,
+        break_at: usize,
+        fail_dials: usize,
+        records: Vec<(u32, bool)>,
+    ) -> (Script, Counters, u64) {
         let q = FrameQueue::new(64, true);
         for i in 0..20 {
             q.push(slot(i));
@@ -2001,6 +2058,7 @@ mod tests {
             break_at,
             lag: 3,
             fail_dials,
+            records,
             ..Script::default()
         }));
         let keys = Arc::new(AtomicU64::new(0));
@@ -2011,19 +2069,48 @@ mod tests {
             &q,
             &counters,
             Box::new(CountingEncoder(keys.clone())),
-            &mut |resume| {
+            &mut |resume, name| {
                 let mut s = sc.lock().unwrap();
                 if resume && s.fail_dials > 0 {
                     s.fail_dials -= 1;
                     anyhow::bail!("scripted: connection refused");
                 }
                 s.conns.push((resume, Vec::new()));
+                s.names.push(name.to_owned());
                 Ok(Box::new(ScriptedLink(sc.clone(), s.conns.len() - 1)))
             },
         )
         .unwrap();
         let s = std::mem::take(&mut *script.lock().unwrap());
         (s, counters, keys.load(Relaxed))
+    }
+
+    #[test]
+    fn a_sender_that_finds_another_ones_record_goes_on_under_its_own_name() {
+        // The first link starts record 1; the resumed one joins record 2,
+        // which another sender of this name started meanwhile: dropped,
+        // and the next link is a new sender with a name of its own.
+        let (s, c, _) = scripted_records(true, 10, 0, vec![(1, true), (2, false), (3, true)]);
+        assert_eq!(s.conns.len(), 3, "{:?}", s.conns);
+        let own = format!("t-pid{}", std::process::id());
+        assert_eq!(s.names, ["t", "t", own.as_str()]);
+        assert!(s.conns[1].0 && !s.conns[2].0, "{:?}", s.conns);
+        assert!(
+            s.conns[1].1.is_empty(),
+            "nothing sent under another's record"
+        );
+        assert_eq!(s.conns[2].1, (7..20).collect::<Vec<u64>>());
+        assert_eq!(c.confirmed.load(Relaxed), 20);
+    }
+
+    #[test]
+    fn an_own_name_stays_a_valid_name() {
+        assert_eq!(own_name("cam", 42), "cam-pid42");
+        let long = format!("a{}", "é".repeat(127));
+        let own = own_name(&long, 4_000_000);
+        assert!(own.len() <= bitmask_wire::MAX_NAME_LEN, "{}", own.len());
+        assert!(own.ends_with("é-pid4000000"), "{own}");
+        bitmask_wire::Hello::new(&own).expect("a valid name");
     }
 
     #[test]

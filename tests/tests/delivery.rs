@@ -1076,8 +1076,9 @@ fn senders_on_two_hosts_sharing_a_name_are_kept_apart() {
     // Pis cloned from one SD card announce one host name. A connection from
     // the second host must not end the first one's (whose sender would then
     // connect again and end this one, and so on, giving up frames each
-    // time): the first keeps the name, the second is kept apart as name@ip,
-    // and each connection's frames all arrive.
+    // time), even while the first is quiet between frames (a time-lapse,
+    // silent longer than --timeout): the first keeps the name, the second
+    // is kept apart as name@ip, and each connection's frames all arrive.
     use bitmask_wire::Hello;
     let tmp = TempDir::new("delivery-two-hosts");
     let out = tmp.join("out");
@@ -1088,6 +1089,8 @@ fn senders_on_two_hosts_sharing_a_name_are_kept_apart() {
         "--format",
         "raw",
         "--per-sender",
+        "--timeout",
+        "1",
         "--stats-json",
         stats.to_str().unwrap(),
     ]);
@@ -1109,6 +1112,7 @@ fn senders_on_two_hosts_sharing_a_name_are_kept_apart() {
     a.write_all(&hello).unwrap();
     a.write_all(&tagged_frames(0..3, 0xaa)).unwrap();
     wait_files(&first, 3, &r);
+    std::thread::sleep(Duration::from_millis(1500)); // quiet past --timeout
     let mut b = connect_from("127.0.0.2", &r.addr);
     b.write_all(&hello).unwrap();
     b.write_all(&tagged_frames(0..3, 0xbb)).unwrap();

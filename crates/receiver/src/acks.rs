@@ -154,7 +154,7 @@ struct Record {
 /// with no record: it sends its unconfirmed frames again, and frames found
 /// in the output directory are not written twice.)
 pub fn record_key(name: &str, ip: std::net::IpAddr) -> String {
-    format!("{name}@{ip}")
+    format!("{name}@{}", ip.to_canonical())
 }
 
 /// Names whose record is kept.

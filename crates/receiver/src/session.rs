@@ -171,8 +171,10 @@ pub struct Hub {
     /// name, since when and how often (many: two senders share the name).
     takeovers: Throttle,
     takeover_counts: Mutex<HashMap<String, (Instant, u32)>>,
-    /// Names found in use by two hosts at once, and the second host (each
-    /// pair is warned about once; see [`Hub::claim`]).
+    /// Which host each sender name belongs to ([`Hub::name_for`]).
+    owners: Mutex<HashMap<String, Owner>>,
+    /// Names found in use by two hosts, and the other host (each pair is
+    /// warned about once; see [`Hub::name_for`]).
     shared_names: Mutex<std::collections::HashSet<(String, IpAddr)>>,
     /// When the write in progress to the shared output began (ms after
     /// `epoch`, plus one; 0 when none is), for [`report_until_done`]'s
@@ -237,73 +239,76 @@ pub fn more_like_it(n: u64) -> String {
 }
 
 impl Hub {
-    /// Registers TCP connection `id`, from `ip`, whose hello says `name`, as
-    /// the live connection of its stream; returns the stream's name and the
-    /// connection it takes over, if any.
+    /// The name a stream from `ip` whose hello says `name` is kept under,
+    /// and, while the stream lives, its hold on that name.
     ///
-    /// A sender that connects again (from the same host) takes over its
-    /// stream. Two hosts may also announce one name by mistake: the default
-    /// is the host name, the same on Pis cloned from one SD card. Taking
-    /// over then would end the other host's connection, whose sender
-    /// connects again and ends this one, and so on, giving up frames each
-    /// time. So a connection from another host that is still sending
-    /// (bytes within `--timeout`, or a frame at the output) is left alone,
-    /// and this stream is named `name@ip` instead (stats, `--per-sender`
-    /// directory, live view), with one warning per name and host. A quiet
-    /// one (its sender gone, or moved to a new address) is taken over.
-    fn claim(&self, name: &str, ip: IpAddr, id: u64) -> (String, Option<u64>) {
+    /// Two hosts may announce one name by mistake: the default is the host
+    /// name, the same on Pis cloned from one SD card. Were they one stream,
+    /// each connection would take over the other's (closing it, giving up
+    /// what it held), and the two cameras' frames would share one
+    /// directory, stats and live view. So a name belongs to the host that
+    /// used it first: its streams are `name`, and those of any other host
+    /// `name@ip`, with one warning per name and host. The owner keeps the
+    /// name while it has a stream open and for [`OWNER_HOLD`] after its
+    /// last one ended (a Pi rebooting, a sender restarting); after that the
+    /// next host to use it owns it. A new receiver has no owners: the first
+    /// host to say its hello owns the name.
+    pub fn name_for(self: &Arc<Self>, name: &str, ip: IpAddr) -> (String, NameHold) {
         let ip = ip.to_canonical();
-        let mut live = lock(&self.live);
-        let name = match self.sending_elsewhere(&live, name, ip) {
-            None => name.to_owned(),
-            Some(other) => self.apart(name, ip, other),
+        let mut owners = lock(&self.owners);
+        let lapsed = |o: &Owner| o.streams == 0 && o.since.elapsed() >= OWNER_HOLD;
+        let other = match owners.get_mut(name) {
+            Some(o) if o.ip == ip || lapsed(o) => {
+                if o.ip != ip {
+                    *o = Owner {
+                        ip,
+                        streams: 0,
+                        since: Instant::now(),
+                    };
+                }
+                o.streams += 1;
+                None
+            }
+            Some(o) => Some(o.ip),
+            None => {
+                if owners.len() >= crate::acks::RECORDS {
+                    owners.retain(|_, o| !lapsed(o));
+                }
+                if owners.len() >= crate::acks::RECORDS {
+                    owners.retain(|_, o| o.streams > 0);
+                }
+                owners.insert(
+                    name.to_owned(),
+                    Owner {
+                        ip,
+                        streams: 1,
+                        since: Instant::now(),
+                    },
+                );
+                None
+            }
         };
-        let old = live.insert(name.clone(), id);
-        (name, old)
-    }
-
-    /// The host of the live TCP connection of `name`, if it is not `ip` and
-    /// is still sending (see [`Hub::claim`]).
-    fn sending_elsewhere(
-        &self,
-        live: &HashMap<String, u64>,
-        name: &str,
-        ip: IpAddr,
-    ) -> Option<IpAddr> {
-        let held = live.get(name)?;
-        let open = lock(&self.open);
-        let c = open.get(held)?;
-        // One host is one address, whether a socket shows it IPv4-mapped or not.
-        let (ip, theirs) = (ip.to_canonical(), c.peer.ip().to_canonical());
-        let silent = (self.epoch.elapsed().as_millis() as u64)
-            .saturating_sub(c.state.last_byte_ms.load(Relaxed));
-        let active = c.state.at_output.load(Relaxed) || silent < self.timeout.as_millis() as u64;
-        (theirs != ip && active).then_some(theirs)
-    }
-
-    /// [`Hub::sending_elsewhere`] for a stream of another transport (UDP).
-    pub fn tcp_sender_elsewhere(&self, name: &str, ip: IpAddr) -> Option<IpAddr> {
-        self.sending_elsewhere(&lock(&self.live), name, ip)
-    }
-
-    /// The name `name@ip` that keeps a stream from `ip` apart from the one
-    /// of the same name that `other` is sending, warning once per name and
-    /// host (see [`Hub::claim`]).
-    pub fn apart(&self, name: &str, ip: IpAddr, other: IpAddr) -> String {
-        let (ip, other) = (ip.to_canonical(), other.to_canonical());
+        drop(owners);
+        let Some(other) = other else {
+            let hold = NameHold(Some((self.clone(), name.to_owned(), ip)));
+            return (name.to_owned(), hold);
+        };
         let apart = with_host(name, ip);
-        let mut said = lock(&self.shared_names);
-        if said.len() >= crate::acks::RECORDS {
-            said.clear();
-        }
-        if said.insert((name.to_owned(), ip)) {
+        let new = {
+            let mut said = lock(&self.shared_names);
+            if said.len() >= crate::acks::RECORDS {
+                said.clear();
+            }
+            said.insert((name.to_owned(), ip))
+        };
+        if new {
             log::warn!(
                 "senders on two hosts share the name {name:?} ({other} and {ip}): frames from \
                  {ip} are kept apart as {apart:?} (give each its own --name; the default is \
                  the host name, the same on Pis cloned from one SD card)"
             );
         }
-        apart
+        (apart, NameHold(None))
     }
 
     /// A hub; `done` receives one message when the receiver should stop.
@@ -333,6 +338,7 @@ impl Hub {
             handshakes: Throttle::default(),
             takeovers: Throttle::default(),
             takeover_counts: Mutex::new(HashMap::new()),
+            owners: Mutex::default(),
             shared_names: Mutex::default(),
             shared_busy_since: AtomicU64::new(0),
             turns: Turns::default(),
@@ -893,6 +899,36 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
     }
 }
 
+/// How long a sender name stays its host's after the host's last stream
+/// of it ended ([`Hub::name_for`]): well past a Pi's reboot.
+const OWNER_HOLD: Duration = Duration::from_secs(300);
+
+/// The host a sender name belongs to ([`Hub::name_for`]).
+struct Owner {
+    ip: IpAddr,
+    /// Its streams open under the name.
+    streams: u32,
+    /// When it got the name, or its last stream of it ended.
+    since: Instant,
+}
+
+/// A stream's hold on its host's sender name ([`Hub::name_for`]), given
+/// back when dropped; empty for a stream kept apart as `name@ip`.
+pub struct NameHold(Option<(Arc<Hub>, String, IpAddr)>);
+
+impl Drop for NameHold {
+    fn drop(&mut self) {
+        if let Some((hub, name, ip)) = self.0.take() {
+            if let Some(o) = lock(&hub.owners).get_mut(&name).filter(|o| o.ip == ip) {
+                o.streams = o.streams.saturating_sub(1);
+                if o.streams == 0 {
+                    o.since = Instant::now();
+                }
+            }
+        }
+    }
+}
+
 /// `name@ip`, the name shortened (at a character boundary) to keep it
 /// within the protocol's 255 bytes.
 fn with_host(name: &str, ip: IpAddr) -> String {
@@ -1084,8 +1120,23 @@ pub fn serve_tcp(
     // another host that is still sending, though: two hosts share the name
     // (see [`Hub::claim`]), and this stream is kept apart as `name@ip`.
     let announced = name;
-    let (name, old) = hub.claim(&announced, peer.ip(), id);
-    if let Some(old) = old.and_then(|old| lock(&hub.open).remove(&old)) {
+    let (name, _hold) = match &hello {
+        Some(_) => hub.name_for(&announced, peer.ip()),
+        None => (announced.clone(), NameHold(None)), // its address: unique
+    };
+    let olds = {
+        let mut live = lock(&hub.live);
+        let old = live.insert(name.clone(), id);
+        // This host's connection from before it owned the name, if open.
+        let apart = (name == announced)
+            .then(|| live.remove(&with_host(&announced, peer.ip().to_canonical())))
+            .flatten();
+        [old, apart]
+    };
+    for old in olds.into_iter().flatten() {
+        let Some(old) = lock(&hub.open).remove(&old) else {
+            continue;
+        };
         // A reconnect now and then is normal; many in a short time are two
         // senders taking the name from each other.
         let often = {
@@ -1497,6 +1548,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sender_name_belongs_to_the_host_that_used_it_first() {
+        let hub = hub_with(Sinks {
+            shared: None,
+            per_sender: None,
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (n, a1) = hub.name_for("cam", a);
+        assert_eq!(n, "cam");
+        let (n, b1) = hub.name_for("cam", b);
+        assert_eq!(n, "cam@10.0.0.2");
+        let (n, a2) = hub.name_for("cam", a);
+        assert_eq!(n, "cam", "a second stream of the owner");
+        drop((a1, a2, b1));
+        // the owner's streams ended: the name stays its host's a while
+        let (n, b2) = hub.name_for("cam", b);
+        assert_eq!(n, "cam@10.0.0.2");
+        drop(b2);
+        let (n, a3) = hub.name_for("cam", a);
+        assert_eq!(n, "cam");
+        // not while one of its streams is open, however long ago it began
+        let long_ago = Instant::now()
+            .checked_sub(OWNER_HOLD + Duration::from_secs(1))
+            .expect("this host has been up longer than OWNER_HOLD");
+        lock(&hub.owners).get_mut("cam").unwrap().since = long_ago;
+        assert_eq!(hub.name_for("cam", b).0, "cam@10.0.0.2");
+        drop(a3);
+        // OWNER_HOLD after its last stream: the next host to use it owns it
+        lock(&hub.owners).get_mut("cam").unwrap().since = long_ago;
+        let (n, _b3) = hub.name_for("cam", b);
+        assert_eq!(n, "cam");
+        assert_eq!(hub.name_for("cam", a).0, "cam@10.0.0.1");
+    }
+
+    #[test]
     fn a_name_kept_apart_stays_a_valid_name() {
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(with_host("cam", ip), "cam@10.0.0.2");
@@ -1508,7 +1593,8 @@ mod tests {
             per_sender: None,
         });
         let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
-        assert_eq!(hub.apart("cam", mapped, ip), "cam@10.0.0.2");
+        let _owner = hub.name_for("cam", "10.0.0.1".parse().unwrap());
+        assert_eq!(hub.name_for("cam", mapped).0, "cam@10.0.0.2");
         // 255 bytes, two-byte characters from offset 1: cut at a boundary
         let long = format!("a{}", "é".repeat(127));
         assert_eq!(long.len(), 255);

@@ -21,7 +21,7 @@
 //! never replaced, so datagrams from elsewhere cannot push it out, and the
 //! new stream is ignored instead.
 
-use crate::session::{more_like_it, Hub, StreamCtx, Throttle};
+use crate::session::{more_like_it, Hub, NameHold, StreamCtx, Throttle};
 use crate::stats::MAX_GAP;
 use bitmask_wire::{FrameReader, Limits, HEADER_LEN};
 use std::collections::HashMap;
@@ -66,8 +66,8 @@ struct Partial {
 
 struct Stream {
     ctx: Option<StreamCtx>,
-    /// The name its hello announced (`ctx` may be kept under `name@ip`).
-    announced: Option<String>,
+    /// Its hold on its sender name (`Hub::name_for`), once its hello came.
+    hold: Option<NameHold>,
     partial: Vec<Partial>,
     /// Highest sequence delivered (older datagrams are late).
     done_upto: Option<u64>,
@@ -312,7 +312,7 @@ fn on_dgram(
             key,
             Stream {
                 ctx: None,
-                announced: None,
+                hold: None,
                 partial: Vec::new(),
                 done_upto: None,
                 given_up: Default::default(),
@@ -331,21 +331,10 @@ fn on_dgram(
             match r.read_hello() {
                 Ok(Some(h)) => {
                     // Two hosts sending under one name are kept apart, as
-                    // over TCP (`Hub::claim`).
-                    let other = streams
-                        .iter()
-                        .find(|((a, _), o)| {
-                            a.ip().to_canonical() != from.ip().to_canonical()
-                                && o.announced.as_deref() == Some(h.name())
-                        })
-                        .map(|((a, _), _)| a.ip())
-                        .or_else(|| hub.tcp_sender_elsewhere(h.name(), from.ip()));
-                    let name = match other {
-                        Some(other) => hub.apart(h.name(), from.ip(), other),
-                        None => h.name().to_owned(),
-                    };
+                    // over TCP.
+                    let (name, hold) = hub.name_for(h.name(), from.ip());
                     let s = streams.get_mut(&key).expect("inserted above");
-                    s.announced = Some(h.name().to_owned());
+                    s.hold = Some(hold);
                     match StreamCtx::open(hub.clone(), &name, &from.to_string(), "udp") {
                         Ok(ctx) => {
                             if logs.opened(from, h.name()) {
@@ -682,13 +671,14 @@ mod tests {
     fn streams_of_one_name_from_two_hosts_are_kept_apart() {
         let mut bed = Bed::new();
         bed.hello(1, "twin");
-        // the same host again (a restarted sender): the same name
-        bed.hello(2, "twin");
         let other: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let first = bed.from;
         bed.from = other;
         bed.hello(3, "twin");
         bed.hello(4, "solo");
+        // the first host's sender restarted: still its name
+        bed.from = first;
+        bed.hello(5, "twin");
         let name = |bed: &Bed, from, id| {
             bed.streams[&(from, id)]
                 .ctx
@@ -696,9 +686,9 @@ mod tests {
                 .map(|c| c.name().to_owned())
         };
         assert_eq!(name(&bed, first, 1).as_deref(), Some("twin"));
-        assert_eq!(name(&bed, first, 2).as_deref(), Some("twin"));
         assert_eq!(name(&bed, other, 3).as_deref(), Some("twin@10.0.0.2"));
         assert_eq!(name(&bed, other, 4).as_deref(), Some("solo"));
+        assert_eq!(name(&bed, first, 5).as_deref(), Some("twin"));
     }
 
     #[test]

@@ -11,17 +11,25 @@
 //!   (the same as its log lines and final summary), read on the HTTP side.
 //! * Everything else runs on the view's own threads: one accept thread, a
 //!   fixed pool of [`WORKERS`] HTTP workers fed by a queue of [`QUEUE`]
-//!   connections, and a 1 Hz sampler that keeps the 60 s history. PNG
+//!   requests, and a 1 Hz sampler that keeps the 60 s history. PNG
 //!   encoding happens on a worker, at most once per copied mask however many
-//!   browsers ask (the PNG is cached with the copy's version number).
-//! * Connections beyond pool + queue are answered `503` and closed by the
-//!   accept thread without blocking (non-blocking write). Every connection has
-//!   a deadline for its request head ([`HEAD_DEADLINE`], for the whole head,
-//!   so trickling bytes does not extend it) and one for sending the whole
-//!   response ([`IO_TIMEOUT`]), and carries exactly one request (`Connection: close`):
-//!   a stalled browser holds one worker for a bounded time, and a hundred of
-//!   them cost the stream nothing (other viewers may wait or get `503` while
-//!   they fill the pool).
+//!   browsers ask (the PNG is cached with the copy's version number, and
+//!   viewers asking at once wait for one encoding).
+//! * The accept thread reads request heads itself, without blocking (`poll`,
+//!   up to [`MAX_PENDING`] connections; past that the oldest is closed), and
+//!   queues only whole heads (or connections past [`HEAD_DEADLINE`], for the
+//!   whole head, so trickling bytes does not extend it: a worker answers
+//!   them `408`): idle or trickling connections hold no worker. Requests
+//!   beyond pool + queue are answered `503` at once (non-blocking write).
+//!   Sending a whole response has its own deadline ([`IO_TIMEOUT`]), and
+//!   each connection carries exactly one request (`Connection: close`): a
+//!   browser that stops reading holds one worker for a bounded time, and a
+//!   hundred of them cost the stream nothing (other viewers may wait or get
+//!   `503` while they fill the pool).
+//! * Memory: the view keeps one mask copy (and its PNG once asked for) per
+//!   sender; of disconnected senders, at most [`MAX_SENDERS`] slots and
+//!   [`GONE_BYTES`] bytes, the ones with the oldest last frame forgotten
+//!   first.
 //! * The page polls `/stats.json` and re-fetches `/latest.png` only after the
 //!   previous image has loaded: a browser that stops reading stops asking, so
 //!   it cannot build up back-pressure (unlike a never-ending
@@ -61,8 +69,14 @@ pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 const MAX_HEAD: usize = 8 * 1024;
 /// Seconds of history kept for the plot.
 const HISTORY: usize = 60;
-/// Senders whose image the view keeps; beyond this a disconnected one is forgotten.
+/// Senders whose image the view keeps; beyond this the disconnected one
+/// whose last frame is oldest is forgotten (its numbers stay in the stats).
 const MAX_SENDERS: usize = 64;
+/// Bytes of masks and PNGs the view keeps of disconnected senders (about
+/// 60 of 1024x768 with their PNGs; a 4096x4096 mask is 2 MiB packed);
+/// beyond this the disconnected ones whose last frame is oldest are
+/// forgotten.
+const GONE_BYTES: usize = 16 << 20;
 /// A connected sender silent for this long is shown as `idle`.
 const IDLE_AFTER: Duration = Duration::from_secs(2);
 
@@ -73,8 +87,8 @@ const STYLE_CSS: &str = include_str!("../assets/style.css");
 /// Parses `--http-fps`: a positive number of frames per second.
 pub fn parse_fps(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(f) if f.is_finite() && f > 0.0 && f <= 1000.0 => Ok(f),
-        _ => Err(format!("{s:?} is not a frame rate in (0, 1000]")),
+        Ok(f) if f.is_finite() && (0.01..=1000.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a frame rate from 0.01 to 1000")),
     }
 }
 
@@ -101,6 +115,9 @@ struct Slot {
     /// Earliest time (ns since epoch) the next mask copy may happen.
     next_copy_ns: AtomicU64,
     latest: Mutex<Latest>,
+    /// Held while a PNG of this slot is encoded, so that viewers asking at
+    /// once wait for one encoding instead of each making their own.
+    encoding: Mutex<()>,
     /// Last 60 s, one entry a second: (fps, latency p50 ms), oldest first.
     history: Mutex<VecDeque<(f64, Option<f64>)>>,
     /// Frames received at the previous sample.
@@ -114,9 +131,38 @@ impl Slot {
             last_frame_ns: AtomicU64::new(0),
             next_copy_ns: AtomicU64::new(0),
             latest: Mutex::new(Latest::default()),
+            encoding: Mutex::new(()),
             history: Mutex::new(VecDeque::with_capacity(HISTORY + 1)),
             prev_received: AtomicU64::new(0),
         }
+    }
+}
+
+impl Slot {
+    /// Bytes it holds: its mask copy and its PNG.
+    fn bytes(&self) -> usize {
+        let l = lock(&self.latest);
+        l.bits.capacity() + l.png.as_ref().map_or(0, |(_, p)| p.capacity())
+    }
+}
+
+/// Forgets disconnected senders' slots, those whose last frame is oldest
+/// first, while there are more than [`MAX_SENDERS`] slots or theirs hold
+/// more than [`GONE_BYTES`].
+fn forget_gone(map: &mut BTreeMap<String, Arc<Slot>>) {
+    let mut gone: Vec<(u64, String, usize)> = map
+        .iter()
+        .filter(|(_, s)| s.connections.load(Relaxed) == 0)
+        .map(|(k, s)| (s.last_frame_ns.load(Relaxed), k.clone(), s.bytes()))
+        .collect();
+    gone.sort_unstable();
+    let mut held: usize = gone.iter().map(|g| g.2).sum();
+    for (_, k, bytes) in gone {
+        if map.len() <= MAX_SENDERS && held <= GONE_BYTES {
+            break;
+        }
+        map.remove(&k);
+        held -= bytes;
     }
 }
 
@@ -194,7 +240,7 @@ impl View {
             pngs: AtomicU64::new(0),
             busy: AtomicU64::new(0),
         });
-        let (tx, rx) = sync_channel::<(TcpStream, Instant)>(QUEUE);
+        let (tx, rx) = sync_channel::<Request>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..WORKERS {
             let (rx, shared) = (rx.clone(), shared.clone());
@@ -239,14 +285,7 @@ impl View {
             .clone();
         slot.connections.fetch_add(1, Relaxed);
         if map.len() > MAX_SENDERS {
-            // forget a disconnected sender's image (its numbers stay in the registry)
-            let gone = map
-                .iter()
-                .find(|(_, s)| s.connections.load(Relaxed) == 0)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = gone {
-                map.remove(&k);
-            }
+            forget_gone(&mut map);
         }
         Feed {
             slot,
@@ -273,7 +312,7 @@ impl Feed {
             l.bits.extend_from_slice(bits);
             self.slot
                 .next_copy_ns
-                .store(now + self.shared.interval_ns, Relaxed);
+                .store(now.saturating_add(self.shared.interval_ns), Relaxed);
         }
     }
 
@@ -284,7 +323,11 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.slot.connections.fetch_sub(1, Relaxed);
+        if self.slot.connections.fetch_sub(1, Relaxed) == 1 {
+            // Its sender is gone: keep what the view holds of such senders bounded.
+            let mut map = self.shared.slots.write().unwrap_or_else(|e| e.into_inner());
+            forget_gone(&mut map);
+        }
     }
 }
 
@@ -495,41 +538,171 @@ fn lower_priority() {
     }
 }
 
-fn accept_loop(listener: TcpListener, tx: SyncSender<(TcpStream, Instant)>, shared: &Shared) {
-    lower_priority();
-    loop {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) => {
-                log::debug!("http: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
+/// A connection for a worker: the socket, when it was accepted, and the
+/// bytes of its request head read so far (the whole head, unless its
+/// [`HEAD_DEADLINE`] passed).
+type Request = (TcpStream, Instant, Vec<u8>);
+
+/// Connections whose request head the accept thread is still reading; past
+/// this the oldest is closed.
+const MAX_PENDING: usize = 128;
+
+/// A connection whose request head is not complete yet.
+struct Pending {
+    stream: TcpStream,
+    accepted: Instant,
+    head: Vec<u8>,
+}
+
+impl Pending {
+    /// Reads what has arrived; whether a worker should take it now (the
+    /// head is complete, too long or malformed, the peer closed or failed,
+    /// or its deadline passed).
+    fn read(&mut self) -> bool {
+        let mut chunk = [0u8; 2048];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    self.head.extend_from_slice(&chunk[..n]);
+                    let mut headers = [httparse::EMPTY_HEADER; 32];
+                    let mut req = httparse::Request::new(&mut headers);
+                    match req.parse(&self.head) {
+                        Ok(httparse::Status::Partial) if self.head.len() < MAX_HEAD => {}
+                        _ => return true,
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return self.accepted.elapsed() >= HEAD_DEADLINE;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return true,
             }
-        };
-        match tx.try_send((stream, Instant::now())) {
-            Ok(()) => {}
-            Err(TrySendError::Full((mut s, _))) => {
-                // All workers busy and the queue full: say so without waiting.
-                shared.busy.fetch_add(1, Relaxed);
-                let _ = s.set_nonblocking(true);
-                let _ = s.write(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
-                );
-            }
-            Err(TrySendError::Disconnected(_)) => return,
         }
     }
 }
 
-fn worker(rx: &Mutex<Receiver<(TcpStream, Instant)>>, shared: &Shared) {
+/// Accepts connections and reads their request heads, all without blocking
+/// (`poll`), and hands each whole head to a worker: a connection that is
+/// silent or trickles its head costs a slot in a list, not a worker, so a
+/// browser's idle preconnected socket or a slow-loris client does not hold
+/// up other viewers.
+fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, shared: &Shared) {
+    use std::os::fd::AsRawFd;
     lower_priority();
-    let mut buf = Vec::with_capacity(MAX_HEAD);
+    if let Err(e) = listener.set_nonblocking(true) {
+        log::warn!("http: cannot make the listening socket non-blocking: {e}");
+    }
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
-        let (stream, accepted) = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(pending.iter().map(|p| libc::pollfd {
+            fd: p.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // until the next head deadline, 1 s at most
+        let wait = pending
+            .iter()
+            .map(|p| HEAD_DEADLINE.saturating_sub(p.accepted.elapsed()))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let ms = wait.as_millis() as libc::c_int + 1;
+        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                log::debug!("http: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        }
+        // Heads that are complete (or given up): to the workers.
+        let mut k = 0;
+        for f in &fds[1..] {
+            let p = &mut pending[k];
+            let ready = if f.revents != 0 {
+                p.read()
+            } else {
+                p.accepted.elapsed() >= HEAD_DEADLINE
+            };
+            if ready {
+                let p = pending.remove(k).expect("in range");
+                if !hand_over(&tx, shared, p) {
+                    return;
+                }
+            } else {
+                k += 1;
+            }
+        }
+        if fds[0].revents != 0 {
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Err(e) = stream.set_nonblocking(true) {
+                            log::debug!("http: {e}");
+                            continue;
+                        }
+                        if pending.len() >= MAX_PENDING {
+                            pending.pop_front(); // the oldest: closed
+                        }
+                        pending.push_back(Pending {
+                            stream,
+                            accepted: Instant::now(),
+                            head: Vec::new(),
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::debug!("http: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Queues `p` for a worker, or answers `503` at once when the workers and
+/// the queue are full; false when the workers are gone.
+fn hand_over(tx: &SyncSender<Request>, shared: &Shared, p: Pending) -> bool {
+    if let Err(e) = p.stream.set_nonblocking(false) {
+        log::debug!("http: {e}");
+        return true;
+    }
+    match tx.try_send((p.stream, p.accepted, p.head)) {
+        Ok(()) => true,
+        Err(TrySendError::Full((mut s, _, _))) => {
+            // All workers busy and the queue full: say so without waiting.
+            shared.busy.fetch_add(1, Relaxed);
+            let _ = s.set_nonblocking(true);
+            let _ = s.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+            );
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Request>>, shared: &Shared) {
+    lower_priority();
+    loop {
+        let (stream, accepted, mut head) = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv()
+        {
             Ok(s) => s,
             Err(_) => return,
         };
-        if let Err(e) = serve_one(stream, accepted, shared, &mut buf) {
+        if let Err(e) = serve_one(stream, accepted, shared, &mut head) {
             log::debug!("http: {e}");
         }
     }
@@ -595,21 +768,24 @@ fn serve_one(
 ) -> std::io::Result<()> {
     let deadline = accepted + HEAD_DEADLINE;
     let _ = stream.set_nodelay(true);
-    buf.clear();
     let mut chunk = [0u8; 2048];
+    // `buf` holds what the accept thread read: usually the whole head.
+    let mut n = buf.len();
     let (reply, head_only) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let last = left.is_zero();
-        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => return Ok(()), // closed before a whole request: nothing to answer
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                break (text(408, "request not received in time\n".into()), false);
-            }
-            Err(e) => return Err(e),
-        };
-        buf.extend_from_slice(&chunk[..n]);
+        if n == 0 {
+            stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            n = match stream.read(&mut chunk) {
+                Ok(0) => return Ok(()), // closed before a whole request: nothing to answer
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break (text(408, "request not received in time\n".into()), false);
+                }
+                Err(e) => return Err(e),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+        }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
@@ -624,7 +800,10 @@ fn serve_one(
             Ok(httparse::Status::Partial) if last && n < chunk.len() => {
                 break (text(408, "request not received in time\n".into()), false);
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+                n = 0;
+                continue;
+            }
             Ok(httparse::Status::Partial) => {
                 break (
                     text(431, format!("request head longer than {MAX_HEAD} bytes\n")),
@@ -800,6 +979,8 @@ fn latest_png(shared: &Shared, query: &str) -> Result<Arc<Vec<u8>>, Reply> {
             None => text(404, "no sender yet\n".into()),
         });
     };
+    // One encoding at a time per slot: viewers asking at once get its PNG.
+    let _encoding = lock(&slot.encoding);
     // Copy out under the lock (a memcpy), encode outside it.
     let (h, version, bits) = {
         let l = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
@@ -818,6 +999,7 @@ fn latest_png(shared: &Shared, query: &str) -> Result<Arc<Vec<u8>>, Reply> {
         return Err(text(500, format!("PNG encoding failed: {e:#}\n")));
     }
     shared.pngs.fetch_add(1, Relaxed);
+    png.shrink_to_fit();
     let png = Arc::new(png);
     let mut l = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
     if l.version == version {
@@ -944,6 +1126,112 @@ mod tests {
     }
 
     #[test]
+    fn silent_connections_do_not_hold_up_a_request() {
+        // More silent connections than workers (a browser's idle
+        // preconnected sockets, a slow-loris client, one trickling): a
+        // request is answered before any of them gets its 408.
+        let v = View::start("127.0.0.1:0", 10.0, StatsRegistry::new()).unwrap();
+        let a = v.local_addr();
+        let mut silent: Vec<TcpStream> = (0..WORKERS + 4)
+            .map(|_| TcpStream::connect(a).unwrap())
+            .collect();
+        silent[0].write_all(b"GET / HT").unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // all accepted first
+        let (st, _, _) = req(a, "GET", "/stats.json");
+        assert_eq!(st, 200);
+        for (i, s) in silent.iter().enumerate() {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            let got = s.peek(&mut b);
+            assert!(
+                matches!(&got, Err(e) if e.kind() == ErrorKind::WouldBlock),
+                "silent connection {i} was answered first: {got:?}"
+            );
+        }
+        // and each still gets its 408 at the head deadline
+        for s in &mut silent {
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut resp = Vec::new();
+            let _ = s.read_to_end(&mut resp);
+            assert!(
+                resp.starts_with(b"HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
+    }
+
+    #[test]
+    fn viewers_asking_at_once_share_one_png_encoding() {
+        let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
+        let feed = v.feed("a");
+        let (w, h) = (2048u32, 2048u32);
+        let bits: Vec<u8> = (0..w as usize * h as usize / 8)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
+            .collect();
+        feed.publish(&Header::new(w, h, 0, 0, bits.len() as u32), &bits);
+        let a = v.local_addr();
+        let asks: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || req(a, "GET", "/latest.png?sender=a")))
+            .collect();
+        let pngs: Vec<Vec<u8>> = asks
+            .into_iter()
+            .map(|t| {
+                let (st, head, png) = t.join().unwrap();
+                assert_eq!(st, 200, "{head}");
+                png
+            })
+            .collect();
+        assert!(pngs.iter().all(|p| p == &pngs[0]));
+        assert_eq!(
+            v.shared.pngs.load(Relaxed),
+            1,
+            "one encoding for four viewers"
+        );
+    }
+
+    #[test]
+    fn the_view_forgets_the_oldest_gone_senders_past_its_byte_cap() {
+        let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
+        // 2 MiB masks (4096x4096), one sender after another, each then gone
+        let big = vec![0x5au8; 4096 * 4096 / 8];
+        for i in 0..12 {
+            let feed = v.feed(&format!("s{i:02}"));
+            feed.publish(&Header::new(4096, 4096, 0, 0, big.len() as u32), &big);
+            drop(feed);
+        }
+        let map = v.shared.slots.read().unwrap();
+        let kept: Vec<&String> = map.keys().collect();
+        let held: usize = map.values().map(|s| s.bytes()).sum();
+        assert!(held <= GONE_BYTES, "{held} bytes kept: {kept:?}");
+        assert_eq!(kept.len(), GONE_BYTES / big.len(), "{kept:?}");
+        assert!(
+            kept.contains(&&"s11".to_string()),
+            "the newest kept: {kept:?}"
+        );
+        assert!(
+            !kept.contains(&&"s00".to_string()),
+            "the oldest forgotten: {kept:?}"
+        );
+        drop(map);
+        // a connected sender is never forgotten, however old its frame
+        let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
+        let live = v.feed("live");
+        live.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
+        for i in 0..MAX_SENDERS + 5 {
+            std::thread::sleep(Duration::from_micros(50));
+            let feed = v.feed(&format!("g{i:02}"));
+            feed.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
+        }
+        let map = v.shared.slots.read().unwrap();
+        assert!(map.len() <= MAX_SENDERS + 1, "{}", map.len());
+        assert!(map.contains_key("live"));
+        drop(map);
+        drop(live);
+    }
+
+    #[test]
     fn publish_copies_at_most_http_fps() {
         let v = View::start("127.0.0.1:0", 1.0, StatsRegistry::new()).unwrap();
         let feed = v.feed("a");
@@ -996,5 +1284,10 @@ mod tests {
         assert!(parse_fps("0").is_err());
         assert!(parse_fps("nan").is_err());
         assert!(parse_fps("-1").is_err());
+        assert!(
+            parse_fps("0.001").is_err(),
+            "a copy every 1000 s or more is no view"
+        );
+        assert_eq!(parse_fps("0.01"), Ok(0.01));
     }
 }

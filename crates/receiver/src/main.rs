@@ -142,7 +142,8 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
 
-    /// Frames per second per sender copied for the live view (it never slows the stream).
+    /// Frames per second per sender copied for the live view, 0.01 to 1000 (it never slows
+    /// the stream).
     #[arg(long, default_value = "10", value_parser = http::parse_fps, value_name = "N")]
     http_fps: f64,
 

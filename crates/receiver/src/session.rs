@@ -932,14 +932,7 @@ impl Drop for NameHold {
 /// `name@ip`, the name shortened (at a character boundary) to keep it
 /// within the protocol's 255 bytes.
 fn with_host(name: &str, ip: IpAddr) -> String {
-    let host = format!("@{ip}");
-    let mut end = bitmask_wire::MAX_NAME_LEN
-        .saturating_sub(host.len())
-        .min(name.len());
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{host}", &name[..end])
+    bitmask_wire::name_with_suffix(name, &format!("@{ip}"))
 }
 
 /// An open TCP connection as the accept loop sees it.

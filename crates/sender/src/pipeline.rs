@@ -418,14 +418,7 @@ fn connect(cfg: &Config, name: &str, resume: bool) -> Result<Box<dyn Link>> {
 /// uses its name at the receiver, shortened (at a character boundary) to
 /// keep it within the protocol's 255 bytes.
 fn own_name(name: &str, pid: u32) -> String {
-    let tail = format!("-pid{pid}");
-    let mut end = bitmask_wire::MAX_NAME_LEN
-        .saturating_sub(tail.len())
-        .min(name.len());
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{tail}", &name[..end])
+    bitmask_wire::name_with_suffix(name, &format!("-pid{pid}"))
 }
 
 /// How long a connection must have lasted for a frame sent on it to reset

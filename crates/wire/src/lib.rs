@@ -589,6 +589,25 @@ impl AckReader {
     }
 }
 
+/// `name` followed by `suffix`, `name` shortened (at a character boundary)
+/// so that the whole stays within [`MAX_NAME_LEN`] bytes: a name derived
+/// from a sender's, such as a receiver's `cam@10.0.0.2` for a second host
+/// announcing `cam`.
+///
+/// ```
+/// assert_eq!(bitmask_wire::name_with_suffix("cam", "@10.0.0.2"), "cam@10.0.0.2");
+/// let long = "é".repeat(127); // 254 bytes
+/// let named = bitmask_wire::name_with_suffix(&long, "-2");
+/// assert_eq!(named.len(), 254); // 126 characters kept, then "-2"
+/// ```
+pub fn name_with_suffix(name: &str, suffix: &str) -> String {
+    let mut end = MAX_NAME_LEN.saturating_sub(suffix.len()).min(name.len());
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &name[..end])
+}
+
 fn validate_name(name: &str) -> Result<(), WireError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(WireError::BadHello(format!(

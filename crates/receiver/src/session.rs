@@ -156,8 +156,11 @@ pub struct Hub {
     written: AtomicU64,
     conns: AtomicUsize,
     next_id: AtomicU64,
-    /// Live TCP connections by sender name: their id in `open`.
-    live: Mutex<HashMap<String, u64>>,
+    /// Live TCP connections by stream: the announced sender name and, for
+    /// a stream kept apart ([`Hub::name_for`]), its host; their id in
+    /// `open`. (Not by the name shown: a hello announcing `cam@10.0.0.2` is
+    /// not the stream kept apart under that name.)
+    live: Mutex<HashMap<(String, Option<IpAddr>), u64>>,
     /// Every open TCP connection by id, for making room when all
     /// `--max-senders` slots are taken ([`make_room`]).
     open: Mutex<HashMap<u64, OpenConn>>,
@@ -253,17 +256,36 @@ impl Hub {
     /// last one ended (a Pi rebooting, a sender restarting); after that the
     /// next host to use it owns it. A new receiver has no owners: the first
     /// host to say its hello owns the name.
-    pub fn name_for(self: &Arc<Self>, name: &str, ip: IpAddr) -> (String, NameHold) {
+    ///
+    /// Returns the name shown (stats, directory, live view), the host a
+    /// stream kept apart is kept apart for (`None` for the owner's), and
+    /// the hold.
+    pub fn name_for(
+        self: &Arc<Self>,
+        name: &str,
+        ip: IpAddr,
+    ) -> (String, Option<IpAddr>, NameHold) {
+        self.name_for_at(name, ip, Instant::now())
+    }
+
+    /// [`Hub::name_for`] as at `now` (tests look past [`OWNER_HOLD`]).
+    fn name_for_at(
+        self: &Arc<Self>,
+        name: &str,
+        ip: IpAddr,
+        now: Instant,
+    ) -> (String, Option<IpAddr>, NameHold) {
         let ip = ip.to_canonical();
         let mut owners = lock(&self.owners);
-        let lapsed = |o: &Owner| o.streams == 0 && o.since.elapsed() >= OWNER_HOLD;
+        let lapsed =
+            |o: &Owner| o.streams == 0 && now.saturating_duration_since(o.since) >= OWNER_HOLD;
         let other = match owners.get_mut(name) {
             Some(o) if o.ip == ip || lapsed(o) => {
                 if o.ip != ip {
                     *o = Owner {
                         ip,
                         streams: 0,
-                        since: Instant::now(),
+                        since: now,
                     };
                 }
                 o.streams += 1;
@@ -271,18 +293,41 @@ impl Hub {
             }
             Some(o) => Some(o.ip),
             None => {
+                // A host with many names (a burst of new ones) gives up its
+                // own oldest unused one, and cannot take another host's.
+                let (mut mine, mut oldest_mine) = (0, None::<(Instant, &String)>);
+                for (k, o) in owners.iter().filter(|(_, o)| o.ip == ip) {
+                    mine += 1;
+                    if o.streams == 0 && oldest_mine.is_none_or(|(t, _)| o.since < t) {
+                        oldest_mine = Some((o.since, k));
+                    }
+                }
+                let drop_mine = (mine >= NAMES_PER_HOST)
+                    .then(|| oldest_mine.map(|(_, k)| k.clone()))
+                    .flatten();
+                if let Some(k) = drop_mine {
+                    owners.remove(&k);
+                }
                 if owners.len() >= crate::acks::RECORDS {
                     owners.retain(|_, o| !lapsed(o));
                 }
+                // Still full (many hosts): the name left longest ago.
                 if owners.len() >= crate::acks::RECORDS {
-                    owners.retain(|_, o| o.streams > 0);
+                    let oldest = owners
+                        .iter()
+                        .filter(|(_, o)| o.streams == 0)
+                        .min_by_key(|(_, o)| o.since)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        owners.remove(&k);
+                    }
                 }
                 owners.insert(
                     name.to_owned(),
                     Owner {
                         ip,
                         streams: 1,
-                        since: Instant::now(),
+                        since: now,
                     },
                 );
                 None
@@ -291,7 +336,7 @@ impl Hub {
         drop(owners);
         let Some(other) = other else {
             let hold = NameHold(Some((self.clone(), name.to_owned(), ip)));
-            return (name.to_owned(), hold);
+            return (name.to_owned(), None, hold);
         };
         let apart = with_host(name, ip);
         let new = {
@@ -308,7 +353,7 @@ impl Hub {
                  the host name, the same on Pis cloned from one SD card)"
             );
         }
-        (apart, NameHold(None))
+        (apart, Some(ip), NameHold(None))
     }
 
     /// A hub; `done` receives one message when the receiver should stop.
@@ -903,6 +948,10 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
 /// of it ended ([`Hub::name_for`]): well past a Pi's reboot.
 const OWNER_HOLD: Duration = Duration::from_secs(300);
 
+/// Sender names one host may own at once ([`Hub::name_for`]); past this
+/// its own oldest unused one is forgotten.
+const NAMES_PER_HOST: usize = 32;
+
 /// The host a sender name belongs to ([`Hub::name_for`]).
 struct Owner {
     ip: IpAddr,
@@ -1109,22 +1158,23 @@ pub fn serve_tcp(
     };
     started.set(None);
     // A sender that reconnects takes over from its old connection, which
-    // may not have noticed yet that the sender is gone. Not from one of
-    // another host that is still sending, though: two hosts share the name
-    // (see [`Hub::claim`]), and this stream is kept apart as `name@ip`.
+    // may not have noticed yet that the sender is gone; only from one of
+    // its own host, as a name belongs to one host ([`Hub::name_for`]).
     let announced = name;
-    let (name, _hold) = match &hello {
+    let (name, apart, _hold) = match &hello {
         Some(_) => hub.name_for(&announced, peer.ip()),
-        None => (announced.clone(), NameHold(None)), // its address: unique
+        None => (announced.clone(), None, NameHold(None)), // its address: unique
     };
+    let key = (announced.clone(), apart);
     let olds = {
         let mut live = lock(&hub.live);
-        let old = live.insert(name.clone(), id);
+        let old = live.insert(key.clone(), id);
         // This host's connection from before it owned the name, if open.
-        let apart = (name == announced)
-            .then(|| live.remove(&with_host(&announced, peer.ip().to_canonical())))
-            .flatten();
-        [old, apart]
+        let before = match apart {
+            None => live.remove(&(announced.clone(), Some(peer.ip().to_canonical()))),
+            Some(_) => None,
+        };
+        [old, before]
     };
     for old in olds.into_iter().flatten() {
         let Some(old) = lock(&hub.open).remove(&old) else {
@@ -1315,8 +1365,8 @@ pub fn serve_tcp(
         }
     })();
     let mut live = lock(&hub.live);
-    if live.get(&name) == Some(&id) {
-        live.remove(&name);
+    if live.get(&key) == Some(&id) {
+        live.remove(&key);
     }
     result
 }
@@ -1547,31 +1597,43 @@ mod tests {
             per_sender: None,
         });
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let (n, a1) = hub.name_for("cam", a);
-        assert_eq!(n, "cam");
-        let (n, b1) = hub.name_for("cam", b);
-        assert_eq!(n, "cam@10.0.0.2");
-        let (n, a2) = hub.name_for("cam", a);
+        let (n, apart, a1) = hub.name_for("cam", a);
+        assert_eq!((n.as_str(), apart), ("cam", None));
+        let (n, apart, b1) = hub.name_for("cam", b);
+        assert_eq!((n.as_str(), apart), ("cam@10.0.0.2", Some(b)));
+        let (n, _, a2) = hub.name_for("cam", a);
         assert_eq!(n, "cam", "a second stream of the owner");
         drop((a1, a2, b1));
         // the owner's streams ended: the name stays its host's a while
-        let (n, b2) = hub.name_for("cam", b);
+        let (n, _, b2) = hub.name_for("cam", b);
         assert_eq!(n, "cam@10.0.0.2");
         drop(b2);
-        let (n, a3) = hub.name_for("cam", a);
+        let (n, _, a3) = hub.name_for("cam", a);
         assert_eq!(n, "cam");
         // not while one of its streams is open, however long ago it began
-        let long_ago = Instant::now()
-            .checked_sub(OWNER_HOLD + Duration::from_secs(1))
-            .expect("this host has been up longer than OWNER_HOLD");
-        lock(&hub.owners).get_mut("cam").unwrap().since = long_ago;
-        assert_eq!(hub.name_for("cam", b).0, "cam@10.0.0.2");
+        let later = Instant::now() + OWNER_HOLD + Duration::from_secs(1);
+        assert_eq!(hub.name_for_at("cam", b, later).0, "cam@10.0.0.2");
         drop(a3);
         // OWNER_HOLD after its last stream: the next host to use it owns it
-        lock(&hub.owners).get_mut("cam").unwrap().since = long_ago;
-        let (n, _b3) = hub.name_for("cam", b);
-        assert_eq!(n, "cam");
+        let (n, apart, _b3) = hub.name_for_at("cam", b, later);
+        assert_eq!((n.as_str(), apart), ("cam", None));
         assert_eq!(hub.name_for("cam", a).0, "cam@10.0.0.1");
+    }
+
+    #[test]
+    fn a_flood_of_new_names_takes_no_other_hosts_name() {
+        let hub = hub_with(Sinks {
+            shared: None,
+            per_sender: None,
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        drop(hub.name_for("cam", a));
+        std::thread::sleep(Duration::from_millis(2));
+        for i in 0..crate::acks::RECORDS + 100 {
+            drop(hub.name_for(&format!("junk{i}"), "10.0.0.9".parse().unwrap()));
+        }
+        assert!(lock(&hub.owners).len() <= NAMES_PER_HOST + 1);
+        assert_eq!(hub.name_for("cam", b).0, "cam@10.0.0.2", "still 10.0.0.1's");
     }
 
     #[test]

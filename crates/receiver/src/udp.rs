@@ -332,7 +332,7 @@ fn on_dgram(
                 Ok(Some(h)) => {
                     // Two hosts sending under one name are kept apart, as
                     // over TCP.
-                    let (name, hold) = hub.name_for(h.name(), from.ip());
+                    let (name, _, hold) = hub.name_for(h.name(), from.ip());
                     let s = streams.get_mut(&key).expect("inserted above");
                     s.hold = Some(hold);
                     match StreamCtx::open(hub.clone(), &name, &from.to_string(), "udp") {

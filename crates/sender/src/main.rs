@@ -116,8 +116,9 @@ struct Cli {
     /// Sender name announced to the receiver (default: this host's name).
     /// Each sender of one receiver needs its own: Pis cloned from one SD
     /// card share a host name (the receiver then keeps the frames of the
-    /// host that did not use it first apart, as NAME@ADDR, and warns). Two senders of one name on
-    /// one host: the one that finds out goes on as NAME-pidPID, and warns.
+    /// host that did not use it first apart, as NAME@ADDR, and warns). Two
+    /// senders of one name on one host, over TCP: the one that finds out
+    /// goes on as NAME-pidPID, and warns.
     #[arg(long)]
     name: Option<String>,
 

@@ -774,12 +774,18 @@ impl Delivery {
             return true;
         }
         let mut why = None;
+        // Whether the record joined is certainly another sender's (this
+        // one knows its own): only then does it take a name of its own.
+        let mut certain = false;
         if !self.link_judged {
             if let Some((id, new)) = l.record() {
                 self.link_judged = true;
                 if new {
                     self.own_record = Some(id);
                 } else if self.own_record != Some(id) {
+                    // (With none known, a link that ended before its first
+                    // acknowledgement was read may have started this one.)
+                    certain = self.own_record.is_some();
                     why = Some(format!(
                         "it joined the receiver's record {id} of this name, not this sender's ({})",
                         self.own_record
@@ -807,7 +813,7 @@ impl Delivery {
         // of one Pi with the default name, or a restart overlapping the
         // old process's end). Each would end the other's connections at
         // every reconnect, so this one goes on under a name of its own.
-        if self.renamed.is_none() {
+        if self.renamed.is_none() && certain {
             let renamed = own_name(&cfg.name, std::process::id());
             log::warn!(
                 "receiver {}: {why}: another sender uses --name {:?} there; this one goes on \
@@ -821,7 +827,7 @@ impl Delivery {
         } else if self.foreign_said.is_none_or(|t| t.elapsed() >= REMIND) {
             self.foreign_said = Some(Instant::now());
             log::warn!(
-                "receiver {}: {why}: another sender uses --name {:?} there too (give each its \
+                "receiver {}: {why}: another sender may use --name {:?} there (give each its \
                  own); reconnecting as a new sender so that this one's frames are not skipped \
                  as handled",
                 cfg.to,
@@ -1874,7 +1880,7 @@ mod tests {
         fail_dials: usize,
         /// The record of handled frames each connection's acknowledgements
         /// name (none past the end).
-        records: Vec<(u32, bool)>,
+        records: Vec<Option<(u32, bool)>>,
         /// The name each connection announced.
         names: Vec<String>,
     }
@@ -1901,7 +1907,13 @@ mod tests {
             })
         }
         fn record(&self) -> Option<(u32, bool)> {
-            self.0.lock().unwrap().records.get(self.1).copied()
+            self.0
+                .lock()
+                .unwrap()
+                .records
+                .get(self.1)
+                .copied()
+                .flatten()
         }
         fn wait_acks(&mut self, _limit: Duration) -> Option<String> {
             // at the end the receiver catches up
@@ -2040,7 +2052,7 @@ mod tests {
         no_drop: bool,
         break_at: usize,
         fail_dials: usize,
-        records: Vec<(u32, bool)>,
+        records: Vec<Option<(u32, bool)>>,
     ) -> (Script, Counters, u64) {
         let q = FrameQueue::new(64, true);
         for i in 0..20 {
@@ -2083,7 +2095,12 @@ mod tests {
         // The first link starts record 1; the resumed one joins record 2,
         // which another sender of this name started meanwhile: dropped,
         // and the next link is a new sender with a name of its own.
-        let (s, c, _) = scripted_records(true, 10, 0, vec![(1, true), (2, false), (3, true)]);
+        let (s, c, _) = scripted_records(
+            true,
+            10,
+            0,
+            vec![Some((1, true)), Some((2, false)), Some((3, true))],
+        );
         assert_eq!(s.conns.len(), 3, "{:?}", s.conns);
         let own = format!("t-pid{}", std::process::id());
         assert_eq!(s.names, ["t", "t", own.as_str()]);
@@ -2093,6 +2110,19 @@ mod tests {
             "nothing sent under another's record"
         );
         assert_eq!(s.conns[2].1, (7..20).collect::<Vec<u64>>());
+        assert_eq!(c.confirmed.load(Relaxed), 20);
+    }
+
+    #[test]
+    fn a_sender_that_never_learnt_its_record_keeps_its_name() {
+        // The first link ended before its acknowledgement named the record
+        // it started; the resumed link joins that record: maybe this
+        // sender's own, so it starts a new record, under its own name.
+        let (s, c, _) =
+            scripted_records(true, 10, 0, vec![None, Some((1, false)), Some((2, true))]);
+        assert_eq!(s.conns.len(), 3, "{:?}", s.conns);
+        assert_eq!(s.names, ["t", "t", "t"]);
+        assert!(s.conns[1].0 && !s.conns[2].0, "{:?}", s.conns);
         assert_eq!(c.confirmed.load(Relaxed), 20);
     }
 

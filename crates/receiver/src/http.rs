@@ -35,8 +35,9 @@
 //!   it cannot build up back-pressure (unlike a never-ending
 //!   `multipart/x-mixed-replace` response, which would pin a worker).
 //! * Shown masks lag the newest frame by at most 1/`--http-fps` s while a
-//!   stream runs; after a burst that ends within that time, the view keeps
-//!   the burst's first frame (the later ones were never copied).
+//!   stream runs; when a stream ends, its last frame is copied if it was
+//!   passed over ([`Feed::show_last`], from the stream's end, off the
+//!   frame path).
 //! * The view's threads run at nice 10, below the receive path.
 //!
 //! Requests are parsed by `httparse`; only `GET`/`HEAD` of the listed paths
@@ -213,6 +214,9 @@ pub struct View {
 pub struct Feed {
     slot: Arc<Slot>,
     shared: Arc<Shared>,
+    /// The newest frame published, when it was not copied (the rate limit,
+    /// or a reader held the slot): [`Feed::show_last`] copies it.
+    passed_over: Option<Header>,
 }
 
 impl View {
@@ -290,6 +294,7 @@ impl View {
         Feed {
             slot,
             shared: self.shared.clone(),
+            passed_over: None,
         }
     }
 }
@@ -299,26 +304,45 @@ impl Feed {
     /// never allocates after the first copy: notes the time and, if
     /// 1/`--http-fps` s passed since the last copy and the slot is not being
     /// read at this instant (`try_lock`), copies the mask for the view.
-    pub fn publish(&self, h: &Header, bits: &[u8]) {
+    pub fn publish(&mut self, h: &Header, bits: &[u8]) {
         let now = self.shared.now_ns();
         self.slot.last_frame_ns.store(now, Relaxed);
+        self.passed_over = Some(*h);
         if now < self.slot.next_copy_ns.load(Relaxed) {
             return;
         }
         if let Ok(mut l) = self.slot.latest.try_lock() {
-            l.header = Some(*h);
-            l.version += 1;
-            l.bits.clear();
-            l.bits.extend_from_slice(bits);
+            copy(&mut l, h, bits);
+            self.passed_over = None;
             self.slot
                 .next_copy_ns
                 .store(now.saturating_add(self.shared.interval_ns), Relaxed);
         }
     }
 
+    /// At the end of a stream: copies its last frame, `bits` (the mask of
+    /// the frame last given to [`Feed::publish`]), if that one was passed
+    /// over, so that the view does not keep showing an older one. Waits
+    /// for the slot's lock (the stream is over: no frame waits on it).
+    pub fn show_last(&mut self, bits: &[u8]) {
+        if let Some(h) = self.passed_over.take() {
+            if usize::try_from(h.raw_len()).is_ok_and(|n| n == bits.len()) {
+                copy(&mut lock(&self.slot.latest), &h, bits);
+            }
+        }
+    }
+
     /// A skipped frame. The numbers come from the stats registry, so the
     /// view has nothing to count; kept so the data path reports every event.
     pub fn corrupt(&self) {}
+}
+
+/// Makes `bits`, frame `h`, the slot's newest copy.
+fn copy(l: &mut Latest, h: &Header, bits: &[u8]) {
+    l.header = Some(*h);
+    l.version += 1;
+    l.bits.clear();
+    l.bits.extend_from_slice(bits);
 }
 
 impl Drop for Feed {
@@ -1036,7 +1060,7 @@ mod tests {
     }
 
     /// What the data path does for one frame: stats, then the view.
-    fn frame(reg: &StatsRegistry, feed: &Feed, name: &str, h: &Header, bits: &[u8]) {
+    fn frame(reg: &StatsRegistry, feed: &mut Feed, name: &str, h: &Header, bits: &[u8]) {
         stats::lock(&reg.sender(name)).frame(h, bits.len(), stats::now_us());
         feed.publish(h, bits);
     }
@@ -1073,13 +1097,13 @@ mod tests {
         // a sender appears, sends a 10x2 mask twice (two frames lost between)
         let name = "cam \"one\"";
         stats::lock(&reg.sender(name)).connected("127.0.0.1:1", "tcp");
-        let feed = v.feed(name);
+        let mut feed = v.feed(name);
         let mut h = Header::new(10, 2, 0, 0, 4);
         h.timestamp_us = stats::now_us();
-        frame(&reg, &feed, name, &h, &[0xff, 0xc0, 0x00, 0x00]);
+        frame(&reg, &mut feed, name, &h, &[0xff, 0xc0, 0x00, 0x00]);
         h.sequence = 3;
         std::thread::sleep(Duration::from_millis(5));
-        frame(&reg, &feed, name, &h, &[0x00, 0x00, 0xff, 0xc0]);
+        frame(&reg, &mut feed, name, &h, &[0x00, 0x00, 0xff, 0xc0]);
         let (st, head, png) = req(a, "GET", "/latest.png?sender=cam+%22one%22");
         assert_eq!(st, 200, "{head}");
         assert!(head.contains("image/png"));
@@ -1165,7 +1189,7 @@ mod tests {
     #[test]
     fn viewers_asking_at_once_share_one_png_encoding() {
         let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
-        let feed = v.feed("a");
+        let mut feed = v.feed("a");
         let (w, h) = (2048u32, 2048u32);
         let bits: Vec<u8> = (0..w as usize * h as usize / 8)
             .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
@@ -1197,7 +1221,7 @@ mod tests {
         // 2 MiB masks (4096x4096), one sender after another, each then gone
         let big = vec![0x5au8; 4096 * 4096 / 8];
         for i in 0..12 {
-            let feed = v.feed(&format!("s{i:02}"));
+            let mut feed = v.feed(&format!("s{i:02}"));
             feed.publish(&Header::new(4096, 4096, 0, 0, big.len() as u32), &big);
             drop(feed);
         }
@@ -1217,11 +1241,11 @@ mod tests {
         drop(map);
         // a connected sender is never forgotten, however old its frame
         let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
-        let live = v.feed("live");
+        let mut live = v.feed("live");
         live.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
         for i in 0..MAX_SENDERS + 5 {
             std::thread::sleep(Duration::from_micros(50));
-            let feed = v.feed(&format!("g{i:02}"));
+            let mut feed = v.feed(&format!("g{i:02}"));
             feed.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
         }
         let map = v.shared.slots.read().unwrap();
@@ -1234,7 +1258,7 @@ mod tests {
     #[test]
     fn publish_copies_at_most_http_fps() {
         let v = View::start("127.0.0.1:0", 1.0, StatsRegistry::new()).unwrap();
-        let feed = v.feed("a");
+        let mut feed = v.feed("a");
         for seq in 0..100 {
             feed.publish(&Header::new(8, 1, seq, 0, 1), &[seq as u8]);
         }
@@ -1245,9 +1269,39 @@ mod tests {
     }
 
     #[test]
+    fn a_streams_last_frame_is_shown_when_it_ends() {
+        let v = View::start("127.0.0.1:0", 1.0, StatsRegistry::new()).unwrap();
+        let mut feed = v.feed("a");
+        for seq in 0..5 {
+            feed.publish(&Header::new(8, 1, seq, 0, 1), &[seq as u8]);
+        }
+        let slot = v.shared.slot("a").unwrap();
+        assert_eq!(lock(&slot.latest).header.map(|h| h.sequence), Some(0));
+        feed.show_last(&[4]);
+        let l = lock(&slot.latest);
+        assert_eq!(
+            l.header.map(|h| h.sequence),
+            Some(4),
+            "the last one, at the end"
+        );
+        assert_eq!((l.version, l.bits.as_slice()), (2, &[4u8][..]));
+        drop(l);
+        // nothing passed over since: nothing to do (and a mask of the
+        // wrong size is never taken for the frame)
+        feed.show_last(&[9]);
+        let mut other = v.feed("b");
+        other.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
+        other.publish(&Header::new(8, 1, 1, 0, 1), &[2]);
+        other.show_last(&[2, 2]);
+        assert_eq!(lock(&slot.latest).version, 2);
+        let b = v.shared.slot("b").unwrap();
+        assert_eq!(lock(&b.latest).header.map(|h| h.sequence), Some(0));
+    }
+
+    #[test]
     fn publish_skips_rather_than_waits_for_a_reader() {
         let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
-        let feed = v.feed("a");
+        let mut feed = v.feed("a");
         let slot = v.shared.slot("a").unwrap();
         let held = lock(&slot.latest); // an HTTP worker reading right now
                                        // (a blocking lock here would deadlock this thread: returning at all is the test)

@@ -463,6 +463,8 @@ pub struct StreamCtx {
     stats: SenderHandle,
     own: Option<Output>,
     decoded: Vec<u8>,
+    /// `decoded` holds the frame last given to `feed`.
+    decoded_shown: bool,
     decoder: bitmask_codec::Decoder,
     feed: Option<crate::http::Feed>,
     /// For a sender that asked for acknowledgements: where they go, and its
@@ -500,6 +502,7 @@ impl StreamCtx {
             stats,
             own: None,
             decoded: Vec::new(),
+            decoded_shown: false,
             decoder: bitmask_codec::Decoder::new(),
             acks: None,
             skipped: 0,
@@ -626,6 +629,7 @@ impl StreamCtx {
             return Ok(true);
         }
         self.last_seq = Some(h.sequence);
+        self.decoded_shown = false; // (about to be overwritten)
         let mask: &[u8] = match decode(&mut self.decoder, h, payload, &mut self.decoded) {
             Ok(m) => m,
             Err(why) => {
@@ -756,8 +760,9 @@ impl StreamCtx {
                 h.sequence
             );
         }
-        if let Some(f) = &self.feed {
+        if let Some(f) = &mut self.feed {
             f.publish(h, mask);
+            self.decoded_shown = true;
         }
         for o in lock(&self.hub.observers).iter() {
             o.frame(&self.name, h, mask, &self.stats);
@@ -792,6 +797,10 @@ impl StreamCtx {
 
 impl Drop for StreamCtx {
     fn drop(&mut self) {
+        // The stream's last frame, if the view's rate limit passed it over.
+        if let (Some(f), true) = (&mut self.feed, self.decoded_shown) {
+            f.show_last(&self.decoded);
+        }
         stats::lock(&self.stats).disconnected();
         for o in lock(&self.hub.observers).iter() {
             o.disconnected(&self.name);

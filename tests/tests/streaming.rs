@@ -421,6 +421,84 @@ fn hostile_peers_cost_one_connection_each_and_spare_the_good_stream() {
     );
 }
 
+#[test]
+fn a_stop_signalled_twice_at_once_is_one_stop() {
+    // timeout(1) sends SIGTERM to the process and then to its process
+    // group: two signals microseconds apart. Both programs took the second
+    // for "exit now" (the receiver exited 1 without its summary, the
+    // sender died by the signal, status 143, without its summary).
+    let tmp = TempDir::new("stop-twice-at-once");
+    inputs(&tmp.join("in"));
+    let mut recv = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "20"],
+    ));
+    recv.proc.wait_for_stderr("stream from \"cam\"", LIMIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let twice = |pid: u32| {
+        let st = Command::new("sh")
+            .args(["-c", "kill -TERM $1; kill -TERM $1", "sh", &pid.to_string()])
+            .status()
+            .expect("sh");
+        assert!(st.success());
+    };
+    twice(s.id());
+    let fs = s.wait(LIMIT);
+    assert!(fs.status.success(), "sender: {}\n{}", fs.status, fs.stderr);
+    assert!(
+        fs.stderr.contains("bitmask-send: captured"),
+        "{}",
+        fs.stderr
+    );
+    twice(recv.proc.id());
+    let fr = recv.proc.wait(LIMIT);
+    assert!(
+        fr.status.success(),
+        "receiver: {}\n{}",
+        fr.status,
+        fr.stderr
+    );
+    assert!(fr.stderr.contains("bitmask-recv: cam: "), "{}", fr.stderr);
+    assert!(!fr.stderr.contains("exiting now"), "{}", fr.stderr);
+}
+
+#[test]
+fn a_second_stop_signal_ends_the_sender_at_once() {
+    // Its input blocked (a FIFO nobody opens): the first signal starts
+    // the stop, which would end with the summary and status 0 after 3 s; a
+    // second one, past the half second that counts as the same stop, ends
+    // it as the signal's default action does.
+    let tmp = TempDir::new("stop-second");
+    let recv = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
+    let fifo = tmp.join("camera");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut c = Command::new(bin("bitmask-send"));
+    c.args([
+        "--to",
+        &recv.addr,
+        "--input-format",
+        "gray8",
+        "--size",
+        "8x8",
+    ])
+    .arg(&fifo);
+    let mut s = Proc::spawn(&mut c);
+    std::thread::sleep(Duration::from_millis(500)); // blocked opening the FIFO
+    unsafe_free_sigterm(s.id());
+    std::thread::sleep(Duration::from_millis(800));
+    unsafe_free_sigterm(s.id());
+    let fs = s.wait(LIMIT);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(fs.status.signal(), Some(15), "{}\n{}", fs.status, fs.stderr);
+}
+
 /// `kill -TERM pid` without unsafe code in the test.
 fn unsafe_free_sigterm(pid: u32) {
     let st = Command::new("kill")
@@ -571,6 +649,8 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
     assert!(st.success());
     recv.proc
         .wait_for_stderr("stopping: signal", Duration::from_secs(5));
+    // (a signal within 0.5 s of the first is the same stop: see below)
+    std::thread::sleep(Duration::from_millis(700));
     let t = Instant::now();
     let st = Command::new("kill")
         .args(["-INT", &recv.proc.id().to_string()])

@@ -1492,6 +1492,10 @@ const STOP_HINT: Duration = Duration::from_secs(3);
 /// After a stop signal, when a receiver whose outputs do not take the frames
 /// in hand exits anyway (after `--exec`'s own 10 s SIGTERM to its child).
 const STOP_LIMIT: Duration = Duration::from_secs(15);
+/// A stop signal this soon after the first is the same stop, not a second
+/// one: `timeout(1)` sends SIGTERM to the process and then to its process
+/// group, so the process gets it twice, microseconds apart.
+pub const SAME_STOP: Duration = Duration::from_millis(500);
 
 /// Waits up to `limit` for one of the blocked signals in `set`.
 fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<libc::c_int> {
@@ -1558,6 +1562,9 @@ pub fn stop_on_signals(hub: &Arc<Hub>, signals: Option<StopSignals>) {
                 let wait = if hinted { STOP_LIMIT } else { STOP_HINT };
                 let left = wait.saturating_sub(t.elapsed());
                 match wait_signal(&set, left) {
+                    Some(again) if t.elapsed() < SAME_STOP => {
+                        log::debug!("signal {again} again at once: the same stop");
+                    }
                     Some(again) => {
                         log::error!(
                             "signal {again} while stopping: exiting now, without waiting for \

@@ -586,10 +586,18 @@ pub fn run(
 
 /// The stop signal received (SIGINT, SIGTERM), 0 for none.
 static STOP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Stop signals received so far.
+static STOPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {
-    STOP.store(sig, Relaxed);
+    let _ = STOP.compare_exchange(0, sig, Relaxed, Relaxed);
+    STOPS.fetch_add(1, Relaxed);
 }
+
+/// A stop signal this soon after the first is the same stop, not a second
+/// one: `timeout(1)` sends SIGTERM to the process and then to its process
+/// group, so the process gets it twice, microseconds apart.
+const SAME_STOP: Duration = Duration::from_millis(500);
 
 /// The running pipeline's counters and start, for a stop that cannot wait.
 static RUNNING: std::sync::OnceLock<(Arc<Counters>, Instant)> = std::sync::OnceLock::new();
@@ -606,17 +614,39 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// its end: the frames queued are sent and the summary printed. When that
 /// does not happen within [`STOP_GRACE`] (the input blocked reading, a
 /// long `--fps` period, a receiver away), the summary is printed and the
-/// process exits 0 anyway. A second signal kills as usual (the handler
-/// resets itself).
+/// process exits 0 anyway. A second signal (past [`SAME_STOP`]) ends the
+/// process at once, as the signal's default action would, after the
+/// camera command we started.
 pub fn stop_on_signals() {
     let watchdog = std::thread::Builder::new()
         .name("stop".into())
         .spawn(|| loop {
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
             if let Some(sig) = stop_requested() {
                 // a producer we started ends now: the capture need not wait for its next frame
                 crate::command::stop();
-                std::thread::sleep(STOP_GRACE);
+                let first = Instant::now();
+                let mut seen = STOPS.load(Relaxed);
+                while first.elapsed() < STOP_GRACE {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let n = STOPS.load(Relaxed);
+                    if n == seen {
+                        continue;
+                    }
+                    if first.elapsed() < SAME_STOP {
+                        seen = n; // the same stop, signalled twice
+                        continue;
+                    }
+                    crate::command::kill_now();
+                    // SAFETY: resetting a handler and raising a signal are
+                    // plain libc calls on valid signal numbers.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        libc::signal(sig, libc::SIG_DFL);
+                        libc::raise(sig);
+                    }
+                    std::process::exit(128 + sig);
+                }
                 log::warn!(
                     "stopping: signal {sig}, and the input or the link did not end within {} s; \
                      exiting now",
@@ -640,7 +670,7 @@ pub fn stop_on_signals() {
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND;
+            sa.sa_flags = 0; // (no SA_RESTART: a blocked read returns EINTR)
             libc::sigemptyset(&mut sa.sa_mask);
             if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
                 log::debug!(

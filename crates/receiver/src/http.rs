@@ -17,10 +17,11 @@
 //!   viewers asking at once wait for one encoding).
 //! * The accept thread reads request heads itself, without blocking (`poll`,
 //!   up to [`MAX_PENDING`] connections; past that the oldest is closed), and
-//!   queues only whole heads (or connections past [`HEAD_DEADLINE`], for the
-//!   whole head, so trickling bytes does not extend it: a worker answers
-//!   them `408`): idle or trickling connections hold no worker. Requests
-//!   beyond pool + queue are answered `503` at once (non-blocking write).
+//!   queues only whole heads; a connection past [`HEAD_DEADLINE`] (for the
+//!   whole head, so trickling bytes does not extend it) gets its `408` from
+//!   the accept thread, and one closed before a whole head nothing: idle or
+//!   trickling connections hold no worker. Requests beyond pool + queue
+//!   are answered `503` at once (both without blocking).
 //!   Sending a whole response has its own deadline ([`IO_TIMEOUT`]), and
 //!   each connection carries exactly one request (`Connection: close`): a
 //!   browser that stops reading holds one worker for a bounded time, and a
@@ -215,8 +216,9 @@ pub struct Feed {
     slot: Arc<Slot>,
     shared: Arc<Shared>,
     /// The newest frame published, when it was not copied (the rate limit,
-    /// or a reader held the slot): [`Feed::show_last`] copies it.
-    passed_over: Option<Header>,
+    /// or a reader held the slot), and its time in the slot's
+    /// `last_frame_ns`: [`Feed::show_last`] copies it.
+    passed_over: Option<(Header, u64)>,
 }
 
 impl View {
@@ -307,7 +309,7 @@ impl Feed {
     pub fn publish(&mut self, h: &Header, bits: &[u8]) {
         let now = self.shared.now_ns();
         self.slot.last_frame_ns.store(now, Relaxed);
-        self.passed_over = Some(*h);
+        self.passed_over = Some((*h, now));
         if now < self.slot.next_copy_ns.load(Relaxed) {
             return;
         }
@@ -322,11 +324,15 @@ impl Feed {
 
     /// At the end of a stream: copies its last frame, `bits` (the mask of
     /// the frame last given to [`Feed::publish`]), if that one was passed
-    /// over, so that the view does not keep showing an older one. Waits
-    /// for the slot's lock (the stream is over: no frame waits on it).
+    /// over and no other stream of the sender (a newer connection) has
+    /// published since, so that the view does not keep showing an older
+    /// one. Waits for the slot's lock (the stream is over: no frame of it
+    /// waits).
     pub fn show_last(&mut self, bits: &[u8]) {
-        if let Some(h) = self.passed_over.take() {
-            if usize::try_from(h.raw_len()).is_ok_and(|n| n == bits.len()) {
+        if let Some((h, at)) = self.passed_over.take() {
+            if self.slot.last_frame_ns.load(Relaxed) == at
+                && usize::try_from(h.raw_len()).is_ok_and(|n| n == bits.len())
+            {
                 copy(&mut lock(&self.slot.latest), &h, bits);
             }
         }
@@ -571,6 +577,10 @@ type Request = (TcpStream, Instant, Vec<u8>);
 /// this the oldest is closed.
 const MAX_PENDING: usize = 128;
 
+/// Descriptors the view holds at most: its listener, the connections whose
+/// heads it reads, those queued and those the workers serve.
+pub const FDS: usize = 1 + MAX_PENDING + QUEUE + WORKERS;
+
 /// A connection whose request head is not complete yet.
 struct Pending {
     stream: TcpStream,
@@ -578,30 +588,46 @@ struct Pending {
     head: Vec<u8>,
 }
 
+/// What the accept thread does with a [`Pending`] connection.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Its head is not complete: wait for more.
+    Wait,
+    /// A head for a worker: complete, too long or malformed.
+    Serve,
+    /// Closed (or failed) before a whole request: nothing to answer.
+    Drop,
+    /// Its [`HEAD_DEADLINE`] passed: `408`.
+    Late,
+}
+
 impl Pending {
-    /// Reads what has arrived; whether a worker should take it now (the
-    /// head is complete, too long or malformed, the peer closed or failed,
-    /// or its deadline passed).
-    fn read(&mut self) -> bool {
+    /// Reads what has arrived (`readable`: poll said so), and says what next.
+    fn next(&mut self, readable: bool) -> Next {
         let mut chunk = [0u8; 2048];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(n) => {
-                    self.head.extend_from_slice(&chunk[..n]);
-                    let mut headers = [httparse::EMPTY_HEADER; 32];
-                    let mut req = httparse::Request::new(&mut headers);
-                    match req.parse(&self.head) {
-                        Ok(httparse::Status::Partial) if self.head.len() < MAX_HEAD => {}
-                        _ => return true,
+        if readable {
+            loop {
+                match self.stream.read(&mut chunk) {
+                    Ok(0) => return Next::Drop,
+                    Ok(n) => {
+                        self.head.extend_from_slice(&chunk[..n]);
+                        let mut headers = [httparse::EMPTY_HEADER; 32];
+                        let mut req = httparse::Request::new(&mut headers);
+                        match req.parse(&self.head) {
+                            Ok(httparse::Status::Partial) if self.head.len() < MAX_HEAD => {}
+                            _ => return Next::Serve,
+                        }
                     }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return Next::Drop,
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return self.accepted.elapsed() >= HEAD_DEADLINE;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return true,
             }
+        }
+        if self.accepted.elapsed() >= HEAD_DEADLINE {
+            Next::Late
+        } else {
+            Next::Wait
         }
     }
 }
@@ -649,22 +675,27 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, shared: &Shared) 
             }
             continue;
         }
-        // Heads that are complete (or given up): to the workers.
+        // Heads that are complete: to the workers; late ones answered here.
         let mut k = 0;
         for f in &fds[1..] {
-            let p = &mut pending[k];
-            let ready = if f.revents != 0 {
-                p.read()
-            } else {
-                p.accepted.elapsed() >= HEAD_DEADLINE
-            };
-            if ready {
-                let p = pending.remove(k).expect("in range");
-                if !hand_over(&tx, shared, p) {
-                    return;
-                }
-            } else {
+            let next = pending[k].next(f.revents != 0);
+            if next == Next::Wait {
                 k += 1;
+                continue;
+            }
+            let mut p = pending.remove(k).expect("in range");
+            match next {
+                Next::Serve => {
+                    if !hand_over(&tx, shared, p) {
+                        return;
+                    }
+                }
+                Next::Late => {
+                    let r = text(408, "request not received in time\n".into());
+                    let _ = p.stream.write(&response_head(&r, r.body.bytes().len()));
+                    let _ = p.stream.write(r.body.bytes());
+                }
+                Next::Drop | Next::Wait => {}
             }
         }
         if fds[0].revents != 0 {
@@ -685,6 +716,12 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, shared: &Shared) 
                         });
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // (a peer that left before it was accepted; a signal)
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::ConnectionAborted | ErrorKind::Interrupted
+                        ) => {}
                     Err(e) => {
                         log::debug!("http: accept failed: {e}");
                         std::thread::sleep(Duration::from_millis(50));
@@ -765,6 +802,22 @@ fn text(status: u16, msg: String) -> Reply {
     }
 }
 
+/// The status line and headers of `reply`, whose body is `len` bytes.
+fn response_head(reply: &Reply, len: usize) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.ctype,
+        len
+    );
+    if reply.allow {
+        head.push_str("Allow: GET, HEAD\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -841,19 +894,9 @@ fn serve_one(
         }
     };
     let body = reply.body.bytes();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
-        reply.status,
-        reason(reply.status),
-        reply.ctype,
-        body.len()
-    );
-    if reply.allow {
-        head.push_str("Allow: GET, HEAD\r\n");
-    }
-    head.push_str("\r\n");
+    let head = response_head(&reply, body.len());
     let deadline = Instant::now() + IO_TIMEOUT;
-    write_by(&mut stream, head.as_bytes(), deadline)?;
+    write_by(&mut stream, &head, deadline)?;
     if !head_only {
         write_by(&mut stream, body, deadline)?;
     }
@@ -1028,6 +1071,11 @@ fn latest_png(shared: &Shared, query: &str) -> Result<Arc<Vec<u8>>, Reply> {
     let mut l = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
     if l.version == version {
         l.png = Some((version, png.clone()));
+    }
+    drop(l);
+    // A gone sender's PNG counts towards what the view keeps of gone senders.
+    if slot.connections.load(Relaxed) == 0 {
+        forget_gone(&mut shared.slots.write().unwrap_or_else(|e| e.into_inner()));
     }
     Ok(png)
 }
@@ -1239,6 +1287,34 @@ mod tests {
             "the oldest forgotten: {kept:?}"
         );
         drop(map);
+        // their PNGs, once viewed, count too (masks that do not compress:
+        // each PNG about as large as its mask)
+        let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
+        let mut x = 1u32;
+        let noise: Vec<u8> = (0..big.len())
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        for i in 0..6 {
+            let mut feed = v.feed(&format!("n{i}"));
+            feed.publish(&Header::new(4096, 4096, 0, 0, noise.len() as u32), &noise);
+        }
+        let a = v.local_addr();
+        for i in 0..6 {
+            let (st, _, png) = req(a, "GET", &format!("/latest.png?sender=n{i}"));
+            assert!(st == 200 || st == 404, "{st}");
+            assert!(st == 404 || png.len() > noise.len() / 2, "{}", png.len());
+        }
+        let map = v.shared.slots.read().unwrap();
+        let held: usize = map.values().map(|s| s.bytes()).sum();
+        assert!(
+            held <= GONE_BYTES,
+            "{held} bytes kept after the PNGs were viewed"
+        );
+        assert!(map.len() >= 3, "{:?}", map.keys().collect::<Vec<_>>());
+        drop(map);
         // a connected sender is never forgotten, however old its frame
         let v = View::start("127.0.0.1:0", 1000.0, StatsRegistry::new()).unwrap();
         let mut live = v.feed("live");
@@ -1296,6 +1372,19 @@ mod tests {
         assert_eq!(lock(&slot.latest).version, 2);
         let b = v.shared.slot("b").unwrap();
         assert_eq!(lock(&b.latest).header.map(|h| h.sequence), Some(0));
+        // an old stream of a sender that a newer one has published since
+        // (a UDP stream swept after its sender restarted) shows nothing
+        let mut old = v.feed("c");
+        let mut new = v.feed("c");
+        old.publish(&Header::new(8, 1, 0, 0, 1), &[1]);
+        old.publish(&Header::new(8, 1, 1, 0, 1), &[2]);
+        std::thread::sleep(Duration::from_millis(2));
+        new.publish(&Header::new(8, 1, 0, 0, 1), &[7]);
+        old.show_last(&[2]);
+        let c = v.shared.slot("c").unwrap();
+        assert_eq!(lock(&c.latest).bits, [1], "not the old stream's last");
+        new.show_last(&[7]);
+        assert_eq!(lock(&c.latest).bits, [7], "the newer stream's, at its end");
     }
 
     #[test]

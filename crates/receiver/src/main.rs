@@ -192,10 +192,11 @@ fn main() {
 
 /// Each connection holds three descriptors (its socket, the handle the
 /// hub keeps to close it, and the acknowledgement writer's), the live view
-/// up to 40: raises the soft limit on open files (often 1024) towards the
-/// hard one when `--max-senders` needs more.
+/// up to [`http::FDS`], the rest (outputs, files being written, the UDP
+/// socket) fewer than 128: raises the soft limit on open files (often
+/// 1024) towards the hard one when that needs more.
 fn raise_fd_limit(max_senders: u64) {
-    let want = 3 * max_senders + 128;
+    let want = 3 * max_senders + 128 + http::FDS as u64;
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
         let mut l: libc::rlimit = std::mem::zeroed();

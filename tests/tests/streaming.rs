@@ -222,6 +222,40 @@ fn sender_waits_for_a_missing_receiver_then_streams() {
 }
 
 #[test]
+fn an_endless_loop_of_images_waits_for_its_receiver() {
+    // `--loop` without `--count` runs until interrupted: image files are a
+    // batch, but one that never ends must not give up on a receiver away
+    // for more than 10 s (a batch does: it exited 1 in a soak test).
+    let tmp = TempDir::new("streaming-endless");
+    let expected = inputs(&tmp.join("in"));
+    let addr = closed_port();
+    let mut s = Proc::spawn(&mut sender(&addr, "looped", &tmp.join("in"), &[]));
+    let line = s.wait_for_stderr("cannot reach receiver", Duration::from_secs(20));
+    assert!(!line.contains("gives up"), "{line}");
+    std::thread::sleep(Duration::from_secs(11));
+    let out = tmp.join("out");
+    let mut recv = start_listening(Command::new(bin("bitmask-recv")).args([
+        "--listen",
+        &addr,
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        "5",
+    ]));
+    let fr = recv.proc.wait(LIMIT);
+    assert!(
+        fr.status.success(),
+        "receiver: {}\nsender: {}",
+        fr.stderr,
+        s.stderr()
+    );
+    assert_eq!(check_frames(&out, &expected), (0..5).collect::<Vec<u64>>());
+    unsafe_free_sigterm(s.id());
+    let fs = s.wait(LIMIT);
+    assert!(fs.status.success(), "{}\n{}", fs.status, fs.stderr);
+}
+
+#[test]
 fn sender_resumes_after_the_receiver_restarts() {
     let tmp = TempDir::new("streaming-restart");
     let expected = inputs(&tmp.join("in"));

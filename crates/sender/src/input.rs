@@ -109,10 +109,28 @@ pub struct ImageFiles {
     cache: Vec<Option<DynamicImage>>,
     /// With `--loop`, files that could not be read (skipped, said once).
     unreadable: Vec<bool>,
+    /// Bytes of decoded images kept at most ([`cache_limit`]).
+    cache_limit: usize,
 }
 
 /// Decoded images kept for `--loop` at most (bytes of pixels).
 const CACHE_LIMIT: usize = 512 << 20;
+
+/// What `--loop` keeps of decoded images: [`CACHE_LIMIT`], or a quarter of
+/// the memory available now if that is less (a Pi Zero has 512 MB in all).
+fn cache_limit() -> usize {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_available(&m));
+    available.map_or(CACHE_LIMIT, |b| CACHE_LIMIT.min(b / 4))
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<usize> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
 
 impl ImageFiles {
     /// A source over `files`.
@@ -124,6 +142,7 @@ impl ImageFiles {
             next: 0,
             cache: (0..n).map(|_| None).collect(),
             unreadable: vec![false; n],
+            cache_limit: if looping { cache_limit() } else { 0 },
         }
     }
 }
@@ -174,7 +193,7 @@ impl Source for ImageFiles {
                     .flatten()
                     .map(|c| c.as_bytes().len())
                     .sum();
-                if self.looping && kept + decoded.as_bytes().len() <= CACHE_LIMIT {
+                if self.looping && kept + decoded.as_bytes().len() <= self.cache_limit {
                     self.cache[i] = Some(decoded);
                     self.cache[i].as_ref().unwrap()
                 } else {
@@ -258,4 +277,20 @@ pub fn threshold_view(view: &ImageRef<'_>, params: &MaskParams, mask: &mut Mask)
     };
     threshold_pack(view, &p, &mut mask.bits)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_cache_fits_the_memory_available() {
+        let pi_zero =
+            "MemTotal:         439800 kB\nMemFree:  100 kB\nMemAvailable:     301212 kB\n";
+        assert_eq!(mem_available(pi_zero), Some(301_212 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
+        let limit = cache_limit();
+        assert!(limit > 0 && limit <= CACHE_LIMIT, "{limit}");
+    }
 }

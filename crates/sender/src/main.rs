@@ -69,7 +69,11 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_fps)]
     fps: Option<f64>,
 
-    /// Start over after the last input, until interrupted.
+    /// Start over after the last input, until interrupted. Without --count
+    /// it never ends by itself: an unreachable receiver is waited for, as
+    /// for a live source (a batch gives up after 10 s). Decoded images are
+    /// kept for the next rounds, up to 512 MiB or a quarter of the memory
+    /// available at the start, whichever is less (the rest are read again).
     #[arg(long = "loop")]
     looping: bool,
 
@@ -359,7 +363,8 @@ fn run(cli: Cli) -> Result<()> {
         threshold: cli.threshold,
         invert: cli.invert,
     };
-    let batch = !live_source(&cli);
+    let live = live_source(&cli);
+    let endless = cli.looping && cli.count.is_none();
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,
@@ -367,8 +372,10 @@ fn run(cli: Cli) -> Result<()> {
         queue: cli.queue as usize,
         // A batch (image files, a recorded raw file) without --fps is not a
         // live source: send it all.
-        no_drop: cli.no_drop || batch,
-        batch,
+        no_drop: cli.no_drop || !live,
+        // (an endless --loop is given up by nobody: it waits for a receiver
+        // as a live source does)
+        batch: !(live || endless),
         fps: cli.fps,
         // (--no-drop: every frame is sent, the source slowed to --fps)
         producer_paced: producer_paced(&cli) && !cli.no_drop,

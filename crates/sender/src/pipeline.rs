@@ -60,8 +60,9 @@ pub struct Config {
     pub queue: usize,
     /// Never drop: slow the source down instead.
     pub no_drop: bool,
-    /// The input is a batch (image files, a recorded file), not a live
-    /// source: an unreachable receiver is given up after [`LINGER`].
+    /// The input is a batch (image files, a recorded file, not looped
+    /// without end), not a live source: an unreachable receiver is given up
+    /// after [`LINGER`].
     pub batch: bool,
     /// Capture at most this many frames per second.
     pub fps: Option<f64>,

@@ -533,6 +533,57 @@ fn a_second_stop_signal_ends_the_sender_at_once() {
     assert_eq!(fs.status.signal(), Some(15), "{}\n{}", fs.status, fs.stderr);
 }
 
+#[test]
+fn a_second_stop_signal_ends_a_sender_whose_stderr_nobody_reads() {
+    // Its stderr a full pipe (a stalled log collector): every thread that
+    // logs blocks, the stop's own last words too. The second signal must
+    // still end it (it only counted the signal, once the handler no longer
+    // reset itself).
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let tmp = TempDir::new("stop-blocked-stderr");
+    inputs(&tmp.join("in"));
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both are new and owned by nothing else
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let chunk = [b'x'; 4096];
+    // SAFETY: writes from a live buffer to an owned descriptor
+    while unsafe { libc::write(w.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) } > 0 {}
+    // SAFETY: fcntl on an owned descriptor: blocking again, and full
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) };
+    let mut child = Command::new(bin("bitmask-send"))
+        .args(["--to", &closed_port(), "--loop", "--fps", "5"])
+        .arg(tmp.join("in"))
+        .stdin(std::process::Stdio::null())
+        .stderr(w)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe_free_sigterm(child.id());
+    std::thread::sleep(Duration::from_millis(3800)); // past the 3 s grace
+    unsafe_free_sigterm(child.id());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sender did not end on its second signal");
+    };
+    drop(r);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "{status}");
+}
+
 /// `kill -TERM pid` without unsafe code in the test.
 fn unsafe_free_sigterm(pid: u32) {
     let st = Command::new("kill")
@@ -1077,20 +1128,26 @@ fn a_batch_gives_up_on_a_peer_that_takes_nothing() {
             drop(c);
         }
     });
-    let t = Instant::now();
-    let f = run(Command::new(bin("bitmask-send"))
-        .args(["--to", &addr])
-        .arg(&dir));
-    assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
-    assert!(!f.status.success(), "{}", f.stderr);
-    // (whether the input could end meanwhile, the frames going round in the
-    // sender's list to send again, depends on timing: either rule may end it)
-    assert!(
-        f.stderr.contains("giving up on the batch")
-            || f.stderr.contains("input ended and the receiver"),
-        "{}",
-        f.stderr
-    );
+    // (an endless --loop too: it waits for a receiver it cannot reach, not
+    // for one that takes nothing)
+    for extra in [&[][..], &["--loop"][..]] {
+        let t = Instant::now();
+        let f = run(Command::new(bin("bitmask-send"))
+            .args(["--to", &addr])
+            .args(extra)
+            .arg(&dir));
+        assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
+        assert!(!f.status.success(), "{extra:?}: {}", f.stderr);
+        // (whether the input could end meanwhile, the frames going round in
+        // the sender's list to send again, depends on timing: either rule
+        // may end it)
+        assert!(
+            f.stderr.contains("giving up on the batch")
+                || f.stderr.contains("input ended and the receiver"),
+            "{extra:?}: {}",
+            f.stderr
+        );
+    }
 }
 
 #[test]

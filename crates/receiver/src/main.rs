@@ -192,11 +192,11 @@ fn main() {
 
 /// Each connection holds three descriptors (its socket, the handle the
 /// hub keeps to close it, and the acknowledgement writer's), the live view
-/// up to [`http::FDS`], the rest (outputs, files being written, the UDP
-/// socket) fewer than 128: raises the soft limit on open files (often
-/// 1024) towards the hard one when that needs more.
-fn raise_fd_limit(max_senders: u64) {
-    let want = 3 * max_senders + 128 + http::FDS as u64;
+/// (`view`) up to [`http::FDS`], the rest (outputs, files being written,
+/// the UDP socket) fewer than 128: raises the soft limit on open files
+/// (often 1024) towards the hard one when that needs more.
+fn raise_fd_limit(max_senders: u64, view: bool) {
+    let want = 3 * max_senders + 128 + if view { http::FDS as u64 } else { 0 };
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
         let mut l: libc::rlimit = std::mem::zeroed();
@@ -243,7 +243,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(p) = &cli.stats_json {
         output::check_file_target("--stats-json", p)?;
     }
-    raise_fd_limit(cli.max_senders as u64);
+    raise_fd_limit(cli.max_senders as u64, cli.http.is_some());
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),

@@ -1535,6 +1535,25 @@ pub fn block_stop_signals() -> Option<StopSignals> {
     }
 }
 
+/// Ends the process at once with status 1, after SIGKILL to the `--exec`
+/// program, saying `why` if stderr takes it within 1 s: a stop that cannot
+/// finish may be one whose stderr nobody reads (a stalled log collector),
+/// and its line must not hold the exit.
+fn exit_now(why: String) -> ! {
+    crate::exec::kill_now();
+    let (said, heard) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("last words".into())
+        .spawn(move || {
+            log::error!("{why}");
+            let _ = said.send(());
+        });
+    let _ = heard.recv_timeout(Duration::from_secs(1));
+    // SAFETY: _exit(2) ends the process without running anything more
+    // (nothing may wait on a blocked stdout either).
+    unsafe { libc::_exit(1) }
+}
+
 /// SIGINT and SIGTERM end the receiver cleanly (outputs flushed, final
 /// summary and stats written) instead of killing it mid-frame: a thread
 /// waits for the signals [`block_stop_signals`] blocked.
@@ -1565,24 +1584,16 @@ pub fn stop_on_signals(hub: &Arc<Hub>, signals: Option<StopSignals>) {
                     Some(again) if t.elapsed() < SAME_STOP => {
                         log::debug!("signal {again} again at once: the same stop");
                     }
-                    Some(again) => {
-                        log::error!(
-                            "signal {again} while stopping: exiting now, without waiting for \
-                             the outputs (frames in hand are not written)"
-                        );
-                        crate::exec::kill_now();
-                        std::process::exit(1);
-                    }
-                    None if hinted => {
-                        log::error!(
-                            "the stop has waited {} s for the outputs to take the frames in \
-                             hand (is the program reading stdout or --exec stalled?): exiting \
-                             now, without them",
-                            STOP_LIMIT.as_secs()
-                        );
-                        crate::exec::kill_now();
-                        std::process::exit(1);
-                    }
+                    Some(again) => exit_now(format!(
+                        "signal {again} while stopping: exiting now, without waiting for the \
+                         outputs (frames in hand are not written)"
+                    )),
+                    None if hinted => exit_now(format!(
+                        "the stop has waited {} s for the outputs to take the frames in hand \
+                         (is the program reading stdout or --exec stalled?): exiting now, \
+                         without them",
+                        STOP_LIMIT.as_secs()
+                    )),
                     None => {
                         hinted = true;
                         log::warn!(

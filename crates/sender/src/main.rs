@@ -71,7 +71,8 @@ struct Cli {
 
     /// Start over after the last input, until interrupted. Without --count
     /// it never ends by itself: an unreachable receiver is waited for, as
-    /// for a live source (a batch gives up after 10 s). Decoded images are
+    /// for a live source (a batch gives up after 10 s; either gives up on
+    /// a receiver that confirms no frame for 10 s). Decoded images are
     /// kept for the next rounds, up to 512 MiB or a quarter of the memory
     /// available at the start, whichever is less (the rest are read again).
     #[arg(long = "loop")]
@@ -373,9 +374,10 @@ fn run(cli: Cli) -> Result<()> {
         // A batch (image files, a recorded raw file) without --fps is not a
         // live source: send it all.
         no_drop: cli.no_drop || !live,
-        // (an endless --loop is given up by nobody: it waits for a receiver
-        // as a live source does)
-        batch: !(live || endless),
+        batch: !live,
+        // (an endless --loop waits for an unreachable receiver, as a live
+        // source does)
+        endless,
         fps: cli.fps,
         // (--no-drop: every frame is sent, the source slowed to --fps)
         producer_paced: producer_paced(&cli) && !cli.no_drop,

@@ -34,7 +34,7 @@ use anyhow::{Context, Result};
 use bitmask_wire::{finish_frame_in_place, Header, HEADER_LEN};
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,10 +60,13 @@ pub struct Config {
     pub queue: usize,
     /// Never drop: slow the source down instead.
     pub no_drop: bool,
-    /// The input is a batch (image files, a recorded file, not looped
-    /// without end), not a live source: an unreachable receiver is given up
-    /// after [`LINGER`].
+    /// The input is a batch (image files, a recorded file), not a live
+    /// source: an unreachable receiver is given up after [`LINGER`] (unless
+    /// `endless`), and so is one that confirms nothing for that long.
     pub batch: bool,
+    /// The input never ends by itself (`--loop` without `--count`): an
+    /// unreachable receiver is waited for, as by a live source.
+    pub endless: bool,
     /// Capture at most this many frames per second.
     pub fps: Option<f64>,
     /// Frames come on their producer's clock (a camera on a pipe or
@@ -588,11 +591,48 @@ pub fn run(
 /// The stop signal received (SIGINT, SIGTERM), 0 for none.
 static STOP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 /// Stop signals received so far.
-static STOPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// When the first stop signal came (`CLOCK_MONOTONIC`, ns), 0 before.
+static STOP_AT: AtomicU64 = AtomicU64::new(0);
 
+/// `CLOCK_MONOTONIC` in ns (`clock_gettime` is async-signal-safe).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid clock and an owned out-parameter.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t)
+    };
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+        .max(1)
+}
+
+/// The first stop signal starts the stop (the watchdog and the pipeline
+/// look at [`STOP`]). A later one, past [`SAME_STOP`], ends the process
+/// here and now, as the signal's default action, after SIGKILL to the
+/// camera command we started: nothing but async-signal-safe calls, so it
+/// works while every thread is blocked (on a stderr nobody reads, say).
 extern "C" fn on_stop_signal(sig: libc::c_int) {
-    let _ = STOP.compare_exchange(0, sig, Relaxed, Relaxed);
-    STOPS.fetch_add(1, Relaxed);
+    let now = monotonic_ns();
+    if STOP.compare_exchange(0, sig, SeqCst, SeqCst).is_ok() {
+        STOP_AT.store(now, SeqCst);
+        return;
+    }
+    let first = STOP_AT.load(SeqCst);
+    if first == 0 || now.saturating_sub(first) < SAME_STOP.as_nanos() as u64 {
+        return; // the same stop, signalled twice
+    }
+    crate::command::kill_now();
+    // SAFETY: signal(2) and raise(3) are async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
 }
 
 /// A stop signal this soon after the first is the same stop, not a second
@@ -617,7 +657,7 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// long `--fps` period, a receiver away), the summary is printed and the
 /// process exits 0 anyway. A second signal (past [`SAME_STOP`]) ends the
 /// process at once, as the signal's default action would, after the
-/// camera command we started.
+/// camera command we started ([`on_stop_signal`]).
 pub fn stop_on_signals() {
     let watchdog = std::thread::Builder::new()
         .name("stop".into())
@@ -626,28 +666,7 @@ pub fn stop_on_signals() {
             if let Some(sig) = stop_requested() {
                 // a producer we started ends now: the capture need not wait for its next frame
                 crate::command::stop();
-                let first = Instant::now();
-                let mut seen = STOPS.load(Relaxed);
-                while first.elapsed() < STOP_GRACE {
-                    std::thread::sleep(Duration::from_millis(50));
-                    let n = STOPS.load(Relaxed);
-                    if n == seen {
-                        continue;
-                    }
-                    if first.elapsed() < SAME_STOP {
-                        seen = n; // the same stop, signalled twice
-                        continue;
-                    }
-                    crate::command::kill_now();
-                    // SAFETY: resetting a handler and raising a signal are
-                    // plain libc calls on valid signal numbers.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        libc::signal(sig, libc::SIG_DFL);
-                        libc::raise(sig);
-                    }
-                    std::process::exit(128 + sig);
-                }
+                std::thread::sleep(STOP_GRACE);
                 log::warn!(
                     "stopping: signal {sig}, and the input or the link did not end within {} s; \
                      exiting now",
@@ -1352,7 +1371,7 @@ fn network_loop_via(
                     let wait = backoff.step();
                     let first = failing_since.is_none();
                     let down = *failing_since.get_or_insert_with(Instant::now);
-                    if cfg.batch && down.elapsed() > LINGER {
+                    if cfg.batch && !cfg.endless && down.elapsed() > LINGER {
                         anyhow::bail!(
                             "the receiver {} stayed unreachable for {} s ({e:#}): giving up on \
                              the batch (what was not sent is counted as dropped)",
@@ -1373,7 +1392,7 @@ fn network_loop_via(
                             },
                             wait.as_secs_f64(),
                             cfg.retry_max.as_secs_f64(),
-                            if cfg.batch {
+                            if cfg.batch && !cfg.endless {
                                 format!(" (a batch gives up after {} s)", LINGER.as_secs())
                             } else {
                                 String::new()
@@ -2058,6 +2077,7 @@ mod tests {
             queue: 64,
             no_drop,
             batch: false,
+            endless: false,
             fps: None,
             count: None,
             timeout: Duration::from_secs(1),

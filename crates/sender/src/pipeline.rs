@@ -590,7 +590,6 @@ pub fn run(
 
 /// The stop signal received (SIGINT, SIGTERM), 0 for none.
 static STOP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-/// Stop signals received so far.
 /// When the first stop signal came (`CLOCK_MONOTONIC`, ns), 0 before.
 static STOP_AT: AtomicU64 = AtomicU64::new(0);
 

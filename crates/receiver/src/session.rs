@@ -1536,11 +1536,11 @@ pub fn block_stop_signals() -> Option<StopSignals> {
 }
 
 /// Ends the process at once with status 1, after SIGKILL to the `--exec`
-/// program, saying `why` if stderr takes it within 1 s: a stop that cannot
-/// finish may be one whose stderr nobody reads (a stalled log collector),
-/// and its line must not hold the exit.
+/// program, saying `why` first if stderr takes it within 1 s: a stop that
+/// cannot finish may be one whose stderr nobody reads (a stalled log
+/// collector), and its line must not hold the exit. (Said before the
+/// SIGKILL: that unblocks the stop, whose summary must not come first.)
 fn exit_now(why: String) -> ! {
-    crate::exec::kill_now();
     let (said, heard) = mpsc::channel();
     let _ = std::thread::Builder::new()
         .name("last words".into())
@@ -1549,6 +1549,7 @@ fn exit_now(why: String) -> ! {
             let _ = said.send(());
         });
     let _ = heard.recv_timeout(Duration::from_secs(1));
+    crate::exec::kill_now();
     // SAFETY: _exit(2) ends the process without running anything more
     // (nothing may wait on a blocked stdout either).
     unsafe { libc::_exit(1) }

@@ -856,20 +856,13 @@ fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
 /// up to `until`; returns the first acknowledgement (where the receiver's
 /// record of handled frames ends).
 fn raw_sender_connection(addr: &str, resume: bool, seqs: std::ops::Range<u64>, until: u64) -> u64 {
-    use bitmask_wire::{
-        encode_frame, AckReader, Header, Hello, CODEC_RAW, HELLO_ACKS, HELLO_RESUME,
-    };
+    use bitmask_wire::{AckReader, Hello, HELLO_ACKS, HELLO_RESUME};
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
     s.write_all(&Hello::new("cam").unwrap().with_flags(flags).encode())
         .unwrap();
-    let mut out = Vec::new();
-    for q in seqs {
-        let payload = [q as u8, 0x0f];
-        encode_frame(&Header::new(16, 1, q, CODEC_RAW, 2), &payload, &mut out);
-    }
-    s.write_all(&out).unwrap();
+    s.write_all(&tagged_frames(seqs, 0x0f)).unwrap();
     let mut acks = AckReader::default();
     let mut first = None;
     let mut b = [0u8; 64];

@@ -772,10 +772,17 @@ fn a_stop_during_the_final_wait_ends_soon_and_counts_what_was_not_confirmed() {
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     let f = s.terminate(LIMIT);
-    assert!(
-        f.status.success(),
-        "a stop exits 0: {}\n{}",
+    // a batch cut short by SIGTERM: 128 + 15, so that a script can tell
+    assert_eq!(
+        f.status.code(),
+        Some(143),
+        "a stopped batch exits 143: {}\n{}",
         f.status,
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains("signal 15 stopped the batch before"),
+        "{}",
         f.stderr
     );
     assert!(

@@ -1064,6 +1064,50 @@ fn a_stopped_sender_sends_what_it_has_and_says_so() {
 }
 
 #[test]
+fn ctrl_c_exits_130_from_a_batch_cut_short_and_0_from_an_endless_loop() {
+    // A script must tell a batch that Ctrl-C cut short (it exited 0, as if
+    // every image had been sent) from one that finished; an endless --loop
+    // has no other end than a signal.
+    let tmp = TempDir::new("sender-sigint");
+    inputs(&tmp.join("in"));
+    let recv = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
+    for (name, extra, code) in [
+        ("batch", &["--count", "100000000"][..], 130),
+        ("endless", &[][..], 0),
+    ] {
+        let mut s = Proc::spawn(&mut sender(&recv.addr, name, &tmp.join("in"), extra));
+        recv.proc
+            .wait_for_stderr(&format!("stream from \"{name}\""), LIMIT);
+        std::thread::sleep(Duration::from_millis(300));
+        let st = Command::new("kill")
+            .args(["-INT", &s.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(st.success());
+        let f = s.wait(LIMIT);
+        assert_eq!(
+            f.status.code(),
+            Some(code),
+            "{name}: {}\n{}",
+            f.status,
+            f.stderr
+        );
+        assert!(
+            f.stderr.contains("bitmask-send: captured"),
+            "{name}: no summary\n{}",
+            f.stderr
+        );
+        assert_eq!(
+            f.stderr
+                .contains("signal 2 stopped the batch before all of its input was read"),
+            code != 0,
+            "{name}: {}",
+            f.stderr
+        );
+    }
+}
+
+#[test]
 fn a_sender_stopped_without_a_receiver_counts_every_frame() {
     // No receiver: the stop cannot send what is queued, and the watchdog
     // ends the process after 3 s. Its summary must still account for every

@@ -41,7 +41,12 @@ use std::time::{Duration, Instant};
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
   bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
     --input-command 'exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'
-  (raw input layouts and Pi camera padding: docs/CAMERA.md)")]
+  (raw input layouts and Pi camera padding: docs/CAMERA.md)
+
+Exit status: 0 when the input is sent (a live source or an endless --loop:
+also when stopped by Ctrl-C or SIGTERM); 1 on an error (the summary line
+says what was delivered before it); 128+N when signal N (Ctrl-C: 130)
+stopped a batch before all of it was read and delivered.")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
     /// at boot, is retried like an unreachable receiver).
@@ -395,7 +400,10 @@ fn run(cli: Cli) -> Result<()> {
     match pipeline::run(cfg, source, params, encoder) {
         Ok(counters) => {
             say!("bitmask-send: {}", counters.summary(start.elapsed()));
-            Ok(())
+            match counters.status_after_stop() {
+                0 => Ok(()),
+                status => std::process::exit(status),
+            }
         }
         Err(e) => {
             // what was done before the error, then the error

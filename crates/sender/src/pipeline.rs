@@ -256,6 +256,12 @@ pub struct Counters {
     pub acks: AtomicBool,
     /// The run is `--no-drop`.
     pub no_drop: AtomicBool,
+    /// The input is a batch that ends by itself (image files, a recorded
+    /// raw file; not an endless `--loop`), not live.
+    pub batch: AtomicBool,
+    /// The input came to its end (or `--count`), rather than being cut
+    /// short by a stop signal or an error.
+    pub input_ended: AtomicBool,
     /// A link is up now.
     pub connected: AtomicBool,
 }
@@ -283,6 +289,46 @@ impl Counters {
     /// queued, or held to be sent again) count as dropped, frames written
     /// and not confirmed as unconfirmed.
     pub fn summary_at_exit(&self, elapsed: Duration) -> String {
+        let (never, open) = self.left_at_exit();
+        self.line(elapsed, never, open)
+    }
+
+    /// The exit status after a run that ended without an error: 0, or
+    /// 128 + the signal (130 for Ctrl-C, 143 for SIGTERM) when a stop
+    /// signal cut a batch short (its input not all read, or frames of it
+    /// not delivered), so that a script can tell an interrupted batch from
+    /// a finished one. A live source or an endless `--loop` stopped by a
+    /// signal has ended as it should: 0.
+    /// The line that says why is logged here.
+    pub fn status_after_stop(&self) -> i32 {
+        match stop_requested() {
+            Some(sig) if self.batch.load(Relaxed) && !self.batch_delivered() => {
+                log::warn!(
+                    "signal {sig} stopped the batch before {}: exit status {}",
+                    if self.input_ended.load(Relaxed) {
+                        "every frame of it was delivered"
+                    } else {
+                        "all of its input was read"
+                    },
+                    128 + sig
+                );
+                128 + sig
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether the batch's input was read to its end and every frame of it
+    /// delivered: none dropped, none left unsent, none unconfirmed.
+    fn batch_delivered(&self) -> bool {
+        let (never, open) = self.left_at_exit();
+        self.input_ended.load(Relaxed)
+            && never + open + self.dropped.load(Relaxed) + self.unconfirmed.load(Relaxed) == 0
+    }
+
+    /// For a process that exits now: (frames never written, frames written
+    /// and neither confirmed nor counted yet).
+    fn left_at_exit(&self) -> (u64, u64) {
         // (a failed write loses its frame unless --no-drop sends it again)
         let lost_writes = if self.no_drop.load(Relaxed) {
             0
@@ -306,7 +352,7 @@ impl Counters {
         } else {
             0 // nothing could be confirmed
         };
-        self.line(elapsed, never, open)
+        (never, open)
     }
 
     /// The line, with `never` frames more dropped and `open` more unconfirmed.
@@ -470,6 +516,8 @@ pub fn run(
     let queue = Arc::new(FrameQueue::new(cfg.queue, cfg.no_drop));
     let counters = Arc::new(Counters::default());
     counters.no_drop.store(cfg.no_drop, Relaxed);
+    // (an endless --loop ends only by a signal: that is its end)
+    counters.batch.store(cfg.batch && !cfg.endless, Relaxed);
     let start = Instant::now();
     let _ = RUNNING.set((counters.clone(), start));
     let net_thread = {
@@ -494,7 +542,11 @@ pub fn run(
     // `--fps` on frames that come on their producer's clock (a camera)
     let keep_newest = period.filter(|_| cfg.producer_paced);
     let result = (|| -> Result<()> {
-        while cfg.count.is_none_or(|n| sequence < n) {
+        loop {
+            if cfg.count.is_some_and(|n| sequence >= n) {
+                counters.input_ended.store(true, Relaxed);
+                break;
+            }
             if let Some(p) = keep_newest {
                 // Frames until the next one due are read and left: the one
                 // kept is the camera's newest, not one that waited in the pipe.
@@ -538,6 +590,7 @@ pub fn run(
             let mut mask = queue.take_free();
             if !source.next_mask(&params, &mut mask)? {
                 queue.recycle(mask);
+                counters.input_ended.store(true, Relaxed);
                 break;
             }
             if let Some(p) = keep_newest {
@@ -654,7 +707,7 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// its end: the frames queued are sent and the summary printed. When that
 /// does not happen within [`STOP_GRACE`] (the input blocked reading, a
 /// long `--fps` period, a receiver away), the summary is printed and the
-/// process exits 0 anyway. A second signal (past [`SAME_STOP`]) ends the
+/// process exits anyway ([`Counters::status_after_stop`]). A second signal (past [`SAME_STOP`]) ends the
 /// process at once, as the signal's default action would, after the
 /// camera command we started ([`on_stop_signal`]).
 pub fn stop_on_signals() {
@@ -674,9 +727,10 @@ pub fn stop_on_signals() {
                 if let Some((c, start)) = RUNNING.get() {
                     say!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
                 }
+                let status = RUNNING.get().map_or(0, |(c, _)| c.status_after_stop());
                 // nothing of a camera command may outlive us (it would hold the camera)
                 crate::command::kill_now();
-                std::process::exit(0);
+                std::process::exit(status);
             }
         });
     if let Err(e) = watchdog {

@@ -231,21 +231,82 @@ fn assert_usage_error(f: &Finished, needle: &str) {
 }
 
 #[test]
+fn directories_leave_out_hidden_files_and_a_cut_short_jpeg_is_not_sent() {
+    let dir = TempDir::new("e2e-hidden-jpeg");
+    let inp = dir.join("in");
+    std::fs::create_dir_all(inp.join("sub")).unwrap();
+    let (good, img) = images(&dir, &[(40, 30)]).remove(0);
+    std::fs::copy(&good, inp.join("a.png")).unwrap();
+    std::fs::copy(&good, inp.join("sub").join("b.png")).unwrap();
+    // macOS's metadata file beside it: not an image at all
+    std::fs::write(inp.join("._a.png"), b"\x00\x05\x16\x07 AppleDouble").unwrap();
+    // a JPEG still being copied: the decoder alone would make a mask of it
+    let mut jpeg = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let cut = &jpeg[..jpeg.len() / 2];
+    assert!(image::load_from_memory(cut).is_ok(), "the decoder takes it");
+    std::fs::write(inp.join("c.jpg"), cut).unwrap();
+    let out = dir.join("out");
+    let recv = start_receiver(&["--out", out.to_str().unwrap()]);
+    let f = send(&recv.addr, &[], &[&inp]);
+    assert_one_line_error(&f, "bitmask-send", "c.jpg");
+    assert!(f.stderr.contains("cut short"), "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("left out 1 hidden image file(s) (named .*) and 1 subdirectory(ies)"),
+        "{}",
+        f.stderr
+    );
+    assert!(f.stderr.contains("confirmed 1;"), "{}", f.stderr);
+    drop(recv);
+    // only a.png's mask was written
+    let t = std::time::Instant::now();
+    while list(&out).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(list(&out), vec!["frame-000000.raw".to_string()]);
+}
+
+#[test]
 fn sender_errors_exit_non_zero_with_one_line() {
     let dir = TempDir::new("e2e-send-errors");
     let good = images(&dir, &[(7, 3)]).remove(0).0;
     let bad = dir.join("bad.png");
     std::fs::write(&bad, b"this is not a PNG").unwrap();
 
-    // unreadable image: the sender connects, then fails on the file
+    // unreadable image: skipped with a warning naming it, the others sent,
+    // and then an error naming it
     let recv = start_receiver(&["--out", dir.join("out").to_str().unwrap()]);
-    let f = send(&recv.addr, &[], &[&good, &bad]);
+    let f = send(&recv.addr, &[], &[&bad, &good, &bad, &good]);
     assert_one_line_error(&f, "bitmask-send", bad.to_str().unwrap());
+    assert!(
+        f.stderr
+            .contains("2 of the 4 input images could not be read"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains("sent 2 frames") && f.stderr.contains("confirmed 2"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(
+        f.stderr.matches("skipped, not sent").count(),
+        2,
+        "{}",
+        f.stderr
+    );
     assert!(
         !f.stderr.contains("signature.: Invalid"),
         "the cause is said once: {}",
         f.stderr
     );
+    let f = send(&recv.addr, &[], &[&bad]);
+    assert_one_line_error(&f, "bitmask-send", "none of the 1 input image(s)");
     // ... but going round with --loop it is skipped, with one warning
     let f = send(&recv.addr, &["--loop", "--count", "5"], &[&good, &bad]);
     assert_ok("--loop past an unreadable image", &f);

@@ -65,16 +65,45 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         let meta =
             std::fs::metadata(p).with_context(|| format!("cannot read input {}", p.display()))?;
         if meta.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            // Hidden files (`.*`: macOS's `._NAME.png` metadata files,
+            // editors' and copiers' temporary files) are left out, as a
+            // shell's `*` does; subdirectories are not entered. Both are
+            // said, so that nothing is left out unnoticed.
+            let (mut v, mut hidden, mut subdirs) = (Vec::new(), 0, 0);
+            for e in std::fs::read_dir(p)
                 .with_context(|| format!("cannot list directory {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect();
+            {
+                let Ok(e) = e else { continue };
+                let path = e.path();
+                if path.is_dir() {
+                    subdirs += 1;
+                } else if path.is_file() && is_image(&path) {
+                    if e.file_name().as_encoded_bytes().starts_with(b".") {
+                        hidden += 1;
+                    } else {
+                        v.push(path);
+                    }
+                }
+            }
+            if hidden + subdirs > 0 {
+                log::info!(
+                    "{}: left out {hidden} hidden image file(s) (named .*) and {subdirs} \
+                     subdirectory(ies); name them to send them",
+                    p.display()
+                );
+            }
             if v.is_empty() {
                 bail!(
-                    "directory {} holds no image files ({})",
+                    "directory {} holds no image files ({}){}",
                     p.display(),
-                    EXTENSIONS.join(", ")
+                    EXTENSIONS.join(", "),
+                    match (hidden, subdirs) {
+                        (0, 0) => String::new(),
+                        _ => format!(
+                            " but {hidden} hidden one(s) (named .*) and {subdirs} \
+                             subdirectory(ies), which are not sent unless named"
+                        ),
+                    }
                 );
             }
             v.sort();
@@ -98,6 +127,13 @@ pub trait Source {
     fn skip(&mut self) -> Result<bool> {
         Ok(true)
     }
+
+    /// Called once when the input has ended (or `--count` was reached):
+    /// an error for what the source passed over on the way (image files it
+    /// could not read), after every frame it did produce has been sent.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Image files, in order, optionally looping. Decoded images are kept when
@@ -107,8 +143,11 @@ pub struct ImageFiles {
     looping: bool,
     next: usize,
     cache: Vec<Option<DynamicImage>>,
-    /// With `--loop`, files that could not be read (skipped, said once).
+    /// Files that could not be read (skipped, said once).
     unreadable: Vec<bool>,
+    /// Batch (no `--loop`): how many files could not be read, and the
+    /// first one's error (reported by [`Source::finish`]).
+    failed: (usize, Option<String>),
     /// Bytes of decoded images kept at most ([`cache_limit`]).
     cache_limit: usize,
 }
@@ -142,6 +181,7 @@ impl ImageFiles {
             next: 0,
             cache: (0..n).map(|_| None).collect(),
             unreadable: vec![false; n],
+            failed: (0, None),
             cache_limit: if looping { cache_limit() } else { 0 },
         }
     }
@@ -149,9 +189,11 @@ impl ImageFiles {
 
 impl Source for ImageFiles {
     fn next_mask(&mut self, params: &MaskParams, mask: &mut Mask) -> Result<bool> {
-        // A file that cannot be read ends a batch with an error; going
-        // round with --loop (a directory a camera or a copy fills) it is
-        // skipped, with a warning the first time.
+        // A file that cannot be read is skipped with a warning: in a batch
+        // the others are still sent, and the run then ends with an error
+        // ([`Source::finish`]); going round with --loop (a directory a
+        // camera or a copy fills) it is tried again each round, and warned
+        // about the first time.
         let mut skipped = 0;
         let decoded;
         let (i, img) = loop {
@@ -178,7 +220,19 @@ impl Source for ImageFiles {
                         bail!("none of the {} input image(s) can be read: {e:#}", skipped);
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let (n, first) = &mut self.failed;
+                    *n += 1;
+                    if *n <= UNREADABLE_NAMED {
+                        log::warn!("{e:#}; skipped, not sent");
+                    } else if *n == UNREADABLE_NAMED + 1 {
+                        log::warn!(
+                            "more input images cannot be read: skipped, counted, not named \
+                             one by one"
+                        );
+                    }
+                    first.get_or_insert_with(|| format!("{e:#}"));
+                }
             }
         };
         let path = &self.files[i];
@@ -206,18 +260,62 @@ impl Source for ImageFiles {
             .with_context(|| format!("cannot threshold {}", path.display()))?;
         Ok(true)
     }
+
+    fn finish(&mut self) -> Result<()> {
+        match &self.failed {
+            (0, _) => Ok(()),
+            (n, first) if *n == self.files.len() => bail!(
+                "none of the {n} input image(s) can be read: {}",
+                first.as_deref().unwrap_or("?")
+            ),
+            (n, first) => bail!(
+                "{n} of the {} input images could not be read and were not sent (the others \
+                 were); the first: {}",
+                self.files.len(),
+                first.as_deref().unwrap_or("?")
+            ),
+        }
+    }
 }
+
+/// Unreadable images of a batch warned about one by one, at most.
+const UNREADABLE_NAMED: usize = 10;
 
 /// Decodes an image file (format from its content, else its extension). An
 /// image too large to decode (the `image` crate refuses to allocate more than
 /// 512 MiB: a decompression bomb, or a real 16k x 16k scan) is named with its
-/// dimensions.
+/// dimensions. A JPEG file cut short (still being written or copied) is an
+/// error, as other formats' are: the JPEG decoder would fill in the missing
+/// part and make a wrong mask ([`jpeg_cut_short`]).
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
     let what = || format!("cannot read image {}", path.display());
     let reader = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
         Ok(image::ImageReader::open(path)?.with_guessed_format()?)
     };
-    match reader().with_context(what)?.decode() {
+    let first = reader().with_context(what)?;
+    let decoded = if first.format() == Some(image::ImageFormat::Jpeg) {
+        drop(first);
+        let len = std::fs::metadata(path).with_context(what)?.len();
+        if len > MAX_JPEG_FILE {
+            bail!(
+                "{}: a JPEG file of {len} bytes, more than the {} MiB read at most",
+                what(),
+                MAX_JPEG_FILE >> 20
+            );
+        }
+        let data = std::fs::read(path).with_context(what)?;
+        if let Some(why) = jpeg_cut_short(&data) {
+            bail!(
+                "{}: {why}: the file is cut short (still being written or copied?)",
+                what()
+            );
+        }
+        image::ImageReader::with_format(std::io::Cursor::new(&data), image::ImageFormat::Jpeg)
+            .decode()
+    } else {
+        first.decode()
+    };
+    match decoded {
         Ok(img) => Ok(img),
         Err(image::ImageError::Limits(e)) => {
             let dims = reader()
@@ -236,6 +334,83 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
         }
         // (`image`'s errors repeat their cause in their text: not chained)
         Err(e) => Err(anyhow::anyhow!("{}: {e}", what())),
+    }
+}
+
+/// A JPEG file larger than this is refused before it is read into memory.
+const MAX_JPEG_FILE: u64 = 256 << 20;
+
+/// Why a JPEG file (`data` from its first byte) ends before its
+/// end-of-image marker, or `None` when it is whole. The `image` crate's
+/// JPEG decoder takes a cut-short file for a whole one (the missing rows
+/// come out grey or as copies), so the markers are walked here: segments
+/// by their lengths, entropy-coded data up to the next marker (a 0xFF in
+/// it is followed by 0x00 or a restart marker), until EOI. Data after EOI
+/// (a camera's trailer) is not looked at. Malformed structure that is not
+/// an early end is left to the decoder to judge.
+pub fn jpeg_cut_short(data: &[u8]) -> Option<String> {
+    const SOI: u8 = 0xD8;
+    const EOI: u8 = 0xD9;
+    const SOS: u8 = 0xDA;
+    if data.len() < 2 || data[0] != 0xFF || data[1] != SOI {
+        return None; // not a JPEG stream: the decoder says what it is
+    }
+    let ends = |at: usize, inside: &str| {
+        Some(format!(
+            "the JPEG data ends at byte {} inside {inside}, before its end-of-image marker",
+            at.min(data.len())
+        ))
+    };
+    let mut i = 2;
+    loop {
+        // a marker: 0xFF, fill bytes 0xFF, then its code
+        match data.get(i) {
+            None => return ends(i, "the marker list"),
+            Some(0xFF) => {}
+            Some(_) => return None, // not a marker: malformed, the decoder's to judge
+        }
+        while data.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = data.get(i) else {
+            return ends(i, "a marker");
+        };
+        i += 1;
+        match code {
+            EOI => return None,
+            0xD0..=0xD7 | 0x01 => continue, // no length field
+            _ => {}
+        }
+        let Some(len) = data
+            .get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        else {
+            return ends(i, &format!("the length of marker 0x{code:02X}"));
+        };
+        if len < 2 {
+            return None; // malformed: the decoder's to judge
+        }
+        i += len;
+        if i > data.len() {
+            return ends(data.len(), &format!("the segment of marker 0x{code:02X}"));
+        }
+        if code == SOS {
+            // entropy-coded data up to the next marker that is not a
+            // stuffed 0xFF00 or a restart marker
+            loop {
+                let Some(j) = data[i..].iter().position(|&b| b == 0xFF).map(|j| i + j) else {
+                    return ends(data.len(), "the compressed image data");
+                };
+                match data.get(j + 1) {
+                    None => return ends(data.len(), "the compressed image data"),
+                    Some(0x00 | 0xD0..=0xD7) => i = j + 2,
+                    Some(_) => {
+                        i = j;
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -292,5 +467,71 @@ mod tests {
         assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
         let limit = cache_limit();
         assert!(limit > 0 && limit <= CACHE_LIMIT, "{limit}");
+    }
+
+    /// A baseline JPEG of a gradient with an edge, as `image` writes it.
+    fn jpeg() -> Vec<u8> {
+        let img = image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 5) as u8, if x > 20 { 255 } else { 0 }, (y * 6) as u8])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_whole_jpeg_passes_and_every_cut_short_one_is_caught() {
+        let whole = jpeg();
+        assert_eq!(jpeg_cut_short(&whole), None);
+        // the decoder itself accepts most of these cut-short files
+        for len in 2..whole.len() {
+            let why = jpeg_cut_short(&whole[..len]);
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.contains("before its end-of-image marker")),
+                "cut at {len} of {}: {why:?}",
+                whole.len()
+            );
+        }
+        // data after EOI (a camera's trailer) is not looked at
+        let mut trailer = whole.clone();
+        trailer.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x10, 1, 2, 3]);
+        assert_eq!(jpeg_cut_short(&trailer), None);
+        // not a JPEG, or malformed: the decoder's to judge
+        assert_eq!(jpeg_cut_short(b"\x89PNG"), None);
+        assert_eq!(jpeg_cut_short(&[0xFF, 0xD8, 0x12]), None);
+    }
+
+    #[test]
+    fn restart_markers_and_fill_bytes_are_not_the_end() {
+        // SOI, a 4-byte APP0, SOS (length 3 + 1 byte), data with a stuffed
+        // 0xFF00 and RST0, fill bytes, EOI
+        let mut j = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0xAA, 0xBB];
+        j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x03, 0x01]);
+        j.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
+        j.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xD9]);
+        assert_eq!(jpeg_cut_short(&j), None);
+        for len in 2..j.len() {
+            assert!(jpeg_cut_short(&j[..len]).is_some(), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn a_cut_short_jpeg_file_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("bitmask-jpeg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let whole = jpeg();
+        let (ok, cut) = (dir.join("whole.jpg"), dir.join("cut.jpg"));
+        std::fs::write(&ok, &whole).unwrap();
+        std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).unwrap();
+        let img = open_image(&ok).unwrap();
+        assert_eq!((img.width(), img.height()), (48, 40));
+        // (the `image` crate alone decodes the cut file without an error)
+        assert!(image::load_from_memory(&whole[..whole.len() * 2 / 3]).is_ok());
+        let e = format!("{:#}", open_image(&cut).unwrap_err());
+        assert!(e.contains("cut.jpg") && e.contains("cut short"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

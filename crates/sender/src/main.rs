@@ -27,10 +27,13 @@ use std::time::{Duration, Instant};
 /// Threshold images into 1-bit masks and stream them to a `bitmask-recv`.
 ///
 /// Each INPUT image becomes one frame (frames 0, 1, 2, ... in the order
-/// given; directories expand to their image files in name order). Pixels
-/// become bits by `bit = value >= threshold` on the chosen channel, so the
-/// original numpy recipe `img[:,:,2] >= 170` is `--channel blue --threshold 170`.
-/// All frames share one TCP connection.
+/// given; directories expand to their image files in name order, hidden
+/// files and subdirectories left out). Pixels become bits by
+/// `bit = value >= threshold` on the chosen channel, so the original numpy
+/// recipe `img[:,:,2] >= 170` is `--channel blue --threshold 170`.
+/// All frames share one TCP connection. An image that cannot be read (a
+/// JPEG cut short too) is skipped with a warning and the others are sent;
+/// the run then ends with an error (with --loop it is tried each round).
 #[derive(Parser, Debug)]
 #[command(name = "bitmask-send", version, verbatim_doc_comment)]
 #[command(after_help = "Examples:
@@ -45,8 +48,9 @@ use std::time::{Duration, Instant};
 
 Exit status: 0 when the input is sent (a live source or an endless --loop:
 also when stopped by Ctrl-C or SIGTERM); 1 on an error (the summary line
-says what was delivered before it); 128+N when signal N (Ctrl-C: 130)
-stopped a batch before all of it was read and delivered.")]
+says what was delivered before it; an image that could not be read is
+one); 2 on a command line that cannot be parsed; 128+N when signal N
+(Ctrl-C: 130) stopped a batch before all of it was read and delivered.")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
     /// at boot, is retried like an unreachable receiver).

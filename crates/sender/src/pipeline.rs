@@ -545,6 +545,7 @@ pub fn run(
         loop {
             if cfg.count.is_some_and(|n| sequence >= n) {
                 counters.input_ended.store(true, Relaxed);
+                source.finish()?;
                 break;
             }
             if let Some(p) = keep_newest {
@@ -591,6 +592,7 @@ pub fn run(
             if !source.next_mask(&params, &mut mask)? {
                 queue.recycle(mask);
                 counters.input_ended.store(true, Relaxed);
+                source.finish()?;
                 break;
             }
             if let Some(p) = keep_newest {

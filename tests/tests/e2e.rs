@@ -657,6 +657,28 @@ fn receiver_survives_hostile_peers_and_serves_the_next_sender() {
 }
 
 #[test]
+fn a_stalled_frame_is_reported_with_its_sequence_and_bytes() {
+    // A sender that stops inside a frame: the log names the frame and how
+    // much of it came (it said only "no data for 1.0 s").
+    let out = TempDir::new("e2e-stall");
+    let recv = start_receiver(&["--out", out.str(), "--timeout", "1"]);
+    let wait = |needle: &str| recv.proc.wait_for_stderr(needle, Duration::from_secs(20));
+    let mut s = Hello::new("stalls").unwrap().encode();
+    encode_frame(&Header::new(16, 16, 0, CODEC_RAW, 32), &[0xAA; 32], &mut s);
+    encode_frame(&Header::new(16, 16, 1, CODEC_RAW, 32), &[0x55; 32], &mut s);
+    s.truncate(s.len() - 22);
+    let _a = peer(&recv.addr, &s, false);
+    let line = wait("inside frame 1's payload: got 10 of 32 bytes");
+    assert!(line.contains("stalls"), "{line}");
+    // before its first frame: inside the header
+    let mut s = Hello::new("stalls-early").unwrap().encode();
+    s.extend_from_slice(&raw_header(16, 16, CODEC_RAW, 32)[..20]);
+    let _b = peer(&recv.addr, &s, false);
+    let line = wait("inside a frame's header: got 20 of 40 bytes");
+    assert!(line.contains("before its first frame"), "{line}");
+}
+
+#[test]
 fn a_flood_of_junk_does_not_flood_the_log() {
     use bitmask_wire::udp::{Datagram, KIND_HELLO};
     // 100 connections speaking HTTP and 100 datagrams with a bad hello,

@@ -1158,7 +1158,7 @@ pub fn serve_tcp(
             if let Some(n) = hub.handshakes.hit() {
                 log::warn!(
                     "connection from {peer} closed: handshake: {:#}{}",
-                    explain(e, hub.timeout),
+                    explain(e, hub.timeout, None),
                     more_like_it(n)
                 );
             }
@@ -1362,13 +1362,15 @@ pub fn serve_tcp(
                         log::warn!(
                             "connection from {peer}{named} closed before its first frame: \
                              {:#}{}",
-                            explain(e, hub.timeout),
+                            explain(e, hub.timeout, reader.partial()),
                             more_like_it(n)
                         );
                     }
                     return Ok(());
                 }
-                Err(e) => return Err(explain(e, hub.timeout)).context(name.clone()),
+                Err(e) => {
+                    return Err(explain(e, hub.timeout, reader.partial())).context(name.clone())
+                }
             }
             started.set(None); // the next frame's clock starts at its first byte
         }
@@ -1380,15 +1382,22 @@ pub fn serve_tcp(
     result
 }
 
-fn explain(e: WireError, timeout: Duration) -> anyhow::Error {
+/// The message for a connection's error; `partial`: where in a frame the
+/// reader was (a stall or deadline names the frame and its bytes).
+fn explain(
+    e: WireError,
+    timeout: Duration,
+    partial: Option<bitmask_wire::Partial>,
+) -> anyhow::Error {
+    let inside = partial.map_or_else(String::new, |p| format!(" {p}"));
     match e {
         // Our own deadline (DeadlineReader), with its message.
         WireError::Io(io) if io.get_ref().is_some() && io.kind() == io::ErrorKind::TimedOut => {
-            anyhow::anyhow!("{io}")
+            anyhow::anyhow!("{io}{inside}")
         }
         // The socket's read timeout.
         WireError::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
-            anyhow::anyhow!("no data for {:.1} s", timeout.as_secs_f64())
+            anyhow::anyhow!("no data for {:.1} s{inside}", timeout.as_secs_f64())
         }
         // ETIMEDOUT from the kernel: keepalive probes went unanswered.
         WireError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {

@@ -780,6 +780,10 @@ const WINDOW_LIVE: usize = 4096;
 /// How long a new link may go without its first acknowledgement before
 /// the receiver is taken for one that sends none (an older bitmask-recv).
 const ACK_GRACE: Duration = Duration::from_secs(2);
+/// Said when the receiver keeps ending connections without confirming:
+/// the reason is in its log, not on the wire.
+const REFUSED_HINT: &str = "; the receiver's log says why it ends the connections (more \
+                            senders than its --max-senders?)";
 /// Links the receiver may end at a `--no-drop` frame without confirming
 /// it before the frame is given up (see [`Delivery::link_lost`]).
 const MAX_TRIES: u8 = 5;
@@ -1164,8 +1168,8 @@ impl Delivery {
                 *said = Some(Instant::now());
                 log::warn!(
                     "the receiver {} ended {k} connections in a row without confirming a frame \
-                     written on them: it may refuse the frames (see its log, e.g. over its \
-                     --max-size)",
+                     written on them: it may refuse the frames or this sender (see its log, \
+                     e.g. frames over its --max-size, more senders than its --max-senders)",
                     cfg.to
                 );
             }
@@ -1310,7 +1314,7 @@ fn network_loop_via(
             counters.dropped.fetch_add(never, Relaxed);
             let msg = format!(
                 "input ended and the receiver {} confirmed nothing for {} s: {written} frame(s) \
-                 written and not confirmed, {never} not written",
+                 written and not confirmed, {never} not written{REFUSED_HINT}",
                 cfg.to,
                 LINGER.as_secs()
             );
@@ -1341,7 +1345,7 @@ fn network_loop_via(
             anyhow::bail!(
                 "the receiver {} confirmed no frame for {} s: giving up on the batch \
                  ({written} frame(s) written and not confirmed; what was not written is \
-                 counted as dropped)",
+                 counted as dropped){REFUSED_HINT}",
                 cfg.to,
                 LINGER.as_secs()
             );

@@ -637,6 +637,32 @@ pub struct FrameRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// Where a [`FrameReader`] stopped inside a frame, after a
+/// [`WireError::Io`] (a read timeout, say): what a message about a stalled
+/// stream names. Its `Display` reads "inside frame 7's payload: got 5000 of
+/// 60000 bytes".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// The frame's sequence number, once its header is in.
+    pub sequence: Option<u64>,
+    /// `"header"` or `"payload"`.
+    pub part: &'static str,
+    /// Bytes of that part read so far.
+    pub got: usize,
+    /// Bytes of that part in all.
+    pub expected: usize,
+}
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.sequence {
+            Some(s) => write!(f, "inside frame {s}'s {}", self.part)?,
+            None => write!(f, "inside a frame's {}", self.part)?,
+        }
+        write!(f, ": got {} of {} bytes", self.got, self.expected)
+    }
+}
+
 /// Reads whole frames from a byte stream, reusing one buffer.
 #[derive(Debug)]
 pub struct FrameReader<R> {
@@ -794,6 +820,27 @@ impl<R: Read> FrameReader<R> {
             name: name.to_owned(),
             flags: rest[1],
         }))
+    }
+
+    /// Where the reader is inside a frame: `None` between frames (and
+    /// before the first). After a [`WireError::Io`] this says how much of
+    /// the frame had come, which the error itself cannot.
+    pub fn partial(&self) -> Option<Partial> {
+        match self.frame {
+            Some((h, _)) => Some(Partial {
+                sequence: Some(h.sequence),
+                part: "payload",
+                got: self.payload_got,
+                expected: h.payload_len as usize,
+            }),
+            None if self.head_len + self.pending_len > 0 => Some(Partial {
+                sequence: None,
+                part: "header",
+                got: self.head_len + self.pending_len,
+                expected: HEADER_LEN,
+            }),
+            None => None,
+        }
     }
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream (it ended

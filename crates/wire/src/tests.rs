@@ -456,17 +456,52 @@ fn a_read_that_times_out_mid_frame_loses_nothing_when_asked_again() {
             Stalling {
                 data: s.clone(),
                 at: 0,
-                stops,
+                stops: stops.clone(),
                 chunk,
             },
             Limits::default(),
         );
+        // where each stop is: between frames, or inside frame k's header
+        // or payload
+        let where_at = |at: usize| -> Option<Partial> {
+            let mut start = 0;
+            for (hd, p) in &frames {
+                let end = start + HEADER_LEN + p.len();
+                if at > start && at < end {
+                    return Some(if at - start < HEADER_LEN {
+                        Partial {
+                            sequence: None,
+                            part: "header",
+                            got: at - start,
+                            expected: HEADER_LEN,
+                        }
+                    } else {
+                        Partial {
+                            sequence: Some(hd.sequence),
+                            part: "payload",
+                            got: at - start - HEADER_LEN,
+                            expected: p.len(),
+                        }
+                    });
+                }
+                start = end;
+            }
+            None
+        };
         let (mut got, mut timeouts) = (Vec::new(), 0);
         loop {
             match r.read_frame() {
                 Ok(Some(f)) => got.push((f.header, f.payload.to_vec())),
                 Ok(None) => break,
-                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => timeouts += 1,
+                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert_eq!(
+                        r.partial(),
+                        where_at(stops[timeouts]),
+                        "stop {}",
+                        stops[timeouts]
+                    );
+                    timeouts += 1
+                }
                 Err(e) => panic!("chunk {chunk}: {e}"),
             }
         }

@@ -20,8 +20,8 @@ pub const HELP: &str = "\
 cargo xtask fuzz [--secs N] [--replay | --minimise] [TARGET...]
 
 Fuzzes the targets in fuzz/ (all by default) one after the other, N seconds each
-(default 60), with libFuzzer (cargo-fuzz, AddressSanitizer, debug assertions),
-starting from the committed corpus fuzz/corpus/TARGET, to which it adds the inputs
+(default 60), with libFuzzer (cargo-fuzz, AddressSanitizer, debug assertions and
+overflow checks), starting from the committed corpus fuzz/corpus/TARGET, to which it adds the inputs
 that reach new code (commit them after --minimise).
 
 Targets:
@@ -81,13 +81,13 @@ pub fn run_fuzz(args: &[String]) -> Result<()> {
         match mode {
             "minimise" => {
                 let before = std::fs::read_dir(dir.join(&corpus))?.count();
-                run(c.args(["cmin", "-O", t, &corpus]))?;
+                run(c.args(["cmin", "-O", "-a", t, &corpus]))?;
                 let after = std::fs::read_dir(dir.join(&corpus))?.count();
                 eprintln!("xtask: fuzz {t}: corpus {before} -> {after} inputs");
                 continue;
             }
             "replay" => {
-                c.args(["run", "-O", t, &corpus, "--", "-runs=0"]);
+                c.args(["run", "-O", "-a", t, &corpus, "--", "-runs=0"]);
             }
             _ => {
                 let art = format!("artifacts/{t}/");
@@ -95,6 +95,8 @@ pub fn run_fuzz(args: &[String]) -> Result<()> {
                 c.args([
                     "run",
                     "-O",
+                    // (-O alone turns debug assertions and overflow checks off)
+                    "-a",
                     t,
                     &corpus,
                     "--",

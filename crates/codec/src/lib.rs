@@ -827,6 +827,18 @@ impl Decoder {
         if self.zstd.is_none() {
             self.zstd = Some(zstd::bulk::Decompressor::new().map_err(|e| backend(e.to_string()))?);
         }
+        // One zstd frame and nothing after it (the decompressor would also
+        // take more frames, and skippable ones: data riding along unseen).
+        match zstd::zstd_safe::find_frame_compressed_size(payload) {
+            Ok(n) if n == payload.len() => {}
+            Ok(n) => {
+                return Err(backend(format!(
+                    "{} B after its zstd frame of {n} B",
+                    payload.len() - n
+                )))
+            }
+            Err(code) => return Err(backend(zstd::zstd_safe::get_error_name(code).to_owned())),
+        }
         let d = self.zstd.as_mut().expect("just set");
         match d.decompress_to_buffer(payload, out) {
             Ok(n) if n == expected => Ok(()),

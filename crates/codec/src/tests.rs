@@ -631,3 +631,40 @@ fn padding_bits_set_by_a_payload_are_cleared() {
         assert_eq!(out, next, "codec {codec}, then a delta frame");
     }
 }
+
+#[test]
+fn a_zstd_payload_is_one_frame_and_nothing_after_it() {
+    // The decompressor alone takes a second frame, or a skippable frame,
+    // after the first: bytes that ride along unseen.
+    let (w, h, mask, _) = padding_set_61x40();
+    let one = zstd::bulk::compress(&mask, 1).unwrap();
+    let info = FrameInfo {
+        codec: CODEC_ZSTD,
+        flags: 0,
+        sequence: 0,
+        width: w,
+        height: h,
+    };
+    let mut out = vec![0u8; mask.len()];
+    Decoder::new().decode(&info, &one, &mut out).unwrap();
+    assert_eq!(out, mask);
+    let half = mask.len() / 2;
+    let two = [
+        zstd::bulk::compress(&mask[..half], 1).unwrap(),
+        zstd::bulk::compress(&mask[half..], 1).unwrap(),
+    ]
+    .concat();
+    let skippable = [&one[..], &[0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]].concat();
+    let garbage = [&one[..], &[0u8][..]].concat();
+    for (what, payload) in [
+        ("two frames", two),
+        ("skippable", skippable),
+        ("a zero", garbage),
+    ] {
+        let e = Decoder::new()
+            .decode(&info, &payload, &mut out)
+            .expect_err(what)
+            .to_string();
+        assert!(e.contains("zstd") || e.contains("codec 2"), "{what}: {e}");
+    }
+}

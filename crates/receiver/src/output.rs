@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 pub enum Format {
     /// Packed bits as on the wire (numpy.packbits(mask, axis=1)).
     Raw,
-    /// One byte per pixel, 0 or 255, no header (ffmpeg -pix_fmt gray, numpy fromfile).
+    /// One byte per pixel, 0 or 255, no header (ffmpeg -pix_fmt gray, numpy fromfile);
+    /// 8 times the packed frame in memory while it is written.
     Gray8,
     /// PBM P4 (1 = black, so bits are inverted to show like the PNG).
     Pbm,
@@ -554,7 +555,19 @@ pub fn encode(
         Format::Gray8 => {
             let (w, h) = (width as usize, height as usize);
             let start = buf.len();
-            buf.resize(start + w * h, 0);
+            // (a byte per pixel: 4 GiB at --max-size 65536x65536, more than
+            // a 32-bit usize, or than the memory, holds: an error, not a
+            // wrapped size or an abort)
+            let n = w
+                .checked_mul(h)
+                .filter(|n| buf.try_reserve(*n).is_ok() && start.checked_add(*n).is_some());
+            let Some(n) = n else {
+                anyhow::bail!(
+                    "a {width}x{height} gray8 image (a byte per pixel) does not fit in this \
+                     machine's memory"
+                );
+            };
+            buf.resize(start + n, 0);
             unpack_rows_gray8(bits, w, h, &mut buf[start..])?;
         }
         Format::Pbm => {
@@ -798,6 +811,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gray8_image_too_large_for_memory_is_an_error() {
+        // (2^32-1)^2 bytes: no allocation can hold it, nor can a 32-bit usize
+        let mut buf = Vec::new();
+        let e = encode(Format::Gray8, u32::MAX, u32::MAX, &[], &mut buf).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        assert!(buf.capacity() < 1 << 20);
+    }
 
     #[test]
     fn frame_files_are_never_overwritten() {

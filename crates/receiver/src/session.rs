@@ -276,6 +276,24 @@ impl Hub {
         now: Instant,
     ) -> (String, Option<IpAddr>, NameHold) {
         let ip = ip.to_canonical();
+        // A name of the form this receiver gives streams kept apart
+        // (`cam@10.0.0.2`) from another host than its own address would
+        // land in that stream's directory, stats and live view: it is kept
+        // apart from that host's in turn.
+        let claims = name
+            .rsplit_once('@')
+            .and_then(|(_, a)| a.parse::<IpAddr>().ok())
+            .map(|a| a.to_canonical());
+        if claims.is_some_and(|c| c != ip) {
+            let apart = with_host(name, ip);
+            if self.say_shared(name, ip) {
+                log::warn!(
+                    "a sender on {ip} announces the name {name:?}, the form of a name kept apart \
+                     for another host: its frames are kept apart as {apart:?}"
+                );
+            }
+            return (apart, Some(ip), NameHold(None));
+        }
         let mut owners = lock(&self.owners);
         let lapsed =
             |o: &Owner| o.streams == 0 && now.saturating_duration_since(o.since) >= OWNER_HOLD;
@@ -339,14 +357,7 @@ impl Hub {
             return (name.to_owned(), None, hold);
         };
         let apart = with_host(name, ip);
-        let new = {
-            let mut said = lock(&self.shared_names);
-            if said.len() >= crate::acks::RECORDS {
-                said.clear();
-            }
-            said.insert((name.to_owned(), ip))
-        };
-        if new {
+        if self.say_shared(name, ip) {
             log::warn!(
                 "senders on two hosts share the name {name:?} ({other} and {ip}): frames from \
                  {ip} are kept apart as {apart:?} (give each its own --name; the default is \
@@ -354,6 +365,16 @@ impl Hub {
             );
         }
         (apart, Some(ip), NameHold(None))
+    }
+
+    /// Whether the warning about `name` announced from `ip` is still to be
+    /// said (once per name and host; remembered for so many pairs at most).
+    fn say_shared(&self, name: &str, ip: IpAddr) -> bool {
+        let mut said = lock(&self.shared_names);
+        if said.len() >= crate::acks::RECORDS {
+            said.clear();
+        }
+        said.insert((name.to_owned(), ip))
     }
 
     /// A hub; `done` receives one message when the receiver should stop.
@@ -1694,6 +1715,34 @@ mod tests {
         assert!(apart.len() <= bitmask_wire::MAX_NAME_LEN, "{}", apart.len());
         assert!(apart.ends_with("é@10.0.0.2"), "{apart}");
         bitmask_wire::Hello::new(&apart).expect("a valid name");
+    }
+
+    #[test]
+    fn a_name_in_the_kept_apart_form_of_another_host_is_kept_apart() {
+        // hosts .1 and .2 share "cam": .2 is "cam@10.0.0.2". A third host
+        // announcing "cam@10.0.0.2" must not land in .2's directory.
+        let hub = hub_with(Sinks {
+            shared: None,
+            per_sender: None,
+        });
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _a = hub.name_for("cam", ip("10.0.0.1"));
+        let (n, _, _b) = hub.name_for("cam", ip("10.0.0.2"));
+        assert_eq!(n, "cam@10.0.0.2");
+        let (n, apart, _c) = hub.name_for("cam@10.0.0.2", ip("10.0.0.3"));
+        assert_eq!(
+            (n.as_str(), apart),
+            ("cam@10.0.0.2@10.0.0.3", Some(ip("10.0.0.3")))
+        );
+        // its own address (or one that is not an address) is an ordinary name
+        let (n, apart, _d) = hub.name_for("cam@10.0.0.3", ip("10.0.0.3"));
+        assert_eq!((n.as_str(), apart), ("cam@10.0.0.3", None));
+        let (n, _, _e) = hub.name_for("cam@::ffff:10.0.0.4", ip("10.0.0.4"));
+        assert_eq!(n, "cam@::ffff:10.0.0.4");
+        let (n, apart, _f) = hub.name_for("me@home", ip("10.0.0.5"));
+        assert_eq!((n.as_str(), apart), ("me@home", None));
+        let (n, _, _g) = hub.name_for("cam@fe80::1", ip("10.0.0.5"));
+        assert_eq!(n, "cam@fe80::1@10.0.0.5");
     }
     use bitmask_wire::{Header, CODEC_RAW};
 

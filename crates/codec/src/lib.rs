@@ -859,6 +859,9 @@ impl Decoder {
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod long_lived_tests;
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

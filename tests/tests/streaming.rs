@@ -1074,6 +1074,10 @@ fn ctrl_c_exits_130_from_a_batch_cut_short_and_0_from_an_endless_loop() {
     for (name, extra, code) in [
         ("batch", &["--count", "100000000"][..], 130),
         ("endless", &[][..], 0),
+        // image files paced by --fps end by themselves too; a paced endless
+        // loop does not
+        ("paced", &["--count", "100000000", "--fps", "50"][..], 130),
+        ("paced-endless", &["--fps", "50"][..], 0),
     ] {
         let mut s = Proc::spawn(&mut sender(&recv.addr, name, &tmp.join("in"), extra));
         recv.proc

@@ -1422,7 +1422,7 @@ fn explain(
         }
         // ETIMEDOUT from the kernel: keepalive probes went unanswered.
         WireError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
-            anyhow::anyhow!("the sender's host stopped answering (TCP keepalive): {io}")
+            anyhow::anyhow!("the sender's host stopped answering (TCP keepalive): {io}{inside}")
         }
         // A frame larger than this receiver takes: say which option allows it.
         WireError::InvalidDimensions {

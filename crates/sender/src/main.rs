@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 /// `bit = value >= threshold` on the chosen channel, so the original numpy
 /// recipe `img[:,:,2] >= 170` is `--channel blue --threshold 170`.
 /// All frames share one TCP connection. An image that cannot be read (a
-/// JPEG cut short too) is skipped with a warning and the others are sent;
-/// the run then ends with an error (with --loop it is tried each round).
+/// JPEG cut short too) is skipped with a warning, its frame number left
+/// unused (the receiver counts it as lost), and the others are sent; the
+/// run then ends with an error (with --loop it is tried each round).
 #[derive(Parser, Debug)]
 #[command(name = "bitmask-send", version, verbatim_doc_comment)]
 #[command(after_help = "Examples:
@@ -46,11 +47,12 @@ use std::time::{Duration, Instant};
     --input-command 'exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'
   (raw input layouts and Pi camera padding: docs/CAMERA.md)
 
-Exit status: 0 when the input is sent (a live source or an endless --loop:
+Exit status: 0 when the input is sent (a camera, a pipe or an endless --loop:
 also when stopped by Ctrl-C or SIGTERM); 1 on an error (the summary line
 says what was delivered before it; an image that could not be read is
 one); 2 on a command line that cannot be parsed; 128+N when signal N
-(Ctrl-C: 130) stopped a batch before all of it was read and delivered.")]
+(Ctrl-C: 130) stopped image files or a recorded file before all of it was
+read and delivered.")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
     /// at boot, is retried like an unreachable receiver).
@@ -322,6 +324,14 @@ fn producer_paced(cli: &Cli) -> bool {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Image files or a recorded file end by themselves (a stop signal that
+    // cuts them short is an exit status of its own); an endless --loop, a
+    // pipe or a camera end only by a signal.
+    pipeline::set_finite_input(
+        cli.input_command.is_none()
+            && !producer_paced(&cli)
+            && !(cli.looping && cli.count.is_none()),
+    );
     // checked before the input starts (a camera command would start for nothing)
     let name = cli.name.clone().unwrap_or_else(net::hostname);
     bitmask_wire::Hello::new(&name).with_context(|| format!("--name {name:?}"))?;

@@ -249,6 +249,9 @@ pub struct Counters {
     pub unconfirmed: AtomicU64,
     /// Frames written again after a reconnect (`--no-drop`).
     pub resent: AtomicU64,
+    /// Inputs passed over, their frame numbers left unused (image files
+    /// that could not be read).
+    pub unreadable: AtomicU64,
     /// Frames written (and not confirmed) that were then given up: counted
     /// in `dropped`, not in `unconfirmed`.
     pub written_dropped: AtomicU64,
@@ -256,9 +259,6 @@ pub struct Counters {
     pub acks: AtomicBool,
     /// The run is `--no-drop`.
     pub no_drop: AtomicBool,
-    /// The input is a batch that ends by itself (image files, a recorded
-    /// raw file; not an endless `--loop`), not live.
-    pub batch: AtomicBool,
     /// The input came to its end (or `--count`), rather than being cut
     /// short by a stop signal or an error.
     pub input_ended: AtomicBool,
@@ -298,11 +298,11 @@ impl Counters {
     /// signal cut a batch short (its input not all read, or frames of it
     /// not delivered), so that a script can tell an interrupted batch from
     /// a finished one. A live source or an endless `--loop` stopped by a
-    /// signal has ended as it should: 0.
+    /// signal has ended as it should: 0 ([`FINITE`]).
     /// The line that says why is logged here.
     pub fn status_after_stop(&self) -> i32 {
         match stop_requested() {
-            Some(sig) if self.batch.load(Relaxed) && !self.batch_delivered() => {
+            Some(sig) if FINITE.load(Relaxed) && !self.batch_delivered() => {
                 log::warn!(
                     "signal {sig} stopped the batch before {}: exit status {}",
                     if self.input_ended.load(Relaxed) {
@@ -393,10 +393,13 @@ impl Counters {
             ),
             Some((win, fps, mbps)) => format!("last {win:.1} s {fps:.1} fps, {mbps:.1} Mbit/s"),
         };
-        let skipped = match self.skipped.load(Relaxed) {
+        let mut skipped = match self.skipped.load(Relaxed) {
             0 => String::new(),
             n => format!(" (and {n} skipped for --fps)"),
         };
+        if let n @ 1.. = self.unreadable.load(Relaxed) {
+            skipped += &format!(" (and {n} input(s) unreadable, their frame numbers unused)");
+        }
         format!(
             "captured {}{skipped}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {rates}; \
              {confirmed}; dropped {}, failed {}, reconnects {}",
@@ -516,8 +519,6 @@ pub fn run(
     let queue = Arc::new(FrameQueue::new(cfg.queue, cfg.no_drop));
     let counters = Arc::new(Counters::default());
     counters.no_drop.store(cfg.no_drop, Relaxed);
-    // (an endless --loop ends only by a signal: that is its end)
-    counters.batch.store(cfg.batch && !cfg.endless, Relaxed);
     let start = Instant::now();
     let _ = RUNNING.set((counters.clone(), start));
     let net_thread = {
@@ -589,7 +590,23 @@ pub fn run(
                 break;
             }
             let mut mask = queue.take_free();
-            if !source.next_mask(&params, &mut mask)? {
+            let more = source.next_mask(&params, &mut mask)?;
+            // Inputs the source passed over (image files that could not be
+            // read) keep their numbers: frame N stays input N, and the
+            // receiver counts the gap as lost.
+            let passed = source.passed_over();
+            if passed > 0 {
+                counters.unreadable.fetch_add(passed, Relaxed);
+                sequence += passed;
+            }
+            if !more {
+                queue.recycle(mask);
+                counters.input_ended.store(true, Relaxed);
+                source.finish()?;
+                break;
+            }
+            if cfg.count.is_some_and(|n| sequence >= n) {
+                // (the skipped inputs took the numbers up to --count)
                 queue.recycle(mask);
                 counters.input_ended.store(true, Relaxed);
                 source.finish()?;
@@ -638,9 +655,16 @@ pub fn run(
     let net_result = net_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the network thread panicked"))?;
-    result?;
-    net_result?;
-    Ok(counters)
+    match (result, net_result) {
+        (Ok(()), Ok(())) => Ok(counters),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        // Both: the network's (it ended the delivery) is the error, the
+        // input's is said before it.
+        (Err(input), Err(net)) => {
+            log::error!("{input:#}");
+            Err(net)
+        }
+    }
 }
 
 /// The stop signal received (SIGINT, SIGTERM), 0 for none.
@@ -694,6 +718,30 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// group, so the process gets it twice, microseconds apart.
 const SAME_STOP: Duration = Duration::from_millis(500);
 
+/// The input ends by itself: image files or a recorded raw file, paced by
+/// `--fps` or not, but not an endless `--loop` (a signal is its end), a
+/// pipe or a camera. A stop signal that cuts such an input short makes the
+/// exit status 128 + the signal ([`Counters::status_after_stop`]). Set by
+/// the binary before the input is opened ([`set_finite_input`]), so that a
+/// stop during a long start-up knows it too.
+static FINITE: AtomicBool = AtomicBool::new(false);
+
+/// Says whether the input ends by itself (see [`FINITE`]).
+pub fn set_finite_input(finite: bool) {
+    FINITE.store(finite, Relaxed);
+}
+
+/// The exit status of a process that a stop signal ends now: as
+/// [`Counters::status_after_stop`], or, before the pipeline started, 128 +
+/// the signal for an input that ends by itself.
+fn status_now() -> i32 {
+    match (RUNNING.get(), stop_requested()) {
+        (Some((c, _)), _) => c.status_after_stop(),
+        (None, Some(sig)) if FINITE.load(Relaxed) => 128 + sig,
+        _ => 0,
+    }
+}
+
 /// The running pipeline's counters and start, for a stop that cannot wait.
 static RUNNING: std::sync::OnceLock<(Arc<Counters>, Instant)> = std::sync::OnceLock::new();
 
@@ -729,7 +777,7 @@ pub fn stop_on_signals() {
                 if let Some((c, start)) = RUNNING.get() {
                     say!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
                 }
-                let status = RUNNING.get().map_or(0, |(c, _)| c.status_after_stop());
+                let status = status_now();
                 // nothing of a camera command may outlive us (it would hold the camera)
                 crate::command::kill_now();
                 std::process::exit(status);

@@ -308,6 +308,22 @@ fn sender_errors_exit_non_zero_with_one_line() {
         list(&dir.join("out")),
         ["frame-000001.raw", "frame-000003.raw"]
     );
+    // --count 2 is frames 0 and 1: inputs past them are not opened
+    let f = send(
+        &recv.addr,
+        &["--count", "2", "--name", "counted"],
+        &[&good, &bad, &bad, &bad, &good],
+    );
+    assert_one_line_error(
+        &f,
+        "bitmask-send",
+        "1 of the first 2 input images could not be read",
+    );
+    assert!(
+        f.stderr.contains("(and 1 input(s) unreadable") && f.stderr.contains("sent 1 frames"),
+        "{}",
+        f.stderr
+    );
     assert!(
         !f.stderr.contains("signature.: Invalid"),
         "the cause is said once: {}",

@@ -1109,6 +1109,26 @@ fn ctrl_c_exits_130_from_a_batch_cut_short_and_0_from_an_endless_loop() {
             f.stderr
         );
     }
+    // a plain slideshow: image files at --fps, no --loop
+    let mut s = Proc::spawn(
+        Command::new(bin("bitmask-send"))
+            .args(["--to", &recv.addr, "--name", "slides", "--fps", "0.5"])
+            .arg(tmp.join("in")),
+    );
+    recv.proc.wait_for_stderr("stream from \"slides\"", LIMIT);
+    let st = Command::new("kill")
+        .args(["-INT", &s.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(st.success());
+    let f = s.wait(LIMIT);
+    assert_eq!(
+        f.status.code(),
+        Some(130),
+        "slides: {}\n{}",
+        f.status,
+        f.stderr
+    );
 }
 
 #[test]

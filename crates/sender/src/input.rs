@@ -156,6 +156,9 @@ pub struct ImageFiles {
     failed: (usize, Option<String>),
     /// Of those, how many [`Source::passed_over`] has not said yet.
     passed: u64,
+    /// `--count`: in a batch, file `i` is frame `i`, so no file at or past
+    /// it is opened (an unreadable one before it uses up its number).
+    count: Option<u64>,
     /// Bytes of decoded images kept at most ([`cache_limit`]).
     cache_limit: usize,
 }
@@ -180,8 +183,9 @@ fn mem_available(meminfo: &str) -> Option<usize> {
 }
 
 impl ImageFiles {
-    /// A source over `files`.
-    pub fn new(files: Vec<PathBuf>, looping: bool) -> Self {
+    /// A source over `files`; `count`: `--count` (frame numbers used at
+    /// most).
+    pub fn new(files: Vec<PathBuf>, looping: bool, count: Option<u64>) -> Self {
         let n = files.len();
         ImageFiles {
             files,
@@ -191,6 +195,7 @@ impl ImageFiles {
             unreadable: vec![false; n],
             failed: (0, None),
             passed: 0,
+            count,
             cache_limit: if looping { cache_limit() } else { 0 },
         }
     }
@@ -211,6 +216,9 @@ impl Source for ImageFiles {
                     return Ok(false);
                 }
                 self.next = 0;
+            }
+            if !self.looping && self.count.is_some_and(|n| self.next as u64 >= n) {
+                return Ok(false); // (frame numbers 0..n used: the pipeline stops there)
             }
             let i = self.next;
             self.next += 1;
@@ -276,16 +284,22 @@ impl Source for ImageFiles {
     }
 
     fn finish(&mut self) -> Result<()> {
+        // (a batch opens its files in order: `next` of them were tried)
+        let tried = self.next;
         match &self.failed {
             (0, _) => Ok(()),
-            (n, first) if *n == self.files.len() => bail!(
+            (n, first) if *n == tried => bail!(
                 "none of the {n} input image(s) can be read: {}",
                 first.as_deref().unwrap_or("?")
             ),
             (n, first) => bail!(
-                "{n} of the {} input images could not be read and were skipped (their frame \
-                 numbers unused); the first: {}",
-                self.files.len(),
+                "{n} of the {}{tried} input images could not be read and were skipped (their \
+                 frame numbers unused); the first: {}",
+                if tried < self.files.len() {
+                    "first "
+                } else {
+                    ""
+                },
                 first.as_deref().unwrap_or("?")
             ),
         }

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 /// recipe `img[:,:,2] >= 170` is `--channel blue --threshold 170`.
 /// All frames share one TCP connection. An image that cannot be read (a
 /// JPEG cut short too) is skipped with a warning, its frame number left
-/// unused (the receiver counts it as lost), and the others are sent; the
-/// run then ends with an error (with --loop it is tried each round).
+/// unused (a gap the receiver counts as lost after its first frame), and
+/// the others are sent; the run then ends with an error (with --loop it
+/// is tried each round).
 #[derive(Parser, Debug)]
 #[command(name = "bitmask-send", version, verbatim_doc_comment)]
 #[command(after_help = "Examples:
@@ -91,7 +92,9 @@ struct Cli {
 
     /// Stop after N frames (with --loop: go round the inputs until N are sent).
     /// A live source counts frames captured: those the link was too slow
-    /// for are dropped and counted (add --no-drop to send all N).
+    /// for are dropped and counted (add --no-drop to send all N). Image
+    /// files without --loop: frames 0..N, i.e. the first N files (one that
+    /// cannot be read uses its number).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 
@@ -375,7 +378,7 @@ fn run(cli: Cli) -> Result<()> {
         None => {
             let files = input::expand(&cli.inputs)?;
             log::info!("{} input image(s)", files.len());
-            Box::new(input::ImageFiles::new(files, cli.looping))
+            Box::new(input::ImageFiles::new(files, cli.looping, cli.count))
         }
     };
     let params = input::MaskParams {

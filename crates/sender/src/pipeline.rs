@@ -542,11 +542,14 @@ pub fn run(
     let mut last_report = (0u64, 0u64, Instant::now());
     // `--fps` on frames that come on their producer's clock (a camera)
     let keep_newest = period.filter(|_| cfg.producer_paced);
+    // What the input passed over (unreadable images): an error after
+    // delivery, unless the delivery failed itself.
+    let mut skipped = None;
     let result = (|| -> Result<()> {
         loop {
             if cfg.count.is_some_and(|n| sequence >= n) {
                 counters.input_ended.store(true, Relaxed);
-                source.finish()?;
+                skipped = source.finish().err();
                 break;
             }
             if let Some(p) = keep_newest {
@@ -602,14 +605,14 @@ pub fn run(
             if !more {
                 queue.recycle(mask);
                 counters.input_ended.store(true, Relaxed);
-                source.finish()?;
+                skipped = source.finish().err();
                 break;
             }
             if cfg.count.is_some_and(|n| sequence >= n) {
                 // (the skipped inputs took the numbers up to --count)
                 queue.recycle(mask);
                 counters.input_ended.store(true, Relaxed);
-                source.finish()?;
+                skipped = source.finish().err();
                 break;
             }
             if let Some(p) = keep_newest {
@@ -623,7 +626,7 @@ pub fn run(
                     next_due + p
                 };
             }
-            if sequence == 0 && (mask.width > 4096 || mask.height > 4096) {
+            if counters.captured.load(Relaxed) == 0 && (mask.width > 4096 || mask.height > 4096) {
                 log::warn!(
                     "frames are {}x{}: a receiver refuses frames over its --max-size, \
                      4096x4096 unless started with a larger one",
@@ -655,13 +658,15 @@ pub fn run(
     let net_result = net_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the network thread panicked"))?;
-    match (result, net_result) {
-        (Ok(()), Ok(())) => Ok(counters),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        // Both: the network's (it ended the delivery) is the error, the
-        // input's is said before it.
-        (Err(input), Err(net)) => {
-            log::error!("{input:#}");
+    // The input's own failure (a camera command that died, a read error)
+    // is the error, as it comes first; what it passed over yields to the
+    // network's error, and is then said before it.
+    result?;
+    match (net_result, skipped) {
+        (Ok(()), None) => Ok(counters),
+        (Err(e), None) | (Ok(()), Some(e)) => Err(e),
+        (Err(net), Some(passed)) => {
+            log::error!("{passed:#}");
             Err(net)
         }
     }

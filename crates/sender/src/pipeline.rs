@@ -298,8 +298,8 @@ impl Counters {
     /// signal cut a batch short (its input not all read, or frames of it
     /// not delivered), so that a script can tell an interrupted batch from
     /// a finished one. A live source or an endless `--loop` stopped by a
-    /// signal has ended as it should: 0 ([`FINITE`]).
-    /// The line that says why is logged here.
+    /// signal has ended as it should: 0 ([`FINITE`]). A non-zero status is
+    /// logged with its reason.
     pub fn status_after_stop(&self) -> i32 {
         match stop_requested() {
             Some(sig) if FINITE.load(Relaxed) && !self.batch_delivered() => {
@@ -762,9 +762,10 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// its end: the frames queued are sent and the summary printed. When that
 /// does not happen within [`STOP_GRACE`] (the input blocked reading, a
 /// long `--fps` period, a receiver away), the summary is printed and the
-/// process exits anyway ([`Counters::status_after_stop`]). A second signal (past [`SAME_STOP`]) ends the
-/// process at once, as the signal's default action would, after the
-/// camera command we started ([`on_stop_signal`]).
+/// process exits anyway, with the status of [`Counters::status_after_stop`].
+/// A second signal (past [`SAME_STOP`]) ends the process at once, as the
+/// signal's default action would, after the camera command we started
+/// ([`on_stop_signal`]).
 pub fn stop_on_signals() {
     let watchdog = std::thread::Builder::new()
         .name("stop".into())

@@ -201,14 +201,7 @@ fn sender_waits_for_a_missing_receiver_then_streams() {
     s.wait_for_stderr("cannot reach receiver", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(1500));
     let out = tmp.join("out");
-    let mut recv = start_listening(Command::new(bin("bitmask-recv")).args([
-        "--listen",
-        &addr,
-        "--out",
-        out.to_str().unwrap(),
-        "--count",
-        "5",
-    ]));
+    let mut recv = five_frames_at(&addr, &out);
     assert_eq!(recv.addr, addr);
     let fr = recv.proc.wait(LIMIT);
     assert!(fr.status.success(), "receiver: {}", fr.stderr);
@@ -219,6 +212,18 @@ fn sender_waits_for_a_missing_receiver_then_streams() {
         "frames captured while nobody listened are dropped, not queued: {seqs:?}"
     );
     s.wait_for_stderr("state: connected to", Duration::from_secs(5));
+}
+
+/// A receiver that comes up late at `addr`, writing 5 frames to `out`.
+fn five_frames_at(addr: &str, out: &Path) -> Listening {
+    start_listening(Command::new(bin("bitmask-recv")).args([
+        "--listen",
+        addr,
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        "5",
+    ]))
 }
 
 #[test]
@@ -234,14 +239,7 @@ fn an_endless_loop_of_images_waits_for_its_receiver() {
     assert!(!line.contains("gives up"), "{line}");
     std::thread::sleep(Duration::from_secs(11));
     let out = tmp.join("out");
-    let mut recv = start_listening(Command::new(bin("bitmask-recv")).args([
-        "--listen",
-        &addr,
-        "--out",
-        out.to_str().unwrap(),
-        "--count",
-        "5",
-    ]));
+    let mut recv = five_frames_at(&addr, &out);
     let fr = recv.proc.wait(LIMIT);
     assert!(
         fr.status.success(),

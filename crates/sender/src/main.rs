@@ -305,8 +305,9 @@ fn init_logging(verbose: u8) {
 /// slower): `--fps` pacing, `--input-command`, or a raw stream from a pipe,
 /// FIFO or device. Image files and a regular raw file (named, or on stdin)
 /// are a batch.
-fn live_source(cli: &Cli) -> bool {
-    cli.fps.is_some() || cli.input_command.is_some() || producer_paced(cli)
+/// (`paced`: [`producer_paced`].)
+fn live_source(cli: &Cli, paced: bool) -> bool {
+    cli.fps.is_some() || cli.input_command.is_some() || paced
 }
 
 /// Whether frames come on their producer's clock: raw frames from a pipe
@@ -330,11 +331,9 @@ fn run(cli: Cli) -> Result<()> {
     // Image files or a recorded file end by themselves (a stop signal that
     // cuts them short is an exit status of its own); an endless --loop, a
     // pipe or a camera end only by a signal.
-    pipeline::set_finite_input(
-        cli.input_command.is_none()
-            && !producer_paced(&cli)
-            && !(cli.looping && cli.count.is_none()),
-    );
+    let paced = producer_paced(&cli);
+    let endless = cli.looping && cli.count.is_none();
+    pipeline::set_finite_input(cli.input_command.is_none() && !paced && !endless);
     // checked before the input starts (a camera command would start for nothing)
     let name = cli.name.clone().unwrap_or_else(net::hostname);
     bitmask_wire::Hello::new(&name).with_context(|| format!("--name {name:?}"))?;
@@ -386,8 +385,7 @@ fn run(cli: Cli) -> Result<()> {
         threshold: cli.threshold,
         invert: cli.invert,
     };
-    let live = live_source(&cli);
-    let endless = cli.looping && cli.count.is_none();
+    let live = live_source(&cli, paced);
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,
@@ -402,7 +400,7 @@ fn run(cli: Cli) -> Result<()> {
         endless,
         fps: cli.fps,
         // (--no-drop: every frame is sent, the source slowed to --fps)
-        producer_paced: producer_paced(&cli) && !cli.no_drop,
+        producer_paced: paced && !cli.no_drop,
         count: cli.count,
         // parse_secs keeps these finite and in range
         timeout: Duration::from_secs_f64(cli.timeout),

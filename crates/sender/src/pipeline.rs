@@ -548,8 +548,7 @@ pub fn run(
     let result = (|| -> Result<()> {
         loop {
             if cfg.count.is_some_and(|n| sequence >= n) {
-                counters.input_ended.store(true, Relaxed);
-                skipped = source.finish().err();
+                skipped = input_ended(&counters, &mut *source);
                 break;
             }
             if let Some(p) = keep_newest {
@@ -604,15 +603,13 @@ pub fn run(
             }
             if !more {
                 queue.recycle(mask);
-                counters.input_ended.store(true, Relaxed);
-                skipped = source.finish().err();
+                skipped = input_ended(&counters, &mut *source);
                 break;
             }
             if cfg.count.is_some_and(|n| sequence >= n) {
                 // (the skipped inputs took the numbers up to --count)
                 queue.recycle(mask);
-                counters.input_ended.store(true, Relaxed);
-                skipped = source.finish().err();
+                skipped = input_ended(&counters, &mut *source);
                 break;
             }
             if let Some(p) = keep_newest {
@@ -670,6 +667,14 @@ pub fn run(
             Err(net)
         }
     }
+}
+
+/// The input came to its end (or to `--count`): says so in `counters`;
+/// the error for what the source passed over on the way, if any
+/// ([`Source::finish`]).
+fn input_ended(counters: &Counters, source: &mut dyn Source) -> Option<anyhow::Error> {
+    counters.input_ended.store(true, Relaxed);
+    source.finish().err()
 }
 
 /// The stop signal received (SIGINT, SIGTERM), 0 for none.

@@ -1000,6 +1000,10 @@ fn percent_decode(s: &str) -> Option<String> {
         match b[i] {
             b'%' => {
                 let hex = b.get(i + 1..i + 3)?;
+                // (from_str_radix alone would take a sign: "%+5")
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 let hex = std::str::from_utf8(hex).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
@@ -1079,6 +1083,9 @@ fn latest_png(shared: &Shared, query: &str) -> Result<Arc<Vec<u8>>, Reply> {
     }
     Ok(png)
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

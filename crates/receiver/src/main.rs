@@ -17,6 +17,9 @@ mod session;
 mod stats;
 mod udp;
 
+#[cfg(test)]
+mod test_rng;
+
 use anyhow::{Context, Result};
 use bitmask_wire::Limits;
 use clap::Parser;

@@ -399,6 +399,8 @@ fn on_dgram(
             // of it (once the buffer has grown).
             let mut buf = s.spare.pop().unwrap_or_default();
             if buf.len() < d.frame_len as usize {
+                // exactly: a doubling growth would allocate past the cap
+                buf.reserve_exact(d.frame_len as usize - buf.len());
                 buf.resize(d.frame_len as usize, 0);
             }
             s.partial.push(Partial {
@@ -472,6 +474,9 @@ fn on_dgram(
     s.spare.push(p.buf);
     s.spare.truncate(MAX_PARTIAL);
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -470,6 +470,19 @@ fn receiver_errors_exit_non_zero_with_one_line() {
         let f = recv(&["--listen", "127.0.0.1:0", "--out", out, flag, "0"]);
         assert_usage_error(&f, flag);
     }
+    let f = recv(&["--listen", "127.0.0.1:0", "--exec", " "]);
+    assert_usage_error(&f, "the command is empty");
+    // a port in use: no --exec program started
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let marker = dir.join("exec-started");
+    let cmd = format!("touch {}; cat > /dev/null", marker.display());
+    let f = recv(&["--listen", &port, "--exec", &cmd]);
+    assert_one_line_error(&f, "bitmask-recv", &port);
+    assert!(!marker.exists(), "--exec started before the port was taken");
+    // an option of the live view without the live view does nothing
+    let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--http-fps", "5"]);
+    assert_usage_error(&f, "--http");
     // a --stats-json that can never be written is refused at the start
     let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--stats-json", out]);
     assert_one_line_error(&f, "bitmask-recv", "is a directory");

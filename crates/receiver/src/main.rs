@@ -1,4 +1,5 @@
-//! `bitmask-recv`: accepts bitmask streams over TCP and writes each mask to disk or stdout.
+//! `bitmask-recv`: accepts bitmask streams over TCP and UDP and writes each mask to disk,
+//! stdout or a program.
 
 /// `eprintln!` that cannot panic: a closed stderr (a `| head` that ended,
 /// a dropped ssh session) must not turn a finished run into exit 101.
@@ -29,7 +30,8 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Receive bitmask frames over TCP and write each mask as a file.
+/// Receive bitmask frames over TCP or UDP and write each mask as a file (or to stdout or a
+/// program).
 ///
 /// Listens on ADDR (TCP, and UDP on the same port), serves many senders at
 /// once (a thread each), and writes every frame as DIR/frame-NNNNNN.EXT
@@ -86,7 +88,7 @@ struct Cli {
     latest: Option<PathBuf>,
 
     /// Start CMD once (via sh -c) and write every mask to its stdin, back to back (raw or gray8); exits 3 if it dies.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", value_parser = non_blank)]
     exec: Option<String>,
 
     /// File format of each mask.
@@ -147,7 +149,8 @@ struct Cli {
 
     /// Frames per second per sender copied for the live view, 0.01 to 1000 (it never slows
     /// the stream).
-    #[arg(long, default_value = "10", value_parser = http::parse_fps, value_name = "N")]
+    #[arg(long, default_value = "10", value_parser = http::parse_fps, value_name = "N",
+          requires = "http")]
     http_fps: f64,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
@@ -222,6 +225,15 @@ fn raise_fd_limit(max_senders: u64, view: bool) {
     }
 }
 
+/// A command that is not empty or blanks only.
+fn non_blank(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("the command is empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 fn bind(addr: &str) -> Result<TcpListener> {
     let sa: SocketAddr = addr
         .to_socket_addrs()
@@ -247,6 +259,13 @@ fn run(cli: Cli) -> Result<()> {
         output::check_file_target("--stats-json", p)?;
     }
     raise_fd_limit(cli.max_senders as u64, cli.http.is_some());
+    // Before the outputs: a port in use starts no --exec program.
+    let listener = bind(&cli.listen)?;
+    let local = listener.local_addr()?;
+    // Datagrams (--transport udp on the sender) arrive on the same port.
+    let udp = UdpSocket::bind(local)
+        .map_err(|e| log::warn!("no UDP on {local}: {e}"))
+        .ok();
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
@@ -278,12 +297,6 @@ fn run(cli: Cli) -> Result<()> {
             per_sender: None,
         }
     };
-    let listener = bind(&cli.listen)?;
-    let local = listener.local_addr()?;
-    // Datagrams (--transport udp on the sender) arrive on the same port.
-    let udp = UdpSocket::bind(local)
-        .map_err(|e| log::warn!("no UDP on {local}: {e}"))
-        .ok();
     log::info!(
         "listening on {local}{}",
         if udp.is_some() { " (tcp and udp)" } else { "" }

@@ -138,7 +138,7 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
             Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
                 Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data),
                 Err(why) => {
-                    if logs.bad(from) {
+                    if !over_the_cap(&hub, &mut streams, from, &buf[..n]) && logs.bad(from) {
                         log::warn!("udp from {from}: dropped: {why}");
                     }
                 }
@@ -157,6 +157,47 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
             sweep(&hub, &mut streams);
         }
     }
+}
+
+/// Counts a fragment of a frame over this receiver's `--max-size` from a
+/// stream whose hello came as damaged (once per frame, logged as such):
+/// such a frame is never reassembled, and over TCP its sender would be
+/// told. Returns whether the datagram was one.
+fn over_the_cap(
+    hub: &Hub,
+    streams: &mut HashMap<(SocketAddr, u32), Stream>,
+    from: SocketAddr,
+    b: &[u8],
+) -> bool {
+    // (the datagram as it would parse without the cap)
+    let any = Limits {
+        max_width: u32::MAX,
+        max_height: u32::MAX,
+        max_payload: u32::MAX,
+    };
+    let Ok((d, _)) = parse(b, &any) else {
+        return false;
+    };
+    let cap = HEADER_LEN as u64 + hub.limits.max_payload as u64;
+    if d.kind == KIND_HELLO || d.frame_len as u64 <= cap {
+        return false;
+    }
+    let Some(s) = streams.get_mut(&(from, d.stream_id)) else {
+        return false;
+    };
+    if s.ctx.is_none() {
+        return false;
+    }
+    if !s.late(d.sequence) && !s.too_far(d.sequence) {
+        let ctx = s.ctx.as_mut().expect("checked above");
+        ctx.corrupt(&format_args!(
+            "frame {} is {} B, over this receiver's cap of {cap} B (--max-size {}x{})",
+            d.sequence, d.frame_len, hub.limits.max_width, hub.limits.max_height
+        ));
+        s.forget(d.sequence);
+    }
+    s.last_seen = Instant::now();
+    true
 }
 
 fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
@@ -825,6 +866,55 @@ mod tests {
         };
         assert_eq!(counts("dup"), (3, 0, 2));
         assert_eq!(counts("dup-udp5001"), (1, 0, 1));
+    }
+
+    #[test]
+    fn frames_over_the_cap_are_counted_once_each_as_corrupt() {
+        let mut bed = Bed::new();
+        bed.hello(7, "big");
+        let cap = HEADER_LEN as u32 + bed.hub.limits.max_payload;
+        let fragment = |sequence: u64, index: u16| {
+            let (stride, frame_len) = (1000u16, cap + 1);
+            let mut b = Dgram {
+                kind: KIND_FRAGMENT,
+                index,
+                count: frame_len.div_ceil(stride as u32) as u16,
+                stride,
+                stream_id: 7,
+                sequence,
+                frame_len,
+            }
+            .encode()
+            .to_vec();
+            b.extend_from_slice(&[0; 1000]);
+            b
+        };
+        assert!(parse(&fragment(0, 0), &bed.hub.limits).is_err());
+        let from = bed.from;
+        for (q, i) in [(0, 0), (0, 1), (1, 0), (0, 2), (1, 5)] {
+            assert!(over_the_cap(
+                &bed.hub,
+                &mut bed.streams,
+                from,
+                &fragment(q, i)
+            ));
+        }
+        // another stream's, or one without a hello: not this receiver's to count
+        let other: SocketAddr = "10.0.0.9:1".parse().unwrap();
+        assert!(!over_the_cap(
+            &bed.hub,
+            &mut bed.streams,
+            other,
+            &fragment(2, 0)
+        ));
+        let s = crate::stats::lock(&bed.hub.stats.sender("big")).snapshot();
+        assert_eq!((s.received, s.corrupt), (0, 2));
+        // a frame within the cap is delivered after them
+        for d in fragments(&raw_frame(64, 8, 2, 1), 7, 2, 30) {
+            bed.feed(&d);
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("big")).snapshot();
+        assert_eq!((s.received, s.lost, s.corrupt), (1, 0, 2));
     }
 
     #[test]

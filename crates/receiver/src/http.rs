@@ -946,8 +946,31 @@ fn write_by(stream: &mut TcpStream, mut data: &[u8], deadline: Instant) -> std::
     Ok(())
 }
 
+/// A request target's path and query. The absolute form
+/// `http://HOST:PORT/p?q`, which RFC 9112 has servers accept (a proxy in
+/// between sends it), is read as `/p?q`; a missing path is `/`.
+fn path_and_query(target: &str) -> (&str, &str) {
+    let scheme = ["http://", "https://"].into_iter().find(|p| {
+        target
+            .get(..p.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(p))
+    });
+    let target = match scheme {
+        Some(p) => {
+            let rest = &target[p.len()..];
+            match rest.find(['/', '?']) {
+                Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+                Some(i) => return ("/", &rest[i + 1..]),
+                None => return ("/", ""),
+            }
+        }
+        None => target,
+    };
+    target.split_once('?').unwrap_or((target, ""))
+}
+
 fn route(shared: &Shared, method: &str, target: &str) -> Reply {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = path_and_query(target);
     let known = matches!(
         path,
         "/" | "/index.html" | "/app.js" | "/style.css" | "/stats.json" | "/latest.png"
@@ -1135,6 +1158,12 @@ mod tests {
         assert_eq!((st, body.len()), (200, 0));
         assert_eq!(req(a, "GET", "/nope").0, 404);
         assert_eq!(req(a, "GET", "/../etc/passwd").0, 404);
+        // the absolute form, as a proxy sends it
+        let (st, head, _) = req(a, "GET", &format!("http://{a}/stats.json"));
+        assert_eq!(st, 200);
+        assert!(head.contains("application/json"), "{head}");
+        assert_eq!(req(a, "GET", &format!("HTTP://{a}")).0, 200);
+        assert_eq!(req(a, "GET", "http://x/nope").0, 404);
         let (st, head, _) = req(a, "POST", "/stats.json");
         assert_eq!(st, 405);
         assert!(head.contains("Allow: GET, HEAD"));

@@ -74,7 +74,23 @@ fn expected(bytes: &[u8]) -> Option<(u16, bool)> {
 
 /// The status of a whole request, from the module's documentation.
 fn routed(method: &str, target: &str) -> u16 {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // (the absolute form: what follows the authority, "/" when nothing does)
+    let lower = target.to_ascii_lowercase();
+    let target = match ["http://", "https://"]
+        .iter()
+        .find(|p| lower.starts_with(*p))
+    {
+        Some(p) => {
+            let rest = &target[p.len()..];
+            match rest.find(['/', '?']) {
+                Some(i) if rest[i..].starts_with('?') => format!("/{}", &rest[i..]),
+                Some(i) => rest[i..].to_string(),
+                None => "/".to_string(),
+            }
+        }
+        None => target.to_string(),
+    };
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let pages = [
         "/",
         "/index.html",
@@ -178,6 +194,11 @@ fn request(rng: &mut Rng) -> Vec<u8> {
                 "/../etc/passwd",
                 "*",
                 "http://x/",
+                "HTTP://x:8080/stats.json",
+                "http://x?y",
+                "http://x",
+                "https://[::1]:1/latest.png?sender=cam+one",
+                "http:/x/",
                 "//",
                 "/index.html/",
                 "/stats.json?x=1",

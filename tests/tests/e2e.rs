@@ -855,3 +855,105 @@ fn a_closed_stderr_does_not_turn_a_run_into_a_crash() {
         "a missing image with a closed stderr: {b}"
     );
 }
+
+#[test]
+fn a_udp_batch_to_a_port_that_refuses_datagrams_exits_1_and_a_live_run_goes_on() {
+    let dir = TempDir::new("e2e-udp-refused");
+    let files: Vec<PathBuf> = images(&dir, &[(16, 8), (16, 8), (16, 8)])
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let addr = closed_port();
+    // a batch: every frame went to a port where nobody listens
+    let f = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &addr, "--transport", "udp"])
+        .args(&files));
+    assert_eq!(f.status.code(), Some(1), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("refuses datagrams")
+            && f.stderr.contains("sent while the receiver")
+            && f.stderr.contains("refused datagrams")
+            && f.stderr.contains("may not have arrived"),
+        "{}",
+        f.stderr
+    );
+    assert_one_line_error(&f, "bitmask-send", "refused datagrams");
+    assert_eq!(summary_count(&f.stderr, "sent"), 3, "{}", f.stderr);
+    // a live source (a camera command) goes on and ends as before: exit 0
+    let f = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &addr,
+        "--transport",
+        "udp",
+        "--input-format",
+        "gray8",
+        "--size",
+        "16x8",
+        "--input-command",
+        "head -c 384 /dev/zero",
+    ]));
+    assert!(f.status.success(), "{}", f.stderr);
+    assert!(f.stderr.contains("refuses datagrams"), "{}", f.stderr);
+}
+
+#[test]
+fn udp_only_options_with_tcp_are_usage_errors_and_no_drop_over_udp_says_what_it_does() {
+    let dir = TempDir::new("e2e-udp-only");
+    let good = images(&dir, &[(7, 3)]).remove(0).0;
+    for (flag, v) in [("--mtu", "1400"), ("--rate", "10")] {
+        // (the default transport, and tcp named)
+        for transport in [&[][..], &["--transport", "tcp"][..]] {
+            let f = run(Command::new(bin("bitmask-send"))
+                .args(["--to", "127.0.0.1:1", flag, v])
+                .args(transport)
+                .arg(&good));
+            assert_usage_error(&f, flag);
+            assert!(f.stderr.contains("--transport udp"), "{}", f.stderr);
+        }
+    }
+    // --no-drop keeps a meaning over UDP (nothing dropped in the sender),
+    // and the run says which
+    let recv = start_receiver(&["--out", dir.join("out").to_str().unwrap()]);
+    let f = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &recv.addr, "--transport", "udp", "--no-drop"])
+        .args(["--mtu", "1400", "--rate", "10"])
+        .arg(&good));
+    assert_ok("--no-drop over udp", &f);
+    assert!(
+        f.stderr
+            .contains("--no-drop with --transport udp: no frame is dropped in the sender"),
+        "{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn the_senders_help_names_udp_and_what_loop_takes() {
+    let f = run(Command::new(bin("bitmask-send")).arg("--help"));
+    assert!(f.status.success(), "{}", f.stderr);
+    // (clap rewraps the text: compare it with single spaces)
+    let help = String::from_utf8_lossy(&f.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        !help.contains("All frames share one TCP connection."),
+        "{help}"
+    );
+    assert!(
+        help.contains("or as UDP datagrams with --transport udp"),
+        "{help}"
+    );
+    assert!(
+        help.contains("(image files only: a raw --input-format stream cannot be looped)"),
+        "{help}"
+    );
+    assert!(
+        help.contains("With --transport udp only the first half holds"),
+        "{help}"
+    );
+    assert!(
+        help.contains("sent while the receiver refused datagrams"),
+        "{help}"
+    );
+}

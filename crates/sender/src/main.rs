@@ -1,5 +1,5 @@
 //! `bitmask-send`: thresholds images into 1-bit masks and streams them as
-//! bitmask frames over one TCP connection.
+//! bitmask frames over one TCP connection (or as UDP datagrams).
 
 /// `eprintln!` that cannot panic: a closed stderr (a `| head` that ended,
 /// a dropped ssh session) must not turn a finished run into exit 101.
@@ -20,7 +20,7 @@ mod udp;
 
 use anyhow::{Context, Result};
 use bitmask_core::Channel;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 /// files and subdirectories left out). Pixels become bits by
 /// `bit = value >= threshold` on the chosen channel, so the original numpy
 /// recipe `img[:,:,2] >= 170` is `--channel blue --threshold 170`.
-/// All frames share one TCP connection. An image that cannot be read (a
+/// Frames go over one TCP connection, or as UDP datagrams with
+/// --transport udp (nothing confirmed or sent again). An image that cannot be read (a
 /// JPEG cut short too) is skipped with a warning, its frame number left
 /// unused (a gap the receiver counts as lost after its first frame), and
 /// the others are sent; the run then ends with an error (with --loop it
@@ -51,7 +52,9 @@ use std::time::{Duration, Instant};
 Exit status: 0 when the input is sent (a camera, a pipe or an endless --loop:
 also when stopped by Ctrl-C or SIGTERM); 1 on an error (the summary line
 says what was delivered before it; an image that could not be read is
-one); 2 on a command line that cannot be parsed; 128+N when signal N
+one, and so, with --transport udp, are frames of image files or a
+recorded file sent while the receiver refused datagrams: nobody listened
+at that port); 2 on a command line that cannot be parsed; 128+N when signal N
 (Ctrl-C: 130) stopped image files or a recorded file before all of it was
 read and delivered.")]
 struct Cli {
@@ -81,7 +84,8 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_fps)]
     fps: Option<f64>,
 
-    /// Start over after the last input, until interrupted. Without --count
+    /// Start over after the last input, until interrupted (image files only:
+    /// a raw --input-format stream cannot be looped). Without --count
     /// it never ends by itself: an unreachable receiver is waited for, as
     /// for a live source (a batch gives up after 10 s; either gives up on
     /// a receiver that confirms no frame for 10 s). Decoded images are
@@ -161,7 +165,9 @@ struct Cli {
     /// confirmed (it skips what it already wrote; up to 64 frames are kept).
     /// Implied unless the source is live (--fps pacing, --input-command, raw
     /// frames from a pipe or FIFO): image files and a recorded raw file are a
-    /// batch and are all sent.
+    /// batch and are all sent. With --transport udp only the first half
+    /// holds: no frame is dropped in the sender, but nothing is sent again
+    /// (UDP confirms nothing; a datagram lost on the way loses its frame).
     #[arg(long)]
     no_drop: bool,
 
@@ -173,7 +179,7 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = pipeline::Transport::Tcp)]
     transport: pipeline::Transport,
 
-    /// Path MTU for --transport udp, in bytes (IP header included).
+    /// Path MTU for --transport udp, in bytes (IP header included); with TCP it is refused.
     #[arg(long, default_value_t = 1500, value_name = "BYTES",
           value_parser = clap::value_parser!(u16).range(udp::MIN_MTU as i64..))]
     mtu: u16,
@@ -182,7 +188,7 @@ struct Cli {
     /// control: above the link's rate whole frames are lost). Default: only the
     /// local queue's back-pressure. At least 0.12 at --mtu 1500 (full
     /// datagrams 100 ms apart: a receiver gives up a frame after 250 ms
-    /// without one).
+    /// without one). With TCP (which paces itself) it is refused.
     #[arg(long, value_name = "MBIT", value_parser = parse_mbit)]
     rate: Option<f64>,
 
@@ -281,12 +287,38 @@ fn parse_mbit(s: &str) -> Result<f64, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    check_udp_only(&matches, &cli);
     init_logging(cli.verbose);
     pipeline::stop_on_signals();
     if let Err(e) = run(cli) {
         say!("bitmask-send: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `--mtu` and `--rate` shape datagrams: given with TCP they would do
+/// nothing, so they are a usage error there (exit 2), as clap's own.
+fn check_udp_only(matches: &clap::ArgMatches, cli: &Cli) {
+    if cli.transport == pipeline::Transport::Udp {
+        return;
+    }
+    for (id, what) in [
+        ("mtu", "sizes datagrams"),
+        ("rate", "paces datagrams (TCP paces itself)"),
+    ] {
+        if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{id} {what}: it applies to --transport udp only, and the transport \
+                         is tcp; add --transport udp, or leave --{id} out"
+                    ),
+                )
+                .exit();
+        }
     }
 }
 
@@ -357,12 +389,15 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
     }
-    match (cli.transport, cli.rate) {
-        (pipeline::Transport::Udp, Some(r)) => udp::check_rate(cli.mtu.into(), r)?,
-        (pipeline::Transport::Tcp, Some(_)) => {
-            log::warn!("--rate paces --transport udp only: TCP paces itself; ignored")
-        }
-        _ => {}
+    if cli.no_drop && cli.transport == pipeline::Transport::Udp {
+        log::info!(
+            "--no-drop with --transport udp: no frame is dropped in the sender (the source \
+             is slowed to what the socket takes), but none is sent again: UDP confirms nothing"
+        );
+    }
+    // (--rate with TCP is refused by check_udp_only)
+    if let (pipeline::Transport::Udp, Some(r)) = (cli.transport, cli.rate) {
+        udp::check_rate(cli.mtu.into(), r)?;
     }
     let source: Box<dyn input::Source> = match cli.input_format {
         Some(format) => Box::new(raw::RawFrames::from_cli(

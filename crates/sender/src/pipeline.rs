@@ -252,6 +252,9 @@ pub struct Counters {
     /// Inputs passed over, their frame numbers left unused (image files
     /// that could not be read).
     pub unreadable: AtomicU64,
+    /// Frames written over UDP while the receiver refused datagrams (ICMP
+    /// port unreachable: nobody listened there): they may not have arrived.
+    pub refused: AtomicU64,
     /// Frames written (and not confirmed) that were then given up: counted
     /// in `dropped`, not in `unconfirmed`.
     pub written_dropped: AtomicU64,
@@ -323,7 +326,12 @@ impl Counters {
     fn batch_delivered(&self) -> bool {
         let (never, open) = self.left_at_exit();
         self.input_ended.load(Relaxed)
-            && never + open + self.dropped.load(Relaxed) + self.unconfirmed.load(Relaxed) == 0
+            && never
+                + open
+                + self.dropped.load(Relaxed)
+                + self.unconfirmed.load(Relaxed)
+                + self.refused.load(Relaxed)
+                == 0
     }
 
     /// For a process that exits now: (frames never written, frames written
@@ -385,6 +393,9 @@ impl Counters {
         if u > 0 {
             confirmed += &format!(", unconfirmed {u}");
         }
+        if let n @ 1.. = self.refused.load(Relaxed) {
+            confirmed += &format!(", {n} sent while the receiver refused datagrams");
+        }
         let rates = match interval {
             None => format!(
                 "{:.1} fps, {:.1} Mbit/s",
@@ -444,6 +455,11 @@ pub trait Link: Send {
     /// what was sent): a receiver that confirms nothing for a while on such
     /// a link is slow, not gone.
     fn peer_answers(&self) -> bool {
+        false
+    }
+    /// Whether the receiver refuses what this link sends now (UDP: ICMP
+    /// port unreachable came back): a frame just written may not arrive.
+    fn refusing(&mut self) -> bool {
         false
     }
     /// Ends the stream cleanly.
@@ -659,6 +675,22 @@ pub fn run(
     // is the error, as it comes first; what it passed over yields to the
     // network's error, and is then said before it.
     result?;
+    // A batch over UDP whose receiver refused datagrams (nobody listened
+    // at that port, for a while at least) is not sent: what it wrote then
+    // may not have arrived. (A live source goes on, as it always does.)
+    let refused = counters.refused.load(Relaxed);
+    let net_result = match net_result {
+        Ok(()) if refused > 0 && FINITE.load(Relaxed) && stop_requested().is_none() => {
+            Err(anyhow::anyhow!(
+                "{refused} of {} frame(s) were sent while the receiver {} refused datagrams \
+                 (ICMP port unreachable: is it running, on that port?): they may not have \
+                 arrived",
+                counters.sent.load(Relaxed),
+                cfg.to
+            ))
+        }
+        r => r,
+    };
     match (net_result, skipped) {
         (Ok(()), None) => Ok(counters),
         (Err(e), None) | (Ok(()), Some(e)) => Err(e),
@@ -1600,6 +1632,9 @@ fn network_loop_via(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
+                if l.refusing() {
+                    counters.refused.fetch_add(1, Relaxed);
+                }
                 d.written_max = d.written_max.max(Some(slot.sequence));
                 if !d.tracking {
                     // (nothing is confirmed: a frame written is all the

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use bitmask_wire::Hello;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
@@ -111,6 +112,10 @@ pub struct UdpLink {
     stride: usize,
     dgram: Vec<u8>,
     refused: Option<Refusals>,
+    /// Refusals the hello thread took from the socket (it counts them).
+    hello_refusals: std::sync::Arc<AtomicU64>,
+    /// Those already noted.
+    hello_refusals_seen: u64,
     pacer: Option<Pacer>,
     /// Dropped with the link: its hello thread then ends.
     _hellos: std::sync::mpsc::Sender<()>,
@@ -173,10 +178,21 @@ impl UdpLink {
         let stream_id = stream_id();
         let hello = hello_dgram(&hello, stream_id);
         // The first hello before any frame, the others from a thread, every
-        // HELLO_EVERY until the link is dropped. (Its errors are ignored:
-        // the frames' datagrams report a refusing or unreachable receiver.)
+        // HELLO_EVERY until the link is dropped. (Its other errors are
+        // ignored: the frames' datagrams report an unreachable receiver. A
+        // refusal it takes from the socket, an earlier datagram's, is
+        // passed on: it would be missed by the frames' datagrams.)
         let hello_sock = sock.try_clone().context("cloning the UDP socket")?;
-        let _ = hello_sock.send(&hello);
+        let hello_refusals = std::sync::Arc::new(AtomicU64::new(0));
+        let refusals = hello_refusals.clone();
+        let send_hello = move || {
+            if let Err(e) = hello_sock.send(&hello) {
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    refusals.fetch_add(1, Relaxed);
+                }
+            }
+        };
+        send_hello();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("udp-hello".into())
@@ -184,7 +200,7 @@ impl UdpLink {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(HELLO_EVERY)
                 {
-                    let _ = hello_sock.send(&hello);
+                    send_hello();
                 }
             })
             .context("starting the UDP hello thread")?;
@@ -195,6 +211,8 @@ impl UdpLink {
             stride,
             dgram: Vec::with_capacity(DGRAM_HEADER_LEN + stride),
             refused: None,
+            hello_refusals,
+            hello_refusals_seen: 0,
             pacer: rate_mbit.map(|r| Pacer {
                 // IP + UDP headers count against the link too
                 ns_per_byte: 8.0 * 1e3 / r,
@@ -202,6 +220,40 @@ impl UdpLink {
             }),
             _hellos: stop,
         })
+    }
+
+    /// A datagram was refused (ICMP port unreachable, reported on a later
+    /// send: this link's or the hello thread's).
+    fn note_refusal(&mut self) {
+        let now = Instant::now();
+        match &mut self.refused {
+            None => {
+                log::warn!(
+                    "state: receiver {} refuses datagrams (not running?); sending on",
+                    self.to
+                );
+                self.refused = Some(Refusals {
+                    last: now,
+                    said: now,
+                    since: 0,
+                });
+            }
+            Some(r) => {
+                r.last = now;
+                r.since += 1;
+                if r.said.elapsed() >= REFUSALS_SAID {
+                    log::warn!(
+                        "state: receiver {} still refuses datagrams: {} refused in \
+                         the last {} s; frames sent meanwhile are lost",
+                        self.to,
+                        r.since,
+                        r.said.elapsed().as_secs()
+                    );
+                    r.said = now;
+                    r.since = 0;
+                }
+            }
+        }
     }
 
     fn send_dgram(&mut self) -> io::Result<()> {
@@ -229,37 +281,7 @@ impl UdpLink {
                 }
                 // ICMP port unreachable from an earlier datagram: nobody
                 // listens (yet). UDP cannot tell when it is back: keep sending.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    let now = Instant::now();
-                    match &mut self.refused {
-                        None => {
-                            log::warn!(
-                                "state: receiver {} refuses datagrams (not running?); sending on",
-                                self.to
-                            );
-                            self.refused = Some(Refusals {
-                                last: now,
-                                said: now,
-                                since: 0,
-                            });
-                        }
-                        Some(r) => {
-                            r.last = now;
-                            r.since += 1;
-                            if r.said.elapsed() >= REFUSALS_SAID {
-                                log::warn!(
-                                    "state: receiver {} still refuses datagrams: {} refused in \
-                                     the last {} s; frames sent meanwhile are lost",
-                                    self.to,
-                                    r.since,
-                                    r.said.elapsed().as_secs()
-                                );
-                                r.said = now;
-                                r.since = 0;
-                            }
-                        }
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.note_refusal(),
                 // The local queue is full: give the link a moment.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     std::thread::sleep(Duration::from_micros(200));
@@ -268,6 +290,17 @@ impl UdpLink {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Whether the receiver refuses datagrams now: one was refused (ICMP
+    /// port unreachable) within [`REFUSALS_OVER`] of the last send.
+    pub fn refusing(&mut self) -> bool {
+        let seen = self.hello_refusals.load(Relaxed);
+        if seen != self.hello_refusals_seen {
+            self.hello_refusals_seen = seen;
+            self.note_refusal();
+        }
+        self.refused.is_some()
     }
 
     /// Sends the frame's bytes as fragments.
@@ -304,6 +337,9 @@ impl UdpLink {
 impl crate::pipeline::Link for UdpLink {
     fn send_frame(&mut self, frame: &[u8], sequence: u64) -> io::Result<()> {
         self.send(frame, sequence)
+    }
+    fn refusing(&mut self) -> bool {
+        UdpLink::refusing(self)
     }
     fn finish(self: Box<Self>) {}
 }

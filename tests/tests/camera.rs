@@ -892,3 +892,64 @@ fn bad_output_arguments_are_one_line_errors() {
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn a_recorded_file_that_is_not_whole_frames_is_warned_about_at_the_start() {
+    // (no ffmpeg needed: any bytes are gray8 frames)
+    let dir = TempDir::new("camera-misfit");
+    let (w, h) = (64, 48);
+    let frame = w * h;
+    let rec = dir.join("rec.raw");
+    std::fs::write(&rec, noise(4 * frame + 1000, 3)).unwrap();
+    let mut recv = start_receiver(&["--out", dir.join("out").to_str().unwrap()]);
+    let named = run(Command::new(bin("bitmask-send")).args([
+        "--to",
+        &recv.addr,
+        "--input-format",
+        "gray8",
+        "--size",
+        "64x48",
+        rec.to_str().unwrap(),
+    ]));
+    // stdin redirected from the file: the same (fstat)
+    let redirected = run(Command::new("sh").args([
+        "-c",
+        &format!(
+            "exec {} --to {} --input-format gray8 --size 64x48 - < {}",
+            sh_quote(&bin("bitmask-send")),
+            recv.addr,
+            sh_quote(&rec)
+        ),
+    ]));
+    for (f, name) in [
+        (&named, rec.display().to_string()),
+        (&redirected, "stdin".into()),
+    ] {
+        assert!(f.status.success(), "{}", f.stderr);
+        let warning = format!(
+            "{name} is {} bytes, not a whole number of frames of {frame} bytes (gray8 64x48, \
+             stride 64 B, 48 stored rows, {frame} B per frame): 4 whole frame(s) and 1000 \
+             bytes over",
+            4 * frame + 1000
+        );
+        let at = f
+            .stderr
+            .find(&warning)
+            .unwrap_or_else(|| panic!("{}", f.stderr));
+        // at once, before the first frame is sent
+        assert!(
+            f.stderr.find("state: connected").is_none_or(|c| at < c),
+            "{}",
+            f.stderr
+        );
+        assert!(
+            f.stderr.contains(
+                "a wrong --size, --stride or --padded-height shows as a part-frame at its end"
+            ),
+            "{}",
+            f.stderr
+        );
+        assert!(!f.stderr.contains("if this happens at the first frame"));
+    }
+    recv.proc.terminate(LIMIT);
+}

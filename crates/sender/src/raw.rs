@@ -183,15 +183,45 @@ pub struct RawFrames {
     ended: bool,
 }
 
-/// Opens `path` (`-` = stdin) and names it for messages. Opening a FIFO
-/// waits for its writer.
-fn open(path: &Path) -> Result<(Box<dyn Read>, String)> {
+/// Opens `path` (`-` = stdin) and names it for messages, with its length
+/// when it is a regular file (fstat: a named file, or stdin redirected from
+/// one). Opening a FIFO waits for its writer.
+fn open(path: &Path) -> Result<(Box<dyn Read>, String, Option<u64>)> {
+    let file_len =
+        |m: io::Result<std::fs::Metadata>| m.ok().filter(|m| m.is_file()).map(|m| m.len());
     if path.as_os_str() == "-" {
-        return Ok((Box::new(io::stdin().lock()), "stdin".into()));
+        let stdin = io::stdin().lock();
+        let len = {
+            use std::os::fd::AsFd;
+            stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .and_then(|f| f.metadata())
+        };
+        return Ok((Box::new(stdin), "stdin".into(), file_len(len)));
     }
     let f =
         File::open(path).with_context(|| format!("cannot open raw input {}", path.display()))?;
-    Ok((Box::new(f), path.display().to_string()))
+    let len = file_len(f.metadata());
+    Ok((Box::new(f), path.display().to_string(), len))
+}
+
+/// The warning for a raw input that is a regular file of `file_len` bytes
+/// when that is not a whole number of frames: the layout (`--size`,
+/// `--stride`, `--padded-height`) is likely wrong. (Only a warning: a file
+/// still being written may end in a part-frame.)
+pub fn misfit(name: &str, file_len: u64, layout: &RawLayout) -> Option<String> {
+    let frame = layout.frame_len() as u64;
+    let over = file_len % frame;
+    (over != 0).then(|| {
+        format!(
+            "{name} is {file_len} bytes, not a whole number of frames of {frame} bytes \
+             ({layout}): {} whole frame(s) and {over} bytes over; check --size, --stride and \
+             --padded-height (unless the file is still being written)",
+            file_len / frame
+        )
+    })
 }
 
 impl RawFrames {
@@ -236,7 +266,13 @@ impl RawFrames {
                 let name = reader.name();
                 (Box::new(reader), name)
             }
-            (None, [p]) => open(p)?,
+            (None, [p]) => {
+                let (reader, name, len) = open(p)?;
+                if let Some(warning) = len.and_then(|n| misfit(&name, n, &layout)) {
+                    log::warn!("{warning}");
+                }
+                (reader, name)
+            }
             (None, _) => bail!(
                 "--input-format reads one stream: give `-` for stdin, or one FIFO or file path (got {} inputs)",
                 inputs.len()
@@ -314,7 +350,8 @@ impl RawFrames {
             log::warn!(
                 "{} ended in the middle of frame {}: got {filled} of {len} bytes; \
                  that partial frame is dropped, the {} whole frame(s) before it were read \
-                 (check --size, --stride and --padded-height if this happens at the first frame)",
+                 (if the input is a recording, a wrong --size, --stride or --padded-height \
+                 shows as a part-frame at its end)",
                 self.name,
                 self.index,
                 self.index
@@ -366,6 +403,22 @@ mod tests {
             threshold: ThresholdArg::Fixed(t),
             invert: false,
         }
+    }
+
+    #[test]
+    fn a_file_that_is_not_whole_frames_is_named_with_its_layout() {
+        let l = RawLayout::new(RawFormat::Gray8, 64, 48, None, None).unwrap();
+        assert_eq!(misfit("rec.raw", 0, &l), None);
+        assert_eq!(misfit("rec.raw", 4 * 3072, &l), None);
+        let w = misfit("rec.raw", 4 * 3072 + 1000, &l).expect("a part-frame");
+        assert!(
+            w.starts_with(
+                "rec.raw is 13288 bytes, not a whole number of frames of 3072 bytes (gray8 \
+                 64x48, stride 64 B, 48 stored rows, 3072 B per frame): 4 whole frame(s) and \
+                 1000 bytes over; check --size"
+            ),
+            "{w}"
+        );
     }
 
     #[test]

@@ -1172,6 +1172,9 @@ fn a_batch_gives_up_on_an_unreachable_receiver() {
     assert!(f.stderr.contains("giving up on the batch"), "{}", f.stderr);
     let num = |what: &str| summary_count(&f.stderr, what);
     assert_eq!(num("captured"), num("dropped"), "{}", f.stderr);
+    // the images never read are named too
+    let not_read = format!("({} of 8 inputs not read)", 8 - num("captured"));
+    assert!(f.stderr.contains(&not_read), "{not_read}: {}", f.stderr);
 }
 
 #[test]

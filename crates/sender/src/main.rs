@@ -399,6 +399,9 @@ fn run(cli: Cli) -> Result<()> {
     if let (pipeline::Transport::Udp, Some(r)) = (cli.transport, cli.rate) {
         udp::check_rate(cli.mtu.into(), r)?;
     }
+    // (image files without --loop: their number, for a summary of a run
+    // that ends before they do)
+    let mut inputs = None;
     let source: Box<dyn input::Source> = match cli.input_format {
         Some(format) => Box::new(raw::RawFrames::from_cli(
             format,
@@ -412,6 +415,10 @@ fn run(cli: Cli) -> Result<()> {
         None => {
             let files = input::expand(&cli.inputs)?;
             log::info!("{} input image(s)", files.len());
+            if !cli.looping {
+                let n = files.len() as u64;
+                inputs = Some(cli.count.map_or(n, |c| c.min(n)));
+            }
             Box::new(input::ImageFiles::new(files, cli.looping, cli.count))
         }
     };
@@ -437,6 +444,7 @@ fn run(cli: Cli) -> Result<()> {
         // (--no-drop: every frame is sent, the source slowed to --fps)
         producer_paced: paced && !cli.no_drop,
         count: cli.count,
+        inputs,
         // parse_secs keeps these finite and in range
         timeout: Duration::from_secs_f64(cli.timeout),
         retry_max: Duration::from_secs_f64(cli.retry_max),

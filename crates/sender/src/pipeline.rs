@@ -77,6 +77,9 @@ pub struct Config {
     pub producer_paced: bool,
     /// Stop after this many captured frames.
     pub count: Option<u64>,
+    /// Inputs the run reads, when known (image files without `--loop`):
+    /// the summary of a run that ends before its input names those not read.
+    pub inputs: Option<u64>,
     /// Connect timeout and stalled-write limit.
     pub timeout: Duration,
     /// Longest wait between reconnect attempts.
@@ -267,6 +270,8 @@ pub struct Counters {
     pub input_ended: AtomicBool,
     /// A link is up now.
     pub connected: AtomicBool,
+    /// Inputs the run reads, 0 when not known ([`Config::inputs`]).
+    pub inputs: AtomicU64,
 }
 
 impl Counters {
@@ -411,6 +416,15 @@ impl Counters {
         if let n @ 1.. = self.unreadable.load(Relaxed) {
             skipped += &format!(" (and {n} input(s) unreadable, their frame numbers unused)");
         }
+        // (in the summary of a run that ended before its input did: a batch
+        // that gave up, or a stop)
+        let inputs = self.inputs.load(Relaxed);
+        if interval.is_none() && inputs > 0 && !self.input_ended.load(Relaxed) {
+            let read = self.captured.load(Relaxed) + self.unreadable.load(Relaxed);
+            if let n @ 1.. = inputs.saturating_sub(read) {
+                skipped += &format!(" ({n} of {inputs} inputs not read)");
+            }
+        }
         format!(
             "captured {}{skipped}, sent {sent} frames{again}, {bytes} bytes in {s:.2} s: {rates}; \
              {confirmed}; dropped {}, failed {}, reconnects {}",
@@ -535,6 +549,7 @@ pub fn run(
     let queue = Arc::new(FrameQueue::new(cfg.queue, cfg.no_drop));
     let counters = Arc::new(Counters::default());
     counters.no_drop.store(cfg.no_drop, Relaxed);
+    counters.inputs.store(cfg.inputs.unwrap_or(0), Relaxed);
     let start = Instant::now();
     let _ = RUNNING.set((counters.clone(), start));
     let net_thread = {
@@ -1880,13 +1895,21 @@ fn confirm_rest(
     d.untrack(queue);
     let waited = if stopped { STOP_CONFIRM } else { LINGER };
     let msg = format!(
-        "the receiver {} did not confirm {n} frame(s) from {first} on within {} s{}",
+        "the receiver {} did not confirm {n} frame(s) from {first} on within {} s{}{}",
         cfg.to,
         waited.as_secs(),
         if stopped {
             " of the stop"
         } else {
             " of the input's end"
+        },
+        // (its TCP still takes the bytes: they are in its socket or its
+        // output, not lost on the way)
+        if l.peer_answers() {
+            "; its host still answers, so they may still arrive: the receiver is slow or \
+             stalled (its output behind, e.g. a stalled --exec consumer)"
+        } else {
+            ""
         }
     );
     if cfg.no_drop && !stopped {
@@ -1975,6 +1998,33 @@ mod tests {
         assert!(c
             .summary(Duration::from_secs(100))
             .contains(": 10.0 fps, 0.1 Mbit/s;"));
+    }
+
+    #[test]
+    fn a_summary_before_the_inputs_end_names_the_inputs_not_read() {
+        let c = Counters::default();
+        c.inputs.store(30, Relaxed);
+        c.captured.store(3, Relaxed);
+        c.unreadable.store(1, Relaxed);
+        let line = c.summary_at_exit(Duration::from_secs(1));
+        assert!(
+            line.contains(
+                "captured 3 (and 1 input(s) unreadable, their frame numbers unused) \
+                 (26 of 30 inputs not read), sent 0"
+            ),
+            "{line}"
+        );
+        // (not in the progress line: the input is still being read)
+        let mut last = (0, 0, Instant::now());
+        assert!(!c
+            .progress(Duration::from_secs(1), &mut last)
+            .contains("not read"));
+        // nor once the input has ended (or with their number not known)
+        c.input_ended.store(true, Relaxed);
+        assert!(!c.summary(Duration::from_secs(1)).contains("not read"));
+        let u = Counters::default();
+        u.captured.store(3, Relaxed);
+        assert!(!u.summary(Duration::from_secs(1)).contains("not read"));
     }
 
     #[test]
@@ -2209,6 +2259,56 @@ mod tests {
         );
     }
 
+    /// The final wait for confirmations, run out: what it says of `n`
+    /// frames in flight on a link whose host answers or not.
+    fn unconfirmed_at_the_end(answers: bool) -> String {
+        let mut d = Delivery {
+            tracking: true,
+            ..Delivery::default()
+        };
+        for sequence in 1..30 {
+            d.inflight.push_back(InFlight {
+                sequence,
+                sent_at: Instant::now(),
+                tries: 0,
+                mask: None,
+            });
+        }
+        let mut link: Option<Box<dyn Link>> = Some(Box::new(Silent { answers }));
+        let ended = Instant::now()
+            .checked_sub(LINGER * 2)
+            .expect("the clock has run that long");
+        let r = confirm_rest(
+            &cfg(true),
+            &mut link,
+            &mut d,
+            &FrameQueue::new(64, true),
+            &Counters::default(),
+            Instant::now(),
+            &mut Some(ended),
+            &mut Backoff::new(Duration::from_millis(1)),
+        );
+        match r {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("--no-drop: an error expected"),
+        }
+    }
+
+    #[test]
+    fn frames_unconfirmed_at_the_end_may_still_arrive_while_the_receivers_host_answers() {
+        let e = unconfirmed_at_the_end(true);
+        assert!(
+            e.starts_with(
+                "the receiver scripted did not confirm 29 frame(s) from 1 on within 10 s of the \
+                 input's end; its host still answers, so they may still arrive: the receiver is \
+                 slow or stalled"
+            ),
+            "{e}"
+        );
+        let e = unconfirmed_at_the_end(false);
+        assert!(e.ends_with("within 10 s of the input's end"), "{e}");
+    }
+
     struct CountingEncoder(Arc<AtomicU64>);
 
     impl FrameEncoder for CountingEncoder {
@@ -2233,6 +2333,7 @@ mod tests {
             endless: false,
             fps: None,
             count: None,
+            inputs: None,
             timeout: Duration::from_secs(1),
             retry_max: Duration::from_millis(1),
             mtu: 1500,

@@ -188,6 +188,59 @@ fn a_slow_udp_sender_keeps_its_stream_and_its_reference_frame() {
 }
 
 #[test]
+fn a_udp_stream_its_sender_ends_closes_at_once() {
+    // The sender ends its stream with an end datagram: the receiver closes
+    // it then, not after --timeout (30 s here) of silence.
+    let tmp = TempDir::new("streaming-udp-end");
+    let input = tmp.join("in");
+    inputs(&input);
+    let json = tmp.join("stats.json");
+    let mut recv = start_receiver(&[
+        "--out",
+        tmp.join("out").to_str().unwrap(),
+        "--stats-json",
+        json.to_str().unwrap(),
+        "--timeout",
+        "30",
+    ]);
+    let fs = Proc::spawn(&mut sender(
+        &recv.addr,
+        "brief",
+        &input,
+        &["--count", "3", "--transport", "udp", "--rate", "50"],
+    ))
+    .wait(LIMIT);
+    assert!(fs.status.success(), "sender: {}", fs.stderr);
+    let connected = |j: &str| -> Option<bool> {
+        let v: serde_json::Value = serde_json::from_str(j).ok()?;
+        v["senders"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "brief")?["connected"]
+            .as_bool()
+    };
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < Duration::from_secs(10) {
+        last = std::fs::read_to_string(&json).unwrap_or_default();
+        if connected(&last) == Some(false) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fr = recv.proc.terminate(LIMIT);
+    assert_eq!(connected(&last), Some(false), "{last}\n{}", fr.stderr);
+    assert_eq!(stat(&last, "brief", "received"), 3.0, "{last}");
+    assert_eq!(stat(&last, "brief", "lost"), 0.0, "{last}");
+    assert!(
+        fr.stderr
+            .contains("ended by its sender (its frames: below 3)"),
+        "{}",
+        fr.stderr
+    );
+}
+
+#[test]
 fn sender_waits_for_a_missing_receiver_then_streams() {
     let tmp = TempDir::new("streaming-wait");
     let expected = inputs(&tmp.join("in"));

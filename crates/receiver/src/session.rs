@@ -820,6 +820,12 @@ impl StreamCtx {
     pub fn incomplete(&mut self, n: u64) {
         stats::lock(&self.stats).incomplete(n);
     }
+
+    /// The sender ended the stream with frames numbered below `next`
+    /// ([`stats::SenderStats::ended`]).
+    pub fn ended(&mut self, next: u64) {
+        stats::lock(&self.stats).ended(next);
+    }
 }
 
 impl Drop for StreamCtx {

@@ -524,6 +524,21 @@ impl SenderStats {
         restarted
     }
 
+    /// The sender ended its stream with frames numbered below `next` (a UDP
+    /// end datagram): those after the last one seen never arrived and count
+    /// as lost, as a gap before a later frame would. Nothing when none was
+    /// seen, or `next` is not ahead of it by at most [`MAX_GAP`].
+    pub fn ended(&mut self, next: u64) {
+        let Some(last) = self.last_sequence else {
+            return;
+        };
+        if let Some(gap @ 2..=MAX_GAP) = next.checked_sub(last) {
+            self.snap.lost = self.snap.lost.saturating_add(gap - 1);
+            // (counted once: the sender repeats its end datagram)
+            self.last_sequence = Some(next - 1);
+        }
+    }
+
     /// Counts a frame sent again after a reconnect and skipped: it was
     /// handled before (its sequence number was seen then).
     pub fn resent(&mut self) {

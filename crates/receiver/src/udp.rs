@@ -30,7 +30,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bitmask_wire::udp::{Datagram as Dgram, KIND_HELLO};
+use bitmask_wire::udp::{Datagram as Dgram, KIND_END, KIND_HELLO};
 #[cfg(test)]
 use bitmask_wire::udp::{DGRAM_HEADER_LEN, DGRAM_MAGIC, DGRAM_VERSION, KIND_FRAGMENT};
 
@@ -198,6 +198,22 @@ fn over_the_cap(
     }
     s.last_seen = Instant::now();
     true
+}
+
+/// A stream its sender ended, with frames numbered below `next`: frames
+/// in reassembly are given up, those never delivered count as lost, and
+/// the stream closes now rather than after `--timeout` of silence.
+fn end(mut s: Stream, from: SocketAddr, next: u64) {
+    while !s.partial.is_empty() {
+        s.give_up(0, "its sender ended the stream");
+    }
+    if let Some(ctx) = &mut s.ctx {
+        ctx.ended(next);
+        log::info!(
+            "state: udp stream of {:?} from {from} ended by its sender (its frames: below {next})",
+            ctx.name()
+        );
+    }
 }
 
 fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
@@ -380,6 +396,13 @@ fn on_dgram(
     data: &[u8],
 ) {
     let key = (from, d.stream_id);
+    if d.kind == KIND_END {
+        // (its copies, and the end of a stream never opened, are ignored)
+        if let Some(s) = streams.remove(&key) {
+            end(s, from, d.sequence);
+        }
+        return;
+    }
     if !streams.contains_key(&key) {
         if streams.len() >= hub.max_conns {
             let quietest = streams
@@ -915,6 +938,40 @@ mod tests {
         }
         let s = crate::stats::lock(&bed.hub.stats.sender("big")).snapshot();
         assert_eq!((s.received, s.lost, s.corrupt), (1, 0, 2));
+    }
+
+    #[test]
+    fn an_ended_stream_closes_at_once_and_counts_what_never_came() {
+        let mut bed = Bed::new();
+        bed.hello(4, "cam");
+        for q in 0..2 {
+            for d in fragments(&raw_frame(64, 8, q, 1), 4, q, 30) {
+                bed.feed(&d);
+            }
+        }
+        // frame 2 half there, frames 3 and 4 never
+        bed.feed(&fragments(&raw_frame(64, 8, 2, 1), 4, 2, 30)[0]);
+        let snap = |bed: &Bed| crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
+        for _ in 0..3 {
+            bed.feed(&Dgram::end(4, 5).encode());
+            assert!(!bed.streams.contains_key(&(bed.from, 4)));
+            let s = snap(&bed);
+            assert_eq!(
+                (s.received, s.lost, s.incomplete, s.connected),
+                (2, 3, 1, false)
+            );
+        }
+        // the end of a stream never opened leaves no trace
+        bed.feed(&Dgram::end(99, 7).encode());
+        assert!(bed.streams.is_empty());
+        // a stream that ends right after its last frame lost nothing
+        bed.hello(5, "two");
+        for d in fragments(&raw_frame(64, 8, 0, 1), 5, 0, 30) {
+            bed.feed(&d);
+        }
+        bed.feed(&Dgram::end(5, 1).encode());
+        let s = crate::stats::lock(&bed.hub.stats.sender("two")).snapshot();
+        assert_eq!((s.received, s.lost, s.connected), (1, 0, false));
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub const MIN_MTU: usize = 28 + DGRAM_HEADER_LEN + 64;
 /// minute keeps its stream, and the decoder's reference frame, open there.
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 
+/// The end datagram's three copies are sent this far apart, the first
+/// this long after the last frame.
+const END_SPACING: Duration = Duration::from_millis(20);
+
 /// The longest `--rate` may space two full datagrams: a receiver gives up a
 /// frame that gets no datagram for 250 ms (its `FRAGMENT_GAP`).
 const MAX_SPACING: Duration = Duration::from_millis(100);
@@ -119,6 +123,8 @@ pub struct UdpLink {
     pacer: Option<Pacer>,
     /// Dropped with the link: its hello thread then ends.
     _hellos: std::sync::mpsc::Sender<()>,
+    /// One past the newest frame sent (the end datagram's number).
+    next: u64,
 }
 
 /// Datagrams the receiver's host refused (ICMP port unreachable: nobody
@@ -219,6 +225,7 @@ impl UdpLink {
                 next: Instant::now(),
             }),
             _hellos: stop,
+            next: 0,
         })
     }
 
@@ -315,6 +322,8 @@ impl UdpLink {
                 ),
             )
         })?;
+        // (a frame begun is one the end datagram counts)
+        self.next = self.next.max(sequence.saturating_add(1));
         for (i, chunk) in frame.chunks(self.stride).enumerate() {
             let h = dgram_header(
                 KIND_FRAGMENT,
@@ -341,7 +350,17 @@ impl crate::pipeline::Link for UdpLink {
     fn refusing(&mut self) -> bool {
         UdpLink::refusing(self)
     }
-    fn finish(self: Box<Self>) {}
+    /// Sends the end datagram ([`bitmask_wire::udp::KIND_END`]) three
+    /// times, [`END_SPACING`] apart: the receiver then closes the stream at
+    /// once and counts the frames below its number that never came.
+    fn finish(self: Box<Self>) {
+        let end = Datagram::end(self.stream_id, self.next).encode();
+        for _ in 0..3 {
+            std::thread::sleep(END_SPACING);
+            // (a refusal or an unreachable host: nothing more to tell it)
+            let _ = self.sock.send(&end);
+        }
+    }
 }
 
 /// A stream id that differs between sender runs (and between senders on one host).

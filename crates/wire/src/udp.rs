@@ -14,11 +14,15 @@ pub const DGRAM_HEADER_LEN: usize = 28;
 pub const KIND_FRAGMENT: u8 = 0;
 /// Datagram kind: the sender's hello (its name), repeated every second.
 pub const KIND_HELLO: u8 = 1;
+/// Datagram kind: the end of the stream, sent when the sender ends it
+/// cleanly; its `sequence` is one past the last frame sent (0: none), its
+/// other fields are 0 and it carries nothing ([`Datagram::end`]).
+pub const KIND_END: u8 = 2;
 
 /// A datagram header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram {
-    /// [`KIND_FRAGMENT`] or [`KIND_HELLO`].
+    /// [`KIND_FRAGMENT`], [`KIND_HELLO`] or [`KIND_END`].
     pub kind: u8,
     /// Fragment number within the frame, from 0.
     pub index: u16,
@@ -35,6 +39,20 @@ pub struct Datagram {
 }
 
 impl Datagram {
+    /// The end of stream `stream_id`, whose frames were numbered below
+    /// `next` ([`KIND_END`]); the whole datagram is its 28 header bytes.
+    pub fn end(stream_id: u32, next: u64) -> Datagram {
+        Datagram {
+            kind: KIND_END,
+            index: 0,
+            count: 0,
+            stride: 0,
+            stream_id,
+            sequence: next,
+            frame_len: 0,
+        }
+    }
+
     /// The 28 header bytes.
     pub fn encode(&self) -> [u8; DGRAM_HEADER_LEN] {
         let mut b = [0u8; DGRAM_HEADER_LEN];
@@ -79,6 +97,20 @@ impl Datagram {
         };
         let data = &b[DGRAM_HEADER_LEN..];
         let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
+        if d.kind == KIND_END {
+            if Datagram::end(d.stream_id, d.sequence) != d || !data.is_empty() {
+                return bad(format!(
+                    "end datagram with index {} count {} stride {} frame length {} and {} B \
+                     (all must be 0)",
+                    d.index,
+                    d.count,
+                    d.stride,
+                    d.frame_len,
+                    data.len()
+                ));
+            }
+            return Ok((d, data));
+        }
         if d.kind != KIND_FRAGMENT && d.kind != KIND_HELLO {
             return bad(format!("unknown datagram kind {}", d.kind));
         }
@@ -167,5 +199,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("frame length 0 B") && !e.contains("cap"), "{e}");
+        // the end of a stream: the header alone, its fields 0 but the
+        // stream and the next number
+        let end = Datagram::end(7, 12);
+        let bytes = end.encode();
+        let (got, data) = Datagram::parse(&bytes, &l).unwrap();
+        assert_eq!((got, data.len()), (end, 0));
+        let mut b = end.encode().to_vec();
+        b.push(0);
+        assert!(Datagram::parse(&b, &l).is_err());
+        for odd in [
+            Datagram { count: 1, ..end },
+            Datagram { stride: 1, ..end },
+            Datagram {
+                frame_len: 1,
+                ..end
+            },
+            Datagram { index: 1, ..end },
+        ] {
+            let e = Datagram::parse(&odd.encode(), &l).unwrap_err().to_string();
+            assert!(e.contains("all must be 0"), "{e}");
+        }
     }
 }

@@ -879,6 +879,8 @@ fn a_udp_batch_to_a_port_that_refuses_datagrams_exits_1_and_a_live_run_goes_on()
     );
     assert_one_line_error(&f, "bitmask-send", "refused datagrams");
     assert_eq!(summary_count(&f.stderr, "sent"), 3, "{}", f.stderr);
+    // (unpaced: it says that a slower receiver would lose frames)
+    assert!(f.stderr.contains("without --fps or --rate"), "{}", f.stderr);
     // a live source (a camera command) goes on and ends as before: exit 0
     let f = run(Command::new(bin("bitmask-send")).args([
         "--to",
@@ -922,6 +924,11 @@ fn udp_only_options_with_tcp_are_usage_errors_and_no_drop_over_udp_says_what_it_
     assert!(
         f.stderr
             .contains("--no-drop with --transport udp: no frame is dropped in the sender"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        !f.stderr.contains("without --fps or --rate"),
         "{}",
         f.stderr
     );

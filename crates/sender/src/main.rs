@@ -185,8 +185,10 @@ struct Cli {
     mtu: u16,
 
     /// Pace --transport udp to at most this many Mbit/s (UDP has no congestion
-    /// control: above the link's rate whole frames are lost). Default: only the
-    /// local queue's back-pressure. At least 0.12 at --mtu 1500 (full
+    /// control: above the link's rate, or the receiver's, whole frames are
+    /// lost). Default: only the local queue's back-pressure, which on a batch
+    /// (image files, a recording, without --fps) is faster than most
+    /// receivers: it warns then. At least 0.12 at --mtu 1500 (full
     /// datagrams 100 ms apart: a receiver gives up a frame after 250 ms
     /// without one). With TCP (which paces itself) it is refused.
     #[arg(long, value_name = "MBIT", value_parser = parse_mbit)]
@@ -428,6 +430,15 @@ fn run(cli: Cli) -> Result<()> {
         invert: cli.invert,
     };
     let live = live_source(&cli, paced);
+    if cli.transport == pipeline::Transport::Udp && !live && cli.fps.is_none() && cli.rate.is_none()
+    {
+        log::warn!(
+            "a batch over --transport udp without --fps or --rate goes as fast as the local \
+             socket takes it: a receiver or link slower than that loses whole frames, and UDP \
+             cannot tell (the receiver counts them as lost); give --rate MBIT (e.g. 50 on a \
+             100 Mbit/s link) or use TCP"
+        );
+    }
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,

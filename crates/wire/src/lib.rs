@@ -77,7 +77,7 @@ pub enum WireError {
         got: usize,
     },
     /// The frame does not start with `BMSK`.
-    #[error("bad magic {found:02x?} (expected \"BMSK\")")]
+    #[error("bad magic {found:02x?} (expected \"BMSK\"{})", magic_hint(.found))]
     BadMagic {
         /// The four bytes found.
         found: [u8; 4],
@@ -599,13 +599,22 @@ impl AckReader {
 /// let long = "é".repeat(127); // 254 bytes
 /// let named = bitmask_wire::name_with_suffix(&long, "-2");
 /// assert_eq!(named.len(), 254); // 126 characters kept, then "-2"
+/// // a suffix too long alone is cut too
+/// assert_eq!(bitmask_wire::name_with_suffix("cam", &"x".repeat(300)).len(), 255);
 /// ```
 pub fn name_with_suffix(name: &str, suffix: &str) -> String {
     let mut end = MAX_NAME_LEN.saturating_sub(suffix.len()).min(name.len());
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{suffix}", &name[..end])
+    let mut named = format!("{}{suffix}", &name[..end]);
+    // (a suffix that is too long alone is cut too)
+    let mut cut = named.len().min(MAX_NAME_LEN);
+    while !named.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    named.truncate(cut);
+    named
 }
 
 fn validate_name(name: &str) -> Result<(), WireError> {
@@ -972,6 +981,16 @@ fn fill<R: Read>(r: &mut R, v: &mut Vec<u8>, want: usize) -> io::Result<bool> {
 
 #[cfg(test)]
 mod tests;
+
+/// What [`WireError::BadMagic`] adds when the bytes are another message's.
+fn magic_hint(found: &[u8; 4]) -> &'static str {
+    if *found == HELLO_MAGIC {
+        ": these are a hello's, which a sender sends first: read it with \
+         FrameReader::read_hello before the frames"
+    } else {
+        ""
+    }
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -83,6 +83,19 @@ fn first_err(s: &[u8]) -> WireError {
 }
 
 #[test]
+fn a_frame_read_where_a_hello_is_says_to_read_the_hello() {
+    let mut stream = Hello::new("cam").unwrap().encode();
+    write_frame(&mut stream, &Header::new(8, 1, 0, CODEC_RAW, 1), &[1]).unwrap();
+    let e = FrameReader::new(&stream[..], Limits::default())
+        .read_frame()
+        .unwrap_err();
+    assert!(matches!(e, WireError::BadMagic { .. }), "{e:?}");
+    assert!(e.to_string().contains("read_hello"), "{e}");
+    let other = first_err(&header_bytes(|h| h[0] = b'X')).to_string();
+    assert!(!other.contains("hello"), "{other}");
+}
+
+#[test]
 fn each_bad_field_has_its_error() {
     assert!(
         matches!(first_err(&header_bytes(|h| h[0] = b'X')), WireError::BadMagic { found } if &found == b"XMSK")

@@ -31,9 +31,10 @@ pub fn otsu_threshold(hist: &[u32; 256]) -> Option<u8> {
     }
     let counts = &hist[lo..=hi];
     let n = counts.len();
-    // weight1/mean1 from the left, weight2/mean2 from the right, in f64 as numpy does.
-    let mut w1 = vec![0f64; n];
-    let mut m1 = vec![0f64; n];
+    // weight1/mean1 from the left, weight2/mean2 from the right, in f64 as numpy does
+    // (on the stack: n <= 256, no allocation per frame).
+    let mut w1 = [0f64; 256];
+    let mut m1 = [0f64; 256];
     let (mut cw, mut cm) = (0f64, 0f64);
     for i in 0..n {
         cw += counts[i] as f64;
@@ -41,8 +42,8 @@ pub fn otsu_threshold(hist: &[u32; 256]) -> Option<u8> {
         w1[i] = cw;
         m1[i] = cm / cw;
     }
-    let mut w2 = vec![0f64; n];
-    let mut m2 = vec![0f64; n];
+    let mut w2 = [0f64; 256];
+    let mut m2 = [0f64; 256];
     let (mut cw, mut cm) = (0f64, 0f64);
     for i in (0..n).rev() {
         cw += counts[i] as f64;

@@ -64,9 +64,10 @@ pub fn pack_rows(
 pub fn unpack_bits(packed: &[u8], order: BitOrder, out: &mut [u8]) -> Result<(), CoreError> {
     let need = out.len().div_ceil(8);
     if packed.len() < need {
-        return Err(CoreError::BufferSize {
+        // (a longer input is fine: only its first bits are read)
+        return Err(CoreError::BufferTooShort {
             what: "packed input",
-            expected: need,
+            needed: need,
             actual: packed.len(),
         });
     }

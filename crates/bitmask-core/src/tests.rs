@@ -130,6 +130,18 @@ fn pack_unpack_roundtrip_and_numpy_semantics() {
         unpack_bits(&lsb, BitOrder::LsbFirst, &mut back).unwrap();
         assert_eq!(back, want);
     }
+    // a longer input is fine, a shorter one says how short
+    let mut back = [0u8; 9];
+    unpack_bits(&[0xff, 0x80, 0x55], BitOrder::MsbFirst, &mut back).unwrap();
+    assert_eq!(back, [1; 9]);
+    assert!(matches!(
+        unpack_bits(&[0xff], BitOrder::MsbFirst, &mut back),
+        Err(CoreError::BufferTooShort {
+            needed: 2,
+            actual: 1,
+            ..
+        })
+    ));
 }
 
 #[test]

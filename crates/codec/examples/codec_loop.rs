@@ -7,12 +7,25 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = std::path::PathBuf::from(args.first().map_or("target/codec-corpus", |s| s.as_str()));
     let what = args.get(1).map_or("both", |s| s.as_str());
-    let choice: Choice = args
-        .get(2)
-        .map_or("bilevel", |s| s.as_str())
-        .parse()
-        .unwrap();
-    let manifest = std::fs::read_to_string(dir.join("corpus.tsv")).expect("corpus.tsv");
+    let choice: Choice = match args.get(2).map_or("bilevel", |s| s.as_str()).parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("codec_loop: {e}");
+            std::process::exit(2);
+        }
+    };
+    let tsv = dir.join("corpus.tsv");
+    let manifest = match std::fs::read_to_string(&tsv) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "codec_loop: cannot read {}: {e}\n(a corpus directory: `cargo xtask bench codecs` \
+                 makes target/codec-corpus in the bitmask repository)",
+                tsv.display()
+            );
+            std::process::exit(2);
+        }
+    };
     let mut masks = Vec::new();
     for l in manifest.lines().skip(1) {
         let f: Vec<&str> = l.split('\t').collect();

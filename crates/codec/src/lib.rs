@@ -268,6 +268,18 @@ impl Choice {
         Choice::Auto,
     ];
 
+    /// Whether this build can encode with it: all but [`Choice::Zstd`]
+    /// without the `zstd` feature (which then fails with
+    /// [`CodecError::Unsupported`]; `auto` leaves zstd out).
+    pub const fn is_available(self) -> bool {
+        !matches!(self, Choice::Zstd) || cfg!(feature = "zstd")
+    }
+
+    /// The choices this build can encode with ([`Choice::is_available`]).
+    pub fn available() -> impl Iterator<Item = Choice> {
+        Choice::ALL.into_iter().filter(|c| c.is_available())
+    }
+
     /// CLI name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -386,8 +398,10 @@ impl fmt::Debug for Encoder {
 impl Encoder {
     /// An encoder using `choice`. With [`Choice::Bilevel`] and
     /// [`Choice::Auto`] a frame is coded alone (a key frame) every
-    /// `keyframe_interval` frames: 1 codes every frame alone, 0 only the
-    /// first one and those after [`force_keyframe`](Self::force_keyframe).
+    /// `keyframe_interval` frames: 1 codes every frame alone, 0 no
+    /// schedule (the first frame, those after
+    /// [`force_keyframe`](Self::force_keyframe), and any frame that codes
+    /// smaller alone than as a delta are key frames).
     pub fn new(choice: Choice, keyframe_interval: u32) -> Self {
         Encoder {
             choice,
@@ -447,6 +461,12 @@ impl Encoder {
     /// dimensions and sequence number. No allocation per frame once the
     /// buffers have grown to the frame size (except LZ4, whose hash table
     /// `lz4_flex` allocates per call).
+    ///
+    /// `sequence` names the frame: a delta frame names its reference by it
+    /// alone, so the frames of one stream must have different numbers (a
+    /// frame header's sequence number, counting up), or a decoder that
+    /// missed a frame could take another of the same number for the
+    /// reference and decode a wrong image.
     pub fn encode(
         &mut self,
         packed: &[u8],
@@ -624,6 +644,14 @@ impl Encoder {
 
 /// Decodes a stream of masks. Holds the last decoded frame (any codec) as
 /// the reference of delta frames.
+///
+/// One decoder per stream: a delta frame names its reference by sequence
+/// number only, so a decoder kept across two streams (a reconnect, a
+/// restarted sender whose numbers start again) could take the old
+/// stream's frame for the new one's reference. Call [`Decoder::reset`]
+/// when a stream starts again. The payload carries no checksum: check it
+/// before decoding (the wire frame's CRC-32 does), as a damaged payload may
+/// decode to a wrong image.
 pub struct Decoder {
     bilevel: BilevelDecoder,
     cur: Transitions,

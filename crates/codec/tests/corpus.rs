@@ -12,7 +12,7 @@ fn committed_vectors_roundtrip_with_every_choice() {
     let masks = load(&vectors_dir()).expect("committed vectors");
     assert!(masks.len() >= 10);
     for s in streams(&masks) {
-        for choice in Choice::ALL {
+        for choice in Choice::available() {
             for interval in [1, 0, 3] {
                 stream_roundtrip(choice, interval, &s);
             }
@@ -26,13 +26,16 @@ fn bilevel_beats_zstd_and_temporal_pays_on_vectors() {
     for s in streams(&masks) {
         let alone: usize = stream_roundtrip(Choice::Bilevel, 1, &s)[1..].iter().sum();
         let temporal: usize = stream_roundtrip(Choice::Bilevel, 0, &s)[1..].iter().sum();
-        let zstd: usize = stream_roundtrip(Choice::Zstd, 1, &s).iter().sum();
-        let bilevel_all: usize = stream_roundtrip(Choice::Bilevel, 1, &s).iter().sum();
-        assert!(
-            bilevel_all <= zstd,
-            "{}: bilevel {bilevel_all} zstd {zstd}",
-            s[0].name
-        );
+        // (a build without the zstd feature has nothing to compare with)
+        if Choice::Zstd.is_available() {
+            let zstd: usize = stream_roundtrip(Choice::Zstd, 1, &s).iter().sum();
+            let bilevel_all: usize = stream_roundtrip(Choice::Bilevel, 1, &s).iter().sum();
+            assert!(
+                bilevel_all <= zstd,
+                "{}: bilevel {bilevel_all} zstd {zstd}",
+                s[0].name
+            );
+        }
         if s.len() > 1 {
             // Never larger with temporal coding, and clearly smaller on the moving object.
             assert!(

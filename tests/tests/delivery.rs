@@ -989,7 +989,12 @@ fn two_senders_sharing_a_name_on_one_host_lose_no_frame() {
         let mut c = Command::new(bin("bitmask-send"));
         c.args(["--to", &r.addr, "--name", "twin", "--no-drop", "--loop"])
             .args(["--fps", "20", "--count", &n.to_string()])
-            .arg(dir);
+            .arg(dir)
+            // (the host-wide name claim would part them before they connect,
+            // as two_senders_of_one_name_on_one_host_are_parted_at_the_start
+            // checks; this is the receiver-side check, for senders that
+            // do not see each other's claims, e.g. in containers)
+            .env("BITMASK_SEND_NO_NAME_CLAIM", "1");
         Proc::spawn(&mut c)
     };
     let (mut a, mut b) = (sender(&a_in), sender(&b_in));
@@ -1045,6 +1050,68 @@ fn two_senders_sharing_a_name_on_one_host_lose_no_frame() {
         af.stderr,
         bf.stderr,
         rl.stderr
+    );
+}
+
+#[test]
+fn two_senders_of_one_name_on_one_host_are_parted_at_the_start() {
+    // The running camera keeps its name, directory and connection; the
+    // second sender of its name goes on as NAME-pidPID from its first
+    // frame. Then, the first gone, a sender of that name keeps it.
+    let tmp = TempDir::new("delivery-claim");
+    let input = tmp.join("in");
+    let masks = inputs(&input);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--per-sender",
+        "--format",
+        "raw",
+    ]);
+    let mut first = Proc::spawn(
+        Command::new(bin("bitmask-send"))
+            .args(["--to", &r.addr, "--name", "cam", "--loop", "--fps", "20"])
+            .arg(&input),
+    );
+    let t = Instant::now();
+    let written = || std::fs::read_dir(out.join("cam")).map_or(0, |d| d.count());
+    while written() < 3 && t.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr, "--name", "cam", "--count", "3"])
+        .arg(&input));
+    let ff = first.terminate(LIMIT);
+    let third = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr, "--name", "cam", "--count", "1"])
+        .arg(&input));
+    let rl = r.proc.terminate(LIMIT);
+    let why = format!(
+        "first:\n{}\nsecond:\n{}\nthird:\n{}\nreceiver:\n{}",
+        ff.stderr, second.stderr, third.stderr, rl.stderr
+    );
+    assert!(second.status.success(), "{why}");
+    let own = second
+        .stderr
+        .split("this one goes on as \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("the second was not renamed: {why}"));
+    assert!(own.starts_with("cam-pid"), "{own}: {why}");
+    assert_eq!(list(&out.join(own)).len(), 3, "{why}");
+    for (q, m) in masks.iter().enumerate() {
+        assert_eq!(&read(&out.join(own).join(format!("frame-{q:06}.raw"))), m);
+    }
+    // the first was never disturbed: one connection, its name, and no
+    // frame of the second in its directory (a frame file .1 would be one)
+    assert!(ff.stderr.contains("reconnects 0"), "{why}");
+    assert!(!ff.stderr.contains("goes on as"), "{why}");
+    assert!(!third.stderr.contains("goes on as"), "{why}");
+    assert!(
+        list(&out.join("cam")).iter().any(|f| f.contains(".1.")),
+        "the third sender's frame 0 beside the first's: {:?}\n{why}",
+        list(&out.join("cam"))
     );
 }
 

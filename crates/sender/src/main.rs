@@ -10,6 +10,7 @@ macro_rules! say {
     }};
 }
 
+mod claim;
 mod codec;
 mod command;
 mod input;
@@ -139,9 +140,10 @@ struct Cli {
     /// Sender name announced to the receiver (default: this host's name).
     /// Each sender of one receiver needs its own: Pis cloned from one SD
     /// card share a host name (the receiver then keeps the frames of the
-    /// host that did not use it first apart, as NAME@ADDR, and warns). Two
-    /// senders of one name on one host, over TCP: the one that finds out
-    /// goes on as NAME-pidPID, and warns.
+    /// host that did not use it first apart, as NAME@ADDR, and warns). A
+    /// second sender of one name and receiver on one host goes on as
+    /// NAME-pidPID from its start (after waiting 3 s for the first to end),
+    /// and warns; the first keeps its name.
     #[arg(long)]
     name: Option<String>,
 
@@ -439,6 +441,25 @@ fn run(cli: Cli) -> Result<()> {
              100 Mbit/s link) or use TCP"
         );
     }
+    // One sender per name and receiver on this host (claim.rs), once every
+    // option is checked; held to the end of the process.
+    let (name, _claim) = match claim::claim(&name, &cli.to, claim::WAIT) {
+        Ok(Some(c)) => (name, Some(c)),
+        Ok(None) => {
+            let own = pipeline::own_name(&name, std::process::id());
+            log::warn!(
+                "another bitmask-send on this host sends as {name:?} to {}: this one goes on \
+                 as {own:?}, so that neither ends the other's connections nor shares its \
+                 directory (give each sender its own --name; the default is the host name)",
+                cli.to
+            );
+            (own, None)
+        }
+        Err(why) => {
+            log::debug!("no claim on the name {name:?}: {why}");
+            (name, None)
+        }
+    };
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,

@@ -500,7 +500,7 @@ fn connect(cfg: &Config, name: &str, resume: bool) -> Result<Box<dyn Link>> {
 /// `name-pidPID`: the name a sender goes on under once another sender
 /// uses its name at the receiver, shortened (at a character boundary) to
 /// keep it within the protocol's 255 bytes.
-fn own_name(name: &str, pid: u32) -> String {
+pub fn own_name(name: &str, pid: u32) -> String {
     bitmask_wire::name_with_suffix(name, &format!("-pid{pid}"))
 }
 

@@ -367,12 +367,6 @@ impl Hub {
         (apart, Some(ip), NameHold(None))
     }
 
-    /// Whether a TCP connection of the sender `announced` (kept apart for
-    /// `apart`, as [`Hub::name_for`] says) is open.
-    pub fn tcp_live(&self, announced: &str, apart: Option<IpAddr>) -> bool {
-        lock(&self.live).contains_key(&(announced.to_owned(), apart))
-    }
-
     /// Whether the warning about `name` announced from `ip` is still to be
     /// said (once per name and host; remembered for so many pairs at most).
     fn say_shared(&self, name: &str, ip: IpAddr) -> bool {

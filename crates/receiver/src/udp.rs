@@ -74,10 +74,6 @@ struct Stream {
     /// The last [`GIVEN_UP`] frames given up (their datagrams are late too).
     given_up: std::collections::VecDeque<u64>,
     last_seen: Instant,
-    /// The longest gap between two of its datagrams lately (since
-    /// `gap_since`): how long it may go quiet and still be sending.
-    gap: Duration,
-    gap_since: Instant,
     /// When it last delivered a frame.
     delivered: Option<Instant>,
     warned_no_hello: bool,
@@ -208,7 +204,11 @@ fn end(mut s: Stream, from: SocketAddr, next: u64) {
         s.give_up(0, "its sender ended the stream");
     }
     if let Some(ctx) = &mut s.ctx {
-        ctx.ended(next);
+        // (what this stream delivered: none, and the name's numbers are
+        // another stream's, an earlier run's say)
+        if s.done_upto.is_some() {
+            ctx.ended(next);
+        }
         log::info!(
             "state: udp stream of {:?} from {from} ended by its sender (its frames: below {next})",
             ctx.name()
@@ -326,67 +326,6 @@ fn spend(budget: &mut Option<(Instant, u32)>) -> bool {
     }
 }
 
-/// A stream is live while its sender's last datagram came less than twice
-/// its longest recent gap between datagrams ago (and at most this long:
-/// a sender repeats its hello every second, frames or not), so that a
-/// sender restarted at once (its old stream silent since) is told from a
-/// second sender that goes on.
-pub const LIVE: Duration = Duration::from_secs(2);
-/// How long a stream's longest gap between datagrams is remembered.
-const GAP_SPAN: Duration = Duration::from_secs(5);
-
-impl Stream {
-    /// Whether its sender is still sending ([`LIVE`]).
-    fn live(&self) -> bool {
-        let quiet = self.last_seen.elapsed();
-        quiet < LIVE && quiet < 2 * self.gap + Duration::from_millis(50)
-    }
-}
-
-/// The name a new stream from `key` is kept under, given the `name`
-/// [`Hub::name_for`] gave it (`announced` in its hello, `apart` as there).
-///
-/// Two senders of one host announcing one name (two cameras of one Pi
-/// with the default name) would otherwise share one stream's stats,
-/// directory and live view, each frame number counted against the
-/// other's as a restart or a loss. Over TCP the sender that finds
-/// another's record renames itself; over UDP, which has no way back,
-/// the receiver keeps the newer stream apart as `NAME-udpPORT`, and warns,
-/// while the other is live (a UDP stream from another socket still
-/// sending, [`Stream::live`], or an open TCP connection). A sender
-/// restarted at once (a new socket, its old stream silent since) keeps its
-/// name, as does a new stream from the same socket.
-fn apart_from_live(
-    hub: &Arc<Hub>,
-    streams: &HashMap<(SocketAddr, u32), Stream>,
-    key: (SocketAddr, u32),
-    announced: &str,
-    name: String,
-    apart: Option<std::net::IpAddr>,
-) -> String {
-    let other = streams
-        .iter()
-        .find(|(k, s)| {
-            // (the same socket is the same sender, whatever its stream)
-            k.0 != key.0 && s.live() && s.ctx.as_ref().is_some_and(|c| c.name() == name)
-        })
-        .map(|(k, _)| format!("udp from {}", k.0));
-    let other = other.or_else(|| {
-        hub.tcp_live(announced, apart)
-            .then(|| "a tcp connection".to_string())
-    });
-    let Some(other) = other else { return name };
-    let own = bitmask_wire::name_with_suffix(&name, &format!("-udp{}", key.0.port()));
-    log::warn!(
-        "two senders on {} announce the name {name:?} at once ({other}, and udp from {}): the \
-         newer is kept apart as {own:?} (give each sender its own --name; the default is the \
-         host name)",
-        key.0.ip(),
-        key.0
-    );
-    own
-}
-
 fn on_dgram(
     hub: &Arc<Hub>,
     streams: &mut HashMap<(SocketAddr, u32), Stream>,
@@ -446,8 +385,6 @@ fn on_dgram(
                 done_upto: None,
                 given_up: Default::default(),
                 last_seen: Instant::now(),
-                gap: Duration::ZERO,
-                gap_since: Instant::now(),
                 delivered: None,
                 warned_no_hello: false,
                 spare: Vec::new(),
@@ -455,12 +392,7 @@ fn on_dgram(
         );
     }
     let s = streams.get_mut(&key).expect("inserted above");
-    let now = Instant::now();
-    if now.duration_since(s.gap_since) > GAP_SPAN {
-        (s.gap, s.gap_since) = (Duration::ZERO, now);
-    }
-    s.gap = s.gap.max(now.duration_since(s.last_seen));
-    s.last_seen = now;
+    s.last_seen = Instant::now();
     if d.kind == KIND_HELLO {
         if s.ctx.is_none() {
             let mut r = FrameReader::new(data, hub.limits);
@@ -468,8 +400,7 @@ fn on_dgram(
                 Ok(Some(h)) => {
                     // Two hosts sending under one name are kept apart, as
                     // over TCP.
-                    let (name, apart, hold) = hub.name_for(h.name(), from.ip());
-                    let name = apart_from_live(hub, streams, key, h.name(), name, apart);
+                    let (name, _, hold) = hub.name_for(h.name(), from.ip());
                     let s = streams.get_mut(&key).expect("inserted above");
                     s.hold = Some(hold);
                     match StreamCtx::open(hub.clone(), &name, &from.to_string(), "udp") {
@@ -841,54 +772,6 @@ mod tests {
         assert_eq!(name(&bed, other, 3).as_deref(), Some("twin@10.0.0.2"));
         assert_eq!(name(&bed, other, 4).as_deref(), Some("solo"));
         assert_eq!(name(&bed, first, 5).as_deref(), Some("twin"));
-    }
-
-    #[test]
-    fn two_live_senders_of_one_name_on_one_host_are_kept_apart_a_restart_is_not() {
-        let mut bed = Bed::new();
-        let (first, second, third) = (
-            bed.from,
-            "10.0.0.1:5001".parse().unwrap(),
-            "10.0.0.1:5002".parse().unwrap(),
-        );
-        let name = |bed: &Bed, from, id| {
-            bed.streams[&(from, id)]
-                .ctx
-                .as_ref()
-                .map(|c| c.name().to_owned())
-        };
-        // the first sends a frame every 20 ms or so
-        bed.hello(1, "dup");
-        for q in 0..3 {
-            std::thread::sleep(Duration::from_millis(20));
-            for d in fragments(&raw_frame(64, 8, q, 1), 1, q, 30) {
-                bed.feed(&d);
-            }
-        }
-        // a second sender of that name on that host, while it goes on
-        bed.from = second;
-        bed.hello(2, "dup");
-        assert_eq!(name(&bed, second, 2).as_deref(), Some("dup-udp5001"));
-        // the first falls silent (as a stopped sender) for far longer
-        // than its gaps, though not for a second yet: one started then is
-        // its restart, under its name
-        let s = bed.streams.get_mut(&(first, 1)).unwrap();
-        s.last_seen -= Duration::from_millis(600);
-        bed.streams.get_mut(&(second, 2)).unwrap().last_seen -= Duration::from_millis(600);
-        bed.from = third;
-        bed.hello(3, "dup");
-        assert_eq!(name(&bed, third, 3).as_deref(), Some("dup"));
-        // the second's frames are its own, not counted against the first's
-        bed.from = second;
-        for d in fragments(&raw_frame(64, 8, 0, 2), 2, 0, 30) {
-            bed.feed(&d);
-        }
-        let counts = |n: &str| {
-            let s = crate::stats::lock(&bed.hub.stats.sender(n)).snapshot();
-            (s.received, s.lost, s.connections)
-        };
-        assert_eq!(counts("dup"), (3, 0, 2));
-        assert_eq!(counts("dup-udp5001"), (1, 0, 1));
     }
 
     #[test]

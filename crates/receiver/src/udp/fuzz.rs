@@ -581,9 +581,7 @@ impl Bench {
             assert_eq!(h.sequence, d.sequence, "delivered under another number");
             if !self.moved && w.from.ip().to_string().starts_with("10.0.0.") {
                 assert!(
-                    name == sent_name
-                        || name.starts_with(&format!("{sent_name}@"))
-                        || name.starts_with(&format!("{sent_name}-udp")),
+                    name == sent_name || name.starts_with(&format!("{sent_name}@")),
                     "{sent_name}'s frame {} delivered as {name}'s",
                     h.sequence
                 );

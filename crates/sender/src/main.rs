@@ -54,8 +54,8 @@ Exit status: 0 when the input is sent (a camera, a pipe or an endless --loop:
 also when stopped by Ctrl-C or SIGTERM); 1 on an error (the summary line
 says what was delivered before it; an image that could not be read is
 one, and so, with --transport udp, are frames of image files or a
-recorded file sent while the receiver refused datagrams: nobody listened
-at that port); 2 on a command line that cannot be parsed; 128+N when signal N
+recorded file that the receiver's host refused: nothing listened at that
+port); 2 on a command line that cannot be parsed; 128+N when signal N
 (Ctrl-C: 130) stopped image files or a recorded file before all of it was
 read and delivered.")]
 struct Cli {

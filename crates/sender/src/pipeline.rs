@@ -255,8 +255,9 @@ pub struct Counters {
     /// Inputs passed over, their frame numbers left unused (image files
     /// that could not be read).
     pub unreadable: AtomicU64,
-    /// Frames written over UDP while the receiver refused datagrams (ICMP
-    /// port unreachable: nobody listened there): they may not have arrived.
+    /// Frames sent over UDP that the receiver's host refused (ICMP port
+    /// unreachable: nothing listened there), as far as its ICMP messages
+    /// told (`udp::refused_frames`): they did not arrive.
     pub refused: AtomicU64,
     /// Frames written (and not confirmed) that were then given up: counted
     /// in `dropped`, not in `unconfirmed`.
@@ -399,7 +400,7 @@ impl Counters {
             confirmed += &format!(", unconfirmed {u}");
         }
         if let n @ 1.. = self.refused.load(Relaxed) {
-            confirmed += &format!(", {n} sent while the receiver refused datagrams");
+            confirmed += &format!(", at least {n} refused by the receiver's host");
         }
         let rates = match interval {
             None => format!(
@@ -469,11 +470,6 @@ pub trait Link: Send {
     /// what was sent): a receiver that confirms nothing for a while on such
     /// a link is slow, not gone.
     fn peer_answers(&self) -> bool {
-        false
-    }
-    /// Whether the receiver refuses what this link sends now (UDP: ICMP
-    /// port unreachable came back): a frame just written may not arrive.
-    fn refusing(&mut self) -> bool {
         false
     }
     /// Ends the stream cleanly.
@@ -690,16 +686,17 @@ pub fn run(
     // is the error, as it comes first; what it passed over yields to the
     // network's error, and is then said before it.
     result?;
-    // A batch over UDP whose receiver refused datagrams (nobody listened
-    // at that port, for a while at least) is not sent: what it wrote then
-    // may not have arrived. (A live source goes on, as it always does.)
+    // A batch over UDP whose frames the receiver's host refused (nothing
+    // listened at that port, for a while at least) is not sent. (A live
+    // source goes on, as it always does.)
     let refused = counters.refused.load(Relaxed);
     let net_result = match net_result {
         Ok(()) if refused > 0 && FINITE.load(Relaxed) && stop_requested().is_none() => {
             Err(anyhow::anyhow!(
-                "{refused} of {} frame(s) were sent while the receiver {} refused datagrams \
-                 (ICMP port unreachable: is it running, on that port?): they may not have \
-                 arrived",
+                "at least {refused} of {} frame(s) did not arrive: the host of {} refused \
+                 them (ICMP port unreachable: is the receiver running, on that port?); it \
+                 reports some refusals only (the kernel limits them), so others may be lost \
+                 too (TCP confirms every frame)",
                 counters.sent.load(Relaxed),
                 cfg.to
             ))
@@ -1647,8 +1644,10 @@ fn network_loop_via(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
-                if l.refusing() {
-                    counters.refused.fetch_add(1, Relaxed);
+                if cfg.transport == Transport::Udp {
+                    counters
+                        .refused
+                        .store(crate::udp::refused_frames(), Relaxed);
                 }
                 d.written_max = d.written_max.max(Some(slot.sequence));
                 if !d.tracking {
@@ -1714,6 +1713,12 @@ fn network_loop_via(
     if let Some(l) = link {
         l.finish();
         log::info!("state: input done, stream to {} closed", cfg.to);
+    }
+    if cfg.transport == Transport::Udp {
+        // (the last frames' refusals come back by the end: Link::finish)
+        counters
+            .refused
+            .store(crate::udp::refused_frames(), Relaxed);
     }
     if !cfg.no_drop
         && d.refused.0 > 0

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use bitmask_wire::Hello;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
@@ -116,13 +115,9 @@ pub struct UdpLink {
     stride: usize,
     dgram: Vec<u8>,
     refused: Option<Refusals>,
-    /// Refusals the hello thread took from the socket (it counts them).
-    hello_refusals: std::sync::Arc<AtomicU64>,
-    /// Those already noted.
-    hello_refusals_seen: u64,
     pacer: Option<Pacer>,
-    /// Dropped with the link: its hello thread then ends.
-    _hellos: std::sync::mpsc::Sender<()>,
+    /// The hello thread: dropping the sender ends it.
+    hellos: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// One past the newest frame sent (the end datagram's number).
     next: u64,
 }
@@ -183,24 +178,21 @@ impl UdpLink {
             .encode();
         let stream_id = stream_id();
         let hello = hello_dgram(&hello, stream_id);
+        // Refusals (ICMP port unreachable) are queued with the datagram
+        // they refused, so that a refused frame is told from a refused
+        // hello (refused_frames).
+        errqueue::enable(&sock, to.is_ipv4());
         // The first hello before any frame, the others from a thread, every
-        // HELLO_EVERY until the link is dropped. (Its other errors are
-        // ignored: the frames' datagrams report an unreachable receiver. A
-        // refusal it takes from the socket, an earlier datagram's, is
-        // passed on: it would be missed by the frames' datagrams.)
+        // HELLO_EVERY until the link is dropped. (Its errors are ignored:
+        // the frames' datagrams report an unreachable receiver, and the
+        // error queue which datagrams were refused.)
         let hello_sock = sock.try_clone().context("cloning the UDP socket")?;
-        let hello_refusals = std::sync::Arc::new(AtomicU64::new(0));
-        let refusals = hello_refusals.clone();
         let send_hello = move || {
-            if let Err(e) = hello_sock.send(&hello) {
-                if e.kind() == io::ErrorKind::ConnectionRefused {
-                    refusals.fetch_add(1, Relaxed);
-                }
-            }
+            let _ = hello_sock.send(&hello);
         };
         send_hello();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("udp-hello".into())
             .spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
@@ -217,14 +209,12 @@ impl UdpLink {
             stride,
             dgram: Vec::with_capacity(DGRAM_HEADER_LEN + stride),
             refused: None,
-            hello_refusals,
-            hello_refusals_seen: 0,
             pacer: rate_mbit.map(|r| Pacer {
                 // IP + UDP headers count against the link too
                 ns_per_byte: 8.0 * 1e3 / r,
                 next: Instant::now(),
             }),
-            _hellos: stop,
+            hellos: Some((stop, thread)),
             next: 0,
         })
     }
@@ -299,17 +289,6 @@ impl UdpLink {
         }
     }
 
-    /// Whether the receiver refuses datagrams now: one was refused (ICMP
-    /// port unreachable) within [`REFUSALS_OVER`] of the last send.
-    pub fn refusing(&mut self) -> bool {
-        let seen = self.hello_refusals.load(Relaxed);
-        if seen != self.hello_refusals_seen {
-            self.hello_refusals_seen = seen;
-            self.note_refusal();
-        }
-        self.refused.is_some()
-    }
-
     /// Sends the frame's bytes as fragments.
     pub fn send(&mut self, frame: &[u8], sequence: u64) -> io::Result<()> {
         let count = frame.len().div_ceil(self.stride);
@@ -339,6 +318,7 @@ impl UdpLink {
             self.dgram.extend_from_slice(chunk);
             self.send_dgram()?;
         }
+        errqueue::drain(&self.sock);
         Ok(())
     }
 }
@@ -347,20 +327,144 @@ impl crate::pipeline::Link for UdpLink {
     fn send_frame(&mut self, frame: &[u8], sequence: u64) -> io::Result<()> {
         self.send(frame, sequence)
     }
-    fn refusing(&mut self) -> bool {
-        UdpLink::refusing(self)
-    }
-    /// Sends the end datagram ([`bitmask_wire::udp::KIND_END`]) three
-    /// times, [`END_SPACING`] apart: the receiver then closes the stream at
-    /// once and counts the frames below its number that never came.
-    fn finish(self: Box<Self>) {
+    /// Ends the hello thread (a hello after the end datagram would open
+    /// the stream again), takes the refusals of the last frames (their
+    /// ICMP messages are back within [`END_SPACING`] on a LAN), then sends
+    /// the end datagram ([`bitmask_wire::udp::KIND_END`]) three times,
+    /// [`END_SPACING`] apart: the receiver then closes the stream at once
+    /// and counts the frames below its number that never came.
+    fn finish(mut self: Box<Self>) {
+        if let Some((stop, thread)) = self.hellos.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         let end = Datagram::end(self.stream_id, self.next).encode();
-        for _ in 0..3 {
+        for i in 0..3 {
             std::thread::sleep(END_SPACING);
+            if i == 0 {
+                errqueue::drain(&self.sock);
+            }
             // (a refusal or an unreachable host: nothing more to tell it)
             let _ = self.sock.send(&end);
         }
     }
+}
+
+/// The distinct frames (sequence numbers) whose datagrams the receiver's
+/// host refused, as far as its ICMP messages told (the kernel sends at
+/// most about one a second to a host after a short burst, so frames may be
+/// lost without one). Process-wide: a sender has one receiver.
+static REFUSED: std::sync::Mutex<Option<std::collections::HashSet<u64>>> =
+    std::sync::Mutex::new(None);
+
+/// How many frames the receiver's host refused ([`REFUSED`]).
+pub fn refused_frames() -> u64 {
+    REFUSED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or(0, |s| s.len() as u64)
+}
+
+fn note_refused_frame(sequence: u64) {
+    REFUSED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(Default::default)
+        .insert(sequence);
+}
+
+/// The socket's error queue (Linux `IP_RECVERR`): each refused datagram's
+/// ICMP message comes back with the datagram's first bytes, so its header
+/// says whether it carried a frame (and which) or a hello.
+#[cfg(target_os = "linux")]
+mod errqueue {
+    use bitmask_wire::udp::{DGRAM_MAGIC, KIND_FRAGMENT};
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    pub fn enable(sock: &UdpSocket, ipv4: bool) {
+        let one: libc::c_int = 1;
+        let (level, opt) = if ipv4 {
+            (libc::IPPROTO_IP, libc::IP_RECVERR)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+        };
+        // SAFETY: a valid socket and a c_int option of its size.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            log::debug!(
+                "no UDP error queue: {}: refused frames are not counted",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Reads every queued error, noting the frames refused.
+    pub fn drain(sock: &UdpSocket) {
+        loop {
+            let mut data = [0u8; 64];
+            let mut ctrl = [0u64; 64]; // (aligned for cmsghdr)
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
+            };
+            // SAFETY: zeroed msghdr is valid; its pointers are set below
+            // to buffers that outlive the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = ctrl.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&ctrl) as _;
+            // SAFETY: msg points to valid buffers of the given lengths.
+            let n = unsafe {
+                libc::recvmsg(
+                    sock.as_raw_fd(),
+                    &mut msg,
+                    libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                return; // (EAGAIN: the queue is empty)
+            }
+            let mut refused = false;
+            // SAFETY: the CMSG macros walk the control buffer recvmsg filled.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    let h = &*c;
+                    if (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
+                        || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR)
+                    {
+                        let e: libc::sock_extended_err =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        refused |= e.ee_errno == libc::ECONNREFUSED as u32;
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+            let d = &data[..(n as usize).min(data.len())];
+            if refused && d.len() >= 24 && d[..4] == DGRAM_MAGIC && d[5] == KIND_FRAGMENT {
+                let sequence = u64::from_le_bytes(d[16..24].try_into().expect("8 bytes"));
+                super::note_refused_frame(sequence);
+            }
+        }
+    }
+}
+
+/// Without Linux's error queue no refused frame is counted.
+#[cfg(not(target_os = "linux"))]
+mod errqueue {
+    pub fn enable(_: &std::net::UdpSocket, _: bool) {}
+    pub fn drain(_: &std::net::UdpSocket) {}
 }
 
 /// A stream id that differs between sender runs (and between senders on one host).

@@ -107,8 +107,9 @@ struct Cli {
     /// most one frame may take to arrive once it has started (slow peers).
     /// Between frames a sender may be silent for as long as it likes (a
     /// time-lapse): TCP keepalive notices a vanished host in about 16 s. A
-    /// UDP stream is closed when silent this long and at least 3 s (its
-    /// sender repeats its hello every second).
+    /// UDP stream is closed when its sender ends it (an end datagram), or
+    /// when silent this long and at least 3 s (its sender repeats its hello
+    /// every second).
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     timeout: f64,
 

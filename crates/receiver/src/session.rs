@@ -815,10 +815,10 @@ impl StreamCtx {
         stats::lock(&self.stats).incomplete(n);
     }
 
-    /// The sender ended the stream with frames numbered below `next`
-    /// ([`stats::SenderStats::ended`]).
-    pub fn ended(&mut self, next: u64) {
-        stats::lock(&self.stats).ended(next);
+    /// The sender ended the stream, its last frame read `last`, with frames
+    /// numbered below `next` ([`stats::SenderStats::ended`]).
+    pub fn ended(&mut self, last: u64, next: u64) {
+        stats::lock(&self.stats).ended(last, next);
     }
 }
 

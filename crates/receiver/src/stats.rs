@@ -524,18 +524,14 @@ impl SenderStats {
         restarted
     }
 
-    /// The sender ended its stream with frames numbered below `next` (a UDP
-    /// end datagram): those after the last one seen never arrived and count
-    /// as lost, as a gap before a later frame would. Nothing when none was
-    /// seen, or `next` is not ahead of it by at most [`MAX_GAP`].
-    pub fn ended(&mut self, next: u64) {
-        let Some(last) = self.last_sequence else {
-            return;
-        };
+    /// The sender ended its stream, whose last frame read was `last`, with
+    /// frames numbered below `next` (a UDP end datagram): those after
+    /// `last` never arrived and count as lost, as a gap before a later
+    /// frame would. Nothing when `next` is not ahead of `last` by at most
+    /// [`MAX_GAP`]. (The stream is closed then: its end is counted once.)
+    pub fn ended(&mut self, last: u64, next: u64) {
         if let Some(gap @ 2..=MAX_GAP) = next.checked_sub(last) {
             self.snap.lost = self.snap.lost.saturating_add(gap - 1);
-            // (counted once: the sender repeats its end datagram)
-            self.last_sequence = Some(next - 1);
         }
     }
 

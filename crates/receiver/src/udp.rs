@@ -204,10 +204,10 @@ fn end(mut s: Stream, from: SocketAddr, next: u64) {
         s.give_up(0, "its sender ended the stream");
     }
     if let Some(ctx) = &mut s.ctx {
-        // (what this stream delivered: none, and the name's numbers are
-        // another stream's, an earlier run's say)
-        if s.done_upto.is_some() {
-            ctx.ended(next);
+        // (against what this stream delivered, not the name's numbers,
+        // which may be another stream's: none delivered, nothing counted)
+        if let Some(last) = s.done_upto {
+            ctx.ended(last, next);
         }
         log::info!(
             "state: udp stream of {:?} from {from} ended by its sender (its frames: below {next})",

@@ -20,13 +20,32 @@ use std::time::{Duration, Instant};
 /// overlap the old process's last seconds.
 pub const WAIT: Duration = Duration::from_secs(3);
 
-/// Set (to anything) to skip the claim: the tests of the record check use it.
+/// Set (to any value, 0 too) to skip the claim: the tests of the record
+/// check use it.
 pub const SKIP_ENV: &str = "BITMASK_SEND_NO_NAME_CLAIM";
 
 /// A held claim: kept for the life of the process.
 pub struct Claim {
     #[cfg(target_os = "linux")]
     _sock: std::os::unix::net::UnixDatagram,
+}
+
+/// The receiver `to` names, as one text however it is spelt: its first
+/// resolved address (`localhost:5000`, `127.0.0.1:5000` and
+/// `[::ffff:127.0.0.1]:5000` are one receiver), else `to` as it is (a name
+/// that does not resolve yet).
+fn receiver(to: &str) -> String {
+    use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+    match to.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+        Some(a) => {
+            let ip = match a.ip() {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                v4 => v4,
+            };
+            SocketAddr::new(ip, a.port()).to_string()
+        }
+        None => to.to_owned(),
+    }
 }
 
 /// The abstract socket name for `name` sent to `to` (FNV-1a, 64 bits, of
@@ -48,7 +67,7 @@ pub fn claim(name: &str, to: &str, wait: Duration) -> Result<Option<Claim>, Stri
     if std::env::var_os(SKIP_ENV).is_some() {
         return Err(format!("{SKIP_ENV} is set"));
     }
-    claim_os(&key(name, to), name, to, wait)
+    claim_os(&key(name, &receiver(to)), name, to, wait)
 }
 
 #[cfg(target_os = "linux")]
@@ -62,7 +81,8 @@ fn claim_os(key: &str, name: &str, to: &str, wait: Duration) -> Result<Option<Cl
         match UnixDatagram::bind_addr(&addr) {
             Ok(sock) => return Ok(Some(Claim { _sock: sock })),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                if start.elapsed() >= wait {
+                // (a stop signal ends the wait: the run ends anyway)
+                if start.elapsed() >= wait || crate::pipeline::stop_requested().is_some() {
                     return Ok(None);
                 }
                 if !said && start.elapsed() >= Duration::from_millis(300) {
@@ -115,6 +135,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         drop(first);
         assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn one_receiver_spelt_two_ways_is_one_claim() {
+        let name = format!("claim-spelling-{}", std::process::id());
+        let first = claim(&name, "127.0.0.1:5999", Duration::ZERO).unwrap();
+        assert!(first.is_some());
+        for other in ["localhost:5999", "[::ffff:127.0.0.1]:5999"] {
+            assert!(
+                claim(&name, other, Duration::ZERO).unwrap().is_none(),
+                "{other}"
+            );
+        }
+        assert_eq!(receiver("no-such-host.invalid:1"), "no-such-host.invalid:1");
     }
 
     #[test]

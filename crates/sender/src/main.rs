@@ -403,6 +403,29 @@ fn run(cli: Cli) -> Result<()> {
     if let (pipeline::Transport::Udp, Some(r)) = (cli.transport, cli.rate) {
         udp::check_rate(cli.mtu.into(), r)?;
     }
+    // One sender per name and receiver on this host (claim.rs), before the
+    // input starts (a camera command would wait on a full pipe meanwhile);
+    // held to the end of the process.
+    let (name, _claim) = match claim::claim(&name, &cli.to, claim::WAIT) {
+        Ok(Some(c)) => (name, Some(c)),
+        Ok(None) => {
+            let own = pipeline::own_name(&name, std::process::id());
+            log::warn!(
+                "another bitmask-send on this host sends as {name:?} to {}: this one goes on \
+                 as {own:?}, so that neither ends the other's connections nor shares its \
+                 directory (give each sender its own --name; the default is the host name)",
+                cli.to
+            );
+            (own, None)
+        }
+        Err(why) => {
+            log::info!(
+                "no claim on the name {name:?} (another sender of it on this host is not \
+                 seen): {why}"
+            );
+            (name, None)
+        }
+    };
     // (image files without --loop: their number, for a summary of a run
     // that ends before they do)
     let mut inputs = None;
@@ -441,25 +464,6 @@ fn run(cli: Cli) -> Result<()> {
              100 Mbit/s link) or use TCP"
         );
     }
-    // One sender per name and receiver on this host (claim.rs), once every
-    // option is checked; held to the end of the process.
-    let (name, _claim) = match claim::claim(&name, &cli.to, claim::WAIT) {
-        Ok(Some(c)) => (name, Some(c)),
-        Ok(None) => {
-            let own = pipeline::own_name(&name, std::process::id());
-            log::warn!(
-                "another bitmask-send on this host sends as {name:?} to {}: this one goes on \
-                 as {own:?}, so that neither ends the other's connections nor shares its \
-                 directory (give each sender its own --name; the default is the host name)",
-                cli.to
-            );
-            (own, None)
-        }
-        Err(why) => {
-            log::debug!("no claim on the name {name:?}: {why}");
-            (name, None)
-        }
-    };
     let cfg = pipeline::Config {
         to: cli.to.clone(),
         name,

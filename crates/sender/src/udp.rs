@@ -257,6 +257,7 @@ impl UdpLink {
         if let Some(p) = &mut self.pacer {
             p.wait(self.dgram.len() + 28);
         }
+        let mut retried = false;
         loop {
             match self.sock.send(&self.dgram) {
                 Ok(_) => {
@@ -279,6 +280,24 @@ impl UdpLink {
                 // ICMP port unreachable from an earlier datagram: nobody
                 // listens (yet). UDP cannot tell when it is back: keep sending.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.note_refusal(),
+                // An ICMP error about an earlier datagram (a host or net
+                // unreachable on the way: with IP_RECVERR every ICMP error
+                // is reported so): this one is not sent yet, try it again,
+                // once; a second is this send's own (no route here).
+                Err(e)
+                    if !retried
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(
+                                libc::EHOSTUNREACH
+                                    | libc::ENETUNREACH
+                                    | libc::EHOSTDOWN
+                                    | libc::EPROTO
+                            )
+                        ) =>
+                {
+                    retried = true;
+                }
                 // The local queue is full: give the link a moment.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     std::thread::sleep(Duration::from_micros(200));
@@ -318,7 +337,9 @@ impl UdpLink {
             self.dgram.extend_from_slice(chunk);
             self.send_dgram()?;
         }
-        errqueue::drain(&self.sock);
+        for _ in 0..errqueue::drain(&self.sock) {
+            self.note_refusal();
+        }
         Ok(())
     }
 }
@@ -328,25 +349,27 @@ impl crate::pipeline::Link for UdpLink {
         self.send(frame, sequence)
     }
     /// Ends the hello thread (a hello after the end datagram would open
-    /// the stream again), takes the refusals of the last frames (their
-    /// ICMP messages are back within [`END_SPACING`] on a LAN), then sends
-    /// the end datagram ([`bitmask_wire::udp::KIND_END`]) three times,
-    /// [`END_SPACING`] apart: the receiver then closes the stream at once
-    /// and counts the frames below its number that never came.
+    /// the stream again), then sends the end datagram
+    /// ([`bitmask_wire::udp::KIND_END`]) three times, [`END_SPACING`] apart
+    /// (the receiver then closes the stream at once and counts the frames
+    /// below its number that never came), reading the refusals of the last
+    /// frames before each and after the last: those whose ICMP message is
+    /// back within 80 ms, as on a LAN.
     fn finish(mut self: Box<Self>) {
         if let Some((stop, thread)) = self.hellos.take() {
             drop(stop);
             let _ = thread.join();
         }
         let end = Datagram::end(self.stream_id, self.next).encode();
-        for i in 0..3 {
+        for _ in 0..3 {
             std::thread::sleep(END_SPACING);
-            if i == 0 {
-                errqueue::drain(&self.sock);
-            }
+            // (the end datagrams' own refusals name no frame)
+            errqueue::drain(&self.sock);
             // (a refusal or an unreachable host: nothing more to tell it)
             let _ = self.sock.send(&end);
         }
+        std::thread::sleep(END_SPACING);
+        errqueue::drain(&self.sock);
     }
 }
 
@@ -354,24 +377,26 @@ impl crate::pipeline::Link for UdpLink {
 /// host refused, as far as its ICMP messages told (the kernel sends at
 /// most about one a second to a host after a short burst, so frames may be
 /// lost without one). Process-wide: a sender has one receiver.
-static REFUSED: std::sync::Mutex<Option<std::collections::HashSet<u64>>> =
-    std::sync::Mutex::new(None);
+/// (A count, and the last few numbers counted: a frame's datagrams may
+/// be refused more than once, and numbers only repeat for a frame sent
+/// again soon after.)
+static REFUSED: std::sync::Mutex<(u64, std::collections::VecDeque<u64>)> =
+    std::sync::Mutex::new((0, std::collections::VecDeque::new()));
 
 /// How many frames the receiver's host refused ([`REFUSED`]).
 pub fn refused_frames() -> u64 {
-    REFUSED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map_or(0, |s| s.len() as u64)
+    REFUSED.lock().unwrap_or_else(|e| e.into_inner()).0
 }
 
 fn note_refused_frame(sequence: u64) {
-    REFUSED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(Default::default)
-        .insert(sequence);
+    let mut r = REFUSED.lock().unwrap_or_else(|e| e.into_inner());
+    if !r.1.contains(&sequence) {
+        r.0 += 1;
+        if r.1.len() == 64 {
+            r.1.pop_front();
+        }
+        r.1.push_back(sequence);
+    }
 }
 
 /// The socket's error queue (Linux `IP_RECVERR`): each refused datagram's
@@ -384,32 +409,37 @@ mod errqueue {
     use std::os::fd::AsRawFd;
 
     pub fn enable(sock: &UdpSocket, ipv4: bool) {
-        let one: libc::c_int = 1;
-        let (level, opt) = if ipv4 {
-            (libc::IPPROTO_IP, libc::IP_RECVERR)
-        } else {
-            (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
-        };
-        // SAFETY: a valid socket and a c_int option of its size.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                level,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            log::debug!(
-                "no UDP error queue: {}: refused frames are not counted",
-                std::io::Error::last_os_error()
-            );
+        // (an IPv6 socket to an IPv4-mapped address gets ICMPv4 errors:
+        // it needs IP_RECVERR too, which then queues them as IPv6's)
+        let mut opts = vec![(libc::IPPROTO_IP, libc::IP_RECVERR)];
+        if !ipv4 {
+            opts.push((libc::IPPROTO_IPV6, libc::IPV6_RECVERR));
+        }
+        for (level, opt) in opts {
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket and a c_int option of its size.
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    level,
+                    opt,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                log::debug!(
+                    "no UDP error queue ({level}/{opt}): {}: refused frames are not counted",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 
-    /// Reads every queued error, noting the frames refused.
-    pub fn drain(sock: &UdpSocket) {
+    /// Reads every queued error, noting the frames refused; returns how
+    /// many refusals (of any datagram) it read.
+    pub fn drain(sock: &UdpSocket) -> u64 {
+        let mut refusals = 0;
         loop {
             let mut data = [0u8; 64];
             let mut ctrl = [0u64; 64]; // (aligned for cmsghdr)
@@ -433,7 +463,7 @@ mod errqueue {
                 )
             };
             if n < 0 {
-                return; // (EAGAIN: the queue is empty)
+                return refusals; // (EAGAIN: the queue is empty)
             }
             let mut refused = false;
             // SAFETY: the CMSG macros walk the control buffer recvmsg filled.
@@ -441,8 +471,13 @@ mod errqueue {
                 let mut c = libc::CMSG_FIRSTHDR(&msg);
                 while !c.is_null() {
                     let h = &*c;
-                    if (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
-                        || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR)
+                    let whole = h.cmsg_len as usize
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32)
+                            as usize;
+                    if whole
+                        && ((h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
+                            || (h.cmsg_level == libc::SOL_IPV6
+                                && h.cmsg_type == libc::IPV6_RECVERR))
                     {
                         let e: libc::sock_extended_err =
                             std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
@@ -451,6 +486,7 @@ mod errqueue {
                     c = libc::CMSG_NXTHDR(&msg, c);
                 }
             }
+            refusals += refused as u64;
             let d = &data[..(n as usize).min(data.len())];
             if refused && d.len() >= 24 && d[..4] == DGRAM_MAGIC && d[5] == KIND_FRAGMENT {
                 let sequence = u64::from_le_bytes(d[16..24].try_into().expect("8 bytes"));
@@ -464,7 +500,9 @@ mod errqueue {
 #[cfg(not(target_os = "linux"))]
 mod errqueue {
     pub fn enable(_: &std::net::UdpSocket, _: bool) {}
-    pub fn drain(_: &std::net::UdpSocket) {}
+    pub fn drain(_: &std::net::UdpSocket) -> u64 {
+        0
+    }
 }
 
 /// A stream id that differs between sender runs (and between senders on one host).

@@ -255,10 +255,6 @@ pub struct Counters {
     /// Inputs passed over, their frame numbers left unused (image files
     /// that could not be read).
     pub unreadable: AtomicU64,
-    /// Frames sent over UDP that the receiver's host refused (ICMP port
-    /// unreachable: nothing listened there), as far as its ICMP messages
-    /// told (`udp::refused_frames`): they did not arrive.
-    pub refused: AtomicU64,
     /// Frames written (and not confirmed) that were then given up: counted
     /// in `dropped`, not in `unconfirmed`.
     pub written_dropped: AtomicU64,
@@ -336,7 +332,7 @@ impl Counters {
                 + open
                 + self.dropped.load(Relaxed)
                 + self.unconfirmed.load(Relaxed)
-                + self.refused.load(Relaxed)
+                + crate::udp::refused_frames()
                 == 0
     }
 
@@ -399,7 +395,8 @@ impl Counters {
         if u > 0 {
             confirmed += &format!(", unconfirmed {u}");
         }
-        if let n @ 1.. = self.refused.load(Relaxed) {
+        // (frames sent over UDP that the receiver's host refused: 0 over TCP)
+        if let n @ 1.. = crate::udp::refused_frames() {
             confirmed += &format!(", at least {n} refused by the receiver's host");
         }
         let rates = match interval {
@@ -689,7 +686,7 @@ pub fn run(
     // A batch over UDP whose frames the receiver's host refused (nothing
     // listened at that port, for a while at least) is not sent. (A live
     // source goes on, as it always does.)
-    let refused = counters.refused.load(Relaxed);
+    let refused = crate::udp::refused_frames();
     let net_result = match net_result {
         Ok(()) if refused > 0 && FINITE.load(Relaxed) && stop_requested().is_none() => {
             Err(anyhow::anyhow!(
@@ -1644,11 +1641,6 @@ fn network_loop_via(
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 counters.sent_bytes.fetch_add(buf.len() as u64, Relaxed);
-                if cfg.transport == Transport::Udp {
-                    counters
-                        .refused
-                        .store(crate::udp::refused_frames(), Relaxed);
-                }
                 d.written_max = d.written_max.max(Some(slot.sequence));
                 if !d.tracking {
                     // (nothing is confirmed: a frame written is all the
@@ -1714,12 +1706,7 @@ fn network_loop_via(
         l.finish();
         log::info!("state: input done, stream to {} closed", cfg.to);
     }
-    if cfg.transport == Transport::Udp {
-        // (the last frames' refusals come back by the end: Link::finish)
-        counters
-            .refused
-            .store(crate::udp::refused_frames(), Relaxed);
-    }
+
     if !cfg.no_drop
         && d.refused.0 > 0
         && counters.confirmed.load(Relaxed) == 0

@@ -404,7 +404,7 @@ fn note_refused_frame(sequence: u64) {
 /// says whether it carried a frame (and which) or a hello.
 #[cfg(target_os = "linux")]
 mod errqueue {
-    use bitmask_wire::udp::{DGRAM_MAGIC, KIND_FRAGMENT};
+    use bitmask_wire::udp::{Datagram, KIND_FRAGMENT};
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
@@ -488,9 +488,11 @@ mod errqueue {
             }
             refusals += refused as u64;
             let d = &data[..(n as usize).min(data.len())];
-            if refused && d.len() >= 24 && d[..4] == DGRAM_MAGIC && d[5] == KIND_FRAGMENT {
-                let sequence = u64::from_le_bytes(d[16..24].try_into().expect("8 bytes"));
-                super::note_refused_frame(sequence);
+            match Datagram::parse_header(d) {
+                Ok(h) if refused && h.kind == KIND_FRAGMENT => {
+                    super::note_refused_frame(h.sequence)
+                }
+                _ => {}
             }
         }
     }

@@ -68,9 +68,10 @@ impl Datagram {
         b
     }
 
-    /// Parses and checks a whole datagram against `limits`; returns the
-    /// header and the bytes it carries. Nothing is allocated.
-    pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Datagram, &'a [u8]), WireError> {
+    /// Reads the header at the start of `b` (its magic and version checked,
+    /// its fields not), whatever follows it: the header of a datagram
+    /// returned cut short, as in an ICMP error about it.
+    pub fn parse_header(b: &[u8]) -> Result<Datagram, WireError> {
         let bad = |s: String| Err(WireError::BadDatagram(s));
         if b.len() < DGRAM_HEADER_LEN {
             return bad(format!(
@@ -86,7 +87,7 @@ impl Datagram {
         }
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let d = Datagram {
+        Ok(Datagram {
             kind: b[5],
             index: u16_at(6),
             count: u16_at(8),
@@ -94,7 +95,14 @@ impl Datagram {
             stream_id: u32_at(12),
             sequence: u64::from_le_bytes(b[16..24].try_into().unwrap()),
             frame_len: u32_at(24),
-        };
+        })
+    }
+
+    /// Parses and checks a whole datagram against `limits`; returns the
+    /// header and the bytes it carries. Nothing is allocated.
+    pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Datagram, &'a [u8]), WireError> {
+        let bad = |s: String| Err(WireError::BadDatagram(s));
+        let d = Datagram::parse_header(b)?;
         let data = &b[DGRAM_HEADER_LEN..];
         let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
         if d.kind == KIND_END {

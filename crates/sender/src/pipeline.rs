@@ -218,6 +218,11 @@ impl FrameQueue {
         Some((newest, older))
     }
 
+    /// Whether [`Self::close`] was called.
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Closed by the capture side when the input ends, by the network side
     /// when it ends (then a blocked `push` returns, dropping its frame).
     fn close(&self) {
@@ -666,7 +671,10 @@ pub fn run(
             if last_report.2.elapsed() >= cfg.log_every {
                 log::info!("{}", counters.progress(start.elapsed(), &mut last_report));
             }
-            if net_thread.is_finished() {
+            // The network side ended (a batch that gave up): no more input
+            // is read. (It closes the queue before its thread ends: a
+            // capture let go by that close must not read on meanwhile.)
+            if queue.is_closed() || net_thread.is_finished() {
                 break;
             }
         }

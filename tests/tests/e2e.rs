@@ -79,7 +79,7 @@ fn expected_pbm(w: u32, h: u32, raw: &[u8]) -> Vec<u8> {
 /// Decodes a PNG, checking it is 1-bit grayscale, non-interlaced; returns its packed rows.
 fn png_rows(path: &Path) -> (u32, u32, Vec<u8>) {
     let file = std::fs::File::open(path).unwrap();
-    let mut dec = png::Decoder::new(file);
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::IDENTITY);
     let mut reader = dec.read_info().unwrap();
     let info = reader.info();
@@ -87,7 +87,12 @@ fn png_rows(path: &Path) -> (u32, u32, Vec<u8>) {
     assert_eq!(info.bit_depth, png::BitDepth::One, "{path:?}");
     assert!(!info.interlaced, "{path:?}");
     let (w, h) = (info.width, info.height);
-    let mut buf = vec![0; reader.output_buffer_size()];
+    let mut buf = vec![
+        0;
+        reader
+            .output_buffer_size()
+            .expect("a frame that fits memory")
+    ];
     let frame = reader.next_frame(&mut buf).unwrap();
     assert_eq!(frame.line_size, (w as usize).div_ceil(8));
     buf.truncate(frame.buffer_size());

@@ -1191,8 +1191,10 @@ mod tests {
         let (st, head, png) = req(a, "GET", "/latest.png?sender=cam+%22one%22");
         assert_eq!(st, 200, "{head}");
         assert!(head.contains("image/png"));
-        let mut dec = png::Decoder::new(&png[..]).read_info().unwrap();
-        let mut px = vec![0; dec.output_buffer_size()];
+        let mut dec = png::Decoder::new(std::io::Cursor::new(&png[..]))
+            .read_info()
+            .unwrap();
+        let mut px = vec![0; dec.output_buffer_size().unwrap()];
         dec.next_frame(&mut px).unwrap();
         assert_eq!((dec.info().width, dec.info().height), (10, 2));
         assert_eq!(&px[..4], &[0x00, 0x00, 0xff, 0xc0], "the newest mask");

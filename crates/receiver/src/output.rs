@@ -590,7 +590,10 @@ pub fn encode(
             let mut enc = png::Encoder::new(&mut *buf, width, height);
             enc.set_color(png::ColorType::Grayscale);
             enc.set_depth(png::BitDepth::One);
-            enc.set_compression(png::Compression::Fast);
+            // fdeflate's fast mode and the Sub filter: what png 0.17's
+            // `Compression::Fast` did (0.18's adds adaptive filtering)
+            enc.set_deflate_compression(png::DeflateCompression::FdeflateUltraFast);
+            enc.set_filter(png::Filter::Sub);
             let mut w = enc.write_header()?;
             w.write_image_data(bits)?;
             w.finish()?;

@@ -12,9 +12,8 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         run(cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
     // The ARM builds take minutes of CPU; started now, in the background at
-    // the lowest priority, they use what the host steps leave idle. Their
-    // Debian tools first: apt runs one at a time (ffmpeg, Chromium follow).
-    step("Debian tools for the Pi builds", crate::dist::ensure_qemu)?;
+    // the lowest priority, they use what the host steps leave idle (they
+    // install their Rust tools themselves, and need no Debian package).
     let (mut pi_builds, mut msrv) = (None, None);
     step(
         "Pi builds started in the background (the MSRV check waits beside them)",
@@ -25,6 +24,12 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
             msrv = Some(Background::start(Job::Msrv)?);
             Ok(())
         },
+    )?;
+    // qemu-user and the armhf libc for the Pi step, sshd for its deploy
+    // test, ffmpeg and Chromium for the tests: one apt-get, beside the builds
+    step(
+        "Debian packages (qemu-user, armhf libc, sshd, ffmpeg, Chromium)",
+        crate::deps::ensure_for_ci,
     )?;
     step("clippy", || {
         run(cargo().args([
@@ -47,13 +52,6 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     })?;
     step("build binaries", || {
         run(cargo().args(["build", "--workspace"]))
-    })?;
-    step(
-        "ffmpeg for the camera-input tests",
-        crate::deps::ensure_ffmpeg,
-    )?;
-    step("headless Chromium for the live-view test", || {
-        crate::browser::ensure().map(|_| ())
     })?;
     let mut tally = Tally::default();
     step("tests", || {

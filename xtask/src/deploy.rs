@@ -1539,7 +1539,7 @@ SetEnv PATH={fakebin}:/usr/local/bin:/usr/bin:/bin\n",
             ak = authorized.display()
         ),
     )?;
-    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+    let sshd = crate::deps::SSHD
         .into_iter()
         .find(|p| Path::new(p).exists());
     let sshd = match sshd {

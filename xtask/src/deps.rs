@@ -1,46 +1,50 @@
-//! Debian packages the tests need besides Rust and the Python venv:
-//! `ffmpeg`, the real raw-video producer of `tests/tests/camera.rs`.
-//! Installed with apt-get when missing and running as root; otherwise the
-//! error says exactly what to run.
+//! The Debian packages of `cargo xtask ci` besides Rust and the Python
+//! venvs: qemu-user and the armhf libc (the Pi step), sshd (its deploy
+//! test), `ffmpeg` (the raw-video producer of `tests/tests/camera.rs`) and
+//! Chromium (`tests/tests/http_view.rs`). Installed with one apt-get when
+//! missing and running as root; otherwise the error says exactly what to run.
 
-use crate::util::{have, output, run};
-use anyhow::{bail, Context, Result};
-use std::process::Command;
+use crate::util::have;
+use anyhow::Result;
+use std::path::Path;
 
-/// The exact fix, for messages.
-pub const FFMPEG_FIX: &str = "apt-get update && apt-get install -y ffmpeg";
+/// Where Debian's sshd is (the deploy test runs two).
+pub const SSHD: [&str; 2] = ["/usr/sbin/sshd", "/usr/bin/sshd"];
 
-fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
-}
-
-/// `ffmpeg` on PATH, installed from Debian's package first when missing.
-pub fn ensure_ffmpeg() -> Result<()> {
-    if have("ffmpeg") {
-        return Ok(());
+/// `cargo xtask ci`: every Debian package of the run that is missing,
+/// installed in one apt-get call (one package-list update on a fresh
+/// machine, one dpkg run), while the ARM builds go on in the background.
+pub fn ensure_for_ci() -> Result<()> {
+    let mut need: Vec<(&str, &str)> = Vec::new();
+    if !have("qemu-arm") {
+        need.push(("qemu-user", "runs the ARM builds as on the Pis"));
     }
-    if !is_root() || !have("apt-get") {
-        bail!(
-            "ffmpeg is missing (tests/tests/camera.rs pipes its raw video through bitmask-send); \
-             as root run: {FFMPEG_FIX}"
-        );
+    if !have("readelf") {
+        need.push(("binutils", "checks the ARM builds' architecture"));
     }
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "ffmpeg"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if install().is_err() {
-        // A fresh machine has no package lists yet.
-        run(Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-        .context("apt-get update failed")?;
-        install()
-            .with_context(|| format!("installing ffmpeg failed; try by hand: {FFMPEG_FIX}"))?;
+    if !Path::new(crate::dist::ARMHF_SYSROOT)
+        .join("lib/ld-linux-armhf.so.3")
+        .exists()
+    {
+        need.push((
+            "libc6-armhf-cross",
+            "the ARMv7 build's glibc, to run it under qemu-arm",
+        ));
+    }
+    if !SSHD.iter().any(|p| Path::new(p).exists()) {
+        need.push(("openssh-server", "the deploy test's two stand-in Pis"));
     }
     if !have("ffmpeg") {
-        bail!("apt-get installed ffmpeg but it is not on PATH");
+        need.push(("ffmpeg", "the camera-input tests' raw video"));
     }
-    Ok(())
+    if crate::browser::find().is_none() {
+        need.push(("chromium", "the live-view test's headless browser"));
+    }
+    if need.is_empty() {
+        eprintln!("xtask: every Debian package the run needs is installed");
+        return Ok(());
+    }
+    let pkgs: Vec<&str> = need.iter().map(|(p, _)| *p).collect();
+    let why: Vec<String> = need.iter().map(|(p, w)| format!("{p}: {w}")).collect();
+    crate::dist::apt_install(&pkgs, &format!("missing ({})", why.join("; ")))
 }

@@ -135,7 +135,7 @@ impl Arch {
 }
 
 /// Versions known to work together here (newer ones are used when already installed).
-const CARGO_ZIGBUILD: &str = "cargo-zigbuild@0.24.1";
+const CARGO_ZIGBUILD: &str = "cargo-zigbuild==0.24.1";
 const ZIGLANG: &str = "ziglang==0.17.1";
 
 /// Debian's armhf glibc (package libc6-armhf-cross), used only to *run* the ARMv7 build
@@ -158,6 +158,8 @@ pub fn cross_dir() -> PathBuf {
 pub struct Tools {
     /// Directory holding the `zig` executable, prepended to PATH.
     zig_dir: Option<PathBuf>,
+    /// The `cargo-zigbuild` to run: on PATH, or from PyPI in target/zig-venv.
+    zigbuild: PathBuf,
 }
 
 fn is_root() -> bool {
@@ -170,12 +172,16 @@ fn is_root() -> bool {
 pub fn apt_install(pkgs: &[&str], why: &str) -> Result<()> {
     if is_root() && have("apt-get") {
         eprintln!("xtask: installing {pkgs:?} ({why})");
+        // (another apt-get of this run, or of the system, is waited for)
+        let lock = ["-o", "DPkg::Lock::Timeout=600"];
         let mut c = Command::new("apt-get");
-        c.args(["install", "-y", "-q", "--no-install-recommends"])
+        c.args(lock)
+            .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(pkgs);
         c.env("DEBIAN_FRONTEND", "noninteractive");
         if run(&mut c).is_err() {
-            run(Command::new("apt-get").args(["update", "-q"]))?;
+            // a fresh machine has no package lists yet
+            run(Command::new("apt-get").args(lock).args(["update", "-q"]))?;
             run(&mut c)?;
         }
         return Ok(());
@@ -211,31 +217,44 @@ pub fn ensure_qemu() -> Result<()> {
 
 /// Installs or checks rustup targets/components, cargo-zigbuild and zig.
 pub fn ensure_tools() -> Result<Tools> {
-    ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
-    crate::util::ensure_target(None, Arch::V7.triple())?;
-    let comps =
-        crate::util::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
-    if !comps.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src"]))
-            .context("fix: rustup component add rust-src (the ARMv6 std is built from source)")?;
-    }
-    if !have("cargo-zigbuild") {
-        run(crate::util::cargo().args(["install", "--locked", CARGO_ZIGBUILD]))
-            .context("fix: cargo install --locked cargo-zigbuild@0.24.1")?;
-    }
-    let zig_dir = if have("zig") {
-        None
-    } else {
-        Some(zig_from_pypi()?)
-    };
-    Ok(Tools { zig_dir })
+    // the rustup downloads beside the PyPI ones
+    std::thread::scope(|sc| {
+        let rust = sc.spawn(|| -> Result<()> {
+            ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
+            crate::util::ensure_target(None, Arch::V7.triple())?;
+            let comps = crate::util::output(Command::new("rustup").args([
+                "component",
+                "list",
+                "--installed",
+            ]))?;
+            if !comps.lines().any(|l| l.starts_with("rust-src")) {
+                run(Command::new("rustup").args(["component", "add", "rust-src"])).context(
+                    "fix: rustup component add rust-src (the ARMv6 std is built from source)",
+                )?;
+            }
+            Ok(())
+        });
+        let pypi = tools_from_pypi();
+        rust.join().expect("rustup thread")?;
+        let (zig_dir, zigbuild) = pypi?;
+        Ok(Tools { zig_dir, zigbuild })
+    })
 }
 
-/// zig from PyPI (`ziglang`) in its own venv under target/.
-fn zig_from_pypi() -> Result<PathBuf> {
+/// zig and cargo-zigbuild from PATH, else from PyPI into their own venv
+/// under target/: `ziglang`, and cargo-zigbuild's prebuilt wheel (a
+/// download of seconds; `cargo install` compiles it for minutes, and the
+/// CI run's ARM builds wait for it). Returns the directory to put first on
+/// PATH for zig (None: zig is on PATH) and the cargo-zigbuild to run.
+fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
+    let (need_zig, need_zigbuild) = (!have("zig"), !have("cargo-zigbuild"));
+    if !need_zig && !need_zigbuild {
+        return Ok((None, PathBuf::from("cargo-zigbuild")));
+    }
     let venv = root().join("target/zig-venv");
     let py = venv.join("bin/python");
-    let find = |py: &Path| -> Option<PathBuf> {
+    let zigbuild = venv.join("bin/cargo-zigbuild");
+    let zig_dir = |py: &Path| -> Option<PathBuf> {
         let out = Command::new(py)
             .args([
                 "-c",
@@ -247,31 +266,56 @@ fn zig_from_pypi() -> Result<PathBuf> {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         (out.status.success() && d.join("zig").exists()).then_some(d)
     };
-    if py.exists() {
-        if let Some(d) = find(&py) {
-            return Ok(d);
-        }
-    } else {
+    let ready =
+        |py: &Path| (!need_zig || zig_dir(py).is_some()) && (!need_zigbuild || zigbuild.exists());
+    let fix = format!(
+        "fix: {} -m pip install {ZIGLANG} {CARGO_ZIGBUILD} (or put zig and cargo-zigbuild \
+         on PATH: `cargo install --locked cargo-zigbuild`)",
+        py.display()
+    );
+    if !py.exists() {
         let sys = ["python3", "python"]
             .into_iter()
             .find(|p| have(p))
-            .context("zig is missing and there is no python3 to get it from PyPI: install python3 and python3-venv, or put zig on PATH")?;
+            .context(
+                "zig or cargo-zigbuild is missing and there is no python3 to get them from \
+                 PyPI: install python3 and python3-venv, or put both on PATH",
+            )?;
         run(Command::new(sys).arg("-m").arg("venv").arg(&venv))
-            .context("fix: apt-get install python3-venv (or put zig on PATH)")?;
+            .context("fix: apt-get install python3-venv (or put zig and cargo-zigbuild on PATH)")?;
     }
-    run(Command::new(&py).args(["-m", "pip", "install", "-q", ZIGLANG])).with_context(|| {
-        format!(
-            "fix: {} -m pip install ziglang==0.17.1 (or put zig on PATH)",
-            py.display()
-        )
-    })?;
-    find(&py).context("ziglang installed but its zig executable was not found")
+    if !ready(&py) {
+        // (cargo-zigbuild's wheel requires ziglang: both pinned, in one pip)
+        run(Command::new(&py).args(["-m", "pip", "install", "-q", ZIGLANG, CARGO_ZIGBUILD]))
+            .context(fix.clone())?;
+    }
+    let dir = if need_zig {
+        Some(zig_dir(&py).with_context(|| {
+            format!("ziglang installed but its zig executable was not found; {fix}")
+        })?)
+    } else {
+        None
+    };
+    if need_zigbuild && !zigbuild.exists() {
+        bail!(
+            "pip installed cargo-zigbuild but {} is missing; {fix}",
+            zigbuild.display()
+        );
+    }
+    Ok((
+        dir,
+        if need_zigbuild {
+            zigbuild
+        } else {
+            PathBuf::from("cargo-zigbuild")
+        },
+    ))
 }
 
 impl Tools {
     /// `cargo-zigbuild <sub>` with the environment of the cross builds.
     pub fn cargo(&self, sub: &str) -> Command {
-        let mut c = Command::new("cargo-zigbuild");
+        let mut c = Command::new(&self.zigbuild);
         c.arg(sub).current_dir(root());
         if let Some(d) = &self.zig_dir {
             let path = std::env::var_os("PATH").unwrap_or_default();
@@ -532,8 +576,8 @@ static musl, ARM1176) and target/dist/armv7 (Pi 2/3/4 32-bit, Cortex-A7 + NEON,
 glibc >= 2.28), plus target/dist/host, checks every ARM binary with readelf
 (CPU architecture, Thumb-2, NEON, static / glibc floor), writes target/dist/SHA256SUMS
 and prints the sizes. Profile `dist` (root Cargo.toml): fat LTO, 1 codegen unit,
-panic=abort, stripped. Installs missing tools (rustup target/rust-src, cargo-zigbuild,
-zig from PyPI into target/zig-venv, binutils) or says how.
+panic=abort, stripped. Installs missing tools (rustup target/rust-src; zig and cargo-zigbuild
+from PyPI into target/zig-venv unless on PATH; binutils) or says how.
 Proofs under qemu: `cargo xtask qemu`.
 ";
 
@@ -717,9 +761,13 @@ pub fn run_qemu(args: &[String]) -> Result<()> {
         watch_parent(&parent)?;
     }
     let tools = ensure_tools()?;
-    ensure_qemu()?;
     let all = what.contains(&"all");
     let build_only = what.contains(&"build");
+    if !build_only || what.len() > 1 {
+        // (the builds alone need no qemu: `cargo xtask ci` installs it
+        // beside them, and apt runs one at a time)
+        ensure_qemu()?;
+    }
     let dist_needed = !no_build
         && (all
             || build_only
@@ -1143,8 +1191,10 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts `job`. The tools the Pi builds need from Debian must be
-    /// installed first ([`ensure_qemu`]): only one apt may run at a time.
+    /// Starts `job`. The builds need no Debian package (`cargo xtask qemu
+    /// build` leaves qemu to the caller, which installs it meanwhile; an
+    /// apt-get of theirs, binutils on a machine without it, waits for the
+    /// caller's: [`apt_install`]).
     pub fn start(job: Job) -> Result<Background> {
         use std::os::unix::process::CommandExt;
         let log = job.log();

@@ -13,7 +13,8 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     })?;
     // The ARM builds take minutes of CPU; started now, in the background at
     // the lowest priority, they use what the host steps leave idle (they
-    // install their Rust tools themselves, and need no Debian package).
+    // install their Rust tools themselves, and no Debian package: binutils,
+    // which they use at the end, comes with the apt-get below).
     let (mut pi_builds, mut msrv) = (None, None);
     step(
         "Pi builds started in the background (the MSRV check waits beside them)",
@@ -26,7 +27,8 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         },
     )?;
     // qemu-user and the armhf libc for the Pi step, sshd for its deploy
-    // test, ffmpeg and Chromium for the tests: one apt-get, beside the builds
+    // test, ffmpeg and Chromium for the tests (binutils where gcc did not
+    // bring it): one apt-get, beside the builds
     step(
         "Debian packages (qemu-user, armhf libc, sshd, ffmpeg, Chromium)",
         crate::deps::ensure_for_ci,

@@ -172,7 +172,8 @@ fn is_root() -> bool {
 pub fn apt_install(pkgs: &[&str], why: &str) -> Result<()> {
     if is_root() && have("apt-get") {
         eprintln!("xtask: installing {pkgs:?} ({why})");
-        // (another apt-get of this run, or of the system, is waited for)
+        // (another apt-get's dpkg lock is waited for; its package lists' lock
+        // is not: `cargo xtask ci` runs one apt-get at a time)
         let lock = ["-o", "DPkg::Lock::Timeout=600"];
         let mut c = Command::new("apt-get");
         c.args(lock)
@@ -220,7 +221,12 @@ pub fn ensure_tools() -> Result<Tools> {
     // the rustup downloads beside the PyPI ones
     std::thread::scope(|sc| {
         let rust = sc.spawn(|| -> Result<()> {
-            ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
+            // (started by `cargo xtask ci`, which installs binutils meanwhile
+            // in its one apt-get: two at once could fail on apt's locks; the
+            // first build's architecture check says so if it is missing still)
+            if std::env::var_os(BACKGROUND_OF).is_none() {
+                ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
+            }
             crate::util::ensure_target(None, Arch::V7.triple())?;
             let comps = crate::util::output(Command::new("rustup").args([
                 "component",
@@ -266,11 +272,19 @@ fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         (out.status.success() && d.join("zig").exists()).then_some(d)
     };
-    let ready =
-        |py: &Path| (!need_zig || zig_dir(py).is_some()) && (!need_zigbuild || zigbuild.exists());
+    // written after a pip install that succeeded, with the pins it installed:
+    // a venv that pip left half done (a run stopped), or made for older
+    // pins, is installed into again
+    let marker = venv.join("bitmask-pins");
+    let pins = format!("{ZIGLANG} {CARGO_ZIGBUILD}\n");
+    let ready = |py: &Path| {
+        std::fs::read_to_string(&marker).is_ok_and(|m| m == pins)
+            && (!need_zig || zig_dir(py).is_some())
+            && (!need_zigbuild || zigbuild.exists())
+    };
     let fix = format!(
         "fix: {} -m pip install {ZIGLANG} {CARGO_ZIGBUILD} (or put zig and cargo-zigbuild \
-         on PATH: `cargo install --locked cargo-zigbuild`)",
+         on PATH: `cargo install --locked cargo-zigbuild@0.24.1`)",
         py.display()
     );
     if !py.exists() {
@@ -286,8 +300,11 @@ fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
     }
     if !ready(&py) {
         // (cargo-zigbuild's wheel requires ziglang: both pinned, in one pip)
+        let _ = std::fs::remove_file(&marker);
         run(Command::new(&py).args(["-m", "pip", "install", "-q", ZIGLANG, CARGO_ZIGBUILD]))
             .context(fix.clone())?;
+        std::fs::write(&marker, &pins)
+            .with_context(|| format!("cannot write {}", marker.display()))?;
     }
     let dir = if need_zig {
         Some(zig_dir(&py).with_context(|| {
@@ -1191,10 +1208,9 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts `job`. The builds need no Debian package (`cargo xtask qemu
-    /// build` leaves qemu to the caller, which installs it meanwhile; an
-    /// apt-get of theirs, binutils on a machine without it, waits for the
-    /// caller's: [`apt_install`]).
+    /// Starts `job`. The builds install no Debian package (`cargo xtask qemu
+    /// build` leaves qemu and binutils to the caller, which installs them
+    /// meanwhile: only one apt-get may run at a time).
     pub fn start(job: Job) -> Result<Background> {
         use std::os::unix::process::CommandExt;
         let log = job.log();

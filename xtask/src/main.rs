@@ -68,7 +68,8 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              background at nice 19 from the start; log: target/ci-pi-build.log), the MSRV check\n\
              (`cargo xtask msrv`, in the background beside the Pi proofs; log:\n\
              target/ci-msrv.log). Installs what it needs (rustup targets, rust-src and the\n\
-             rust-version toolchain, Debian packages when root, numpy in target/venv) or says\n\
+             rust-version toolchain; zig and cargo-zigbuild from PyPI in target/zig-venv unless\n\
+             on PATH; Debian packages in one apt-get when root; numpy in target/venv) or says\n\
              what is missing; with CI=true a skipped step fails the run\n"
         }
         ("fuzz", _) => fuzz::HELP,

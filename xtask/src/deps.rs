@@ -15,22 +15,7 @@ pub const SSHD: [&str; 2] = ["/usr/sbin/sshd", "/usr/bin/sshd"];
 /// installed in one apt-get call (one package-list update on a fresh
 /// machine, one dpkg run), while the ARM builds go on in the background.
 pub fn ensure_for_ci() -> Result<()> {
-    let mut need: Vec<(&str, &str)> = Vec::new();
-    if !have("qemu-arm") {
-        need.push(("qemu-user", "runs the ARM builds as on the Pis"));
-    }
-    if !have("readelf") {
-        need.push(("binutils", "checks the ARM builds' architecture"));
-    }
-    if !Path::new(crate::dist::ARMHF_SYSROOT)
-        .join("lib/ld-linux-armhf.so.3")
-        .exists()
-    {
-        need.push((
-            "libc6-armhf-cross",
-            "the ARMv7 build's glibc, to run it under qemu-arm",
-        ));
-    }
+    let mut need = crate::dist::qemu_missing();
     if !SSHD.iter().any(|p| Path::new(p).exists()) {
         need.push(("openssh-server", "the deploy test's two stand-in Pis"));
     }
@@ -42,9 +27,6 @@ pub fn ensure_for_ci() -> Result<()> {
     }
     if need.is_empty() {
         eprintln!("xtask: every Debian package the run needs is installed");
-        return Ok(());
     }
-    let pkgs: Vec<&str> = need.iter().map(|(p, _)| *p).collect();
-    let why: Vec<String> = need.iter().map(|(p, w)| format!("{p}: {w}")).collect();
-    crate::dist::apt_install(&pkgs, &format!("missing ({})", why.join("; ")))
+    crate::dist::install_missing(&need)
 }

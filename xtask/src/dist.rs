@@ -200,20 +200,43 @@ fn ensure_prog(prog: &str, pkg: &str, why: &str) -> Result<()> {
     Ok(())
 }
 
-/// qemu-arm, readelf, and (for the ARMv7 build) Debian's armhf libc to run it.
-pub fn ensure_qemu() -> Result<()> {
-    ensure_prog("qemu-arm", "qemu-user", "runs the ARM builds as on the Pis")?;
-    ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
+/// The Debian packages of the proofs under qemu that are missing, each with
+/// what it is for: qemu-arm, readelf, and (for the ARMv7 build) Debian's
+/// armhf libc to run it.
+pub fn qemu_missing() -> Vec<(&'static str, &'static str)> {
+    let mut need = Vec::new();
+    if !have("qemu-arm") {
+        need.push(("qemu-user", "runs the ARM builds as on the Pis"));
+    }
+    if !have("readelf") {
+        need.push(("binutils", "checks the ARM builds' architecture"));
+    }
     if !Path::new(ARMHF_SYSROOT)
         .join("lib/ld-linux-armhf.so.3")
         .exists()
     {
-        apt_install(
-            &["libc6-armhf-cross"],
-            "the ARMv7 build needs an armhf glibc to run under qemu-arm",
-        )?;
+        need.push((
+            "libc6-armhf-cross",
+            "the ARMv7 build's glibc, to run it under qemu-arm",
+        ));
     }
-    Ok(())
+    need
+}
+
+/// Installs `need` (package, what it is for) in one apt-get when running
+/// as root, else fails with the exact command; nothing when it is empty.
+pub fn install_missing(need: &[(&str, &str)]) -> Result<()> {
+    if need.is_empty() {
+        return Ok(());
+    }
+    let pkgs: Vec<&str> = need.iter().map(|(p, _)| *p).collect();
+    let why: Vec<String> = need.iter().map(|(p, w)| format!("{p}: {w}")).collect();
+    apt_install(&pkgs, &format!("missing ({})", why.join("; ")))
+}
+
+/// qemu-arm, readelf, and (for the ARMv7 build) Debian's armhf libc to run it.
+pub fn ensure_qemu() -> Result<()> {
+    install_missing(&qemu_missing())
 }
 
 /// Installs or checks rustup targets/components, cargo-zigbuild and zig.

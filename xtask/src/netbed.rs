@@ -1283,16 +1283,22 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     None
 }
 
-type Test = (&'static str, fn(&Kit, Timing) -> Result<String>);
+/// A test: its name, its lane and its body. Lane 0 runs first, alone (the
+/// throughput test measures the link); then the other lanes run side by
+/// side, each one test after another, each test in namespaces of its own.
+/// The tests of lane 2 mostly wait on a slow consumer, so they run beside
+/// the others without taking their CPU (this step's time: 82 s one after
+/// another, about 50 s in lanes).
+type Test = (&'static str, u8, fn(&Kit, Timing) -> Result<String>);
 
 const TESTS: &[Test] = &[
-    ("throughput", |k, _| t1_throughput(k)),
-    ("restart", |k, _| t2_receiver_restart(k)),
-    ("restart-nodrop", |k, _| t2b_receiver_restart_no_drop(k)),
-    ("linkdown", |k, _| t3_link_down(k)),
-    ("slow", |k, t| t4_slow_receiver(k, t.slow_secs)),
-    ("stall", |k, _| t4b_stalled_output(k)),
-    ("hostile", |k, _| t5_hostile_peers(k)),
+    ("throughput", 0, |k, _| t1_throughput(k)),
+    ("restart", 1, |k, _| t2_receiver_restart(k)),
+    ("restart-nodrop", 1, |k, _| t2b_receiver_restart_no_drop(k)),
+    ("linkdown", 1, |k, _| t3_link_down(k)),
+    ("hostile", 1, |k, _| t5_hostile_peers(k)),
+    ("slow", 2, |k, t| t4_slow_receiver(k, t.slow_secs)),
+    ("stall", 2, |k, _| t4b_stalled_output(k)),
 ];
 
 /// Runs the named tests (all when empty); fails if any fails.
@@ -1307,24 +1313,42 @@ fn run_tests(names: &[String], timing: Timing, release: bool) -> Result<()> {
     }
     clean_stale();
     let kit = Kit::new(release)?;
-    let mut failed = Vec::new();
-    for (name, f) in TESTS {
-        if !names.is_empty() && !names.iter().any(|n| n == name) {
-            continue;
-        }
-        let t = Instant::now();
-        eprintln!("netbed: {name} ...");
-        match f(&kit, timing) {
-            Ok(msg) => eprintln!(
-                "netbed: {name}: ok in {:.1} s: {msg}",
-                t.elapsed().as_secs_f64()
-            ),
-            Err(e) => {
-                eprintln!("netbed: {name}: FAILED: {e:#}");
-                failed.push(*name);
+    let chosen: Vec<&Test> = TESTS
+        .iter()
+        .filter(|t| names.is_empty() || names.iter().any(|n| n == t.0))
+        .collect();
+    let run_lane = |lane: Vec<&Test>| -> Vec<&'static str> {
+        let mut failed = Vec::new();
+        for (name, _, f) in lane {
+            let t = Instant::now();
+            eprintln!("netbed: {name} ...");
+            match f(&kit, timing) {
+                Ok(msg) => eprintln!(
+                    "netbed: {name}: ok in {:.1} s: {msg}",
+                    t.elapsed().as_secs_f64()
+                ),
+                Err(e) => {
+                    eprintln!("netbed: {name}: FAILED: {e:#}");
+                    failed.push(*name);
+                }
             }
         }
-    }
+        failed
+    };
+    let mut failed = run_lane(chosen.iter().copied().filter(|t| t.1 == 0).collect());
+    let lanes: BTreeSet<u8> = chosen.iter().map(|t| t.1).filter(|&l| l > 0).collect();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = lanes
+            .into_iter()
+            .map(|l| {
+                let lane: Vec<&Test> = chosen.iter().copied().filter(|t| t.1 == l).collect();
+                sc.spawn(|| run_lane(lane))
+            })
+            .collect();
+        for h in hs {
+            failed.extend(h.join().expect("netbed lane"));
+        }
+    });
     ensure!(failed.is_empty(), "netbed tests failed: {failed:?}");
     Ok(())
 }

@@ -336,6 +336,42 @@ fn sender_errors_exit_non_zero_with_one_line() {
     );
     let f = send(&recv.addr, &[], &[&bad]);
     assert_one_line_error(&f, "bitmask-send", "none of the 1 input image(s)");
+    // a dangling link in a directory (a USB stick not mounted): an image
+    // that cannot be read, said and counted, not left out unnoticed
+    let linked = dir.join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::fs::copy(&good, linked.join("b.png")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/a.png", linked.join("a.png")).unwrap();
+    let f = send(&recv.addr, &["--name", "linked"], &[&linked]);
+    assert_one_line_error(
+        &f,
+        "bitmask-send",
+        "1 of the 2 input images could not be read and were skipped",
+    );
+    assert!(
+        f.stderr.contains("a.png") && f.stderr.contains("sent 1 frames"),
+        "{}",
+        f.stderr
+    );
+    // an image that decodes but is wider than a mask may be: skipped like
+    // one that cannot be read, the others sent (it ended the run before)
+    let wide = dir.join("wide.png");
+    image::GrayImage::new(bitmask_core::MAX_DIMENSION as u32 + 1, 1)
+        .save(&wide)
+        .unwrap();
+    let f = send(&recv.addr, &["--name", "wide"], &[&wide, &good]);
+    assert_one_line_error(
+        &f,
+        "bitmask-send",
+        "1 of the 2 input images could not be read and were skipped",
+    );
+    assert!(
+        f.stderr
+            .contains("it is 1048577x1, larger than a mask may be")
+            && f.stderr.contains("sent 1 frames"),
+        "{}",
+        f.stderr
+    );
     // with the receiver away too, the error is that; the image is said before
     let f = send(&closed_port(), &[], &[&good, &bad]);
     assert_one_line_error(&f, "bitmask-send", "stayed unreachable");
@@ -739,6 +775,11 @@ fn a_flood_of_junk_does_not_flood_the_log() {
     let junk = (0..100)
         .map(|_| peer(&recv.addr, b"GET / HTTP/1.0\r\n\r\n", true))
         .collect::<Vec<_>>();
+    // and 100 that start a frame and close (a client with a bug redialling
+    // at once): a line a second too
+    let cut = (0..100)
+        .map(|_| peer(&recv.addr, b"BMSK", true))
+        .collect::<Vec<_>>();
     for i in 0..100u32 {
         // (a new source port each time: the throttle is per host)
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -758,8 +799,14 @@ fn a_flood_of_junk_does_not_flood_the_log() {
     recv.proc
         .wait_for_stderr("bad hello", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
-    drop(junk);
+    drop((junk, cut));
     let got = recv.proc.terminate(LIMIT);
+    let cut = got.stderr.matches("got 4 of 40 bytes").count();
+    assert!(
+        (1..=5).contains(&cut),
+        "{cut} lines for 100 frames cut short:\n{}",
+        got.stderr
+    );
     let tcp = got.stderr.matches("bad magic").count();
     let udp = got.stderr.matches("bad hello").count();
     assert!(
@@ -928,6 +975,34 @@ fn udp_only_options_with_tcp_are_usage_errors_and_no_drop_over_udp_says_what_it_
             assert_usage_error(&f, flag);
             assert!(f.stderr.contains("--transport udp"), "{}", f.stderr);
         }
+    }
+    // An --mtu too small for UDP to an IPv6 address (its headers are longer):
+    // an error at once, not a receiver retried for ever, for a camera too
+    for input in [
+        &[
+            "--input-command",
+            "cat /dev/zero",
+            "--input-format",
+            "gray8",
+            "--size",
+            "16x8",
+        ][..],
+        &[good.to_str().unwrap()][..],
+    ] {
+        let t = std::time::Instant::now();
+        let f = run(Command::new(bin("bitmask-send"))
+            .args(["--to", "[::1]:1", "--transport", "udp", "--mtu", "130"])
+            .args(input));
+        assert_one_line_error(
+            &f,
+            "bitmask-send",
+            "--mtu 130 is too small for UDP to [::1]:1 (minimum 140 for an IPv6 address)",
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
     }
     // --no-drop keeps a meaning over UDP (nothing dropped in the sender),
     // and the run says which

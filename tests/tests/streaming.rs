@@ -1267,6 +1267,40 @@ fn a_batch_gives_up_on_a_peer_that_takes_nothing() {
 }
 
 #[test]
+fn a_udp_batch_whose_every_send_fails_gives_up() {
+    // A frame too large for UDP at this --mtu (65,601 datagrams of 64 B,
+    // more than 65,535): every send fails, while UDP's "connect" always
+    // succeeds, so the rule for an unreachable receiver never applied and
+    // --no-drop sent it again for ever.
+    let tmp = TempDir::new("udp-send-fails");
+    let rec = tmp.join("rec.gray8");
+    std::fs::File::create(&rec)
+        .unwrap()
+        .set_len(8192 * 4100)
+        .unwrap();
+    let t = Instant::now();
+    let f = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &closed_port(), "--transport", "udp", "--mtu", "120"])
+        .args(["--codec", "raw", "--no-drop", "--input-format", "gray8"])
+        .args(["--size", "8192x4100"])
+        .arg(&rec));
+    assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
+    assert!(!f.status.success(), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("for 10 s failed")
+            && f.stderr
+                .contains("needs 65601 datagrams (max 65535): raise --mtu")
+            && f.stderr.contains("giving up on the batch"),
+        "{}",
+        f.stderr
+    );
+    // said once, not twice a second, as are the reconnects after each
+    for said in ["lost while sending frame", "state: connected to"] {
+        assert_eq!(f.stderr.matches(said).count(), 1, "{said}: {}", f.stderr);
+    }
+}
+
+#[test]
 fn a_recorded_raw_file_is_a_batch_sent_whole() {
     // A raw file (not a pipe) is not a live camera: no frame is dropped
     // when the sender outruns the link, named or on stdin.

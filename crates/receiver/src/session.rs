@@ -170,6 +170,9 @@ pub struct Hub {
     refusals: Throttle,
     /// Connections that closed before saying who they are, likewise.
     handshakes: Throttle,
+    /// Connections whose first frame was refused or cut short, likewise
+    /// per kind of error.
+    first_frames: KeyedThrottle<std::mem::Discriminant<WireError>>,
     /// Takeovers of a sender name by a new connection, likewise; and per
     /// name, since when and how often (many: two senders share the name).
     takeovers: Throttle,
@@ -206,6 +209,22 @@ const ON_DISK_HOW: &str = "its file is in the output directory already (written 
 const TAKEOVERS_SHARED: u32 = 5;
 /// See [`TAKEOVERS_SHARED`].
 const TAKEOVER_SPAN: Duration = Duration::from_secs(30);
+
+/// A [`Throttle`] per key (a key from a small set: kinds of error).
+pub struct KeyedThrottle<K>(Mutex<HashMap<K, Throttle>>);
+
+impl<K> Default for KeyedThrottle<K> {
+    fn default() -> Self {
+        KeyedThrottle(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq> KeyedThrottle<K> {
+    /// [`Throttle::hit`] for `key`'s events.
+    pub fn hit(&self, key: K) -> Option<u64> {
+        lock(&self.0).entry(key).or_default().hit()
+    }
+}
 
 /// Counts events and says when one may be logged: the first, then at most
 /// one a second with the number passed over since (a flood of connections or
@@ -277,19 +296,23 @@ impl Hub {
     ) -> (String, Option<IpAddr>, NameHold) {
         let ip = ip.to_canonical();
         // A name of the form this receiver gives streams kept apart
-        // (`cam@10.0.0.2`) from another host than its own address would
-        // land in that stream's directory, stats and live view: it is kept
-        // apart from that host's in turn.
+        // (`cam@10.0.0.2`), or streams without a hello (their address,
+        // `10.0.0.2:41234`), from another host than that address would
+        // land in that stream's directory, stats and live view (and close
+        // its connection, taken for the same sender's older one): it is
+        // kept apart from that host's in turn.
         let claims = name
             .rsplit_once('@')
             .and_then(|(_, a)| a.parse::<IpAddr>().ok())
+            .or_else(|| name.parse::<SocketAddr>().ok().map(|a| a.ip()))
             .map(|a| a.to_canonical());
         if claims.is_some_and(|c| c != ip) {
             let apart = with_host(name, ip);
             if self.say_shared(name, ip) {
                 log::warn!(
-                    "a sender on {ip} announces the name {name:?}, the form of a name kept apart \
-                     for another host: its frames are kept apart as {apart:?}"
+                    "a sender on {ip} announces the name {name:?}, the form of a name this \
+                     receiver gives another host's streams: its frames are kept apart as \
+                     {apart:?}"
                 );
             }
             return (apart, Some(ip), NameHold(None));
@@ -402,6 +425,7 @@ impl Hub {
             epoch: Instant::now(),
             refusals: Throttle::default(),
             handshakes: Throttle::default(),
+            first_frames: KeyedThrottle::default(),
             takeovers: Throttle::default(),
             takeover_counts: Mutex::new(HashMap::new()),
             owners: Mutex::default(),
@@ -1361,25 +1385,32 @@ pub fn serve_tcp(
                     }
                     ctx.as_mut().expect("opened").corrupt(&e)
                 }
-                Err(e)
-                    if !framed
-                        && match &e {
-                            // another protocol (an HTTP request, a scan)
-                            WireError::BadMagic { .. } => true,
-                            WireError::Io(e) => {
-                                e.get_ref().is_none()
-                                    && matches!(
-                                        e.kind(),
-                                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                                    )
-                            }
-                            _ => false,
-                        } =>
-                {
-                    // Junk, or silence before its first frame (a hello and
-                    // nothing else, a stalled first frame): throttled like a
-                    // handshake, as a flood of such connections is cheap.
-                    if let Some(n) = hub.handshakes.hit() {
+                Err(e) if !framed => {
+                    // Junk (another protocol, a scan), or silence before its
+                    // first frame (a hello and nothing else, a stalled first
+                    // frame), throttled like a handshake; a first frame
+                    // refused or cut short (`BMSK` and a close, a client
+                    // with a bug that redials at once), likewise per kind
+                    // of error: a flood of such connections is cheap, and
+                    // each kind is still said at once.
+                    let junk = match &e {
+                        // another protocol (an HTTP request, a scan)
+                        WireError::BadMagic { .. } => true,
+                        WireError::Io(e) => {
+                            e.get_ref().is_none()
+                                && matches!(
+                                    e.kind(),
+                                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                                )
+                        }
+                        _ => false,
+                    };
+                    let said = if junk {
+                        hub.handshakes.hit()
+                    } else {
+                        hub.first_frames.hit(std::mem::discriminant(&e))
+                    };
+                    if let Some(n) = said {
                         // (a name only when it said one: else the name is the address)
                         let named = if hello.is_some() {
                             format!(" ({name:?})")
@@ -1749,6 +1780,18 @@ mod tests {
         assert_eq!((n.as_str(), apart), ("me@home", None));
         let (n, _, _g) = hub.name_for("cam@fe80::1", ip("10.0.0.5"));
         assert_eq!(n, "cam@fe80::1@10.0.0.5");
+        // the name of another host's stream without a hello (its address):
+        // kept apart, it cannot close that stream's connection
+        let (n, apart, _h) = hub.name_for("10.0.0.5:34567", ip("10.0.0.9"));
+        assert_eq!(
+            (n.as_str(), apart),
+            ("10.0.0.5:34567@10.0.0.9", Some(ip("10.0.0.9")))
+        );
+        let (n, _, _i) = hub.name_for("[fe80::1]:5", ip("10.0.0.9"));
+        assert_eq!(n, "[fe80::1]:5@10.0.0.9");
+        // its own host's: an ordinary name
+        let (n, apart, _j) = hub.name_for("10.0.0.5:34567", ip("10.0.0.5"));
+        assert_eq!((n.as_str(), apart), ("10.0.0.5:34567", None));
     }
     use bitmask_wire::{Header, CODEC_RAW};
 

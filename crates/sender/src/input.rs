@@ -73,11 +73,16 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             for e in std::fs::read_dir(p)
                 .with_context(|| format!("cannot list directory {}", p.display()))?
             {
-                let Ok(e) = e else { continue };
+                let e = e.with_context(|| format!("cannot list directory {}", p.display()))?;
                 let path = e.path();
-                if path.is_dir() {
+                // An entry that cannot be looked at (a dangling link, a
+                // directory without search permission) is taken for the
+                // image file its name says: its read error is then said,
+                // and counted, like any other unreadable image's.
+                let meta = std::fs::metadata(&path);
+                if meta.as_ref().is_ok_and(|m| m.is_dir()) {
                     subdirs += 1;
-                } else if path.is_file() && is_image(&path) {
+                } else if meta.as_ref().map_or(true, |m| m.is_file()) && is_image(&path) {
                     if e.file_name().as_encoded_bytes().starts_with(b".") {
                         hidden += 1;
                     } else {
@@ -344,7 +349,21 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
         first.decode()
     };
     match decoded {
-        Ok(img) => Ok(img),
+        Ok(img) => {
+            // (refused here, it is skipped like any image that cannot be
+            // read, not an error that ends the run when thresholded)
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            let max = bitmask_core::MAX_DIMENSION;
+            if w > max || h > max || w.saturating_mul(h) > bitmask_core::MAX_PIXELS {
+                bail!(
+                    "{}: it is {w}x{h}, larger than a mask may be (at most {max} pixels a \
+                     side and {} in all)",
+                    what(),
+                    bitmask_core::MAX_PIXELS
+                );
+            }
+            Ok(img)
+        }
         Err(image::ImageError::Limits(e)) => {
             let dims = reader()
                 .ok()

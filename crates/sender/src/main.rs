@@ -60,7 +60,8 @@ port); 2 on a command line that cannot be parsed; 128+N when signal N
 read and delivered.")]
 struct Cli {
     /// Receiver address, HOST:PORT (a name that does not resolve yet, e.g.
-    /// at boot, is retried like an unreachable receiver).
+    /// at boot, is retried like an unreachable receiver). A name with
+    /// several addresses: TCP tries each; UDP sends to its first IPv4 one.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_to)]
     to: String,
 

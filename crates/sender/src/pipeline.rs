@@ -1401,6 +1401,10 @@ fn network_loop_via(
     let mut resumed: Option<String> = None;
     // When "cannot reach receiver" was last said.
     let mut reminded: Option<Instant> = None;
+    // Since when every frame's send failed (none succeeded), and when that
+    // was last said.
+    let mut send_failing: Option<Instant> = None;
+    let mut send_reminded: Option<Instant> = None;
     loop {
         if failing_since.is_none()
             && (!d.resend.is_empty() || !d.inflight.is_empty())
@@ -1535,6 +1539,10 @@ fn network_loop_via(
                     }
                 }
                 Err(e) => {
+                    if e.downcast_ref::<udp::MtuTooSmall>().is_some() {
+                        // (not a receiver away: a setting no retry mends)
+                        return Err(e);
+                    }
                     let wait = backoff.step();
                     let first = failing_since.is_none();
                     let down = *failing_since.get_or_insert_with(Instant::now);
@@ -1602,7 +1610,12 @@ fn network_loop_via(
         // when newer ones are waiting.
         let slot = latest(cfg, queue, counters, slot, closed_at.is_some());
         if let Some(line) = resumed.take() {
-            log::info!("{line}; resuming at frame {}", slot.sequence);
+            if send_failing.is_some() && send_reminded.is_some_and(|t| t.elapsed() < REMIND) {
+                // (a reconnect after each failed send: said with the failures)
+                log::debug!("{line}; resuming at frame {}", slot.sequence);
+            } else {
+                log::info!("{line}; resuming at frame {}", slot.sequence);
+            }
         }
         let l = link.as_mut().expect("connected above");
         let mut gone = l
@@ -1641,6 +1654,7 @@ fn network_loop_via(
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
             Ok(()) => {
+                send_failing = None;
                 // A write only says the kernel took the bytes: a receiver
                 // that refuses us takes a frame or two too. Only a
                 // connection that has lasted ends the backoff.
@@ -1685,12 +1699,23 @@ fn network_loop_via(
                 d.release(&**l, cfg, queue, counters);
             }
             Err(e) => {
-                log::warn!(
-                    "state: connection to {} lost while sending frame {}: {}; reconnecting",
-                    cfg.to,
-                    slot.sequence,
-                    describe_io(&e, cfg.timeout)
-                );
+                // Said once per run of failures, then every REMIND: a send
+                // that fails each time (a firewall's EPERM on UDP, whose
+                // "connect" always succeeds) would say it twice a second.
+                let now = Instant::now();
+                let since = *send_failing.get_or_insert(now);
+                let say = since == now || send_reminded.is_none_or(|t| t.elapsed() >= REMIND);
+                let what = describe_io(&e, cfg.timeout);
+                if say {
+                    send_reminded = Some(now);
+                    log::warn!(
+                        "state: connection to {} lost while sending frame {}: {what}; reconnecting",
+                        cfg.to,
+                        slot.sequence,
+                    );
+                } else {
+                    log::debug!("sending frame {} failed again: {what}", slot.sequence);
+                }
                 // what the receiver confirmed while the write was blocked
                 let _ = l.closed_by_peer();
                 d.release(&**l, cfg, queue, counters);
@@ -1706,6 +1731,27 @@ fn network_loop_via(
                     queue.recycle(slot.mask);
                 }
                 d.drop_link(&mut link, cfg, queue, counters, !stalled, cfg.no_drop);
+                if cfg.batch
+                    && !cfg.endless
+                    && since.elapsed() > LINGER
+                    && d.last_progress.unwrap_or(started).elapsed() > LINGER
+                {
+                    // Every send failed for LINGER, though each connect
+                    // succeeded (so the connect path's rule never applied):
+                    // a batch gives up as on an unreachable receiver.
+                    let written = d
+                        .resend
+                        .iter()
+                        .filter(|s| d.resend_marks(s.sequence))
+                        .count() as u64;
+                    counters.unconfirmed.fetch_add(written, Relaxed);
+                    anyhow::bail!(
+                        "every frame sent to the receiver {} for {} s failed ({what}): giving up \
+                         on the batch (what was not sent is counted as dropped)",
+                        cfg.to,
+                        since.elapsed().as_secs()
+                    );
+                }
                 std::thread::sleep(backoff.step());
             }
         }

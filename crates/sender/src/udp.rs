@@ -149,10 +149,53 @@ fn hello_dgram(hello: &[u8], stream_id: u32) -> Vec<u8> {
     d
 }
 
+/// `--mtu` below what UDP needs to the receiver's address (IPv6 headers
+/// are 20 bytes longer than IPv4's, so only the address tells): no retry
+/// can mend it.
+#[derive(Debug)]
+pub struct MtuTooSmall {
+    mtu: usize,
+    to: SocketAddr,
+    min: usize,
+}
+
+impl std::fmt::Display for MtuTooSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--mtu {} is too small for UDP to {} (minimum {} for an IPv{} address)",
+            self.mtu,
+            self.to,
+            self.min,
+            if self.to.is_ipv4() { 4 } else { 6 }
+        )
+    }
+}
+
+impl std::error::Error for MtuTooSmall {}
+
+/// The address of a name's several that datagrams go to: the first IPv4
+/// one, else the first. There is no handshake to try each with, as TCP
+/// does: `localhost` is `::1` first on most systems, where a receiver
+/// listening on `0.0.0.0` (its examples) refuses every datagram, while one
+/// on `[::]` takes IPv4 too.
+fn pick_address(addr: &str, all: Vec<SocketAddr>) -> Result<SocketAddr> {
+    let to = all
+        .iter()
+        .copied()
+        .find(SocketAddr::is_ipv4)
+        .or(all.first().copied())
+        .with_context(|| format!("{addr:?} resolved to no address"))?;
+    if all.len() > 1 {
+        log::debug!("{addr} is {all:?}: datagrams go to {to}");
+    }
+    Ok(to)
+}
+
 impl UdpLink {
     /// Resolves `addr` and prepares datagrams of at most `mtu` bytes (IP header included).
     pub fn connect(addr: &str, name: &str, mtu: usize, rate_mbit: Option<f64>) -> Result<Self> {
-        let to: SocketAddr = crate::net::resolve(addr)?[0];
+        let to = pick_address(addr, crate::net::resolve(addr)?)?;
         let local: SocketAddr = if to.is_ipv4() {
             "0.0.0.0:0".parse().unwrap()
         } else {
@@ -166,11 +209,10 @@ impl UdpLink {
         let stride = mtu
             .checked_sub(ip_udp + DGRAM_HEADER_LEN)
             .filter(|s| *s >= 64)
-            .with_context(|| {
-                format!(
-                    "--mtu {mtu} is too small for UDP (minimum {})",
-                    ip_udp + DGRAM_HEADER_LEN + 64
-                )
+            .ok_or(MtuTooSmall {
+                mtu,
+                to,
+                min: ip_udp + DGRAM_HEADER_LEN + 64,
             })?
             .min(u16::MAX as usize);
         let hello = Hello::new(name)
@@ -521,6 +563,18 @@ fn stream_id() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datagrams_go_to_a_names_first_ipv4_address() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        // `localhost` as most systems list it: a receiver on 0.0.0.0 takes this
+        let to = pick_address("localhost:5000", vec![a("[::1]:5000"), a("127.0.0.1:5000")]);
+        assert_eq!(to.unwrap(), a("127.0.0.1:5000"));
+        let to = pick_address("h:1", vec![a("[fe80::2]:1"), a("[::3]:1")]);
+        assert_eq!(to.unwrap(), a("[fe80::2]:1"));
+        let e = pick_address("h:1", vec![]).unwrap_err().to_string();
+        assert!(e.contains("\"h:1\" resolved to no address"), "{e}");
+    }
 
     #[test]
     fn a_rate_that_spaces_datagrams_past_the_receivers_gap_is_refused() {

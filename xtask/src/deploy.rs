@@ -207,6 +207,8 @@ struct Pi {
     to: Option<String>,
     /// The Pi's clock minus this machine's, seconds (from the preflight).
     clock_offset: Option<f64>,
+    /// KiB free in the install directory (from the preflight).
+    avail_kib: Option<u64>,
 }
 
 impl Pi {
@@ -229,6 +231,21 @@ impl Pi {
         let mut dir = c.dir.unwrap_or_else(|| "bitmask".into());
         if let Some(d) = dir.strip_prefix("~/") {
             dir = d.to_string();
+        }
+        // scp before OpenSSH 9 (Ubuntu 22.04, Debian 11) hands the remote
+        // path to the Pi's shell: one with spaces or shell characters would
+        // fail there with a puzzling message
+        if let Some(c) = dir
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "/._-+,@".contains(*c)))
+        {
+            bail!(
+                "{name}.dir {dir:?}: {c:?} is not allowed in the install directory (letters, \
+                 digits and / . _ - + , @ only: scp hands the path to the Pi's shell)"
+            );
+        }
+        if dir.is_empty() {
+            bail!("{name}.dir is empty");
         }
         let key = c.key.map(|k| match k.strip_prefix("~/") {
             Some(rest) => std::env::var("HOME")
@@ -257,6 +274,7 @@ impl Pi {
             listen: c.listen.unwrap_or_else(|| "0.0.0.0:5000".into()),
             to: c.to,
             clock_offset: None,
+            avail_kib: None,
         })
     }
     fn dest(&self) -> String {
@@ -289,19 +307,23 @@ impl Pi {
         }
     }
     fn common_opts(&self) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "ServerAliveInterval=5",
-            "-o",
-            "ServerAliveCountMax=3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // The user's options first: ssh keeps the first value it is given
+        // for each option, so theirs (ConnectTimeout=30, say) win.
+        let mut v: Vec<String> = self.ssh_options.clone();
+        v.extend(
+            [
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=3",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         if let Some(k) = &self.key {
             v.extend([
                 "-i".into(),
@@ -310,7 +332,6 @@ impl Pi {
                 "IdentitiesOnly=yes".into(),
             ]);
         }
-        v.extend(self.ssh_options.iter().cloned());
         v
     }
     fn ssh(&self, tty: bool, remote: &str) -> Command {
@@ -490,7 +511,7 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
 // Steps
 
 /// `uname -m`, 32-bit userland, install dir, free space; returns the absolute install dir.
-fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
+fn preflight(ctx: &Ctx, pi: &mut Pi) -> Result<()> {
     // ssh only warns about a key file it cannot read, and logs in with
     // another key if it can: the configured key would then not be the one used
     if let Some(k) = pi
@@ -582,28 +603,30 @@ fn preflight(ctx: &Ctx, pi: &mut Pi, need_kib: u64) -> Result<()> {
     if let Some(abs) = value("dir") {
         pi.dir = abs.to_string();
     }
-    if let Some(df) = value("df") {
-        let avail: u64 = df
-            .split_whitespace()
-            .nth(3)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
-        if avail < need_kib {
-            bail!(
-                "{}: disk full: {} KiB free in {}, {} KiB needed",
-                pi.host_label(),
-                avail,
-                pi.dir,
-                need_kib
-            );
-        }
-    }
+    pi.avail_kib = value("df").and_then(|df| df.split_whitespace().nth(3)?.parse().ok());
     eprintln!(
         "deploy: {}: {machine}, {bits}-bit userland, install dir {}",
         pi.label(),
         pi.dir
     );
     Ok(())
+}
+
+/// Room for the built binary (twice its size, plus 1 MiB) in the install
+/// directory, by the free space the preflight found.
+fn check_space(pi: &Pi) -> Result<()> {
+    let Ok(m) = std::fs::metadata(pi.arch.dist_dir().join(pi.role.bin())) else {
+        return Ok(());
+    };
+    let need_kib = m.len() / 1024 * 2 + 1024;
+    match pi.avail_kib {
+        Some(avail) if avail < need_kib => bail!(
+            "{}: disk full: {avail} KiB free in {}, {need_kib} KiB needed",
+            pi.host_label(),
+            pi.dir,
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Copies the binary unless the Pi already has it, then verifies its SHA-256 on the Pi.
@@ -995,7 +1018,12 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
-    // 1. build
+    // 1. check each Pi (its CPU and userland before a build for the wrong one)
+    for pi in [&mut recv, &mut send] {
+        preflight(&ctx, pi)?;
+    }
+
+    // 2. build
     let mut archs = vec![recv.arch, send.arch];
     archs.sort();
     archs.dedup();
@@ -1027,17 +1055,12 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
-    // 2. check each Pi and copy
-    for pi in [&mut recv, &mut send] {
-        let need = if o.uninstall || o.dry {
-            0
-        } else {
-            std::fs::metadata(pi.arch.dist_dir().join(pi.role.bin()))
-                .map(|m| m.len() / 1024 * 2 + 1024)
-                .unwrap_or(0)
-        };
-        preflight(&ctx, pi, need)?;
-        if !o.uninstall {
+    // 3. copy
+    if !o.uninstall {
+        for pi in [&recv, &send] {
+            if !o.dry {
+                check_space(pi)?;
+            }
             install(&ctx, pi)?;
         }
     }
@@ -2011,6 +2034,19 @@ args = [{send_args}]
     if Path::new("/nonexistent").exists() || !dry.contains("[dry-run] ssh") {
         bail!("--dry-run ran something or printed no ssh command:\n{dry}");
     }
+    // an install directory scp would hand to the shell split: refused
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--dry-run",
+            "--set",
+            "receiver.dir=my masks",
+        ],
+        false,
+        "receiver.dir \"my masks\": ' ' is not allowed in the install directory",
+    )?;
     let svc = deploy_expect(
         &[
             "--config",

@@ -298,6 +298,11 @@ pub const fn packed_stride(width: usize) -> usize {
 }
 
 /// Bytes of a packed `width` x `height` mask in the wire layout.
+///
+/// For dimensions the packing functions accept (at most [`MAX_DIMENSION`]
+/// a side and [`MAX_PIXELS`] in all) it cannot overflow, even with a
+/// 32-bit `usize`; past them the product can overflow (a panic in debug
+/// builds, a wrapped value in release): check untrusted dimensions first.
 #[inline]
 pub const fn packed_len(width: usize, height: usize) -> usize {
     packed_stride(width) * height

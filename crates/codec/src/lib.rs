@@ -498,7 +498,11 @@ impl Encoder {
         sequence: u64,
         out: &mut Vec<u8>,
     ) -> Result<FrameInfo, CodecError> {
-        let t0 = Instant::now();
+        // (the clock only for auto's time budget: std has none on some
+        // targets, wasm32-unknown-unknown, where reading it panics)
+        let t0 = (self.choice == Choice::Auto).then(Instant::now);
+        let budget = self.budget;
+        let in_budget = || t0.is_some_and(|t| t.elapsed() < budget);
         let base = out.len();
         let limit = packed.len();
         let uses_bilevel = matches!(self.choice, Choice::Bilevel | Choice::Auto);
@@ -551,7 +555,7 @@ impl Encoder {
                 } else {
                     limit
                 };
-                if best > limit / 8 && t0.elapsed() < self.budget && self.try_lz4(packed, best) {
+                if best > limit / 8 && in_budget() && self.try_lz4(packed, best) {
                     best = self.scratch.len();
                     out.truncate(base);
                     out.extend_from_slice(&self.scratch);
@@ -559,7 +563,7 @@ impl Encoder {
                 }
                 if cfg!(feature = "zstd")
                     && best > limit / 8
-                    && t0.elapsed() < self.budget
+                    && in_budget()
                     && self.try_zstd(packed, best)?
                 {
                     out.truncate(base);

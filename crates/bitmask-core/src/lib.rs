@@ -93,6 +93,7 @@ pub enum CoreError {
 }
 
 /// Layout of the pixels of an 8-bit image.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PixelFormat {
     /// One byte per pixel.
@@ -128,6 +129,7 @@ impl fmt::Display for PixelFormat {
 }
 
 /// Which value of a pixel is compared with the threshold.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Channel {
     /// The red byte (for gray images: the gray value).

@@ -243,6 +243,7 @@ fn held_text(held: &Option<u64>) -> String {
 }
 
 /// Which codec an [`Encoder`] uses.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Choice {
     /// No compression.

@@ -145,6 +145,21 @@ pub enum WireError {
     /// A malformed UDP datagram (see [`udp`]).
     #[error("{0}")]
     BadDatagram(String),
+    /// A UDP datagram of a kind this version does not know (a later
+    /// version's, perhaps: a receiver may ignore it quietly).
+    #[error("unknown datagram kind {kind}")]
+    UnknownDatagramKind {
+        /// Its kind byte.
+        kind: u8,
+    },
+    /// A UDP datagram of a frame longer than the reader's [`Limits`] allow.
+    #[error("frame length {frame_len} B is over this receiver's cap of {cap} B")]
+    DatagramOverCap {
+        /// The frame's length in the datagram.
+        frame_len: u32,
+        /// The longest frame the limits allow (header and payload).
+        cap: u64,
+    },
     /// A [`FrameReader`] was asked for a frame after an error that left
     /// its stream out of step (all but [`WireError::Io`] and
     /// [`WireError::CrcMismatch`]): no frame can be found in it any more.

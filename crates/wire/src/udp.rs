@@ -120,7 +120,7 @@ impl Datagram {
             return Ok((d, data));
         }
         if d.kind != KIND_FRAGMENT && d.kind != KIND_HELLO {
-            return bad(format!("unknown datagram kind {}", d.kind));
+            return Err(WireError::UnknownDatagramKind { kind: d.kind });
         }
         if d.stride == 0 || d.count == 0 || d.index >= d.count {
             return bad(format!(
@@ -132,10 +132,10 @@ impl Datagram {
             return bad("frame length 0 B: a datagram carries part of a frame".into());
         }
         if d.frame_len as u64 > max_len {
-            return bad(format!(
-                "frame length {} B is over this receiver's cap of {max_len} B",
-                d.frame_len
-            ));
+            return Err(WireError::DatagramOverCap {
+                frame_len: d.frame_len,
+                cap: max_len,
+            });
         }
         if (d.frame_len as usize).div_ceil(d.stride as usize) != d.count as usize {
             return bad(format!(
@@ -188,15 +188,21 @@ mod tests {
             index: 0,
             ..d
         };
-        assert!(Datagram::parse(&huge.encode(), &l)
-            .unwrap_err()
-            .to_string()
-            .contains("cap"));
+        let e = Datagram::parse(&huge.encode(), &l).unwrap_err();
+        assert!(e.to_string().contains("cap"), "{e}");
+        // typed, for a caller to match
+        assert!(
+            matches!(e, WireError::DatagramOverCap { frame_len, cap }
+                if frame_len == huge.frame_len && cap == HEADER_LEN as u64 + l.max_payload as u64),
+            "{e:?}"
+        );
         let odd = Datagram { kind: 9, ..d };
-        assert!(Datagram::parse(&odd.encode(), &l)
-            .unwrap_err()
-            .to_string()
-            .contains("kind 9"));
+        let e = Datagram::parse(&odd.encode(), &l).unwrap_err();
+        assert!(e.to_string().contains("kind 9"), "{e}");
+        assert!(
+            matches!(e, WireError::UnknownDatagramKind { kind: 9 }),
+            "{e:?}"
+        );
         let empty = Datagram {
             frame_len: 0,
             count: 1,

@@ -240,8 +240,9 @@ impl Pi {
             .find(|c| !(c.is_ascii_alphanumeric() || "/._-+,@".contains(*c)))
         {
             bail!(
-                "{name}.dir {dir:?}: {c:?} is not allowed in the install directory (letters, \
-                 digits and / . _ - + , @ only: scp hands the path to the Pi's shell)"
+                "{name}.dir {dir:?}: {c:?} is not allowed in the install directory (ASCII \
+                 letters, digits and / . _ - + , @ only: scp before OpenSSH 9 hands the path \
+                 to the Pi's shell)"
             );
         }
         if dir.is_empty() {

@@ -172,7 +172,7 @@ pub struct Hub {
     handshakes: Throttle,
     /// Connections whose first frame was refused or cut short, likewise
     /// per kind of error.
-    first_frames: KeyedThrottle<std::mem::Discriminant<WireError>>,
+    first_frames: KeyedThrottle<(std::mem::Discriminant<WireError>, Option<io::ErrorKind>)>,
     /// Takeovers of a sender name by a new connection, likewise; and per
     /// name, since when and how often (many: two senders share the name).
     takeovers: Throttle,
@@ -1391,8 +1391,9 @@ pub fn serve_tcp(
                     // frame), throttled like a handshake; a first frame
                     // refused or cut short (`BMSK` and a close, a client
                     // with a bug that redials at once), likewise per kind
-                    // of error: a flood of such connections is cheap, and
-                    // each kind is still said at once.
+                    // of error: a flood of such connections is cheap. The
+                    // first of each kind in a second is said at once; the
+                    // others are counted in the next line of that kind.
                     let junk = match &e {
                         // another protocol (an HTTP request, a scan)
                         WireError::BadMagic { .. } => true,
@@ -1408,7 +1409,11 @@ pub fn serve_tcp(
                     let said = if junk {
                         hub.handshakes.hit()
                     } else {
-                        hub.first_frames.hit(std::mem::discriminant(&e))
+                        let io = match &e {
+                            WireError::Io(e) => Some(e.kind()),
+                            _ => None,
+                        };
+                        hub.first_frames.hit((std::mem::discriminant(&e), io))
                     };
                     if let Some(n) = said {
                         // (a name only when it said one: else the name is the address)

@@ -1610,8 +1610,12 @@ fn network_loop_via(
         // when newer ones are waiting.
         let slot = latest(cfg, queue, counters, slot, closed_at.is_some());
         if let Some(line) = resumed.take() {
-            if send_failing.is_some() && send_reminded.is_some_and(|t| t.elapsed() < REMIND) {
-                // (a reconnect after each failed send: said with the failures)
+            if cfg.transport == Transport::Udp
+                && send_failing.is_some()
+                && send_reminded.is_some_and(|t| t.elapsed() < REMIND)
+            {
+                // (UDP's "connect" after each failed send: said with the
+                // failures; a TCP reconnect is news)
                 log::debug!("{line}; resuming at frame {}", slot.sequence);
             } else {
                 log::info!("{line}; resuming at frame {}", slot.sequence);
@@ -1749,7 +1753,7 @@ fn network_loop_via(
                         "every frame sent to the receiver {} for {} s failed ({what}): giving up \
                          on the batch (what was not sent is counted as dropped)",
                         cfg.to,
-                        since.elapsed().as_secs()
+                        LINGER.as_secs()
                     );
                 }
                 std::thread::sleep(backoff.step());

@@ -201,10 +201,7 @@ impl UdpLink {
         } else {
             "[::]:0".parse().unwrap()
         };
-        let sock = UdpSocket::bind(local).context("binding a UDP socket")?;
-        sock.connect(to)
-            .with_context(|| format!("cannot reach {to} over UDP"))?;
-        socket2::SockRef::from(&sock).set_send_buffer_size(UDP_SNDBUF)?;
+        // (before the socket: a setting no retry mends, whatever connect says)
         let ip_udp = if to.is_ipv4() { 28 } else { 48 };
         let stride = mtu
             .checked_sub(ip_udp + DGRAM_HEADER_LEN)
@@ -215,6 +212,10 @@ impl UdpLink {
                 min: ip_udp + DGRAM_HEADER_LEN + 64,
             })?
             .min(u16::MAX as usize);
+        let sock = UdpSocket::bind(local).context("binding a UDP socket")?;
+        sock.connect(to)
+            .with_context(|| format!("cannot reach {to} over UDP"))?;
+        socket2::SockRef::from(&sock).set_send_buffer_size(UDP_SNDBUF)?;
         let hello = Hello::new(name)
             .with_context(|| format!("sender name {name:?}"))?
             .encode();

@@ -163,17 +163,33 @@ fn out_dash_streams_raw_masks_to_stdout_and_nothing_else() {
     let dir = TempDir::new("e2e-stdout");
     let imgs = images(&dir, &[(7, 3), (9, 2), (1, 1), (1023, 767)]);
     let files: Vec<PathBuf> = imgs.iter().map(|(p, _)| p.clone()).collect();
-    let mut recv = start_receiver(&["--out", "-", "--count", "4"]);
-    assert_ok("bitmask-send", &send(&recv.addr, &[], &files));
-    let got = recv.proc.wait(LIMIT);
-    assert_ok("bitmask-recv", &got);
     let want: Vec<u8> = imgs
         .iter()
         .flat_map(|(_, img)| expected_mask(img, &Params::new(Channel::Luma, 128)))
         .collect();
-    assert_eq!(got.stdout.len(), want.len());
-    assert!(got.stdout == want, "stdout differs from the masks");
-    assert!(got.stderr.contains("4 frames (0 lost"), "{}", got.stderr);
+    // with an --exec program that prints (as docs/python/read_stream.py
+    // does): its lines go to stderr, not between the frames
+    let printing = "echo consumer says hello; cat > /dev/null; echo consumer says bye";
+    for extra in [&[][..], &["--exec", printing][..]] {
+        let mut recv = start_receiver(&[&["--out", "-", "--count", "4"][..], extra].concat());
+        assert_ok("bitmask-send", &send(&recv.addr, &[], &files));
+        let got = recv.proc.wait(LIMIT);
+        assert_ok("bitmask-recv", &got);
+        assert_eq!(got.stdout.len(), want.len(), "{extra:?}");
+        assert!(
+            got.stdout == want,
+            "{extra:?}: stdout differs from the masks"
+        );
+        assert!(got.stderr.contains("4 frames (0 lost"), "{}", got.stderr);
+        if !extra.is_empty() {
+            assert!(
+                got.stderr.contains("consumer says hello")
+                    && got.stderr.contains("consumer says bye"),
+                "{}",
+                got.stderr
+            );
+        }
+    }
 }
 
 #[test]

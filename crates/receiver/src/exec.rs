@@ -14,6 +14,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -86,8 +87,19 @@ pub fn kill_now() {
 
 impl Exec {
     /// Starts `sh -c CMD` with a pipe on its stdin and a thread that watches it.
-    pub fn spawn(cmd: &str) -> Result<Self> {
+    /// `stdout_is_data`: the receiver's stdout carries masks (`--out -`): the
+    /// program's stdout goes to stderr instead, so its lines cannot land
+    /// between the frames.
+    pub fn spawn(cmd: &str, stdout_is_data: bool) -> Result<Self> {
         let mut command = Command::new("sh");
+        if stdout_is_data {
+            command.stdout(Stdio::from(
+                io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("--exec: cannot give the program stderr as its stdout")?,
+            ));
+        }
         // Its own process group: Ctrl-C at a terminal reaches the receiver
         // only, which then ends the child by closing its stdin (and, if it
         // does not exit, signals the whole group: pipelines too).

@@ -58,7 +58,9 @@ between masks); --out DIR --per-sender keeps each sender's frames apart.
 
 A frame that cannot be written (a full or read-only disk) is logged, a line a
 second at most, and counted as NOT WRITTEN; the receiver goes on, writes again
-once it can, and at exit fails (status 1) if any frame was not written. A
+once it can, and at exit fails (status 1) if any frame was not written. (With
+several outputs, a frame one of them took counts as written: the others'
+failures are logged.) A
 program reading the masks (--out -, --exec) that stops taking them holds up
 every sender: the log says so every 10 s while it lasts.
 

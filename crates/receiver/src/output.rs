@@ -204,7 +204,7 @@ impl Output {
         }
         if let Some(cmd) = exec {
             stream_check("--exec")?;
-            o.exec = Some(Exec::spawn(cmd)?);
+            o.exec = Some(Exec::spawn(cmd, o.stdout.is_some())?);
         }
         Ok(o)
     }

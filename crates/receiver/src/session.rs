@@ -679,6 +679,10 @@ impl StreamCtx {
             Ok(m) => m,
             Err(why) => {
                 self.corrupt(&why);
+                // (its header passed the CRC: its number is the sender's, so
+                // the frame is corrupt, not also lost in the gap before the
+                // next one)
+                stats::lock(&self.stats).sequence_seen(h.sequence);
                 return Ok(true);
             }
         };
@@ -1839,7 +1843,8 @@ mod tests {
             [("cam".to_string(), 4, 2, 1), ("cam".to_string(), 7, 2, 2)]
         );
         let s = &hub.stats.snapshot()[0];
-        assert_eq!((s.received, s.lost, s.corrupt), (2, 2, 1));
+        // frame 5 is corrupt (not also lost), frame 6 lost
+        assert_eq!((s.received, s.lost, s.corrupt), (2, 1, 1));
         assert!(s.connected);
         drop(ctx);
         assert!(!hub.stats.snapshot()[0].connected);

@@ -507,7 +507,7 @@ impl SenderStats {
     /// Moves the numbering on to `seq`: frames skipped since the last one
     /// count as lost; `Some(previous)` when `seq` starts a new numbering (it
     /// went back, or jumped ahead by more than [`MAX_GAP`]).
-    fn sequence_seen(&mut self, seq: u64) -> Option<u64> {
+    pub fn sequence_seen(&mut self, seq: u64) -> Option<u64> {
         let s = &mut self.snap;
         let mut restarted = None;
         if let Some(prev) = self.last_sequence {

@@ -36,7 +36,7 @@ use std::time::Duration;
 /// Listens on ADDR (TCP, and UDP on the same port), serves many senders at
 /// once (a thread each), and writes every frame as DIR/frame-NNNNNN.EXT
 /// (DIR/<name>/... with --per-sender; NNNNNN = the frame's sequence number),
-/// atomically (written to a temporary name, then linked into place), and
+/// atomically (written to a temporary name, then renamed into place), and
 /// never over an existing file (a sender that restarted its numbering gets
 /// frame-NNNNNN.1.EXT, ...). A corrupt frame
 /// is logged and skipped; a broken stream closes that connection only; the

@@ -936,6 +936,11 @@ struct Delivery {
     /// Whether this link's frames are tracked: false on UDP and once a
     /// receiver turned out not to acknowledge.
     tracking: bool,
+    /// Whether the receiver acknowledged frames on any link of this run:
+    /// a link whose first acknowledgement is then late is a slow or dark
+    /// link, not a receiver that never acknowledges (its frames stay
+    /// tracked, to be sent again or counted).
+    ever_acked: bool,
     /// When the network thread first saw a stop signal.
     stop_seen: Option<Instant>,
     /// The newest frame ever given back for sending again.
@@ -1084,6 +1089,7 @@ impl Delivery {
             return true;
         }
         counters.acks.store(true, Relaxed);
+        self.ever_acked = true;
         let before = self.link_confirmed;
         while self.inflight.front().is_some_and(|f| f.sequence < next) {
             let f = self.inflight.pop_front().expect("checked");
@@ -1157,7 +1163,9 @@ impl Delivery {
 
     /// A link that has not acknowledged its hello within [`ACK_GRACE`]
     /// belongs to a receiver that sends no acknowledgements: stops tracking
-    /// (and says so once). True when it did.
+    /// (and says so once). True when it did. Not once the receiver
+    /// acknowledged on an earlier link: this one is slow or dark, and its
+    /// frames stay tracked (sent again after it breaks, or counted).
     fn acks_overdue(
         &mut self,
         l: &dyn Link,
@@ -1165,7 +1173,7 @@ impl Delivery {
         cfg: &Config,
         queue: &FrameQueue,
     ) -> bool {
-        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE {
+        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE || self.ever_acked {
             return false;
         }
         self.no_acks(cfg, queue);
@@ -1217,6 +1225,7 @@ impl Delivery {
             return Some("its record of this name is another sender's".into());
         }
         counters.acks.store(true, Relaxed);
+        self.ever_acked = true;
         let mut skipped = 0u64;
         while self.resend.front().is_some_and(|s| s.sequence < next) {
             let s = self.resend.pop_front().expect("checked");
@@ -1873,7 +1882,7 @@ fn make_room(
         if foreign {
             return Some(("its record of this name is another sender's".into(), false));
         }
-        if l.acked().is_none() {
+        if l.acked().is_none() && !d.ever_acked {
             d.acks_overdue(l, connected_at, cfg, queue);
             continue;
         }
@@ -2284,6 +2293,85 @@ mod tests {
             self.answers
         }
         fn finish(self: Box<Self>) {}
+    }
+
+    /// A link that takes every write and acknowledges nothing (the
+    /// receiver's host took the connection; the receiver is stopped, or
+    /// the link went dark), until it ends `ends_after` after it was made.
+    struct Dark {
+        made: Instant,
+        ends_after: Duration,
+        written: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Link for Dark {
+        fn send_frame(&mut self, _frame: &[u8], sequence: u64) -> io::Result<()> {
+            self.written.lock().unwrap().push(sequence);
+            Ok(())
+        }
+        fn closed_by_peer(&mut self) -> Option<String> {
+            (self.made.elapsed() >= self.ends_after).then(|| "reset".into())
+        }
+        fn wait_acks(&mut self, limit: Duration) -> Option<String> {
+            std::thread::sleep(limit.min(Duration::from_millis(20)));
+            self.closed_by_peer()
+        }
+        fn finish(self: Box<Self>) {}
+    }
+
+    #[test]
+    fn no_drop_sends_again_what_a_dark_link_after_acknowledgements_took() {
+        // Link 1 acknowledges frames, then breaks; link 2 (a reconnect to a
+        // stopped receiver, say) takes the rest and acknowledges nothing
+        // for longer than ACK_GRACE, then ends; link 3 confirms all. Link
+        // 2's frames were dropped from tracking at ACK_GRACE (the receiver
+        // taken for one that never acknowledges): lost, and the run said
+        // nothing.
+        let q = FrameQueue::new(64, true);
+        for i in 0..20 {
+            q.push(slot(i));
+        }
+        q.close();
+        let script = Arc::new(Mutex::new(Script {
+            break_at: 10,
+            lag: 3,
+            ..Script::default()
+        }));
+        let dark = Arc::new(Mutex::new(Vec::new()));
+        let counters = Counters::default();
+        let (sc, dk) = (script.clone(), dark.clone());
+        let mut dials = 0;
+        network_loop_via(
+            &cfg(true),
+            &q,
+            &counters,
+            Box::new(CountingEncoder(Arc::new(AtomicU64::new(0)))),
+            &mut |resume, name| {
+                dials += 1;
+                if dials == 2 {
+                    return Ok(Box::new(Dark {
+                        made: Instant::now(),
+                        ends_after: ACK_GRACE + Duration::from_secs(1),
+                        written: dk.clone(),
+                    }));
+                }
+                let mut s = sc.lock().unwrap();
+                s.conns.push((resume, Vec::new()));
+                s.names.push(name.to_owned());
+                Ok(Box::new(ScriptedLink(sc.clone(), s.conns.len() - 1)))
+            },
+        )
+        .unwrap();
+        let s = script.lock().unwrap();
+        assert!(
+            !dark.lock().unwrap().is_empty(),
+            "the dark link took frames"
+        );
+        assert_eq!(s.conns.len(), 2, "{:?}", s.conns);
+        // every frame the first link did not confirm is written again on the last
+        let last = &s.conns[1].1;
+        assert_eq!(last.last(), Some(&19), "{:?}", s.conns);
+        assert_eq!(counters.confirmed.load(Relaxed), 20, "{:?}", s.conns);
     }
 
     /// A full `--no-drop` window whose oldest frame was written `age` ago

@@ -369,7 +369,8 @@ fn a_camera_faster_than_fps_is_read_as_it_comes_and_the_newest_frames_kept() {
 fn a_camera_a_little_faster_than_fps_keeps_the_rate_asked_for() {
     // A 30 fps camera at --fps 20 keeps 2 frames of 3: its frame numbers
     // advance by 1.5 a mask. (The frame after the one due was kept, a
-    // frame read and left first: 2.1-2.5 apart, 12-14 a second.)
+    // frame read and left first: 2.1-2.5 apart, 12-14 a second; the bound
+    // leaves room for a loaded machine, whose camera delivers in bursts.)
     let tmp = TempDir::new("camera-fps-near");
     let out = tmp.join("out");
     let n = 40;
@@ -407,7 +408,7 @@ fn a_camera_a_little_faster_than_fps_keeps_the_rate_asked_for() {
     let per_mask = (last.1 - first.1) as f64 / (last.0 - first.0) as f64;
     eprintln!("camera frames per mask kept: {per_mask:.2}");
     assert!(
-        (1.3..=1.9).contains(&per_mask),
+        (1.3..=2.0).contains(&per_mask),
         "{per_mask:.2} camera frames per mask (1.5 at 20 of 30 fps): {kept:?}\n{}",
         f.stderr
     );

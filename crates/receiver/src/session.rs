@@ -682,7 +682,15 @@ impl StreamCtx {
                 // (its header passed the CRC: its number is the sender's, so
                 // the frame is corrupt, not also lost in the gap before the
                 // next one)
-                stats::lock(&self.stats).sequence_seen(h.sequence);
+                let restarted = stats::lock(&self.stats).sequence_seen(h.sequence);
+                if let Some(prev) = restarted {
+                    log::info!(
+                        "{}: sequence went from {prev} to {}: a new numbering (sender \
+                         restarted), not counted as lost",
+                        self.name,
+                        h.sequence
+                    );
+                }
                 return Ok(true);
             }
         };

@@ -533,6 +533,9 @@ impl Backoff {
 /// After the input ends, how long queued frames may wait for a receiver
 /// (and how long a batch waits for an unreachable one).
 const LINGER: Duration = Duration::from_secs(10);
+/// Links in a row without an acknowledgement, after the receiver sent some,
+/// before it is taken for one that sends none ([`Delivery::may_be_dark`]).
+const DARK_LINKS: u32 = 2;
 /// How often an unreachable receiver is said again.
 const REMIND: Duration = Duration::from_secs(30);
 
@@ -593,7 +596,10 @@ pub fn run(
                 // to the time due: the frame kept is the first about due,
                 // not the one after it (which halved the rate of a 30 fps
                 // camera at --fps 20 or 30).
-                while Instant::now() + camera.period * 3 / 2 < next_due
+                // (nothing is skipped before the camera's period is known: a
+                // camera as slow as --fps loses no frame at the start)
+                while !camera.period.is_zero()
+                    && Instant::now() + camera.period * 3 / 2 < next_due
                     && stop_requested().is_none()
                 {
                     if !source.skip()? {
@@ -941,6 +947,10 @@ struct Delivery {
     /// link, not a receiver that never acknowledges (its frames stay
     /// tracked, to be sent again or counted).
     ever_acked: bool,
+    /// Links in a row that ended without an acknowledgement: past
+    /// [`DARK_LINKS`] the receiver is taken for one that no longer sends
+    /// any (replaced by an older bitmask-recv, say).
+    dark_links: u32,
     /// When the network thread first saw a stop signal.
     stop_seen: Option<Instant>,
     /// The newest frame ever given back for sending again.
@@ -1090,6 +1100,7 @@ impl Delivery {
         }
         counters.acks.store(true, Relaxed);
         self.ever_acked = true;
+        self.dark_links = 0;
         let before = self.link_confirmed;
         while self.inflight.front().is_some_and(|f| f.sequence < next) {
             let f = self.inflight.pop_front().expect("checked");
@@ -1173,11 +1184,19 @@ impl Delivery {
         cfg: &Config,
         queue: &FrameQueue,
     ) -> bool {
-        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE || self.ever_acked {
+        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE || self.may_be_dark() {
             return false;
         }
         self.no_acks(cfg, queue);
         true
+    }
+
+    /// Whether a link without acknowledgements is taken for a slow or dark
+    /// one (its frames tracked until it breaks), not for a receiver that
+    /// sends none: the receiver acknowledged in this run, and fewer than
+    /// [`DARK_LINKS`] links since ended without a word.
+    fn may_be_dark(&self) -> bool {
+        self.ever_acked && self.dark_links < DARK_LINKS
     }
 
     /// Drops the link, which ended (`by_peer`: the receiver ended it, not a
@@ -1193,6 +1212,9 @@ impl Delivery {
         failed_write: bool,
     ) {
         let Some(l) = link.take() else { return };
+        if l.acked().is_none() {
+            self.dark_links += 1;
+        }
         let how = Ended {
             by_peer,
             acked: l.acked().is_some(),
@@ -1226,6 +1248,7 @@ impl Delivery {
         }
         counters.acks.store(true, Relaxed);
         self.ever_acked = true;
+        self.dark_links = 0;
         let mut skipped = 0u64;
         while self.resend.front().is_some_and(|s| s.sequence < next) {
             let s = self.resend.pop_front().expect("checked");
@@ -1882,7 +1905,7 @@ fn make_room(
         if foreign {
             return Some(("its record of this name is another sender's".into(), false));
         }
-        if l.acked().is_none() && !d.ever_acked {
+        if l.acked().is_none() && !d.may_be_dark() {
             d.acks_overdue(l, connected_at, cfg, queue);
             continue;
         }

@@ -593,7 +593,13 @@ pub fn lock(h: &SenderHandle) -> MutexGuard<'_, SenderStats> {
 #[derive(Clone, Default)]
 pub struct StatsRegistry {
     senders: Arc<Mutex<BTreeMap<String, SenderHandle>>>,
+    /// The numbers of senders forgotten (past [`MAX_REMEMBERED`]), still in
+    /// the total (and so in the exit status), with the span of their frames.
+    retired: Arc<Mutex<Retired>>,
 }
+
+/// Forgotten senders' numbers, and the span of their frames.
+type Retired = (SenderSnapshot, Option<(Instant, Instant)>);
 
 /// Most senders remembered; the longest-disconnected are forgotten first.
 const MAX_REMEMBERED: usize = 256;
@@ -617,12 +623,19 @@ impl StatsRegistry {
     pub fn sender(&self, name: &str) -> SenderHandle {
         let mut m = self.map();
         if !m.contains_key(name) && m.len() >= MAX_REMEMBERED {
+            // (the one whose last frame is oldest; one that sent none first)
             let gone = m
                 .iter()
-                .find(|(_, h)| !lock(h).snap.connected)
+                .filter(|(_, h)| !lock(h).snap.connected)
+                .min_by_key(|(_, h)| lock(h).last_frame)
                 .map(|(k, _)| k.clone());
-            if let Some(k) = gone {
-                m.remove(&k);
+            if let Some(h) = gone.and_then(|k| m.remove(&k)) {
+                let s = lock(&h);
+                let mut r = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+                add_counts(&mut r.0, &s.snapshot());
+                if let (Some(a), Some(b)) = (s.first_frame, s.last_frame) {
+                    r.1 = Some(r.1.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+                }
             }
         }
         m.entry(name.to_string())
@@ -655,8 +668,12 @@ impl StatsRegistry {
     pub fn total(&self) -> SenderSnapshot {
         let handles: Vec<SenderHandle> = self.map().values().cloned().collect();
         let mut latency = Histogram::default();
+        let (retired, mut span) = self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         // the span from the first frame of any sender to the last of any
-        let mut span: Option<(Instant, Instant)> = None;
         let all: Vec<SenderSnapshot> = handles
             .iter()
             .map(|h| {
@@ -674,17 +691,10 @@ impl StatsRegistry {
             total_latency_p99_ms: us_to_ms(latency.quantile(0.99)),
             ..Default::default()
         };
+        add_counts(&mut t, &retired);
         for s in &all {
             t.connected |= s.connected;
-            t.connections += s.connections;
-            t.received += s.received;
-            t.lost += s.lost;
-            t.corrupt += s.corrupt;
-            t.incomplete += s.incomplete;
-            t.unwritten += s.unwritten;
-            t.resent += s.resent;
-            t.wire_bytes += s.wire_bytes;
-            t.mask_bytes += s.mask_bytes;
+            add_counts(&mut t, s);
             t.fps += s.fps;
             t.mbps += s.mbps;
         }
@@ -714,6 +724,19 @@ impl StatsRegistry {
         out.push_str("\n}\n");
         out
     }
+}
+
+/// Adds `s`'s counts (not its rates) to `t`'s.
+fn add_counts(t: &mut SenderSnapshot, s: &SenderSnapshot) {
+    t.connections += s.connections;
+    t.received += s.received;
+    t.lost += s.lost;
+    t.corrupt += s.corrupt;
+    t.incomplete += s.incomplete;
+    t.unwritten += s.unwritten;
+    t.resent += s.resent;
+    t.wire_bytes += s.wire_bytes;
+    t.mask_bytes += s.mask_bytes;
 }
 
 /// Appends `s` as a JSON string (also what the live view's `/stats.json` uses).
@@ -832,6 +855,44 @@ mod tests {
         // 22 frames over 3 s, not 10 + 10 fps
         let t = reg.total();
         assert!((t.avg_fps - 7.0).abs() < 1e-9, "{}", t.avg_fps);
+    }
+
+    #[test]
+    fn forgotten_senders_stay_in_the_total_and_the_oldest_goes_first() {
+        let reg = StatsRegistry::new();
+        let t0 = Instant::now();
+        // MAX_REMEMBERED disconnected senders, each with an unwritten frame;
+        // "s0100" sent its last frame first
+        for i in 0..MAX_REMEMBERED {
+            let h = reg.sender(&format!("s{i:04}"));
+            let mut s = lock(&h);
+            s.unwritten(&Header::new(8, 1, 0, 0, 1));
+            s.snap.received = 1;
+            let age = if i == 100 { 0 } else { 10 };
+            s.first_frame = Some(t0 + Duration::from_secs(age));
+            s.last_frame = Some(t0 + Duration::from_secs(age + 1));
+        }
+        let _new = reg.sender("new");
+        let names: Vec<String> = reg.snapshot().into_iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), MAX_REMEMBERED);
+        assert!(
+            !names.contains(&"s0100".to_string()),
+            "the oldest forgotten"
+        );
+        assert!(names.contains(&"s0000".to_string()));
+        // its numbers are still counted: the receiver still exits non-zero
+        let t = reg.total();
+        assert_eq!(
+            (t.unwritten, t.received),
+            (MAX_REMEMBERED as u64, MAX_REMEMBERED as u64)
+        );
+        // and its frames' span is the total's: 256 frames (255 intervals)
+        // over 11 s
+        assert!(
+            (t.avg_fps - (MAX_REMEMBERED - 1) as f64 / 11.0).abs() < 1e-6,
+            "{}",
+            t.avg_fps
+        );
     }
 
     #[test]

@@ -310,6 +310,15 @@ fn an_input_command_that_fails_is_an_error_with_its_status() {
     );
 }
 
+/// A 30 fps gray8 64x8 "camera" (256 frames) that writes its frame number
+/// into each frame's first 8 pixels, MSB first.
+const COUNTING_CAMERA: &str = "exec python3 -c 'import sys, time\n\
+                  out, t0 = sys.stdout.buffer, time.time()\n\
+                  for k in range(256):\n    \
+                  row = bytes(255 if k >> (7 - i) & 1 else 0 for i in range(8))\n    \
+                  out.write(row + bytes(64 * 8 - 8)); out.flush()\n    \
+                  time.sleep(max(0, t0 + (k + 1) / 30 - time.time()))'";
+
 #[test]
 fn a_camera_faster_than_fps_is_read_as_it_comes_and_the_newest_frames_kept() {
     // A 30 fps "camera" writes its frame number into each frame's first 8
@@ -326,12 +335,7 @@ fn a_camera_faster_than_fps_is_read_as_it_comes_and_the_newest_frames_kept() {
         "--count",
         "12",
     ]);
-    let camera = "exec python3 -c 'import sys, time\n\
-                  out, t0 = sys.stdout.buffer, time.time()\n\
-                  for k in range(256):\n    \
-                  row = bytes(255 if k >> (7 - i) & 1 else 0 for i in range(8))\n    \
-                  out.write(row + bytes(64 * 8 - 8)); out.flush()\n    \
-                  time.sleep(max(0, t0 + (k + 1) / 30 - time.time()))'";
+    let camera = COUNTING_CAMERA;
     let mut c = Command::new(bin("bitmask-send"));
     c.args([
         "--to",
@@ -375,12 +379,7 @@ fn a_camera_a_little_faster_than_fps_keeps_the_rate_asked_for() {
     let out = tmp.join("out");
     let n = 40;
     let mut recv = start_receiver(&["--out", out.to_str().unwrap(), "--format", "raw"]);
-    let camera = "exec python3 -c 'import sys, time\n\
-                  out, t0 = sys.stdout.buffer, time.time()\n\
-                  for k in range(256):\n    \
-                  row = bytes(255 if k >> (7 - i) & 1 else 0 for i in range(8))\n    \
-                  out.write(row + bytes(64 * 8 - 8)); out.flush()\n    \
-                  time.sleep(max(0, t0 + (k + 1) / 30 - time.time()))'";
+    let camera = COUNTING_CAMERA;
     let f = Proc::spawn(
         Command::new(bin("bitmask-send"))
             .args(["--to", &recv.addr, "--input-format", "gray8"])

@@ -279,7 +279,11 @@ impl<'a> ImageRef<'a> {
     }
 }
 
-pub(crate) fn check_dims(width: usize, height: usize) -> Result<(), CoreError> {
+/// Checks that a `width` x `height` mask is one the packing functions take
+/// (at least 1 a side, at most [`MAX_DIMENSION`] a side and [`MAX_PIXELS`]
+/// in all): what they would refuse with [`CoreError::InvalidDimensions`],
+/// told before the pixels are read.
+pub fn check_dims(width: usize, height: usize) -> Result<(), CoreError> {
     // saturating: two usize dimensions can pass u64 (checked only below)
     let pixels = (width as u64).saturating_mul(height as u64);
     if width == 0

@@ -683,14 +683,7 @@ impl StreamCtx {
                 // the frame is corrupt, not also lost in the gap before the
                 // next one)
                 let restarted = stats::lock(&self.stats).sequence_seen(h.sequence);
-                if let Some(prev) = restarted {
-                    log::info!(
-                        "{}: sequence went from {prev} to {}: a new numbering (sender \
-                         restarted), not counted as lost",
-                        self.name,
-                        h.sequence
-                    );
-                }
+                say_new_numbering(&self.name, restarted, h.sequence);
                 return Ok(true);
             }
         };
@@ -810,13 +803,7 @@ impl StreamCtx {
             }
         }
         let restarted = stats::lock(&self.stats).frame(h, mask.len(), stats::now_us());
-        if let Some(prev) = restarted {
-            log::info!(
-                "{}: sequence went from {prev} to {}: a new numbering (sender restarted), not counted as lost",
-                self.name,
-                h.sequence
-            );
-        }
+        say_new_numbering(&self.name, restarted, h.sequence);
         if let Some(f) = &mut self.feed {
             f.publish(h, mask);
             self.decoded_shown = true;
@@ -1455,6 +1442,17 @@ pub fn serve_tcp(
         live.remove(&key);
     }
     result
+}
+
+/// Logs the new numbering that frame `sequence` of sender `name` started
+/// (`restarted`: the number before it, as the stats said).
+fn say_new_numbering(name: &str, restarted: Option<u64>, sequence: u64) {
+    if let Some(prev) = restarted {
+        log::info!(
+            "{name}: sequence went from {prev} to {sequence}: a new numbering (sender \
+             restarted), not counted as lost"
+        );
+    }
 }
 
 /// The message for a connection's error; `partial`: where in a frame the

@@ -633,9 +633,7 @@ impl StatsRegistry {
                 let s = lock(&h);
                 let mut r = self.retired.lock().unwrap_or_else(|p| p.into_inner());
                 add_counts(&mut r.0, &s.snapshot());
-                if let (Some(a), Some(b)) = (s.first_frame, s.last_frame) {
-                    r.1 = Some(r.1.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
-                }
+                widen(&mut r.1, &s);
             }
         }
         m.entry(name.to_string())
@@ -679,9 +677,7 @@ impl StatsRegistry {
             .map(|h| {
                 let s = lock(h);
                 latency.merge(&s.total);
-                if let (Some(a), Some(b)) = (s.first_frame, s.last_frame) {
-                    span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
-                }
+                widen(&mut span, &s);
                 s.snapshot()
             })
             .collect();
@@ -723,6 +719,13 @@ impl StatsRegistry {
         json_obj(&self.total(), &mut out);
         out.push_str("\n}\n");
         out
+    }
+}
+
+/// Widens `span` to take in the frames of `s`.
+fn widen(span: &mut Option<(Instant, Instant)>, s: &SenderStats) {
+    if let (Some(a), Some(b)) = (s.first_frame, s.last_frame) {
+        *span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
     }
 }
 

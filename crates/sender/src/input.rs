@@ -354,7 +354,7 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
             // read, not an error that ends the run when thresholded)
             let (w, h) = (img.width() as usize, img.height() as usize);
             let max = bitmask_core::MAX_DIMENSION;
-            if w > max || h > max || w.saturating_mul(h) > bitmask_core::MAX_PIXELS {
+            if bitmask_core::check_dims(w, h).is_err() {
                 bail!(
                     "{}: it is {w}x{h}, larger than a mask may be (at most {max} pixels a \
                      side and {} in all)",

@@ -942,11 +942,6 @@ struct Delivery {
     /// Whether this link's frames are tracked: false on UDP and once a
     /// receiver turned out not to acknowledge.
     tracking: bool,
-    /// Whether the receiver acknowledged frames on any link of this run:
-    /// a link whose first acknowledgement is then late is a slow or dark
-    /// link, not a receiver that never acknowledges (its frames stay
-    /// tracked, to be sent again or counted).
-    ever_acked: bool,
     /// Links in a row that ended without an acknowledgement: past
     /// [`DARK_LINKS`] the receiver is taken for one that no longer sends
     /// any (replaced by an older bitmask-recv, say).
@@ -1099,7 +1094,6 @@ impl Delivery {
             return true;
         }
         counters.acks.store(true, Relaxed);
-        self.ever_acked = true;
         self.dark_links = 0;
         let before = self.link_confirmed;
         while self.inflight.front().is_some_and(|f| f.sequence < next) {
@@ -1183,8 +1177,10 @@ impl Delivery {
         connected_at: Instant,
         cfg: &Config,
         queue: &FrameQueue,
+        counters: &Counters,
     ) -> bool {
-        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE || self.may_be_dark() {
+        if l.acked().is_some() || connected_at.elapsed() <= ACK_GRACE || self.may_be_dark(counters)
+        {
             return false;
         }
         self.no_acks(cfg, queue);
@@ -1193,10 +1189,21 @@ impl Delivery {
 
     /// Whether a link without acknowledgements is taken for a slow or dark
     /// one (its frames tracked until it breaks), not for a receiver that
-    /// sends none: the receiver acknowledged in this run, and fewer than
-    /// [`DARK_LINKS`] links since ended without a word.
-    fn may_be_dark(&self) -> bool {
-        self.ever_acked && self.dark_links < DARK_LINKS
+    /// sends none: the receiver acknowledged in this run (`counters.acks`),
+    /// and fewer than [`DARK_LINKS`] links since ended without a word.
+    fn may_be_dark(&self, counters: &Counters) -> bool {
+        counters.acks.load(Relaxed) && self.dark_links < DARK_LINKS
+    }
+
+    /// Frames in flight or waiting to be written again that were written
+    /// at least once: unconfirmed when the run gives up on them.
+    fn written_unconfirmed(&self) -> u64 {
+        self.inflight.len() as u64
+            + self
+                .resend
+                .iter()
+                .filter(|s| self.resend_marks(s.sequence))
+                .count() as u64
     }
 
     /// Drops the link, which ended (`by_peer`: the receiver ended it, not a
@@ -1212,15 +1219,15 @@ impl Delivery {
         failed_write: bool,
     ) {
         let Some(l) = link.take() else { return };
-        if l.acked().is_none() {
-            self.dark_links += 1;
-        }
         let how = Ended {
             by_peer,
             acked: l.acked().is_some(),
             progress: self.link_confirmed > 0,
             failed_write,
         };
+        if !how.acked {
+            self.dark_links += 1;
+        }
         counters.connected.store(false, Relaxed);
         self.link_lost(cfg, queue, counters, how);
     }
@@ -1247,7 +1254,6 @@ impl Delivery {
             return Some("its record of this name is another sender's".into());
         }
         counters.acks.store(true, Relaxed);
-        self.ever_acked = true;
         self.dark_links = 0;
         let mut skipped = 0u64;
         while self.resend.front().is_some_and(|s| s.sequence < next) {
@@ -1460,11 +1466,7 @@ fn network_loop_via(
             // still go round without progress (a peer that accepts and ends
             // every connection before confirming). (An unreachable receiver
             // is the connect path's.)
-            let written = d.inflight.len() as u64
-                + d.resend
-                    .iter()
-                    .filter(|s| d.resend_marks(s.sequence))
-                    .count() as u64;
+            let written = d.written_unconfirmed();
             let never = d.resend.len() as u64 + d.inflight.len() as u64 - written + drain(queue);
             counters.unconfirmed.fetch_add(written, Relaxed);
             counters.dropped.fetch_add(never, Relaxed);
@@ -1492,11 +1494,7 @@ fn network_loop_via(
             // rule above never applies. (A new link after a stalled one is
             // given its chance first; the summary counts the frames not
             // written as dropped.)
-            let written = d.inflight.len() as u64
-                + d.resend
-                    .iter()
-                    .filter(|s| d.resend_marks(s.sequence))
-                    .count() as u64;
+            let written = d.written_unconfirmed();
             counters.unconfirmed.fetch_add(written, Relaxed);
             anyhow::bail!(
                 "the receiver {} confirmed no frame for {} s: giving up on the batch \
@@ -1678,7 +1676,7 @@ fn network_loop_via(
             gone = Some(("its record of this name is another sender's".into(), false));
         }
         if gone.is_none() && d.tracking {
-            d.acks_overdue(l.as_ref(), connected_at, cfg, queue);
+            d.acks_overdue(l.as_ref(), connected_at, cfg, queue, counters);
         }
         if gone.is_none() && d.tracking {
             gone = make_room(cfg, l.as_mut(), &mut d, queue, counters, connected_at);
@@ -1787,12 +1785,10 @@ fn network_loop_via(
                     // Every send failed for LINGER, though each connect
                     // succeeded (so the connect path's rule never applied):
                     // a batch gives up as on an unreachable receiver.
-                    let written = d
-                        .resend
-                        .iter()
-                        .filter(|s| d.resend_marks(s.sequence))
-                        .count() as u64;
-                    counters.unconfirmed.fetch_add(written, Relaxed);
+                    // (drop_link left nothing in flight)
+                    counters
+                        .unconfirmed
+                        .fetch_add(d.written_unconfirmed(), Relaxed);
                     anyhow::bail!(
                         "every frame sent to the receiver {} for {} s failed ({what}): giving up \
                          on the batch (what was not sent is counted as dropped)",
@@ -1905,8 +1901,8 @@ fn make_room(
         if foreign {
             return Some(("its record of this name is another sender's".into(), false));
         }
-        if l.acked().is_none() && !d.may_be_dark() {
-            d.acks_overdue(l, connected_at, cfg, queue);
+        if l.acked().is_none() && !d.may_be_dark(counters) {
+            d.acks_overdue(l, connected_at, cfg, queue, counters);
             continue;
         }
         // (SLOW_LIMIT counts from the last confirmation, or the write of
@@ -1997,7 +1993,7 @@ fn confirm_rest(
         std::thread::sleep(backoff.step());
         return Ok(Confirm::Again);
     }
-    if d.acks_overdue(l.as_ref(), connected_at, cfg, queue) {
+    if d.acks_overdue(l.as_ref(), connected_at, cfg, queue, counters) {
         return Ok(Confirm::Done);
     }
     let stopped = stop_requested().is_some();

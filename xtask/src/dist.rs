@@ -307,8 +307,9 @@ fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
     };
     let fix = format!(
         "fix: {} -m pip install {ZIGLANG} {CARGO_ZIGBUILD} (or put zig and cargo-zigbuild \
-         on PATH: `cargo install --locked cargo-zigbuild@0.24.1`)",
-        py.display()
+         on PATH: `cargo install --locked {}`)",
+        py.display(),
+        CARGO_ZIGBUILD.replace("==", "@")
     );
     if !py.exists() {
         let sys = ["python3", "python"]

@@ -781,6 +781,18 @@ fn exec_consumer_that_dies_stops_the_receiver_with_a_message() {
         "the message names the child and its status: {}",
         r.stderr
     );
+    // It stops as at a signal: with its summary, the frame the child took
+    // counted written.
+    let total = r
+        .stderr
+        .split("bitmask-recv: total: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary: {}", r.stderr));
+    assert!(
+        !total.starts_with("0 frames"),
+        "the summary counts the frames received: {}",
+        r.stderr
+    );
     // The sender keeps trying to reconnect; dropping it ends it and ffmpeg.
     drop(sender);
 }

@@ -7,8 +7,10 @@
 //! frame is dropped silently.
 //!
 //! If the child exits while the receiver is still running, a watcher thread
-//! reports it and ends the receiver with a non-zero status at once, even when
-//! no frame is arriving. At the end of the stream (`--count` reached) the
+//! reports it and stops the receiver at once, even when no frame is
+//! arriving: through the hook given to [`on_death`] (the receiver's normal
+//! stop, whose summary is then printed, and exit status
+//! [`EXIT_CHILD_DIED`]), or, before there is one, by ending the process. At the end of the stream (`--count` reached) the
 //! pipe is closed so the child sees end of file, and the receiver waits for
 //! it; a non-zero exit then is an error too.
 
@@ -46,6 +48,28 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// The running child's process group (its pid), 0 when there is none.
 static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Set when the child died while the receiver was running ([`died`]).
+static DIED: AtomicBool = AtomicBool::new(false);
+
+/// What stops the receiver when the child dies ([`on_death`]).
+type DeathHook = Box<dyn Fn(String) + Send + Sync>;
+static ON_DEATH: std::sync::OnceLock<DeathHook> = std::sync::OnceLock::new();
+
+/// Sets how the receiver is stopped when the child dies while it runs
+/// (`stop` is given the reason): its normal stop, so that the frames in
+/// hand settle and the summary is printed. Until this is set, a death ends
+/// the process at once with [`EXIT_CHILD_DIED`]. Set once; later calls are
+/// ignored.
+pub fn on_death(stop: impl Fn(String) + Send + Sync + 'static) {
+    let _ = ON_DEATH.set(Box::new(stop));
+}
+
+/// Whether the child died while the receiver was running (said already):
+/// the receiver should then exit with [`EXIT_CHILD_DIED`].
+pub fn died() -> bool {
+    DIED.load(Ordering::SeqCst)
+}
 
 /// Says that the receiver is stopping (see [`STOPPING`]). The first call
 /// also starts a timer: a child still running [`EXIT_GRACE`] later is sent
@@ -168,12 +192,17 @@ impl Exec {
                         }
                     }
                     if !finishing.load(Ordering::SeqCst) && !STOPPING.load(Ordering::SeqCst) {
-                        say!(
-                            "bitmask-recv: error: --exec child `{cmd}` {} after {} frame(s); stopping",
+                        let why = format!(
+                            "--exec child `{cmd}` {} after {} frame(s)",
                             describe(&st),
                             frames.load(Ordering::SeqCst)
                         );
-                        std::process::exit(EXIT_CHILD_DIED);
+                        say!("bitmask-recv: error: {why}; stopping");
+                        DIED.store(true, Ordering::SeqCst);
+                        match ON_DEATH.get() {
+                            Some(stop) => stop(why),
+                            None => std::process::exit(EXIT_CHILD_DIED),
+                        }
                     }
                     let _ = tx.send(st);
                 })
@@ -216,8 +245,14 @@ impl Exec {
     }
 
     /// Closes the child's stdin and waits for it to exit; fails when it exits non-zero.
+    /// (Nothing to wait for, and nothing more to say, when it died while the
+    /// receiver was running: see [`died`].)
     pub fn finish(&mut self) -> Result<()> {
         if self.stdin.is_none() {
+            return Ok(());
+        }
+        if died() {
+            drop(self.stdin.take());
             return Ok(());
         }
         self.finishing.store(true, Ordering::SeqCst);

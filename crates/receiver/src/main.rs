@@ -316,6 +316,11 @@ fn run(cli: Cli) -> Result<()> {
         done_tx,
     );
     session::stop_on_signals(&hub, signals);
+    {
+        // An --exec program that dies stops the receiver, summary printed.
+        let h = hub.clone();
+        exec::on_death(move |why| h.stop(why));
+    }
     if let Some(addr) = &cli.http {
         http::start(addr, cli.http_fps, hub.stats.clone())?;
     }
@@ -352,6 +357,10 @@ fn run(cli: Cli) -> Result<()> {
     }
     let total = hub.stats.total();
     say!("bitmask-recv: {}", total.line(false));
+    if exec::died() {
+        // (said when it died; the frames after it are counted unwritten)
+        std::process::exit(exec::EXIT_CHILD_DIED);
+    }
     finished?;
     anyhow::ensure!(
         total.unwritten == 0,

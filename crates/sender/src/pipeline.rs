@@ -982,6 +982,12 @@ struct Delivery {
     foreign: bool,
     /// The record (as acknowledgements name it) this sender's links started.
     own_record: Option<u32>,
+    /// A link ended before its acknowledgements named its record: the
+    /// receiver may have started a record of this sender's there (a link
+    /// that does not resume, or one to a restarted receiver) whose id it
+    /// never learnt, so a record other than [`Delivery::own_record`] is no
+    /// longer certainly another sender's. Cleared when a record is learnt.
+    own_unsure: bool,
     /// The name this sender announces from now on, once another sender
     /// turned out to use `--name` at the receiver (see [`Delivery::judge`]).
     renamed: Option<String>,
@@ -1019,12 +1025,14 @@ impl Delivery {
         if !self.link_judged {
             if let Some((id, new)) = l.record() {
                 self.link_judged = true;
+                let unsure = std::mem::take(&mut self.own_unsure);
                 if new {
                     self.own_record = Some(id);
                 } else if self.own_record != Some(id) {
-                    // (With none known, a link that ended before its first
-                    // acknowledgement was read may have started this one.)
-                    certain = self.own_record.is_some();
+                    // (With none known, or after a link that ended before
+                    // its first acknowledgement was read, that link may
+                    // have started this one.)
+                    certain = self.own_record.is_some() && !unsure;
                     why = Some(format!(
                         "it joined the receiver's record {id} of this name, not this sender's ({})",
                         self.own_record
@@ -1219,6 +1227,16 @@ impl Delivery {
         failed_write: bool,
     ) {
         let Some(l) = link.take() else { return };
+        if !self.link_judged {
+            match l.record() {
+                Some((id, true)) => {
+                    self.own_record = Some(id);
+                    self.own_unsure = false;
+                }
+                Some((_, false)) => {}
+                None => self.own_unsure = true,
+            }
+        }
         let how = Ended {
             by_peer,
             acked: l.acked().is_some(),
@@ -2242,6 +2260,8 @@ mod tests {
         conns: Vec<(bool, Vec<u64>)>,
         /// The first connection breaks at its write number `break_at`.
         break_at: usize,
+        /// The second connection breaks at this write number.
+        then_break_at: Option<usize>,
         /// The receiver confirms all but the newest `lag` frames.
         lag: usize,
         /// Dials that fail after the first connection.
@@ -2258,9 +2278,13 @@ mod tests {
     impl Link for ScriptedLink {
         fn send_frame(&mut self, _frame: &[u8], sequence: u64) -> io::Result<()> {
             let mut s = self.0.lock().unwrap();
-            let brk = s.break_at;
+            let brk = match self.1 {
+                0 => Some(s.break_at),
+                1 => s.then_break_at,
+                _ => None,
+            };
             let c = &mut s.conns[self.1].1;
-            if self.1 == 0 && c.len() == brk {
+            if brk == Some(c.len()) {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
             c.push(sequence);
@@ -2553,18 +2577,26 @@ mod tests {
         fail_dials: usize,
         records: Vec<Option<(u32, bool)>>,
     ) -> (Script, Counters, u64) {
+        scripted_script(
+            no_drop,
+            Script {
+                break_at,
+                fail_dials,
+                records,
+                ..Script::default()
+            },
+        )
+    }
+
+    /// Runs 20 queued frames through the links of `script`, the receiver
+    /// lagging 3 frames behind.
+    fn scripted_script(no_drop: bool, script: Script) -> (Script, Counters, u64) {
         let q = FrameQueue::new(64, true);
         for i in 0..20 {
             q.push(slot(i));
         }
         q.close();
-        let script = Arc::new(Mutex::new(Script {
-            break_at,
-            lag: 3,
-            fail_dials,
-            records,
-            ..Script::default()
-        }));
+        let script = Arc::new(Mutex::new(Script { lag: 3, ..script }));
         let keys = Arc::new(AtomicU64::new(0));
         let counters = Counters::default();
         let sc = script.clone();
@@ -2622,6 +2654,43 @@ mod tests {
         assert_eq!(s.conns.len(), 3, "{:?}", s.conns);
         assert_eq!(s.names, ["t", "t", "t"]);
         assert!(s.conns[1].0 && !s.conns[2].0, "{:?}", s.conns);
+        assert_eq!(c.confirmed.load(Relaxed), 20);
+    }
+
+    /// Frames 0-9 on a link that starts record 7, then a resumed link that
+    /// ends at its third write before its acknowledgements named a
+    /// record, then links whose acknowledgements name `then`.
+    fn a_link_ends_before_its_record(then: &[Option<(u32, bool)>]) -> (Script, Counters) {
+        let mut records = vec![Some((7, true)), None];
+        records.extend_from_slice(then);
+        let (s, c, _) = scripted_script(
+            true,
+            Script {
+                break_at: 10,
+                then_break_at: Some(2),
+                records,
+                ..Script::default()
+            },
+        );
+        (s, c)
+    }
+
+    #[test]
+    fn a_link_that_ends_before_its_record_was_named_leaves_the_name_alone() {
+        // The receiver restarted: the second link (resumed) started record
+        // 1 of the new receiver, whose acknowledgement never came; the
+        // third joins it. It is not certainly another sender's (it was
+        // taken for one: the sender renamed itself): a new record, under
+        // its own name.
+        let (s, c) = a_link_ends_before_its_record(&[Some((1, false)), Some((2, true))]);
+        assert_eq!(s.names, ["t", "t", "t", "t"], "{:?}", s.conns);
+        assert!(s.conns[2].0 && !s.conns[3].0, "{:?}", s.conns);
+        assert_eq!(c.confirmed.load(Relaxed), 20);
+        // The same receiver: the second link joined record 7 again, and so
+        // does the third, which goes on.
+        let (s, c) = a_link_ends_before_its_record(&[Some((7, false))]);
+        assert_eq!(s.names, ["t", "t", "t"], "{:?}", s.conns);
+        assert!(s.conns[2].0, "{:?}", s.conns);
         assert_eq!(c.confirmed.load(Relaxed), 20);
     }
 

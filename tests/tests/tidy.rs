@@ -247,7 +247,12 @@ fn tooling_is_rust_not_shell_scripts() {
         .args(["ls-files", "*.sh", "*.bash"])
         .current_dir(root()));
     if !out.status.success() {
-        skip("git ls-files failed (not a git checkout?)");
+        skip(&format!(
+            "git ls-files failed (not a git checkout? a checkout another user owns needs `git \
+             config --global --add safe.directory {}`): {}",
+            root().display(),
+            out.stderr.trim()
+        ));
         return;
     }
     let files = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -13,12 +13,29 @@ const CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser"];
 /// The exact fix, for messages.
 pub const FIX: &str = "apt-get update && apt-get install -y --no-install-recommends chromium";
 
-/// The Chromium binary (`BITMASK_CHROMIUM` overrides), if installed.
+/// The variable naming a Chromium or Chrome binary to use instead.
+pub const ENV: &str = "BITMASK_CHROMIUM";
+
+/// The Chromium binary ([`ENV`] overrides), if installed. (Ubuntu's
+/// `/usr/bin/chromium-browser` is a script that runs the snap, which a
+/// container without snapd cannot: not counted.)
 pub fn find() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BITMASK_CHROMIUM") {
+    if let Some(p) = std::env::var_os(ENV) {
         return Some(PathBuf::from(p));
     }
-    CANDIDATES.iter().map(PathBuf::from).find(|p| p.exists())
+    let snap_wrapper = |p: &Path| {
+        use std::io::Read;
+        let mut head = Vec::new();
+        std::fs::File::open(p)
+            .and_then(|f| f.take(16 << 10).read_to_end(&mut head))
+            .is_ok()
+            && head.starts_with(b"#!")
+            && head.windows(10).any(|w| w == b"/snap/bin/")
+    };
+    CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists() && !snap_wrapper(p))
 }
 
 fn is_root() -> bool {

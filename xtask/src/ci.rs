@@ -9,6 +9,8 @@ use std::time::Instant;
 pub fn run_ci(_args: &[String]) -> Result<()> {
     let start = Instant::now();
     step("rustfmt", || {
+        // (rustup's minimal profile, as in the rust Docker images, has neither)
+        crate::util::ensure_components(&["rustfmt", "clippy"], "the rustfmt and clippy steps")?;
         run(cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
     // The ARM builds take minutes of CPU; started now, in the background at

@@ -1753,6 +1753,10 @@ exec /bin/date \"$@\"
     let user = crate::util::output(Command::new("id").arg("-un"))?
         .trim()
         .to_string();
+    // (what `uname -m` says on the stand-in Pis: this machine)
+    let host_machine = crate::util::output(Command::new("uname").arg("-m"))?
+        .trim()
+        .to_string();
     let b = base.display();
     let conf = |recv_args: &str, send_args: &str, accept: bool| {
         format!(
@@ -1781,9 +1785,12 @@ run_prefix = "qemu-arm -cpu cortex-a7 -L {sysroot}"
 args = [{send_args}]
 "#,
             accept = if accept {
-                "# the \"Pis\" are this x86-64 machine running the ARM builds in qemu-user\naccept_machines = [\"x86_64\"]"
+                format!(
+                    "# the \"Pis\" are this machine running the ARM builds in qemu-user\n\
+                     accept_machines = [\"{host_machine}\"]"
+                )
             } else {
-                ""
+                String::new()
             },
             sysroot = dist::ARMHF_SYSROOT,
         )

@@ -1,8 +1,11 @@
-//! The Debian packages of `cargo xtask ci` besides Rust and the Python
-//! venvs: qemu-user and the armhf libc (the Pi step), sshd (its deploy
-//! test), `ffmpeg` (the raw-video producer of `tests/tests/camera.rs`) and
-//! Chromium (`tests/tests/http_view.rs`). Installed with one apt-get when
-//! missing and running as root; otherwise the error says exactly what to run.
+//! The Debian packages of `cargo xtask ci` besides Rust: qemu-user and the
+//! armhf libc (the Pi step), sshd (its deploy test), `ffmpeg` (the
+//! raw-video producer of `tests/tests/camera.rs`), `ip`/`tc` (the
+//! two-host tests), `kill` (the tests stop what they start), python3 with
+//! venv (numpy, the corpus, zig) and Chromium (`tests/tests/http_view.rs`).
+//! Installed with one apt-get when missing and running as root (Chromium
+//! with a second: some distributions have no such package, and the rest
+//! must not fail with it); otherwise the error says exactly what to run.
 
 use crate::util::have;
 use anyhow::Result;
@@ -22,11 +25,41 @@ pub fn ensure_for_ci() -> Result<()> {
     if !have("ffmpeg") {
         need.push(("ffmpeg", "the camera-input tests' raw video"));
     }
-    if crate::browser::find().is_none() {
-        need.push(("chromium", "the live-view test's headless browser"));
+    if !have("ip") || !have("tc") {
+        need.push((
+            "iproute2",
+            "ip and tc: the two-host tests' namespaces and link",
+        ));
     }
-    if need.is_empty() {
+    if !have("kill") {
+        need.push(("procps", "kill(1): the tests stop the processes they start"));
+    }
+    if !have("python3") {
+        need.push(("python3", "numpy, the codec corpus and zig come from PyPI"));
+    }
+    let venv_works = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import ensurepip, venv"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have("python3") || !venv_works() {
+        need.push(("python3-venv", "the venvs under target/ (ensurepip)"));
+    }
+    let chromium = crate::browser::find().is_none();
+    if need.is_empty() && !chromium {
         eprintln!("xtask: every Debian package the run needs is installed");
     }
-    crate::dist::install_missing(&need)
+    crate::dist::install_missing(&need)?;
+    if chromium {
+        crate::dist::install_missing(&[("chromium", "the live-view test's headless browser")])
+            .map_err(|e| {
+                e.context(format!(
+                    "no Chromium: install one, or point {} at a Chromium or Chrome binary",
+                    crate::browser::ENV
+                ))
+            })?;
+    }
+    Ok(())
 }

@@ -251,17 +251,10 @@ pub fn ensure_tools() -> Result<Tools> {
                 ensure_prog("readelf", "binutils", "checks the ARM builds' architecture")?;
             }
             crate::util::ensure_target(None, Arch::V7.triple())?;
-            let comps = crate::util::output(Command::new("rustup").args([
-                "component",
-                "list",
-                "--installed",
-            ]))?;
-            if !comps.lines().any(|l| l.starts_with("rust-src")) {
-                run(Command::new("rustup").args(["component", "add", "rust-src"])).context(
-                    "fix: rustup component add rust-src (the ARMv6 std is built from source)",
-                )?;
-            }
-            Ok(())
+            crate::util::ensure_components(
+                &["rust-src"],
+                "the ARMv6 build (its std is built from source)",
+            )
         });
         let pypi = tools_from_pypi();
         rust.join().expect("rustup thread")?;
@@ -311,17 +304,11 @@ fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
         py.display(),
         CARGO_ZIGBUILD.replace("==", "@")
     );
-    if !py.exists() {
-        let sys = ["python3", "python"]
-            .into_iter()
-            .find(|p| have(p))
-            .context(
-                "zig or cargo-zigbuild is missing and there is no python3 to get them from \
-                 PyPI: install python3 and python3-venv, or put both on PATH",
-            )?;
-        run(Command::new(sys).arg("-m").arg("venv").arg(&venv))
-            .context("fix: apt-get install python3-venv (or put zig and cargo-zigbuild on PATH)")?;
-    }
+    let py = crate::util::ensure_venv(
+        &venv,
+        "zig or cargo-zigbuild is missing and there is no python3 to get them from PyPI: \
+         install python3 and python3-venv, or put both on PATH",
+    )?;
     if !ready(&py) {
         // (cargo-zigbuild's wheel requires ziglang: both pinned, in one pip)
         let _ = std::fs::remove_file(&marker);

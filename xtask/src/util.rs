@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -118,20 +118,72 @@ const PY_PINS: &[(&str, &str)] = &[
     ("scikit-image", "0.26.0"),
 ];
 
+/// The python of the venv `venv`, which is made (again: `--clear`) when
+/// it has no python with a working pip: a venv made where ensurepip is
+/// missing (Debian without python3-venv) has a python but no pip, and a
+/// python upgraded or removed under it leaves a dangling link. `no_python`
+/// is the error when there is no python3 to make it with.
+pub fn ensure_venv(venv: &Path, no_python: &str) -> Result<PathBuf> {
+    let py = venv.join("bin/python");
+    let works = Command::new(&py)
+        .args(["-m", "pip", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Ok(py);
+    }
+    let sys = ["python3", "python"]
+        .into_iter()
+        .find(|p| have(p))
+        .with_context(|| no_python.to_string())?;
+    if venv.exists() {
+        eprintln!(
+            "xtask: {} has no working pip: making it again",
+            venv.display()
+        );
+    }
+    run(Command::new(sys).args(["-m", "venv", "--clear"]).arg(venv)).with_context(|| {
+        format!(
+            "could not create the venv {} (Debian: apt-get install python3-venv; the next \
+             run makes it again)",
+            venv.display()
+        )
+    })?;
+    Ok(py)
+}
+
+/// Adds the rustup components `names` (rustfmt, clippy, rust-src) to the
+/// current toolchain when missing; `why` says what needs them.
+pub fn ensure_components(names: &[&str], why: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .with_context(|| format!("rustup not found: {why} need rustup (https://rustup.rs)"))?;
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| {
+            !installed
+                .lines()
+                .any(|l| l.trim() == *n || l.starts_with(&format!("{n}-")))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut add = Command::new("rustup");
+    add.args(["component", "add"]).args(&missing);
+    let fix = show(&add);
+    run(&mut add).with_context(|| format!("fix: {fix} ({why})"))
+}
+
 /// The venv's python, created and filled with [`PY_PACKAGES`] (plus `extra`) when missing.
 pub fn venv_python(extra: &[&str]) -> Result<PathBuf> {
     let venv = root().join("target/venv");
-    let py = venv.join("bin/python");
-    if !py.exists() {
-        let sys = ["python3", "python"]
-            .into_iter()
-            .find(|p| have(p))
-            .context(
-                "no python3 on PATH: install it (Debian: apt-get install python3 python3-venv)",
-            )?;
-        run(Command::new(sys).arg("-m").arg("venv").arg(&venv))
-            .context("could not create the venv (Debian: apt-get install python3-venv)")?;
-    }
+    let py = ensure_venv(
+        &venv,
+        "no python3 on PATH: install it (Debian: apt-get install python3 python3-venv)",
+    )?;
     let mut want: Vec<&str> = PY_PACKAGES.to_vec();
     want.extend_from_slice(extra);
     let missing: Vec<&str> = want

@@ -314,14 +314,40 @@ impl Source for ImageFiles {
 /// Unreadable images of a batch warned about one by one, at most.
 const UNREADABLE_NAMED: usize = 10;
 
+/// The most the image decoder may allocate for one image: the `image`
+/// crate's 512 MiB, or half the memory available now if that is less (a
+/// Pi Zero has 512 MB in all: a larger image would get the sender killed
+/// by the kernel, not skipped).
+fn decode_budget() -> u64 {
+    const DEFAULT: u64 = 512 << 20;
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_available(&m));
+    available.map_or(DEFAULT, |b| DEFAULT.min(b as u64 / 2))
+}
+
 /// Decodes an image file (format from its content, else its extension). An
-/// image too large to decode (the `image` crate refuses to allocate more than
-/// 512 MiB: a decompression bomb, or a real 16k x 16k scan) is named with its
+/// image too large to decode ([`decode_budget`]: a decompression bomb, a
+/// real 16k x 16k scan, or a large photo on a Pi Zero) or larger than a
+/// mask may be is refused before its pixels are allocated, named with its
 /// dimensions. A JPEG file cut short (still being written or copied) is an
 /// error, as other formats' are: the JPEG decoder would fill in the missing
 /// part and make a wrong mask ([`jpeg_cut_short`]).
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
+    open_image_within(path, decode_budget())
+}
+
+/// [`open_image`], the decoder allowed `budget` bytes.
+fn open_image_within(path: &Path, budget: u64) -> Result<DynamicImage> {
     let what = || format!("cannot read image {}", path.display());
+    let limits = || {
+        let mut l = image::Limits::default();
+        let side = bitmask_core::MAX_DIMENSION.min(u32::MAX as usize) as u32;
+        l.max_image_width = Some(side);
+        l.max_image_height = Some(side);
+        l.max_alloc = Some(budget);
+        l
+    };
     let reader = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
         Ok(image::ImageReader::open(path)?.with_guessed_format()?)
     };
@@ -343,9 +369,13 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
                 what()
             );
         }
-        image::ImageReader::with_format(std::io::Cursor::new(&data), image::ImageFormat::Jpeg)
-            .decode()
+        let mut r =
+            image::ImageReader::with_format(std::io::Cursor::new(&data), image::ImageFormat::Jpeg);
+        r.limits(limits());
+        r.decode()
     } else {
+        let mut first = first;
+        first.limits(limits());
         first.decode()
     };
     match decoded {
@@ -353,35 +383,47 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
             // (refused here, it is skipped like any image that cannot be
             // read, not an error that ends the run when thresholded)
             let (w, h) = (img.width() as usize, img.height() as usize);
-            let max = bitmask_core::MAX_DIMENSION;
             if bitmask_core::check_dims(w, h).is_err() {
-                bail!(
-                    "{}: it is {w}x{h}, larger than a mask may be (at most {max} pixels a \
-                     side and {} in all)",
-                    what(),
-                    bitmask_core::MAX_PIXELS
-                );
+                bail!("{}: {}", what(), too_large_for_a_mask(w, h));
             }
             Ok(img)
         }
         Err(image::ImageError::Limits(e)) => {
-            let dims = reader()
-                .ok()
-                .and_then(|r| r.into_dimensions().ok())
-                .map_or_else(String::new, |(w, h)| {
-                    format!(
-                        "it is {w}x{h} ({:.0} megapixels), ",
-                        w as f64 * h as f64 / 1e6
-                    )
-                });
+            let dims = reader().ok().and_then(|r| r.into_dimensions().ok());
+            if let Some((w, h)) =
+                dims.filter(|&(w, h)| bitmask_core::check_dims(w as usize, h as usize).is_err())
+            {
+                bail!(
+                    "{}: {}",
+                    what(),
+                    too_large_for_a_mask(w as usize, h as usize)
+                );
+            }
+            let dims = dims.map_or_else(String::new, |(w, h)| {
+                format!(
+                    "it is {w}x{h} ({:.0} megapixels), ",
+                    w as f64 * h as f64 / 1e6
+                )
+            });
             Err(anyhow::anyhow!(
-                "{}: {dims}more than the image decoder may allocate (512 MiB): {e}",
-                what()
+                "{}: {dims}more than the image decoder may allocate ({} MiB: 512 MiB, or half \
+                 the memory available if less): {e}",
+                what(),
+                budget >> 20
             ))
         }
         // (`image`'s errors repeat their cause in their text: not chained)
         Err(e) => Err(anyhow::anyhow!("{}: {e}", what())),
     }
+}
+
+/// Why a `w` x `h` image cannot be a mask.
+fn too_large_for_a_mask(w: usize, h: usize) -> String {
+    format!(
+        "it is {w}x{h}, larger than a mask may be (at most {} pixels a side and {} in all)",
+        bitmask_core::MAX_DIMENSION,
+        bitmask_core::MAX_PIXELS
+    )
 }
 
 /// A JPEG file larger than this is refused before it is read into memory.
@@ -509,6 +551,22 @@ pub fn threshold_view(view: &ImageRef<'_>, params: &MaskParams, mask: &mut Mask)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_over_the_decoders_budget_is_refused_with_its_size() {
+        // (a Pi Zero with 300 MB free and a 12000x9000 photo, made small)
+        let dir = std::env::temp_dir().join(format!("bitmask-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.png");
+        image::GrayImage::new(2000, 1500).save(&path).unwrap();
+        let err = open_image_within(&path, 1 << 20).unwrap_err().to_string();
+        assert!(
+            err.contains("it is 2000x1500") && err.contains("may allocate (1 MiB"),
+            "{err}"
+        );
+        assert!(open_image_within(&path, 4 << 20).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_loop_cache_fits_the_memory_available() {

@@ -482,9 +482,13 @@ impl RowKernel {
         t: u8,
         dst: &mut [u8],
     ) {
-        // The width only bounds the x86 vector paths.
+        // The width only bounds the x86 vector paths, which index without
+        // checks: never past the row or the destination, whatever a caller
+        // says.
         #[cfg(not(target_arch = "x86_64"))]
         let _ = width;
+        #[cfg(target_arch = "x86_64")]
+        let width = width.min(row.len() / bpp).min(dst.len() * 8);
         #[allow(unused_mut)]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]

@@ -41,8 +41,8 @@ pub(crate) fn encode(syms: &[u8], table: &[EncSym; 64], buf: &mut [u8]) -> usize
     match lanes_for(syms.len()) {
         LANES => {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked just now).
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt") {
+                // SAFETY: the CPU has AVX2 and POPCNT (checked just now).
                 #[allow(unsafe_code)]
                 return unsafe { x86_enc::encode16(syms, table, buf) };
             }
@@ -131,7 +131,7 @@ mod x86_enc {
     /// [`super::encode_n`] for [`LANES`] lanes.
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// The CPU must support AVX2 and POPCNT.
     #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn encode16(syms: &[u8], table: &[EncSym; 64], buf: &mut [u8]) -> usize {
         let mut p = buf.len();

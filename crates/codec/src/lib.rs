@@ -255,6 +255,8 @@ pub enum Choice {
     /// LZ4, each frame alone.
     Lz4,
     /// Per frame, the smallest of bilevel, LZ4 and zstd that fits the time budget, else raw.
+    /// It reads the clock (`std::time::Instant`) for that budget: on a target whose std
+    /// has none, such as wasm32-unknown-unknown, where reading it panics, choose another.
     #[default]
     Auto,
 }
@@ -579,7 +581,7 @@ impl Encoder {
             out.extend_from_slice(packed);
         }
         if result.flags & FLAG_DELTA != 0 {
-            self.since_key += 1;
+            self.since_key = self.since_key.saturating_add(1);
         } else {
             self.since_key = 1;
         }

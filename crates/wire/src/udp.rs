@@ -19,6 +19,10 @@ pub const KIND_HELLO: u8 = 1;
 /// other fields are 0 and it carries nothing ([`Datagram::end`]).
 pub const KIND_END: u8 = 2;
 
+/// The longest hello datagram's data: a hello (section 2 of PROTOCOL.md)
+/// with a name of [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes.
+pub const HELLO_MAX_LEN: usize = 8 + crate::MAX_NAME_LEN;
+
 /// A datagram header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram {
@@ -119,7 +123,28 @@ impl Datagram {
             }
             return Ok((d, data));
         }
-        if d.kind != KIND_FRAGMENT && d.kind != KIND_HELLO {
+        if d.kind == KIND_HELLO {
+            // (one datagram, whatever the frame cap: a hello is not a frame)
+            let most = HELLO_MAX_LEN as u32;
+            if d.index != 0
+                || d.count != 1
+                || d.stride as u32 != d.frame_len
+                || !(1..=most).contains(&d.frame_len)
+                || data.len() != d.frame_len as usize
+            {
+                return bad(format!(
+                    "hello datagram with index {} count {} stride {} frame length {} and {} B \
+                     (must be 0, 1, its length, 1..={most}, its length)",
+                    d.index,
+                    d.count,
+                    d.stride,
+                    d.frame_len,
+                    data.len()
+                ));
+            }
+            return Ok((d, data));
+        }
+        if d.kind != KIND_FRAGMENT {
             return Err(WireError::UnknownDatagramKind { kind: d.kind });
         }
         if d.stride == 0 || d.count == 0 || d.index >= d.count {
@@ -159,6 +184,37 @@ impl Datagram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_is_one_datagram_whatever_the_frame_cap() {
+        // (a receiver of 8x8 masks takes at most 48 B frames; a hello with a
+        // 41-byte name is 49 B)
+        let l = Limits::for_dimensions(8, 8);
+        let hello = crate::Hello::new(&"n".repeat(41)).unwrap().encode();
+        let d = |index: u16, count: u16, stride: u16, len: u32| Datagram {
+            kind: KIND_HELLO,
+            index,
+            count,
+            stride,
+            stream_id: 1,
+            sequence: 0,
+            frame_len: len,
+        };
+        let n = hello.len();
+        let with = |d: Datagram, data: &[u8]| [&d.encode()[..], data].concat();
+        let b = with(d(0, 1, n as u16, n as u32), &hello);
+        let (got, data) = Datagram::parse(&b, &l).unwrap();
+        assert_eq!((got.kind, data), (KIND_HELLO, &hello[..]));
+        // in two fragments, longer than a hello may be, or not its length
+        for (bad, data) in [
+            (d(0, 2, 30, n as u32), &hello[..30]),
+            (d(0, 1, 300, 300), &[0; 300][..]),
+            (d(0, 1, n as u16, n as u32), &hello[..n - 1]),
+        ] {
+            let e = Datagram::parse(&with(bad, data), &l).unwrap_err();
+            assert!(e.to_string().contains("hello datagram"), "{e}");
+        }
+    }
 
     #[test]
     fn encode_parse_roundtrip_and_refusals() {

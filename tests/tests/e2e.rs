@@ -537,6 +537,12 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     let f = recv(&["--listen", &port, "--exec", &cmd]);
     assert_one_line_error(&f, "bitmask-recv", &port);
     assert!(!marker.exists(), "--exec started before the port was taken");
+    let f = recv(&["--listen", "127.0.0.1:0", "--http", &port, "--exec", &cmd]);
+    assert_one_line_error(&f, "bitmask-recv", &port);
+    assert!(
+        !marker.exists(),
+        "--exec started before the --http port was taken"
+    );
     // an option of the live view without the live view does nothing
     let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--http-fps", "5"]);
     assert_usage_error(&f, "--http");

@@ -224,17 +224,15 @@ pub struct Feed {
 impl View {
     /// Binds `addr` and starts the accept thread, the workers and the sampler.
     /// `http_fps` limits how often a sender's mask is copied for the view;
-    /// the numbers shown are `stats`'s.
+    /// the numbers shown are `stats`'s. (The tests'; the receiver binds
+    /// first, [`bind`], and calls [`View::serve`].)
+    #[cfg(test)]
     pub fn start(addr: &str, http_fps: f64, stats: StatsRegistry) -> Result<View> {
-        let sa: SocketAddr = addr
-            .to_socket_addrs()
-            .with_context(|| {
-                format!("cannot resolve --http address {addr:?} (expected HOST:PORT)")
-            })?
-            .next()
-            .with_context(|| format!("--http {addr:?} resolved to no address"))?;
-        let listener =
-            TcpListener::bind(sa).with_context(|| format!("cannot serve --http on {sa}"))?;
+        View::serve(bind(addr)?, http_fps, stats)
+    }
+
+    /// [`View::start`] on a socket [`bind`] made.
+    pub fn serve(listener: TcpListener, http_fps: f64, stats: StatsRegistry) -> Result<View> {
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
@@ -366,8 +364,8 @@ impl Drop for Feed {
 static VIEW: OnceLock<View> = OnceLock::new();
 
 /// Starts the process's view (`--http`) showing `stats`; logs and returns its address.
-pub fn start(addr: &str, http_fps: f64, stats: StatsRegistry) -> Result<SocketAddr> {
-    let v = View::start(addr, http_fps, stats)?;
+pub fn start(listener: TcpListener, http_fps: f64, stats: StatsRegistry) -> Result<SocketAddr> {
+    let v = View::serve(listener, http_fps, stats)?;
     let a = v.local_addr();
     log::info!("live view at http://{a}/ (masks sampled at up to {http_fps} fps)");
     if VIEW.set(v).is_err() {
@@ -379,6 +377,17 @@ pub fn start(addr: &str, http_fps: f64, stats: StatsRegistry) -> Result<SocketAd
 /// A [`Feed`] for a new connection of `name`, or None when `--http` is off.
 pub fn feed(name: &str) -> Option<Feed> {
     VIEW.get().map(|v| v.feed(name))
+}
+
+/// The live view's socket on `addr` (`--http`): taken at the start, before
+/// any `--exec` program starts, so that a port in use starts none.
+pub fn bind(addr: &str) -> Result<TcpListener> {
+    let sa: SocketAddr = addr
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve --http address {addr:?} (expected HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("--http {addr:?} resolved to no address"))?;
+    TcpListener::bind(sa).with_context(|| format!("cannot serve --http on {sa}"))
 }
 
 // ---------------------------------------------------------------- sampler

@@ -243,15 +243,15 @@ fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot resolve listen address {addr:?} (expected HOST:PORT)"))?
         .next()
         .with_context(|| format!("{addr:?} resolved to no address"))?;
-    let sock = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
-    sock.set_reuse_address(true)?;
+    // (IPv6 off on the host, too few open files: said with the address)
+    let cannot = || format!("cannot listen on {sa} (--listen {addr})");
+    let sock = Socket::new(Domain::for_address(sa), Type::STREAM, None).with_context(cannot)?;
+    sock.set_reuse_address(true).with_context(cannot)?;
     // Small enough that frames cannot queue for long behind a slow writer
     // (the sender's queue drops them instead), big enough for 100 Mbit/s.
-    sock.set_recv_buffer_size(256 << 10)?;
-    sock.bind(&sa.into())
-        .with_context(|| format!("cannot listen on {sa}"))?;
-    sock.listen(64)
-        .with_context(|| format!("cannot listen on {sa}"))?;
+    sock.set_recv_buffer_size(256 << 10).with_context(cannot)?;
+    sock.bind(&sa.into()).with_context(cannot)?;
+    sock.listen(64).with_context(cannot)?;
     Ok(sock.into())
 }
 
@@ -262,9 +262,11 @@ fn run(cli: Cli) -> Result<()> {
         output::check_file_target("--stats-json", p)?;
     }
     raise_fd_limit(cli.max_senders as u64, cli.http.is_some());
-    // Before the outputs: a port in use starts no --exec program.
+    // Before the outputs: a port in use (--listen, --http) starts no --exec
+    // program.
     let listener = bind(&cli.listen)?;
     let local = listener.local_addr()?;
+    let view = cli.http.as_deref().map(http::bind).transpose()?;
     // Datagrams (--transport udp on the sender) arrive on the same port.
     let udp = UdpSocket::bind(local)
         .map_err(|e| log::warn!("no UDP on {local}: {e}"))
@@ -321,8 +323,8 @@ fn run(cli: Cli) -> Result<()> {
         let h = hub.clone();
         exec::on_death(move |why| h.stop(why));
     }
-    if let Some(addr) = &cli.http {
-        http::start(addr, cli.http_fps, hub.stats.clone())?;
+    if let Some(view) = view {
+        http::start(view, cli.http_fps, hub.stats.clone())?;
     }
     if let Some(sock) = udp {
         let h = hub.clone();
@@ -343,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
         Duration::from_secs_f64(cli.log_every),
     );
     log::info!("stopping: {why}");
+    session::exit_if_the_stop_hangs();
     // Frames being written finish first, so the numbers below, the stats
     // file and the outputs agree (an output that takes nothing is the
     // signal thread's to end).

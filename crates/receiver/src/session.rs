@@ -1622,6 +1622,26 @@ pub fn block_stop_signals() -> Option<StopSignals> {
 /// cannot finish may be one whose stderr nobody reads (a stalled log
 /// collector), and its line must not hold the exit. (Said before the
 /// SIGKILL: that unblocks the stop, whose summary must not come first.)
+/// Ends the process if the stop now under way has not ended it within
+/// [`STOP_LIMIT`] and 5 s more: a stop that no signal began (`--count`, an
+/// `--exec` program that died) has no signal thread to end it when an
+/// output takes no data (a program reading stdout that stalled holds the
+/// output's lock for ever). (After a signal, the signal thread ends it
+/// first.)
+pub fn exit_if_the_stop_hangs() {
+    let limit = STOP_LIMIT + Duration::from_secs(5);
+    let _ = std::thread::Builder::new()
+        .name("stop-limit".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            exit_now(format!(
+                "the stop has waited {} s for the outputs to take the frames in hand (is the \
+                 program reading stdout or --exec stalled?): exiting now, without them",
+                limit.as_secs()
+            ))
+        });
+}
+
 fn exit_now(why: String) -> ! {
     let (said, heard) = mpsc::channel();
     let _ = std::thread::Builder::new()

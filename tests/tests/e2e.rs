@@ -476,6 +476,7 @@ fn sender_errors_exit_non_zero_with_one_line() {
         ("--fps", "nan"),
         ("--timeout", "inf"),
         ("--timeout", "-5"),
+        ("--timeout", "0.01"),
         ("--retry-max", "1e30"),
         ("--rate", "nan"),
     ] {
@@ -519,7 +520,7 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     assert_one_line_error(&f, "bitmask-recv", "nonsense");
     let f = recv(&["--listen", "127.0.0.1:0", "--out", "-", "--format", "png"]);
     assert_one_line_error(&f, "bitmask-recv", "png");
-    for v in ["inf", "nan", "-5", "1e30"] {
+    for v in ["inf", "nan", "-5", "1e30", "0.01"] {
         let f = recv(&["--listen", "127.0.0.1:0", "--out", out, "--timeout", v]);
         assert_usage_error(&f, v);
     }

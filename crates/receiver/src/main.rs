@@ -111,8 +111,8 @@ struct Cli {
     /// time-lapse): TCP keepalive notices a vanished host in about 16 s. A
     /// UDP stream is closed when its sender ends it (an end datagram), or
     /// when silent this long and at least 3 s (its sender repeats its hello
-    /// every second).
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    /// every second). At least 0.1 (a frame takes longer to arrive whole).
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_timeout)]
     timeout: f64,
 
     /// Write each sender's frames to DIR/<name>/frame-NNNNNN.EXT (name from
@@ -172,11 +172,17 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
+    parse_secs_in(s, 0.001)
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    parse_secs_in(s, 0.1)
+}
+
+fn parse_secs_in(s: &str, lo: f64) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if (0.001..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a number of seconds in [0.001, 86400]"
-        )),
+        Ok(v) if (lo..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in [{lo}, 86400]")),
     }
 }
 

@@ -753,8 +753,8 @@ pub fn written_before(
         return false;
     };
     for e in entries.flatten() {
-        let Some(q) =
-            number(&e.file_name().to_string_lossy()).filter(|&q| q + 1 >= seq && q <= seq)
+        let Some(q) = number(&e.file_name().to_string_lossy())
+            .filter(|&q| q.saturating_add(1) >= seq && q <= seq)
         else {
             continue;
         };

@@ -153,7 +153,8 @@ struct Cli {
     /// before the link counts as lost and the sender reconnects. While the receiver's host still answers (its
     /// TCP acknowledges, nothing is retransmitted) the receiver is only slow,
     /// and the sender waits for it (logged) up to 10 s, or SECS if longer.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]
+    /// At least 0.1 (less is shorter than a round trip over Wi-Fi).
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout)]
     timeout: f64,
 
     /// Frames waiting between capture and network, at most. When the link or
@@ -285,6 +286,10 @@ fn parse_fps(s: &str) -> Result<f64, String> {
 
 fn parse_secs(s: &str) -> Result<f64, String> {
     parse_in(s, 0.001, 86_400.0, "a number of seconds")
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    parse_in(s, 0.1, 86_400.0, "a number of seconds")
 }
 
 fn parse_mbit(s: &str) -> Result<f64, String> {

@@ -182,7 +182,7 @@ impl Connection {
     /// did not confirm are sent again).
     pub fn connect(addr: &str, name: &str, timeout: Duration, resume: bool) -> Result<Self> {
         let addrs = resolve(addr)?;
-        let mut last = None;
+        let mut failed = Vec::new();
         for a in &addrs {
             match TcpStream::connect_timeout(a, timeout) {
                 Ok(s) => {
@@ -212,12 +212,21 @@ impl Connection {
                         .context("sending hello")?;
                     return Ok(c);
                 }
-                Err(e) => last = Some((a, e)),
+                Err(e) => failed.push((a, e)),
             }
         }
-        match last {
-            Some((a, e)) => Err(e).with_context(|| format!("cannot connect to {a}")),
-            None => anyhow::bail!("{addr:?} resolved to no address"),
+        // Each address's error: of a name with an IPv4 and an unroutable
+        // IPv6 address, the last alone would hide "connection refused".
+        match failed.len() {
+            0 => anyhow::bail!("{addr:?} resolved to no address"),
+            1 => {
+                let (a, e) = failed.pop().expect("one");
+                Err(e).with_context(|| format!("cannot connect to {a}"))
+            }
+            _ => {
+                let each: Vec<String> = failed.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+                anyhow::bail!("cannot connect to {addr} ({})", each.join("; "))
+            }
         }
     }
 

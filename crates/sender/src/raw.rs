@@ -309,7 +309,13 @@ impl RawFrames {
             match self.reader.read(&mut self.buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // (a stop signal interrupts a read that waits: the stop, not
+                // the producer, decides)
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if crate::pipeline::stop_requested().is_some() {
+                        break;
+                    }
+                }
                 Err(e) => {
                     return Err(e).with_context(|| {
                         format!(

@@ -1473,6 +1473,9 @@ fn network_loop_via(
     // was last said.
     let mut send_failing: Option<Instant> = None;
     let mut send_reminded: Option<Instant> = None;
+    // Frames too large for UDP at this --mtu, and when that was last said.
+    let mut too_big = 0u64;
+    let mut too_big_said: Option<Instant> = None;
     loop {
         if failing_since.is_none()
             && (!d.resend.is_empty() || !d.inflight.is_empty())
@@ -1717,6 +1720,20 @@ fn network_loop_via(
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
+            // A frame too large for UDP at this --mtu: nothing was sent, and
+            // the link is as good as before (a new one would be no better,
+            // and each would leave a stream open at the receiver). That
+            // frame is dropped; the next may fit.
+            Err(e) if udp::TooManyDatagrams::is(&e) => {
+                let now = Instant::now();
+                if too_big_said.is_none_or(|t: Instant| t.elapsed() >= REMIND) {
+                    too_big_said = Some(now);
+                    log::warn!("frame {} not sent: {e}; dropped", slot.sequence);
+                }
+                too_big += 1;
+                counters.failed.fetch_add(1, Relaxed);
+                queue.recycle(slot.mask);
+            }
             Ok(()) => {
                 send_failing = None;
                 // A write only says the kernel took the bytes: a receiver
@@ -1832,6 +1849,13 @@ fn network_loop_via(
             "the receiver {} confirmed none of the frames written to it, and ended the \
              connections (see its log: it may refuse them, e.g. over its --max-size)",
             cfg.to
+        );
+    }
+    if cfg.no_drop && too_big > 0 {
+        anyhow::bail!(
+            "{too_big} frame(s) too large for UDP at --mtu {} were not sent (see above): raise \
+             --mtu, or use TCP",
+            cfg.mtu
         );
     }
     if cfg.no_drop && d.given_up > 0 {
@@ -2558,6 +2582,51 @@ mod tests {
             rate_mbit: None,
             log_every: Duration::from_secs(1),
         }
+    }
+
+    /// A link whose every write fails, as a firewall's EPERM makes UDP's
+    /// (whose "connect" always succeeds).
+    struct Refused;
+
+    impl Link for Refused {
+        fn send_frame(&mut self, _frame: &[u8], _sequence: u64) -> io::Result<()> {
+            Err(io::ErrorKind::PermissionDenied.into())
+        }
+        fn finish(self: Box<Self>) {}
+    }
+
+    #[test]
+    fn a_batch_whose_every_send_fails_gives_up() {
+        let q = FrameQueue::new(64, true);
+        for i in 0..3 {
+            q.push(slot(i));
+        }
+        q.close();
+        let counters = Counters::default();
+        let mut dials = 0;
+        let t = Instant::now();
+        let e = network_loop_via(
+            &Config {
+                batch: true,
+                transport: Transport::Udp,
+                ..cfg(true)
+            },
+            &q,
+            &counters,
+            Box::new(CountingEncoder(Arc::new(AtomicU64::new(0)))),
+            &mut |_, _| {
+                dials += 1;
+                Ok(Box::new(Refused))
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("failed") && e.contains("giving up on the batch"),
+            "{e}"
+        );
+        assert!(t.elapsed() >= LINGER, "{:?}", t.elapsed());
+        assert!(dials > 1, "{dials}");
     }
 
     /// Runs 20 queued frames through scripted links: the first breaks at

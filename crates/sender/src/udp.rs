@@ -174,6 +174,37 @@ impl std::fmt::Display for MtuTooSmall {
 
 impl std::error::Error for MtuTooSmall {}
 
+/// A frame that needs more datagrams than a frame may have (65,535) at
+/// this `--mtu`: that frame cannot be sent, whatever the link; the next
+/// (smaller, compressed better) may be. Inside the `io::Error` of
+/// [`UdpLink::send`](crate::udp::UdpLink::send).
+#[derive(Debug)]
+pub struct TooManyDatagrams {
+    /// The frame's bytes.
+    pub len: usize,
+    /// The datagrams it would need.
+    pub count: usize,
+}
+
+impl std::fmt::Display for TooManyDatagrams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a frame of {} B needs {} datagrams at this --mtu (at most 65535): raise --mtu",
+            self.len, self.count
+        )
+    }
+}
+
+impl std::error::Error for TooManyDatagrams {}
+
+impl TooManyDatagrams {
+    /// Whether `e` is one.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|r| r.is::<TooManyDatagrams>())
+    }
+}
+
 /// The address of a name's several that datagrams go to: the first IPv4
 /// one, else the first. There is no handshake to try each with, as TCP
 /// does: `localhost` is `::1` first on most systems, where a receiver
@@ -357,10 +388,10 @@ impl UdpLink {
         let count = u16::try_from(count).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "frame of {} B needs {count} datagrams (max 65535): raise --mtu",
-                    frame.len()
-                ),
+                TooManyDatagrams {
+                    len: frame.len(),
+                    count,
+                },
             )
         })?;
         // (a frame begun is one the end datagram counts)

@@ -32,9 +32,10 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
     // test, ffmpeg and Chromium for the tests (binutils where gcc did not
     // bring it): one apt-get, beside the builds
     step(
-        "Debian packages (qemu-user, armhf libc, sshd, ffmpeg, Chromium)",
+        "Debian packages (qemu-user, armhf libc, sshd, ffmpeg, iproute2, python3-venv, Chromium)",
         crate::deps::ensure_for_ci,
     )?;
+    check_background(&mut pi_builds, &mut msrv)?;
     step("clippy", || {
         run(cargo().args([
             "clippy",
@@ -45,18 +46,22 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
             "warnings",
         ]))
     })?;
+    check_background(&mut pi_builds, &mut msrv)?;
     // scikit-image: tests/tests/numpy_interop.rs checks Otsu against skimage.filters.threshold_otsu
     step("python venv with numpy", || {
         venv_python(&["scikit-image"]).map(|_| ())
     })?;
+    check_background(&mut pi_builds, &mut msrv)?;
     // the photo masks of tools/corpus/make_corpus.py: crates/codec/tests/corpus.rs
     // round-trips every one (issue 3: "a test over the whole corpus, in the test run")
     step("codec corpus", || {
         crate::codecs::ensure_corpus(&crate::codecs::corpus_dir(), false)
     })?;
+    check_background(&mut pi_builds, &mut msrv)?;
     step("build binaries", || {
         run(cargo().args(["build", "--workspace"]))
     })?;
+    check_background(&mut pi_builds, &mut msrv)?;
     let mut tally = Tally::default();
     step("tests", || {
         let mut c = cargo();
@@ -76,6 +81,7 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         tally = run_tests(&mut c)?;
         Ok(())
     })?;
+    check_background(&mut pi_builds, &mut msrv)?;
     // bitmask-codec as a user without a C compiler builds it (its library
     // and its own tests: the zstd cases are left out, nothing else; not
     // its doctests and examples, which the step above ran, to keep the
@@ -96,6 +102,7 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         tally.failed += t.failed;
         Ok(())
     })?;
+    check_background(&mut pi_builds, &mut msrv)?;
     // Before the Pi step: these tests mostly wait on timers and a shaped
     // link, while the ARM builds go on at nice 19 (checked: 99.8% of bulk
     // TCP with two busy loops at nice 19 beside them).
@@ -103,6 +110,7 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         "two-host streaming tests (netns + tc; slow receiver 15 s)",
         crate::netbed::ci_step,
     )?;
+    check_background(&mut pi_builds, &mut msrv)?;
     step(
         "Pi builds under qemu (dist, unit, sigill, e2e, deploy; the MSRV check starts beside them)",
         || match msrv.as_mut() {
@@ -119,6 +127,18 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
+}
+
+/// Fails when a background job has failed already (a tool it needs is
+/// missing, say): said at the next step, not at the step that waits for it.
+fn check_background(
+    pi_builds: &mut Option<crate::dist::Background>,
+    msrv: &mut Option<crate::dist::Background>,
+) -> Result<()> {
+    for job in [pi_builds, msrv].into_iter().flatten() {
+        job.check()?;
+    }
     Ok(())
 }
 

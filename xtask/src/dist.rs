@@ -1287,21 +1287,51 @@ impl Background {
         Ok(())
     }
 
+    /// Fails now if the job has already failed (a missing tool, say), so
+    /// that `cargo xtask ci` says so at its next step, not minutes later at
+    /// the step that waits for it.
+    pub fn check(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            Some(st) if !st.success() => Err(self.failure(st)),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits for the job (letting it go first if it waits); on failure, the
     /// error carries its log's first error (or its end).
     pub fn wait(mut self) -> Result<()> {
         self.go()?;
         let st = self.child.wait()?;
+        if !st.success() {
+            return Err(self.failure(st));
+        }
+        eprintln!(
+            "xtask: {}, run in the background, done {:.0} s after it started (log: {})",
+            self.job.what(),
+            self.started.elapsed().as_secs_f64(),
+            self.job.log().display()
+        );
+        Ok(())
+    }
+
+    /// The error of a job that ended with `st`: its log's first error (or
+    /// its end).
+    fn failure(&self, st: std::process::ExitStatus) -> anyhow::Error {
         let secs = self.started.elapsed().as_secs_f64();
         let log = self.job.log();
-        if !st.success() {
+        {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             // The first error (builds running beside the failed one went on
-            // writing below it), else the log's end.
+            // writing below it: cargo's, this xtask's own, pip's), else the
+            // log's end.
             let from = lines
                 .iter()
-                .position(|l| l.starts_with("error"))
+                .position(|l| {
+                    l.starts_with("error")
+                        || l.starts_with("xtask: error")
+                        || l.starts_with("ERROR")
+                })
                 .unwrap_or(lines.len().saturating_sub(40));
             // 60 lines from there, and the log's last 3 when it goes on
             let end = lines.len().min(from + 60);
@@ -1310,19 +1340,13 @@ impl Background {
                 let tail = lines.len().saturating_sub(3).max(end);
                 shown = format!("{shown}\n...\n{}", lines[tail..].join("\n"));
             }
-            bail!(
+            anyhow::anyhow!(
                 "{}, run in the background, failed ({st}) after {secs:.0} s; from {} (line {}):\n{shown}",
                 self.job.what(),
                 log.display(),
                 from + 1
-            );
+            )
         }
-        eprintln!(
-            "xtask: {}, run in the background, done {secs:.0} s after it started (log: {})",
-            self.job.what(),
-            log.display()
-        );
-        Ok(())
     }
 }
 

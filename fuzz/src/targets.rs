@@ -984,7 +984,12 @@ pub mod wire_msgs {
         };
         // made consistent (count, index, length within the limits)
         let fix = sel & 0x10 != 0;
-        if fix {
+        if fix && d.kind == 1 {
+            // a hello: one datagram, its length whatever the frame cap
+            d.frame_len = 1 + d.frame_len % bitmask_wire::udp::HELLO_MAX_LEN as u32;
+            d.stride = d.frame_len as u16;
+            (d.index, d.count) = (0, 1);
+        } else if fix {
             d.stride = d.stride.max(1);
             let cap = HEADER_LEN as u64 + limits.max_payload as u64;
             d.frame_len = (1 + d.frame_len as u64 % cap.min(1 << 26)) as u32;
@@ -1014,7 +1019,12 @@ pub mod wire_msgs {
                 assert_eq!(carried.len(), dlen);
                 let off = p.index as usize * p.stride as usize;
                 assert!(off + carried.len() <= p.frame_len as usize);
-                assert!(p.frame_len as u64 <= HEADER_LEN as u64 + limits.max_payload as u64);
+                if p.kind == 1 {
+                    assert_eq!((p.index, p.count, p.stride as u32), (0, 1, p.frame_len));
+                    assert!(p.frame_len as usize <= bitmask_wire::udp::HELLO_MAX_LEN);
+                } else {
+                    assert!(p.frame_len as u64 <= HEADER_LEN as u64 + limits.max_payload as u64);
+                }
                 if p.index + 1 == p.count {
                     assert_eq!(off + carried.len(), p.frame_len as usize);
                 } else {

@@ -535,11 +535,15 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     let port = busy.local_addr().unwrap().to_string();
     let marker = dir.join("exec-started");
     let cmd = format!("touch {}; cat > /dev/null", marker.display());
+    // (a program started would have made the marker in this time)
+    let settle = Duration::from_millis(300);
     let f = recv(&["--listen", &port, "--exec", &cmd]);
     assert_one_line_error(&f, "bitmask-recv", &port);
+    std::thread::sleep(settle);
     assert!(!marker.exists(), "--exec started before the port was taken");
     let f = recv(&["--listen", "127.0.0.1:0", "--http", &port, "--exec", &cmd]);
     assert_one_line_error(&f, "bitmask-recv", &port);
+    std::thread::sleep(settle);
     assert!(
         !marker.exists(),
         "--exec started before the --http port was taken"

@@ -7,7 +7,7 @@
 //! with a second: some distributions have no such package, and the rest
 //! must not fail with it); otherwise the error says exactly what to run.
 
-use crate::util::have;
+use crate::util::{have, have_program};
 use anyhow::Result;
 use std::path::Path;
 
@@ -25,26 +25,19 @@ pub fn ensure_for_ci() -> Result<()> {
     if !have("ffmpeg") {
         need.push(("ffmpeg", "the camera-input tests' raw video"));
     }
-    if !have("ip") || !have("tc") {
+    if !have_program("ip") || !have_program("tc") {
         need.push((
             "iproute2",
             "ip and tc: the two-host tests' namespaces and link",
         ));
     }
-    if !have("kill") {
+    if !have_program("kill") {
         need.push(("procps", "kill(1): the tests stop the processes they start"));
     }
     if !have("python3") {
         need.push(("python3", "numpy, the codec corpus and zig come from PyPI"));
     }
-    let venv_works = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import ensurepip, venv"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !have("python3") || !venv_works() {
+    if !crate::util::venv_possible() {
         need.push(("python3-venv", "the venvs under target/ (ensurepip)"));
     }
     let chromium = crate::browser::find().is_none();

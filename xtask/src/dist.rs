@@ -304,11 +304,18 @@ fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
         py.display(),
         CARGO_ZIGBUILD.replace("==", "@")
     );
-    let py = crate::util::ensure_venv(
-        &venv,
-        "zig or cargo-zigbuild is missing and there is no python3 to get them from PyPI: \
-         install python3 and python3-venv, or put both on PATH",
-    )?;
+    let no_python = "zig or cargo-zigbuild is missing and there is no python3 to get them from \
+                     PyPI: install python3 and python3-venv, or put both on PATH";
+    if !crate::util::venv_possible() && std::env::var_os(BACKGROUND_OF).is_some() {
+        // Started by `cargo xtask ci`, whose apt-get beside this installs
+        // python3-venv on a fresh machine: waited for (10 min at most).
+        eprintln!("xtask: python3 cannot make a venv yet: waiting for cargo xtask ci's apt-get");
+        let t = std::time::Instant::now();
+        while !crate::util::venv_possible() && t.elapsed() < Duration::from_secs(600) {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    let py = crate::util::ensure_venv(&venv, no_python)?;
     if !ready(&py) {
         // (cargo-zigbuild's wheel requires ziglang: both pinned, in one pip)
         let _ = std::fs::remove_file(&marker);

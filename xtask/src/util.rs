@@ -73,6 +73,20 @@ pub fn have(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether an executable file `prog` is on PATH, or in /sbin or
+/// /usr/sbin (where Debian puts `tc`, off a user's PATH): unlike [`have`],
+/// not a shell builtin (`kill`), which a program cannot run.
+pub fn have_program(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/sbin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(prog))
+        .any(|p| {
+            std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// `rustc --version` of rustup's toolchain `name` (`nightly`, `1.85.0`),
 /// installed with the minimal profile when missing.
 pub fn ensure_toolchain(name: &str) -> Result<String> {
@@ -117,6 +131,17 @@ const PY_PINS: &[(&str, &str)] = &[
     ("pillow", "13.0.0"),
     ("scikit-image", "0.26.0"),
 ];
+
+/// Whether python3 can make a venv with pip (Debian's python3 without
+/// python3-venv has no ensurepip).
+pub fn venv_possible() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
 
 /// The python of the venv `venv`, which is made (again: `--clear`) when
 /// it has no python with a working pip: a venv made where ensurepip is

@@ -367,7 +367,7 @@ fn run(cli: Cli) -> Result<()> {
     let total = hub.stats.total();
     say!("bitmask-recv: {}", total.line(false));
     if exec::died() {
-        // (said when it died; the frames after it are counted unwritten)
+        // (said when it died; the frames after it were not acknowledged)
         std::process::exit(exec::EXIT_CHILD_DIED);
     }
     finished?;

@@ -1617,11 +1617,6 @@ pub fn block_stop_signals() -> Option<StopSignals> {
     }
 }
 
-/// Ends the process at once with status 1, after SIGKILL to the `--exec`
-/// program, saying `why` first if stderr takes it within 1 s: a stop that
-/// cannot finish may be one whose stderr nobody reads (a stalled log
-/// collector), and its line must not hold the exit. (Said before the
-/// SIGKILL: that unblocks the stop, whose summary must not come first.)
 /// Ends the process if the stop now under way has not ended it within
 /// [`STOP_LIMIT`] and 5 s more: a stop that no signal began (`--count`, an
 /// `--exec` program that died) has no signal thread to end it when an
@@ -1642,6 +1637,12 @@ pub fn exit_if_the_stop_hangs() {
         });
 }
 
+/// Ends the process at once with status 1 (3 when the `--exec` program
+/// died: [`crate::exec::EXIT_CHILD_DIED`]), after SIGKILL to the `--exec`
+/// program, saying `why` first if stderr takes it within 1 s: a stop that
+/// cannot finish may be one whose stderr nobody reads (a stalled log
+/// collector), and its line must not hold the exit. (Said before the
+/// SIGKILL: that unblocks the stop, whose summary must not come first.)
 fn exit_now(why: String) -> ! {
     let (said, heard) = mpsc::channel();
     let _ = std::thread::Builder::new()
@@ -1652,9 +1653,14 @@ fn exit_now(why: String) -> ! {
         });
     let _ = heard.recv_timeout(Duration::from_secs(1));
     crate::exec::kill_now();
+    let status = if crate::exec::died() {
+        crate::exec::EXIT_CHILD_DIED
+    } else {
+        1
+    };
     // SAFETY: _exit(2) ends the process without running anything more
     // (nothing may wait on a blocked stdout either).
-    unsafe { libc::_exit(1) }
+    unsafe { libc::_exit(status) }
 }
 
 /// SIGINT and SIGTERM end the receiver cleanly (outputs flushed, final

@@ -185,7 +185,7 @@ struct Cli {
 
     /// Path MTU for --transport udp, in bytes (IP header included); with TCP it is refused.
     /// A frame may take at most 65,535 datagrams: one larger (a 4 MB frame at --mtu 120) is
-    /// not sent, said and counted failed (a batch then fails at its end).
+    /// not sent, said and counted dropped (with --no-drop the run then fails at its end).
     #[arg(long, default_value_t = 1500, value_name = "BYTES",
           value_parser = clap::value_parser!(u16).range(udp::MIN_MTU as i64..))]
     mtu: u16,

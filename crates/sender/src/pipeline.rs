@@ -1723,7 +1723,8 @@ fn network_loop_via(
             // A frame too large for UDP at this --mtu: nothing was sent, and
             // the link is as good as before (a new one would be no better,
             // and each would leave a stream open at the receiver). That
-            // frame is dropped; the next may fit.
+            // frame is dropped (never sent); the next may fit, as a key
+            // frame: the encoder took the dropped one for its reference.
             Err(e) if udp::TooManyDatagrams::is(&e) => {
                 let now = Instant::now();
                 if too_big_said.is_none_or(|t: Instant| t.elapsed() >= REMIND) {
@@ -1731,7 +1732,8 @@ fn network_loop_via(
                     log::warn!("frame {} not sent: {e}; dropped", slot.sequence);
                 }
                 too_big += 1;
-                counters.failed.fetch_add(1, Relaxed);
+                counters.dropped.fetch_add(1, Relaxed);
+                encoder.force_keyframe();
                 queue.recycle(slot.mask);
             }
             Ok(()) => {

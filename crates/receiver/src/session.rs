@@ -722,13 +722,26 @@ impl StreamCtx {
                 }
             }
         }
+        // (Looked in until the first frame written now, whatever the
+        // reason: a frame not found, or one that cannot be vouched for (frame
+        // 0), breaks the chain of files of one run that vouches for the
+        // next frame's file.)
         let mut on_disk = self.on_disk > 0;
         self.on_disk = self.on_disk.saturating_sub(1);
         let mut before = false;
         if let Some(o) = &mut self.own {
             match o.write(h, mask, on_disk) {
+                // The stream outputs (--exec, --latest) still get it: the
+                // receiver may have died between the file and them (at
+                // least once).
+                Ok(Written::Before) if self.hub.sinks.shared.is_some() => before = true,
                 Ok(Written::Before) => return Ok(self.skip_resent(h, ON_DISK_HOW)),
-                Ok(Written::Now) => took = true,
+                Ok(Written::Now) => {
+                    took = true;
+                    if on_disk {
+                        self.on_disk = 0;
+                    }
+                }
                 Err(e) => failed = Some(e),
             }
             on_disk = false;
@@ -737,11 +750,14 @@ impl StreamCtx {
             let conn = self.conn.as_deref();
             let _at_output = AtOutput::new(conn);
             let stopping = &self.hub.stopping;
-            match self
-                .hub
-                .turns
-                .wait(|| conn.is_some_and(|c| c.replaced.load(Relaxed)) || stopping.load(SeqCst))
-            {
+            // (Once its own directory took the frame it is not given up
+            // for a newer connection, which waits for this one's writer
+            // lock: given up, it would be confirmed without reaching the
+            // stream outputs.)
+            let yields = !took && !before;
+            match self.hub.turns.wait(|| {
+                (yields && conn.is_some_and(|c| c.replaced.load(Relaxed))) || stopping.load(SeqCst)
+            }) {
                 None => given_up = true,
                 Some(_turn) => {
                     let mut o = lock(o);
@@ -751,7 +767,12 @@ impl StreamCtx {
                     busy.store(0, Relaxed);
                     match r {
                         Ok(Written::Before) => before = true,
-                        Ok(Written::Now) => took = true,
+                        Ok(Written::Now) => {
+                            took = true;
+                            if on_disk {
+                                self.on_disk = 0;
+                            }
+                        }
                         Err(e) if o.is_dead() => {
                             // No sender can be served any more: stop (and,
                             // as `finish` fails, exit with an error).
@@ -1303,7 +1324,9 @@ pub fn serve_tcp(
             log::info!("state: stream from {name:?} ({peer}) open");
             if hub.sinks.per_sender.is_none() && lock(&hub.live).len() > 1 {
                 log::warn!(
-                    "{} senders connected without --per-sender: their frames share one directory",
+                    "{} senders connected without --per-sender: their frames share one directory \
+                     (their files of one number cannot be told apart: after a receiver restart \
+                     one's file may be taken for another's frame; use --per-sender)",
                     lock(&hub.live).len()
                 );
             }

@@ -457,6 +457,11 @@ impl Hub {
         }
     }
 
+    /// Whether [`Hub::stop`] was called: no frame is handled from then on.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(SeqCst)
+    }
+
     /// After [`Hub::stop`]: waits (at most `limit`) until no frame is being
     /// handled, so that the final numbers, the stats file and the outputs
     /// agree. False when frames were still being written at `limit`.

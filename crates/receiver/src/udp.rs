@@ -130,6 +130,18 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
     let mut last_sweep = Instant::now();
     let mut logs = Logs::default();
     loop {
+        if hub.is_stopping() {
+            // Nothing more is written: the socket closes, so the kernel
+            // refuses what comes now (the sender counts that), and the
+            // frames in reassembly are counted incomplete, not dropped
+            // without a word.
+            for s in streams.values_mut() {
+                while !s.partial.is_empty() {
+                    s.give_up(0, "the receiver is stopping");
+                }
+            }
+            return;
+        }
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
                 Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data),
@@ -361,7 +373,13 @@ fn on_dgram(
                             more_like_it(n)
                         );
                     }
-                    streams.remove(&k);
+                    if let Some(mut s) = streams.remove(&k) {
+                        // (its frames in reassembly are counted, not lost
+                        // without a word)
+                        while !s.partial.is_empty() {
+                            s.give_up(0, "its stream was forgotten for a new one");
+                        }
+                    }
                 }
                 None => {
                     if let Some(n) = n {

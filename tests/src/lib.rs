@@ -565,3 +565,8 @@ pub fn list(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `p` quoted for `sh -c` (a checkout's path may hold spaces).
+pub fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}

@@ -42,7 +42,8 @@ fn have_ffmpeg() -> bool {
 fn ffmpeg_args(size: &str, n: usize, pix_fmt: &str, vf: Option<&str>, dest: &str) -> String {
     let vf = vf.map(|f| format!("-vf {f} ")).unwrap_or_default();
     format!(
-        "ffmpeg -nostdin -v error -f lavfi -i testsrc2=size={size}:rate=30,format=rgb24 -frames:v {n} {vf}-f rawvideo -pix_fmt {pix_fmt} -y {dest}"
+        "ffmpeg -nostdin -v error -f lavfi -i testsrc2=size={size}:rate=30,format=rgb24 -frames:v {n} {vf}-f rawvideo -pix_fmt {pix_fmt} -y {}",
+        if dest == "-" { "-".to_string() } else { sh_quote(Path::new(dest)) }
     )
 }
 
@@ -128,10 +129,6 @@ fn to_gray8(mask: &[u8], w: usize, h: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
 /// Asserts that `got` is exactly the masks `want`, back to back, naming the first wrong frame.

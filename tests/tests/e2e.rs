@@ -534,7 +534,7 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().to_string();
     let marker = dir.join("exec-started");
-    let cmd = format!("touch {}; cat > /dev/null", marker.display());
+    let cmd = format!("touch {}; cat > /dev/null", sh_quote(&marker));
     // (a program started would have made the marker in this time)
     let settle = Duration::from_millis(300);
     let f = recv(&["--listen", &port, "--exec", &cmd]);

@@ -1325,8 +1325,8 @@ fn a_recorded_raw_file_is_a_batch_sent_whole() {
             // (the test library gives its children /dev/null as stdin)
             run(Command::new("sh").arg("-c").arg(format!(
                 "exec {} {args} - < {}",
-                bin("bitmask-send").display(),
-                rec.display()
+                sh_quote(&bin("bitmask-send")),
+                sh_quote(&rec)
             )))
         } else {
             run(Command::new(bin("bitmask-send"))

@@ -235,10 +235,7 @@ impl Pi {
         // scp before OpenSSH 9 (Ubuntu 22.04, Debian 11) hands the remote
         // path to the Pi's shell: one with spaces or shell characters would
         // fail there with a puzzling message
-        if let Some(c) = dir
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "/._-+,@".contains(*c)))
-        {
+        if let Some(c) = dir.chars().find(|&c| !install_dir_char(c)) {
             bail!(
                 "{name}.dir {dir:?}: {c:?} is not allowed in the install directory (ASCII \
                  letters, digits and / . _ - + , @ only: scp before OpenSSH 9 hands the path \
@@ -1694,10 +1691,32 @@ fn deploy_expect(args: &[&str], ok: bool, needle: &str) -> Result<String> {
     Ok(text)
 }
 
+/// Whether `c` may be in an install directory's path (see the check in
+/// the config's reading).
+fn install_dir_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "/._-+,@".contains(c)
+}
+
 /// The deploy self-test: two local sshd instances stand in for the Pis.
 pub fn self_test() -> Result<()> {
     let t0 = Instant::now();
-    let base = root().join("target/deploy-test");
+    // Its install directories are under this one, so it must pass the
+    // install directory check (and sshd_config and ssh's options split
+    // their values at spaces): a checkout whose path has spaces runs it
+    // under the temporary directory instead, one per checkout.
+    let in_target = root().join("target/deploy-test");
+    let base = if in_target
+        .to_str()
+        .is_some_and(|p| p.chars().all(install_dir_char))
+    {
+        in_target
+    } else {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in root().as_os_str().as_encoded_bytes() {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        std::env::temp_dir().join(format!("bitmask-deploy-test-{h:016x}"))
+    };
     std::fs::create_dir_all(&base)?;
     for d in ["pi-zero", "pi2", "ref", "ref-loop"] {
         let _ = std::fs::remove_dir_all(base.join(d));

@@ -269,7 +269,16 @@ pub fn ensure_tools() -> Result<Tools> {
 /// CI run's ARM builds wait for it). Returns the directory to put first on
 /// PATH for zig (None: zig is on PATH) and the cargo-zigbuild to run.
 fn tools_from_pypi() -> Result<(Option<PathBuf>, PathBuf)> {
-    let (need_zig, need_zigbuild) = (!have("zig"), !have("cargo-zigbuild"));
+    // (one on PATH is used only at the pinned version: another zig or
+    // cargo-zigbuild may not link these builds, and says so obscurely)
+    let pinned = |prog: &str, arg: &str, pin: &str| {
+        let want = pin.split("==").nth(1).unwrap_or(pin);
+        have(prog)
+            && crate::util::output(Command::new(prog).arg(arg))
+                .is_ok_and(|v| v.split_whitespace().any(|w| w == want))
+    };
+    let need_zig = !pinned("zig", "version", ZIGLANG);
+    let need_zigbuild = !pinned("cargo-zigbuild", "--version", CARGO_ZIGBUILD);
     if !need_zig && !need_zigbuild {
         return Ok((None, PathBuf::from("cargo-zigbuild")));
     }

@@ -109,17 +109,21 @@ impl Datagram {
         let d = Datagram::parse_header(b)?;
         let data = &b[DGRAM_HEADER_LEN..];
         let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
+        // A datagram of one kind whose fields break its rule, all said.
+        let bad_fields = |what: &str, rule: &str| {
+            bad(format!(
+                "{what} datagram with index {} count {} stride {} frame length {} and {} B \
+                 ({rule})",
+                d.index,
+                d.count,
+                d.stride,
+                d.frame_len,
+                data.len()
+            ))
+        };
         if d.kind == KIND_END {
             if Datagram::end(d.stream_id, d.sequence) != d || !data.is_empty() {
-                return bad(format!(
-                    "end datagram with index {} count {} stride {} frame length {} and {} B \
-                     (all must be 0)",
-                    d.index,
-                    d.count,
-                    d.stride,
-                    d.frame_len,
-                    data.len()
-                ));
+                return bad_fields("end", "all must be 0");
             }
             return Ok((d, data));
         }
@@ -132,15 +136,10 @@ impl Datagram {
                 || !(1..=most).contains(&d.frame_len)
                 || data.len() != d.frame_len as usize
             {
-                return bad(format!(
-                    "hello datagram with index {} count {} stride {} frame length {} and {} B \
-                     (must be 0, 1, its length, 1..={most}, its length)",
-                    d.index,
-                    d.count,
-                    d.stride,
-                    d.frame_len,
-                    data.len()
-                ));
+                return bad_fields(
+                    "hello",
+                    &format!("must be 0, 1, its length, 1..={most}, its length"),
+                );
             }
             return Ok((d, data));
         }

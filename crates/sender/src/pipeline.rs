@@ -2388,14 +2388,13 @@ mod tests {
         fn finish(self: Box<Self>) {}
     }
 
-    #[test]
-    fn no_drop_sends_again_what_a_dark_link_after_acknowledgements_took() {
-        // Link 1 acknowledges frames, then breaks; link 2 (a reconnect to a
-        // stopped receiver, say) takes the rest and acknowledges nothing
-        // for longer than ACK_GRACE, then ends; link 3 confirms all. Link
-        // 2's frames were dropped from tracking at ACK_GRACE (the receiver
-        // taken for one that never acknowledges): lost, and the run said
-        // nothing.
+    /// 20 frames, `--no-drop`: link 1 acknowledges frames, then breaks at
+    /// its tenth write; the next `dark` links take frames and acknowledge
+    /// nothing for longer than ACK_GRACE, then end (a reconnect to a
+    /// stopped receiver, say); any link after them confirms all. Returns
+    /// the script, the counters, the dials and the frames the dark links
+    /// took.
+    fn after_dark_links(dark: usize) -> (Script, Counters, usize, Vec<u64>) {
         let q = FrameQueue::new(64, true);
         for i in 0..20 {
             q.push(slot(i));
@@ -2406,9 +2405,9 @@ mod tests {
             lag: 3,
             ..Script::default()
         }));
-        let dark = Arc::new(Mutex::new(Vec::new()));
+        let taken = Arc::new(Mutex::new(Vec::new()));
         let counters = Counters::default();
-        let (sc, dk) = (script.clone(), dark.clone());
+        let (sc, dk) = (script.clone(), taken.clone());
         let mut dials = 0;
         network_loop_via(
             &cfg(true),
@@ -2417,10 +2416,10 @@ mod tests {
             Box::new(CountingEncoder(Arc::new(AtomicU64::new(0)))),
             &mut |resume, name| {
                 dials += 1;
-                if dials == 2 {
+                if (2..2 + dark).contains(&dials) {
                     return Ok(Box::new(Dark {
                         made: Instant::now(),
-                        ends_after: ACK_GRACE + Duration::from_secs(1),
+                        ends_after: ACK_GRACE + Duration::from_millis(500),
                         written: dk.clone(),
                     }));
                 }
@@ -2431,16 +2430,40 @@ mod tests {
             },
         )
         .unwrap();
-        let s = script.lock().unwrap();
-        assert!(
-            !dark.lock().unwrap().is_empty(),
-            "the dark link took frames"
-        );
+        let s = std::mem::take(&mut *script.lock().unwrap());
+        let taken = std::mem::take(&mut *taken.lock().unwrap());
+        (s, counters, dials, taken)
+    }
+
+    #[test]
+    fn no_drop_sends_again_what_a_dark_link_after_acknowledgements_took() {
+        // Link 2's frames were dropped from tracking at ACK_GRACE (the
+        // receiver taken for one that never acknowledges): lost, and the
+        // run said nothing.
+        let (s, counters, _, taken) = after_dark_links(1);
+        assert!(!taken.is_empty(), "the dark link took frames");
         assert_eq!(s.conns.len(), 2, "{:?}", s.conns);
         // every frame the first link did not confirm is written again on the last
         let last = &s.conns[1].1;
         assert_eq!(last.last(), Some(&19), "{:?}", s.conns);
         assert_eq!(counters.confirmed.load(Relaxed), 20, "{:?}", s.conns);
+    }
+
+    #[test]
+    fn after_dark_links_in_a_row_the_receiver_is_taken_for_one_that_sends_no_acknowledgements() {
+        // DARK_LINKS links in a row ended without a word: the third is taken
+        // for a receiver that sends none (one replaced by an older
+        // bitmask-recv), whose frames are not tracked, rather than sent
+        // again on link after link for ever.
+        let (s, counters, dials, _) = after_dark_links(DARK_LINKS as usize + 1);
+        assert_eq!(dials, 1 + DARK_LINKS as usize + 1, "{:?}", s.conns);
+        // (its frames written, not confirmed: unconfirmed in the summary)
+        let (_, open) = counters.left_at_exit();
+        assert!(
+            counters.confirmed.load(Relaxed) < 20 && open > 0,
+            "{}",
+            counters.summary_at_exit(Duration::from_secs(1))
+        );
     }
 
     /// A full `--no-drop` window whose oldest frame was written `age` ago

@@ -134,7 +134,7 @@ impl Arch {
     }
 }
 
-/// Versions known to work together here (newer ones are used when already installed).
+/// Versions known to work together here (one on PATH is used only at these).
 const CARGO_ZIGBUILD: &str = "cargo-zigbuild==0.24.1";
 const ZIGLANG: &str = "ziglang==0.17.1";
 
@@ -621,7 +621,7 @@ glibc >= 2.28), plus target/dist/host, checks every ARM binary with readelf
 (CPU architecture, Thumb-2, NEON, static / glibc floor), writes target/dist/SHA256SUMS
 and prints the sizes. Profile `dist` (root Cargo.toml): fat LTO, 1 codegen unit,
 panic=abort, stripped. Installs missing tools (rustup target/rust-src; zig and cargo-zigbuild
-from PyPI into target/zig-venv unless on PATH; binutils) or says how.
+from PyPI into target/zig-venv unless on PATH at the pinned versions; binutils) or says how.
 Proofs under qemu: `cargo xtask qemu`.
 ";
 

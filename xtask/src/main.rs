@@ -69,7 +69,8 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              (`cargo xtask msrv`, in the background beside the Pi proofs; log:\n\
              target/ci-msrv.log). Installs what it needs (rustup targets, rust-src and the\n\
              rust-version toolchain; zig and cargo-zigbuild from PyPI in target/zig-venv unless\n\
-             on PATH; Debian packages in one apt-get when root; numpy in target/venv) or says\n\
+             on PATH at the pinned versions; Debian packages in one apt-get when root, Chromium\n\
+             in a second; numpy in target/venv) or says\n\
              what is missing; with CI=true a skipped step fails the run\n"
         }
         ("fuzz", _) => fuzz::HELP,

@@ -357,7 +357,7 @@ fn a_stalled_output_is_waited_for_not_reconnected() {
     let tmp = TempDir::new("delivery-stall");
     let expected = inputs_sized(&tmp.join("in"), 320, 240);
     let out = tmp.join("stream.raw");
-    let mut r = start_receiver(&["--exec", &format!("sleep 3; cat > {}", out.display())]);
+    let mut r = start_receiver(&["--exec", &format!("sleep 3; cat > {}", sh_quote(&out))]);
     let s = send_150(&r.addr, &tmp.join("in"));
     let rl = r.proc.terminate(LIMIT);
     let why = format!("sender:\n{}\nreceiver:\n{}", s.stderr, rl.stderr);

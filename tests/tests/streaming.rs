@@ -651,7 +651,7 @@ fn sigterm_with_an_exec_consumer_ends_cleanly() {
     let tmp = TempDir::new("exec-sigterm");
     let expected = inputs(&tmp.join("in"));
     let out = tmp.join("consumer.raw");
-    let consumer = format!("cat > '{}'", out.display());
+    let consumer = format!("cat > {}", sh_quote(&out));
     let mut recv = start_receiver(&["--exec", &consumer]);
     let mut s = Proc::spawn(&mut sender(
         &recv.addr,
@@ -681,7 +681,7 @@ fn ctrl_c_or_a_stopped_service_with_an_exec_consumer_ends_cleanly() {
     // receiver and to the child at once.
     for case in ["group", "both"] {
         let out = tmp.join(&format!("consumer-{case}.raw"));
-        let consumer = format!("exec cat > '{}'", out.display());
+        let consumer = format!("exec cat > {}", sh_quote(&out));
         let mut cmd = Command::new(bin("bitmask-recv"));
         cmd.args(["--listen", "127.0.0.1:0", "--exec", &consumer])
             .process_group(0);

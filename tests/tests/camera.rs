@@ -289,6 +289,12 @@ fn an_input_command_that_fails_is_an_error_with_its_status() {
     let cases = [
         // one whole frame, then a failure: the frame is read, the status reported
         ("head -c 3072 /dev/zero; exit 4", "failed: exit status 4"),
+        // one frame, then its output closed while it hangs: stopped, and
+        // not a success (a service manager would not restart it)
+        (
+            "head -c 3072 /dev/zero; exec >&-; exec sleep 30",
+            "closed its output but did not exit, and had to be stopped",
+        ),
         ("no-such-camera-tool -o -", "127: command not found"),
         ("   ", "--input-command is empty"),
     ];
@@ -302,6 +308,21 @@ fn an_input_command_that_fails_is_an_error_with_its_status() {
     assert!(!out.status.success());
     assert!(
         out.stderr.contains("drop the INPUT argument"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_camera_that_stops_delivering_is_said_to() {
+    // A camera whose front end timed out: alive, writing nothing. The
+    // sender waited without a word (its progress line comes with frames).
+    let cmd = "head -c 3072 /dev/zero; sleep 11; exit 4";
+    let out = run(&mut command_sender(&closed_port(), cmd));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("has written nothing for 10 s, after 3072 bytes"),
         "{}",
         out.stderr
     );

@@ -50,9 +50,10 @@ static STOPPED: AtomicBool = AtomicBool::new(false);
 /// ffmpeg among them, quit without finishing their output).
 static TERM_SENT: AtomicBool = AtomicBool::new(false);
 
-/// SIGTERM to the command's group, once.
+/// SIGTERM to the command's group, once (none is used up while there is
+/// no group: a stop before the command started).
 fn terminate_group() {
-    if !TERM_SENT.swap(true, SeqCst) {
+    if GROUP.load(SeqCst) > 0 && !TERM_SENT.swap(true, SeqCst) {
         signal_group(libc::SIGTERM);
     }
 }
@@ -110,7 +111,23 @@ pub struct CommandReader {
     silent_since: Option<Instant>,
     /// Its silence was reported ([`FIRST_BYTE_SAID`]).
     silence_said: bool,
+    /// After its first byte: when bytes last came, the longest silence
+    /// between them so far, how many came, and when a silence was last
+    /// said ([`STALL_SAID`]).
+    last_data: Instant,
+    longest_gap: Duration,
+    bytes: u64,
+    stall_said: Option<Instant>,
 }
+
+/// A command that wrote, then has written nothing for this long (or four
+/// times its longest silence so far: a time-lapse is quiet between
+/// frames) is said to, and again every [`STALL_REMIND`] while it lasts: a
+/// camera that stopped delivering (its front end timed out, a USB camera
+/// unplugged under a reader blocked in the device) leaves the sender
+/// waiting, its progress line still.
+const STALL_SAID: Duration = Duration::from_secs(10);
+const STALL_REMIND: Duration = Duration::from_secs(30);
 
 /// A command that has written nothing this long after its start is
 /// reported (once): a camera another program holds, a command waiting for
@@ -167,6 +184,10 @@ impl CommandReader {
             ended: false,
             silent_since: Some(Instant::now()),
             silence_said: false,
+            last_data: Instant::now(),
+            longest_gap: Duration::ZERO,
+            bytes: 0,
+            stall_said: None,
         })
     }
 
@@ -261,8 +282,18 @@ impl CommandReader {
                 self.name(),
                 KILL_AFTER.as_secs()
             );
-            self.end_group();
-            return Ok(());
+            // (ending the group counts as a stop: asked first)
+            let stop = stopping();
+            let st = self.end_group();
+            if stop {
+                return Ok(());
+            }
+            // (a camera whose output side failed while its main loop hung
+            // has not ended well: not a success for a service manager)
+            return Err(io::Error::other(format!(
+                "the command closed its output but did not exit, and had to be stopped ({})",
+                st.map_or("status unknown".into(), describe)
+            )));
         };
         // Killed by the stop that is ending the sender too (systemd signals
         // the whole unit at once): the sender's own handler may take a moment.
@@ -320,7 +351,19 @@ impl Read for CommandReader {
                                 t.elapsed().as_secs_f64()
                             );
                         }
+                    } else {
+                        let gap = self.last_data.elapsed();
+                        self.longest_gap = self.longest_gap.max(gap);
+                        if self.stall_said.take().is_some() {
+                            log::info!(
+                                "{} writes again after {:.0} s",
+                                self.name(),
+                                gap.as_secs_f64()
+                            );
+                        }
                     }
+                    self.last_data = Instant::now();
+                    self.bytes += n as u64;
                     return Ok(n);
                 }
                 self.ended = true;
@@ -338,6 +381,21 @@ impl Read for CommandReader {
                         FIRST_BYTE_SAID.as_secs()
                     );
                 }
+            }
+            let quiet = self.last_data.elapsed();
+            if self.silent_since.is_none()
+                && quiet >= STALL_SAID.max(self.longest_gap * 4)
+                && self.stall_said.is_none_or(|t| t.elapsed() >= STALL_REMIND)
+            {
+                self.stall_said = Some(Instant::now());
+                log::warn!(
+                    "{} has written nothing for {:.0} s, after {} bytes (a camera that stopped \
+                     delivering frames shows this, or a time-lapse slower than that; the sender \
+                     waits for it; its own messages, if any, are above)",
+                    self.name(),
+                    quiet.as_secs_f64(),
+                    self.bytes
+                );
             }
             if stopping() {
                 // the stop: the frame being read will not be finished

@@ -847,17 +847,29 @@ pub fn stop_on_signals() {
                 // a producer we started ends now: the capture need not wait for its next frame
                 crate::command::stop();
                 std::thread::sleep(STOP_GRACE);
-                log::warn!(
-                    "stopping: signal {sig}, and the input or the link did not end within {} s; \
-                     exiting now",
-                    STOP_GRACE.as_secs()
-                );
-                if let Some((c, start)) = RUNNING.get() {
-                    say!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
-                }
                 let status = status_now();
-                // nothing of a camera command may outlive us (it would hold the camera)
+                // nothing of a camera command may outlive us (it would hold
+                // the camera): first, before a line to a stderr that nobody
+                // reads could hold the exit (the camera may share it)
                 crate::command::kill_now();
+                let summary = RUNNING
+                    .get()
+                    .map(|(c, start)| c.summary_at_exit(start.elapsed()));
+                let (said, heard) = std::sync::mpsc::channel();
+                let _ = std::thread::Builder::new()
+                    .name("last words".into())
+                    .spawn(move || {
+                        log::warn!(
+                            "stopping: signal {sig}, and the input or the link did not end \
+                             within {} s; exiting now",
+                            STOP_GRACE.as_secs()
+                        );
+                        if let Some(summary) = summary {
+                            say!("bitmask-send: {summary}");
+                        }
+                        let _ = said.send(());
+                    });
+                let _ = heard.recv_timeout(Duration::from_secs(1));
                 std::process::exit(status);
             }
         });

@@ -201,6 +201,14 @@ fn open(path: &Path) -> Result<(Box<dyn Read>, String, Option<u64>)> {
         };
         return Ok((Box::new(stdin), "stdin".into(), file_len(len)));
     }
+    // (opening a FIFO waits for its writer: said, or the sender would wait
+    // without a word)
+    if std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo()
+    }) {
+        log::info!("waiting for a writer on the FIFO {}", path.display());
+    }
     let f =
         File::open(path).with_context(|| format!("cannot open raw input {}", path.display()))?;
     let len = file_len(f.metadata());
@@ -261,6 +269,11 @@ impl RawFrames {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
+            // A stop before the camera started (while the name claim
+            // waited, say): nothing is started, nothing read.
+            (Some(cmd), []) if crate::pipeline::stop_requested().is_some() => {
+                (Box::new(io::empty()), format!("--input-command `{cmd}`"))
+            }
             (Some(cmd), []) => {
                 let reader = crate::command::CommandReader::spawn(cmd)?;
                 let name = reader.name();

@@ -174,10 +174,14 @@ const CACHE_LIMIT: usize = 512 << 20;
 /// What `--loop` keeps of decoded images: [`CACHE_LIMIT`], or a quarter of
 /// the memory available now if that is less (a Pi Zero has 512 MB in all).
 fn cache_limit() -> usize {
-    let available = std::fs::read_to_string("/proc/meminfo")
+    memory_available().map_or(CACHE_LIMIT, |b| CACHE_LIMIT.min(b / 4))
+}
+
+/// The memory available now (`MemAvailable`), where the system says.
+pub fn memory_available() -> Option<usize> {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| mem_available(&m));
-    available.map_or(CACHE_LIMIT, |b| CACHE_LIMIT.min(b / 4))
+        .and_then(|m| mem_available(&m))
 }
 
 /// `MemAvailable` of a `/proc/meminfo` text, in bytes.
@@ -320,10 +324,7 @@ const UNREADABLE_NAMED: usize = 10;
 /// by the kernel, not skipped).
 fn decode_budget() -> u64 {
     const DEFAULT: u64 = 512 << 20;
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| mem_available(&m));
-    available.map_or(DEFAULT, |b| DEFAULT.min(b as u64 / 2))
+    memory_available().map_or(DEFAULT, |b| DEFAULT.min(b as u64 / 2))
 }
 
 /// Decodes an image file (format from its content, else its extension). An

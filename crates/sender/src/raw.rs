@@ -251,14 +251,20 @@ impl RawFrames {
         }
         // Asked for before the camera starts, and refused with a message
         // rather than the abort of a failed allocation (a Pi has 0.5-1 GiB).
+        // (Linux grants an allocation up to its RAM and swap, then kills the
+        // process that touches it: half the memory available is the most.)
         let len = layout.frame_len();
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|_| {
+        let too_much = || {
             anyhow::anyhow!(
                 "--size {w}x{h} ({layout}) needs {len} bytes per frame, more memory than this \
-                 machine gives: a smaller --size"
+                 machine gives (half of what is available now at most): a smaller --size"
             )
-        })?;
+        };
+        if crate::input::memory_available().is_some_and(|m| len > m / 2) {
+            return Err(too_much());
+        }
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| too_much())?;
         buf.resize(len, 0);
         let (reader, name): (Box<dyn Read>, String) = match (command, inputs) {
             (Some(_), [_, ..]) => bail!(

@@ -1648,11 +1648,9 @@ fn deploy_child(args: &[&str]) -> Result<(Child, PathBuf)> {
         None => exe,
     };
     static N: AtomicUsize = AtomicUsize::new(0);
-    let log = root().join(format!(
-        "target/deploy-test/deploy-{}.log",
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let f = std::fs::File::create(&log)?;
+    let log = self_test_dir().join(format!("deploy-{}.log", N.fetch_add(1, Ordering::SeqCst)));
+    let f =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut c = Command::new(exe);
     c.arg("deploy")
         .args(args)
@@ -1697,26 +1695,29 @@ fn install_dir_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "/._-+,@".contains(c)
 }
 
-/// The deploy self-test: two local sshd instances stand in for the Pis.
-pub fn self_test() -> Result<()> {
-    let t0 = Instant::now();
-    // Its install directories are under this one, so it must pass the
-    // install directory check (and sshd_config and ssh's options split
-    // their values at spaces): a checkout whose path has spaces runs it
-    // under the temporary directory instead, one per checkout.
+/// The deploy self-test's directory: its install directories are under
+/// it, so it must pass the install directory check (and sshd_config and
+/// ssh's options split their values at spaces): a checkout whose path has
+/// spaces runs it under the temporary directory instead, one per checkout.
+fn self_test_dir() -> PathBuf {
     let in_target = root().join("target/deploy-test");
-    let base = if in_target
+    if in_target
         .to_str()
         .is_some_and(|p| p.chars().all(install_dir_char))
     {
-        in_target
-    } else {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in root().as_os_str().as_encoded_bytes() {
-            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        std::env::temp_dir().join(format!("bitmask-deploy-test-{h:016x}"))
-    };
+        return in_target;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in root().as_os_str().as_encoded_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    std::env::temp_dir().join(format!("bitmask-deploy-test-{h:016x}"))
+}
+
+/// The deploy self-test: two local sshd instances stand in for the Pis.
+pub fn self_test() -> Result<()> {
+    let t0 = Instant::now();
+    let base = self_test_dir();
     std::fs::create_dir_all(&base)?;
     for d in ["pi-zero", "pi2", "ref", "ref-loop"] {
         let _ = std::fs::remove_dir_all(base.join(d));
@@ -2096,7 +2097,7 @@ args = [{send_args}]
     eprintln!("deploy test: unreachable host, refused key, wrong architecture, an install dir that cannot be made, a build that dies of SIGILL, --dry-run and --install-service --dry-run behave");
 
     // 4. --install-service / --uninstall for real, against a stand-in systemctl (the
-    //    "Pis" here have no systemd) that logs its calls; units go to target/deploy-test/systemd
+    //    "Pis" here have no systemd) that logs its calls; units go to <base>/systemd
     let units = base.join("systemd");
     std::fs::create_dir_all(&units)?;
     let calls = base.join("systemctl.log");

@@ -1719,6 +1719,24 @@ pub fn self_test() -> Result<()> {
     let t0 = Instant::now();
     let base = self_test_dir();
     std::fs::create_dir_all(&base)?;
+    if !base.starts_with(root()) {
+        // Under the shared temporary directory, its name known: it must be
+        // this user's alone (it holds the stand-in Pis' authorized keys and
+        // the programs on their PATH).
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::symlink_metadata(&base)?;
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        #[allow(unsafe_code)]
+        let me = unsafe { libc::geteuid() };
+        if !m.is_dir() || m.uid() != me {
+            bail!(
+                "{} is not a directory of this user's: remove it, or run the deploy test from a \
+                 checkout whose path has no spaces",
+                base.display()
+            );
+        }
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))?;
+    }
     for d in ["pi-zero", "pi2", "ref", "ref-loop"] {
         let _ = std::fs::remove_dir_all(base.join(d));
     }

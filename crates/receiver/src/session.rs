@@ -457,6 +457,14 @@ impl Hub {
         }
     }
 
+    /// Counts the caller as handling frames until the guard is dropped, so
+    /// that [`Hub::settle`] waits for it: the UDP loop, whose frames in
+    /// reassembly are counted when it sees the stop.
+    pub fn hold(&self) -> Leave<'_> {
+        self.in_frame.fetch_add(1, SeqCst);
+        Leave(&self.in_frame)
+    }
+
     /// Whether [`Hub::stop`] was called: no frame is handled from then on.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(SeqCst)
@@ -487,7 +495,7 @@ impl Hub {
 }
 
 /// Counts a frame out of [`Hub::in_frame`] however its handling ends.
-struct Leave<'a>(&'a AtomicUsize);
+pub struct Leave<'a>(&'a AtomicUsize);
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
@@ -735,18 +743,19 @@ impl StreamCtx {
         self.on_disk = self.on_disk.saturating_sub(1);
         let mut before = false;
         if let Some(o) = &mut self.own {
-            match o.write(h, mask, on_disk) {
+            let r = o.write(h, mask, on_disk);
+            // (any result but "found" ends the check: a write that failed
+            // leaves the chain broken too)
+            if on_disk && !matches!(r, Ok(Written::Before)) {
+                self.on_disk = 0;
+            }
+            match r {
                 // The stream outputs (--exec, --latest) still get it: the
                 // receiver may have died between the file and them (at
                 // least once).
                 Ok(Written::Before) if self.hub.sinks.shared.is_some() => before = true,
                 Ok(Written::Before) => return Ok(self.skip_resent(h, ON_DISK_HOW)),
-                Ok(Written::Now) => {
-                    took = true;
-                    if on_disk {
-                        self.on_disk = 0;
-                    }
-                }
+                Ok(Written::Now) => took = true,
                 Err(e) => failed = Some(e),
             }
             on_disk = false;
@@ -770,14 +779,12 @@ impl StreamCtx {
                     busy.store(self.hub.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
                     let r = o.write(h, mask, on_disk);
                     busy.store(0, Relaxed);
+                    if on_disk && !matches!(r, Ok(Written::Before)) {
+                        self.on_disk = 0;
+                    }
                     match r {
                         Ok(Written::Before) => before = true,
-                        Ok(Written::Now) => {
-                            took = true;
-                            if on_disk {
-                                self.on_disk = 0;
-                            }
-                        }
+                        Ok(Written::Now) => took = true,
                         Err(e) if o.is_dead() => {
                             // No sender can be served any more: stop (and,
                             // as `finish` fails, exit with an error).
@@ -792,18 +799,29 @@ impl StreamCtx {
                 }
             }
         }
-        if before {
-            return Ok(self.skip_resent(h, ON_DISK_HOW));
-        }
-        if given_up && !took {
+        if given_up && !took && !before {
             // Its sender's newer connection took over: written now it
             // would come after newer frames (the gap counts it as lost).
             log::debug!(
-                "{}: frame {} given up: a newer connection took over",
+                "{}: frame {} given up: a newer connection took over, or the stop",
                 self.name,
                 h.sequence
             );
             return Ok(false);
+        }
+        if given_up {
+            // The stop came while a frame its own directory took (or held)
+            // waited for the stream outputs: not confirmed, so that it is
+            // sent again, and a receiver started again gives it to them.
+            log::debug!(
+                "{}: frame {} not given to --exec/--latest before the stop: not confirmed",
+                self.name,
+                h.sequence
+            );
+            return Ok(false);
+        }
+        if before {
+            return Ok(self.skip_resent(h, ON_DISK_HOW));
         }
         if let Some(e) = failed {
             let n = self.write_log.hit();

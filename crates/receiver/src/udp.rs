@@ -124,6 +124,9 @@ impl Stream {
 
 /// Receives datagrams on `sock` forever.
 pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
+    // (the stop's numbers wait for this loop's last counts)
+    let held = Arc::clone(&hub);
+    let _held = held.hold();
     let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
     let mut streams: HashMap<(SocketAddr, u32), Stream> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -560,8 +563,12 @@ fn on_dgram(
             s.done_upto = Some(p.sequence);
             s.delivered = Some(Instant::now());
             let h = f.header;
-            if let Err(e) = ctx.frame(&h, f.payload) {
-                log::warn!("{}: {e:#}", ctx.name());
+            match ctx.frame(&h, f.payload) {
+                Ok(true) => {}
+                // (over UDP only the stop gives a whole frame up: counted,
+                // as those still in reassembly are)
+                Ok(false) => ctx.incomplete(1),
+                Err(e) => log::warn!("{}: {e:#}", ctx.name()),
             }
         }
         Ok(None) => ctx.corrupt(&"its datagrams hold no frame"),

@@ -20,7 +20,10 @@
 //!   exit 0); a failure is an error naming the status (exit 1), so a service
 //!   manager restarts the pair. A command that exits while something it
 //!   started keeps the pipe open (a process left in the background) ends
-//!   the input [`KILL_AFTER`] later.
+//!   the input [`KILL_AFTER`] later; one that closes its output but does
+//!   not exit is stopped [`KILL_AFTER`] later, an error.
+//! - The command stalling: silence after it has written is said
+//!   ([`STALL_SAID`]), while the sender goes on waiting.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -339,6 +342,11 @@ impl Read for CommandReader {
         if self.ended || buf.is_empty() {
             return Ok(0);
         }
+        // (a silence is the time waited here: while the sender was not
+        // reading, a full queue, say, the camera's bytes wait in the pipe)
+        if self.silent_since.is_none() && self.stall_said.is_none() {
+            self.last_data = Instant::now();
+        }
         loop {
             if self.readable(POLL)? {
                 let n = self.stdout.read(buf)?;
@@ -353,13 +361,15 @@ impl Read for CommandReader {
                         }
                     } else {
                         let gap = self.last_data.elapsed();
-                        self.longest_gap = self.longest_gap.max(gap);
                         if self.stall_said.take().is_some() {
                             log::info!(
                                 "{} writes again after {:.0} s",
                                 self.name(),
                                 gap.as_secs_f64()
                             );
+                        } else {
+                            // (a stall said is not a time-lapse's period)
+                            self.longest_gap = self.longest_gap.max(gap);
                         }
                     }
                     self.last_data = Instant::now();

@@ -847,14 +847,12 @@ pub fn stop_on_signals() {
                 // a producer we started ends now: the capture need not wait for its next frame
                 crate::command::stop();
                 std::thread::sleep(STOP_GRACE);
-                let status = status_now();
                 // nothing of a camera command may outlive us (it would hold
                 // the camera): first, before a line to a stderr that nobody
-                // reads could hold the exit (the camera may share it)
+                // reads could hold the exit (the camera may share it); the
+                // lines, the status's among them, then from a thread given
+                // 1 s
                 crate::command::kill_now();
-                let summary = RUNNING
-                    .get()
-                    .map(|(c, start)| c.summary_at_exit(start.elapsed()));
                 let (said, heard) = std::sync::mpsc::channel();
                 let _ = std::thread::Builder::new()
                     .name("last words".into())
@@ -864,12 +862,15 @@ pub fn stop_on_signals() {
                              within {} s; exiting now",
                             STOP_GRACE.as_secs()
                         );
-                        if let Some(summary) = summary {
-                            say!("bitmask-send: {summary}");
+                        if let Some((c, start)) = RUNNING.get() {
+                            say!("bitmask-send: {}", c.summary_at_exit(start.elapsed()));
                         }
-                        let _ = said.send(());
+                        let _ = said.send(status_now());
                     });
-                let _ = heard.recv_timeout(Duration::from_secs(1));
+                // (unsaid: a batch cut short is 128 + the signal)
+                let status = heard
+                    .recv_timeout(Duration::from_secs(1))
+                    .unwrap_or(if FINITE.load(Relaxed) { 128 + sig } else { 0 });
                 std::process::exit(status);
             }
         });

@@ -138,13 +138,19 @@ pub enum WireError {
     },
     /// A malformed stream handshake.
     #[error("bad hello: {0}")]
-    BadHello(String),
-    /// A malformed acknowledgement (see [`Ack`]).
-    #[error("bad acknowledgement: {0}")]
-    BadAck(String),
+    BadHello(HelloError),
+    /// An acknowledgement (see [`Ack`]) that does not start with `BMAK`.
+    #[error(
+        "bad acknowledgement: bad magic {found:02x?} = {:?} (expected \"BMAK\")",
+        String::from_utf8_lossy(.found)
+    )]
+    BadAck {
+        /// The four bytes found.
+        found: [u8; 4],
+    },
     /// A malformed UDP datagram (see [`udp`]).
     #[error("{0}")]
-    BadDatagram(String),
+    BadDatagram(udp::DatagramError),
     /// A UDP datagram of a kind this version does not know (a later
     /// version's, perhaps: a receiver may ignore it quietly).
     #[error("unknown datagram kind {kind}")]
@@ -167,6 +173,31 @@ pub enum WireError {
     OutOfStep {
         /// That error, as text.
         first: String,
+    },
+}
+
+/// What is wrong with a hello ([`WireError::BadHello`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// The name's length is 0 or over [`MAX_NAME_LEN`] bytes.
+    #[error("name length {len} is not 1..={MAX_NAME_LEN}")]
+    NameLength {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name is `.`, `..`, or holds `/`, `\\` or a control character:
+    /// not usable as a directory name.
+    #[error("name {name:?} is not usable as a directory name")]
+    NameNotUsable {
+        /// The name.
+        name: String,
+    },
+    /// The name's bytes are not UTF-8.
+    #[error("name is not UTF-8: {error}")]
+    NotUtf8 {
+        /// Where and why.
+        error: std::str::Utf8Error,
     },
 }
 
@@ -547,11 +578,9 @@ impl Ack {
     /// Parses one acknowledgement.
     pub fn decode(b: &[u8; ACK_LEN]) -> Result<Ack, WireError> {
         if b[..4] != ACK_MAGIC {
-            return Err(WireError::BadAck(format!(
-                "bad magic {:02x?} = {:?} (expected \"BMAK\")",
-                &b[..4],
-                String::from_utf8_lossy(&b[..4])
-            )));
+            return Err(WireError::BadAck {
+                found: [b[0], b[1], b[2], b[3]],
+            });
         }
         if b[4] != VERSION {
             return Err(WireError::UnsupportedVersion {
@@ -634,10 +663,9 @@ pub fn name_with_suffix(name: &str, suffix: &str) -> String {
 
 fn validate_name(name: &str) -> Result<(), WireError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(WireError::BadHello(format!(
-            "name length {} is not 1..={MAX_NAME_LEN}",
-            name.len()
-        )));
+        return Err(WireError::BadHello(HelloError::NameLength {
+            len: name.len(),
+        }));
     }
     if name == "."
         || name == ".."
@@ -645,9 +673,9 @@ fn validate_name(name: &str) -> Result<(), WireError> {
             .chars()
             .any(|c| c == '/' || c == '\\' || c.is_control())
     {
-        return Err(WireError::BadHello(format!(
-            "name {name:?} is not usable as a directory name"
-        )));
+        return Err(WireError::BadHello(HelloError::NameNotUsable {
+            name: name.to_owned(),
+        }));
     }
     Ok(())
 }
@@ -825,9 +853,7 @@ impl<R: Read> FrameReader<R> {
         }
         let n = u16::from_le_bytes([rest[2], rest[3]]) as usize;
         if n == 0 || n > MAX_NAME_LEN {
-            return Err(WireError::BadHello(format!(
-                "name length {n} is not 1..={MAX_NAME_LEN}"
-            )));
+            return Err(WireError::BadHello(HelloError::NameLength { len: n }));
         }
         if !fill(&mut self.inner, &mut self.hello, 4 + n)? {
             return Err(WireError::Truncated {
@@ -838,7 +864,7 @@ impl<R: Read> FrameReader<R> {
         }
         let name = match std::str::from_utf8(&self.hello[4..4 + n]) {
             Ok(name) => name,
-            Err(e) => return Ok(Err(WireError::BadHello(format!("name is not UTF-8: {e}")))),
+            Err(error) => return Ok(Err(WireError::BadHello(HelloError::NotUtf8 { error }))),
         };
         Ok(validate_name(name).map(|()| Hello {
             name: name.to_owned(),

@@ -19,6 +19,86 @@ pub const KIND_HELLO: u8 = 1;
 /// other fields are 0 and it carries nothing ([`Datagram::end`]).
 pub const KIND_END: u8 = 2;
 
+/// What is wrong with a datagram ([`WireError::BadDatagram`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    /// Shorter than the 28-byte header.
+    #[error("datagram of {len} B is shorter than its header")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// Its first bytes are not `BMUD`.
+    #[error("bad datagram magic {found:02x?}")]
+    BadMagic {
+        /// The four bytes found.
+        found: [u8; 4],
+    },
+    /// A datagram version this crate does not speak.
+    #[error("unsupported datagram version {found}")]
+    UnsupportedVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// An end or hello datagram whose fields break its rule (PROTOCOL.md).
+    #[error(
+        "{} datagram with index {index} count {count} stride {stride} frame length {frame_len} \
+         and {data_len} B ({})",
+        if *.kind == KIND_END { "end" } else { "hello" },
+        if *.kind == KIND_END { "all must be 0".to_string() } else {
+            format!("must be 0, 1, its length, 1..={HELLO_MAX_LEN}, its length")
+        }
+    )]
+    BadFields {
+        /// [`KIND_END`] or [`KIND_HELLO`].
+        kind: u8,
+        /// Its index field.
+        index: u16,
+        /// Its count field.
+        count: u16,
+        /// Its stride field.
+        stride: u16,
+        /// Its frame length field.
+        frame_len: u32,
+        /// The bytes it carries.
+        data_len: usize,
+    },
+    /// A fragment whose index, count or stride cannot be.
+    #[error("bad fragment numbering: index {index} count {count} stride {stride}")]
+    BadNumbering {
+        /// Its index.
+        index: u16,
+        /// Its count.
+        count: u16,
+        /// Its stride.
+        stride: u16,
+    },
+    /// A fragment of a frame of 0 bytes.
+    #[error("frame length 0 B: a datagram carries part of a frame")]
+    EmptyFrame,
+    /// `count` is not `ceil(frame_len / stride)`.
+    #[error("{count} fragments of {stride} B do not make a {frame_len} B frame")]
+    CountMismatch {
+        /// Its count.
+        count: u16,
+        /// Its stride.
+        stride: u16,
+        /// Its frame length.
+        frame_len: u32,
+    },
+    /// A fragment that carries other than its share of the frame.
+    #[error("fragment {index} carries {len} B, expected {expected}")]
+    FragmentLength {
+        /// Its index.
+        index: u16,
+        /// The bytes it carries.
+        len: usize,
+        /// The bytes it should.
+        expected: usize,
+    },
+}
+
 /// The longest hello datagram's data: a hello (section 2 of PROTOCOL.md)
 /// with a name of [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes.
 pub const HELLO_MAX_LEN: usize = 8 + crate::MAX_NAME_LEN;
@@ -76,18 +156,17 @@ impl Datagram {
     /// its fields not), whatever follows it: the header of a datagram
     /// returned cut short, as in an ICMP error about it.
     pub fn parse_header(b: &[u8]) -> Result<Datagram, WireError> {
-        let bad = |s: String| Err(WireError::BadDatagram(s));
+        let bad = |e: DatagramError| Err(WireError::BadDatagram(e));
         if b.len() < DGRAM_HEADER_LEN {
-            return bad(format!(
-                "datagram of {} B is shorter than its header",
-                b.len()
-            ));
+            return bad(DatagramError::TooShort { len: b.len() });
         }
         if b[0..4] != DGRAM_MAGIC {
-            return bad(format!("bad datagram magic {:02x?}", &b[0..4]));
+            return bad(DatagramError::BadMagic {
+                found: [b[0], b[1], b[2], b[3]],
+            });
         }
         if b[4] != DGRAM_VERSION {
-            return bad(format!("unsupported datagram version {}", b[4]));
+            return bad(DatagramError::UnsupportedVersion { found: b[4] });
         }
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
@@ -105,25 +184,24 @@ impl Datagram {
     /// Parses and checks a whole datagram against `limits`; returns the
     /// header and the bytes it carries. Nothing is allocated.
     pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Datagram, &'a [u8]), WireError> {
-        let bad = |s: String| Err(WireError::BadDatagram(s));
+        let bad = |e: DatagramError| Err(WireError::BadDatagram(e));
         let d = Datagram::parse_header(b)?;
         let data = &b[DGRAM_HEADER_LEN..];
         let max_len = HEADER_LEN as u64 + limits.max_payload as u64;
         // A datagram of one kind whose fields break its rule, all said.
-        let bad_fields = |what: &str, rule: &str| {
-            bad(format!(
-                "{what} datagram with index {} count {} stride {} frame length {} and {} B \
-                 ({rule})",
-                d.index,
-                d.count,
-                d.stride,
-                d.frame_len,
-                data.len()
-            ))
+        let bad_fields = || {
+            bad(DatagramError::BadFields {
+                kind: d.kind,
+                index: d.index,
+                count: d.count,
+                stride: d.stride,
+                frame_len: d.frame_len,
+                data_len: data.len(),
+            })
         };
         if d.kind == KIND_END {
             if Datagram::end(d.stream_id, d.sequence) != d || !data.is_empty() {
-                return bad_fields("end", "all must be 0");
+                return bad_fields();
             }
             return Ok((d, data));
         }
@@ -136,10 +214,7 @@ impl Datagram {
                 || !(1..=most).contains(&d.frame_len)
                 || data.len() != d.frame_len as usize
             {
-                return bad_fields(
-                    "hello",
-                    &format!("must be 0, 1, its length, 1..={most}, its length"),
-                );
+                return bad_fields();
             }
             return Ok((d, data));
         }
@@ -147,13 +222,14 @@ impl Datagram {
             return Err(WireError::UnknownDatagramKind { kind: d.kind });
         }
         if d.stride == 0 || d.count == 0 || d.index >= d.count {
-            return bad(format!(
-                "bad fragment numbering: index {} count {} stride {}",
-                d.index, d.count, d.stride
-            ));
+            return bad(DatagramError::BadNumbering {
+                index: d.index,
+                count: d.count,
+                stride: d.stride,
+            });
         }
         if d.frame_len == 0 {
-            return bad("frame length 0 B: a datagram carries part of a frame".into());
+            return bad(DatagramError::EmptyFrame);
         }
         if d.frame_len as u64 > max_len {
             return Err(WireError::DatagramOverCap {
@@ -162,19 +238,20 @@ impl Datagram {
             });
         }
         if (d.frame_len as usize).div_ceil(d.stride as usize) != d.count as usize {
-            return bad(format!(
-                "{} fragments of {} B do not make a {} B frame",
-                d.count, d.stride, d.frame_len
-            ));
+            return bad(DatagramError::CountMismatch {
+                count: d.count,
+                stride: d.stride,
+                frame_len: d.frame_len,
+            });
         }
         let off = d.index as usize * d.stride as usize;
         let want = (d.frame_len as usize - off).min(d.stride as usize);
         if data.len() != want {
-            return bad(format!(
-                "fragment {} carries {} B, expected {want}",
-                d.index,
-                data.len()
-            ));
+            return bad(DatagramError::FragmentLength {
+                index: d.index,
+                len: data.len(),
+                expected: want,
+            });
         }
         Ok((d, data))
     }
@@ -264,9 +341,12 @@ mod tests {
             index: 0,
             ..d
         };
-        let e = Datagram::parse(&empty.encode(), &l)
-            .unwrap_err()
-            .to_string();
+        let e = Datagram::parse(&empty.encode(), &l).unwrap_err();
+        assert!(
+            matches!(e, WireError::BadDatagram(DatagramError::EmptyFrame)),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("frame length 0 B") && !e.contains("cap"), "{e}");
         // the end of a stream: the header alone, its fields 0 but the
         // stream and the next number

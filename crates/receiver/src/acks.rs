@@ -144,6 +144,10 @@ struct Record {
     lineage: u64,
     used: u64,
     writer: Arc<Mutex<()>>,
+    /// Frames the lineage's connections may still look for in the output
+    /// directory (a lineage that a resuming sender started after a
+    /// restart): kept here, so a reconnect goes on where the last left.
+    on_disk: u32,
 }
 
 /// The key of a sender's record: its name and its host's address. Two
@@ -215,6 +219,7 @@ impl Handled {
                 lineage: self.lineages,
                 used: clock,
                 writer: writer.clone(),
+                on_disk: 0,
             },
         );
         (
@@ -235,6 +240,22 @@ impl Handled {
             .get(name)
             .filter(|r| r.lineage == l)
             .map_or(0, |r| r.next)
+    }
+
+    /// How many frames lineage `l` of `name` may still look for in the
+    /// output directory (0 when its record is gone or another's).
+    pub fn on_disk(&self, name: &str, l: u64) -> u32 {
+        self.next
+            .get(name)
+            .filter(|r| r.lineage == l)
+            .map_or(0, |r| r.on_disk)
+    }
+
+    /// Sets [`Handled::on_disk`] of lineage `l` of `name`.
+    pub fn set_on_disk(&mut self, name: &str, l: u64, n: u32) {
+        if let Some(r) = self.next.get_mut(name).filter(|r| r.lineage == l) {
+            r.on_disk = n;
+        }
     }
 
     /// Frame `sequence` of `name`, lineage `l`, was handled.

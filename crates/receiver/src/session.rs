@@ -630,7 +630,16 @@ impl StreamCtx {
                 }
             },
         };
-        let handled = self.handle(h, payload)?;
+        let checks = self.on_disk;
+        let handled = self.handle(h, payload);
+        if self.on_disk != checks {
+            // what is left of the lineage's on-disk checks, for its next
+            // connection
+            if let Some((_, l)) = &self.acks {
+                lock(&self.hub.handled).set_on_disk(&l.key, l.id, self.on_disk);
+            }
+        }
+        let handled = handled?;
         if handled {
             self.acknowledge(h.sequence);
         }
@@ -1325,12 +1334,19 @@ pub fn serve_tcp(
         match ack_sock {
             Ok(s) => {
                 let key = crate::acks::record_key(&announced, peer.ip());
-                let (l, next, new) = lock(&hub.handled).open(&key, h.resumes());
+                let mut handled = lock(&hub.handled);
+                let (l, next, new) = handled.open(&key, h.resumes());
                 // A sender resuming where this receiver holds no record (it
-                // restarted): what it sends again first may be on disk.
-                if h.resumes() && new {
-                    on_disk = ON_DISK_FRAMES;
-                }
+                // restarted): what it sends again first may be on disk; a
+                // reconnect of that lineage goes on looking where the
+                // last connection left.
+                on_disk = if h.resumes() && new {
+                    handled.set_on_disk(&key, l.id, ON_DISK_FRAMES);
+                    ON_DISK_FRAMES
+                } else {
+                    handled.on_disk(&key, l.id)
+                };
+                drop(handled);
                 let mut a = crate::acks::AckWriter::new(s, &l, new);
                 a.ack(next);
                 acks = Some((a, l));

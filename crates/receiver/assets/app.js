@@ -16,8 +16,14 @@ function card(name) {
   const el = document.getElementById("card").content.firstElementChild.cloneNode(true);
   el.dataset.name = name;
   const img = el.querySelector("img");
-  c = { el, img, loading: false, want: null, shown: null };
-  img.addEventListener("load", () => { c.loading = false; c.shown = c.pending; el.dataset.shown = c.shown; refresh(c); });
+  c = { el, img, loading: false, want: null, wantSeq: null, shown: null };
+  // (the frame number shown is the image's, set when it has loaded: a
+  // newer number over an older picture would present it as current)
+  img.addEventListener("load", () => {
+    c.loading = false; c.shown = c.pending; el.dataset.shown = c.shown;
+    set(el, "shown", String(c.pendingSeq));
+    refresh(c);
+  });
   img.addEventListener("error", () => { c.loading = false; });
   document.getElementById("senders").appendChild(el);
   cards.set(name, c);
@@ -28,6 +34,7 @@ function refresh(c) {
   if (c.loading || c.want === null || c.want === c.shown) return;
   c.loading = true;
   c.pending = c.want;
+  c.pendingSeq = c.wantSeq;
   c.img.src = "/latest.png?sender=" + encodeURIComponent(c.el.dataset.name) + "&v=" + c.want;
 }
 
@@ -64,7 +71,9 @@ function plot(canvas, hist) {
 }
 
 function render(s) {
-  period = Math.max(100, 1000 / (s.http_fps || 2));
+  // (the numbers change every second whatever --http-fps: polled at
+  // least that often; the images follow as they load)
+  period = Math.min(1000, Math.max(100, 1000 / (s.http_fps || 2)));
   const up = s.senders.filter((x) => x.state !== "disconnected").length;
   document.getElementById("status").textContent =
     s.senders.length + " sender(s), " + up + " connected · up " + fmt(s.uptime_s, 0) + " s";
@@ -99,20 +108,35 @@ function render(s) {
     set(el, "incomplete", String(x.incomplete));
     set(el, "unwritten", String(x.unwritten));
     set(el, "resent", String(x.resent));
-    set(el, "shown", x.shown_sequence === null ? "–" : String(x.shown_sequence));
     plot(el.querySelector("canvas"), x.history);
     c.want = x.shown_sequence === null ? null : x.image_version;
+    c.wantSeq = x.shown_sequence;
     refresh(c);
   }
 }
 
+let unreachableSince = null;
+
 async function poll() {
+  // (a receiver gone off the network would hold the request for the
+  // browser's connect timeout, minutes, the page unchanged meanwhile)
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), 3000);
   try {
-    const r = await fetch("/stats.json", { cache: "no-store" });
+    const r = await fetch("/stats.json", { cache: "no-store", signal: ctl.signal });
     if (!r.ok) throw new Error("HTTP " + r.status);
     render(await r.json());
+    unreachableSince = null;
+    document.body.classList.remove("stale");
   } catch (e) {
-    document.getElementById("status").textContent = "receiver unreachable (" + e.message + "), retrying…";
+    unreachableSince = unreachableSince || new Date();
+    document.body.classList.add("stale"); // the numbers shown are old
+    const why = e.name === "AbortError" ? "no answer in 3 s" : e.message;
+    document.getElementById("status").textContent =
+      "receiver unreachable since " + unreachableSince.toLocaleTimeString() + " (" + why +
+      "): the numbers below are from then; retrying…";
+  } finally {
+    clearTimeout(timer);
   }
   setTimeout(poll, period);
 }

@@ -122,9 +122,14 @@ struct Slot {
     encoding: Mutex<()>,
     /// Last 60 s, one entry a second: (fps, latency p50 ms), oldest first.
     history: Mutex<VecDeque<(f64, Option<f64>)>>,
-    /// Frames received at the previous sample.
+    /// Frames received at the previous sample ([`UNSAMPLED`] before the
+    /// first: a slot made for a sender whose numbers already count frames,
+    /// one forgotten and back, must not plot them all as one second's).
     prev_received: AtomicU64,
 }
+
+/// [`Slot::prev_received`] before the slot's first sample.
+const UNSAMPLED: u64 = u64::MAX;
 
 impl Slot {
     fn new() -> Slot {
@@ -135,7 +140,7 @@ impl Slot {
             latest: Mutex::new(Latest::default()),
             encoding: Mutex::new(()),
             history: Mutex::new(VecDeque::with_capacity(HISTORY + 1)),
-            prev_received: AtomicU64::new(0),
+            prev_received: AtomicU64::new(UNSAMPLED),
         }
     }
 }
@@ -406,6 +411,9 @@ fn sample(shared: &Shared) {
                 .clone()
         };
         let prev = slot.prev_received.swap(snap.received, Relaxed);
+        if prev == UNSAMPLED {
+            continue;
+        }
         let fps = snap.received.saturating_sub(prev) as f64;
         let mut h = lock(&slot.history);
         h.push_back((fps, if fps > 0.0 { snap.latency_p50_ms } else { None }));

@@ -623,10 +623,12 @@ impl StatsRegistry {
     pub fn sender(&self, name: &str) -> SenderHandle {
         let mut m = self.map();
         if !m.contains_key(name) && m.len() >= MAX_REMEMBERED {
-            // (the one whose last frame is oldest; one that sent none first)
+            // (the one whose last frame is oldest; one that sent none first;
+            // never one a stream holds, as it may before it is marked
+            // connected: its numbers would go on out of the registry)
             let gone = m
                 .iter()
-                .filter(|(_, h)| !lock(h).snap.connected)
+                .filter(|(_, h)| Arc::strong_count(h) == 1 && !lock(h).snap.connected)
                 .min_by_key(|(_, h)| lock(h).last_frame)
                 .map(|(k, _)| k.clone());
             if let Some(h) = gone.and_then(|k| m.remove(&k)) {

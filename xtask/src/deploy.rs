@@ -1020,6 +1020,9 @@ pub fn run(args: &[String]) -> Result<()> {
     for pi in [&mut recv, &mut send] {
         preflight(&ctx, pi)?;
     }
+    if !o.uninstall {
+        receiver_resolves(&ctx, &recv, &send)?;
+    }
 
     // 2. build
     let mut archs = vec![recv.arch, send.arch];
@@ -1091,6 +1094,34 @@ fn clock_warning(recv: &Pi, send: &Pi) -> Option<String> {
             if d > 0.0 { "ahead" } else { "behind" }
         )
     })
+}
+
+/// Whether the sender Pi resolves the receiver's name as its `--to` will
+/// name it (the same lookup the sender makes: a `.local` name across Wi-Fi
+/// and Ethernet needs multicast, which some access points block): a
+/// sender service that cannot would retry for good, and the install would
+/// look fine.
+fn receiver_resolves(ctx: &Ctx, recv: &Pi, send: &Pi) -> Result<()> {
+    let to = sender_to(recv, send, "0");
+    let host = to
+        .rsplit_once(':')
+        .map_or(to.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let script = format!("getent ahosts {} >/dev/null; echo resolved=$?", q(host));
+    let (ok, out, err) = ctx.exec(&mut send.ssh(false, &script))?;
+    if ctx.dry || out.lines().any(|l| l.trim() == "resolved=0") {
+        return Ok(());
+    }
+    if !ok {
+        return Err(ssh_error(send, "the name check", &err));
+    }
+    bail!(
+        "{}: the sender Pi cannot resolve the receiver's name {host:?} (`getent ahosts {host}` \
+         there finds no address): set `to` in [sender] to the receiver's address, e.g. \
+         to = \"10.0.0.7:5000\", or make the name resolve there",
+        send.label()
+    )
 }
 
 /// The sender's `--to`, given the port the receiver listens on.
@@ -2032,6 +2063,19 @@ args = [{send_args}]
         &["--config", c3.to_str().unwrap(), "--no-build"],
         false,
         "wrong architecture",
+    )?;
+    // A receiver name the sender Pi cannot resolve: said before anything
+    // is copied or started (a sender service would retry for good)
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--set",
+            "sender.to=no-such-receiver.invalid:5000",
+        ],
+        false,
+        "cannot resolve the receiver's name \"no-such-receiver.invalid\"",
     )?;
     // An install directory that cannot be made (a file in its path)
     deploy_expect(

@@ -2156,7 +2156,7 @@ args = [{send_args}]
     {
         bail!("--install-service --dry-run shows no systemctl enable and restart:\n{svc}");
     }
-    eprintln!("deploy test: unreachable host, refused key, wrong architecture, an install dir that cannot be made, a build that dies of SIGILL, --dry-run and --install-service --dry-run behave");
+    eprintln!("deploy test: unreachable host, refused key, wrong architecture, a receiver name the sender cannot resolve, an install dir that cannot be made, a build that dies of SIGILL, --dry-run and --install-service --dry-run behave");
 
     // 4. --install-service / --uninstall for real, against a stand-in systemctl (the
     //    "Pis" here have no systemd) that logs its calls; units go to <base>/systemd

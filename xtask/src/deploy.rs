@@ -1102,19 +1102,39 @@ fn clock_warning(recv: &Pi, send: &Pi) -> Option<String> {
 /// sender service that cannot would retry for good, and the install would
 /// look fine.
 fn receiver_resolves(ctx: &Ctx, recv: &Pi, send: &Pi) -> Result<()> {
-    let to = sender_to(recv, send, "0");
-    let host = to
-        .rsplit_once(':')
-        .map_or(to.as_str(), |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let script = format!("getent ahosts {} >/dev/null; echo resolved=$?", q(host));
+    let to = sender_to(recv, send, "1");
+    // (the sender's own rules for --to: HOST:PORT, an IPv6 address in
+    // brackets)
+    let host = match to.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p > 0) && !h.is_empty() => h,
+        _ => bail!("sender.to {to:?}: give HOST:PORT, e.g. to = \"10.0.0.7:5000\""),
+    };
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6,
+        None if host.contains(':') => {
+            bail!("sender.to {to:?}: an IPv6 address goes in brackets, e.g. [fe80::1]:5000")
+        }
+        None => host,
+    };
+    let script = format!("getent ahosts -- {} >/dev/null; echo resolved=$?", q(host));
     let (ok, out, err) = ctx.exec(&mut send.ssh(false, &script))?;
-    if ctx.dry || out.lines().any(|l| l.trim() == "resolved=0") {
+    let status = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("resolved="))
+        .unwrap_or("");
+    if ctx.dry || status == "0" {
         return Ok(());
     }
     if !ok {
         return Err(ssh_error(send, "the name check", &err));
+    }
+    if status != "2" {
+        // (not "not found": getent missing, say)
+        bail!(
+            "{}: checking the receiver's name {host:?} there failed (`getent ahosts` exit \
+             status {status}): set `to` in [sender] to the receiver's address",
+            send.label()
+        );
     }
     bail!(
         "{}: the sender Pi cannot resolve the receiver's name {host:?} (`getent ahosts {host}` \

@@ -17,6 +17,7 @@ function card(name) {
   el.dataset.name = name;
   const img = el.querySelector("img");
   c = { el, img, loading: false, want: null, wantSeq: null, shown: null };
+  set(el, "shown", "–");
   // (the frame number shown is the image's, set when it has loaded: a
   // newer number over an older picture would present it as current)
   img.addEventListener("load", () => {
@@ -119,9 +120,19 @@ let unreachableSince = null;
 
 async function poll() {
   // (a receiver gone off the network would hold the request for the
-  // browser's connect timeout, minutes, the page unchanged meanwhile)
+  // browser's connect timeout, minutes, the page unchanged meanwhile: the
+  // numbers are greyed out after 3 s without an answer, and the request
+  // given up after 20 s; a busy Pi Zero may answer in between)
   const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), 3000);
+  const stale = () => {
+    unreachableSince = unreachableSince || new Date();
+    document.body.classList.add("stale"); // the numbers shown are old
+  };
+  const staleTimer = setTimeout(() => {
+    stale();
+    document.getElementById("status").textContent = "no answer from the receiver for 3 s…";
+  }, 3000);
+  const abortTimer = setTimeout(() => ctl.abort(), 20000);
   try {
     const r = await fetch("/stats.json", { cache: "no-store", signal: ctl.signal });
     if (!r.ok) throw new Error("HTTP " + r.status);
@@ -129,14 +140,14 @@ async function poll() {
     unreachableSince = null;
     document.body.classList.remove("stale");
   } catch (e) {
-    unreachableSince = unreachableSince || new Date();
-    document.body.classList.add("stale"); // the numbers shown are old
-    const why = e.name === "AbortError" ? "no answer in 3 s" : e.message;
+    stale();
+    const why = e.name === "AbortError" ? "no answer in 20 s" : e.message;
     document.getElementById("status").textContent =
       "receiver unreachable since " + unreachableSince.toLocaleTimeString() + " (" + why +
       "): the numbers below are from then; retrying…";
   } finally {
-    clearTimeout(timer);
+    clearTimeout(staleTimer);
+    clearTimeout(abortTimer);
   }
   setTimeout(poll, period);
 }

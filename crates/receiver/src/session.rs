@@ -544,8 +544,7 @@ impl StreamCtx {
     /// Opens sender `name`'s stream from `peer` (its `--per-sender`
     /// directory is made when its first frame is written).
     pub fn open(hub: Arc<Hub>, name: &str, peer: &str, transport: &'static str) -> Result<Self> {
-        let stats = hub.stats.sender(name);
-        stats::lock(&stats).connected(peer, transport);
+        let stats = hub.stats.stream_opened(name, peer, transport);
         for o in lock(&hub.observers).iter() {
             o.connected(name, peer);
         }
@@ -630,6 +629,12 @@ impl StreamCtx {
                 }
             },
         };
+        // The lineage's on-disk checks as its record holds them now, under
+        // the writer lock: an older connection of the sender may have
+        // ended them since this one opened.
+        if let Some((_, l)) = &self.acks {
+            self.on_disk = lock(&self.hub.handled).on_disk(&l.key, l.id);
+        }
         let checks = self.on_disk;
         let handled = self.handle(h, payload);
         if self.on_disk != checks {

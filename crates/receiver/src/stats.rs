@@ -618,17 +618,36 @@ impl StatsRegistry {
         self.senders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The stats of sender `name`, created on first use. A sender that
-    /// reconnects keeps its numbers (so frames lost in between are counted).
+    /// The stats of sender `name` (created on first use; a sender that
+    /// reconnects keeps its numbers, so frames lost in between are
+    /// counted) for a stream of it that opened from `peer`, marked connected before the
+    /// registry is let go (else another sender's first use could forget
+    /// them meanwhile, as one that sent nothing: its numbers would go on
+    /// out of the registry, missing from the summary and the exit status).
+    pub fn stream_opened(&self, name: &str, peer: &str, transport: &'static str) -> SenderHandle {
+        let mut m = self.map();
+        let h = self.entry(&mut m, name);
+        lock(&h).connected(peer, transport);
+        h
+    }
+
+    /// The stats of sender `name`, created on first use (the tests').
+    #[cfg(test)]
     pub fn sender(&self, name: &str) -> SenderHandle {
         let mut m = self.map();
+        self.entry(&mut m, name)
+    }
+
+    fn entry(
+        &self,
+        m: &mut MutexGuard<'_, BTreeMap<String, SenderHandle>>,
+        name: &str,
+    ) -> SenderHandle {
         if !m.contains_key(name) && m.len() >= MAX_REMEMBERED {
-            // (the one whose last frame is oldest; one that sent none first;
-            // never one a stream holds, as it may before it is marked
-            // connected: its numbers would go on out of the registry)
+            // (the one whose last frame is oldest; one that sent none first)
             let gone = m
                 .iter()
-                .filter(|(_, h)| Arc::strong_count(h) == 1 && !lock(h).snap.connected)
+                .filter(|(_, h)| !lock(h).snap.connected)
                 .min_by_key(|(_, h)| lock(h).last_frame)
                 .map(|(k, _)| k.clone());
             if let Some(h) = gone.and_then(|k| m.remove(&k)) {

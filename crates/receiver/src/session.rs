@@ -813,24 +813,22 @@ impl StreamCtx {
                 }
             }
         }
-        if given_up && !took && !before {
-            // Its sender's newer connection took over: written now it
-            // would come after newer frames (the gap counts it as lost).
-            log::debug!(
-                "{}: frame {} given up: a newer connection took over, or the stop",
-                self.name,
-                h.sequence
-            );
-            return Ok(false);
-        }
         if given_up {
-            // The stop came while a frame its own directory took (or held)
-            // waited for the stream outputs: not confirmed, so that it is
-            // sent again, and a receiver started again gives it to them.
+            // Its sender's newer connection took over (written now it would
+            // come after newer frames: the gap counts it as lost), or the
+            // stop came, maybe while a frame its own directory took (or
+            // held) waited for the stream outputs: not confirmed, so that
+            // it is sent again, and a receiver started again gives it to
+            // them.
             log::debug!(
-                "{}: frame {} not given to --exec/--latest before the stop: not confirmed",
+                "{}: frame {} given up{}: not confirmed",
                 self.name,
-                h.sequence
+                h.sequence,
+                if took || before {
+                    " before --exec/--latest took it, at the stop"
+                } else {
+                    ": a newer connection took over, or the stop"
+                }
             );
             return Ok(false);
         }

@@ -267,6 +267,56 @@ fn sender_waits_for_a_missing_receiver_then_streams() {
     s.wait_for_stderr("state: connected to", Duration::from_secs(5));
 }
 
+#[test]
+fn a_udp_sender_sends_key_frames_while_its_receiver_refuses_datagrams() {
+    // The receiver restarts: the sender's datagrams are refused meanwhile,
+    // and the restarted one drops frames until the stream's hello (each
+    // second). Deltas after it were undecodable until the next scheduled
+    // key frame (here 200 frames: 10 s); the frames after a refusal are
+    // key frames, so the first frame the new receiver keeps decodes.
+    let tmp = TempDir::new("streaming-udp-keys");
+    // a disc moving 2 px a frame: deltas are far smaller than key frames
+    let dir = tmp.join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..20i64 {
+        image::GrayImage::from_fn(320, 240, |x, y| {
+            let (dx, dy) = (x as i64 - 100 - 2 * k, y as i64 - 120);
+            image::Luma([if dx * dx + dy * dy < 60 * 60 { 255 } else { 0 }])
+        })
+        .save(dir.join(format!("f{k:02}.png")))
+        .unwrap();
+    }
+    let addr = closed_port();
+    let s = Proc::spawn(&mut sender(
+        &addr,
+        "keys",
+        &dir,
+        &[
+            "--transport",
+            "udp",
+            "--fps",
+            "20",
+            "--codec",
+            "bilevel",
+            "--keyframe-interval",
+            "200",
+        ],
+    ));
+    // refused from the start: no receiver yet
+    s.wait_for_stderr("refuses datagrams", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = tmp.join("out");
+    let mut recv = five_frames_at(&addr, &out);
+    let fr = recv.proc.wait(Duration::from_secs(8));
+    assert!(fr.status.success(), "receiver: {}", fr.stderr);
+    assert!(
+        fr.stderr.contains(" 0 corrupt"),
+        "every frame after the hello decodes: {}",
+        fr.stderr
+    );
+    assert_eq!(list(&out).len(), 5, "{}", fr.stderr);
+}
+
 /// A receiver that comes up late at `addr`, writing 5 frames to `out`.
 fn five_frames_at(addr: &str, out: &Path) -> Listening {
     start_listening(Command::new(bin("bitmask-recv")).args([

@@ -2,7 +2,7 @@
 
 use crate::input::Mask;
 use crate::pipeline::FrameEncoder;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bitmask_codec::{Choice, Encoder};
 
 /// `--codec` / `--keyframe-interval` as a [`FrameEncoder`].
@@ -17,10 +17,10 @@ impl CodecEncoder {
 
 impl FrameEncoder for CodecEncoder {
     fn encode(&mut self, mask: &Mask, sequence: u64, out: &mut Vec<u8>) -> Result<(u8, u8)> {
+        // (build_frame says which frame)
         let e = self
             .0
-            .encode(&mask.bits, mask.width, mask.height, sequence, out)
-            .with_context(|| format!("encoding frame {sequence}"))?;
+            .encode(&mask.bits, mask.width, mask.height, sequence, out)?;
         Ok((e.codec, e.flags))
     }
 

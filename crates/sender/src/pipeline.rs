@@ -474,6 +474,13 @@ pub trait Link: Send {
     fn peer_answers(&self) -> bool {
         false
     }
+    /// Whether the receiver lost frames that the link knows of without a
+    /// reconnect (UDP: its host refused datagrams, a receiver restarted or
+    /// away): the next frame should be a key frame, or every delta until
+    /// the scheduled one is undecodable there. Cleared by the call.
+    fn take_keyframe_hint(&mut self) -> bool {
+        false
+    }
     /// Ends the stream cleanly.
     fn finish(self: Box<Self>);
 }
@@ -1730,6 +1737,9 @@ fn network_loop_via(
         }
         // Latest frame wins again: newer ones came while there was no room.
         let slot = latest(cfg, queue, counters, slot, closed_at.is_some());
+        if l.take_keyframe_hint() {
+            encoder.force_keyframe();
+        }
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {

@@ -120,7 +120,16 @@ pub struct UdpLink {
     hellos: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// One past the newest frame sent (the end datagram's number).
     next: u64,
+    /// When a datagram was last refused
+    /// ([`crate::pipeline::Link::take_keyframe_hint`]).
+    last_refusal: Option<Instant>,
 }
+
+/// Frames are key frames for this long after a datagram was refused: the
+/// receiver lost what it carried, and one that has just come back drops
+/// frames until its stream's hello (sent every second), so the first frame
+/// it keeps must decode alone.
+const KEYS_AFTER_REFUSAL: Duration = Duration::from_millis(1500);
 
 /// Datagrams the receiver's host refused (ICMP port unreachable: nobody
 /// listens), for the log.
@@ -290,6 +299,7 @@ impl UdpLink {
             }),
             hellos: Some((stop, thread)),
             next: 0,
+            last_refusal: None,
         })
     }
 
@@ -297,6 +307,7 @@ impl UdpLink {
     /// send: this link's or the hello thread's).
     fn note_refusal(&mut self) {
         let now = Instant::now();
+        self.last_refusal = Some(now);
         match &mut self.refused {
             None => {
                 log::warn!(
@@ -421,6 +432,10 @@ impl UdpLink {
 impl crate::pipeline::Link for UdpLink {
     fn send_frame(&mut self, frame: &[u8], sequence: u64) -> io::Result<()> {
         self.send(frame, sequence)
+    }
+    fn take_keyframe_hint(&mut self) -> bool {
+        self.last_refusal
+            .is_some_and(|t| t.elapsed() < KEYS_AFTER_REFUSAL)
     }
     /// Ends the hello thread (a hello after the end datagram would open
     /// the stream again), then sends the end datagram

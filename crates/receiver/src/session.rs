@@ -249,6 +249,12 @@ impl Throttle {
             }
         }
     }
+
+    /// The events gone unlogged since the last line (then 0): for a last
+    /// line when what they came from ends.
+    pub fn take_unsaid(&self) -> u64 {
+        lock(&self.0).as_mut().map_or(0, |(_, n)| std::mem::take(n))
+    }
 }
 
 /// `" (and N more like it in the last second)"`, or nothing.
@@ -903,6 +909,21 @@ impl StreamCtx {
 
 impl Drop for StreamCtx {
     fn drop(&mut self) {
+        // (a burst's count, else said only with the next such line, if any)
+        let n = self.corrupt_log.take_unsaid();
+        if n > 0 {
+            log::warn!(
+                "{}: {n} more frame(s) skipped as damaged since the last such line",
+                self.name
+            );
+        }
+        let n = self.write_log.take_unsaid();
+        if n > 0 {
+            log::warn!(
+                "{}: {n} more frame(s) not written since the last such line",
+                self.name
+            );
+        }
         // The stream's last frame, if the view's rate limit passed it over.
         if let (Some(f), true) = (&mut self.feed, self.decoded_shown) {
             f.show_last(&self.decoded);
@@ -1790,6 +1811,18 @@ pub fn stop_on_signals(hub: &Arc<Hub>, signals: Option<StopSignals>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttles_unsaid_count_can_be_said_last() {
+        let t = Throttle::default();
+        assert_eq!(t.hit(), Some(0));
+        for _ in 0..3 {
+            assert_eq!(t.hit(), None);
+        }
+        assert_eq!(t.take_unsaid(), 3);
+        assert_eq!(t.take_unsaid(), 0);
+        assert_eq!(Throttle::default().take_unsaid(), 0);
+    }
 
     #[test]
     fn a_sender_name_belongs_to_the_host_that_used_it_first() {

@@ -866,13 +866,18 @@ fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
 /// up to `until`; returns the first acknowledgement (where the receiver's
 /// record of handled frames ends).
 fn raw_sender_connection(addr: &str, resume: bool, seqs: std::ops::Range<u64>, until: u64) -> u64 {
+    sender_connection(addr, resume, &tagged_frames(seqs, 0x0f), until)
+}
+
+/// [`raw_sender_connection`] writing the wire frames `frames`.
+fn sender_connection(addr: &str, resume: bool, frames: &[u8], until: u64) -> u64 {
     use bitmask_wire::{AckReader, Hello, HELLO_ACKS, HELLO_RESUME};
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
     s.write_all(&Hello::new("cam").unwrap().with_flags(flags).encode())
         .unwrap();
-    s.write_all(&tagged_frames(seqs, 0x0f)).unwrap();
+    s.write_all(frames).unwrap();
     let mut acks = AckReader::default();
     let mut first = None;
     let mut b = [0u8; 64];
@@ -890,6 +895,41 @@ fn raw_sender_connection(addr: &str, resume: bool, seqs: std::ops::Range<u64>, u
             }
             rest = &rest[k..];
         }
+    }
+}
+
+#[test]
+fn a_frame_sent_again_that_does_not_decode_is_still_one_handled_before() {
+    // Frames 0..5 handled, then sent again in a form that does not decode
+    // (a delta whose reference the new link never had, say): skipped as
+    // handled before, not counted corrupt, and their numbers do not rewind
+    // the count (they were taken for a new numbering).
+    use bitmask_wire::{encode_frame, Header};
+    let tmp = TempDir::new("delivery-resent-undecodable");
+    let stats = tmp.join("stats.json");
+    let mut r = start_receiver(&[
+        "--out",
+        tmp.join("out").to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    assert_eq!(raw_sender_connection(&r.addr, false, 0..5, 5), 0);
+    let mut frames = Vec::new();
+    for q in 3..5 {
+        // codec 1 (bilevel), a payload that is no bilevel frame
+        encode_frame(&Header::new(16, 1, q, 1, 2), &[0xff, 0xff], &mut frames);
+    }
+    frames.extend(tagged_frames(5..8, 0x0f));
+    assert_eq!(sender_connection(&r.addr, true, &frames, 8), 5);
+    let rl = r.proc.terminate(LIMIT);
+    let json = std::fs::read_to_string(&stats).unwrap();
+    for (k, want) in [
+        ("received", 8.0),
+        ("resent", 2.0),
+        ("corrupt", 0.0),
+        ("lost", 0.0),
+    ] {
+        assert_eq!(stat(&json, "cam", k), want, "{k}: {json}\n{}", rl.stderr);
     }
 }
 

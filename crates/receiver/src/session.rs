@@ -711,6 +711,13 @@ impl StreamCtx {
         let mask: &[u8] = match decode(&mut self.decoder, h, payload, &mut self.decoded) {
             Ok(m) => m,
             Err(why) => {
+                // (one sent again that was handled before is that, whatever
+                // its decoding says: its number must not rewind the count)
+                if let Some((_, l)) = &self.acks {
+                    if h.sequence < lock(&self.hub.handled).next(&l.key, l.id) {
+                        return Ok(self.skip_resent(h, "handled before"));
+                    }
+                }
                 self.corrupt(&why);
                 // (its header passed the CRC: its number is the sender's, so
                 // the frame is corrupt, not also lost in the gap before the

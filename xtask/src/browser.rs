@@ -2,16 +2,12 @@
 //! `cargo xtask bench view`: found, or installed from Debian's `chromium`
 //! package when running as root.
 
-use crate::util::{have, run};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// Where Debian puts it.
 const CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser"];
-
-/// The exact fix, for messages.
-pub const FIX: &str = "apt-get update && apt-get install -y --no-install-recommends chromium";
 
 /// The variable naming a Chromium or Chrome binary to use instead.
 pub const ENV: &str = "BITMASK_CHROMIUM";
@@ -38,31 +34,19 @@ pub fn find() -> Option<PathBuf> {
         .find(|p| p.exists() && !snap_wrapper(p))
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Chromium, installed with apt-get first when missing and running as root;
-/// otherwise an error that says exactly what to run.
+/// Chromium, installed with apt-get first when missing and running as root
+/// (in an apt-get of its own: some distributions have no such package);
+/// otherwise an error that says exactly what to run, and names [`ENV`].
 pub fn ensure() -> Result<PathBuf> {
     if let Some(p) = find() {
         return Ok(p);
     }
-    if !is_root() || !have("apt-get") {
-        bail!("headless Chromium is missing (needed by the live-view test); as root run: {FIX}");
-    }
-    run(Command::new("apt-get")
-        .arg("update")
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context("apt-get update failed")?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "chromium"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("installing chromium failed; try by hand: {FIX}"))?;
+    crate::dist::install_missing(&[("chromium", "the live-view test's headless browser")])
+        .map_err(|e| {
+            e.context(format!(
+                "no Chromium: install one, or point {ENV} at a Chromium or Chrome binary"
+            ))
+        })?;
     find().with_context(|| format!("chromium installed but not found at {CANDIDATES:?}"))
 }
 

@@ -46,13 +46,7 @@ pub fn ensure_for_ci() -> Result<()> {
     }
     crate::dist::install_missing(&need)?;
     if chromium {
-        crate::dist::install_missing(&[("chromium", "the live-view test's headless browser")])
-            .map_err(|e| {
-                e.context(format!(
-                    "no Chromium: install one, or point {} at a Chromium or Chrome binary",
-                    crate::browser::ENV
-                ))
-            })?;
+        crate::browser::ensure()?;
     }
     Ok(())
 }

@@ -135,9 +135,12 @@ const PY_PINS: &[(&str, &str)] = &[
 /// Whether python3 can make a venv with pip (Debian's python3 without
 /// python3-venv has no ensurepip).
 pub fn venv_possible() -> bool {
-    Command::new("python3")
-        .args(["-c", "import ensurepip, venv"])
-        .stdout(Stdio::null())
+    succeeds(Command::new("python3").args(["-c", "import ensurepip, venv"]))
+}
+
+/// Whether `c` runs and exits 0, its output dropped.
+fn succeeds(c: &mut Command) -> bool {
+    c.stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -150,13 +153,7 @@ pub fn venv_possible() -> bool {
 /// is the error when there is no python3 to make it with.
 pub fn ensure_venv(venv: &Path, no_python: &str) -> Result<PathBuf> {
     let py = venv.join("bin/python");
-    let works = Command::new(&py)
-        .args(["-m", "pip", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if works {
+    if succeeds(Command::new(&py).args(["-m", "pip", "--version"])) {
         return Ok(py);
     }
     let sys = ["python3", "python"]

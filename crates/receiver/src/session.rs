@@ -637,8 +637,9 @@ impl StreamCtx {
         };
         // The lineage's on-disk checks as its record holds them now, under
         // the writer lock: an older connection of the sender may have
-        // ended them since this one opened.
-        if let Some((_, l)) = &self.acks {
+        // ended them since this one opened. (Once none are left none come
+        // back, a lineage's record never gives more: no lock per frame.)
+        if let Some((_, l)) = self.acks.as_ref().filter(|_| self.on_disk > 0) {
             self.on_disk = lock(&self.hub.handled).on_disk(&l.key, l.id);
         }
         let checks = self.on_disk;
@@ -1368,15 +1369,13 @@ pub fn serve_tcp(
                 let mut handled = lock(&hub.handled);
                 let (l, next, new) = handled.open(&key, h.resumes());
                 // A sender resuming where this receiver holds no record (it
-                // restarted): what it sends again first may be on disk; a
-                // reconnect of that lineage goes on looking where the
-                // last connection left.
-                on_disk = if h.resumes() && new {
+                // restarted): what it sends again first may be on disk. (Its
+                // record holds the checks left: a reconnect goes on where
+                // the last connection left.)
+                if h.resumes() && new {
                     handled.set_on_disk(&key, l.id, ON_DISK_FRAMES);
-                    ON_DISK_FRAMES
-                } else {
-                    handled.on_disk(&key, l.id)
-                };
+                }
+                on_disk = handled.on_disk(&key, l.id);
                 drop(handled);
                 let mut a = crate::acks::AckWriter::new(s, &l, new);
                 a.ack(next);

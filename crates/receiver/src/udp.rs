@@ -81,6 +81,13 @@ struct Stream {
 }
 
 impl Stream {
+    /// Gives up every frame in reassembly (counted incomplete).
+    fn give_up_all(&mut self, why: &str) {
+        while !self.partial.is_empty() {
+            self.give_up(0, why);
+        }
+    }
+
     fn give_up(&mut self, i: usize, why: &str) {
         let p = self.partial.swap_remove(i);
         if let Some(ctx) = &mut self.ctx {
@@ -125,8 +132,7 @@ impl Stream {
 /// Receives datagrams on `sock` forever.
 pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
     // (the stop's numbers wait for this loop's last counts)
-    let held = Arc::clone(&hub);
-    let _held = held.hold();
+    let _held = hub.hold();
     let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
     let mut streams: HashMap<(SocketAddr, u32), Stream> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -139,9 +145,7 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
             // frames in reassembly are counted incomplete, not dropped
             // without a word.
             for s in streams.values_mut() {
-                while !s.partial.is_empty() {
-                    s.give_up(0, "the receiver is stopping");
-                }
+                s.give_up_all("the receiver is stopping");
             }
             return;
         }
@@ -215,9 +219,7 @@ fn over_the_cap(
 /// in reassembly are given up, those never delivered count as lost, and
 /// the stream closes now rather than after `--timeout` of silence.
 fn end(mut s: Stream, from: SocketAddr, next: u64) {
-    while !s.partial.is_empty() {
-        s.give_up(0, "its sender ended the stream");
-    }
+    s.give_up_all("its sender ended the stream");
     if let Some(ctx) = &mut s.ctx {
         // (against what this stream delivered, not the name's numbers,
         // which may be another stream's: none delivered, nothing counted)
@@ -379,9 +381,7 @@ fn on_dgram(
                     if let Some(mut s) = streams.remove(&k) {
                         // (its frames in reassembly are counted, not lost
                         // without a word)
-                        while !s.partial.is_empty() {
-                            s.give_up(0, "its stream was forgotten for a new one");
-                        }
+                        s.give_up_all("its stream was forgotten for a new one");
                     }
                 }
                 None => {

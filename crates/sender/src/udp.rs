@@ -120,9 +120,6 @@ pub struct UdpLink {
     hellos: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// One past the newest frame sent (the end datagram's number).
     next: u64,
-    /// When a datagram was last refused
-    /// ([`crate::pipeline::Link::take_keyframe_hint`]).
-    last_refusal: Option<Instant>,
 }
 
 /// Frames are key frames for this long after a datagram was refused: the
@@ -130,6 +127,8 @@ pub struct UdpLink {
 /// frames until its stream's hello (sent every second), so the first frame
 /// it keeps must decode alone.
 const KEYS_AFTER_REFUSAL: Duration = Duration::from_millis(1500);
+// (read from the refusals kept, which are forgotten REFUSALS_OVER after the last)
+const _: () = assert!(KEYS_AFTER_REFUSAL.as_millis() < REFUSALS_OVER.as_millis());
 
 /// Datagrams the receiver's host refused (ICMP port unreachable: nobody
 /// listens), for the log.
@@ -299,7 +298,6 @@ impl UdpLink {
             }),
             hellos: Some((stop, thread)),
             next: 0,
-            last_refusal: None,
         })
     }
 
@@ -307,7 +305,6 @@ impl UdpLink {
     /// send: this link's or the hello thread's).
     fn note_refusal(&mut self) {
         let now = Instant::now();
-        self.last_refusal = Some(now);
         match &mut self.refused {
             None => {
                 log::warn!(
@@ -434,8 +431,10 @@ impl crate::pipeline::Link for UdpLink {
         self.send(frame, sequence)
     }
     fn take_keyframe_hint(&mut self) -> bool {
-        self.last_refusal
-            .is_some_and(|t| t.elapsed() < KEYS_AFTER_REFUSAL)
+        // (`refused` lasts REFUSALS_OVER after the last refusal, longer)
+        self.refused
+            .as_ref()
+            .is_some_and(|r| r.last.elapsed() < KEYS_AFTER_REFUSAL)
     }
     /// Ends the hello thread (a hello after the end datagram would open
     /// the stream again), then sends the end datagram

@@ -861,6 +861,81 @@ fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
     assert_eq!(list(&out.join("cam")).len(), 20);
 }
 
+#[test]
+fn a_sender_the_receiver_has_no_memory_for_yet_waits_and_loses_nothing() {
+    // --max-memory 6 MiB holds one stream of 1024x768 frames (up to 3.4 MiB
+    // each): "cam" waits while "busy" streams, and is served once busy's
+    // stream ends and gives its memory back.
+    let tmp = TempDir::new("delivery-memory");
+    inputs_sized(&tmp.join("in"), 1024, 768);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&[
+        "--max-memory",
+        "6",
+        "--per-sender",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let send = |name: &str, extra: &[&str]| {
+        let mut c = Command::new(bin("bitmask-send"));
+        c.args(["--to", &r.addr, "--name", name, "--loop", "--count", "20"])
+            .args(extra)
+            .arg(tmp.join("in"));
+        c
+    };
+    let mut busy = Proc::spawn(&mut send("busy", &["--fps", "10"]));
+    r.proc
+        .wait_for_stderr("stream from \"busy\"", Duration::from_secs(10));
+    busy.wait_for_stderr("connected to", Duration::from_secs(10));
+    let cam = run(&mut send("cam", &[]));
+    assert!(cam.status.success(), "cam: {}\n{}", cam.status, cam.stderr);
+    assert!(!cam.stderr.contains("given up"), "{}", cam.stderr);
+    assert!(cam.stderr.contains("confirmed 20;"), "{}", cam.stderr);
+    let b = busy.wait(LIMIT);
+    assert!(b.status.success(), "busy: {}", b.stderr);
+    let log = r.proc.terminate(LIMIT).stderr;
+    assert!(
+        log.contains(
+            "cam: frame 0 waits for memory: a stream of 1024x768 frames needs up to 4 MiB, and 1 \
+             stream(s) hold 4 MiB of the receiver's 6 MiB (--max-memory)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("cam: frame 0 taken: memory was given back"),
+        "{log}"
+    );
+    assert_eq!(list(&out.join("cam")).len(), 20);
+    assert_eq!(list(&out.join("busy")).len(), 20);
+}
+
+#[test]
+fn frames_too_large_for_all_of_max_memory_are_refused_with_the_numbers() {
+    let tmp = TempDir::new("delivery-memory-never");
+    inputs_sized(&tmp.join("in"), 1024, 768);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&["--max-memory", "2", "--out", out.to_str().unwrap()]);
+    let s = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr, "--retry-max", "0.1", "--count", "1"])
+        .arg(tmp.join("in")));
+    assert!(!s.status.success(), "{}", s.stderr);
+    assert!(
+        s.stderr
+            .contains("frame 0 given up: the receiver ended 5 connections at it"),
+        "{}",
+        s.stderr
+    );
+    let log = r.proc.terminate(LIMIT).stderr;
+    assert!(
+        log.contains(
+            "frame 0 refused: a stream of 1024x768 frames needs up to 4 MiB, more than the \
+             receiver's 2 MiB (--max-memory); give a larger --max-memory"
+        ),
+        "{log}"
+    );
+    assert!(list(&out).is_empty());
+}
+
 /// Connects as sender `name` (acknowledgements wanted, `resume` as asked),
 /// writes raw 16x1 frames `seqs`, and waits until the receiver acknowledged
 /// up to `until`; returns the first acknowledgement (where the receiver's

@@ -13,6 +13,7 @@ macro_rules! say {
 mod acks;
 mod exec;
 mod http;
+mod memory;
 mod output;
 mod session;
 mod stats;
@@ -138,13 +139,25 @@ struct Cli {
     /// Connections served at once, and as many UDP streams (each holds at
     /// most one frame of --max-size in memory, three for UDP, and its decoder
     /// about 33 times one packed frame of --max-size at most: 66 MiB at
-    /// 4096x4096, 3 MiB at 1024x768). When all are taken, a new connection
+    /// 4096x4096, 3 MiB at 1024x768; see --max-memory). When all are taken, a new connection
     /// replaces one that has not said who it is yet, else one silent for
     /// --timeout or more between frames, else it is refused.
     /// Anyone who can reach the port can send: use it on a trusted network.
     #[arg(long, default_value_t = 32, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_senders: u32,
+
+    /// Memory all streams may hold at once, in MiB. Default: half the
+    /// memory available at the start (a Pi 2 has about 900 MiB in all). A
+    /// stream reserves what frames of its size may need (about 36 packed
+    /// frames: 3.4 MiB at 1024x768, 74 MiB at 4096x4096) before it decodes
+    /// the first one. Over TCP a new stream that does not fit waits (said
+    /// once) until others end and give theirs back; frames too large for
+    /// all of it close the connection with the numbers. Over UDP a frame
+    /// that does not fit is refused and counted incomplete.
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+    max_memory: Option<u64>,
 
     /// Serve a read-only live view (page, /stats.json, /latest.png) on HOST:PORT, e.g. 0.0.0.0:8080.
     #[arg(long, value_name = "HOST:PORT")]
@@ -261,6 +274,35 @@ fn bind(addr: &str) -> Result<TcpListener> {
     Ok(sock.into())
 }
 
+/// `--max-memory` in bytes, or its default; says how many streams of
+/// `--max-size` frames it holds when fewer than `--max-senders`.
+fn memory_limit(cli: &Cli) -> u64 {
+    let limit = cli
+        .max_memory
+        .map_or_else(memory::default_limit, |m| m << 20);
+    let (w, h) = cli.max_size;
+    let per = memory::stream_bytes(w, h, false);
+    let fit = limit / per;
+    if fit < cli.max_senders as u64 {
+        log::info!(
+            "memory: a stream of {w}x{h} frames (--max-size) may hold up to {}; {} holds {fit} \
+             such stream(s) at once, fewer than --max-senders {} (smaller frames fit more; a \
+             frame that does not fit is refused, see --help)",
+            memory::mib(per),
+            if cli.max_memory.is_some() {
+                format!("--max-memory {}", memory::mib(limit))
+            } else {
+                format!(
+                    "--max-memory (default, half the memory available: {})",
+                    memory::mib(limit)
+                )
+            },
+            cli.max_senders
+        );
+    }
+    limit
+}
+
 fn run(cli: Cli) -> Result<()> {
     // First, before `--exec` or the live view start threads of their own.
     let signals = session::block_stop_signals();
@@ -323,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
         cli.max_senders as usize,
         done_tx,
     );
+    hub.memory.set_limit(memory_limit(&cli));
     session::stop_on_signals(&hub, signals);
     {
         // An --exec program that dies stops the receiver, summary printed.

@@ -38,7 +38,8 @@ pub trait FrameObserver: Send + Sync {
     fn disconnected(&self, _sender: &str) {}
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also when a thread panicked holding it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -195,6 +196,9 @@ pub struct Hub {
     stopping: AtomicBool,
     /// Frames being handled now (see [`Hub::settle`]).
     in_frame: AtomicUsize,
+    /// What the streams may hold in all (`--max-memory`; no limit unless
+    /// set).
+    pub memory: crate::memory::Budget,
 }
 
 /// Frames of a resumed connection looked for in the output directory when
@@ -442,6 +446,7 @@ impl Hub {
             done: Mutex::new(Some(done)),
             stopping: AtomicBool::new(false),
             in_frame: AtomicUsize::new(0),
+            memory: crate::memory::Budget::new(u64::MAX),
         })
     }
 
@@ -544,6 +549,12 @@ pub struct StreamCtx {
     /// first (`output::written_before`); one found was written before the
     /// restart and is skipped like one in the record.
     on_disk: u32,
+    /// Over UDP (frames in reassembly count three times).
+    udp: bool,
+    /// Bytes reserved of the receiver's `--max-memory` ([`Self::admit`]).
+    memory: u64,
+    /// Frames refused for memory, for a log line a second at most (UDP).
+    memory_log: Throttle,
 }
 
 impl StreamCtx {
@@ -570,7 +581,80 @@ impl StreamCtx {
             acks: None,
             skipped: 0,
             on_disk: 0,
+            udp: transport == "udp",
+            memory: 0,
+            memory_log: Throttle::default(),
         })
+    }
+
+    /// Reserves what a stream of frames of `h`'s size may hold from the
+    /// receiver's `--max-memory` ([`crate::memory`]), before its first
+    /// such frame is decoded: `Ok(true)` once it is reserved.
+    ///
+    /// A TCP stream that holds nothing yet waits for other streams to give
+    /// memory back (said once; like a slow receiver to its sender), and
+    /// gives the frame up (`Ok(false)`) at a stop or when its connection is
+    /// replaced or evicted. Refused for good (frames too large for all of
+    /// `--max-memory`), or growing from a smaller size, the error closes
+    /// the connection (which gives its memory back; its sender sends the
+    /// frame again on its next connection if it asked for
+    /// acknowledgements). Over UDP a refused frame is counted incomplete
+    /// and the refusal logged, a line a second at most, and the error only
+    /// tells the caller.
+    pub fn admit(&mut self, h: &Header) -> Result<bool> {
+        let need = crate::memory::stream_bytes(h.width, h.height, self.udp);
+        let conn = self.conn.clone();
+        let c = conn.as_deref();
+        let mut waiting: Option<AtOutput> = None;
+        loop {
+            let why = match self.hub.memory.reserve(&mut self.memory, need) {
+                Ok(()) => {
+                    if waiting.is_some() {
+                        log::info!(
+                            "{}: frame {} taken: memory was given back",
+                            self.name,
+                            h.sequence
+                        );
+                    }
+                    return Ok(true);
+                }
+                Err(why) => why,
+            };
+            let refused = anyhow::anyhow!(
+                "{}: frame {} refused: a stream of {}x{} frames {why}; give a larger \
+                 --max-memory, or a smaller --max-size to refuse such frames at once",
+                self.name,
+                h.sequence,
+                h.width,
+                h.height
+            );
+            if self.udp {
+                self.incomplete(1);
+                if let Some(n) = self.memory_log.hit() {
+                    log::warn!("{refused:#}{}", more_like_it(n));
+                }
+                return Err(refused);
+            }
+            if why.need > why.limit || self.memory > 0 {
+                return Err(refused);
+            }
+            if waiting.is_none() {
+                log::warn!(
+                    "{}: frame {} waits for memory: a stream of {}x{} frames {why}",
+                    self.name,
+                    h.sequence,
+                    h.width,
+                    h.height
+                );
+                waiting = Some(AtOutput::new(c));
+            }
+            if self.hub.stopping.load(SeqCst)
+                || c.is_some_and(|c| c.replaced.load(Relaxed) || c.evicted.load(Relaxed))
+            {
+                return Ok(false);
+            }
+            std::thread::sleep(WRITER_POLL);
+        }
     }
 
     /// The sender's name.
@@ -943,6 +1027,7 @@ impl Drop for StreamCtx {
         if let Some(o) = &mut self.own {
             let _ = o.finish();
         }
+        self.hub.memory.release(&mut self.memory);
     }
 }
 
@@ -1428,7 +1513,10 @@ pub fn serve_tcp(
                     }
                     framed = true;
                     state.framed.store(true, Relaxed);
-                    ctx.as_mut().expect("opened").frame(&h, f.payload)?;
+                    let c = ctx.as_mut().expect("opened");
+                    if c.admit(&h)? {
+                        c.frame(&h, f.payload)?;
+                    }
                 }
                 // Silent for --timeout between two frames (no byte of the
                 // next one yet) after at least one frame: a slow sender,

@@ -563,12 +563,14 @@ fn on_dgram(
             s.done_upto = Some(p.sequence);
             s.delivered = Some(Instant::now());
             let h = f.header;
-            match ctx.frame(&h, f.payload) {
-                Ok(true) => {}
+            // (refused for memory: counted and logged there)
+            match ctx.admit(&h).map(|_| ctx.frame(&h, f.payload)) {
+                Err(_) => {}
+                Ok(Ok(true)) => {}
                 // (over UDP only the stop gives a whole frame up: counted,
                 // as those still in reassembly are)
-                Ok(false) => ctx.incomplete(1),
-                Err(e) => log::warn!("{}: {e:#}", ctx.name()),
+                Ok(Ok(false)) => ctx.incomplete(1),
+                Ok(Err(e)) => log::warn!("{}: {e:#}", ctx.name()),
             }
         }
         Ok(None) => ctx.corrupt(&"its datagrams hold no frame"),

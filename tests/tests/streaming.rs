@@ -121,6 +121,41 @@ fn two_senders_tcp_and_udp_get_their_own_directories_and_stats() {
 }
 
 #[test]
+fn a_per_sender_out_directory_deleted_while_running_is_made_again() {
+    // `rm -rf DIR` under a running --per-sender receiver: a stream that
+    // stays connected writes into DIR/<name>/ again (its frames all failed
+    // until it reconnected).
+    let tmp = TempDir::new("stream-rmrf");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let mut r = start_receiver(&["--per-sender", "--out", out.to_str().unwrap()]);
+    let mut s = Proc::spawn(&mut sender(
+        &r.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "20", "--count", "60"],
+    ));
+    let first = out.join("cam").join("frame-000005.raw");
+    let t0 = Instant::now();
+    while !first.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no frame 5");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "{}", f.stderr);
+    let log = r.proc.terminate(LIMIT).stderr;
+    assert!(
+        log.contains("is gone (deleted while running?): opening it again"),
+        "{log}"
+    );
+    let seqs = check_frames(&out.join("cam"), &expected);
+    // at most the frame being written at the deletion is lost
+    assert!(seqs.len() >= 50, "{seqs:?}\n{log}");
+    assert_eq!(seqs.last(), Some(&59), "{log}");
+}
+
+#[test]
 fn a_slow_udp_sender_keeps_its_stream_and_its_reference_frame() {
     // A frame every 4 s over UDP, delta-coded, to a receiver whose
     // --timeout is 1 s: the sender's hellos (every second, frames or not)

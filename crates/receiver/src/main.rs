@@ -77,9 +77,11 @@ struct Cli {
     listen: String,
 
     /// Output directory (created if missing, and again if deleted while
-    /// running; it must take files at the start; a disk mounted on it and
-    /// unmounted while running is an error, not files on the card
-    /// underneath), or `-` for masks back to back on stdout (raw or gray8).
+    /// running; it must take files at the start; a disk mounted on it, or
+    /// on the directory holding it, and unmounted while running is an
+    /// error, not files on the card underneath; temporary files an earlier
+    /// run left are removed at the start), or `-` for masks back to back on
+    /// stdout (raw or gray8).
     #[arg(long, value_name = "DIR|-")]
     out: Option<PathBuf>,
 
@@ -350,6 +352,22 @@ fn run(cli: Cli) -> Result<()> {
             per_sender: None,
         }
     };
+    if let Some(dir) = cli.out.clone().filter(|d| d.as_os_str() != "-") {
+        // In the background: a directory of millions of frames takes a while.
+        let deeper = cli.per_sender;
+        let _ = std::thread::Builder::new()
+            .name("sweep".into())
+            .spawn(move || {
+                let n = output::sweep_temp(&dir, deeper);
+                if n > 0 {
+                    log::info!(
+                        "removed {n} temporary file(s) an earlier run left in {} (a power cut \
+                         or a kill while writing)",
+                        dir.display()
+                    );
+                }
+            });
+    }
     log::info!(
         "listening on {local}{}",
         if udp.is_some() { " (tcp and udp)" } else { "" }
@@ -403,7 +421,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     // The numbers are written however the outputs end.
     let finished = hub.finish();
-    session::write_stats_json(&hub, cli.stats_json.as_deref());
+    session::write_stats_json(&hub, cli.stats_json.as_deref(), true);
     for s in hub.stats.snapshot() {
         say!("bitmask-recv: {}", s.line(false));
     }

@@ -450,6 +450,41 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create files in output directory {}", dir.display()))
 }
 
+/// Temporary files ([`write_temp`]) older than this are left over (a
+/// power cut or a kill between a write and its rename).
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// Removes the temporary files an earlier run left in `dir` and, with
+/// `deeper`, in the directories in it (`--per-sender`): `.frame-*.tmp` and
+/// `.probe.*.tmp` last modified over [`STALE_TEMP`] ago (nothing writes
+/// them for longer than a frame takes). Returns how many it removed.
+/// (Nothing else removes them: the cleanup job DEPLOY.md suggests looks for
+/// `frame-*`.)
+pub fn sweep_temp(dir: &Path, deeper: bool) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() && deeper {
+            removed += sweep_temp(&e.path(), false);
+        } else if kind.is_file()
+            && (name.starts_with(".frame-") || name.starts_with(".probe."))
+            && name.ends_with(".tmp")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_TEMP))
+            && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The directory that holds `p` (`.` for a bare file name).
 fn parent_of(p: &Path) -> &Path {
     match p.parent() {
@@ -502,10 +537,33 @@ impl MountWatch {
         w
     }
 
-    /// Fails when the directory was a mount point and is not one now.
+    /// Fails when the directory was a mount point and is not one now; or
+    /// is gone, and was a mount point or its parent is on another device
+    /// than at the start (`--out /mnt/usb/masks` with the disk on
+    /// `/mnt/usb` unmounted: made again, it would be on the card).
     pub fn check(&self) -> Result<()> {
-        let (Some(dev), Some(parent)) = (dev_of(&self.dir), self.parent_dev) else {
-            return Ok(()); // gone or unreadable: the write itself says so
+        let Some(parent) = self.parent_dev else {
+            return Ok(()); // unreadable: the write itself says so
+        };
+        let Some(dev) = dev_of(&self.dir) else {
+            let now = dev_of(&self.parent);
+            if self.was_mount() || now.is_some_and(|now| now != parent) {
+                bail!(
+                    "{} is gone, and {}: its disk was unmounted? Mount it again; or restart \
+                     the receiver to write to the card underneath",
+                    self.dir.display(),
+                    match now {
+                        Some(now) if now != parent => format!(
+                            "{} is on another device than at the start ({}, then {})",
+                            self.parent.display(),
+                            show_dev(now),
+                            show_dev(parent)
+                        ),
+                        _ => "it was a mount point".to_string(),
+                    }
+                );
+            }
+            return Ok(()); // gone: made again where it was
         };
         if dev != parent {
             self.was_mount.store(true, Ordering::Relaxed);
@@ -896,6 +954,50 @@ mod tests {
     }
 
     #[test]
+    fn temporary_files_an_earlier_run_left_are_swept_and_nothing_else() {
+        let base = std::env::temp_dir().join(format!("bitmask-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(base.join("cam")).unwrap();
+        let old = std::time::SystemTime::now() - STALE_TEMP - Duration::from_secs(5);
+        let make = |p: &Path, stale: bool| {
+            fs::write(p, b"x").unwrap();
+            if stale {
+                fs::File::options()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        };
+        let gone = [
+            base.join(".frame-000001.123.0.tmp"),
+            base.join(".probe.123.4.tmp"),
+            base.join("cam/.frame-000002.123.1.tmp"),
+        ];
+        let kept = [
+            base.join(".frame-000003.123.2.tmp"), // being written (new)
+            base.join("frame-000001.raw"),
+            base.join(".notes.tmp"), // not ours
+            base.join("cam/frame-000002.raw"),
+        ];
+        for p in &gone {
+            make(p, true);
+        }
+        make(&kept[0], false);
+        for p in &kept[1..] {
+            make(p, true);
+        }
+        // without `deeper`, the sender's directories are left alone
+        assert_eq!(sweep_temp(&base, false), 2);
+        assert!(gone[2].exists());
+        assert_eq!(sweep_temp(&base, true), 1);
+        assert!(gone.iter().all(|p| !p.exists()));
+        assert!(kept.iter().all(|p| p.exists()));
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
     fn a_deleted_out_directory_is_made_again_only_where_it_was() {
         let base = std::env::temp_dir().join(format!("bitmask-remake-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
@@ -947,6 +1049,20 @@ mod tests {
         w.clone().was_mount.store(true, Ordering::Relaxed); // clones share it
         assert!(own.write(&h(4), &[5], false).is_err());
         assert!(w.check().is_err());
+        // gone, having been a mount point: not made again
+        fs::remove_dir_all(base.join("base")).unwrap();
+        assert!(w.check().is_err());
+        // gone, its parent on another device than at the start (the disk
+        // holding the parent unmounted): likewise; on the same one, passes
+        fs::create_dir_all(base.join("b2")).unwrap();
+        let mut w2 = MountWatch::new(&base.join("b2"));
+        fs::remove_dir(base.join("b2")).unwrap();
+        w2.check().unwrap();
+        w2.parent_dev = w2.parent_dev.map(|d| d + 1);
+        let e = format!("{:#}", w2.check().unwrap_err());
+        assert!(e.contains("is on another device than at the start"), "{e}");
+        assert!(e.contains(&show_dev(dev)), "{e}");
+        fs::create_dir_all(base.join("base")).unwrap();
         // a symbolic link to a directory: its parent is the target's
         std::os::unix::fs::symlink(base.join("base"), base.join("link")).unwrap();
         let l = MountWatch::new(&base.join("link"));

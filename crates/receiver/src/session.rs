@@ -199,6 +199,9 @@ pub struct Hub {
     /// What the streams may hold in all (`--max-memory`; no limit unless
     /// set).
     pub memory: crate::memory::Budget,
+    /// `--stats-json` failures (one a second: a line a minute once it
+    /// goes on).
+    stats_json_log: Throttle,
 }
 
 /// Frames of a resumed connection looked for in the output directory when
@@ -232,23 +235,67 @@ impl<K: std::hash::Hash + Eq> KeyedThrottle<K> {
 
 /// Counts events and says when one may be logged: the first, then at most
 /// one a second with the number passed over since (a flood of connections or
-/// datagrams must not flood the log).
+/// datagrams must not flood the log); once events have come without a
+/// pause of [`FLOOD_PAUSE`] for [`FLOOD_LONG`], one a minute, until they
+/// pause (a full disk at 30 fps for days: the journal keeps the line that
+/// said why).
 #[derive(Default)]
-pub struct Throttle(Mutex<Option<(Instant, u64)>>);
+pub struct Throttle(Mutex<Option<ThrottleState>>);
+
+/// See [`Throttle`].
+struct ThrottleState {
+    /// When the last line was said.
+    at: Instant,
+    /// Events passed over since.
+    n: u64,
+    /// The last event.
+    last: Instant,
+    /// Since when events have come without a pause.
+    flood: Instant,
+}
+
+/// See [`Throttle`].
+const FLOOD_LONG: Duration = Duration::from_secs(60);
+/// See [`Throttle`].
+const FLOOD_PAUSE: Duration = Duration::from_secs(2);
 
 impl Throttle {
     /// One more event: `Some(n)` when it should be logged, `n` events having
     /// gone unlogged since the last line; `None` to stay quiet.
     pub fn hit(&self) -> Option<u64> {
+        self.hit_at(Instant::now())
+    }
+
+    fn hit_at(&self, now: Instant) -> Option<u64> {
         let mut g = lock(&self.0);
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let flooding = |s: &ThrottleState| since(s.last) < FLOOD_PAUSE;
         match &mut *g {
-            Some((at, n)) if at.elapsed() < Duration::from_secs(1) => {
-                *n += 1;
+            Some(s)
+                if flooding(s)
+                    && since(s.at)
+                        < if since(s.flood) >= FLOOD_LONG {
+                            FLOOD_LONG
+                        } else {
+                            Duration::from_secs(1)
+                        } =>
+            {
+                s.n += 1;
+                s.last = now;
                 None
             }
             other => {
-                let skipped = other.map_or(0, |(_, n)| n);
-                *other = Some((Instant::now(), 0));
+                let skipped = other.as_ref().map_or(0, |s| s.n);
+                let flood = match other {
+                    Some(s) if flooding(s) => s.flood,
+                    _ => now,
+                };
+                *other = Some(ThrottleState {
+                    at: now,
+                    n: 0,
+                    last: now,
+                    flood,
+                });
                 Some(skipped)
             }
         }
@@ -257,7 +304,9 @@ impl Throttle {
     /// The events gone unlogged since the last line (then 0): for a last
     /// line when what they came from ends.
     pub fn take_unsaid(&self) -> u64 {
-        lock(&self.0).as_mut().map_or(0, |(_, n)| std::mem::take(n))
+        lock(&self.0)
+            .as_mut()
+            .map_or(0, |s| std::mem::take(&mut s.n))
     }
 }
 
@@ -447,6 +496,7 @@ impl Hub {
             stopping: AtomicBool::new(false),
             in_frame: AtomicUsize::new(0),
             memory: crate::memory::Budget::new(u64::MAX),
+            stats_json_log: Throttle::default(),
         })
     }
 
@@ -830,6 +880,19 @@ impl StreamCtx {
         let mut took = false;
         let mut given_up = false;
         let mut failed: Option<anyhow::Error> = None;
+        if let (Some(_), Some((dir, ..))) = (&self.own, &self.hub.sinks.per_sender) {
+            // The base directory deleted while running (`rm -rf DIR`): made
+            // again by the open below, where its watch allows (a sender's
+            // own directory alone is made again by its output).
+            if !dir.exists() {
+                log::warn!(
+                    "{}: output directory {} is gone (deleted while running?): opening it again",
+                    self.name,
+                    dir.display()
+                );
+                self.own = None;
+            }
+        }
         if let (None, Some((dir, format, watch))) = (&self.own, &self.hub.sinks.per_sender) {
             // Created with the first frame, not at the hello: a name alone
             // leaves no directory behind.
@@ -1732,15 +1795,19 @@ pub fn report_until_done(
                 stuck.as_secs_f64()
             );
         }
-        write_stats_json(hub, json);
+        write_stats_json(hub, json, false);
     }
 }
 
-/// Writes `--stats-json` (atomically); a failure is logged, not fatal.
-pub fn write_stats_json(hub: &Hub, path: Option<&std::path::Path>) {
+/// Writes `--stats-json` (atomically); a failure is logged, not fatal (as
+/// [`Throttle`] allows, and always at the `last` write, at the exit).
+pub fn write_stats_json(hub: &Hub, path: Option<&std::path::Path>, last: bool) {
     if let Some(p) = path {
         if let Err(e) = crate::output::write_atomic(p, hub.stats.to_json().as_bytes()) {
-            log::warn!("--stats-json: {e:#}");
+            // (the last write, at the exit, is always said)
+            if let Some(n) = hub.stats_json_log.hit().or(last.then_some(0)) {
+                log::warn!("--stats-json: {e:#}{}", more_like_it(n));
+            }
         }
     }
 }
@@ -1916,6 +1983,30 @@ mod tests {
         assert_eq!(t.take_unsaid(), 3);
         assert_eq!(t.take_unsaid(), 0);
         assert_eq!(Throttle::default().take_unsaid(), 0);
+    }
+
+    #[test]
+    fn a_throttle_says_a_long_flood_once_a_minute_until_it_pauses() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 10 events a second for 3 minutes: a line a second for the first
+        // minute, then one a minute
+        let mut said = Vec::new();
+        for i in 0..1800u64 {
+            if let Some(n) = t.hit_at(at(i * 100)) {
+                said.push((i * 100, n));
+            }
+        }
+        assert_eq!(said[0], (0, 0));
+        assert_eq!(said[1], (1000, 9));
+        let slow: Vec<_> = said.iter().filter(|(ms, _)| *ms > 60_000).collect();
+        assert_eq!(slow, [&(119_000, 599), &(179_000, 599)], "{said:?}");
+        assert_eq!(said.len(), 62, "{said:?}");
+        // a pause: a line at once, then a line a second again
+        assert_eq!(t.hit_at(at(190_000)), Some(9));
+        assert_eq!(t.hit_at(at(190_500)), None);
+        assert_eq!(t.hit_at(at(191_000)), Some(1));
     }
 
     #[test]

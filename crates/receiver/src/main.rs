@@ -40,7 +40,8 @@ use std::time::Duration;
 /// atomically (written to a temporary name, then renamed into place), and
 /// never over an existing file (a sender that restarted its numbering gets
 /// frame-NNNNNN.1.EXT, ...). A corrupt frame
-/// is logged and skipped; a broken stream closes that connection only; the
+/// is logged and skipped (one damaged on the way closes the connection, and
+/// the sender sends it again); a broken stream closes that connection only; the
 /// receiver keeps listening until --count frames have arrived (or forever).
 #[derive(Parser, Debug)]
 #[command(name = "bitmask-recv", version, verbatim_doc_comment)]

@@ -792,6 +792,21 @@ impl StreamCtx {
         Ok(handled)
     }
 
+    /// The error that closes a connection at `what` (counted damaged), not
+    /// acknowledged, so that its sender, which asked for acknowledgements,
+    /// sends it again on its next connection; the acknowledgements of the
+    /// frames before it go out first.
+    fn send_again(&mut self, what: &dyn std::fmt::Display) -> anyhow::Error {
+        if let Some((a, _)) = self.acks.as_mut() {
+            a.finish(Duration::from_secs(1));
+        }
+        anyhow::anyhow!(
+            "{}: {what} not acknowledged: connection closed, so that its sender sends it \
+             again",
+            self.name
+        )
+    }
+
     /// Frame `h`, sent again after a reconnect, was handled before (`how`
     /// says where that is known from): skipped, counted as sent again.
     fn skip_resent(&mut self, h: &Header, how: &str) -> bool {
@@ -853,7 +868,12 @@ impl StreamCtx {
                         return Ok(self.skip_resent(h, "handled before"));
                     }
                 }
-                self.corrupt(&why);
+                self.corrupt(&why.why);
+                if why.reference && self.acks.is_some() {
+                    // (a frame before it was lost: sent again from a key
+                    // frame, it decodes)
+                    return Err(self.send_again(&format_args!("frame {}", h.sequence)));
+                }
                 // (its header passed the CRC: its number is the sender's, so
                 // the frame is corrupt, not also lost in the gap before the
                 // next one)
@@ -1094,6 +1114,14 @@ impl Drop for StreamCtx {
     }
 }
 
+/// Why [`decode`] failed.
+struct Undecodable {
+    why: String,
+    /// For want of the right reference frame (one before it was lost):
+    /// sent again after a key frame, it decodes.
+    reference: bool,
+}
+
 /// Turns a payload into the packed mask: raw payloads as they are, anything
 /// else through the stream's codec decoder (which holds the reference frame
 /// for delta frames and refuses one whose reference it does not hold).
@@ -1102,13 +1130,14 @@ fn decode<'a>(
     h: &Header,
     payload: &[u8],
     out: &'a mut Vec<u8>,
-) -> Result<&'a [u8], String> {
+) -> Result<&'a [u8], Undecodable> {
     // Raw frames go through the decoder too: it keeps them as references.
-    let len = usize::try_from(h.raw_len()).map_err(|_| {
-        format!(
+    let len = usize::try_from(h.raw_len()).map_err(|_| Undecodable {
+        why: format!(
             "frame {}: {}x{} is too large for this machine",
             h.sequence, h.width, h.height
-        )
+        ),
+        reference: false,
     })?;
     out.resize(len, 0);
     let frame = bitmask_codec::FrameInfo {
@@ -1120,7 +1149,14 @@ fn decode<'a>(
     };
     decoder
         .decode(&frame, payload, out)
-        .map_err(|e| format!("frame {}: {e}", h.sequence))?;
+        .map_err(|e| Undecodable {
+            why: format!("frame {}: {e}", h.sequence),
+            reference: matches!(
+                e,
+                bitmask_codec::CodecError::MissingReference { .. }
+                    | bitmask_codec::CodecError::ReferenceDimensions { .. }
+            ),
+        })?;
     Ok(out)
 }
 
@@ -1625,7 +1661,15 @@ pub fn serve_tcp(
                     if ctx.is_none() {
                         ctx = Some(open()?);
                     }
-                    ctx.as_mut().expect("opened").corrupt(&e)
+                    let c = ctx.as_mut().expect("opened");
+                    c.corrupt(&e);
+                    // Damaged past TCP's checksum: a sender that asked for
+                    // acknowledgements sends it again (from a key frame, so
+                    // the delta frames after it decode) on its next
+                    // connection; this one's next frames would refer to it.
+                    if c.acks.is_some() {
+                        return Err(c.send_again(&"a damaged frame"));
+                    }
                 }
                 Err(e) if !framed => {
                     // Junk (another protocol, a scan), or silence before its

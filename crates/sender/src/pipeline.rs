@@ -1166,7 +1166,8 @@ impl Delivery {
             return;
         };
         // (after a pause of the input the newest frame may just be
-        // unconfirmed, say a damaged one: the next confirmation covers it)
+        // unconfirmed, say an undecodable one: the next confirmation covers
+        // it; a damaged one ends the connection)
         // (one clock read: this runs before every frame written)
         let now = Instant::now();
         if !self.tracking

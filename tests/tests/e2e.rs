@@ -660,6 +660,62 @@ fn a_deleted_out_directory_is_made_again_and_latest_follows_a_symlink() {
     );
 }
 
+/// `--out DIR` failing (a file in its place) while `--latest` takes the
+/// frames: they count as written, and as not written to every output, in
+/// the summary, `--stats-json` and the exit status (a service archiving
+/// nothing for days exited 0 with every count clean).
+#[test]
+fn frames_only_some_outputs_took_are_counted_and_fail_the_exit() {
+    let dir = TempDir::new("e2e-partly");
+    let out = dir.join("out");
+    let stats = dir.join("stats.json");
+    let imgs = images(&dir, &[(16, 8), (16, 8)]);
+    let mut recv = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--latest",
+        dir.join("latest.raw").to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    assert_ok(
+        "first send",
+        &send(&recv.addr, &["--name", "a"], &[&imgs[0].0]),
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::write(&out, b"not a directory").unwrap();
+    assert_ok(
+        "second send",
+        &send(&recv.addr, &["--name", "a"], &[&imgs[1].0]),
+    );
+    let f = recv.proc.terminate(Duration::from_secs(20));
+    assert_eq!(f.status.code(), Some(1), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("went to the other outputs"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr
+            .contains("1 frame(s) were written to some outputs but not to every one"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr
+            .contains("2 frames (0 lost, 0 corrupt, 0 incomplete, 1 NOT WRITTEN TO EVERY OUTPUT)"),
+        "{}",
+        f.stderr
+    );
+    let json = std::fs::read_to_string(&stats).unwrap();
+    assert_eq!(stat(&json, "a", "partly_written"), 1.0, "{json}");
+    assert_eq!(stat(&json, "a", "received"), 2.0, "{json}");
+    assert_eq!(
+        read(&dir.join("latest.raw")),
+        expected_mask(&imgs[1].1, &LUMA128)
+    );
+}
+
 /// A header as a hostile peer may write it: any fields, a CRC over the 36 bytes only.
 fn raw_header(width: u32, height: u32, codec: u8, payload_len: u32) -> Vec<u8> {
     let mut b = Vec::with_capacity(HEADER_LEN);

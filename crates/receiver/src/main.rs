@@ -61,8 +61,9 @@ between masks); --out DIR --per-sender keeps each sender's frames apart.
 A frame that cannot be written (a full or read-only disk) is logged, a line a
 second at most, and counted as NOT WRITTEN; the receiver goes on, writes again
 once it can, and at exit fails (status 1) if any frame was not written. (With
-several outputs, a frame one of them took counts as written: the others'
-failures are logged.) A
+several outputs, a frame one of them took counts as written, and as NOT
+WRITTEN TO EVERY OUTPUT, which also fails the exit; the others' failures are
+logged.) A
 program reading the masks (--out -, --exec) that stops taking them holds up
 every sender: the log says so every 10 s while it lasts.
 
@@ -134,6 +135,7 @@ struct Cli {
 
     /// Rewrite FILE (atomically) every second and at exit with every sender's
     /// numbers as JSON: received, lost, corrupt, incomplete, unwritten,
+    /// partly_written (to some outputs only),
     /// resent (sent again after a reconnect, handled before, skipped), fps,
     /// Mbit/s, compression ratio, latency p50/p99.
     #[arg(long, value_name = "FILE")]
@@ -437,6 +439,11 @@ fn run(cli: Cli) -> Result<()> {
         total.unwritten == 0,
         "{} frame(s) arrived but could not be written (see the warnings above)",
         total.unwritten
+    );
+    anyhow::ensure!(
+        total.partly == 0,
+        "{} frame(s) were written to some outputs but not to every one (see the warnings above)",
+        total.partly
     );
     Ok(())
 }

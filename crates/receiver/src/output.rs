@@ -69,8 +69,11 @@ impl Format {
 /// What [`Output::write`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// Written (to at least one sink).
+    /// Written to every sink.
     Now,
+    /// Written to some sinks; the others failed (logged, a line a second
+    /// at most).
+    Partly,
     /// Found in the output directory already, as it is: nothing written.
     Before,
 }
@@ -352,7 +355,7 @@ impl Output {
                         crate::session::more_like_it(n)
                     );
                 }
-                Ok(Written::Now)
+                Ok(Written::Partly)
             }
             Some(e) => Err(e),
         }

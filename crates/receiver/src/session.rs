@@ -898,6 +898,8 @@ impl StreamCtx {
         }
         // Every sink is tried; the frame counts as written when one took it.
         let mut took = false;
+        // (some output failed to take it)
+        let mut partly = false;
         let mut given_up = false;
         let mut failed: Option<anyhow::Error> = None;
         if let (Some(_), Some((dir, ..))) = (&self.own, &self.hub.sinks.per_sender) {
@@ -951,6 +953,7 @@ impl StreamCtx {
                 Ok(Written::Before) if self.hub.sinks.shared.is_some() => before = true,
                 Ok(Written::Before) => return Ok(self.skip_resent(h, ON_DISK_HOW)),
                 Ok(Written::Now) => took = true,
+                Ok(Written::Partly) => (took, partly) = (true, true),
                 Err(e) => failed = Some(e),
             }
             on_disk = false;
@@ -980,6 +983,7 @@ impl StreamCtx {
                     match r {
                         Ok(Written::Before) => before = true,
                         Ok(Written::Now) => took = true,
+                        Ok(Written::Partly) => (took, partly) = (true, true),
                         Err(e) if o.is_dead() => {
                             // No sender can be served any more: stop (and,
                             // as `finish` fails, exit with an error).
@@ -1038,8 +1042,15 @@ impl StreamCtx {
                     more_like_it(n)
                 );
             }
+            partly = true;
         }
-        let restarted = stats::lock(&self.stats).frame(h, mask.len(), stats::now_us());
+        let restarted = {
+            let mut s = stats::lock(&self.stats);
+            if partly {
+                s.partly_written();
+            }
+            s.frame(h, mask.len(), stats::now_us())
+        };
         say_new_numbering(&self.name, restarted, h.sequence);
         if let Some(f) = &mut self.feed {
             f.publish(h, mask);

@@ -128,6 +128,9 @@ pub struct SenderSnapshot {
     /// Frames that arrived whole but could not be written (a full or
     /// read-only disk): in neither `received` nor `lost`.
     pub unwritten: u64,
+    /// Frames written (in `received`) that some of the outputs failed to
+    /// take (`--out DIR` on a full card while `--latest` took it, say).
+    pub partly: u64,
     /// Frames sent again after a reconnect that had been handled before
     /// the connection dropped: skipped, not written twice (in no other
     /// count).
@@ -189,24 +192,25 @@ impl SenderSnapshot {
             Some(off) => format!("latency not measured (clocks {:.0} s apart)", off.abs()),
             None => format!("latency p50 {} ms p99 {} ms", ms(p50), ms(p99)),
         };
+        // (", N what" when there are any)
+        let some = |n: u64, what: &str| {
+            if n > 0 {
+                format!(", {n} {what}")
+            } else {
+                String::new()
+            }
+        };
         format!(
-            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}{}), {:.1} fps, {:.1} Mbit/s, \
+            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}{}{}), {:.1} fps, {:.1} Mbit/s, \
              ratio {:.2}, {latency}{}",
             self.name,
             self.received,
             self.lost,
             self.corrupt,
             self.incomplete,
-            if self.unwritten > 0 {
-                format!(", {} NOT WRITTEN", self.unwritten)
-            } else {
-                String::new()
-            },
-            if self.resent > 0 {
-                format!(", {} sent again and skipped", self.resent)
-            } else {
-                String::new()
-            },
+            some(self.unwritten, "NOT WRITTEN"),
+            some(self.partly, "NOT WRITTEN TO EVERY OUTPUT"),
+            some(self.resent, "sent again and skipped"),
             fps,
             mbps,
             self.compression_ratio,
@@ -504,6 +508,12 @@ impl SenderStats {
         self.snap.unwritten += 1;
     }
 
+    /// Counts a frame written that some outputs failed to take (counted in
+    /// `received` by [`SenderStats::frame`] too).
+    pub fn partly_written(&mut self) {
+        self.snap.partly += 1;
+    }
+
     /// Moves the numbering on to `seq`: frames skipped since the last one
     /// count as lost; `Some(previous)` when `seq` starts a new numbering (it
     /// went back, or jumped ahead by more than [`MAX_GAP`]).
@@ -758,6 +768,7 @@ fn add_counts(t: &mut SenderSnapshot, s: &SenderSnapshot) {
     t.corrupt += s.corrupt;
     t.incomplete += s.incomplete;
     t.unwritten += s.unwritten;
+    t.partly += s.partly;
     t.resent += s.resent;
     t.wire_bytes += s.wire_bytes;
     t.mask_bytes += s.mask_bytes;
@@ -800,7 +811,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         out,
         ", \"transport\": \"{}\", \"connected\": {}, \"connections\": {}, \"received\": {}, \
          \"lost\": {}, \"corrupt\": {}, \"incomplete\": {}, \"unwritten\": {}, \
-         \"resent\": {}, \"wire_bytes\": {}, \"mask_bytes\": {}",
+         \"partly_written\": {}, \"resent\": {}, \"wire_bytes\": {}, \"mask_bytes\": {}",
         s.transport,
         s.connected,
         s.connections,
@@ -809,6 +820,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         s.corrupt,
         s.incomplete,
         s.unwritten,
+        s.partly,
         s.resent,
         s.wire_bytes,
         s.mask_bytes

@@ -34,7 +34,7 @@ use anyhow::{Context, Result};
 use bitmask_wire::{finish_frame_in_place, Header, HEADER_LEN};
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,7 +119,8 @@ struct QueueState {
 /// The bounded queue between capture and network, with a free list so
 /// mask buffers are reused (memory stays flat whatever the link does).
 struct FrameQueue {
-    cap: usize,
+    /// Frames waiting at most (lowered by [`fit_memory`]).
+    cap: AtomicUsize,
     no_drop: bool,
     state: Mutex<QueueState>,
     items: Condvar,
@@ -129,7 +130,7 @@ struct FrameQueue {
 impl FrameQueue {
     fn new(cap: usize, no_drop: bool) -> Self {
         FrameQueue {
-            cap: cap.max(1),
+            cap: AtomicUsize::new(cap.max(1)),
             no_drop,
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
@@ -145,13 +146,17 @@ impl FrameQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn cap(&self) -> usize {
+        self.cap.load(Relaxed)
+    }
+
     fn take_free(&self) -> Mask {
         self.lock().free.pop().unwrap_or_default()
     }
 
     fn recycle(&self, mask: Mask) {
         let mut s = self.lock();
-        if s.free.len() <= self.cap + 2 {
+        if s.free.len() <= self.cap() + 2 {
             s.free.push(mask);
         }
     }
@@ -162,7 +167,7 @@ impl FrameQueue {
         let mut s = self.lock();
         let mut dropped = 0;
         if self.no_drop {
-            while s.items.len() >= self.cap && !s.closed {
+            while s.items.len() >= self.cap() && !s.closed {
                 s = self.space.wait(s).unwrap_or_else(|p| p.into_inner());
             }
             if s.closed {
@@ -171,7 +176,7 @@ impl FrameQueue {
                 return 1;
             }
         } else {
-            while s.items.len() >= self.cap {
+            while s.items.len() >= self.cap() {
                 let old = s.items.pop_front().unwrap();
                 log::trace!("queue full: dropping frame {}", old.sequence);
                 s.free.push(old.mask);
@@ -210,7 +215,7 @@ impl FrameQueue {
         let newest = s.items.pop_back()?;
         let older = s.items.len() as u64;
         while let Some(o) = s.items.pop_front() {
-            if s.free.len() <= self.cap + 2 {
+            if s.free.len() <= self.cap() + 2 {
                 s.free.push(o.mask);
             }
         }
@@ -237,6 +242,9 @@ impl FrameQueue {
 pub struct Counters {
     /// Frames taken from the source.
     pub captured: AtomicU64,
+    /// `--no-drop` frames kept unconfirmed at most, when [`fit_memory`]
+    /// lowered it from [`WINDOW`] (0: not lowered).
+    window: AtomicUsize,
     /// Frames read and left by `--fps` (a producer faster than it:
     /// [`Config::producer_paced`]).
     pub skipped: AtomicU64,
@@ -585,6 +593,10 @@ pub fn run(
     // frames read (a moving average; each sample at most the --fps
     // period, so a stall does not make the sender keep frames early).
     let mut camera = CameraClock::default();
+    // What masks may take: half the memory available before they grew
+    // ([`fit_memory`], at each frame larger than any before).
+    let budget = crate::input::memory_available().map_or(usize::MAX, |b| b / 2);
+    let mut largest = 0;
     // What the input passed over (unreadable images): an error after
     // delivery, unless the delivery failed itself.
     let mut skipped = None;
@@ -676,6 +688,10 @@ pub fn run(
                 } else {
                     next_due + p
                 };
+            }
+            if mask.bits.len() > largest {
+                largest = mask.bits.len();
+                fit_memory(&cfg, &queue, &counters, &mask, budget);
             }
             if counters.captured.load(Relaxed) == 0 && (mask.width > 4096 || mask.height > 4096) {
                 log::warn!(
@@ -914,6 +930,50 @@ pub(crate) fn stop_requested() -> Option<i32> {
 /// Frames a `--no-drop` sender keeps until the receiver confirms them, at
 /// most: past this it waits for acknowledgements before writing more.
 const WINDOW: usize = 64;
+/// Masks held besides the queue's and the window's: the one being
+/// captured, the one being sent, and the free list's spares.
+const SPARE_MASKS: usize = 3;
+
+/// Fits the queue (`--queue`) and the `--no-drop` window ([`WINDOW`]) to
+/// `budget` bytes of masks like `mask` (half the memory available): at
+/// 4000x3000 a mask is 1.5 MB, and `--queue 1024` would take 1.5 GB, more
+/// than a Pi has (the kernel kills the sender minutes into the run, when
+/// the link falls behind). Lowered (said once for each size that needs
+/// it), the queue drops or waits sooner and the window waits for
+/// confirmations sooner; no frame is lost that the options would keep.
+fn fit_memory(cfg: &Config, queue: &FrameQueue, counters: &Counters, mask: &Mask, budget: usize) {
+    let bytes = mask.bits.len().max(1);
+    let kept = cfg.no_drop && cfg.transport == Transport::Tcp;
+    let window = if kept { WINDOW } else { 0 };
+    let fit = budget / bytes;
+    if cfg.queue + window + SPARE_MASKS <= fit {
+        return;
+    }
+    // Half of what fits for each, at least one.
+    let room = fit.saturating_sub(SPARE_MASKS);
+    let w = if kept { (room / 2).clamp(1, WINDOW) } else { 0 };
+    let q = room.saturating_sub(w).clamp(1, cfg.queue);
+    queue.cap.store(q, Relaxed);
+    if kept {
+        counters.window.store(w, Relaxed);
+    }
+    let mb = |b: usize| format!("{:.1} MB", b as f64 / 1e6);
+    log::warn!(
+        "masks of {}x{} take {} each: the sender keeps at most {} of them (half the memory \
+         available, {}): --queue {} lowered to {q}{}",
+        mask.width,
+        mask.height,
+        mb(bytes),
+        fit.max(1),
+        mb(budget),
+        cfg.queue,
+        if kept {
+            format!(", frames kept until confirmed {WINDOW} lowered to {w}")
+        } else {
+            String::new()
+        }
+    );
+}
 /// Frames a live sender has in flight unconfirmed, at most. When the
 /// receiver (its output, say) is slower than the source, frames then wait
 /// in the sender's queue, where the oldest is dropped, rather than in the
@@ -1953,7 +2013,11 @@ fn make_room(
         // acknowledged yet (one that never does is found out by ACK_GRACE)
         return None;
     }
-    let window = if cfg.no_drop { WINDOW } else { LIVE_WINDOW };
+    let window = match counters.window.load(Relaxed) {
+        _ if !cfg.no_drop => LIVE_WINDOW,
+        0 => WINDOW,
+        w => w,
+    };
     let entered = Instant::now();
     while d.tracking && d.inflight.len() >= window {
         if stop_requested().is_some() {
@@ -2631,6 +2695,34 @@ mod tests {
             rate_mbit: None,
             log_every: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn the_queue_and_window_are_fitted_to_the_memory_for_masks() {
+        let mask = Mask {
+            width: 1024,
+            height: 768,
+            bits: vec![0; 98_304],
+            ..Mask::default()
+        };
+        let fitted = |no_drop: bool, frames: usize| {
+            let (c, q, n) = (
+                cfg(no_drop),
+                FrameQueue::new(64, no_drop),
+                Counters::default(),
+            );
+            fit_memory(&c, &q, &n, &mask, 98_304 * frames);
+            (q.cap(), n.window.load(Relaxed))
+        };
+        // --queue 64 and 64 frames kept until confirmed: 131 masks fit
+        assert_eq!(fitted(true, 131), (64, 0));
+        // 40: 37 past the spares, half each
+        assert_eq!(fitted(true, 40), (19, 18));
+        // none: one each still
+        assert_eq!(fitted(true, 1), (1, 1));
+        // a live sender keeps no frames until confirmed: the queue only
+        assert_eq!(fitted(false, 67), (64, 0));
+        assert_eq!(fitted(false, 20), (17, 0));
     }
 
     /// A link whose every write fails, as a firewall's EPERM makes UDP's

@@ -141,7 +141,11 @@ fn a_per_sender_out_directory_deleted_while_running_is_made_again() {
         assert!(t0.elapsed() < Duration::from_secs(20), "no frame 5");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::fs::remove_dir_all(&out).unwrap();
+    // (moved away first: a frame renamed into it meanwhile cannot make the
+    // removal fail)
+    let gone = tmp.join("out.gone");
+    std::fs::rename(&out, &gone).unwrap();
+    std::fs::remove_dir_all(&gone).unwrap();
     let f = s.wait(LIMIT);
     assert!(f.status.success(), "{}", f.stderr);
     let log = r.proc.terminate(LIMIT).stderr;

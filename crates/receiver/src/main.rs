@@ -41,7 +41,7 @@ use std::time::Duration;
 /// never over an existing file (a sender that restarted its numbering gets
 /// frame-NNNNNN.1.EXT, ...). A corrupt frame
 /// is logged and skipped (one damaged on the way closes the connection, and
-/// the sender sends it again); a broken stream closes that connection only; the
+/// a --no-drop sender sends it again); a broken stream closes that connection only; the
 /// receiver keeps listening until --count frames have arrived (or forever).
 #[derive(Parser, Debug)]
 #[command(name = "bitmask-recv", version, verbatim_doc_comment)]
@@ -155,7 +155,7 @@ struct Cli {
     /// Memory all streams may hold at once, in MiB. Default: half the
     /// memory available at the start (a Pi 2 has about 900 MiB in all). A
     /// stream reserves what frames of its size may need (about 36 packed
-    /// frames: 3.4 MiB at 1024x768, 74 MiB at 4096x4096) before it decodes
+    /// frames: 3.4 MiB at 1024x768, 72 MiB at 4096x4096, a little more over UDP) before it decodes
     /// the first one. Over TCP a new stream that does not fit waits (said
     /// once) until others end and give theirs back; frames too large for
     /// all of it close the connection with the numbers. Over UDP a frame

@@ -541,28 +541,30 @@ impl MountWatch {
     }
 
     /// Fails when the directory was a mount point and is not one now; or
-    /// is gone, and was a mount point or its parent is on another device
-    /// than at the start (`--out /mnt/usb/masks` with the disk on
-    /// `/mnt/usb` unmounted: made again, it would be on the card).
+    /// is gone, and was a mount point, or its parent is gone too or on
+    /// another device than at the start (`--out /mnt/usb/masks` with the
+    /// disk on `/mnt/usb` unmounted, or on `/media/pi/LABEL`, which the
+    /// automounter removes: made again, it would be on the card).
     pub fn check(&self) -> Result<()> {
         let Some(parent) = self.parent_dev else {
             return Ok(()); // unreadable: the write itself says so
         };
         let Some(dev) = dev_of(&self.dir) else {
             let now = dev_of(&self.parent);
-            if self.was_mount() || now.is_some_and(|now| now != parent) {
+            if self.was_mount() || now != Some(parent) {
                 bail!(
                     "{} is gone, and {}: its disk was unmounted? Mount it again; or restart \
                      the receiver to write to the card underneath",
                     self.dir.display(),
                     match now {
-                        Some(now) if now != parent => format!(
-                            "{} is on another device than at the start ({}, then {})",
+                        _ if self.was_mount() => "it was a mount point".to_string(),
+                        None => format!("so is {}", self.parent.display()),
+                        Some(now) => format!(
+                            "{} is on another device than at the start ({} then, {} now)",
                             self.parent.display(),
-                            show_dev(now),
-                            show_dev(parent)
+                            show_dev(parent),
+                            show_dev(now)
                         ),
-                        _ => "it was a mount point".to_string(),
                     }
                 );
             }
@@ -1064,7 +1066,13 @@ mod tests {
         w2.parent_dev = w2.parent_dev.map(|d| d + 1);
         let e = format!("{:#}", w2.check().unwrap_err());
         assert!(e.contains("is on another device than at the start"), "{e}");
-        assert!(e.contains(&show_dev(dev)), "{e}");
+        assert!(e.contains(&format!("{} now", show_dev(dev))), "{e}");
+        // gone with its parent (an automounter's /media/pi/LABEL): likewise
+        fs::create_dir_all(base.join("p3/b3")).unwrap();
+        let w3 = MountWatch::new(&base.join("p3/b3"));
+        fs::remove_dir_all(base.join("p3")).unwrap();
+        let e = format!("{:#}", w3.check().unwrap_err());
+        assert!(e.contains("is gone, and so is"), "{e}");
         fs::create_dir_all(base.join("base")).unwrap();
         // a symbolic link to a directory: its parent is the target's
         std::os::unix::fs::symlink(base.join("base"), base.join("link")).unwrap();

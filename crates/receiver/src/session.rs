@@ -256,8 +256,9 @@ struct ThrottleState {
 
 /// See [`Throttle`].
 const FLOOD_LONG: Duration = Duration::from_secs(60);
-/// See [`Throttle`].
-const FLOOD_PAUSE: Duration = Duration::from_secs(2);
+/// See [`Throttle`] (as long as [`FLOOD_LONG`]: a slow sender's every
+/// frame failing is a flood too).
+const FLOOD_PAUSE: Duration = FLOOD_LONG;
 
 impl Throttle {
     /// One more event: `Some(n)` when it should be logged, `n` events having
@@ -655,11 +656,11 @@ impl StreamCtx {
         let need = crate::memory::stream_bytes(h.width, h.height, self.udp);
         let conn = self.conn.clone();
         let c = conn.as_deref();
-        let mut waiting: Option<AtOutput> = None;
+        let mut waited = false;
         loop {
             let why = match self.hub.memory.reserve(&mut self.memory, need) {
                 Ok(()) => {
-                    if waiting.is_some() {
+                    if waited {
                         log::info!(
                             "{}: frame {} taken: memory was given back",
                             self.name,
@@ -688,7 +689,14 @@ impl StreamCtx {
             if why.need > why.limit || self.memory > 0 {
                 return Err(refused);
             }
-            if waiting.is_none() {
+            // (not marked busy: a waiter holds no memory, and may yield its
+            // slot to a new connection like an idle one)
+            if self.hub.stopping.load(SeqCst)
+                || c.is_some_and(|c| c.replaced.load(Relaxed) || c.evicted.load(Relaxed))
+            {
+                return Ok(false);
+            }
+            if !waited {
                 log::warn!(
                     "{}: frame {} waits for memory: a stream of {}x{} frames {why}",
                     self.name,
@@ -696,12 +704,7 @@ impl StreamCtx {
                     h.width,
                     h.height
                 );
-                waiting = Some(AtOutput::new(c));
-            }
-            if self.hub.stopping.load(SeqCst)
-                || c.is_some_and(|c| c.replaced.load(Relaxed) || c.evicted.load(Relaxed))
-            {
-                return Ok(false);
+                waited = true;
             }
             std::thread::sleep(WRITER_POLL);
         }
@@ -792,16 +795,18 @@ impl StreamCtx {
         Ok(handled)
     }
 
-    /// The error that closes a connection at `what` (counted damaged), not
-    /// acknowledged, so that its sender, which asked for acknowledgements,
-    /// sends it again on its next connection; the acknowledgements of the
-    /// frames before it go out first.
+    /// The error that closes a connection at `what`, not acknowledged, so
+    /// that its sender, which asked for acknowledgements, sends it again on
+    /// its next connection (a `--no-drop` one: a live one goes on from a
+    /// key frame); the acknowledgements of the frames before it go out
+    /// first. Not counted here: sent again it is received, else the gap
+    /// before the next frame counts it lost.
     fn send_again(&mut self, what: &dyn std::fmt::Display) -> anyhow::Error {
         if let Some((a, _)) = self.acks.as_mut() {
             a.finish(Duration::from_secs(1));
         }
         anyhow::anyhow!(
-            "{}: {what} not acknowledged: connection closed, so that its sender sends it \
+            "{}: {what}: not acknowledged; connection closed, so that its sender sends it \
              again",
             self.name
         )
@@ -868,12 +873,12 @@ impl StreamCtx {
                         return Ok(self.skip_resent(h, "handled before"));
                     }
                 }
-                self.corrupt(&why.why);
                 if why.reference && self.acks.is_some() {
                     // (a frame before it was lost: sent again from a key
                     // frame, it decodes)
-                    return Err(self.send_again(&format_args!("frame {}", h.sequence)));
+                    return Err(self.send_again(&why.why));
                 }
+                self.corrupt(&why.why);
                 // (its header passed the CRC: its number is the sender's, so
                 // the frame is corrupt, not also lost in the gap before the
                 // next one)
@@ -1673,14 +1678,14 @@ pub fn serve_tcp(
                         ctx = Some(open()?);
                     }
                     let c = ctx.as_mut().expect("opened");
-                    c.corrupt(&e);
                     // Damaged past TCP's checksum: a sender that asked for
                     // acknowledgements sends it again (from a key frame, so
                     // the delta frames after it decode) on its next
                     // connection; this one's next frames would refer to it.
                     if c.acks.is_some() {
-                        return Err(c.send_again(&"a damaged frame"));
+                        return Err(c.send_again(&format_args!("a damaged frame ({e})")));
                     }
+                    c.corrupt(&e);
                 }
                 Err(e) if !framed => {
                     // Junk (another protocol, a scan), or silence before its
@@ -1860,7 +1865,8 @@ pub fn write_stats_json(hub: &Hub, path: Option<&std::path::Path>, last: bool) {
     if let Some(p) = path {
         if let Err(e) = crate::output::write_atomic(p, hub.stats.to_json().as_bytes()) {
             // (the last write, at the exit, is always said)
-            if let Some(n) = hub.stats_json_log.hit().or(last.then_some(0)) {
+            let said = hub.stats_json_log.hit();
+            if let Some(n) = said.or_else(|| last.then(|| hub.stats_json_log.take_unsaid())) {
                 log::warn!("--stats-json: {e:#}{}", more_like_it(n));
             }
         }
@@ -2058,10 +2064,13 @@ mod tests {
         let slow: Vec<_> = said.iter().filter(|(ms, _)| *ms > 60_000).collect();
         assert_eq!(slow, [&(119_000, 599), &(179_000, 599)], "{said:?}");
         assert_eq!(said.len(), 62, "{said:?}");
-        // a pause: a line at once, then a line a second again
-        assert_eq!(t.hit_at(at(190_000)), Some(9));
-        assert_eq!(t.hit_at(at(190_500)), None);
-        assert_eq!(t.hit_at(at(191_000)), Some(1));
+        // less than a minute apart is the same flood (a slow sender's
+        // frames); a pause of a minute: a line at once, then a line a
+        // second again
+        assert_eq!(t.hit_at(at(230_000)), None);
+        assert_eq!(t.hit_at(at(290_001)), Some(10));
+        assert_eq!(t.hit_at(at(290_500)), None);
+        assert_eq!(t.hit_at(at(291_001)), Some(1));
     }
 
     #[test]

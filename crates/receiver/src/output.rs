@@ -468,6 +468,7 @@ pub fn sweep_temp(dir: &Path, deeper: bool) -> usize {
         return 0;
     };
     let mut removed = 0;
+    let own = format!(".{}.", std::process::id());
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
@@ -476,6 +477,9 @@ pub fn sweep_temp(dir: &Path, deeper: bool) -> usize {
             removed += sweep_temp(&e.path(), false);
         } else if kind.is_file()
             && (name.starts_with(".frame-") || name.starts_with(".probe."))
+            // (not this run's: the clock may have been stepped since it
+            // wrote one)
+            && !name.contains(&own)
             && name.ends_with(".tmp")
             && e.metadata()
                 .and_then(|m| m.modified())
@@ -788,9 +792,20 @@ fn place(tmp: &Path, path: &Path) -> Result<bool> {
 /// `data` byte for byte and is no older than the newest of frame `seq - 1`.
 /// A file of an earlier run under the same number (a sender that restarted
 /// its numbering; a blank mask is the same bytes every time) is older than
-/// that, so it is not taken for this frame. Frame 0, or one whose
-/// predecessor is not there, is never taken as written (it is written
+/// that, so it is not taken for this frame. File times come from a clock
+/// a Pi may have had wrong (no battery clock: booted behind, stepped by NTP
+/// later), so the two files must also be at most [`BEFORE_GAP`] apart and
+/// the older at most [`BEFORE_AGE`] old: an earlier run's files rarely
+/// match that. Frame 0, or one whose predecessor is not there, or files
+/// that do not pass, are never taken as written (the frame is written
 /// again: at least once).
+/// See [`written_before`] (frames of a sender slower than one a minute
+/// are written again after a receiver restart: at least once).
+const BEFORE_GAP: Duration = Duration::from_secs(60);
+/// See [`written_before`] (a receiver restarted by its service comes back
+/// within seconds).
+const BEFORE_AGE: Duration = Duration::from_secs(600);
+
 pub fn written_before(
     dir: &Path,
     seq: u64,
@@ -838,7 +853,10 @@ pub fn written_before(
     let (Some((t, len, path)), Some((t_prev, ..))) = (this, prev) else {
         return false;
     };
-    t >= t_prev && len == data.len() as u64 && fs::read(&path).is_ok_and(|b| b == data)
+    t.duration_since(t_prev).is_ok_and(|gap| gap <= BEFORE_GAP)
+        && t_prev.elapsed().is_ok_and(|age| age <= BEFORE_AGE)
+        && len == data.len() as u64
+        && fs::read(&path).is_ok_and(|b| b == data)
 }
 
 /// Writes `data` to a new temporary file `dir/.NAME.PID.N.tmp` (unique per
@@ -1143,6 +1161,22 @@ mod tests {
                 .filter(|e| e.file_name().to_string_lossy().starts_with("frame-000007."))
                 .count();
             assert_eq!(sevens, 2);
+            // The run before had its clock behind (a Pi booted before NTP
+            // set it): an earlier run's frame 9 is newer than its 8, but
+            // over a minute after it: not that run's, written
+            assert_eq!(o.write(&h(9), &[0x33], false).unwrap(), Written::Now);
+            assert_eq!(o.write(&h(8), &[0x44], false).unwrap(), Written::Now);
+            age(8, 200);
+            age(9, 100);
+            o.recent.clear(); // a restart
+            assert_eq!(o.write(&h(9), &[0x33], true).unwrap(), Written::Now);
+            // files over ten minutes old vouch for nothing either
+            assert_eq!(o.write(&h(10), &[0x55], false).unwrap(), Written::Now);
+            assert_eq!(o.write(&h(11), &[0x66], false).unwrap(), Written::Now);
+            age(10, 700);
+            age(11, 700);
+            o.recent.clear(); // a restart
+            assert_eq!(o.write(&h(11), &[0x66], true).unwrap(), Written::Now);
             let _ = fs::remove_dir_all(&dir);
         }
     }

@@ -308,8 +308,15 @@ fn overall_rates(received: u64, wire_bytes: u64, span: Duration) -> (f64, f64) {
 enum ClockState {
     /// Latencies are counted.
     Agree,
-    /// Suspect latencies held back since `since`.
-    Judging { since: Instant, held: Vec<i128> },
+    /// Suspect latencies held back since `since`; `stepped`: since this
+    /// host's clock was set (what is held then measured the step, e.g. a
+    /// receiver set years ahead by NTP before its sender was: dropped,
+    /// not counted, when a plausible one follows).
+    Judging {
+        since: Instant,
+        held: Vec<i128>,
+        stepped: bool,
+    },
     /// Too far apart: nothing is counted; `snap.clock_offset_s` says how far.
     Apart,
 }
@@ -337,11 +344,12 @@ impl ClockJudge {
     }
 
     /// Hold back what comes next until it is judged.
-    fn rejudge(&mut self, now: Instant) {
-        if !matches!(self.state, ClockState::Judging { .. }) {
+    fn rejudge(&mut self, now: Instant, stepped: bool) {
+        if stepped || !matches!(self.state, ClockState::Judging { .. }) {
             self.state = ClockState::Judging {
                 since: now,
                 held: Vec::new(),
+                stepped,
             };
         }
     }
@@ -375,7 +383,7 @@ impl SenderStats {
         self.open += 1;
         self.snap.connected = true;
         // judge the clocks again: they may have been set right meanwhile
-        self.clock.rejudge(Instant::now());
+        self.clock.rejudge(Instant::now(), false);
         self.clock.last_d = None;
     }
 
@@ -416,7 +424,7 @@ impl SenderStats {
         let c = &mut self.clock;
         if host_steps != c.host_steps {
             c.host_steps = host_steps;
-            c.rejudge(now);
+            c.rejudge(now, true);
         }
         let jumped = c.last_d.is_some_and(|prev| d - prev > CLOCK_BEHIND_US);
         c.last_d = Some(d);
@@ -426,17 +434,27 @@ impl SenderStats {
             return;
         }
         if jumped && matches!(c.state, ClockState::Agree) {
-            c.rejudge(now);
+            c.rejudge(now, false);
         }
         match &mut c.state {
             ClockState::Agree => self.record_latency(d),
-            ClockState::Judging { since, held } => {
+            ClockState::Judging {
+                since,
+                held,
+                stepped,
+            } => {
                 if held.len() < JUDGE_MAX {
                     held.push(d);
                 }
                 if d <= CLOCK_BEHIND_US {
-                    // plausible: what was held back really waited
-                    let held = std::mem::take(held);
+                    // plausible: what was held back really waited (unless
+                    // this host's clock was set meanwhile: then it
+                    // measured the step)
+                    let held = if *stepped {
+                        vec![d]
+                    } else {
+                        std::mem::take(held)
+                    };
                     self.clock.state = ClockState::Agree;
                     self.clocks_agree();
                     for d in held {
@@ -459,6 +477,7 @@ impl SenderStats {
                     self.clock.state = ClockState::Judging {
                         since: now,
                         held: vec![d],
+                        stepped: false,
                     };
                 }
             }
@@ -1085,6 +1104,32 @@ mod tests {
         }
         assert_eq!(s.snapshot().clock_offset_s, Some(-3600.004));
         let snap = s.snapshot();
+        assert!(
+            snap.total_latency_p99_ms.is_some_and(|v| v < 10.0),
+            "{snap:?}"
+        );
+    }
+
+    #[test]
+    fn samples_held_after_this_hosts_clock_was_set_are_not_latency() {
+        // Both Pis booted with their clocks in 1970 (they agree); NTP sets
+        // the receiver's years ahead, the sender's a second later: what
+        // was held meanwhile measured the step, not a wait.
+        let reg = StatsRegistry::new();
+        let h = reg.sender("cam");
+        let mut s = lock(&h);
+        let b = Instant::now();
+        s.connected("a:1", "tcp");
+        feed(&mut s, b, 0.0, 4.0);
+        let steps = s.clock.host_steps + 1;
+        let years = 56.0 * 365.0 * 86_400_000.0;
+        for k in 0..10 {
+            let t = b + Duration::from_secs_f64(0.1 + 0.1 * k as f64);
+            s.clock_sample((years * 1000.0) as i128, steps, t);
+        }
+        feed(&mut s, b, 1.5, 5.0);
+        let snap = s.snapshot();
+        assert_eq!(snap.clock_offset_s, None);
         assert!(
             snap.total_latency_p99_ms.is_some_and(|v| v < 10.0),
             "{snap:?}"

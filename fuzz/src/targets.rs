@@ -608,7 +608,7 @@ pub mod roundtrip {
             force.push(op & 0x80 != 0 && f > 0);
             frames.push(m);
         }
-        for choice in Choice::ALL {
+        for &choice in Choice::ALL {
             let mut enc = Encoder::new(choice, interval);
             enc.set_auto_budget(budget);
             enc.set_zstd_level(zl);

@@ -1041,8 +1041,13 @@ mod x86_tests {
             use std::io::Write;
             let msg = "SKIP: x86_variants_match_portable: the CPU lacks the x86 variants' features";
             let _ = writeln!(std::io::stderr(), "{msg}");
+            // (a failure in the bitmask repository's CI only: not where
+            // the crate's package is tested on another machine)
+            let in_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../xtask/Cargo.toml")
+                .exists();
             assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+                !(in_repo && std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")),
                 "{msg} (CI=true: skipping is a failure)"
             );
             return;

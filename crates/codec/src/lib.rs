@@ -61,9 +61,11 @@
 //! Without it, encoding with [`Choice::Zstd`] or decoding a zstd payload
 //! returns [`CodecError::Unsupported`], and `auto` leaves zstd out.
 //!
-//! The formats (`docs/CODEC.md`) and the frame format (`docs/PROTOCOL.md`)
-//! are specified in the bitmask repository, precisely enough to write a
-//! second decoder.
+//! The formats are specified in `CODEC.md`, shipped in this crate's
+//! package (`docs/CODEC.md` in the bitmask repository; the frame format
+//! that carries them in `docs/PROTOCOL.md` there and in the bitmask-wire
+//! package), precisely enough to write a second decoder. (`docs/CODEC.md
+//! 1.8` and the like below are its sections.)
 #![deny(missing_docs)]
 // Unsafe code only where a module allows it: the AVX2 decoder and encoder of `lanes`
 // and the x86 variants of the bilevel encoder (target features).
@@ -255,15 +257,17 @@ pub enum Choice {
     /// LZ4, each frame alone.
     Lz4,
     /// Per frame, the smallest of bilevel, LZ4 and zstd that fits the time budget, else raw.
-    /// It reads the clock (`std::time::Instant`) for that budget: on a target whose std
-    /// has none, such as wasm32-unknown-unknown, where reading it panics, choose another.
+    /// It reads the clock (`std::time::Instant`) for that budget, except on
+    /// wasm32-unknown-unknown, whose std has none (reading it panics): there every
+    /// codec is tried. (zstd's C library does not build for that target: use
+    /// `default-features = false`.)
     #[default]
     Auto,
 }
 
 impl Choice {
-    /// All choices, in CLI order.
-    pub const ALL: [Choice; 5] = [
+    /// All choices, in CLI order (a slice: more may come).
+    pub const ALL: &'static [Choice] = &[
         Choice::Raw,
         Choice::Bilevel,
         Choice::Zstd,
@@ -280,7 +284,7 @@ impl Choice {
 
     /// The choices this build can encode with ([`Choice::is_available`]).
     pub fn available() -> impl Iterator<Item = Choice> {
-        Choice::ALL.into_iter().filter(|c| c.is_available())
+        Choice::ALL.iter().copied().filter(|c| c.is_available())
     }
 
     /// CLI name.
@@ -310,7 +314,8 @@ impl FromStr for Choice {
     type Err = ParseChoiceError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Choice::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|c| c.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| ParseChoiceError(s.to_owned()))
     }
@@ -501,11 +506,13 @@ impl Encoder {
         sequence: u64,
         out: &mut Vec<u8>,
     ) -> Result<FrameInfo, CodecError> {
-        // (the clock only for auto's time budget: std has none on some
-        // targets, wasm32-unknown-unknown, where reading it panics)
-        let t0 = (self.choice == Choice::Auto).then(Instant::now);
+        // (the clock only for auto's time budget: std has none on
+        // wasm32-unknown-unknown, where reading it panics; there the budget
+        // is never used up)
+        const NO_CLOCK: bool = cfg!(all(target_arch = "wasm32", target_os = "unknown"));
+        let t0 = (self.choice == Choice::Auto && !NO_CLOCK).then(Instant::now);
         let budget = self.budget;
-        let in_budget = || t0.is_some_and(|t| t.elapsed() < budget);
+        let in_budget = || t0.is_none_or(|t| t.elapsed() < budget);
         let base = out.len();
         let limit = packed.len();
         let uses_bilevel = matches!(self.choice, Choice::Bilevel | Choice::Auto);

@@ -365,7 +365,7 @@ fn force_keyframe_and_interval() {
 
 #[test]
 fn choice_parse_display() {
-    for c in Choice::ALL {
+    for &c in Choice::ALL {
         assert_eq!(c.to_string().parse::<Choice>().unwrap(), c);
     }
     assert!("gzip".parse::<Choice>().is_err());

@@ -1,5 +1,6 @@
 //! The bitmask frame format (protocol v1), specified byte by byte in
-//! `docs/PROTOCOL.md`.
+//! `PROTOCOL.md`, shipped in this crate's package (`docs/PROTOCOL.md` in
+//! the bitmask repository).
 //!
 //! A stream is an optional [`Hello`] followed by frames. A frame is a fixed
 //! 40-byte [`Header`] (little-endian) followed by `payload_len` payload bytes.
@@ -344,7 +345,9 @@ pub fn encode_frame(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Writes a whole frame (header, then payload) to `w`, as [`encode_frame`]
-/// does to a vector (with the same panic), in two writes.
+/// does to a vector, in two writes; a payload whose length is not
+/// `header.payload_len` is an [`std::io::ErrorKind::InvalidInput`] error
+/// (nothing written), not a panic.
 ///
 /// ```
 /// use bitmask_wire::{write_frame, FrameReader, Header, Limits, CODEC_RAW};
@@ -360,6 +363,17 @@ pub fn write_frame<W: std::io::Write>(
     header: &Header,
     payload: &[u8],
 ) -> std::io::Result<()> {
+    if payload.len() != header.payload_len as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "frame {}: payload_len {} but a {}-byte payload",
+                header.sequence,
+                header.payload_len,
+                payload.len()
+            ),
+        ));
+    }
     w.write_all(&header.encode(payload))?;
     w.write_all(payload)
 }

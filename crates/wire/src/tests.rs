@@ -601,3 +601,12 @@ fn after_a_hello_without_a_known_end_no_frame_is_made_up() {
     assert_eq!(r.read_frame().unwrap().unwrap().header, hd);
     assert!(r.read_frame().unwrap().is_none());
 }
+
+#[test]
+fn write_frame_refuses_a_payload_of_another_length_without_writing() {
+    let mut out = Vec::new();
+    let e = write_frame(&mut out, &Header::new(8, 1, 7, CODEC_RAW, 2), &[1]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(e.to_string(), "frame 7: payload_len 2 but a 1-byte payload");
+    assert!(out.is_empty());
+}

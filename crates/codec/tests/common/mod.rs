@@ -26,13 +26,18 @@ pub fn corpus_dir() -> PathBuf {
 }
 
 /// Reports a test that cannot run here: says why on the process's stderr
-/// (the harness's capture would hide `eprintln!`) and, under `CI=true`,
-/// fails instead (nothing may be skipped there).
+/// (the harness's capture would hide `eprintln!`) and, under `CI=true` in
+/// the bitmask repository, fails instead (nothing may be skipped there;
+/// the crate's tests run from its package elsewhere, where `cargo xtask`
+/// cannot make the corpus, only say so).
 pub fn skip(why: &str) {
     use std::io::Write;
     let msg = format!("SKIP: {why}");
     let _ = writeln!(std::io::stderr(), "{msg}");
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+    let in_repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../xtask/Cargo.toml")
+        .exists();
+    if in_repo && std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{msg} (CI=true: skipping is a failure)");
     }
 }

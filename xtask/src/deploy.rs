@@ -1461,6 +1461,9 @@ fn systemd_word(a: &str) -> String {
 /// Seconds a freshly started unit must stay up, unrestarted, to count as
 /// installed (a unit whose program exits at once is restarted every 2 s).
 const SERVICE_SETTLE_SECS: u32 = 3;
+/// Seconds more the sender's unit is given to say in its journal that it
+/// connected to the receiver (not a failure: said, with where to look).
+const SERVICE_CONNECT_SECS: u32 = 15;
 
 const SUDO: &str = "if [ \"$(id -u)\" = 0 ]; then S=; else S='sudo -n'; fi; command -v systemctl >/dev/null || { echo 'no systemctl: --install-service needs systemd (Raspberry Pi OS has it)' >&2; exit 5; }; ";
 
@@ -1488,8 +1491,18 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
                     }
                 );
             }
+            // The sender's journal, once it is up: has it connected to the
+            // receiver? (A name that resolves but a port no one listens on,
+            // a firewall: the unit stays up, reconnecting for good.)
+            let connected = match pi.role {
+                Role::Receiver => String::new(),
+                Role::Sender => format!(
+                    " && {{ i=0; while [ $i -lt {wait} ]; do if {{ $S journalctl -u {unit} --since @$t0 -o cat --no-pager 2>/dev/null || journalctl -u {unit} --since @$t0 -o cat --no-pager 2>/dev/null; }} | grep -q 'state: connected to'; then echo connected; exit 0; fi; i=$((i+1)); sleep 1; done; echo not-connected; }}",
+                    wait = SERVICE_CONNECT_SECS
+                ),
+            };
             format!(
-                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && $S systemctl restart {unit} && sleep {settle} && {{ st=$(systemctl is-active {unit}); n=$(systemctl show -p NRestarts --value {unit}); if [ \"$st\" = active ] && [ \"${{n:-0}}\" = 0 ]; then echo active; else echo \"service-failed: $st, restarted ${{n:-0}} times\" >&2; ($S journalctl -u {unit} -n 20 --no-pager 2>/dev/null || journalctl -u {unit} -n 20 --no-pager 2>/dev/null) >&2; $S systemctl disable --now {unit} >/dev/null 2>&1; exit 7; fi; }}",
+                "{SUDO}printf '%s' {t} | sed \"s/^User={LOGIN_USER}$/User=$(id -un)/\" | $S tee {ud}/{unit} >/dev/null && $S systemctl daemon-reload && $S systemctl enable {unit} && t0=$(date +%s) && $S systemctl restart {unit} && sleep {settle} && {{ st=$(systemctl is-active {unit}); n=$(systemctl show -p NRestarts --value {unit}); if [ \"$st\" = active ] && [ \"${{n:-0}}\" = 0 ]; then echo active; else echo \"service-failed: $st, restarted ${{n:-0}} times\" >&2; ($S journalctl -u {unit} -n 20 --no-pager 2>/dev/null || journalctl -u {unit} -n 20 --no-pager 2>/dev/null) >&2; $S systemctl disable --now {unit} >/dev/null 2>&1; exit 7; fi; }}{connected}",
                 settle = SERVICE_SETTLE_SECS,
                 ud = q(&pi.unit_dir),
                 t = q(&text)
@@ -1537,11 +1550,25 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
             ));
         }
         if !ctx.dry {
+            let said: Vec<&str> = out.split_whitespace().collect();
             eprintln!(
                 "deploy: {}: {unit} {}",
                 pi.label(),
                 if install {
-                    format!("enabled and {}", out.trim())
+                    format!(
+                        "enabled and {}",
+                        match said[..] {
+                            [state, "connected"] => format!("{state}, connected to the receiver"),
+                            [state, "not-connected"] => format!(
+                                "{state}, but NOT CONNECTED to the receiver after \
+                                 {SERVICE_CONNECT_SECS} s: check `journalctl -u {unit}` on \
+                                 {}, the receiver's address and port (--to), a firewall \
+                                 between the Pis, and that bitmask-recv.service is up",
+                                pi.host_label()
+                            ),
+                            _ => out.trim().to_string(),
+                        }
+                    )
                 } else {
                     "removed".into()
                 }
@@ -1804,6 +1831,15 @@ pub fn self_test() -> Result<()> {
             fail = base.join("systemctl-fail").display()
         ),
     )?;
+    // and for journalctl: the sender's unit connected (with {silent}: it did not)
+    let fake_journal = fakebin.join("journalctl");
+    std::fs::write(
+        &fake_journal,
+        format!(
+            "#!/bin/sh\n# stand-in for journalctl in the deploy test\n[ -e {silent} ] || echo 'state: connected to 127.0.0.1:5555 over tcp; resuming at frame 0'\nexit 0\n",
+            silent = base.join("journalctl-silent").display()
+        ),
+    )?;
     // and for date: the sender "Pi" (working in pi2/) is an hour behind, for the clock check
     let fake_date = fakebin.join("date");
     std::fs::write(
@@ -1816,7 +1852,7 @@ exec /bin/date \"$@\"
     )?;
     {
         use std::os::unix::fs::PermissionsExt;
-        for f in [&fake, &fake_date] {
+        for f in [&fake, &fake_journal, &fake_date] {
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755))?;
         }
     }
@@ -2216,7 +2252,22 @@ args = [{send_args}]
         bail!("a unit that did not stay up was not disabled again");
     }
     let _ = std::fs::remove_file(&calls);
-    deploy_expect(&a, true, "bitmask-send.service enabled")?;
+    // a sender whose journal never says it connected: installed, and told
+    let silent = base.join("journalctl-silent");
+    std::fs::write(&silent, "")?;
+    let quiet = deploy_expect(
+        &a,
+        true,
+        "bitmask-send.service enabled and active, but NOT CONNECTED to the receiver after 15 s",
+    );
+    std::fs::remove_file(&silent)?;
+    quiet?;
+    let _ = std::fs::remove_file(&calls);
+    deploy_expect(
+        &a,
+        true,
+        "bitmask-send.service enabled and active, connected to the receiver",
+    )?;
     let recv_unit = std::fs::read_to_string(units.join("bitmask-recv.service"))?;
     let send_unit = std::fs::read_to_string(units.join("bitmask-send.service"))?;
     let log = std::fs::read_to_string(&calls)?;
@@ -2248,7 +2299,7 @@ args = [{send_args}]
     {
         bail!("--uninstall left units behind or did not disable them:\n{log}");
     }
-    eprintln!("deploy test: --install-service told and disabled a unit that did not stay up, wrote and enabled both units (receiver first), --uninstall removed them");
+    eprintln!("deploy test: --install-service told and disabled a unit that did not stay up, told of a sender that did not connect, wrote and enabled both units (receiver first), --uninstall removed them");
     eprintln!("deploy test: passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

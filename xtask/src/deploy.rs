@@ -1494,10 +1494,18 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
             // The sender's journal, once it is up: has it connected to the
             // receiver? (A name that resolves but a port no one listens on,
             // a firewall: the unit stays up, reconnecting for good.)
+            // (UDP's "connect" sends nothing: there the journal cannot
+            // tell. The login user reads the journal (group adm on
+            // Raspberry Pi OS); root's try comes second.)
+            let udp = args
+                .windows(2)
+                .any(|w| w[0] == "--transport" && w[1] == "udp")
+                || args.iter().any(|a| a == "--transport=udp");
             let connected = match pi.role {
                 Role::Receiver => String::new(),
+                Role::Sender if udp => " && echo udp".to_string(),
                 Role::Sender => format!(
-                    " && {{ i=0; while [ $i -lt {wait} ]; do if {{ $S journalctl -u {unit} --since @$t0 -o cat --no-pager 2>/dev/null || journalctl -u {unit} --since @$t0 -o cat --no-pager 2>/dev/null; }} | grep -q 'state: connected to'; then echo connected; exit 0; fi; i=$((i+1)); sleep 1; done; echo not-connected; }}",
+                    " && {{ i=0; while [ $i -lt {wait} ]; do if {{ journalctl -u {unit} --since @$t0 -o cat --no-pager 2>/dev/null || $S journalctl -u {unit} --since @$t0 -o cat --no-pager 2>/dev/null; }} | grep -q 'state: connected to'; then echo connected; exit 0; fi; i=$((i+1)); sleep 1; done; echo not-connected; }}",
                     wait = SERVICE_CONNECT_SECS
                 ),
             };
@@ -1559,6 +1567,12 @@ fn services(ctx: &Ctx, recv: &Pi, send: &Pi, install: bool) -> Result<()> {
                         "enabled and {}",
                         match said[..] {
                             [state, "connected"] => format!("{state}, connected to the receiver"),
+                            [state, "udp"] => format!(
+                                "{state} (over UDP the install cannot tell whether its \
+                                 datagrams reach the receiver: `journalctl -u bitmask-recv` \
+                                 on {} says)",
+                                recv.host_label()
+                            ),
                             [state, "not-connected"] => format!(
                                 "{state}, but NOT CONNECTED to the receiver after \
                                  {SERVICE_CONNECT_SECS} s: check `journalctl -u {unit}` on \
@@ -1836,7 +1850,7 @@ pub fn self_test() -> Result<()> {
     std::fs::write(
         &fake_journal,
         format!(
-            "#!/bin/sh\n# stand-in for journalctl in the deploy test\n[ -e {silent} ] || echo 'state: connected to 127.0.0.1:5555 over tcp; resuming at frame 0'\nexit 0\n",
+            "#!/bin/sh\n# stand-in for journalctl in the deploy test: asked for the sender's unit since a time\ncase \"$*\" in *'-u bitmask-send.service --since @'[0-9]*) ;; *' -n 20 --no-pager') exit 0;; *) echo \"unexpected: journalctl $*\" >&2; exit 1;; esac\n[ -e {silent} ] || echo 'state: connected to 127.0.0.1:5555 over tcp; resuming at frame 0'\nexit 0\n",
             silent = base.join("journalctl-silent").display()
         ),
     )?;

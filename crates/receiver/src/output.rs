@@ -457,6 +457,12 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
 /// power cut or a kill between a write and its rename).
 const STALE_TEMP: Duration = Duration::from_secs(600);
 
+/// The process id in a temporary file's name (`.NAME.PID.N.tmp`,
+/// [`write_temp`]).
+fn temp_pid(name: &str) -> Option<u32> {
+    name.strip_suffix(".tmp")?.rsplit('.').nth(1)?.parse().ok()
+}
+
 /// Removes the temporary files an earlier run left in `dir` and, with
 /// `deeper`, in the directories in it (`--per-sender`): `.frame-*.tmp` and
 /// `.probe.*.tmp` last modified over [`STALE_TEMP`] ago (nothing writes
@@ -468,7 +474,7 @@ pub fn sweep_temp(dir: &Path, deeper: bool) -> usize {
         return 0;
     };
     let mut removed = 0;
-    let own = format!(".{}.", std::process::id());
+    let own = std::process::id();
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
@@ -479,7 +485,7 @@ pub fn sweep_temp(dir: &Path, deeper: bool) -> usize {
             && (name.starts_with(".frame-") || name.starts_with(".probe."))
             // (not this run's: the clock may have been stepped since it
             // wrote one)
-            && !name.contains(&own)
+            && temp_pid(&name) != Some(own)
             && name.ends_with(".tmp")
             && e.metadata()
                 .and_then(|m| m.modified())
@@ -785,6 +791,13 @@ fn place(tmp: &Path, path: &Path) -> Result<bool> {
     rename(tmp, path).map(|()| true)
 }
 
+/// See [`written_before`] (frames of a sender slower than one a minute
+/// are written again after a receiver restart: at least once).
+const BEFORE_GAP: Duration = Duration::from_secs(60);
+/// See [`written_before`] (a receiver restarted by its service comes back
+/// within seconds).
+const BEFORE_AGE: Duration = Duration::from_secs(600);
+
 /// Whether frame `seq` was written to `dir` by the run that wrote frame
 /// `seq - 1` (a receiver that died before confirming it): leaving out the
 /// files this output has just written (`recent`: frames sent again that it
@@ -799,13 +812,6 @@ fn place(tmp: &Path, path: &Path) -> Result<bool> {
 /// match that. Frame 0, or one whose predecessor is not there, or files
 /// that do not pass, are never taken as written (the frame is written
 /// again: at least once).
-/// See [`written_before`] (frames of a sender slower than one a minute
-/// are written again after a receiver restart: at least once).
-const BEFORE_GAP: Duration = Duration::from_secs(60);
-/// See [`written_before`] (a receiver restarted by its service comes back
-/// within seconds).
-const BEFORE_AGE: Duration = Duration::from_secs(600);
-
 pub fn written_before(
     dir: &Path,
     seq: u64,
@@ -993,13 +999,18 @@ mod tests {
                     .unwrap();
             }
         };
+        // (an earlier run's process id: not this one's)
+        let other = std::process::id().wrapping_add(1);
         let gone = [
-            base.join(".frame-000001.123.0.tmp"),
-            base.join(".probe.123.4.tmp"),
-            base.join("cam/.frame-000002.123.1.tmp"),
+            base.join(format!(".frame-000001.{other}.0.tmp")),
+            base.join(format!(".probe.{other}.4.tmp")),
+            base.join(format!("cam/.frame-000002.{other}.1.tmp")),
         ];
+        let own = base.join(format!(".frame-000004.{}.0.tmp", std::process::id()));
+        assert_eq!(temp_pid(".frame-000009.1.raw.77.5.tmp"), Some(77));
         let kept = [
-            base.join(".frame-000003.123.2.tmp"), // being written (new)
+            own.clone(), // this run's, however old it looks (a clock set since)
+            base.join(format!(".frame-000003.{other}.2.tmp")), // being written (new)
             base.join("frame-000001.raw"),
             base.join(".notes.tmp"), // not ours
             base.join("cam/frame-000002.raw"),
@@ -1007,8 +1018,8 @@ mod tests {
         for p in &gone {
             make(p, true);
         }
-        make(&kept[0], false);
-        for p in &kept[1..] {
+        make(&kept[1], false);
+        for p in kept.iter().filter(|p| **p != kept[1]) {
             make(p, true);
         }
         // without `deeper`, the sender's directories are left alone

@@ -267,9 +267,14 @@ static HOST_CLOCK_STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 /// This host's wall clock minus its monotonic clock, µs (`i64::MIN`: not yet).
 static WALL_MINUS_MONO: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
 
+/// What [`host_clock_steps`] adds for a step larger than
+/// [`CLOCK_BEHIND_US`] (1 for a smaller one): the count's high half counts
+/// the steps that can pass for a wait.
+const BIG_STEP: u64 = 1 << 32;
+
 /// Counts a step of this host's clock since the last call (more than 1 s
 /// between its wall clock `wall_us` and its monotonic clock `now`) and
-/// returns the steps so far.
+/// returns the steps so far (see [`BIG_STEP`]).
 fn host_clock_steps(wall_us: u64, now: Instant) -> u64 {
     use std::sync::atomic::Ordering::SeqCst;
     static MONO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -281,7 +286,12 @@ fn host_clock_steps(wall_us: u64, now: Instant) -> u64 {
             "this host's clock was set ({:+.1} s): judging the senders' clocks again",
             (now - before) as f64 / 1e6
         );
-        return HOST_CLOCK_STEPS.fetch_add(1, SeqCst) + 1;
+        let step = if (now - before).abs() as i128 > CLOCK_BEHIND_US {
+            BIG_STEP
+        } else {
+            1
+        };
+        return HOST_CLOCK_STEPS.fetch_add(step, SeqCst) + step;
     }
     HOST_CLOCK_STEPS.load(SeqCst)
 }
@@ -423,8 +433,11 @@ impl SenderStats {
     fn clock_sample(&mut self, d: i128, host_steps: u64, now: Instant) {
         let c = &mut self.clock;
         if host_steps != c.host_steps {
+            // (what is held was measured against a step only if it was
+            // large enough to pass for a wait)
+            let big = host_steps / BIG_STEP != c.host_steps / BIG_STEP;
             c.host_steps = host_steps;
-            c.rejudge(now, true);
+            c.rejudge(now, big);
         }
         let jumped = c.last_d.is_some_and(|prev| d - prev > CLOCK_BEHIND_US);
         c.last_d = Some(d);
@@ -1121,7 +1134,7 @@ mod tests {
         let b = Instant::now();
         s.connected("a:1", "tcp");
         feed(&mut s, b, 0.0, 4.0);
-        let steps = s.clock.host_steps + 1;
+        let steps = s.clock.host_steps + BIG_STEP;
         let years = 56.0 * 365.0 * 86_400_000.0;
         for k in 0..10 {
             let t = b + Duration::from_secs_f64(0.1 + 0.1 * k as f64);
@@ -1133,6 +1146,22 @@ mod tests {
         assert!(
             snap.total_latency_p99_ms.is_some_and(|v| v < 10.0),
             "{snap:?}"
+        );
+        // A small correction (2 s: it cannot pass for a 30 s wait) while a
+        // --no-drop backlog of 40 s waits is drained: those are counted.
+        s.connected("a:2", "tcp");
+        let (b, small) = (Instant::now(), s.clock.host_steps + 1);
+        for k in 0..6 {
+            let t = b + Duration::from_secs_f64(0.01 * k as f64);
+            s.clock_sample(40_000_000 - 100_000 * k as i128, small, t);
+        }
+        feed(&mut s, b, 0.1, 5.0);
+        assert!(
+            s.snapshot()
+                .total_latency_p99_ms
+                .is_some_and(|v| v > 39_000.0),
+            "{:?}",
+            s.snapshot()
         );
     }
 

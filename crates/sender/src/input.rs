@@ -187,8 +187,11 @@ pub fn memory_available() -> Option<usize> {
 /// `MemAvailable` of a `/proc/meminfo` text, in bytes.
 fn mem_available(meminfo: &str) -> Option<usize> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    // At most what one process can address (a 32-bit Raspberry Pi OS on an
+    // 8 GB Pi 4 says more than a usize holds).
+    let bytes = usize::try_from(kb.saturating_mul(1024)).unwrap_or(usize::MAX);
+    Some(bytes.min(isize::MAX as usize))
 }
 
 impl ImageFiles {
@@ -576,6 +579,12 @@ mod tests {
         assert_eq!(mem_available(pi_zero), Some(301_212 * 1024));
         assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
         assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
+        // more than a process can address: what it can (a 32-bit Pi OS on
+        // an 8 GB Pi 4; any size on a 64-bit host)
+        assert_eq!(
+            mem_available("MemAvailable: 18446744073709551615 kB\n"),
+            Some(isize::MAX as usize)
+        );
         let limit = cache_limit();
         assert!(limit > 0 && limit <= CACHE_LIMIT, "{limit}");
     }

@@ -959,12 +959,12 @@ fn fit_memory(cfg: &Config, queue: &FrameQueue, counters: &Counters, mask: &Mask
     }
     let mb = |b: usize| format!("{:.1} MB", b as f64 / 1e6);
     log::warn!(
-        "masks of {}x{} take {} each: the sender keeps at most {} of them (half the memory \
-         available, {}): --queue {} lowered to {q}{}",
+        "masks of {}x{} take {} each: {} of them fit in half the memory available ({}): \
+         --queue {} lowered to {q}{}",
         mask.width,
         mask.height,
         mb(bytes),
-        fit.max(1),
+        fit,
         mb(budget),
         cfg.queue,
         if kept {

@@ -121,12 +121,13 @@ impl Budget {
     }
 }
 
-/// The memory available now (`MemAvailable`), where the system says.
+/// The memory available now (`MemAvailable`), where the system says; at
+/// most what one process can address (a 32-bit Pi OS on an 8 GB Pi 4).
 pub fn available() -> Option<u64> {
     let m = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
+    Some(kb.saturating_mul(1024).min(isize::MAX as u64))
 }
 
 /// The default `--max-memory`: half the memory available at the start, or

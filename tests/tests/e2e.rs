@@ -124,7 +124,15 @@ fn every_format_is_bit_exact_over_odd_and_large_sizes() {
     for (format, args, params) in cases {
         let out = TempDir::new(&format!("e2e-out-{format}"));
         let n = imgs.len().to_string();
-        let mut recv = start_receiver(&["--out", out.str(), "--format", format, "--count", &n]);
+        // (png also with --sync: every file synced, the bits the same)
+        let sync: &[&str] = if format == "png" { &["--sync"] } else { &[] };
+        let mut recv = start_receiver(
+            &[
+                &["--out", out.str(), "--format", format, "--count", &n][..],
+                sync,
+            ]
+            .concat(),
+        );
         let sent = send(&recv.addr, args, &files);
         assert_ok("bitmask-send", &sent);
         assert!(

@@ -98,6 +98,16 @@ struct Cli {
     #[arg(long, value_name = "CMD", value_parser = non_blank)]
     exec: Option<String>,
 
+    /// Make every file durable before its frame counts as written and is
+    /// acknowledged: its data synced to the card before it is renamed into
+    /// place, its directory after (fsync). A power cut on the receiver then
+    /// loses no frame a sender was told was handled, nor leaves an empty
+    /// file under a frame's name; without it the kernel writes files back
+    /// within about 30 s. Costs a few ms per frame on an SD card (more on a
+    /// slow one: measure your --fps).
+    #[arg(long)]
+    sync: bool,
+
     /// File format of each mask.
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
@@ -311,6 +321,7 @@ fn memory_limit(cli: &Cli) -> u64 {
 fn run(cli: Cli) -> Result<()> {
     // First, before `--exec` or the live view start threads of their own.
     let signals = session::block_stop_signals();
+    output::set_sync(cli.sync);
     if let Some(p) = &cli.stats_json {
         output::check_file_target("--stats-json", p)?;
     }

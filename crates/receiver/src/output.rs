@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -710,6 +710,7 @@ pub fn write_new(dir: &Path, name: &str, ext: &str, data: &[u8]) -> Result<PathB
                 if k > 0 {
                     next(Some(k));
                 }
+                sync_dir(dir)?;
                 return Ok(path);
             }
             Ok(false) => {
@@ -872,11 +873,46 @@ fn write_temp(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    if let Err(e) = fs::write(&tmp, data) {
+    let written = if SYNC.load(Ordering::Relaxed) {
+        // (its bytes on the card before its name is: a power cut cannot
+        // leave an empty file under the final name)
+        fs::File::create(&tmp).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(data)?;
+            f.sync_data()
+        })
+    } else {
+        fs::write(&tmp, data)
+    };
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
     Ok(tmp)
+}
+
+/// `--sync`: files are made durable before they count as written
+/// ([`set_sync`]).
+static SYNC: AtomicBool = AtomicBool::new(false);
+/// Directories synced so far (for tests).
+static DIR_SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// `--sync`: from now on every file written ([`write_new`],
+/// [`write_atomic`]) is on the card before it counts as written: its data
+/// synced before it is renamed into place, its directory after.
+pub fn set_sync(on: bool) {
+    SYNC.store(on, Ordering::Relaxed);
+}
+
+/// With `--sync`, syncs directory `dir` (a rename into it made durable).
+fn sync_dir(dir: &Path) -> Result<()> {
+    if !SYNC.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    DIR_SYNCS.fetch_add(1, Ordering::Relaxed);
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {} (--sync)", dir.display()))
 }
 
 /// Renames `from` to `to`; removes `from` when that fails.
@@ -895,7 +931,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let path = &follow_links(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
     let tmp = write_temp(parent_of(path), name, data)?;
-    rename(&tmp, path)
+    rename(&tmp, path)?;
+    sync_dir(parent_of(path))
 }
 
 #[cfg(test)]
@@ -1029,6 +1066,20 @@ mod tests {
         assert!(gone.iter().all(|p| !p.exists()));
         assert!(kept.iter().all(|p| p.exists()));
         let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn with_sync_a_frame_is_synced_with_its_directory() {
+        let dir = std::env::temp_dir().join(format!("bitmask-sync-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let before = DIR_SYNCS.load(Ordering::Relaxed);
+        set_sync(true);
+        let r = write_new(&dir, "frame-000001", "raw", &[7]);
+        set_sync(false);
+        assert_eq!(fs::read(r.unwrap()).unwrap(), [7]);
+        assert!(DIR_SYNCS.load(Ordering::Relaxed) > before);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn core() -> Result<()> {
         (
             "unpack to 0/1 bytes",
             "unpack_rows",
-            "np.unpackbits(packed, axis=1)",
+            "np.unpackbits(packed, axis=1, count=w)",
         ),
         ("CRC-32 of 98,304 B", "crc32", "zlib.crc32"),
     ];
@@ -99,16 +99,18 @@ fn core() -> Result<()> {
             .context(format!("bench_core printed no {key}"))?
             .parse()?;
         let np_key = if i == 2 { "original_recipe" } else { key };
-        match numpy
-            .get(np_key)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|_| !np_job.is_empty())
-        {
-            Some(n) => {
-                table += &format!("| {job} | {r:.1} | `{np_job}` | {n:.1} | {:.1}x |\n", n / r)
-            }
-            None => table += &format!("| {job} | {r:.1} | — | — | — |\n"),
+        if np_job.is_empty() {
+            // (no numpy counterpart)
+            table += &format!("| {job} | {r:.1} | — | — | — |\n");
+            continue;
         }
+        let n: f64 = numpy
+            .get(np_key)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| {
+                format!("the numpy run printed no {np_key} (tools/bench/numpy_core.py)")
+            })?;
+        table += &format!("| {job} | {r:.1} | `{np_job}` | {n:.1} | {:.1}x |\n", n / r);
     }
     table += "\nLoopback, release build, 2000 frames of the sample scene (blue >= 170), receiver writing to /dev/null:\n\n";
     for codec in ["raw", "auto"] {
@@ -138,11 +140,14 @@ fn loopback(codec: &str) -> Result<String> {
     )?;
     let codec_arg = ["--codec", codec];
     crate::demo::send_samples(&bin, &addr, &input, "2000", &codec_arg, true, &mut recv)?;
-    crate::demo::wait_timeout(&mut recv, std::time::Duration::from_secs(120))?;
+    let st = crate::demo::wait_timeout(&mut recv, std::time::Duration::from_secs(120))?;
     let log = log.join().unwrap_or_default();
-    Ok(log
-        .lines()
+    anyhow::ensure!(
+        st.success(),
+        "bitmask-recv --codec {codec} run: {st}\n{log}"
+    );
+    log.lines()
         .find_map(|l| l.strip_prefix("bitmask-recv: total: "))
-        .unwrap_or_default()
-        .to_string())
+        .map(str::to_string)
+        .with_context(|| format!("bitmask-recv printed no total line:\n{log}"))
 }

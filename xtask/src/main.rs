@@ -84,7 +84,7 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              every codec (bilevel, auto, G4, zstd-1/3, lz4, zlib-6) on the codec corpus (built\n\
              on first use by tools/corpus/make_corpus.py into target/codec-corpus; --regen\n\
              rebuilds it): bytes, encode and decode µs (fastest of N passes, default 5), the\n\
-             issue's targets; writes target/codec-bench/report.md and masks.csv\n"
+             numbers the issue's targets are checked against; writes target/codec-bench/report.md and masks.csv\n"
         }
         ("bench", Some("view")) => {
             "cargo xtask bench view [--frames N] [--rounds N]\n\

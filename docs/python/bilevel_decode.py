@@ -402,7 +402,15 @@ def decode_transitions(payload, width, height, prev_tr=None):
 
 def decode(payload, width, height, prev_rows=None):
     """Decodes a bilevel payload to `height` rows of `width` pixels (0/1).
-    `prev_rows` (same form) is the reference frame of a delta payload."""
+    `prev_rows` (same form) is the reference frame of a delta payload.
+    Dimensions are checked (1 to 2**20 each) and so is the payload's length
+    (1 to stride * height bytes, CODEC.md section 0): a caller without the
+    wire format's limits cannot be made to loop for ever."""
+    if not (1 <= width <= 1 << 20 and 1 <= height <= 1 << 20):
+        raise ValueError(f"dimensions {width}x{height} out of range (1..=1048576 each)")
+    if not 1 <= len(payload) <= (width + 7) // 8 * height:
+        raise ValueError(f"a {len(payload)}-byte payload for a {width}x{height} mask "
+                         f"(1 to {(width + 7) // 8 * height} bytes)")
     prev_tr = None
     if prev_rows is not None:
         if len(prev_rows) != height or any(len(r) != width for r in prev_rows):
@@ -449,15 +457,15 @@ def main(argv=None):
     ap.add_argument("--ref", help="the packed previous frame (for a delta payload)")
     ap.add_argument("--out", help="where to write the packed mask (default: stdout)")
     a = ap.parse_args(argv)
-    with open(a.payload, "rb") as f:
-        payload = f.read()
     try:
+        with open(a.payload, "rb") as f:
+            payload = f.read()
         prev = None
         if a.ref is not None:
             with open(a.ref, "rb") as f:
                 prev = unpack_rows(f.read(), a.width, a.height)
         rows = decode(payload, a.width, a.height, prev)
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         print(f"bilevel_decode: {a.payload}: {e}", file=sys.stderr)
         return 1
     packed = pack_rows(rows, a.width)

@@ -12,7 +12,11 @@ Needs numpy; thresholding images (8-bit gray/RGB/RGBA) needs Pillow.
 import argparse, socket, struct, sys, time, unicodedata, zlib
 from pathlib import Path
 from typing import NamedTuple
-import numpy as np
+
+try:
+    import numpy as np
+except ImportError:
+    sys.exit("bitmask_wire: needs numpy (pip install numpy)")
 
 MAGIC, HELLO_MAGIC, VERSION, CODEC_RAW, FLAG_DELTA = b"BMSK", b"BMHI", 1, 0, 0x01
 ACK_MAGIC, HELLO_ACKS, HELLO_RESUME = b"BMAK", 0x01, 0x02
@@ -152,6 +156,9 @@ def threshold(path, channel="luma", threshold=128, invert=False):
     from PIL import Image
 
     with Image.open(path) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            # (Pillow's conversions clip these; bitmask-send scales 16-bit values to 8)
+            raise ValueError(f"{path}: a {img.mode} image; this reference takes 8-bit images only")
         if channel == "luma":
             values = np.asarray(img.convert("L"))
         else:
@@ -167,6 +174,10 @@ def _addr(s):
 
 def send(to, images, channel="luma", thresh=128, invert=False, name="python"):
     """Thresholds `images` and sends them as frames 0, 1, ... over one TCP connection."""
+    try:
+        import PIL  # noqa: F401 (before connecting: a receiver is not left with a hello alone)
+    except ImportError:
+        sys.exit("bitmask_wire: sending needs Pillow (pip install pillow)")
     with socket.create_connection(_addr(to), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(hello(name))
@@ -188,7 +199,10 @@ def recv(listen, out, count=None):
     n = 0
     while count is None or n < count:
         conn, peer = srv.accept()
-        conn.settimeout(10)
+        # (a sender may be silent between frames as long as it likes, a
+        # time-lapse; keepalive notices a host that went away)
+        conn.settimeout(None)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         name = f"{peer[0]}:{peer[1]}"
         with conn, conn.makefile("rb") as f:
             try:
@@ -200,11 +214,23 @@ def recv(listen, out, count=None):
                     try:
                         frame, rest = read_frame(f, rest), b""
                     except CrcMismatch as e:
+                        if acks:
+                            # Not acknowledged: the connection is closed, so that the
+                            # sender sends it again (PROTOCOL.md section 6, "handled").
+                            print(f"bitmask_wire: {name}: damaged frame, connection closed "
+                                  f"so that it is sent again: {e}", file=sys.stderr)
+                            break
                         print(f"bitmask_wire: {name}: skipping frame: {e}", file=sys.stderr)
                         rest = b""
                         continue
                     if frame is None:
                         break
+                    if frame.codec == CODEC_RAW and frame.flags & FLAG_DELTA:
+                        print(f"bitmask_wire: {name}: skipping frame {frame.sequence}: a raw "
+                              "frame with the delta flag (CODEC.md)", file=sys.stderr)
+                        if acks:
+                            conn.sendall(ack(frame.sequence + 1))  # handled: counted damaged
+                        continue
                     if frame.codec != CODEC_RAW:
                         # Every later frame would be skipped too: say so once and stop.
                         sys.exit(f"bitmask_wire: {name}: frame {frame.sequence} uses codec {frame.codec}; this "
@@ -243,7 +269,7 @@ def main(argv=None):
             print(f"bitmask_wire: sent {len(a.images)} frames", file=sys.stderr)
         else:
             recv(a.listen, a.out, a.count)
-    except (OSError, WireError) as e:
+    except (OSError, ValueError) as e:  # (WireError is a ValueError)
         print(f"bitmask_wire: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -895,7 +895,12 @@ fn python_example_reads_gray8_and_raw_streams() {
         .enumerate()
         .map(|(i, m)| {
             let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
-            format!("frame {i}: {ones} of {} pixels set\n", w * h)
+            // (the CRC of the packed mask: where the pixels are, not only how many)
+            let crc = bitmask_wire::crc(m, &[]);
+            format!(
+                "frame {i}: {ones} of {} pixels set (crc32 {crc:08x})\n",
+                w * h
+            )
         })
         .collect();
     let script = root().join("docs/python/read_stream.py");

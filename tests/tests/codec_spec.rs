@@ -115,3 +115,76 @@ fn python_spec_decoder_rejects_malformed_payloads() {
         );
     }
 }
+
+/// `pan_00` cut to `w` columns (rows then end inside a byte), the scene
+/// moved `dx` pixels right and `dy` rows down (pixels entering are 0).
+fn cut_and_moved(w: usize, dx: i32, dy: i32) -> Vec<u8> {
+    let (sw, h) = dims("pan_00");
+    let (sw, h) = (sw as usize, h as usize);
+    let src = read(&vectors().join("pan_00.bits"));
+    let (ss, stride) = (sw.div_ceil(8), w.div_ceil(8));
+    let mut out = vec![0u8; stride * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (sx, sy) = (x as i32 - dx, y as i32 - dy);
+            if sx < 0 || sy < 0 || sx as usize >= sw || sy as usize >= h {
+                continue;
+            }
+            let (sx, sy) = (sx as usize, sy as usize);
+            if src[sy * ss + sx / 8] & (0x80 >> (sx % 8)) != 0 {
+                out[y * stride + x / 8] |= 0x80 >> (x % 8);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn python_spec_decoder_decodes_odd_widths_and_global_motion() {
+    // The committed vectors are all 256 pixels wide and their delta frame
+    // has no motion: here a 61-pixel-wide key frame and a delta frame of
+    // the scene moved 3 right and 2 up, encoded by the Rust encoder now.
+    use bitmask_codec::{Choice, Encoder, FLAG_DELTA};
+    let Some(py) = python() else { return };
+    let dir = TempDir::new("codec-spec-odd");
+    let (w, h) = (61usize, dims("pan_00").1 as usize);
+    let (a, b) = (cut_and_moved(w, 0, 0), cut_and_moved(w, 3, -2));
+    let mut enc = Encoder::new(Choice::Bilevel, 0);
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    enc.encode(&a, w as u32, h as u32, 0, &mut pa).unwrap();
+    let f = enc.encode(&b, w as u32, h as u32, 1, &mut pb).unwrap();
+    assert_eq!(f.flags, FLAG_DELTA);
+    assert_eq!(
+        (pb[9] as i8, pb[10] as i8),
+        (3, -2),
+        "the delta frame's motion"
+    );
+    let run = |payload: &[u8], reference: Option<&Path>, tag: &str| -> Vec<u8> {
+        let (p, out) = (
+            dir.join(&format!("{tag}.blv")),
+            dir.join(&format!("{tag}.bits")),
+        );
+        std::fs::write(&p, payload).unwrap();
+        let mut cmd = Command::new(&py);
+        cmd.arg(decoder_py())
+            .arg(&p)
+            .args([w.to_string(), h.to_string()])
+            .arg("--out")
+            .arg(&out);
+        if let Some(r) = reference {
+            cmd.arg("--ref").arg(r);
+        }
+        let f = run(&mut cmd);
+        assert!(f.status.success(), "{tag}: {}\n{}", f.status, f.stderr);
+        read(&out)
+    };
+    assert!(
+        run(&pa, None, "key") == a,
+        "the 61-wide key frame decodes to another mask"
+    );
+    let key = dir.join("key.bits");
+    assert!(
+        run(&pb, Some(&key), "delta") == b,
+        "the moved delta frame decodes to another mask"
+    );
+}

@@ -20,6 +20,8 @@ def run(bindir, codec):
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     line = r.stderr.readline()
     while "listening on" not in line:
+        if not line:  # (the receiver ended before it listened)
+            sys.exit(f"ab_stream: {bindir}/bitmask-recv ended: {r.wait()}")
         line = r.stderr.readline()
     addr = re.search(r"listening on (\S+)", line).group(1)
     t = time.monotonic()

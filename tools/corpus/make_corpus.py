@@ -20,10 +20,14 @@ import glob
 import os
 import sys
 
-import numpy as np
-from PIL import Image
-import skimage
-from skimage.filters import threshold_otsu
+try:
+    import numpy as np
+    from PIL import Image
+    import skimage
+    from skimage.filters import threshold_otsu
+except ImportError as e:
+    sys.exit(f"make_corpus.py: {e}: needs numpy, Pillow and scikit-image "
+             "(cargo xtask ci puts them in target/venv; run it with target/venv/bin/python3)")
 
 W, H, FRAMES = 1024, 768, 24
 

@@ -203,6 +203,9 @@ def recv(listen, out, count=None):
         # time-lapse; keepalive notices a host that went away)
         conn.settimeout(None)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, v in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, opt):  # (as bitmask-recv: a dead host within about 16 s)
+                conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), v)
         name = f"{peer[0]}:{peer[1]}"
         with conn, conn.makefile("rb") as f:
             try:

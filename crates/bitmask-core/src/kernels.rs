@@ -105,12 +105,21 @@ pub(crate) mod x86 {
     /// The byte shuffle that reverses each group of 8 bytes, so that a
     /// movemask of the shuffled compare gives MSB-first bits in byte order
     /// (one shuffle per 32 pixels instead of reversing the bits of the mask).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2. (An `unsafe fn`: a safe one with
+    /// `#[target_feature]` needs Rust 1.86, past this crate's MSRV.)
     #[target_feature(enable = "avx2")]
-    fn group_reversal() -> __m256i {
-        _mm256_setr_epi8(
-            7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 15, 14,
-            13, 12, 11, 10, 9, 8,
-        )
+    unsafe fn group_reversal() -> __m256i {
+        // SAFETY: AVX2, as the caller promises. (Rust 1.87 made the
+        // intrinsic safe to call here; the MSRV's needs the block.)
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm256_setr_epi8(
+                7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 15,
+                14, 13, 12, 11, 10, 9, 8,
+            )
+        }
     }
 
     /// AVX2: 64 pixels per step with two 32-byte compares.

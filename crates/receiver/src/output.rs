@@ -610,7 +610,7 @@ fn show_dev(dev: u64) -> String {
 /// Creates and removes an empty file in `dir` (where frames are written
 /// under a temporary name before they are renamed).
 fn probe_dir(dir: &Path) -> Result<()> {
-    let probe = write_temp(dir, "probe", b"")?;
+    let probe = write_temp(dir, "probe", b"", false)?;
     let _ = fs::remove_file(probe);
     Ok(())
 }
@@ -686,7 +686,7 @@ pub fn encode(
 /// (FAT) a name is checked, then renamed.
 pub fn write_new(dir: &Path, name: &str, ext: &str, data: &[u8]) -> Result<PathBuf> {
     static NEXT: Mutex<Option<HashMap<PathBuf, u32>>> = Mutex::new(None);
-    let tmp = write_temp(dir, name, data)?;
+    let tmp = write_temp(dir, name, data, SYNC.load(Ordering::Relaxed))?;
     let next = |k: Option<u32>| {
         let mut g = NEXT.lock().unwrap_or_else(|p| p.into_inner());
         let m = g.get_or_insert_with(HashMap::new);
@@ -710,7 +710,12 @@ pub fn write_new(dir: &Path, name: &str, ext: &str, data: &[u8]) -> Result<PathB
                 if k > 0 {
                     next(Some(k));
                 }
-                sync_dir(dir)?;
+                if let Err(e) = sync_dir(dir) {
+                    // (not durable, so not written: nor left to be found
+                    // after a restart as one that was)
+                    let _ = fs::remove_file(&path);
+                    return Err(e);
+                }
                 return Ok(path);
             }
             Ok(false) => {
@@ -869,11 +874,11 @@ pub fn written_before(
 /// Writes `data` to a new temporary file `dir/.NAME.PID.N.tmp` (unique per
 /// process and call, so concurrent writers never share one); removed again
 /// when the write fails.
-fn write_temp(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
+fn write_temp(dir: &Path, name: &str, data: &[u8], sync: bool) -> Result<PathBuf> {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let written = if SYNC.load(Ordering::Relaxed) {
+    let written = if sync {
         // (its bytes on the card before its name is: a power cut cannot
         // leave an empty file under the final name)
         fs::File::create(&tmp).and_then(|mut f| {
@@ -897,9 +902,10 @@ static SYNC: AtomicBool = AtomicBool::new(false);
 /// Directories synced so far (for tests).
 static DIR_SYNCS: AtomicU64 = AtomicU64::new(0);
 
-/// `--sync`: from now on every file written ([`write_new`],
-/// [`write_atomic`]) is on the card before it counts as written: its data
-/// synced before it is renamed into place, its directory after.
+/// `--sync`: from now on every frame's file ([`write_new`]; not
+/// [`write_atomic`]'s `--latest` and `--stats-json`) is on the card before
+/// it counts as written: its data synced before it is renamed into place,
+/// its directory after.
 pub fn set_sync(on: bool) {
     SYNC.store(on, Ordering::Relaxed);
 }
@@ -930,9 +936,10 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let path = &follow_links(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("frame");
-    let tmp = write_temp(parent_of(path), name, data)?;
-    rename(&tmp, path)?;
-    sync_dir(parent_of(path))
+    // (not synced with --sync: --latest and --stats-json are rewritten
+    // every frame and second, and a frame never counts on them alone)
+    let tmp = write_temp(parent_of(path), name, data, false)?;
+    rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -260,6 +260,15 @@ fn tooling_is_rust_not_shell_scripts() {
         files.trim().is_empty(),
         "shell scripts in the repo:\n{files}"
     );
+    // nor build products committed by mistake (Python's byte code, once)
+    let built = run(Command::new("git")
+        .args(["ls-files", "*.pyc", "*/__pycache__/*", "*.o", "*.so"])
+        .current_dir(root()));
+    let built = String::from_utf8_lossy(&built.stdout).into_owned();
+    assert!(
+        built.trim().is_empty(),
+        "build products in the repo:\n{built}"
+    );
     let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
     let commands: Vec<&str> = ci
         .lines()

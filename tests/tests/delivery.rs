@@ -55,6 +55,19 @@ fn written(dir: &Path, expected: &[Vec<u8>]) -> Vec<u64> {
     seqs
 }
 
+/// A receiver writing to `tmp`/out with `--stats-json` `tmp`/stats.json;
+/// returns the two paths and the receiver.
+fn receiver_with_stats(tmp: &TempDir) -> (std::path::PathBuf, std::path::PathBuf, Listening) {
+    let (out, stats) = (tmp.join("out"), tmp.join("stats.json"));
+    let r = start_receiver(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    (out, stats, r)
+}
+
 /// A TCP proxy in front of `upstream`. Its first connection passes the
 /// receiver's acknowledgements back only until `mute` bytes went upstream,
 /// and is cut (both ways) once `cut` bytes did, in the middle of a frame;
@@ -127,14 +140,7 @@ fn flaky_proxy(upstream: String, mute: usize, cut: usize) -> (String, Arc<Atomic
 fn no_drop_sends_again_what_a_broken_connection_lost_and_nothing_twice() {
     let tmp = TempDir::new("delivery-cut");
     let expected = inputs(&tmp.join("in"));
-    let out = tmp.join("out");
-    let stats = tmp.join("stats.json");
-    let mut r = start_receiver(&[
-        "--out",
-        out.to_str().unwrap(),
-        "--stats-json",
-        stats.to_str().unwrap(),
-    ]);
+    let (out, stats, mut r) = receiver_with_stats(&tmp);
     // Frames are about 200-400 B: acknowledgements stop after some 10
     // frames went through, the connection breaks after some 30.
     let (proxy, conns) = flaky_proxy(r.addr.clone(), 4_000, 10_000);
@@ -814,6 +820,16 @@ fn a_stop_during_the_final_wait_ends_soon_and_counts_what_was_not_confirmed() {
     assert_eq!(confirmed + unconfirmed, 20, "{line}");
 }
 
+/// "cam" (a batch of 20 frames) had every frame confirmed and gave none
+/// up; "busy", started before it, ended well too.
+fn all_20_confirmed_and_busy_done(cam: &Finished, busy: &mut Proc) {
+    assert!(cam.status.success(), "cam: {}\n{}", cam.status, cam.stderr);
+    assert!(!cam.stderr.contains("given up"), "{}", cam.stderr);
+    assert!(cam.stderr.contains("confirmed 20;"), "{}", cam.stderr);
+    let b = busy.wait(LIMIT);
+    assert!(b.status.success(), "busy: {}", b.stderr);
+}
+
 #[test]
 fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
     // One slot, taken by another sender for about 3 s: the receiver refuses
@@ -852,11 +868,7 @@ fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
         "20",
         tmp.join("in").to_str().unwrap(),
     ]));
-    assert!(cam.status.success(), "cam: {}\n{}", cam.status, cam.stderr);
-    assert!(!cam.stderr.contains("given up"), "{}", cam.stderr);
-    assert!(cam.stderr.contains("confirmed 20;"), "{}", cam.stderr);
-    let b = busy.wait(LIMIT);
-    assert!(b.status.success(), "busy: {}", b.stderr);
+    all_20_confirmed_and_busy_done(&cam, &mut busy);
     r.proc.terminate(LIMIT);
     assert_eq!(list(&out.join("cam")).len(), 20);
 }
@@ -892,11 +904,7 @@ fn a_sender_the_receiver_has_no_memory_for_yet_waits_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let cam = run(&mut send("cam", &[]));
-    assert!(cam.status.success(), "cam: {}\n{}", cam.status, cam.stderr);
-    assert!(!cam.stderr.contains("given up"), "{}", cam.stderr);
-    assert!(cam.stderr.contains("confirmed 20;"), "{}", cam.stderr);
-    let b = busy.wait(LIMIT);
-    assert!(b.status.success(), "busy: {}", b.stderr);
+    all_20_confirmed_and_busy_done(&cam, &mut busy);
     let log = r.proc.terminate(LIMIT).stderr;
     assert!(
         log.contains(
@@ -985,13 +993,7 @@ fn a_frame_sent_again_that_does_not_decode_is_still_one_handled_before() {
     // the count (they were taken for a new numbering).
     use bitmask_wire::{encode_frame, Header};
     let tmp = TempDir::new("delivery-resent-undecodable");
-    let stats = tmp.join("stats.json");
-    let mut r = start_receiver(&[
-        "--out",
-        tmp.join("out").to_str().unwrap(),
-        "--stats-json",
-        stats.to_str().unwrap(),
-    ]);
+    let (_, stats, mut r) = receiver_with_stats(&tmp);
     assert_eq!(raw_sender_connection(&r.addr, false, 0..5, 5), 0);
     let mut frames = Vec::new();
     for q in 3..5 {
@@ -1073,14 +1075,7 @@ fn a_frame_damaged_on_the_way_is_sent_again_and_nothing_is_lost() {
     // a key frame, and every frame is written once, right.
     let tmp = TempDir::new("delivery-damaged");
     let expected = inputs(&tmp.join("in"));
-    let out = tmp.join("out");
-    let stats = tmp.join("stats.json");
-    let mut r = start_receiver(&[
-        "--out",
-        out.to_str().unwrap(),
-        "--stats-json",
-        stats.to_str().unwrap(),
-    ]);
+    let (out, stats, mut r) = receiver_with_stats(&tmp);
     let via = damaging_proxy(r.addr.clone(), "cam", 5);
     let s = run(Command::new(bin("bitmask-send"))
         .args(["--to", &via, "--name", "cam", "--loop", "--count", "40"])

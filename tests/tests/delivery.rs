@@ -922,6 +922,59 @@ fn a_sender_the_receiver_has_no_memory_for_yet_waits_and_loses_nothing() {
 }
 
 #[test]
+fn a_connection_holding_memory_in_silence_makes_room_for_a_sender_that_streams() {
+    // --max-memory 6 MiB: room for one stream of 1024x768 frames. A peer
+    // sends one such frame, then nothing, its connection left open (a
+    // paused camera, or a peer hoarding memory); "cam", started after it,
+    // waits until the peer has been silent for --timeout (1 s), when the
+    // peer's connection is closed to make room.
+    use bitmask_wire::{encode_frame, Header, Hello, CODEC_RAW};
+    let tmp = TempDir::new("delivery-memory-idle");
+    inputs_sized(&tmp.join("in"), 1024, 768);
+    let out = tmp.join("out");
+    let mut r = start_receiver(&[
+        "--max-memory",
+        "6",
+        "--timeout",
+        "1",
+        "--per-sender",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let mut idle = TcpStream::connect(&r.addr).unwrap();
+    let mut bytes = Hello::new("idle").unwrap().encode();
+    let packed = vec![0u8; 128 * 768];
+    encode_frame(
+        &Header::new(1024, 768, 0, CODEC_RAW, packed.len() as u32),
+        &packed,
+        &mut bytes,
+    );
+    idle.write_all(&bytes).unwrap();
+    let first = out.join("idle").join("frame-000000.raw");
+    let t0 = Instant::now();
+    while !first.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the idle peer's frame"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cam = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr, "--name", "cam", "--loop", "--count", "20"])
+        .arg(tmp.join("in")));
+    assert!(cam.status.success(), "cam: {}\n{}", cam.status, cam.stderr);
+    assert!(cam.stderr.contains("confirmed 20;"), "{}", cam.stderr);
+    let log = r.proc.terminate(LIMIT).stderr;
+    assert!(
+        log.contains("cam: frame 0 waits for memory: closed the connection from")
+            && log.contains("between frames, to make room"),
+        "{log}"
+    );
+    assert_eq!(list(&out.join("cam")).len(), 20);
+    drop(idle);
+}
+
+#[test]
 fn frames_too_large_for_all_of_max_memory_are_refused_with_the_numbers() {
     let tmp = TempDir::new("delivery-memory-never");
     inputs_sized(&tmp.join("in"), 1024, 768);

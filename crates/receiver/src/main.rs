@@ -167,8 +167,9 @@ struct Cli {
     /// stream reserves what frames of its size may need (about 36 packed
     /// frames: 3.4 MiB at 1024x768, 72 MiB at 4096x4096, a little more over UDP) before it decodes
     /// the first one. Over TCP a new stream that does not fit waits (said
-    /// once) until others end and give theirs back; frames too large for
-    /// all of it close the connection with the numbers. Over UDP a frame
+    /// once) until others end and give theirs back, closing one silent for
+    /// --timeout between frames; frames too large for all of it close the
+    /// connection with the numbers. Over UDP a frame
     /// that does not fit is refused and counted incomplete.
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=1 << 40))]

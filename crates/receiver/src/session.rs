@@ -643,9 +643,10 @@ impl StreamCtx {
     /// such frame is decoded: `Ok(true)` once it is reserved.
     ///
     /// A TCP stream that holds nothing yet waits for other streams to give
-    /// memory back (said once; like a slow receiver to its sender), and
-    /// gives the frame up (`Ok(false)`) at a stop or when its connection is
-    /// replaced or evicted. Refused for good (frames too large for all of
+    /// memory back (said once; like a slow receiver to its sender), closing
+    /// one that holds memory and has been silent for `--timeout` between
+    /// frames ([`make_memory`]), and gives the frame up (`Ok(false)`) at a
+    /// stop or when its connection is replaced or evicted. Refused for good (frames too large for all of
     /// `--max-memory`), or growing from a smaller size, the error closes
     /// the connection (which gives its memory back; its sender sends the
     /// frame again on its next connection if it asked for
@@ -657,9 +658,13 @@ impl StreamCtx {
         let conn = self.conn.clone();
         let c = conn.as_deref();
         let mut waited = false;
+        let mut looked = Instant::now();
         loop {
             let why = match self.hub.memory.reserve(&mut self.memory, need) {
                 Ok(()) => {
+                    if let Some(c) = c {
+                        c.holds_memory.store(true, Relaxed);
+                    }
                     if waited {
                         log::info!(
                             "{}: frame {} taken: memory was given back",
@@ -705,6 +710,18 @@ impl StreamCtx {
                     h.height
                 );
                 waited = true;
+            }
+            // A stream that holds memory and has gone silent for --timeout
+            // makes room (looked for twice a second at most).
+            if looked.elapsed() >= Duration::from_millis(500) {
+                looked = Instant::now();
+                if let Some(closed) = make_memory(&self.hub) {
+                    log::info!(
+                        "{}: frame {} waits for memory: {closed}, to make room",
+                        self.name,
+                        h.sequence
+                    );
+                }
             }
             std::thread::sleep(WRITER_POLL);
         }
@@ -1259,6 +1276,7 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             evicted: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
             at_output: AtomicBool::new(false),
+            holds_memory: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         });
         match stream.try_clone() {
@@ -1350,6 +1368,8 @@ pub struct ConnState {
     /// Its thread holds a whole frame for the shared output (waiting for
     /// its turn, or writing): not idle, whatever its socket says.
     at_output: AtomicBool,
+    /// Its stream holds a share of `--max-memory` ([`make_memory`]).
+    holds_memory: AtomicBool,
     /// When its last byte arrived, ms after the hub's epoch.
     last_byte_ms: AtomicU64,
 }
@@ -1382,16 +1402,9 @@ impl Drop for AtOutput<'_> {
 /// longest between frames, once it has been silent for `--timeout`.
 fn make_room(hub: &Hub) -> Option<String> {
     let mut open = lock(&hub.open);
-    let now_ms = hub.epoch.elapsed().as_millis() as u64;
-    let waiting = |c: &OpenConn| {
-        let mut b = [std::mem::MaybeUninit::<u8>::uninit()];
-        socket2::SockRef::from(&c.stream)
-            .recv_with_flags(&mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-            .is_ok_and(|n| n > 0)
-    };
     let unnamed = open
         .iter()
-        .filter(|(_, c)| !c.state.identified.load(Relaxed) && !waiting(c))
+        .filter(|(_, c)| !c.state.identified.load(Relaxed) && !bytes_waiting(c))
         .min_by_key(|(_, c)| c.accepted)
         .map(|(id, c)| {
             (
@@ -1402,33 +1415,67 @@ fn make_room(hub: &Hub) -> Option<String> {
                 ),
             )
         });
-    let idle = || {
-        open.iter()
-            .filter_map(|(id, c)| {
-                // Not mid-frame (its bytes come within --timeout of each
-                // other), nothing waiting that its thread has yet to read.
-                let silent = now_ms.saturating_sub(c.state.last_byte_ms.load(Relaxed));
-                (c.state.framed.load(Relaxed)
-                    && !c.state.at_output.load(Relaxed)
-                    && silent >= hub.timeout.as_millis() as u64
-                    && !waiting(c))
-                .then_some((*id, silent, c.peer))
-            })
-            .max_by_key(|&(_, silent, _)| silent)
-            .map(|(id, silent, peer)| {
-                let why = format!(
-                    "closed the connection from {peer}, silent for {:.1} s between frames",
-                    silent as f64 / 1000.0
-                );
-                (id, why)
-            })
-    };
-    let (id, why) = unnamed.or_else(idle)?;
+    let (id, why) = unnamed.or_else(|| idle_longest(hub, &open, |_| true))?;
+    evict(&mut open, id);
+    Some(why)
+}
+
+/// A stream waits for memory ([`StreamCtx::admit`]): closes the connection
+/// holding a share of `--max-memory` that has been silent longest between
+/// frames, once it has been silent for `--timeout` or more (a sender that
+/// paused, or a peer that sent one large frame and nothing since, must not
+/// hold out a sender that streams), and says which; `None` when none is.
+fn make_memory(hub: &Hub) -> Option<String> {
+    let mut open = lock(&hub.open);
+    let (id, why) = idle_longest(hub, &open, |c| c.state.holds_memory.load(Relaxed))?;
+    evict(&mut open, id);
+    Some(why)
+}
+
+/// Whether bytes wait in `c`'s socket that its thread has yet to read.
+fn bytes_waiting(c: &OpenConn) -> bool {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit()];
+    socket2::SockRef::from(&c.stream)
+        .recv_with_flags(&mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        .is_ok_and(|n| n > 0)
+}
+
+/// Of the connections `also` picks, the one silent longest between frames
+/// (not mid-frame: its bytes come within --timeout of each other; nothing
+/// waiting that its thread has yet to read), once silent for `--timeout`:
+/// its id and what closing it is.
+fn idle_longest(
+    hub: &Hub,
+    open: &HashMap<u64, OpenConn>,
+    also: impl Fn(&OpenConn) -> bool,
+) -> Option<(u64, String)> {
+    let now_ms = hub.epoch.elapsed().as_millis() as u64;
+    open.iter()
+        .filter_map(|(id, c)| {
+            let silent = now_ms.saturating_sub(c.state.last_byte_ms.load(Relaxed));
+            (c.state.framed.load(Relaxed)
+                && !c.state.at_output.load(Relaxed)
+                && silent >= hub.timeout.as_millis() as u64
+                && also(c)
+                && !bytes_waiting(c))
+            .then_some((*id, silent, c.peer))
+        })
+        .max_by_key(|&(_, silent, _)| silent)
+        .map(|(id, silent, peer)| {
+            let why = format!(
+                "closed the connection from {peer}, silent for {:.1} s between frames",
+                silent as f64 / 1000.0
+            );
+            (id, why)
+        })
+}
+
+/// Closes connection `id` (its thread sees `evicted` and ends).
+fn evict(open: &mut HashMap<u64, OpenConn>, id: u64) {
     if let Some(c) = open.remove(&id) {
         c.state.evicted.store(true, Relaxed);
         let _ = c.stream.shutdown(Shutdown::Both);
     }
-    Some(why)
 }
 
 /// One of the `--max-senders` connection slots, held while connection `.1`
@@ -2264,6 +2311,7 @@ mod tests {
             evicted: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
             at_output: AtomicBool::new(false),
+            holds_memory: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         })
     }

@@ -10,7 +10,8 @@
 //! committed lockfile. The workspace's `resolver = "3"` keeps `cargo update`
 //! to versions that this Rust builds. The library crates are also checked
 //! for the Pi 2's ARMv7 target, plain (`cargo build` on a Pi) and with the
-//! dist build's flags: bitmask-core's ARM code compiles only there.
+//! dist build's flags: bitmask-core's ARM code compiles only there; and for
+//! wasm32-unknown-unknown without zstd, which their docs promise.
 
 use crate::util::{ensure_target, ensure_toolchain, have, root, run};
 use anyhow::{bail, Context, Result};
@@ -23,7 +24,8 @@ installs the toolchain named by Cargo.toml's rust-version (1.85 means 1.85.0; ru
 minimal profile) and
 runs `cargo check --workspace --all-targets --locked` with it (target dir target/msrv),
 then checks the library crates for armv7-unknown-linux-gnueabihf (its std added to that
-toolchain), plain and with the ARMv7 dist build's RUSTFLAGS
+toolchain), plain and with the ARMv7 dist build's RUSTFLAGS, and for wasm32-unknown-unknown
+without the zstd feature
 ";
 
 /// `cargo xtask msrv`.

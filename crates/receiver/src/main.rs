@@ -123,7 +123,9 @@ struct Cli {
     /// Seconds a connection may stay silent before its first frame, and the
     /// most one frame may take to arrive once it has started (slow peers).
     /// Between frames a sender may be silent for as long as it likes (a
-    /// time-lapse): TCP keepalive notices a vanished host in about 16 s. A
+    /// time-lapse; unless its slot or memory is wanted by a new sender: see
+    /// --max-senders, --max-memory): TCP keepalive notices a vanished host
+    /// in about 16 s. A
     /// UDP stream is closed when its sender ends it (an end datagram), or
     /// when silent this long and at least 3 s (its sender repeats its hello
     /// every second). At least 0.1 (a frame takes longer to arrive whole).

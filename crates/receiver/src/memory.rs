@@ -110,6 +110,12 @@ impl Budget {
         Ok(())
     }
 
+    /// Bytes not reserved.
+    pub fn free(&self) -> u64 {
+        let s = crate::session::lock(&self.0);
+        s.limit.saturating_sub(s.used)
+    }
+
     /// Gives a stream's reservation back (at its end).
     pub fn release(&self, held: &mut u64) {
         if *held > 0 {

@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -199,6 +201,9 @@ pub struct Hub {
     /// What the streams may hold in all (`--max-memory`; no limit unless
     /// set).
     pub memory: crate::memory::Budget,
+    /// Connections closed by [`make_memory`], until their streams have
+    /// given their memory back (`held` 0).
+    memory_freeing: Mutex<Vec<Arc<ConnState>>>,
     /// `--stats-json` failures (one a second: a line a minute once it
     /// goes on).
     stats_json_log: Throttle,
@@ -497,6 +502,7 @@ impl Hub {
             stopping: AtomicBool::new(false),
             in_frame: AtomicUsize::new(0),
             memory: crate::memory::Budget::new(u64::MAX),
+            memory_freeing: Mutex::default(),
             stats_json_log: Throttle::default(),
         })
     }
@@ -663,7 +669,7 @@ impl StreamCtx {
             let why = match self.hub.memory.reserve(&mut self.memory, need) {
                 Ok(()) => {
                     if let Some(c) = c {
-                        c.holds_memory.store(true, Relaxed);
+                        c.held.store(self.memory, Relaxed);
                     }
                     if waited {
                         log::info!(
@@ -715,7 +721,7 @@ impl StreamCtx {
             // makes room (looked for twice a second at most).
             if looked.elapsed() >= Duration::from_millis(500) {
                 looked = Instant::now();
-                if let Some(closed) = make_memory(&self.hub) {
+                if let Some(closed) = make_memory(&self.hub, need) {
                     log::info!(
                         "{}: frame {} waits for memory: {closed}, to make room",
                         self.name,
@@ -1144,6 +1150,11 @@ impl Drop for StreamCtx {
             let _ = o.finish();
         }
         self.hub.memory.release(&mut self.memory);
+        if let Some(c) = self.conn.as_deref() {
+            // (after the release: make_memory counts it as giving back
+            // until then)
+            c.held.store(0, Relaxed);
+        }
     }
 }
 
@@ -1275,8 +1286,9 @@ pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             framed: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
-            at_output: AtomicBool::new(false),
-            holds_memory: AtomicBool::new(false),
+            at_output: AtomicU32::new(0),
+            held: AtomicU64::new(0),
+            memory_evicted: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         });
         match stream.try_clone() {
@@ -1365,11 +1377,14 @@ pub struct ConnState {
     /// Its sender connected again (a takeover): what it still has to
     /// deliver is older than the new connection's frames, and given up.
     replaced: AtomicBool,
-    /// Its thread holds a whole frame for the shared output (waiting for
-    /// its turn, or writing): not idle, whatever its socket says.
-    at_output: AtomicBool,
-    /// Its stream holds a share of `--max-memory` ([`make_memory`]).
-    holds_memory: AtomicBool,
+    /// Its thread holds a whole frame (handling it, waiting for the shared
+    /// output's turn, or writing): not idle, whatever its socket says. A
+    /// count: the guards nest ([`AtOutput`]).
+    at_output: AtomicU32,
+    /// Bytes of `--max-memory` its stream holds ([`make_memory`]).
+    held: AtomicU64,
+    /// It was closed to make room for a stream waiting for memory.
+    memory_evicted: AtomicBool,
     /// When its last byte arrived, ms after the hub's epoch.
     last_byte_ms: AtomicU64,
 }
@@ -1381,7 +1396,7 @@ struct AtOutput<'a>(Option<&'a ConnState>);
 impl<'a> AtOutput<'a> {
     fn new(conn: Option<&'a ConnState>) -> Self {
         if let Some(c) = conn {
-            c.at_output.store(true, Relaxed);
+            c.at_output.fetch_add(1, Relaxed);
         }
         AtOutput(conn)
     }
@@ -1390,7 +1405,7 @@ impl<'a> AtOutput<'a> {
 impl Drop for AtOutput<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.0 {
-            c.at_output.store(false, Relaxed);
+            c.at_output.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -1420,14 +1435,28 @@ fn make_room(hub: &Hub) -> Option<String> {
     Some(why)
 }
 
-/// A stream waits for memory ([`StreamCtx::admit`]): closes the connection
-/// holding a share of `--max-memory` that has been silent longest between
-/// frames, once it has been silent for `--timeout` or more (a sender that
-/// paused, or a peer that sent one large frame and nothing since, must not
-/// hold out a sender that streams), and says which; `None` when none is.
-fn make_memory(hub: &Hub) -> Option<String> {
+/// A stream waits for `need` bytes of memory ([`StreamCtx::admit`]):
+/// closes the connection holding a share of `--max-memory` that has been
+/// silent longest between frames, once it has been silent for `--timeout`
+/// or more (a sender that paused, or a peer that sent one large frame and
+/// nothing since, must not hold out a sender that streams), and says
+/// which; `None` when none is. Only one whose share, with what is free and
+/// what connections closed so are still giving back, makes `need` fit: no
+/// connection is closed for nothing, nor while one closed earlier is still
+/// giving its share back.
+fn make_memory(hub: &Hub, need: u64) -> Option<String> {
     let mut open = lock(&hub.open);
-    let (id, why) = idle_longest(hub, &open, |c| c.state.holds_memory.load(Relaxed))?;
+    let mut freeing = lock(&hub.memory_freeing);
+    freeing.retain(|c| c.held.load(Relaxed) > 0);
+    if !freeing.is_empty() || hub.memory.free() >= need {
+        return None;
+    }
+    let short = need - hub.memory.free();
+    let (id, why) = idle_longest(hub, &open, |c| c.state.held.load(Relaxed) >= short)?;
+    if let Some(c) = open.get(&id) {
+        c.state.memory_evicted.store(true, Relaxed);
+        freeing.push(c.state.clone());
+    }
     evict(&mut open, id);
     Some(why)
 }
@@ -1454,7 +1483,7 @@ fn idle_longest(
         .filter_map(|(id, c)| {
             let silent = now_ms.saturating_sub(c.state.last_byte_ms.load(Relaxed));
             (c.state.framed.load(Relaxed)
-                && !c.state.at_output.load(Relaxed)
+                && c.state.at_output.load(Relaxed) == 0
                 && silent >= hub.timeout.as_millis() as u64
                 && also(c)
                 && !bytes_waiting(c))
@@ -1677,6 +1706,9 @@ pub fn serve_tcp(
                     state.framed.store(true, Relaxed);
                     let c = ctx.as_mut().expect("opened");
                     if c.admit(&h)? {
+                        // (busy until handled: not closed as silent while
+                        // it decodes or writes; a wait in admit is not busy)
+                        let _busy = AtOutput::new(Some(&state));
                         c.frame(&h, f.payload)?;
                     }
                 }
@@ -1703,8 +1735,12 @@ pub fn serve_tcp(
                         };
                         if let Some(n) = n {
                             log::info!(
-                                "state: stream from {name:?} closed: its slot went to a new \
-                                 connection{}",
+                                "state: stream from {name:?} closed: {}{}",
+                                if state.memory_evicted.load(Relaxed) {
+                                    "silent, it made room for a stream waiting for memory"
+                                } else {
+                                    "its slot went to a new connection"
+                                },
                                 more_like_it(n)
                             );
                         }
@@ -2310,8 +2346,9 @@ mod tests {
             framed: AtomicBool::new(true),
             evicted: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
-            at_output: AtomicBool::new(false),
-            holds_memory: AtomicBool::new(false),
+            at_output: AtomicU32::new(0),
+            held: AtomicU64::new(0),
+            memory_evicted: AtomicBool::new(false),
             last_byte_ms: AtomicU64::new(0),
         })
     }
@@ -2439,7 +2476,7 @@ mod tests {
         let st = state();
         // Silent for far longer than --timeout (1 s here) since its frame.
         st.last_byte_ms.store(0, Relaxed);
-        st.at_output.store(true, Relaxed);
+        st.at_output.store(1, Relaxed);
         lock(&hub.open).insert(
             1,
             OpenConn {
@@ -2451,9 +2488,64 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(make_room(&hub), None, "a frame waits for the output");
-        st.at_output.store(false, Relaxed);
+        st.at_output.store(0, Relaxed);
         assert!(make_room(&hub).is_some_and(|why| why.contains("silent")));
         assert!(st.evicted.load(Relaxed));
+    }
+
+    #[test]
+    fn a_waiter_closes_an_idle_holder_only_if_its_share_makes_room_and_one_at_a_time() {
+        const MIB: u64 = 1 << 20;
+        let hub = hub_with(Sinks {
+            shared: None,
+            per_sender: None,
+        });
+        hub.memory.set_limit(10 * MIB);
+        let mut busy = 0;
+        hub.memory.reserve(&mut busy, 5 * MIB).unwrap(); // 5 MiB free
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (stream, peer) = l.accept().unwrap();
+        let st = state();
+        st.last_byte_ms.store(0, Relaxed); // silent since long before --timeout (1 s)
+        st.held.store(3 * MIB, Relaxed);
+        lock(&hub.open).insert(
+            1,
+            OpenConn {
+                stream,
+                peer,
+                accepted: Instant::now(),
+                state: st.clone(),
+            },
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        // its 3 MiB with the 5 free are not 9: it is left alone
+        assert_eq!(make_memory(&hub, 9 * MIB), None);
+        assert!(!st.evicted.load(Relaxed));
+        // room for 4 MiB there is already
+        assert_eq!(make_memory(&hub, 4 * MIB), None);
+        // 7 MiB: its share makes room
+        assert!(make_memory(&hub, 7 * MIB).is_some_and(|why| why.contains("silent")));
+        assert!(st.evicted.load(Relaxed) && st.memory_evicted.load(Relaxed));
+        // while it gives its share back, no other is closed
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c2 = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
+        let (stream, peer) = l2.accept().unwrap();
+        let other = state();
+        other.held.store(3 * MIB, Relaxed);
+        lock(&hub.open).insert(
+            2,
+            OpenConn {
+                stream,
+                peer,
+                accepted: Instant::now(),
+                state: other.clone(),
+            },
+        );
+        assert_eq!(make_memory(&hub, 7 * MIB), None);
+        st.held.store(0, Relaxed); // given back
+        assert!(make_memory(&hub, 7 * MIB).is_some());
+        assert!(other.evicted.load(Relaxed));
     }
 
     #[test]

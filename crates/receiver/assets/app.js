@@ -108,6 +108,7 @@ function render(s) {
     set(el, "corrupt", String(x.corrupt));
     set(el, "incomplete", String(x.incomplete));
     set(el, "unwritten", String(x.unwritten));
+    set(el, "partly_written", String(x.partly_written));
     set(el, "resent", String(x.resent));
     plot(el.querySelector("canvas"), x.history);
     c.want = x.shown_sequence === null ? null : x.image_version;

@@ -40,8 +40,9 @@ use std::time::Duration;
 /// atomically (written to a temporary name, then renamed into place), and
 /// never over an existing file (a sender that restarted its numbering gets
 /// frame-NNNNNN.1.EXT, ...). A corrupt frame
-/// is logged and skipped (one damaged on the way closes the connection, and
-/// a --no-drop sender sends it again); a broken stream closes that connection only; the
+/// is logged and skipped (over TCP, a frame damaged on the way or a delta
+/// frame without its reference closes the connection unacknowledged, and a
+/// --no-drop sender sends it again); a broken stream closes that connection only; the
 /// receiver keeps listening until --count frames have arrived (or forever).
 #[derive(Parser, Debug)]
 #[command(name = "bitmask-recv", version, verbatim_doc_comment)]
@@ -59,7 +60,8 @@ arrival order, each mask whole (one writer at a time; dimensions may differ
 between masks); --out DIR --per-sender keeps each sender's frames apart.
 
 A frame that cannot be written (a full or read-only disk) is logged, a line a
-second at most, and counted as NOT WRITTEN; the receiver goes on, writes again
+second at most (a line a minute once it has gone on for a minute), and counted
+as NOT WRITTEN; the receiver goes on, writes again
 once it can, and at exit fails (status 1) if any frame was not written. (With
 several outputs, a frame one of them took counts as written, and as NOT
 WRITTEN TO EVERY OUTPUT, which also fails the exit; the others' failures are
@@ -98,13 +100,14 @@ struct Cli {
     #[arg(long, value_name = "CMD", value_parser = non_blank)]
     exec: Option<String>,
 
-    /// Make every file durable before its frame counts as written and is
-    /// acknowledged: its data synced to the card before it is renamed into
-    /// place, its directory after (fsync). A power cut on the receiver then
-    /// loses no frame a sender was told was handled, nor leaves an empty
-    /// file under a frame's name; without it the kernel writes files back
-    /// within about 30 s. Costs a few ms per frame on an SD card (more on a
-    /// slow one: measure your --fps).
+    /// Make every frame's file in --out DIR durable before the frame counts
+    /// as written and is acknowledged: its data synced to the card before
+    /// it is renamed into place, its directory after (fsync; not --latest or
+    /// --stats-json). A power cut on the receiver then loses no file it had
+    /// written, nor leaves an empty one under a frame's name (without it the
+    /// kernel writes files back within about 30 s), and a --no-drop sender
+    /// is told only of frames that are on the card. Each frame waits for the
+    /// card: check that the receiver still keeps up with your --fps.
     #[arg(long)]
     sync: bool,
 
@@ -112,7 +115,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
 
-    /// Exit 0 after N frames have been written.
+    /// Stop after N frames have been written (exit 0; 1 if any was NOT
+    /// WRITTEN, or NOT WRITTEN TO EVERY OUTPUT).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 
@@ -146,10 +150,12 @@ struct Cli {
     log_every: f64,
 
     /// Rewrite FILE (atomically) every second and at exit with every sender's
-    /// numbers as JSON: received, lost, corrupt, incomplete, unwritten,
-    /// partly_written (to some outputs only),
-    /// resent (sent again after a reconnect, handled before, skipped), fps,
-    /// Mbit/s, compression ratio, latency p50/p99.
+    /// numbers as JSON (keys: received, lost, corrupt, incomplete, unwritten,
+    /// partly_written (to some outputs only), resent (sent again after a
+    /// reconnect, handled before, skipped), wire_bytes, mask_bytes, fps and
+    /// mbps (over the last second), avg_fps, avg_mbps, compression_ratio,
+    /// latency_p50_ms and latency_p99_ms (last second), total_latency_p50_ms
+    /// and total_latency_p99_ms, clock_offset_s (when the clocks disagree)).
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
 

@@ -672,6 +672,21 @@ fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
         "{}",
         s.stderr
     );
+    // A link every tenth of a second, all ended by the receiver: the first
+    // two said, the rest by a reminder (at once, then after 30 s), not
+    // three lines a link for as long as it lasts.
+    let lost = s
+        .stderr
+        .lines()
+        .filter(|l| l.contains("state: connection to") && l.contains("reconnecting"))
+        .count();
+    assert!(lost <= 3, "{lost} lines of lost links:\n{}", s.stderr);
+    assert!(
+        s.stderr
+            .contains("connections since the receiver last confirmed a frame"),
+        "{}",
+        s.stderr
+    );
     assert!(list(&out).is_empty());
 }
 

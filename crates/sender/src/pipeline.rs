@@ -553,6 +553,50 @@ const LINGER: Duration = Duration::from_secs(10);
 const DARK_LINKS: u32 = 2;
 /// How often an unreachable receiver is said again.
 const REMIND: Duration = Duration::from_secs(30);
+/// The longest gap of a [`Reminder`].
+const REMIND_MAX: Duration = Duration::from_secs(600);
+/// Links since the receiver last confirmed a frame from which a link's
+/// own lines (connected, lost, frames not confirmed) are debug only, and a
+/// [`Reminder`] says it instead: a receiver that ends every connection
+/// (frames over its --max-size or --max-memory, all its slots taken) must
+/// not fill the journal with three lines every half second for hours.
+const QUIET_AFTER: u32 = 3;
+
+/// A line said again while its condition lasts: at once, then after
+/// [`REMIND`], the gap doubling up to [`REMIND_MAX`]; the occasions passed
+/// over in between are counted for the next line.
+#[derive(Debug, Default)]
+struct Reminder {
+    next: Option<Instant>,
+    gap: Duration,
+    passed: u64,
+}
+
+impl Reminder {
+    /// One more occasion: `Some(passed over since the last line)` when it
+    /// is to be said.
+    fn hit(&mut self) -> Option<u64> {
+        self.hit_at(Instant::now())
+    }
+
+    fn hit_at(&mut self, now: Instant) -> Option<u64> {
+        match self.next {
+            Some(t) if now < t => {
+                self.passed += 1;
+                None
+            }
+            next => {
+                self.gap = if next.is_none() {
+                    REMIND
+                } else {
+                    (self.gap * 2).min(REMIND_MAX)
+                };
+                self.next = Some(now + self.gap);
+                Some(std::mem::take(&mut self.passed))
+            }
+        }
+    }
+}
 
 /// Runs capture on this thread and the network on another until the source
 /// ends (or `--count`). Returns the counters for the final summary.
@@ -1041,7 +1085,7 @@ struct Delivery {
     /// Links in a row the receiver ended without confirming a frame
     /// written on them (it may refuse the frames), and when that was last
     /// said.
-    refused: (u32, Option<Instant>),
+    refused: (u32, Reminder),
     /// A frame was written (or its write tried) on the current link.
     wrote: bool,
     /// When waiting for a slow receiver's confirmations was last said.
@@ -1052,6 +1096,8 @@ struct Delivery {
     /// Links made since the receiver last confirmed a frame (or, when it
     /// confirms none, since a frame was last written).
     links_since_progress: u32,
+    /// Links lost since then, said ([`QUIET_AFTER`]).
+    lost_said: Reminder,
     /// The newest frame written (the whole frame) on any link.
     written_max: Option<u64>,
     /// The current link's acknowledgements are another sender's: it
@@ -1197,6 +1243,7 @@ impl Delivery {
                 .fetch_add(self.link_confirmed - before, Relaxed);
             self.last_progress = Some(Instant::now());
             self.links_since_progress = 0;
+            self.lost_said = Reminder::default();
         }
         false
     }
@@ -1364,6 +1411,7 @@ impl Delivery {
             counters.confirmed.fetch_add(skipped, Relaxed);
             self.last_progress = Some(Instant::now());
             self.links_since_progress = 0;
+            self.lost_said = Reminder::default();
             log::info!(
                 "the receiver had handled {skipped} of the frames not confirmed before: \
                  not sent again"
@@ -1401,6 +1449,31 @@ impl Delivery {
         self.untrack(queue);
     }
 
+    /// Says that the link to the receiver was lost (`why`): at info while
+    /// links confirm frames, else through [`Delivery::lost_said`], with how
+    /// many links ended since the receiver last confirmed a frame.
+    fn say_lost(&mut self, cfg: &Config, why: &str) {
+        if self.links_since_progress < QUIET_AFTER {
+            log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
+            return;
+        }
+        log::debug!("state: connection to {} lost: {why}; reconnecting", cfg.to);
+        if let Some(n) = self.lost_said.hit() {
+            log::warn!(
+                "state: connection to {} lost again: {why}; {} connections since the receiver \
+                 last confirmed a frame{}; reconnecting (said at longer intervals while it \
+                 lasts){REFUSED_HINT}",
+                cfg.to,
+                self.links_since_progress,
+                if n > 0 {
+                    format!(", {n} lost so since the last such line")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
     /// The link broke with frames in flight: with `--no-drop` they are
     /// written again on the next link (the receiver skips those it had
     /// handled); otherwise they are counted as unconfirmed.
@@ -1417,12 +1490,11 @@ impl Delivery {
     fn link_lost(&mut self, cfg: &Config, queue: &FrameQueue, counters: &Counters, how: Ended) {
         let n = self.inflight.len();
         if how.progress {
-            self.refused.0 = 0;
+            self.refused = (0, Reminder::default());
         } else if how.by_peer && how.acked && std::mem::take(&mut self.wrote) {
             self.refused.0 += 1;
             let (k, said) = &mut self.refused;
-            if *k >= MAX_TRIES as u32 && said.is_none_or(|t| t.elapsed() >= REMIND) {
-                *said = Some(Instant::now());
+            if *k >= MAX_TRIES as u32 && said.hit().is_some() {
                 log::warn!(
                     "the receiver {} ended {k} connections in a row without confirming a frame \
                      written on them: it may refuse the frames or this sender (see its log, \
@@ -1434,9 +1506,16 @@ impl Delivery {
         if !self.tracking || (n == 0 && !how.failed_write) {
             return;
         }
+        // (quiet when every link ends so: said by the lost line's reminder)
+        let level = if self.links_since_progress >= QUIET_AFTER {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
         if !cfg.no_drop {
             if n > 0 {
-                log::info!(
+                log::log!(
+                    level,
                     "{n} frame(s) from {} on were not confirmed when the connection ended \
                      (they may be lost)",
                     self.inflight[0].sequence
@@ -1453,7 +1532,8 @@ impl Delivery {
         if n > 0 {
             let newest = self.inflight.back().expect("n > 0").sequence;
             self.resend_through = Some(self.resend_through.map_or(newest, |t| t.max(newest)));
-            log::info!(
+            log::log!(
+                level,
                 "{n} frame(s) from {} on were not confirmed when the connection ended: \
                  they are sent again",
                 self.inflight[0].sequence
@@ -1675,7 +1755,7 @@ fn network_loop_via(
                         d.resend.push_front(slot);
                         let l = link.as_mut().expect("just connected");
                         if let Some(why) = d.await_resume_point(cfg, l.as_mut(), queue, counters) {
-                            log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
+                            d.say_lost(cfg, &why);
                             d.drop_link(&mut link, cfg, queue, counters, true, false);
                             std::thread::sleep(backoff.step());
                         }
@@ -1761,6 +1841,9 @@ fn network_loop_via(
                 // (UDP's "connect" after each failed send: said with the
                 // failures; a TCP reconnect is news)
                 log::debug!("{line}; resuming at frame {}", slot.sequence);
+            } else if d.links_since_progress >= QUIET_AFTER {
+                // (said by the lost line's reminder)
+                log::debug!("{line}; resuming at frame {}", slot.sequence);
             } else {
                 log::info!("{line}; resuming at frame {}", slot.sequence);
             }
@@ -1790,7 +1873,7 @@ fn network_loop_via(
             // Nothing was written: the frame goes first on the next
             // connection (where a newer one replaces it, as above, unless
             // --no-drop), after what this one did not confirm.
-            log::info!("state: connection to {} lost: {why}; reconnecting", cfg.to);
+            d.say_lost(cfg, &why);
             d.resend.push_front(slot);
             d.drop_link(&mut link, cfg, queue, counters, by_peer, false);
             std::thread::sleep(backoff.step());
@@ -1836,6 +1919,7 @@ fn network_loop_via(
                     // progress there is to see)
                     d.last_progress = Some(Instant::now());
                     d.links_since_progress = 0;
+                    d.lost_said = Reminder::default();
                 }
                 if d.resend_marks(slot.sequence) {
                     counters.resent.fetch_add(1, Relaxed);
@@ -2695,6 +2779,35 @@ mod tests {
             rate_mbit: None,
             log_every: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn a_reminder_says_at_once_then_less_and_less_often_with_a_count() {
+        let mut r = Reminder::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // an occasion every second for an hour
+        let said: Vec<(u64, u64)> = (0..3600)
+            .filter_map(|s| r.hit_at(at(s)).map(|n| (s, n)))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (0, 0),
+                (30, 29),
+                (90, 59),
+                (210, 119),
+                (450, 239),
+                (930, 479),
+                (1530, 599),
+                (2130, 599),
+                (2730, 599),
+                (3330, 599)
+            ]
+        );
+        // from a connection that confirms, said at once again
+        r = Reminder::default();
+        assert_eq!(r.hit_at(at(4000)), Some(0));
     }
 
     #[test]

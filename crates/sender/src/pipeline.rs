@@ -1076,6 +1076,8 @@ struct Delivery {
     resend_through: Option<u64>,
     /// Frames a `--no-drop` sender gave up after [`MAX_TRIES`] connections.
     given_up: u64,
+    /// Frames given up past the tenth, said ([`Reminder`]).
+    given_up_said: Reminder,
     /// The "sends no acknowledgements" warning was given.
     warned_no_acks: bool,
     /// Frames confirmed on the current link.
@@ -1563,11 +1565,27 @@ impl Delivery {
         queue.recycle(head.mask);
         self.given_up += 1;
         counters.dropped.fetch_add(1, Relaxed);
-        log::warn!(
-            "frame {} given up: the receiver ended {MAX_TRIES} connections at it without \
-             confirming it (see its log: it may refuse it, e.g. over its --max-size)",
-            head.sequence
-        );
+        // (each of the first ten said; then at longer intervals, counted:
+        // a live --no-drop source the receiver refuses gives one up every
+        // few seconds for as long as it runs)
+        let said = if self.given_up <= 10 {
+            Some(0)
+        } else {
+            self.given_up_said.hit()
+        };
+        match said {
+            Some(n) => log::warn!(
+                "frame {} given up: the receiver ended {MAX_TRIES} connections at it without \
+                 confirming it (see its log: it may refuse it, e.g. over its --max-size){}",
+                head.sequence,
+                if n > 0 {
+                    format!("; {n} more given up since the last such line")
+                } else {
+                    String::new()
+                }
+            ),
+            None => log::debug!("frame {} given up", head.sequence),
+        }
     }
 }
 

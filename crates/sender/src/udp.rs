@@ -139,6 +139,9 @@ struct Refusals {
     said: Instant,
     /// Refusals since that line.
     since: u64,
+    /// Until the next line: [`REFUSALS_SAID`], doubling up to 10 min while
+    /// they go on (a receiver down for hours: not a line every 5 s).
+    gap: Duration,
 }
 
 /// The hello datagram of stream `stream_id`.
@@ -315,12 +318,13 @@ impl UdpLink {
                     last: now,
                     said: now,
                     since: 0,
+                    gap: REFUSALS_SAID,
                 });
             }
             Some(r) => {
                 r.last = now;
                 r.since += 1;
-                if r.said.elapsed() >= REFUSALS_SAID {
+                if r.said.elapsed() >= r.gap {
                     log::warn!(
                         "state: receiver {} still refuses datagrams: {} refused in \
                          the last {} s; frames sent meanwhile are lost",
@@ -330,6 +334,7 @@ impl UdpLink {
                     );
                     r.said = now;
                     r.since = 0;
+                    r.gap = (r.gap * 2).min(Duration::from_secs(600));
                 }
             }
         }

@@ -120,12 +120,16 @@ pub struct CommandReader {
     last_data: Instant,
     longest_gap: Duration,
     bytes: u64,
+    /// When the stall was last said, and the gap until it is said again
+    /// ([`STALL_REMIND`], doubling up to 10 min while it lasts).
     stall_said: Option<Instant>,
+    stall_gap: Duration,
 }
 
 /// A command that wrote, then has written nothing for this long (or four
 /// times its longest silence so far: a time-lapse is quiet between
-/// frames) is said to, and again every [`STALL_REMIND`] while it lasts: a
+/// frames) is said to, and again after [`STALL_REMIND`], at doubling
+/// intervals up to 10 minutes, while it lasts: a
 /// camera that stopped delivering (its front end timed out, a USB camera
 /// unplugged under a reader blocked in the device) leaves the sender
 /// waiting, its progress line still.
@@ -191,6 +195,7 @@ impl CommandReader {
             longest_gap: Duration::ZERO,
             bytes: 0,
             stall_said: None,
+            stall_gap: STALL_REMIND,
         })
     }
 
@@ -362,6 +367,7 @@ impl Read for CommandReader {
                     } else {
                         let gap = self.last_data.elapsed();
                         if self.stall_said.take().is_some() {
+                            self.stall_gap = STALL_REMIND;
                             log::info!(
                                 "{} writes again after {:.0} s",
                                 self.name(),
@@ -395,8 +401,13 @@ impl Read for CommandReader {
             let quiet = self.last_data.elapsed();
             if self.silent_since.is_none()
                 && quiet >= STALL_SAID.max(self.longest_gap * 4)
-                && self.stall_said.is_none_or(|t| t.elapsed() >= STALL_REMIND)
+                && self
+                    .stall_said
+                    .is_none_or(|t| t.elapsed() >= self.stall_gap)
             {
+                if self.stall_said.is_some() {
+                    self.stall_gap = (self.stall_gap * 2).min(Duration::from_secs(600));
+                }
                 self.stall_said = Some(Instant::now());
                 log::warn!(
                     "{} has written nothing for {:.0} s, after {} bytes (a camera that stopped \

@@ -1646,8 +1646,9 @@ fn network_loop_via(
     let started = Instant::now();
     // "connected" log line, said once the frame it resumes at is known.
     let mut resumed: Option<String> = None;
-    // When "cannot reach receiver" was last said.
-    let mut reminded: Option<Instant> = None;
+    // An unreachable receiver ("cannot reach receiver"), said at once, then at longer intervals
+    // while it lasts (a receiver Pi off for a weekend).
+    let mut unreachable = Reminder::default();
     // Since when every frame's send failed (none succeeded), and when that
     // was last said.
     let mut send_failing: Option<Instant> = None;
@@ -1796,8 +1797,10 @@ fn network_loop_via(
                             LINGER.as_secs()
                         );
                     }
-                    if first || reminded.is_none_or(|t| t.elapsed() >= REMIND) {
-                        reminded = Some(Instant::now());
+                    if first {
+                        unreachable = Reminder::default();
+                    }
+                    if unreachable.hit().is_some() {
                         log::warn!(
                             "state: cannot reach receiver {}{}: {e:#}; retrying every \
                              {:.2}..{:.2} s{}",

@@ -421,6 +421,22 @@ pub fn start_receiver(args: &[&str]) -> Listening {
     )
 }
 
+/// Waits until `path` exists (a receiver wrote that frame).
+///
+/// # Panics
+/// After 20 s without it, saying `what`.
+pub fn wait_for_file(path: &Path, what: &str) {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{what}: no {} after 20 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A number of bitmask-send's final summary line (`bitmask-send: captured
 /// N, sent N frames ...; dropped N, ...`): the one after the word `what`.
 ///

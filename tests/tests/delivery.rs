@@ -888,21 +888,35 @@ fn refusals_while_the_receiver_is_full_do_not_make_a_no_drop_sender_give_up() {
     assert_eq!(list(&out.join("cam")).len(), 20);
 }
 
+/// 1024x768 images in `tmp`/in, and a `--per-sender` receiver writing to
+/// `tmp`/out whose --max-memory (6 MiB) holds one stream of them, with
+/// `extra` flags.
+fn six_mib_receiver(tag: &str, extra: &[&str]) -> (TempDir, std::path::PathBuf, Listening) {
+    let tmp = TempDir::new(tag);
+    inputs_sized(&tmp.join("in"), 1024, 768);
+    let out = tmp.join("out");
+    let r = start_receiver(
+        &[
+            &[
+                "--max-memory",
+                "6",
+                "--per-sender",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat(),
+    );
+    (tmp, out, r)
+}
+
 #[test]
 fn a_sender_the_receiver_has_no_memory_for_yet_waits_and_loses_nothing() {
     // --max-memory 6 MiB holds one stream of 1024x768 frames (up to 3.4 MiB
     // each): "cam" waits while "busy" streams, and is served once busy's
     // stream ends and gives its memory back.
-    let tmp = TempDir::new("delivery-memory");
-    inputs_sized(&tmp.join("in"), 1024, 768);
-    let out = tmp.join("out");
-    let mut r = start_receiver(&[
-        "--max-memory",
-        "6",
-        "--per-sender",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (tmp, out, mut r) = six_mib_receiver("delivery-memory", &[]);
     let send = |name: &str, extra: &[&str]| {
         let mut c = Command::new(bin("bitmask-send"));
         c.args(["--to", &r.addr, "--name", name, "--loop", "--count", "20"])
@@ -912,12 +926,10 @@ fn a_sender_the_receiver_has_no_memory_for_yet_waits_and_loses_nothing() {
     };
     let mut busy = Proc::spawn(&mut send("busy", &["--fps", "10"]));
     // (its first frame written: it holds its memory)
-    let first = out.join("busy").join("frame-000000.raw");
-    let t0 = Instant::now();
-    while !first.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "busy wrote nothing");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_file(
+        &out.join("busy").join("frame-000000.raw"),
+        "busy's first frame",
+    );
     let cam = run(&mut send("cam", &[]));
     all_20_confirmed_and_busy_done(&cam, &mut busy);
     let log = r.proc.terminate(LIMIT).stderr;
@@ -944,18 +956,7 @@ fn a_connection_holding_memory_in_silence_makes_room_for_a_sender_that_streams()
     // waits until the peer has been silent for --timeout (1 s), when the
     // peer's connection is closed to make room.
     use bitmask_wire::{encode_frame, Header, Hello, CODEC_RAW};
-    let tmp = TempDir::new("delivery-memory-idle");
-    inputs_sized(&tmp.join("in"), 1024, 768);
-    let out = tmp.join("out");
-    let mut r = start_receiver(&[
-        "--max-memory",
-        "6",
-        "--timeout",
-        "1",
-        "--per-sender",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (tmp, out, mut r) = six_mib_receiver("delivery-memory-idle", &["--timeout", "1"]);
     let mut idle = TcpStream::connect(&r.addr).unwrap();
     let mut bytes = Hello::new("idle").unwrap().encode();
     let packed = vec![0u8; 128 * 768];
@@ -965,15 +966,10 @@ fn a_connection_holding_memory_in_silence_makes_room_for_a_sender_that_streams()
         &mut bytes,
     );
     idle.write_all(&bytes).unwrap();
-    let first = out.join("idle").join("frame-000000.raw");
-    let t0 = Instant::now();
-    while !first.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the idle peer's frame"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_file(
+        &out.join("idle").join("frame-000000.raw"),
+        "the idle peer's frame",
+    );
     let cam = run(Command::new(bin("bitmask-send"))
         .args(["--to", &r.addr, "--name", "cam", "--loop", "--count", "20"])
         .arg(tmp.join("in")));

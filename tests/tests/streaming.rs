@@ -135,12 +135,7 @@ fn a_per_sender_out_directory_deleted_while_running_is_made_again() {
         &tmp.join("in"),
         &["--fps", "20", "--count", "60"],
     ));
-    let first = out.join("cam").join("frame-000005.raw");
-    let t0 = Instant::now();
-    while !first.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no frame 5");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_file(&out.join("cam").join("frame-000005.raw"), "frame 5");
     // (moved away first: a frame renamed into it meanwhile cannot make the
     // removal fail)
     let gone = tmp.join("out.gone");

@@ -93,37 +93,33 @@ pub fn check() -> Result<()> {
     ensure_target(Some(&version), target)?;
     // (without zstd's C library, which needs a C cross compiler; lz4 is Rust)
     for flags in ["", arch.rustflags()] {
-        let mut c = cargo_of(&version);
-        c.args([
-            "check",
-            "--locked",
-            "--target",
-            target,
-            "--no-default-features",
-            "-p",
-            "bitmask-core",
-            "-p",
-            "bitmask-wire",
-            "-p",
-            "bitmask-codec",
-        ])
-        .env("RUSTFLAGS", flags);
         eprintln!("xtask: RUSTFLAGS={flags:?}");
-        run(&mut c).with_context(|| {
-            format!("the library crates do not build for {target} with Rust {version}")
-        })?;
+        check_libraries(&version, target, flags)?;
     }
     // And for wasm32-unknown-unknown, whose std has no clock (the codec's
     // `auto` reads none there) and no C compiler for zstd: what the crates'
     // docs promise a wasm user.
     let wasm = "wasm32-unknown-unknown";
     ensure_target(Some(&version), wasm)?;
-    let mut c = cargo_of(&version);
+    check_libraries(&version, wasm, "")?;
+    eprintln!(
+        "xtask: the workspace builds with Rust {version}, and the library crates for {target} \
+         and {wasm} ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Checks the library crates for `target` with Rust `version` and
+/// `RUSTFLAGS` `flags`, without zstd (its C library needs a C cross
+/// compiler; lz4 is Rust).
+fn check_libraries(version: &str, target: &str, flags: &str) -> Result<()> {
+    let mut c = cargo_of(version);
     c.args([
         "check",
         "--locked",
         "--target",
-        wasm,
+        target,
         "--no-default-features",
         "-p",
         "bitmask-core",
@@ -132,16 +128,12 @@ pub fn check() -> Result<()> {
         "-p",
         "bitmask-codec",
     ])
-    .env("RUSTFLAGS", "");
-    run(&mut c).with_context(|| {
-        format!("the library crates do not build for {wasm} with Rust {version}")
-    })?;
-    eprintln!(
-        "xtask: the workspace builds with Rust {version}, and the library crates for {target} \
-         and {wasm} ({:.0} s)",
-        t.elapsed().as_secs_f64()
-    );
-    Ok(())
+    .env("RUSTFLAGS", flags);
+    run(&mut c)
+        .with_context(|| {
+            format!("the library crates do not build for {target} with Rust {version}")
+        })
+        .map(drop)
 }
 
 /// `cargo` of toolchain `version`, in the workspace, building into target/msrv.

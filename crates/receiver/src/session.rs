@@ -661,6 +661,9 @@ impl StreamCtx {
     /// tells the caller.
     pub fn admit(&mut self, h: &Header) -> Result<bool> {
         let need = crate::memory::stream_bytes(h.width, h.height, self.udp);
+        if need <= self.memory {
+            return Ok(true); // (every frame of a stream after its first)
+        }
         let conn = self.conn.clone();
         let c = conn.as_deref();
         let mut waited = false;
@@ -930,34 +933,12 @@ impl StreamCtx {
         let mut partly = false;
         let mut given_up = false;
         let mut failed: Option<anyhow::Error> = None;
-        if let (Some(_), Some((dir, ..))) = (&self.own, &self.hub.sinks.per_sender) {
-            // The base directory deleted while running (`rm -rf DIR`): made
-            // again by the open below, where its watch allows (a sender's
-            // own directory alone is made again by its output).
-            if !dir.exists() {
-                log::warn!(
-                    "{}: output directory {} is gone (deleted while running?): opening it again",
-                    self.name,
-                    dir.display()
-                );
-                self.own = None;
-            }
-        }
-        if let (None, Some((dir, format, watch))) = (&self.own, &self.hub.sinks.per_sender) {
+        if self.own.is_none() {
             // Created with the first frame, not at the hello: a name alone
             // leaves no directory behind.
-            let d = dir.join(&self.name);
-            match watch
-                .check()
-                .and_then(|()| Output::open(Some(&d), None, None, *format))
-            {
-                Ok(mut o) => {
-                    o.watch(watch);
-                    self.own = Some(o);
-                }
-                Err(e) => {
-                    failed = Some(e.context(format!("output directory {}", d.display())));
-                }
+            match open_own(&self.hub, &self.name) {
+                Ok(o) => self.own = o,
+                Err(e) => failed = Some(e),
             }
         }
         // (Looked in until the first frame written now, whatever the
@@ -968,7 +949,26 @@ impl StreamCtx {
         self.on_disk = self.on_disk.saturating_sub(1);
         let mut before = false;
         if let Some(o) = &mut self.own {
-            let r = o.write(h, mask, on_disk);
+            let mut r = o.write(h, mask, on_disk);
+            if let (Err(_), Some((dir, ..))) = (&r, &self.hub.sinks.per_sender) {
+                // The base directory deleted while running (`rm -rf DIR`):
+                // made again by a new open, where its watch allows, and the
+                // frame written there (a sender's own directory alone is
+                // made again by its output).
+                if !dir.exists() {
+                    log::warn!(
+                        "{}: output directory {} is gone (deleted while running?): opening it \
+                         again",
+                        self.name,
+                        dir.display()
+                    );
+                    self.own = None;
+                    r = open_own(&self.hub, &self.name).and_then(|o| {
+                        let o = self.own.insert(o.expect("--per-sender"));
+                        o.write(h, mask, on_disk)
+                    });
+                }
+            }
             // (any result but "found" ends the check: a write that failed
             // leaves the chain broken too)
             if on_disk && !matches!(r, Ok(Written::Before)) {
@@ -1156,6 +1156,21 @@ impl Drop for StreamCtx {
             c.held.store(0, Relaxed);
         }
     }
+}
+
+/// Sender `name`'s own `--per-sender` directory, opened where its mount
+/// watch allows (`None` without `--per-sender`).
+fn open_own(hub: &Hub, name: &str) -> Result<Option<Output>> {
+    let Some((dir, format, watch)) = &hub.sinks.per_sender else {
+        return Ok(None);
+    };
+    let d = dir.join(name);
+    let mut o = watch
+        .check()
+        .and_then(|()| Output::open(Some(&d), None, None, *format))
+        .map_err(|e| e.context(format!("output directory {}", d.display())))?;
+    o.watch(watch);
+    Ok(Some(o))
 }
 
 /// Why [`decode`] failed.
@@ -2340,6 +2355,24 @@ mod tests {
         (hub, dir)
     }
 
+    /// A connection `id` of `hub` with state `st` (a socket pair on
+    /// loopback); returns the client's end, to be kept open.
+    fn open_conn(hub: &Hub, id: u64, st: &Arc<ConnState>) -> TcpStream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (stream, peer) = l.accept().unwrap();
+        lock(&hub.open).insert(
+            id,
+            OpenConn {
+                stream,
+                peer,
+                accepted: Instant::now(),
+                state: st.clone(),
+            },
+        );
+        client
+    }
+
     fn state() -> Arc<ConnState> {
         Arc::new(ConnState {
             identified: AtomicBool::new(true),
@@ -2470,22 +2503,11 @@ mod tests {
             shared: None,
             per_sender: None,
         });
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (stream, peer) = l.accept().unwrap();
         let st = state();
         // Silent for far longer than --timeout (1 s here) since its frame.
         st.last_byte_ms.store(0, Relaxed);
         st.at_output.store(1, Relaxed);
-        lock(&hub.open).insert(
-            1,
-            OpenConn {
-                stream,
-                peer,
-                accepted: Instant::now(),
-                state: st.clone(),
-            },
-        );
+        let _client = open_conn(&hub, 1, &st);
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(make_room(&hub), None, "a frame waits for the output");
         st.at_output.store(0, Relaxed);
@@ -2503,21 +2525,10 @@ mod tests {
         hub.memory.set_limit(10 * MIB);
         let mut busy = 0;
         hub.memory.reserve(&mut busy, 5 * MIB).unwrap(); // 5 MiB free
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (stream, peer) = l.accept().unwrap();
         let st = state();
         st.last_byte_ms.store(0, Relaxed); // silent since long before --timeout (1 s)
         st.held.store(3 * MIB, Relaxed);
-        lock(&hub.open).insert(
-            1,
-            OpenConn {
-                stream,
-                peer,
-                accepted: Instant::now(),
-                state: st.clone(),
-            },
-        );
+        let _client = open_conn(&hub, 1, &st);
         std::thread::sleep(Duration::from_millis(1100));
         // its 3 MiB with the 5 free are not 9: it is left alone
         assert_eq!(make_memory(&hub, 9 * MIB), None);
@@ -2528,20 +2539,9 @@ mod tests {
         assert!(make_memory(&hub, 7 * MIB).is_some_and(|why| why.contains("silent")));
         assert!(st.evicted.load(Relaxed) && st.memory_evicted.load(Relaxed));
         // while it gives its share back, no other is closed
-        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _c2 = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
-        let (stream, peer) = l2.accept().unwrap();
         let other = state();
         other.held.store(3 * MIB, Relaxed);
-        lock(&hub.open).insert(
-            2,
-            OpenConn {
-                stream,
-                peer,
-                accepted: Instant::now(),
-                state: other.clone(),
-            },
-        );
+        let _c2 = open_conn(&hub, 2, &other);
         assert_eq!(make_memory(&hub, 7 * MIB), None);
         st.held.store(0, Relaxed); // given back
         assert!(make_memory(&hub, 7 * MIB).is_some());

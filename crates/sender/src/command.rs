@@ -120,21 +120,19 @@ pub struct CommandReader {
     last_data: Instant,
     longest_gap: Duration,
     bytes: u64,
-    /// When the stall was last said, and the gap until it is said again
-    /// ([`STALL_REMIND`], doubling up to 10 min while it lasts).
-    stall_said: Option<Instant>,
-    stall_gap: Duration,
+    /// While a stall lasts, when it is said (`Reminder`: at once, then
+    /// after 30 s, doubling up to 10 min).
+    stall: Option<crate::pipeline::Reminder>,
 }
 
 /// A command that wrote, then has written nothing for this long (or four
 /// times its longest silence so far: a time-lapse is quiet between
-/// frames) is said to, and again after [`STALL_REMIND`], at doubling
-/// intervals up to 10 minutes, while it lasts: a
+/// frames) is said to, and again after 30 s, at doubling intervals up to
+/// 10 minutes, while it lasts: a
 /// camera that stopped delivering (its front end timed out, a USB camera
 /// unplugged under a reader blocked in the device) leaves the sender
 /// waiting, its progress line still.
 const STALL_SAID: Duration = Duration::from_secs(10);
-const STALL_REMIND: Duration = Duration::from_secs(30);
 
 /// A command that has written nothing this long after its start is
 /// reported (once): a camera another program holds, a command waiting for
@@ -194,8 +192,7 @@ impl CommandReader {
             last_data: Instant::now(),
             longest_gap: Duration::ZERO,
             bytes: 0,
-            stall_said: None,
-            stall_gap: STALL_REMIND,
+            stall: None,
         })
     }
 
@@ -349,7 +346,7 @@ impl Read for CommandReader {
         }
         // (a silence is the time waited here: while the sender was not
         // reading, a full queue, say, the camera's bytes wait in the pipe)
-        if self.silent_since.is_none() && self.stall_said.is_none() {
+        if self.silent_since.is_none() && self.stall.is_none() {
             self.last_data = Instant::now();
         }
         loop {
@@ -366,8 +363,7 @@ impl Read for CommandReader {
                         }
                     } else {
                         let gap = self.last_data.elapsed();
-                        if self.stall_said.take().is_some() {
-                            self.stall_gap = STALL_REMIND;
+                        if self.stall.take().is_some() {
                             log::info!(
                                 "{} writes again after {:.0} s",
                                 self.name(),
@@ -402,13 +398,11 @@ impl Read for CommandReader {
             if self.silent_since.is_none()
                 && quiet >= STALL_SAID.max(self.longest_gap * 4)
                 && self
-                    .stall_said
-                    .is_none_or(|t| t.elapsed() >= self.stall_gap)
+                    .stall
+                    .get_or_insert_with(Default::default)
+                    .hit()
+                    .is_some()
             {
-                if self.stall_said.is_some() {
-                    self.stall_gap = (self.stall_gap * 2).min(Duration::from_secs(600));
-                }
-                self.stall_said = Some(Instant::now());
                 log::warn!(
                     "{} has written nothing for {:.0} s, after {} bytes (a camera that stopped \
                      delivering frames shows this, or a time-lapse slower than that; the sender \

@@ -563,19 +563,37 @@ const REMIND_MAX: Duration = Duration::from_secs(600);
 const QUIET_AFTER: u32 = 3;
 
 /// A line said again while its condition lasts: at once, then after
-/// [`REMIND`], the gap doubling up to [`REMIND_MAX`]; the occasions passed
-/// over in between are counted for the next line.
-#[derive(Debug, Default)]
-struct Reminder {
+/// [`REMIND`] (or the first gap given), the gap doubling up to
+/// [`REMIND_MAX`]; the occasions passed over in between are counted for
+/// the next line.
+#[derive(Debug)]
+pub(crate) struct Reminder {
     next: Option<Instant>,
     gap: Duration,
+    first: Duration,
     passed: u64,
 }
 
+impl Default for Reminder {
+    fn default() -> Self {
+        Reminder::after(REMIND)
+    }
+}
+
 impl Reminder {
+    /// A reminder whose second line comes `first` after the first.
+    pub(crate) fn after(first: Duration) -> Self {
+        Reminder {
+            next: None,
+            gap: first,
+            first,
+            passed: 0,
+        }
+    }
+
     /// One more occasion: `Some(passed over since the last line)` when it
     /// is to be said.
-    fn hit(&mut self) -> Option<u64> {
+    pub(crate) fn hit(&mut self) -> Option<u64> {
         self.hit_at(Instant::now())
     }
 
@@ -587,7 +605,7 @@ impl Reminder {
             }
             next => {
                 self.gap = if next.is_none() {
-                    REMIND
+                    self.first
                 } else {
                     (self.gap * 2).min(REMIND_MAX)
                 };

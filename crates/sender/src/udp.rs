@@ -137,11 +137,10 @@ struct Refusals {
     last: Instant,
     /// The last line about them.
     said: Instant,
-    /// Refusals since that line.
-    since: u64,
-    /// Until the next line: [`REFUSALS_SAID`], doubling up to 10 min while
-    /// they go on (a receiver down for hours: not a line every 5 s).
-    gap: Duration,
+    /// When the next line is due ([`REFUSALS_SAID`] after the first,
+    /// doubling up to 10 min while they go on: a receiver down for hours,
+    /// not a line every 5 s), and the refusals since the last.
+    remind: crate::pipeline::Reminder,
 }
 
 /// The hello datagram of stream `stream_id`.
@@ -314,27 +313,25 @@ impl UdpLink {
                     "state: receiver {} refuses datagrams (not running?); sending on",
                     self.to
                 );
+                let mut remind = crate::pipeline::Reminder::after(REFUSALS_SAID);
+                remind.hit(); // (said just now)
                 self.refused = Some(Refusals {
                     last: now,
                     said: now,
-                    since: 0,
-                    gap: REFUSALS_SAID,
+                    remind,
                 });
             }
             Some(r) => {
                 r.last = now;
-                r.since += 1;
-                if r.said.elapsed() >= r.gap {
+                if let Some(passed) = r.remind.hit() {
                     log::warn!(
                         "state: receiver {} still refuses datagrams: {} refused in \
                          the last {} s; frames sent meanwhile are lost",
                         self.to,
-                        r.since,
+                        passed + 1,
                         r.said.elapsed().as_secs()
                     );
                     r.said = now;
-                    r.since = 0;
-                    r.gap = (r.gap * 2).min(Duration::from_secs(600));
                 }
             }
         }

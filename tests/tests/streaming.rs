@@ -1187,14 +1187,21 @@ fn a_stopped_sender_sends_what_it_has_and_says_so() {
         .and_then(|r| r.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no summary: {}", f.stderr));
     assert!(sent > 0, "{}", f.stderr);
-    // Every frame its final summary says it sent is written, in order.
+    // Every frame its final summary says it sent is written. (A live
+    // source on a busy machine may drop one while the link lags, counted:
+    // the latest frame wins. The numbers written are then the sent ones
+    // among those captured.)
     let t = Instant::now();
     while check_frames(&out, &expected).len() < sent as usize && t.elapsed() < LIMIT {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        check_frames(&out, &expected),
-        (0..sent).collect::<Vec<u64>>()
+    let dropped = summary_count(&f.stderr, "dropped");
+    let written = check_frames(&out, &expected);
+    assert_eq!(written.len() as u64, sent, "{written:?}\n{}", f.stderr);
+    assert!(
+        written.iter().all(|&q| q < sent + dropped),
+        "{written:?}\n{}",
+        f.stderr
     );
 }
 

@@ -173,6 +173,8 @@ pub struct Connection {
     /// When a stalled write last said so (a line per [`SLOW_NOTE`] per
     /// connection, however many frames stall).
     slow_said: Option<Instant>,
+    /// Stalled writes are said at debug level ([`Link::set_quiet`]).
+    quiet: bool,
 }
 
 impl Connection {
@@ -202,6 +204,7 @@ impl Connection {
                         record: None,
                         timeout,
                         slow_said: None,
+                        quiet: false,
                     };
                     let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
                     let hello = Hello::new(name)
@@ -269,7 +272,8 @@ impl Connection {
                         // (short: the write timeout ran out, or a signal came)
                         self.slow_said = Some(Instant::now());
                         warned = true;
-                        log::warn!(
+                        log::log!(
+                            self.slow_level(),
                             "state: receiver {} has taken only {} of a {}-byte frame in {:.1} s, \
                              but its host answers: its output or the link is slow; waiting for it",
                             self.peer(),
@@ -279,7 +283,7 @@ impl Connection {
                         );
                     }
                     if let Some(since) = slow.take() {
-                        let level = if std::mem::take(&mut warned) {
+                        let level = if std::mem::take(&mut warned) && !self.quiet {
                             log::Level::Info
                         } else {
                             log::Level::Debug
@@ -315,7 +319,8 @@ impl Connection {
                     if self.slow_said.is_none_or(|t| t.elapsed() >= SLOW_NOTE) {
                         self.slow_said = Some(Instant::now());
                         warned = true;
-                        log::warn!(
+                        log::log!(
+                            self.slow_level(),
                             "state: receiver {} has taken no data for {:.0} s, but its host \
                              answers: its output is behind; waiting for it (up to {} s)",
                             self.peer(),
@@ -328,6 +333,15 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// The level of a stalled write's line.
+    fn slow_level(&self) -> log::Level {
+        if self.quiet {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        }
     }
 
     /// The receiver's address, for log lines.
@@ -464,6 +478,9 @@ impl crate::pipeline::Link for Connection {
     }
     fn peer_answers(&self) -> bool {
         Connection::peer_answers(self)
+    }
+    fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
     fn finish(self: Box<Self>) {
         let _ = Connection::finish(*self);

@@ -489,6 +489,10 @@ pub trait Link: Send {
     fn take_keyframe_hint(&mut self) -> bool {
         false
     }
+    /// Whether the link's own warnings (a stalled write) are debug lines:
+    /// set on a link made after [`QUIET_AFTER`] links in a row without
+    /// progress, whose losses a [`Reminder`] says.
+    fn set_quiet(&mut self, _quiet: bool) {}
     /// Ends the stream cleanly.
     fn finish(self: Box<Self>);
 }
@@ -565,7 +569,11 @@ const QUIET_AFTER: u32 = 3;
 /// A line said again while its condition lasts: at once, then after
 /// [`REMIND`] (or the first gap given), the gap doubling up to
 /// [`REMIND_MAX`]; the occasions passed over in between are counted for
-/// the next line.
+/// the next line. A condition that gave no occasion for [`REMIND_MAX`]
+/// after a line was due is over: the next occasion starts again from the
+/// first gap (so a trouble that comes back after a calm hour is said as
+/// promptly as the first time, and one that recurs every few minutes
+/// still goes quiet).
 #[derive(Debug)]
 pub(crate) struct Reminder {
     next: Option<Instant>,
@@ -577,6 +585,16 @@ pub(crate) struct Reminder {
 impl Default for Reminder {
     fn default() -> Self {
         Reminder::after(REMIND)
+    }
+}
+
+/// The tail of a reminded line: how many occasions were not said since
+/// the last line, and that it is said at longer intervals.
+fn said_again(passed: u64) -> String {
+    if passed == 0 {
+        String::new()
+    } else {
+        format!(" ({passed} more time(s) since the last such line; said at longer intervals while it lasts)")
     }
 }
 
@@ -604,10 +622,11 @@ impl Reminder {
                 None
             }
             next => {
-                self.gap = if next.is_none() {
-                    self.first
-                } else {
-                    (self.gap * 2).min(REMIND_MAX)
+                self.gap = match next {
+                    Some(t) if now.saturating_duration_since(t) < REMIND_MAX => {
+                        (self.gap * 2).min(REMIND_MAX)
+                    }
+                    _ => self.first,
                 };
                 self.next = Some(now + self.gap);
                 Some(std::mem::take(&mut self.passed))
@@ -1108,11 +1127,12 @@ struct Delivery {
     refused: (u32, Reminder),
     /// A frame was written (or its write tried) on the current link.
     wrote: bool,
-    /// When waiting for a slow receiver's confirmations was last said.
-    slow_said: Option<Instant>,
-    /// When frames unconfirmed with room in the window were last said
+    /// A receiver whose host answers but that confirms nothing for over
+    /// `--timeout`, said ([`Reminder`]: a receiver slower than the camera
+    /// for hours is not a line every few seconds), whether with a full
+    /// window ([`make_room`]) or with room in it
     /// ([`Delivery::note_unconfirmed`]).
-    unconfirmed_said: Option<Instant>,
+    slow_said: Reminder,
     /// Links made since the receiver last confirmed a frame (or, when it
     /// confirms none, since a frame was last written).
     links_since_progress: u32,
@@ -1139,8 +1159,8 @@ struct Delivery {
     renamed: Option<String>,
     /// The current link's record was looked at.
     link_judged: bool,
-    /// When that was last said.
-    foreign_said: Option<Instant>,
+    /// That said ([`Reminder`]).
+    foreign_said: Reminder,
 }
 
 impl Delivery {
@@ -1215,10 +1235,9 @@ impl Delivery {
                 cfg.to,
                 cfg.name
             );
-            self.foreign_said = Some(Instant::now());
+            self.foreign_said.hit();
             self.renamed = Some(renamed);
-        } else if self.foreign_said.is_none_or(|t| t.elapsed() >= REMIND) {
-            self.foreign_said = Some(Instant::now());
+        } else if self.foreign_said.hit().is_some() {
             log::warn!(
                 "receiver {}: {why}: another sender may use --name {:?} there (give each its \
                  own); reconnecting as a new sender so that this one's frames are not skipped \
@@ -1281,7 +1300,7 @@ impl Delivery {
         })
     }
 
-    /// Says (at most every [`net::SLOW_NOTE`]) that the receiver has
+    /// Says (as [`Delivery::slow_said`] allows) that the receiver has
     /// confirmed no frame for over `--timeout` while frames are in flight
     /// and its host answers. Only a note: the window is not full, so the
     /// sender goes on writing (a full one is [`make_room`]'s to judge).
@@ -1304,21 +1323,19 @@ impl Delivery {
             return;
         }
         let waited = self.unconfirmed_for(now);
-        if waited <= cfg.timeout
-            || self
-                .unconfirmed_said
-                .is_some_and(|t| t.elapsed() < net::SLOW_NOTE)
-            || !l.peer_answers()
-        {
+        if waited <= cfg.timeout || !l.peer_answers() {
             return;
         }
-        self.unconfirmed_said = Some(Instant::now());
+        let Some(passed) = self.slow_said.hit() else {
+            return;
+        };
         log::warn!(
             "state: receiver {} has confirmed no frame for {:.1} s ({} in flight), but its \
-             host answers: its output or the link is slow",
+             host answers: its output or the link is slow{}",
             cfg.to,
             waited.as_secs_f64(),
-            self.inflight.len()
+            self.inflight.len(),
+            said_again(passed)
         );
     }
 
@@ -1673,7 +1690,7 @@ fn network_loop_via(
     let mut send_reminded: Option<Instant> = None;
     // Frames too large for UDP at this --mtu, and when that was last said.
     let mut too_big = 0u64;
-    let mut too_big_said: Option<Instant> = None;
+    let mut too_big_said = Reminder::default();
     loop {
         if failing_since.is_none()
             && (!d.resend.is_empty() || !d.inflight.is_empty())
@@ -1748,14 +1765,17 @@ fn network_loop_via(
             // (after another sender's record: a new record, not a resumed one)
             let resume = ever_connected && !std::mem::take(&mut d.foreign);
             match dial(resume, d.renamed.as_deref().unwrap_or(&cfg.name)) {
-                Ok(l) => {
+                Ok(mut l) => {
+                    d.links_since_progress += 1;
+                    // (a link's own lines: the lost line's reminder speaks
+                    // for a run of links without progress)
+                    l.set_quiet(d.links_since_progress >= QUIET_AFTER);
                     link = Some(l);
                     connected_at = Instant::now();
                     d.tracking = cfg.transport == Transport::Tcp;
                     d.link_confirmed = 0;
                     d.link_judged = false;
                     d.wrote = false;
-                    d.links_since_progress += 1;
                     counters.connected.store(true, Relaxed);
                     if ever_connected {
                         counters.reconnects.fetch_add(1, Relaxed);
@@ -1932,10 +1952,12 @@ fn network_loop_via(
             // frame is dropped (never sent); the next may fit, as a key
             // frame: the encoder took the dropped one for its reference.
             Err(e) if udp::TooManyDatagrams::is(&e) => {
-                let now = Instant::now();
-                if too_big_said.is_none_or(|t: Instant| t.elapsed() >= REMIND) {
-                    too_big_said = Some(now);
-                    log::warn!("frame {} not sent: {e}; dropped", slot.sequence);
+                if let Some(passed) = too_big_said.hit() {
+                    log::warn!(
+                        "frame {} not sent: {e}; dropped{}",
+                        slot.sequence,
+                        said_again(passed)
+                    );
                 }
                 too_big += 1;
                 counters.dropped.fetch_add(1, Relaxed);
@@ -1992,11 +2014,20 @@ fn network_loop_via(
                 // Said once per run of failures, then every REMIND: a send
                 // that fails each time (a firewall's EPERM on UDP, whose
                 // "connect" always succeeds) would say it twice a second.
+                // From the QUIET_AFTER-th link without progress, the lost
+                // line's reminder says it: a receiver whose output stays
+                // stalled makes a link fail every SLOW_LIMIT for hours, each
+                // (a successful write before it) a new run of failures.
                 let now = Instant::now();
                 let since = *send_failing.get_or_insert(now);
                 let say = since == now || send_reminded.is_none_or(|t| t.elapsed() >= REMIND);
                 let what = describe_io(&e, cfg.timeout);
-                if say {
+                if d.links_since_progress >= QUIET_AFTER {
+                    d.say_lost(
+                        cfg,
+                        &format!("sending frame {} failed: {what}", slot.sequence),
+                    );
+                } else if say {
                     send_reminded = Some(now);
                     log::warn!(
                         "state: connection to {} lost while sending frame {}: {what}; reconnecting",
@@ -2185,14 +2216,14 @@ fn make_room(
                     false,
                 ));
             }
-            if d.slow_said.is_none_or(|t| t.elapsed() >= net::SLOW_NOTE) {
-                d.slow_said = Some(Instant::now());
+            if let Some(passed) = d.slow_said.hit() {
                 log::warn!(
                     "state: receiver {} has confirmed no frame for {:.1} s, but its host \
-                     answers: its output may be behind; waiting for it (up to {} s)",
+                     answers: its output may be behind; waiting for it (up to {} s){}",
                     cfg.to,
                     waited.as_secs_f64(),
-                    limit.as_secs()
+                    limit.as_secs(),
+                    said_again(passed)
                 );
             }
         }
@@ -2844,6 +2875,13 @@ mod tests {
                 (3330, 599)
             ]
         );
+        // an occasion 599 s after the line was due (3930): the same
+        // episode, the gap stays 600 s; then calm for REMIND_MAX past the
+        // due line (5129): a new episode, from the first gap again
+        assert_eq!(r.hit_at(at(3930 + 599)), Some(269));
+        assert_eq!(r.hit_at(at(4529 + 600 + 600)), Some(0));
+        assert_eq!(r.hit_at(at(5729 + 29)), None);
+        assert_eq!(r.hit_at(at(5729 + 30)), Some(1));
         // from a connection that confirms, said at once again
         r = Reminder::default();
         assert_eq!(r.hit_at(at(4000)), Some(0));
@@ -2920,6 +2958,82 @@ mod tests {
         );
         assert!(t.elapsed() >= LINGER, "{:?}", t.elapsed());
         assert!(dials > 1, "{dials}");
+    }
+
+    /// A receiver whose output stays stalled: each connection takes one
+    /// frame (into the kernel's buffers), then a write stalls past the
+    /// sender's limit, while its host answers and confirms nothing.
+    struct StalledOutput {
+        writes: usize,
+    }
+
+    impl Link for StalledOutput {
+        fn send_frame(&mut self, _frame: &[u8], _sequence: u64) -> io::Result<()> {
+            self.writes += 1;
+            if self.writes == 1 {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::TimedOut.into())
+            }
+        }
+        fn acked(&self) -> Option<u64> {
+            Some(0)
+        }
+        fn peer_answers(&self) -> bool {
+            true
+        }
+        fn finish(self: Box<Self>) {}
+    }
+
+    #[test]
+    fn a_receiver_whose_output_stays_stalled_is_said_at_longer_intervals() {
+        // Each link fails within seconds, after one successful write (a new
+        // run of failures): said at every link before, some 1,000 warnings
+        // an hour from one stalled receiver.
+        crate::test_log::capture();
+        let q = FrameQueue::new(64, false);
+        for i in 0..60 {
+            q.push(slot(i));
+        }
+        q.close();
+        let to = "stalled-output-receiver";
+        let counters = Counters::default();
+        let mut dials = 0;
+        let _ = network_loop_via(
+            &Config {
+                to: to.into(),
+                ..cfg(false)
+            },
+            &q,
+            &counters,
+            Box::new(CountingEncoder(Arc::new(AtomicU64::new(0)))),
+            &mut |_, _| {
+                dials += 1;
+                Ok(Box::new(StalledOutput { writes: 0 }))
+            },
+        );
+        let ours = crate::test_log::lines_with(to);
+        let warned: Vec<&String> = ours
+            .iter()
+            .filter(|(level, l)| *level <= log::Level::Warn && l.contains("lost"))
+            .map(|(_, l)| l)
+            .collect();
+        assert!(dials >= 20, "{dials} links");
+        // the first two links' lines, then the reminder's (at once)
+        assert!(
+            warned.len() <= 3,
+            "{} of {dials} links said: {warned:#?}",
+            warned.len()
+        );
+        assert!(
+            warned
+                .iter()
+                .any(|l| l.contains("lost again") && l.contains("sending frame")),
+            "{warned:#?}"
+        );
+        // every link still said, at debug level
+        let all = ours.iter().filter(|(_, l)| l.contains("lost")).count();
+        assert!(all >= dials - 1, "{all} lines of {dials} links");
     }
 
     /// Runs 20 queued frames through scripted links: the first breaks at

@@ -115,6 +115,12 @@ pub struct UdpLink {
     stride: usize,
     dgram: Vec<u8>,
     refused: Option<Refusals>,
+    /// When refusals are said: at once, then [`REFUSALS_SAID`] later,
+    /// doubling up to 10 min while they go on (a receiver down for hours
+    /// is not a line every 5 s), across episodes (a time-lapse sender
+    /// whose frames come further apart than [`REFUSALS_OVER`] to a
+    /// receiver that is not running has an episode per frame).
+    refusals_said: crate::pipeline::Reminder,
     pacer: Option<Pacer>,
     /// The hello thread: dropping the sender ends it.
     hellos: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
@@ -135,12 +141,8 @@ const _: () = assert!(KEYS_AFTER_REFUSAL.as_millis() < REFUSALS_OVER.as_millis()
 struct Refusals {
     /// The last refusal.
     last: Instant,
-    /// The last line about them.
-    said: Instant,
-    /// When the next line is due ([`REFUSALS_SAID`] after the first,
-    /// doubling up to 10 min while they go on: a receiver down for hours,
-    /// not a line every 5 s), and the refusals since the last.
-    remind: crate::pipeline::Reminder,
+    /// The last line about them in this episode, if one was said.
+    said: Option<Instant>,
 }
 
 /// The hello datagram of stream `stream_id`.
@@ -293,6 +295,7 @@ impl UdpLink {
             stride,
             dgram: Vec::with_capacity(DGRAM_HEADER_LEN + stride),
             refused: None,
+            refusals_said: crate::pipeline::Reminder::after(REFUSALS_SAID),
             pacer: rate_mbit.map(|r| Pacer {
                 // IP + UDP headers count against the link too
                 ns_per_byte: 8.0 * 1e3 / r,
@@ -307,33 +310,67 @@ impl UdpLink {
     /// send: this link's or the hello thread's).
     fn note_refusal(&mut self) {
         let now = Instant::now();
+        let say = self.refusals_said.hit();
         match &mut self.refused {
             None => {
-                log::warn!(
-                    "state: receiver {} refuses datagrams (not running?); sending on",
+                let (level, again) = match say {
+                    Some(0) => (log::Level::Warn, String::new()),
+                    Some(n) => (
+                        log::Level::Warn,
+                        format!(
+                            " (again: {n} more refused since the last such line, said at \
+                             longer intervals while it lasts)"
+                        ),
+                    ),
+                    None => (log::Level::Debug, String::new()),
+                };
+                log::log!(
+                    level,
+                    "state: receiver {} refuses datagrams (not running?); sending on{again}",
                     self.to
                 );
-                let mut remind = crate::pipeline::Reminder::after(REFUSALS_SAID);
-                remind.hit(); // (said just now)
                 self.refused = Some(Refusals {
                     last: now,
-                    said: now,
-                    remind,
+                    said: say.map(|_| now),
                 });
             }
             Some(r) => {
                 r.last = now;
-                if let Some(passed) = r.remind.hit() {
+                if let Some(passed) = say {
+                    let since = r.said.map_or(String::new(), |t| {
+                        format!(" in the last {} s", (now - t).as_secs())
+                    });
                     log::warn!(
-                        "state: receiver {} still refuses datagrams: {} refused in \
-                         the last {} s; frames sent meanwhile are lost",
+                        "state: receiver {} still refuses datagrams: {} refused{since}; \
+                         frames sent meanwhile are lost",
                         self.to,
                         passed + 1,
-                        r.said.elapsed().as_secs()
                     );
-                    r.said = now;
+                    r.said = Some(now);
                 }
             }
+        }
+    }
+
+    /// After a datagram went out: with no refusal for [`REFUSALS_OVER`],
+    /// someone listens again (or the ICMP messages stopped coming).
+    fn refusals_over(&mut self) {
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.last.elapsed() > REFUSALS_OVER)
+        {
+            // (said when the refusals were)
+            let level = match self.refused.take() {
+                Some(Refusals { said: Some(_), .. }) => log::Level::Info,
+                _ => log::Level::Debug,
+            };
+            log::log!(
+                level,
+                "state: receiver {} no longer refuses datagrams (none for {} s)",
+                self.to,
+                REFUSALS_OVER.as_secs()
+            );
         }
     }
 
@@ -345,20 +382,7 @@ impl UdpLink {
         loop {
             match self.sock.send(&self.dgram) {
                 Ok(_) => {
-                    // No refusal for a while: someone listens again (or
-                    // the ICMP messages stopped coming).
-                    if self
-                        .refused
-                        .as_ref()
-                        .is_some_and(|r| r.last.elapsed() > REFUSALS_OVER)
-                    {
-                        self.refused = None;
-                        log::info!(
-                            "state: receiver {} no longer refuses datagrams (none for {} s)",
-                            self.to,
-                            REFUSALS_OVER.as_secs()
-                        );
-                    }
+                    self.refusals_over();
                     return Ok(());
                 }
                 // ICMP port unreachable from an earlier datagram: nobody
@@ -622,6 +646,39 @@ mod tests {
         assert_eq!(to.unwrap(), a("[fe80::2]:1"));
         let e = pick_address("h:1", vec![]).unwrap_err().to_string();
         assert!(e.contains("\"h:1\" resolved to no address"), "{e}");
+    }
+
+    #[test]
+    fn refusals_that_come_and_go_are_said_at_longer_intervals() {
+        // A time-lapse sender to a receiver that is not running: its
+        // frames come further apart than REFUSALS_OVER, so each meets the
+        // refusals anew. Two lines a frame before, for as long as it lasted.
+        crate::test_log::capture();
+        let port = {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let mut l = UdpLink::connect(&format!("127.0.0.1:{port}"), "t", 1500, None).unwrap();
+        let to = l.to.to_string();
+        for _ in 0..20 {
+            l.note_refusal();
+            let r = l.refused.as_mut().unwrap();
+            r.last -= REFUSALS_OVER + Duration::from_millis(1);
+            l.refusals_over();
+            assert!(l.refused.is_none());
+        }
+        let lines = crate::test_log::lines_with(&to);
+        let said = |what: &str| {
+            lines
+                .iter()
+                .filter(|(level, l)| *level <= log::Level::Info && l.contains(what))
+                .count()
+        };
+        // the first episode only: the reminder's next line is 5 s on
+        assert_eq!(said("refuses datagrams (not running?)"), 1, "{lines:#?}");
+        assert_eq!(said("no longer refuses"), 1, "{lines:#?}");
+        // each still at debug level
+        assert!(lines.len() >= 40, "{lines:#?}");
     }
 
     #[test]

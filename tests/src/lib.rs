@@ -8,7 +8,7 @@
 //! | [`bin`]`("bitmask-send")` | path of `target/debug/<name>`; the first call in a test process runs `cargo build -p bitmask-sender -p bitmask-receiver` (a no-op when up to date), so tests never run stale binaries |
 //! | [`python`]`()` | `target/venv/bin/python` if it imports numpy and Pillow, else [`skip`] (`None`) |
 //! | [`python_has`]`(py, "skimage")` | whether the venv imports an optional module |
-//! | [`skip`]`(why)` | prints `SKIP: <why>; run `cargo xtask ci``, and panics when `CI=true` |
+//! | [`skip`]`(why)` | prints `SKIP: <why>; run `cargo xtask ci``, and panics when `CI=true` (as `cargo xtask ci` sets it) |
 //! | [`wire_py`]`()` | path of `docs/python/bitmask_wire.py` |
 //! | [`TempDir::new`]`("tag")` | a fresh directory under `target/tmp`, removed on drop unless the test failed |
 //! | [`Proc::spawn`] / [`Proc::wait`] / [`run`] | a child process with stdout and stderr collected, killed on drop, waited with a time limit |

@@ -109,7 +109,9 @@ fn two_senders_tcp_and_udp_get_their_own_directories_and_stats() {
         assert_eq!(stat(&j, name, "received"), 12.0, "{j}");
         assert_eq!(stat(&j, name, "lost"), 0.0, "{j}");
         assert_eq!(stat(&j, name, "corrupt"), 0.0, "{j}");
-        assert!(stat(&j, name, "total_latency_p99_ms") >= 0.0, "{j}");
+        // (capture to written, through a debug receiver: tens of µs at
+        // least, above the 0.01 ms it is given in)
+        assert!(stat(&j, name, "total_latency_p99_ms") > 0.0, "{j}");
         assert!(stat(&j, name, "compression_ratio") > 0.0, "{j}");
     }
     assert!(j.contains("\"transport\": \"udp\""), "{j}");

@@ -71,7 +71,8 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
              rust-version toolchain; zig and cargo-zigbuild from PyPI in target/zig-venv unless\n\
              on PATH at the pinned versions; Debian packages in one apt-get when root, Chromium\n\
              in a second; numpy in target/venv) or says\n\
-             what is missing; with CI=true a skipped step fails the run\n"
+             exactly what is missing; a test that cannot run here fails the run, with or\n\
+             without CI=true (nothing is skipped)\n"
         }
         ("fuzz", _) => fuzz::HELP,
         ("vectors", _) => {

@@ -603,8 +603,12 @@ impl Encoder {
     }
 
     /// LZ4 into `scratch`; true if it is shorter than `limit`... or equal.
+    /// Not tried on a mask whose LZ4 bound does not fit a `usize`
+    /// ([`lz4_bound`]).
     fn try_lz4(&mut self, packed: &[u8], limit: usize) -> bool {
-        let bound = lz4_flex::block::get_maximum_output_size(packed.len());
+        let Some(bound) = lz4_bound(packed.len()) else {
+            return false;
+        };
         if self.scratch.len() < bound {
             self.scratch.resize(bound, 0);
         }
@@ -654,6 +658,16 @@ impl Encoder {
         }
         Ok(false)
     }
+}
+
+/// lz4_flex's worst-case output size for `len` input bytes
+/// (`get_maximum_output_size`), `None` where it overflows: lz4_flex computes
+/// `len * 110 / 100 + 20` unchecked, which wraps on a 32-bit target from
+/// about 39 MB (a 20000x16000 mask), where its own check then passes a
+/// buffer too small (a panic, an abort in the Pi builds), and in a debug
+/// build panics outright.
+fn lz4_bound(len: usize) -> Option<usize> {
+    len.checked_mul(110).map(|n| n / 100 + 20)
 }
 
 /// Decodes a stream of masks. Holds the last decoded frame (any codec) as

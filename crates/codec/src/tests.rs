@@ -664,3 +664,35 @@ fn a_zstd_payload_is_one_frame_and_nothing_after_it() {
         assert!(e.contains("zstd") || e.contains("codec 2"), "{what}: {e}");
     }
 }
+
+#[test]
+fn the_lz4_bound_is_lz4_flexs_or_none_where_it_would_wrap() {
+    for len in [0, 1, 98_304, 1 << 20, 39_045_157] {
+        assert_eq!(
+            lz4_bound(len),
+            Some(lz4_flex::block::get_maximum_output_size(len)),
+            "{len}"
+        );
+    }
+    assert_eq!(lz4_bound(usize::MAX / 100), None);
+    #[cfg(target_pointer_width = "32")]
+    assert_eq!(lz4_bound(39_045_158), None);
+}
+
+/// On a 32-bit target (the Pi builds' unit tests under qemu) a mask whose
+/// LZ4 bound wraps a `usize`: lz4_flex's own check then passed a buffer
+/// too small, and the sender panicked (aborted, in the Pi builds). Sent
+/// raw instead.
+#[cfg(target_pointer_width = "32")]
+#[test]
+fn lz4_of_a_40_mb_mask_on_32_bits_is_raw_not_a_panic() {
+    let (w, h) = (20_000u32, 16_000u32);
+    let mut rng = Rng(0x9e37_79b9);
+    let m: Vec<u8> = (0..2_500 * 16_000).map(|_| rng.next() as u8).collect();
+    let mut out = Vec::new();
+    let f = Encoder::new(Choice::Lz4, 1)
+        .encode(&m, w, h, 0, &mut out)
+        .unwrap();
+    assert_eq!((f.codec, out.len()), (CODEC_RAW, m.len()));
+    assert!(out == m);
+}

@@ -1710,7 +1710,24 @@ pub fn serve_tcp(
                 );
                 return Ok(());
             }
-            let res = reader.read_frame();
+            // With a stream open (after a hello, or a first frame), the
+            // header first: the frame's memory is reserved from
+            // --max-memory before its payload is read into a buffer of the
+            // header's payload length (a frame waiting for memory must not
+            // hold it). (Before that the reader's buffer grows only with
+            // the bytes that came.)
+            let mut admitted = None;
+            let res = match ctx.as_mut() {
+                Some(c) => match reader.read_header() {
+                    Ok(Some(h)) => {
+                        admitted = Some(c.admit(&h)?);
+                        reader.read_frame()
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                None => reader.read_frame(),
+            };
             match res {
                 Ok(Some(f)) => {
                     let h = f.header;
@@ -1720,7 +1737,11 @@ pub fn serve_tcp(
                     framed = true;
                     state.framed.store(true, Relaxed);
                     let c = ctx.as_mut().expect("opened");
-                    if c.admit(&h)? {
+                    let admitted = match admitted {
+                        Some(a) => a,
+                        None => c.admit(&h)?,
+                    };
+                    if admitted {
                         // (busy until handled: not closed as silent while
                         // it decodes or writes; a wait in admit is not busy)
                         let _busy = AtOutput::new(Some(&state));

@@ -729,7 +729,10 @@ impl std::fmt::Display for Partial {
     }
 }
 
-/// Reads whole frames from a byte stream, reusing one buffer.
+/// Reads whole frames from a byte stream, reusing one buffer. The buffer
+/// grows as a payload comes (at most doubling, from 64 KiB), so a header
+/// that claims a large payload costs what was sent, not what it claims;
+/// never past [`Limits`]'s `max_payload`.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -939,9 +942,80 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Reads the next frame's header, checked against the limits, and not
+    /// its payload: a caller can then reserve memory for the frame (or
+    /// refuse it) before [`read_frame`](Self::read_frame) reads the
+    /// payload into a buffer of `payload_len` bytes. `Ok(None)` is a clean
+    /// end of stream. Asked again before `read_frame`, it returns the same
+    /// header; `read_frame` then returns that frame.
+    ///
+    /// Errors are [`read_frame`](Self::read_frame)'s: after
+    /// [`WireError::Io`] ask again; anything else leaves the stream out of
+    /// step.
+    pub fn read_header(&mut self) -> Result<Option<Header>, WireError> {
+        if let Some(first) = &self.broken {
+            return Err(WireError::OutOfStep {
+                first: first.clone(),
+            });
+        }
+        match self.next_header() {
+            Ok(h) => Ok(h.map(|(h, _)| h)),
+            Err(e) => {
+                if !matches!(e, WireError::Io(_)) {
+                    self.broken = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// [`read_frame`](Self::read_frame)'s work: the next frame's header, its
     /// payload in `buf`; on [`WireError::Io`] what was read stays in `self`.
     fn next_frame(&mut self) -> Result<Option<Header>, WireError> {
+        let Some((header, stored)) = self.next_header()? else {
+            return Ok(None);
+        };
+        let len = header.payload_len as usize; // <= limits.max_payload, checked
+        while self.payload_got < len {
+            if self.buf.len() <= self.payload_got {
+                // Grown as the payload comes, at most doubling: a peer's
+                // header alone (or a payload that stops short) makes the
+                // reader hold about twice what came, not what it claims.
+                let grown = (self.buf.len() * 2).max(GROW_FROM).min(len);
+                self.buf.resize(grown, 0);
+            }
+            let end = self.buf.len().min(len);
+            match self.inner.read(&mut self.buf[self.payload_got..end]) {
+                Ok(0) => {
+                    return Err(WireError::Truncated {
+                        part: "payload",
+                        expected: len,
+                        got: self.payload_got,
+                    })
+                }
+                Ok(k) => self.payload_got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // the whole frame is in: the next call reads the next one
+        self.frame = None;
+        self.head_len = 0;
+        let computed = crc(&self.head[..36], &self.buf[..len]);
+        if computed != stored {
+            return Err(WireError::CrcMismatch {
+                sequence: header.sequence,
+                stored,
+                computed,
+            });
+        }
+        Ok(Some(header))
+    }
+
+    /// The header of the frame being read (read now if it is not in yet,
+    /// `None` at a clean end of stream) and its stored CRC; on
+    /// [`WireError::Io`] what was read stays in `self`.
+    fn next_header(&mut self) -> Result<Option<(Header, u32)>, WireError> {
         self.started = true;
         if self.frame.is_none() {
             if self.pending_len > 0 {
@@ -980,43 +1054,16 @@ impl<R: Read> FrameReader<R> {
                 });
             }
             let (header, stored) = Header::decode(&self.head, &self.limits)?;
-            let len = header.payload_len as usize; // <= limits.max_payload, checked
-            if self.buf.len() < len {
-                self.buf.resize(len, 0);
-            }
             self.frame = Some((header, stored));
             self.payload_got = 0;
         }
-        let (header, stored) = self.frame.expect("set above");
-        let len = header.payload_len as usize;
-        while self.payload_got < len {
-            match self.inner.read(&mut self.buf[self.payload_got..len]) {
-                Ok(0) => {
-                    return Err(WireError::Truncated {
-                        part: "payload",
-                        expected: len,
-                        got: self.payload_got,
-                    })
-                }
-                Ok(k) => self.payload_got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // the whole frame is in: the next call reads the next one
-        self.frame = None;
-        self.head_len = 0;
-        let computed = crc(&self.head[..36], &self.buf[..len]);
-        if computed != stored {
-            return Err(WireError::CrcMismatch {
-                sequence: header.sequence,
-                stored,
-                computed,
-            });
-        }
-        Ok(Some(header))
+        Ok(self.frame)
     }
 }
+
+/// A [`FrameReader`]'s first payload buffer, at most (it then doubles as
+/// the payload comes, up to the payload's length).
+const GROW_FROM: usize = 64 << 10;
 
 /// Appends to `v` until it holds `want` bytes (`true`) or the stream ends
 /// (`false`). What was read stays in `v` when a read fails.

@@ -610,3 +610,110 @@ fn write_frame_refuses_a_payload_of_another_length_without_writing() {
     assert_eq!(e.to_string(), "frame 7: payload_len 2 but a 1-byte payload");
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_header_is_read_alone_before_its_payload_is_buffered() {
+    let (hd, p) = frame(1024, 768, 5);
+    let (hd2, p2) = frame(9, 2, 6);
+    let mut s = Vec::new();
+    encode_frame(&hd, &p, &mut s);
+    encode_frame(&hd2, &p2, &mut s);
+    let mut r = FrameReader::new(&s[..], Limits::default());
+    assert_eq!(r.read_header().unwrap(), Some(hd));
+    // not a byte of the payload read, nor a buffer made for it
+    assert_eq!(r.get_ref().len(), s.len() - HEADER_LEN);
+    assert_eq!(r.buf.capacity(), 0);
+    assert_eq!(r.read_header().unwrap(), Some(hd), "asked again");
+    let f = r.read_frame().unwrap().unwrap();
+    assert_eq!((f.header, f.payload), (hd, &p[..]));
+    // read_frame alone still reads header and payload
+    let f = r.read_frame().unwrap().unwrap();
+    assert_eq!((f.header, f.payload), (hd2, &p2[..]));
+    assert_eq!(r.read_header().unwrap(), None);
+    // a header over the limits puts the stream out of step, as in read_frame
+    let (big, bp) = frame(64, 64, 0);
+    let mut s = Vec::new();
+    encode_frame(&big, &bp, &mut s);
+    let mut r = FrameReader::new(&s[..], Limits::for_dimensions(32, 32));
+    let e = r.read_header().unwrap_err();
+    assert!(e.to_string().contains("64"), "{e}");
+    assert!(matches!(r.read_frame(), Err(WireError::OutOfStep { .. })));
+    assert!(matches!(r.read_header(), Err(WireError::OutOfStep { .. })));
+}
+
+#[test]
+fn headers_then_payloads_read_through_timeouts_lose_nothing() {
+    let frames: Vec<_> = [(9, 2), (16, 3), (1, 1)]
+        .iter()
+        .enumerate()
+        .map(|(i, (w, h))| frame(*w, *h, i as u64))
+        .collect();
+    let mut s = Vec::new();
+    for (hd, p) in &frames {
+        encode_frame(hd, p, &mut s);
+    }
+    for (stops, chunk) in [
+        ((0..s.len()).collect::<Vec<_>>(), 1),
+        (vec![3, 41, 44, 60], 64),
+    ] {
+        let n = stops.len();
+        let mut r = FrameReader::new(
+            Stalling {
+                data: s.clone(),
+                at: 0,
+                stops,
+                chunk,
+            },
+            Limits::default(),
+        );
+        let (mut got, mut timeouts) = (Vec::new(), 0);
+        let timeout =
+            |e: &WireError| matches!(e, WireError::Io(e) if e.kind() == io::ErrorKind::WouldBlock);
+        loop {
+            match r.read_header() {
+                Ok(Some(h)) => match r.read_frame() {
+                    Ok(Some(f)) => {
+                        assert_eq!(f.header, h);
+                        got.push((f.header, f.payload.to_vec()));
+                    }
+                    Err(e) if timeout(&e) => timeouts += 1,
+                    other => panic!("chunk {chunk}: {:?}", other.map(|f| f.map(|f| f.header))),
+                },
+                Ok(None) => break,
+                Err(e) if timeout(&e) => timeouts += 1,
+                Err(e) => panic!("chunk {chunk}: {e}"),
+            }
+        }
+        assert_eq!(timeouts, n, "chunk {chunk}");
+        assert_eq!(got, frames, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn a_payload_that_stops_short_holds_about_what_came_not_what_it_claims() {
+    let (hd, p) = frame(4096, 4096, 1); // 2 MiB claimed
+    let mut s = Vec::new();
+    encode_frame(&hd, &p, &mut s);
+    for (sent, most) in [(0, 64 << 10), (1000, 64 << 10), (300_000, 512 << 10)] {
+        let mut r = FrameReader::new(&s[..HEADER_LEN + sent], Limits::default());
+        let e = r.read_frame().unwrap_err();
+        assert!(
+            matches!(e, WireError::Truncated { got, .. } if got == sent),
+            "{e}"
+        );
+        assert!(
+            r.buf.len() <= most,
+            "{sent} bytes sent: {} held",
+            r.buf.len()
+        );
+    }
+    // the whole frame, then a smaller one: one buffer, not grown again
+    let (hd2, p2) = frame(64, 64, 2);
+    encode_frame(&hd2, &p2, &mut s);
+    let mut r = FrameReader::new(&s[..], Limits::default());
+    assert_eq!(r.read_frame().unwrap().unwrap().payload, &p[..]);
+    let held = r.buf.len();
+    assert_eq!(held, p.len());
+    assert_eq!(r.read_frame().unwrap().unwrap().payload, &p2[..]);
+    assert_eq!(r.buf.len(), held);
+}

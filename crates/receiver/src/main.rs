@@ -344,6 +344,12 @@ fn run(cli: Cli) -> Result<()> {
     let udp = UdpSocket::bind(local)
         .map_err(|e| log::warn!("no UDP on {local}: {e}"))
         .ok();
+    if let Some(u) = &udp {
+        // Room for datagrams that come while a frame is written: the
+        // kernel's default is about one raw 1024x768 frame. (Capped by
+        // net.core.rmem_max, 208 KiB by default: the kernel doubles it.)
+        let _ = socket2::SockRef::from(u).set_recv_buffer_size(4 << 20);
+    }
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),

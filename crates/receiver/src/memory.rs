@@ -21,8 +21,12 @@ const DECODER_FRAMES: u64 = 33;
 /// decoded frame, the live view's copy, and the frames being read (one over
 /// TCP, up to three in reassembly over UDP).
 pub fn stream_bytes(width: u32, height: u32, udp: bool) -> u64 {
-    let packed = (width as u64).div_ceil(8) * height as u64;
-    packed * (DECODER_FRAMES + 2 + if udp { 3 } else { 1 })
+    packed_stream_bytes((width as u64).div_ceil(8) * height as u64, udp)
+}
+
+/// [`stream_bytes`] of frames whose packed masks are `packed` bytes.
+pub fn packed_stream_bytes(packed: u64, udp: bool) -> u64 {
+    packed.saturating_mul(DECODER_FRAMES + 2 + if udp { 3 } else { 1 })
 }
 
 /// The budget: a limit and what the open streams have reserved of it.

@@ -736,6 +736,34 @@ impl StreamCtx {
         }
     }
 
+    /// Over UDP, before a buffer is made to reassemble a frame of
+    /// `frame_len` bytes (its header not in yet): reserves what a stream of
+    /// such frames holds at least (a payload is never longer than its
+    /// packed mask), so that datagrams claiming large frames cannot make
+    /// the receiver allocate outside `--max-memory`; [`StreamCtx::admit`]
+    /// grows it to the frame's size once its header is in. `false`:
+    /// refused, counted incomplete and logged as `admit` does.
+    pub fn admit_datagrams(&mut self, sequence: u64, frame_len: u32) -> bool {
+        let packed = (frame_len as u64).saturating_sub(bitmask_wire::HEADER_LEN as u64);
+        let need = crate::memory::packed_stream_bytes(packed, true);
+        match self.hub.memory.reserve(&mut self.memory, need) {
+            Ok(()) => true,
+            Err(why) => {
+                self.incomplete(1);
+                if let Some(n) = self.memory_log.hit() {
+                    log::warn!(
+                        "{}: frame {sequence} refused: a stream of {frame_len}-byte frames \
+                         {why}; give a larger --max-memory, or a smaller --max-size to refuse \
+                         such frames at once{}",
+                        self.name,
+                        more_like_it(n)
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// The sender's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -745,6 +773,15 @@ impl StreamCtx {
     fn on_connection(mut self, conn: Arc<ConnState>) -> Self {
         self.conn = Some(conn);
         self
+    }
+
+    /// Counts a damaged frame whose sequence number is known (a UDP
+    /// frame's datagrams say it): corrupt, and not also lost in the gap
+    /// before the next frame.
+    pub fn corrupt_numbered(&mut self, sequence: u64, why: &dyn std::fmt::Display) {
+        self.corrupt(why);
+        let restarted = stats::lock(&self.stats).sequence_seen(sequence);
+        say_new_numbering(&self.name, restarted, sequence);
     }
 
     /// Counts a damaged frame.

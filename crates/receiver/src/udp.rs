@@ -151,7 +151,12 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
         }
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
-                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data),
+                Ok((d, data)) => {
+                    let began = Instant::now();
+                    on_dgram(&hub, &mut streams, &mut logs, from, d, data);
+                    // (a frame delivered to a slow output: see `credit`)
+                    credit(&mut streams, began.elapsed());
+                }
                 Err(why) => {
                     if !over_the_cap(&hub, &mut streams, from, &buf[..n]) && logs.bad(from) {
                         log::warn!("udp from {from}: dropped: {why}");
@@ -205,10 +210,13 @@ fn over_the_cap(
     }
     if !s.late(d.sequence) && !s.too_far(d.sequence) {
         let ctx = s.ctx.as_mut().expect("checked above");
-        ctx.corrupt(&format_args!(
-            "frame {} is {} B, over this receiver's cap of {cap} B (--max-size {}x{})",
-            d.sequence, d.frame_len, hub.limits.max_width, hub.limits.max_height
-        ));
+        ctx.corrupt_numbered(
+            d.sequence,
+            &format_args!(
+                "frame {} is {} B, over this receiver's cap of {cap} B (--max-size {}x{})",
+                d.sequence, d.frame_len, hub.limits.max_width, hub.limits.max_height
+            ),
+        );
         s.forget(d.sequence);
     }
     s.last_seen = Instant::now();
@@ -230,6 +238,24 @@ fn end(mut s: Stream, from: SocketAddr, next: u64) {
             "state: udp stream of {:?} from {from} ended by its sender (its frames: below {next})",
             ctx.name()
         );
+    }
+}
+
+/// Time this thread spent handling a datagram (decoding and writing the
+/// frame it completed: a slow SD card, `--sync`, a full `--exec` pipe, a
+/// wait behind a TCP stream's writes) is time it did not read the socket:
+/// it does not count as the other streams' silence. Without it a 400 ms
+/// write made [`sweep`] give up another stream's frame whose last
+/// datagrams were waiting in the socket, and count it incomplete.
+fn credit(streams: &mut HashMap<(SocketAddr, u32), Stream>, spent: Duration) {
+    if spent < Duration::from_millis(10) {
+        return;
+    }
+    for s in streams.values_mut() {
+        s.last_seen += spent;
+        for p in &mut s.partial {
+            p.last += spent;
+        }
     }
 }
 
@@ -490,6 +516,11 @@ fn on_dgram(
                 }
                 s.give_up(oldest, "too many frames in reassembly");
             }
+            let ctx = s.ctx.as_mut().expect("checked above");
+            if !ctx.admit_datagrams(d.sequence, d.frame_len) {
+                s.forget(d.sequence); // (counted once: its other datagrams are late)
+                return;
+            }
             // Neither cleared nor shrunk: the fragments cover every byte
             // of `..frame_len` before the frame is read (checked by `parse`:
             // count, stride and each fragment's length, and above: each
@@ -549,15 +580,23 @@ fn on_dgram(
     }
     let ctx = s.ctx.as_mut().expect("checked above");
     match got {
-        Ok(Some(f)) if f.header.sequence != p.sequence => ctx.corrupt(&format_args!(
-            "its datagrams say frame {}, its header {}",
-            p.sequence, f.header.sequence
-        )),
-        Ok(Some(f)) if !whole(&f) => ctx.corrupt(&format_args!(
-            "frame {}: its datagrams carry {len} bytes, the frame {}",
+        // (damaged: counted corrupt under the number its datagrams say,
+        // not also lost in the gap before the next frame)
+        Ok(Some(f)) if f.header.sequence != p.sequence => ctx.corrupt_numbered(
             p.sequence,
-            HEADER_LEN + f.payload.len()
-        )),
+            &format_args!(
+                "its datagrams say frame {}, its header {}",
+                p.sequence, f.header.sequence
+            ),
+        ),
+        Ok(Some(f)) if !whole(&f) => ctx.corrupt_numbered(
+            p.sequence,
+            &format_args!(
+                "frame {}: its datagrams carry {len} bytes, the frame {}",
+                p.sequence,
+                HEADER_LEN + f.payload.len()
+            ),
+        ),
         Ok(Some(f)) => {
             // (a frame the data path refuses was still delivered whole)
             s.done_upto = Some(p.sequence);
@@ -573,8 +612,8 @@ fn on_dgram(
                 Ok(Err(e)) => log::warn!("{}: {e:#}", ctx.name()),
             }
         }
-        Ok(None) => ctx.corrupt(&"its datagrams hold no frame"),
-        Err(e) => ctx.corrupt(&e),
+        Ok(None) => ctx.corrupt_numbered(p.sequence, &"its datagrams hold no frame"),
+        Err(e) => ctx.corrupt_numbered(p.sequence, &e),
     }
     s.spare.push(p.buf);
     s.spare.truncate(MAX_PARTIAL);
@@ -851,6 +890,44 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_frame_between_two_is_corrupt_and_not_also_lost() {
+        let mut bed = Bed::new();
+        bed.hello(7, "cam");
+        let deliver = |bed: &mut Bed, q: u64| {
+            for d in fragments(&raw_frame(64, 8, q, 1), 7, q, 30) {
+                bed.feed(&d);
+            }
+        };
+        deliver(&mut bed, 0);
+        // frame 1 over the cap
+        let cap = HEADER_LEN as u32 + bed.hub.limits.max_payload;
+        let mut b = Dgram {
+            kind: KIND_FRAGMENT,
+            index: 0,
+            count: (cap + 1).div_ceil(1000) as u16,
+            stride: 1000,
+            stream_id: 7,
+            sequence: 1,
+            frame_len: cap + 1,
+        }
+        .encode()
+        .to_vec();
+        b.extend_from_slice(&[0; 1000]);
+        let from = bed.from;
+        assert!(over_the_cap(&bed.hub, &mut bed.streams, from, &b));
+        deliver(&mut bed, 2);
+        // frame 3 damaged past the datagrams (its CRC fails)
+        let mut bad = raw_frame(64, 8, 3, 1);
+        bad[HEADER_LEN + 5] ^= 1;
+        for d in fragments(&bad, 7, 3, 30) {
+            bed.feed(&d);
+        }
+        deliver(&mut bed, 4);
+        let s = crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
+        assert_eq!((s.received, s.corrupt, s.lost), (3, 2, 0));
+    }
+
+    #[test]
     fn an_ended_stream_closes_at_once_and_counts_what_never_came() {
         let mut bed = Bed::new();
         bed.hello(4, "cam");
@@ -882,6 +959,68 @@ mod tests {
         bed.feed(&Dgram::end(5, 1).encode());
         let s = crate::stats::lock(&bed.hub.stats.sender("two")).snapshot();
         assert_eq!((s.received, s.lost, s.connected), (1, 0, false));
+    }
+
+    #[test]
+    fn datagrams_of_a_frame_over_the_memory_budget_make_no_buffer() {
+        let mut bed = Bed::new();
+        bed.hub.memory.set_limit(1 << 20);
+        bed.hello(1, "cam");
+        // one datagram of a 2 MiB frame (within --max-size): no 2 MiB
+        // buffer, the frame counted incomplete once
+        let big = raw_frame(4096, 4096, 0, 1);
+        let d = fragments(&big, 1, 0, 1400);
+        bed.feed(&d[0]);
+        bed.feed(&d[1]);
+        assert!(bed.stream(1).partial.is_empty());
+        let s = crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
+        assert_eq!(s.incomplete, 1);
+        // a frame that fits is reassembled and delivered
+        for d in fragments(&raw_frame(64, 8, 1, 1), 1, 1, 30) {
+            bed.feed(&d);
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
+        assert_eq!((s.received, s.incomplete), (1, 1));
+    }
+
+    #[test]
+    fn time_spent_writing_a_frame_is_not_another_streams_silence() {
+        // Stream 1's frame half there; stream 2's frame completes and its
+        // output blocks 400 ms (a slow card, --sync); stream 1's last
+        // datagram waited in the socket meanwhile.
+        let mut bed = Bed::new();
+        bed.hello(1, "a");
+        bed.hello(2, "b");
+        let a = fragments(&raw_frame(64, 8, 0, 1), 1, 0, 30);
+        bed.feed(&a[0]);
+        for d in fragments(&raw_frame(64, 8, 0, 2), 2, 0, 30) {
+            bed.feed(&d);
+        }
+        let spent = Duration::from_millis(400);
+        for s in bed.streams.values_mut() {
+            for p in &mut s.partial {
+                p.last -= spent; // (as if the write had taken it)
+            }
+        }
+        credit(&mut bed.streams, spent);
+        sweep(&bed.hub, &mut bed.streams);
+        for d in &a[1..] {
+            bed.feed(d);
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("a")).snapshot();
+        assert_eq!((s.received, s.incomplete, s.lost), (1, 0, 0));
+        // without the credit the frame was given up: the sweep still does
+        // give up a frame whose datagrams stopped
+        bed.feed(&fragments(&raw_frame(64, 8, 1, 1), 1, 1, 30)[0]);
+        for s in bed.streams.values_mut() {
+            for p in &mut s.partial {
+                p.last -= FRAGMENT_GAP + Duration::from_millis(1);
+            }
+        }
+        credit(&mut bed.streams, Duration::from_millis(5)); // (not a slow write)
+        sweep(&bed.hub, &mut bed.streams);
+        let s = crate::stats::lock(&bed.hub.stats.sender("a")).snapshot();
+        assert_eq!(s.incomplete, 1);
     }
 
     #[test]

@@ -121,6 +121,11 @@ pub struct UdpLink {
     /// whose frames come further apart than [`REFUSALS_OVER`] to a
     /// receiver that is not running has an episode per frame).
     refusals_said: crate::pipeline::Reminder,
+    /// The last refusal ([`KEYS_AFTER_REFUSAL`]).
+    last_refusal: Option<Instant>,
+    /// A refusal came since the last frame was encoded: the next is a key
+    /// frame.
+    key_due: bool,
     pacer: Option<Pacer>,
     /// The hello thread: dropping the sender ends it.
     hellos: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
@@ -128,13 +133,15 @@ pub struct UdpLink {
     next: u64,
 }
 
-/// Frames are key frames for this long after a datagram was refused: the
+/// Frames are key frames for this long after a datagram was refused (and
+/// the first frame after a refusal is one, however long after): the
 /// receiver lost what it carried, and one that has just come back drops
-/// frames until its stream's hello (sent every second), so the first frame
-/// it keeps must decode alone.
-const KEYS_AFTER_REFUSAL: Duration = Duration::from_millis(1500);
-// (read from the refusals kept, which are forgotten REFUSALS_OVER after the last)
-const _: () = assert!(KEYS_AFTER_REFUSAL.as_millis() < REFUSALS_OVER.as_millis());
+/// frames until its stream's hello (sent every [`HELLO_EVERY`]), so the
+/// first frame it keeps must decode alone. (Its host's ICMP messages come
+/// about once a second at most, off loopback: the last refusal seen may
+/// be a second older than the receiver's return.)
+const KEYS_AFTER_REFUSAL: Duration =
+    Duration::from_millis(1000 + HELLO_EVERY.as_millis() as u64 + 1500);
 
 /// Datagrams the receiver's host refused (ICMP port unreachable: nobody
 /// listens), for the log.
@@ -296,6 +303,8 @@ impl UdpLink {
             dgram: Vec::with_capacity(DGRAM_HEADER_LEN + stride),
             refused: None,
             refusals_said: crate::pipeline::Reminder::after(REFUSALS_SAID),
+            last_refusal: None,
+            key_due: false,
             pacer: rate_mbit.map(|r| Pacer {
                 // IP + UDP headers count against the link too
                 ns_per_byte: 8.0 * 1e3 / r,
@@ -310,6 +319,8 @@ impl UdpLink {
     /// send: this link's or the hello thread's).
     fn note_refusal(&mut self) {
         let now = Instant::now();
+        self.last_refusal = Some(now);
+        self.key_due = true;
         let say = self.refusals_said.hit();
         match &mut self.refused {
             None => {
@@ -457,10 +468,17 @@ impl crate::pipeline::Link for UdpLink {
         self.send(frame, sequence)
     }
     fn take_keyframe_hint(&mut self) -> bool {
-        // (`refused` lasts REFUSALS_OVER after the last refusal, longer)
-        self.refused
-            .as_ref()
-            .is_some_and(|r| r.last.elapsed() < KEYS_AFTER_REFUSAL)
+        // (the hellos' refusals since the last frame: a sender of a frame
+        // every few seconds would otherwise see them only after the next
+        // frame went out, as a delta frame the returned receiver cannot
+        // decode)
+        for _ in 0..errqueue::drain(&self.sock) {
+            self.note_refusal();
+        }
+        std::mem::take(&mut self.key_due)
+            || self
+                .last_refusal
+                .is_some_and(|t| t.elapsed() < KEYS_AFTER_REFUSAL)
     }
     /// Ends the hello thread (a hello after the end datagram would open
     /// the stream again), then sends the end datagram
@@ -679,6 +697,37 @@ mod tests {
         assert_eq!(said("no longer refuses"), 1, "{lines:#?}");
         // each still at debug level
         assert!(lines.len() >= 40, "{lines:#?}");
+    }
+
+    #[test]
+    fn after_refused_hellos_the_next_frames_are_key_frames() {
+        // A receiver not running (its port closed): the hellos are
+        // refused. A slow sender's next frame must be a key frame, before
+        // any frame of its own was refused (the receiver may be back by
+        // then, and keep that frame).
+        let port = {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let mut l = UdpLink::connect(&format!("127.0.0.1:{port}"), "t", 1500, None).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        use crate::pipeline::Link;
+        if cfg!(target_os = "linux") {
+            assert!(l.take_keyframe_hint(), "the refused hello is not seen");
+        }
+        // The first frame after a refusal however long ago, then no more
+        // (the hellos stopped: none refused meanwhile).
+        if let Some((stop, thread)) = l.hellos.take() {
+            drop(stop);
+            thread.join().unwrap();
+        }
+        l.note_refusal();
+        l.last_refusal = Some(Instant::now() - KEYS_AFTER_REFUSAL - Duration::from_secs(60));
+        assert!(l.take_keyframe_hint());
+        let _ = errqueue::drain(&l.sock);
+        l.last_refusal = Some(Instant::now() - KEYS_AFTER_REFUSAL - Duration::from_secs(60));
+        l.key_due = false;
+        assert!(!l.take_keyframe_hint());
     }
 
     #[test]

@@ -22,6 +22,11 @@ mod udp;
 #[cfg(test)]
 mod test_rng;
 
+/// The sender's test logger (one file for both binaries' unit tests).
+#[cfg(test)]
+#[path = "../../sender/src/test_log.rs"]
+mod test_log;
+
 use anyhow::{Context, Result};
 use bitmask_wire::Limits;
 use clap::Parser;

@@ -179,6 +179,10 @@ pub struct Hub {
     /// Takeovers of a sender name by a new connection, likewise; and per
     /// name, since when and how often (many: two senders share the name).
     takeovers: Throttle,
+    /// UDP streams' damaged frames and new numberings, for all of them at
+    /// once: a host may open a stream per datagram pair (a new stream id
+    /// each), so a per-stream throttle would let it log a line per pair.
+    udp_lines: Throttle,
     takeover_counts: Mutex<HashMap<String, (Instant, u32)>>,
     /// Which host each sender name belongs to ([`Hub::name_for`]).
     owners: Mutex<HashMap<String, Owner>>,
@@ -492,6 +496,7 @@ impl Hub {
             handshakes: Throttle::default(),
             first_frames: KeyedThrottle::default(),
             takeovers: Throttle::default(),
+            udp_lines: Throttle::default(),
             takeover_counts: Mutex::new(HashMap::new()),
             owners: Mutex::default(),
             shared_names: Mutex::default(),
@@ -781,12 +786,18 @@ impl StreamCtx {
     pub fn corrupt_numbered(&mut self, sequence: u64, why: &dyn std::fmt::Display) {
         self.corrupt(why);
         let restarted = stats::lock(&self.stats).sequence_seen(sequence);
-        say_new_numbering(&self.name, restarted, sequence);
+        say_new_numbering(&self.hub, &self.name, self.udp, restarted, sequence);
     }
 
     /// Counts a damaged frame.
     pub fn corrupt(&mut self, why: &dyn std::fmt::Display) {
-        if let Some(n) = self.corrupt_log.hit() {
+        // (a UDP stream's with all UDP streams': see Hub::udp_lines)
+        let log = if self.udp {
+            &self.hub.udp_lines
+        } else {
+            &self.corrupt_log
+        };
+        if let Some(n) = log.hit() {
             log::warn!("{}: skipping frame: {why}{}", self.name, more_like_it(n));
         }
         stats::lock(&self.stats).corrupt();
@@ -946,7 +957,7 @@ impl StreamCtx {
                 // the frame is corrupt, not also lost in the gap before the
                 // next one)
                 let restarted = stats::lock(&self.stats).sequence_seen(h.sequence);
-                say_new_numbering(&self.name, restarted, h.sequence);
+                say_new_numbering(&self.hub, &self.name, self.udp, restarted, h.sequence);
                 return Ok(true);
             }
         };
@@ -1116,7 +1127,7 @@ impl StreamCtx {
             }
             s.frame(h, mask.len(), stats::now_us())
         };
-        say_new_numbering(&self.name, restarted, h.sequence);
+        say_new_numbering(&self.hub, &self.name, self.udp, restarted, h.sequence);
         if let Some(f) = &mut self.feed {
             f.publish(h, mask);
             self.decoded_shown = true;
@@ -1903,15 +1914,24 @@ pub fn serve_tcp(
     result
 }
 
-/// Logs the new numbering that frame `sequence` of sender `name` started
-/// (`restarted`: the number before it, as the stats said).
-fn say_new_numbering(name: &str, restarted: Option<u64>, sequence: u64) {
-    if let Some(prev) = restarted {
-        log::info!(
-            "{name}: sequence went from {prev} to {sequence}: a new numbering (sender \
-             restarted), not counted as lost"
-        );
-    }
+/// Says that frame `sequence` of sender `name` started a new numbering
+/// (`restarted`: the number before it); a UDP stream's line is throttled
+/// with all UDP streams' ([`Hub::udp_lines`]).
+fn say_new_numbering(hub: &Hub, name: &str, udp: bool, restarted: Option<u64>, sequence: u64) {
+    let Some(prev) = restarted else { return };
+    let n = if udp {
+        match hub.udp_lines.hit() {
+            Some(n) => n,
+            None => return,
+        }
+    } else {
+        0
+    };
+    log::info!(
+        "{name}: sequence went from {prev} to {sequence}: a new numbering (sender \
+         restarted), not counted as lost{}",
+        more_like_it(n)
+    );
 }
 
 /// The message for a connection's error; `partial`: where in a frame the

@@ -890,6 +890,37 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_per_datagram_pair_does_not_flood_the_log() {
+        // A host opening a stream per pair of datagrams (a hello with a new
+        // stream id, then a damaged frame, numbered 0 each time): each
+        // stream's own throttle allowed a line per pair.
+        crate::test_log::capture();
+        let mut bed = Bed {
+            hub: test_hub(2),
+            streams: HashMap::new(),
+            logs: Logs::default(),
+            from: "10.0.0.77:5000".parse().unwrap(),
+        };
+        let name = "flood-77";
+        for i in 0..200u32 {
+            bed.hello(1000 + i, name);
+            let mut bad = raw_frame(64, 8, 0, 1);
+            bad[HEADER_LEN + 5] ^= 1;
+            for d in fragments(&bad, 1000 + i, 0, 30) {
+                bed.feed(&d);
+            }
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender(name)).snapshot();
+        assert_eq!(s.corrupt, 200);
+        let lines = crate::test_log::lines_with(name);
+        let said = lines
+            .iter()
+            .filter(|(level, l)| *level <= log::Level::Info && l.contains("skipping frame"))
+            .count();
+        assert!(said <= 2, "{said} lines: {lines:#?}");
+    }
+
+    #[test]
     fn a_damaged_frame_between_two_is_corrupt_and_not_also_lost() {
         let mut bed = Bed::new();
         bed.hello(7, "cam");

@@ -19,51 +19,10 @@ mod pipeline;
 mod raw;
 mod udp;
 
-/// A logger for the unit tests that check what is said and how often.
+/// A logger for the unit tests that check what is said and how often
+/// (the receiver's tests use this file too).
 #[cfg(test)]
-mod test_log {
-    use std::sync::Mutex;
-
-    /// The log lines of every test of this binary once one called
-    /// [`capture`]: tests pick their own by a word of their own (a
-    /// `--to`).
-    static LOGGED: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
-
-    struct Capture;
-
-    impl log::Log for Capture {
-        fn enabled(&self, _: &log::Metadata) -> bool {
-            true
-        }
-        fn log(&self, r: &log::Record) {
-            LOGGED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((r.level(), r.args().to_string()));
-        }
-        fn flush(&self) {}
-    }
-
-    /// Keeps this test binary's log lines, debug ones too.
-    pub fn capture() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            log::set_logger(&Capture).expect("no other logger in the unit tests");
-            log::set_max_level(log::LevelFilter::Debug);
-        });
-    }
-
-    /// The lines logged so far that contain `word`, with their levels.
-    pub fn lines_with(word: &str) -> Vec<(log::Level, String)> {
-        LOGGED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, l)| l.contains(word))
-            .cloned()
-            .collect()
-    }
-}
+mod test_log;
 
 use anyhow::{Context, Result};
 use bitmask_core::Channel;

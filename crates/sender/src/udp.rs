@@ -68,19 +68,30 @@ const REFUSALS_OVER: Duration = Duration::from_secs(2);
 struct Pacer {
     ns_per_byte: f64,
     next: Instant,
+    /// IP and UDP header bytes per datagram (28 over IPv4, 48 over IPv6),
+    /// which count against the link too.
+    ip_udp: usize,
 }
 
 impl Pacer {
+    /// Waits for the link's time for a datagram of `bytes` UDP data bytes.
     fn wait(&mut self, bytes: usize) {
-        let now = Instant::now();
+        let ahead = self.book(bytes, Instant::now());
+        if ahead > Duration::from_millis(1) {
+            std::thread::sleep(ahead);
+        }
+    }
+
+    /// Books a datagram of `bytes` UDP data bytes at `now`: how long to
+    /// wait before sending it.
+    fn book(&mut self, bytes: usize, now: Instant) -> Duration {
         if self.next < now {
             self.next = now; // idle time is not saved up as a burst
         }
         let ahead = self.next - now;
-        if ahead > Duration::from_millis(1) {
-            std::thread::sleep(ahead);
-        }
+        let bytes = bytes + self.ip_udp;
         self.next += Duration::from_nanos((bytes as f64 * self.ns_per_byte) as u64);
+        ahead
     }
 }
 
@@ -306,9 +317,9 @@ impl UdpLink {
             last_refusal: None,
             key_due: false,
             pacer: rate_mbit.map(|r| Pacer {
-                // IP + UDP headers count against the link too
                 ns_per_byte: 8.0 * 1e3 / r,
                 next: Instant::now(),
+                ip_udp,
             }),
             hellos: Some((stop, thread)),
             next: 0,
@@ -387,7 +398,7 @@ impl UdpLink {
 
     fn send_dgram(&mut self) -> io::Result<()> {
         if let Some(p) = &mut self.pacer {
-            p.wait(self.dgram.len() + 28);
+            p.wait(self.dgram.len());
         }
         let mut retried = false;
         loop {
@@ -728,6 +739,26 @@ mod tests {
         l.last_refusal = Some(Instant::now() - KEYS_AFTER_REFUSAL - Duration::from_secs(60));
         l.key_due = false;
         assert!(!l.take_keyframe_hint());
+    }
+
+    #[test]
+    fn the_pace_counts_the_ip_headers_of_the_address() {
+        // 10 Mbit/s: 1 µs of link a bit; 1,000 datagrams of 100 data bytes
+        // are 128,000 (IPv4) or 148,000 (IPv6) bytes on the link
+        for (ip_udp, ms) in [(28, 102.4), (48, 118.4)] {
+            let t0 = Instant::now();
+            let mut p = Pacer {
+                ns_per_byte: 8.0 * 1e3 / 10.0,
+                next: t0,
+                ip_udp,
+            };
+            // (all booked at once: the wait before the 1,001st)
+            for _ in 0..1000 {
+                p.book(100, t0);
+            }
+            let got = p.book(100, t0).as_secs_f64() * 1e3;
+            assert!((got - ms).abs() < 0.01, "{ip_udp}: {got} ms");
+        }
     }
 
     #[test]

@@ -757,6 +757,35 @@ fn sigterm_with_an_exec_consumer_ends_cleanly() {
 }
 
 #[test]
+fn an_exec_consumer_cut_short_at_count_is_an_error_not_a_clean_stop() {
+    // At --count the receiver closes the program's stdin and gives it 10 s
+    // to finish. One that needs 12 was ended by the stop's own timer
+    // (started when the stop began) and taken for one "stopped with the
+    // receiver": exit 0, its work cut short without a word.
+    let tmp = TempDir::new("exec-count-slow");
+    inputs(&tmp.join("in"));
+    let done = tmp.join("DONE");
+    let consumer = format!("cat > /dev/null; sleep 12; touch {}", sh_quote(&done));
+    let mut recv = start_receiver(&["--exec", &consumer, "--count", "1"]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--count", "1"],
+    ));
+    assert!(s.wait(LIMIT).status.success());
+    let fr = recv.proc.wait(LIMIT);
+    assert!(!fr.status.success(), "{}", fr.stderr);
+    assert!(
+        fr.stderr
+            .contains("had not exited 10 s after its stdin was closed"),
+        "{}",
+        fr.stderr
+    );
+    assert!(!done.exists());
+}
+
+#[test]
 fn ctrl_c_or_a_stopped_service_with_an_exec_consumer_ends_cleanly() {
     use std::os::unix::process::CommandExt;
     let tmp = TempDir::new("exec-group-signals");

@@ -52,6 +52,15 @@ static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
 /// Set when the child died while the receiver was running ([`died`]).
 static DIED: AtomicBool = AtomicBool::new(false);
 
+/// Set once [`Exec::finish`] closes the child's stdin: its own
+/// [`EXIT_GRACE`] runs from there, and [`stopping`]'s timer leaves the
+/// child alone.
+static FINISHING: AtomicBool = AtomicBool::new(false);
+
+/// Set when [`stopping`]'s timer sent the child SIGTERM: its death by that
+/// signal is then not a clean stop (it had not taken its input to the end).
+static STOP_KILLED: AtomicBool = AtomicBool::new(false);
+
 /// What stops the receiver when the child dies ([`on_death`]).
 type DeathHook = Box<dyn Fn(String) + Send + Sync>;
 static ON_DEATH: std::sync::OnceLock<DeathHook> = std::sync::OnceLock::new();
@@ -72,10 +81,11 @@ pub fn died() -> bool {
 }
 
 /// Says that the receiver is stopping (see [`STOPPING`]). The first call
-/// also starts a timer: a child still running [`EXIT_GRACE`] later is sent
-/// SIGTERM (its whole group), whatever the receiver is blocked on (a write
-/// into a pipe the child no longer reads holds the output's lock, so the
-/// end of its input may never come).
+/// also starts a timer: a child still running [`EXIT_GRACE`] later whose
+/// stdin was not closed yet is sent SIGTERM (its whole group), whatever the
+/// receiver is blocked on (a write into a pipe the child no longer reads
+/// holds the output's lock, so the end of its input may never come). Once
+/// its stdin is closed, [`Exec::finish`] gives it its own [`EXIT_GRACE`].
 pub fn stopping() {
     if STOPPING.swap(true, Ordering::SeqCst) || CHILD_GROUP.load(Ordering::SeqCst) == 0 {
         return;
@@ -85,7 +95,8 @@ pub fn stopping() {
         .spawn(|| {
             std::thread::sleep(EXIT_GRACE);
             let group = CHILD_GROUP.load(Ordering::SeqCst);
-            if group != 0 {
+            if group != 0 && !FINISHING.load(Ordering::SeqCst) {
+                STOP_KILLED.store(true, Ordering::SeqCst);
                 log::warn!(
                     "--exec child (pid {group}) still running {} s after the stop began: \
                      sending its process group SIGTERM",
@@ -256,6 +267,7 @@ impl Exec {
             return Ok(());
         }
         self.finishing.store(true, Ordering::SeqCst);
+        FINISHING.store(true, Ordering::SeqCst);
         drop(self.stdin.take());
         let st = match self.status.recv_timeout(EXIT_GRACE) {
             Ok(st) => st,
@@ -296,6 +308,14 @@ impl Exec {
                 log::info!("--exec child `{}` exited cleanly", self.cmd);
                 Ok(())
             }
+            // Ended by the stop's timer: it had not taken its input to the
+            // end (a frame in hand, or its stdin, never came through).
+            Ok(s) if STOP_KILLED.load(Ordering::SeqCst) && stop_signal(&s) => bail!(
+                "--exec child `{}` was still running {} s after the stop began, its input not \
+                 taken to the end: it was sent SIGTERM and {s}",
+                self.cmd,
+                EXIT_GRACE.as_secs()
+            ),
             // Signalled with the receiver (a whole cgroup or group stopped).
             Ok(s) if STOPPING.load(Ordering::SeqCst) && stop_signal(&s) => {
                 log::info!(

@@ -855,14 +855,16 @@ fn receiver_with_a_stuck_child(tag: &str) -> (Listening, Proc, TempDir) {
 
 /// A receiver (in a process group of its own) whose `--exec` CMD never
 /// reads, fed by a `--no-drop` sender until the pipe is full and the stream
-/// stalls. Returns both, and their directory.
+/// stalls. Returns both, and their directory (its `stats.json` is the
+/// receiver's `--stats-json`).
 fn stalled_exec_receiver(tag: &str, cmd: &str) -> (Listening, Proc, TempDir) {
     use std::os::unix::process::CommandExt;
     let tmp = TempDir::new(tag);
     inputs(&tmp.join("in"));
     let recv = start_listening(
         Command::new(bin("bitmask-recv"))
-            .args(["--listen", "127.0.0.1:0", "--exec", cmd])
+            .args(["--listen", "127.0.0.1:0", "--exec", cmd, "--stats-json"])
+            .arg(tmp.join("stats.json"))
             .process_group(0),
     );
     let s = Proc::spawn(&mut sender(
@@ -892,7 +894,7 @@ fn gone(pid: &str) -> bool {
 
 #[test]
 fn a_second_signal_ends_a_stop_that_cannot_finish() {
-    let (mut recv, _s, _tmp) = receiver_with_a_stuck_child("stop-twice");
+    let (mut recv, _s, tmp) = receiver_with_a_stuck_child("stop-twice");
     let st = Command::new("kill")
         .args(["-TERM", &recv.proc.id().to_string()])
         .status()
@@ -903,6 +905,7 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
     // (a signal within 0.5 s of the first is the same stop: see below)
     std::thread::sleep(Duration::from_millis(700));
     let t = Instant::now();
+    let signalled = std::time::SystemTime::now();
     let st = Command::new("kill")
         .args(["-INT", &recv.proc.id().to_string()])
         .status()
@@ -917,6 +920,20 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
         fr.stderr
     );
     assert_child_gone(&fr.stderr);
+    // the summary and the stats file, even so (neither was written)
+    assert!(
+        fr.stderr.contains("bitmask-recv: total:"),
+        "the summary: {}",
+        fr.stderr
+    );
+    let json = tmp.join("stats.json");
+    // (the last write before was at the first signal, 0.7 s before the
+    // second, or earlier; file times lag the clock by a tick)
+    let written = std::fs::metadata(&json).unwrap().modified().unwrap();
+    assert!(
+        written + Duration::from_millis(300) >= signalled,
+        "{json:?} not written at the exit"
+    );
 }
 
 #[test]

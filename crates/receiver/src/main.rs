@@ -418,6 +418,7 @@ fn run(cli: Cli) -> Result<()> {
         done_tx,
     );
     hub.memory.set_limit(memory_limit(&cli));
+    session::keep_for_last_words(&hub, cli.stats_json.as_deref());
     session::stop_on_signals(&hub, signals);
     {
         // An --exec program that dies stops the receiver, summary printed.
@@ -456,11 +457,10 @@ fn run(cli: Cli) -> Result<()> {
     // The numbers are written however the outputs end.
     let finished = hub.finish();
     session::write_stats_json(&hub, cli.stats_json.as_deref(), true);
-    for s in hub.stats.snapshot() {
-        say!("bitmask-recv: {}", s.line(false));
+    for line in session::summary_lines(&hub) {
+        say!("{line}");
     }
     let total = hub.stats.total();
-    say!("bitmask-recv: {}", total.line(false));
     if exec::died() {
         // (said when it died; the frames after it were not acknowledged)
         std::process::exit(exec::EXIT_CHILD_DIED);

@@ -2132,7 +2132,18 @@ fn exit_now(why: String) -> ! {
     let _ = std::thread::Builder::new()
         .name("last words".into())
         .spawn(move || {
+            // The numbers as they are, the file first (stderr may be what
+            // is stalled): a service stopped this way keeps its summary.
+            let last = LAST_WORDS.get();
+            if let Some((hub, json)) = last {
+                write_stats_json(hub, json.as_deref(), true);
+            }
             log::error!("{why}");
+            if let Some((hub, _)) = last {
+                for line in summary_lines(hub) {
+                    say!("{line}");
+                }
+            }
             let _ = said.send(());
         });
     let _ = heard.recv_timeout(Duration::from_secs(1));
@@ -2145,6 +2156,29 @@ fn exit_now(why: String) -> ! {
     // SAFETY: _exit(2) ends the process without running anything more
     // (nothing may wait on a blocked stdout either).
     unsafe { libc::_exit(status) }
+}
+
+/// What a forced exit ([`exit_now`]) still writes: the hub's numbers, and
+/// where `--stats-json` goes.
+static LAST_WORDS: std::sync::OnceLock<(Arc<Hub>, Option<std::path::PathBuf>)> =
+    std::sync::OnceLock::new();
+
+/// Keeps the hub and the `--stats-json` path for a forced exit's summary
+/// ([`exit_now`]).
+pub fn keep_for_last_words(hub: &Arc<Hub>, json: Option<&std::path::Path>) {
+    let _ = LAST_WORDS.set((hub.clone(), json.map(std::path::Path::to_path_buf)));
+}
+
+/// The summary's lines: one per sender, then the total.
+pub fn summary_lines(hub: &Hub) -> Vec<String> {
+    let mut lines: Vec<String> = hub
+        .stats
+        .snapshot()
+        .iter()
+        .map(|s| format!("bitmask-recv: {}", s.line(false)))
+        .collect();
+    lines.push(format!("bitmask-recv: {}", hub.stats.total().line(false)));
+    lines
 }
 
 /// SIGINT and SIGTERM end the receiver cleanly (outputs flushed, final

@@ -285,6 +285,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// Whether the process is still running (not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.text.lock().unwrap().0.clone()

@@ -731,6 +731,65 @@ fn unsafe_free_sigterm(pid: u32) {
 }
 
 #[test]
+fn a_hangup_stops_both_sides_cleanly_unless_ignored() {
+    // The ssh session a sender or receiver was started from goes away: a
+    // clean stop with the summary (the default action killed both without
+    // one, and the receiver's --exec program in its own group kept
+    // running). Under nohup a hangup is ignored, as it asks.
+    use std::os::unix::process::CommandExt;
+    let tmp = TempDir::new("hangup");
+    inputs(&tmp.join("in"));
+    let hup = |pid: u32| {
+        let st = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let out = tmp.join("out");
+    let mut recv = start_receiver(&["--out", out.to_str().unwrap()]);
+    let mut s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "20"],
+    ));
+    recv.proc.wait_for_stderr("stream from \"cam\"", LIMIT);
+    hup(s.id());
+    let fs = s.wait(LIMIT);
+    assert!(fs.status.success(), "{}", fs.stderr);
+    assert!(
+        fs.stderr.contains("bitmask-send: captured"),
+        "{}",
+        fs.stderr
+    );
+    hup(recv.proc.id());
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.status.success(), "{}", fr.stderr);
+    assert!(fr.stderr.contains("stopping: signal 1"), "{}", fr.stderr);
+    assert!(fr.stderr.contains("bitmask-recv: total:"), "{}", fr.stderr);
+    // under nohup (SIGHUP ignored): still running after a hangup
+    let mut cmd = Command::new(bin("bitmask-recv"));
+    cmd.args(["--listen", "127.0.0.1:0", "--out"]).arg(&out);
+    // SAFETY: signal(2) in the child before exec: async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut recv = start_listening(&mut cmd);
+    hup(recv.proc.id());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        recv.proc.running(),
+        "a receiver under nohup ended at a hangup"
+    );
+    let fr = recv.proc.terminate(LIMIT);
+    assert!(fr.status.success(), "{}", fr.stderr);
+}
+
+#[test]
 fn sigterm_with_an_exec_consumer_ends_cleanly() {
     // The --exec child's watcher thread must not take SIGTERM itself (it did:
     // the receiver died with status 143, no summary, the child orphaned).

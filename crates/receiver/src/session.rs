@@ -2081,7 +2081,8 @@ fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<libc::c_int> {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling (main) thread. Call it before
+/// Blocks SIGINT, SIGTERM and SIGHUP (unless ignored) in the calling
+/// (main) thread. Call it before
 /// any other thread starts (an `--exec` watcher, the live view's workers):
 /// threads inherit the mask, and a thread that does not block them would
 /// take a signal with its default action and kill the receiver mid-frame.
@@ -2093,6 +2094,15 @@ pub fn block_stop_signals() -> Option<StopSignals> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        // A hangup (the ssh session it was started from went away) too,
+        // unless ignored (nohup): blocked, an ignored signal would still
+        // reach sigwait.
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction != libc::SIG_IGN
+        {
+            libc::sigaddset(&mut set, libc::SIGHUP);
+        }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             log::debug!("cannot block SIGINT/SIGTERM: they will kill the receiver");
             return None;

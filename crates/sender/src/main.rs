@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
   (raw input layouts and Pi camera padding: docs/CAMERA.md)
 
 Exit status: 0 when the input is sent (a camera, a pipe or an endless --loop:
-also when stopped by Ctrl-C or SIGTERM); 1 on an error (the summary line
+also when stopped by Ctrl-C, SIGTERM or a hangup (SIGHUP, unless under
+nohup), each a clean stop); 1 on an error (the summary line
 says what was delivered before it; an image that could not be read is
 one, and so, with --transport udp, are frames of image files or a
 recorded file that the receiver's host refused: nothing listened at that

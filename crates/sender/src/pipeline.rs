@@ -931,10 +931,22 @@ pub fn counters() -> Option<&'static Counters> {
     RUNNING.get().map(|(c, _)| &**c)
 }
 
+/// Whether signal `sig` is ignored (`nohup` ignores SIGHUP).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: sigaction with no new action only reads the current one into
+    // a zeroed struct owned here.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// How long a stop waits for the input and the network to wind down.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// Makes SIGINT and SIGTERM (Ctrl-C, `systemctl stop`) end the input like
+/// Makes SIGINT, SIGTERM and SIGHUP (Ctrl-C, `systemctl stop`, the ssh
+/// session gone; not SIGHUP under `nohup`) end the input like
 /// its end: the frames queued are sent and the summary printed. When that
 /// does not happen within [`STOP_GRACE`] (the input blocked reading, a
 /// long `--fps` period, a receiver away), the summary is printed and the
@@ -981,7 +993,10 @@ pub fn stop_on_signals() {
     if let Err(e) = watchdog {
         log::debug!("no stop watchdog: {e}");
     }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    // (and a hangup: the ssh session a sender was started from went away,
+    // unless it was started under nohup, which ignores it)
+    let hup = (!ignored(libc::SIGHUP)).then_some(libc::SIGHUP);
+    for sig in [libc::SIGINT, libc::SIGTERM].into_iter().chain(hup) {
         // SAFETY: the handler only stores to an atomic (async-signal-safe);
         // the sigaction struct is fully initialised before the call.
         #[allow(unsafe_code)]

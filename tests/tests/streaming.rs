@@ -1120,6 +1120,37 @@ fn a_closed_stdout_stops_the_receiver_with_an_error() {
 }
 
 #[test]
+fn a_closed_stdout_still_ends_the_exec_program() {
+    // --out - and --exec: the stdout reader goes away. The receiver stops
+    // with an error, and ends its --exec program on the way out (it left
+    // one that ignores SIGTERM running for good).
+    let tmp = TempDir::new("stdout-closed-exec");
+    inputs(&tmp.join("in"));
+    let pid = tmp.join("pid");
+    let consumer = format!(
+        "echo $$ > {}; trap '' TERM; cat > /dev/null; exec sleep 600",
+        sh_quote(&pid)
+    );
+    let script = format!(
+        "{{ '{}' --listen 127.0.0.1:0 --out - --exec {}; echo \"receiver exit $?\" >&2; }} \
+         | head -c 10 >/dev/null",
+        bin("bitmask-recv").display(),
+        sh_quote(Path::new(&consumer))
+    );
+    let mut recv = start_listening(Command::new("sh").args(["-c", &script]));
+    let _s = Proc::spawn(&mut sender(
+        &recv.addr,
+        "cam",
+        &tmp.join("in"),
+        &["--fps", "50"],
+    ));
+    let fr = recv.proc.wait(LIMIT);
+    assert!(fr.stderr.contains("receiver exit 1"), "{}", fr.stderr);
+    let pid = std::fs::read_to_string(&pid).unwrap().trim().to_string();
+    assert!(gone(&pid), "--exec program {pid} outlived the receiver: {}", fr.stderr);
+}
+
+#[test]
 fn idle_connections_cannot_lock_senders_out() {
     let tmp = TempDir::new("idle-slots");
     let expected = inputs(&tmp.join("in"));

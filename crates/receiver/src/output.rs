@@ -368,16 +368,20 @@ impl Output {
 
     /// Flushes what is buffered; ends the `--exec` child (closes its stdin and waits).
     pub fn finish(&mut self) -> Result<()> {
-        if let Some(why) = &self.dead {
-            bail!("{why}");
+        // The --exec program is ended in order (its stdin closed, its exit
+        // waited for, SIGTERM then SIGKILL past its time) however the
+        // other outputs ended: a dead stdout must not leave it running.
+        let flushed = match (&self.dead, self.stdout.as_mut()) {
+            (Some(why), _) => Err(anyhow::anyhow!("{why}")),
+            (None, Some(w)) => w.flush().map_err(Into::into),
+            (None, None) => Ok(()),
+        };
+        let exec = self.exec.as_mut().map_or(Ok(()), Exec::finish);
+        match (flushed, exec) {
+            (Err(a), Err(b)) => bail!("{a:#}; and {b:#}"),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
         }
-        if let Some(w) = self.stdout.as_mut() {
-            w.flush()?;
-        }
-        if let Some(exec) = self.exec.as_mut() {
-            exec.finish()?;
-        }
-        Ok(())
     }
 }
 

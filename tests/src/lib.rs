@@ -238,8 +238,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdin closed, stdout and stderr piped, `RUST_LOG` removed.
     pub fn spawn(cmd: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt;
         let what = show(cmd);
+        // (a group of its own: a test that fails ends what it started with
+        // it, a pipeline's or a shell's children too; see Drop)
         let mut child = cmd
+            .process_group(0)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -373,8 +377,18 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// A process still running (a test that failed before it ended) is
+    /// killed with its whole process group: the commands of a `sh -c "a |
+    /// b"` too. (Not a receiver's `--exec` program, in a group of its own:
+    /// the receiver's death sends it SIGTERM.)
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // (the group of our own child, not reaped yet: try_wait saw it
+            // running; its pid is its group's id)
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .stderr(Stdio::null())
+                .status();
             let _ = self.child.kill();
         }
         let _ = self.child.wait();

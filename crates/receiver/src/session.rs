@@ -1599,6 +1599,13 @@ pub fn serve_tcp(
 ) -> Result<()> {
     log::debug!("connection from {peer}");
     stream.set_read_timeout(Some(hub.timeout))?;
+    // Acknowledgements go out at once: with Nagle's algorithm a 16-byte
+    // ack waits for the sender's TCP to acknowledge the one before, which
+    // its delayed ACKs can hold up to 40 ms (the sender's window of frames
+    // in flight waits on them).
+    if let Err(e) = stream.set_nodelay(true) {
+        log::debug!("connection from {peer}: no TCP_NODELAY: {e}");
+    }
     // A sender between frames may be silent for long (a time-lapse): it is
     // kept while TCP keepalive finds its host (a vanished one is noticed in
     // about 16 s: probes after 10 s idle, every 2 s, 3 unanswered).

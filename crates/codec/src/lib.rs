@@ -119,6 +119,13 @@ pub const FLAG_DELTA: u8 = 1;
 pub const MAX_DIMENSION: u32 = 1 << 20;
 /// Default zstd level of [`Choice::Zstd`] and of [`Choice::Auto`].
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// [`Choice::Auto`]: frames in a row on which LZ4 and zstd lost to bilevel
+/// before they are tried less often.
+pub const GENERAL_PATIENCE: u32 = 4;
+/// [`Choice::Auto`]: at most this many frames skipped between two tries of
+/// LZ4 and zstd.
+const GENERAL_SKIP_MAX: u32 = 31;
+
 /// Default time budget of [`Choice::Auto`] per frame.
 pub const DEFAULT_AUTO_BUDGET: Duration = Duration::from_millis(5);
 
@@ -257,6 +264,11 @@ pub enum Choice {
     /// LZ4, each frame alone.
     Lz4,
     /// Per frame, the smallest of bilevel, LZ4 and zstd that fits the time budget, else raw.
+    /// LZ4 and zstd are tried only on frames bilevel codes to more than an
+    /// eighth of raw; once they have lost to bilevel on
+    /// [`GENERAL_PATIENCE`] such frames in a row, only on every 2nd, 4th,
+    /// ... up to every 32nd such frame, until one wins (on a Pi they cost
+    /// milliseconds a frame, and on grainy camera masks bilevel wins).
     /// It reads the clock (`std::time::Instant`) for that budget, except on
     /// wasm32-unknown-unknown, whose std has none (reading it panics): there every
     /// codec is tried. (zstd's C library does not build for that target: use
@@ -388,6 +400,10 @@ pub struct Encoder {
     scratch: Vec<u8>,
     /// A copy of a mask whose padding bits were set, with them cleared.
     clean: Vec<u8>,
+    /// [`Choice::Auto`]: tries in a row on which LZ4 and zstd lost, and
+    /// frames still to pass over before the next try ([`GENERAL_PATIENCE`]).
+    general_lost: u32,
+    general_skip: u32,
     #[cfg(feature = "zstd")]
     zstd: Option<zstd::bulk::Compressor<'static>>,
 }
@@ -424,6 +440,8 @@ impl Encoder {
             bilevel: BilevelEncoder::default(),
             scratch: Vec::new(),
             clean: Vec::new(),
+            general_lost: 0,
+            general_skip: 0,
             #[cfg(feature = "zstd")]
             zstd: None,
         }
@@ -565,6 +583,13 @@ impl Encoder {
                 } else {
                     limit
                 };
+                let mut tried = best > limit / 8;
+                if tried && self.general_skip > 0 {
+                    // (they lost on the frames before: tried less often)
+                    self.general_skip -= 1;
+                    tried = false;
+                    best = 0;
+                }
                 if best > limit / 8 && in_budget() && self.try_lz4(packed, best) {
                     best = self.scratch.len();
                     out.truncate(base);
@@ -579,6 +604,17 @@ impl Encoder {
                     out.truncate(base);
                     out.extend_from_slice(&self.scratch);
                     (result.codec, result.flags) = (CODEC_ZSTD, 0);
+                }
+                if tried {
+                    if matches!(result.codec, CODEC_LZ4 | CODEC_ZSTD) {
+                        self.general_lost = 0;
+                    } else {
+                        self.general_lost = self.general_lost.saturating_add(1);
+                        if let Some(k) = self.general_lost.checked_sub(GENERAL_PATIENCE) {
+                            // (every 2nd such frame, 4th, ... 32nd)
+                            self.general_skip = ((2u32 << k.min(4)) - 1).min(GENERAL_SKIP_MAX);
+                        }
+                    }
                 }
             }
             Choice::Raw | Choice::Bilevel => {}

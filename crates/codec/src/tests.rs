@@ -696,3 +696,46 @@ fn lz4_of_a_40_mb_mask_on_32_bits_is_raw_not_a_panic() {
     assert_eq!((f.codec, out.len()), (CODEC_RAW, m.len()));
     assert!(out == m);
 }
+
+#[test]
+fn auto_tries_lz4_and_zstd_less_often_while_they_lose_and_at_once_after_a_win() {
+    // Noise: bilevel and the general-purpose codecs all lose (raw). A
+    // frame bilevel codes to over an eighth of raw on which they lose.
+    let (w, h) = (256u32, 64u32);
+    let mut rng = Rng(7);
+    let noise: Vec<u8> = (0..stride(w) * h as usize).map(|_| rng.next() as u8).collect();
+    let mut e = Encoder::new(Choice::Auto, 1);
+    e.set_auto_budget(Duration::from_secs(3600));
+    let mut out = Vec::new();
+    let mut tried = Vec::new();
+    for i in 0..80u64 {
+        let skip_before = e.general_skip;
+        out.clear();
+        let f = e.encode(&noise, w, h, i, &mut out).unwrap();
+        assert_eq!(f.codec, CODEC_RAW);
+        if skip_before == 0 {
+            tried.push(i);
+        }
+    }
+    // 4 in a row, then every 2nd, 4th, 8th, 16th, 32nd frame
+    assert_eq!(tried, [0, 1, 2, 3, 5, 9, 17, 33, 65]);
+    // a dither that repeats along each row (8 random bytes, 4 times), on
+    // which LZ4 and zstd win: tried at the next due frame, then on every
+    // such frame again
+    let board: Vec<u8> = (0..h as usize)
+        .flat_map(|_| {
+            let chunk: Vec<u8> = (0..8).map(|_| rng.next() as u8).collect();
+            (0..stride(w)).map(move |x| chunk[x % 8])
+        })
+        .collect();
+    let mut won = Vec::new();
+    for i in 80..120u64 {
+        out.clear();
+        let f = e.encode(&board, w, h, i, &mut out).unwrap();
+        if matches!(f.codec, CODEC_LZ4 | CODEC_ZSTD) {
+            won.push(i);
+        }
+    }
+    // (the 33-frame gap after frame 65 ends at frame 97)
+    assert_eq!(won, (97..120).collect::<Vec<_>>());
+}

@@ -1147,7 +1147,11 @@ fn a_closed_stdout_still_ends_the_exec_program() {
     let fr = recv.proc.wait(LIMIT);
     assert!(fr.stderr.contains("receiver exit 1"), "{}", fr.stderr);
     let pid = std::fs::read_to_string(&pid).unwrap().trim().to_string();
-    assert!(gone(&pid), "--exec program {pid} outlived the receiver: {}", fr.stderr);
+    assert!(
+        gone(&pid),
+        "--exec program {pid} outlived the receiver: {}",
+        fr.stderr
+    );
 }
 
 #[test]

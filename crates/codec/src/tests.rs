@@ -703,7 +703,9 @@ fn auto_tries_lz4_and_zstd_less_often_while_they_lose_and_at_once_after_a_win() 
     // frame bilevel codes to over an eighth of raw on which they lose.
     let (w, h) = (256u32, 64u32);
     let mut rng = Rng(7);
-    let noise: Vec<u8> = (0..stride(w) * h as usize).map(|_| rng.next() as u8).collect();
+    let noise: Vec<u8> = (0..stride(w) * h as usize)
+        .map(|_| rng.next() as u8)
+        .collect();
     let mut e = Encoder::new(Choice::Auto, 1);
     e.set_auto_budget(Duration::from_secs(3600));
     let mut out = Vec::new();

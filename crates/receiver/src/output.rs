@@ -13,6 +13,7 @@ use clap::ValueEnum;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -83,8 +84,10 @@ pub struct Output {
     format: Format,
     /// One file per frame in this directory.
     dir: Option<PathBuf>,
-    /// Masks back to back on stdout.
-    stdout: Option<io::BufWriter<io::Stdout>>,
+    /// Masks back to back on stdout: its file descriptor, unbuffered (one
+    /// `write_all` a mask; std's `Stdout` would copy each mask into its
+    /// buffer and scan it for newlines).
+    stdout: Option<fs::File>,
     /// The device of the directory holding `dir`, at the start: `dir` is
     /// made again only there (not under an unmounted disk's mount point).
     dir_parent_dev: Option<u64>,
@@ -160,7 +163,12 @@ impl Output {
         match out {
             Some(p) if p.as_os_str() == "-" => {
                 stream_check("--out -")?;
-                o.stdout = Some(io::BufWriter::with_capacity(1 << 20, io::stdout()));
+                let fd = io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("--out -: cannot use stdout")?;
+                widen_pipe(&fd);
+                o.stdout = Some(fs::File::from(fd));
             }
             Some(p) => {
                 check_dir_target(p)?;
@@ -223,12 +231,25 @@ impl Output {
     /// frame's file already, byte for byte (written before the receiver
     /// restarted), nothing is written.
     pub fn write(&mut self, h: &Header, bits: &[u8], check: bool) -> Result<Written> {
-        let data: &[u8] = if self.format == Format::Raw {
-            bits
-        } else {
-            self.buf.clear();
-            encode(self.format, h.width, h.height, bits, &mut self.buf)?;
-            &self.buf
+        let data: &[u8] = match self.format {
+            Format::Raw => bits,
+            Format::Gray8 => {
+                // (every byte rewritten: the buffer is only cleared, and
+                // zero-filled, when the size changes)
+                let n = gray8_len(h.width, h.height)?;
+                if self.buf.len() != n {
+                    self.buf.clear();
+                    encode(self.format, h.width, h.height, bits, &mut self.buf)?;
+                } else {
+                    unpack_rows_gray8(bits, h.width as usize, h.height as usize, &mut self.buf)?;
+                }
+                &self.buf
+            }
+            Format::Pbm | Format::Png => {
+                self.buf.clear();
+                encode(self.format, h.width, h.height, bits, &mut self.buf)?;
+                &self.buf
+            }
         };
         if let Some(why) = &self.dead {
             bail!("{why}");
@@ -247,7 +268,7 @@ impl Output {
             }
         }
         if let Some(w) = self.stdout.as_mut() {
-            if let Err(e) = w.write_all(data).and_then(|()| w.flush()) {
+            if let Err(e) = w.write_all(data) {
                 let why = if e.kind() == io::ErrorKind::BrokenPipe {
                     "stdout was closed: the program reading the masks (--out -) is gone".to_string()
                 } else {
@@ -371,10 +392,9 @@ impl Output {
         // The --exec program is ended in order (its stdin closed, its exit
         // waited for, SIGTERM then SIGKILL past its time) however the
         // other outputs ended: a dead stdout must not leave it running.
-        let flushed = match (&self.dead, self.stdout.as_mut()) {
-            (Some(why), _) => Err(anyhow::anyhow!("{why}")),
-            (None, Some(w)) => w.flush().map_err(Into::into),
-            (None, None) => Ok(()),
+        let flushed = match &self.dead {
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => Ok(()),
         };
         let exec = self.exec.as_mut().map_or(Ok(()), Exec::finish);
         match (flushed, exec) {
@@ -617,6 +637,36 @@ fn probe_dir(dir: &Path) -> Result<()> {
     let probe = write_temp(dir, "probe", b"", false)?;
     let _ = fs::remove_file(probe);
     Ok(())
+}
+
+/// The bytes of a `width` x `height` gray8 image, or an error when they do
+/// not fit a `usize`.
+fn gray8_len(width: u32, height: u32) -> Result<usize> {
+    (width as usize)
+        .checked_mul(height as usize)
+        .with_context(|| {
+            format!(
+                "a {width}x{height} gray8 image (a byte per pixel) does not fit in this \
+                 machine's memory"
+            )
+        })
+}
+
+/// Makes the pipe `fd` is (stdout, an `--exec` program's stdin) hold a
+/// whole 1024x768 gray8 mask, up to the system's unprivileged limit
+/// (`/proc/sys/fs/pipe-max-size`, 1 MiB by default): a mask is then one
+/// write instead of some twelve of the default 64 KiB, each waiting for
+/// the reader. Nothing when it is not a pipe, or the system says no.
+pub fn widen_pipe(fd: &impl AsFd) {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_fd().as_raw_fd();
+    // SAFETY: fstat and fcntl on a valid descriptor, into a zeroed stat.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+            let _ = libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
+        }
+    }
 }
 
 /// Encodes a mask as `format` into `buf`.
@@ -957,6 +1007,26 @@ mod tests {
         let e = encode(Format::Gray8, u32::MAX, u32::MAX, &[], &mut buf).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
         assert!(buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn gray8_frames_of_changing_sizes_are_each_whole() {
+        // (the gray8 buffer is reused without clearing while the size stays)
+        let dir = std::env::temp_dir().join(format!("bitmask-gray8-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut o = Output::open(Some(&dir), None, None, Format::Gray8).unwrap();
+        let frames: [(u32, u32, u8); 4] = [(16, 2, 0xa5), (16, 2, 0x0f), (9, 3, 0xff), (16, 2, 0)];
+        for (i, &(w, h, fill)) in frames.iter().enumerate() {
+            let stride = (w as usize).div_ceil(8);
+            let bits = vec![fill; stride * h as usize];
+            let mut want = vec![0u8; (w * h) as usize];
+            unpack_rows_gray8(&bits, w as usize, h as usize, &mut want).unwrap();
+            let head = Header::new(w, h, i as u64, bitmask_wire::CODEC_RAW, bits.len() as u32);
+            o.write(&head, &bits, false).unwrap();
+            let got = fs::read(dir.join(format!("frame-{i:06}.gray"))).unwrap();
+            assert_eq!(got, want, "frame {i}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -515,15 +515,23 @@ pub fn jpeg_cut_short(data: &[u8]) -> Option<String> {
 /// Thresholds a decoded image into `mask`.
 pub fn threshold_image(img: &DynamicImage, params: &MaskParams, mask: &mut Mask) -> Result<()> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let converted;
+    let (gray, rgb);
     let (data, format): (&[u8], PixelFormat) = match img {
         DynamicImage::ImageLuma8(g) => (g.as_raw(), PixelFormat::Gray8),
         DynamicImage::ImageRgb8(c) => (c.as_raw(), PixelFormat::Rgb8),
         DynamicImage::ImageRgba8(c) => (c.as_raw(), PixelFormat::Rgba8),
+        // Gray with alpha or 16 bits: a byte a pixel (every channel, and
+        // luma, of a gray pixel is its gray value), not the three of rgb8
+        // (half again the decoded image's memory, outside its budget).
+        other if !other.color().has_color() => {
+            log::debug!("converting {:?} to gray8", other.color());
+            gray = other.to_luma8();
+            (gray.as_raw(), PixelFormat::Gray8)
+        }
         other => {
             log::debug!("converting {:?} to rgb8", other.color());
-            converted = other.to_rgb8();
-            (converted.as_raw(), PixelFormat::Rgb8)
+            rgb = other.to_rgb8();
+            (rgb.as_raw(), PixelFormat::Rgb8)
         }
     };
     let view = ImageRef::new(data, w, h, format)?;
@@ -555,6 +563,33 @@ pub fn threshold_view(view: &ImageRef<'_>, params: &MaskParams, mask: &mut Mask)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gray_images_with_alpha_or_16_bits_threshold_as_through_rgb8() {
+        use image::{ImageBuffer, Luma, LumaA};
+        let (w, h) = (37u32, 5u32);
+        let v = |x: u32, y: u32| ((x * 73 + y * 151) % 65536) as u16 * 17;
+        let g16: ImageBuffer<Luma<u16>, Vec<u16>> =
+            ImageBuffer::from_fn(w, h, |x, y| Luma([v(x, y)]));
+        let ga8: ImageBuffer<LumaA<u8>, Vec<u8>> =
+            ImageBuffer::from_fn(w, h, |x, y| LumaA([(v(x, y) >> 8) as u8, (x * 7) as u8]));
+        for img in [DynamicImage::ImageLuma16(g16), DynamicImage::ImageLumaA8(ga8)] {
+            let via_rgb = DynamicImage::ImageRgb8(img.to_rgb8());
+            for channel in [Channel::Red, Channel::Green, Channel::Blue, Channel::Luma] {
+                for threshold in [ThresholdArg::Fixed(100), ThresholdArg::Otsu] {
+                    let params = MaskParams {
+                        channel,
+                        threshold,
+                        invert: false,
+                    };
+                    let (mut a, mut b) = (Mask::default(), Mask::default());
+                    threshold_image(&img, &params, &mut a).unwrap();
+                    threshold_image(&via_rgb, &params, &mut b).unwrap();
+                    assert_eq!(a.bits, b.bits, "{:?} {channel:?}", img.color());
+                }
+            }
+        }
+    }
 
     #[test]
     fn an_image_over_the_decoders_budget_is_refused_with_its_size() {

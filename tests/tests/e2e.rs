@@ -887,9 +887,9 @@ fn a_flood_of_junk_does_not_flood_the_log() {
         b.extend_from_slice(b"BMHI\x09\x00\x00\x00"); // version 9: bad
         u.send_to(&b, &recv.addr).unwrap();
     }
-    recv.proc
-        .wait_for_stderr("bad hello", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    for said in ["bad hello", "got 4 of 40 bytes", "bad magic"] {
+        recv.proc.wait_for_stderr(said, Duration::from_secs(10));
+    }
     drop((junk, cut));
     let got = recv.proc.terminate(LIMIT);
     let cut = got.stderr.matches("got 4 of 40 bytes").count();
@@ -1080,7 +1080,6 @@ fn udp_only_options_with_tcp_are_usage_errors_and_no_drop_over_udp_says_what_it_
         ][..],
         &[good.to_str().unwrap()][..],
     ] {
-        let t = std::time::Instant::now();
         let f = run(Command::new(bin("bitmask-send"))
             .args(["--to", "[::1]:1", "--transport", "udp", "--mtu", "130"])
             .args(input));
@@ -1089,11 +1088,8 @@ fn udp_only_options_with_tcp_are_usage_errors_and_no_drop_over_udp_says_what_it_
             "bitmask-send",
             "--mtu 130 is too small for UDP to [::1]:1 (minimum 140 for an IPv6 address)",
         );
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(5),
-            "{:?}",
-            t.elapsed()
-        );
+        // (at once: not a warning of a receiver tried again first)
+        assert!(!f.stderr.contains(" WARN "), "{}", f.stderr);
     }
     // --no-drop keeps a meaning over UDP (nothing dropped in the sender),
     // and the run says which

@@ -555,8 +555,18 @@ fn hostile_peers_cost_one_connection_each_and_spare_the_good_stream() {
     drop(crc);
     let fg = good.wait(LIMIT);
     assert!(fg.status.success(), "good sender: {}", fg.stderr);
-    std::thread::sleep(Duration::from_millis(1500)); // one more stats refresh
-    let j = std::fs::read_to_string(&json).unwrap();
+    // (the stats file is refreshed every second: until it has them all)
+    let t = Instant::now();
+    let j = loop {
+        let j = std::fs::read_to_string(&json).unwrap_or_default();
+        let done = serde_json::from_str::<serde_json::Value>(&j).is_ok()
+            && j.contains("\"good\"")
+            && stat(&j, "good", "received") >= 60.0;
+        if done || t.elapsed() > Duration::from_secs(20) {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let seqs = check_frames(&out.join("good"), &expected);
     assert_eq!(seqs, (0..60).collect::<Vec<u64>>());
     assert_eq!(stat(&j, "good", "lost"), 0.0, "{j}");
@@ -661,9 +671,13 @@ fn a_second_stop_signal_ends_the_sender_at_once() {
     ])
     .arg(&fifo);
     let mut s = Proc::spawn(&mut c);
+    // (its handler in place: else the default action would end it on the
+    // first signal, which looks the same)
+    wait_handles_sigterm(s.id());
     std::thread::sleep(Duration::from_millis(500)); // blocked opening the FIFO
     unsafe_free_sigterm(s.id());
     std::thread::sleep(Duration::from_millis(800));
+    assert!(s.running(), "the first signal ended it: {}", s.stderr());
     unsafe_free_sigterm(s.id());
     let fs = s.wait(LIMIT);
     use std::os::unix::process::ExitStatusExt;
@@ -697,9 +711,14 @@ fn a_second_stop_signal_ends_a_sender_whose_stderr_nobody_reads() {
         .stderr(w)
         .spawn()
         .unwrap();
+    wait_handles_sigterm(child.id());
     std::thread::sleep(Duration::from_millis(500));
     unsafe_free_sigterm(child.id());
     std::thread::sleep(Duration::from_millis(3800)); // past the 3 s grace
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal ended it"
+    );
     unsafe_free_sigterm(child.id());
     let t = Instant::now();
     let status = loop {
@@ -719,6 +738,28 @@ fn a_second_stop_signal_ends_a_sender_whose_stderr_nobody_reads() {
     drop(r);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "{status}");
+}
+
+/// Waits (up to 20 s) until process `pid` catches SIGTERM: its handler is
+/// in place (`SigCgt` in /proc/PID/status, bit 14).
+fn wait_handles_sigterm(pid: u32) {
+    let t = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (15 - 1)) != 0 {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "process {pid} never caught SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// `kill -TERM pid` without unsafe code in the test.

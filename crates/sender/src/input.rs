@@ -573,7 +573,10 @@ mod tests {
             ImageBuffer::from_fn(w, h, |x, y| Luma([v(x, y)]));
         let ga8: ImageBuffer<LumaA<u8>, Vec<u8>> =
             ImageBuffer::from_fn(w, h, |x, y| LumaA([(v(x, y) >> 8) as u8, (x * 7) as u8]));
-        for img in [DynamicImage::ImageLuma16(g16), DynamicImage::ImageLumaA8(ga8)] {
+        for img in [
+            DynamicImage::ImageLuma16(g16),
+            DynamicImage::ImageLumaA8(ga8),
+        ] {
             let via_rgb = DynamicImage::ImageRgb8(img.to_rgb8());
             for channel in [Channel::Red, Channel::Green, Channel::Blue, Channel::Luma] {
                 for threshold in [ThresholdArg::Fixed(100), ThresholdArg::Otsu] {

@@ -14,7 +14,7 @@
 //! Cross builds use their own target dirs (`target/cross*`), so they neither block on nor
 //! invalidate the host build; everything is cached and a no-change rebuild takes seconds.
 
-use crate::util::{have, is_ci, root, run, show};
+use crate::util::{have, root, run, show};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -1398,9 +1398,6 @@ pub fn run_background(args: &[String]) -> Result<()> {
 /// beside the proofs; the caller waits for it.
 pub fn ci_step(background: Option<Background>, msrv: &mut Background) -> Result<()> {
     let t = Instant::now();
-    if is_ci() {
-        eprintln!("xtask: CI=true: the Pi proofs run in full; nothing is skipped");
-    }
     if let Some(b) = background {
         b.wait()?;
     }

@@ -57,13 +57,6 @@ pub fn cargo() -> Command {
     c
 }
 
-/// True when running under CI (`CI=true`).
-pub fn is_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-}
-
 /// Whether a program is on PATH.
 pub fn have(prog: &str) -> bool {
     Command::new("sh")

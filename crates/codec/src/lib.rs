@@ -583,14 +583,14 @@ impl Encoder {
                 } else {
                     limit
                 };
-                let mut tried = best > limit / 8;
-                if tried && self.general_skip > 0 {
+                if best > limit / 8 && self.general_skip > 0 {
                     // (they lost on the frames before: tried less often)
                     self.general_skip -= 1;
-                    tried = false;
                     best = 0;
                 }
-                if best > limit / 8 && in_budget() && self.try_lz4(packed, best) {
+                // (a frame whose time ran out before them is not one they lost)
+                let tried = best > limit / 8 && in_budget();
+                if tried && self.try_lz4(packed, best) {
                     best = self.scratch.len();
                     out.truncate(base);
                     out.extend_from_slice(&self.scratch);

@@ -121,7 +121,8 @@ struct Cli {
     format: Format,
 
     /// Stop after N frames have been written (exit 0; 1 if any was NOT
-    /// WRITTEN, or NOT WRITTEN TO EVERY OUTPUT).
+    /// WRITTEN, or NOT WRITTEN TO EVERY OUTPUT, or if the --exec program then
+    /// exits non-zero or is still running 10 s after its stdin was closed).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 
@@ -178,8 +179,8 @@ struct Cli {
     /// Memory all streams may hold at once, in MiB. Default: half the
     /// memory available at the start (a Pi 2 has about 900 MiB in all). A
     /// stream reserves what frames of its size may need (about 36 packed
-    /// frames: 3.4 MiB at 1024x768, 72 MiB at 4096x4096, a little more over UDP) before it decodes
-    /// the first one. Over TCP a new stream that does not fit waits (said
+    /// frames: 3.4 MiB at 1024x768, 72 MiB at 4096x4096, a little more over UDP) before it reads
+    /// the first one's payload (over UDP: before it reassembles one). Over TCP a new stream that does not fit waits (said
     /// once) until others end and give theirs back, closing one silent for
     /// --timeout between frames; frames too large for all of it close the
     /// connection with the numbers. Over UDP a frame

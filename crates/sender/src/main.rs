@@ -134,8 +134,9 @@ struct Cli {
     padded_height: Option<usize>,
 
     /// Payload codec: raw (none), bilevel (this project's 2-D/temporal mask codec),
-    /// zstd, lz4, or auto (per frame the smallest that fits a time budget; raw when
-    /// compression does not pay).
+    /// zstd, lz4, or auto (per frame the smallest of those it tries within a time budget:
+    /// LZ4 and zstd are tried less often while they lose; raw when compression does not
+    /// pay).
     #[arg(long, default_value = "auto", value_name = "CODEC")]
     codec: bitmask_codec::Choice,
 

@@ -787,14 +787,32 @@ fn a_hangup_stops_both_sides_cleanly_unless_ignored() {
             .unwrap();
         assert!(st.success());
     };
+    // (SIGHUP's disposition as given, default or ignored: whatever this
+    // test runs under, e.g. nohup)
+    let with_hup = |cmd: &mut Command, ignored: bool| {
+        // SAFETY: signal(2) in the child before exec: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(
+                    libc::SIGHUP,
+                    if ignored {
+                        libc::SIG_IGN
+                    } else {
+                        libc::SIG_DFL
+                    },
+                );
+                Ok(())
+            });
+        }
+    };
     let out = tmp.join("out");
-    let mut recv = start_receiver(&["--out", out.to_str().unwrap()]);
-    let mut s = Proc::spawn(&mut sender(
-        &recv.addr,
-        "cam",
-        &tmp.join("in"),
-        &["--fps", "20"],
-    ));
+    let mut cmd = Command::new(bin("bitmask-recv"));
+    cmd.args(["--listen", "127.0.0.1:0", "--out"]).arg(&out);
+    with_hup(&mut cmd, false);
+    let mut recv = start_listening(&mut cmd);
+    let mut cmd = sender(&recv.addr, "cam", &tmp.join("in"), &["--fps", "20"]);
+    with_hup(&mut cmd, false);
+    let mut s = Proc::spawn(&mut cmd);
     recv.proc.wait_for_stderr("stream from \"cam\"", LIMIT);
     hup(s.id());
     let fs = s.wait(LIMIT);
@@ -812,13 +830,7 @@ fn a_hangup_stops_both_sides_cleanly_unless_ignored() {
     // under nohup (SIGHUP ignored): still running after a hangup
     let mut cmd = Command::new(bin("bitmask-recv"));
     cmd.args(["--listen", "127.0.0.1:0", "--out"]).arg(&out);
-    // SAFETY: signal(2) in the child before exec: async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
-            Ok(())
-        });
-    }
+    with_hup(&mut cmd, true);
     let mut recv = start_listening(&mut cmd);
     hup(recv.proc.id());
     std::thread::sleep(Duration::from_millis(500));

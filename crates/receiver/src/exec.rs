@@ -176,9 +176,6 @@ impl Exec {
             .spawn()
             .with_context(|| format!("cannot start --exec command `{cmd}` with sh -c"))?;
         let stdin = child.stdin.take();
-        if let Some(s) = &stdin {
-            crate::output::widen_pipe(s);
-        }
         let pid = child.id();
         CHILD_GROUP.store(pid as i32, Ordering::SeqCst);
         log::info!("--exec: started `{cmd}` (pid {pid})");

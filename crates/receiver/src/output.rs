@@ -167,7 +167,6 @@ impl Output {
                     .as_fd()
                     .try_clone_to_owned()
                     .context("--out -: cannot use stdout")?;
-                widen_pipe(&fd);
                 o.stdout = Some(fs::File::from(fd));
             }
             Some(p) => {
@@ -650,23 +649,6 @@ fn gray8_len(width: u32, height: u32) -> Result<usize> {
                  machine's memory"
             )
         })
-}
-
-/// Makes the pipe `fd` is (stdout, an `--exec` program's stdin) hold a
-/// whole 1024x768 gray8 mask, up to the system's unprivileged limit
-/// (`/proc/sys/fs/pipe-max-size`, 1 MiB by default): a mask is then one
-/// write instead of some twelve of the default 64 KiB, each waiting for
-/// the reader. Nothing when it is not a pipe, or the system says no.
-pub fn widen_pipe(fd: &impl AsFd) {
-    use std::os::fd::AsRawFd;
-    let fd = fd.as_fd().as_raw_fd();
-    // SAFETY: fstat and fcntl on a valid descriptor, into a zeroed stat.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
-            let _ = libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
-        }
-    }
 }
 
 /// Encodes a mask as `format` into `buf`.

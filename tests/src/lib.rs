@@ -241,7 +241,16 @@ impl Proc {
         use std::os::unix::process::CommandExt;
         let what = show(cmd);
         // (a group of its own: a test that fails ends what it started with
-        // it, a pipeline's or a shell's children too; see Drop)
+        // it, a pipeline's or a shell's children too; see Drop. Out of the
+        // test binary's group, Ctrl-C on `cargo test` no longer reaches it:
+        // it gets SIGKILL when the test binary dies instead.)
+        // SAFETY: prctl(2) in the child before exec: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .process_group(0)
             .env_remove("RUST_LOG")

@@ -179,8 +179,8 @@ struct Cli {
     /// Memory all streams may hold at once, in MiB. Default: half the
     /// memory available at the start (a Pi 2 has about 900 MiB in all). A
     /// stream reserves what frames of its size may need (about 36 packed
-    /// frames: 3.4 MiB at 1024x768, 72 MiB at 4096x4096, a little more over UDP) before it reads
-    /// the first one's payload (over UDP: before it reassembles one). Over TCP a new stream that does not fit waits (said
+    /// frames: 3.4 MiB at 1024x768, 72 MiB at 4096x4096) before it reads
+    /// the first one's payload, and over UDP a frame's bytes while it is reassembled. Over TCP a new stream that does not fit waits (said
     /// once) until others end and give theirs back, closing one silent for
     /// --timeout between frames; frames too large for all of it close the
     /// connection with the numbers. Over UDP a frame
@@ -311,7 +311,7 @@ fn memory_limit(cli: &Cli) -> u64 {
         .max_memory
         .map_or_else(memory::default_limit, |m| m << 20);
     let (w, h) = cli.max_size;
-    let per = memory::stream_bytes(w, h, false);
+    let per = memory::stream_bytes(w, h);
     let fit = limit / per;
     if fit < cli.max_senders as u64 {
         log::info!(

@@ -18,15 +18,12 @@ pub const MIB: u64 = 1 << 20;
 const DECODER_FRAMES: u64 = 33;
 
 /// The most a stream of `width` x `height` frames holds: its decoder, the
-/// decoded frame, the live view's copy, and the frames being read (one over
-/// TCP, up to three in reassembly over UDP).
-pub fn stream_bytes(width: u32, height: u32, udp: bool) -> u64 {
-    packed_stream_bytes((width as u64).div_ceil(8) * height as u64, udp)
-}
-
-/// [`stream_bytes`] of frames whose packed masks are `packed` bytes.
-pub fn packed_stream_bytes(packed: u64, udp: bool) -> u64 {
-    packed.saturating_mul(DECODER_FRAMES + 2 + if udp { 3 } else { 1 })
+/// decoded frame, the live view's copy, and the frame being read. (A UDP
+/// stream's frames in reassembly are reserved apart, each for as long as
+/// it is reassembled: [`crate::session::StreamCtx::admit_datagrams`].)
+pub fn stream_bytes(width: u32, height: u32) -> u64 {
+    let packed = (width as u64).div_ceil(8) * height as u64;
+    packed.saturating_mul(DECODER_FRAMES + 3)
 }
 
 /// The budget: a limit and what the open streams have reserved of it.
@@ -114,6 +111,20 @@ impl Budget {
         Ok(())
     }
 
+    /// Shrinks a stream's reservation from `*held` bytes to `to` (nothing
+    /// when it holds no more than that).
+    pub fn shrink(&self, held: &mut u64, to: u64) {
+        if to >= *held {
+            return;
+        }
+        if to == 0 {
+            return self.release(held);
+        }
+        let mut s = crate::session::lock(&self.0);
+        s.used -= *held - to;
+        *held = to;
+    }
+
     /// Bytes not reserved.
     pub fn free(&self) -> u64 {
         let s = crate::session::lock(&self.0);
@@ -152,7 +163,7 @@ mod tests {
 
     #[test]
     fn streams_reserve_within_the_limit_and_give_back() {
-        let per = stream_bytes(1024, 768, false);
+        let per = stream_bytes(1024, 768);
         assert_eq!(per, 98_304 * 36);
         let b = Budget::new(2 * per + per / 2);
         let (mut a, mut c, mut d) = (0, 0, 0);
@@ -192,12 +203,10 @@ mod tests {
     #[test]
     fn a_stream_larger_than_the_whole_budget_says_so() {
         let b = Budget::new(10 * MIB);
-        let e = b
-            .reserve(&mut 0, stream_bytes(4096, 4096, true))
-            .unwrap_err();
+        let e = b.reserve(&mut 0, stream_bytes(4096, 4096)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "needs up to 76 MiB, more than the receiver's 10 MiB (--max-memory)"
+            "needs up to 72 MiB, more than the receiver's 10 MiB (--max-memory)"
         );
     }
 }

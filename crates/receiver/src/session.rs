@@ -611,10 +611,14 @@ pub struct StreamCtx {
     /// first (`output::written_before`); one found was written before the
     /// restart and is skipped like one in the record.
     on_disk: u32,
-    /// Over UDP (frames in reassembly count three times).
+    /// Over UDP.
     udp: bool,
-    /// Bytes reserved of the receiver's `--max-memory` ([`Self::admit`]).
+    /// Bytes reserved of the receiver's `--max-memory`: [`Self::admit`]'s
+    /// for the stream's frames, and `reassembly` on top.
     memory: u64,
+    /// Of `memory`, the bytes of UDP frames in reassembly
+    /// ([`Self::admit_datagrams`]).
+    pub(crate) reassembly: u64,
     /// Frames refused for memory, for a log line a second at most (UDP).
     memory_log: Throttle,
 }
@@ -645,6 +649,7 @@ impl StreamCtx {
             on_disk: 0,
             udp: transport == "udp",
             memory: 0,
+            reassembly: 0,
             memory_log: Throttle::default(),
         })
     }
@@ -665,7 +670,7 @@ impl StreamCtx {
     /// and the refusal logged, a line a second at most, and the error only
     /// tells the caller.
     pub fn admit(&mut self, h: &Header) -> Result<bool> {
-        let need = crate::memory::stream_bytes(h.width, h.height, self.udp);
+        let need = crate::memory::stream_bytes(h.width, h.height) + self.reassembly;
         if need <= self.memory {
             return Ok(true); // (every frame of a stream after its first)
         }
@@ -742,17 +747,18 @@ impl StreamCtx {
     }
 
     /// Over UDP, before a buffer is made to reassemble a frame of
-    /// `frame_len` bytes (its header not in yet): reserves what a stream of
-    /// such frames holds at least (a payload is never longer than its
-    /// packed mask), so that datagrams claiming large frames cannot make
-    /// the receiver allocate outside `--max-memory`; [`StreamCtx::admit`]
-    /// grows it to the frame's size once its header is in. `false`:
-    /// refused, counted incomplete and logged as `admit` does.
+    /// `frame_len` bytes: reserves them from `--max-memory` for as long as
+    /// the frame is in reassembly ([`Self::reassembled`] gives them back),
+    /// so that datagrams claiming large frames cannot make the receiver
+    /// allocate outside it, nor hold more of it than their frames.
+    /// `false`: refused, counted incomplete and logged as `admit` does.
     pub fn admit_datagrams(&mut self, sequence: u64, frame_len: u32) -> bool {
-        let packed = (frame_len as u64).saturating_sub(bitmask_wire::HEADER_LEN as u64);
-        let need = crate::memory::packed_stream_bytes(packed, true);
+        let need = self.memory + frame_len as u64;
         match self.hub.memory.reserve(&mut self.memory, need) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.reassembly += frame_len as u64;
+                true
+            }
             Err(why) => {
                 self.incomplete(1);
                 if let Some(n) = self.memory_log.hit() {
@@ -767,6 +773,15 @@ impl StreamCtx {
                 false
             }
         }
+    }
+
+    /// A UDP frame of `frame_len` bytes left reassembly (handled, or given
+    /// up): its reservation ([`Self::admit_datagrams`]) is given back.
+    pub fn reassembled(&mut self, frame_len: u32) {
+        let n = (frame_len as u64).min(self.reassembly);
+        self.reassembly -= n;
+        let to = self.memory - n;
+        self.hub.memory.shrink(&mut self.memory, to);
     }
 
     /// The sender's name.
@@ -1775,7 +1790,13 @@ pub fn serve_tcp(
             let res = match ctx.as_mut() {
                 Some(c) => match reader.read_header() {
                     Ok(Some(h)) => {
+                        let t = Instant::now();
                         admitted = Some(c.admit(&h)?);
+                        // (a wait for memory is not the peer's slowness:
+                        // the frame's deadline moves on by it)
+                        if let Some(s) = started.get() {
+                            started.set(Some(s + t.elapsed()));
+                        }
                         reader.read_frame()
                     }
                     Ok(None) => Ok(None),
@@ -2145,16 +2166,31 @@ pub fn exit_if_the_stop_hangs() {
 /// collector), and its line must not hold the exit. (Said before the
 /// SIGKILL: that unblocks the stop, whose summary must not come first.)
 fn exit_now(why: String) -> ! {
+    // (once: the signal thread and the stop's time limit may both get here)
+    static EXITING: AtomicBool = AtomicBool::new(false);
+    if EXITING.swap(true, SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    // The numbers as they are, a service stopped this way keeps its
+    // summary: the stats file and the lines each from a thread of its own
+    // (a stuck disk or a stderr nobody reads holds only its own), within
+    // 1 s in all.
+    let last = LAST_WORDS.get();
     let (said, heard) = mpsc::channel();
+    let file_said = said.clone();
     let _ = std::thread::Builder::new()
-        .name("last words".into())
+        .name("last stats".into())
         .spawn(move || {
-            // The numbers as they are, the file first (stderr may be what
-            // is stalled): a service stopped this way keeps its summary.
-            let last = LAST_WORDS.get();
             if let Some((hub, json)) = last {
                 write_stats_json(hub, json.as_deref(), true);
             }
+            let _ = file_said.send(());
+        });
+    let _ = std::thread::Builder::new()
+        .name("last words".into())
+        .spawn(move || {
             log::error!("{why}");
             if let Some((hub, _)) = last {
                 for line in summary_lines(hub) {
@@ -2163,7 +2199,10 @@ fn exit_now(why: String) -> ! {
             }
             let _ = said.send(());
         });
-    let _ = heard.recv_timeout(Duration::from_secs(1));
+    let until = Instant::now() + Duration::from_secs(1);
+    for _ in 0..2 {
+        let _ = heard.recv_timeout(until.saturating_duration_since(Instant::now()));
+    }
     crate::exec::kill_now();
     let status = if crate::exec::died() {
         crate::exec::EXIT_CHILD_DIED

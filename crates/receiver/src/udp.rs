@@ -99,6 +99,7 @@ impl Stream {
                 p.got.len()
             );
             ctx.incomplete(1);
+            ctx.reassembled(p.frame_len);
         }
         self.forget(p.sequence);
         self.spare.push(p.buf);
@@ -244,15 +245,18 @@ fn end(mut s: Stream, from: SocketAddr, next: u64) {
 /// Time this thread spent handling a datagram (decoding and writing the
 /// frame it completed: a slow SD card, `--sync`, a full `--exec` pipe, a
 /// wait behind a TCP stream's writes) is time it did not read the socket:
-/// it does not count as the other streams' silence. Without it a 400 ms
-/// write made [`sweep`] give up another stream's frame whose last
-/// datagrams were waiting in the socket, and count it incomplete.
+/// it does not count against the other streams' frames in reassembly.
+/// Without it a 400 ms write made [`sweep`] give up another stream's frame
+/// whose last datagrams were waiting in the socket, and count it
+/// incomplete. (Not against a stream's silence, `--timeout` and at least 3
+/// s, which such writes do not reach, and which must end a dead stream
+/// however busy the thread is; its frames in reassembly are at most three,
+/// their memory reserved.)
 fn credit(streams: &mut HashMap<(SocketAddr, u32), Stream>, spent: Duration) {
     if spent < Duration::from_millis(10) {
         return;
     }
     for s in streams.values_mut() {
-        s.last_seen += spent;
         for p in &mut s.partial {
             p.last += spent;
         }
@@ -570,26 +574,26 @@ fn on_dgram(
         s.give_up(j, "a later frame completed first");
     }
     let len = p.frame_len as usize;
-    let mut r = FrameReader::new(&p.buf[..len], hub.limits);
-    let got = r.read_frame();
+    // (read in place: no copy of the frame into a reader's buffer)
+    let got = bitmask_wire::parse_frame(&p.buf[..len], &hub.limits);
     let whole = |f: &bitmask_wire::FrameRef| {
         f.header.sequence == p.sequence && HEADER_LEN + f.payload.len() == len
     };
-    if !matches!(&got, Ok(Some(f)) if whole(f)) {
+    if !matches!(&got, Ok(f) if whole(f)) {
         s.forget(p.sequence); // (its duplicates are not reassembled again)
     }
     let ctx = s.ctx.as_mut().expect("checked above");
     match got {
         // (damaged: counted corrupt under the number its datagrams say,
         // not also lost in the gap before the next frame)
-        Ok(Some(f)) if f.header.sequence != p.sequence => ctx.corrupt_numbered(
+        Ok(f) if f.header.sequence != p.sequence => ctx.corrupt_numbered(
             p.sequence,
             &format_args!(
                 "its datagrams say frame {}, its header {}",
                 p.sequence, f.header.sequence
             ),
         ),
-        Ok(Some(f)) if !whole(&f) => ctx.corrupt_numbered(
+        Ok(f) if !whole(&f) => ctx.corrupt_numbered(
             p.sequence,
             &format_args!(
                 "frame {}: its datagrams carry {len} bytes, the frame {}",
@@ -597,7 +601,7 @@ fn on_dgram(
                 HEADER_LEN + f.payload.len()
             ),
         ),
-        Ok(Some(f)) => {
+        Ok(f) => {
             // (a frame the data path refuses was still delivered whole)
             s.done_upto = Some(p.sequence);
             s.delivered = Some(Instant::now());
@@ -612,9 +616,9 @@ fn on_dgram(
                 Ok(Err(e)) => log::warn!("{}: {e:#}", ctx.name()),
             }
         }
-        Ok(None) => ctx.corrupt_numbered(p.sequence, &"its datagrams hold no frame"),
         Err(e) => ctx.corrupt_numbered(p.sequence, &e),
     }
+    ctx.reassembled(p.frame_len);
     s.spare.push(p.buf);
     s.spare.truncate(MAX_PARTIAL);
 }
@@ -1012,6 +1016,19 @@ mod tests {
         }
         let s = crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
         assert_eq!((s.received, s.incomplete), (1, 1));
+        // frames out of reassembly hold nothing of it: handled, or given up
+        let held = |bed: &Bed| bed.stream(1).ctx.as_ref().unwrap().reassembly;
+        assert_eq!(held(&bed), 0);
+        let free = bed.hub.memory.free();
+        bed.feed(&fragments(&raw_frame(64, 8, 2, 1), 1, 2, 30)[0]);
+        assert_eq!(held(&bed), raw_frame(64, 8, 2, 1).len() as u64);
+        assert!(bed.hub.memory.free() < free);
+        bed.streams
+            .get_mut(&(bed.from, 1))
+            .unwrap()
+            .give_up_all("test");
+        assert_eq!(held(&bed), 0);
+        assert_eq!(bed.hub.memory.free(), free);
     }
 
     #[test]

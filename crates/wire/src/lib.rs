@@ -694,7 +694,46 @@ fn validate_name(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-/// A frame borrowed from a [`FrameReader`]'s buffer.
+/// Reads the frame at the start of `bytes` (a frame reassembled from
+/// datagrams, say: no [`FrameReader`], no copy): its header checked against
+/// `limits`, its CRC checked, its payload borrowed from `bytes`. Bytes
+/// after the frame are not looked at (compare `HEADER_LEN +
+/// payload.len()` with `bytes.len()` to refuse them). Errors are those of
+/// [`FrameReader::read_frame`] on the same bytes: [`WireError::Truncated`]
+/// when `bytes` ends inside the frame.
+pub fn parse_frame<'a>(bytes: &'a [u8], limits: &Limits) -> Result<FrameRef<'a>, WireError> {
+    let truncated = |part, expected, got| WireError::Truncated {
+        part,
+        expected,
+        got,
+    };
+    if bytes.len() >= 4 && bytes[..4] != MAGIC {
+        return Err(WireError::BadMagic {
+            found: bytes[..4].try_into().expect("4 bytes"),
+        });
+    }
+    let head: &[u8; HEADER_LEN] = bytes
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| truncated("header", HEADER_LEN, bytes.len()))?;
+    let (header, stored) = Header::decode(head, limits)?;
+    let len = header.payload_len as usize;
+    let payload = bytes[HEADER_LEN..]
+        .get(..len)
+        .ok_or_else(|| truncated("payload", len, bytes.len() - HEADER_LEN))?;
+    let computed = crc(&head[..36], payload);
+    if computed != stored {
+        return Err(WireError::CrcMismatch {
+            sequence: header.sequence,
+            stored,
+            computed,
+        });
+    }
+    Ok(FrameRef { header, payload })
+}
+
+/// A frame borrowed from a [`FrameReader`]'s buffer (or from the bytes
+/// given to [`parse_frame`]).
 #[derive(Debug, Clone, Copy)]
 pub struct FrameRef<'a> {
     /// The validated header.
@@ -982,6 +1021,9 @@ impl<R: Read> FrameReader<R> {
                 // header alone (or a payload that stops short) makes the
                 // reader hold about twice what came, not what it claims.
                 let grown = (self.buf.len() * 2).max(GROW_FROM).min(len);
+                // (exactly: resize alone may round the capacity up past
+                // max_payload)
+                self.buf.reserve_exact(grown - self.buf.len());
                 self.buf.resize(grown, 0);
             }
             let end = self.buf.len().min(len);

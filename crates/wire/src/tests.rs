@@ -415,6 +415,35 @@ proptest! {
         prop_assert!(r.buf.len() <= limits.max_payload as usize);
     }
 
+    /// parse_frame says what FrameReader::read_frame says of the same bytes
+    /// (a frame, damaged or cut anywhere, or junk).
+    #[test]
+    fn parse_frame_agrees_with_the_reader(
+        junk in proptest::collection::vec(any::<u8>(), 1..120),
+        flip in proptest::option::of(0usize..(HEADER_LEN + 8) * 8),
+        cut in proptest::option::of(1usize..(HEADER_LEN + 8)),
+        as_frame in any::<bool>(),
+    ) {
+        let mut s = Vec::new();
+        if as_frame {
+            let (hd, p) = frame(61, 1, 9);
+            encode_frame(&hd, &p, &mut s);
+            if let Some(bit) = flip { s[bit / 8] ^= 1 << (bit % 8); }
+            if let Some(c) = cut { s.truncate(c); }
+        } else {
+            s = junk;
+        }
+        let limits = Limits::for_dimensions(64, 64);
+        let by_reader = FrameReader::new(&s[..], limits)
+            .read_frame()
+            .map(|f| f.map(|f| (f.header, f.payload.to_vec())))
+            .map_err(|e| e.to_string());
+        let parsed = parse_frame(&s, &limits)
+            .map(|f| Some((f.header, f.payload.to_vec())))
+            .map_err(|e| e.to_string());
+        prop_assert_eq!(parsed, by_reader);
+    }
+
     /// Any single flipped bit in a frame is caught.
     #[test]
     fn any_bit_flip_is_detected(bit in 0usize..((HEADER_LEN + 4) * 8)) {

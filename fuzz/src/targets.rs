@@ -781,6 +781,17 @@ pub mod wire_reader {
                 assert!(h.payload_len <= limits.max_payload);
             }
         }
+        if !stream.is_empty() {
+            // parse_frame on the bytes says what a reader says of them
+            let by_reader = FrameReader::new(&stream[..], limits)
+                .read_frame()
+                .map(|f| f.map(|f| (f.header, f.payload.to_vec())))
+                .map_err(|e| e.to_string());
+            let parsed = bitmask_wire::parse_frame(&stream, &limits)
+                .map(|f| Some((f.header, f.payload.to_vec())))
+                .map_err(|e| e.to_string());
+            assert_eq!(parsed, by_reader, "parse_frame and FrameReader disagree");
+        }
         let rd = Chunky {
             d: &stream,
             pos: 0,

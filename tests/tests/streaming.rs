@@ -1149,13 +1149,14 @@ fn a_receiver_that_closes_at_once_is_not_redialled_in_a_loop() {
     assert!((2..=20).contains(&n), "{n} connections in 3 s");
 }
 
-#[test]
-fn a_closed_stdout_stops_the_receiver_with_an_error() {
-    let tmp = TempDir::new("stdout-closed");
+/// A receiver (`--out -` and `extra`, shell words) whose stdout reader
+/// takes 10 bytes and goes away, fed by a live sender from `tmp`'s
+/// images; its shell says `receiver exit N`. Returns it, finished.
+fn closed_stdout_receiver(tmp: &TempDir, extra: &str) -> Finished {
     inputs(&tmp.join("in"));
-    // The reader of stdout takes 10 bytes and goes away.
     let script = format!(
-        "{{ '{}' --listen 127.0.0.1:0 --out -; echo \"receiver exit $?\" >&2; }} | head -c 10 >/dev/null",
+        "{{ '{}' --listen 127.0.0.1:0 --out - {extra}; echo \"receiver exit $?\" >&2; }} \
+         | head -c 10 >/dev/null",
         bin("bitmask-recv").display()
     );
     let mut recv = start_listening(Command::new("sh").args(["-c", &script]));
@@ -1165,7 +1166,13 @@ fn a_closed_stdout_stops_the_receiver_with_an_error() {
         &tmp.join("in"),
         &["--fps", "50"],
     ));
-    let fr = recv.proc.wait(LIMIT);
+    recv.proc.wait(LIMIT)
+}
+
+#[test]
+fn a_closed_stdout_stops_the_receiver_with_an_error() {
+    let tmp = TempDir::new("stdout-closed");
+    let fr = closed_stdout_receiver(&tmp, "");
     assert!(fr.stderr.contains("receiver exit 1"), "{}", fr.stderr);
     assert!(
         fr.stderr.contains("stdout was closed"),
@@ -1180,26 +1187,12 @@ fn a_closed_stdout_still_ends_the_exec_program() {
     // with an error, and ends its --exec program on the way out (it left
     // one that ignores SIGTERM running for good).
     let tmp = TempDir::new("stdout-closed-exec");
-    inputs(&tmp.join("in"));
     let pid = tmp.join("pid");
     let consumer = format!(
         "echo $$ > {}; trap '' TERM; cat > /dev/null; exec sleep 600",
         sh_quote(&pid)
     );
-    let script = format!(
-        "{{ '{}' --listen 127.0.0.1:0 --out - --exec {}; echo \"receiver exit $?\" >&2; }} \
-         | head -c 10 >/dev/null",
-        bin("bitmask-recv").display(),
-        sh_quote(Path::new(&consumer))
-    );
-    let mut recv = start_listening(Command::new("sh").args(["-c", &script]));
-    let _s = Proc::spawn(&mut sender(
-        &recv.addr,
-        "cam",
-        &tmp.join("in"),
-        &["--fps", "50"],
-    ));
-    let fr = recv.proc.wait(LIMIT);
+    let fr = closed_stdout_receiver(&tmp, &format!("--exec {}", sh_quote(Path::new(&consumer))));
     assert!(fr.stderr.contains("receiver exit 1"), "{}", fr.stderr);
     let pid = std::fs::read_to_string(&pid).unwrap().trim().to_string();
     assert!(

@@ -480,8 +480,8 @@ impl Read for Stalling {
     }
 }
 
-#[test]
-fn a_read_that_times_out_mid_frame_loses_nothing_when_asked_again() {
+/// Three small frames and the stream of their bytes.
+fn three_frames() -> (Vec<(Header, Vec<u8>)>, Vec<u8>) {
     let frames: Vec<_> = [(9, 2), (16, 3), (1, 1)]
         .iter()
         .enumerate()
@@ -491,6 +491,12 @@ fn a_read_that_times_out_mid_frame_loses_nothing_when_asked_again() {
     for (hd, p) in &frames {
         encode_frame(hd, p, &mut s);
     }
+    (frames, s)
+}
+
+#[test]
+fn a_read_that_times_out_mid_frame_loses_nothing_when_asked_again() {
+    let (frames, s) = three_frames();
     // a timeout before every offset (inside headers and payloads alike),
     // and before some only, in chunks of 1 and 7 bytes
     for (stops, chunk) in [
@@ -672,15 +678,7 @@ fn a_header_is_read_alone_before_its_payload_is_buffered() {
 
 #[test]
 fn headers_then_payloads_read_through_timeouts_lose_nothing() {
-    let frames: Vec<_> = [(9, 2), (16, 3), (1, 1)]
-        .iter()
-        .enumerate()
-        .map(|(i, (w, h))| frame(*w, *h, i as u64))
-        .collect();
-    let mut s = Vec::new();
-    for (hd, p) in &frames {
-        encode_frame(hd, p, &mut s);
-    }
+    let (frames, s) = three_frames();
     for (stops, chunk) in [
         ((0..s.len()).collect::<Vec<_>>(), 1),
         (vec![3, 41, 44, 60], 64),

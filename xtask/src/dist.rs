@@ -73,12 +73,15 @@ impl Arch {
         match self {
             // link-self-contained=no: zig supplies musl's crt objects and libc, built for
             // the target CPU (rustc's self-contained ones are not shipped for this target).
-            Arch::V6 => "-C target-cpu=arm1176jzf-s -C link-self-contained=no",
+            // `--cfg bitmask_armv6`: bitmask-core's ARMv6 media-instruction
+            // kernels (ARMv6 and later: both builds).
+            Arch::V6 => "-C target-cpu=arm1176jzf-s -C link-self-contained=no --cfg bitmask_armv6",
             // The Pi 2's Cortex-A7 has NEON and VFPv4 with 32 D registers; the armv7
             // target default leaves NEON off, so turn it on (rustc warns it is unstable).
             // `--cfg bitmask_neon`: bitmask-core's NEON-shaped loops (see its kernels.rs).
             Arch::V7 => {
-                "-C target-cpu=cortex-a7 -C target-feature=+neon,+vfp4,+d32 --cfg bitmask_neon"
+                "-C target-cpu=cortex-a7 -C target-feature=+neon,+vfp4,+d32 --cfg bitmask_neon \
+                 --cfg bitmask_armv6"
             }
         }
     }

@@ -295,7 +295,7 @@ fn render(rows: &[Row], frames: usize) -> String {
     s.push_str(&format!(
         "Instructions per 1024x768 frame, counted with `../shared/tools/arm-icount/run` \
 (qemu-arm {}, TCG plugin) over {frames} frames minus the setup; builds as `cargo xtask dist` \
-(profile `dist`; ARMv6: `-C target-cpu=arm1176jzf-s`, ARMv7: `-C target-cpu=cortex-a7 +neon --cfg bitmask_neon`). \
+(profile `dist`; ARMv6: `-C target-cpu=arm1176jzf-s --cfg bitmask_armv6`, ARMv7: `-C target-cpu=cortex-a7 +neon --cfg bitmask_neon --cfg bitmask_armv6`). \
 Regenerate with `cargo xtask bench pi --write`. \
 Input: a synthetic 1024x768 scene (a moving disc and blocks over a gradient, with noise; \
 about a fifth of the pixels set), thresholded at 128; the codecs encode a back-and-forth of 8 of its \

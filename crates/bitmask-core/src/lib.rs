@@ -30,7 +30,10 @@
 //! only with `RUSTFLAGS="-C target-cpu=cortex-a7
 //! -C target-feature=+neon,+vfp4,+d32 --cfg bitmask_neon"` (what bitmask's
 //! `cargo xtask dist` uses for the Pi 2/3); a plain armv7 build gets the
-//! portable code.
+//! portable code. On any ARMv6 or later CPU, `--cfg bitmask_armv6` (both of
+//! bitmask's Pi builds) thresholds gray pixels four at a time with ARMv6's
+//! media instructions (`usub8`, `sel`, `usad8`); without it, a compare per
+//! pixel (the flag would be wrong for an ARMv5 build).
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 

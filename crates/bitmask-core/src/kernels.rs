@@ -83,10 +83,24 @@ pub(crate) mod armv6 {
     #[inline(always)]
     pub(crate) fn gray_bits(values: &[u8], t: u8, dst: &mut [u8]) {
         let tt = u32::from_ne_bytes([t; 4]);
+        // Word loads where the pixels start on a word (rows of a Vec do,
+        // at widths that are a multiple of 4): one `ldr` for four pixels,
+        // where LLVM builds an unaligned word from four byte loads on
+        // ARMv6. (The words of a little-endian ARM hold pixel 0 in the low
+        // byte.)
+        // SAFETY: any 4 bytes are a valid u32.
+        let (before, words, _) = unsafe { values.align_to::<u32>() };
+        let mut done = 0;
+        if before.is_empty() {
+            for (w, o) in words.chunks_exact(2).zip(dst.iter_mut()) {
+                *o = ge8(w[0], w[1], tt);
+                done += 8;
+            }
+        }
         super::per_byte(
-            values,
+            &values[done..],
             8,
-            dst,
+            &mut dst[done / 8..],
             |g| {
                 let lo = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
                 let hi = u32::from_le_bytes([g[4], g[5], g[6], g[7]]);
@@ -709,7 +723,11 @@ pub(crate) fn nonzero_msb_first(x: u64) -> u8 {
 
 /// `dst[i]` = MSB-first nonzero bits of `values[8i..8i+8]` (short last group padded with 0).
 pub(crate) fn nonzero_bits(values: &[u8], dst: &mut [u8]) {
+    // (nonzero is >= 1)
+    #[cfg(all(target_arch = "arm", bitmask_armv6))]
+    return armv6::gray_bits(values, 1, dst);
     #[cfg(not(target_arch = "x86_64"))]
+    #[allow(unreachable_code)]
     let done = 0;
     #[cfg(target_arch = "x86_64")]
     let done = if std::is_x86_feature_detected!("avx2") {
@@ -836,6 +854,14 @@ mod path_tests {
                 {
                     armv6::gray_bits(v, t, &mut got);
                     assert_eq!(got, want, "armv6 len={len} t={t}");
+                    // pixels that do not start on a word: byte loads
+                    if len > 1 {
+                        let v1 = &values[1..len];
+                        let want1 = scalar(v1, t);
+                        let mut got1 = vec![0u8; want1.len()];
+                        armv6::gray_bits(v1, t, &mut got1);
+                        assert_eq!(got1, want1, "armv6 unaligned len={len} t={t}");
+                    }
                 }
                 #[cfg(target_arch = "x86_64")]
                 {

@@ -143,6 +143,55 @@ pub(crate) mod armv6 {
     }
 }
 
+/// NEON (ARMv7 builds with `--cfg bitmask_neon`), in `asm!`: NEON
+/// intrinsics are unstable on 32-bit ARM, and so are its vector register
+/// types, so the loop keeps its vectors in fixed registers.
+#[cfg(all(target_arch = "arm", bitmask_neon))]
+pub(crate) mod neon {
+    /// The bit weight of each of 16 pixels in its packed byte.
+    static WEIGHTS: [u8; 16] = [128, 64, 32, 16, 8, 4, 2, 1, 128, 64, 32, 16, 8, 4, 2, 1];
+
+    /// MSB-first bits of `values >= t` for the whole groups of 16 pixels
+    /// (two output bytes each, into `dst`); returns the pixels done.
+    /// `vcge` marks each pixel 0xff or 0, `vand` keeps its bit weight,
+    /// three pairwise adds sum each 8 into a byte.
+    pub(crate) fn gray_bits16(values: &[u8], t: u8, dst: &mut [u8]) -> usize {
+        let n = (values.len() / 16).min(dst.len() / 2);
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: reads 16 * n bytes of `values` and writes 2 * n of `dst`,
+        // both within their slices (n bounded by both above); the vector
+        // registers used are declared clobbered; NEON is in the build.
+        unsafe {
+            core::arch::asm!(
+                "vdup.8 q8, {t}",
+                "vld1.8 {{d18-d19}}, [{w}]",
+                "2:",
+                "vld1.8 {{d0-d1}}, [{src}]!",
+                "vcge.u8 q0, q0, q8",
+                "vand q0, q0, q9",
+                "vpadd.i8 d0, d0, d1",
+                "vpadd.i8 d0, d0, d0",
+                "vpadd.i8 d0, d0, d0",
+                "vst1.16 {{d0[0]}}, [{dst}]!",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                t = in(reg) t as u32,
+                w = in(reg) WEIGHTS.as_ptr(),
+                src = inout(reg) values.as_ptr() => _,
+                dst = inout(reg) dst.as_mut_ptr() => _,
+                n = inout(reg) n => _,
+                out("q0") _,
+                out("q8") _,
+                out("q9") _,
+                options(nostack),
+            );
+        }
+        n * 16
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
@@ -424,6 +473,15 @@ pub(crate) mod x86 {
 /// [`gray_bits`] for a whole row, out of line (see `RowKernel::channel_row`).
 #[inline(never)]
 fn gray_row(values: &[u8], t: u8, dst: &mut [u8]) {
+    #[allow(unused_mut)]
+    let (mut values, mut dst) = (values, dst);
+    // NEON where the build has it (`--cfg bitmask_neon`: the ARMv7 build),
+    // 16 pixels at a time.
+    #[cfg(all(target_arch = "arm", bitmask_neon))]
+    {
+        let done = neon::gray_bits16(values, t, dst);
+        (values, dst) = (&values[done..], &mut dst[done / 8..]);
+    }
     // ARMv6's SIMD-in-a-register instructions where the build says it has
     // them (`--cfg bitmask_armv6`: both Pi builds): 4 pixels an instruction.
     #[cfg(all(target_arch = "arm", bitmask_armv6))]
@@ -656,8 +714,11 @@ mod vector_shapes {
     #[cfg(bitmask_neon)]
     #[inline(never)]
     pub(super) fn luma_chunks_out_of_line(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) -> usize {
-        // SWAR packing, which NEON speeds up.
-        let pack = |g: &[u8], o: &mut [u8]| super::gray_bits_swar(g, 1, o);
+        // (the 0/1 bytes of 64 pixels packed 16 at a time)
+        let pack = |g: &[u8], o: &mut [u8]| {
+            let done = super::neon::gray_bits16(g, 1, o);
+            super::gray_bits_swar(&g[done..], 1, &mut o[done / 8..]);
+        };
         if bgr {
             luma_chunks::<true>(row, t, dst, pack)
         } else {
@@ -724,6 +785,11 @@ pub(crate) fn nonzero_msb_first(x: u64) -> u8 {
 /// `dst[i]` = MSB-first nonzero bits of `values[8i..8i+8]` (short last group padded with 0).
 pub(crate) fn nonzero_bits(values: &[u8], dst: &mut [u8]) {
     // (nonzero is >= 1)
+    #[cfg(all(target_arch = "arm", bitmask_neon))]
+    let (values, dst) = {
+        let done = neon::gray_bits16(values, 1, dst);
+        (&values[done..], &mut dst[done / 8..])
+    };
     #[cfg(all(target_arch = "arm", bitmask_armv6))]
     return armv6::gray_bits(values, 1, dst);
     #[cfg(not(target_arch = "x86_64"))]
@@ -854,6 +920,13 @@ mod path_tests {
                 {
                     armv6::gray_bits(v, t, &mut got);
                     assert_eq!(got, want, "armv6 len={len} t={t}");
+                    #[cfg(bitmask_neon)]
+                    {
+                        let mut n = vec![0u8; want.len()];
+                        let done = neon::gray_bits16(v, t, &mut n);
+                        assert_eq!(done, len / 16 * 16);
+                        assert_eq!(n[..done / 8], want[..done / 8], "neon len={len} t={t}");
+                    }
                     // pixels that do not start on a word: byte loads
                     if len > 1 {
                         let v1 = &values[1..len];

@@ -47,6 +47,25 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         ]))
     })?;
     check_background(&mut pi_builds, &mut msrv)?;
+    // bitmask-core's ARM kernels (asm!) exist only in the Pi builds: linted
+    // as the ARMv7 build compiles them (which has both the NEON and the
+    // ARMv6 ones)
+    step(
+        "clippy for the ARMv7 build's kernels (bitmask-core)",
+        || {
+            use crate::dist::Arch;
+            crate::util::ensure_target(None, Arch::V7.triple())?;
+            run(cargo()
+                .args(["clippy", "-p", "bitmask-core", "--all-targets", "--target"])
+                .arg(Arch::V7.triple())
+                .args(["--", "-D", "warnings"])
+                .env(
+                    format!("CARGO_TARGET_{}_RUSTFLAGS", Arch::V7.env_key()),
+                    Arch::V7.rustflags(),
+                ))
+        },
+    )?;
+    check_background(&mut pi_builds, &mut msrv)?;
     // scikit-image: tests/tests/numpy_interop.rs checks Otsu against skimage.filters.threshold_otsu
     step("python venv with numpy", || {
         venv_python(&["scikit-image"]).map(|_| ())

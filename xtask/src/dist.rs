@@ -132,7 +132,7 @@ impl Arch {
             Arch::V7 => root().join("target/cross-armv7-test"),
         }
     }
-    fn env_key(self) -> String {
+    pub fn env_key(self) -> String {
         self.triple().to_uppercase().replace('-', "_")
     }
 }

@@ -76,7 +76,7 @@ fn gray_bits_swar(values: &[u8], t: u8, dst: &mut [u8]) {
 /// pixel's bit weight where the flag is set, and `usad8`/`usada8` add the
 /// weights of eight pixels into their packed byte. About 9 instructions
 /// per 8 pixels, against 4 a pixel for a compare each.
-#[cfg(all(target_arch = "arm", bitmask_armv6))]
+#[cfg(all(target_arch = "arm", target_endian = "little", bitmask_armv6))]
 pub(crate) mod armv6 {
     /// MSB-first bits of `(values[8i..8i+8] >= t)` into `dst[i]` (`t >= 1`;
     /// a short last group leaves its low bits 0).
@@ -146,7 +146,7 @@ pub(crate) mod armv6 {
 /// NEON (ARMv7 builds with `--cfg bitmask_neon`), in `asm!`: NEON
 /// intrinsics are unstable on 32-bit ARM, and so are its vector register
 /// types, so the loop keeps its vectors in fixed registers.
-#[cfg(all(target_arch = "arm", bitmask_neon))]
+#[cfg(all(target_arch = "arm", target_endian = "little", bitmask_neon))]
 pub(crate) mod neon {
     /// The bit weight of each of 16 pixels in its packed byte.
     static WEIGHTS: [u8; 16] = [128, 64, 32, 16, 8, 4, 2, 1, 128, 64, 32, 16, 8, 4, 2, 1];
@@ -477,14 +477,14 @@ fn gray_row(values: &[u8], t: u8, dst: &mut [u8]) {
     let (mut values, mut dst) = (values, dst);
     // NEON where the build has it (`--cfg bitmask_neon`: the ARMv7 build),
     // 16 pixels at a time.
-    #[cfg(all(target_arch = "arm", bitmask_neon))]
+    #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_neon))]
     {
         let done = neon::gray_bits16(values, t, dst);
         (values, dst) = (&values[done..], &mut dst[done / 8..]);
     }
     // ARMv6's SIMD-in-a-register instructions where the build says it has
     // them (`--cfg bitmask_armv6`: both Pi builds): 4 pixels an instruction.
-    #[cfg(all(target_arch = "arm", bitmask_armv6))]
+    #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_armv6))]
     if t >= 1 {
         return armv6::gray_bits(values, t, dst);
     }
@@ -714,9 +714,12 @@ mod vector_shapes {
     #[cfg(bitmask_neon)]
     #[inline(never)]
     pub(super) fn luma_chunks_out_of_line(row: &[u8], bgr: bool, t: u8, dst: &mut [u8]) -> usize {
-        // (the 0/1 bytes of 64 pixels packed 16 at a time)
+        // (the 0/1 bytes of 64 pixels packed 16 at a time on 32-bit ARM)
         let pack = |g: &[u8], o: &mut [u8]| {
+            #[cfg(all(target_arch = "arm", target_endian = "little"))]
             let done = super::neon::gray_bits16(g, 1, o);
+            #[cfg(not(all(target_arch = "arm", target_endian = "little")))]
+            let done = 0;
             super::gray_bits_swar(&g[done..], 1, &mut o[done / 8..]);
         };
         if bgr {
@@ -785,12 +788,12 @@ pub(crate) fn nonzero_msb_first(x: u64) -> u8 {
 /// `dst[i]` = MSB-first nonzero bits of `values[8i..8i+8]` (short last group padded with 0).
 pub(crate) fn nonzero_bits(values: &[u8], dst: &mut [u8]) {
     // (nonzero is >= 1)
-    #[cfg(all(target_arch = "arm", bitmask_neon))]
+    #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_neon))]
     let (values, dst) = {
         let done = neon::gray_bits16(values, 1, dst);
         (&values[done..], &mut dst[done / 8..])
     };
-    #[cfg(all(target_arch = "arm", bitmask_armv6))]
+    #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_armv6))]
     return armv6::gray_bits(values, 1, dst);
     #[cfg(not(target_arch = "x86_64"))]
     #[allow(unreachable_code)]
@@ -913,19 +916,30 @@ mod path_tests {
             let v = &values[..len];
             for t in [1u8, 2, 77, 127, 128, 129, 200, 255] {
                 let want = scalar(v, t);
-                let mut got = vec![0u8; want.len()];
+                let mut got = vec![0xa5u8; want.len()];
                 gray_bits_swar(v, t, &mut got);
                 assert_eq!(got, want, "swar len={len} t={t}");
-                #[cfg(all(target_arch = "arm", bitmask_armv6))]
+                #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_armv6))]
                 {
+                    got.fill(0xa5); // (every byte must be written)
                     armv6::gray_bits(v, t, &mut got);
                     assert_eq!(got, want, "armv6 len={len} t={t}");
                     #[cfg(bitmask_neon)]
                     {
-                        let mut n = vec![0u8; want.len()];
-                        let done = neon::gray_bits16(v, t, &mut n);
+                        // written exactly: nothing past what it did
+                        let mut n = vec![0xa5u8; want.len() + 4];
+                        let done = neon::gray_bits16(v, t, &mut n[..want.len()]);
                         assert_eq!(done, len / 16 * 16);
                         assert_eq!(n[..done / 8], want[..done / 8], "neon len={len} t={t}");
+                        assert!(n[done / 8..].iter().all(|&b| b == 0xa5), "neon len={len}");
+                        // a destination shorter than the pixels bounds it
+                        if len >= 32 {
+                            let mut short = [0xa5u8; 3];
+                            let done = neon::gray_bits16(v, t, &mut short[..2]);
+                            assert_eq!(done, 16);
+                            assert_eq!(short[..2], want[..2]);
+                            assert_eq!(short[2], 0xa5);
+                        }
                     }
                     // pixels that do not start on a word: byte loads
                     if len > 1 {
@@ -938,9 +952,11 @@ mod path_tests {
                 }
                 #[cfg(target_arch = "x86_64")]
                 {
+                    got.fill(0xa5);
                     x86::gray_bits(v, t, &mut got);
                     assert_eq!(got, want, "sse2 len={len} t={t}");
                     if std::is_x86_feature_detected!("avx2") {
+                        got.fill(0xa5);
                         unsafe { x86::gray_bits_avx2(v, t, &mut got) };
                         assert_eq!(got, want, "avx2 len={len} t={t}");
                     }

@@ -25,8 +25,8 @@
 //!
 //! The crate does no I/O. Hot loops use SSE2, SSSE3 and AVX2 on x86-64
 //! (detected at run time where needed) and portable code everywhere else
-//! (SWAR, eight pixels per `u64`, or a compare per pixel on 32-bit ARM,
-//! including ARMv6 which has no NEON). On ARMv7 the NEON kernels are built
+//! (SWAR, eight pixels per `u64`, or a compare per pixel on 32-bit ARM
+//! without the flags below). On ARMv7 the NEON kernels are built
 //! only with `RUSTFLAGS="-C target-cpu=cortex-a7
 //! -C target-feature=+neon,+vfp4,+d32 --cfg bitmask_neon"` (what bitmask's
 //! `cargo xtask dist` uses for the Pi 2/3); a plain armv7 build gets the

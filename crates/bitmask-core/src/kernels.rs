@@ -190,6 +190,130 @@ pub(crate) mod neon {
         }
         n * 16
     }
+
+    /// One channel's loop (`$ld0`/`$ld1`: the de-interleaving loads of 16
+    /// pixels, their channels in q0-q3; `$ch`: the channel's register).
+    macro_rules! channel_loop {
+        ($ld0:literal, $ld1:literal, $ch:literal, $t:expr, $src:expr, $dst:expr, $n:expr) => {
+            core::arch::asm!(
+                "vdup.8 q8, {t}",
+                "vld1.8 {{d18-d19}}, [{w}]",
+                "2:",
+                $ld0,
+                $ld1,
+                concat!("vcge.u8 q10, ", $ch, ", q8"),
+                "vand q10, q10, q9",
+                "vpadd.i8 d20, d20, d21",
+                "vpadd.i8 d20, d20, d20",
+                "vpadd.i8 d20, d20, d20",
+                "vst1.16 {{d20[0]}}, [{dst}]!",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                t = in(reg) $t as u32,
+                w = in(reg) WEIGHTS.as_ptr(),
+                src = inout(reg) $src => _,
+                dst = inout(reg) $dst => _,
+                n = inout(reg) $n => _,
+                out("q0") _,
+                out("q1") _,
+                out("q2") _,
+                out("q3") _,
+                out("q8") _,
+                out("q9") _,
+                out("q10") _,
+                options(nostack),
+            )
+        };
+    }
+
+    /// MSB-first bits of `channel >= t` for the whole groups of 16 pixels
+    /// of `bpp` (3 or 4) bytes, the channel at byte `offset` (`< bpp`),
+    /// into `dst` (two bytes a group); returns the pixels done. `vld3` /
+    /// `vld4` put each channel of 16 pixels in a register of its own.
+    pub(crate) fn channel_bits16(
+        row: &[u8],
+        bpp: usize,
+        offset: usize,
+        t: u8,
+        dst: &mut [u8],
+    ) -> usize {
+        let n = (row.len() / (16 * bpp)).min(dst.len() / 2);
+        if n == 0 || !matches!(bpp, 3 | 4) || offset >= bpp {
+            return 0;
+        }
+        let (src, out) = (row.as_ptr(), dst.as_mut_ptr());
+        // SAFETY: reads 16 * bpp * n bytes of `row` and writes 2 * n of
+        // `dst`, within both (n bounded by both above); the vector
+        // registers used are declared clobbered; NEON is in the build.
+        unsafe {
+            match (bpp, offset) {
+                (3, 0) => channel_loop!(
+                    "vld3.8 {{d0, d2, d4}}, [{src}]!",
+                    "vld3.8 {{d1, d3, d5}}, [{src}]!",
+                    "q0",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+                (3, 1) => channel_loop!(
+                    "vld3.8 {{d0, d2, d4}}, [{src}]!",
+                    "vld3.8 {{d1, d3, d5}}, [{src}]!",
+                    "q1",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+                (3, _) => channel_loop!(
+                    "vld3.8 {{d0, d2, d4}}, [{src}]!",
+                    "vld3.8 {{d1, d3, d5}}, [{src}]!",
+                    "q2",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+                (_, 0) => channel_loop!(
+                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
+                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
+                    "q0",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+                (_, 1) => channel_loop!(
+                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
+                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
+                    "q1",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+                (_, 2) => channel_loop!(
+                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
+                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
+                    "q2",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+                _ => channel_loop!(
+                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
+                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
+                    "q3",
+                    t,
+                    src,
+                    out,
+                    n
+                ),
+            }
+        }
+        n * 16
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -661,6 +785,11 @@ impl RowKernel {
             // SAFETY: SSSE3 was detected at run time.
             done = unsafe { x86::channel_bits_ssse3(row, bpp, offset, width, t, dst) };
         }
+        // NEON's de-interleaving loads (the ARMv7 build): 16 pixels a loop
+        #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_neon))]
+        {
+            done += neon::channel_bits16(&row[done * bpp..], bpp, offset, t, &mut dst[done / 8..]);
+        }
         let (row, dst) = (&row[done * bpp..], &mut dst[done / 8..]);
         match bpp {
             3 => channel_rest::<3>(row, offset, t, dst),
@@ -894,6 +1023,47 @@ mod path_tests {
                                 "avx2 bpp={bpp} off={offset} w={width}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The NEON channel loop alone (the ARMv7 build), each pixel size and
+    /// channel, every length 0..300: the bits of its whole groups, nothing
+    /// written past them.
+    #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_neon))]
+    #[test]
+    fn neon_channel_paths_agree() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let bytes: Vec<u8> = (0..4 * 300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for bpp in [3usize, 4] {
+            for offset in 0..bpp {
+                for px in 0..300 {
+                    let row = &bytes[..px * bpp];
+                    for t in [1u8, 77, 128, 170, 255] {
+                        let values: Vec<u8> = (0..px).map(|i| row[i * bpp + offset]).collect();
+                        let want = scalar(&values, t);
+                        let mut got = vec![0xa5u8; want.len() + 2];
+                        let done =
+                            neon::channel_bits16(row, bpp, offset, t, &mut got[..want.len()]);
+                        assert_eq!(done, px / 16 * 16);
+                        assert_eq!(
+                            got[..done / 8],
+                            want[..done / 8],
+                            "bpp={bpp} ch={offset} px={px} t={t}"
+                        );
+                        assert!(
+                            got[done / 8..].iter().all(|&b| b == 0xa5),
+                            "bpp={bpp} px={px}"
+                        );
                     }
                 }
             }

@@ -47,25 +47,6 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         ]))
     })?;
     check_background(&mut pi_builds, &mut msrv)?;
-    // bitmask-core's ARM kernels (asm!) exist only in the Pi builds: linted
-    // as the ARMv7 build compiles them (which has both the NEON and the
-    // ARMv6 ones)
-    step(
-        "clippy for the ARMv7 build's kernels (bitmask-core)",
-        || {
-            use crate::dist::Arch;
-            crate::util::ensure_target(None, Arch::V7.triple())?;
-            run(cargo()
-                .args(["clippy", "-p", "bitmask-core", "--all-targets", "--target"])
-                .arg(Arch::V7.triple())
-                .args(["--", "-D", "warnings"])
-                .env(
-                    format!("CARGO_TARGET_{}_RUSTFLAGS", Arch::V7.env_key()),
-                    Arch::V7.rustflags(),
-                ))
-        },
-    )?;
-    check_background(&mut pi_builds, &mut msrv)?;
     // scikit-image: tests/tests/numpy_interop.rs checks Otsu against skimage.filters.threshold_otsu
     step("python venv with numpy", || {
         venv_python(&["scikit-image"]).map(|_| ())
@@ -138,6 +119,30 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
             None => bail!("the MSRV check was not made ready"),
         },
     )?;
+    // bitmask-core's ARM kernels (asm!) exist only in the Pi builds: linted
+    // as the ARMv7 build compiles them (the NEON and the ARMv6 ones), and
+    // with the ARMv6 build's cfg alone (its std is built from source, so on
+    // the ARMv7 target); after the Pi step, whose job installed the target
+    // (two rustups adding one target at once could clash)
+    step("clippy for the Pi builds' kernels (bitmask-core)", || {
+        use crate::dist::Arch;
+        crate::util::ensure_target(None, Arch::V7.triple())?;
+        for flags in [Arch::V7.rustflags(), "--cfg bitmask_armv6"] {
+            eprintln!("xtask: RUSTFLAGS for {}: {flags}", Arch::V7.triple());
+            run(cargo()
+                .args(["clippy", "-p", "bitmask-core", "--all-targets", "--target"])
+                .arg(Arch::V7.triple())
+                .args(["--", "-D", "warnings"])
+                // (RUSTFLAGS would win over the target's own)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env(
+                    format!("CARGO_TARGET_{}_RUSTFLAGS", Arch::V7.env_key()),
+                    flags,
+                ))?;
+        }
+        Ok(())
+    })?;
     step(
         "MSRV check (the Rust of Cargo.toml's rust-version: `cargo xtask msrv`)",
         || msrv.map_or(Ok(()), crate::dist::Background::wait),

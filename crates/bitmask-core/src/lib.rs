@@ -34,8 +34,9 @@
 //! bitmask's Pi builds) thresholds gray pixels four at a time with ARMv6's
 //! media instructions (`usub8`, `sel`, `usad8`); without it, a compare per
 //! pixel (the flag would be wrong for an ARMv5 build). With `bitmask_neon`
-//! gray pixels (and luma's packing) go sixteen at a time through a NEON
-//! loop (`asm!`: NEON intrinsics are unstable on 32-bit ARM).
+//! gray pixels, one RGB/RGBA channel (de-interleaved by `vld3`/`vld4`) and
+//! luma's packing go sixteen at a time through NEON loops (`asm!`: NEON
+//! intrinsics are unstable on 32-bit ARM).
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 

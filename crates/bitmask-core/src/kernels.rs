@@ -1036,15 +1036,7 @@ mod path_tests {
     #[cfg(all(target_arch = "arm", target_endian = "little", bitmask_neon))]
     #[test]
     fn neon_channel_paths_agree() {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let bytes: Vec<u8> = (0..4 * 300)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = random_bytes(0x2545_F491_4F6C_DD1D, 4 * 300);
         for bpp in [3usize, 4] {
             for offset in 0..bpp {
                 for px in 0..300 {
@@ -1072,17 +1064,21 @@ mod path_tests {
     }
 
     /// Each gray kernel (SWAR, SSE2, AVX2) alone, on every length 0..300 and many thresholds.
-    #[test]
-    fn gray_paths_agree() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let values: Vec<u8> = (0..300)
+    /// `n` bytes of xorshift from `seed`.
+    fn random_bytes(mut x: u64, n: usize) -> Vec<u8> {
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn gray_paths_agree() {
+        let values = random_bytes(0x9E37_79B9_7F4A_7C15, 300);
         for len in 0..300 {
             let v = &values[..len];
             for t in [1u8, 2, 77, 127, 128, 129, 200, 255] {

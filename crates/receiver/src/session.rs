@@ -670,10 +670,10 @@ impl StreamCtx {
     /// and the refusal logged, a line a second at most, and the error only
     /// tells the caller.
     pub fn admit(&mut self, h: &Header) -> Result<bool> {
-        let need = crate::memory::stream_bytes(h.width, h.height) + self.reassembly;
-        if need <= self.memory {
+        if self.holds_room_for(h) {
             return Ok(true); // (every frame of a stream after its first)
         }
+        let need = crate::memory::stream_bytes(h.width, h.height) + self.reassembly;
         let conn = self.conn.clone();
         let c = conn.as_deref();
         let mut waited = false;
@@ -744,6 +744,12 @@ impl StreamCtx {
             }
             std::thread::sleep(WRITER_POLL);
         }
+    }
+
+    /// Whether the stream holds the memory frames of `h`'s size need, so
+    /// that [`Self::admit`] returns at once.
+    fn holds_room_for(&self, h: &Header) -> bool {
+        crate::memory::stream_bytes(h.width, h.height) + self.reassembly <= self.memory
     }
 
     /// Over UDP, before a buffer is made to reassemble a frame of
@@ -1790,11 +1796,13 @@ pub fn serve_tcp(
             let res = match ctx.as_mut() {
                 Some(c) => match reader.read_header() {
                     Ok(Some(h)) => {
-                        let t = Instant::now();
+                        // (the clock only when admit may wait: a stream's
+                        // first frame of a size)
+                        let t = (!c.holds_room_for(&h)).then(Instant::now);
                         admitted = Some(c.admit(&h)?);
                         // (a wait for memory is not the peer's slowness:
                         // the frame's deadline moves on by it)
-                        if let Some(s) = started.get() {
+                        if let (Some(t), Some(s)) = (t, started.get()) {
                             started.set(Some(s + t.elapsed()));
                         }
                         reader.read_frame()

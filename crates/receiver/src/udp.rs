@@ -152,12 +152,7 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
         }
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
-                Ok((d, data)) => {
-                    let began = Instant::now();
-                    on_dgram(&hub, &mut streams, &mut logs, from, d, data);
-                    // (a frame delivered to a slow output: see `credit`)
-                    credit(&mut streams, began.elapsed());
-                }
+                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data),
                 Err(why) => {
                     if !over_the_cap(&hub, &mut streams, from, &buf[..n]) && logs.bad(from) {
                         log::warn!("udp from {from}: dropped: {why}");
@@ -574,6 +569,7 @@ fn on_dgram(
         s.give_up(j, "a later frame completed first");
     }
     let len = p.frame_len as usize;
+    let mut spent = Duration::ZERO;
     // (read in place: no copy of the frame into a reader's buffer)
     let got = bitmask_wire::parse_frame(&p.buf[..len], &hub.limits);
     let whole = |f: &bitmask_wire::FrameRef| {
@@ -604,7 +600,8 @@ fn on_dgram(
         Ok(f) => {
             // (a frame the data path refuses was still delivered whole)
             s.done_upto = Some(p.sequence);
-            s.delivered = Some(Instant::now());
+            let began = Instant::now();
+            s.delivered = Some(began);
             let h = f.header;
             // (refused for memory: counted and logged there)
             match ctx.admit(&h).map(|_| ctx.frame(&h, f.payload)) {
@@ -615,12 +612,16 @@ fn on_dgram(
                 Ok(Ok(false)) => ctx.incomplete(1),
                 Ok(Err(e)) => log::warn!("{}: {e:#}", ctx.name()),
             }
+            spent = began.elapsed();
         }
         Err(e) => ctx.corrupt_numbered(p.sequence, &e),
     }
     ctx.reassembled(p.frame_len);
     s.spare.push(p.buf);
     s.spare.truncate(MAX_PARTIAL);
+    // (a frame delivered to a slow output: see `credit`; the clock read
+    // once a frame, not once a datagram)
+    credit(streams, spent);
 }
 
 #[cfg(test)]

@@ -590,7 +590,7 @@ impl Default for Reminder {
 
 /// The tail of a reminded line: how many occasions were not said since
 /// the last line, and that it is said at longer intervals.
-fn said_again(passed: u64) -> String {
+pub(crate) fn said_again(passed: u64) -> String {
     if passed == 0 {
         String::new()
     } else {

@@ -336,14 +336,7 @@ impl UdpLink {
         match &mut self.refused {
             None => {
                 let (level, again) = match say {
-                    Some(0) => (log::Level::Warn, String::new()),
-                    Some(n) => (
-                        log::Level::Warn,
-                        format!(
-                            " (again: {n} more refused since the last such line, said at \
-                             longer intervals while it lasts)"
-                        ),
-                    ),
+                    Some(n) => (log::Level::Warn, crate::pipeline::said_again(n)),
                     None => (log::Level::Debug, String::new()),
                 };
                 log::log!(
@@ -467,9 +460,8 @@ impl UdpLink {
             self.dgram.extend_from_slice(chunk);
             self.send_dgram()?;
         }
-        for _ in 0..errqueue::drain(&self.sock) {
-            self.note_refusal();
-        }
+        // (the refusals in the error queue are read before the next frame,
+        // by take_keyframe_hint, and at the end by finish: once a frame)
         Ok(())
     }
 }

@@ -480,6 +480,19 @@ impl Read for Stalling {
     }
 }
 
+/// A reader of `data` through [`Stalling`] (`stops`, `chunk`).
+fn stalling_reader(data: &[u8], stops: Vec<usize>, chunk: usize) -> FrameReader<Stalling> {
+    FrameReader::new(
+        Stalling {
+            data: data.to_vec(),
+            at: 0,
+            stops,
+            chunk,
+        },
+        Limits::default(),
+    )
+}
+
 /// Three small frames and the stream of their bytes.
 fn three_frames() -> (Vec<(Header, Vec<u8>)>, Vec<u8>) {
     let frames: Vec<_> = [(9, 2), (16, 3), (1, 1)]
@@ -505,15 +518,7 @@ fn a_read_that_times_out_mid_frame_loses_nothing_when_asked_again() {
         (vec![3, 41, 44, 60], 64),
     ] {
         let n = stops.len();
-        let mut r = FrameReader::new(
-            Stalling {
-                data: s.clone(),
-                at: 0,
-                stops: stops.clone(),
-                chunk,
-            },
-            Limits::default(),
-        );
+        let mut r = stalling_reader(&s, stops.clone(), chunk);
         // where each stop is: between frames, or inside frame k's header
         // or payload
         let where_at = |at: usize| -> Option<Partial> {
@@ -684,15 +689,7 @@ fn headers_then_payloads_read_through_timeouts_lose_nothing() {
         (vec![3, 41, 44, 60], 64),
     ] {
         let n = stops.len();
-        let mut r = FrameReader::new(
-            Stalling {
-                data: s.clone(),
-                at: 0,
-                stops,
-                chunk,
-            },
-            Limits::default(),
-        );
+        let mut r = stalling_reader(&s, stops, chunk);
         let (mut got, mut timeouts) = (Vec::new(), 0);
         let timeout =
             |e: &WireError| matches!(e, WireError::Io(e) if e.kind() == io::ErrorKind::WouldBlock);

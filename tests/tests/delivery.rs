@@ -612,10 +612,9 @@ fn to_a_32x32_receiver(tag: &str, extra: &[&str]) -> (Finished, std::path::PathB
         .args(["--to", &r.addr, "--loop", "--retry-max", "0.1"])
         .args(extra)
         .arg(tmp.join("in")));
-    let log = r.proc.stderr();
-    assert!(
-        log.contains("a 64x48 frame, larger than --max-size 32x32: give a larger --max-size"),
-        "{log}"
+    r.proc.wait_for_stderr(
+        "a 64x48 frame, larger than --max-size 32x32: give a larger --max-size",
+        LIMIT,
     );
     (s, out, tmp)
 }

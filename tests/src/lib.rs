@@ -313,16 +313,44 @@ impl Proc {
     /// # Panics
     /// When `limit` passes or stderr ends first (the message shows stderr).
     pub fn wait_for_stderr(&self, needle: &str, limit: Duration) -> String {
+        self.wait_for_stderr_lines(&format!("{needle:?}"), 1, |l| l.contains(needle), limit)
+            .remove(0)
+    }
+
+    /// Waits until `n` whole lines of stderr (each ended by its newline, or
+    /// by the end of stderr) satisfy `pred`; returns the first `n` of them.
+    /// `what` names them in the panic message.
+    ///
+    /// # Panics
+    /// When `limit` passes or stderr ends first (the message shows stderr).
+    pub fn wait_for_stderr_lines(
+        &self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&str) -> bool,
+        limit: Duration,
+    ) -> Vec<String> {
         let deadline = Instant::now() + limit;
         let mut g = self.stderr.text.lock().unwrap();
         loop {
-            if let Some(line) = g.0.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
+            // (a line still being written is not read: its end may be missing)
+            let whole = match g.1 {
+                true => &g.0[..],
+                false => &g.0[..g.0.rfind('\n').map_or(0, |i| i + 1)],
+            };
+            let found: Vec<String> = whole
+                .lines()
+                .filter(|l| pred(l))
+                .take(n)
+                .map(str::to_string)
+                .collect();
+            if found.len() == n {
+                return found;
             }
             let now = Instant::now();
             if g.1 || now >= deadline {
                 panic!(
-                    "{} did not log {needle:?} ({}); stderr:\n{}",
+                    "{} did not log {n} line(s) of {what} ({}); stderr:\n{}",
                     self.what,
                     if g.1 { "stderr closed" } else { "timed out" },
                     g.0
@@ -613,4 +641,23 @@ pub fn list(dir: &Path) -> Vec<String> {
 /// `p` quoted for `sh -c` (a checkout's path may hold spaces).
 pub fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The time of day, in seconds, in a log line of the binaries
+/// (`[2026-11-28T09:11:49.866Z INFO ...`: env_logger's millisecond stamp).
+pub fn log_time(line: &str) -> Option<f64> {
+    let t = line.strip_prefix('[')?.split_whitespace().next()?;
+    let clock = t.split('T').nth(1)?.strip_suffix('Z')?;
+    let mut parts = clock.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// Seconds from log line `a` to log line `b` ([`log_time`]; across midnight too).
+pub fn log_gap(a: &str, b: &str) -> f64 {
+    let (ta, tb) = (
+        log_time(a).unwrap_or_else(|| panic!("no time in {a}")),
+        log_time(b).unwrap_or_else(|| panic!("no time in {b}")),
+    );
+    (tb - ta).rem_euclid(86_400.0)
 }

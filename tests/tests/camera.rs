@@ -317,12 +317,29 @@ fn an_input_command_that_fails_is_an_error_with_its_status() {
 fn a_camera_that_stops_delivering_is_said_to() {
     // A camera whose front end timed out: alive, writing nothing. The
     // sender waited without a word (its progress line comes with frames).
-    let cmd = "head -c 3072 /dev/zero; sleep 11; exit 4";
-    let out = run(&mut command_sender(&closed_port(), cmd));
+    // (It exits when the test says, not after a fixed time: a sender that
+    // runs late says "11 s", or sees the exit first.)
+    let tmp = TempDir::new("camera-silent");
+    let mark = tmp.join("mark");
+    let cmd = format!(
+        "head -c 3072 /dev/zero; while [ ! -e '{}' ]; do sleep 0.1; done; exit 4",
+        mark.display()
+    );
+    let mut s = Proc::spawn(&mut command_sender(&closed_port(), &cmd));
+    let line = s.wait_for_stderr("has written nothing for ", LIMIT);
+    std::fs::write(&mark, b"").unwrap();
+    let out = s.wait(LIMIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let secs: f64 = line
+        .split("has written nothing for ")
+        .nth(1)
+        .and_then(|r| r.split(" s, after 3072 bytes").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((10.0..20.0).contains(&secs), "{line}");
+    assert!(line.contains(" s, after 3072 bytes"), "{line}");
     assert!(
-        out.stderr
-            .contains("has written nothing for 10 s, after 3072 bytes"),
+        out.stderr.contains("failed: exit status 4"),
         "{}",
         out.stderr
     );

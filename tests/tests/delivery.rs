@@ -11,7 +11,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const W: u32 = 64;
@@ -319,14 +319,16 @@ fn a_live_sender_does_not_wait_for_acknowledgements_that_never_come() {
     // to conclude that no acknowledgement comes.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let got = Arc::new(AtomicUsize::new(0));
-    let g = got.clone();
+    // (when the connection came, and when each frame did)
+    let times = Arc::new(Mutex::new((None::<Instant>, Vec::<Instant>::new())));
+    let g = times.clone();
     std::thread::spawn(move || {
         let (c, _) = l.accept().unwrap();
+        g.lock().unwrap().0 = Some(Instant::now());
         let mut r = FrameReader::new(c, Limits::default());
         let _ = r.read_hello();
         while let Ok(Some(_)) = r.read_frame() {
-            g.fetch_add(1, Relaxed);
+            g.lock().unwrap().1.push(Instant::now());
         }
     });
     let tmp = TempDir::new("delivery-old-live");
@@ -339,17 +341,33 @@ fn a_live_sender_does_not_wait_for_acknowledgements_that_never_come() {
         "30",
         tmp.join("in").to_str().unwrap(),
     ]));
-    // (counted from the first frame: the debug sender's start-up varies)
+    // The frames that came in the first 1.9 s of the connection, before
+    // the sender could conclude (2 s) that no acknowledgement comes: about
+    // 57 at 30 fps; the bound would have stopped at 8. (Judged by their
+    // arrival times, waited for until the window is over.)
     let t = Instant::now();
-    while got.load(Relaxed) == 0 && t.elapsed() < LIMIT {
+    let accepted = loop {
+        if let Some(a) = times.lock().unwrap().0 {
+            break a;
+        }
+        assert!(t.elapsed() < LIMIT, "the sender did not connect");
         std::thread::sleep(Duration::from_millis(10));
+    };
+    let window = Duration::from_millis(1900);
+    while accepted.elapsed() < window + Duration::from_millis(100) {
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let first = got.load(Relaxed);
-    std::thread::sleep(Duration::from_millis(1500));
-    let n = got.load(Relaxed) - first;
+    let n = times
+        .lock()
+        .unwrap()
+        .1
+        .iter()
+        .filter(|&&at| at - accepted < window)
+        .count();
     let f = s.terminate(LIMIT);
-    // about 45 frames in 1.5 s; the bound would have stopped at 8
-    assert!(n >= 20, "{n} frames arrived in 1.5 s:\n{}", f.stderr);
+    // (12: what a machine too busy to run the sender for a second of that
+    // window still gets, and half again the bound's 8)
+    assert!(n >= 12, "{n} frames arrived in 1.9 s:\n{}", f.stderr);
 }
 
 #[test]
@@ -923,7 +941,9 @@ fn a_sender_the_receiver_has_no_memory_for_yet_waits_and_loses_nothing() {
             .arg(tmp.join("in"));
         c
     };
-    let mut busy = Proc::spawn(&mut send("busy", &["--fps", "10"]));
+    // (20 frames in 5 s: cam, a new debug process reading 1024x768
+    // images, comes while busy streams, however busy the machine)
+    let mut busy = Proc::spawn(&mut send("busy", &["--fps", "4"]));
     // (its first frame written: it holds its memory)
     wait_for_file(
         &out.join("busy").join("frame-000000.raw"),

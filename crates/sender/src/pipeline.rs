@@ -2763,10 +2763,8 @@ mod tests {
         // stalled fills long after it stopped confirming)
         let (r, _) = full_window(Duration::from_secs(11), true);
         let (why, by_peer) = r.expect("given up");
-        assert!(
-            why.starts_with("the receiver confirmed no frame for 11."),
-            "{why}"
-        );
+        // (11 s and what the test itself took: a busy machine adds some)
+        assert!((11.0..14.0).contains(&silent_for(&why)), "{why}");
         assert!(!by_peer);
     }
 
@@ -2777,10 +2775,16 @@ mod tests {
         let (r, took) = full_window(Duration::from_secs(2), false);
         let (why, _) = r.expect("given up");
         assert!(took >= cfg(true).timeout, "gave up after {took:?}: {why}");
-        assert!(
-            why.starts_with("the receiver confirmed no frame for 3."),
-            "{why}"
-        );
+        // (2 s before, 1 s of waiting)
+        assert!((3.0..6.0).contains(&silent_for(&why)), "{why}");
+    }
+
+    /// The seconds in "the receiver confirmed no frame for N s...".
+    fn silent_for(why: &str) -> f64 {
+        why.strip_prefix("the receiver confirmed no frame for ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.trim_end_matches('s').parse().ok())
+            .unwrap_or_else(|| panic!("{why}"))
     }
 
     /// The final wait for confirmations, run out: what it says of `n`

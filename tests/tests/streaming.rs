@@ -1165,12 +1165,22 @@ fn a_receiver_that_closes_at_once_is_not_redialled_in_a_loop() {
         &tmp.join("in"),
         &["--count", "1000", "--fps", "30", "--no-drop"],
     ));
+    // (counted from its first connection: its start-up varies)
+    let t = Instant::now();
+    let first = loop {
+        let n = accepts.load(std::sync::atomic::Ordering::SeqCst);
+        if n > 0 {
+            break n;
+        }
+        assert!(t.elapsed() < LIMIT, "the sender never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     std::thread::sleep(Duration::from_secs(3));
-    let n = accepts.load(std::sync::atomic::Ordering::SeqCst);
+    let n = accepts.load(std::sync::atomic::Ordering::SeqCst) - first;
     drop(s);
-    // 50 ms doubling up to --retry-max 0.5 s: about 8 in 3 s (a hundred and
-    // more without a backoff).
-    assert!((2..=20).contains(&n), "{n} connections in 3 s");
+    // 50 ms doubling up to --retry-max 0.5 s: about 7 more in 3 s (a
+    // hundred and more without a backoff).
+    assert!((1..=20).contains(&n), "{n} more connections in 3 s");
 }
 
 /// A receiver (`--out -` and `extra`, shell words) whose stdout reader
@@ -1496,6 +1506,19 @@ fn a_sender_stopped_without_a_receiver_counts_every_frame() {
     s.wait_for_stderr("cannot reach receiver", LIMIT);
     // (until it has captured a few, by its progress line: a sleep here
     // counts time, and a busy machine captures less in it)
+    wait_until_captured(&s, 6);
+    unsafe_free_sigterm(s.id());
+    let f = s.wait(LIMIT);
+    assert!(f.stderr.contains("did not end within"), "{}", f.stderr);
+    let num = |what: &str| summary_count(&f.stderr, what);
+    assert!(num("captured") > 5, "{}", f.stderr);
+    assert_eq!(num("captured"), num("dropped"), "{}", f.stderr);
+    assert_eq!(num("sent"), 0, "{}", f.stderr);
+}
+
+/// Waits until sender `s` says in a progress line (INFO, every second by
+/// default) that it has captured `n` frames or more.
+fn wait_until_captured(s: &Proc, n: u64) {
     let captured = |l: &str| -> Option<u64> {
         l.split("captured ")
             .nth(1)?
@@ -1505,18 +1528,11 @@ fn a_sender_stopped_without_a_receiver_counts_every_frame() {
             .ok()
     };
     s.wait_for_stderr_lines(
-        "progress with 6 or more captured",
+        &format!("progress with {n} or more captured"),
         1,
-        |l| l.contains("INFO") && captured(l).is_some_and(|n| n >= 6),
+        |l| l.contains("INFO") && captured(l).is_some_and(|c| c >= n),
         LIMIT,
     );
-    unsafe_free_sigterm(s.id());
-    let f = s.wait(LIMIT);
-    assert!(f.stderr.contains("did not end within"), "{}", f.stderr);
-    let num = |what: &str| summary_count(&f.stderr, what);
-    assert!(num("captured") > 5, "{}", f.stderr);
-    assert_eq!(num("captured"), num("dropped"), "{}", f.stderr);
-    assert_eq!(num("sent"), 0, "{}", f.stderr);
 }
 
 /// Eight images in `tmp/in`: more than the sender's queue holds.
@@ -1736,17 +1752,21 @@ fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them(
         "--input-command",
         camera,
     ]));
-    std::thread::sleep(Duration::from_secs(8));
+    // (until it has captured 90, about 6 s: counted by the sender, as a
+    // loaded machine runs the shell camera slower)
+    let t = Instant::now();
+    wait_until_captured(&s, 90);
     let f = s.terminate(LIMIT);
+    let took = t.elapsed().as_secs_f64();
     let captured = summary_count(&f.stderr, "captured");
     let dropped = summary_count(&f.stderr, "dropped");
-    // About 120 captured and 40 taken: most are dropped (none were
-    // before). What is not dropped is at most what the consumer took in
-    // 8 s (40), the 8 frames in flight and a few in the pipe and queue,
-    // however slowly a loaded machine runs the shell camera.
+    // Most are dropped (none were before): what is not dropped is at most
+    // what the consumer took meanwhile (5 a second, about 30), the 8
+    // frames in flight and a few in the pipe and queue.
+    let kept = captured.saturating_sub(dropped) as f64;
     assert!(
-        captured >= 60 && captured.saturating_sub(dropped) <= 64,
-        "captured {captured}, dropped {dropped}:\n{}",
+        captured >= 90 && kept <= 5.0 * took + 24.0,
+        "captured {captured}, dropped {dropped} in {took:.1} s:\n{}",
         f.stderr
     );
     recv.proc.terminate(LIMIT);

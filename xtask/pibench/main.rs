@@ -63,7 +63,17 @@ fn codec_loop(
     let mut payloads = Vec::new();
     for (i, m) in cycle.iter().enumerate() {
         let mut p = Vec::new();
-        let e = enc.encode(m, W as u32, H as u32, i as u64, &mut p).unwrap();
+        // (the size as data, as a sender has it: constants here would be
+        // folded into the codec's code, which the shipped binaries cannot do)
+        let e = enc
+            .encode(
+                m,
+                black_box(W as u32),
+                black_box(H as u32),
+                i as u64,
+                &mut p,
+            )
+            .unwrap();
         payloads.push((p, e));
     }
     let mut dec = Decoder::new();
@@ -81,8 +91,8 @@ fn codec_loop(
             p.clear();
             enc.encode(
                 black_box(cycle[i % frames]),
-                W as u32,
-                H as u32,
+                black_box(W as u32),
+                black_box(H as u32),
                 i as u64,
                 &mut p,
             )

@@ -1040,8 +1040,10 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
     assert!(st.success());
     recv.proc
         .wait_for_stderr("stopping: signal", Duration::from_secs(5));
-    // (a signal within 0.5 s of the first is the same stop: see below)
-    std::thread::sleep(Duration::from_millis(700));
+    // (a signal within 0.5 s of the first is the same stop, counted from
+    // a moment just after the line above: 1.5 s leaves room for a late
+    // thread)
+    std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
     let signalled = std::time::SystemTime::now();
     let st = Command::new("kill")

@@ -236,7 +236,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `cmd` with stdin closed, stdout and stderr piped, `RUST_LOG` removed.
+    /// Starts `cmd` with stdin closed, stdout and stderr piped, `RUST_LOG`
+    /// removed, log lines without colour (`RUST_LOG_STYLE=never`: tests read
+    /// them).
     pub fn spawn(cmd: &mut Command) -> Proc {
         use std::os::unix::process::CommandExt;
         let what = show(cmd);
@@ -254,6 +256,7 @@ impl Proc {
         let mut child = cmd
             .process_group(0)
             .env_remove("RUST_LOG")
+            .env("RUST_LOG_STYLE", "never")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -653,11 +656,20 @@ pub fn log_time(line: &str) -> Option<f64> {
     Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }
 
-/// Seconds from log line `a` to log line `b` ([`log_time`]; across midnight too).
+/// Seconds from log line `a` to log line `b` ([`log_time`]; across midnight
+/// too).
+///
+/// # Panics
+/// When `b` is stamped before `a`.
 pub fn log_gap(a: &str, b: &str) -> f64 {
     let (ta, tb) = (
         log_time(a).unwrap_or_else(|| panic!("no time in {a}")),
         log_time(b).unwrap_or_else(|| panic!("no time in {b}")),
     );
-    (tb - ta).rem_euclid(86_400.0)
+    let gap = match tb - ta {
+        d if d < -43_200.0 => d + 86_400.0, // (over midnight)
+        d => d,
+    };
+    assert!(gap >= 0.0, "{b:?} is stamped before {a:?}");
+    gap
 }

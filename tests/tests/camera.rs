@@ -322,8 +322,8 @@ fn a_camera_that_stops_delivering_is_said_to() {
     let tmp = TempDir::new("camera-silent");
     let mark = tmp.join("mark");
     let cmd = format!(
-        "head -c 3072 /dev/zero; while [ ! -e '{}' ]; do sleep 0.1; done; exit 4",
-        mark.display()
+        "head -c 3072 /dev/zero; while [ ! -e {} ]; do sleep 0.1; done; exit 4",
+        sh_quote(&mark)
     );
     let mut s = Proc::spawn(&mut command_sender(&closed_port(), &cmd));
     let line = s.wait_for_stderr("has written nothing for ", LIMIT);

@@ -319,16 +319,15 @@ fn a_live_sender_does_not_wait_for_acknowledgements_that_never_come() {
     // to conclude that no acknowledgement comes.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    // (when the connection came, and when each frame did)
-    let times = Arc::new(Mutex::new((None::<Instant>, Vec::<Instant>::new())));
-    let g = times.clone();
+    // (the sequence numbers of the frames, as they come)
+    let seqs = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let g = seqs.clone();
     std::thread::spawn(move || {
         let (c, _) = l.accept().unwrap();
-        g.lock().unwrap().0 = Some(Instant::now());
         let mut r = FrameReader::new(c, Limits::default());
         let _ = r.read_hello();
-        while let Ok(Some(_)) = r.read_frame() {
-            g.lock().unwrap().1.push(Instant::now());
+        while let Ok(Some(f)) = r.read_frame() {
+            g.lock().unwrap().push(f.header.sequence);
         }
     });
     let tmp = TempDir::new("delivery-old-live");
@@ -341,33 +340,26 @@ fn a_live_sender_does_not_wait_for_acknowledgements_that_never_come() {
         "30",
         tmp.join("in").to_str().unwrap(),
     ]));
-    // The frames that came in the first 1.9 s of the connection, before
-    // the sender could conclude (2 s) that no acknowledgement comes: about
-    // 57 at 30 fps; the bound would have stopped at 8. (Judged by their
-    // arrival times, waited for until the window is over.)
+    // Held for 2 s after its first 8 frames, a live sender at 30 fps drops
+    // most of what it captures meanwhile (the newest frame wins): the
+    // numbers of the frames that come jump from 7 to about 60. Not held,
+    // its frames come in order, a few dropped at most (its queue holds 2:
+    // a busy machine may run its capture ahead of its network thread now
+    // and then). Judged by the numbers, not by when the frames come: a
+    // busy machine delays this test's reader, not the sender's numbering.
     let t = Instant::now();
-    let accepted = loop {
-        if let Some(a) = times.lock().unwrap().0 {
-            break a;
-        }
-        assert!(t.elapsed() < LIMIT, "the sender did not connect");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let window = Duration::from_millis(1900);
-    while accepted.elapsed() < window + Duration::from_millis(100) {
-        std::thread::sleep(Duration::from_millis(50));
+    while seqs.lock().unwrap().len() < 30 {
+        assert!(t.elapsed() < LIMIT, "frames: {:?}", seqs.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let n = times
-        .lock()
-        .unwrap()
-        .1
-        .iter()
-        .filter(|&&at| at - accepted < window)
-        .count();
     let f = s.terminate(LIMIT);
-    // (12: what a machine too busy to run the sender for a second of that
-    // window still gets, and half again the bound's 8)
-    assert!(n >= 12, "{n} frames arrived in 1.9 s:\n{}", f.stderr);
+    let first: Vec<u64> = seqs.lock().unwrap()[..30].to_vec();
+    // (20 frames: two thirds of a second)
+    assert!(
+        first[0] < 20 && first.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 20),
+        "{first:?}\n{}",
+        f.stderr
+    );
 }
 
 #[test]

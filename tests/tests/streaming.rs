@@ -552,7 +552,7 @@ fn hostile_peers_cost_one_connection_each_and_spare_the_good_stream() {
     );
     let slow_closed = trickle.join().unwrap();
     assert!(
-        slow_closed.is_some_and(|t| t < Duration::from_secs(20)),
+        slow_closed.is_some_and(|t| t < Duration::from_secs(8)),
         "slow-loris peer kept: {slow_closed:?}"
     );
     drop(crc);
@@ -1041,8 +1041,8 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
     recv.proc
         .wait_for_stderr("stopping: signal", Duration::from_secs(5));
     // (a signal within 0.5 s of the first is the same stop, counted from
-    // a moment just after the line above: 1.5 s leaves room for a late
-    // thread)
+    // when the receiver's signal thread took the first, normally before
+    // the line above: 1.5 s leaves room for that thread running late)
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
     let signalled = std::time::SystemTime::now();
@@ -1067,7 +1067,7 @@ fn a_second_signal_ends_a_stop_that_cannot_finish() {
         fr.stderr
     );
     let json = tmp.join("stats.json");
-    // (the last write before was at the first signal, 0.7 s before the
+    // (the last write before was at the first signal, 1.5 s before the
     // second, or earlier; file times lag the clock by a tick)
     let written = std::fs::metadata(&json).unwrap().modified().unwrap();
     assert!(
@@ -1731,14 +1731,14 @@ fn a_stopped_receiver_reports_what_it_wrote() {
 
 #[test]
 fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them() {
-    // The receiver's --exec program takes 5 masks a second, the camera makes
+    // The receiver's --exec program takes 1 mask a second, the camera makes
     // 15. Compressed masks are small: without a bound on the frames in
     // flight, hundreds wait in the sockets' buffers and latency grows for
     // as long as it runs. With it, the sender's queue drops the surplus.
     let tmp = TempDir::new("sender-live-window");
     // (it ends at the end of its input: dd alone succeeds on an empty read)
     let consumer = "while [ \"$(dd bs=76800 count=1 iflag=fullblock status=none | wc -c)\" \
-                    -eq 76800 ]; do sleep 0.2; done";
+                    -eq 76800 ]; do sleep 1; done";
     let mut recv = start_receiver(&["--format", "gray8", "--exec", consumer]);
     // a gray8 320x240 "camera" at 15 fps: frames of zeros (tiny payloads)
     let camera = "while :; do head -c 76800 /dev/zero; sleep 0.066; done";
@@ -1762,12 +1762,13 @@ fn a_live_sender_ahead_of_a_slow_receiver_drops_frames_instead_of_queueing_them(
     let took = t.elapsed().as_secs_f64();
     let captured = summary_count(&f.stderr, "captured");
     let dropped = summary_count(&f.stderr, "dropped");
-    // Most are dropped (none were before): what is not dropped is at most
-    // what the consumer took meanwhile (5 a second, about 30), the 8
-    // frames in flight and a few in the pipe and queue.
+    // Most are dropped (none were before: all 90 or more were kept): what
+    // is not dropped is at most what the consumer took meanwhile (a mask a
+    // second, about 6), the 8 frames in flight and a few in the pipe and
+    // queue, however long a busy machine took to capture 90.
     let kept = captured.saturating_sub(dropped) as f64;
     assert!(
-        captured >= 90 && kept <= 5.0 * took + 24.0,
+        captured >= 90 && kept <= took + 24.0,
         "captured {captured}, dropped {dropped} in {took:.1} s:\n{}",
         f.stderr
     );

@@ -438,11 +438,21 @@ fn a_camera_a_little_faster_than_fps_keeps_the_rate_asked_for() {
     kept.sort();
     assert!(kept.len() >= n - 4, "{kept:?}\n{}", f.stderr);
     assert!(kept.windows(2).all(|w| w[0].1 < w[1].1), "{kept:?}");
-    let (first, last) = (kept[0], kept[kept.len() - 1]);
-    let per_mask = (last.1 - first.1) as f64 / (last.0 - first.0) as f64;
+    // Camera frames per mask between masks kept one after the other, the
+    // tenth most and least apart left out: a moment the machine was too
+    // busy to run the sender (a burst of camera frames, one wide gap) does
+    // not move it; the frame after the one due, taken every time, does.
+    let mut per: Vec<f64> = kept
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0) as f64)
+        .collect();
+    per.sort_by(f64::total_cmp);
+    let cut = per.len() / 10;
+    let mid = &per[cut..per.len() - cut];
+    let per_mask = mid.iter().sum::<f64>() / mid.len() as f64;
     eprintln!("camera frames per mask kept: {per_mask:.2}");
     assert!(
-        (1.3..=2.0).contains(&per_mask),
+        (1.3..=1.9).contains(&per_mask),
         "{per_mask:.2} camera frames per mask (1.5 at 20 of 30 fps): {kept:?}\n{}",
         f.stderr
     );

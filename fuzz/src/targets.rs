@@ -670,7 +670,9 @@ pub mod roundtrip {
 /// Datagram::parse. Every frame returned must be exactly the bytes consumed.
 pub mod wire_reader {
     use super::*;
-    use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN};
+    use bitmask_wire::udp::{
+        Datagram, DGRAM_HEADER_LEN, HELLO_MAX_LEN, KIND_END, KIND_FRAGMENT, KIND_HELLO,
+    };
     use bitmask_wire::{
         crc, encode_frame, Ack, AckReader, FrameReader, Header, Limits, ACK_LEN, HEADER_LEN,
         HELLO_MAGIC, MAGIC,
@@ -758,16 +760,32 @@ pub mod wire_reader {
                 assert_eq!((&e[..5], &e[8..]), (&ab[..5], &ab[8..]));
             }
         }
-        // Datagram parse on the same bytes.
+        // Datagram parse on the same bytes: each kind by its own rule.
         if let Ok((d, carried)) = Datagram::parse(&stream, &limits) {
-            let off = d.index as usize * d.stride as usize;
-            assert!(off < d.frame_len as usize);
-            assert_eq!(
-                carried.len(),
-                (d.frame_len as usize - off).min(d.stride as usize)
-            );
-            assert!(d.frame_len as u64 <= HEADER_LEN as u64 + limits.max_payload as u64);
             assert_eq!(&stream[..DGRAM_HEADER_LEN], &d.encode());
+            match d.kind {
+                // a stream's end: its header alone, no frame
+                KIND_END => {
+                    assert_eq!(d, Datagram::end(d.stream_id, d.sequence));
+                    assert!(carried.is_empty());
+                }
+                // a hello: one datagram whatever the frame cap
+                KIND_HELLO => {
+                    assert!((1..=HELLO_MAX_LEN).contains(&carried.len()));
+                    assert_eq!(carried.len(), d.frame_len as usize);
+                    assert_eq!((d.index, d.count, d.stride as u32), (0, 1, d.frame_len));
+                }
+                _ => {
+                    assert_eq!(d.kind, KIND_FRAGMENT);
+                    let off = d.index as usize * d.stride as usize;
+                    assert!(off < d.frame_len as usize);
+                    assert_eq!(
+                        carried.len(),
+                        (d.frame_len as usize - off).min(d.stride as usize)
+                    );
+                    assert!(d.frame_len as u64 <= HEADER_LEN as u64 + limits.max_payload as u64);
+                }
+            }
         }
         if stream.len() >= HEADER_LEN {
             let hb: [u8; HEADER_LEN] = stream[..HEADER_LEN].try_into().unwrap();

@@ -62,6 +62,12 @@ pub fn run_ci(_args: &[String]) -> Result<()> {
         run(cargo().args(["build", "--workspace"]))
     })?;
     check_background(&mut pi_builds, &mut msrv)?;
+    // the README's first command, on the binaries just built
+    step(
+        "demo (the README's first command; debug binaries, 48 frames)",
+        || crate::demo::demo(48, false),
+    )?;
+    check_background(&mut pi_builds, &mut msrv)?;
     let mut tally = Tally::default();
     step("tests", || {
         let mut c = cargo();

@@ -53,17 +53,32 @@ pub fn send_samples(
     Ok(())
 }
 
-/// `cargo xtask demo`: runs the demo and prints its summary.
+/// `cargo xtask demo [--frames N] [--dev]`: runs the demo and prints its summary.
 pub fn run(args: &[String]) -> Result<()> {
-    let frames: u64 = match args {
-        [] => 240,
-        [f, n] if f == "--frames" => match n.parse() {
-            Ok(n) if n > 0 => n,
-            _ => bail!("--frames {n:?}: give a number of frames, at least 1"),
-        },
-        _ => bail!("usage: cargo xtask demo [--frames N]"),
-    };
-    let bin = build_bins(true)?;
+    let mut frames = 240u64;
+    let mut release = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--frames" => {
+                let n = it.next().context("--frames needs a number")?;
+                frames = match n.parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => bail!("--frames {n:?}: give a number of frames, at least 1"),
+                };
+            }
+            "--dev" => release = false,
+            _ => bail!("{a:?}: usage: cargo xtask demo [--frames N] [--dev]"),
+        }
+    }
+    demo(frames, release)
+}
+
+/// The demo: `frames` frames through the release binaries, or the debug
+/// ones (`release` false: what `cargo xtask ci` runs, on the binaries it
+/// built already). An error unless every mask was written.
+pub fn demo(frames: u64, release: bool) -> Result<()> {
+    let bin = build_bins(release)?;
     let demo = root().join("target/demo");
     let input = demo.join("in");
     let out = demo.join("out");
@@ -85,6 +100,9 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("bitmask-recv failed: {rs}");
     }
     let written = std::fs::read_dir(&out)?.filter(|e| e.is_ok()).count();
+    if written as u64 != frames {
+        bail!("{written} files in {} after {frames} frames", out.display());
+    }
     let sample: PathBuf = out.join("frame-000000.png");
     println!(
         "demo: {written} masks written to {} (e.g. {}); each mask is {} bytes packed vs {} bytes of RGB",

@@ -55,10 +55,11 @@ fn usage(task: &str, rest: &[String]) -> Option<&'static str> {
     let sub = rest.first().map(String::as_str);
     Some(match (task, sub) {
         ("demo", _) => {
-            "cargo xtask demo [--frames N]\n\
+            "cargo xtask demo [--frames N] [--dev]\n\
              builds the binaries, generates sample images in target/demo/in, runs a receiver\n\
              and a sender on loopback for N frames (default 240, --loop over the images) and\n\
-             prints fps, bytes and compression; the masks land in target/demo/out as PNG\n"
+             prints fps, bytes and compression; the masks land in target/demo/out as PNG\n\
+             --dev: the debug binaries (cargo xtask ci runs it so, with --frames 48)\n"
         }
         ("ci", _) => {
             "cargo xtask ci\n\

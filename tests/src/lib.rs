@@ -646,6 +646,17 @@ pub fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
+/// The number (digits and a decimal point) that follows the first `before`
+/// in `line`: `number_after("captured 57, sent 56 frames", ", sent ")` is
+/// 56.
+pub fn number_after(line: &str, before: &str) -> Option<f64> {
+    let rest = &line[line.find(before)? + before.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// The time of day, in seconds, in a log line of the binaries
 /// (`[2026-11-28T09:11:49.866Z INFO ...`: env_logger's millisecond stamp).
 pub fn log_time(line: &str) -> Option<f64> {

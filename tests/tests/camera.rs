@@ -330,12 +330,7 @@ fn a_camera_that_stops_delivering_is_said_to() {
     std::fs::write(&mark, b"").unwrap();
     let out = s.wait(LIMIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    let secs: f64 = line
-        .split("has written nothing for ")
-        .nth(1)
-        .and_then(|r| r.split(" s, after 3072 bytes").next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let secs = number_after(&line, "has written nothing for ").unwrap_or_else(|| panic!("{line}"));
     assert!((10.0..20.0).contains(&secs), "{line}");
     assert!(line.contains(" s, after 3072 bytes"), "{line}");
     assert!(

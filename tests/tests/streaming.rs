@@ -605,6 +605,29 @@ fn hostile_peers_cost_one_connection_each_and_spare_the_good_stream() {
     );
 }
 
+/// Sends `signal` (given a pid) to sender `s`, then to `recv`: each must
+/// end with status 0, the sender with its summary. Returns the receiver's
+/// run.
+fn stop_both_cleanly(s: &mut Proc, recv: &mut Proc, signal: impl Fn(u32)) -> Finished {
+    signal(s.id());
+    let fs = s.wait(LIMIT);
+    assert!(fs.status.success(), "sender: {}\n{}", fs.status, fs.stderr);
+    assert!(
+        fs.stderr.contains("bitmask-send: captured"),
+        "{}",
+        fs.stderr
+    );
+    signal(recv.id());
+    let fr = recv.wait(LIMIT);
+    assert!(
+        fr.status.success(),
+        "receiver: {}\n{}",
+        fr.status,
+        fr.stderr
+    );
+    fr
+}
+
 #[test]
 fn a_stop_signalled_twice_at_once_is_one_stop() {
     // timeout(1) sends SIGTERM to the process and then to its process
@@ -629,22 +652,7 @@ fn a_stop_signalled_twice_at_once_is_one_stop() {
             .expect("sh");
         assert!(st.success());
     };
-    twice(s.id());
-    let fs = s.wait(LIMIT);
-    assert!(fs.status.success(), "sender: {}\n{}", fs.status, fs.stderr);
-    assert!(
-        fs.stderr.contains("bitmask-send: captured"),
-        "{}",
-        fs.stderr
-    );
-    twice(recv.proc.id());
-    let fr = recv.proc.wait(LIMIT);
-    assert!(
-        fr.status.success(),
-        "receiver: {}\n{}",
-        fr.status,
-        fr.stderr
-    );
+    let fr = stop_both_cleanly(&mut s, &mut recv.proc, twice);
     assert!(fr.stderr.contains("bitmask-recv: cam: "), "{}", fr.stderr);
     assert!(!fr.stderr.contains("exiting now"), "{}", fr.stderr);
 }
@@ -839,17 +847,7 @@ fn a_hangup_stops_both_sides_cleanly_unless_ignored() {
     with_hup(&mut cmd, false);
     let mut s = Proc::spawn(&mut cmd);
     recv.proc.wait_for_stderr("stream from \"cam\"", LIMIT);
-    hup(s.id());
-    let fs = s.wait(LIMIT);
-    assert!(fs.status.success(), "{}", fs.stderr);
-    assert!(
-        fs.stderr.contains("bitmask-send: captured"),
-        "{}",
-        fs.stderr
-    );
-    hup(recv.proc.id());
-    let fr = recv.proc.wait(LIMIT);
-    assert!(fr.status.success(), "{}", fr.stderr);
+    let fr = stop_both_cleanly(&mut s, &mut recv.proc, hup);
     assert!(fr.stderr.contains("stopping: signal 1"), "{}", fr.stderr);
     assert!(fr.stderr.contains("bitmask-recv: total:"), "{}", fr.stderr);
     // under nohup (SIGHUP ignored): still running after a hangup
@@ -1521,18 +1519,10 @@ fn a_sender_stopped_without_a_receiver_counts_every_frame() {
 /// Waits until sender `s` says in a progress line (INFO, every second by
 /// default) that it has captured `n` frames or more.
 fn wait_until_captured(s: &Proc, n: u64) {
-    let captured = |l: &str| -> Option<u64> {
-        l.split("captured ")
-            .nth(1)?
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
     s.wait_for_stderr_lines(
         &format!("progress with {n} or more captured"),
         1,
-        |l| l.contains("INFO") && captured(l).is_some_and(|c| c >= n),
+        |l| l.contains("INFO") && number_after(l, "captured ").is_some_and(|c| c >= n as f64),
         LIMIT,
     );
 }
@@ -1811,16 +1801,13 @@ fn log_every_spaces_the_progress_lines_and_rates_cover_the_interval() {
     // The sender's rates are over the 3 s since its line before: frames
     // sent in between over that time (not since the start, nor the last
     // second).
-    let num = |l: &str, before: &str, after: &str| -> f64 {
-        l.split(before)
-            .nth(1)
-            .and_then(|r| r.split(after).next()?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {before:?} in {l}"))
+    let num = |l: &str, before: &str| -> f64 {
+        number_after(l, before).unwrap_or_else(|| panic!("no number after {before:?} in {l}"))
     };
-    let win = num(&progress[1], "last ", " s ");
+    let win = num(&progress[1], "last ");
     assert!(win >= 2.9, "{}", progress[1]);
-    let sent = num(&progress[1], ", sent ", " frames") - num(&progress[0], ", sent ", " frames");
-    let fps = num(&progress[1], " s ", " fps");
+    let sent = num(&progress[1], ", sent ") - num(&progress[0], ", sent ");
+    let fps = num(&progress[1], " s ");
     assert!(
         (fps - sent / win).abs() <= 0.05 * fps + 0.1,
         "{sent} frames in {win} s: {}",
@@ -1828,8 +1815,8 @@ fn log_every_spaces_the_progress_lines_and_rates_cover_the_interval() {
     );
     // The receiver's too: its frames since its line before over the time
     // between the two lines (3 s of frames over one second would be 3x).
-    let got = num(&lines[1], "cam: ", " frames") - num(&lines[0], "cam: ", " frames");
-    let fps = num(&lines[1], "), ", " fps");
+    let got = num(&lines[1], "cam: ") - num(&lines[0], "cam: ");
+    let fps = num(&lines[1], "), ");
     let per_s = got / log_gap(&lines[0], &lines[1]);
     assert!(got > 0.0, "{lines:?}");
     assert!(

@@ -295,7 +295,7 @@ fn render(rows: &[Row], frames: usize) -> String {
     s.push_str(&format!(
         "Instructions per 1024x768 frame, counted with `../shared/tools/arm-icount/run` \
 (qemu-arm {}, TCG plugin) over {frames} frames minus the setup; builds as `cargo xtask dist` \
-(profile `dist`; ARMv6: `-C target-cpu=arm1176jzf-s --cfg bitmask_armv6`, ARMv7: `-C target-cpu=cortex-a7 +neon --cfg bitmask_neon --cfg bitmask_armv6`). \
+(profile `dist`; ARMv6: `{}`, ARMv7: `{}`). \
 Regenerate with `cargo xtask bench pi --write`. \
 Input: a synthetic 1024x768 scene (a moving disc and blocks over a gradient, with noise; \
 about a fifth of the pixels set), thresholded at 128; the codecs encode a back-and-forth of 8 of its \
@@ -304,7 +304,9 @@ frames, a key frame every 30 (decoded from those payloads). The bench program is
         crate::util::output(Command::new("qemu-arm").arg("--version"))
             .ok()
             .and_then(|v| v.split_whitespace().nth(2).map(String::from))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        Arch::V6.rustflags(),
+        Arch::V7.rustflags(),
     ));
     s.push_str("| per frame | ARMv6 build, ARM1176 | ARMv7 build, Cortex-A7 | ARMv6 / ARMv7 | est. fps Pi Zero (ARMv6) | est. fps Pi 2, ARMv6 build | est. fps Pi 2, ARMv7 build |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");

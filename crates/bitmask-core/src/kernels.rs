@@ -151,56 +151,28 @@ pub(crate) mod neon {
     /// The bit weight of each of 16 pixels in its packed byte.
     static WEIGHTS: [u8; 16] = [128, 64, 32, 16, 8, 4, 2, 1, 128, 64, 32, 16, 8, 4, 2, 1];
 
-    /// MSB-first bits of `values >= t` for the whole groups of 16 pixels
-    /// (two output bytes each, into `dst`); returns the pixels done.
-    /// `vcge` marks each pixel 0xff or 0, `vand` keeps its bit weight,
-    /// three pairwise adds sum each 8 into a byte.
-    pub(crate) fn gray_bits16(values: &[u8], t: u8, dst: &mut [u8]) -> usize {
-        let n = (values.len() / 16).min(dst.len() / 2);
-        if n == 0 {
-            return 0;
-        }
-        // SAFETY: reads 16 * n bytes of `values` and writes 2 * n of `dst`,
-        // both within their slices (n bounded by both above); the vector
-        // registers used are declared clobbered; NEON is in the build.
-        unsafe {
-            core::arch::asm!(
-                "vdup.8 q8, {t}",
-                "vld1.8 {{d18-d19}}, [{w}]",
-                "2:",
-                "vld1.8 {{d0-d1}}, [{src}]!",
-                "vcge.u8 q0, q0, q8",
-                "vand q0, q0, q9",
-                "vpadd.i8 d0, d0, d1",
-                "vpadd.i8 d0, d0, d0",
-                "vpadd.i8 d0, d0, d0",
-                "vst1.16 {{d0[0]}}, [{dst}]!",
-                "subs {n}, {n}, #1",
-                "bne 2b",
-                t = in(reg) t as u32,
-                w = in(reg) WEIGHTS.as_ptr(),
-                src = inout(reg) values.as_ptr() => _,
-                dst = inout(reg) dst.as_mut_ptr() => _,
-                n = inout(reg) n => _,
-                out("q0") _,
-                out("q8") _,
-                out("q9") _,
-                options(nostack),
-            );
-        }
-        n * 16
-    }
-
-    /// One channel's loop (`$ld0`/`$ld1`: the de-interleaving loads of 16
-    /// pixels, their channels in q0-q3; `$ch`: the channel's register).
+    /// The loop of [`gray_bits16`] and [`channel_bits16`]: `$ld` loads 16
+    /// pixels (`ld3`/`ld4`: de-interleaved, their channels in q0-q3),
+    /// `$ch` is the register of the values compared.
     macro_rules! channel_loop {
-        ($ld0:literal, $ld1:literal, $ch:literal, $t:expr, $src:expr, $dst:expr, $n:expr) => {
+        (ld3, $($rest:tt)*) => {
+            channel_loop!(
+                "vld3.8 {{d0, d2, d4}}, [{src}]!\nvld3.8 {{d1, d3, d5}}, [{src}]!",
+                $($rest)*
+            )
+        };
+        (ld4, $($rest:tt)*) => {
+            channel_loop!(
+                "vld4.8 {{d0, d2, d4, d6}}, [{src}]!\nvld4.8 {{d1, d3, d5, d7}}, [{src}]!",
+                $($rest)*
+            )
+        };
+        ($ld:literal, $ch:literal, $t:expr, $src:expr, $dst:expr, $n:expr) => {
             core::arch::asm!(
                 "vdup.8 q8, {t}",
                 "vld1.8 {{d18-d19}}, [{w}]",
                 "2:",
-                $ld0,
-                $ld1,
+                $ld,
                 concat!("vcge.u8 q10, ", $ch, ", q8"),
                 "vand q10, q10, q9",
                 "vpadd.i8 d20, d20, d21",
@@ -226,6 +198,23 @@ pub(crate) mod neon {
         };
     }
 
+    /// MSB-first bits of `values >= t` for the whole groups of 16 pixels
+    /// (two output bytes each, into `dst`); returns the pixels done.
+    /// `vcge` marks each pixel 0xff or 0, `vand` keeps its bit weight,
+    /// three pairwise adds sum each 8 into a byte.
+    pub(crate) fn gray_bits16(values: &[u8], t: u8, dst: &mut [u8]) -> usize {
+        let n = (values.len() / 16).min(dst.len() / 2);
+        if n == 0 {
+            return 0;
+        }
+        let (src, out) = (values.as_ptr(), dst.as_mut_ptr());
+        // SAFETY: reads 16 * n bytes of `values` and writes 2 * n of `dst`,
+        // both within their slices (n bounded by both above); the vector
+        // registers used are declared clobbered; NEON is in the build.
+        unsafe { channel_loop!("vld1.8 {{d0-d1}}, [{src}]!", "q0", t, src, out, n) };
+        n * 16
+    }
+
     /// MSB-first bits of `channel >= t` for the whole groups of 16 pixels
     /// of `bpp` (3 or 4) bytes, the channel at byte `offset` (`< bpp`),
     /// into `dst` (two bytes a group); returns the pixels done. `vld3` /
@@ -247,69 +236,13 @@ pub(crate) mod neon {
         // registers used are declared clobbered; NEON is in the build.
         unsafe {
             match (bpp, offset) {
-                (3, 0) => channel_loop!(
-                    "vld3.8 {{d0, d2, d4}}, [{src}]!",
-                    "vld3.8 {{d1, d3, d5}}, [{src}]!",
-                    "q0",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
-                (3, 1) => channel_loop!(
-                    "vld3.8 {{d0, d2, d4}}, [{src}]!",
-                    "vld3.8 {{d1, d3, d5}}, [{src}]!",
-                    "q1",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
-                (3, _) => channel_loop!(
-                    "vld3.8 {{d0, d2, d4}}, [{src}]!",
-                    "vld3.8 {{d1, d3, d5}}, [{src}]!",
-                    "q2",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
-                (_, 0) => channel_loop!(
-                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
-                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
-                    "q0",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
-                (_, 1) => channel_loop!(
-                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
-                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
-                    "q1",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
-                (_, 2) => channel_loop!(
-                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
-                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
-                    "q2",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
-                _ => channel_loop!(
-                    "vld4.8 {{d0, d2, d4, d6}}, [{src}]!",
-                    "vld4.8 {{d1, d3, d5, d7}}, [{src}]!",
-                    "q3",
-                    t,
-                    src,
-                    out,
-                    n
-                ),
+                (3, 0) => channel_loop!(ld3, "q0", t, src, out, n),
+                (3, 1) => channel_loop!(ld3, "q1", t, src, out, n),
+                (3, _) => channel_loop!(ld3, "q2", t, src, out, n),
+                (_, 0) => channel_loop!(ld4, "q0", t, src, out, n),
+                (_, 1) => channel_loop!(ld4, "q1", t, src, out, n),
+                (_, 2) => channel_loop!(ld4, "q2", t, src, out, n),
+                _ => channel_loop!(ld4, "q3", t, src, out, n),
             }
         }
         n * 16
@@ -1063,7 +996,6 @@ mod path_tests {
         }
     }
 
-    /// Each gray kernel (SWAR, SSE2, AVX2) alone, on every length 0..300 and many thresholds.
     /// `n` bytes of xorshift from `seed`.
     fn random_bytes(mut x: u64, n: usize) -> Vec<u8> {
         (0..n)
@@ -1076,6 +1008,8 @@ mod path_tests {
             .collect()
     }
 
+    /// Each gray kernel (SWAR, SSE2, AVX2, NEON, ARMv6) alone, on every
+    /// length 0..300 and many thresholds.
     #[test]
     fn gray_paths_agree() {
         let values = random_bytes(0x9E37_79B9_7F4A_7C15, 300);

@@ -583,13 +583,14 @@ impl Encoder {
                 } else {
                     limit
                 };
-                if best > limit / 8 && self.general_skip > 0 {
-                    // (they lost on the frames before: tried less often)
+                let wanted = best > limit / 8;
+                // (they lost on the frames before: tried less often)
+                let skipped = wanted && self.general_skip > 0;
+                if skipped {
                     self.general_skip -= 1;
-                    best = 0;
                 }
                 // (a frame whose time ran out before them is not one they lost)
-                let tried = best > limit / 8 && in_budget();
+                let tried = wanted && !skipped && in_budget();
                 if tried && self.try_lz4(packed, best) {
                     best = self.scratch.len();
                     out.truncate(base);
@@ -597,6 +598,7 @@ impl Encoder {
                     (result.codec, result.flags) = (CODEC_LZ4, 0);
                 }
                 if cfg!(feature = "zstd")
+                    && tried
                     && best > limit / 8
                     && in_budget()
                     && self.try_zstd(packed, best)?

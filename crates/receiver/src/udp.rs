@@ -787,6 +787,16 @@ mod tests {
     }
 
     impl Bed {
+        /// Every frame in reassembly as if its last datagram came `by`
+        /// earlier.
+        fn age(&mut self, by: Duration) {
+            for s in self.streams.values_mut() {
+                for p in &mut s.partial {
+                    p.last -= by;
+                }
+            }
+        }
+
         fn new() -> Bed {
             Bed {
                 hub: test_hub(4),
@@ -1046,11 +1056,7 @@ mod tests {
             bed.feed(&d);
         }
         let spent = Duration::from_millis(400);
-        for s in bed.streams.values_mut() {
-            for p in &mut s.partial {
-                p.last -= spent; // (as if the write had taken it)
-            }
-        }
+        bed.age(spent); // (as if the write had taken it)
         credit(&mut bed.streams, spent);
         sweep(&bed.hub, &mut bed.streams);
         for d in &a[1..] {
@@ -1061,11 +1067,7 @@ mod tests {
         // without the credit the frame was given up: the sweep still does
         // give up a frame whose datagrams stopped
         bed.feed(&fragments(&raw_frame(64, 8, 1, 1), 1, 1, 30)[0]);
-        for s in bed.streams.values_mut() {
-            for p in &mut s.partial {
-                p.last -= FRAGMENT_GAP + Duration::from_millis(1);
-            }
-        }
+        bed.age(FRAGMENT_GAP + Duration::from_millis(1));
         credit(&mut bed.streams, Duration::from_millis(5)); // (not a slow write)
         sweep(&bed.hub, &mut bed.streams);
         let s = crate::stats::lock(&bed.hub.stats.sender("a")).snapshot();

@@ -721,6 +721,18 @@ pub fn parse_frame<'a>(bytes: &'a [u8], limits: &Limits) -> Result<FrameRef<'a>,
     let payload = bytes[HEADER_LEN..]
         .get(..len)
         .ok_or_else(|| truncated("payload", len, bytes.len() - HEADER_LEN))?;
+    check_crc(head, &header, stored, payload)?;
+    Ok(FrameRef { header, payload })
+}
+
+/// Checks a frame's `stored` CRC against its header bytes `head` and
+/// `payload` ([`parse_frame`] and [`FrameReader`]).
+fn check_crc(
+    head: &[u8; HEADER_LEN],
+    header: &Header,
+    stored: u32,
+    payload: &[u8],
+) -> Result<(), WireError> {
     let computed = crc(&head[..36], payload);
     if computed != stored {
         return Err(WireError::CrcMismatch {
@@ -729,7 +741,7 @@ pub fn parse_frame<'a>(bytes: &'a [u8], limits: &Limits) -> Result<FrameRef<'a>,
             computed,
         });
     }
-    Ok(FrameRef { header, payload })
+    Ok(())
 }
 
 /// A frame borrowed from a [`FrameReader`]'s buffer (or from the bytes
@@ -1043,14 +1055,7 @@ impl<R: Read> FrameReader<R> {
         // the whole frame is in: the next call reads the next one
         self.frame = None;
         self.head_len = 0;
-        let computed = crc(&self.head[..36], &self.buf[..len]);
-        if computed != stored {
-            return Err(WireError::CrcMismatch {
-                sequence: header.sequence,
-                stored,
-                computed,
-            });
-        }
+        check_crc(&self.head, &header, stored, &self.buf[..len])?;
         Ok(Some(header))
     }
 

@@ -157,6 +157,49 @@ fn a_per_sender_out_directory_deleted_while_running_is_made_again() {
 }
 
 #[test]
+fn keep_bounds_each_directory_across_restarts() {
+    // --keep 5 --per-sender: 20 frames leave the newest 5; a restarted
+    // receiver counts the files the first one left (oldest first) and a
+    // restarted sender's 10 frames leave only its own newest 5; files that
+    // are not frame files of this format stay.
+    let tmp = TempDir::new("stream-keep");
+    let expected = inputs(&tmp.join("in"));
+    let out = tmp.join("out");
+    let cam = out.join("cam");
+    let run = |frames: &str| {
+        let mut r = start_receiver(&[
+            "--per-sender",
+            "--out",
+            out.to_str().unwrap(),
+            "--keep",
+            "5",
+            "--count",
+            frames,
+        ]);
+        let f = Proc::spawn(&mut sender(
+            &r.addr,
+            "cam",
+            &tmp.join("in"),
+            &["--fps", "100", "--count", frames, "--no-drop"],
+        ))
+        .wait(LIMIT);
+        assert!(f.status.success(), "sender: {}", f.stderr);
+        let fr = r.proc.wait(LIMIT);
+        assert!(fr.status.success(), "receiver: {}", fr.stderr);
+        fr.stderr
+    };
+    let log = run("20");
+    assert_eq!(check_frames(&cam, &expected), [15, 16, 17, 18, 19], "{log}");
+    std::fs::write(cam.join("notes.txt"), b"mine").unwrap();
+    std::fs::write(cam.join("frame-000001.png"), b"another format").unwrap();
+    let log = run("10");
+    assert_eq!(check_frames(&cam, &expected), [5, 6, 7, 8, 9], "{log}");
+    let mut left = list(&cam);
+    left.retain(|n| !n.ends_with(".raw"));
+    assert_eq!(left, ["frame-000001.png", "notes.txt"], "{log}");
+}
+
+#[test]
 fn a_slow_udp_sender_keeps_its_stream_and_its_reference_frame() {
     // A frame every 4 s over UDP, delta-coded, to a receiver whose
     // --timeout is 1 s: the sender's hellos (every second, frames or not)

@@ -13,6 +13,7 @@ macro_rules! say {
 mod acks;
 mod exec;
 mod http;
+mod keep;
 mod memory;
 mod output;
 mod session;
@@ -146,6 +147,18 @@ struct Cli {
     /// the sender's --name); without it all frames go to DIR/ as before.
     #[arg(long)]
     per_sender: bool,
+
+    /// Keep only the newest N frame files in --out DIR (in each sender's
+    /// directory with --per-sender), removing the oldest as new ones are
+    /// written, so that a receiver left running does not fill its card
+    /// (10,000 masks of 1024x768 are 983 MB as raw, and some 60-500 MB as
+    /// PNG, the grainier the larger).
+    /// Frame files earlier runs left there count too, oldest first by
+    /// modification time; only frame-*.EXT files of this --format are
+    /// counted or removed. A directory found holding many more is brought
+    /// down 64 files a frame.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
 
     /// Log each sender's line (frames, losses, fps and Mbit/s over the
     /// interval, latency over its last second) every SECS seconds (the
@@ -356,6 +369,16 @@ fn run(cli: Cli) -> Result<()> {
         // net.core.rmem_max, 208 KiB by default: the kernel doubles it.)
         let _ = socket2::SockRef::from(u).set_recv_buffer_size(4 << 20);
     }
+    let keep = match (cli.keep, cli.out.as_deref()) {
+        (None, _) => None,
+        (Some(n), Some(d)) if d.as_os_str() != "-" => Some(std::sync::Arc::new(keep::Keep::new(
+            usize::try_from(n).unwrap_or(usize::MAX),
+            cli.format.ext(),
+        ))),
+        (Some(n), _) => anyhow::bail!(
+            "--keep {n} needs --out DIR (a directory, not -): it bounds the frame files there"
+        ),
+    };
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
@@ -375,16 +398,22 @@ fn run(cli: Cli) -> Result<()> {
         session::Sinks {
             shared: shared.map(std::sync::Mutex::new),
             per_sender: Some((dir.clone(), cli.format, output::MountWatch::new(&dir))),
+            keep,
         }
     } else {
+        let mut shared = Output::open(
+            cli.out.as_deref(),
+            cli.latest.as_deref(),
+            cli.exec.as_deref(),
+            cli.format,
+        )?;
+        if let Some(k) = keep {
+            shared.keep(k);
+        }
         session::Sinks {
-            shared: Some(std::sync::Mutex::new(Output::open(
-                cli.out.as_deref(),
-                cli.latest.as_deref(),
-                cli.exec.as_deref(),
-                cli.format,
-            )?)),
+            shared: Some(std::sync::Mutex::new(shared)),
             per_sender: None,
+            keep: None,
         }
     };
     if let Some(dir) = cli.out.clone().filter(|d| d.as_os_str() != "-") {

@@ -34,7 +34,8 @@ pub enum Format {
 }
 
 impl Format {
-    fn ext(self) -> &'static str {
+    /// The file name extension of its frame files.
+    pub fn ext(self) -> &'static str {
         match self {
             Format::Raw => "raw",
             Format::Gray8 => "gray",
@@ -115,6 +116,8 @@ pub struct Output {
     /// before a restart ([`RECENT`] at most): not taken for such frames
     /// ([`written_before`]). Nothing is kept on the ordinary path.
     recent: std::collections::VecDeque<PathBuf>,
+    /// `--keep N`: the bound on the frame files in `dir`.
+    keep: Option<std::sync::Arc<crate::keep::Keep>>,
 }
 
 /// Files an [`Output`] remembers having written.
@@ -159,6 +162,7 @@ impl Output {
             renumbered: false,
             latest_log: Default::default(),
             recent: Default::default(),
+            keep: None,
         };
         match out {
             Some(p) if p.as_os_str() == "-" => {
@@ -223,6 +227,12 @@ impl Output {
     /// (`--per-sender`'s base directory for a sender's own directory).
     pub fn watch(&mut self, w: &MountWatch) {
         self.watches.push(w.clone());
+    }
+
+    /// Keeps the frame files of the output's directory to `k`'s bound
+    /// (`--keep N`), the oldest removed as new ones are written.
+    pub fn keep(&mut self, k: std::sync::Arc<crate::keep::Keep>) {
+        self.keep = Some(k);
     }
 
     /// Writes one decoded mask (wire layout) of the frame `h` to every sink.
@@ -326,6 +336,9 @@ impl Output {
                 Err(e) => failed = Some(e),
                 Ok(path) => {
                     took = true;
+                    if let Some(k) = &self.keep {
+                        k.wrote(dir, &path);
+                    }
                     if check {
                         if self.recent.len() >= RECENT {
                             self.recent.pop_front();

@@ -138,6 +138,9 @@ pub struct Sinks {
     /// `--per-sender`: files go to DIR/<name>/ in this format, not while
     /// DIR was a mount point and is not one now.
     pub per_sender: Option<(PathBuf, Format, MountWatch)>,
+    /// `--keep N`, for each `--per-sender` directory (the shared output
+    /// has it already).
+    pub keep: Option<Arc<crate::keep::Keep>>,
 }
 
 /// Everything the sessions share. Built once in `main`.
@@ -1239,6 +1242,9 @@ fn open_own(hub: &Hub, name: &str) -> Result<Option<Output>> {
         .and_then(|()| Output::open(Some(&d), None, None, *format))
         .map_err(|e| e.context(format!("output directory {}", d.display())))?;
     o.watch(watch);
+    if let Some(k) = &hub.sinks.keep {
+        o.keep(k.clone());
+    }
     Ok(Some(o))
 }
 
@@ -2352,6 +2358,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         });
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let (n, apart, a1) = hub.name_for("cam", a);
@@ -2382,6 +2389,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         });
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         drop(hub.name_for("cam", a));
@@ -2403,6 +2411,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         });
         let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
         let _owner = hub.name_for("cam", "10.0.0.1".parse().unwrap());
@@ -2423,6 +2432,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         });
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let _a = hub.name_for("cam", ip("10.0.0.1"));
@@ -2472,6 +2482,7 @@ mod tests {
         let sinks = Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         };
         let hub = Hub::new(
             Limits::default(),
@@ -2527,6 +2538,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: Some(Mutex::new(out)),
             per_sender: None,
+            keep: None,
         });
         (hub, dir)
     }
@@ -2678,6 +2690,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         });
         let st = state();
         // Silent for far longer than --timeout (1 s here) since its frame.
@@ -2697,6 +2710,7 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         });
         hub.memory.set_limit(10 * MIB);
         let mut busy = 0;

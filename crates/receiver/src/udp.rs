@@ -727,6 +727,7 @@ mod tests {
         let sinks = Sinks {
             shared: None,
             per_sender: None,
+            keep: None,
         };
         Hub::new(
             Limits::default(),

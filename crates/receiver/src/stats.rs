@@ -647,8 +647,10 @@ type Retired = (SenderSnapshot, Option<(Instant, Instant)>);
 const MAX_REMEMBERED: usize = 256;
 
 /// A jump forward in sequence numbers above this (a day at 50,000 frames/s)
-/// is taken as a new numbering, not as that many lost frames.
-pub(crate) const MAX_GAP: u64 = 1 << 32;
+/// is taken as a new numbering, not as that many lost frames. (The UDP
+/// reassembler's bound, so that a frame it takes for this stream's is
+/// counted so too.)
+pub(crate) const MAX_GAP: u64 = bitmask_wire::udp::MAX_GAP;
 
 impl StatsRegistry {
     /// An empty registry.

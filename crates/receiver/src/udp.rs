@@ -22,7 +22,7 @@
 //! new stream is ignored instead.
 
 use crate::session::{more_like_it, Hub, NameHold, StreamCtx, Throttle};
-use crate::stats::MAX_GAP;
+use bitmask_wire::udp::{GivenUp, Push, Reassembler};
 use bitmask_wire::{FrameReader, Limits, HEADER_LEN};
 use std::collections::HashMap;
 use std::io;
@@ -43,90 +43,45 @@ pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
 /// sender of a frame a minute keeps its stream, and its decoder's
 /// reference frame, by its hellos).
 pub const QUIET: Duration = Duration::from_secs(3);
-/// Sequence numbers of frames given up, remembered per stream so that
-/// their late datagrams are ignored (not reassembled and given up again).
-const GIVEN_UP: usize = 64;
-/// Frames in reassembly per stream.
-pub const MAX_PARTIAL: usize = 3;
 
 /// Parses and checks one datagram (bitmask_wire::udp); the error is the log text.
 fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Dgram, &'a [u8]), String> {
     Dgram::parse(b, limits).map_err(|e| e.to_string())
 }
 
-struct Partial {
-    sequence: u64,
-    frame_len: u32,
-    stride: u16,
-    got: Vec<bool>,
-    missing: usize,
-    buf: Vec<u8>,
-    last: Instant,
-}
-
 struct Stream {
     ctx: Option<StreamCtx>,
     /// Its hold on its sender name (`Hub::name_for`), once its hello came.
     hold: Option<NameHold>,
-    partial: Vec<Partial>,
-    /// Highest sequence delivered (older datagrams are late).
-    done_upto: Option<u64>,
-    /// The last [`GIVEN_UP`] frames given up (their datagrams are late too).
-    given_up: std::collections::VecDeque<u64>,
+    /// Its frames in reassembly, and which datagrams are late.
+    reasm: Reassembler,
     last_seen: Instant,
     /// When it last delivered a frame.
     delivered: Option<Instant>,
     warned_no_hello: bool,
-    spare: Vec<Vec<u8>>,
 }
 
 impl Stream {
     /// Gives up every frame in reassembly (counted incomplete).
     fn give_up_all(&mut self, why: &str) {
-        while !self.partial.is_empty() {
-            self.give_up(0, why);
-        }
+        let ctx = &mut self.ctx;
+        self.reasm.give_up_all(|g| gave_up(ctx, g, &why));
     }
+}
 
-    fn give_up(&mut self, i: usize, why: &str) {
-        let p = self.partial.swap_remove(i);
-        if let Some(ctx) = &mut self.ctx {
-            log::debug!(
-                "{}: frame {} incomplete ({} of {} datagrams missing): {why}",
-                ctx.name(),
-                p.sequence,
-                p.missing,
-                p.got.len()
-            );
-            ctx.incomplete(1);
-            ctx.reassembled(p.frame_len);
-        }
-        self.forget(p.sequence);
-        self.spare.push(p.buf);
-    }
-
-    /// Makes the later datagrams of frame `sequence` late (see [`Self::late`]).
-    fn forget(&mut self, sequence: u64) {
-        if self.given_up.len() == GIVEN_UP {
-            self.given_up.pop_front();
-        }
-        self.given_up.push_back(sequence);
-    }
-
-    /// Whether a datagram of frame `sequence` comes too late: that frame
-    /// or a later one (by at most [`MAX_GAP`]) was delivered, or that frame
-    /// was given up.
-    fn late(&self, sequence: u64) -> bool {
-        self.done_upto
-            .is_some_and(|u| sequence <= u && u - sequence <= MAX_GAP)
-            || self.given_up.contains(&sequence)
-    }
-
-    /// Whether frame `sequence` is more than [`MAX_GAP`] ahead of the last
-    /// one delivered: no sender skips that many, so it is not this stream's.
-    fn too_far(&self, sequence: u64) -> bool {
-        self.done_upto
-            .is_some_and(|u| sequence > u && sequence - u > MAX_GAP)
+/// Counts a frame given up as incomplete, and gives back what its
+/// reassembly held of the memory budget.
+fn gave_up(ctx: &mut Option<StreamCtx>, g: GivenUp, why: &dyn std::fmt::Display) {
+    if let Some(ctx) = ctx {
+        log::debug!(
+            "{}: frame {} incomplete ({} of {} datagrams missing): {why}",
+            ctx.name(),
+            g.sequence,
+            g.missing,
+            g.count
+        );
+        ctx.incomplete(1);
+        ctx.reassembled(g.frame_len);
     }
 }
 
@@ -204,7 +159,7 @@ fn over_the_cap(
     if s.ctx.is_none() {
         return false;
     }
-    if !s.late(d.sequence) && !s.too_far(d.sequence) {
+    if !s.reasm.late(d.sequence) && !s.reasm.too_far(d.sequence) {
         let ctx = s.ctx.as_mut().expect("checked above");
         ctx.corrupt_numbered(
             d.sequence,
@@ -213,7 +168,7 @@ fn over_the_cap(
                 d.sequence, d.frame_len, hub.limits.max_width, hub.limits.max_height
             ),
         );
-        s.forget(d.sequence);
+        s.reasm.forget(d.sequence);
     }
     s.last_seen = Instant::now();
     true
@@ -227,7 +182,7 @@ fn end(mut s: Stream, from: SocketAddr, next: u64) {
     if let Some(ctx) = &mut s.ctx {
         // (against what this stream delivered, not the name's numbers,
         // which may be another stream's: none delivered, nothing counted)
-        if let Some(last) = s.done_upto {
+        if let Some(last) = s.reasm.last_delivered() {
             ctx.ended(last, next);
         }
         log::info!(
@@ -252,18 +207,16 @@ fn credit(streams: &mut HashMap<(SocketAddr, u32), Stream>, spent: Duration) {
         return;
     }
     for s in streams.values_mut() {
-        for p in &mut s.partial {
-            p.last += spent;
-        }
+        s.reasm.credit(spent);
     }
 }
 
 fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
     let now = Instant::now();
     for s in streams.values_mut() {
-        while let Some(i) = s.partial.iter().position(|p| now - p.last > FRAGMENT_GAP) {
-            s.give_up(i, "no datagram for 250 ms");
-        }
+        let ctx = &mut s.ctx;
+        s.reasm
+            .expire(now, FRAGMENT_GAP, |g| gave_up(ctx, g, &g.why));
     }
     streams.retain(|(from, _), s| {
         let keep = now - s.last_seen < hub.timeout.max(QUIET);
@@ -427,13 +380,10 @@ fn on_dgram(
             Stream {
                 ctx: None,
                 hold: None,
-                partial: Vec::new(),
-                done_upto: None,
-                given_up: Default::default(),
+                reasm: Reassembler::new(),
                 last_seen: Instant::now(),
                 delivered: None,
                 warned_no_hello: false,
-                spare: Vec::new(),
             },
         );
     }
@@ -492,114 +442,74 @@ fn on_dgram(
         }
         return;
     }
-    if s.late(d.sequence) {
-        return; // late or duplicate
-    }
-    if s.too_far(d.sequence) {
-        log::debug!(
-            "udp from {from}: frame {} is too far ahead of frame {:?}, the last delivered",
-            d.sequence,
-            s.done_upto
-        );
-        return;
-    }
-    let i = match s.partial.iter().position(|p| p.sequence == d.sequence) {
-        Some(i) => i,
-        None => {
-            if s.partial.len() >= MAX_PARTIAL {
-                let oldest = (0..s.partial.len())
-                    .min_by_key(|&i| s.partial[i].sequence)
-                    .unwrap();
-                if d.sequence < s.partial[oldest].sequence {
-                    return; // a straggler older than every frame in reassembly
-                }
-                s.give_up(oldest, "too many frames in reassembly");
-            }
-            let ctx = s.ctx.as_mut().expect("checked above");
-            if !ctx.admit_datagrams(d.sequence, d.frame_len) {
-                s.forget(d.sequence); // (counted once: its other datagrams are late)
-                return;
-            }
-            // Neither cleared nor shrunk: the fragments cover every byte
-            // of `..frame_len` before the frame is read (checked by `parse`:
-            // count, stride and each fragment's length, and above: each
-            // fragment agrees with the first), so nothing stale is ever
-            // read, and a datagram claiming a large frame costs no memset
-            // of it (once the buffer has grown).
-            let mut buf = s.spare.pop().unwrap_or_default();
-            if buf.len() < d.frame_len as usize {
-                // exactly: a doubling growth would allocate past the cap
-                buf.reserve_exact(d.frame_len as usize - buf.len());
-                buf.resize(d.frame_len as usize, 0);
-            }
-            s.partial.push(Partial {
-                sequence: d.sequence,
-                frame_len: d.frame_len,
-                stride: d.stride,
-                got: vec![false; d.count as usize],
-                missing: d.count as usize,
-                buf,
-                last: Instant::now(),
-            });
-            s.partial.len() - 1
+    // (both callbacks count on the stream; a frame given up for a new one
+    // gives its memory back before the new one asks for its own)
+    let ctx = std::cell::RefCell::new(&mut s.ctx);
+    let pushed = s.reasm.push(
+        &d,
+        data,
+        Instant::now(),
+        // (refused for memory: counted and logged there, once: its other
+        // datagrams are late)
+        |seq, len| {
+            ctx.borrow_mut()
+                .as_mut()
+                .is_some_and(|c| c.admit_datagrams(seq, len))
+        },
+        |g| gave_up(&mut ctx.borrow_mut(), g, &g.why),
+    );
+    let whole = match pushed {
+        Push::Complete(w) => w,
+        Push::TooFar => {
+            log::debug!(
+                "udp from {from}: frame {} is too far ahead of frame {:?}, the last delivered",
+                d.sequence,
+                s.reasm.last_delivered()
+            );
+            return;
         }
+        Push::Disagrees => {
+            log::debug!(
+                "udp from {from}: fragment disagrees with its frame {}",
+                d.sequence
+            );
+            return;
+        }
+        // (pending, late or a copy, a straggler, refused)
+        _ => return,
     };
-    let p = &mut s.partial[i];
-    if p.frame_len != d.frame_len || p.stride != d.stride || p.got.len() != d.count as usize {
-        log::debug!(
-            "udp from {from}: fragment disagrees with its frame {}",
-            d.sequence
-        );
-        return;
-    }
-    p.last = Instant::now();
-    if p.got[d.index as usize] {
-        return;
-    }
-    p.got[d.index as usize] = true;
-    p.missing -= 1;
-    let off = d.index as usize * d.stride as usize;
-    p.buf[off..off + data.len()].copy_from_slice(data);
-    if p.missing > 0 {
-        return;
-    }
-    // Complete: older frames still in reassembly will not be delivered.
-    let p = s.partial.swap_remove(i);
-    while let Some(j) = s.partial.iter().position(|q| q.sequence < p.sequence) {
-        s.give_up(j, "a later frame completed first");
-    }
-    let len = p.frame_len as usize;
+    let len = whole.frame_len as usize;
     let mut spent = Duration::ZERO;
     // (read in place: no copy of the frame into a reader's buffer)
-    let got = bitmask_wire::parse_frame(&p.buf[..len], &hub.limits);
-    let whole = |f: &bitmask_wire::FrameRef| {
-        f.header.sequence == p.sequence && HEADER_LEN + f.payload.len() == len
+    let got = bitmask_wire::parse_frame(whole.bytes(), &hub.limits);
+    let is_whole = |f: &bitmask_wire::FrameRef| {
+        f.header.sequence == whole.sequence && HEADER_LEN + f.payload.len() == len
     };
-    if !matches!(&got, Ok(f) if whole(f)) {
-        s.forget(p.sequence); // (its duplicates are not reassembled again)
+    if !matches!(&got, Ok(f) if is_whole(f)) {
+        s.reasm.forget(whole.sequence); // (its duplicates are not reassembled again)
     }
     let ctx = s.ctx.as_mut().expect("checked above");
     match got {
         // (damaged: counted corrupt under the number its datagrams say,
         // not also lost in the gap before the next frame)
-        Ok(f) if f.header.sequence != p.sequence => ctx.corrupt_numbered(
-            p.sequence,
+        Ok(f) if f.header.sequence != whole.sequence => ctx.corrupt_numbered(
+            whole.sequence,
             &format_args!(
                 "its datagrams say frame {}, its header {}",
-                p.sequence, f.header.sequence
+                whole.sequence, f.header.sequence
             ),
         ),
-        Ok(f) if !whole(&f) => ctx.corrupt_numbered(
-            p.sequence,
+        Ok(f) if !is_whole(&f) => ctx.corrupt_numbered(
+            whole.sequence,
             &format_args!(
                 "frame {}: its datagrams carry {len} bytes, the frame {}",
-                p.sequence,
+                whole.sequence,
                 HEADER_LEN + f.payload.len()
             ),
         ),
         Ok(f) => {
             // (a frame the data path refuses was still delivered whole)
-            s.done_upto = Some(p.sequence);
+            s.reasm.delivered(whole.sequence);
             let began = Instant::now();
             s.delivered = Some(began);
             let h = f.header;
@@ -614,11 +524,10 @@ fn on_dgram(
             }
             spent = began.elapsed();
         }
-        Err(e) => ctx.corrupt_numbered(p.sequence, &e),
+        Err(e) => ctx.corrupt_numbered(whole.sequence, &e),
     }
-    ctx.reassembled(p.frame_len);
-    s.spare.push(p.buf);
-    s.spare.truncate(MAX_PARTIAL);
+    ctx.reassembled(whole.frame_len);
+    s.reasm.recycle(whole.into_buffer());
     // (a frame delivered to a slow output: see `credit`; the clock read
     // once a frame, not once a datagram)
     credit(streams, spent);
@@ -630,6 +539,7 @@ mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitmask_wire::udp::MAX_GAP;
 
     fn dgram(index: u16, count: u16, stride: u16, frame_len: u32, data: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; DGRAM_HEADER_LEN];
@@ -785,17 +695,27 @@ mod tests {
         streams: HashMap<(SocketAddr, u32), Stream>,
         logs: Logs,
         from: SocketAddr,
+        /// How much later than the clock [`Bed::sweep`] judges the frames
+        /// in reassembly ([`Bed::age`]).
+        ahead: Duration,
     }
 
     impl Bed {
-        /// Every frame in reassembly as if its last datagram came `by`
-        /// earlier.
+        /// Every frame in reassembly, at the next [`Bed::sweep`], as if its
+        /// last datagram came `by` earlier.
         fn age(&mut self, by: Duration) {
+            self.ahead += by;
+        }
+
+        /// `serve_udp`'s sweep, the frames judged [`Bed::age`]d.
+        fn sweep(&mut self) {
+            let now = Instant::now() + self.ahead;
             for s in self.streams.values_mut() {
-                for p in &mut s.partial {
-                    p.last -= by;
-                }
+                let ctx = &mut s.ctx;
+                s.reasm
+                    .expire(now, FRAGMENT_GAP, |g| gave_up(ctx, g, &g.why));
             }
+            sweep(&self.hub, &mut self.streams);
         }
 
         fn new() -> Bed {
@@ -804,6 +724,7 @@ mod tests {
                 streams: HashMap::new(),
                 logs: Logs::default(),
                 from: "10.0.0.1:5000".parse().unwrap(),
+                ahead: Duration::ZERO,
             }
         }
 
@@ -916,6 +837,7 @@ mod tests {
             streams: HashMap::new(),
             logs: Logs::default(),
             from: "10.0.0.77:5000".parse().unwrap(),
+            ahead: Duration::ZERO,
         };
         let name = "flood-77";
         for i in 0..200u32 {
@@ -1019,7 +941,7 @@ mod tests {
         let d = fragments(&big, 1, 0, 1400);
         bed.feed(&d[0]);
         bed.feed(&d[1]);
-        assert!(bed.stream(1).partial.is_empty());
+        assert_eq!(bed.stream(1).reasm.pending().count(), 0);
         let s = crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
         assert_eq!(s.incomplete, 1);
         // a frame that fits is reassembled and delivered
@@ -1059,7 +981,7 @@ mod tests {
         let spent = Duration::from_millis(400);
         bed.age(spent); // (as if the write had taken it)
         credit(&mut bed.streams, spent);
-        sweep(&bed.hub, &mut bed.streams);
+        bed.sweep();
         for d in &a[1..] {
             bed.feed(d);
         }
@@ -1070,7 +992,7 @@ mod tests {
         bed.feed(&fragments(&raw_frame(64, 8, 1, 1), 1, 1, 30)[0]);
         bed.age(FRAGMENT_GAP + Duration::from_millis(1));
         credit(&mut bed.streams, Duration::from_millis(5)); // (not a slow write)
-        sweep(&bed.hub, &mut bed.streams);
+        bed.sweep();
         let s = crate::stats::lock(&bed.hub.stats.sender("a")).snapshot();
         assert_eq!(s.incomplete, 1);
     }
@@ -1084,16 +1006,14 @@ mod tests {
                 bed.feed(&d);
             }
         }
-        assert_eq!(bed.stream(9).done_upto, Some(2));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(2));
         // One datagram numbered 2^64 - 1 (of a frame of three), never
         // completed, given up after its 250 ms.
         let lone = fragments(&raw_frame(64, 8, 0, 2), 9, u64::MAX, 30).remove(1);
         bed.feed(&lone);
-        for p in &mut bed.streams.get_mut(&(bed.from, 9)).unwrap().partial {
-            p.last -= FRAGMENT_GAP + Duration::from_millis(1);
-        }
-        sweep(&bed.hub, &mut bed.streams);
-        assert!(bed.stream(9).partial.is_empty());
+        bed.age(FRAGMENT_GAP + Duration::from_millis(1));
+        bed.sweep();
+        assert_eq!(bed.stream(9).reasm.pending().count(), 0);
         // The frames after it are delivered; its late datagrams are not
         // reassembled again.
         for q in 3..6 {
@@ -1101,27 +1021,27 @@ mod tests {
                 bed.feed(&d);
             }
         }
-        assert_eq!(bed.stream(9).done_upto, Some(5));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(5));
         bed.feed(&lone);
-        assert!(bed.stream(9).partial.is_empty());
+        assert_eq!(bed.stream(9).reasm.pending().count(), 0);
         // A frame whose datagrams say another number than its header is
         // not delivered, and moves nothing.
         for d in fragments(&raw_frame(64, 8, 7, 4), 9, 6, 30) {
             bed.feed(&d);
         }
-        assert_eq!(bed.stream(9).done_upto, Some(5));
-        assert!(bed.stream(9).given_up.contains(&6));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(5));
+        assert!(bed.stream(9).reasm.late(6));
         for d in fragments(&raw_frame(64, 8, 7, 4), 9, 7, 30) {
             bed.feed(&d);
         }
-        assert_eq!(bed.stream(9).done_upto, Some(7));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(7));
         // A whole frame in one datagram (a valid CRC is no proof of its
         // sender) more than MAX_GAP ahead of the last delivered: ignored.
         let one = |stream: u32, q: u64| fragments(&raw_frame(8, 1, q, 5), stream, q, 100).remove(0);
         bed.feed(&one(9, 8 + MAX_GAP));
-        assert_eq!(bed.stream(9).done_upto, Some(7));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(7));
         bed.feed(&one(9, 8));
-        assert_eq!(bed.stream(9).done_upto, Some(8));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(8));
         // A stream whose first frame was such a one: its own frames, more
         // than MAX_GAP below it, are a new numbering, not late. (Within
         // MAX_GAP they would be: UDP is not authenticated, and a sender's
@@ -1129,20 +1049,20 @@ mod tests {
         bed.hello(10, "cam");
         bed.feed(&one(10, u64::MAX - 1));
         bed.feed(&one(10, 0));
-        assert_eq!(bed.stream(10).done_upto, Some(0));
+        assert_eq!(bed.stream(10).reasm.last_delivered(), Some(0));
         // Bytes after the frame in its datagrams: corrupt, not delivered.
         let mut long = raw_frame(8, 1, 10, 5);
         long.extend_from_slice(&[0xee; 5]);
         bed.feed(&fragments(&long, 9, 10, 100).remove(0));
-        assert_eq!(bed.stream(9).done_upto, Some(8));
-        assert!(bed.stream(9).given_up.contains(&10));
+        assert_eq!(bed.stream(9).reasm.last_delivered(), Some(8));
+        assert!(bed.stream(9).reasm.late(10));
         // Reassembly full (frames 20-22 half there): a straggler older than
         // all of them is ignored, not let in by giving up frame 20.
         for q in 20..23 {
             bed.feed(&fragments(&raw_frame(64, 8, q, 6), 9, q, 30)[0]);
         }
         bed.feed(&fragments(&raw_frame(64, 8, 15, 6), 9, 15, 30)[0]);
-        let mut held: Vec<u64> = bed.stream(9).partial.iter().map(|p| p.sequence).collect();
+        let mut held: Vec<u64> = bed.stream(9).reasm.pending().collect();
         held.sort();
         assert_eq!(held, [20, 21, 22]);
     }
@@ -1164,9 +1084,14 @@ mod tests {
             for d in ds {
                 bed.feed(&d);
             }
-            assert_eq!(bed.stream(9).done_upto, Some(q), "frame {q}: {w}x{hgt}");
+            assert_eq!(
+                bed.stream(9).reasm.last_delivered(),
+                Some(q),
+                "frame {q}: {w}x{hgt}"
+            );
         }
-        assert!(bed.stream(9).given_up.is_empty());
+        let s = crate::stats::lock(&bed.hub.stats.sender("cam")).snapshot();
+        assert_eq!((s.received, s.incomplete, s.corrupt), (5, 0, 0));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use bitmask_wire::udp::{Datagram, DGRAM_HEADER_LEN, KIND_FRAGMENT, KIND_HELLO};
+use bitmask_wire::udp::{fragments, Datagram, DGRAM_HEADER_LEN};
 
 /// The smallest `--mtu`: IPv4 and UDP headers, the datagram header, 64
 /// bytes of frame (IPv6 needs 20 more, checked when connecting).
@@ -95,29 +95,6 @@ impl Pacer {
     }
 }
 
-/// Encodes a datagram header (format in bitmask_wire::udp).
-#[allow(clippy::too_many_arguments)]
-fn dgram_header(
-    kind: u8,
-    index: u16,
-    count: u16,
-    stride: u16,
-    stream_id: u32,
-    sequence: u64,
-    frame_len: u32,
-) -> [u8; DGRAM_HEADER_LEN] {
-    Datagram {
-        kind,
-        index,
-        count,
-        stride,
-        stream_id,
-        sequence,
-        frame_len,
-    }
-    .encode()
-}
-
 /// A "connected" UDP socket to the receiver.
 pub struct UdpLink {
     sock: UdpSocket,
@@ -165,18 +142,7 @@ struct Refusals {
 
 /// The hello datagram of stream `stream_id`.
 fn hello_dgram(hello: &[u8], stream_id: u32) -> Vec<u8> {
-    let mut d = dgram_header(
-        KIND_HELLO,
-        0,
-        1,
-        hello.len() as u16,
-        stream_id,
-        0,
-        hello.len() as u32,
-    )
-    .to_vec();
-    d.extend_from_slice(hello);
-    d
+    [&Datagram::hello(stream_id, hello).encode()[..], hello].concat()
 }
 
 /// `--mtu` below what UDP needs to the receiver's address (IPv6 headers
@@ -433,30 +399,22 @@ impl UdpLink {
 
     /// Sends the frame's bytes as fragments.
     pub fn send(&mut self, frame: &[u8], sequence: u64) -> io::Result<()> {
-        let count = frame.len().div_ceil(self.stride);
-        let count = u16::try_from(count).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                TooManyDatagrams {
-                    len: frame.len(),
-                    count,
-                },
-            )
-        })?;
+        // (the stride fits a u16: `connect` made it from an --mtu that does)
+        let pieces =
+            fragments(frame, self.stream_id, sequence, self.stride as u16).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    TooManyDatagrams {
+                        len: frame.len(),
+                        count: frame.len().div_ceil(self.stride),
+                    },
+                )
+            })?;
         // (a frame begun is one the end datagram counts)
         self.next = self.next.max(sequence.saturating_add(1));
-        for (i, chunk) in frame.chunks(self.stride).enumerate() {
-            let h = dgram_header(
-                KIND_FRAGMENT,
-                i as u16,
-                count,
-                self.stride as u16,
-                self.stream_id,
-                sequence,
-                frame.len() as u32,
-            );
+        for (d, chunk) in pieces {
             self.dgram.clear();
-            self.dgram.extend_from_slice(&h);
+            self.dgram.extend_from_slice(&d.encode());
             self.dgram.extend_from_slice(chunk);
             self.send_dgram()?;
         }

@@ -97,6 +97,18 @@ pub enum DatagramError {
         /// The bytes it should.
         expected: usize,
     },
+    /// A frame that cannot be cut into fragments of this stride
+    /// ([`fragments`]): more than 65,535 of them, a frame of 0 bytes or of
+    /// 4 GiB or more, or a stride of 0.
+    #[error("a frame of {frame_len} B cannot go in fragments of {stride} B (it needs {count}; 1..=65535 can be numbered)")]
+    CannotFragment {
+        /// The frame's bytes.
+        frame_len: usize,
+        /// The stride asked for.
+        stride: u16,
+        /// The fragments it would need.
+        count: usize,
+    },
 }
 
 /// The longest hello datagram's data: a hello (section 2 of PROTOCOL.md)
@@ -123,6 +135,23 @@ pub struct Datagram {
 }
 
 impl Datagram {
+    /// The hello datagram of stream `stream_id` carrying `hello` (an
+    /// encoded [`Hello`](crate::Hello), at most [`HELLO_MAX_LEN`] bytes:
+    /// longer is cut to that, and refused by receivers): send its
+    /// [`encode`](Self::encode)d header, then `hello`.
+    pub fn hello(stream_id: u32, hello: &[u8]) -> Datagram {
+        let len = hello.len().min(HELLO_MAX_LEN);
+        Datagram {
+            kind: KIND_HELLO,
+            index: 0,
+            count: 1,
+            stride: len as u16,
+            stream_id,
+            sequence: 0,
+            frame_len: len as u32,
+        }
+    }
+
     /// The end of stream `stream_id`, whose frames were numbered below
     /// `next` ([`KIND_END`]); the whole datagram is its 28 header bytes.
     pub fn end(stream_id: u32, next: u64) -> Datagram {
@@ -256,6 +285,72 @@ impl Datagram {
         Ok((d, data))
     }
 }
+
+/// The fragments of one wire frame (header and payload, as
+/// [`encode_frame`](crate::encode_frame) wrote it), numbered `sequence`, of
+/// stream `stream_id`, `stride` data bytes each but the last: for each
+/// datagram, its header (send its [`encode`](Datagram::encode)d 28 bytes)
+/// and the frame's bytes that follow it. Pick `stride` so that a datagram
+/// fits the path MTU: MTU - 20 (IPv4; 40 for IPv6) - 8 (UDP) - 28.
+pub fn fragments(
+    frame: &[u8],
+    stream_id: u32,
+    sequence: u64,
+    stride: u16,
+) -> Result<Fragments<'_>, WireError> {
+    let count = if stride == 0 {
+        0
+    } else {
+        frame.len().div_ceil(stride as usize)
+    };
+    let frame_len = u32::try_from(frame.len()).ok();
+    match (u16::try_from(count), frame_len) {
+        (Ok(c @ 1..), Some(frame_len)) => Ok(Fragments {
+            chunks: frame.chunks(stride as usize),
+            next: Datagram {
+                kind: KIND_FRAGMENT,
+                index: 0,
+                count: c,
+                stride,
+                stream_id,
+                sequence,
+                frame_len,
+            },
+        }),
+        _ => Err(WireError::BadDatagram(DatagramError::CannotFragment {
+            frame_len: frame.len(),
+            stride,
+            count,
+        })),
+    }
+}
+
+/// The iterator of [`fragments`].
+#[derive(Debug, Clone)]
+pub struct Fragments<'a> {
+    chunks: std::slice::Chunks<'a, u8>,
+    next: Datagram,
+}
+
+impl<'a> Iterator for Fragments<'a> {
+    type Item = (Datagram, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let data = self.chunks.next()?;
+        let d = self.next;
+        self.next.index = self.next.index.wrapping_add(1);
+        Some((d, data))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.chunks.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Fragments<'_> {}
+
+mod reassembly;
+pub use reassembly::{GiveUp, GivenUp, Push, Reassembler, Whole, GIVEN_UP, MAX_GAP, MAX_PARTIAL};
 
 #[cfg(test)]
 mod tests {

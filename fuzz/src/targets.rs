@@ -1149,3 +1149,145 @@ pub mod wire_msgs {
         }
     }
 }
+
+/// The UDP reassembler (`bitmask_wire::udp::Reassembler`): frames cut into
+/// datagrams, those picked in any order, copied, dropped, refused by the
+/// caller's budget, mixed with forged fragments, time passing: no panic,
+/// at most `MAX_PARTIAL` frames and buffers, none larger than the largest
+/// frame, a frame in reassembly never late, and every frame completed from
+/// real datagrams is the frame they came from.
+pub mod wire_reassembly {
+    use super::*;
+    use bitmask_wire::udp::{
+        fragments, Datagram, Push, Reassembler, KIND_FRAGMENT, MAX_GAP, MAX_PARTIAL,
+    };
+    use std::time::{Duration, Instant};
+
+    /// Byte `i` of the real frame numbered `seq` of `len` bytes.
+    fn byte(seq: u64, len: usize, i: usize) -> u8 {
+        (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (len as u64).wrapping_mul(31) ^ (i as u64 * 131))
+            .to_le_bytes()[i % 8]
+    }
+
+    /// Forged fragments are numbered from here (no real frame is), so that
+    /// a frame they complete is not taken for a real one.
+    const FORGED: u64 = 1 << 40;
+
+    pub fn run(data: &[u8]) {
+        let mut b = Bytes::new(data);
+        let mut pool: Vec<(Datagram, Vec<u8>)> = Vec::new();
+        let mut max_len = 0usize;
+        for _ in 0..1 + b.u8() % 8 {
+            let seq = match b.u8() % 4 {
+                0 => b.u8() as u64 % 16,
+                1 => u64::MAX - b.u8() as u64 % 4,
+                2 => MAX_GAP - 2 + b.u8() as u64 % 16,
+                _ => b.u64() % FORGED,
+            };
+            let len = 1 + b.u16() as usize % 4000;
+            let stride = 1 + b.u16() % 600;
+            let frame: Vec<u8> = (0..len).map(|i| byte(seq, len, i)).collect();
+            max_len = max_len.max(len);
+            for (d, piece) in fragments(&frame, 1, seq, stride).unwrap() {
+                pool.push((d, piece.to_vec()));
+            }
+        }
+        let mut r = Reassembler::new();
+        let base = mem_start();
+        let mut now = Instant::now();
+        let gap = Duration::from_millis(250);
+        while !b.is_empty() {
+            let op = b.u8();
+            let forged;
+            let (d, piece): (Datagram, &[u8]) = match op % 8 {
+                0 => {
+                    now += Duration::from_millis(b.u8() as u64 * 4);
+                    r.expire(now, gap, |g| assert!(g.missing > 0 && g.missing <= g.count));
+                    continue;
+                }
+                1 => {
+                    r.give_up_all(|g| assert!(g.missing > 0));
+                    continue;
+                }
+                2 => {
+                    r.credit(Duration::from_millis(b.u8() as u64));
+                    continue;
+                }
+                3 => {
+                    // fields as they come (not checked by Datagram::parse), a
+                    // frame of at most 64 KiB
+                    let mut d = Datagram {
+                        kind: KIND_FRAGMENT,
+                        index: b.u16() % 64,
+                        count: b.u16() % 64,
+                        stride: b.u16() % 2048,
+                        stream_id: 1,
+                        sequence: FORGED + b.u8() as u64 % 8,
+                        frame_len: b.u16() as u32,
+                    };
+                    let mut n = b.u16() as usize % 2048;
+                    if op & 0x20 != 0 {
+                        // made consistent, as Datagram::parse would pass it
+                        d.stride = d.stride.max(1);
+                        d.frame_len = d.frame_len.max(1);
+                        d.count = d.frame_len.div_ceil(d.stride as u32) as u16;
+                        d.index %= d.count;
+                        let off = d.index as usize * d.stride as usize;
+                        n = (d.frame_len as usize - off).min(d.stride as usize);
+                    }
+                    max_len = max_len.max(d.frame_len as usize);
+                    forged = b.take(n);
+                    (d, forged)
+                }
+                _ => {
+                    let (d, piece) = &pool[b.u16() as usize % pool.len()];
+                    (*d, &piece[..])
+                }
+            };
+            let refuse = op & 0x80 != 0;
+            if let Push::Complete(w) = r.push(
+                &d,
+                piece,
+                now,
+                |_, _| !refuse,
+                |g| assert!(g.missing > 0 && g.missing <= g.count),
+            ) {
+                let len = w.frame_len as usize;
+                assert_eq!(w.bytes().len(), len);
+                if !(FORGED..FORGED + 8).contains(&w.sequence) {
+                    assert!(
+                        (0..len).all(|i| w.bytes()[i] == byte(w.sequence, len, i)),
+                        "frame {} of {len} B: not the frame its datagrams came from",
+                        w.sequence
+                    );
+                }
+                if op & 0x40 != 0 {
+                    r.forget(w.sequence);
+                } else {
+                    r.delivered(w.sequence);
+                }
+                r.recycle(w.into_buffer());
+            }
+            assert!(r.pending().count() <= MAX_PARTIAL, "frames in reassembly");
+            let mut seen = Vec::new();
+            for q in r.pending() {
+                assert!(!seen.contains(&q), "frame {q} twice");
+                assert!(!r.late(q), "frame {q} late yet held");
+                seen.push(q);
+            }
+            assert!(r.buffers().count() <= MAX_PARTIAL, "buffers held");
+            for cap in r.buffers() {
+                assert!(
+                    cap <= max_len,
+                    "a buffer of {cap} B for frames of {max_len} B at most"
+                );
+            }
+        }
+        // (the frames' buffers and their datagram maps)
+        let peak = mem_peak_since(base);
+        assert!(
+            peak <= MAX_PARTIAL * (max_len + 65_536) + 4096,
+            "{peak} B allocated for frames of {max_len} B"
+        );
+    }
+}

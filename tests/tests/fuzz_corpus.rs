@@ -45,4 +45,5 @@ fn committed_fuzz_corpus_passes_every_target() {
     replay("wire_reader", targets::wire_reader::run);
     replay("codec_diff", targets::codec_diff::run);
     replay("wire_msgs", targets::wire_msgs::run);
+    replay("wire_reassembly", targets::wire_reassembly::run);
 }

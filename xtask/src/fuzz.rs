@@ -6,13 +6,14 @@ use crate::util::{have, output, root, run};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "codec_decode",
     "codec_mutate",
     "roundtrip",
     "wire_reader",
     "codec_diff",
     "wire_msgs",
+    "wire_reassembly",
 ];
 
 /// `cargo xtask fuzz --help`.
@@ -34,6 +35,8 @@ Targets:
                  the two decodes agree (valid, edited and forged payloads)
   wire_msgs      datagram headers (consistent ones accepted, payload bounded),
                  hellos (valid names round-trip), acknowledgements in pieces
+  wire_reassembly  the UDP reassembler: real and forged fragments in any order,
+                 copies, refusals, time passing: bounded, never a wrong frame
 
   --replay       run each corpus input once (no fuzzing)
   --minimise     shrink each corpus to the inputs that keep its coverage (cargo fuzz cmin)

@@ -77,6 +77,36 @@ fn main() {
             .collect();
         put("wire_msgs", &format!("s{i}"), &long);
     }
+    // wire_reassembly: two or three frames (small, a MAX_GAP one, one near
+    // 2^64), their datagrams in order, backwards, interleaved, with time
+    // passing and a refusal; op 4 picks pool[u16]
+    for i in 0..12u16 {
+        let mut s = vec![2u8];
+        for (sel, seq, len, stride) in [
+            (0u8, i as u8, 300 + i * 40, 100u16),
+            (2, 1, 900, 128),
+            (1, 0, 64, 30),
+        ] {
+            s.extend_from_slice(&[sel, seq]);
+            s.extend_from_slice(&(len - 1).to_le_bytes());
+            s.extend_from_slice(&(stride - 1).to_le_bytes());
+        }
+        let n = 24u16;
+        for k in 0..n {
+            let pick = match i % 3 {
+                0 => k,
+                1 => n - 1 - k,
+                _ => (k * 7) % n,
+            };
+            let op = if k == 5 && i % 4 == 3 { 0x84u8 } else { 4 };
+            s.push(op);
+            s.extend_from_slice(&pick.to_le_bytes());
+            if k == 12 && i % 5 == 4 {
+                s.extend_from_slice(&[0, 70]); // 280 ms pass
+            }
+        }
+        put("wire_reassembly", &format!("s{i}"), &s);
+    }
     // wire: a stream of frames with a hello
     let mut st = vec![0x10u8, 0, 0];
     st.extend_from_slice(&bitmask_wire::Hello::new("cam").unwrap().encode());

@@ -87,6 +87,7 @@ impl Whole {
 
 /// What [`Reassembler::push`] did with a fragment.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Push {
     /// Stored: its frame waits for more datagrams.
     Pending,
@@ -109,6 +110,10 @@ pub enum Push {
     Disagrees,
     /// A copy of a fragment already stored: dropped.
     Duplicate,
+    /// Not a fragment as [`Datagram::parse`](super::Datagram::parse)
+    /// passes them (its kind, numbering, `count` against `frame_len` and
+    /// `stride`, or its data's length): dropped before anything is stored.
+    Malformed,
 }
 
 struct Partial {
@@ -131,6 +136,18 @@ impl Partial {
             why,
         }
     }
+}
+
+/// Whether `d` is a fragment whose numbering and data length make a part of
+/// its frame (what `Datagram::parse` checks of a fragment, but the cap).
+fn fragment_is_whole(d: &Datagram, data_len: usize) -> bool {
+    let (stride, frame_len) = (d.stride as usize, d.frame_len as usize);
+    d.kind == super::KIND_FRAGMENT
+        && stride >= 1
+        && frame_len >= 1
+        && d.index < d.count
+        && frame_len.div_ceil(stride) == d.count as usize
+        && data_len == (frame_len - d.index as usize * stride).min(stride)
 }
 
 /// One stream's frames put back together from their fragment datagrams
@@ -212,6 +229,9 @@ impl Reassembler {
         admit: impl FnOnce(u64, u32) -> bool,
         mut gave_up: impl FnMut(GivenUp),
     ) -> Push {
+        if !fragment_is_whole(d, data.len()) {
+            return Push::Malformed;
+        }
         if self.late(d.sequence) {
             return Push::Late;
         }
@@ -262,19 +282,15 @@ impl Reassembler {
         if p.frame_len != d.frame_len || p.stride != d.stride || p.got.len() != d.count as usize {
             return Push::Disagrees;
         }
-        // (checked by `Datagram::parse`; a caller that did not gets a
-        // dropped datagram, not a panic)
-        let off = d.index as usize * d.stride as usize;
-        let Some(slot) = p.buf.get_mut(off..off + data.len()) else {
-            return Push::Disagrees;
-        };
         p.last = now;
-        if p.got.get(d.index as usize) != Some(&false) {
+        if p.got[d.index as usize] {
             return Push::Duplicate;
         }
         p.got[d.index as usize] = true;
         p.missing -= 1;
-        slot.copy_from_slice(data);
+        // (in bounds: `fragment_is_whole`, and `frame_len` agrees)
+        let off = d.index as usize * d.stride as usize;
+        p.buf[off..off + data.len()].copy_from_slice(data);
         if p.missing > 0 {
             return Push::Pending;
         }
@@ -610,13 +626,34 @@ mod tests {
             push(&mut r, &b[1], &mut Vec::new()),
             Push::Disagrees
         ));
-        // a hand-made datagram past its frame: dropped, no panic
-        let mut odd = a[1].clone();
-        odd.0.index = 5;
+        // hand-made datagrams that Datagram::parse refuses: dropped, no
+        // panic, nothing stored
+        let mut r = Reassembler::new();
+        for edit in [
+            (|d: &mut Datagram| d.index = 5) as fn(&mut Datagram),
+            |d| d.count = 0,
+            |d| (d.count, d.index) = (0, 0),
+            |d| d.stride = 0,
+            |d| d.frame_len = 0,
+            |d| d.frame_len = 1000,
+            |d| d.kind = 1,
+        ] {
+            let mut odd = a[1].clone();
+            edit(&mut odd.0);
+            assert!(
+                matches!(push(&mut r, &odd, &mut Vec::new()), Push::Malformed),
+                "{:?}",
+                odd.0
+            );
+        }
+        let mut short = a[1].clone();
+        short.1.pop();
         assert!(matches!(
-            push(&mut r, &odd, &mut Vec::new()),
-            Push::Disagrees
+            push(&mut r, &short, &mut Vec::new()),
+            Push::Malformed
         ));
+        assert_eq!(r.pending().count(), 0);
+        assert_eq!(r.buffers().count(), 0);
     }
 
     impl Reassembler {

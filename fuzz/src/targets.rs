@@ -1235,7 +1235,6 @@ pub mod wire_reassembly {
                         let off = d.index as usize * d.stride as usize;
                         n = (d.frame_len as usize - off).min(d.stride as usize);
                     }
-                    max_len = max_len.max(d.frame_len as usize);
                     forged = b.take(n);
                     (d, forged)
                 }
@@ -1245,13 +1244,19 @@ pub mod wire_reassembly {
                 }
             };
             let refuse = op & 0x80 != 0;
-            if let Push::Complete(w) = r.push(
+            let pushed = r.push(
                 &d,
                 piece,
                 now,
                 |_, _| !refuse,
                 |g| assert!(g.missing > 0 && g.missing <= g.count),
-            ) {
+            );
+            // (a forged frame taken in may size a buffer; one refused as
+            // malformed must not)
+            if !matches!(pushed, Push::Malformed) {
+                max_len = max_len.max(d.frame_len as usize);
+            }
+            if let Push::Complete(w) = pushed {
                 let len = w.frame_len as usize;
                 assert_eq!(w.bytes().len(), len);
                 if !(FORGED..FORGED + 8).contains(&w.sequence) {

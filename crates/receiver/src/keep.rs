@@ -6,37 +6,78 @@
 //! `--per-sender` each sender's directory): the files of a directory are
 //! kept in one list, oldest first, whichever connection wrote them (a
 //! sender that reconnects, or restarts its numbering, goes on from the
-//! same list). The list starts from what the directory held when this
-//! receiver first wrote into it (frame files of earlier runs, oldest by
-//! modification time first), so that a restarted receiver keeps the bound
-//! too. Only frame files of the output's format are counted or removed:
+//! same list). The first frame written into a directory starts a thread
+//! that lists what it held before (frame files of earlier runs, oldest by
+//! modification time first, the newest N kept in memory and the older
+//! removed as it goes), so that a restarted receiver keeps the bound too,
+//! and a directory of millions of files costs no stall of the streams and
+//! no memory beyond N entries. Only frame files of the output's format are counted or removed:
 //! `frame-NNNNNN.EXT` and `frame-NNNNNN.K.EXT` (the names
 //! [`crate::output::write_new`] gives); nothing else in the directory is
 //! touched.
 
 use crate::session::{lock, more_like_it, Throttle};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
 
-/// Old files removed at most per frame written: a directory found with
-/// many more than N files (a first run with `--keep` over a full one) is
-/// brought down to N over the next frames, not in one long stall of the
-/// stream.
+/// Old files removed at most per frame written: a list longer than N (the
+/// files a directory's listing added) is brought down over the next
+/// frames, not in one long stall of the stream.
 pub const CATCH_UP: usize = 64;
+
+/// A file: its modification time (ns) and inode. A name taken again by a
+/// newer file (a sender that restarted its numbering after the old file
+/// was deleted), or an inode number the filesystem gave again, is another
+/// file: only the file an entry was made for is ever removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Id {
+    mtime_ns: i128,
+    ino: u64,
+}
+
+impl Id {
+    fn of(m: &fs::Metadata) -> Id {
+        Id {
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ino: m.ino(),
+        }
+    }
+}
+
+/// One directory's frame files.
+#[derive(Default)]
+struct Files {
+    /// Oldest first: those earlier runs left (once listed), then this
+    /// run's in the order written.
+    order: VecDeque<(OsString, Id)>,
+    /// The files `order` counts (an entry made twice for one file, by the
+    /// listing and by its writer, counts once).
+    live: HashSet<Id>,
+    /// What the directory held before was listed ([`Keep::list_earlier`]).
+    listed: bool,
+}
+
+impl Files {
+    fn add(&mut self, name: OsString, id: Id) {
+        if self.live.insert(id) {
+            self.order.push_back((name, id));
+        }
+    }
+}
 
 /// The bound of `--keep N` and each directory's frame files.
 pub struct Keep {
     n: usize,
     ext: &'static str,
-    /// Each directory's frame files, oldest first, by file name (a path
-    /// each would double the memory: `--keep 108000` is about 5 MB so on
-    /// a Pi).
-    dirs: Mutex<HashMap<PathBuf, VecDeque<OsString>>>,
+    /// Each directory's frame files. An entry is a name and an [`Id`]:
+    /// about 80 bytes on a Pi, 9 MB at `--keep 108000`.
+    dirs: Mutex<HashMap<PathBuf, Files>>,
     /// Files that could not be removed, logged a line a second at most.
     failed: Throttle,
 }
@@ -53,60 +94,87 @@ impl Keep {
     }
 
     /// `path` was just written into `dir`: removes the oldest frame files
-    /// of `dir` past the bound ([`CATCH_UP`] at most). Returns how many it
-    /// removed. A file already gone (deleted by someone else) counts as
-    /// removed; one that cannot be removed is logged and forgotten.
-    pub fn wrote(&self, dir: &Path, path: &Path) -> usize {
-        let mut g = lock(&self.dirs);
-        let files = match g.get_mut(dir) {
-            Some(f) => {
-                f.push_back(path.file_name().unwrap_or_default().to_os_string());
-                f
-            }
-            None => {
-                // (the scan finds `path` too, the newest)
-                let found = self.scan(dir, path);
-                if found.len() > self.n {
-                    log::info!(
-                        "--keep {}: {} holds {} frame files (.{}), earlier ones included: \
-                         removing the oldest as new frames come",
-                        self.n,
-                        dir.display(),
-                        found.len(),
-                        self.ext
-                    );
-                }
-                g.entry(dir.to_path_buf()).or_insert(found)
-            }
+    /// of `dir` past the bound ([`CATCH_UP`] at most). Returns how many
+    /// entries it took off the list (a file already gone, deleted by
+    /// someone else, or that could not be removed, logged, counts too).
+    /// The first file written into a directory starts a thread that lists
+    /// what the directory held before ([`Keep::list_earlier`]), off the
+    /// frames' path.
+    pub fn wrote(self: &Arc<Self>, dir: &Path, path: &Path) -> usize {
+        let Ok(m) = fs::symlink_metadata(path) else {
+            return 0; // (gone already)
         };
-        let mut removed = 0;
-        while files.len() > self.n && removed < CATCH_UP {
-            let Some(old) = files.pop_front() else { break };
-            let old = dir.join(old);
-            removed += 1;
-            match fs::remove_file(&old) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    if let Some(n) = self.failed.hit() {
-                        log::warn!(
-                            "--keep {}: cannot remove {}: {e} (left in place){}",
-                            self.n,
-                            old.display(),
-                            more_like_it(n)
-                        );
-                    }
-                }
+        let name = path.file_name().unwrap_or_default().to_os_string();
+        let mut g = lock(&self.dirs);
+        let first = !g.contains_key(dir);
+        let files = g.entry(dir.to_path_buf()).or_default();
+        files.add(name, Id::of(&m));
+        let removed = self.prune(dir, files, CATCH_UP);
+        drop(g);
+        if first {
+            let (k, d) = (self.clone(), dir.to_path_buf());
+            let started = std::thread::Builder::new()
+                .name("keep".into())
+                .spawn(move || k.list_earlier(&d));
+            if let Err(e) = started {
+                log::warn!(
+                    "--keep {}: cannot list {} ({e}): only the files written from now on \
+                     are counted",
+                    self.n,
+                    dir.display()
+                );
             }
         }
         removed
     }
 
-    /// The frame files in `dir`, oldest first (by modification time, then
-    /// name), with `newest` last whatever its time says.
-    fn scan(&self, dir: &Path, newest: &Path) -> VecDeque<OsString> {
-        let newest = newest.file_name().unwrap_or_default().to_os_string();
-        let mut found: Vec<(SystemTime, OsString)> = Vec::new();
+    /// Takes the oldest entries off `files` while it counts more than the
+    /// bound, `most` at most, and removes their files.
+    fn prune(&self, dir: &Path, files: &mut Files, most: usize) -> usize {
+        let mut removed = 0;
+        while files.live.len() > self.n && removed < most {
+            let Some((name, id)) = files.order.pop_front() else {
+                break;
+            };
+            if !files.live.remove(&id) {
+                continue; // (counted under its other entry)
+            }
+            removed += 1;
+            self.remove(&dir.join(name), id);
+        }
+        removed
+    }
+
+    /// Removes `path` if it is still the file `id`.
+    fn remove(&self, path: &Path, id: Id) {
+        let r = match fs::symlink_metadata(path) {
+            Ok(m) if Id::of(&m) == id => fs::remove_file(path),
+            // (another file under that name now, or none: not this one's)
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                if let Some(n) = self.failed.hit() {
+                    log::warn!(
+                        "--keep {}: cannot remove {}: {e} (left in place){}",
+                        self.n,
+                        path.display(),
+                        more_like_it(n)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lists the frame files `dir` held before this run wrote into it (a
+    /// thread of its own): keeps the newest N of them in a heap, and
+    /// removes at once each that N newer ones push out (memory for N
+    /// entries, however many the directory holds); then puts those N in
+    /// front of the directory's list, oldest first, and prunes it.
+    fn list_earlier(&self, dir: &Path) {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) => {
@@ -116,24 +184,76 @@ impl Keep {
                     self.n,
                     dir.display()
                 );
-                return VecDeque::from([newest]);
+                return;
             }
         };
+        let mut newest: BinaryHeap<Reverse<(Id, OsString)>> = BinaryHeap::new();
+        let (mut found, mut removed) = (0usize, 0usize);
         for e in entries.flatten() {
             let name = e.file_name();
-            if name == newest || !name.to_str().is_some_and(|n| is_frame_file(n, self.ext)) {
+            if !name.to_str().is_some_and(|n| is_frame_file(n, self.ext)) {
                 continue;
             }
             // (a directory or link under such a name is not ours)
             let Ok(m) = e.metadata() else { continue };
-            if m.is_file() {
-                found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), name));
+            if !m.is_file() {
+                continue;
+            }
+            found += 1;
+            newest.push(Reverse((Id::of(&m), name)));
+            if newest.len() > self.n {
+                let Some(Reverse((id, name))) = newest.pop() else {
+                    continue;
+                };
+                // (one of this run's, older than N others: its entry in
+                // the list removes it in turn)
+                let ours = lock(&self.dirs)
+                    .get(dir)
+                    .is_some_and(|f| f.live.contains(&id));
+                if !ours {
+                    self.remove(&dir.join(name), id);
+                    removed += 1;
+                }
             }
         }
-        found.sort();
-        let mut files: VecDeque<OsString> = found.into_iter().map(|(_, n)| n).collect();
-        files.push_back(newest);
-        files
+        let mut g = lock(&self.dirs);
+        let files = g.entry(dir.to_path_buf()).or_default();
+        let mut earlier: Vec<(OsString, Id)> = Vec::with_capacity(newest.len());
+        for Reverse((id, name)) in newest.into_sorted_vec().into_iter().rev() {
+            if !files.live.contains(&id) {
+                earlier.push((name, id));
+            }
+        }
+        for (_, id) in &earlier {
+            files.live.insert(*id);
+        }
+        for e in earlier.into_iter().rev() {
+            files.order.push_front(e);
+        }
+        files.listed = true;
+        // (all that is over the bound: at most the frames written while
+        // the listing ran)
+        removed += self.prune(dir, files, usize::MAX);
+        drop(g);
+        if removed > 0 {
+            log::info!(
+                "--keep {}: removed the {removed} oldest of {found} frame files (.{}) in {}, \
+                 earlier runs' included",
+                self.n,
+                self.ext,
+                dir.display()
+            );
+        }
+    }
+
+    /// Waits until the listing of `dir` is done (tests).
+    #[cfg(test)]
+    fn listed(&self, dir: &Path) {
+        let t = std::time::Instant::now();
+        while !lock(&self.dirs).get(dir).is_some_and(|f| f.listed) {
+            assert!(t.elapsed().as_secs() < 20, "{} never listed", dir.display());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 }
 
@@ -155,7 +275,7 @@ pub fn is_frame_file(name: &str, ext: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("bitmask-keep-{tag}-{}", std::process::id()));
@@ -204,6 +324,24 @@ mod tests {
         }
     }
 
+    /// Writes `name` in `dir` (its time `secs_ago`, if given) and tells `k`.
+    fn write(k: &Arc<Keep>, d: &Path, name: &str, secs_ago: Option<u64>) -> usize {
+        let p = d.join(name);
+        fs::write(&p, b"y").unwrap();
+        if let Some(s) = secs_ago {
+            set_age(&p, s);
+        }
+        k.wrote(d, &p)
+    }
+
+    /// Entries and files counted agree: no file counted twice.
+    fn entries(k: &Keep, d: &Path) -> usize {
+        let g = lock(&k.dirs);
+        let f = &g[d];
+        assert_eq!(f.order.len(), f.live.len(), "an entry made twice");
+        f.live.len()
+    }
+
     #[test]
     fn the_oldest_go_first_earlier_runs_included_and_nothing_else() {
         let d = tmp("old");
@@ -219,14 +357,11 @@ mod tests {
             fs::write(d.join(name), b"x").unwrap();
             set_age(&d.join(name), age);
         }
-        let k = Keep::new(3, "png");
-        let write = |seq: u32| {
-            let p = d.join(format!("frame-{seq:06}.png"));
-            fs::write(&p, b"y").unwrap();
-            k.wrote(&d, &p)
-        };
-        // 4 frame files now: the oldest (frame-000900, 300 s) goes.
-        assert_eq!(write(0), 1);
+        let k = Arc::new(Keep::new(3, "png"));
+        // 4 frame files now: the listing removes the oldest (frame-000900, 300 s).
+        assert_eq!(write(&k, &d, "frame-000000.png", None), 0);
+        k.listed(&d);
+        assert_eq!(entries(&k, &d), 3);
         assert_eq!(
             names(&d),
             [
@@ -237,8 +372,8 @@ mod tests {
                 "notes.png"
             ]
         );
-        assert_eq!(write(1), 1);
-        assert_eq!(write(2), 1);
+        assert_eq!(write(&k, &d, "frame-000001.png", None), 1);
+        assert_eq!(write(&k, &d, "frame-000002.png", None), 1);
         assert_eq!(
             names(&d),
             [
@@ -251,7 +386,7 @@ mod tests {
         );
         // Deleted by someone else meanwhile: counted as gone, no error.
         fs::remove_file(d.join("frame-000000.png")).unwrap();
-        assert_eq!(write(3), 1);
+        assert_eq!(write(&k, &d, "frame-000003.png", None), 1);
         assert_eq!(
             names(&d),
             [
@@ -266,33 +401,56 @@ mod tests {
     }
 
     #[test]
-    fn a_full_directory_is_brought_down_a_few_files_a_frame() {
+    fn a_name_taken_again_by_a_newer_file_is_not_removed_for_the_old_one() {
+        // A user clears the directory, the sender restarts its numbering:
+        // frames 0-2 again under the old names. The old entries must not
+        // remove the new files (they are other files: times set apart, as
+        // a filesystem whose clock ticks coarsely might not).
+        let d = tmp("reuse");
+        let k = Arc::new(Keep::new(3, "raw"));
+        for (i, name) in ["frame-000000.raw", "frame-000001.raw", "frame-000002.raw"]
+            .iter()
+            .enumerate()
+        {
+            write(&k, &d, name, Some(100 - i as u64));
+        }
+        k.listed(&d);
+        for e in fs::read_dir(&d).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        for (i, name) in ["frame-000000.raw", "frame-000001.raw", "frame-000002.raw"]
+            .iter()
+            .enumerate()
+        {
+            // (each takes an old entry off: a file that is not there any more)
+            assert_eq!(write(&k, &d, name, Some(50 - i as u64)), 1);
+            assert_eq!(names(&d).len(), i + 1, "{:?}", names(&d));
+        }
+        assert_eq!(entries(&k, &d), 3);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_full_directory_is_listed_aside_and_keeps_the_newest() {
         let d = tmp("full");
-        let before = CATCH_UP * 2 + 10;
+        let before = 2 * CATCH_UP + 10;
         for i in 0..before {
             let p = d.join(format!("frame-{i:06}.1.raw"));
             fs::write(&p, b"x").unwrap();
             set_age(&p, 1000 - i as u64);
         }
-        let k = Keep::new(5, "raw");
-        let mut count = before;
-        let mut seq = 0;
-        while count > 5 || seq == 0 {
-            let p = d.join(format!("frame-{seq:06}.raw"));
-            fs::write(&p, b"y").unwrap();
-            let removed = k.wrote(&d, &p);
-            assert_eq!(removed, (count + 1).saturating_sub(5).min(CATCH_UP));
-            count = count + 1 - removed;
-            assert_eq!(names(&d).len(), count);
-            seq += 1;
-        }
-        // Three frames: 139 + 1 - 64, + 1 - 64, + 1 - 9. Left: this run's
-        // three and the two youngest of the others.
-        assert_eq!(seq, 3);
-        let mut want: Vec<String> = (0..3).map(|i| format!("frame-{i:06}.raw")).collect();
-        want.extend((before - 2..before).map(|i| format!("frame-{i:06}.1.raw")));
+        let k = Arc::new(Keep::new(5, "raw"));
+        assert_eq!(write(&k, &d, "frame-000000.raw", None), 0);
+        k.listed(&d);
+        // This run's frame and the four youngest of the others.
+        let mut want = vec!["frame-000000.raw".to_string()];
+        want.extend((before - 4..before).map(|i| format!("frame-{i:06}.1.raw")));
         want.sort();
         assert_eq!(names(&d), want);
+        assert_eq!(entries(&k, &d), 5);
+        // and the next frame takes the oldest of those
+        assert_eq!(write(&k, &d, "frame-000001.raw", None), 1);
+        assert!(!names(&d).contains(&format!("frame-{:06}.1.raw", before - 4)));
         let _ = fs::remove_dir_all(&d);
     }
 }

@@ -151,12 +151,14 @@ struct Cli {
     /// Keep only the newest N frame files in --out DIR (in each sender's
     /// directory with --per-sender), removing the oldest as new ones are
     /// written, so that a receiver left running does not fill its card
-    /// (10,000 masks of 1024x768 are 983 MB as raw, and some 60-500 MB as
-    /// PNG, the grainier the larger).
+    /// (10,000 masks of 1024x768 are 983 MB as raw, and some 40-520 MB as
+    /// PNG on the card, the grainier the larger).
     /// Frame files earlier runs left there count too, oldest first by
-    /// modification time; only frame-*.EXT files of this --format are
-    /// counted or removed. A directory found holding many more is brought
-    /// down 64 files a frame.
+    /// modification time (listed in the background, the first time a
+    /// frame is written there); only frame-*.EXT files of this --format
+    /// are counted or removed. With --keep 1 a restarted receiver cannot
+    /// tell frames a --no-drop sender sends again (their predecessor is
+    /// gone): they are written again, as frame-NNNNNN.1.EXT.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
 

@@ -503,8 +503,7 @@ fn temp_pid(name: &str) -> Option<u32> {
 /// `deeper`, in the directories in it (`--per-sender`): `.frame-*.tmp` and
 /// `.probe.*.tmp` last modified over [`STALE_TEMP`] ago (nothing writes
 /// them for longer than a frame takes). Returns how many it removed.
-/// (Left by a crash in this run, they wait for the next start, or for the
-/// cleanup job DEPLOY.md suggests.)
+/// (Left by a crash in this run, they wait for the next start.)
 pub fn sweep_temp(dir: &Path, deeper: bool) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;

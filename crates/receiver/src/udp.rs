@@ -7,12 +7,12 @@
 //! up; a frame that gets no datagram for [`FRAGMENT_GAP`] is given up too.
 //! Both count as `incomplete`. Only a frame read whole (its CRC, its length
 //! and its header's sequence number checked) moves the point below which
-//! datagrams are late, and only by at most [`MAX_GAP`]; a number more than
+//! datagrams are late, and only by at most [`MAX_GAP`](bitmask_wire::udp::MAX_GAP); a number more than
 //! that below it starts a new numbering. One datagram with a made-up
 //! sequence number (say 2^64 - 1), never completed or even a whole frame,
 //! must not make every later frame of the stream "late".
 //! Memory is capped: `--max-senders` streams
-//! (as many as TCP connections, counted apart), [`MAX_PARTIAL`] frames in
+//! (as many as TCP connections, counted apart), [`MAX_PARTIAL`](bitmask_wire::udp::MAX_PARTIAL) frames in
 //! reassembly each, each no larger than a frame of `--max-size`, allocated
 //! only after the datagram header was checked. When all are taken, a new
 //! stream replaces the quietest one that has never delivered a frame, or
@@ -125,7 +125,7 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
         }
         if last_sweep.elapsed() >= Duration::from_millis(50) {
             last_sweep = Instant::now();
-            sweep(&hub, &mut streams);
+            sweep(&hub, &mut streams, Instant::now());
         }
     }
 }
@@ -211,8 +211,9 @@ fn credit(streams: &mut HashMap<(SocketAddr, u32), Stream>, spent: Duration) {
     }
 }
 
-fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>) {
-    let now = Instant::now();
+/// Gives up the frames that got no datagram for [`FRAGMENT_GAP`], and
+/// closes the streams silent for `--timeout` (and [`QUIET`]), as of `now`.
+fn sweep(hub: &Hub, streams: &mut HashMap<(SocketAddr, u32), Stream>, now: Instant) {
     for s in streams.values_mut() {
         let ctx = &mut s.ctx;
         s.reasm
@@ -695,8 +696,7 @@ mod tests {
         streams: HashMap<(SocketAddr, u32), Stream>,
         logs: Logs,
         from: SocketAddr,
-        /// How much later than the clock [`Bed::sweep`] judges the frames
-        /// in reassembly ([`Bed::age`]).
+        /// How much later than the clock [`Bed::sweep`] runs ([`Bed::age`]).
         ahead: Duration,
     }
 
@@ -707,15 +707,11 @@ mod tests {
             self.ahead += by;
         }
 
-        /// `serve_udp`'s sweep, the frames judged [`Bed::age`]d.
+        /// `serve_udp`'s sweep, [`Bed::age`] later than the clock (then
+        /// nothing is aged any more).
         fn sweep(&mut self) {
-            let now = Instant::now() + self.ahead;
-            for s in self.streams.values_mut() {
-                let ctx = &mut s.ctx;
-                s.reasm
-                    .expire(now, FRAGMENT_GAP, |g| gave_up(ctx, g, &g.why));
-            }
-            sweep(&self.hub, &mut self.streams);
+            sweep(&self.hub, &mut self.streams, Instant::now() + self.ahead);
+            self.ahead = Duration::ZERO;
         }
 
         fn new() -> Bed {

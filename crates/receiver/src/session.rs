@@ -1191,6 +1191,13 @@ impl StreamCtx {
     pub fn ended(&mut self, last: u64, next: u64) {
         stats::lock(&self.stats).ended(last, next);
     }
+
+    /// Frames from `seq` on reached this UDP stream before its sender's
+    /// hello and were dropped: counted lost once its first frame comes
+    /// ([`stats::SenderStats::expect_from`]).
+    pub fn dropped_before_hello(&mut self, seq: u64) {
+        stats::lock(&self.stats).expect_from(seq);
+    }
 }
 
 impl Drop for StreamCtx {

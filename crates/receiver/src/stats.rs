@@ -230,6 +230,9 @@ pub struct SenderStats {
     /// Streams of this sender open now (a reconnecting sender briefly has two).
     open: u32,
     last_sequence: Option<u64>,
+    /// Before the first frame: the lowest number of the frames a UDP
+    /// stream dropped before its sender's hello came ([`SenderStats::expect_from`]).
+    expect: Option<u64>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
     total: Histogram,
@@ -374,6 +377,7 @@ impl SenderStats {
             },
             open: 0,
             last_sequence: None,
+            expect: None,
             first_frame: None,
             last_frame: None,
             total: Histogram::default(),
@@ -560,10 +564,25 @@ impl SenderStats {
                 // sender could have lost that many frames: a new numbering too.
                 _ => restarted = Some(prev),
             }
+        } else if let Some(e) = self.expect.take() {
+            // The first frame: those from `e` on were dropped before it.
+            if let Some(gap @ 1..=MAX_GAP) = seq.checked_sub(e) {
+                s.lost = s.lost.saturating_add(gap);
+            }
         }
         self.last_sequence = Some(seq);
         s.last_sequence = Some(seq);
         restarted
+    }
+
+    /// Frames from `seq` on reached a UDP stream before its sender's hello
+    /// and were dropped: when its first frame comes, those before it count
+    /// as lost, as a gap would (nothing once a frame was counted: the gap
+    /// after it counts them).
+    pub fn expect_from(&mut self, seq: u64) {
+        if self.last_sequence.is_none() {
+            self.expect = Some(self.expect.map_or(seq, |e| e.min(seq)));
+        }
     }
 
     /// The sender ended its stream, whose last frame read was `last`, with

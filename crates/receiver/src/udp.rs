@@ -59,6 +59,9 @@ struct Stream {
     /// When it last delivered a frame.
     delivered: Option<Instant>,
     warned_no_hello: bool,
+    /// The lowest frame number of the fragments dropped before the hello
+    /// (counted lost once the stream delivers: [`StreamCtx::dropped_before_hello`]).
+    early: Option<u64>,
 }
 
 impl Stream {
@@ -385,6 +388,7 @@ fn on_dgram(
                 last_seen: Instant::now(),
                 delivered: None,
                 warned_no_hello: false,
+                early: None,
             },
         );
     }
@@ -417,6 +421,10 @@ fn on_dgram(
                                 "state: udp stream from {:?} ({from}) open{kept}",
                                 h.name()
                             );
+                            let mut ctx = ctx;
+                            if let Some(e) = s.early.take() {
+                                ctx.dropped_before_hello(e);
+                            }
                             s.ctx = Some(ctx);
                         }
                         Err(e) => log::warn!("udp from {from}: {e:#}"),
@@ -437,9 +445,13 @@ fn on_dgram(
         return;
     }
     if s.ctx.is_none() {
+        s.early = Some(s.early.map_or(d.sequence, |e| e.min(d.sequence)));
         if !s.warned_no_hello && logs.early(from) {
             s.warned_no_hello = true;
-            log::info!("udp from {from}: frames before the sender's hello are dropped until it comes (every second)");
+            log::info!(
+                "udp from {from}: frames before the sender's hello are dropped until it comes \
+                 (every second), and counted lost"
+            );
         }
         return;
     }
@@ -1061,6 +1073,34 @@ mod tests {
         let mut held: Vec<u64> = bed.stream(9).reasm.pending().collect();
         held.sort();
         assert_eq!(held, [20, 21, 22]);
+    }
+
+    #[test]
+    fn frames_dropped_before_the_hello_count_as_lost() {
+        // A receiver that starts while a sender streams (or whose first
+        // hello was lost): frames 4 and 5 come before the hello and are
+        // dropped; frame 6 is the first delivered. 4 and 5 are lost.
+        let mut bed = Bed::new();
+        for q in [5, 4] {
+            for d in fragments(&raw_frame(64, 8, q, 1), 3, q, 30) {
+                bed.feed(&d);
+            }
+        }
+        bed.hello(3, "late");
+        for d in fragments(&raw_frame(64, 8, 6, 1), 3, 6, 30) {
+            bed.feed(&d);
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("late")).snapshot();
+        assert_eq!((s.received, s.lost), (1, 2));
+        // a sender whose hello came first loses nothing so
+        bed.hello(4, "early");
+        for q in 7..9 {
+            for d in fragments(&raw_frame(64, 8, q, 1), 4, q, 30) {
+                bed.feed(&d);
+            }
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("early")).snapshot();
+        assert_eq!((s.received, s.lost), (2, 0));
     }
 
     #[test]

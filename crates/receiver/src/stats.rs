@@ -405,6 +405,11 @@ impl SenderStats {
     pub fn disconnected(&mut self) {
         self.open = self.open.saturating_sub(1);
         self.snap.connected = self.open > 0;
+        if self.open == 0 {
+            // (frames dropped before a hello are its stream's: a stream
+            // that closed without a frame says nothing of the next one)
+            self.expect = None;
+        }
     }
 
     /// Counts one frame written; `payload_len` as on the wire, `mask_len`

@@ -18,34 +18,36 @@
 
 use crate::session::{lock, more_like_it, Throttle};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
 
 /// Old files removed at most per frame written: a list longer than N (the
 /// files a directory's listing added) is brought down over the next
 /// frames, not in one long stall of the stream.
 pub const CATCH_UP: usize = 64;
 
-/// A file: its modification time (ns) and inode. A name taken again by a
-/// newer file (a sender that restarted its numbering after the old file
-/// was deleted), or an inode number the filesystem gave again, is another
-/// file: only the file an entry was made for is ever removed.
+/// A file as written: its modification time (ns) and length. A name taken
+/// again by a newer file (a sender that restarted its numbering after the
+/// old file was deleted) is another file: only the file an entry was made
+/// for is removed. (Not the inode number: FAT and exFAT, a USB stick, make
+/// one up each time the kernel reads the file's entry again.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Id {
     mtime_ns: i128,
-    ino: u64,
+    len: u64,
 }
 
 impl Id {
     fn of(m: &fs::Metadata) -> Id {
         Id {
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            ino: m.ino(),
+            len: m.len(),
         }
     }
 }
@@ -54,20 +56,40 @@ impl Id {
 #[derive(Default)]
 struct Files {
     /// Oldest first: those earlier runs left (once listed), then this
-    /// run's in the order written.
+    /// run's in the order written. An entry whose name now counts for
+    /// another file (see `live`) is passed over.
     order: VecDeque<(OsString, Id)>,
-    /// The files `order` counts (an entry made twice for one file, by the
-    /// listing and by its writer, counts once).
-    live: HashSet<Id>,
+    /// The file each name counts for: a directory holds one file of a
+    /// name, so this is what the bound counts (an entry made twice for one
+    /// file, by the listing and by its writer, counts once).
+    live: HashMap<OsString, Id>,
     /// What the directory held before was listed ([`Keep::list_earlier`]).
     listed: bool,
 }
 
 impl Files {
     fn add(&mut self, name: OsString, id: Id) {
-        if self.live.insert(id) {
+        if self.live.get(&name) != Some(&id) {
+            self.live.insert(name.clone(), id);
             self.order.push_back((name, id));
         }
+    }
+
+    /// Takes the oldest entries off while more than `n` names count, `most`
+    /// at most: the files to remove (nothing is removed here, under the
+    /// lock).
+    fn over(&mut self, n: usize, most: usize) -> Vec<(OsString, Id)> {
+        let mut out = Vec::new();
+        while self.live.len() > n && out.len() < most {
+            let Some((name, id)) = self.order.pop_front() else {
+                break;
+            };
+            if self.live.get(&name) == Some(&id) {
+                self.live.remove(&name);
+                out.push((name, id));
+            }
+        }
+        out
     }
 }
 
@@ -75,9 +97,11 @@ impl Files {
 pub struct Keep {
     n: usize,
     ext: &'static str,
-    /// Each directory's frame files. An entry is a name and an [`Id`]:
-    /// about 80 bytes on a Pi, 9 MB at `--keep 108000`.
+    /// Each directory's frame files: a name and an [`Id`] an entry, about
+    /// 100 bytes on a Pi, 11 MB at `--keep 108000`.
     dirs: Mutex<HashMap<PathBuf, Files>>,
+    /// Listings running ([`Keep::wait_listings`]).
+    listings: (Mutex<usize>, Condvar),
     /// Files that could not be removed, logged a line a second at most.
     failed: Throttle,
 }
@@ -89,6 +113,7 @@ impl Keep {
             n: n.max(1),
             ext,
             dirs: Mutex::new(HashMap::new()),
+            listings: (Mutex::new(0), Condvar::new()),
             failed: Throttle::default(),
         }
     }
@@ -109,14 +134,23 @@ impl Keep {
         let first = !g.contains_key(dir);
         let files = g.entry(dir.to_path_buf()).or_default();
         files.add(name, Id::of(&m));
-        let removed = self.prune(dir, files, CATCH_UP);
+        let victims = files.over(self.n, CATCH_UP);
         drop(g);
+        for (name, id) in &victims {
+            self.remove(&dir.join(name), *id);
+        }
         if first {
+            *lock(&self.listings.0) += 1;
             let (k, d) = (self.clone(), dir.to_path_buf());
             let started = std::thread::Builder::new()
                 .name("keep".into())
-                .spawn(move || k.list_earlier(&d));
+                .spawn(move || {
+                    k.list_earlier(&d);
+                    *lock(&k.listings.0) -= 1;
+                    k.listings.1.notify_all();
+                });
             if let Err(e) = started {
+                *lock(&self.listings.0) -= 1;
                 log::warn!(
                     "--keep {}: cannot list {} ({e}): only the files written from now on \
                      are counted",
@@ -125,37 +159,20 @@ impl Keep {
                 );
             }
         }
-        removed
+        victims.len()
     }
 
-    /// Takes the oldest entries off `files` while it counts more than the
-    /// bound, `most` at most, and removes their files.
-    fn prune(&self, dir: &Path, files: &mut Files, most: usize) -> usize {
-        let mut removed = 0;
-        while files.live.len() > self.n && removed < most {
-            let Some((name, id)) = files.order.pop_front() else {
-                break;
-            };
-            if !files.live.remove(&id) {
-                continue; // (counted under its other entry)
-            }
-            removed += 1;
-            self.remove(&dir.join(name), id);
-        }
-        removed
-    }
-
-    /// Removes `path` if it is still the file `id`.
-    fn remove(&self, path: &Path, id: Id) {
+    /// Removes `path` if it is still the file `id`; whether it did.
+    fn remove(&self, path: &Path, id: Id) -> bool {
         let r = match fs::symlink_metadata(path) {
-            Ok(m) if Id::of(&m) == id => fs::remove_file(path),
+            Ok(m) if m.is_file() && Id::of(&m) == id => fs::remove_file(path),
             // (another file under that name now, or none: not this one's)
-            Ok(_) => Ok(()),
+            Ok(_) => return false,
             Err(e) => Err(e),
         };
         match r {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
                 if let Some(n) = self.failed.hit() {
                     log::warn!(
@@ -165,6 +182,7 @@ impl Keep {
                         more_like_it(n)
                     );
                 }
+                false
             }
         }
     }
@@ -173,8 +191,19 @@ impl Keep {
     /// thread of its own): keeps the newest N of them in a heap, and
     /// removes at once each that N newer ones push out (memory for N
     /// entries, however many the directory holds); then puts those N in
-    /// front of the directory's list, oldest first, and prunes it.
+    /// front of the directory's list, oldest first, and removes what is
+    /// over the bound (the list's lock is held only to change the list,
+    /// never while removing files). A file pushed out that was changed
+    /// since shortly before the listing began (by its modification time)
+    /// may be one of this run's whose writer has not said so yet: it is
+    /// removed at the end unless a writer has.
     fn list_earlier(&self, dir: &Path) {
+        // (by this run's clock, however wrong: a Pi without a clock may
+        // boot behind the time an earlier run's files were written)
+        let recent = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+            - 2_000_000_000;
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) => {
@@ -184,11 +213,13 @@ impl Keep {
                     self.n,
                     dir.display()
                 );
+                self.mark_listed(dir);
                 return;
             }
         };
-        let mut newest: BinaryHeap<Reverse<(Id, OsString)>> = BinaryHeap::new();
+        let mut newest: BinaryHeap<Reverse<(Id, OsString, bool)>> = BinaryHeap::new();
         let (mut found, mut removed) = (0usize, 0usize);
+        let mut held_back: Vec<(OsString, Id)> = Vec::new();
         for e in entries.flatten() {
             let name = e.file_name();
             if !name.to_str().is_some_and(|n| is_frame_file(n, self.ext)) {
@@ -200,18 +231,25 @@ impl Keep {
                 continue;
             }
             found += 1;
-            newest.push(Reverse((Id::of(&m), name)));
+            let id = Id::of(&m);
+            newest.push(Reverse((id, name, id.mtime_ns >= recent)));
             if newest.len() > self.n {
-                let Some(Reverse((id, name))) = newest.pop() else {
+                let Some(Reverse((id, name, fresh))) = newest.pop() else {
                     continue;
                 };
                 // (one of this run's, older than N others: its entry in
                 // the list removes it in turn)
                 let ours = lock(&self.dirs)
                     .get(dir)
-                    .is_some_and(|f| f.live.contains(&id));
-                if !ours {
-                    self.remove(&dir.join(name), id);
+                    .is_some_and(|f| f.live.contains_key(&name));
+                if ours {
+                    continue;
+                }
+                if fresh {
+                    // (maybe this run's, its writer yet to say so: judged
+                    // at the end; a couple of seconds of frames at most)
+                    held_back.push((name, id));
+                } else if self.remove(&dir.join(&name), id) {
                     removed += 1;
                 }
             }
@@ -219,31 +257,60 @@ impl Keep {
         let mut g = lock(&self.dirs);
         let files = g.entry(dir.to_path_buf()).or_default();
         let mut earlier: Vec<(OsString, Id)> = Vec::with_capacity(newest.len());
-        for Reverse((id, name)) in newest.into_sorted_vec().into_iter().rev() {
-            if !files.live.contains(&id) {
+        for Reverse((id, name, _)) in newest.into_sorted_vec().into_iter().rev() {
+            if !files.live.contains_key(&name) {
                 earlier.push((name, id));
             }
         }
-        for (_, id) in &earlier {
-            files.live.insert(*id);
+        for (name, id) in &earlier {
+            files.live.insert(name.clone(), *id);
         }
         for e in earlier.into_iter().rev() {
             files.order.push_front(e);
         }
         files.listed = true;
-        // (all that is over the bound: at most the frames written while
-        // the listing ran)
-        removed += self.prune(dir, files, usize::MAX);
+        let mut victims = files.over(self.n, usize::MAX);
+        // (those held back that no writer of this run has claimed since)
+        victims.extend(
+            held_back
+                .into_iter()
+                .filter(|(name, _)| !files.live.contains_key(name)),
+        );
         drop(g);
+        for (name, id) in victims {
+            if self.remove(&dir.join(name), id) {
+                removed += 1;
+            }
+        }
         if removed > 0 {
             log::info!(
-                "--keep {}: removed the {removed} oldest of {found} frame files (.{}) in {}, \
+                "--keep {}: removed the {removed} oldest of the {found} frame files (.{}) in {}, \
                  earlier runs' included",
                 self.n,
                 self.ext,
                 dir.display()
             );
         }
+    }
+
+    fn mark_listed(&self, dir: &Path) {
+        lock(&self.dirs)
+            .entry(dir.to_path_buf())
+            .or_default()
+            .listed = true;
+    }
+
+    /// Waits, `limit` at most, for the listings still running (at exit:
+    /// so that a short run leaves its directories within the bound).
+    /// Whether none is left.
+    pub fn wait_listings(&self, limit: Duration) -> bool {
+        let g = lock(&self.listings.0);
+        let (g, _) = self
+            .listings
+            .1
+            .wait_timeout_while(g, limit, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *g == 0
     }
 
     /// Waits until the listing of `dir` is done (tests).
@@ -334,11 +401,18 @@ mod tests {
         k.wrote(d, &p)
     }
 
-    /// Entries and files counted agree: no file counted twice.
+    /// The files counted: every one on the list once.
     fn entries(k: &Keep, d: &Path) -> usize {
         let g = lock(&k.dirs);
         let f = &g[d];
-        assert_eq!(f.order.len(), f.live.len(), "an entry made twice");
+        for (name, id) in &f.live {
+            let n = f
+                .order
+                .iter()
+                .filter(|e| (&e.0, &e.1) == (name, id))
+                .count();
+            assert_eq!(n, 1, "{name:?} on the list {n} times");
+        }
         f.live.len()
     }
 
@@ -418,15 +492,23 @@ mod tests {
         for e in fs::read_dir(&d).unwrap() {
             fs::remove_file(e.unwrap().path()).unwrap();
         }
-        for (i, name) in ["frame-000000.raw", "frame-000001.raw", "frame-000002.raw"]
+        // (in another order: the old entries' order must not decide)
+        for (i, name) in ["frame-000002.raw", "frame-000001.raw", "frame-000000.raw"]
             .iter()
             .enumerate()
         {
-            // (each takes an old entry off: a file that is not there any more)
-            assert_eq!(write(&k, &d, name, Some(50 - i as u64)), 1);
+            // (the name counts for the new file now: nothing over the bound)
+            assert_eq!(write(&k, &d, name, Some(50 - i as u64)), 0);
             assert_eq!(names(&d).len(), i + 1, "{:?}", names(&d));
         }
         assert_eq!(entries(&k, &d), 3);
+        // and the next frame takes the oldest new one (frame 2), passing
+        // the old entries over
+        assert_eq!(write(&k, &d, "frame-000003.raw", Some(40)), 1);
+        assert_eq!(
+            names(&d),
+            ["frame-000000.raw", "frame-000001.raw", "frame-000003.raw"]
+        );
         let _ = fs::remove_dir_all(&d);
     }
 

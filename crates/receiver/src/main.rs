@@ -155,8 +155,9 @@ struct Cli {
     /// PNG on the card, the grainier the larger).
     /// Frame files earlier runs left there count too, oldest first by
     /// modification time (listed in the background, the first time a
-    /// frame is written there); only frame-*.EXT files of this --format
-    /// are counted or removed. With --keep 1 a restarted receiver cannot
+    /// frame is written there; a Pi whose clock starts behind, without
+    /// network time, can make a later run's files look older); only
+    /// frame-*.EXT files of this --format are counted or removed. With --keep 1 a restarted receiver cannot
     /// tell frames a --no-drop sender sends again (their predecessor is
     /// gone): they are written again, as frame-NNNNNN.1.EXT.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -381,6 +382,9 @@ fn run(cli: Cli) -> Result<()> {
             "--keep {n} needs --out DIR (a directory, not -): it bounds the frame files there"
         ),
     };
+    // (at the stop: the listings of the output directories a short run
+    // started are let finish, a while)
+    let keep_at_stop = keep.clone();
     let sinks = if cli.per_sender {
         let dir = match cli.out.as_deref() {
             Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
@@ -485,6 +489,14 @@ fn run(cli: Cli) -> Result<()> {
     // signal thread's to end).
     if !hub.settle(Duration::from_secs(5)) {
         log::warn!("frames were still being written 5 s after the stop; the numbers may miss them");
+    }
+    if let Some(k) = &keep_at_stop {
+        if !k.wait_listings(Duration::from_secs(3)) {
+            log::info!(
+                "--keep: an output directory's earlier files were still being listed 3 s after \
+                 the stop: the next run goes on with them"
+            );
+        }
     }
     // The numbers are written however the outputs end.
     let finished = hub.finish();

@@ -1192,11 +1192,11 @@ impl StreamCtx {
         stats::lock(&self.stats).ended(last, next);
     }
 
-    /// Frames from `seq` on reached this UDP stream before its sender's
-    /// hello and were dropped: counted lost once its first frame comes
-    /// ([`stats::SenderStats::expect_from`]).
-    pub fn dropped_before_hello(&mut self, seq: u64) {
-        stats::lock(&self.stats).expect_from(seq);
+    /// `n` frames reached this UDP stream before its sender's hello and
+    /// were dropped; `first` is its first frame read since
+    /// ([`stats::SenderStats::dropped_before_hello`]).
+    pub fn dropped_before_hello(&mut self, n: u64, first: u64) {
+        stats::lock(&self.stats).dropped_before_hello(n, first);
     }
 }
 

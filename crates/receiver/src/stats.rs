@@ -230,9 +230,6 @@ pub struct SenderStats {
     /// Streams of this sender open now (a reconnecting sender briefly has two).
     open: u32,
     last_sequence: Option<u64>,
-    /// Before the first frame: the lowest number of the frames a UDP
-    /// stream dropped before its sender's hello came ([`SenderStats::expect_from`]).
-    expect: Option<u64>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
     total: Histogram,
@@ -377,7 +374,6 @@ impl SenderStats {
             },
             open: 0,
             last_sequence: None,
-            expect: None,
             first_frame: None,
             last_frame: None,
             total: Histogram::default(),
@@ -405,11 +401,6 @@ impl SenderStats {
     pub fn disconnected(&mut self) {
         self.open = self.open.saturating_sub(1);
         self.snap.connected = self.open > 0;
-        if self.open == 0 {
-            // (frames dropped before a hello are its stream's: a stream
-            // that closed without a frame says nothing of the next one)
-            self.expect = None;
-        }
     }
 
     /// Counts one frame written; `payload_len` as on the wire, `mask_len`
@@ -569,24 +560,22 @@ impl SenderStats {
                 // sender could have lost that many frames: a new numbering too.
                 _ => restarted = Some(prev),
             }
-        } else if let Some(e) = self.expect.take() {
-            // The first frame: those from `e` on were dropped before it.
-            if let Some(gap @ 1..=MAX_GAP) = seq.checked_sub(e) {
-                s.lost = s.lost.saturating_add(gap);
-            }
         }
         self.last_sequence = Some(seq);
         s.last_sequence = Some(seq);
         restarted
     }
 
-    /// Frames from `seq` on reached a UDP stream before its sender's hello
-    /// and were dropped: when its first frame comes, those before it count
-    /// as lost, as a gap would (nothing once a frame was counted: the gap
-    /// after it counts them).
-    pub fn expect_from(&mut self, seq: u64) {
-        if self.last_sequence.is_none() {
-            self.expect = Some(self.expect.map_or(seq, |e| e.min(seq)));
+    /// `n` frames reached a UDP stream before its sender's hello and were
+    /// dropped; `first` is the stream's first frame read since. They count
+    /// as lost, unless the sender's numbering goes on into `first` from a
+    /// frame counted before (the gap before `first` counts them then).
+    pub fn dropped_before_hello(&mut self, n: u64, first: u64) {
+        let goes_on = self
+            .last_sequence
+            .is_some_and(|prev| matches!(first.checked_sub(prev), Some(1..=MAX_GAP)));
+        if !goes_on {
+            self.snap.lost = self.snap.lost.saturating_add(n);
         }
     }
 

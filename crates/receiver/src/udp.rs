@@ -43,6 +43,9 @@ pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
 /// sender of a frame a minute keeps its stream, and its decoder's
 /// reference frame, by its hellos).
 pub const QUIET: Duration = Duration::from_secs(3);
+/// Frame numbers remembered per stream of the fragments dropped before its
+/// hello (a second of frames at 1,000 fps).
+const EARLY_MAX: usize = 1000;
 
 /// Parses and checks one datagram (bitmask_wire::udp); the error is the log text.
 fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Dgram, &'a [u8]), String> {
@@ -59,9 +62,10 @@ struct Stream {
     /// When it last delivered a frame.
     delivered: Option<Instant>,
     warned_no_hello: bool,
-    /// The lowest frame number of the fragments dropped before the hello
-    /// (counted lost once the stream delivers: [`StreamCtx::dropped_before_hello`]).
-    early: Option<u64>,
+    /// The frame numbers of the fragments dropped before the hello
+    /// ([`EARLY_MAX`] at most), counted lost at the stream's first frame
+    /// ([`StreamCtx::dropped_before_hello`]).
+    early: std::collections::BTreeSet<u64>,
 }
 
 impl Stream {
@@ -388,7 +392,7 @@ fn on_dgram(
                 last_seen: Instant::now(),
                 delivered: None,
                 warned_no_hello: false,
-                early: None,
+                early: Default::default(),
             },
         );
     }
@@ -421,10 +425,6 @@ fn on_dgram(
                                 "state: udp stream from {:?} ({from}) open{kept}",
                                 h.name()
                             );
-                            let mut ctx = ctx;
-                            if let Some(e) = s.early.take() {
-                                ctx.dropped_before_hello(e);
-                            }
                             s.ctx = Some(ctx);
                         }
                         Err(e) => log::warn!("udp from {from}: {e:#}"),
@@ -445,12 +445,14 @@ fn on_dgram(
         return;
     }
     if s.ctx.is_none() {
-        s.early = Some(s.early.map_or(d.sequence, |e| e.min(d.sequence)));
+        if s.early.len() < EARLY_MAX {
+            s.early.insert(d.sequence);
+        }
         if !s.warned_no_hello && logs.early(from) {
             s.warned_no_hello = true;
             log::info!(
                 "udp from {from}: frames before the sender's hello are dropped until it comes \
-                 (every second), and counted lost"
+                 (every second), and counted lost once a frame follows"
             );
         }
         return;
@@ -491,6 +493,16 @@ fn on_dgram(
         // (pending, late or a copy, a straggler, refused)
         _ => return,
     };
+    if !s.early.is_empty() {
+        // The stream's first frame read: the frames dropped before its
+        // hello, numbered below it, were lost. (Counted distinct and
+        // capped: a forged early fragment adds one at most.)
+        let early = std::mem::take(&mut s.early);
+        let n = early.range(..whole.sequence).count() as u64;
+        if let Some(ctx) = s.ctx.as_mut() {
+            ctx.dropped_before_hello(n, whole.sequence);
+        }
+    }
     let len = whole.frame_len as usize;
     let mut spent = Duration::ZERO;
     // (read in place: no copy of the frame into a reader's buffer)
@@ -1101,6 +1113,27 @@ mod tests {
         }
         let s = crate::stats::lock(&bed.hub.stats.sender("early")).snapshot();
         assert_eq!((s.received, s.lost), (2, 0));
+        // A forged early fragment numbered far below: one frame more, not
+        // the whole span.
+        bed.feed(&fragments(&raw_frame(64, 8, 0, 9), 5, 0, 30)[0]);
+        for q in [1000, 1001] {
+            bed.feed(&fragments(&raw_frame(64, 8, q, 1), 5, q, 30)[0]);
+        }
+        bed.hello(5, "forged");
+        for d in fragments(&raw_frame(64, 8, 1002, 1), 5, 1002, 30) {
+            bed.feed(&d);
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("forged")).snapshot();
+        assert_eq!((s.received, s.lost), (1, 3));
+        // A new stream of "late" whose numbering goes on from its frame 6:
+        // frame 7, dropped before the hello, is counted once, by the gap.
+        bed.feed(&fragments(&raw_frame(64, 8, 7, 1), 6, 7, 30)[0]);
+        bed.hello(6, "late");
+        for d in fragments(&raw_frame(64, 8, 8, 1), 6, 8, 30) {
+            bed.feed(&d);
+        }
+        let s = crate::stats::lock(&bed.hub.stats.sender("late")).snapshot();
+        assert_eq!((s.received, s.lost), (2, 3));
     }
 
     #[test]

@@ -11,10 +11,10 @@
 //! modification time first, the newest N kept in memory and the older
 //! removed as it goes), so that a restarted receiver keeps the bound too,
 //! and a directory of millions of files costs no stall of the streams and
-//! no memory beyond N entries. Only frame files of the output's format are counted or removed:
-//! `frame-NNNNNN.EXT` and `frame-NNNNNN.K.EXT` (the names
-//! [`crate::output::write_new`] gives); nothing else in the directory is
-//! touched.
+//! no memory beyond N entries. Only frame files of the output's format are
+//! counted or removed: `frame-NNNNNN.EXT` and `frame-NNNNNN.K.EXT` (the
+//! names [`crate::output::write_new`] gives); nothing else in the
+//! directory is touched.
 
 use crate::session::{lock, more_like_it, Throttle};
 use std::cmp::Reverse;

@@ -7,14 +7,16 @@
 //! up; a frame that gets no datagram for [`FRAGMENT_GAP`] is given up too.
 //! Both count as `incomplete`. Only a frame read whole (its CRC, its length
 //! and its header's sequence number checked) moves the point below which
-//! datagrams are late, and only by at most [`MAX_GAP`](bitmask_wire::udp::MAX_GAP); a number more than
-//! that below it starts a new numbering. One datagram with a made-up
-//! sequence number (say 2^64 - 1), never completed or even a whole frame,
-//! must not make every later frame of the stream "late".
-//! Memory is capped: `--max-senders` streams
-//! (as many as TCP connections, counted apart), [`MAX_PARTIAL`](bitmask_wire::udp::MAX_PARTIAL) frames in
-//! reassembly each, each no larger than a frame of `--max-size`, allocated
-//! only after the datagram header was checked. When all are taken, a new
+//! datagrams are late, and only by at most
+//! [`MAX_GAP`](bitmask_wire::udp::MAX_GAP); a number more than that below
+//! it starts a new numbering. One datagram with a made-up sequence number
+//! (say 2^64 - 1), never completed or even a whole frame, must not make
+//! every later frame of the stream "late". (The reassembly itself is
+//! [`Reassembler`]'s, in bitmask-wire; this module keeps the streams.)
+//! Memory is capped: `--max-senders` streams (as many as TCP connections,
+//! counted apart), [`MAX_PARTIAL`](bitmask_wire::udp::MAX_PARTIAL) frames
+//! in reassembly each, each no larger than a frame of `--max-size`,
+//! allocated only after the datagram header was checked. When all are taken, a new
 //! stream replaces the quietest one that has never delivered a frame, or
 //! that has sent nothing for [`QUIET`]; a stream of a sender (one that has
 //! delivered a frame and still sends, if only its hello every second) is

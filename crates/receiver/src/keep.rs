@@ -16,6 +16,7 @@
 //! names [`crate::output::write_new`] gives); nothing else in the
 //! directory is touched.
 
+use crate::output::frame_number;
 use crate::session::{lock, more_like_it, Throttle};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -63,8 +64,6 @@ struct Files {
     /// name, so this is what the bound counts (an entry made twice for one
     /// file, by the listing and by its writer, counts once).
     live: HashMap<OsString, Id>,
-    /// What the directory held before was listed ([`Keep::list_earlier`]).
-    listed: bool,
 }
 
 impl Files {
@@ -213,7 +212,6 @@ impl Keep {
                     self.n,
                     dir.display()
                 );
-                self.mark_listed(dir);
                 return;
             }
         };
@@ -222,7 +220,11 @@ impl Keep {
         let mut held_back: Vec<(OsString, Id)> = Vec::new();
         for e in entries.flatten() {
             let name = e.file_name();
-            if !name.to_str().is_some_and(|n| is_frame_file(n, self.ext)) {
+            if name
+                .to_str()
+                .and_then(|n| frame_number(n, self.ext))
+                .is_none()
+            {
                 continue;
             }
             // (a directory or link under such a name is not ours)
@@ -256,19 +258,13 @@ impl Keep {
         }
         let mut g = lock(&self.dirs);
         let files = g.entry(dir.to_path_buf()).or_default();
-        let mut earlier: Vec<(OsString, Id)> = Vec::with_capacity(newest.len());
-        for Reverse((id, name, _)) in newest.into_sorted_vec().into_iter().rev() {
+        // (newest first, each put in front: the oldest ends up first)
+        for Reverse((id, name, _)) in newest.into_sorted_vec() {
             if !files.live.contains_key(&name) {
-                earlier.push((name, id));
+                files.live.insert(name.clone(), id);
+                files.order.push_front((name, id));
             }
         }
-        for (name, id) in &earlier {
-            files.live.insert(name.clone(), *id);
-        }
-        for e in earlier.into_iter().rev() {
-            files.order.push_front(e);
-        }
-        files.listed = true;
         let mut victims = files.over(self.n, usize::MAX);
         // (those held back that no writer of this run has claimed since)
         victims.extend(
@@ -293,13 +289,6 @@ impl Keep {
         }
     }
 
-    fn mark_listed(&self, dir: &Path) {
-        lock(&self.dirs)
-            .entry(dir.to_path_buf())
-            .or_default()
-            .listed = true;
-    }
-
     /// Waits, `limit` at most, for the listings still running (at exit:
     /// so that a short run leaves its directories within the bound).
     /// Whether none is left.
@@ -311,31 +300,6 @@ impl Keep {
             .wait_timeout_while(g, limit, |n| *n > 0)
             .unwrap_or_else(|p| p.into_inner());
         *g == 0
-    }
-
-    /// Waits until the listing of `dir` is done (tests).
-    #[cfg(test)]
-    fn listed(&self, dir: &Path) {
-        let t = std::time::Instant::now();
-        while !lock(&self.dirs).get(dir).is_some_and(|f| f.listed) {
-            assert!(t.elapsed().as_secs() < 20, "{} never listed", dir.display());
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-}
-
-/// Whether `name` is a frame file's name: `frame-` digits (`.` digits) `.ext`.
-pub fn is_frame_file(name: &str, ext: &str) -> bool {
-    let Some(rest) = name.strip_prefix("frame-") else {
-        return false;
-    };
-    let Some(stem) = rest.strip_suffix(ext).and_then(|s| s.strip_suffix('.')) else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    match stem.split_once('.') {
-        None => digits(stem),
-        Some((seq, k)) => digits(seq) && digits(k),
     }
 }
 
@@ -373,7 +337,7 @@ mod tests {
             "frame-1234567.png",
             "frame-000001.12.png",
         ] {
-            assert!(is_frame_file(ok, "png"), "{ok}");
+            assert!(frame_number(ok, "png").is_some(), "{ok}");
         }
         for no in [
             "frame-000001.raw",
@@ -387,7 +351,7 @@ mod tests {
             "frame-000001png",
             "notes.png",
         ] {
-            assert!(!is_frame_file(no, "png"), "{no}");
+            assert!(frame_number(no, "png").is_none(), "{no}");
         }
     }
 
@@ -434,7 +398,7 @@ mod tests {
         let k = Arc::new(Keep::new(3, "png"));
         // 4 frame files now: the listing removes the oldest (frame-000900, 300 s).
         assert_eq!(write(&k, &d, "frame-000000.png", None), 0);
-        k.listed(&d);
+        assert!(k.wait_listings(Duration::from_secs(20)), "never listed");
         assert_eq!(entries(&k, &d), 3);
         assert_eq!(
             names(&d),
@@ -488,7 +452,7 @@ mod tests {
         {
             write(&k, &d, name, Some(100 - i as u64));
         }
-        k.listed(&d);
+        assert!(k.wait_listings(Duration::from_secs(20)), "never listed");
         for e in fs::read_dir(&d).unwrap() {
             fs::remove_file(e.unwrap().path()).unwrap();
         }
@@ -523,7 +487,7 @@ mod tests {
         }
         let k = Arc::new(Keep::new(5, "raw"));
         assert_eq!(write(&k, &d, "frame-000000.raw", None), 0);
-        k.listed(&d);
+        assert!(k.wait_listings(Duration::from_secs(20)), "never listed");
         // This run's frame and the four youngest of the others.
         let mut want = vec!["frame-000000.raw".to_string()];
         want.extend((before - 4..before).map(|i| format!("frame-{i:06}.1.raw")));

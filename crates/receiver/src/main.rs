@@ -34,7 +34,7 @@ use clap::Parser;
 use output::{Format, Output};
 use socket2::{Domain, Socket, Type};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Receive bitmask frames over TCP or UDP and write each mask as a file (or to stdout or a
@@ -157,9 +157,10 @@ struct Cli {
     /// modification time (listed in the background, the first time a
     /// frame is written there; a Pi whose clock starts behind, without
     /// network time, can make a later run's files look older); only
-    /// frame-*.EXT files of this --format are counted or removed. With --keep 1 a restarted receiver cannot
-    /// tell frames a --no-drop sender sends again (their predecessor is
-    /// gone): they are written again, as frame-NNNNNN.1.EXT.
+    /// frame-*.EXT files of this --format are counted or removed. With
+    /// --keep 1 a restarted receiver cannot tell frames a --no-drop sender
+    /// sends again (their predecessor is gone): they are written again, as
+    /// frame-NNNNNN.1.EXT.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
 
@@ -372,9 +373,11 @@ fn run(cli: Cli) -> Result<()> {
         // net.core.rmem_max, 208 KiB by default: the kernel doubles it.)
         let _ = socket2::SockRef::from(u).set_recv_buffer_size(4 << 20);
     }
-    let keep = match (cli.keep, cli.out.as_deref()) {
+    // --out DIR, not --out -
+    let out_dir = cli.out.as_deref().filter(|d| d.as_os_str() != "-");
+    let keep = match (cli.keep, out_dir) {
         (None, _) => None,
-        (Some(n), Some(d)) if d.as_os_str() != "-" => Some(std::sync::Arc::new(keep::Keep::new(
+        (Some(n), Some(_)) => Some(std::sync::Arc::new(keep::Keep::new(
             usize::try_from(n).unwrap_or(usize::MAX),
             cli.format.ext(),
         ))),
@@ -386,9 +389,8 @@ fn run(cli: Cli) -> Result<()> {
     // started are let finish, a while)
     let keep_at_stop = keep.clone();
     let sinks = if cli.per_sender {
-        let dir = match cli.out.as_deref() {
-            Some(d) if d.as_os_str() != "-" => d.to_path_buf(),
-            _ => anyhow::bail!("--per-sender needs --out DIR (a directory, not -)"),
+        let Some(dir) = out_dir.map(Path::to_path_buf) else {
+            anyhow::bail!("--per-sender needs --out DIR (a directory, not -)");
         };
         output::check_dir_target(&dir)?;
         let shared = if cli.latest.is_some() || cli.exec.is_some() {
@@ -403,8 +405,7 @@ fn run(cli: Cli) -> Result<()> {
         };
         session::Sinks {
             shared: shared.map(std::sync::Mutex::new),
-            per_sender: Some((dir.clone(), cli.format, output::MountWatch::new(&dir))),
-            keep,
+            per_sender: Some((dir.clone(), cli.format, output::MountWatch::new(&dir), keep)),
         }
     } else {
         let mut shared = Output::open(
@@ -419,10 +420,9 @@ fn run(cli: Cli) -> Result<()> {
         session::Sinks {
             shared: Some(std::sync::Mutex::new(shared)),
             per_sender: None,
-            keep: None,
         }
     };
-    if let Some(dir) = cli.out.clone().filter(|d| d.as_os_str() != "-") {
+    if let Some(dir) = out_dir.map(Path::to_path_buf) {
         // In the background: a directory of millions of frames takes a while.
         let deeper = cli.per_sender;
         let _ = std::thread::Builder::new()

@@ -876,14 +876,6 @@ pub fn written_before(
     if seq == 0 {
         return false;
     }
-    // The frame number of a file `frame-NNNNNN.EXT` or `frame-NNNNNN.K.EXT`.
-    let suffix = format!(".{ext}");
-    let number = |name: &str| -> Option<u64> {
-        let rest = name.strip_prefix("frame-")?.strip_suffix(suffix.as_str())?;
-        let (n, k) = rest.split_once('.').unwrap_or((rest, "1"));
-        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        (all_digits(n) && all_digits(k)).then(|| n.parse().ok())?
-    };
     // One pass over the directory: the newest file of `seq` and of `seq - 1`.
     type Newest = Option<(std::time::SystemTime, u64, PathBuf)>;
     let (mut this, mut prev): (Newest, Newest) = (None, None);
@@ -891,7 +883,7 @@ pub fn written_before(
         return false;
     };
     for e in entries.flatten() {
-        let Some(q) = number(&e.file_name().to_string_lossy())
+        let Some(q) = frame_number(&e.file_name().to_string_lossy(), ext)
             .filter(|&q| q.saturating_add(1) >= seq && q <= seq)
         else {
             continue;
@@ -917,6 +909,19 @@ pub fn written_before(
         && t_prev.elapsed().is_ok_and(|age| age <= BEFORE_AGE)
         && len == data.len() as u64
         && fs::read(&path).is_ok_and(|b| b == data)
+}
+
+/// The frame number of a frame file's name, `frame-NNNNNN.EXT` or
+/// `frame-NNNNNN.K.EXT` (the names [`write_new`] gives frames); `None` for
+/// any other name.
+pub fn frame_number(name: &str, ext: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix("frame-")?
+        .strip_suffix(ext)?
+        .strip_suffix('.')?;
+    let (n, k) = rest.split_once('.').unwrap_or((rest, "1"));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (all_digits(n) && all_digits(k)).then(|| n.parse().ok())?
 }
 
 /// Writes `data` to a new temporary file `dir/.NAME.PID.N.tmp` (unique per

@@ -136,11 +136,9 @@ pub struct Sinks {
     /// `--latest`, `--exec`), or None.
     pub shared: Option<Mutex<Output>>,
     /// `--per-sender`: files go to DIR/<name>/ in this format, not while
-    /// DIR was a mount point and is not one now.
-    pub per_sender: Option<(PathBuf, Format, MountWatch)>,
-    /// `--keep N`, for each `--per-sender` directory (the shared output
-    /// has it already).
-    pub keep: Option<Arc<crate::keep::Keep>>,
+    /// DIR was a mount point and is not one now, kept to `--keep N`'s
+    /// bound if given.
+    pub per_sender: Option<(PathBuf, Format, MountWatch, Option<Arc<crate::keep::Keep>>)>,
 }
 
 /// Everything the sessions share. Built once in `main`.
@@ -1240,7 +1238,7 @@ impl Drop for StreamCtx {
 /// Sender `name`'s own `--per-sender` directory, opened where its mount
 /// watch allows (`None` without `--per-sender`).
 fn open_own(hub: &Hub, name: &str) -> Result<Option<Output>> {
-    let Some((dir, format, watch)) = &hub.sinks.per_sender else {
+    let Some((dir, format, watch, keep)) = &hub.sinks.per_sender else {
         return Ok(None);
     };
     let d = dir.join(name);
@@ -1249,7 +1247,7 @@ fn open_own(hub: &Hub, name: &str) -> Result<Option<Output>> {
         .and_then(|()| Output::open(Some(&d), None, None, *format))
         .map_err(|e| e.context(format!("output directory {}", d.display())))?;
     o.watch(watch);
-    if let Some(k) = &hub.sinks.keep {
+    if let Some(k) = keep {
         o.keep(k.clone());
     }
     Ok(Some(o))
@@ -2365,7 +2363,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         });
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let (n, apart, a1) = hub.name_for("cam", a);
@@ -2396,7 +2393,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         });
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         drop(hub.name_for("cam", a));
@@ -2418,7 +2414,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         });
         let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
         let _owner = hub.name_for("cam", "10.0.0.1".parse().unwrap());
@@ -2439,7 +2434,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         });
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let _a = hub.name_for("cam", ip("10.0.0.1"));
@@ -2489,7 +2483,6 @@ mod tests {
         let sinks = Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         };
         let hub = Hub::new(
             Limits::default(),
@@ -2545,7 +2538,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: Some(Mutex::new(out)),
             per_sender: None,
-            keep: None,
         });
         (hub, dir)
     }
@@ -2697,7 +2689,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         });
         let st = state();
         // Silent for far longer than --timeout (1 s here) since its frame.
@@ -2717,7 +2708,6 @@ mod tests {
         let hub = hub_with(Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         });
         hub.memory.set_limit(10 * MIB);
         let mut busy = 0;

@@ -134,7 +134,7 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
         }
         if last_sweep.elapsed() >= Duration::from_millis(50) {
             last_sweep = Instant::now();
-            sweep(&hub, &mut streams, Instant::now());
+            sweep(&hub, &mut streams, last_sweep);
         }
     }
 }
@@ -399,7 +399,8 @@ fn on_dgram(
         );
     }
     let s = streams.get_mut(&key).expect("inserted above");
-    s.last_seen = Instant::now();
+    let now = Instant::now();
+    s.last_seen = now;
     if d.kind == KIND_HELLO {
         if s.ctx.is_none() {
             let mut r = FrameReader::new(data, hub.limits);
@@ -465,7 +466,7 @@ fn on_dgram(
     let pushed = s.reasm.push(
         &d,
         data,
-        Instant::now(),
+        now,
         // (refused for memory: counted and logged there, once: its other
         // datagrams are late)
         |seq, len| {
@@ -495,16 +496,6 @@ fn on_dgram(
         // (pending, late or a copy, a straggler, refused)
         _ => return,
     };
-    if !s.early.is_empty() {
-        // The stream's first frame read: the frames dropped before its
-        // hello, numbered below it, were lost. (Counted distinct and
-        // capped: a forged early fragment adds one at most.)
-        let early = std::mem::take(&mut s.early);
-        let n = early.range(..whole.sequence).count() as u64;
-        if let Some(ctx) = s.ctx.as_mut() {
-            ctx.dropped_before_hello(n, whole.sequence);
-        }
-    }
     let len = whole.frame_len as usize;
     let mut spent = Duration::ZERO;
     // (read in place: no copy of the frame into a reader's buffer)
@@ -516,6 +507,13 @@ fn on_dgram(
         s.reasm.forget(whole.sequence); // (its duplicates are not reassembled again)
     }
     let ctx = s.ctx.as_mut().expect("checked above");
+    if !s.early.is_empty() {
+        // The stream's first frame read: the frames dropped before its
+        // hello, numbered below it, were lost. (Counted distinct and
+        // capped: a forged early fragment adds one at most.)
+        let n = std::mem::take(&mut s.early).range(..whole.sequence).count();
+        ctx.dropped_before_hello(n as u64, whole.sequence);
+    }
     match got {
         // (damaged: counted corrupt under the number its datagrams say,
         // not also lost in the gap before the next frame)
@@ -664,7 +662,6 @@ mod tests {
         let sinks = Sinks {
             shared: None,
             per_sender: None,
-            keep: None,
         };
         Hub::new(
             Limits::default(),

@@ -247,6 +247,21 @@ impl Datagram {
             }
             return Ok((d, data));
         }
+        d.check_fragment(data.len(), Some(max_len))?;
+        Ok((d, data))
+    }
+
+    /// Checks a fragment's fields and the length of the data it carries,
+    /// and with `cap` its `frame_len` against it (the rules of
+    /// [`Datagram::parse`], in its order; [`Reassembler::push`] checks
+    /// them without the cap).
+    pub(crate) fn check_fragment(
+        &self,
+        data_len: usize,
+        cap: Option<u64>,
+    ) -> Result<(), WireError> {
+        let d = self;
+        let bad = |e: DatagramError| Err(WireError::BadDatagram(e));
         if d.kind != KIND_FRAGMENT {
             return Err(WireError::UnknownDatagramKind { kind: d.kind });
         }
@@ -260,10 +275,10 @@ impl Datagram {
         if d.frame_len == 0 {
             return bad(DatagramError::EmptyFrame);
         }
-        if d.frame_len as u64 > max_len {
+        if let Some(cap) = cap.filter(|&c| d.frame_len as u64 > c) {
             return Err(WireError::DatagramOverCap {
                 frame_len: d.frame_len,
-                cap: max_len,
+                cap,
             });
         }
         if (d.frame_len as usize).div_ceil(d.stride as usize) != d.count as usize {
@@ -275,14 +290,14 @@ impl Datagram {
         }
         let off = d.index as usize * d.stride as usize;
         let want = (d.frame_len as usize - off).min(d.stride as usize);
-        if data.len() != want {
+        if data_len != want {
             return bad(DatagramError::FragmentLength {
                 index: d.index,
-                len: data.len(),
+                len: data_len,
                 expected: want,
             });
         }
-        Ok((d, data))
+        Ok(())
     }
 }
 

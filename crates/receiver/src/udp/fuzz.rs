@@ -39,7 +39,6 @@ fn hub(limits: Limits, max_conns: usize) -> (Arc<Hub>, Arc<Delivered>) {
     let sinks = Sinks {
         shared: None,
         per_sender: None,
-        keep: None,
     };
     let hub = Hub::new(limits, Duration::from_secs(10), sinks, None, max_conns, tx);
     let seen = Arc::new(Delivered::default());

@@ -138,18 +138,6 @@ impl Partial {
     }
 }
 
-/// Whether `d` is a fragment whose numbering and data length make a part of
-/// its frame (what `Datagram::parse` checks of a fragment, but the cap).
-fn fragment_is_whole(d: &Datagram, data_len: usize) -> bool {
-    let (stride, frame_len) = (d.stride as usize, d.frame_len as usize);
-    d.kind == super::KIND_FRAGMENT
-        && stride >= 1
-        && frame_len >= 1
-        && d.index < d.count
-        && frame_len.div_ceil(stride) == d.count as usize
-        && data_len == (frame_len - d.index as usize * stride).min(stride)
-}
-
 /// One stream's frames put back together from their fragment datagrams
 /// (docs/PROTOCOL.md, "UDP transport", its receiving rules).
 ///
@@ -229,7 +217,7 @@ impl Reassembler {
         admit: impl FnOnce(u64, u32) -> bool,
         mut gave_up: impl FnMut(GivenUp),
     ) -> Push {
-        if !fragment_is_whole(d, data.len()) {
+        if d.check_fragment(data.len(), None).is_err() {
             return Push::Malformed;
         }
         if self.late(d.sequence) {
@@ -256,8 +244,8 @@ impl Reassembler {
                 }
                 // Neither cleared nor shrunk: the fragments cover every
                 // byte of `..frame_len` before the frame is whole (checked
-                // by `Datagram::parse`: count, stride and each fragment's
-                // length, and below: each fragment agrees with the first),
+                // above: count, stride and each fragment's length, and
+                // below: each fragment agrees with the first),
                 // so nothing stale is ever read, and a datagram claiming a
                 // large frame costs no memset of it (once the buffer grew).
                 let mut buf = self.spare.pop().unwrap_or_default();
@@ -279,7 +267,8 @@ impl Reassembler {
             }
         };
         let p = &mut self.partial[i];
-        if p.frame_len != d.frame_len || p.stride != d.stride || p.got.len() != d.count as usize {
+        // (`count` follows from these two: checked above)
+        if p.frame_len != d.frame_len || p.stride != d.stride {
             return Push::Disagrees;
         }
         p.last = now;
@@ -288,7 +277,7 @@ impl Reassembler {
         }
         p.got[d.index as usize] = true;
         p.missing -= 1;
-        // (in bounds: `fragment_is_whole`, and `frame_len` agrees)
+        // (in bounds: checked above, and `frame_len` agrees)
         let off = d.index as usize * d.stride as usize;
         p.buf[off..off + data.len()].copy_from_slice(data);
         if p.missing > 0 {

@@ -267,6 +267,42 @@ fn no_drop_sends_again_to_a_restarted_receiver() {
 }
 
 #[test]
+fn image_files_at_fps_are_a_batch_every_frame_sent() {
+    // --fps paces image files; it does not make them a camera (as files
+    // repeated by --loop at --fps do). A receiver that comes up a second
+    // late gets every frame (a live source drops the frames the link could
+    // not take: this run said 'dropped 28' and exited 0, and one with no
+    // receiver at all 'sent 0', exit 0).
+    let tmp = TempDir::new("delivery-batch-fps");
+    let expected = inputs(&tmp.join("in"));
+    let addr = closed_port();
+    let out = tmp.join("out");
+    // (the three images ten times over)
+    let n = 30u64;
+    let mut s = Proc::spawn(
+        Command::new(bin("bitmask-send"))
+            .args(["--to", &addr, "--retry-max", "0.1", "--fps", "50"])
+            .args(vec![tmp.join("in"); 10]),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut c = Command::new(bin("bitmask-recv"));
+    c.args(["--listen", &addr, "--out", out.to_str().unwrap()]);
+    let mut r = start_listening(&mut c);
+    let f = s.wait(LIMIT);
+    assert!(f.status.success(), "sender: {}\n{}", f.status, f.stderr);
+    assert_eq!(summary_count(&f.stderr, "dropped"), 0, "{}", f.stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    let rl = r.proc.terminate(LIMIT);
+    assert_eq!(
+        written(&out, &expected),
+        (0..n).collect::<Vec<u64>>(),
+        "every frame written\nsender:\n{}\nreceiver:\n{}",
+        f.stderr,
+        rl.stderr
+    );
+}
+
+#[test]
 fn a_receiver_that_sends_no_acknowledgements_is_still_served() {
     // An older receiver: it reads the stream and never writes a byte.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -663,13 +699,34 @@ fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
     assert!(list(&out).is_empty());
 }
 
+/// `--input-command` for a camera stand-in: `n` gray8 frames of `w` x `h`
+/// zeros, `fps` a second, on its own clock (a live source).
+fn paced_camera(w: u32, h: u32, n: u32, fps: u32) -> String {
+    format!(
+        "exec python3 -c 'import sys, time\n\
+         out, t0, f = sys.stdout.buffer, time.time(), bytes({w} * {h})\n\
+         for k in range({n}):\n    \
+         out.write(f); out.flush()\n    \
+         time.sleep(max(0, t0 + (k + 1) / {fps} - time.time()))'"
+    )
+}
+
 #[test]
 fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
-    // The same refusal under a live sender (--fps): frames are not sent
+    // The same refusal under a live sender (a camera): frames are not sent
     // again, but a run in which the receiver confirmed nothing and ended
     // every connection must not end with exit 0 (it did, at INFO level).
-    let (s, out, _tmp) =
-        to_a_32x32_receiver("delivery-refused-live", &["--fps", "50", "--count", "60"]);
+    let tmp = TempDir::new("delivery-refused-live");
+    let out = tmp.join("out");
+    let r = start_receiver(&["--max-size", "32x32", "--out", out.to_str().unwrap()]);
+    let s = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &r.addr, "--retry-max", "0.1"])
+        .args(["--input-format", "gray8", "--size", "64x48", "--fps", "50"])
+        .args(["--input-command", &paced_camera(64, 48, 60, 50)]));
+    r.proc.wait_for_stderr(
+        "a 64x48 frame, larger than --max-size 32x32: give a larger --max-size",
+        LIMIT,
+    );
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr.contains("connections in a row without confirming"),
@@ -701,14 +758,13 @@ fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
 
 /// Sends `frames` 5000x5000 gray8 frames (25 MB each, over a default
 /// receiver's limit: it resets the connection at the header while the
-/// sender still writes) from a file, with `extra` flags.
-fn send_5000x5000(tag: &str, frames: usize, extra: &[&str]) -> Finished {
+/// sender still writes), with `extra` flags: from a file, or with `live`
+/// from a camera stand-in at 20 fps.
+fn send_5000x5000(tag: &str, frames: u32, live: bool, extra: &[&str]) -> Finished {
     let tmp = TempDir::new(tag);
-    let raw = tmp.join("big.gray");
-    std::fs::write(&raw, vec![0u8; 5000 * 5000 * frames]).unwrap();
     let r = start_receiver(&["--out", tmp.join("out").to_str().unwrap()]);
-    run(Command::new(bin("bitmask-send"))
-        .args(["--to", &r.addr])
+    let mut c = Command::new(bin("bitmask-send"));
+    c.args(["--to", &r.addr])
         .args(extra)
         .args([
             "--codec",
@@ -718,16 +774,24 @@ fn send_5000x5000(tag: &str, frames: usize, extra: &[&str]) -> Finished {
             "--input-format",
             "gray8",
         ])
-        .args(["--size", "5000x5000"])
-        .arg(&raw))
+        .args(["--size", "5000x5000"]);
+    if live {
+        c.args(["--fps", "20", "--input-command"])
+            .arg(paced_camera(5000, 5000, frames, 20));
+    } else {
+        let raw = tmp.join("big.gray");
+        std::fs::write(&raw, vec![0u8; 5000 * 5000 * frames as usize]).unwrap();
+        c.arg(&raw);
+    }
+    run(&mut c)
 }
 
 #[test]
 fn a_live_sender_whose_writes_are_refused_says_so_and_fails() {
-    // The same, live (--fps) and with frames big enough that the refusal
-    // makes the write itself fail: those count as refusals too (the run
-    // ended with exit 0, 'sent 0 ... failed 6').
-    let s = send_5000x5000("delivery-refused-write-live", 3, &["--fps", "20"]);
+    // The same, live (a camera) and with frames big enough that the
+    // refusal makes the write itself fail: those count as refusals too
+    // (the run ended with exit 0, 'sent 0 ... failed 6').
+    let s = send_5000x5000("delivery-refused-write-live", 3, true, &[]);
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr.contains("confirmed none of the frames"),
@@ -740,7 +804,7 @@ fn a_live_sender_whose_writes_are_refused_says_so_and_fails() {
 fn a_frame_refused_while_it_is_written_is_given_up_too() {
     // A 5000x5000 frame (25 MB raw) is over the receiver's default limit:
     // it resets the connection at the header while the sender still writes.
-    let s = send_5000x5000("delivery-refused-write", 1, &["--no-drop"]);
+    let s = send_5000x5000("delivery-refused-write", 1, false, &["--no-drop"]);
     assert!(!s.status.success(), "{}", s.stderr);
     assert!(
         s.stderr

@@ -392,7 +392,9 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot resolve --http address {addr:?} (expected HOST:PORT)"))?
         .next()
         .with_context(|| format!("--http {addr:?} resolved to no address"))?;
-    TcpListener::bind(sa).with_context(|| format!("cannot serve --http on {sa}"))
+    TcpListener::bind(sa)
+        .map_err(|e| crate::in_use_hint(e, sa.port()))
+        .with_context(|| format!("cannot serve --http on {sa}"))
 }
 
 // ---------------------------------------------------------------- sampler

@@ -51,7 +51,12 @@ use std::time::Duration;
 /// --no-drop sender sends it again); a broken stream closes that connection only; the
 /// receiver keeps listening until --count frames have arrived (or forever).
 #[derive(Parser, Debug)]
-#[command(name = "bitmask-recv", version, verbatim_doc_comment)]
+#[command(
+    name = "bitmask-recv",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 #[command(after_help = "Formats:
   raw  the mask bits as sent: MSB-first, rows padded to whole bytes
        (= numpy.packbits(mask, axis=1).tobytes())
@@ -83,7 +88,7 @@ Examples:
     --exec 'python3 docs/python/read_stream.py 640x480'")]
 struct Cli {
     /// Address to listen on, HOST:PORT (port 0 picks a free port; the log says which).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
     listen: String,
 
     /// Output directory (created if missing, and again if deleted while
@@ -124,11 +129,12 @@ struct Cli {
     /// Stop after N frames have been written (exit 0; 1 if any was NOT
     /// WRITTEN, or NOT WRITTEN TO EVERY OUTPUT, or if the --exec program then
     /// exits non-zero or is still running 10 s after its stdin was closed).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     count: Option<u64>,
 
     /// Largest frame accepted, WxH; bigger headers are refused before any allocation.
-    #[arg(long, default_value = "4096x4096", value_parser = parse_size, value_name = "WxH")]
+    #[arg(long, default_value = "4096x4096", value_parser = parse_size, value_name = "WxH",
+          allow_hyphen_values = true)]
     max_size: (u32, u32),
 
     /// Seconds a connection may stay silent before its first frame, and the
@@ -161,7 +167,7 @@ struct Cli {
     /// --keep 1 a restarted receiver cannot tell frames a --no-drop sender
     /// sends again (their predecessor is gone): they are written again, as
     /// frame-NNNNNN.1.EXT.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     keep: Option<u64>,
 
     /// Log each sender's line (frames, losses, fps and Mbit/s over the
@@ -207,7 +213,7 @@ struct Cli {
     max_memory: Option<u64>,
 
     /// Serve a read-only live view (page, /stats.json, /latest.png) on HOST:PORT, e.g. 0.0.0.0:8080.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
     http: Option<String>,
 
     /// Frames per second per sender copied for the live view, 0.01 to 1000 (it never slows
@@ -221,13 +227,25 @@ struct Cli {
     verbose: u8,
 }
 
+/// The largest `--max-size` side.
+pub(crate) const MAX_SIDE: u32 = 65536;
+
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("{s:?} is not WxH"))?;
     match (w.parse::<u32>(), h.parse::<u32>()) {
-        (Ok(w), Ok(h)) if w > 0 && h > 0 && w <= 65536 && h <= 65536 => Ok((w, h)),
-        _ => Err(format!("{s:?} is not WxH with 1..=65536 each")),
+        (Ok(w), Ok(h)) if w > 0 && h > 0 && w <= MAX_SIDE && h <= MAX_SIDE => Ok((w, h)),
+        _ => Err(format!("{s:?} is not WxH with 1..={MAX_SIDE} each")),
+    }
+}
+
+/// A whole number of 1 or more (clap's own range message spells out the
+/// type's maximum).
+fn parse_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of 1 or more")),
     }
 }
 
@@ -294,6 +312,33 @@ fn raise_fd_limit(max_senders: u64, view: bool) {
     }
 }
 
+/// A HOST:PORT to listen on (resolved when bound: a name may not resolve
+/// yet): the forms a user gets wrong, refused with an example.
+fn parse_listen(s: &str) -> Result<String, String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "{s:?} is not HOST:PORT, e.g. 0.0.0.0:{} (every interface) or 127.0.0.1:{0}",
+            if s.parse::<u16>().is_ok() { s } else { "5000" }
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "{s:?} has no host: e.g. 0.0.0.0{s} (every interface) or 127.0.0.1{s}"
+        ));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "{s:?}: an IPv6 address goes in brackets, e.g. [::]:5000"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(_) => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?}: the port must be a number 0..=65535 (0: any free port)"
+        )),
+    }
+}
+
 /// A command that is not empty or blanks only.
 fn non_blank(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
@@ -316,9 +361,23 @@ fn bind(addr: &str) -> Result<TcpListener> {
     // Small enough that frames cannot queue for long behind a slow writer
     // (the sender's queue drops them instead), big enough for 100 Mbit/s.
     sock.set_recv_buffer_size(256 << 10).with_context(cannot)?;
-    sock.bind(&sa.into()).with_context(cannot)?;
+    sock.bind(&sa.into())
+        .map_err(|e| in_use_hint(e, sa.port()))
+        .with_context(cannot)?;
     sock.listen(64).with_context(cannot)?;
     Ok(sock.into())
+}
+
+/// An address in use, with what to do about it.
+pub(crate) fn in_use_hint(e: std::io::Error, port: u16) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "{e}: another program listens there (another bitmask-recv, or its service: \
+             `ss -ltnp 'sport = :{port}'` names it); stop it or pick another port"
+        )
+    } else {
+        e.into()
+    }
 }
 
 /// `--max-memory` in bytes, or its default; says how many streams of

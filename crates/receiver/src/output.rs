@@ -483,6 +483,13 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
 /// startup, that it takes new files: a read-only card is refused before
 /// any sender is told its frames were handled.
 pub fn check_dir_target(dir: &Path) -> Result<()> {
+    if fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        bail!(
+            "output directory {} is a file, not a directory: --out takes a directory \
+             (--latest FILE keeps one file)",
+            dir.display()
+        );
+    }
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     probe_dir(dir)

@@ -15,6 +15,7 @@
 
 use crate::output::{Format, MountWatch, Output, Written};
 use crate::stats::{self, SenderHandle, StatsRegistry};
+use crate::MAX_SIDE;
 use anyhow::{Context, Result};
 use bitmask_wire::{FrameReader, Header, Limits, WireError};
 use std::collections::HashMap;
@@ -2008,10 +2009,18 @@ fn explain(
             height,
             max_width,
             max_height,
-        } if width > 0 && height > 0 => anyhow::anyhow!(
-            "a {width}x{height} frame, larger than --max-size {max_width}x{max_height}: give a \
-             larger --max-size if the sender means such frames"
-        ),
+        } if width > 0 && height > 0 && width <= MAX_SIDE && height <= MAX_SIDE => {
+            anyhow::anyhow!(
+                "a {width}x{height} frame, larger than --max-size {max_width}x{max_height}: give \
+                 a larger --max-size if the sender means such frames"
+            )
+        }
+        WireError::InvalidDimensions { width, height, .. } if width > 0 && height > 0 => {
+            anyhow::anyhow!(
+                "a {width}x{height} frame, larger than any --max-size takes \
+                 ({MAX_SIDE}x{MAX_SIDE}): the sender's --size, or not a bitmask sender"
+            )
+        }
         other => other.into(),
     }
 }

@@ -69,7 +69,7 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             // editors' and copiers' temporary files) are left out, as a
             // shell's `*` does; subdirectories are not entered. Both are
             // said, so that nothing is left out unnoticed.
-            let (mut v, mut hidden, mut subdirs) = (Vec::new(), 0, 0);
+            let (mut v, mut hidden, mut subdirs, mut other) = (Vec::new(), 0, 0, 0);
             for e in std::fs::read_dir(p)
                 .with_context(|| format!("cannot list directory {}", p.display()))?
             {
@@ -88,7 +88,16 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                     } else {
                         v.push(path);
                     }
+                } else {
+                    other += 1;
                 }
+            }
+            if other > 0 {
+                log::info!(
+                    "{}: left out {other} file(s) not named as images ({})",
+                    p.display(),
+                    EXTENSIONS.join(", ")
+                );
             }
             if hidden + subdirs > 0 {
                 log::info!(

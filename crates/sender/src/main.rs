@@ -44,7 +44,12 @@ use std::time::{Duration, Instant};
 /// the others are sent; the run then ends with an error (with --loop it
 /// is tried each round).
 #[derive(Parser, Debug)]
-#[command(name = "bitmask-send", version, verbatim_doc_comment)]
+#[command(
+    name = "bitmask-send",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 #[command(after_help = "Examples:
   bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
   bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
@@ -88,7 +93,10 @@ struct Cli {
     /// they come and one per 1/N s is kept, the newest, the others skipped
     /// (counted); a camera's own frame-rate option (rpicam-vid --framerate)
     /// saves it the work. A recording or decoder on a pipe: add --no-drop to
-    /// send every frame, read at N a second.
+    /// send every frame, read at N a second. Image files and a recorded raw
+    /// file are paced, and every frame is sent (a batch); image files
+    /// repeated by --loop stand in for a camera, and frames the link is too
+    /// slow for are dropped.
     #[arg(long, value_name = "N", value_parser = parse_fps)]
     fps: Option<f64>,
 
@@ -107,7 +115,7 @@ struct Cli {
     /// for are dropped and counted (add --no-drop to send all N). Image
     /// files without --loop: frames 0..N, i.e. the first N files (one that
     /// cannot be read uses its number).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_count::<u64>)]
     count: Option<u64>,
 
     /// Read raw frames back to back (stdin, FIFO or file) instead of image files; yuv420 thresholds the Y plane.
@@ -122,7 +130,8 @@ struct Cli {
     input_command: Option<String>,
 
     /// Size of each raw frame in pixels, WxH (with --input-format).
-    #[arg(long, value_parser = raw::parse_size, value_name = "WxH", requires = "input_format")]
+    #[arg(long, value_parser = raw::parse_size, value_name = "WxH", requires = "input_format",
+          allow_hyphen_values = true)]
     size: Option<(usize, usize)>,
 
     /// Bytes from one stored row to the next (Y plane for yuv420, whose chroma rows are ceil(N/2)); default: tight rows.
@@ -142,7 +151,7 @@ struct Cli {
 
     /// A key frame (coded without reference to earlier frames) every N frames;
     /// 1 = every frame coded alone. A receiver that joins late recovers at the next one.
-    #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 30, value_name = "N", value_parser = parse_count::<u32>)]
     keyframe_interval: u32,
 
     /// Sender name announced to the receiver (default: this host's name).
@@ -178,9 +187,10 @@ struct Cli {
     /// and after a broken connection send again what the receiver had not
     /// confirmed (it skips what it already wrote; up to 64 frames are kept, fewer
     /// when their masks would take more than half the memory available).
-    /// Implied unless the source is live (--fps pacing, --input-command, raw
-    /// frames from a pipe or FIFO): image files and a recorded raw file are a
-    /// batch and are all sent. With --transport udp only the first half
+    /// Implied unless the source is live (--input-command, raw frames from a
+    /// pipe or FIFO, image files repeated by --loop at --fps): image files
+    /// and a recorded raw file are a batch and are all sent, at --fps too.
+    /// With --transport udp only the first half
     /// holds: no frame is dropped in the sender, but nothing is sent again
     /// (UDP confirms nothing; a datagram lost on the way loses its frame).
     #[arg(long)]
@@ -213,7 +223,7 @@ struct Cli {
 
     /// Log the progress line (counts, and fps and Mbit/s over the interval)
     /// every SECS seconds. A service that runs for weeks: 60 (one line a
-    /// second is about 16 MB of journal a day).
+    /// second is about 15 MB of journal a day).
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]
     log_every: f64,
 
@@ -293,6 +303,15 @@ fn parse_to(s: &str) -> Result<String, String> {
     }
 }
 
+/// A whole number of 1 or more (clap's own range message spells out the
+/// type's maximum).
+fn parse_count<T: std::str::FromStr + Default + PartialEq>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n != T::default() => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of 1 or more")),
+    }
+}
+
 fn parse_fps(s: &str) -> Result<f64, String> {
     parse_in(s, 0.001, 100_000.0, "a frame rate")
 }
@@ -357,12 +376,13 @@ fn init_logging(verbose: u8) {
 }
 
 /// Whether the input is live (a camera: frames dropped when the link is
-/// slower): `--fps` pacing, `--input-command`, or a raw stream from a pipe,
-/// FIFO or device. Image files and a regular raw file (named, or on stdin)
-/// are a batch.
+/// slower): `--input-command`, a raw stream from a pipe, FIFO or device,
+/// or image files repeated by `--loop` at `--fps` (a camera stand-in).
+/// Image files read once and a regular raw file (named, or on stdin) are a
+/// batch, `--fps` or not: `--fps` paces them, and every frame is sent.
 /// (`paced`: [`producer_paced`].)
 fn live_source(cli: &Cli, paced: bool) -> bool {
-    cli.fps.is_some() || cli.input_command.is_some() || paced
+    cli.input_command.is_some() || paced || (cli.looping && cli.fps.is_some())
 }
 
 /// Whether frames come on their producer's clock: raw frames from a pipe
@@ -488,8 +508,8 @@ fn run(cli: Cli) -> Result<()> {
         name,
         transport: cli.transport,
         queue: cli.queue as usize,
-        // A batch (image files, a recorded raw file) without --fps is not a
-        // live source: send it all.
+        // A batch (image files, a recorded raw file; at --fps too) is not
+        // a live source: send it all.
         no_drop: cli.no_drop || !live,
         batch: !live,
         // (an endless --loop waits for an unreachable receiver, as a live

@@ -734,7 +734,7 @@ pub fn run(
                 next_due += p;
             }
             if let Some(sig) = stop_requested() {
-                log::info!("stopping: signal {sig}; sending what is queued");
+                say_stopping(sig);
                 break;
             }
             let mut mask = queue.take_free();
@@ -775,9 +775,15 @@ pub fn run(
                 fit_memory(&cfg, &queue, &counters, &mask, budget);
             }
             if counters.captured.load(Relaxed) == 0 && (mask.width > 4096 || mask.height > 4096) {
+                // (bitmask-recv's --max-size: 65536 a side at most)
+                let most = if mask.width > 65536 || mask.height > 65536 {
+                    ", and at most 65536x65536 with any"
+                } else {
+                    ""
+                };
                 log::warn!(
                     "frames are {}x{}: a receiver refuses frames over its --max-size, \
-                     4096x4096 unless started with a larger one",
+                     4096x4096 unless started with a larger one{most}",
                     mask.width,
                     mask.height
                 );
@@ -886,6 +892,8 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
         return; // the same stop, signalled twice
     }
     crate::command::kill_now();
+    // (nothing said: a write to a stderr nobody reads would block here;
+    // the first signal's line says that a second ends it without more)
     // SAFETY: signal(2) and raise(3) are async-signal-safe.
     #[allow(unsafe_code)]
     unsafe {
@@ -960,6 +968,13 @@ pub fn stop_on_signals() {
         .spawn(|| loop {
             std::thread::sleep(Duration::from_millis(50));
             if let Some(sig) = stop_requested() {
+                // said at once, whatever the input (a pipe's read ends as
+                // if the pipe did: said as a stop, not as the camera's end),
+                // from a thread of its own: a stderr nobody reads must not
+                // hold the grace's clock
+                let _ = std::thread::Builder::new()
+                    .name("stopping".into())
+                    .spawn(move || say_stopping(sig));
                 // a producer we started ends now: the capture need not wait for its next frame
                 crate::command::stop();
                 std::thread::sleep(STOP_GRACE);
@@ -1012,6 +1027,19 @@ pub fn stop_on_signals() {
                 );
             }
         }
+    }
+}
+
+/// Says, once, that the stop began: by the watchdog within 50 ms of the
+/// signal, or by the capture loop or the raw reader if it saw it first.
+pub(crate) fn say_stopping(sig: i32) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Relaxed) {
+        log::info!(
+            "stopping: signal {sig}; sending what is queued, for at most {} s (a second \
+             signal ends it at once, without the summary)",
+            STOP_GRACE.as_secs()
+        );
     }
 }
 

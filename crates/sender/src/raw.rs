@@ -120,7 +120,9 @@ impl RawLayout {
                 Ok(layout)
             }
             _ => bail!(
-                "a {format} frame of stride {stride} and {padded_height} rows is over {MAX_FRAME} bytes"
+                "a {format} frame of stride {stride} and {padded_height} rows is over {MAX_FRAME} \
+                 bytes (1 GiB), more than this sender reads: check --size, --stride and \
+                 --padded-height"
             ),
         }
     }
@@ -361,6 +363,9 @@ impl RawFrames {
                  --padded-height)",
                 self.name
             );
+        } else if let (0, Some(sig)) = (filled, crate::pipeline::stop_requested()) {
+            crate::pipeline::say_stopping(sig);
+            log::info!("{}: stopped after {} whole frame(s)", self.name, self.index);
         } else if filled == 0 {
             log::info!("end of {} after {} whole frame(s)", self.name, self.index);
         } else if crate::pipeline::stop_requested().is_some() {

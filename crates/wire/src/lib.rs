@@ -78,7 +78,11 @@ pub enum WireError {
         got: usize,
     },
     /// The frame does not start with `BMSK`.
-    #[error("bad magic {found:02x?} (expected \"BMSK\"{})", magic_hint(.found))]
+    #[error(
+        "bad magic {found:02x?} = {:?} (expected \"BMSK\"{})",
+        String::from_utf8_lossy(.found),
+        magic_hint(.found)
+    )]
     BadMagic {
         /// The four bytes found.
         found: [u8; 4],
@@ -142,8 +146,9 @@ pub enum WireError {
     BadHello(HelloError),
     /// An acknowledgement (see [`Ack`]) that does not start with `BMAK`.
     #[error(
-        "bad acknowledgement: bad magic {found:02x?} = {:?} (expected \"BMAK\")",
-        String::from_utf8_lossy(.found)
+        "bad acknowledgement: bad magic {found:02x?} = {:?} (expected \"BMAK\"{})",
+        String::from_utf8_lossy(.found),
+        ack_hint(.found)
     )]
     BadAck {
         /// The four bytes found.
@@ -1136,6 +1141,19 @@ fn magic_hint(found: &[u8; 4]) -> &'static str {
     if *found == HELLO_MAGIC {
         ": these are a hello's, which a sender sends first: read it with \
          FrameReader::read_hello before the frames"
+    } else if [b"GET ", b"HEAD", b"POST", b"PUT ", b"OPTI"].contains(&found) {
+        ": an HTTP request: a browser, or a client given this port instead of \
+         bitmask-recv's --http port"
+    } else {
+        ""
+    }
+}
+
+/// What a bad acknowledgement's magic says of the peer.
+fn ack_hint(found: &[u8; 4]) -> &'static str {
+    if found == b"HTTP" {
+        ": that port answers HTTP, not a bitmask receiver: a web server, or \
+         bitmask-recv's --http port instead of its --listen port"
     } else {
         ""
     }

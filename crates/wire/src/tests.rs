@@ -93,6 +93,16 @@ fn a_frame_read_where_a_hello_is_says_to_read_the_hello() {
     assert!(e.to_string().contains("read_hello"), "{e}");
     let other = first_err(&header_bytes(|h| h[0] = b'X')).to_string();
     assert!(!other.contains("hello"), "{other}");
+    assert!(other.contains("\"XMSK\""), "{other}");
+    // a browser at the frames' port
+    let e = FrameReader::new(
+        &b"GET / HTTP/1.1\r\nHost: pi\r\n\r\n"[..],
+        Limits::default(),
+    )
+    .read_frame()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("\"GET \"") && e.contains("HTTP request"), "{e}");
 }
 
 #[test]
@@ -369,6 +379,12 @@ fn acks_round_trip_in_any_pieces_and_junk_is_refused() {
         "{e:?}"
     );
     assert!(e.to_string().contains("(expected \"BMAK\")"), "{e}");
+    // an HTTP server's answer is named for what it is
+    let e = AckReader::default()
+        .push(b"HTTP/1.1 400 Bad Request\r\n")
+        .unwrap_err();
+    assert!(e.to_string().contains("\"HTTP\""), "{e}");
+    assert!(e.to_string().contains("--http port"), "{e}");
     // the record travels in the bytes that were reserved; an older
     // receiver's zeros read as "no record named"
     let a = Ack {

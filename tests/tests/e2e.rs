@@ -249,6 +249,50 @@ fn assert_one_line_error(f: &Finished, prog: &str, needle: &str) {
 
 /// A command-line usage error from clap: exit 2, stderr opening with `error: `
 /// and naming `needle` before the usage line.
+/// A 2x2 uncompressed TIFF whose pixels are YCbCr (photometric 6), which
+/// the image decoder does not take.
+fn ycbcr_tiff() -> Vec<u8> {
+    let short = |tag: u16, v: u16| {
+        [
+            &tag.to_le_bytes()[..],
+            &[3, 0, 1, 0, 0, 0],
+            &v.to_le_bytes(),
+            &[0, 0],
+        ]
+        .concat()
+    };
+    let long = |tag: u16, kind: u16, n: u32, v: u32| {
+        [
+            &tag.to_le_bytes()[..],
+            &kind.to_le_bytes(),
+            &n.to_le_bytes(),
+            &v.to_le_bytes(),
+        ]
+        .concat()
+    };
+    // header, bits per sample (3 x 8) at 8, 12 zero bytes of pixels at 14, the IFD at 26
+    let mut t = b"II*\0".to_vec();
+    t.extend(26u32.to_le_bytes());
+    t.extend([8, 0, 8, 0, 8, 0]);
+    t.extend([0; 12]);
+    t.extend(9u16.to_le_bytes());
+    for e in [
+        short(256, 2),
+        short(257, 2),
+        long(258, 3, 3, 8),
+        short(259, 1),
+        short(262, 6),
+        long(273, 4, 1, 14),
+        short(277, 3),
+        short(278, 2),
+        long(279, 4, 1, 12),
+    ] {
+        t.extend(e);
+    }
+    t.extend(0u32.to_le_bytes());
+    t
+}
+
 fn assert_usage_error(f: &Finished, needle: &str) {
     assert_eq!(f.status.code(), Some(2), "stderr:\n{}", f.stderr);
     let message = f.stderr.split("Usage:").next().unwrap_or("");
@@ -418,6 +462,11 @@ fn sender_errors_exit_non_zero_with_one_line() {
     // and when none can be read, that is an error
     let f = send(&recv.addr, &["--loop", "--count", "5"], &[&bad]);
     assert_one_line_error(&f, "bitmask-send", "none of the 1 input image(s)");
+    // an image in a layout the decoder does not take says what to do
+    let ycc = dir.join("ycbcr.tif");
+    std::fs::write(&ycc, ycbcr_tiff()).unwrap();
+    let f = send(&recv.addr, &["--loop", "--count", "5"], &[&ycc]);
+    assert_one_line_error(&f, "bitmask-send", "saved again as 8-bit RGB or gray");
     drop(recv);
 
     // --count 0 would send nothing; a negative number is a value out of

@@ -425,6 +425,12 @@ fn open_image_within(path: &Path, budget: u64) -> Result<DynamicImage> {
                 budget >> 20
             ))
         }
+        // A layout the decoder does not take (a YCbCr or CMYK TIFF, say):
+        // what to do about it.
+        Err(e @ image::ImageError::Unsupported(_)) => Err(anyhow::anyhow!(
+            "{}: {e} (saved again as 8-bit RGB or gray, e.g. as PNG, it can be read)",
+            what()
+        )),
         // (`image`'s errors repeat their cause in their text: not chained)
         Err(e) => Err(anyhow::anyhow!("{}: {e}", what())),
     }

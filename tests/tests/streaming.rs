@@ -269,6 +269,66 @@ fn a_slow_udp_sender_keeps_its_stream_and_its_reference_frame() {
 }
 
 #[test]
+fn a_udp_receiver_whose_output_is_slow_passes_frames_over_and_stays_current() {
+    // Over UDP nothing slows the sender down: a receiver whose --exec
+    // program takes 0.2 s a frame fell behind without bound (its socket's
+    // buffer holds megabytes: many seconds of frames), counting nothing.
+    // Frames whose datagrams waited in the socket over 200 ms (the
+    // kernel's arrival time) are decoded, not written, counted as behind.
+    let tmp = TempDir::new("streaming-udp-behind");
+    let consumer = tmp.join("slow.py");
+    std::fs::write(
+        &consumer,
+        "import sys, time\nwhile sys.stdin.buffer.read(38400):\n    time.sleep(0.2)\n",
+    )
+    .unwrap();
+    let json = tmp.join("stats.json");
+    let mut recv = start_receiver(&[
+        "--exec",
+        &format!("exec python3 {}", consumer.display()),
+        "--stats-json",
+        json.to_str().unwrap(),
+    ]);
+    // a 30 fps camera, 4 s: 640x480 gray8 frames (38,400 B masks)
+    let n = 120;
+    let camera = format!(
+        "exec python3 -c 'import sys, time\n\
+         out, t0 = sys.stdout.buffer, time.time()\n\
+         for k in range({n}):\n    \
+         out.write(bytes([k * 2 % 256]) * 307200); out.flush()\n    \
+         time.sleep(max(0, t0 + (k + 1) / 30 - time.time()))'"
+    );
+    let s = run(Command::new(bin("bitmask-send"))
+        .args(["--to", &recv.addr, "--name", "cam", "--transport", "udp"])
+        .args(["--input-format", "gray8", "--size", "640x480"])
+        .args(["--input-command", &camera]));
+    assert!(s.status.success(), "sender: {}", s.stderr);
+    assert_eq!(summary_count(&s.stderr, "sent"), n, "{}", s.stderr);
+    // every frame accounted for once the receiver has read the socket
+    let counted = |j: &str| {
+        ["received", "behind", "lost", "incomplete"]
+            .iter()
+            .map(|k| stat(j, "cam", k))
+            .sum::<f64>()
+    };
+    let t = Instant::now();
+    while std::fs::read_to_string(&json).map_or(true, |j| counted(&j) < n as f64)
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fr = recv.proc.terminate(LIMIT);
+    let j = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(counted(&j), n as f64, "{j}\n{}", fr.stderr);
+    assert!(stat(&j, "cam", "behind") > 0.0, "{j}\n{}", fr.stderr);
+    assert_eq!(stat(&j, "cam", "corrupt"), 0.0, "{j}\n{}", fr.stderr);
+    // (without: about 3 s after 4 s of frames)
+    let p99 = stat(&j, "cam", "total_latency_p99_ms");
+    assert!(p99 < 1500.0, "latency p99 {p99} ms\n{j}\n{}", fr.stderr);
+    assert!(fr.stderr.contains("passed over"), "{}", fr.stderr);
+}
+
+#[test]
 fn a_udp_stream_its_sender_ends_closes_at_once() {
     // The sender ends its stream with an end datagram: the receiver closes
     // it then, not after --timeout (30 s here) of silence.

@@ -487,7 +487,7 @@ fn stats_json(shared: &Shared) -> String {
         let _ = write!(
             o,
             ",\"transport\":\"{}\",\"state\":\"{}\",\"connections\":{},\"width\":{w},\"height\":{h},\
-             \"frames\":{},\"lost\":{},\"corrupt\":{},\"incomplete\":{},\"unwritten\":{},\"partly_written\":{},\"resent\":{},\"wire_bytes\":{},\"mask_bytes\":{},\
+             \"frames\":{},\"lost\":{},\"corrupt\":{},\"incomplete\":{},\"unwritten\":{},\"partly_written\":{},\"resent\":{},\"behind\":{},\"wire_bytes\":{},\"mask_bytes\":{},\
              \"image_version\":{version},\"shown_sequence\":",
             s.transport,
             state(s, slot.as_deref(), now),
@@ -499,6 +499,7 @@ fn stats_json(shared: &Shared) -> String {
             s.unwritten,
             s.partly,
             s.resent,
+            s.behind,
             s.wire_bytes,
             s.mask_bytes,
         );

@@ -181,7 +181,9 @@ struct Cli {
     /// Rewrite FILE (atomically) every second and at exit with every sender's
     /// numbers as JSON (keys: received, lost, corrupt, incomplete, unwritten,
     /// partly_written (to some outputs only), resent (sent again after a
-    /// reconnect, handled before, skipped), wire_bytes, mask_bytes, fps and
+    /// reconnect, handled before, skipped), behind (UDP frames decoded and
+    /// not written: the outputs slower than the stream, its datagrams
+    /// waiting over 200 ms), wire_bytes, mask_bytes, fps and
     /// mbps (over the last second), avg_fps, avg_mbps, compression_ratio,
     /// latency_p50_ms and latency_p99_ms (last second), total_latency_p50_ms
     /// and total_latency_p99_ms, clock_offset_s (when the clocks disagree)).

@@ -592,6 +592,8 @@ pub struct StreamCtx {
     /// up to the next key frame undecodable).
     corrupt_log: Throttle,
     write_log: Throttle,
+    /// UDP frames decoded and not written, the outputs behind (`frame_or_decode`).
+    behind_log: Throttle,
     name: String,
     stats: SenderHandle,
     own: Option<Output>,
@@ -640,6 +642,7 @@ impl StreamCtx {
             last_seq: None,
             corrupt_log: Throttle::default(),
             write_log: Throttle::default(),
+            behind_log: Throttle::default(),
             name: name.to_string(),
             stats,
             own: None,
@@ -843,6 +846,14 @@ impl StreamCtx {
     /// before, or counted as damaged or unwritten), `Ok(false)` when it was
     /// given up: only handled frames are acknowledged.
     pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {
+        self.frame_or_decode(h, payload, true)
+    }
+
+    /// [`StreamCtx::frame`], or with `write` false (a UDP frame that waited
+    /// too long in the socket: the outputs are behind the stream) decoded
+    /// only, so that the frames after it have their reference, and counted
+    /// `behind` instead of written.
+    pub fn frame_or_decode(&mut self, h: &Header, payload: &[u8], write: bool) -> Result<bool> {
         // (counted in before the stop is checked: Hub::settle then sees
         // every frame that got past the check)
         let hub = self.hub.clone();
@@ -877,7 +888,7 @@ impl StreamCtx {
             self.on_disk = lock(&self.hub.handled).on_disk(&l.key, l.id);
         }
         let checks = self.on_disk;
-        let handled = self.handle(h, payload);
+        let handled = self.handle(h, payload, write);
         if self.on_disk != checks {
             // what is left of the lineage's on-disk checks, for its next
             // connection
@@ -949,7 +960,7 @@ impl StreamCtx {
         }
     }
 
-    fn handle(&mut self, h: &Header, payload: &[u8]) -> Result<bool> {
+    fn handle(&mut self, h: &Header, payload: &[u8], write: bool) -> Result<bool> {
         if self.last_seq == Some(h.sequence) {
             // A sender never sends a frame twice on one connection.
             self.corrupt(&format_args!(
@@ -997,6 +1008,22 @@ impl StreamCtx {
                 self.skipped
             );
             self.skipped = 0;
+        }
+        if !write {
+            let restarted = stats::lock(&self.stats).behind(h);
+            say_new_numbering(&self.hub, &self.name, self.udp, restarted, h.sequence);
+            if let Some(n) = self.behind_log.hit() {
+                log::warn!(
+                    "{}: frame {} passed over (decoded, not written, counted as behind): its \
+                     datagrams waited over {} ms in the socket, the outputs are slower than \
+                     the stream{}",
+                    self.name,
+                    h.sequence,
+                    crate::udp::MAX_LAG.as_millis(),
+                    more_like_it(n)
+                );
+            }
+            return Ok(true);
         }
         // Every sink is tried; the frame counts as written when one took it.
         let mut took = false;
@@ -1213,6 +1240,13 @@ impl Drop for StreamCtx {
         if n > 0 {
             log::warn!(
                 "{}: {n} more frame(s) not written since the last such line",
+                self.name
+            );
+        }
+        let n = self.behind_log.take_unsaid();
+        if n > 0 {
+            log::warn!(
+                "{}: {n} more frame(s) passed over, the outputs behind, since the last such line",
                 self.name
             );
         }

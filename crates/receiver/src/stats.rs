@@ -131,6 +131,10 @@ pub struct SenderSnapshot {
     /// Frames written (in `received`) that some of the outputs failed to
     /// take (`--out DIR` on a full card while `--latest` took it, say).
     pub partly: u64,
+    /// UDP frames that arrived whole and were decoded but not written: the
+    /// outputs were behind the stream (its datagrams waited too long in the
+    /// socket). In neither `received` nor `lost`.
+    pub behind: u64,
     /// Frames sent again after a reconnect that had been handled before
     /// the connection dropped: skipped, not written twice (in no other
     /// count).
@@ -201,7 +205,7 @@ impl SenderSnapshot {
             }
         };
         format!(
-            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}{}{}), {:.1} fps, {:.1} Mbit/s, \
+            "{}: {} frames ({} lost, {} corrupt, {} incomplete{}{}{}{}), {:.1} fps, {:.1} Mbit/s, \
              ratio {:.2}, {latency}{}",
             self.name,
             self.received,
@@ -211,6 +215,7 @@ impl SenderSnapshot {
             some(self.unwritten, "NOT WRITTEN"),
             some(self.partly, "NOT WRITTEN TO EVERY OUTPUT"),
             some(self.resent, "sent again and skipped"),
+            some(self.behind, "passed over, the outputs behind"),
             fps,
             mbps,
             self.compression_ratio,
@@ -540,6 +545,14 @@ impl SenderStats {
         self.snap.unwritten += 1;
     }
 
+    /// Counts a frame decoded and not written, the outputs behind the
+    /// stream; its sequence number counts as seen (not lost). As
+    /// [`SenderStats::sequence_seen`].
+    pub fn behind(&mut self, h: &Header) -> Option<u64> {
+        self.snap.behind += 1;
+        self.sequence_seen(h.sequence)
+    }
+
     /// Counts a frame written that some outputs failed to take (counted in
     /// `received` by [`SenderStats::frame`] too).
     pub fn partly_written(&mut self) {
@@ -817,6 +830,7 @@ fn add_counts(t: &mut SenderSnapshot, s: &SenderSnapshot) {
     t.unwritten += s.unwritten;
     t.partly += s.partly;
     t.resent += s.resent;
+    t.behind += s.behind;
     t.wire_bytes += s.wire_bytes;
     t.mask_bytes += s.mask_bytes;
 }
@@ -858,7 +872,8 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         out,
         ", \"transport\": \"{}\", \"connected\": {}, \"connections\": {}, \"received\": {}, \
          \"lost\": {}, \"corrupt\": {}, \"incomplete\": {}, \"unwritten\": {}, \
-         \"partly_written\": {}, \"resent\": {}, \"wire_bytes\": {}, \"mask_bytes\": {}",
+         \"partly_written\": {}, \"resent\": {}, \"behind\": {}, \"wire_bytes\": {}, \
+         \"mask_bytes\": {}",
         s.transport,
         s.connected,
         s.connections,
@@ -869,6 +884,7 @@ fn json_obj(s: &SenderSnapshot, out: &mut String) {
         s.unwritten,
         s.partly,
         s.resent,
+        s.behind,
         s.wire_bytes,
         s.mask_bytes
     );

@@ -38,6 +38,13 @@ use bitmask_wire::udp::{DGRAM_HEADER_LEN, DGRAM_MAGIC, DGRAM_VERSION, KIND_FRAGM
 
 /// A frame with no new datagram for this long is given up.
 pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
+/// A frame whose last datagram waited longer than this in the socket
+/// (outputs slower than the stream: datagrams pile up in the socket's
+/// buffer, megabytes, which would grow the latency to seconds) is decoded,
+/// so that later delta frames have their reference, but not written:
+/// counted `behind`. Over TCP the sender drops instead (its queue); over
+/// UDP nothing tells it.
+pub const MAX_LAG: Duration = Duration::from_millis(200);
 /// A stream that has delivered a frame is kept, when all `--max-senders`
 /// are taken, while it sends anything (a sender repeats its hello every
 /// second, so a slow one too); silent this long it may be replaced. A
@@ -99,6 +106,17 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
     // (the stop's numbers wait for this loop's last counts)
     let _held = hub.hold();
     let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+    // (without the kernel's arrival times no frame is taken for late)
+    let stamped = match stamp_arrivals(&sock) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!(
+                "udp: no arrival times from the kernel ({e}): a receiver whose outputs are \
+                 slower than its senders falls behind them, unbounded"
+            );
+            false
+        }
+    };
     let mut streams: HashMap<(SocketAddr, u32), Stream> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut last_sweep = Instant::now();
@@ -114,9 +132,9 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
             }
             return;
         }
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => match parse(&buf[..n], &hub.limits) {
-                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data),
+        match recv_stamped(&sock, &mut buf, stamped) {
+            Ok((n, from, waited)) => match parse(&buf[..n], &hub.limits) {
+                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data, waited),
                 Err(why) => {
                     if !over_the_cap(&hub, &mut streams, from, &buf[..n]) && logs.bad(from) {
                         log::warn!("udp from {from}: dropped: {why}");
@@ -137,6 +155,105 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
             sweep(&hub, &mut streams, last_sweep);
         }
     }
+}
+
+/// Asks the kernel for each datagram's arrival time (`SO_TIMESTAMPNS`).
+fn stamp_arrivals(sock: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on an open socket with a live c_int of the size given.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `recv_from`, with how long the datagram waited in the socket (its
+/// kernel arrival time to now; zero when not `stamped`, or not said).
+fn recv_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    stamped: bool,
+) -> io::Result<(usize, SocketAddr, Duration)> {
+    use std::os::fd::AsRawFd;
+    if !stamped {
+        let (n, from) = sock.recv_from(buf)?;
+        return Ok((n, from, Duration::ZERO));
+    }
+    // (room for one timestamp message: a header and two 64-bit words)
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero is a valid sockaddr_storage, iovec and msghdr.
+    #[allow(unsafe_code)]
+    let (mut addr, mut iov, mut msg): (libc::sockaddr_storage, libc::iovec, libc::msghdr) =
+        unsafe { std::mem::zeroed() };
+    iov.iov_base = buf.as_mut_ptr().cast();
+    iov.iov_len = buf.len();
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` is to a live buffer of the length given.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let now = std::time::SystemTime::now();
+    // SAFETY: recvmsg filled `addr` with `msg_namelen` bytes of an address.
+    #[allow(unsafe_code)]
+    let from = unsafe { socket2::SockAddr::new(addr, msg.msg_namelen) }
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a datagram from a non-IP address"))?;
+    let mut waited = Duration::ZERO;
+    // SAFETY: the CMSG_* walk stays within `msg_controllen` bytes of
+    // `control`, which the kernel wrote; the data is read unaligned.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len as usize - (data as usize - c as usize);
+                // (a timespec of two longs: 32 bits each on 32-bit ARM)
+                let (sec, nsec) = if len >= 16 {
+                    let t = data.cast::<[i64; 2]>().read_unaligned();
+                    (t[0], t[1])
+                } else if len >= 8 {
+                    let t = data.cast::<[i32; 2]>().read_unaligned();
+                    (t[0] as i64, t[1] as i64)
+                } else {
+                    (0, -1)
+                };
+                if let (Ok(sec), Ok(nsec @ 0..1_000_000_000)) =
+                    (u64::try_from(sec), u32::try_from(nsec))
+                {
+                    let at = std::time::UNIX_EPOCH + Duration::new(sec, nsec);
+                    // (a stamp an hour old is not one the socket's buffer
+                    // could hold: a clock stepped, or a layout misread)
+                    waited = now
+                        .duration_since(at)
+                        .ok()
+                        .filter(|w| *w < Duration::from_secs(3600))
+                        .unwrap_or_default();
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, from, waited))
 }
 
 /// Counts a fragment of a frame over this receiver's `--max-size` from a
@@ -338,6 +455,7 @@ fn on_dgram(
     from: SocketAddr,
     d: Dgram,
     data: &[u8],
+    waited: Duration,
 ) {
     let key = (from, d.stream_id);
     if d.kind == KIND_END {
@@ -539,7 +657,12 @@ fn on_dgram(
             s.delivered = Some(began);
             let h = f.header;
             // (refused for memory: counted and logged there)
-            match ctx.admit(&h).map(|_| ctx.frame(&h, f.payload)) {
+            // (the outputs behind: decoded, not written; see MAX_LAG)
+            let write = waited <= MAX_LAG;
+            match ctx
+                .admit(&h)
+                .map(|_| ctx.frame_or_decode(&h, f.payload, write))
+            {
                 Err(_) => {}
                 Ok(Ok(true)) => {}
                 // (over UDP only the stop gives a whole frame up: counted,
@@ -599,7 +722,15 @@ mod tests {
         let mut feed = |streams: &mut Streams, from: &str, stream: u32, kind: u8, data: &[u8]| {
             let b = datagram(kind, stream, 0, data);
             let (d, data) = parse(&b, &hub.limits).unwrap();
-            on_dgram(&hub, streams, &mut logs, from.parse().unwrap(), d, data);
+            on_dgram(
+                &hub,
+                streams,
+                &mut logs,
+                from.parse().unwrap(),
+                d,
+                data,
+                Duration::ZERO,
+            );
         };
         let mut frame = Vec::new();
         encode_frame(&Header::new(8, 1, 0, CODEC_RAW, 1), &[0xa5], &mut frame);
@@ -756,6 +887,7 @@ mod tests {
                 self.from,
                 d,
                 data,
+                Duration::ZERO,
             );
         }
 

@@ -564,6 +564,7 @@ impl Bench {
             w.from,
             d,
             data,
+            Duration::ZERO,
         );
         let got = self.seen.0.lock().unwrap();
         assert!(got.len() <= self.delivered + 1, "one datagram, one frame");
@@ -830,4 +831,68 @@ fn reassembly_buffers_stay_within_the_frame_cap() {
         cap <= max_len,
         "{cap} B allocated for frames of {max_len} B at most"
     );
+}
+
+#[test]
+fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_decode() {
+    // Outputs slower than the stream: datagrams pile up in the socket. A
+    // frame whose last datagram waited over MAX_LAG is passed over
+    // (counted behind, not lost) but decoded, so that the delta frames
+    // after it, written again once the receiver caught up, decode right.
+    let (hub, seen) = hub(Limits::default(), 4);
+    let mut streams = HashMap::new();
+    let mut logs = Logs::default();
+    let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+    let mut feed = |b: &[u8], waited: Duration| {
+        let (d, data) = parse(b, &hub.limits).unwrap();
+        on_dgram(&hub, &mut streams, &mut logs, from, d, data, waited);
+    };
+    let hello = Hello::new("slow").unwrap().encode();
+    let mut dg = bitmask_wire::udp::Datagram::hello(7, &hello)
+        .encode()
+        .to_vec();
+    dg.extend_from_slice(&hello);
+    feed(&dg, Duration::ZERO);
+    // a disc moving a pixel a frame: frame 0 a key frame, then deltas
+    let (w, h) = (64u32, 32u32);
+    let mask = |k: u32| {
+        let mut m = vec![0u8; (w / 8 * h) as usize];
+        for y in 0..h {
+            for x in 0..w {
+                let (dx, dy) = (x as i32 - 20 - k as i32, y as i32 - 16);
+                if dx * dx + dy * dy < 80 {
+                    m[(y * w / 8 + x / 8) as usize] |= 0x80 >> (x % 8);
+                }
+            }
+        }
+        m
+    };
+    let mut enc = Encoder::new(Choice::Bilevel, 100);
+    let waited = [0, 0, 300, 250, 0, 0];
+    for (seq, &ms) in waited.iter().enumerate() {
+        let m = mask(seq as u32);
+        let mut payload = Vec::new();
+        let info = enc.encode(&m, w, h, seq as u64, &mut payload).unwrap();
+        assert_eq!(info.flags == 0, seq == 0, "frame {seq}: {info:?}");
+        let mut hdr = Header::new(w, h, seq as u64, info.codec, payload.len() as u32);
+        hdr.flags = info.flags;
+        let mut frame = Vec::new();
+        encode_frame(&hdr, &payload, &mut frame);
+        for (d, data) in bitmask_wire::udp::fragments(&frame, 7, seq as u64, 40).unwrap() {
+            feed(&[&d.encode()[..], data].concat(), Duration::from_millis(ms));
+        }
+    }
+    let got = seen.0.lock().unwrap();
+    let written: Vec<u64> = got.iter().map(|(_, h, _)| h.sequence).collect();
+    assert_eq!(written, [0, 1, 4, 5], "frames 2 and 3 waited too long");
+    for (_, h, m) in got.iter() {
+        assert_eq!(
+            *m,
+            mask(h.sequence as u32),
+            "frame {} decoded wrong",
+            h.sequence
+        );
+    }
+    let s = crate::stats::lock(&hub.stats.sender("slow")).snapshot();
+    assert_eq!((s.received, s.behind, s.lost, s.corrupt), (4, 2, 0, 0));
 }

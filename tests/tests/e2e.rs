@@ -595,6 +595,15 @@ fn receiver_errors_exit_non_zero_with_one_line() {
     }
     let f = recv(&["--listen", "no-such-host.invalid:5000", "--out", out]);
     assert_one_line_error(&f, "bitmask-recv", "no-such-host.invalid:5000");
+    // a port in use, and the live view given the frames' own port
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let f = recv(&["--listen", &addr, "--out", out]);
+    assert_one_line_error(&f, "bitmask-recv", "another program listens there");
+    drop(held);
+    let f = recv(&["--listen", &addr, "--http", &addr, "--out", out]);
+    assert_one_line_error(&f, "bitmask-recv", "is the frames' port");
     let f = recv(&["--listen", "127.0.0.1:0", "--out", "-", "--format", "png"]);
     assert_one_line_error(&f, "bitmask-recv", "png");
     for v in ["inf", "nan", "-5", "1e30", "0.01"] {

@@ -149,13 +149,19 @@ impl PiConf {
             (h.to_string(), port)
         } else {
             match rest.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') => {
-                    (h.to_string(), Some(p.parse().context("bad port")?))
-                }
+                Some((h, p)) if !h.contains(':') => (
+                    h.to_string(),
+                    Some(p.parse().with_context(|| {
+                        format!("{t:?}: the port {p:?} is not a number 1..=65535")
+                    })?),
+                ),
                 // (a bare IPv6 address: no port)
                 _ => (rest.to_string(), None),
             }
         };
+        if host.is_empty() {
+            bail!("{t:?}: no host name or address (e.g. pi@10.0.0.7 or pi@receiver-pi:22)");
+        }
         self.host = Some(host);
         if user.is_some() {
             self.user = user;
@@ -269,7 +275,14 @@ impl Pi {
             ssh_options: c.ssh_options.unwrap_or_default(),
             accept: c.accept_machines.unwrap_or_default(),
             unit_dir: c.unit_dir.unwrap_or_else(|| "/etc/systemd/system".into()),
-            listen: c.listen.unwrap_or_else(|| "0.0.0.0:5000".into()),
+            listen: match c.listen {
+                None => "0.0.0.0:5000".into(),
+                // (bitmask-recv's own rule, said before anything runs)
+                Some(l) => match l.rsplit_once(':') {
+                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => l,
+                    _ => bail!("receiver.listen {l:?}: give HOST:PORT, e.g. 0.0.0.0:5000"),
+                },
+            },
             to: c.to,
             clock_offset: None,
             avail_kib: None,
@@ -512,18 +525,19 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
 fn preflight(ctx: &Ctx, pi: &mut Pi) -> Result<()> {
     // ssh only warns about a key file it cannot read, and logs in with
     // another key if it can: the configured key would then not be the one used
-    if let Some(k) = pi
-        .key
-        .as_deref()
-        .filter(|k| !ctx.dry && !expand_home(k).is_file())
-    {
-        bail!(
+    if let Some(k) = pi.key.as_deref().filter(|k| !expand_home(k).is_file()) {
+        let why = format!(
             "{}: the key file {k} does not exist: fix `key` in deploy.toml (or --key), or make \
              one with `ssh-keygen -t ed25519 -f {k}` and copy it with `ssh-copy-id -i {k}.pub -p {} {}`",
             pi.label(),
             pi.port,
             pi.dest()
         );
+        // (a dry run goes on, so that it shows the whole plan)
+        if !ctx.dry {
+            bail!(why);
+        }
+        eprintln!("warning (a real run stops here): {why}");
     }
     // One `key=value` line each, read by key (a login script that prints
     // something cannot shift them); a directory that cannot be made or
@@ -2357,6 +2371,24 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_address_the_receiver_would_refuse_is_refused_first() {
+        let conf = |listen: &str| PiConf {
+            host: Some("pizero".into()),
+            build: Some("armv6".into()),
+            listen: Some(listen.into()),
+            ..Default::default()
+        };
+        for bad in ["5000x", "5000", ":5000", "host:port"] {
+            let e = Pi::resolve(Role::Receiver, conf(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("receiver.listen {bad:?}")), "{e}");
+        }
+        let p = Pi::resolve(Role::Receiver, conf("0.0.0.0:5555")).unwrap();
+        assert_eq!(p.listen, "0.0.0.0:5555");
+    }
+
+    #[test]
     fn targets_with_ipv6_addresses_and_ports() {
         let t = |s: &str| {
             let mut c = PiConf::default();
@@ -2380,6 +2412,12 @@ mod tests {
         assert_eq!(t("pi@fe80::1").unwrap(), (pi, "fe80::1".into(), None));
         assert!(t("[fe80::1").is_err());
         assert!(t("[fe80::1]x").is_err());
+        // said with the value, not left for a later field to trip on
+        let e = t("pi@:22").unwrap_err().to_string();
+        assert!(e.contains("\"pi@:22\": no host name"), "{e}");
+        assert!(t("[]:22").is_err());
+        let e = t("pi@host:abc").unwrap_err().to_string();
+        assert!(e.contains("the port \"abc\" is not a number"), "{e}");
         // scp's HOST:PATH takes an IPv6 host in brackets
         let mut p = Pi::resolve(
             Role::Receiver,

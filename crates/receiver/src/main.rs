@@ -423,7 +423,21 @@ fn run(cli: Cli) -> Result<()> {
     // program.
     let listener = bind(&cli.listen)?;
     let local = listener.local_addr()?;
-    let view = cli.http.as_deref().map(http::bind).transpose()?;
+    let view = cli
+        .http
+        .as_deref()
+        .map(|a| {
+            http::bind(a).map_err(|e| match a.rsplit_once(':') {
+                // (its own port: not "another program")
+                Some((_, p)) if p.parse() == Ok(local.port()) => anyhow::anyhow!(
+                    "--http {a} is the frames' port (--listen {}): give the live view a port \
+                     of its own, e.g. --http 0.0.0.0:8080",
+                    cli.listen
+                ),
+                _ => e,
+            })
+        })
+        .transpose()?;
     // Datagrams (--transport udp on the sender) arrive on the same port.
     let udp = UdpSocket::bind(local)
         .map_err(|e| log::warn!("no UDP on {local}: {e}"))

@@ -594,6 +594,9 @@ pub struct StreamCtx {
     write_log: Throttle,
     /// UDP frames decoded and not written, the outputs behind (`frame_or_decode`).
     behind_log: Throttle,
+    /// Delta frames since the last frame decoded that lacked their
+    /// reference (said when a key frame ends the run).
+    without_reference: u64,
     name: String,
     stats: SenderHandle,
     own: Option<Output>,
@@ -643,6 +646,7 @@ impl StreamCtx {
             corrupt_log: Throttle::default(),
             write_log: Throttle::default(),
             behind_log: Throttle::default(),
+            without_reference: 0,
             name: name.to_string(),
             stats,
             own: None,
@@ -986,6 +990,9 @@ impl StreamCtx {
                     // frame, it decodes)
                     return Err(self.send_again(&why.why));
                 }
+                if why.reference {
+                    self.without_reference += 1;
+                }
                 self.corrupt(&why.why);
                 // (its header passed the CRC: its number is the sender's, so
                 // the frame is corrupt, not also lost in the gap before the
@@ -999,6 +1006,15 @@ impl StreamCtx {
             if h.sequence < lock(&self.hub.handled).next(&l.key, l.id) {
                 return Ok(self.skip_resent(h, "handled before"));
             }
+        }
+        if self.without_reference > 0 {
+            log::info!(
+                "{}: decoding again from frame {} on ({} delta frame(s) before it lacked their \
+                 reference, counted corrupt)",
+                self.name,
+                h.sequence,
+                std::mem::take(&mut self.without_reference)
+            );
         }
         if self.skipped > 0 {
             log::info!(

@@ -176,7 +176,9 @@ struct Cli {
     /// Frames waiting between capture and network, at most. When the link or
     /// the receiver is slower than the source, the oldest waiting frame is
     /// dropped (counted), and at most 8 frames are in flight unconfirmed, so
-    /// latency stays bounded: the latest frame wins. Lowered (said) when
+    /// latency stays bounded: the latest frame wins (after a wait, for a
+    /// connection say, the newest waiting frame is sent and those before it
+    /// dropped; --no-drop sends them all). Lowered (said) when
     /// that many masks, with --no-drop's 64 kept until confirmed, would take
     /// more than half the memory available (1024 masks of a 12 MP photo:
     /// 1.5 GB).

@@ -882,9 +882,33 @@ fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_de
             feed(&[&d.encode()[..], data].concat(), Duration::from_millis(ms));
         }
     }
+    // Frame 6 lost on the way: 7 and 8 lack their reference (corrupt),
+    // key frame 9 decodes again, and says so.
+    crate::test_log::capture();
+    for seq in 6..10u64 {
+        if seq == 9 {
+            enc.force_keyframe();
+        }
+        let m = mask(seq as u32);
+        let mut payload = Vec::new();
+        let info = enc.encode(&m, w, h, seq, &mut payload).unwrap();
+        let mut hdr = Header::new(w, h, seq, info.codec, payload.len() as u32);
+        hdr.flags = info.flags;
+        let mut frame = Vec::new();
+        encode_frame(&hdr, &payload, &mut frame);
+        if seq == 6 {
+            continue;
+        }
+        for (d, data) in bitmask_wire::udp::fragments(&frame, 7, seq, 40).unwrap() {
+            feed(&[&d.encode()[..], data].concat(), Duration::ZERO);
+        }
+    }
+    let said = crate::test_log::lines_with("slow: decoding again from frame 9 on");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].1.contains("(2 delta frame(s)"), "{said:?}");
     let got = seen.0.lock().unwrap();
     let written: Vec<u64> = got.iter().map(|(_, h, _)| h.sequence).collect();
-    assert_eq!(written, [0, 1, 4, 5], "frames 2 and 3 waited too long");
+    assert_eq!(written, [0, 1, 4, 5, 9], "frames 2 and 3 waited too long");
     for (_, h, m) in got.iter() {
         assert_eq!(
             *m,
@@ -894,5 +918,5 @@ fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_de
         );
     }
     let s = crate::stats::lock(&hub.stats.sender("slow")).snapshot();
-    assert_eq!((s.received, s.behind, s.lost, s.corrupt), (4, 2, 0, 0));
+    assert_eq!((s.received, s.behind, s.lost, s.corrupt), (5, 2, 1, 2));
 }

@@ -247,8 +247,6 @@ fn assert_one_line_error(f: &Finished, prog: &str, needle: &str) {
     assert_eq!(errors, 1, "one error line: {}", f.stderr);
 }
 
-/// A command-line usage error from clap: exit 2, stderr opening with `error: `
-/// and naming `needle` before the usage line.
 /// A 2x2 uncompressed TIFF whose pixels are YCbCr (photometric 6), which
 /// the image decoder does not take.
 fn ycbcr_tiff() -> Vec<u8> {
@@ -293,6 +291,8 @@ fn ycbcr_tiff() -> Vec<u8> {
     t
 }
 
+/// A command-line usage error from clap: exit 2, stderr opening with `error: `
+/// and naming `needle` before the usage line.
 fn assert_usage_error(f: &Finished, needle: &str) {
     assert_eq!(f.status.code(), Some(2), "stderr:\n{}", f.stderr);
     let message = f.stderr.split("Usage:").next().unwrap_or("");

@@ -151,7 +151,7 @@ impl PiConf {
             match rest.rsplit_once(':') {
                 Some((h, p)) if !h.contains(':') => (
                     h.to_string(),
-                    Some(p.parse().with_context(|| {
+                    Some(p.parse().ok().filter(|p: &u16| *p > 0).with_context(|| {
                         format!("{t:?}: the port {p:?} is not a number 1..=65535")
                     })?),
                 ),
@@ -279,8 +279,17 @@ impl Pi {
                 None => "0.0.0.0:5000".into(),
                 // (bitmask-recv's own rule, said before anything runs)
                 Some(l) => match l.rsplit_once(':') {
-                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => l,
-                    _ => bail!("receiver.listen {l:?}: give HOST:PORT, e.g. 0.0.0.0:5000"),
+                    Some((h, p))
+                        if !h.is_empty()
+                            && p.parse::<u16>().is_ok()
+                            && (!h.contains(':') || h.starts_with('[') && h.ends_with(']')) =>
+                    {
+                        l
+                    }
+                    _ => bail!(
+                        "receiver.listen {l:?}: give HOST:PORT, e.g. 0.0.0.0:5000 (an IPv6 \
+                         address in brackets: [::]:5000)"
+                    ),
                 },
             },
             to: c.to,
@@ -2378,7 +2387,7 @@ mod tests {
             listen: Some(listen.into()),
             ..Default::default()
         };
-        for bad in ["5000x", "5000", ":5000", "host:port"] {
+        for bad in ["5000x", "5000", ":5000", "host:port", "::1:5000"] {
             let e = Pi::resolve(Role::Receiver, conf(bad))
                 .unwrap_err()
                 .to_string();
@@ -2386,6 +2395,8 @@ mod tests {
         }
         let p = Pi::resolve(Role::Receiver, conf("0.0.0.0:5555")).unwrap();
         assert_eq!(p.listen, "0.0.0.0:5555");
+        let p = Pi::resolve(Role::Receiver, conf("[::]:5555")).unwrap();
+        assert_eq!(p.listen, "[::]:5555");
     }
 
     #[test]

@@ -1524,7 +1524,8 @@ pub fn bench_link(args: &[String]) -> Result<()> {
          writing to a pipe; fps and Mbit/s of received wire bytes over {secs} s after 2 s of \
          warm-up; latency = capture to written, median of per-second p50, worst per-second \
          p99; lost = frames of the window never written: sequence gaps, incomplete UDP \
-         frames, undecodable deltas after a loss)\n",
+         frames, undecodable deltas after a loss, UDP frames passed over with the output \
+         behind)\n",
         args.join(" ")
     );
     println!(

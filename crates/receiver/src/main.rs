@@ -373,10 +373,10 @@ fn bind(addr: &str) -> Result<TcpListener> {
 /// An address in use, with what to do about it.
 pub(crate) fn in_use_hint(e: std::io::Error, port: u16) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::AddrInUse {
-        anyhow::anyhow!(
-            "{e}: another program listens there (another bitmask-recv, or its service: \
+        anyhow::Error::new(e).context(format!(
+            "another program listens there (another bitmask-recv, or its service: \
              `ss -ltnp 'sport = :{port}'` names it); stop it or pick another port"
-        )
+        ))
     } else {
         e.into()
     }
@@ -429,11 +429,19 @@ fn run(cli: Cli) -> Result<()> {
         .map(|a| {
             http::bind(a).map_err(|e| match a.rsplit_once(':') {
                 // (its own port: not "another program")
-                Some((_, p)) if p.parse() == Ok(local.port()) => anyhow::anyhow!(
-                    "--http {a} is the frames' port (--listen {}): give the live view a port \
-                     of its own, e.g. --http 0.0.0.0:8080",
-                    cli.listen
-                ),
+                Some((_, p))
+                    if p.parse() == Ok(local.port())
+                        && e.chain().any(|c| {
+                            c.downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+                        }) =>
+                {
+                    anyhow::anyhow!(
+                        "--http {a} is the frames' port (--listen {}): give the live view a \
+                         port of its own, e.g. --http 0.0.0.0:8080",
+                        cli.listen
+                    )
+                }
                 _ => e,
             })
         })

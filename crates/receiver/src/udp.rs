@@ -43,7 +43,9 @@ pub const FRAGMENT_GAP: Duration = Duration::from_millis(250);
 /// buffer, megabytes, which would grow the latency to seconds) is decoded,
 /// so that later delta frames have their reference, but not written:
 /// counted `behind`. Over TCP the sender drops instead (its queue); over
-/// UDP nothing tells it.
+/// UDP nothing tells it. Not for a sender that drops no frame (its
+/// hello's `HELLO_NO_DROP`: a batch, `--no-drop`), and a frame a second is
+/// written all the same (the decoding itself may be what is behind).
 pub const MAX_LAG: Duration = Duration::from_millis(200);
 /// A stream that has delivered a frame is kept, when all `--max-senders`
 /// are taken, while it sends anything (a sender repeats its hello every
@@ -70,6 +72,11 @@ struct Stream {
     last_seen: Instant,
     /// When it last delivered a frame.
     delivered: Option<Instant>,
+    /// When it last had a frame written (not passed over, see [`MAX_LAG`]).
+    written: Option<Instant>,
+    /// Its sender drops no frame (its hello's `HELLO_NO_DROP`): none is
+    /// passed over.
+    no_drop: bool,
     warned_no_hello: bool,
     /// The frame numbers of the fragments dropped before the hello
     /// ([`EARLY_MAX`] at most), counted lost at the stream's first frame
@@ -157,7 +164,14 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
     }
 }
 
+/// Asks the kernel for each datagram's arrival time (Linux only).
+#[cfg(not(target_os = "linux"))]
+fn stamp_arrivals(_: &UdpSocket) -> io::Result<()> {
+    Err(io::Error::other("not on this system"))
+}
+
 /// Asks the kernel for each datagram's arrival time (`SO_TIMESTAMPNS`).
+#[cfg(target_os = "linux")]
 fn stamp_arrivals(sock: &UdpSocket) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
@@ -186,11 +200,22 @@ fn recv_stamped(
     buf: &mut [u8],
     stamped: bool,
 ) -> io::Result<(usize, SocketAddr, Duration)> {
-    use std::os::fd::AsRawFd;
-    if !stamped {
-        let (n, from) = sock.recv_from(buf)?;
-        return Ok((n, from, Duration::ZERO));
+    #[cfg(target_os = "linux")]
+    if stamped {
+        return recv_stamped_linux(sock, buf);
     }
+    let _ = stamped;
+    let (n, from) = sock.recv_from(buf)?;
+    Ok((n, from, Duration::ZERO))
+}
+
+/// [`recv_stamped`] with the kernel's arrival time.
+#[cfg(target_os = "linux")]
+fn recv_stamped_linux(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Duration)> {
+    use std::os::fd::AsRawFd;
     // (room for one timestamp message: a header and two 64-bit words)
     let mut control = [0u64; 8];
     // SAFETY: all-zero is a valid sockaddr_storage, iovec and msghdr.
@@ -226,14 +251,15 @@ fn recv_stamped(
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                 let data = libc::CMSG_DATA(c);
-                let len = (*c).cmsg_len as usize - (data as usize - c as usize);
-                // (a timespec of two longs: 32 bits each on 32-bit ARM)
+                let len = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
+                // (a timespec of two longs: 32 bits each on 32-bit ARM's
+                // old layout, whose seconds are read unsigned: past 2038)
                 let (sec, nsec) = if len >= 16 {
                     let t = data.cast::<[i64; 2]>().read_unaligned();
                     (t[0], t[1])
                 } else if len >= 8 {
                     let t = data.cast::<[i32; 2]>().read_unaligned();
-                    (t[0] as i64, t[1] as i64)
+                    (t[0] as u32 as i64, t[1] as i64)
                 } else {
                     (0, -1)
                 };
@@ -513,6 +539,8 @@ fn on_dgram(
                 delivered: None,
                 warned_no_hello: false,
                 early: Default::default(),
+                written: None,
+                no_drop: false,
             },
         );
     }
@@ -529,6 +557,7 @@ fn on_dgram(
                     let (name, _, hold) = hub.name_for(h.name(), from.ip());
                     let s = streams.get_mut(&key).expect("inserted above");
                     s.hold = Some(hold);
+                    s.no_drop = h.no_drop();
                     match StreamCtx::open(hub.clone(), &name, &from.to_string(), "udp") {
                         Ok(ctx) => {
                             let kept = if name == h.name() {
@@ -657,8 +686,17 @@ fn on_dgram(
             s.delivered = Some(began);
             let h = f.header;
             // (refused for memory: counted and logged there)
-            // (the outputs behind: decoded, not written; see MAX_LAG)
-            let write = waited <= MAX_LAG;
+            // (the outputs behind: decoded, not written; see MAX_LAG. A
+            // frame a second at least is written all the same: where the
+            // decoding itself cannot keep up, passing frames over gains
+            // nothing, and the outputs must not go silent.)
+            let write = waited <= MAX_LAG
+                || s.no_drop
+                || s.written
+                    .is_none_or(|t| began - t >= Duration::from_secs(1));
+            if write {
+                s.written = Some(began);
+            }
             match ctx
                 .admit(&h)
                 .map(|_| ctx.frame_or_decode(&h, f.payload, write))

@@ -510,6 +510,7 @@ fn connect(cfg: &Config, name: &str, resume: bool) -> Result<Box<dyn Link>> {
             name,
             cfg.mtu,
             cfg.rate_mbit,
+            cfg.no_drop,
         )?),
     })
 }
@@ -1033,14 +1034,15 @@ pub fn stop_on_signals() {
 /// Says, once, that the stop began: by the watchdog within 50 ms of the
 /// signal, or by the capture loop or the raw reader if it saw it first.
 pub(crate) fn say_stopping(sig: i32) {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if !SAID.swap(true, Relaxed) {
+    // (a later caller waits for the line: the summary never comes first)
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
         log::info!(
             "stopping: signal {sig}; sending what is queued, for at most {} s (a second \
              signal ends it at once, without the summary)",
             STOP_GRACE.as_secs()
-        );
-    }
+        )
+    });
 }
 
 /// The stop signal received so far, if any.

@@ -4,7 +4,7 @@
 //! the receiver after its deadline and shows up there as lost.
 
 use anyhow::{Context, Result};
-use bitmask_wire::Hello;
+use bitmask_wire::{Hello, HELLO_NO_DROP};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -221,7 +221,16 @@ fn pick_address(addr: &str, all: Vec<SocketAddr>) -> Result<SocketAddr> {
 
 impl UdpLink {
     /// Resolves `addr` and prepares datagrams of at most `mtu` bytes (IP header included).
-    pub fn connect(addr: &str, name: &str, mtu: usize, rate_mbit: Option<f64>) -> Result<Self> {
+    /// `no_drop`: the sender drops no frame (a batch, `--no-drop`), said in
+    /// the hello ([`HELLO_NO_DROP`]): the receiver then writes every frame,
+    /// however late.
+    pub fn connect(
+        addr: &str,
+        name: &str,
+        mtu: usize,
+        rate_mbit: Option<f64>,
+        no_drop: bool,
+    ) -> Result<Self> {
         let to = pick_address(addr, crate::net::resolve(addr)?)?;
         let local: SocketAddr = if to.is_ipv4() {
             "0.0.0.0:0".parse().unwrap()
@@ -245,6 +254,7 @@ impl UdpLink {
         socket2::SockRef::from(&sock).set_send_buffer_size(UDP_SNDBUF)?;
         let hello = Hello::new(name)
             .with_context(|| format!("sender name {name:?}"))?
+            .with_flags(if no_drop { HELLO_NO_DROP } else { 0 })
             .encode();
         let stream_id = stream_id();
         let hello = hello_dgram(&hello, stream_id);
@@ -637,7 +647,7 @@ mod tests {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().port()
         };
-        let mut l = UdpLink::connect(&format!("127.0.0.1:{port}"), "t", 1500, None).unwrap();
+        let mut l = UdpLink::connect(&format!("127.0.0.1:{port}"), "t", 1500, None, false).unwrap();
         let to = l.to.to_string();
         for _ in 0..20 {
             l.note_refusal();
@@ -670,7 +680,7 @@ mod tests {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().port()
         };
-        let mut l = UdpLink::connect(&format!("127.0.0.1:{port}"), "t", 1500, None).unwrap();
+        let mut l = UdpLink::connect(&format!("127.0.0.1:{port}"), "t", 1500, None, false).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         use crate::pipeline::Link;
         if cfg!(target_os = "linux") {

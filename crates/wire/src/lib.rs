@@ -479,6 +479,12 @@ pub const HELLO_ACKS: u8 = 0b0000_0001;
 /// handled some of them under this name skips them (decoded, not written).
 /// Without it the receiver forgets what it handled of this name.
 pub const HELLO_RESUME: u8 = 0b0000_0010;
+/// Hello flag bit 2: the sender drops no frame (a batch, or `--no-drop`):
+/// a receiver that passes late frames over to keep up (over UDP, frames
+/// whose datagrams waited too long in its socket) writes every frame of
+/// this stream instead, however late. A receiver that does not know the
+/// bit ignores it.
+pub const HELLO_NO_DROP: u8 = 0b0000_0100;
 
 /// The optional first message of a stream: who is sending.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,6 +527,11 @@ impl Hello {
     /// [`HELLO_ACKS`]).
     pub fn resumes(&self) -> bool {
         self.wants_acks() && self.flags & HELLO_RESUME != 0
+    }
+
+    /// Whether the sender drops no frame ([`HELLO_NO_DROP`]).
+    pub fn no_drop(&self) -> bool {
+        self.flags & HELLO_NO_DROP != 0
     }
 
     /// `BMHI`, version, flags, name length (u16 LE), name.

@@ -920,3 +920,37 @@ fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_de
     let s = crate::stats::lock(&hub.stats.sender("slow")).snapshot();
     assert_eq!((s.received, s.behind, s.lost, s.corrupt), (5, 2, 1, 2));
 }
+
+#[test]
+fn a_sender_that_drops_no_frame_has_every_frame_written_however_late() {
+    // Its hello says HELLO_NO_DROP (a batch, --no-drop): no frame of its
+    // stream is passed over for having waited in the socket.
+    let (hub, seen) = hub(Limits::default(), 4);
+    let mut streams = HashMap::new();
+    let mut logs = Logs::default();
+    let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+    let mut feed = |b: &[u8], waited: Duration| {
+        let (d, data) = parse(b, &hub.limits).unwrap();
+        on_dgram(&hub, &mut streams, &mut logs, from, d, data, waited);
+    };
+    let hello = Hello::new("batch")
+        .unwrap()
+        .with_flags(bitmask_wire::HELLO_NO_DROP)
+        .encode();
+    let mut dg = bitmask_wire::udp::Datagram::hello(3, &hello)
+        .encode()
+        .to_vec();
+    dg.extend_from_slice(&hello);
+    feed(&dg, Duration::ZERO);
+    for seq in 0..4u64 {
+        let mut frame = Vec::new();
+        encode_frame(&Header::new(16, 2, seq, 0, 4), &[seq as u8; 4], &mut frame);
+        for (d, data) in bitmask_wire::udp::fragments(&frame, 3, seq, 100).unwrap() {
+            feed(&[&d.encode()[..], data].concat(), Duration::from_secs(2));
+        }
+    }
+    let got = seen.0.lock().unwrap();
+    assert_eq!(got.len(), 4);
+    let s = crate::stats::lock(&hub.stats.sender("batch")).snapshot();
+    assert_eq!((s.received, s.behind), (4, 0));
+}

@@ -996,6 +996,18 @@ fn bad_output_arguments_are_one_line_errors() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
+    // A refused --latest leaves no --out directory behind (with
+    // --per-sender too).
+    let tmp = TempDir::new("camera-bad-latest");
+    for extra in [&[][..], &["--per-sender"]] {
+        let out = tmp.join("out");
+        let f = run(Command::new(bin("bitmask-recv"))
+            .args(["--listen", "127.0.0.1:0", "--out", out.to_str().unwrap()])
+            .args(["--latest", tmp.join("x.jpg").to_str().unwrap()])
+            .args(extra));
+        assert!(!f.status.success(), "{extra:?}: {}", f.stderr);
+        assert!(!out.exists(), "{extra:?}: {} made", out.display());
+    }
 }
 
 #[test]

@@ -138,6 +138,10 @@ impl Output {
         if out.is_none() && latest.is_none() && exec.is_none() {
             bail!("nowhere to put the masks: give --out DIR|-, --latest FILE or --exec CMD");
         }
+        // (before the --out directory is made: a refused --latest leaves none)
+        if let Some(p) = latest {
+            check_latest(p, format)?;
+        }
         let stream_check = |what: &str| -> Result<()> {
             if !format.streams() {
                 bail!(
@@ -182,30 +186,7 @@ impl Output {
             None => {}
         }
         if let Some(p) = latest {
-            check_file_target("--latest", p)?;
-            // `--latest mask.png` is a PNG whatever --format the other
-            // outputs use (a stream needs raw or gray8).
-            let ext = p
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase());
-            let f = match (Format::for_extension(p), ext.as_deref()) {
-                (Some(f), _) => f,
-                // an image format this receiver does not write: not raw bits under its name
-                (
-                    None,
-                    Some(
-                        e @ ("jpg" | "jpeg" | "gif" | "bmp" | "tif" | "tiff" | "webp" | "pgm"
-                        | "ppm" | "pnm" | "pam"),
-                    ),
-                ) => {
-                    anyhow::bail!(
-                        "--latest {}: .{e} is not a format the receiver writes; name the file \
-                         .png, .pbm, .raw or .gray",
-                        p.display()
-                    )
-                }
-                (None, _) => format,
-            };
+            let f = check_latest(p, format)?;
             if f != format {
                 log::info!(
                     "--latest {}: written as {} (its extension names it), the other outputs as {}",
@@ -477,6 +458,38 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{}: more than 40 symbolic links in a row", p.display())
+}
+
+/// Checks `--latest FILE` (its directory exists, it is not a directory or
+/// a device) and picks its format: its extension's, else `format`. Called
+/// before anything is made, so that a refused `--latest` leaves no
+/// `--out` directory behind.
+pub fn check_latest(p: &Path, format: Format) -> Result<Format> {
+    check_file_target("--latest", p)?;
+    // `--latest mask.png` is a PNG whatever --format the other
+    // outputs use (a stream needs raw or gray8).
+    let ext = p
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let f = match (Format::for_extension(p), ext.as_deref()) {
+        (Some(f), _) => f,
+        // an image format this receiver does not write: not raw bits under its name
+        (
+            None,
+            Some(
+                e @ ("jpg" | "jpeg" | "gif" | "bmp" | "tif" | "tiff" | "webp" | "pgm" | "ppm"
+                | "pnm" | "pam"),
+            ),
+        ) => {
+            anyhow::bail!(
+                "--latest {}: .{e} is not a format the receiver writes; name the file \
+                 .png, .pbm, .raw or .gray",
+                p.display()
+            )
+        }
+        (None, _) => format,
+    };
+    Ok(f)
 }
 
 /// Makes the output directory `dir` (and its parents) and checks, at

@@ -392,7 +392,14 @@ fn memory_limit(cli: &Cli) -> u64 {
     let per = memory::stream_bytes(w, h);
     let fit = limit / per;
     if fit < cli.max_senders as u64 {
-        log::info!(
+        // (none at all: said louder, frames of that size will be refused)
+        let level = if fit == 0 {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "memory: a stream of {w}x{h} frames (--max-size) may hold up to {}; {} holds {fit} \
              such stream(s) at once, fewer than --max-senders {} (smaller frames fit more; a \
              frame that does not fit is refused, see --help)",

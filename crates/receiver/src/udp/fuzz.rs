@@ -833,26 +833,67 @@ fn reassembly_buffers_stay_within_the_frame_cap() {
     );
 }
 
+/// One UDP stream into a fresh hub, its hello sent: datagrams fed one at a
+/// time, each as if it had waited that long in the socket.
+struct OneStream {
+    hub: Arc<Hub>,
+    seen: Arc<Delivered>,
+    streams: HashMap<(SocketAddr, u32), Stream>,
+    logs: Logs,
+}
+
+impl OneStream {
+    const FROM: &'static str = "10.0.0.9:5000";
+    const ID: u32 = 7;
+
+    fn new(name: &str, flags: u8) -> OneStream {
+        let (hub, seen) = hub(Limits::default(), 4);
+        let mut s = OneStream {
+            hub,
+            seen,
+            streams: HashMap::new(),
+            logs: Logs::default(),
+        };
+        let hello = Hello::new(name).unwrap().with_flags(flags).encode();
+        let mut dg = bitmask_wire::udp::Datagram::hello(Self::ID, &hello)
+            .encode()
+            .to_vec();
+        dg.extend_from_slice(&hello);
+        s.feed(&dg, Duration::ZERO);
+        s
+    }
+
+    fn feed(&mut self, b: &[u8], waited: Duration) {
+        let (d, data) = parse(b, &self.hub.limits).unwrap();
+        let from = Self::FROM.parse().unwrap();
+        on_dgram(
+            &self.hub,
+            &mut self.streams,
+            &mut self.logs,
+            from,
+            d,
+            data,
+            waited,
+        );
+    }
+
+    /// Frame `seq` (header `hdr`, `payload`) in datagrams of 40 bytes.
+    fn frame(&mut self, hdr: &Header, payload: &[u8], waited: Duration) {
+        let mut frame = Vec::new();
+        encode_frame(hdr, payload, &mut frame);
+        for (d, data) in bitmask_wire::udp::fragments(&frame, Self::ID, hdr.sequence, 40).unwrap() {
+            self.feed(&[&d.encode()[..], data].concat(), waited);
+        }
+    }
+}
+
 #[test]
 fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_decode() {
     // Outputs slower than the stream: datagrams pile up in the socket. A
     // frame whose last datagram waited over MAX_LAG is passed over
     // (counted behind, not lost) but decoded, so that the delta frames
     // after it, written again once the receiver caught up, decode right.
-    let (hub, seen) = hub(Limits::default(), 4);
-    let mut streams = HashMap::new();
-    let mut logs = Logs::default();
-    let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
-    let mut feed = |b: &[u8], waited: Duration| {
-        let (d, data) = parse(b, &hub.limits).unwrap();
-        on_dgram(&hub, &mut streams, &mut logs, from, d, data, waited);
-    };
-    let hello = Hello::new("slow").unwrap().encode();
-    let mut dg = bitmask_wire::udp::Datagram::hello(7, &hello)
-        .encode()
-        .to_vec();
-    dg.extend_from_slice(&hello);
-    feed(&dg, Duration::ZERO);
+    let mut one = OneStream::new("slow", 0);
     // a disc moving a pixel a frame: frame 0 a key frame, then deltas
     let (w, h) = (64u32, 32u32);
     let mask = |k: u32| {
@@ -868,45 +909,37 @@ fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_de
         m
     };
     let mut enc = Encoder::new(Choice::Bilevel, 100);
+    let mut code = |seq: u64, key: bool| {
+        if key {
+            enc.force_keyframe();
+        }
+        let mut payload = Vec::new();
+        let info = enc
+            .encode(&mask(seq as u32), w, h, seq, &mut payload)
+            .unwrap();
+        assert_eq!(info.flags == 0, seq == 0 || key, "frame {seq}: {info:?}");
+        let mut hdr = Header::new(w, h, seq, info.codec, payload.len() as u32);
+        hdr.flags = info.flags;
+        (hdr, payload)
+    };
     let waited = [0, 0, 300, 250, 0, 0];
     for (seq, &ms) in waited.iter().enumerate() {
-        let m = mask(seq as u32);
-        let mut payload = Vec::new();
-        let info = enc.encode(&m, w, h, seq as u64, &mut payload).unwrap();
-        assert_eq!(info.flags == 0, seq == 0, "frame {seq}: {info:?}");
-        let mut hdr = Header::new(w, h, seq as u64, info.codec, payload.len() as u32);
-        hdr.flags = info.flags;
-        let mut frame = Vec::new();
-        encode_frame(&hdr, &payload, &mut frame);
-        for (d, data) in bitmask_wire::udp::fragments(&frame, 7, seq as u64, 40).unwrap() {
-            feed(&[&d.encode()[..], data].concat(), Duration::from_millis(ms));
-        }
+        let (hdr, payload) = code(seq as u64, false);
+        one.frame(&hdr, &payload, Duration::from_millis(ms));
     }
     // Frame 6 lost on the way: 7 and 8 lack their reference (corrupt),
     // key frame 9 decodes again, and says so.
     crate::test_log::capture();
     for seq in 6..10u64 {
-        if seq == 9 {
-            enc.force_keyframe();
-        }
-        let m = mask(seq as u32);
-        let mut payload = Vec::new();
-        let info = enc.encode(&m, w, h, seq, &mut payload).unwrap();
-        let mut hdr = Header::new(w, h, seq, info.codec, payload.len() as u32);
-        hdr.flags = info.flags;
-        let mut frame = Vec::new();
-        encode_frame(&hdr, &payload, &mut frame);
-        if seq == 6 {
-            continue;
-        }
-        for (d, data) in bitmask_wire::udp::fragments(&frame, 7, seq, 40).unwrap() {
-            feed(&[&d.encode()[..], data].concat(), Duration::ZERO);
+        let (hdr, payload) = code(seq, seq == 9);
+        if seq != 6 {
+            one.frame(&hdr, &payload, Duration::ZERO);
         }
     }
     let said = crate::test_log::lines_with("slow: decoding again from frame 9 on");
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].1.contains("(2 delta frame(s)"), "{said:?}");
-    let got = seen.0.lock().unwrap();
+    let got = one.seen.0.lock().unwrap();
     let written: Vec<u64> = got.iter().map(|(_, h, _)| h.sequence).collect();
     assert_eq!(written, [0, 1, 4, 5, 9], "frames 2 and 3 waited too long");
     for (_, h, m) in got.iter() {
@@ -917,7 +950,7 @@ fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_de
             h.sequence
         );
     }
-    let s = crate::stats::lock(&hub.stats.sender("slow")).snapshot();
+    let s = crate::stats::lock(&one.hub.stats.sender("slow")).snapshot();
     assert_eq!((s.received, s.behind, s.lost, s.corrupt), (5, 2, 1, 2));
 }
 
@@ -925,32 +958,12 @@ fn frames_that_waited_too_long_are_decoded_not_written_and_their_deltas_still_de
 fn a_sender_that_drops_no_frame_has_every_frame_written_however_late() {
     // Its hello says HELLO_NO_DROP (a batch, --no-drop): no frame of its
     // stream is passed over for having waited in the socket.
-    let (hub, seen) = hub(Limits::default(), 4);
-    let mut streams = HashMap::new();
-    let mut logs = Logs::default();
-    let from: SocketAddr = "10.0.0.9:5000".parse().unwrap();
-    let mut feed = |b: &[u8], waited: Duration| {
-        let (d, data) = parse(b, &hub.limits).unwrap();
-        on_dgram(&hub, &mut streams, &mut logs, from, d, data, waited);
-    };
-    let hello = Hello::new("batch")
-        .unwrap()
-        .with_flags(bitmask_wire::HELLO_NO_DROP)
-        .encode();
-    let mut dg = bitmask_wire::udp::Datagram::hello(3, &hello)
-        .encode()
-        .to_vec();
-    dg.extend_from_slice(&hello);
-    feed(&dg, Duration::ZERO);
+    let mut one = OneStream::new("batch", bitmask_wire::HELLO_NO_DROP);
     for seq in 0..4u64 {
-        let mut frame = Vec::new();
-        encode_frame(&Header::new(16, 2, seq, 0, 4), &[seq as u8; 4], &mut frame);
-        for (d, data) in bitmask_wire::udp::fragments(&frame, 3, seq, 100).unwrap() {
-            feed(&[&d.encode()[..], data].concat(), Duration::from_secs(2));
-        }
+        let hdr = Header::new(16, 2, seq, 0, 4);
+        one.frame(&hdr, &[seq as u8; 4], Duration::from_secs(2));
     }
-    let got = seen.0.lock().unwrap();
-    assert_eq!(got.len(), 4);
-    let s = crate::stats::lock(&hub.stats.sender("batch")).snapshot();
+    assert_eq!(one.seen.0.lock().unwrap().len(), 4);
+    let s = crate::stats::lock(&one.hub.stats.sender("batch")).snapshot();
     assert_eq!((s.received, s.behind), (4, 0));
 }

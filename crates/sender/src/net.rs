@@ -356,6 +356,25 @@ impl Connection {
     /// closed window (if closed) answers the probes (`TCP_INFO`). False
     /// when that cannot be read.
     fn peer_answers(&self) -> bool {
+        self.tcp_info().is_some_and(|i| {
+            i.tcpi_state == TCP_ESTABLISHED && i.tcpi_retransmits == 0 && i.tcpi_probes <= 1
+        })
+    }
+
+    /// [`Connection::peer_answers`]'s reasons, in words.
+    fn peer_state(&self) -> String {
+        match self.tcp_info() {
+            None => "cannot be asked about (TCP_INFO)".into(),
+            Some(i) => format!(
+                "does not answer (TCP state {}, {} retransmission(s), {} window probe(s) \
+                 unanswered)",
+                i.tcpi_state, i.tcpi_retransmits, i.tcpi_probes
+            ),
+        }
+    }
+
+    /// The connection's `TCP_INFO`, when it can be read.
+    fn tcp_info(&self) -> Option<libc::tcp_info> {
         // SAFETY: tcp_info is plain integers, valid zeroed.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -371,11 +390,7 @@ impl Connection {
             )
         };
         // (the fields read are in every kernel's first 8 bytes)
-        r == 0
-            && len >= 8
-            && info.tcpi_state == TCP_ESTABLISHED
-            && info.tcpi_retransmits == 0
-            && info.tcpi_probes <= 1
+        (r == 0 && len >= 8).then_some(info)
     }
 
     /// Flushes and closes the sending side cleanly.
@@ -479,6 +494,9 @@ impl crate::pipeline::Link for Connection {
     fn peer_answers(&self) -> bool {
         Connection::peer_answers(self)
     }
+    fn peer_state(&self) -> String {
+        Connection::peer_state(self)
+    }
     fn set_quiet(&mut self, quiet: bool) {
         self.quiet = quiet;
     }
@@ -505,6 +523,22 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: i32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_connection_says_what_its_tcp_knows_of_the_peer() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let c = super::Connection::connect(&addr, "t", std::time::Duration::from_secs(1), false)
+            .unwrap();
+        let _peer = l.accept().unwrap();
+        assert!(c.peer_answers());
+        let s = c.peer_state();
+        // (1: TCP_ESTABLISHED)
+        assert!(
+            s.contains("TCP state 1, 0 retransmission(s), 0 window probe(s)"),
+            "{s}"
+        );
+    }
+
     #[test]
     fn a_link_local_address_may_name_its_interface() {
         let a = super::resolve("[fe80::1%lo]:5000").unwrap();

@@ -482,6 +482,11 @@ pub trait Link: Send {
     fn peer_answers(&self) -> bool {
         false
     }
+    /// What the link knows of the receiver's host, for a line that says it
+    /// does not answer (TCP: its state and retransmissions); may be empty.
+    fn peer_state(&self) -> String {
+        String::new()
+    }
     /// Whether the receiver lost frames that the link knows of without a
     /// reconnect (UDP: its host refused datagrams, a receiver restarted or
     /// away): the next frame should be a key frame, or every delta until
@@ -2253,9 +2258,14 @@ fn make_room(
             // read, so past that a new connection is tried after all.
             let slow = waited < limit && l.peer_answers();
             if !slow {
+                // (its host not answering, when that was the verdict)
+                let state = match l.peer_state() {
+                    s if waited < limit && !s.is_empty() => format!(" and its host {s}"),
+                    _ => String::new(),
+                };
                 return Some((
                     format!(
-                        "the receiver confirmed no frame for {:.1} s",
+                        "the receiver confirmed no frame for {:.1} s{state}",
                         waited.as_secs_f64()
                     ),
                     false,

@@ -156,9 +156,15 @@ def threshold(path, channel="luma", threshold=128, invert=False):
     from PIL import Image
 
     with Image.open(path) as img:
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            # (Pillow's conversions clip these; bitmask-send scales 16-bit values to 8)
-            raise ValueError(f"{path}: a {img.mode} image; this reference takes 8-bit images only")
+        # (a 16-bit colour PNG opens as mode RGB, its samples cut to their
+        # high byte: its decoder's raw mode says 16 bits)
+        raw = img.tile[0][3] if img.tile else None
+        wide = isinstance(raw, str) and ";16" in raw
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or wide:
+            # (Pillow's conversions clip or truncate these; bitmask-send
+            # scales 16-bit values to 8)
+            mode = raw if wide else img.mode
+            raise ValueError(f"{path}: a {mode} image; this reference takes 8-bit images only")
         if channel == "luma":
             values = np.asarray(img.convert("L"))
         else:

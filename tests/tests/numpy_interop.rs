@@ -443,6 +443,30 @@ for n in bad_names:
         raise AssertionError(f"hello({n!r}) made")
 assert bw.read_hello(io.BytesIO(bw.hello("pi cam é")))[0] == "pi cam é"
 print(f"names refused {len(bad_names)}")
+
+# 16-bit images, which Pillow clips (gray) or cuts to their high byte
+# (colour, opened as mode RGB), are refused, not thresholded otherwise
+# than bitmask-send does
+import os, tempfile
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+def png16(path, colour):
+    w, h, n = 4, 2, 3 if colour else 1
+    raw = b"".join(b"\0" + bytes(range(2 * w * n)) for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if colour else 0, 0, 0, 0)
+    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+refused = 0
+with tempfile.TemporaryDirectory() as d:
+    for colour in (False, True):
+        p = os.path.join(d, f"{colour}.png")
+        png16(p, colour)
+        try:
+            bw.threshold(p)
+        except ValueError as e:
+            assert "8-bit images only" in str(e), str(e)
+            refused += 1
+print(f"16-bit refused {refused}")
 "#;
 
 #[test]
@@ -456,7 +480,8 @@ fn python_reader_agrees_with_the_protocol_doc_and_rejects_bad_frames() {
         &[module_dir.to_str().unwrap(), doc.to_str().unwrap()],
     );
     assert_eq!(
-        out, "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\nnames refused 6\n",
+        out,
+        "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\nnames refused 6\n16-bit refused 2\n",
         "fields of the worked example, then every broken variant rejected"
     );
 }

@@ -95,7 +95,8 @@ struct Cli {
     /// running; it must take files at the start; a disk mounted on it, or
     /// on the directory holding it, and unmounted while running is an
     /// error, not files on the card underneath; temporary files an earlier
-    /// run left are removed at the start), or `-` for masks back to back on
+    /// run left, older than 10 minutes, are removed at the start), or `-`
+    /// for masks back to back on
     /// stdout (raw or gray8).
     #[arg(long, value_name = "DIR|-")]
     out: Option<PathBuf>,

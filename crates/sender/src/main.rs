@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
   RUST_LOG=debug bitmask-send --to pi2:5000 in.png
   rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
-  bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
-    --input-command 'exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'
+  CAM='exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'
+  bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 --input-command \"$CAM\"
   (raw input layouts and Pi camera padding: docs/CAMERA.md)
 
 Exit status: 0 when the input is sent (a camera, a pipe or an endless --loop:
@@ -123,9 +123,9 @@ struct Cli {
     input_format: Option<raw::RawFormat>,
 
     /// Start CMD with `sh -c` and read the raw frames from its stdout (instead
-    /// of INPUT), e.g. a camera tool: 'exec rpicam-vid -t 0 -n --verbose=0 --flush --codec
-    /// yuv420 --width 640 --height 480 -o -'. The sender stops it when it stops; a
-    /// command that fails ends the sender with an error (exit 1).
+    /// of INPUT), e.g. a camera tool (rpicam-vid: the last example below). The
+    /// sender stops it when it stops; a command that fails ends the sender
+    /// with an error (exit 1).
     #[arg(long, value_name = "CMD", requires = "input_format")]
     input_command: Option<String>,
 

@@ -158,7 +158,11 @@ def threshold(path, channel="luma", threshold=128, invert=False):
     with Image.open(path) as img:
         # (a 16-bit colour PNG opens as mode RGB, its samples cut to their
         # high byte: its decoder's raw mode says 16 bits)
+        # (PNG's decoder takes the raw mode alone, TIFF's a tuple that
+        # starts with it)
         raw = img.tile[0][3] if img.tile else None
+        if isinstance(raw, tuple) and raw and isinstance(raw[0], str):
+            raw = raw[0]
         wide = isinstance(raw, str) and ";16" in raw
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or wide:
             # (Pillow's conversions clip or truncate these; bitmask-send

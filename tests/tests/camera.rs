@@ -996,17 +996,37 @@ fn bad_output_arguments_are_one_line_errors() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
-    // A refused --latest leaves no --out directory behind (with
-    // --per-sender too).
+    // A refused --latest or --exec leaves no --out directory behind (with
+    // --per-sender too) ...
     let tmp = TempDir::new("camera-bad-latest");
-    for extra in [&[][..], &["--per-sender"]] {
-        let out = tmp.join("out");
+    let out = tmp.join("out");
+    let o = out.to_str().unwrap();
+    let jpg = tmp.join("x.jpg");
+    let refused: [&[&str]; 3] = [
+        &["--latest", jpg.to_str().unwrap()],
+        &["--latest", jpg.to_str().unwrap(), "--per-sender"],
+        &["--exec", "cat", "--format", "png"],
+    ];
+    for extra in refused {
         let f = run(Command::new(bin("bitmask-recv"))
-            .args(["--listen", "127.0.0.1:0", "--out", out.to_str().unwrap()])
-            .args(["--latest", tmp.join("x.jpg").to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--out", o])
             .args(extra));
         assert!(!f.status.success(), "{extra:?}: {}", f.stderr);
         assert!(!out.exists(), "{extra:?}: {} made", out.display());
+    }
+    // ... and a --latest file in the --out directory it makes is taken.
+    for extra in [&[][..], &["--per-sender"]] {
+        let latest = out.join("latest.png");
+        let mut r = start_receiver(
+            &[
+                &["--out", o, "--latest", latest.to_str().unwrap()][..],
+                extra,
+            ]
+            .concat(),
+        );
+        let f = r.proc.terminate(LIMIT);
+        assert!(f.status.success(), "{extra:?}: {}", f.stderr);
+        std::fs::remove_dir_all(&out).unwrap();
     }
 }
 

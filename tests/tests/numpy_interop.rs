@@ -456,6 +456,20 @@ def png16(path, colour):
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if colour else 0, 0, 0, 0)
     open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
                            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+def tiff16(path):
+    # (4x2 RGB, 16 bits a sample, uncompressed: Pillow opens it as RGB)
+    w, h = 4, 2
+    data = bytes(range(w * h * 6))
+    bps = struct.pack("<HHH", 16, 16, 16)
+    data_off = 8 + len(bps)
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, 8), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, data_off), (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(data))]
+    b = b"II*\0" + struct.pack("<I", data_off + len(data)) + bps + data
+    b += struct.pack("<H", len(tags))
+    for tag, kind, n, v in tags:
+        short = kind == 3 and n == 1
+        b += struct.pack("<HHIHH", tag, kind, n, v, 0) if short else struct.pack("<HHII", tag, kind, n, v)
+    open(path, "wb").write(b + struct.pack("<I", 0))
 refused = 0
 with tempfile.TemporaryDirectory() as d:
     for colour in (False, True):
@@ -466,6 +480,13 @@ with tempfile.TemporaryDirectory() as d:
         except ValueError as e:
             assert "8-bit images only" in str(e), str(e)
             refused += 1
+    p = os.path.join(d, "rgb16.tif")
+    tiff16(p)
+    try:
+        bw.threshold(p)
+    except ValueError as e:
+        assert "8-bit images only" in str(e), str(e)
+        refused += 1
 print(f"16-bit refused {refused}")
 "#;
 
@@ -481,7 +502,7 @@ fn python_reader_agrees_with_the_protocol_doc_and_rejects_bad_frames() {
     );
     assert_eq!(
         out,
-        "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\nnames refused 6\n16-bit refused 2\n",
+        "10 3 5 1700000000000000 0 0 b3c04040ffc0\nrejected 10\nnames refused 6\n16-bit refused 3\n",
         "fields of the worked example, then every broken variant rejected"
     );
 }

@@ -483,9 +483,10 @@ fn run(cli: Cli) -> Result<()> {
         let Some(dir) = out_dir.map(Path::to_path_buf) else {
             anyhow::bail!("--per-sender needs --out DIR (a directory, not -)");
         };
-        // (before the directory is made: a refused --latest leaves none)
+        // (before the directory is made: a --latest name the receiver will
+        // not write leaves none; the file itself is checked once it exists)
         if let Some(p) = &cli.latest {
-            output::check_latest(p, cli.format)?;
+            output::latest_format(p, cli.format)?;
         }
         output::check_dir_target(&dir)?;
         let shared = if cli.latest.is_some() || cli.exec.is_some() {

@@ -138,10 +138,6 @@ impl Output {
         if out.is_none() && latest.is_none() && exec.is_none() {
             bail!("nowhere to put the masks: give --out DIR|-, --latest FILE or --exec CMD");
         }
-        // (before the --out directory is made: a refused --latest leaves none)
-        if let Some(p) = latest {
-            check_latest(p, format)?;
-        }
         let stream_check = |what: &str| -> Result<()> {
             if !format.streams() {
                 bail!(
@@ -151,6 +147,15 @@ impl Output {
             }
             Ok(())
         };
+        // (before the --out directory is made, what can be told without
+        // it: a refused --latest or --exec leaves no directory behind; the
+        // --latest file's own directory may be the one about to be made)
+        if let Some(p) = latest {
+            latest_format(p, format)?;
+        }
+        if exec.is_some() {
+            stream_check("--exec")?;
+        }
         let mut o = Output {
             format,
             dir: None,
@@ -461,11 +466,15 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
 }
 
 /// Checks `--latest FILE` (its directory exists, it is not a directory or
-/// a device) and picks its format: its extension's, else `format`. Called
-/// before anything is made, so that a refused `--latest` leaves no
-/// `--out` directory behind.
+/// a device) and picks its format ([`latest_format`]).
 pub fn check_latest(p: &Path, format: Format) -> Result<Format> {
     check_file_target("--latest", p)?;
+    latest_format(p, format)
+}
+
+/// The format `--latest FILE` is written in: its extension's, else
+/// `format`; an image extension the receiver does not write is refused.
+pub fn latest_format(p: &Path, format: Format) -> Result<Format> {
     // `--latest mask.png` is a PNG whatever --format the other
     // outputs use (a stream needs raw or gray8).
     let ext = p

@@ -54,10 +54,13 @@ use std::time::{Duration, Instant};
   bitmask-send --to 192.168.1.20:5000 --channel blue --threshold 170 frames/
   bitmask-send --to 127.0.0.1:5000 --threshold otsu --loop --fps 30 a.png b.png
   RUST_LOG=debug bitmask-send --to pi2:5000 in.png
-  rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o - \\
+  rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 \\
+    --width 640 --height 480 -o - \\
     | bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 -
-  CAM='exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420 --width 640 --height 480 -o -'
-  bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 --input-command \"$CAM\"
+  CAM='exec rpicam-vid -t 0 -n --verbose=0 --flush --codec yuv420'
+  CAM=\"$CAM --width 640 --height 480 -o -\"
+  bitmask-send --to pi2:5000 --input-format yuv420 --size 640x480 \\
+    --input-command \"$CAM\"
   (raw input layouts and Pi camera padding: docs/CAMERA.md)
 
 Exit status: 0 when the input is sent (a camera, a pipe or an endless --loop:

@@ -356,19 +356,20 @@ impl Connection {
     /// closed window (if closed) answers the probes (`TCP_INFO`). False
     /// when that cannot be read.
     fn peer_answers(&self) -> bool {
-        self.tcp_info().is_some_and(|i| {
-            i.tcpi_state == TCP_ESTABLISHED && i.tcpi_retransmits == 0 && i.tcpi_probes <= 1
-        })
+        self.peer_verdict().0
     }
 
-    /// [`Connection::peer_answers`]'s reasons, in words.
-    fn peer_state(&self) -> String {
+    /// [`Connection::peer_answers`], and its reasons in words, from one look.
+    fn peer_verdict(&self) -> (bool, String) {
         match self.tcp_info() {
-            None => "cannot be asked about (TCP_INFO)".into(),
-            Some(i) => format!(
-                "does not answer (TCP state {}, {} retransmission(s), {} window probe(s) \
-                 unanswered)",
-                i.tcpi_state, i.tcpi_retransmits, i.tcpi_probes
+            None => (false, "cannot be asked about (TCP_INFO)".into()),
+            Some(i) => (
+                i.tcpi_state == TCP_ESTABLISHED && i.tcpi_retransmits == 0 && i.tcpi_probes <= 1,
+                format!(
+                    "does not answer (TCP state {}, {} retransmission(s), {} window probe(s) \
+                     unanswered)",
+                    i.tcpi_state, i.tcpi_retransmits, i.tcpi_probes
+                ),
             ),
         }
     }
@@ -494,8 +495,8 @@ impl crate::pipeline::Link for Connection {
     fn peer_answers(&self) -> bool {
         Connection::peer_answers(self)
     }
-    fn peer_state(&self) -> String {
-        Connection::peer_state(self)
+    fn peer_verdict(&self) -> (bool, String) {
+        Connection::peer_verdict(self)
     }
     fn set_quiet(&mut self, quiet: bool) {
         self.quiet = quiet;
@@ -531,7 +532,8 @@ mod tests {
             .unwrap();
         let _peer = l.accept().unwrap();
         assert!(c.peer_answers());
-        let s = c.peer_state();
+        let (answers, s) = c.peer_verdict();
+        assert!(answers);
         // (1: TCP_ESTABLISHED)
         assert!(
             s.contains("TCP state 1, 0 retransmission(s), 0 window probe(s)"),

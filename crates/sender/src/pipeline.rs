@@ -482,10 +482,11 @@ pub trait Link: Send {
     fn peer_answers(&self) -> bool {
         false
     }
-    /// What the link knows of the receiver's host, for a line that says it
-    /// does not answer (TCP: its state and retransmissions); may be empty.
-    fn peer_state(&self) -> String {
-        String::new()
+    /// [`Link::peer_answers`], with what the link knows of the receiver's
+    /// host when it does not (TCP: its state and retransmissions, from the
+    /// same look); the text may be empty.
+    fn peer_verdict(&self) -> (bool, String) {
+        (self.peer_answers(), String::new())
     }
     /// Whether the receiver lost frames that the link knows of without a
     /// reconnect (UDP: its host refused datagrams, a receiver restarted or
@@ -2256,10 +2257,14 @@ fn make_room(
             // output may be behind (a new connection would not help). Its
             // TCP acknowledging the frames does not prove that they are
             // read, so past that a new connection is tried after all.
-            let slow = waited < limit && l.peer_answers();
+            let (slow, state) = if waited < limit {
+                l.peer_verdict()
+            } else {
+                (false, String::new())
+            };
             if !slow {
                 // (its host not answering, when that was the verdict)
-                let state = match l.peer_state() {
+                let state = match state {
                     s if waited < limit && !s.is_empty() => format!(" and its host {s}"),
                     _ => String::new(),
                 };

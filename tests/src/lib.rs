@@ -512,6 +512,18 @@ pub fn summary_count(stderr: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {what:?} count in {last}"))
 }
 
+/// `--input-command` for a camera stand-in: `n` gray8 frames of `w` x `h`
+/// zeros, `fps` a second, on its own clock (a live source).
+pub fn paced_camera(w: u32, h: u32, n: u32, fps: u32) -> String {
+    format!(
+        "exec python3 -c 'import sys, time\n\
+         out, t0, f = sys.stdout.buffer, time.time(), bytes({w} * {h})\n\
+         for k in range({n}):\n    \
+         out.write(f); out.flush()\n    \
+         time.sleep(max(0, t0 + (k + 1) / {fps} - time.time()))'"
+    )
+}
+
 /// A loopback address where nothing listens (a port just bound and released).
 pub fn closed_port() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

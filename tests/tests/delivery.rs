@@ -699,18 +699,6 @@ fn a_frame_the_receiver_refuses_is_given_up_after_five_connections() {
     assert!(list(&out).is_empty());
 }
 
-/// `--input-command` for a camera stand-in: `n` gray8 frames of `w` x `h`
-/// zeros, `fps` a second, on its own clock (a live source).
-fn paced_camera(w: u32, h: u32, n: u32, fps: u32) -> String {
-    format!(
-        "exec python3 -c 'import sys, time\n\
-         out, t0, f = sys.stdout.buffer, time.time(), bytes({w} * {h})\n\
-         for k in range({n}):\n    \
-         out.write(f); out.flush()\n    \
-         time.sleep(max(0, t0 + (k + 1) / {fps} - time.time()))'"
-    )
-}
-
 #[test]
 fn a_live_sender_whose_frames_are_all_refused_says_so_and_fails() {
     // The same refusal under a live sender (a camera): frames are not sent

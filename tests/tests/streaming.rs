@@ -291,13 +291,7 @@ fn a_udp_receiver_whose_output_is_slow_passes_frames_over_and_stays_current() {
     ]);
     // a 30 fps camera, 4 s: 640x480 gray8 frames (38,400 B masks)
     let n = 120;
-    let camera = format!(
-        "exec python3 -c 'import sys, time\n\
-         out, t0 = sys.stdout.buffer, time.time()\n\
-         for k in range({n}):\n    \
-         out.write(bytes([k * 2 % 256]) * 307200); out.flush()\n    \
-         time.sleep(max(0, t0 + (k + 1) / 30 - time.time()))'"
-    );
+    let camera = paced_camera(640, 480, n as u32, 30);
     let s = run(Command::new(bin("bitmask-send"))
         .args(["--to", &recv.addr, "--name", "cam", "--transport", "udp"])
         .args(["--input-format", "gray8", "--size", "640x480"])

@@ -233,7 +233,7 @@ impl View {
     /// first, [`bind`], and calls [`View::serve`].)
     #[cfg(test)]
     pub fn start(addr: &str, http_fps: f64, stats: StatsRegistry) -> Result<View> {
-        View::serve(bind(addr)?, http_fps, stats)
+        View::serve(bind(addr, None)?, http_fps, stats)
     }
 
     /// [`View::start`] on a socket [`bind`] made.
@@ -386,14 +386,16 @@ pub fn feed(name: &str) -> Option<Feed> {
 
 /// The live view's socket on `addr` (`--http`): taken at the start, before
 /// any `--exec` program starts, so that a port in use starts none.
-pub fn bind(addr: &str) -> Result<TcpListener> {
+/// `frames`: the frames' port and `--listen`, for the error that it is
+/// that port.
+pub fn bind(addr: &str, frames: Option<(u16, &str)>) -> Result<TcpListener> {
     let sa: SocketAddr = addr
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve --http address {addr:?} (expected HOST:PORT)"))?
         .next()
         .with_context(|| format!("--http {addr:?} resolved to no address"))?;
     TcpListener::bind(sa)
-        .map_err(|e| crate::in_use_hint(e, sa.port()))
+        .map_err(|e| crate::in_use_hint(e, sa.port(), frames))
         .with_context(|| format!("cannot serve --http on {sa}"))
 }
 

@@ -365,22 +365,34 @@ fn bind(addr: &str) -> Result<TcpListener> {
     // (the sender's queue drops them instead), big enough for 100 Mbit/s.
     sock.set_recv_buffer_size(256 << 10).with_context(cannot)?;
     sock.bind(&sa.into())
-        .map_err(|e| in_use_hint(e, sa.port()))
+        .map_err(|e| in_use_hint(e, sa.port(), None))
         .with_context(cannot)?;
     sock.listen(64).with_context(cannot)?;
     Ok(sock.into())
 }
 
-/// An address in use, with what to do about it.
-pub(crate) fn in_use_hint(e: std::io::Error, port: u16) -> anyhow::Error {
-    if e.kind() == std::io::ErrorKind::AddrInUse {
-        anyhow::Error::new(e).context(format!(
+/// An address in use, with what to do about it. `frames`: the port and
+/// `--listen` of this receiver's frames, when binding the live view (its
+/// own port is no other program's).
+pub(crate) fn in_use_hint(
+    e: std::io::Error,
+    port: u16,
+    frames: Option<(u16, &str)>,
+) -> anyhow::Error {
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return e.into();
+    }
+    let hint = match frames {
+        Some((p, listen)) if p == port => format!(
+            "port {port} is the frames' port (--listen {listen}): give the live view a port of \
+             its own, e.g. --http 0.0.0.0:8080"
+        ),
+        _ => format!(
             "another program listens there (another bitmask-recv, or its service: \
              `ss -ltnp 'sport = :{port}'` names it); stop it or pick another port"
-        ))
-    } else {
-        e.into()
-    }
+        ),
+    };
+    anyhow::Error::new(e).context(hint)
 }
 
 /// `--max-memory` in bytes, or its default; says how many streams of
@@ -434,25 +446,7 @@ fn run(cli: Cli) -> Result<()> {
     let view = cli
         .http
         .as_deref()
-        .map(|a| {
-            http::bind(a).map_err(|e| match a.rsplit_once(':') {
-                // (its own port: not "another program")
-                Some((_, p))
-                    if p.parse() == Ok(local.port())
-                        && e.chain().any(|c| {
-                            c.downcast_ref::<std::io::Error>()
-                                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-                        }) =>
-                {
-                    anyhow::anyhow!(
-                        "--http {a} is the frames' port (--listen {}): give the live view a \
-                         port of its own, e.g. --http 0.0.0.0:8080",
-                        cli.listen
-                    )
-                }
-                _ => e,
-            })
-        })
+        .map(|a| http::bind(a, Some((local.port(), &cli.listen))))
         .transpose()?;
     // Datagrams (--transport udp on the sender) arrive on the same port.
     let udp = UdpSocket::bind(local)

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bitmask_wire::udp::{Datagram as Dgram, KIND_END, KIND_HELLO};
 #[cfg(test)]
@@ -140,8 +140,8 @@ pub fn serve_udp(hub: Arc<Hub>, sock: UdpSocket) {
             return;
         }
         match recv_stamped(&sock, &mut buf, stamped) {
-            Ok((n, from, waited)) => match parse(&buf[..n], &hub.limits) {
-                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data, waited),
+            Ok((n, from, arrived)) => match parse(&buf[..n], &hub.limits) {
+                Ok((d, data)) => on_dgram(&hub, &mut streams, &mut logs, from, d, data, arrived),
                 Err(why) => {
                     if !over_the_cap(&hub, &mut streams, from, &buf[..n]) && logs.bad(from) {
                         log::warn!("udp from {from}: dropped: {why}");
@@ -193,20 +193,30 @@ fn stamp_arrivals(sock: &UdpSocket) -> io::Result<()> {
     }
 }
 
-/// `recv_from`, with how long the datagram waited in the socket (its
-/// kernel arrival time to now; zero when not `stamped`, or not said).
+/// `recv_from`, with the datagram's arrival time (the kernel's; `None`
+/// when not `stamped`, or not said).
 fn recv_stamped(
     sock: &UdpSocket,
     buf: &mut [u8],
     stamped: bool,
-) -> io::Result<(usize, SocketAddr, Duration)> {
+) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
     #[cfg(target_os = "linux")]
     if stamped {
         return recv_stamped_linux(sock, buf);
     }
     let _ = stamped;
     let (n, from) = sock.recv_from(buf)?;
-    Ok((n, from, Duration::ZERO))
+    Ok((n, from, None))
+}
+
+/// How long a datagram that arrived at `arrived` has waited, as of now
+/// (zero when not known; a stamp an hour old is not one the socket's
+/// buffer could hold: a clock stepped, or a layout misread).
+fn waited_since(arrived: Option<SystemTime>) -> Duration {
+    arrived
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .filter(|w| *w < Duration::from_secs(3600))
+        .unwrap_or_default()
 }
 
 /// [`recv_stamped`] with the kernel's arrival time.
@@ -214,7 +224,7 @@ fn recv_stamped(
 fn recv_stamped_linux(
     sock: &UdpSocket,
     buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Duration)> {
+) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
     use std::os::fd::AsRawFd;
     // (room for one timestamp message: a header and two 64-bit words)
     let mut control = [0u64; 8];
@@ -236,13 +246,12 @@ fn recv_stamped_linux(
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let now = std::time::SystemTime::now();
     // SAFETY: recvmsg filled `addr` with `msg_namelen` bytes of an address.
     #[allow(unsafe_code)]
     let from = unsafe { socket2::SockAddr::new(addr, msg.msg_namelen) }
         .as_socket()
         .ok_or_else(|| io::Error::other("a datagram from a non-IP address"))?;
-    let mut waited = Duration::ZERO;
+    let mut arrived = None;
     // SAFETY: the CMSG_* walk stays within `msg_controllen` bytes of
     // `control`, which the kernel wrote; the data is read unaligned.
     #[allow(unsafe_code)]
@@ -266,20 +275,13 @@ fn recv_stamped_linux(
                 if let (Ok(sec), Ok(nsec @ 0..1_000_000_000)) =
                     (u64::try_from(sec), u32::try_from(nsec))
                 {
-                    let at = std::time::UNIX_EPOCH + Duration::new(sec, nsec);
-                    // (a stamp an hour old is not one the socket's buffer
-                    // could hold: a clock stepped, or a layout misread)
-                    waited = now
-                        .duration_since(at)
-                        .ok()
-                        .filter(|w| *w < Duration::from_secs(3600))
-                        .unwrap_or_default();
+                    arrived = Some(SystemTime::UNIX_EPOCH + Duration::new(sec, nsec));
                 }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n as usize, from, waited))
+    Ok((n as usize, from, arrived))
 }
 
 /// Counts a fragment of a frame over this receiver's `--max-size` from a
@@ -481,7 +483,7 @@ fn on_dgram(
     from: SocketAddr,
     d: Dgram,
     data: &[u8],
-    waited: Duration,
+    arrived: Option<SystemTime>,
 ) {
     let key = (from, d.stream_id);
     if d.kind == KIND_END {
@@ -690,7 +692,7 @@ fn on_dgram(
             // frame a second at least is written all the same: where the
             // decoding itself cannot keep up, passing frames over gains
             // nothing, and the outputs must not go silent.)
-            let write = waited <= MAX_LAG
+            let write = waited_since(arrived) <= MAX_LAG
                 || s.no_drop
                 || s.written
                     .is_none_or(|t| began - t >= Duration::from_secs(1));
@@ -767,7 +769,7 @@ mod tests {
                 from.parse().unwrap(),
                 d,
                 data,
-                Duration::ZERO,
+                None,
             );
         };
         let mut frame = Vec::new();
@@ -925,7 +927,7 @@ mod tests {
                 self.from,
                 d,
                 data,
-                Duration::ZERO,
+                None,
             );
         }
 

@@ -564,7 +564,7 @@ impl Bench {
             w.from,
             d,
             data,
-            Duration::ZERO,
+            None,
         );
         let got = self.seen.0.lock().unwrap();
         assert!(got.len() <= self.delivered + 1, "one datagram, one frame");
@@ -873,7 +873,7 @@ impl OneStream {
             from,
             d,
             data,
-            waited,
+            Some(SystemTime::now() - waited),
         );
     }
 

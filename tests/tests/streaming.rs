@@ -297,8 +297,18 @@ fn a_udp_receiver_whose_output_is_slow_passes_frames_over_and_stays_current() {
         .args(["--input-format", "gray8", "--size", "640x480"])
         .args(["--input-command", &camera]));
     assert!(s.status.success(), "sender: {}", s.stderr);
-    assert_eq!(summary_count(&s.stderr, "sent"), n, "{}", s.stderr);
-    // every frame accounted for once the receiver has read the socket
+    // (a live camera: a sender slowed by a loaded machine may drop a few
+    // from its queue before they are numbered; the receiver never sees them)
+    let sent = summary_count(&s.stderr, "sent");
+    assert_eq!(
+        sent + summary_count(&s.stderr, "dropped"),
+        n,
+        "{}",
+        s.stderr
+    );
+    assert!(sent >= n * 3 / 4, "{}", s.stderr);
+    let n = sent;
+    // every frame sent accounted for once the receiver has read the socket
     let counted = |j: &str| {
         ["received", "behind", "lost", "incomplete"]
             .iter()

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use bitmask_wire::{AckReader, Hello, HELLO_ACKS, HELLO_RESUME};
 use socket2::{SockRef, TcpKeepalive};
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -175,6 +176,39 @@ pub struct Connection {
     slow_said: Option<Instant>,
     /// Stalled writes are said at debug level ([`Link::set_quiet`]).
     quiet: bool,
+    /// When a look at `TCP_INFO` last found the receiver's host answering
+    /// (see [`host_answers`]).
+    answered_at: Cell<Option<Instant>>,
+}
+
+/// How recently the receiver's host must have answered (an acknowledgement
+/// came, or a look found it answering) for a look that finds a
+/// retransmission under way to count it as answering still.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a TCP connection's peer host answers, from its `TCP_INFO`
+/// (`state`, consecutive `retransmits`, unanswered window `probes`,
+/// milliseconds since the last acknowledgement came, `last_ack_ms`) and
+/// how long ago an earlier look found it answering (`answered_ago`).
+///
+/// Established, nothing retransmitted and at most one probe unanswered:
+/// it answers. A retransmission, or probes, under way are no verdict
+/// while an acknowledgement came, or a look found it answering, within
+/// [`ANSWER_GRACE`]: a loaded machine's own loopback retransmits at times
+/// (its 200 ms timer runs out before the peer's acknowledgement is
+/// handled), and one look then took a stalled receiver for a gone one.
+fn host_answers(
+    state: u8,
+    retransmits: u8,
+    probes: u8,
+    last_ack_ms: u32,
+    answered_ago: Option<Duration>,
+) -> bool {
+    let grace = ANSWER_GRACE.as_millis() as u32;
+    state == TCP_ESTABLISHED
+        && ((retransmits == 0 && probes <= 1)
+            || last_ack_ms < grace
+            || answered_ago.is_some_and(|d| d < ANSWER_GRACE))
 }
 
 impl Connection {
@@ -205,6 +239,7 @@ impl Connection {
                         timeout,
                         slow_said: None,
                         quiet: false,
+                        answered_at: Cell::new(None),
                     };
                     let flags = HELLO_ACKS | if resume { HELLO_RESUME } else { 0 };
                     let hello = Hello::new(name)
@@ -361,21 +396,43 @@ impl Connection {
 
     /// [`Connection::peer_answers`], and its reasons in words, from one look.
     fn peer_verdict(&self) -> (bool, String) {
-        match self.tcp_info() {
-            None => (false, "cannot be asked about (TCP_INFO)".into()),
-            Some(i) => (
-                i.tcpi_state == TCP_ESTABLISHED && i.tcpi_retransmits == 0 && i.tcpi_probes <= 1,
-                format!(
-                    "does not answer (TCP state {}, {} retransmission(s), {} window probe(s) \
-                     unanswered)",
-                    i.tcpi_state, i.tcpi_retransmits, i.tcpi_probes
-                ),
-            ),
+        let Some((i, len)) = self.tcp_info() else {
+            return (false, "cannot be asked about (TCP_INFO)".into());
+        };
+        // (tcpi_last_ack_recv is at bytes 56..60, in every kernel since 2.6)
+        let last_ack_ms = if len >= 60 {
+            i.tcpi_last_ack_recv
+        } else {
+            u32::MAX
+        };
+        let now = Instant::now();
+        let ago = self.answered_at.get().map(|t| now.duration_since(t));
+        let answers = host_answers(
+            i.tcpi_state,
+            i.tcpi_retransmits,
+            i.tcpi_probes,
+            last_ack_ms,
+            ago,
+        );
+        if answers && i.tcpi_retransmits == 0 && i.tcpi_probes <= 1 {
+            self.answered_at.set(Some(now));
         }
+        let last = match last_ack_ms {
+            u32::MAX => String::new(),
+            ms => format!(", last acknowledgement {:.1} s ago", f64::from(ms) / 1000.0),
+        };
+        (
+            answers,
+            format!(
+                "does not answer (TCP state {}, {} retransmission(s), {} window probe(s) \
+                 unanswered{last})",
+                i.tcpi_state, i.tcpi_retransmits, i.tcpi_probes
+            ),
+        )
     }
 
     /// The connection's `TCP_INFO`, when it can be read.
-    fn tcp_info(&self) -> Option<libc::tcp_info> {
+    fn tcp_info(&self) -> Option<(libc::tcp_info, usize)> {
         // SAFETY: tcp_info is plain integers, valid zeroed.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -391,7 +448,7 @@ impl Connection {
             )
         };
         // (the fields read are in every kernel's first 8 bytes)
-        (r == 0 && len >= 8).then_some(info)
+        (r == 0 && len >= 8).then_some((info, len as usize))
     }
 
     /// Flushes and closes the sending side cleanly.
@@ -539,6 +596,22 @@ mod tests {
             s.contains("TCP state 1, 0 retransmission(s), 0 window probe(s)"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn a_retransmission_is_no_verdict_on_a_host_that_answered_a_moment_ago() {
+        use super::host_answers;
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        // answering: established, nothing retransmitted, a probe at most
+        assert!(host_answers(1, 0, 1, 60_000, None));
+        assert!(!host_answers(7, 0, 0, 0, Some(ms(0))), "closed");
+        // a retransmission (or probes) under way: no verdict while an
+        // acknowledgement came, or a look found it answering, within 1 s
+        assert!(host_answers(1, 1, 0, 300, None));
+        assert!(host_answers(1, 2, 3, 5_000, Some(ms(400))));
+        assert!(!host_answers(1, 1, 0, 1_000, Some(ms(1_000))));
+        assert!(!host_answers(1, 0, 2, u32::MAX, None));
     }
 
     #[test]

@@ -1002,17 +1002,32 @@ fn bad_output_arguments_are_one_line_errors() {
     let out = tmp.join("out");
     let o = out.to_str().unwrap();
     let jpg = tmp.join("x.jpg");
-    let refused: [&[&str]; 3] = [
+    // (a --latest FILE in a directory that is missing is told once --out
+    // is made: the directories made are removed again)
+    let elsewhere = tmp.join("missing/latest.png");
+    let deep = tmp.join("a/b/out");
+    let d = deep.to_str().unwrap();
+    let refused: [&[&str]; 5] = [
         &["--latest", jpg.to_str().unwrap()],
+        &["--latest", elsewhere.to_str().unwrap()],
+        &["--out", d, "--latest", elsewhere.to_str().unwrap()],
         &["--latest", jpg.to_str().unwrap(), "--per-sender"],
         &["--exec", "cat", "--format", "png"],
     ];
     for extra in refused {
-        let f = run(Command::new(bin("bitmask-recv"))
-            .args(["--listen", "127.0.0.1:0", "--out", o])
-            .args(extra));
+        let mut c = Command::new(bin("bitmask-recv"));
+        c.args(["--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--out") {
+            c.args(["--out", o]);
+        }
+        let f = run(c.args(extra));
         assert!(!f.status.success(), "{extra:?}: {}", f.stderr);
         assert!(!out.exists(), "{extra:?}: {} made", out.display());
+        assert!(
+            !tmp.join("a").exists(),
+            "{extra:?}: {} made",
+            deep.display()
+        );
     }
     // ... and a --latest file in the --out directory it makes is taken.
     for extra in [&[][..], &["--per-sender"]] {

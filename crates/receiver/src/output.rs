@@ -173,6 +173,7 @@ impl Output {
             recent: Default::default(),
             keep: None,
         };
+        let mut made = None;
         match out {
             Some(p) if p.as_os_str() == "-" => {
                 stream_check("--out -")?;
@@ -183,6 +184,7 @@ impl Output {
                 o.stdout = Some(fs::File::from(fd));
             }
             Some(p) => {
+                made = first_missing(p);
                 check_dir_target(p)?;
                 o.dir_parent_dev = parent_dev(p);
                 o.watches.push(MountWatch::new(p));
@@ -191,7 +193,13 @@ impl Output {
             None => {}
         }
         if let Some(p) = latest {
-            let f = check_latest(p, format)?;
+            // (a --latest FILE whose own directory is missing: the --out
+            // directories just made for nothing are removed again)
+            let f = check_latest(p, format).inspect_err(|_| {
+                if let (Some(top), Some(dir)) = (&made, out) {
+                    remove_made(dir, top);
+                }
+            })?;
             if f != format {
                 log::info!(
                     "--latest {}: written as {} (its extension names it), the other outputs as {}",
@@ -516,6 +524,30 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     probe_dir(dir)
         .with_context(|| format!("cannot create files in output directory {}", dir.display()))
+}
+
+/// The outermost directory of `dir` that does not exist yet (the first
+/// that `create_dir_all` makes); `None` when `dir` exists.
+fn first_missing(dir: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    for a in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        if fs::symlink_metadata(a).is_ok() {
+            break;
+        }
+        missing = Some(a.to_path_buf());
+    }
+    missing
+}
+
+/// Removes the empty directories from `dir` up to `top`, both included
+/// (what [`check_dir_target`] made, [`first_missing`]); stops at the
+/// first that is not empty.
+fn remove_made(dir: &Path, top: &Path) {
+    for a in dir.ancestors() {
+        if fs::remove_dir(a).is_err() || a == top {
+            break;
+        }
+    }
 }
 
 /// Temporary files ([`write_temp`]) older than this are left over (a

@@ -39,9 +39,23 @@ fn main() {
         eprintln!("usage: bench_core RGB_FILE WIDTH HEIGHT");
         std::process::exit(2);
     }
-    let rgb = std::fs::read(&args[1]).expect("read RGB file");
-    let (w, h): (usize, usize) = (args[2].parse().unwrap(), args[3].parse().unwrap());
-    assert_eq!(rgb.len(), w * h * 3, "RGB file size");
+    let fail = |why: String| -> ! {
+        eprintln!("bench_core: {why}");
+        std::process::exit(2)
+    };
+    let rgb = std::fs::read(&args[1]).unwrap_or_else(|e| fail(format!("{}: {e}", args[1])));
+    let (w, h): (usize, usize) = match (args[2].parse(), args[3].parse()) {
+        (Ok(w), Ok(h)) => (w, h),
+        _ => fail(format!("{}x{}: not a size", args[2], args[3])),
+    };
+    if rgb.len() != w * h * 3 {
+        fail(format!(
+            "{} holds {} B, a {w}x{h} RGB image {} B",
+            args[1],
+            rgb.len(),
+            w * h * 3
+        ));
+    }
     let gray: Vec<u8> = rgb.chunks_exact(3).map(|p| p[2]).collect();
     let bits01: Vec<u8> = gray.iter().map(|&v| (v >= 170) as u8).collect();
     let mut packed = vec![0u8; packed_len(w, h)];

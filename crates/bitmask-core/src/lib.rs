@@ -76,6 +76,16 @@ pub enum CoreError {
         /// The smallest stride that holds one row.
         min: usize,
     },
+    /// The row stride is so large that the image's rows would span more
+    /// bytes than the address space holds (`stride * (height - 1)` plus a
+    /// row overflows `usize`).
+    #[error("row stride {stride} B over {height} rows spans more bytes than memory holds")]
+    StrideTooLarge {
+        /// The stride given.
+        stride: usize,
+        /// The height given.
+        height: usize,
+    },
     /// A buffer has the wrong length.
     #[error("{what} buffer holds {actual} B, expected {expected} B")]
     BufferSize {
@@ -242,7 +252,7 @@ impl<'a> ImageRef<'a> {
         let need = stride
             .checked_mul(height - 1)
             .and_then(|n| n.checked_add(row))
-            .ok_or(CoreError::InvalidDimensions { width, height })?;
+            .ok_or(CoreError::StrideTooLarge { stride, height })?;
         if data.len() < need {
             return Err(CoreError::BufferTooShort {
                 what: "image",

@@ -235,6 +235,14 @@ fn errors_carry_values() {
         ImageRef::with_stride(&d, 4, 2, 3, PixelFormat::Gray8).unwrap_err(),
         CoreError::StrideTooSmall { stride: 3, min: 4 }
     );
+    // (10x2 is a fine size: the stride is what cannot be)
+    assert_eq!(
+        ImageRef::with_stride(&d, 10, 2, usize::MAX, PixelFormat::Gray8).unwrap_err(),
+        CoreError::StrideTooLarge {
+            stride: usize::MAX,
+            height: 2
+        }
+    );
     let img = ImageRef::new(&d, 5, 2, PixelFormat::Gray8).unwrap();
     let mut out = [0u8; 3];
     assert_eq!(

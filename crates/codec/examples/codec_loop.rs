@@ -20,7 +20,8 @@ fn main() {
         Err(e) => {
             eprintln!(
                 "codec_loop: cannot read {}: {e}\n(a corpus directory: `cargo xtask bench codecs` \
-                 makes target/codec-corpus in the bitmask repository)",
+                 makes target/codec-corpus in the bitmask repository; \
+                 crates/codec/tests/vectors is a small one)",
                 tsv.display()
             );
             std::process::exit(2);
@@ -63,7 +64,11 @@ fn main() {
         sizes.iter().sum::<usize>()
     );
     let mut out = Vec::new();
-    let mut back = vec![0u8; 1 << 20];
+    if masks.is_empty() {
+        eprintln!("codec_loop: no masks in {}", tsv.display());
+        std::process::exit(2);
+    }
+    let mut back = vec![0u8; masks.iter().map(|m| m.0.len()).max().unwrap_or(0)];
     let t = Instant::now();
     let n = 20;
     for _ in 0..n {

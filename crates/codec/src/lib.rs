@@ -180,6 +180,16 @@ pub enum CodecError {
         /// Its name.
         name: &'static str,
     },
+    /// Header flags with a bit set that no codec defines (only
+    /// [`FLAG_DELTA`] is; `bitmask_wire`'s reader refuses such a header
+    /// too, this is for payloads carried some other way).
+    #[error("codec {codec}: header flags {flags:#04x} set a bit other than the delta flag (0x01)")]
+    UnknownFlags {
+        /// The codec id.
+        codec: u8,
+        /// Flags from the header.
+        flags: u8,
+    },
     /// The delta flag and the payload disagree (or a codec without delta frames has the flag).
     #[error("codec {codec}: header flags {flags:#04x} do not match the payload (payload is a {payload} frame)")]
     FlagMismatch {
@@ -353,16 +363,34 @@ pub struct FrameInfo {
     pub sequence: u64,
 }
 
-fn check_frame(width: u32, height: u32, len: usize, what: &'static str) -> Result<(), CodecError> {
+impl FrameInfo {
+    /// The bytes of this frame's packed mask, `ceil(width/8) * height`:
+    /// the length of [`Decoder::decode`]'s `out`. An error for dimensions
+    /// a decoder refuses (zero, or over [`MAX_DIMENSION`]), or a mask
+    /// larger than this target's memory.
+    ///
+    /// ```
+    /// # use bitmask_codec::{FrameInfo, CODEC_RAW};
+    /// let info = FrameInfo { codec: CODEC_RAW, flags: 0, width: 1024, height: 768, sequence: 0 };
+    /// assert_eq!(info.mask_len().unwrap(), 98_304);
+    /// ```
+    pub fn mask_len(&self) -> Result<usize, CodecError> {
+        mask_len(self.width, self.height)
+    }
+}
+
+fn mask_len(width: u32, height: u32) -> Result<usize, CodecError> {
     if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
         return Err(CodecError::InvalidDimensions { width, height });
     }
     // In u64: on a 32-bit target the product of two dimensions up to
     // MAX_DIMENSION can pass usize::MAX.
     let bytes = (width as u64).div_ceil(8) * height as u64;
-    let Ok(expected) = usize::try_from(bytes) else {
-        return Err(CodecError::InvalidDimensions { width, height });
-    };
+    usize::try_from(bytes).map_err(|_| CodecError::InvalidDimensions { width, height })
+}
+
+fn check_frame(width: u32, height: u32, len: usize, what: &'static str) -> Result<(), CodecError> {
+    let expected = mask_len(width, height)?;
     if len != expected {
         return Err(CodecError::BufferSize {
             what,
@@ -801,6 +829,9 @@ impl Decoder {
             sequence,
         } = *frame;
         check_frame(width, height, out.len(), "output")?;
+        if flags & !FLAG_DELTA != 0 {
+            return Err(CodecError::UnknownFlags { codec, flags });
+        }
         let delta = flags & FLAG_DELTA != 0;
         if codec != CODEC_BILEVEL && delta && codec <= CODEC_LZ4 {
             return Err(CodecError::FlagMismatch {

@@ -339,6 +339,20 @@ fn missing_reference_is_rejected() {
         ),
         Err(CodecError::FlagMismatch { .. })
     ));
+    // A flag bit no codec defines: refused whatever the codec, even on a
+    // payload that would decode (here a key frame's).
+    for codec in [CODEC_RAW, CODEC_BILEVEL, CODEC_LZ4, 9] {
+        let info = FrameInfo {
+            codec,
+            flags: 0x02,
+            ..e0
+        };
+        assert_eq!(
+            dec.decode(&info, &p0, &mut out),
+            Err(CodecError::UnknownFlags { codec, flags: 0x02 })
+        );
+    }
+    assert_eq!(dec.reference(), Some(12), "unchanged by the refusals");
     // Reset forgets.
     dec.reset();
     assert!(matches!(

@@ -507,7 +507,9 @@ impl Hello {
     }
 
     /// The sender's name (UTF-8, 1..=255 bytes, no `/`, `\`, NUL or control
-    /// characters, not `.` or `..`, so it is safe as a directory name).
+    /// characters, not `.` or `..`, so it is safe as a directory name on
+    /// Linux and other Unix systems; Windows refuses more, e.g. `CON`,
+    /// `a:b`, `a*b` or a trailing `.`).
     pub fn name(&self) -> &str {
         &self.name
     }

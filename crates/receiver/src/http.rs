@@ -729,14 +729,16 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, shared: &Shared) 
                             log::debug!("http: {e}");
                             continue;
                         }
-                        if pending.len() >= MAX_PENDING {
-                            pending.pop_front(); // the oldest: closed
-                        }
-                        pending.push_back(Pending {
+                        let p = Pending {
                             stream,
                             accepted: Instant::now(),
                             head: Vec::new(),
-                        });
+                        };
+                        if let Some(oldest) = admit(&mut pending, p) {
+                            if !hand_over(&tx, shared, oldest) {
+                                return;
+                            }
+                        }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     // (a peer that left before it was accepted; a signal)
@@ -754,6 +756,22 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, shared: &Shared) 
             }
         }
     }
+}
+
+/// Adds `p` to the connections whose heads are read; past [`MAX_PENDING`]
+/// the oldest leaves them: returned when its whole head has come since the
+/// last look (a request sent just before a burst of connections: to be
+/// served), closed otherwise.
+fn admit(pending: &mut VecDeque<Pending>, p: Pending) -> Option<Pending> {
+    let mut served = None;
+    if pending.len() >= MAX_PENDING {
+        let mut oldest = pending.pop_front().expect("full");
+        if oldest.next(true) == Next::Serve {
+            served = Some(oldest);
+        }
+    }
+    pending.push_back(p);
+    served
 }
 
 /// Queues `p` for a worker, or answers `503` at once when the workers and
@@ -871,7 +889,8 @@ fn serve_one(
     let mut chunk = [0u8; 2048];
     // `buf` holds what the accept thread read: usually the whole head.
     let mut n = buf.len();
-    let (reply, head_only) = loop {
+    // (`settled`: a whole request head and nothing after it, none declared)
+    let (reply, head_only, settled) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let last = left.is_zero();
         if n == 0 {
@@ -880,7 +899,11 @@ fn serve_one(
                 Ok(0) => return Ok(()), // closed before a whole request: nothing to answer
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    break (text(408, "request not received in time\n".into()), false);
+                    break (
+                        text(408, "request not received in time\n".into()),
+                        false,
+                        false,
+                    );
                 }
                 Err(e) => return Err(e),
             };
@@ -889,16 +912,34 @@ fn serve_one(
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => {
+            // (a head that came in pieces can pass the bound in its last)
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                break (
+                    text(431, format!("request head longer than {MAX_HEAD} bytes\n")),
+                    false,
+                    false,
+                )
+            }
+            Ok(httparse::Status::Complete(len)) => {
                 shared.requests.fetch_add(1, Relaxed);
                 let method = req.method.unwrap_or("");
                 let path = req.path.unwrap_or("");
-                break (route(shared, method, path), method == "HEAD");
+                let body = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        || h.name.eq_ignore_ascii_case("content-length")
+                            && h.value.iter().any(|&b| (b'1'..=b'9').contains(&b))
+                });
+                let settled = len == buf.len() && !body;
+                break (route(shared, method, path), method == "HEAD", settled);
             }
             // Past the deadline: whatever was already waiting (a head of more
             // than one chunk is read on), then no more.
             Ok(httparse::Status::Partial) if last && n < chunk.len() => {
-                break (text(408, "request not received in time\n".into()), false);
+                break (
+                    text(408, "request not received in time\n".into()),
+                    false,
+                    false,
+                );
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
                 n = 0;
@@ -908,12 +949,17 @@ fn serve_one(
                 break (
                     text(431, format!("request head longer than {MAX_HEAD} bytes\n")),
                     false,
+                    false,
                 )
             }
             Err(httparse::Error::TooManyHeaders) => {
-                break (text(431, "more than 32 request headers\n".into()), false)
+                break (
+                    text(431, "more than 32 request headers\n".into()),
+                    false,
+                    false,
+                )
             }
-            Err(e) => break (text(400, format!("malformed request: {e}\n")), false),
+            Err(e) => break (text(400, format!("malformed request: {e}\n")), false, false),
         }
     };
     let body = reply.body.bytes();
@@ -926,14 +972,25 @@ fn serve_one(
     // Half-close, then drain briefly (200 ms, 64 KiB at most), so an unread
     // request body does not turn our close into a reset that eats the response.
     // Not for a client too slow to send its request (408): it would only
-    // hold the worker longer.
+    // hold the worker longer. Nor after a whole request with nothing after
+    // it and no body declared, unless bytes are already waiting: a client
+    // that keeps its end open held a worker 200 ms a request.
     let _ = stream.shutdown(Shutdown::Write);
     if reply.status == 408 {
         return Ok(());
     }
-    let deadline = Instant::now() + Duration::from_millis(200);
     let mut sink = [0u8; 4096];
     let mut drained = 0;
+    if settled {
+        stream.set_nonblocking(true)?;
+        let r = stream.read(&mut sink);
+        stream.set_nonblocking(false)?;
+        match r {
+            Ok(n) if n > 0 => drained = n,
+            _ => return Ok(()),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(200);
     while drained < 64 * 1024 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
@@ -1167,6 +1224,41 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_waiting_connection_is_served_if_its_head_came() {
+        // A whole request sent just before more connections than the
+        // accept thread keeps waiting: served, not closed unanswered.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut pending = VecDeque::new();
+        let conn = |clients: &mut Vec<TcpStream>| {
+            clients.push(TcpStream::connect(a).unwrap());
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            Pending {
+                stream: s,
+                accepted: Instant::now(),
+                head: Vec::new(),
+            }
+        };
+        for _ in 0..MAX_PENDING {
+            let p = conn(&mut clients);
+            assert!(admit(&mut pending, p).is_none());
+        }
+        let p = conn(&mut clients);
+        let served = admit(&mut pending, p);
+        assert!(served.is_none(), "a silent oldest is closed");
+        assert_eq!(pending.len(), MAX_PENDING);
+        // the oldest now is clients[1]'s: its head comes
+        clients[1].write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let p = conn(&mut clients);
+        let served = admit(&mut pending, p).expect("the oldest, its head in");
+        assert_eq!(served.head, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(pending.len(), MAX_PENDING);
+    }
+
+    #[test]
     fn routes_and_edge_cases() {
         let reg = StatsRegistry::new();
         let v = View::start("127.0.0.1:0", 1000.0, reg.clone()).unwrap();
@@ -1200,6 +1292,38 @@ mod tests {
         assert_eq!(get(a, b"GET / HTTP/1.1\r\nHost: x\r\n").0, 408);
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(get(a, long.as_bytes()).0, 431);
+        // ... also when it comes in two pieces, the bound passed in the
+        // second (it was 200: only an incomplete head was measured)
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&long.as_bytes()[..MAX_HEAD - 100]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&long.as_bytes()[MAX_HEAD - 100..]).unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        assert!(
+            resp.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            &resp[..resp.len().min(40)]
+        );
+        // A request with a body still sending when the answer is written:
+        // the body is read (drained) before the close, which would
+        // otherwise be a reset that takes the answer with it.
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST /stats.json HTTP/1.1\r\nContent-Length: 40000\r\n\r\n")
+            .unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(20));
+            s.write_all(&[b'x'; 10_000]).unwrap();
+        }
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).expect("the answer, not a reset");
+        assert!(
+            resp.starts_with(b"HTTP/1.1 405"),
+            "{:?}",
+            &resp[..resp.len().min(40)]
+        );
 
         // a sender appears, sends a 10x2 mask twice (two frames lost between)
         let name = "cam \"one\"";

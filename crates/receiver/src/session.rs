@@ -1392,11 +1392,15 @@ impl Read for DeadlineReader {
 
 /// Accepts connections forever, a thread each (at most `max_conns` at once).
 pub fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
+    // (out of descriptors, accept fails ten times a second)
+    let failed = Throttle::default();
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(x) => x,
             Err(e) => {
-                log::warn!("accept failed: {e}");
+                if let Some(n) = failed.hit() {
+                    log::warn!("accept failed: {e}{}", more_like_it(n));
+                }
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }

@@ -114,6 +114,7 @@ impl PiConf {
             "host" => self.host = s(),
             "user" => self.user = s(),
             "port" => self.port = Some(v.parse().context("port must be a number")?),
+            "key" if v.is_empty() => bail!("key: give a private key file, e.g. ~/.ssh/id_ed25519"),
             "key" => self.key = s(),
             "build" => self.build = s(),
             "dir" => self.dir = s(),
@@ -124,7 +125,10 @@ impl PiConf {
             "listen" => self.listen = s(),
             "to" => self.to = s(),
             "unit_dir" => self.unit_dir = s(),
-            _ => bail!("unknown field {field:?}"),
+            _ => bail!(
+                "unknown field {field:?} (the fields: host, user, port, key, build, dir, \
+                 run_prefix, args, ssh_options, accept_machines, listen, to, unit_dir)"
+            ),
         }
         Ok(())
     }
@@ -471,12 +475,20 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
     let e = stderr.trim();
     let host = pi.host_label();
     let has = |s: &str| e.contains(s);
-    if has("Connection refused")
+    if has("Could not resolve") || has("Name or service not known") {
+        let mdns = if pi.host.ends_with(".local") {
+            " (a NAME.local name needs mDNS on this machine: avahi-daemon and libnss-mdns)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "{host}: the name does not resolve ({e}){mdns}: check its spelling, or give the Pi's \
+             IP address (your router's list of devices shows it, or `hostname -I` on the Pi)"
+        )
+    } else if has("Connection refused")
         || has("No route to host")
         || has("timed out")
-        || has("Could not resolve")
         || has("Network is unreachable")
-        || has("Name or service not known")
         || has("Connection closed by") && !has("Permission denied")
     {
         anyhow::anyhow!(
@@ -490,6 +502,18 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
             "{host} refused the login of {} ({e}): the key file {k} does not exist: fix `key` in \
              deploy.toml (or --key), or make one with `ssh-keygen -t ed25519 -f {k}` and copy it \
              with `ssh-copy-id -i {k}.pub -p {} {}`",
+            pi.dest(),
+            pi.port,
+            pi.dest()
+        )
+    } else if (has("Permission denied") || has("Too many authentication failures"))
+        && pi.key.is_none()
+        && !expand_home("~/.ssh/id_ed25519").exists()
+    {
+        anyhow::anyhow!(
+            "{host} refused the login of {} ({e}): no `key` is set and ~/.ssh/id_ed25519 does not \
+             exist: make one with `ssh-keygen -t ed25519`, copy it with `ssh-copy-id -i \
+             ~/.ssh/id_ed25519.pub -p {} {}`, and set `key` in deploy.toml if it is another file",
             pi.dest(),
             pi.port,
             pi.dest()
@@ -1168,6 +1192,25 @@ fn receiver_resolves(ctx: &Ctx, recv: &Pi, send: &Pi) -> Result<()> {
 }
 
 /// The sender's `--to`, given the port the receiver listens on.
+/// A warning when `to` (the sender's `HOST:PORT`) names another port than
+/// the one the receiver listens on.
+fn port_mismatch(to: &str, port: &str) -> Option<String> {
+    let to_port = to.rsplit_once(':')?.1;
+    (to_port != port).then(|| {
+        format!(
+            "`to` in [sender] is {to}, but the receiver listens on port {port}: the sender \
+             reaches it only through something that forwards the port (leave `to` out to send \
+             to the receiver's own address)"
+        )
+    })
+}
+
+/// The `sent N frames` count of a `bitmask-send: captured ...` summary.
+fn summary_sent(line: &str) -> Option<u64> {
+    let rest = line.split(", sent ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
 fn sender_to(recv: &Pi, send: &Pi, port: &str) -> String {
     send.to
         .clone()
@@ -1219,6 +1262,10 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
     let t0 = Instant::now();
     let mut stopping = false;
     let mut stop_sent = [false, false];
+    // (a second Ctrl-C kills the local ssh clients: their end is ours)
+    let mut hung_up = [false, false];
+    // the sender's last summary line, and whether `to` was checked
+    let mut sender_summary: Option<String> = None;
     let mut failed: Vec<String> = Vec::new();
     let mut listening = false;
     let mut in_use = false;
@@ -1236,6 +1283,9 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
         match ev {
             Ok(Ev::Line(role, l)) => {
                 println!("[{}] {l}", pis[idx(role)].label());
+                if role == Role::Sender && l.trim_start().starts_with("bitmask-send: captured") {
+                    sender_summary = Some(l.trim().to_string());
+                }
                 if role == Role::Receiver
                     && (l.contains("Address in use") || l.contains("Address already in use"))
                 {
@@ -1247,6 +1297,9 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                         let addr = addr.split_whitespace().next().unwrap_or("");
                         let port = addr.rsplit(':').next().unwrap_or("").to_string();
                         let to = sender_to(recv, send, &port);
+                        if let Some(w) = port_mismatch(&to, &port) {
+                            eprintln!("deploy: warning: {w}");
+                        }
                         eprintln!(
                             "deploy: receiver listens on {addr} after {:.1} s; starting the sender -> {to}",
                             t0.elapsed().as_secs_f64()
@@ -1261,14 +1314,17 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
             Ok(Ev::Exit(role, st)) => {
                 let pi = pis[idx(role)];
                 let code = st.code();
+                let hung = hung_up[idx(role)] && code.is_none();
                 let by_us = stop_sent[idx(role)]
-                    && matches!(code, Some(0) | Some(129) | Some(130) | Some(143));
+                    && (hung || matches!(code, Some(0) | Some(129) | Some(130) | Some(143)));
                 if st.success() || by_us {
                     eprintln!(
                         "deploy: {}: ended ({})",
                         pi.label(),
                         if st.success() {
                             "status 0".into()
+                        } else if hung {
+                            "hung up by the second Ctrl-C: the Pi ends the program".into()
                         } else {
                             format!("stopped, {st}")
                         }
@@ -1339,8 +1395,11 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                     });
                     while !h.is_finished() {
                         if INTERRUPTS.load(Ordering::SeqCst) > 1 {
-                            for s in sessions.iter_mut().flatten() {
-                                let _ = s.child.kill();
+                            for (i, s) in sessions.iter_mut().enumerate() {
+                                if let Some(s) = s {
+                                    let _ = s.child.kill();
+                                    hung_up[i] = true;
+                                }
                             }
                             break;
                         }
@@ -1349,8 +1408,11 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                 });
             } else {
                 // hang up: the pty hangup makes the Pis' kernels stop the processes
-                for s in sessions.iter_mut().flatten() {
-                    let _ = s.child.kill();
+                for (i, s) in sessions.iter_mut().enumerate() {
+                    if let Some(s) = s {
+                        let _ = s.child.kill();
+                        hung_up[i] = true;
+                    }
                 }
                 stop_sent = [true, true];
             }
@@ -1389,6 +1451,16 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
         } else {
             "receiver ended before it listened (its log is above)".into()
         });
+    }
+    // (both ended well, and not a frame went: a `to` nobody listens at)
+    if let Some(s) = sender_summary
+        .as_deref()
+        .filter(|s| summary_sent(s) == Some(0))
+    {
+        failed.push(format!(
+            "the sender sent no frame ({s}): its log above says why (a `to` in [sender] that \
+             names no receiver, a camera that gave nothing)"
+        ));
     }
     if failed.is_empty() {
         eprintln!("deploy: both sides ended well");
@@ -2170,6 +2242,19 @@ args = [{send_args}]
         false,
         "cannot resolve the receiver's name \"no-such-receiver.invalid\"",
     )?;
+    // A `to` at another port than the receiver's: said when the receiver
+    // listens (the batch sender then gives up, which fails the run)
+    deploy_expect(
+        &[
+            "--config",
+            c1s,
+            "--no-build",
+            "--set",
+            "sender.to=127.0.0.1:1",
+        ],
+        false,
+        "`to` in [sender] is 127.0.0.1:1, but the receiver listens on port",
+    )?;
     // An install directory that cannot be made (a file in its path)
     deploy_expect(
         &[
@@ -2351,7 +2436,26 @@ fn expand_home(p: &str) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{clock_warning, probe_failure, systemd_word, Pi, PiConf, Role};
+    use super::{
+        clock_warning, port_mismatch, probe_failure, summary_sent, systemd_word, Pi, PiConf, Role,
+    };
+
+    #[test]
+    fn a_sender_that_sent_nothing_or_to_another_port_is_told() {
+        let s = "bitmask-send: captured 40, sent 0 frames, 0 bytes in 4.00 s: 0.0 fps, \
+                 0.0 Mbit/s; confirmed -; dropped 40, failed 0, reconnects 0";
+        assert_eq!(summary_sent(s), Some(0));
+        let s = "bitmask-send: captured 40 (and 2 skipped for --fps), sent 38 frames, 90 bytes";
+        assert_eq!(summary_sent(s), Some(38));
+        assert_eq!(summary_sent("bitmask-send: stopping"), None);
+        assert!(port_mismatch("10.0.0.3:5000", "5000").is_none());
+        assert!(port_mismatch("[fe80::1%eth0]:5000", "5000").is_none());
+        let w = port_mismatch("10.0.0.3:5999", "5000").unwrap();
+        assert!(
+            w.contains("10.0.0.3:5999") && w.contains("port 5000"),
+            "{w}"
+        );
+    }
 
     #[test]
     fn clocks_far_apart_are_a_warning() {

@@ -370,6 +370,15 @@ impl Tools {
             dirs.extend(std::env::split_paths(&path));
             c.env("PATH", std::env::join_paths(dirs).unwrap());
         }
+        // cargo-zigbuild writes its compiler wrappers (which name the zig to run) under
+        // ~/.cache/cargo-zigbuild/VERSION, one copy per machine: two checkouts then ran
+        // each other's zig, and removing one checkout's target/ broke the other's build.
+        if std::env::var_os("CARGO_ZIGBUILD_CACHE_DIR").is_none() {
+            c.env(
+                "CARGO_ZIGBUILD_CACHE_DIR",
+                root().join("target/zigbuild-cache"),
+            );
+        }
         // -Zbuild-std on stable, for the ARMv6 std (set for every cross build so that the
         // builds share one fingerprint and their caches).
         c.env("RUSTC_BOOTSTRAP", "1");

@@ -508,12 +508,23 @@ fn ssh_error(pi: &Pi, what: &str, stderr: &str) -> anyhow::Error {
         )
     } else if (has("Permission denied") || has("Too many authentication failures"))
         && pi.key.is_none()
-        && !expand_home("~/.ssh/id_ed25519").exists()
+        && std::env::var_os("SSH_AUTH_SOCK").is_none()
+        && [
+            "id_ed25519",
+            "id_ecdsa",
+            "id_rsa",
+            "id_ed25519_sk",
+            "id_ecdsa_sk",
+            "id_dsa",
+        ]
+        .iter()
+        .all(|k| !expand_home(&format!("~/.ssh/{k}")).exists())
     {
         anyhow::anyhow!(
-            "{host} refused the login of {} ({e}): no `key` is set and ~/.ssh/id_ed25519 does not \
-             exist: make one with `ssh-keygen -t ed25519`, copy it with `ssh-copy-id -i \
-             ~/.ssh/id_ed25519.pub -p {} {}`, and set `key` in deploy.toml if it is another file",
+            "{host} refused the login of {} ({e}): no `key` is set, no ssh agent runs and \
+             ~/.ssh holds none of ssh's default keys: if you have no key, make one with \
+             `ssh-keygen -t ed25519` and copy it with `ssh-copy-id -i ~/.ssh/id_ed25519.pub -p \
+             {} {}`; a key elsewhere goes in `key` in deploy.toml",
             pi.dest(),
             pi.port,
             pi.dest()
@@ -1191,7 +1202,6 @@ fn receiver_resolves(ctx: &Ctx, recv: &Pi, send: &Pi) -> Result<()> {
     )
 }
 
-/// The sender's `--to`, given the port the receiver listens on.
 /// A warning when `to` (the sender's `HOST:PORT`) names another port than
 /// the one the receiver listens on.
 fn port_mismatch(to: &str, port: &str) -> Option<String> {
@@ -1205,12 +1215,16 @@ fn port_mismatch(to: &str, port: &str) -> Option<String> {
     })
 }
 
-/// The `sent N frames` count of a `bitmask-send: captured ...` summary.
-fn summary_sent(line: &str) -> Option<u64> {
-    let rest = line.split(", sent ").nth(1)?;
-    rest.split(' ').next()?.parse().ok()
+/// The `captured N` and `sent N frames` counts of a `bitmask-send:
+/// captured ...` summary.
+fn summary_counts(line: &str) -> Option<(u64, u64)> {
+    let number = |s: &str| -> Option<u64> { s.split([' ', ',']).next()?.parse().ok() };
+    let captured = number(line.split("captured ").nth(1)?)?;
+    let sent = number(line.split(", sent ").nth(1)?)?;
+    Some((captured, sent))
 }
 
+/// The sender's `--to`, given the port the receiver listens on.
 fn sender_to(recv: &Pi, send: &Pi, port: &str) -> String {
     send.to
         .clone()
@@ -1264,7 +1278,7 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
     let mut stop_sent = [false, false];
     // (a second Ctrl-C kills the local ssh clients: their end is ours)
     let mut hung_up = [false, false];
-    // the sender's last summary line, and whether `to` was checked
+    // the sender's last summary line
     let mut sender_summary: Option<String> = None;
     let mut failed: Vec<String> = Vec::new();
     let mut listening = false;
@@ -1452,15 +1466,18 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
             "receiver ended before it listened (its log is above)".into()
         });
     }
-    // (both ended well, and not a frame went: a `to` nobody listens at)
-    if let Some(s) = sender_summary
-        .as_deref()
-        .filter(|s| summary_sent(s) == Some(0))
-    {
-        failed.push(format!(
-            "the sender sent no frame ({s}): its log above says why (a `to` in [sender] that \
-             names no receiver, a camera that gave nothing)"
-        ));
+    // (both ended well, frames captured and not one sent: a `to` nobody
+    // listens at; a stop before the camera gave a frame is no failure)
+    let counts = sender_summary.as_deref().and_then(summary_counts);
+    if let (Some(s), Some((captured, 0)), true) = (&sender_summary, counts, failed.is_empty()) {
+        if captured > 0 {
+            failed.push(format!(
+                "the sender sent none of the {captured} frames it captured ({s}): its log \
+                 above says why (e.g. a `to` in [sender] at which no receiver listens)"
+            ));
+        } else {
+            eprintln!("deploy: note: the sender captured no frame before it ended");
+        }
     }
     if failed.is_empty() {
         eprintln!("deploy: both sides ended well");
@@ -2437,17 +2454,17 @@ fn expand_home(p: &str) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::{
-        clock_warning, port_mismatch, probe_failure, summary_sent, systemd_word, Pi, PiConf, Role,
+        clock_warning, port_mismatch, probe_failure, summary_counts, systemd_word, Pi, PiConf, Role,
     };
 
     #[test]
     fn a_sender_that_sent_nothing_or_to_another_port_is_told() {
         let s = "bitmask-send: captured 40, sent 0 frames, 0 bytes in 4.00 s: 0.0 fps, \
                  0.0 Mbit/s; confirmed -; dropped 40, failed 0, reconnects 0";
-        assert_eq!(summary_sent(s), Some(0));
+        assert_eq!(summary_counts(s), Some((40, 0)));
         let s = "bitmask-send: captured 40 (and 2 skipped for --fps), sent 38 frames, 90 bytes";
-        assert_eq!(summary_sent(s), Some(38));
-        assert_eq!(summary_sent("bitmask-send: stopping"), None);
+        assert_eq!(summary_counts(s), Some((40, 38)));
+        assert_eq!(summary_counts("bitmask-send: stopping"), None);
         assert!(port_mismatch("10.0.0.3:5000", "5000").is_none());
         assert!(port_mismatch("[fe80::1%eth0]:5000", "5000").is_none());
         let w = port_mismatch("10.0.0.3:5999", "5000").unwrap();

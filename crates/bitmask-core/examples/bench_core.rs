@@ -48,13 +48,14 @@ fn main() {
         (Ok(w), Ok(h)) => (w, h),
         _ => fail(format!("{}x{}: not a size", args[2], args[3])),
     };
-    if rgb.len() != w * h * 3 {
-        fail(format!(
-            "{} holds {} B, a {w}x{h} RGB image {} B",
+    match w.checked_mul(h).and_then(|n| n.checked_mul(3)) {
+        Some(n) if n == rgb.len() && n > 0 => {}
+        n => fail(format!(
+            "{} holds {} B, a {w}x{h} RGB image {}",
             args[1],
             rgb.len(),
-            w * h * 3
-        ));
+            n.map_or("more than memory holds".into(), |n| format!("{n} B"))
+        )),
     }
     let gray: Vec<u8> = rgb.chunks_exact(3).map(|p| p[2]).collect();
     let bits01: Vec<u8> = gray.iter().map(|&v| (v >= 170) as u8).collect();

@@ -527,8 +527,16 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
 }
 
 /// The outermost directory of `dir` that does not exist yet (the first
-/// that `create_dir_all` makes); `None` when `dir` exists.
+/// that `create_dir_all` makes); `None` when `dir` exists, or when its
+/// path has a `..`.
 fn first_missing(dir: &Path) -> Option<PathBuf> {
+    // (through a `..` the ancestors are not what is made: none removed)
+    if dir
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return None;
+    }
     let mut missing = None;
     for a in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
         if fs::symlink_metadata(a).is_ok() {

@@ -388,8 +388,9 @@ impl Connection {
 
     /// Whether the receiver's host still answers on this connection: the
     /// connection is established, nothing is being retransmitted, and its
-    /// closed window (if closed) answers the probes (`TCP_INFO`). False
-    /// when that cannot be read.
+    /// closed window (if closed) answers the probes (`TCP_INFO`), or it
+    /// answered within the last second ([`host_answers`]). False when that
+    /// cannot be read.
     fn peer_answers(&self) -> bool {
         self.peer_verdict().0
     }
@@ -447,7 +448,8 @@ impl Connection {
                 &mut len,
             )
         };
-        // (the fields read are in every kernel's first 8 bytes)
+        // (state, retransmits and probes are in every kernel's first 8
+        // bytes; tcpi_last_ack_recv is checked against the length read)
         (r == 0 && len >= 8).then_some((info, len as usize))
     }
 

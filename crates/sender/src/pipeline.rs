@@ -282,6 +282,90 @@ pub struct Counters {
     pub connected: AtomicBool,
     /// Inputs the run reads, 0 when not known ([`Config::inputs`]).
     pub inputs: AtomicU64,
+    /// Frames encoded, and the nanoseconds that took (what tells a CPU
+    /// too slow from a link too slow, [`DropNote`]).
+    pub encoded: AtomicU64,
+    /// See [`Counters::encoded`].
+    pub encode_ns: AtomicU64,
+}
+
+/// Says why a live sender drops frames, once a minute at most: the input
+/// gives more than is sent, and either encoding takes most of the time
+/// between frames (this CPU is too slow: a Pi Zero at 1024x768) or it does
+/// not (the link or the receiver is).
+struct DropNote {
+    /// Since when the rates are measured, and the counts then: dropped,
+    /// captured, encoded, encode_ns.
+    since: Instant,
+    at: [u64; 4],
+    said: Option<Instant>,
+}
+
+impl DropNote {
+    fn new(c: &Counters) -> Self {
+        DropNote {
+            since: Instant::now(),
+            at: Self::counts(c),
+            said: None,
+        }
+    }
+
+    fn counts(c: &Counters) -> [u64; 4] {
+        [
+            c.dropped.load(Relaxed),
+            c.captured.load(Relaxed),
+            c.encoded.load(Relaxed),
+            c.encode_ns.load(Relaxed),
+        ]
+    }
+
+    /// After a frame is queued: the line to log, if frames were dropped
+    /// since the last look and one is due.
+    fn check(&mut self, c: &Counters) -> Option<String> {
+        let dropped = c.dropped.load(Relaxed);
+        if dropped == self.at[0] {
+            return None;
+        }
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.since).as_secs_f64();
+        if dt < 2.0
+            || self
+                .said
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
+            return None;
+        }
+        let n = Self::counts(c);
+        let d = |i: usize| n[i].saturating_sub(self.at[i]);
+        let line = drop_cause(
+            dropped,
+            d(1) as f64 / dt,
+            (d(2) > 0).then(|| d(3) as f64 / d(2) as f64 / 1e6),
+        );
+        (self.since, self.at, self.said) = (now, n, Some(now));
+        Some(line)
+    }
+}
+
+/// The line [`DropNote`] logs: `dropped` frames so far, the input's frames
+/// a second, and the milliseconds encoding one took (if any was).
+fn drop_cause(dropped: u64, input_fps: f64, encode_ms: Option<f64>) -> String {
+    let busy = encode_ms.map_or(0.0, |ms| ms * input_fps / 1000.0);
+    match encode_ms {
+        Some(ms) if busy >= 0.8 => format!(
+            "dropping frames ({dropped} so far): the input gives {input_fps:.1} frames a second \
+             and encoding one takes {ms:.1} ms here (so {:.0} a second at most): this CPU, not \
+             the link, cannot keep up; a lower --fps, smaller frames, or --codec lz4 (or raw, \
+             where the link has room) helps",
+            1000.0 / ms
+        ),
+        _ => format!(
+            "dropping frames ({dropped} so far): the input gives {input_fps:.1} frames a second, \
+             more than the link or the receiver takes (encoding takes {:.0}% of the time); a \
+             lower --fps helps, or --no-drop to slow the input instead",
+            busy * 100.0
+        ),
+    }
 }
 
 impl Counters {
@@ -675,6 +759,7 @@ pub fn run(
     let mut next_due = Instant::now();
     let mut sequence = 0u64;
     let mut last_report = (0u64, 0u64, Instant::now());
+    let mut drop_note = DropNote::new(&counters);
     // `--fps` on frames that come on their producer's clock (a camera)
     let keep_newest = period.filter(|_| cfg.producer_paced);
     // There: the camera's period, estimated from the time between two
@@ -803,6 +888,11 @@ pub fn run(
             });
             counters.dropped.fetch_add(dropped, Relaxed);
             sequence += 1;
+            if !cfg.no_drop {
+                if let Some(line) = drop_note.check(&counters) {
+                    log::warn!("{line}");
+                }
+            }
             if last_report.2.elapsed() >= cfg.log_every {
                 log::info!("{}", counters.progress(start.elapsed(), &mut last_report));
             }
@@ -1994,7 +2084,12 @@ fn network_loop_via(
         if l.take_keyframe_hint() {
             encoder.force_keyframe();
         }
+        let t = Instant::now();
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
+        counters
+            .encode_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        counters.encoded.fetch_add(1, Relaxed);
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
             // A frame too large for UDP at this --mtu: nothing was sent, and
@@ -2429,6 +2524,26 @@ fn describe_io(e: &io::Error, timeout: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn drops_are_blamed_on_the_cpu_only_when_encoding_fills_the_time() {
+        // 30 frames a second, 30 ms each: 90% of the time encoding
+        let cpu = super::drop_cause(12, 30.0, Some(30.0));
+        assert!(cpu.contains("this CPU, not the link"), "{cpu}");
+        assert!(
+            cpu.contains("12 so far") && cpu.contains("33 a second at most"),
+            "{cpu}"
+        );
+        // 30 frames a second, 2 ms each: the link or the receiver
+        let link = super::drop_cause(5, 30.0, Some(2.0));
+        assert!(
+            link.contains("the link or the receiver") && link.contains("(encoding takes 6%"),
+            "{link}"
+        );
+        // nothing encoded in the window (a link that is down)
+        let none = super::drop_cause(5, 30.0, None);
+        assert!(none.contains("the link or the receiver"), "{none}");
+    }
     use super::*;
 
     fn slot(seq: u64) -> Slot {

@@ -2524,6 +2524,7 @@ fn describe_io(e: &io::Error, timeout: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn drops_are_blamed_on_the_cpu_only_when_encoding_fills_the_time() {
@@ -2544,7 +2545,6 @@ mod tests {
         let none = super::drop_cause(5, 30.0, None);
         assert!(none.contains("the link or the receiver"), "{none}");
     }
-    use super::*;
 
     fn slot(seq: u64) -> Slot {
         Slot {

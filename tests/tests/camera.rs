@@ -1103,5 +1103,28 @@ fn a_recorded_file_that_is_not_whole_frames_is_warned_about_at_the_start() {
         );
         assert!(!f.stderr.contains("if this happens at the first frame"));
     }
+    // The same bytes through a pipe: a live producer that stopped inside a
+    // frame (not a recording's layout) is what its end says.
+    let piped = run(Command::new("sh").args([
+        "-c",
+        &format!(
+            "cat {} | {} --to {} --input-format gray8 --size 64x48 -",
+            sh_quote(&rec),
+            sh_quote(&bin("bitmask-send")),
+            recv.addr
+        ),
+    ]));
+    assert!(piped.status.success(), "{}", piped.stderr);
+    assert!(
+        piped
+            .stderr
+            .contains("stdin ended in the middle of frame 4: got 1000 of 3072 bytes")
+            && piped
+                .stderr
+                .contains("the program writing it stopped inside a frame: did it fail?")
+            && !piped.stderr.contains("not a whole number of frames"),
+        "{}",
+        piped.stderr
+    );
     recv.proc.terminate(LIMIT);
 }

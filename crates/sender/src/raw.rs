@@ -183,6 +183,9 @@ pub struct RawFrames {
     /// Index of the next frame to read.
     index: u64,
     ended: bool,
+    /// The input is a pipe or FIFO a program writes (stdin or a path that
+    /// is no regular file), not a recording or `--input-command`.
+    pipe: bool,
 }
 
 /// Opens `path` (`-` = stdin) and names it for messages, with its length
@@ -268,6 +271,7 @@ impl RawFrames {
         let mut buf = Vec::new();
         buf.try_reserve_exact(len).map_err(|_| too_much())?;
         buf.resize(len, 0);
+        let mut pipe = false;
         let (reader, name): (Box<dyn Read>, String) = match (command, inputs) {
             (Some(_), [_, ..]) => bail!(
                 "--input-command is the input: drop the INPUT argument(s) ({})",
@@ -292,6 +296,7 @@ impl RawFrames {
                 if let Some(warning) = len.and_then(|n| misfit(&name, n, &layout)) {
                     log::warn!("{warning}");
                 }
+                pipe = len.is_none();
                 (reader, name)
             }
             (None, _) => bail!(
@@ -300,7 +305,9 @@ impl RawFrames {
             ),
         };
         log::info!("reading raw frames from {name}: {layout}");
-        Ok(Self::with_buf(reader, name, layout, buf))
+        let mut frames = Self::with_buf(reader, name, layout, buf);
+        frames.pipe = pipe;
+        Ok(frames)
     }
 
     /// Frames from any reader; `name` appears in messages.
@@ -318,6 +325,7 @@ impl RawFrames {
             buf,
             index: 0,
             ended: false,
+            pipe: false,
         }
     }
 
@@ -377,11 +385,18 @@ impl RawFrames {
                 self.index
             );
         } else {
+            let why = if self.pipe {
+                "the program writing it stopped inside a frame: did it fail? (its messages \
+                 are above; in a shell, `set -o pipefail` makes its exit status the \
+                 pipeline's, and --input-command reports it)"
+            } else {
+                "if the input is a recording, a wrong --size, --stride or --padded-height \
+                 shows as a part-frame at its end"
+            };
             log::warn!(
                 "{} ended in the middle of frame {}: got {filled} of {len} bytes; \
                  that partial frame is dropped, the {} whole frame(s) before it were read \
-                 (if the input is a recording, a wrong --size, --stride or --padded-height \
-                 shows as a part-frame at its end)",
+                 ({why})",
                 self.name,
                 self.index,
                 self.index

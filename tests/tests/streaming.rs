@@ -298,7 +298,7 @@ fn a_udp_receiver_whose_output_is_slow_passes_frames_over_and_stays_current() {
         .args(["--input-command", &camera]));
     assert!(s.status.success(), "sender: {}", s.stderr);
     // (a live camera: a sender slowed by a loaded machine may drop a few
-    // from its queue before they are numbered; the receiver never sees them)
+    // from its queue; numbered at capture, they are gaps, `lost`, there)
     let sent = summary_count(&s.stderr, "sent");
     assert_eq!(
         sent + summary_count(&s.stderr, "dropped"),
@@ -307,8 +307,7 @@ fn a_udp_receiver_whose_output_is_slow_passes_frames_over_and_stays_current() {
         s.stderr
     );
     assert!(sent >= n * 3 / 4, "{}", s.stderr);
-    let n = sent;
-    // every frame sent accounted for once the receiver has read the socket
+    // every frame captured accounted for once the receiver has read the socket
     let counted = |j: &str| {
         ["received", "behind", "lost", "incomplete"]
             .iter()

@@ -290,15 +290,46 @@ pub struct Counters {
 }
 
 /// Says why a live sender drops frames, once a minute at most: the input
-/// gives more than is sent, and either encoding takes most of the time
-/// between frames (this CPU is too slow: a Pi Zero at 1024x768) or it does
-/// not (the link or the receiver is).
+/// gives more than is sent while connected, and either this process takes
+/// most of the CPU it can use (encoding on the network thread, or all of
+/// it: a Pi Zero at 1024x768), or it does not (the link or the receiver
+/// is slow). Judged over a window that starts at the first frame, restarts
+/// after 10 s without drops and at every reconnect or time unconnected,
+/// and only when at least 3 frames and 5% of those captured were dropped.
 struct DropNote {
-    /// Since when the rates are measured, and the counts then: dropped,
-    /// captured, encoded, encode_ns.
+    /// Since when the window runs, and the counts then ([`Self::counts`]).
     since: Instant,
-    at: [u64; 4],
+    at: [u64; 6],
+    /// The process's CPU seconds then.
+    cpu_at: f64,
     said: Option<Instant>,
+    /// The cores this process may use (read once: it reads cgroup files).
+    cores: usize,
+}
+
+/// The process's user + system CPU seconds, all threads (`getrusage`).
+fn process_cpu_s() -> f64 {
+    // SAFETY: rusage is plain integers, valid zeroed.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the live struct it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// The calling thread's CPU nanoseconds (`CLOCK_THREAD_CPUTIME_ID`): what
+/// encoding a frame costs, without the time other threads and processes
+/// took the core meanwhile.
+fn thread_cpu_ns() -> u64 {
+    // SAFETY: timespec is plain integers, valid zeroed.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes into the live timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 impl DropNote {
@@ -306,65 +337,105 @@ impl DropNote {
         DropNote {
             since: Instant::now(),
             at: Self::counts(c),
+            cpu_at: process_cpu_s(),
             said: None,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
-    fn counts(c: &Counters) -> [u64; 4] {
+    /// dropped, captured, encoded, encode_ns, reconnects, and 1 while
+    /// unconnected.
+    fn counts(c: &Counters) -> [u64; 6] {
         [
             c.dropped.load(Relaxed),
             c.captured.load(Relaxed),
             c.encoded.load(Relaxed),
             c.encode_ns.load(Relaxed),
+            c.reconnects.load(Relaxed),
+            u64::from(!c.connected.load(Relaxed)),
         ]
     }
 
-    /// After a frame is queued: the line to log, if frames were dropped
-    /// since the last look and one is due.
+    /// After a frame is queued: the line to log, if one is due.
     fn check(&mut self, c: &Counters) -> Option<String> {
-        let dropped = c.dropped.load(Relaxed);
-        if dropped == self.at[0] {
+        self.check_at(Instant::now(), Self::counts(c), process_cpu_s, self.cores)
+    }
+
+    fn restart(&mut self, now: Instant, n: [u64; 6], cpu: f64) {
+        (self.since, self.at, self.cpu_at) = (now, n, cpu);
+    }
+
+    /// [`Self::check`] at `now`, with the counts then, the process's CPU
+    /// seconds (read only when a line may be due) and the cores there are.
+    fn check_at(
+        &mut self,
+        now: Instant,
+        n: [u64; 6],
+        cpu: impl Fn() -> f64,
+        cores: usize,
+    ) -> Option<String> {
+        let d = |i: usize| n[i].saturating_sub(self.at[i]);
+        let dt = now.saturating_duration_since(self.since).as_secs_f64();
+        // the window starts at the first frame; restarts at a reconnect,
+        // while unconnected (those drops are no receiver's), and after
+        // 10 s without a drop (an old quiet stretch would dilute the rates)
+        if self.at[1] == 0 || d(4) > 0 || n[5] == 1 || self.at[5] == 1 || (d(0) == 0 && dt > 10.0) {
+            self.restart(now, n, cpu());
             return None;
         }
-        let now = Instant::now();
-        let dt = now.saturating_duration_since(self.since).as_secs_f64();
+        let (dropped, captured) = (d(0), d(1));
         if dt < 2.0
+            || dropped < 3
+            || dropped * 20 < captured
             || self
                 .said
                 .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
         {
             return None;
         }
-        let n = Self::counts(c);
-        let d = |i: usize| n[i].saturating_sub(self.at[i]);
+        let cpu_now = cpu();
+        // (the sender's two busy threads: capture and network)
+        let usable = cores.clamp(1, 2) as f64;
+        let cpu_share = (cpu_now - self.cpu_at) / dt / usable;
         let line = drop_cause(
-            dropped,
-            d(1) as f64 / dt,
+            n[0],
+            captured as f64 / dt,
             (d(2) > 0).then(|| d(3) as f64 / d(2) as f64 / 1e6),
+            cpu_share,
         );
-        (self.since, self.at, self.said) = (now, n, Some(now));
+        self.restart(now, n, cpu_now);
+        self.said = Some(now);
         Some(line)
     }
 }
 
 /// The line [`DropNote`] logs: `dropped` frames so far, the input's frames
-/// a second, and the milliseconds encoding one took (if any was).
-fn drop_cause(dropped: u64, input_fps: f64, encode_ms: Option<f64>) -> String {
+/// a second, the CPU milliseconds encoding one took (if any was), and the
+/// share of the CPU the process could use that it did.
+fn drop_cause(dropped: u64, input_fps: f64, encode_ms: Option<f64>, cpu_share: f64) -> String {
     let busy = encode_ms.map_or(0.0, |ms| ms * input_fps / 1000.0);
-    match encode_ms {
-        Some(ms) if busy >= 0.8 => format!(
-            "dropping frames ({dropped} so far): the input gives {input_fps:.1} frames a second \
-             and encoding one takes {ms:.1} ms here (so {:.0} a second at most): this CPU, not \
-             the link, cannot keep up; a lower --fps, smaller frames, or --codec lz4 (or raw, \
-             where the link has room) helps",
-            1000.0 / ms
+    let cost = match encode_ms {
+        Some(ms) => format!(
+            "; encoding one takes {ms:.1} ms of CPU here (so {:.0} a second at most), the \
+             sender used {:.0}% of the CPU it can use",
+            1000.0 / ms,
+            cpu_share * 100.0
         ),
-        _ => format!(
+        None => String::new(),
+    };
+    if busy >= 0.8 || cpu_share >= 0.8 {
+        format!(
+            "dropping frames ({dropped} so far): the input gives {input_fps:.1} frames a second{cost}: \
+             this CPU, not the link, cannot keep up; a lower --fps (or the camera's own frame \
+             rate), a smaller camera resolution and --size, gray or yuv420 input instead of \
+             RGB, or a cheaper --codec (lz4; raw where the link has room) helps"
+        )
+    } else {
+        format!(
             "dropping frames ({dropped} so far): the input gives {input_fps:.1} frames a second, \
-             more than the link or the receiver takes (encoding takes {:.0}% of the time); a \
-             lower --fps helps, or --no-drop to slow the input instead",
-            busy * 100.0
-        ),
+             more than the link or the receiver takes{cost}; a lower --fps (or the camera's own \
+             frame rate) helps, or --no-drop to slow the input instead"
+        )
     }
 }
 
@@ -2084,11 +2155,11 @@ fn network_loop_via(
         if l.take_keyframe_hint() {
             encoder.force_keyframe();
         }
-        let t = Instant::now();
+        let t = thread_cpu_ns();
         build_frame(encoder.as_mut(), &slot, &mut buf)?;
         counters
             .encode_ns
-            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+            .fetch_add(thread_cpu_ns().saturating_sub(t), Relaxed);
         counters.encoded.fetch_add(1, Relaxed);
         d.wrote = true;
         match l.send_frame(&buf, slot.sequence) {
@@ -2528,22 +2599,80 @@ mod tests {
 
     #[test]
     fn drops_are_blamed_on_the_cpu_only_when_encoding_fills_the_time() {
-        // 30 frames a second, 30 ms each: 90% of the time encoding
-        let cpu = super::drop_cause(12, 30.0, Some(30.0));
+        // 30 frames a second, 30 ms of CPU each: 90% of the time encoding
+        let cpu = drop_cause(12, 30.0, Some(30.0), 0.5);
         assert!(cpu.contains("this CPU, not the link"), "{cpu}");
         assert!(
             cpu.contains("12 so far") && cpu.contains("33 a second at most"),
             "{cpu}"
         );
-        // 30 frames a second, 2 ms each: the link or the receiver
-        let link = super::drop_cause(5, 30.0, Some(2.0));
+        // 2 ms each, but the process uses 90% of its CPU (thresholding)
+        let all = drop_cause(12, 30.0, Some(2.0), 0.9);
         assert!(
-            link.contains("the link or the receiver") && link.contains("(encoding takes 6%"),
-            "{link}"
+            all.contains("this CPU") && all.contains("used 90% of the CPU"),
+            "{all}"
         );
-        // nothing encoded in the window (a link that is down)
-        let none = super::drop_cause(5, 30.0, None);
-        assert!(none.contains("the link or the receiver"), "{none}");
+        // 2 ms each, 30% of the CPU: the link or the receiver
+        let link = drop_cause(5, 30.0, Some(2.0), 0.3);
+        assert!(link.contains("the link or the receiver takes"), "{link}");
+        assert!(!link.contains("this CPU"), "{link}");
+    }
+
+    #[test]
+    fn the_drop_note_judges_a_window_of_lasting_drops_while_connected() {
+        let t0 = Instant::now();
+        let s = |x: f64| t0 + Duration::from_secs_f64(x);
+        // [dropped, captured, encoded, encode_ns, reconnects, unconnected]
+        let mut n = DropNote {
+            since: t0,
+            at: [0; 6],
+            cpu_at: 0.0,
+            said: None,
+            cores: 1,
+        };
+        let cpu = || 0.2;
+        // the window starts at the first frame: drops before it do not count
+        assert!(n.check_at(s(0.5), [5, 1, 0, 0, 0, 0], cpu, 1).is_none());
+        // 30 fps for 3 s, 2 dropped: too few
+        assert!(n
+            .check_at(s(3.5), [7, 91, 89, 89_000_000, 0, 0], cpu, 1)
+            .is_none());
+        // unconnected: the window restarts, nothing said
+        assert!(n
+            .check_at(s(4.0), [20, 100, 89, 89_000_000, 0, 1], cpu, 1)
+            .is_none());
+        assert!(n
+            .check_at(s(4.5), [21, 115, 89, 89_000_000, 0, 0], cpu, 1)
+            .is_none());
+        assert_eq!(n.since, s(4.5), "restarted once connected again");
+        // connected, 3 s at 30 fps, 30 dropped, 1 ms of CPU each: the link
+        let line = n
+            .check_at(s(7.5), [51, 205, 149, 149_000_000, 0, 0], cpu, 1)
+            .expect("lasting drops");
+        assert!(
+            line.contains("51 so far") && line.contains("30.0 frames a second"),
+            "{line}"
+        );
+        assert!(line.contains("the link or the receiver"), "{line}");
+        // then quiet for a minute: nothing (once a minute at most)
+        assert!(n
+            .check_at(s(20.0), [90, 600, 400, 400_000_000, 0, 0], cpu, 1)
+            .is_none());
+        // a reconnect restarts the window
+        assert!(n
+            .check_at(s(80.0), [200, 2000, 1700, 1_700_000_000, 1, 0], cpu, 1)
+            .is_none());
+        assert_eq!(n.since, s(80.0));
+        // 10 s without drops restart it too
+        assert!(n
+            .check_at(s(91.0), [200, 2330, 2030, 2_030_000_000, 1, 0], cpu, 1)
+            .is_none());
+        assert_eq!(n.since, s(91.0));
+        // 3 s, 30 of 90 dropped, 30 ms of CPU each: this CPU
+        let line = n
+            .check_at(s(94.0), [230, 2420, 2090, 3_830_000_000, 1, 0], || 3.0, 1)
+            .expect("lasting drops");
+        assert!(line.contains("this CPU, not the link"), "{line}");
     }
 
     fn slot(seq: u64) -> Slot {

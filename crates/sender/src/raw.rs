@@ -388,7 +388,11 @@ impl RawFrames {
             let why = if self.pipe {
                 "the program writing it stopped inside a frame: did it fail? (its messages \
                  are above; in a shell, `set -o pipefail` makes its exit status the \
-                 pipeline's, and --input-command reports it)"
+                 pipeline's, and --input-command reports it); if it did not, a wrong \
+                 --size, --stride or --padded-height shows so"
+            } else if self.name.starts_with("--input-command") {
+                "the command exited 0 inside a frame; a wrong --size, --stride or \
+                 --padded-height shows so"
             } else {
                 "if the input is a recording, a wrong --size, --stride or --padded-height \
                  shows as a part-frame at its end"

@@ -4,7 +4,7 @@
 //! passwords anywhere). See docs/DEPLOY.md and deploy.example.toml.
 
 use crate::dist::{self, sha256_file, Arch};
-use crate::util::root;
+use crate::util::{root, sender_counter};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::io::{BufRead, BufReader, Read};
@@ -1218,10 +1218,10 @@ fn port_mismatch(to: &str, port: &str) -> Option<String> {
 /// The `captured N` and `sent N frames` counts of a `bitmask-send:
 /// captured ...` summary.
 fn summary_counts(line: &str) -> Option<(u64, u64)> {
-    let number = |s: &str| -> Option<u64> { s.split([' ', ',']).next()?.parse().ok() };
-    let captured = number(line.split("captured ").nth(1)?)?;
-    let sent = number(line.split(", sent ").nth(1)?)?;
-    Some((captured, sent))
+    Some((
+        sender_counter(line, "captured")?,
+        sender_counter(line, "sent")?,
+    ))
 }
 
 /// The sender's `--to`, given the port the receiver listens on.
@@ -1276,8 +1276,6 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
     let t0 = Instant::now();
     let mut stopping = false;
     let mut stop_sent = [false, false];
-    // (a second Ctrl-C kills the local ssh clients: their end is ours)
-    let mut hung_up = [false, false];
     // the sender's last summary line
     let mut sender_summary: Option<String> = None;
     let mut failed: Vec<String> = Vec::new();
@@ -1328,7 +1326,8 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
             Ok(Ev::Exit(role, st)) => {
                 let pi = pis[idx(role)];
                 let code = st.code();
-                let hung = hung_up[idx(role)] && code.is_none();
+                // (a second Ctrl-C kills the local ssh clients: their end is ours)
+                let hung = INTERRUPTS.load(Ordering::SeqCst) > 1 && code.is_none();
                 let by_us = stop_sent[idx(role)]
                     && (hung || matches!(code, Some(0) | Some(129) | Some(130) | Some(143)));
                 if st.success() || by_us {
@@ -1409,11 +1408,8 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                     });
                     while !h.is_finished() {
                         if INTERRUPTS.load(Ordering::SeqCst) > 1 {
-                            for (i, s) in sessions.iter_mut().enumerate() {
-                                if let Some(s) = s {
-                                    let _ = s.child.kill();
-                                    hung_up[i] = true;
-                                }
+                            for s in sessions.iter_mut().flatten() {
+                                let _ = s.child.kill();
                             }
                             break;
                         }
@@ -1422,11 +1418,8 @@ fn stream(ctx: &Ctx, recv: &Pi, send: &Pi, timeout: Duration) -> Result<()> {
                 });
             } else {
                 // hang up: the pty hangup makes the Pis' kernels stop the processes
-                for (i, s) in sessions.iter_mut().enumerate() {
-                    if let Some(s) = s {
-                        let _ = s.child.kill();
-                        hung_up[i] = true;
-                    }
+                for s in sessions.iter_mut().flatten() {
+                    let _ = s.child.kill();
                 }
                 stop_sent = [true, true];
             }

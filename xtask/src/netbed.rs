@@ -14,7 +14,7 @@
 //! (and stale ones of dead runs at the next start). Traffic never leaves
 //! these namespaces.
 
-use crate::util::{build_bins, root};
+use crate::util::{build_bins, root, sender_counter};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeSet;
 use std::fs;
@@ -765,18 +765,6 @@ fn top_number(json: &str, key: &str) -> Option<f64> {
     let v = &json[json.find(&k)? + k.len()..];
     let end = v.find([',', '}', '\n']).unwrap_or(v.len());
     v[..end].trim().parse().ok()
-}
-
-fn sender_counter(log: &str, what: &str) -> Option<u64> {
-    // "bitmask-send: captured C, sent S frames, ...; confirmed K[, unconfirmed U]; dropped D,
-    // failed F, reconnects R" ("confirmed " is found before "unconfirmed ")
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("bitmask-send: "))?;
-    let key = format!("{what} ");
-    let v = &line[line.find(&key)? + key.len()..];
-    v.split([',', ' ', ';']).next()?.parse().ok()
 }
 
 // ------------------------------------------------------------------ the tests

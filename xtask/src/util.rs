@@ -51,6 +51,20 @@ pub fn show(cmd: &Command) -> String {
 }
 
 /// `cargo` with the same toolchain as this xtask.
+/// A count of the last `bitmask-send: captured ...` summary line in
+/// `log` (the number after the word `what`).
+pub fn sender_counter(log: &str, what: &str) -> Option<u64> {
+    // "bitmask-send: captured C, sent S frames, ...; confirmed K[, unconfirmed U]; dropped D,
+    // failed F, reconnects R" ("confirmed " is found before "unconfirmed ")
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("bitmask-send: "))?;
+    let key = format!("{what} ");
+    let v = &line[line.find(&key)? + key.len()..];
+    v.split([',', ' ', ';']).next()?.parse().ok()
+}
+
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());

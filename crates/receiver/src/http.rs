@@ -896,6 +896,7 @@ fn serve_one(
     let mut chunk = [0u8; 2048];
     // `buf` holds what the accept thread read: usually the whole head.
     let mut n = buf.len();
+    let too_long = || text(431, format!("request head longer than {MAX_HEAD} bytes\n"));
     // (`settled`: a whole request head and nothing after it, none declared)
     let (reply, head_only, settled) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -921,11 +922,7 @@ fn serve_one(
         match req.parse(buf) {
             // (a head that came in pieces can pass the bound in its last)
             Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-                break (
-                    text(431, format!("request head longer than {MAX_HEAD} bytes\n")),
-                    false,
-                    false,
-                )
+                break (too_long(), false, false)
             }
             Ok(httparse::Status::Complete(len)) => {
                 shared.requests.fetch_add(1, Relaxed);
@@ -952,13 +949,7 @@ fn serve_one(
                 n = 0;
                 continue;
             }
-            Ok(httparse::Status::Partial) => {
-                break (
-                    text(431, format!("request head longer than {MAX_HEAD} bytes\n")),
-                    false,
-                    false,
-                )
-            }
+            Ok(httparse::Status::Partial) => break (too_long(), false, false),
             Err(httparse::Error::TooManyHeaders) => {
                 break (
                     text(431, "more than 32 request headers\n".into()),

@@ -477,19 +477,14 @@ fn run(cli: Cli) -> Result<()> {
         let Some(dir) = out_dir.map(Path::to_path_buf) else {
             anyhow::bail!("--per-sender needs --out DIR (a directory, not -)");
         };
-        // (before the directory is made: a --latest name the receiver will
-        // not write leaves none; the file itself is checked once it exists)
-        if let Some(p) = &cli.latest {
-            output::latest_format(p, cli.format)?;
-        }
-        output::check_dir_target(&dir)?;
+        let made = output::check_dir_target(&dir)?;
         let shared = if cli.latest.is_some() || cli.exec.is_some() {
-            Some(Output::open(
-                None,
-                cli.latest.as_deref(),
-                cli.exec.as_deref(),
-                cli.format,
-            )?)
+            // (a --latest or --exec refused: the directory just made for
+            // nothing is removed again)
+            Some(
+                Output::open(None, cli.latest.as_deref(), cli.exec.as_deref(), cli.format)
+                    .inspect_err(|_| made.undo())?,
+            )
         } else {
             None
         };

@@ -184,8 +184,7 @@ impl Output {
                 o.stdout = Some(fs::File::from(fd));
             }
             Some(p) => {
-                made = first_missing(p);
-                check_dir_target(p)?;
+                made = Some(check_dir_target(p)?);
                 o.dir_parent_dev = parent_dev(p);
                 o.watches.push(MountWatch::new(p));
                 o.dir = Some(p.to_path_buf());
@@ -195,11 +194,8 @@ impl Output {
         if let Some(p) = latest {
             // (a --latest FILE whose own directory is missing: the --out
             // directories just made for nothing are removed again)
-            let f = check_latest(p, format).inspect_err(|_| {
-                if let (Some(top), Some(dir)) = (&made, out) {
-                    remove_made(dir, top);
-                }
-            })?;
+            let f =
+                check_latest(p, format).inspect_err(|_| made.iter().for_each(MadeDirs::undo))?;
             if f != format {
                 log::info!(
                     "--latest {}: written as {} (its extension names it), the other outputs as {}",
@@ -482,7 +478,7 @@ pub fn check_latest(p: &Path, format: Format) -> Result<Format> {
 
 /// The format `--latest FILE` is written in: its extension's, else
 /// `format`; an image extension the receiver does not write is refused.
-pub fn latest_format(p: &Path, format: Format) -> Result<Format> {
+fn latest_format(p: &Path, format: Format) -> Result<Format> {
     // `--latest mask.png` is a PNG whatever --format the other
     // outputs use (a stream needs raw or gray8).
     let ext = p
@@ -509,10 +505,27 @@ pub fn latest_format(p: &Path, format: Format) -> Result<Format> {
     Ok(f)
 }
 
+/// The directories [`check_dir_target`] made: [`MadeDirs::undo`] removes
+/// them again (a start refused after them leaves none behind).
+pub struct MadeDirs {
+    dir: PathBuf,
+    /// The outermost one made ([`first_missing`]); `None`: none made.
+    top: Option<PathBuf>,
+}
+
+impl MadeDirs {
+    /// Removes the directories made, if they are still empty.
+    pub fn undo(&self) {
+        if let Some(top) = &self.top {
+            remove_made(&self.dir, top);
+        }
+    }
+}
+
 /// Makes the output directory `dir` (and its parents) and checks, at
 /// startup, that it takes new files: a read-only card is refused before
-/// any sender is told its frames were handled.
-pub fn check_dir_target(dir: &Path) -> Result<()> {
+/// any sender is told its frames were handled. Returns what it made.
+pub fn check_dir_target(dir: &Path) -> Result<MadeDirs> {
     if fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
         bail!(
             "output directory {} is a file, not a directory: --out takes a directory \
@@ -520,10 +533,15 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
+    let top = first_missing(dir);
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     probe_dir(dir)
-        .with_context(|| format!("cannot create files in output directory {}", dir.display()))
+        .with_context(|| format!("cannot create files in output directory {}", dir.display()))?;
+    Ok(MadeDirs {
+        dir: dir.to_path_buf(),
+        top,
+    })
 }
 
 /// The outermost directory of `dir` that does not exist yet (the first

@@ -692,8 +692,8 @@ fn on_dgram(
             // frame a second at least is written all the same: where the
             // decoding itself cannot keep up, passing frames over gains
             // nothing, and the outputs must not go silent.)
-            let write = waited_since(arrived) <= MAX_LAG
-                || s.no_drop
+            let write = s.no_drop
+                || waited_since(arrived) <= MAX_LAG
                 || s.written
                     .is_none_or(|t| began - t >= Duration::from_secs(1));
             if write {

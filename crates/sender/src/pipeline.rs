@@ -358,28 +358,27 @@ impl DropNote {
 
     /// After a frame is queued: the line to log, if one is due.
     fn check(&mut self, c: &Counters) -> Option<String> {
-        self.check_at(Instant::now(), Self::counts(c), process_cpu_s, self.cores)
+        self.check_at(Instant::now(), Self::counts(c), process_cpu_s)
     }
 
     fn restart(&mut self, now: Instant, n: [u64; 6], cpu: f64) {
         (self.since, self.at, self.cpu_at) = (now, n, cpu);
     }
 
-    /// [`Self::check`] at `now`, with the counts then, the process's CPU
-    /// seconds (read only when a line may be due) and the cores there are.
-    fn check_at(
-        &mut self,
-        now: Instant,
-        n: [u64; 6],
-        cpu: impl Fn() -> f64,
-        cores: usize,
-    ) -> Option<String> {
+    /// [`Self::check`] at `now`, with the counts then and the process's CPU
+    /// seconds (read only when a line may be due).
+    fn check_at(&mut self, now: Instant, n: [u64; 6], cpu: impl Fn() -> f64) -> Option<String> {
         let d = |i: usize| n[i].saturating_sub(self.at[i]);
         let dt = now.saturating_duration_since(self.since).as_secs_f64();
         // the window starts at the first frame; restarts at a reconnect,
         // while unconnected (those drops are no receiver's), and after
         // 10 s without a drop (an old quiet stretch would dilute the rates)
-        if self.at[1] == 0 || d(4) > 0 || n[5] == 1 || self.at[5] == 1 || (d(0) == 0 && dt > 10.0) {
+        if n[5] == 1 && self.at[5] == 1 {
+            // (still unconnected: restarted when that began, and again
+            // when it ends)
+            return None;
+        }
+        if self.at[1] == 0 || d(4) > 0 || n[5] != self.at[5] || (d(0) == 0 && dt > 10.0) {
             self.restart(now, n, cpu());
             return None;
         }
@@ -395,7 +394,7 @@ impl DropNote {
         }
         let cpu_now = cpu();
         // (the sender's two busy threads: capture and network)
-        let usable = cores.clamp(1, 2) as f64;
+        let usable = self.cores.clamp(1, 2) as f64;
         let cpu_share = (cpu_now - self.cpu_at) / dt / usable;
         let line = drop_cause(
             n[0],
@@ -2630,47 +2629,34 @@ mod tests {
             said: None,
             cores: 1,
         };
-        let cpu = || 0.2;
+        // a look at time t (s) with counts c, 0.2 s of CPU
+        let look = |n: &mut DropNote, t: f64, c: [u64; 6]| n.check_at(s(t), c, || 0.2);
         // the window starts at the first frame: drops before it do not count
-        assert!(n.check_at(s(0.5), [5, 1, 0, 0, 0, 0], cpu, 1).is_none());
+        assert!(look(&mut n, 0.5, [5, 1, 0, 0, 0, 0]).is_none());
         // 30 fps for 3 s, 2 dropped: too few
-        assert!(n
-            .check_at(s(3.5), [7, 91, 89, 89_000_000, 0, 0], cpu, 1)
-            .is_none());
+        assert!(look(&mut n, 3.5, [7, 91, 89, 89_000_000, 0, 0]).is_none());
         // unconnected: the window restarts, nothing said
-        assert!(n
-            .check_at(s(4.0), [20, 100, 89, 89_000_000, 0, 1], cpu, 1)
-            .is_none());
-        assert!(n
-            .check_at(s(4.5), [21, 115, 89, 89_000_000, 0, 0], cpu, 1)
-            .is_none());
+        assert!(look(&mut n, 4.0, [20, 100, 89, 89_000_000, 0, 1]).is_none());
+        assert!(look(&mut n, 4.5, [21, 115, 89, 89_000_000, 0, 0]).is_none());
         assert_eq!(n.since, s(4.5), "restarted once connected again");
         // connected, 3 s at 30 fps, 30 dropped, 1 ms of CPU each: the link
-        let line = n
-            .check_at(s(7.5), [51, 205, 149, 149_000_000, 0, 0], cpu, 1)
-            .expect("lasting drops");
+        let line = look(&mut n, 7.5, [51, 205, 149, 149_000_000, 0, 0]).expect("lasting drops");
         assert!(
             line.contains("51 so far") && line.contains("30.0 frames a second"),
             "{line}"
         );
         assert!(line.contains("the link or the receiver"), "{line}");
         // then quiet for a minute: nothing (once a minute at most)
-        assert!(n
-            .check_at(s(20.0), [90, 600, 400, 400_000_000, 0, 0], cpu, 1)
-            .is_none());
+        assert!(look(&mut n, 20.0, [90, 600, 400, 400_000_000, 0, 0]).is_none());
         // a reconnect restarts the window
-        assert!(n
-            .check_at(s(80.0), [200, 2000, 1700, 1_700_000_000, 1, 0], cpu, 1)
-            .is_none());
+        assert!(look(&mut n, 80.0, [200, 2000, 1700, 1_700_000_000, 1, 0]).is_none());
         assert_eq!(n.since, s(80.0));
         // 10 s without drops restart it too
-        assert!(n
-            .check_at(s(91.0), [200, 2330, 2030, 2_030_000_000, 1, 0], cpu, 1)
-            .is_none());
+        assert!(look(&mut n, 91.0, [200, 2330, 2030, 2_030_000_000, 1, 0]).is_none());
         assert_eq!(n.since, s(91.0));
         // 3 s, 30 of 90 dropped, 30 ms of CPU each: this CPU
         let line = n
-            .check_at(s(94.0), [230, 2420, 2090, 3_830_000_000, 1, 0], || 3.0, 1)
+            .check_at(s(94.0), [230, 2420, 2090, 3_830_000_000, 1, 0], || 3.0)
             .expect("lasting drops");
         assert!(line.contains("this CPU, not the link"), "{line}");
     }
